@@ -1,0 +1,47 @@
+"""voxlm: language models on 3D medical volumes, on a Rust core.
+
+``import voxlm`` imports torch first: the extension links against the libtorch that torch loads,
+so torch must be in the process before ``voxlm._core``.
+"""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (must precede voxlm._core: it provides libtorch)
+
+from . import _core
+from ._info import check_torch_version, info
+from .exceptions import (
+    CheckpointError,
+    ConfigError,
+    DeviceError,
+    DTypeError,
+    ShapeError,
+    TorchError,
+    VolumeFormatError,
+    VoxlmError,
+    VoxlmIOError,
+    VoxlmTypeError,
+)
+
+__version__: str = _core.__version__
+
+check_torch_version()
+
+from . import nn, ops  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "info",
+    "nn",
+    "ops",
+    "VoxlmError",
+    "ShapeError",
+    "DTypeError",
+    "DeviceError",
+    "ConfigError",
+    "CheckpointError",
+    "VolumeFormatError",
+    "VoxlmTypeError",
+    "VoxlmIOError",
+    "TorchError",
+]

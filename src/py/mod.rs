@@ -1,0 +1,19 @@
+//! The `voxlm._core` extension module: pyo3 classes and functions only, one file per area.
+
+use pyo3::prelude::*;
+
+mod errors;
+mod info;
+mod ops;
+mod volume;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(info::build_info, m)?)?;
+    m.add_function(wrap_pyfunction!(ops::lora_linear, m)?)?;
+    m.add_class::<ops::PyLoraLinear>()?;
+    m.add_function(wrap_pyfunction!(volume::scale_intensity_range, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Volume preprocessing on ndarray + rayon. Free of pyo3.
+
+pub mod intensity;
