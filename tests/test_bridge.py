@@ -4,7 +4,6 @@
 import numpy as np
 import pytest
 import torch
-
 import voxlm
 from voxlm import _core
 

@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
 import voxlm
 from voxlm.nn import LoraLinear
 

@@ -8,7 +8,6 @@ relative; bfloat16/float16 to their epsilon (both sides round each op to the dty
 import pytest
 import torch
 import torch.nn.functional as F
-
 import voxlm
 
 from .conftest import requires_cuda
@@ -22,7 +21,7 @@ def reference(x, w, b, a, bb, scaling, p=0.0, training=False):
 
 
 def make(dtype=torch.float64, device="cpu", batch=(2, 3), fin=8, fout=5, r=4, bias=True):
-    kw = dict(dtype=dtype, device=device)
+    kw = {"dtype": dtype, "device": device}
     x = torch.randn(*batch, fin, **kw, requires_grad=True)
     w = torch.randn(fout, fin, **kw, requires_grad=True)
     b = torch.randn(fout, **kw, requires_grad=True) if bias else None

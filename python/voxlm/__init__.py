@@ -27,21 +27,21 @@ __version__: str = _core.__version__
 
 check_torch_version()
 
-from . import nn, ops  # noqa: E402
+from . import nn, ops
 
 __all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DTypeError",
+    "DeviceError",
+    "ShapeError",
+    "TorchError",
+    "VolumeFormatError",
+    "VoxlmError",
+    "VoxlmIOError",
+    "VoxlmTypeError",
     "__version__",
     "info",
     "nn",
     "ops",
-    "VoxlmError",
-    "ShapeError",
-    "DTypeError",
-    "DeviceError",
-    "ConfigError",
-    "CheckpointError",
-    "VolumeFormatError",
-    "VoxlmTypeError",
-    "VoxlmIOError",
-    "TorchError",
 ]

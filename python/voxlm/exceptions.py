@@ -35,14 +35,14 @@ from ._core import (
 )
 
 __all__ = [
-    "VoxlmError",
-    "ShapeError",
+    "CheckpointError",
+    "ConfigError",
     "DTypeError",
     "DeviceError",
-    "ConfigError",
-    "CheckpointError",
-    "VolumeFormatError",
-    "VoxlmTypeError",
-    "VoxlmIOError",
+    "ShapeError",
     "TorchError",
+    "VolumeFormatError",
+    "VoxlmError",
+    "VoxlmIOError",
+    "VoxlmTypeError",
 ]
