@@ -4,6 +4,8 @@
 
 pub mod check;
 pub mod error;
+pub mod losses;
+pub mod metrics;
 pub mod ops;
 pub mod volume;
 

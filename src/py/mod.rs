@@ -4,6 +4,8 @@ use pyo3::prelude::*;
 
 mod errors;
 mod info;
+mod losses;
+mod metrics;
 mod ops;
 mod volume;
 
@@ -15,5 +17,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::lora_linear, m)?)?;
     m.add_class::<ops::PyLoraLinear>()?;
     m.add_function(wrap_pyfunction!(volume::scale_intensity_range, m)?)?;
+    m.add_function(wrap_pyfunction!(losses::focal_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(losses::kl_distill, m)?)?;
+    m.add_function(wrap_pyfunction!(losses::lm_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(losses::prototype_similarities, m)?)?;
+    m.add_function(wrap_pyfunction!(losses::prototype_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::report_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::classification_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::multilabel_scores, m)?)?;
     Ok(())
 }

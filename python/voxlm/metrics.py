@@ -1,0 +1,290 @@
+"""Evaluation as the papers compute it.
+
+* :func:`report_scores`: pycocoevalcap's BLEU-1..4, ROUGE-L and CIDEr-D (computed in Rust, equal
+  to pycocoevalcap), plus METEOR 1.5 through pycocoevalcap's own jar when Java is present.
+* :func:`multilabel_scores`: clinical efficacy (per-label, macro, micro, example-based P/R/F1).
+* :func:`classification_scores`: PI-RADS scoring metrics (accuracy, MSE, MAE, macro P/R/F1,
+  confusion matrix, quadratic weighted kappa).
+* :func:`diagnostic_prompt` / :func:`parse_diagnostic_prompt`: Dia-LLaMA's text prompts.
+* :func:`parse_choice` / :func:`vqa_accuracy`: multiple-choice VQA.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .exceptions import ConfigError, ShapeError, VoxlmTypeError
+
+#: The 14 CheXbert findings in Dia-LLaMA's order and spelling (its text prompts use these).
+CHEXBERT_CONDITIONS: tuple[str, ...] = (
+    "enlarged cardiomediastinum",
+    "cardiomegaly",
+    "lung opacity",
+    "lung lesion",
+    "edema",
+    "consolidation",
+    "pneumonia",
+    "atelectasis",
+    "pneumothorax",
+    "pleural effusion",
+    "pleural other",
+    "fracture",
+    "support devices",
+    "no finding",
+)
+
+_Corpus = Sequence[str] | Sequence[Sequence[str]] | Mapping[Any, Any]
+
+
+def _as_lists(references: _Corpus, hypotheses: _Corpus) -> tuple[list[list[str]], list[str]]:
+    if isinstance(references, Mapping) or isinstance(hypotheses, Mapping):
+        if not (isinstance(references, Mapping) and isinstance(hypotheses, Mapping)):
+            raise VoxlmTypeError("references and hypotheses: pass two dicts keyed by id, or two lists")
+        missing = set(references) ^ set(hypotheses)
+        if missing:
+            some = sorted(map(str, missing))[:5]
+            raise ShapeError(
+                f"references and hypotheses: expected the same ids, {len(missing)} differ "
+                f"(e.g. {', '.join(some)})"
+            )
+        keys = list(references)
+        refs_in = [references[k] for k in keys]
+        hyps_in = []
+        for k in keys:
+            h = hypotheses[k]
+            if isinstance(h, (list, tuple)):
+                if len(h) != 1:
+                    raise ShapeError(f"hypotheses[{k!r}]: expected exactly one hypothesis, got {len(h)}")
+                h = h[0]
+            hyps_in.append(h)
+    else:
+        refs_in, hyps_in = list(references), list(hypotheses)
+    refs = [[r] if isinstance(r, str) else list(r) for r in refs_in]
+    for i, h in enumerate(hyps_in):
+        if not isinstance(h, str):
+            raise VoxlmTypeError(f"hypotheses[{i}]: expected str, got {type(h).__name__}")
+    for i, rs in enumerate(refs):
+        for r in rs:
+            if not isinstance(r, str):
+                raise VoxlmTypeError(f"references[{i}]: expected str, got {type(r).__name__}")
+    return refs, hyps_in
+
+
+def java_available() -> bool:
+    """Whether a ``java`` runtime is on PATH (pycocoevalcap's METEOR and PTB tokenizer need it)."""
+    return shutil.which("java") is not None
+
+
+def _ptb_tokenize(refs: list[list[str]], hyps: list[str]) -> tuple[list[list[str]], list[str]]:
+    if not java_available():
+        raise ConfigError("tokenize='ptb': needs Java for pycocoevalcap's PTBTokenizer; none on PATH")
+    try:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    except ImportError as e:
+        raise ConfigError("tokenize='ptb': needs pycocoevalcap (pip install pycocoevalcap)") from e
+    gts = {i: [{"caption": r} for r in rs] for i, rs in enumerate(refs)}
+    res = {i: [{"caption": h}] for i, h in enumerate(hyps)}
+    tok = PTBTokenizer()
+    g, r = tok.tokenize(gts), tok.tokenize(res)
+    return [g[i] for i in range(len(refs))], [r[i][0] for i in range(len(hyps))]
+
+
+def meteor_score(references: list[list[str]], hypotheses: list[str]) -> tuple[float, np.ndarray]:
+    """METEOR 1.5 by pycocoevalcap's ``meteor-1.5.jar`` (Java), newlines replaced by spaces.
+
+    This is the real METEOR (exact, stem, synonym and paraphrase matching with its tuned
+    parameters), not an approximation. Raises ConfigError when Java or pycocoevalcap is missing.
+    """
+    if not java_available():
+        raise ConfigError("METEOR: needs Java for pycocoevalcap's meteor-1.5.jar; none on PATH")
+    try:
+        from pycocoevalcap.meteor.meteor import Meteor
+    except ImportError as e:
+        raise ConfigError("METEOR: needs pycocoevalcap (pip install pycocoevalcap)") from e
+
+    def clean(s: str) -> str:
+        return " ".join(s.split("\n"))
+
+    gts = {i: [clean(r) for r in rs] for i, rs in enumerate(references)}
+    res = {i: [clean(h)] for i, h in enumerate(hypotheses)}
+    m = Meteor()
+    try:
+        score, per = m.compute_score(gts, res)
+    finally:
+        try:
+            with m.lock:
+                m.meteor_p.stdin.close()
+                m.meteor_p.kill()
+                m.meteor_p.wait()
+        except Exception:
+            pass
+    return float(score), np.asarray(per, dtype=np.float64)
+
+
+def report_scores(
+    references: _Corpus,
+    hypotheses: _Corpus,
+    tokenize: str = "whitespace",
+    meteor: bool | None = None,
+    per_sample: bool = False,
+) -> dict[str, Any]:
+    """BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR) of generated reports, as pycocoevalcap.
+
+    Args:
+        references: one reference string or a list of them per sample; or a dict ``{id: [refs]}``
+            (pycocoevalcap's ``gts``).
+        hypotheses: one generated string per sample; or a dict ``{id: [hyp]}`` (``res``).
+        tokenize: ``"whitespace"`` scores the text as given (as Dia-LLaMA and most report
+            generation code call pycocoevalcap); ``"ptb"`` first runs pycocoevalcap's
+            PTBTokenizer (Java; lower-cases and drops punctuation, as the COCO caption eval).
+        meteor: True to require METEOR 1.5 (Java), False to skip it, None to include it when
+            Java and pycocoevalcap are available.
+        per_sample: also return ``"per_sample"``: a dict of float64 arrays, one value per sample.
+
+    Returns:
+        ``{"BLEU-1", ..., "BLEU-4", "ROUGE-L", "CIDEr"[, "METEOR"][, "per_sample"]}``.
+        Empty strings are scored as pycocoevalcap scores them (zero overlap).
+    """
+    refs, hyps = _as_lists(references, hypotheses)
+    if tokenize == "ptb":
+        refs, hyps = _ptb_tokenize(refs, hyps)
+    elif tokenize != "whitespace":
+        raise ConfigError(f"tokenize: expected 'whitespace' or 'ptb', got {tokenize!r}")
+    corpus, per = _core.report_scores(refs, hyps)
+    out: dict[str, Any] = dict(corpus)
+    want_meteor = meteor if meteor is not None else java_available()
+    if want_meteor:
+        try:
+            out["METEOR"], per["METEOR"] = meteor_score(refs, hyps)
+        except ConfigError:
+            if meteor:
+                raise
+    if per_sample:
+        out["per_sample"] = dict(per)
+    return out
+
+
+def _int_array(x: Any, name: str, ndim: int) -> np.ndarray:
+    try:
+        a = np.asarray(x)
+    except ValueError as e:  # ragged input
+        raise ShapeError(f"{name}: expected a {ndim}-d array of integers, got a ragged sequence") from e
+    if a.dtype == object:
+        raise ShapeError(f"{name}: expected a {ndim}-d array of integers, got a ragged sequence")
+    if a.ndim != ndim:
+        raise ShapeError(f"{name}: expected a {ndim}-d array, got shape {a.shape}")
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+            raise ConfigError(f"{name}: expected integer labels, got non-integer or NaN values")
+    elif a.dtype.kind == "b":
+        a = a.astype(np.int64)
+    elif a.dtype.kind not in "iu":
+        raise ShapeError(f"{name}: expected integer labels, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def multilabel_scores(
+    y_true: Any, y_pred: Any, pos_label: int = 1, convention: str = "dia_llama"
+) -> dict[str, Any]:
+    """Clinical efficacy over multi-label findings.
+
+    Args:
+        y_true, y_pred: ``[N, L]`` label codes (CheXbert: 0 blank, 1 positive, 2 negative,
+            3 uncertain; or 0/1); a label counts as positive where it equals ``pos_label``.
+        convention: ``"dia_llama"`` reproduces Dia-LLaMA's ``metrics_clinical.py``
+            (``tp / (tp + fp + 1e-6)``, ...); ``"sklearn"`` equals
+            ``precision_recall_fscore_support(zero_division=0)``.
+
+    Returns per-label arrays ``precision``, ``recall``, ``f1``, ``support`` and the scalars
+    ``{precision,recall,f1}_{macro,micro,example}``.
+    """
+    t = _int_array(y_true, "y_true", 2)
+    p = _int_array(y_pred, "y_pred", 2)
+    return dict(_core.multilabel_scores(t, p, int(pos_label), convention))
+
+
+def classification_scores(y_true: Any, y_pred: Any, labels: Sequence[int]) -> dict[str, Any]:
+    """Scoring metrics over an explicit label list (PI-RADS: ``labels=[1, 2, 3, 4, 5]``).
+
+    Precision/recall/F1 are per label in ``labels`` order and macro-averaged over all of them
+    (0 where undefined, scikit-learn's ``zero_division=0``); ``confusion_matrix`` rows are true
+    labels; ``quadratic_kappa`` is ``cohen_kappa_score(weights="quadratic", labels=labels)``;
+    MSE and MAE are on the label values.
+    """
+    t = _int_array(y_true, "y_true", 1)
+    p = _int_array(y_pred, "y_pred", 1)
+    return dict(_core.classification_scores(t, p, [int(v) for v in labels]))
+
+
+def diagnostic_prompt(labels: Sequence[int], conditions: Sequence[str] = CHEXBERT_CONDITIONS) -> str:
+    """Dia-LLaMA's diagnostic text prompt: ``The "{disease}" is positive/negative. `` per label.
+
+    ``labels[i]`` is 1 (positive) or 0 (negative) for ``conditions[i]``.
+    """
+    if len(labels) != len(conditions):
+        raise ShapeError(f"labels: expected {len(conditions)} values (one per condition), got {len(labels)}")
+    parts = []
+    for disease, label in zip(conditions, labels):
+        if label not in (0, 1):
+            raise ConfigError(f"labels: expected 0 or 1, got {label!r} for {disease!r}")
+        state = "positive" if label == 1 else "negative"
+        parts.append(f'The "{disease}" is {state}. ')
+    return "".join(parts)
+
+
+_PROMPT_RE = re.compile(r'The "([^"]+)" is (positive|negative)\.')
+
+
+def parse_diagnostic_prompt(text: str, conditions: Sequence[str] = CHEXBERT_CONDITIONS) -> np.ndarray:
+    """Labels stated in a diagnostic prompt: ``[L]`` int64, 1 positive, 0 negative, -1 absent."""
+    out = np.full(len(conditions), -1, dtype=np.int64)
+    index = {c: i for i, c in enumerate(conditions)}
+    for disease, state in _PROMPT_RE.findall(text):
+        if disease in index:
+            out[index[disease]] = 1 if state == "positive" else 0
+    return out
+
+
+def parse_choice(text: str, options: Mapping[str, str] | str = "ABCD") -> str | None:
+    """The option letter a generated answer picks, or None.
+
+    Tries, in order: a leading letter (``"B"``, ``"(B)"``, ``"B. text"``, ``"B: text"``);
+    ``"answer is B"`` / ``"answer: B"``; and, when ``options`` maps letters to option texts, the one
+    option text the answer contains (case-insensitive).
+    """
+    letters = "".join(options) if isinstance(options, Mapping) else options
+    s = text.strip()
+    m = re.match(r"^\(?([A-Za-z])(?:[\.\):,]|\s|$)", s)
+    if m and m.group(1).upper() in letters:
+        return m.group(1).upper()
+    m = re.search(r"answer(?:\s+is|:)?\s*:?\s*\(?([A-Za-z])(?![A-Za-z])", s, re.IGNORECASE)
+    if m and m.group(1).upper() in letters:
+        return m.group(1).upper()
+    if isinstance(options, Mapping):
+        low = s.lower()
+        hits = [k for k, v in options.items() if v and v.lower() in low]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def vqa_accuracy(
+    predictions: Sequence[str], answers: Sequence[str], options: Sequence[Mapping[str, str] | str] | None = None
+) -> float:
+    """Multiple-choice accuracy: the fraction of generated answers whose parsed letter equals
+    the answer letter (unparseable answers count as wrong)."""
+    if len(predictions) != len(answers):
+        raise ShapeError(f"answers: expected {len(predictions)} (one per prediction), got {len(answers)}")
+    if not predictions:
+        raise ShapeError("predictions: expected at least one answer, got none")
+    opts = options if options is not None else ["ABCD"] * len(predictions)
+    if len(opts) != len(predictions):
+        raise ShapeError(f"options: expected {len(predictions)} entries, got {len(opts)}")
+    hits = sum(parse_choice(p, o) == a.strip().upper() for p, a, o in zip(predictions, answers, opts))
+    return hits / len(predictions)
