@@ -42,11 +42,20 @@ impl Reduce {
 fn class_targets(target: &Tensor, name: &str, n: i64, classes: i64) -> Result<()> {
     let s = check::dims(target, name, 1, "[N] of class indices")?;
     if s[0] != n {
-        return Err(Error::shape(format!("{name}: expected {n} targets (one per row of logits), got {}", s[0])));
+        return Err(Error::shape(format!(
+            "{name}: expected {n} targets (one per row of logits), got {}",
+            s[0]
+        )));
     }
     let k = check::kind_of(target, name)?;
-    if !matches!(k, Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8) {
-        return Err(Error::dtype(format!("{name}: expected an integer tensor of class indices, got {}", check::kind_name(k))));
+    if !matches!(
+        k,
+        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8
+    ) {
+        return Err(Error::dtype(format!(
+            "{name}: expected an integer tensor of class indices, got {}",
+            check::kind_name(k)
+        )));
     }
     if n > 0 {
         let lo = i64::try_from(target.f_min()?)?;
@@ -64,7 +73,9 @@ fn class_targets(target: &Tensor, name: &str, n: i64, classes: i64) -> Result<()
 fn finite(t: &Tensor, name: &str) -> Result<()> {
     let all = bool::try_from(t.f_isfinite()?.f_all()?)?;
     if !all {
-        return Err(Error::config(format!("{name}: contains NaN or infinite values")));
+        return Err(Error::config(format!(
+            "{name}: contains NaN or infinite values"
+        )));
     }
     Ok(())
 }
@@ -84,18 +95,30 @@ pub fn focal_loss(
     check::same_device(target, "target", device, "logits")?;
     class_targets(target, "target", s[0], s[1])?;
     if !gamma.is_finite() || gamma < 0.0 {
-        return Err(Error::config(format!("gamma: expected a finite value >= 0, got {gamma}")));
+        return Err(Error::config(format!(
+            "gamma: expected a finite value >= 0, got {gamma}"
+        )));
     }
     finite(logits, "logits")?;
     let target = target.f_to_kind(Kind::Int64)?;
-    let logp = logits.f_log_softmax(1, kind)?.f_gather(1, &target.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
+    let logp = logits
+        .f_log_softmax(1, kind)?
+        .f_gather(1, &target.f_unsqueeze(1)?, false)?
+        .f_squeeze_dim(1)?;
     let ce = logp.f_neg()?;
     let pt = logp.f_exp()?;
-    let mut loss = pt.f_neg()?.f_add_scalar(1.0)?.f_pow_tensor_scalar(gamma)?.f_mul(&ce)?;
+    let mut loss = pt
+        .f_neg()?
+        .f_add_scalar(1.0)?
+        .f_pow_tensor_scalar(gamma)?
+        .f_mul(&ce)?;
     if let Some(a) = alpha {
         let sa = check::dims(a, "alpha", 1, "[C] (one weight per class)")?;
         if sa[0] != s[1] {
-            return Err(Error::shape(format!("alpha: expected {} class weights, got {}", s[1], sa[0])));
+            return Err(Error::shape(format!(
+                "alpha: expected {} class weights, got {}",
+                s[1], sa[0]
+            )));
         }
         check::same_device(a, "alpha", device, "logits")?;
         let a = a.f_to_kind(kind)?;
@@ -119,13 +142,17 @@ pub fn kl_distill(student: &Tensor, teacher: &Tensor, temperature: f64) -> Resul
     check::same_kind(teacher, "teacher", kind, "student")?;
     check::same_device(teacher, "teacher", student.device(), "student")?;
     if !temperature.is_finite() || temperature <= 0.0 {
-        return Err(Error::config(format!("temperature: expected a finite value > 0, got {temperature}")));
+        return Err(Error::config(format!(
+            "temperature: expected a finite value > 0, got {temperature}"
+        )));
     }
     if s.iter().product::<i64>() == 0 {
         return Err(Error::shape(format!("student: empty batch {s:?}")));
     }
     let last = (s.len() - 1) as i64;
-    let ls = student.f_div_scalar(temperature)?.f_log_softmax(last, kind)?;
+    let ls = student
+        .f_div_scalar(temperature)?
+        .f_log_softmax(last, kind)?;
     let pt = teacher.f_div_scalar(temperature)?.f_softmax(last, kind)?;
     let total = ls.f_kl_div(&pt, Reduction::Sum, false)?;
     Ok(total.f_div_scalar(s[0] as f64)?)
@@ -137,13 +164,19 @@ pub fn lm_loss(logits: &Tensor, labels: &Tensor, ignore_index: i64) -> Result<Te
     let s = check::dims(logits, "logits", 3, "[B, T, V]")?;
     let l = check::dims(labels, "labels", 2, "[B, T]")?;
     if l[0] != s[0] || l[1] != s[1] {
-        return Err(Error::shape(format!("labels: expected shape [{}, {}] (as logits [B, T, V]), got {l:?}", s[0], s[1])));
+        return Err(Error::shape(format!(
+            "labels: expected shape [{}, {}] (as logits [B, T, V]), got {l:?}",
+            s[0], s[1]
+        )));
     }
     check::float_kind(logits, "logits")?;
     check::same_device(labels, "labels", logits.device(), "logits")?;
     let lk = check::kind_of(labels, "labels")?;
     if !matches!(lk, Kind::Int64 | Kind::Int) {
-        return Err(Error::dtype(format!("labels: expected int64 token ids, got {}", check::kind_name(lk))));
+        return Err(Error::dtype(format!(
+            "labels: expected int64 token ids, got {}",
+            check::kind_name(lk)
+        )));
     }
     let labels = labels.f_to_kind(Kind::Int64)?;
     let valid = labels.f_ne(ignore_index)?;
@@ -161,8 +194,18 @@ pub fn lm_loss(logits: &Tensor, labels: &Tensor, ignore_index: i64) -> Result<Te
     let shift_logits = logits.f_narrow(1, 0, t - 1)?.f_reshape([-1, s[2]])?;
     let shift_labels = labels.f_narrow(1, 1, t - 1)?.f_reshape([-1])?;
     // Upcast like transformers' ForCausalLMLoss (logits.float()).
-    let shift_logits = if shift_logits.f_kind()? == Kind::Double { shift_logits } else { shift_logits.f_to_kind(Kind::Float)? };
-    Ok(shift_logits.f_cross_entropy_loss::<Tensor>(&shift_labels, None, Reduction::Mean, ignore_index, 0.0)?)
+    let shift_logits = if shift_logits.f_kind()? == Kind::Double {
+        shift_logits
+    } else {
+        shift_logits.f_to_kind(Kind::Float)?
+    };
+    Ok(shift_logits.f_cross_entropy_loss::<Tensor>(
+        &shift_labels,
+        None,
+        Reduction::Mean,
+        ignore_index,
+        0.0,
+    )?)
 }
 
 /// The prototype bank's tensors (Dia-LLaMA's names): `proj` maps features `[.., D]` to `[.., P]`;
@@ -177,30 +220,54 @@ pub struct PrototypeBank<'a> {
 
 fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     // F.normalize: x / max(||x||_2, 1e-12)
-    let n = x.f_linalg_norm(2.0, [-1i64].as_slice(), true, None::<Kind>)?.f_clamp_min(1e-12)?;
+    let n = x
+        .f_linalg_norm(2.0, [-1i64].as_slice(), true, None::<Kind>)?
+        .f_clamp_min(1e-12)?;
     Ok(x.f_div(&n)?)
 }
 
 impl PrototypeBank<'_> {
     fn check(&self, features: &Tensor) -> Result<(i64, i64)> {
-        let f = check::dims(features, "features", 3, "[B, L, D] (one pooled feature per label)")?;
+        let f = check::dims(
+            features,
+            "features",
+            3,
+            "[B, L, D] (one pooled feature per label)",
+        )?;
         let kind = check::float_kind(features, "features")?;
         let w = check::dims(self.proj_weight, "proj.weight", 2, "[P, D]")?;
         if w[1] != f[2] {
-            return Err(Error::shape(format!("features: expected feature size {} (proj.weight [{}, {}]), got {f:?}", w[1], w[0], w[1])));
+            return Err(Error::shape(format!(
+                "features: expected feature size {} (proj.weight [{}, {}]), got {f:?}",
+                w[1], w[0], w[1]
+            )));
         }
-        for (t, name) in [(self.pos, "pos_sample_memory"), (self.neg, "neg_sample_memory")] {
+        for (t, name) in [
+            (self.pos, "pos_sample_memory"),
+            (self.neg, "neg_sample_memory"),
+        ] {
             let s = check::dims(t, name, 3, "[L, 1, P]")?;
             if s != [f[1], 1, w[0]] {
-                return Err(Error::shape(format!("{name}: expected shape [{}, 1, {}] (labels of features, P of proj), got {s:?}", f[1], w[0])));
+                return Err(Error::shape(format!(
+                    "{name}: expected shape [{}, 1, {}] (labels of features, P of proj), got {s:?}",
+                    f[1], w[0]
+                )));
             }
             check::same_kind(t, name, kind, "features")?;
             check::same_device(t, name, features.device(), "features")?;
         }
         check::same_kind(self.proj_weight, "proj.weight", kind, "features")?;
-        check::same_device(self.proj_weight, "proj.weight", features.device(), "features")?;
+        check::same_device(
+            self.proj_weight,
+            "proj.weight",
+            features.device(),
+            "features",
+        )?;
         if self.temp.numel() != 1 {
-            return Err(Error::shape(format!("temp: expected a scalar, got shape {:?}", self.temp.size())));
+            return Err(Error::shape(format!(
+                "temp: expected a scalar, got shape {:?}",
+                self.temp.size()
+            )));
         }
         Ok((f[0], f[1]))
     }
@@ -212,8 +279,14 @@ impl PrototypeBank<'_> {
         let z = l2_normalize(&features.f_linear(self.proj_weight, self.proj_bias)?)?; // [B, L, P]
         let pos = l2_normalize(&self.pos.f_squeeze_dim(1)?)?; // [L, P]
         let neg = l2_normalize(&self.neg.f_squeeze_dim(1)?)?;
-        let sp = z.f_mul(&pos)?.f_sum_dim_intlist([-1i64].as_slice(), false, None::<Kind>)?.f_div(self.temp)?;
-        let sn = z.f_mul(&neg)?.f_sum_dim_intlist([-1i64].as_slice(), false, None::<Kind>)?.f_div(self.temp)?;
+        let sp = z
+            .f_mul(&pos)?
+            .f_sum_dim_intlist([-1i64].as_slice(), false, None::<Kind>)?
+            .f_div(self.temp)?;
+        let sn = z
+            .f_mul(&neg)?
+            .f_sum_dim_intlist([-1i64].as_slice(), false, None::<Kind>)?
+            .f_div(self.temp)?;
         Ok((sp, sn))
     }
 }
@@ -221,18 +294,29 @@ impl PrototypeBank<'_> {
 /// InfoNCE against the label's matching prototype: for each (sample, label) the logits are
 /// `[s_match, s_other]` with target 0; mean cross-entropy over `B * L`. Labels are 0 (negative)
 /// or 1 (positive), `[B, L]`.
-pub fn prototype_loss(bank: &PrototypeBank<'_>, features: &Tensor, labels: &Tensor) -> Result<Tensor> {
+pub fn prototype_loss(
+    bank: &PrototypeBank<'_>,
+    features: &Tensor,
+    labels: &Tensor,
+) -> Result<Tensor> {
     let (b, l) = bank.check(features)?;
     let ls = check::dims(labels, "labels", 2, "[B, L] of 0/1")?;
     if ls != [b, l] {
-        return Err(Error::shape(format!("labels: expected shape [{b}, {l}] (as features [B, L, D]), got {ls:?}")));
+        return Err(Error::shape(format!(
+            "labels: expected shape [{b}, {l}] (as features [B, L, D]), got {ls:?}"
+        )));
     }
     check::same_device(labels, "labels", features.device(), "features")?;
     let labels = labels.f_to_kind(Kind::Int64)?;
     if b * l > 0 {
-        let (lo, hi) = (i64::try_from(labels.f_min()?)?, i64::try_from(labels.f_max()?)?);
+        let (lo, hi) = (
+            i64::try_from(labels.f_min()?)?,
+            i64::try_from(labels.f_max()?)?,
+        );
         if lo < 0 || hi > 1 {
-            return Err(Error::config(format!("labels: expected 0 (negative) or 1 (positive), got values in [{lo}, {hi}]")));
+            return Err(Error::config(format!(
+                "labels: expected 0 (negative) or 1 (positive), got values in [{lo}, {hi}]"
+            )));
         }
     }
     let (sp, sn) = bank.similarities(features)?;
@@ -254,7 +338,8 @@ mod tests {
         let logits = Tensor::randn([6, 5], (Kind::Double, Device::Cpu));
         let target = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 0]);
         let f = focal_loss(&logits, &target, None, 0.0, Reduce::Mean)?;
-        let ce = logits.cross_entropy_for_logits(&target);
+        let ce =
+            logits.f_cross_entropy_loss::<Tensor>(&target, None, Reduction::Mean, -100, 0.0)?;
         assert!(f64::try_from((f - ce).abs())? < 1e-12);
         Ok(())
     }
@@ -263,7 +348,10 @@ mod tests {
     fn out_of_range_targets_are_refused() {
         let logits = Tensor::randn([2, 5], (Kind::Float, Device::Cpu));
         let target = Tensor::from_slice(&[0i64, 5]);
-        assert!(matches!(focal_loss(&logits, &target, None, 2.0, Reduce::Mean), Err(Error::Config(_))));
+        assert!(matches!(
+            focal_loss(&logits, &target, None, 2.0, Reduce::Mean),
+            Err(Error::Config(_))
+        ));
     }
 
     #[test]

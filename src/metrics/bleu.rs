@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
-use super::text::{ngram_counts, ngram_order};
+use super::text::{ngram_order, Counted};
 
 const TINY: f64 = 1e-15;
 const SMALL: f64 = 1e-9;
@@ -21,26 +21,30 @@ pub struct BleuStats {
 }
 
 /// Statistics of one hypothesis against its references (token ids).
-pub fn sample_stats(hyp: &[u32], refs: &[Vec<u32>]) -> BleuStats {
+pub fn sample_stats(hyp: &Counted, refs: &[&Counted]) -> BleuStats {
     let mut maxref: FxHashMap<u128, u32> = FxHashMap::default();
     for r in refs {
-        for (k, c) in ngram_counts(r, 4) {
+        for &(k, c) in &r.counts {
             let e = maxref.entry(k).or_insert(0);
             *e = (*e).max(c);
         }
     }
-    let testlen = hyp.len() as u64;
+    let testlen = hyp.len as u64;
     // closest: min over (|l - testlen|, l)
     let reflen = refs
         .iter()
-        .map(|r| r.len() as u64)
+        .map(|r| r.len as u64)
         .min_by_key(|&l| (l.abs_diff(testlen), l))
         .unwrap_or(0);
-    let mut s = BleuStats { testlen, reflen, ..Default::default() };
+    let mut s = BleuStats {
+        testlen,
+        reflen,
+        ..Default::default()
+    };
     for k in 0..4 {
         s.guess[k] = (testlen + 1).saturating_sub(k as u64 + 1);
     }
-    for (key, c) in ngram_counts(hyp, 4) {
+    for &(key, c) in &hyp.counts {
         let m = maxref.get(&key).copied().unwrap_or(0);
         s.correct[ngram_order(key) - 1] += c.min(m) as u64;
     }
@@ -85,9 +89,13 @@ pub fn corpus_bleu(stats: &[BleuStats]) -> [f64; 4] {
     sentence_bleu(&t)
 }
 
-/// Corpus and per-sample BLEU-1..4 over tokenised samples.
-pub fn bleu(hyps: &[Vec<u32>], refs: &[Vec<Vec<u32>>]) -> ([f64; 4], Vec<[f64; 4]>) {
-    let stats: Vec<BleuStats> = hyps.par_iter().zip(refs.par_iter()).map(|(h, r)| sample_stats(h, r)).collect();
+/// Corpus and per-sample BLEU-1..4 over counted samples.
+pub fn bleu(hyps: &[Counted], refs: &[Vec<&Counted>]) -> ([f64; 4], Vec<[f64; 4]>) {
+    let stats: Vec<BleuStats> = hyps
+        .par_iter()
+        .zip(refs.par_iter())
+        .map(|(h, r)| sample_stats(h, r))
+        .collect();
     let per = stats.iter().map(sentence_bleu).collect();
     (corpus_bleu(&stats), per)
 }
@@ -98,9 +106,9 @@ mod tests {
 
     #[test]
     fn identical_sentences_score_one() {
-        let h = vec![vec![1u32, 2, 3, 4, 5]];
-        let r = vec![vec![vec![1u32, 2, 3, 4, 5]]];
-        let (c, _) = bleu(&h, &r);
+        let h = vec![Counted::new(&[1u32, 2, 3, 4, 5])];
+        let r0 = Counted::new(&[1u32, 2, 3, 4, 5]);
+        let (c, _) = bleu(&h, &[vec![&r0]]);
         for v in c {
             assert!((v - 1.0).abs() < 1e-9);
         }
@@ -108,7 +116,8 @@ mod tests {
 
     #[test]
     fn closest_reflen_ties_to_shorter() {
-        let s = sample_stats(&[1, 2, 3], &[vec![1, 2], vec![1, 2, 3, 4]]);
+        let (a, b) = (Counted::new(&[1, 2]), Counted::new(&[1, 2, 3, 4]));
+        let s = sample_stats(&Counted::new(&[1, 2, 3]), &[&a, &b]);
         assert_eq!(s.reflen, 2);
     }
 }

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::text::{ngram_counts, ngram_order};
+use super::text::{ngram_order, Counted};
 
 const SIGMA: f64 = 6.0;
 
@@ -18,12 +18,11 @@ struct Vector {
     length: f64,
 }
 
-fn counts2vec(ids: &[u32], df: &FxHashMap<u128, u32>, ref_len: f64) -> Vector {
-    let counts = ngram_counts(ids, 4);
-    let mut entries = Vec::with_capacity(counts.len());
+fn counts2vec(c: &Counted, df: &FxHashMap<u128, u32>, ref_len: f64) -> Vector {
+    let mut entries = Vec::with_capacity(c.counts.len());
     let mut norm = [0.0f64; 4];
     let mut length = 0.0f64;
-    for (key, tf) in counts {
+    for &(key, tf) in &c.counts {
         let d = (df.get(&key).copied().unwrap_or(0) as f64).max(1.0).ln();
         let n = ngram_order(key) - 1;
         let v = tf as f64 * (ref_len - d);
@@ -33,7 +32,11 @@ fn counts2vec(ids: &[u32], df: &FxHashMap<u128, u32>, ref_len: f64) -> Vector {
         }
         entries.push((key, n, v));
     }
-    Vector { entries, norm: norm.map(f64::sqrt), length }
+    Vector {
+        entries,
+        norm: norm.map(f64::sqrt),
+        length,
+    }
 }
 
 fn sim(hyp: &Vector, r: &Vector, rmap: &FxHashMap<u128, f64>) -> [f64; 4] {
@@ -54,11 +57,15 @@ fn sim(hyp: &Vector, r: &Vector, rmap: &FxHashMap<u128, f64>) -> [f64; 4] {
 }
 
 /// Corpus CIDEr-D (mean over samples) and per-sample scores.
-pub fn cider_d(hyps: &[Vec<u32>], refs: &[Vec<Vec<u32>>]) -> (f64, Vec<f64>) {
+pub fn cider_d(hyps: &[Counted], refs: &[Vec<&Counted>]) -> (f64, Vec<f64>) {
     // document frequency: in how many samples' reference sets each n-gram occurs
     let sets: Vec<FxHashSet<u128>> = refs
         .par_iter()
-        .map(|rs| rs.iter().flat_map(|r| ngram_counts(r, 4).into_iter().map(|(k, _)| k)).collect())
+        .map(|rs| {
+            rs.iter()
+                .flat_map(|r| r.counts.iter().map(|&(k, _)| k))
+                .collect()
+        })
         .collect();
     let mut df: FxHashMap<u128, u32> = FxHashMap::default();
     for s in &sets {
@@ -75,7 +82,8 @@ pub fn cider_d(hyps: &[Vec<u32>], refs: &[Vec<Vec<u32>>]) -> (f64, Vec<f64>) {
             let mut score = [0.0f64; 4];
             for r in rs {
                 let vr = counts2vec(r, &df, ref_len);
-                let rmap: FxHashMap<u128, f64> = vr.entries.iter().map(|&(k, _, v)| (k, v)).collect();
+                let rmap: FxHashMap<u128, f64> =
+                    vr.entries.iter().map(|&(k, _, v)| (k, v)).collect();
                 let s = sim(&vh, &vr, &rmap);
                 for n in 0..4 {
                     score[n] += s[n];

@@ -36,7 +36,9 @@ pub fn safe_div(num: f64, den: f64) -> f64 {
 
 pub fn check_labels(labels: &[i64]) -> Result<FxHashMap<i64, usize>> {
     if labels.is_empty() {
-        return Err(Error::config("labels: expected at least one class label, got none"));
+        return Err(Error::config(
+            "labels: expected at least one class label, got none",
+        ));
     }
     let mut index = FxHashMap::default();
     for (i, &l) in labels.iter().enumerate() {
@@ -47,7 +49,11 @@ pub fn check_labels(labels: &[i64]) -> Result<FxHashMap<i64, usize>> {
     Ok(index)
 }
 
-pub fn classification_scores(y_true: &[i64], y_pred: &[i64], labels: &[i64]) -> Result<ClassificationScores> {
+pub fn classification_scores(
+    y_true: &[i64],
+    y_pred: &[i64],
+    labels: &[i64],
+) -> Result<ClassificationScores> {
     if y_true.len() != y_pred.len() {
         return Err(Error::shape(format!(
             "y_pred: expected {} predictions (one per y_true), got {}",
@@ -56,7 +62,9 @@ pub fn classification_scores(y_true: &[i64], y_pred: &[i64], labels: &[i64]) -> 
         )));
     }
     if y_true.is_empty() {
-        return Err(Error::shape("y_true: expected at least one sample, got none"));
+        return Err(Error::shape(
+            "y_true: expected at least one sample, got none",
+        ));
     }
     let index = check_labels(labels)?;
     let n = labels.len();
@@ -89,8 +97,12 @@ pub fn classification_scores(y_true: &[i64], y_pred: &[i64], labels: &[i64]) -> 
             }
         }
     }
-    let precision: Vec<f64> = (0..n).map(|i| safe_div(tp[i] as f64, (tp[i] + fp[i]) as f64)).collect();
-    let recall: Vec<f64> = (0..n).map(|i| safe_div(tp[i] as f64, (tp[i] + fneg[i]) as f64)).collect();
+    let precision: Vec<f64> = (0..n)
+        .map(|i| safe_div(tp[i] as f64, (tp[i] + fp[i]) as f64))
+        .collect();
+    let recall: Vec<f64> = (0..n)
+        .map(|i| safe_div(tp[i] as f64, (tp[i] + fneg[i]) as f64))
+        .collect();
     let f1: Vec<f64> = (0..n)
         .map(|i| safe_div(2.0 * tp[i] as f64, (2 * tp[i] + fp[i] + fneg[i]) as f64))
         .collect();
@@ -114,7 +126,9 @@ pub fn classification_scores(y_true: &[i64], y_pred: &[i64], labels: &[i64]) -> 
 /// `sklearn.metrics.cohen_kappa_score(weights="quadratic")`; NaN when undefined.
 pub fn quadratic_kappa(confusion: &[Vec<u64>]) -> f64 {
     let n = confusion.len();
-    let sum0: Vec<u64> = (0..n).map(|j| confusion.iter().map(|r| r[j]).sum()).collect();
+    let sum0: Vec<u64> = (0..n)
+        .map(|j| confusion.iter().map(|r| r[j]).sum())
+        .collect();
     let sum1: Vec<u64> = confusion.iter().map(|r| r.iter().sum()).collect();
     let total: u64 = sum0.iter().sum();
     let mut observed = Vec::with_capacity(n * n);

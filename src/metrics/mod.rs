@@ -25,10 +25,14 @@ pub fn check_corpus(refs: &[Vec<String>], hyps: &[String]) -> Result<()> {
         )));
     }
     if hyps.is_empty() {
-        return Err(Error::shape("hypotheses: expected at least one sample, got an empty corpus"));
+        return Err(Error::shape(
+            "hypotheses: expected at least one sample, got an empty corpus",
+        ));
     }
     if let Some(i) = refs.iter().position(|r| r.is_empty()) {
-        return Err(Error::shape(format!("references[{i}]: expected at least one reference, got none")));
+        return Err(Error::shape(format!(
+            "references[{i}]: expected at least one reference, got none"
+        )));
     }
     Ok(())
 }
@@ -91,10 +95,27 @@ pub fn report_scores(refs: &[Vec<String>], hyps: &[String]) -> Result<ReportScor
     let mut vocab = text::Interner::default();
     let group = |flat: Vec<Vec<u32>>| -> Vec<Vec<Vec<u32>>> {
         let mut it = flat.into_iter();
-        refs.iter().map(|r| it.by_ref().take(r.len()).collect()).collect()
+        refs.iter()
+            .map(|r| it.by_ref().take(r.len()).collect())
+            .collect()
     };
-    let hw = text::tokenize_all(&hyp_s, text::whitespace_tokens, &mut vocab);
-    let rw = group(text::tokenize_all(&ref_s, text::whitespace_tokens, &mut vocab));
+    // BLEU and CIDEr-D: whitespace tokens, n-gram counts computed once for both
+    let hw = text::count_all(&text::tokenize_all(
+        &hyp_s,
+        text::whitespace_tokens,
+        &mut vocab,
+    ));
+    let rw_flat = text::count_all(&text::tokenize_all(
+        &ref_s,
+        text::whitespace_tokens,
+        &mut vocab,
+    ));
+    let mut it = rw_flat.iter();
+    let rw: Vec<Vec<&text::Counted>> = refs
+        .iter()
+        .map(|r| it.by_ref().take(r.len()).collect())
+        .collect();
+    // ROUGE-L: single-space tokens
     let hs = text::tokenize_all(&hyp_s, text::space_tokens, &mut vocab);
     let rs = group(text::tokenize_all(&ref_s, text::space_tokens, &mut vocab));
     let ((bleu, bleu_per), ((rouge, rouge_per), (cider, cider_per))) = rayon::join(

@@ -37,7 +37,11 @@ const EPS: f64 = 1e-6;
 
 fn prf(tp: f64, fp: f64, fneg: f64, conv: Convention) -> (f64, f64, f64) {
     match conv {
-        Convention::DiaLlama => (tp / (tp + fp + EPS), tp / (tp + fneg + EPS), tp / (tp + 0.5 * (fp + fneg) + EPS)),
+        Convention::DiaLlama => (
+            tp / (tp + fp + EPS),
+            tp / (tp + fneg + EPS),
+            tp / (tp + 0.5 * (fp + fneg) + EPS),
+        ),
         Convention::Sklearn => (
             safe_div(tp, tp + fp),
             safe_div(tp, tp + fneg),
@@ -62,11 +66,21 @@ pub fn multilabel_scores(
         )));
     }
     if n_labels == 0 || y_true.is_empty() {
-        return Err(Error::shape("y_true: expected at least one sample and one label, got an empty array"));
+        return Err(Error::shape(
+            "y_true: expected at least one sample and one label, got an empty array",
+        ));
     }
     let n = y_true.len() / n_labels;
-    let (mut tp, mut fp, mut fneg) = (vec![0u64; n_labels], vec![0u64; n_labels], vec![0u64; n_labels]);
-    let (mut pe, mut re, mut fe) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut tp, mut fp, mut fneg) = (
+        vec![0u64; n_labels],
+        vec![0u64; n_labels],
+        vec![0u64; n_labels],
+    );
+    let (mut pe, mut re, mut fe) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for s in 0..n {
         let (mut etp, mut efp, mut efn) = (0u64, 0u64, 0u64);
         for l in 0..n_labels {
@@ -93,7 +107,10 @@ pub fn multilabel_scores(
         re.push(r);
         fe.push(f);
     }
-    let mut out = MultilabelScores { support: (0..n_labels).map(|l| tp[l] + fneg[l]).collect(), ..Default::default() };
+    let mut out = MultilabelScores {
+        support: (0..n_labels).map(|l| tp[l] + fneg[l]).collect(),
+        ..Default::default()
+    };
     for l in 0..n_labels {
         let (p, r, f) = prf(tp[l] as f64, fp[l] as f64, fneg[l] as f64, conv);
         out.precision.push(p);
@@ -103,7 +120,11 @@ pub fn multilabel_scores(
     out.precision_macro = numpy_mean(&out.precision);
     out.recall_macro = numpy_mean(&out.recall);
     out.f1_macro = numpy_mean(&out.f1);
-    let (t, p, f) = (tp.iter().sum::<u64>() as f64, fp.iter().sum::<u64>() as f64, fneg.iter().sum::<u64>() as f64);
+    let (t, p, f) = (
+        tp.iter().sum::<u64>() as f64,
+        fp.iter().sum::<u64>() as f64,
+        fneg.iter().sum::<u64>() as f64,
+    );
     (out.precision_micro, out.recall_micro, out.f1_micro) = prf(t, p, f, conv);
     out.precision_example = numpy_mean(&pe);
     out.recall_example = numpy_mean(&re);

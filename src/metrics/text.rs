@@ -9,7 +9,8 @@ use rustc_hash::FxHashMap;
 /// Python's `str.split()` (no argument): split on runs of `str.isspace()` characters. That is
 /// Unicode White_Space plus the ASCII separators U+001C..U+001F, which Python also counts.
 pub fn split_whitespace_py(s: &str) -> impl Iterator<Item = &str> {
-    s.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)).filter(|t| !t.is_empty())
+    s.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+        .filter(|t| !t.is_empty())
 }
 
 /// Python's `str.split(" ")`: split on every single space, keeping empty pieces.
@@ -90,13 +91,37 @@ pub fn ngram_counts(ids: &[u32], n: usize) -> Vec<(u128, u32)> {
     out
 }
 
+/// A tokenised text's length and its n-gram counts (orders 1..=4), computed once and shared by
+/// BLEU and CIDEr-D.
+pub struct Counted {
+    pub len: usize,
+    pub counts: Vec<(u128, u32)>,
+}
+
+impl Counted {
+    pub fn new(ids: &[u32]) -> Self {
+        Counted {
+            len: ids.len(),
+            counts: ngram_counts(ids, 4),
+        }
+    }
+}
+
+/// [`Counted`] for every text, in parallel.
+pub fn count_all(texts: &[Vec<u32>]) -> Vec<Counted> {
+    texts.par_iter().map(|t| Counted::new(t)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn python_split_semantics() {
-        assert_eq!(whitespace_tokens(" a\tb\n\nc\u{a0}d\u{1f}e "), vec!["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            whitespace_tokens(" a\tb\n\nc\u{a0}d\u{1f}e "),
+            vec!["a", "b", "c", "d", "e"]
+        );
         assert_eq!(space_tokens("a  b"), vec!["a", "", "b"]);
         assert_eq!(space_tokens(""), vec![""]);
     }

@@ -16,7 +16,11 @@ pub fn focal_loss<'py>(
     gamma: f64,
     reduction: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (l, t, a) = (bridge::tensor(logits, "logits")?, bridge::tensor(target, "target")?, bridge::opt_tensor(alpha, "alpha")?);
+    let (l, t, a) = (
+        bridge::tensor(logits, "logits")?,
+        bridge::tensor(target, "target")?,
+        bridge::opt_tensor(alpha, "alpha")?,
+    );
     let r = Reduce::parse(reduction)?;
     let y = py.detach(move || losses::focal_loss(&l, &t, a.as_ref(), gamma, r))?;
     bridge::to_py(py, &y)
@@ -30,7 +34,10 @@ pub fn kl_distill<'py>(
     teacher: &Bound<'py, PyAny>,
     temperature: f64,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (s, t) = (bridge::tensor(student, "student")?, bridge::tensor(teacher, "teacher")?);
+    let (s, t) = (
+        bridge::tensor(student, "student")?,
+        bridge::tensor(teacher, "teacher")?,
+    );
     let y = py.detach(move || losses::kl_distill(&s, &t, temperature))?;
     bridge::to_py(py, &y)
 }
@@ -43,7 +50,10 @@ pub fn lm_loss<'py>(
     labels: &Bound<'py, PyAny>,
     ignore_index: i64,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (l, t) = (bridge::tensor(logits, "logits")?, bridge::tensor(labels, "labels")?);
+    let (l, t) = (
+        bridge::tensor(logits, "logits")?,
+        bridge::tensor(labels, "labels")?,
+    );
     let y = py.detach(move || losses::lm_loss(&l, &t, ignore_index))?;
     bridge::to_py(py, &y)
 }
@@ -73,7 +83,13 @@ impl Bank {
         })
     }
     fn view(&self) -> PrototypeBank<'_> {
-        PrototypeBank { proj_weight: &self.w, proj_bias: self.b.as_ref(), pos: &self.pos, neg: &self.neg, temp: &self.temp }
+        PrototypeBank {
+            proj_weight: &self.w,
+            proj_bias: self.b.as_ref(),
+            pos: &self.pos,
+            neg: &self.neg,
+            temp: &self.temp,
+        }
     }
 }
 

@@ -25,16 +25,26 @@ pub fn report_scores<'py>(
         per.set_item(&name, bridge::array_to_py(py, ndarray::Array1::from(col)))?;
     }
     corpus.set_item("ROUGE-L", s.rouge_l)?;
-    per.set_item("ROUGE-L", bridge::array_to_py(py, ndarray::Array1::from(s.rouge_l_per_sample)))?;
+    per.set_item(
+        "ROUGE-L",
+        bridge::array_to_py(py, ndarray::Array1::from(s.rouge_l_per_sample)),
+    )?;
     corpus.set_item("CIDEr", s.cider_d)?;
-    per.set_item("CIDEr", bridge::array_to_py(py, ndarray::Array1::from(s.cider_d_per_sample)))?;
+    per.set_item(
+        "CIDEr",
+        bridge::array_to_py(py, ndarray::Array1::from(s.cider_d_per_sample)),
+    )?;
     Ok((corpus, per))
 }
 
 fn int_vec(obj: &Bound<'_, PyAny>, name: &str, ndim: usize) -> PyResult<(Vec<i64>, Vec<usize>)> {
     let a = bridge::array_view::<i64>(obj, name)?;
     if a.ndim() != ndim {
-        return Err(Error::shape(format!("{name}: expected a {ndim}-d array, got shape {:?}", a.shape())).into());
+        return Err(Error::shape(format!(
+            "{name}: expected a {ndim}-d array, got shape {:?}",
+            a.shape()
+        ))
+        .into());
     }
     let shape = a.shape().to_vec();
     Ok((a.as_array().iter().copied().collect(), shape))
@@ -66,10 +76,14 @@ pub fn classification_scores<'py>(
     d.set_item("precision", f64_array(py, s.precision))?;
     d.set_item("recall", f64_array(py, s.recall))?;
     d.set_item("f1", f64_array(py, s.f1))?;
-    d.set_item("support", bridge::array_to_py(py, ndarray::Array1::from(s.support)))?;
+    d.set_item(
+        "support",
+        bridge::array_to_py(py, ndarray::Array1::from(s.support)),
+    )?;
     let n = s.confusion.len();
     let flat: Vec<u64> = s.confusion.into_iter().flatten().collect();
-    let cm = ndarray::Array2::from_shape_vec((n, n), flat).map_err(|e| Error::shape(e.to_string()))?;
+    let cm =
+        ndarray::Array2::from_shape_vec((n, n), flat).map_err(|e| Error::shape(e.to_string()))?;
     d.set_item("confusion_matrix", bridge::array_to_py(py, cm))?;
     Ok(d)
 }
@@ -88,20 +102,29 @@ pub fn multilabel_scores<'py>(
         "dia_llama" => multilabel::Convention::DiaLlama,
         "sklearn" => multilabel::Convention::Sklearn,
         other => {
-            return Err(Error::config(format!("convention: expected 'dia_llama' or 'sklearn', got '{other}'")).into())
+            return Err(Error::config(format!(
+                "convention: expected 'dia_llama' or 'sklearn', got '{other}'"
+            ))
+            .into())
         }
     };
     let (t, ts) = int_vec(y_true, "y_true", 2)?;
     let (p, ps) = int_vec(y_pred, "y_pred", 2)?;
     if ts != ps {
-        return Err(Error::shape(format!("y_pred: expected shape {ts:?} (as y_true), got {ps:?}")).into());
+        return Err(Error::shape(format!(
+            "y_pred: expected shape {ts:?} (as y_true), got {ps:?}"
+        ))
+        .into());
     }
     let s = py.detach(move || multilabel::multilabel_scores(&t, &p, ts[1], pos_label, conv))?;
     let d = PyDict::new(py);
     d.set_item("precision", f64_array(py, s.precision))?;
     d.set_item("recall", f64_array(py, s.recall))?;
     d.set_item("f1", f64_array(py, s.f1))?;
-    d.set_item("support", bridge::array_to_py(py, ndarray::Array1::from(s.support)))?;
+    d.set_item(
+        "support",
+        bridge::array_to_py(py, ndarray::Array1::from(s.support)),
+    )?;
     for (k, v) in [
         ("precision_macro", s.precision_macro),
         ("recall_macro", s.recall_macro),

@@ -1,0 +1,37 @@
+"""Run every benchmark and write bench/RESULTS.md (``make bench``)."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_metrics  # noqa: E402
+
+BENCHES = [("metrics", bench_metrics.run)]
+
+
+def main() -> None:
+    only = set(sys.argv[1:])
+    sections = []
+    for name, fn in BENCHES:
+        if only and name not in only:
+            continue
+        print(f"== bench {name}", flush=True)
+        text = fn()
+        print(text, flush=True)
+        sections.append(text)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = "\n".join(sections)
+    (HERE / "RESULTS.md").write_text(
+        "# voxlm benchmark results\n\n"
+        f"Written by `make bench` ({stamp}). Every ratio compares voxlm and the reference tool "
+        "measured side by side in one run; absolute times vary with the machine.\n\n" + body
+    )
+
+
+if __name__ == "__main__":
+    main()
