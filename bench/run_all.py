@@ -9,7 +9,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench_metrics  # noqa: E402
+import bench_metrics  # noqa: E402  (after the path insert)
 
 BENCHES = [("metrics", bench_metrics.run)]
 
@@ -24,7 +24,7 @@ def main() -> None:
         text = fn()
         print(text, flush=True)
         sections.append(text)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = "\n".join(sections)
     (HERE / "RESULTS.md").write_text(
         "# voxlm benchmark results\n\n"

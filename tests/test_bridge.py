@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 import torch
+
 import voxlm
 from voxlm import _core
 

@@ -4,6 +4,7 @@ naming what was expected and what was given, never a panic or a C++ backtrace.""
 import numpy as np
 import pytest
 import torch
+
 import voxlm
 from voxlm import exceptions
 

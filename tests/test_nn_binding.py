@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+
 import voxlm
 from voxlm.nn import LoraLinear
 

@@ -8,6 +8,7 @@ relative; bfloat16/float16 to their epsilon (both sides round each op to the dty
 import pytest
 import torch
 import torch.nn.functional as F
+
 import voxlm
 
 from .conftest import requires_cuda

@@ -27,7 +27,7 @@ __version__: str = _core.__version__
 
 check_torch_version()
 
-from . import nn, ops
+from . import nn, ops  # noqa: E402  (after the version check)
 
 __all__ = [
     "CheckpointError",
