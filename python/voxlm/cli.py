@@ -13,6 +13,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run voxlm's main job on bundled data")
     demo.add_argument("--steps", type=int, default=60, help="training steps")
     demo.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
+    demo.add_argument("--no-meteor", action="store_true", help="skip METEOR (Java)")
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -23,6 +24,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run
 
-        run(steps=args.steps, out=args.out)
+        run(steps=args.steps, out=args.out, meteor=False if args.no_meteor else None)
         return 0
     return 2

@@ -113,17 +113,9 @@ def meteor_score(references: list[list[str]], hypotheses: list[str]) -> tuple[fl
 
     gts = {i: [clean(r) for r in rs] for i, rs in enumerate(references)}
     res = {i: [clean(h)] for i, h in enumerate(hypotheses)}
-    m = Meteor()
-    try:
-        score, per = m.compute_score(gts, res)
-    finally:
-        try:
-            with m.lock:
-                m.meteor_p.stdin.close()
-                m.meteor_p.kill()
-                m.meteor_p.wait()
-        except Exception:
-            pass
+    m = Meteor()  # its __del__ ends the Java process
+    score, per = m.compute_score(gts, res)
+    del m
     return float(score), np.asarray(per, dtype=np.float64)
 
 
