@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod error;
+pub mod llm;
 pub mod losses;
 pub mod metrics;
 pub mod ops;

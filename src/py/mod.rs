@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 
 mod errors;
 mod info;
+mod llm;
 mod losses;
 mod metrics;
 mod ops;
@@ -25,5 +26,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(metrics::report_scores, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::classification_scores, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::multilabel_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(llm::parse_llama_config, m)?)?;
+    m.add_function(wrap_pyfunction!(llm::llama_rope_inv_freq, m)?)?;
+    m.add_function(wrap_pyfunction!(llm::checkpoint_files, m)?)?;
+    m.add_function(wrap_pyfunction!(llm::load_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(llm::save_safetensors, m)?)?;
+    m.add_class::<llm::PyLlama>()?;
+    m.add_class::<llm::PyTokenizer>()?;
     Ok(())
 }

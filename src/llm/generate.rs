@@ -1,0 +1,318 @@
+//! Decoding loops in Rust over a preallocated KV cache: greedy, sampling (temperature, top-k,
+//! top-p) and beam search, batched with left padding, as transformers' `generate` (v5 semantics:
+//! repetition penalty, then temperature, top-k, top-p; beam search keeps `max(2, 1 + n_eos) *
+//! num_beams` candidates and finishes beams at EOS or at the length limit, scored by
+//! `sum log p / generated_len ** length_penalty`).
+
+use tch::{Kind, Tensor};
+
+use super::cache::KvCache;
+use super::model::{Input, Llama};
+use crate::check;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct GenerationConfig {
+    pub max_new_tokens: i64,
+    pub do_sample: bool,
+    pub temperature: f64,
+    pub top_k: i64,
+    pub top_p: f64,
+    pub num_beams: i64,
+    pub repetition_penalty: f64,
+    pub length_penalty: f64,
+    pub eos_token_ids: Vec<i64>,
+    pub pad_token_id: i64,
+}
+
+impl GenerationConfig {
+    pub fn validate(&self, vocab: i64) -> Result<()> {
+        if self.max_new_tokens < 1 {
+            return Err(Error::config(format!("max_new_tokens: expected >= 1, got {}", self.max_new_tokens)));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::config(format!("temperature: expected > 0, got {}", self.temperature)));
+        }
+        if self.top_k < 0 {
+            return Err(Error::config(format!("top_k: expected >= 0 (0 disables), got {}", self.top_k)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::config(format!("top_p: expected a value in (0, 1], got {}", self.top_p)));
+        }
+        if self.num_beams < 1 {
+            return Err(Error::config(format!("num_beams: expected >= 1, got {}", self.num_beams)));
+        }
+        if self.num_beams > 1 && self.do_sample {
+            return Err(Error::config("num_beams > 1 with do_sample: beam sampling is not supported"));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(Error::config(format!("repetition_penalty: expected > 0, got {}", self.repetition_penalty)));
+        }
+        for &t in self.eos_token_ids.iter().chain(std::iter::once(&self.pad_token_id)) {
+            if t < 0 || t >= vocab {
+                return Err(Error::config(format!("eos/pad token id {t} is outside the vocabulary [0, {})", vocab)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the caller sees after every step: the new tokens `[B]`; returning false stops early.
+pub type StepCallback<'a> = dyn FnMut(&Tensor) -> Result<bool> + 'a;
+
+fn repetition_penalty(scores: &Tensor, seen: &Tensor, penalty: f64) -> Result<Tensor> {
+    if penalty == 1.0 || seen.size()[1] == 0 {
+        return Ok(scores.shallow_clone());
+    }
+    // transformers: score < 0 ? score * penalty : score / penalty, on every token seen
+    let s = scores.f_gather(1, seen, false)?;
+    let s = s.f_mul_scalar(penalty)?.f_where_self(&s.f_lt(0.0)?, &s.f_div_scalar(penalty)?)?;
+    Ok(scores.f_scatter(1, seen, &s)?)
+}
+
+fn warp(scores: &Tensor, cfg: &GenerationConfig) -> Result<Tensor> {
+    let mut s = scores.shallow_clone();
+    if cfg.temperature != 1.0 {
+        s = s.f_div_scalar(cfg.temperature)?;
+    }
+    let v = s.size()[1];
+    if cfg.top_k > 0 && cfg.top_k < v {
+        let (top, _) = s.f_topk(cfg.top_k, -1, true, true)?;
+        let kth = top.f_narrow(1, cfg.top_k - 1, 1)?;
+        s = s.f_masked_fill(&s.f_lt_tensor(&kth)?, f64::NEG_INFINITY)?;
+    }
+    if cfg.top_p < 1.0 {
+        let (sorted, idx) = s.f_sort(-1, false)?;
+        let cum = sorted.f_softmax(-1, Kind::Float)?.f_cumsum(-1, Kind::Float)?;
+        let remove_sorted = cum.f_le(1.0 - cfg.top_p)?;
+        // keep at least the most probable token (the last in ascending order)
+        let last = remove_sorted.f_narrow(1, v - 1, 1)?.f_zeros_like()?;
+        let remove_sorted = Tensor::f_cat(&[remove_sorted.f_narrow(1, 0, v - 1)?, last], 1)?;
+        let remove = remove_sorted.f_scatter(1, &idx, &remove_sorted)?;
+        s = s.f_masked_fill(&remove, f64::NEG_INFINITY)?;
+    }
+    Ok(s)
+}
+
+struct Prompt {
+    input: Tensor,
+    is_embeds: bool,
+    mask: Tensor,
+    ids: Tensor, // token ids seen so far (for the repetition penalty); [B, 0] for embeddings
+}
+
+fn positions(mask: &Tensor) -> Result<Tensor> {
+    // transformers: cumsum(mask) - 1, padded positions set to 1
+    let p = mask.f_to_kind(Kind::Int64)?.f_cumsum(-1, Kind::Int64)?.f_sub_scalar(1)?;
+    Ok(p.f_masked_fill(&mask.f_eq(0)?, 1)?)
+}
+
+fn prepare(model: &Llama, input: Input<'_>, mask: Option<&Tensor>) -> Result<Prompt> {
+    let dev = model.device();
+    let (input, is_embeds, ids) = match input {
+        Input::Ids(t) => {
+            check::dims(t, "input_ids", 2, "[B, T]")?;
+            (t.shallow_clone(), false, t.f_to_kind(Kind::Int64)?)
+        }
+        Input::Embeds(e) => {
+            let s = check::dims(e, "inputs_embeds", 3, "[B, T, hidden_size]")?;
+            (e.shallow_clone(), true, Tensor::f_zeros([s[0], 0], (Kind::Int64, dev))?)
+        }
+    };
+    let s = input.size();
+    let (b, t) = (s[0], s[1]);
+    if b == 0 || t == 0 {
+        return Err(Error::shape(format!("input: expected a non-empty [B, T] prompt, got shape {s:?}")));
+    }
+    let mask = match mask {
+        Some(m) => {
+            let ms = check::dims(m, "attention_mask", 2, "[B, T]")?;
+            if ms != [b, t] {
+                return Err(Error::shape(format!("attention_mask: expected shape [{b}, {t}] (as the prompt), got {ms:?}")));
+            }
+            check::same_device(m, "attention_mask", dev, "the model")?;
+            m.f_to_kind(Kind::Int64)?
+        }
+        None => Tensor::f_ones([b, t], (Kind::Int64, dev))?,
+    };
+    Ok(Prompt { input, is_embeds, mask, ids })
+}
+
+fn first_forward(model: &Llama, p: &Prompt, cache: &mut KvCache) -> Result<Tensor> {
+    let pos = positions(&p.mask)?;
+    let input = if p.is_embeds { Input::Embeds(&p.input) } else { Input::Ids(&p.input) };
+    let out = model.forward(input, Some(&p.mask), Some(&pos), Some(cache), false, true, false)?;
+    Ok(out.logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
+}
+
+fn step_forward(model: &Llama, tok: &Tensor, mask: &Tensor, pos: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    let ids = tok.f_view([-1, 1])?;
+    let out = model.forward(Input::Ids(&ids), Some(mask), Some(pos), Some(cache), false, true, false)?;
+    Ok(out.logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
+}
+
+/// Generate up to `max_new_tokens` per row; returns the new tokens `[B, n]` (padded with
+/// `pad_token_id` after a row's EOS).
+pub fn generate(
+    model: &Llama,
+    input: Input<'_>,
+    attention_mask: Option<&Tensor>,
+    cfg: &GenerationConfig,
+    mut callback: Option<&mut StepCallback<'_>>,
+) -> Result<Tensor> {
+    cfg.validate(model.cfg.vocab_size)?;
+    let _guard = tch::no_grad_guard();
+    let p = prepare(model, input, attention_mask)?;
+    if cfg.num_beams > 1 {
+        return beam_search(model, p, cfg);
+    }
+    let dev = model.device();
+    let s = p.mask.size();
+    let (b, t) = (s[0], s[1]);
+    let mcfg = &model.cfg;
+    let mut cache = KvCache::new(mcfg.num_hidden_layers, b, mcfg.num_key_value_heads, mcfg.head_dim, t + cfg.max_new_tokens, model.kind(), dev)?;
+    let eos = Tensor::from_slice(&cfg.eos_token_ids).f_to_device(dev)?;
+    let mut logits = first_forward(model, &p, &mut cache)?;
+    let mut mask = p.mask.shallow_clone();
+    let mut pos = positions(&mask)?.f_narrow(1, t - 1, 1)?;
+    let mut seen = p.ids.shallow_clone();
+    let mut finished = Tensor::f_zeros([b], (Kind::Bool, dev))?;
+    let mut out: Vec<Tensor> = Vec::new();
+    for step in 0..cfg.max_new_tokens {
+        let scores = repetition_penalty(&logits, &seen, cfg.repetition_penalty)?;
+        let next = if cfg.do_sample {
+            warp(&scores, cfg)?.f_softmax(-1, Kind::Float)?.f_multinomial(1, false)?.f_squeeze_dim(1)?
+        } else {
+            scores.f_argmax(-1, false)?
+        };
+        let next = next.f_masked_fill(&finished, cfg.pad_token_id)?;
+        out.push(next.shallow_clone());
+        if !cfg.eos_token_ids.is_empty() {
+            finished = finished.f_logical_or(&Tensor::f_isin(&next, &eos, false, false)?)?;
+        }
+        if let Some(cb) = callback.as_deref_mut() {
+            if !cb(&next)? {
+                break;
+            }
+        }
+        if bool::try_from(finished.f_all()?)? || step + 1 == cfg.max_new_tokens {
+            break;
+        }
+        seen = Tensor::f_cat(&[&seen, &next.f_view([b, 1])?], 1)?;
+        mask = Tensor::f_cat(&[&mask, &Tensor::f_ones([b, 1], (Kind::Int64, dev))?], 1)?;
+        pos = pos.f_add_scalar(1)?;
+        logits = step_forward(model, &next, &mask, &pos, &mut cache)?;
+    }
+    Ok(Tensor::f_stack(&out, 1)?)
+}
+
+struct Finished {
+    score: f64,
+    tokens: Vec<i64>,
+}
+
+fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tensor> {
+    let dev = model.device();
+    let nb = cfg.num_beams;
+    let s = p.mask.size();
+    let (b, t) = (s[0], s[1]);
+    let v = model.cfg.vocab_size;
+    let rep = Tensor::from_slice(&vec![nb; b as usize]).f_to_device(dev)?;
+    let expand = |x: &Tensor| -> Result<Tensor> { Ok(x.f_repeat_interleave_self_tensor(&rep, 0, None::<i64>)?) };
+    let p = Prompt { input: expand(&p.input)?, is_embeds: p.is_embeds, mask: expand(&p.mask)?, ids: expand(&p.ids)? };
+    let mcfg = &model.cfg;
+    let mut cache = KvCache::new(mcfg.num_hidden_layers, b * nb, mcfg.num_key_value_heads, mcfg.head_dim, t + cfg.max_new_tokens, model.kind(), dev)?;
+    let mut logits = first_forward(model, &p, &mut cache)?;
+    let mut mask = p.mask.shallow_clone();
+    let mut pos = positions(&mask)?.f_narrow(1, t - 1, 1)?;
+    let mut seen = p.ids.shallow_clone();
+    // running beams: scores [B*nb] (only beam 0 alive at first), generated tokens per beam
+    let mut beam_scores: Vec<f64> = (0..b * nb).map(|i| if i % nb == 0 { 0.0 } else { -1e9 }).collect();
+    let mut seqs: Vec<Vec<i64>> = vec![Vec::new(); (b * nb) as usize];
+    let mut finished: Vec<Vec<Finished>> = (0..b).map(|_| Vec::new()).collect();
+    let mut done = vec![false; b as usize];
+    let keep = (2i64).max(1 + cfg.eos_token_ids.len() as i64) * nb;
+    for step in 0..cfg.max_new_tokens {
+        let logp = logits.f_log_softmax(-1, Kind::Float)?;
+        let logp = repetition_penalty(&logp, &seen, cfg.repetition_penalty)?;
+        let bs = Tensor::from_slice(&beam_scores).f_to_kind(Kind::Float)?.f_to_device(dev)?.f_view([-1, 1])?;
+        let acc = logp.f_add(&bs)?.f_view([b, nb * v])?;
+        let (top_s, top_i) = acc.f_topk(keep, 1, true, true)?;
+        let top_s: Vec<f32> = Vec::<f32>::try_from(top_s.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
+        let top_i: Vec<i64> = Vec::<i64>::try_from(top_i.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
+        let last = step + 1 == cfg.max_new_tokens;
+        let gen_len = (step + 1) as f64;
+        let mut new_src = Vec::with_capacity((b * nb) as usize);
+        let mut new_tok = Vec::with_capacity((b * nb) as usize);
+        let mut new_scores = Vec::with_capacity((b * nb) as usize);
+        for bi in 0..b as usize {
+            let mut taken = 0;
+            for j in 0..keep as usize {
+                let k = bi * keep as usize + j;
+                let (score, idx) = (top_s[k] as f64, top_i[k]);
+                let (src, tok) = (bi as i64 * nb + idx / v, idx % v);
+                let hits = last || cfg.eos_token_ids.contains(&tok);
+                if hits {
+                    if (j as i64) < nb && !done[bi] {
+                        let mut tokens = seqs[src as usize].clone();
+                        tokens.push(tok);
+                        let f = &mut finished[bi];
+                        f.push(Finished { score: score / gen_len.powf(cfg.length_penalty), tokens });
+                        f.sort_by(|a, b| b.score.total_cmp(&a.score));
+                        f.truncate(nb as usize);
+                    }
+                } else if taken < nb {
+                    new_src.push(src);
+                    new_tok.push(tok);
+                    new_scores.push(score);
+                    taken += 1;
+                }
+            }
+            while taken < nb {
+                // every candidate finished: keep dead beams so shapes stay fixed
+                new_src.push(bi as i64 * nb);
+                new_tok.push(cfg.pad_token_id);
+                new_scores.push(-1e9);
+                taken += 1;
+            }
+            // stop this row when no running beam can beat the worst finished one
+            let f = &finished[bi];
+            if f.len() as i64 >= nb {
+                let best_running = new_scores[bi * nb as usize] / gen_len.powf(cfg.length_penalty);
+                if best_running <= f[f.len() - 1].score {
+                    done[bi] = true;
+                }
+            }
+        }
+        if last || done.iter().all(|&d| d) {
+            break;
+        }
+        seqs = new_src.iter().zip(&new_tok).map(|(&s, &t)| {
+            let mut q = seqs[s as usize].clone();
+            q.push(t);
+            q
+        }).collect();
+        beam_scores = new_scores;
+        let src = Tensor::from_slice(&new_src).f_to_device(dev)?;
+        let tok = Tensor::from_slice(&new_tok).f_to_device(dev)?;
+        cache.reorder(&src)?;
+        seen = Tensor::f_cat(&[&seen.f_index_select(0, &src)?, &tok.f_view([-1, 1])?], 1)?;
+        mask = Tensor::f_cat(&[&mask.f_index_select(0, &src)?, &Tensor::f_ones([b * nb, 1], (Kind::Int64, dev))?], 1)?;
+        pos = pos.f_index_select(0, &src)?.f_add_scalar(1)?;
+        logits = step_forward(model, &tok, &mask, &pos, &mut cache)?;
+    }
+    let best: Vec<Vec<i64>> = finished
+        .iter()
+        .enumerate()
+        .map(|(bi, f)| match f.first() {
+            Some(h) => h.tokens.clone(),
+            None => seqs[bi * nb as usize].clone(),
+        })
+        .collect();
+    let n = best.iter().map(Vec::len).max().unwrap_or(0);
+    let flat: Vec<i64> = best
+        .iter()
+        .flat_map(|s| s.iter().copied().chain(std::iter::repeat(cfg.pad_token_id).take(n - s.len())))
+        .collect();
+    Ok(Tensor::from_slice(&flat).f_view([b, n as i64])?.f_to_device(dev)?)
+}

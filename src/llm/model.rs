@@ -1,0 +1,336 @@
+//! The LLaMA decoder forward, as transformers' `LlamaForCausalLM` (sdpa attention):
+//! RMSNorm in float32, rotary embeddings (default / linear / llama3 frequencies), grouped-query
+//! attention through libtorch's `scaled_dot_product_attention`, SwiGLU MLP, optional KV cache.
+
+use std::collections::HashMap;
+
+use tch::{Kind, Tensor};
+
+use super::cache::KvCache;
+use super::config::{LlamaConfig, RopeScaling};
+use crate::check;
+use crate::error::{Error, Result};
+use crate::ops::LoraLinear;
+
+/// The inverse rotary frequencies `[head_dim / 2]` (float32), computed with the same ops as
+/// transformers' rope init functions.
+pub fn rope_inv_freq(cfg: &LlamaConfig) -> Result<Tensor> {
+    let dim = cfg.head_dim;
+    let opts = (Kind::Float, tch::Device::Cpu);
+    let exps = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, tch::Device::Cpu))?.f_to_kind(Kind::Float)?.f_div_scalar(dim as f64)?;
+    let inv = Tensor::f_pow_scalar(cfg.rope_theta, &exps)?.f_reciprocal()?;
+    let _ = opts;
+    Ok(match &cfg.rope_scaling {
+        RopeScaling::Default => inv,
+        RopeScaling::Linear { factor } => inv.f_div_scalar(*factor)?,
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            let old = *original_max_position_embeddings as f64;
+            let low_wl = old / low_freq_factor;
+            let high_wl = old / high_freq_factor;
+            let wavelen = inv.f_reciprocal()?.f_mul_scalar(2.0 * std::f64::consts::PI)?;
+            let inv_llama = inv.f_div_scalar(*factor)?.f_where_self(&wavelen.f_gt(low_wl)?, &inv)?;
+            let smooth = wavelen
+                .f_reciprocal()?
+                .f_mul_scalar(old)?
+                .f_sub_scalar(*low_freq_factor)?
+                .f_div_scalar(high_freq_factor - low_freq_factor)?;
+            let smoothed = smooth
+                .f_neg()?
+                .f_add_scalar(1.0)?
+                .f_mul(&inv_llama)?
+                .f_div_scalar(*factor)?
+                .f_add(&smooth.f_mul(&inv_llama)?)?;
+            let medium = wavelen.f_lt(high_wl)?.f_logical_not()?.f_logical_and(&wavelen.f_gt(low_wl)?.f_logical_not()?)?;
+            smoothed.f_where_self(&medium, &inv_llama)?
+        }
+    })
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let kind = x.f_kind()?;
+    let xf = x.f_to_kind(Kind::Float)?;
+    let var = xf.f_pow_tensor_scalar(2)?.f_mean_dim([-1i64].as_slice(), true, None::<Kind>)?;
+    let normed = xf.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?.f_to_kind(kind)?;
+    Ok(w.f_mul(&normed)?)
+}
+
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let d = x.size()[x.dim() - 1];
+    let x1 = x.f_narrow(-1, 0, d / 2)?;
+    let x2 = x.f_narrow(-1, d / 2, d / 2)?;
+    Ok(Tensor::f_cat(&[x2.f_neg()?, x1], -1)?)
+}
+
+struct Layer {
+    input_norm: Tensor,
+    q: LoraLinear,
+    k: LoraLinear,
+    v: LoraLinear,
+    o: LoraLinear,
+    post_norm: Tensor,
+    gate: LoraLinear,
+    up: LoraLinear,
+    down: LoraLinear,
+}
+
+/// Model tensors bound by reference (shallow clones of Python-owned parameters).
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    inv_freq: Tensor,
+}
+
+/// What a forward returns.
+pub struct LlamaOutput {
+    /// `[B, T, V]` (or `[B, 1, V]` with `last_only`).
+    pub logits: Tensor,
+    /// Embeddings, each layer's output, and the final-normed last layer (as transformers).
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// The input of a forward: token ids `[B, T]` or embeddings `[B, T, H]`.
+pub enum Input<'a> {
+    Ids(&'a Tensor),
+    Embeds(&'a Tensor),
+}
+
+fn take(w: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    w.remove(name).ok_or_else(|| Error::checkpoint(format!("missing tensor {name}")))
+}
+
+fn expect_shape(t: &Tensor, name: &str, shape: &[i64]) -> Result<()> {
+    let s = t.size();
+    if s != shape {
+        return Err(Error::checkpoint(format!("{name}: expected shape {shape:?} (from config.json), got {s:?}")));
+    }
+    Ok(())
+}
+
+fn linear(w: &mut HashMap<String, Tensor>, prefix: &str, out: i64, inp: i64, bias: bool) -> Result<LoraLinear> {
+    let wname = format!("{prefix}.weight");
+    let weight = take(w, &wname)?;
+    expect_shape(&weight, &wname, &[out, inp])?;
+    let b = if bias {
+        let bname = format!("{prefix}.bias");
+        let b = take(w, &bname)?;
+        expect_shape(&b, &bname, &[out])?;
+        Some(b)
+    } else {
+        w.remove(&format!("{prefix}.bias")) // bias tuning adds biases to bias-free configs
+    };
+    LoraLinear::new(weight, b, None)
+}
+
+impl Llama {
+    /// Bind to tensors by HF name. `model.rotary_emb.inv_freq` may be given (a buffer that
+    /// follows the module's device); otherwise it is computed.
+    pub fn new(cfg: LlamaConfig, mut w: HashMap<String, Tensor>) -> Result<Self> {
+        let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let embed = take(&mut w, "model.embed_tokens.weight")?;
+        expect_shape(&embed, "model.embed_tokens.weight", &[v, h])?;
+        let kind = check::float_kind(&embed, "model.embed_tokens.weight")?;
+        let device = embed.device();
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+            let input_norm = take(&mut w, &format!("{p}.input_layernorm.weight"))?;
+            expect_shape(&input_norm, &format!("{p}.input_layernorm.weight"), &[h])?;
+            let post_norm = take(&mut w, &format!("{p}.post_attention_layernorm.weight"))?;
+            expect_shape(&post_norm, &format!("{p}.post_attention_layernorm.weight"), &[h])?;
+            layers.push(Layer {
+                input_norm,
+                q: linear(&mut w, &format!("{p}.self_attn.q_proj"), nh * hd, h, ab)?,
+                k: linear(&mut w, &format!("{p}.self_attn.k_proj"), nkv * hd, h, ab)?,
+                v: linear(&mut w, &format!("{p}.self_attn.v_proj"), nkv * hd, h, ab)?,
+                o: linear(&mut w, &format!("{p}.self_attn.o_proj"), h, nh * hd, ab)?,
+                post_norm,
+                gate: linear(&mut w, &format!("{p}.mlp.gate_proj"), i, h, mb)?,
+                up: linear(&mut w, &format!("{p}.mlp.up_proj"), i, h, mb)?,
+                down: linear(&mut w, &format!("{p}.mlp.down_proj"), h, i, mb)?,
+            });
+        }
+        let norm = take(&mut w, "model.norm.weight")?;
+        expect_shape(&norm, "model.norm.weight", &[h])?;
+        let lm_head = match w.remove("lm_head.weight") {
+            Some(t) => t,
+            None if cfg.tie_word_embeddings => embed.shallow_clone(),
+            None => return Err(Error::checkpoint("missing tensor lm_head.weight (config has tie_word_embeddings false)")),
+        };
+        expect_shape(&lm_head, "lm_head.weight", &[v, h])?;
+        let inv_freq = match w.remove("model.rotary_emb.inv_freq") {
+            Some(t) => t,
+            None => rope_inv_freq(&cfg)?.f_to_device(device)?,
+        };
+        for (name, t) in [("model.norm.weight", &norm), ("lm_head.weight", &lm_head)] {
+            check::same_kind(t, name, kind, "model.embed_tokens.weight")?;
+            check::same_device(t, name, device, "model.embed_tokens.weight")?;
+        }
+        if let Some(extra) = w.keys().next() {
+            return Err(Error::checkpoint(format!("unexpected tensor {extra} (not part of a LLaMA with this config)")));
+        }
+        Ok(Llama { cfg, embed, layers, norm, lm_head, inv_freq })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.embed.kind()
+    }
+
+    pub fn device(&self) -> tch::Device {
+        self.embed.device()
+    }
+
+    /// Token embeddings `[B, T, H]` of ids `[B, T]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        check::dims(ids, "input_ids", 2, "[B, T]")?;
+        let k = check::kind_of(ids, "input_ids")?;
+        if !matches!(k, Kind::Int64 | Kind::Int) {
+            return Err(Error::dtype(format!("input_ids: expected int64 token ids, got {}", check::kind_name(k))));
+        }
+        check::same_device(ids, "input_ids", self.device(), "the model")?;
+        if ids.numel() > 0 {
+            let (lo, hi) = (i64::try_from(ids.f_min()?)?, i64::try_from(ids.f_max()?)?);
+            if lo < 0 || hi >= self.cfg.vocab_size {
+                return Err(Error::config(format!(
+                    "input_ids: token ids must lie in [0, {}], got values in [{lo}, {hi}]",
+                    self.cfg.vocab_size - 1
+                )));
+            }
+        }
+        Ok(Tensor::f_embedding(&self.embed, ids, -1, false, false)?)
+    }
+
+    fn rope(&self, position_ids: &Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
+        // freqs = position_ids[..., None].float() * inv_freq; emb = cat(freqs, freqs)
+        let freqs = position_ids.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(&self.inv_freq.f_to_kind(Kind::Float)?)?;
+        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
+        // [B, 1, T, hd] to broadcast over heads
+        Ok((emb.f_cos()?.f_to_kind(kind)?.f_unsqueeze(1)?, emb.f_sin()?.f_to_kind(kind)?.f_unsqueeze(1)?))
+    }
+
+    /// Forward. `attention_mask` `[B, past + T]` (1 keep, 0 pad) covers cached and new tokens;
+    /// `position_ids` `[B, T]` default to `past..past+T`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        input: Input<'_>,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+        last_only: bool,
+        train: bool,
+    ) -> Result<LlamaOutput> {
+        let x = match input {
+            Input::Ids(ids) => self.embed(ids)?,
+            Input::Embeds(e) => {
+                let s = check::dims(e, "inputs_embeds", 3, "[B, T, hidden_size]")?;
+                if s[2] != self.cfg.hidden_size {
+                    return Err(Error::shape(format!(
+                        "inputs_embeds: expected last dimension {} (hidden_size), got shape {s:?}",
+                        self.cfg.hidden_size
+                    )));
+                }
+                check::same_kind(e, "inputs_embeds", self.kind(), "the model's weights")?;
+                check::same_device(e, "inputs_embeds", self.device(), "the model")?;
+                e.shallow_clone()
+            }
+        };
+        let s = x.size();
+        let (b, t) = (s[0], s[1]);
+        if t == 0 {
+            return Err(Error::shape("input: expected at least one token, got a sequence of length 0"));
+        }
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let total = past + t;
+        let dev = self.device();
+        let pos = match position_ids {
+            Some(p) => {
+                let ps = check::dims(p, "position_ids", 2, "[B, T]")?;
+                if ps[1] != t || (ps[0] != b && ps[0] != 1) {
+                    return Err(Error::shape(format!("position_ids: expected shape [{b}, {t}], got {ps:?}")));
+                }
+                check::same_device(p, "position_ids", dev, "the model")?;
+                p.shallow_clone()
+            }
+            None => Tensor::f_arange_start(past, total, (Kind::Int64, dev))?.f_unsqueeze(0)?,
+        };
+        let mask = match attention_mask {
+            None if past == 0 => None, // causal, no padding: SDPA's is_causal
+            m => Some(self.build_mask(m, b, t, past)?),
+        };
+        let (cos, sin) = self.rope(&pos, x.f_kind()?)?;
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let mut hidden_states = Vec::new();
+        let mut h = x;
+        for (li, layer) in self.layers.iter().enumerate() {
+            if output_hidden_states {
+                hidden_states.push(h.shallow_clone());
+            }
+            let xn = rms_norm(&h, &layer.input_norm, self.cfg.rms_norm_eps)?;
+            let q = layer.q.forward(&xn, train)?.f_view([b, t, nh, hd])?.f_transpose(1, 2)?;
+            let k = layer.k.forward(&xn, train)?.f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
+            let v = layer.v.forward(&xn, train)?.f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
+            let q = q.f_mul(&cos)?.f_add(&rotate_half(&q)?.f_mul(&sin)?)?;
+            let k = k.f_mul(&cos)?.f_add(&rotate_half(&k)?.f_mul(&sin)?)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.append(li, &k, &v)?,
+                None => (k, v),
+            };
+            let attn = Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                mask.as_ref(),
+                0.0,
+                mask.is_none() && t > 1,
+                None,
+                nkv != nh,
+            )?;
+            let attn = attn.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
+            h = h.f_add(&layer.o.forward(&attn, train)?)?;
+            let xn = rms_norm(&h, &layer.post_norm, self.cfg.rms_norm_eps)?;
+            let g = layer.gate.forward(&xn, train)?.f_silu()?;
+            let u = layer.up.forward(&xn, train)?;
+            h = h.f_add(&layer.down.forward(&g.f_mul(&u)?, train)?)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        let h = rms_norm(&h, &self.norm, self.cfg.rms_norm_eps)?;
+        if output_hidden_states {
+            hidden_states.push(h.shallow_clone());
+        }
+        let hl = if last_only { h.f_narrow(1, t - 1, 1)? } else { h };
+        let logits = hl.f_linear::<Tensor>(&self.lm_head, None)?;
+        Ok(LlamaOutput { logits, hidden_states })
+    }
+
+    /// Boolean mask `[B, 1, T, past + T]`: causal, padding keys removed, and every query allowed to
+    /// see itself (so fully padded rows stay finite, as transformers' sdpa path keeps them).
+    fn build_mask(&self, attention_mask: Option<&Tensor>, b: i64, t: i64, past: i64) -> Result<Tensor> {
+        let dev = self.device();
+        let total = past + t;
+        let qpos = Tensor::f_arange_start(past, total, (Kind::Int64, dev))?.f_view([t, 1])?;
+        let kpos = Tensor::f_arange(total, (Kind::Int64, dev))?.f_view([1, total])?;
+        let causal = kpos.f_le_tensor(&qpos)?; // [T, S]
+        let mut m = causal.f_view([1, 1, t, total])?;
+        if let Some(am) = attention_mask {
+            let s = check::dims(am, "attention_mask", 2, "[B, past + T]")?;
+            if s != [b, total] {
+                return Err(Error::shape(format!(
+                    "attention_mask: expected shape [{b}, {total}] (batch, cached + new tokens), got {s:?}"
+                )));
+            }
+            check::same_device(am, "attention_mask", dev, "the model")?;
+            let keep = am.f_ne(0)?.f_view([b, 1, 1, total])?;
+            m = m.f_logical_and(&keep)?;
+        }
+        let diag = kpos.f_eq_tensor(&qpos)?.f_view([1, 1, t, total])?;
+        Ok(m.f_logical_or(&diag)?)
+    }
+}
