@@ -13,19 +13,43 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(layers: i64, batch: i64, kv_heads: i64, head_dim: i64, capacity: i64, kind: Kind, device: Device) -> Result<Self> {
+    pub fn new(
+        layers: i64,
+        batch: i64,
+        kv_heads: i64,
+        head_dim: i64,
+        capacity: i64,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
         let mut k = Vec::with_capacity(layers as usize);
         let mut v = Vec::with_capacity(layers as usize);
         for _ in 0..layers {
-            k.push(Tensor::f_zeros([batch, kv_heads, capacity, head_dim], (kind, device))?);
-            v.push(Tensor::f_zeros([batch, kv_heads, capacity, head_dim], (kind, device))?);
+            k.push(Tensor::f_zeros(
+                [batch, kv_heads, capacity, head_dim],
+                (kind, device),
+            )?);
+            v.push(Tensor::f_zeros(
+                [batch, kv_heads, capacity, head_dim],
+                (kind, device),
+            )?);
         }
-        Ok(KvCache { k, v, len: 0, capacity })
+        Ok(KvCache {
+            k,
+            v,
+            len: 0,
+            capacity,
+        })
     }
 
     /// Store `k_new`, `v_new` (`[B, n_kv, T, hd]`) for `layer` after the cached tokens and return
     /// views of all keys and values so far.
-    pub fn append(&mut self, layer: usize, k_new: &Tensor, v_new: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn append(
+        &mut self,
+        layer: usize,
+        k_new: &Tensor,
+        v_new: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let t = k_new.size()[2];
         if self.len + t > self.capacity {
             return Err(Error::shape(format!(
@@ -35,7 +59,10 @@ impl KvCache {
         }
         self.k[layer].f_narrow(2, self.len, t)?.f_copy_(k_new)?;
         self.v[layer].f_narrow(2, self.len, t)?.f_copy_(v_new)?;
-        Ok((self.k[layer].f_narrow(2, 0, self.len + t)?, self.v[layer].f_narrow(2, 0, self.len + t)?))
+        Ok((
+            self.k[layer].f_narrow(2, 0, self.len + t)?,
+            self.v[layer].f_narrow(2, 0, self.len + t)?,
+        ))
     }
 
     pub fn advance(&mut self, t: i64) {

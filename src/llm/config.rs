@@ -12,8 +12,15 @@ use crate::error::{Error, Result};
 #[serde(tag = "rope_type", rename_all = "lowercase")]
 pub enum RopeScaling {
     Default,
-    Linear { factor: f64 },
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: i64 },
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -40,17 +47,19 @@ pub struct LlamaConfig {
 fn get_i64(m: &Map<String, Value>, key: &str) -> Result<Option<i64>> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| Error::config(format!("config.json: {key} must be an integer, got {v}"))),
+        Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+            Error::config(format!("config.json: {key} must be an integer, got {v}"))
+        }),
     }
 }
 
 fn req_i64(m: &Map<String, Value>, key: &str) -> Result<i64> {
-    let v = get_i64(m, key)?.ok_or_else(|| Error::config(format!("config.json: missing required field {key}")))?;
+    let v = get_i64(m, key)?
+        .ok_or_else(|| Error::config(format!("config.json: missing required field {key}")))?;
     if v <= 0 {
-        return Err(Error::config(format!("config.json: {key} must be positive, got {v}")));
+        return Err(Error::config(format!(
+            "config.json: {key} must be positive, got {v}"
+        )));
     }
     Ok(v)
 }
@@ -69,7 +78,9 @@ fn get_bool(m: &Map<String, Value>, key: &str, default: bool) -> Result<bool> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(v) => Err(Error::config(format!("config.json: {key} must be true or false, got {v}"))),
+        Some(v) => Err(Error::config(format!(
+            "config.json: {key} must be true or false, got {v}"
+        ))),
     }
 }
 
@@ -78,9 +89,15 @@ fn token_ids(m: &Map<String, Value>, key: &str) -> Result<Vec<i64>> {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| v.as_i64().ok_or_else(|| Error::config(format!("config.json: {key} must hold integers, got {v}"))))
+            .map(|v| {
+                v.as_i64().ok_or_else(|| {
+                    Error::config(format!("config.json: {key} must hold integers, got {v}"))
+                })
+            })
             .collect(),
-        Some(v) => Ok(vec![v.as_i64().ok_or_else(|| Error::config(format!("config.json: {key} must be an integer, got {v}")))?]),
+        Some(v) => Ok(vec![v.as_i64().ok_or_else(|| {
+            Error::config(format!("config.json: {key} must be an integer, got {v}"))
+        })?]),
     }
 }
 
@@ -91,15 +108,27 @@ fn rope(m: &Map<String, Value>) -> Result<(f64, RopeScaling)> {
         Some(Value::Null) | None => match m.get("rope_scaling") {
             Some(Value::Object(p)) => (Some(p.clone()), get_f64(m, "rope_theta")?),
             Some(Value::Null) | None => (None, get_f64(m, "rope_theta")?),
-            Some(v) => return Err(Error::config(format!("config.json: rope_scaling must be an object, got {v}"))),
+            Some(v) => {
+                return Err(Error::config(format!(
+                    "config.json: rope_scaling must be an object, got {v}"
+                )))
+            }
         },
-        Some(v) => return Err(Error::config(format!("config.json: rope_parameters must be an object, got {v}"))),
+        Some(v) => {
+            return Err(Error::config(format!(
+                "config.json: rope_parameters must be an object, got {v}"
+            )))
+        }
     };
     let theta = theta.unwrap_or(10000.0);
     if !(theta.is_finite() && theta > 0.0) {
-        return Err(Error::config(format!("config.json: rope_theta must be positive, got {theta}")));
+        return Err(Error::config(format!(
+            "config.json: rope_theta must be positive, got {theta}"
+        )));
     }
-    let Some(p) = params else { return Ok((theta, RopeScaling::Default)) };
+    let Some(p) = params else {
+        return Ok((theta, RopeScaling::Default));
+    };
     let kind = p
         .get("rope_type")
         .or_else(|| p.get("type"))
@@ -107,9 +136,13 @@ fn rope(m: &Map<String, Value>) -> Result<(f64, RopeScaling)> {
         .unwrap_or("default")
         .to_string();
     let f = |k: &str| -> Result<f64> {
-        let v = get_f64(&p, k)?.ok_or_else(|| Error::config(format!("config.json: rope scaling '{kind}' needs {k}")))?;
+        let v = get_f64(&p, k)?.ok_or_else(|| {
+            Error::config(format!("config.json: rope scaling '{kind}' needs {k}"))
+        })?;
         if !(v.is_finite() && v > 0.0) {
-            return Err(Error::config(format!("config.json: rope scaling {k} must be positive, got {v}")));
+            return Err(Error::config(format!(
+                "config.json: rope scaling {k} must be positive, got {v}"
+            )));
         }
         Ok(v)
     };
@@ -131,7 +164,9 @@ fn rope(m: &Map<String, Value>) -> Result<(f64, RopeScaling)> {
     };
     if let Some(prf) = get_f64(&p, "partial_rotary_factor")? {
         if prf != 1.0 {
-            return Err(Error::config(format!("config.json: partial_rotary_factor {prf} is not supported (only 1.0)")));
+            return Err(Error::config(format!(
+                "config.json: partial_rotary_factor {prf} is not supported (only 1.0)"
+            )));
         }
     }
     Ok((theta, scaling))
@@ -140,21 +175,30 @@ fn rope(m: &Map<String, Value>) -> Result<(f64, RopeScaling)> {
 impl LlamaConfig {
     /// Parse and validate the text of a HF `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text).map_err(|e| Error::config(format!("config.json: not valid JSON ({e})")))?;
-        let m = v.as_object().ok_or_else(|| Error::config("config.json: expected a JSON object"))?;
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| Error::config(format!("config.json: not valid JSON ({e})")))?;
+        let m = v
+            .as_object()
+            .ok_or_else(|| Error::config("config.json: expected a JSON object"))?;
         if let Some(mt) = m.get("model_type").and_then(Value::as_str) {
             if mt != "llama" {
-                return Err(Error::config(format!("config.json: model_type '{mt}' is not supported (expected 'llama')")));
+                return Err(Error::config(format!(
+                    "config.json: model_type '{mt}' is not supported (expected 'llama')"
+                )));
             }
         }
         if let Some(act) = m.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
-                return Err(Error::config(format!("config.json: hidden_act '{act}' is not supported (LLaMA uses 'silu')")));
+                return Err(Error::config(format!(
+                    "config.json: hidden_act '{act}' is not supported (LLaMA uses 'silu')"
+                )));
             }
         }
         if let Some(tp) = get_i64(m, "pretraining_tp")? {
             if tp != 1 {
-                return Err(Error::config(format!("config.json: pretraining_tp {tp} is not supported (only 1)")));
+                return Err(Error::config(format!(
+                    "config.json: pretraining_tp {tp} is not supported (only 1)"
+                )));
             }
         }
         let hidden_size = req_i64(m, "hidden_size")?;
@@ -177,12 +221,16 @@ impl LlamaConfig {
             }
         };
         if head_dim <= 0 || head_dim % 2 != 0 {
-            return Err(Error::config(format!("config.json: head_dim must be a positive even number, got {head_dim}")));
+            return Err(Error::config(format!(
+                "config.json: head_dim must be a positive even number, got {head_dim}"
+            )));
         }
         let (rope_theta, rope_scaling) = rope(m)?;
         let eps = get_f64(m, "rms_norm_eps")?.unwrap_or(1e-6);
         if !(eps.is_finite() && eps > 0.0) {
-            return Err(Error::config(format!("config.json: rms_norm_eps must be positive, got {eps}")));
+            return Err(Error::config(format!(
+                "config.json: rms_norm_eps must be positive, got {eps}"
+            )));
         }
         Ok(LlamaConfig {
             vocab_size: req_i64(m, "vocab_size")?,

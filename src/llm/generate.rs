@@ -28,29 +28,56 @@ pub struct GenerationConfig {
 impl GenerationConfig {
     pub fn validate(&self, vocab: i64) -> Result<()> {
         if self.max_new_tokens < 1 {
-            return Err(Error::config(format!("max_new_tokens: expected >= 1, got {}", self.max_new_tokens)));
+            return Err(Error::config(format!(
+                "max_new_tokens: expected >= 1, got {}",
+                self.max_new_tokens
+            )));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(Error::config(format!("temperature: expected > 0, got {}", self.temperature)));
+            return Err(Error::config(format!(
+                "temperature: expected > 0, got {}",
+                self.temperature
+            )));
         }
         if self.top_k < 0 {
-            return Err(Error::config(format!("top_k: expected >= 0 (0 disables), got {}", self.top_k)));
+            return Err(Error::config(format!(
+                "top_k: expected >= 0 (0 disables), got {}",
+                self.top_k
+            )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::config(format!("top_p: expected a value in (0, 1], got {}", self.top_p)));
+            return Err(Error::config(format!(
+                "top_p: expected a value in (0, 1], got {}",
+                self.top_p
+            )));
         }
         if self.num_beams < 1 {
-            return Err(Error::config(format!("num_beams: expected >= 1, got {}", self.num_beams)));
+            return Err(Error::config(format!(
+                "num_beams: expected >= 1, got {}",
+                self.num_beams
+            )));
         }
         if self.num_beams > 1 && self.do_sample {
-            return Err(Error::config("num_beams > 1 with do_sample: beam sampling is not supported"));
+            return Err(Error::config(
+                "num_beams > 1 with do_sample: beam sampling is not supported",
+            ));
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return Err(Error::config(format!("repetition_penalty: expected > 0, got {}", self.repetition_penalty)));
+            return Err(Error::config(format!(
+                "repetition_penalty: expected > 0, got {}",
+                self.repetition_penalty
+            )));
         }
-        for &t in self.eos_token_ids.iter().chain(std::iter::once(&self.pad_token_id)) {
+        for &t in self
+            .eos_token_ids
+            .iter()
+            .chain(std::iter::once(&self.pad_token_id))
+        {
             if t < 0 || t >= vocab {
-                return Err(Error::config(format!("eos/pad token id {t} is outside the vocabulary [0, {})", vocab)));
+                return Err(Error::config(format!(
+                    "eos/pad token id {t} is outside the vocabulary [0, {})",
+                    vocab
+                )));
             }
         }
         Ok(())
@@ -66,7 +93,9 @@ fn repetition_penalty(scores: &Tensor, seen: &Tensor, penalty: f64) -> Result<Te
     }
     // transformers: score < 0 ? score * penalty : score / penalty, on every token seen
     let s = scores.f_gather(1, seen, false)?;
-    let s = s.f_mul_scalar(penalty)?.f_where_self(&s.f_lt(0.0)?, &s.f_div_scalar(penalty)?)?;
+    let s = s
+        .f_mul_scalar(penalty)?
+        .f_where_self(&s.f_lt(0.0)?, &s.f_div_scalar(penalty)?)?;
     Ok(scores.f_scatter(1, seen, &s)?)
 }
 
@@ -83,7 +112,9 @@ fn warp(scores: &Tensor, cfg: &GenerationConfig) -> Result<Tensor> {
     }
     if cfg.top_p < 1.0 {
         let (sorted, idx) = s.f_sort(-1, false)?;
-        let cum = sorted.f_softmax(-1, Kind::Float)?.f_cumsum(-1, Kind::Float)?;
+        let cum = sorted
+            .f_softmax(-1, Kind::Float)?
+            .f_cumsum(-1, Kind::Float)?;
         let remove_sorted = cum.f_le(1.0 - cfg.top_p)?;
         // keep at least the most probable token (the last in ascending order)
         let last = remove_sorted.f_narrow(1, v - 1, 1)?.f_zeros_like()?;
@@ -103,7 +134,10 @@ struct Prompt {
 
 fn positions(mask: &Tensor) -> Result<Tensor> {
     // transformers: cumsum(mask) - 1, padded positions set to 1
-    let p = mask.f_to_kind(Kind::Int64)?.f_cumsum(-1, Kind::Int64)?.f_sub_scalar(1)?;
+    let p = mask
+        .f_to_kind(Kind::Int64)?
+        .f_cumsum(-1, Kind::Int64)?
+        .f_sub_scalar(1)?;
     Ok(p.f_masked_fill(&mask.f_eq(0)?, 1)?)
 }
 
@@ -116,38 +150,77 @@ fn prepare(model: &Llama, input: Input<'_>, mask: Option<&Tensor>) -> Result<Pro
         }
         Input::Embeds(e) => {
             let s = check::dims(e, "inputs_embeds", 3, "[B, T, hidden_size]")?;
-            (e.shallow_clone(), true, Tensor::f_zeros([s[0], 0], (Kind::Int64, dev))?)
+            (
+                e.shallow_clone(),
+                true,
+                Tensor::f_zeros([s[0], 0], (Kind::Int64, dev))?,
+            )
         }
     };
     let s = input.size();
     let (b, t) = (s[0], s[1]);
     if b == 0 || t == 0 {
-        return Err(Error::shape(format!("input: expected a non-empty [B, T] prompt, got shape {s:?}")));
+        return Err(Error::shape(format!(
+            "input: expected a non-empty [B, T] prompt, got shape {s:?}"
+        )));
     }
     let mask = match mask {
         Some(m) => {
             let ms = check::dims(m, "attention_mask", 2, "[B, T]")?;
             if ms != [b, t] {
-                return Err(Error::shape(format!("attention_mask: expected shape [{b}, {t}] (as the prompt), got {ms:?}")));
+                return Err(Error::shape(format!(
+                    "attention_mask: expected shape [{b}, {t}] (as the prompt), got {ms:?}"
+                )));
             }
             check::same_device(m, "attention_mask", dev, "the model")?;
             m.f_to_kind(Kind::Int64)?
         }
         None => Tensor::f_ones([b, t], (Kind::Int64, dev))?,
     };
-    Ok(Prompt { input, is_embeds, mask, ids })
+    Ok(Prompt {
+        input,
+        is_embeds,
+        mask,
+        ids,
+    })
 }
 
 fn first_forward(model: &Llama, p: &Prompt, cache: &mut KvCache) -> Result<Tensor> {
     let pos = positions(&p.mask)?;
-    let input = if p.is_embeds { Input::Embeds(&p.input) } else { Input::Ids(&p.input) };
-    let out = model.forward(input, Some(&p.mask), Some(&pos), Some(cache), false, true, false)?;
+    let input = if p.is_embeds {
+        Input::Embeds(&p.input)
+    } else {
+        Input::Ids(&p.input)
+    };
+    let out = model.forward(
+        input,
+        Some(&p.mask),
+        Some(&pos),
+        Some(cache),
+        false,
+        true,
+        false,
+    )?;
     Ok(out.logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
 }
 
-fn step_forward(model: &Llama, tok: &Tensor, mask: &Tensor, pos: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+fn step_forward(
+    model: &Llama,
+    tok: &Tensor,
+    mask: &Tensor,
+    pos: &Tensor,
+    cache: &mut KvCache,
+) -> Result<Tensor> {
     let ids = tok.f_view([-1, 1])?;
-    let out = model.forward(Input::Ids(&ids), Some(mask), Some(pos), Some(cache), false, true, false)?;
+    let out = model.forward(
+        Input::Ids(&ids),
+        Some(mask),
+        Some(pos),
+        Some(cache),
+        false,
+        true,
+        false,
+    )?;
     Ok(out.logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
 }
 
@@ -170,7 +243,15 @@ pub fn generate(
     let s = p.mask.size();
     let (b, t) = (s[0], s[1]);
     let mcfg = &model.cfg;
-    let mut cache = KvCache::new(mcfg.num_hidden_layers, b, mcfg.num_key_value_heads, mcfg.head_dim, t + cfg.max_new_tokens, model.kind(), dev)?;
+    let mut cache = KvCache::new(
+        mcfg.num_hidden_layers,
+        b,
+        mcfg.num_key_value_heads,
+        mcfg.head_dim,
+        t + cfg.max_new_tokens,
+        model.kind(),
+        dev,
+    )?;
     let eos = Tensor::from_slice(&cfg.eos_token_ids).f_to_device(dev)?;
     let mut logits = first_forward(model, &p, &mut cache)?;
     let mut mask = p.mask.shallow_clone();
@@ -181,7 +262,10 @@ pub fn generate(
     for step in 0..cfg.max_new_tokens {
         let scores = repetition_penalty(&logits, &seen, cfg.repetition_penalty)?;
         let next = if cfg.do_sample {
-            warp(&scores, cfg)?.f_softmax(-1, Kind::Float)?.f_multinomial(1, false)?.f_squeeze_dim(1)?
+            warp(&scores, cfg)?
+                .f_softmax(-1, Kind::Float)?
+                .f_multinomial(1, false)?
+                .f_squeeze_dim(1)?
         } else {
             scores.f_argmax(-1, false)?
         };
@@ -218,16 +302,33 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
     let (b, t) = (s[0], s[1]);
     let v = model.cfg.vocab_size;
     let rep = Tensor::from_slice(&vec![nb; b as usize]).f_to_device(dev)?;
-    let expand = |x: &Tensor| -> Result<Tensor> { Ok(x.f_repeat_interleave_self_tensor(&rep, 0, None::<i64>)?) };
-    let p = Prompt { input: expand(&p.input)?, is_embeds: p.is_embeds, mask: expand(&p.mask)?, ids: expand(&p.ids)? };
+    let expand = |x: &Tensor| -> Result<Tensor> {
+        Ok(x.f_repeat_interleave_self_tensor(&rep, 0, None::<i64>)?)
+    };
+    let p = Prompt {
+        input: expand(&p.input)?,
+        is_embeds: p.is_embeds,
+        mask: expand(&p.mask)?,
+        ids: expand(&p.ids)?,
+    };
     let mcfg = &model.cfg;
-    let mut cache = KvCache::new(mcfg.num_hidden_layers, b * nb, mcfg.num_key_value_heads, mcfg.head_dim, t + cfg.max_new_tokens, model.kind(), dev)?;
+    let mut cache = KvCache::new(
+        mcfg.num_hidden_layers,
+        b * nb,
+        mcfg.num_key_value_heads,
+        mcfg.head_dim,
+        t + cfg.max_new_tokens,
+        model.kind(),
+        dev,
+    )?;
     let mut logits = first_forward(model, &p, &mut cache)?;
     let mut mask = p.mask.shallow_clone();
     let mut pos = positions(&mask)?.f_narrow(1, t - 1, 1)?;
     let mut seen = p.ids.shallow_clone();
     // running beams: scores [B*nb] (only beam 0 alive at first), generated tokens per beam
-    let mut beam_scores: Vec<f64> = (0..b * nb).map(|i| if i % nb == 0 { 0.0 } else { -1e9 }).collect();
+    let mut beam_scores: Vec<f64> = (0..b * nb)
+        .map(|i| if i % nb == 0 { 0.0 } else { -1e9 })
+        .collect();
     let mut seqs: Vec<Vec<i64>> = vec![Vec::new(); (b * nb) as usize];
     let mut finished: Vec<Vec<Finished>> = (0..b).map(|_| Vec::new()).collect();
     let mut done = vec![false; b as usize];
@@ -235,11 +336,16 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
     for step in 0..cfg.max_new_tokens {
         let logp = logits.f_log_softmax(-1, Kind::Float)?;
         let logp = repetition_penalty(&logp, &seen, cfg.repetition_penalty)?;
-        let bs = Tensor::from_slice(&beam_scores).f_to_kind(Kind::Float)?.f_to_device(dev)?.f_view([-1, 1])?;
+        let bs = Tensor::from_slice(&beam_scores)
+            .f_to_kind(Kind::Float)?
+            .f_to_device(dev)?
+            .f_view([-1, 1])?;
         let acc = logp.f_add(&bs)?.f_view([b, nb * v])?;
         let (top_s, top_i) = acc.f_topk(keep, 1, true, true)?;
-        let top_s: Vec<f32> = Vec::<f32>::try_from(top_s.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
-        let top_i: Vec<i64> = Vec::<i64>::try_from(top_i.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
+        let top_s: Vec<f32> =
+            Vec::<f32>::try_from(top_s.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
+        let top_i: Vec<i64> =
+            Vec::<i64>::try_from(top_i.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
         let last = step + 1 == cfg.max_new_tokens;
         let gen_len = (step + 1) as f64;
         let mut new_src = Vec::with_capacity((b * nb) as usize);
@@ -257,7 +363,10 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
                         let mut tokens = seqs[src as usize].clone();
                         tokens.push(tok);
                         let f = &mut finished[bi];
-                        f.push(Finished { score: score / gen_len.powf(cfg.length_penalty), tokens });
+                        f.push(Finished {
+                            score: score / gen_len.powf(cfg.length_penalty),
+                            tokens,
+                        });
                         f.sort_by(|a, b| b.score.total_cmp(&a.score));
                         f.truncate(nb as usize);
                     }
@@ -287,17 +396,27 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
         if last || done.iter().all(|&d| d) {
             break;
         }
-        seqs = new_src.iter().zip(&new_tok).map(|(&s, &t)| {
-            let mut q = seqs[s as usize].clone();
-            q.push(t);
-            q
-        }).collect();
+        seqs = new_src
+            .iter()
+            .zip(&new_tok)
+            .map(|(&s, &t)| {
+                let mut q = seqs[s as usize].clone();
+                q.push(t);
+                q
+            })
+            .collect();
         beam_scores = new_scores;
         let src = Tensor::from_slice(&new_src).f_to_device(dev)?;
         let tok = Tensor::from_slice(&new_tok).f_to_device(dev)?;
         cache.reorder(&src)?;
         seen = Tensor::f_cat(&[&seen.f_index_select(0, &src)?, &tok.f_view([-1, 1])?], 1)?;
-        mask = Tensor::f_cat(&[&mask.f_index_select(0, &src)?, &Tensor::f_ones([b * nb, 1], (Kind::Int64, dev))?], 1)?;
+        mask = Tensor::f_cat(
+            &[
+                &mask.f_index_select(0, &src)?,
+                &Tensor::f_ones([b * nb, 1], (Kind::Int64, dev))?,
+            ],
+            1,
+        )?;
         pos = pos.f_index_select(0, &src)?.f_add_scalar(1)?;
         logits = step_forward(model, &tok, &mask, &pos, &mut cache)?;
     }
@@ -312,7 +431,13 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
     let n = best.iter().map(Vec::len).max().unwrap_or(0);
     let flat: Vec<i64> = best
         .iter()
-        .flat_map(|s| s.iter().copied().chain(std::iter::repeat(cfg.pad_token_id).take(n - s.len())))
+        .flat_map(|s| {
+            s.iter()
+                .copied()
+                .chain(std::iter::repeat(cfg.pad_token_id).take(n - s.len()))
+        })
         .collect();
-    Ok(Tensor::from_slice(&flat).f_view([b, n as i64])?.f_to_device(dev)?)
+    Ok(Tensor::from_slice(&flat)
+        .f_view([b, n as i64])?
+        .f_to_device(dev)?)
 }

@@ -17,18 +17,29 @@ use crate::ops::LoraLinear;
 pub fn rope_inv_freq(cfg: &LlamaConfig) -> Result<Tensor> {
     let dim = cfg.head_dim;
     let opts = (Kind::Float, tch::Device::Cpu);
-    let exps = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, tch::Device::Cpu))?.f_to_kind(Kind::Float)?.f_div_scalar(dim as f64)?;
+    let exps = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, tch::Device::Cpu))?
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(dim as f64)?;
     let inv = Tensor::f_pow_scalar(cfg.rope_theta, &exps)?.f_reciprocal()?;
     let _ = opts;
     Ok(match &cfg.rope_scaling {
         RopeScaling::Default => inv,
         RopeScaling::Linear { factor } => inv.f_div_scalar(*factor)?,
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
             let old = *original_max_position_embeddings as f64;
             let low_wl = old / low_freq_factor;
             let high_wl = old / high_freq_factor;
-            let wavelen = inv.f_reciprocal()?.f_mul_scalar(2.0 * std::f64::consts::PI)?;
-            let inv_llama = inv.f_div_scalar(*factor)?.f_where_self(&wavelen.f_gt(low_wl)?, &inv)?;
+            let wavelen = inv
+                .f_reciprocal()?
+                .f_mul_scalar(2.0 * std::f64::consts::PI)?;
+            let inv_llama = inv
+                .f_div_scalar(*factor)?
+                .f_where_self(&wavelen.f_gt(low_wl)?, &inv)?;
             let smooth = wavelen
                 .f_reciprocal()?
                 .f_mul_scalar(old)?
@@ -40,7 +51,10 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Result<Tensor> {
                 .f_mul(&inv_llama)?
                 .f_div_scalar(*factor)?
                 .f_add(&smooth.f_mul(&inv_llama)?)?;
-            let medium = wavelen.f_lt(high_wl)?.f_logical_not()?.f_logical_and(&wavelen.f_gt(low_wl)?.f_logical_not()?)?;
+            let medium = wavelen
+                .f_lt(high_wl)?
+                .f_logical_not()?
+                .f_logical_and(&wavelen.f_gt(low_wl)?.f_logical_not()?)?;
             smoothed.f_where_self(&medium, &inv_llama)?
         }
     })
@@ -49,8 +63,12 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Result<Tensor> {
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let kind = x.f_kind()?;
     let xf = x.f_to_kind(Kind::Float)?;
-    let var = xf.f_pow_tensor_scalar(2)?.f_mean_dim([-1i64].as_slice(), true, None::<Kind>)?;
-    let normed = xf.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?.f_to_kind(kind)?;
+    let var = xf
+        .f_pow_tensor_scalar(2)?
+        .f_mean_dim([-1i64].as_slice(), true, None::<Kind>)?;
+    let normed = xf
+        .f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?
+        .f_to_kind(kind)?;
     Ok(w.f_mul(&normed)?)
 }
 
@@ -98,18 +116,27 @@ pub enum Input<'a> {
 }
 
 fn take(w: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
-    w.remove(name).ok_or_else(|| Error::checkpoint(format!("missing tensor {name}")))
+    w.remove(name)
+        .ok_or_else(|| Error::checkpoint(format!("missing tensor {name}")))
 }
 
 fn expect_shape(t: &Tensor, name: &str, shape: &[i64]) -> Result<()> {
     let s = t.size();
     if s != shape {
-        return Err(Error::checkpoint(format!("{name}: expected shape {shape:?} (from config.json), got {s:?}")));
+        return Err(Error::checkpoint(format!(
+            "{name}: expected shape {shape:?} (from config.json), got {s:?}"
+        )));
     }
     Ok(())
 }
 
-fn linear(w: &mut HashMap<String, Tensor>, prefix: &str, out: i64, inp: i64, bias: bool) -> Result<LoraLinear> {
+fn linear(
+    w: &mut HashMap<String, Tensor>,
+    prefix: &str,
+    out: i64,
+    inp: i64,
+    bias: bool,
+) -> Result<LoraLinear> {
     let wname = format!("{prefix}.weight");
     let weight = take(w, &wname)?;
     expect_shape(&weight, &wname, &[out, inp])?;
@@ -129,7 +156,11 @@ impl Llama {
     /// follows the module's device); otherwise it is computed.
     pub fn new(cfg: LlamaConfig, mut w: HashMap<String, Tensor>) -> Result<Self> {
         let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         let embed = take(&mut w, "model.embed_tokens.weight")?;
         expect_shape(&embed, "model.embed_tokens.weight", &[v, h])?;
         let kind = check::float_kind(&embed, "model.embed_tokens.weight")?;
@@ -141,7 +172,11 @@ impl Llama {
             let input_norm = take(&mut w, &format!("{p}.input_layernorm.weight"))?;
             expect_shape(&input_norm, &format!("{p}.input_layernorm.weight"), &[h])?;
             let post_norm = take(&mut w, &format!("{p}.post_attention_layernorm.weight"))?;
-            expect_shape(&post_norm, &format!("{p}.post_attention_layernorm.weight"), &[h])?;
+            expect_shape(
+                &post_norm,
+                &format!("{p}.post_attention_layernorm.weight"),
+                &[h],
+            )?;
             layers.push(Layer {
                 input_norm,
                 q: linear(&mut w, &format!("{p}.self_attn.q_proj"), nh * hd, h, ab)?,
@@ -159,7 +194,11 @@ impl Llama {
         let lm_head = match w.remove("lm_head.weight") {
             Some(t) => t,
             None if cfg.tie_word_embeddings => embed.shallow_clone(),
-            None => return Err(Error::checkpoint("missing tensor lm_head.weight (config has tie_word_embeddings false)")),
+            None => {
+                return Err(Error::checkpoint(
+                    "missing tensor lm_head.weight (config has tie_word_embeddings false)",
+                ))
+            }
         };
         expect_shape(&lm_head, "lm_head.weight", &[v, h])?;
         let inv_freq = match w.remove("model.rotary_emb.inv_freq") {
@@ -171,9 +210,18 @@ impl Llama {
             check::same_device(t, name, device, "model.embed_tokens.weight")?;
         }
         if let Some(extra) = w.keys().next() {
-            return Err(Error::checkpoint(format!("unexpected tensor {extra} (not part of a LLaMA with this config)")));
+            return Err(Error::checkpoint(format!(
+                "unexpected tensor {extra} (not part of a LLaMA with this config)"
+            )));
         }
-        Ok(Llama { cfg, embed, layers, norm, lm_head, inv_freq })
+        Ok(Llama {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
     }
 
     pub fn kind(&self) -> Kind {
@@ -189,7 +237,10 @@ impl Llama {
         check::dims(ids, "input_ids", 2, "[B, T]")?;
         let k = check::kind_of(ids, "input_ids")?;
         if !matches!(k, Kind::Int64 | Kind::Int) {
-            return Err(Error::dtype(format!("input_ids: expected int64 token ids, got {}", check::kind_name(k))));
+            return Err(Error::dtype(format!(
+                "input_ids: expected int64 token ids, got {}",
+                check::kind_name(k)
+            )));
         }
         check::same_device(ids, "input_ids", self.device(), "the model")?;
         if ids.numel() > 0 {
@@ -206,10 +257,16 @@ impl Llama {
 
     fn rope(&self, position_ids: &Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
         // freqs = position_ids[..., None].float() * inv_freq; emb = cat(freqs, freqs)
-        let freqs = position_ids.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(&self.inv_freq.f_to_kind(Kind::Float)?)?;
+        let freqs = position_ids
+            .f_to_kind(Kind::Float)?
+            .f_unsqueeze(-1)?
+            .f_mul(&self.inv_freq.f_to_kind(Kind::Float)?)?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
         // [B, 1, T, hd] to broadcast over heads
-        Ok((emb.f_cos()?.f_to_kind(kind)?.f_unsqueeze(1)?, emb.f_sin()?.f_to_kind(kind)?.f_unsqueeze(1)?))
+        Ok((
+            emb.f_cos()?.f_to_kind(kind)?.f_unsqueeze(1)?,
+            emb.f_sin()?.f_to_kind(kind)?.f_unsqueeze(1)?,
+        ))
     }
 
     /// Forward. `attention_mask` `[B, past + T]` (1 keep, 0 pad) covers cached and new tokens;
@@ -243,7 +300,9 @@ impl Llama {
         let s = x.size();
         let (b, t) = (s[0], s[1]);
         if t == 0 {
-            return Err(Error::shape("input: expected at least one token, got a sequence of length 0"));
+            return Err(Error::shape(
+                "input: expected at least one token, got a sequence of length 0",
+            ));
         }
         let past = cache.as_ref().map_or(0, |c| c.len);
         let total = past + t;
@@ -252,7 +311,9 @@ impl Llama {
             Some(p) => {
                 let ps = check::dims(p, "position_ids", 2, "[B, T]")?;
                 if ps[1] != t || (ps[0] != b && ps[0] != 1) {
-                    return Err(Error::shape(format!("position_ids: expected shape [{b}, {t}], got {ps:?}")));
+                    return Err(Error::shape(format!(
+                        "position_ids: expected shape [{b}, {t}], got {ps:?}"
+                    )));
                 }
                 check::same_device(p, "position_ids", dev, "the model")?;
                 p.shallow_clone()
@@ -264,7 +325,11 @@ impl Llama {
             m => Some(self.build_mask(m, b, t, past)?),
         };
         let (cos, sin) = self.rope(&pos, x.f_kind()?)?;
-        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let (nh, nkv, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.num_key_value_heads,
+            self.cfg.head_dim,
+        );
         let mut hidden_states = Vec::new();
         let mut h = x;
         for (li, layer) in self.layers.iter().enumerate() {
@@ -272,9 +337,21 @@ impl Llama {
                 hidden_states.push(h.shallow_clone());
             }
             let xn = rms_norm(&h, &layer.input_norm, self.cfg.rms_norm_eps)?;
-            let q = layer.q.forward(&xn, train)?.f_view([b, t, nh, hd])?.f_transpose(1, 2)?;
-            let k = layer.k.forward(&xn, train)?.f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
-            let v = layer.v.forward(&xn, train)?.f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
+            let q = layer
+                .q
+                .forward(&xn, train)?
+                .f_view([b, t, nh, hd])?
+                .f_transpose(1, 2)?;
+            let k = layer
+                .k
+                .forward(&xn, train)?
+                .f_view([b, t, nkv, hd])?
+                .f_transpose(1, 2)?;
+            let v = layer
+                .v
+                .forward(&xn, train)?
+                .f_view([b, t, nkv, hd])?
+                .f_transpose(1, 2)?;
             let q = q.f_mul(&cos)?.f_add(&rotate_half(&q)?.f_mul(&sin)?)?;
             let k = k.f_mul(&cos)?.f_add(&rotate_half(&k)?.f_mul(&sin)?)?;
             let (k, v) = match cache.as_deref_mut() {
@@ -305,14 +382,27 @@ impl Llama {
         if output_hidden_states {
             hidden_states.push(h.shallow_clone());
         }
-        let hl = if last_only { h.f_narrow(1, t - 1, 1)? } else { h };
+        let hl = if last_only {
+            h.f_narrow(1, t - 1, 1)?
+        } else {
+            h
+        };
         let logits = hl.f_linear::<Tensor>(&self.lm_head, None)?;
-        Ok(LlamaOutput { logits, hidden_states })
+        Ok(LlamaOutput {
+            logits,
+            hidden_states,
+        })
     }
 
     /// Boolean mask `[B, 1, T, past + T]`: causal, padding keys removed, and every query allowed to
     /// see itself (so fully padded rows stay finite, as transformers' sdpa path keeps them).
-    fn build_mask(&self, attention_mask: Option<&Tensor>, b: i64, t: i64, past: i64) -> Result<Tensor> {
+    fn build_mask(
+        &self,
+        attention_mask: Option<&Tensor>,
+        b: i64,
+        t: i64,
+        past: i64,
+    ) -> Result<Tensor> {
         let dev = self.device();
         let total = past + t;
         let qpos = Tensor::f_arange_start(past, total, (Kind::Int64, dev))?.f_view([t, 1])?;

@@ -23,7 +23,11 @@ fn kind_of(d: Dtype) -> Result<Kind> {
         Dtype::I8 => Kind::Int8,
         Dtype::U8 => Kind::Uint8,
         Dtype::BOOL => Kind::Bool,
-        other => return Err(Error::checkpoint(format!("safetensors dtype {other:?} is not supported"))),
+        other => {
+            return Err(Error::checkpoint(format!(
+                "safetensors dtype {other:?} is not supported"
+            )))
+        }
     })
 }
 
@@ -39,7 +43,11 @@ fn dtype_of(k: Kind) -> Result<Dtype> {
         Kind::Int8 => Dtype::I8,
         Kind::Uint8 => Dtype::U8,
         Kind::Bool => Dtype::BOOL,
-        other => return Err(Error::checkpoint(format!("cannot save dtype {other:?} to safetensors"))),
+        other => {
+            return Err(Error::checkpoint(format!(
+                "cannot save dtype {other:?} to safetensors"
+            )))
+        }
     })
 }
 
@@ -49,7 +57,10 @@ pub fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![path.to_path_buf()]);
     }
     if !path.is_dir() {
-        return Err(Error::checkpoint(format!("{}: no such checkpoint file or directory", path.display())));
+        return Err(Error::checkpoint(format!(
+            "{}: no such checkpoint file or directory",
+            path.display()
+        )));
     }
     let index = path.join("model.safetensors.index.json");
     if index.is_file() {
@@ -60,7 +71,10 @@ pub fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::checkpoint(format!("{}: missing weight_map", index.display())))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         return files
@@ -70,7 +84,10 @@ pub fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
                 if p.is_file() {
                     Ok(p)
                 } else {
-                    Err(Error::checkpoint(format!("{}: shard {f} listed in the index is missing", path.display())))
+                    Err(Error::checkpoint(format!(
+                        "{}: shard {f} listed in the index is missing",
+                        path.display()
+                    )))
                 }
             })
             .collect();
@@ -87,26 +104,45 @@ pub fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
 
 /// Read every tensor of `files`, converting floating tensors to `kind` (None keeps the stored
 /// dtype) on `device`.
-pub fn load(files: &[PathBuf], kind: Option<Kind>, device: Device) -> Result<HashMap<String, Tensor>> {
+pub fn load(
+    files: &[PathBuf],
+    kind: Option<Kind>,
+    device: Device,
+) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for f in files {
         let file = std::fs::File::open(f).map_err(|e| Error::io(f.display(), e))?;
         // SAFETY: the map is read-only and dropped before this function returns; a file changed
         // underneath by another process is the documented hazard of memory-mapping.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(f.display(), e))?;
-        let st = SafeTensors::deserialize(&mmap)
-            .map_err(|e| Error::checkpoint(format!("{}: not a valid safetensors file ({e})", f.display())))?;
+        let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+            Error::checkpoint(format!(
+                "{}: not a valid safetensors file ({e})",
+                f.display()
+            ))
+        })?;
         for (name, view) in st.tensors() {
             let k = kind_of(view.dtype())?;
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             let t = Tensor::f_from_data_size(view.data(), &shape, k)?;
             let t = match kind {
-                Some(target) if matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) && k != target => t.f_to_kind(target)?,
+                Some(target)
+                    if matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
+                        && k != target =>
+                {
+                    t.f_to_kind(target)?
+                }
                 _ => t,
             };
-            let t = if device != Device::Cpu { t.f_to_device(device)? } else { t };
+            let t = if device != Device::Cpu {
+                t.f_to_device(device)?
+            } else {
+                t
+            };
             if out.insert(name.clone(), t).is_some() {
-                return Err(Error::checkpoint(format!("tensor {name} appears in more than one shard")));
+                return Err(Error::checkpoint(format!(
+                    "tensor {name} appears in more than one shard"
+                )));
             }
         }
     }
@@ -134,6 +170,10 @@ pub fn save(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::serialize_to_file(views, Some(meta), path)
-        .map_err(|e| Error::checkpoint(format!("{}: could not write safetensors ({e})", path.display())))
+    safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| {
+        Error::checkpoint(format!(
+            "{}: could not write safetensors ({e})",
+            path.display()
+        ))
+    })
 }

@@ -11,19 +11,33 @@ pub struct Tokenizer {
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::checkpoint(format!("{}: no such tokenizer.json", path.display())));
+            return Err(Error::checkpoint(format!(
+                "{}: no such tokenizer.json",
+                path.display()
+            )));
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::checkpoint(format!("{}: not a valid tokenizer.json ({e})", path.display())))?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            Error::checkpoint(format!(
+                "{}: not a valid tokenizer.json ({e})",
+                path.display()
+            ))
+        })?;
         Ok(Tokenizer { inner })
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| Error::config(format!("encode: {e}")))?;
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| Error::config(format!("encode: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
-    pub fn encode_batch(&self, texts: Vec<String>, add_special_tokens: bool) -> Result<Vec<Vec<u32>>> {
+    pub fn encode_batch(
+        &self,
+        texts: Vec<String>,
+        add_special_tokens: bool,
+    ) -> Result<Vec<Vec<u32>>> {
         let encs = self
             .inner
             .encode_batch(texts, add_special_tokens)
@@ -34,9 +48,13 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         let n = self.vocab_size();
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= n) {
-            return Err(Error::config(format!("decode: token id {bad} is outside the vocabulary of {n}")));
+            return Err(Error::config(format!(
+                "decode: token id {bad} is outside the vocabulary of {n}"
+            )));
         }
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| Error::config(format!("decode: {e}")))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::config(format!("decode: {e}")))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

@@ -23,7 +23,12 @@ fn parse_kind(name: &str) -> PyResult<Kind> {
         "float64" | "double" => Kind::Double,
         "bfloat16" => Kind::BFloat16,
         "float16" | "half" => Kind::Half,
-        other => return Err(Error::dtype(format!("dtype: expected float32, float64, bfloat16 or float16, got {other}")).into()),
+        other => {
+            return Err(Error::dtype(format!(
+                "dtype: expected float32, float64, bfloat16 or float16, got {other}"
+            ))
+            .into())
+        }
     })
 }
 
@@ -32,13 +37,22 @@ fn parse_device(name: &str) -> PyResult<Device> {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Ok(Device::Cuda(0)),
         s if s.starts_with("cuda:") => {
-            let i: usize = s[5..].parse().map_err(|_| Error::device(format!("device: cannot parse '{s}'")))?;
+            let i: usize = s[5..]
+                .parse()
+                .map_err(|_| Error::device(format!("device: cannot parse '{s}'")))?;
             if i >= tch::Cuda::device_count() as usize {
-                return Err(Error::device(format!("device: {s} is not available ({} CUDA devices)", tch::Cuda::device_count())).into());
+                return Err(Error::device(format!(
+                    "device: {s} is not available ({} CUDA devices)",
+                    tch::Cuda::device_count()
+                ))
+                .into());
             }
             Ok(Device::Cuda(i))
         }
-        other => Err(Error::device(format!("device: expected 'cpu' or 'cuda[:i]', got '{other}'")).into()),
+        other => Err(Error::device(format!(
+            "device: expected 'cpu' or 'cuda[:i]', got '{other}'"
+        ))
+        .into()),
     }
 }
 
@@ -87,7 +101,11 @@ pub fn load_safetensors<'py>(
 
 /// Write `{name: tensor}` to one safetensors file (metadata `{"format": "pt"}`).
 #[pyfunction]
-pub fn save_safetensors(py: Python<'_>, tensors: &Bound<'_, PyDict>, path: PathBuf) -> PyResult<()> {
+pub fn save_safetensors(
+    py: Python<'_>,
+    tensors: &Bound<'_, PyDict>,
+    path: PathBuf,
+) -> PyResult<()> {
     let mut items = Vec::with_capacity(tensors.len());
     for (k, v) in tensors.iter() {
         let name: String = k.extract()?;
@@ -117,7 +135,9 @@ fn input<'a>(ids: &'a Option<Tensor>, embeds: &'a Option<Tensor>) -> crate::Resu
     match (ids, embeds) {
         (Some(i), None) => Ok(Input::Ids(i)),
         (None, Some(e)) => Ok(Input::Embeds(e)),
-        _ => Err(Error::config("pass exactly one of input_ids and inputs_embeds")),
+        _ => Err(Error::config(
+            "pass exactly one of input_ids and inputs_embeds",
+        )),
     }
 }
 
@@ -127,7 +147,9 @@ impl PyLlama {
     fn new(config_json: &str, params: &Bound<'_, PyDict>) -> PyResult<Self> {
         let cfg = LlamaConfig::from_json(config_json)?;
         let model = Llama::new(cfg, tensor_map(params)?)?;
-        Ok(PyLlama { inner: Mutex::new(model) })
+        Ok(PyLlama {
+            inner: Mutex::new(model),
+        })
     }
 
     /// Returns `(logits, hidden_states)`; hidden states only when asked for.
@@ -151,8 +173,18 @@ impl PyLlama {
         let pos = bridge::opt_tensor(position_ids, "position_ids")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let m = inner.lock().map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
-            m.forward(input(&ids, &emb)?, mask.as_ref(), pos.as_ref(), None, output_hidden_states, last_only, training)
+            let m = inner
+                .lock()
+                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
+            m.forward(
+                input(&ids, &emb)?,
+                mask.as_ref(),
+                pos.as_ref(),
+                None,
+                output_hidden_states,
+                last_only,
+                training,
+            )
         })?;
         let hs = PyList::empty(py);
         for h in &out.hidden_states {
@@ -162,10 +194,19 @@ impl PyLlama {
     }
 
     /// Token embeddings of `input_ids` `[B, T]`.
-    fn embed<'py>(&self, py: Python<'py>, input_ids: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        input_ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let ids = bridge::tensor(input_ids, "input_ids")?;
         let inner = &self.inner;
-        let e = py.detach(move || inner.lock().map_err(|_| Error::config("LlamaCore: lock poisoned"))?.embed(&ids))?;
+        let e = py.detach(move || {
+            inner
+                .lock()
+                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?
+                .embed(&ids)
+        })?;
         bridge::to_py(py, &e)
     }
 
@@ -211,9 +252,13 @@ impl PyLlama {
         let cb_err: Mutex<Option<PyErr>> = Mutex::new(None);
         let (inner, err_slot) = (&self.inner, &cb_err);
         let out = py.detach(move || -> crate::Result<Tensor> {
-            let m = inner.lock().map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
+            let m = inner
+                .lock()
+                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
             let mut call = |tokens: &Tensor| -> crate::Result<bool> {
-                let Some(cb) = callback.as_ref() else { return Ok(true) };
+                let Some(cb) = callback.as_ref() else {
+                    return Ok(true);
+                };
                 Python::attach(|py| {
                     let r = bridge::to_py(py, tokens).and_then(|t| cb.bind(py).call1((t,)));
                     match r {
@@ -246,7 +291,9 @@ pub struct PyTokenizer {
 impl PyTokenizer {
     #[new]
     fn new(path: PathBuf) -> PyResult<Self> {
-        Ok(PyTokenizer { inner: Tokenizer::from_file(&path)? })
+        Ok(PyTokenizer {
+            inner: Tokenizer::from_file(&path)?,
+        })
     }
 
     #[pyo3(signature = (text, add_special_tokens=false))]
@@ -255,7 +302,12 @@ impl PyTokenizer {
     }
 
     #[pyo3(signature = (texts, add_special_tokens=false))]
-    fn encode_batch(&self, py: Python<'_>, texts: Vec<String>, add_special_tokens: bool) -> PyResult<Vec<Vec<u32>>> {
+    fn encode_batch(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        add_special_tokens: bool,
+    ) -> PyResult<Vec<Vec<u32>>> {
         Ok(py.detach(|| self.inner.encode_batch(texts, add_special_tokens))?)
     }
 
