@@ -1,5 +1,7 @@
 """Type stubs of the Rust extension ``voxlm._core``."""
 
+from collections.abc import Callable
+from os import PathLike
 from typing import Any, final
 
 import numpy as np
@@ -23,6 +25,21 @@ __all__ = [
     "build_info",
     "lora_linear",
     "scale_intensity_range",
+    "focal_loss",
+    "kl_distill",
+    "lm_loss",
+    "prototype_similarities",
+    "prototype_loss",
+    "report_scores",
+    "classification_scores",
+    "multilabel_scores",
+    "parse_llama_config",
+    "llama_rope_inv_freq",
+    "checkpoint_files",
+    "load_safetensors",
+    "save_safetensors",
+    "LlamaCore",
+    "TokenizerCore",
 ]
 
 class VoxlmError(Exception): ...
@@ -78,3 +95,90 @@ def scale_intensity_range(
     b_max: float = 1.0,
     clip: bool = False,
 ) -> npt.NDArray[np.float32]: ...
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    gamma: float = 2.0,
+    reduction: str = "mean",
+) -> torch.Tensor: ...
+def kl_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor: ...
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = ...) -> torch.Tensor: ...
+def prototype_similarities(
+    features: torch.Tensor,
+    proj_weight: torch.Tensor,
+    proj_bias: torch.Tensor | None,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    temp: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+def prototype_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    proj_weight: torch.Tensor,
+    proj_bias: torch.Tensor | None,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    temp: torch.Tensor,
+) -> torch.Tensor: ...
+def report_scores(
+    references: list[list[str]], hypotheses: list[str]
+) -> tuple[dict[str, float], dict[str, npt.NDArray[np.float64]]]: ...
+def classification_scores(
+    y_true: npt.NDArray[np.int64], y_pred: npt.NDArray[np.int64], labels: list[int]
+) -> dict[str, Any]: ...
+def multilabel_scores(
+    y_true: npt.NDArray[np.int64],
+    y_pred: npt.NDArray[np.int64],
+    pos_label: int = 1,
+    convention: str = "dia_llama",
+) -> dict[str, Any]: ...
+def parse_llama_config(text: str) -> str: ...
+def llama_rope_inv_freq(config_json: str) -> torch.Tensor: ...
+def checkpoint_files(path: str | PathLike[str]) -> list[str]: ...
+def load_safetensors(
+    path: str | PathLike[str], dtype: str | None = None, device: str = "cpu"
+) -> dict[str, torch.Tensor]: ...
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | PathLike[str]) -> None: ...
+@final
+class LlamaCore:
+    def __new__(cls, config_json: str, params: dict[str, torch.Tensor]) -> LlamaCore: ...
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        last_only: bool = False,
+        training: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        num_beams: int = 1,
+        repetition_penalty: float = 1.0,
+        length_penalty: float = 1.0,
+        eos_token_ids: list[int] = ...,
+        pad_token_id: int = 0,
+        callback: Callable[[torch.Tensor], Any] | None = None,
+    ) -> torch.Tensor: ...
+@final
+class TokenizerCore:
+    def __new__(cls, path: str | PathLike[str]) -> TokenizerCore: ...
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]: ...
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str: ...
+    def token_to_id(self, token: str) -> int | None: ...
+    def id_to_token(self, id: int) -> str | None: ...
+    @property
+    def vocab_size(self) -> int: ...

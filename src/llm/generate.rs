@@ -434,7 +434,7 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
         .flat_map(|s| {
             s.iter()
                 .copied()
-                .chain(std::iter::repeat(cfg.pad_token_id).take(n - s.len()))
+                .chain(std::iter::repeat_n(cfg.pad_token_id, n - s.len()))
         })
         .collect();
     Ok(Tensor::from_slice(&flat)

@@ -16,12 +16,10 @@ use crate::ops::LoraLinear;
 /// transformers' rope init functions.
 pub fn rope_inv_freq(cfg: &LlamaConfig) -> Result<Tensor> {
     let dim = cfg.head_dim;
-    let opts = (Kind::Float, tch::Device::Cpu);
     let exps = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, tch::Device::Cpu))?
         .f_to_kind(Kind::Float)?
         .f_div_scalar(dim as f64)?;
     let inv = Tensor::f_pow_scalar(cfg.rope_theta, &exps)?.f_reciprocal()?;
-    let _ = opts;
     Ok(match &cfg.rope_scaling {
         RopeScaling::Default => inv,
         RopeScaling::Linear { factor } => inv.f_div_scalar(*factor)?,

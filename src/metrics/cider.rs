@@ -47,11 +47,11 @@ fn sim(hyp: &Vector, r: &Vector, rmap: &FxHashMap<u128, f64>) -> [f64; 4] {
         val[n] += vh.min(vr) * vr;
     }
     let penalty = std::f64::consts::E.powf(-(delta * delta) / (2.0 * SIGMA * SIGMA));
-    for n in 0..4 {
+    for (n, v) in val.iter_mut().enumerate() {
         if hyp.norm[n] != 0.0 && r.norm[n] != 0.0 {
-            val[n] /= hyp.norm[n] * r.norm[n];
+            *v /= hyp.norm[n] * r.norm[n];
         }
-        val[n] *= penalty;
+        *v *= penalty;
     }
     val
 }

@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn ct_window_maps_and_clips() -> Result<()> {
         let x = ArrayD::from_shape_vec(vec![4], vec![-1000i16, -160, 40, 1000])
-            .map_err(|e| Error::shape(e))?;
+            .map_err(Error::shape)?;
         let y = scale_intensity_range(x.view(), -160.0, 240.0, 0.0, 1.0, true)?;
         assert_eq!(y.as_slice(), Some(&[0.0f32, 0.0, 0.5, 1.0][..]));
         Ok(())
