@@ -9,9 +9,10 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench_metrics  # noqa: E402  (after the path insert)
+import bench_llm  # noqa: E402  (after the path insert)
+import bench_metrics  # noqa: E402
 
-BENCHES = [("metrics", bench_metrics.run)]
+BENCHES = [("metrics", bench_metrics.run), ("llm", bench_llm.run)]
 
 
 def main() -> None:

@@ -207,14 +207,14 @@ fn first_forward(model: &Llama, p: &Prompt, cache: &mut KvCache) -> Result<Tenso
 fn step_forward(
     model: &Llama,
     tok: &Tensor,
-    mask: &Tensor,
+    mask: Option<&Tensor>,
     pos: &Tensor,
     cache: &mut KvCache,
 ) -> Result<Tensor> {
     let ids = tok.f_view([-1, 1])?;
     let out = model.forward(
         Input::Ids(&ids),
-        Some(mask),
+        mask,
         Some(pos),
         Some(cache),
         false,
@@ -254,8 +254,11 @@ pub fn generate(
     )?;
     let eos = Tensor::from_slice(&cfg.eos_token_ids).f_to_device(dev)?;
     let mut logits = first_forward(model, &p, &mut cache)?;
+    // without padding the decode steps need no mask at all
+    let padded = !bool::try_from(p.mask.f_ne(0)?.f_all()?)?;
     let mut mask = p.mask.shallow_clone();
     let mut pos = positions(&mask)?.f_narrow(1, t - 1, 1)?;
+    let penalize = cfg.repetition_penalty != 1.0;
     let mut seen = p.ids.shallow_clone();
     let mut finished = Tensor::f_zeros([b], (Kind::Bool, dev))?;
     let mut out: Vec<Tensor> = Vec::new();
@@ -282,10 +285,14 @@ pub fn generate(
         if bool::try_from(finished.f_all()?)? || step + 1 == cfg.max_new_tokens {
             break;
         }
-        seen = Tensor::f_cat(&[&seen, &next.f_view([b, 1])?], 1)?;
-        mask = Tensor::f_cat(&[&mask, &Tensor::f_ones([b, 1], (Kind::Int64, dev))?], 1)?;
+        if penalize {
+            seen = Tensor::f_cat(&[&seen, &next.f_view([b, 1])?], 1)?;
+        }
+        if padded {
+            mask = Tensor::f_cat(&[&mask, &Tensor::f_ones([b, 1], (Kind::Int64, dev))?], 1)?;
+        }
         pos = pos.f_add_scalar(1)?;
-        logits = step_forward(model, &next, &mask, &pos, &mut cache)?;
+        logits = step_forward(model, &next, padded.then_some(&mask), &pos, &mut cache)?;
     }
     Ok(Tensor::f_stack(&out, 1)?)
 }
@@ -418,7 +425,7 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
             1,
         )?;
         pos = pos.f_index_select(0, &src)?.f_add_scalar(1)?;
-        logits = step_forward(model, &tok, &mask, &pos, &mut cache)?;
+        logits = step_forward(model, &tok, Some(&mask), &pos, &mut cache)?;
     }
     let best: Vec<Vec<i64>> = finished
         .iter()

@@ -60,6 +60,11 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Result<Tensor> {
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let kind = x.f_kind()?;
+    if kind == Kind::Float && w.f_kind()? == Kind::Float {
+        // one fused kernel (float32 statistics, as transformers); same values to rounding
+        let h = x.size()[x.dim() - 1];
+        return Ok(x.f_internal_fused_rms_norm([h].as_slice(), Some(w), eps)?.0);
+    }
     let xf = x.f_to_kind(Kind::Float)?;
     let var = xf
         .f_pow_tensor_scalar(2)?
@@ -319,7 +324,8 @@ impl Llama {
             None => Tensor::f_arange_start(past, total, (Kind::Int64, dev))?.f_unsqueeze(0)?,
         };
         let mask = match attention_mask {
-            None if past == 0 => None, // causal, no padding: SDPA's is_causal
+            // no padding: SDPA's is_causal for a prompt, nothing at all for one new token
+            None if past == 0 || t == 1 => None,
             m => Some(self.build_mask(m, b, t, past)?),
         };
         let (cos, sin) = self.rope(&pos, x.f_kind()?)?;
