@@ -12,7 +12,6 @@ import sys
 import tempfile
 
 import torch
-
 from common import machine, median_time
 
 CONFIGS = {

@@ -143,7 +143,12 @@ def load_safetensors(
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | PathLike[str]) -> None: ...
 @final
 class LlamaCore:
-    def __new__(cls, config_json: str, params: dict[str, torch.Tensor]) -> LlamaCore: ...
+    def __new__(
+        cls,
+        config_json: str,
+        params: dict[str, torch.Tensor],
+        lora: dict[str, tuple[float, float]] | None = None,
+    ) -> LlamaCore: ...
     def forward(
         self,
         input_ids: torch.Tensor | None = None,

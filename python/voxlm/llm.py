@@ -242,15 +242,20 @@ class LlamaForCausalLM(nn.Module):
                 elif isinstance(m, nn.Embedding):
                     m.weight.normal_(0.0, std)
 
-    def _core_tensors(self) -> dict[str, torch.Tensor]:
-        named = dict(self.named_parameters())
+    def _core_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, tuple[float, float]]]:
+        from .adapters import lora_settings
+
+        lora = lora_settings(self)
+        named = {k: v for k, v in self.named_parameters() if ".base_layer." not in k and ".lora_" not in k}
+        named.update(lora["tensors"])
         named["model.rotary_emb.inv_freq"] = self.model.rotary_emb.inv_freq
-        return named
+        return named, lora["settings"]
 
     def rebind(self) -> None:
         """Bind the Rust forward to the current parameter objects (done automatically after
-        construction, loading, unpickling and parameter-swapping conversions)."""
-        self._core = _core.LlamaCore(self.config.to_json(), self._core_tensors())
+        construction, loading, unpickling, adapter changes and parameter-swapping conversions)."""
+        tensors, lora = self._core_tensors()
+        self._core = _core.LlamaCore(self.config.to_json(), tensors, lora)
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         if not torch.__future__.get_swap_module_params_on_conversion():

@@ -133,8 +133,12 @@ fn expect_shape(t: &Tensor, name: &str, shape: &[i64]) -> Result<()> {
     Ok(())
 }
 
+/// LoRA settings of the adapted linears, by module prefix: `(scaling, dropout)`.
+pub type LoraSettings = HashMap<String, (f64, f64)>;
+
 fn linear(
     w: &mut HashMap<String, Tensor>,
+    lora: &LoraSettings,
     prefix: &str,
     out: i64,
     inp: i64,
@@ -151,13 +155,31 @@ fn linear(
     } else {
         w.remove(&format!("{prefix}.bias")) // bias tuning adds biases to bias-free configs
     };
-    LoraLinear::new(weight, b, None)
+    let pair = match lora.get(prefix) {
+        None => None,
+        Some(&(scaling, dropout)) => Some(crate::ops::LoraWeights {
+            a: take(w, &format!("{prefix}.lora_A.weight"))?,
+            b: take(w, &format!("{prefix}.lora_B.weight"))?,
+            scaling,
+            dropout,
+        }),
+    };
+    LoraLinear::new(weight, b, pair).map_err(|e| match e {
+        Error::Shape(m) | Error::DType(m) | Error::Device(m) => {
+            Error::checkpoint(format!("{prefix}: {m}"))
+        }
+        other => other,
+    })
 }
 
 impl Llama {
     /// Bind to tensors by HF name. `model.rotary_emb.inv_freq` may be given (a buffer that
     /// follows the module's device); otherwise it is computed.
-    pub fn new(cfg: LlamaConfig, mut w: HashMap<String, Tensor>) -> Result<Self> {
+    pub fn new(
+        cfg: LlamaConfig,
+        mut w: HashMap<String, Tensor>,
+        lora: &LoraSettings,
+    ) -> Result<Self> {
         let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (nh, nkv, hd) = (
             cfg.num_attention_heads,
@@ -182,14 +204,42 @@ impl Llama {
             )?;
             layers.push(Layer {
                 input_norm,
-                q: linear(&mut w, &format!("{p}.self_attn.q_proj"), nh * hd, h, ab)?,
-                k: linear(&mut w, &format!("{p}.self_attn.k_proj"), nkv * hd, h, ab)?,
-                v: linear(&mut w, &format!("{p}.self_attn.v_proj"), nkv * hd, h, ab)?,
-                o: linear(&mut w, &format!("{p}.self_attn.o_proj"), h, nh * hd, ab)?,
+                q: linear(
+                    &mut w,
+                    lora,
+                    &format!("{p}.self_attn.q_proj"),
+                    nh * hd,
+                    h,
+                    ab,
+                )?,
+                k: linear(
+                    &mut w,
+                    lora,
+                    &format!("{p}.self_attn.k_proj"),
+                    nkv * hd,
+                    h,
+                    ab,
+                )?,
+                v: linear(
+                    &mut w,
+                    lora,
+                    &format!("{p}.self_attn.v_proj"),
+                    nkv * hd,
+                    h,
+                    ab,
+                )?,
+                o: linear(
+                    &mut w,
+                    lora,
+                    &format!("{p}.self_attn.o_proj"),
+                    h,
+                    nh * hd,
+                    ab,
+                )?,
                 post_norm,
-                gate: linear(&mut w, &format!("{p}.mlp.gate_proj"), i, h, mb)?,
-                up: linear(&mut w, &format!("{p}.mlp.up_proj"), i, h, mb)?,
-                down: linear(&mut w, &format!("{p}.mlp.down_proj"), h, i, mb)?,
+                gate: linear(&mut w, lora, &format!("{p}.mlp.gate_proj"), i, h, mb)?,
+                up: linear(&mut w, lora, &format!("{p}.mlp.up_proj"), i, h, mb)?,
+                down: linear(&mut w, lora, &format!("{p}.mlp.down_proj"), h, i, mb)?,
             });
         }
         let norm = take(&mut w, "model.norm.weight")?;

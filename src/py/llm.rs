@@ -143,10 +143,17 @@ fn input<'a>(ids: &'a Option<Tensor>, embeds: &'a Option<Tensor>) -> crate::Resu
 
 #[pymethods]
 impl PyLlama {
+    /// `lora`: `{module prefix: (scaling, dropout)}` for linears whose tensors include
+    /// `{prefix}.lora_A.weight` and `{prefix}.lora_B.weight`.
     #[new]
-    fn new(config_json: &str, params: &Bound<'_, PyDict>) -> PyResult<Self> {
+    #[pyo3(signature = (config_json, params, lora=None))]
+    fn new(
+        config_json: &str,
+        params: &Bound<'_, PyDict>,
+        lora: Option<HashMap<String, (f64, f64)>>,
+    ) -> PyResult<Self> {
         let cfg = LlamaConfig::from_json(config_json)?;
-        let model = Llama::new(cfg, tensor_map(params)?)?;
+        let model = Llama::new(cfg, tensor_map(params)?, &lora.unwrap_or_default())?;
         Ok(PyLlama {
             inner: Mutex::new(model),
         })
