@@ -52,17 +52,17 @@ def run(repeats: int = 5) -> str:
         got = vm.generate(prompt, max_new_tokens=NEW, eos_token_id=[], pad_token_id=0)
         same = torch.equal(ref, got)
 
-        def hf_gen():
+        def hf_gen(hf=hf, prompt=prompt):
             hf.generate(prompt, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
 
-        def vm_gen():
+        def vm_gen(vm=vm, prompt=prompt):
             vm.generate(prompt, max_new_tokens=NEW, eos_token_id=[], pad_token_id=0)
 
-        def hf_pre():
+        def hf_pre(hf=hf, long=long):
             with torch.no_grad():
                 hf(long)
 
-        def vm_pre():
+        def vm_pre(vm=vm, long=long):
             with torch.no_grad():
                 vm(long)
 
