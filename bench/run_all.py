@@ -10,9 +10,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_llm  # noqa: E402  (after the path insert)
+import bench_lora  # noqa: E402
 import bench_metrics  # noqa: E402
 
-BENCHES = [("metrics", bench_metrics.run), ("llm", bench_llm.run)]
+BENCHES = [("metrics", bench_metrics.run), ("llm", bench_llm.run), ("lora", bench_lora.run)]
 
 
 def main() -> None:
