@@ -239,3 +239,58 @@ def test_bad_adapter_inputs(base, tmp_path):
     peft_model(deep).save_pretrained(tmp_path / "deep")
     with pytest.raises(voxlm.CheckpointError, match="unexpected base_model.model.model.layers.2"):
         load_adapter(LlamaForCausalLM.from_pretrained(path), tmp_path / "deep")
+
+
+def test_adaption_prompt_equals_peft(base):
+    from peft import AdaptionPromptConfig
+
+    from voxlm.adapters import add_adaption_prompt
+
+    hf, path = base
+    pm = get_peft_model(copy.deepcopy(hf), AdaptionPromptConfig(adapter_len=5, adapter_layers=1, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "adaption_gate" in n:
+                p.fill_(0.7)  # zero at init: make the branch visible
+    vm = LlamaForCausalLM.from_pretrained(path)
+    n = add_adaption_prompt(vm, adapter_len=5, adapter_layers=1)
+    assert n == 5 * 64 + 1
+    ids = torch.randint(0, 128, (2, 7))
+    torch.testing.assert_close(vm(ids).logits, hf(ids).logits, **TOL)  # gate 0: base model
+    with torch.no_grad():
+        src = dict(pm.named_parameters())
+        for k, p in vm.named_parameters():
+            if "adaption" in k:
+                p.copy_(src[f"base_model.model.{k}"])
+    a = pm(input_ids=ids, labels=ids)
+    b = vm(ids, labels=ids)
+    torch.testing.assert_close(b.logits, a.logits, **TOL)
+    a.loss.backward()
+    b.loss.backward()
+    for k, p in vm.named_parameters():
+        if "adaption" in k:
+            torch.testing.assert_close(p.grad, src[f"base_model.model.{k}"].grad, **TOL, msg=k)
+
+
+def test_lora_on_a_vision_module_equals_peft():
+    """LoRA is not LLaMA-only: any nn.Module's linears (here MONAI's ViT, as used by M3D)."""
+    from monai.networks.nets import ViT
+
+    torch.manual_seed(0)
+    vit = ViT(in_channels=1, img_size=(8, 16, 16), patch_size=(4, 8, 8), hidden_size=48, mlp_dim=96,
+              num_layers=2, num_heads=4, classification=False).eval()
+    cfg = dict(r=4, lora_alpha=8, target_modules=["qkv", "out_proj", "linear1"])
+    pm = get_peft_model(copy.deepcopy(vit), PeftLoraConfig(**cfg))
+    ours = copy.deepcopy(vit)
+    names = add_lora(ours, LoraConfig(**cfg))
+    assert len(names) == 6
+    with torch.no_grad():
+        src = {n.replace("base_model.model.", "").replace(".default", ""): p for n, p in pm.named_parameters()}
+        for n, p in ours.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+                src[n.replace(".default", "")].copy_(p)
+            elif "lora_A" in n:
+                p.copy_(src[n.replace(".default", "")])
+    x = torch.randn(2, 1, 8, 16, 16)
+    torch.testing.assert_close(ours(x)[0], pm(x)[0], **TOL)

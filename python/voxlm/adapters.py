@@ -387,6 +387,35 @@ def trainable_parameters(model: nn.Module, verbose: bool = False) -> tuple[int, 
 
 
 # ---------------------------------------------------------------------------------------------
+# adaption prompts (LLaMA-Adapter)
+
+
+def add_adaption_prompt(model: nn.Module, adapter_len: int, adapter_layers: int) -> int:
+    """LLaMA-Adapter gated adaption prompts in the last ``adapter_layers`` decoder layers, as
+    PEFT's ``AdaptionPromptConfig``: each adapted attention gets ``adaption_prompt`` ``[1, L, H]``
+    (normal init) and a zero-initialised ``adaption_gate``; queries attend to the prompt's keys and
+    values with their own softmax scaled by the gate (so training starts from the base model).
+    Everything else is frozen. Returns the number of trainable parameters."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise ConfigError("add_adaption_prompt: expected a LlamaForCausalLM (model.model.layers)")
+    if not 0 < adapter_layers <= len(layers):
+        raise ConfigError(f"adapter_layers: expected 1..{len(layers)}, got {adapter_layers}")
+    if adapter_len <= 0:
+        raise ConfigError(f"adapter_len: expected > 0, got {adapter_len}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    hidden = model.config.hidden_size  # type: ignore[union-attr]
+    ref = next(model.parameters())
+    for layer in list(layers)[-adapter_layers:]:
+        attn = layer.self_attn
+        attn.adaption_prompt = nn.Parameter(torch.empty(1, adapter_len, hidden, device=ref.device, dtype=ref.dtype).normal_())
+        attn.adaption_gate = nn.Parameter(torch.zeros(1, device=ref.device, dtype=ref.dtype))
+    _rebind(model)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------
 # prefix
 
 

@@ -92,6 +92,8 @@ struct Layer {
     gate: LoraLinear,
     up: LoraLinear,
     down: LoraLinear,
+    /// LLaMA-Adapter (V2) gated adaption prompt: `[1, L, H]` prompt and its zero-init gate `[1]`.
+    adaption: Option<(Tensor, Tensor)>,
 }
 
 /// Model tensors bound by reference (shallow clones of Python-owned parameters).
@@ -131,6 +133,22 @@ fn expect_shape(t: &Tensor, name: &str, shape: &[i64]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+fn adaption(w: &mut HashMap<String, Tensor>, p: &str, h: i64) -> Result<Option<(Tensor, Tensor)>> {
+    let (pn, gn) = (format!("{p}.self_attn.adaption_prompt"), format!("{p}.self_attn.adaption_gate"));
+    match (w.remove(&pn), w.remove(&gn)) {
+        (None, None) => Ok(None),
+        (Some(prompt), Some(gate)) => {
+            let s = prompt.size();
+            if s.len() != 3 || s[0] != 1 || s[2] != h {
+                return Err(Error::checkpoint(format!("{pn}: expected shape [1, adapter_len, {h}], got {s:?}")));
+            }
+            expect_shape(&gate, &gn, &[1])?;
+            Ok(Some((prompt, gate)))
+        }
+        _ => Err(Error::checkpoint(format!("{p}.self_attn: adaption_prompt and adaption_gate come together"))),
+    }
 }
 
 /// LoRA settings of the adapted linears, by module prefix: `(scaling, dropout)`.
@@ -240,6 +258,7 @@ impl Llama {
                 gate: linear(&mut w, lora, &format!("{p}.mlp.gate_proj"), i, h, mb)?,
                 up: linear(&mut w, lora, &format!("{p}.mlp.up_proj"), i, h, mb)?,
                 down: linear(&mut w, lora, &format!("{p}.mlp.down_proj"), h, i, mb)?,
+                adaption: adaption(&mut w, &p, h)?,
             });
         }
         let norm = take(&mut w, "model.norm.weight")?;
@@ -423,7 +442,11 @@ impl Llama {
                 nkv != nh,
             )?;
             let attn = attn.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
-            h = h.f_add(&layer.o.forward(&attn, train)?)?;
+            let mut out = layer.o.forward(&attn, train)?;
+            if let Some((prompt, gate)) = &layer.adaption {
+                out = out.f_add(&self.adaption_output(layer, prompt, gate, &q, b, t, train)?)?;
+            }
+            h = h.f_add(&out)?;
             let xn = rms_norm(&h, &layer.post_norm, self.cfg.rms_norm_eps)?;
             let g = layer.gate.forward(&xn, train)?.f_silu()?;
             let u = layer.up.forward(&xn, train)?;
@@ -446,6 +469,27 @@ impl Llama {
             logits,
             hidden_states,
         })
+    }
+
+    /// PEFT's `AdaptedAttention`: queries (after RoPE) attend to the adaption prompt's keys and
+    /// values (no RoPE, no mask) with their own float32 softmax scaled by the gate; the result
+    /// goes through `o_proj` and is added to the attention output.
+    #[allow(clippy::too_many_arguments)]
+    fn adaption_output(&self, layer: &Layer, prompt: &Tensor, gate: &Tensor, q: &Tensor, b: i64, t: i64, train: bool) -> Result<Tensor> {
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let len = prompt.size()[1];
+        let kind = q.f_kind()?;
+        let heads = |x: Tensor| -> Result<Tensor> {
+            let x = x.f_view([1, len, nkv, hd])?.f_transpose(1, 2)?; // [1, nkv, L, hd]
+            let x = if nkv != nh { x.f_repeat_interleave_self_int(nh / nkv, Some(1), None::<i64>)? } else { x };
+            Ok(x.f_to_kind(kind)?)
+        };
+        let ak = heads(layer.k.forward(prompt, train)?)?;
+        let av = heads(layer.v.forward(prompt, train)?)?;
+        let scores = q.f_matmul(&ak.f_transpose(2, 3)?)?.f_div_scalar((hd as f64).sqrt())?;
+        let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(kind)?.f_mul(gate)?;
+        let out = probs.f_matmul(&av)?.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
+        layer.o.forward(&out, train)
     }
 
     /// Boolean mask `[B, 1, T, past + T]`: causal, padding keys removed, and every query allowed to
