@@ -54,9 +54,8 @@ print(json.dumps({"step_s": statistics.median(times), "peak_rss_mb": peak / 1024
 
 def run() -> str:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from common import machine
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     res = {}

@@ -294,3 +294,27 @@ def test_lora_on_a_vision_module_equals_peft():
                 p.copy_(src[n.replace(".default", "")])
     x = torch.randn(2, 1, 8, 16, 16)
     torch.testing.assert_close(ours(x)[0], pm(x)[0], **TOL)
+
+
+def test_gradient_checkpointing_gives_equal_grads(base):
+    _, path = base
+    ids = toy_batch(2, 10)
+    grads = []
+    for ckpt in (False, True):
+        vm = LlamaForCausalLM.from_pretrained(path)
+        torch.manual_seed(1)
+        add_lora(vm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear"))
+        with torch.no_grad():
+            for n, p in vm.named_parameters():
+                if "lora_B" in n:
+                    p.fill_(0.01)
+        vm.train()
+        if ckpt:
+            vm.gradient_checkpointing_enable()
+        torch.manual_seed(3)
+        loss = vm(ids, labels=ids).loss
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in vm.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-6, msg=k)

@@ -160,6 +160,22 @@ class LlamaCore:
         training: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+    def prepare(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+    def layer(
+        self,
+        index: int,
+        hidden_states: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        training: bool = False,
+    ) -> torch.Tensor: ...
+    def head(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
     def generate(
         self,
         input_ids: torch.Tensor | None = None,

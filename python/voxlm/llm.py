@@ -222,6 +222,7 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self._core: _core.LlamaCore | None = None
+        self.gradient_checkpointing = False
         if not self._on_meta():
             self._init_weights()
             self.rebind()
@@ -361,6 +362,37 @@ class LlamaForCausalLM(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each decoder layer in the backward pass instead of storing its activations
+        (``torch.utils.checkpoint``, non-reentrant, RNG state preserved for LoRA dropout)."""
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing = False
+
+    def _checkpointed(self, input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states):  # type: ignore[no-untyped-def]
+        from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+
+        core = self._bound()
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ConfigError("pass exactly one of input_ids and inputs_embeds")
+            inputs_embeds = core.embed(input_ids)
+        cos, sin, mask = core.prepare(inputs_embeds, attention_mask, position_ids)
+        h = inputs_embeds
+        hidden = []
+        # Early stop ends a recomputation by raising from a saved-tensor hook, which cannot
+        # travel through the Rust layer; recompute whole layers instead.
+        with set_checkpoint_early_stop(False):
+            for i in range(self.config.num_hidden_layers):
+                if output_hidden_states:
+                    hidden.append(h)
+                h = checkpoint(core.layer, i, h, cos, sin, mask, self.training, use_reentrant=False)
+        normed, logits = core.head(h)
+        if output_hidden_states:
+            hidden.append(normed)
+        return logits, hidden
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -377,9 +409,12 @@ class LlamaForCausalLM(nn.Module):
             position_ids: ``[B, T]``; default ``0..T-1``.
             labels: ``[B, T]``; the loss is the shifted cross-entropy ignoring ``-100``.
         """
-        logits, hidden = self._bound().forward(
-            input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states, False, self.training
-        )
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            logits, hidden = self._checkpointed(input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states)
+        else:
+            logits, hidden = self._bound().forward(
+                input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states, False, self.training
+            )
         loss = None
         if labels is not None:
             from .losses import lm_loss

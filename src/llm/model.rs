@@ -136,18 +136,25 @@ fn expect_shape(t: &Tensor, name: &str, shape: &[i64]) -> Result<()> {
 }
 
 fn adaption(w: &mut HashMap<String, Tensor>, p: &str, h: i64) -> Result<Option<(Tensor, Tensor)>> {
-    let (pn, gn) = (format!("{p}.self_attn.adaption_prompt"), format!("{p}.self_attn.adaption_gate"));
+    let (pn, gn) = (
+        format!("{p}.self_attn.adaption_prompt"),
+        format!("{p}.self_attn.adaption_gate"),
+    );
     match (w.remove(&pn), w.remove(&gn)) {
         (None, None) => Ok(None),
         (Some(prompt), Some(gate)) => {
             let s = prompt.size();
             if s.len() != 3 || s[0] != 1 || s[2] != h {
-                return Err(Error::checkpoint(format!("{pn}: expected shape [1, adapter_len, {h}], got {s:?}")));
+                return Err(Error::checkpoint(format!(
+                    "{pn}: expected shape [1, adapter_len, {h}], got {s:?}"
+                )));
             }
             expect_shape(&gate, &gn, &[1])?;
             Ok(Some((prompt, gate)))
         }
-        _ => Err(Error::checkpoint(format!("{p}.self_attn: adaption_prompt and adaption_gate come together"))),
+        _ => Err(Error::checkpoint(format!(
+            "{p}.self_attn: adaption_prompt and adaption_gate come together"
+        ))),
     }
 }
 
@@ -341,6 +348,141 @@ impl Llama {
         ))
     }
 
+    /// Validate `inputs_embeds` `[B, T, H]` against the model.
+    pub fn check_embeds(&self, e: &Tensor) -> Result<()> {
+        let s = check::dims(e, "inputs_embeds", 3, "[B, T, hidden_size]")?;
+        if s[2] != self.cfg.hidden_size {
+            return Err(Error::shape(format!(
+                "inputs_embeds: expected last dimension {} (hidden_size), got shape {s:?}",
+                self.cfg.hidden_size
+            )));
+        }
+        if s[1] == 0 {
+            return Err(Error::shape(
+                "input: expected at least one token, got a sequence of length 0",
+            ));
+        }
+        check::same_kind(e, "inputs_embeds", self.kind(), "the model's weights")?;
+        check::same_device(e, "inputs_embeds", self.device(), "the model")?;
+        Ok(())
+    }
+
+    /// Rotary tables and the attention mask for hidden states `x` `[B, T, H]` after `past` cached
+    /// tokens: `(cos, sin, mask)`; the mask is None when SDPA's causal mode (or nothing) suffices.
+    pub fn prepare(
+        &self,
+        x: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        past: i64,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let s = x.size();
+        let (b, t) = (s[0], s[1]);
+        let dev = self.device();
+        let pos = match position_ids {
+            Some(p) => {
+                let ps = check::dims(p, "position_ids", 2, "[B, T]")?;
+                if ps[1] != t || (ps[0] != b && ps[0] != 1) {
+                    return Err(Error::shape(format!(
+                        "position_ids: expected shape [{b}, {t}], got {ps:?}"
+                    )));
+                }
+                check::same_device(p, "position_ids", dev, "the model")?;
+                p.shallow_clone()
+            }
+            None => Tensor::f_arange_start(past, past + t, (Kind::Int64, dev))?.f_unsqueeze(0)?,
+        };
+        let mask = match attention_mask {
+            // no padding: SDPA's is_causal for a prompt, nothing at all for one new token
+            None if past == 0 || t == 1 => None,
+            m => Some(self.build_mask(m, b, t, past)?),
+        };
+        let (cos, sin) = self.rope(&pos, x.f_kind()?)?;
+        Ok((cos, sin, mask))
+    }
+
+    /// One decoder layer: `h [B, T, H] -> [B, T, H]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_forward(
+        &self,
+        li: usize,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let layer = self.layers.get(li).ok_or_else(|| {
+            Error::config(format!(
+                "layer {li}: the model has {} layers",
+                self.layers.len()
+            ))
+        })?;
+        let s = h.size();
+        let (b, t) = (s[0], s[1]);
+        let (nh, nkv, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.num_key_value_heads,
+            self.cfg.head_dim,
+        );
+        let xn = rms_norm(h, &layer.input_norm, self.cfg.rms_norm_eps)?;
+        let q = layer
+            .q
+            .forward(&xn, train)?
+            .f_view([b, t, nh, hd])?
+            .f_transpose(1, 2)?;
+        let k = layer
+            .k
+            .forward(&xn, train)?
+            .f_view([b, t, nkv, hd])?
+            .f_transpose(1, 2)?;
+        let v = layer
+            .v
+            .forward(&xn, train)?
+            .f_view([b, t, nkv, hd])?
+            .f_transpose(1, 2)?;
+        let q = q.f_mul(cos)?.f_add(&rotate_half(&q)?.f_mul(sin)?)?;
+        let k = k.f_mul(cos)?.f_add(&rotate_half(&k)?.f_mul(sin)?)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(li, &k, &v)?,
+            None => (k, v),
+        };
+        let attn = Tensor::f_scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            mask,
+            0.0,
+            mask.is_none() && t > 1,
+            None,
+            nkv != nh,
+        )?;
+        let attn = attn.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
+        let mut out = layer.o.forward(&attn, train)?;
+        if let Some((prompt, gate)) = &layer.adaption {
+            out = out.f_add(&self.adaption_output(layer, prompt, gate, &q, b, t, train)?)?;
+        }
+        let h = h.f_add(&out)?;
+        let xn = rms_norm(&h, &layer.post_norm, self.cfg.rms_norm_eps)?;
+        let g = layer.gate.forward(&xn, train)?.f_silu()?;
+        let u = layer.up.forward(&xn, train)?;
+        Ok(h.f_add(&layer.down.forward(&g.f_mul(&u)?, train)?)?)
+    }
+
+    /// Final norm and LM head: `(normed [B, T, H], logits [B, T or 1, V])`.
+    pub fn head(&self, h: &Tensor, last_only: bool) -> Result<(Tensor, Tensor)> {
+        let h = rms_norm(h, &self.norm, self.cfg.rms_norm_eps)?;
+        let t = h.size()[1];
+        let hl = if last_only {
+            h.f_narrow(1, t - 1, 1)?
+        } else {
+            h.shallow_clone()
+        };
+        let logits = hl.f_linear::<Tensor>(&self.lm_head, None)?;
+        Ok((h, logits))
+    }
+
     /// Forward. `attention_mask` `[B, past + T]` (1 keep, 0 pad) covers cached and new tokens;
     /// `position_ids` `[B, T]` default to `past..past+T`.
     #[allow(clippy::too_many_arguments)]
@@ -357,114 +499,41 @@ impl Llama {
         let x = match input {
             Input::Ids(ids) => self.embed(ids)?,
             Input::Embeds(e) => {
-                let s = check::dims(e, "inputs_embeds", 3, "[B, T, hidden_size]")?;
-                if s[2] != self.cfg.hidden_size {
-                    return Err(Error::shape(format!(
-                        "inputs_embeds: expected last dimension {} (hidden_size), got shape {s:?}",
-                        self.cfg.hidden_size
-                    )));
-                }
-                check::same_kind(e, "inputs_embeds", self.kind(), "the model's weights")?;
-                check::same_device(e, "inputs_embeds", self.device(), "the model")?;
+                self.check_embeds(e)?;
                 e.shallow_clone()
             }
         };
-        let s = x.size();
-        let (b, t) = (s[0], s[1]);
+        let t = x.size()[1];
         if t == 0 {
             return Err(Error::shape(
                 "input: expected at least one token, got a sequence of length 0",
             ));
         }
         let past = cache.as_ref().map_or(0, |c| c.len);
-        let total = past + t;
-        let dev = self.device();
-        let pos = match position_ids {
-            Some(p) => {
-                let ps = check::dims(p, "position_ids", 2, "[B, T]")?;
-                if ps[1] != t || (ps[0] != b && ps[0] != 1) {
-                    return Err(Error::shape(format!(
-                        "position_ids: expected shape [{b}, {t}], got {ps:?}"
-                    )));
-                }
-                check::same_device(p, "position_ids", dev, "the model")?;
-                p.shallow_clone()
-            }
-            None => Tensor::f_arange_start(past, total, (Kind::Int64, dev))?.f_unsqueeze(0)?,
-        };
-        let mask = match attention_mask {
-            // no padding: SDPA's is_causal for a prompt, nothing at all for one new token
-            None if past == 0 || t == 1 => None,
-            m => Some(self.build_mask(m, b, t, past)?),
-        };
-        let (cos, sin) = self.rope(&pos, x.f_kind()?)?;
-        let (nh, nkv, hd) = (
-            self.cfg.num_attention_heads,
-            self.cfg.num_key_value_heads,
-            self.cfg.head_dim,
-        );
+        let (cos, sin, mask) = self.prepare(&x, attention_mask, position_ids, past)?;
         let mut hidden_states = Vec::new();
         let mut h = x;
-        for (li, layer) in self.layers.iter().enumerate() {
+        for li in 0..self.layers.len() {
             if output_hidden_states {
                 hidden_states.push(h.shallow_clone());
             }
-            let xn = rms_norm(&h, &layer.input_norm, self.cfg.rms_norm_eps)?;
-            let q = layer
-                .q
-                .forward(&xn, train)?
-                .f_view([b, t, nh, hd])?
-                .f_transpose(1, 2)?;
-            let k = layer
-                .k
-                .forward(&xn, train)?
-                .f_view([b, t, nkv, hd])?
-                .f_transpose(1, 2)?;
-            let v = layer
-                .v
-                .forward(&xn, train)?
-                .f_view([b, t, nkv, hd])?
-                .f_transpose(1, 2)?;
-            let q = q.f_mul(&cos)?.f_add(&rotate_half(&q)?.f_mul(&sin)?)?;
-            let k = k.f_mul(&cos)?.f_add(&rotate_half(&k)?.f_mul(&sin)?)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c.append(li, &k, &v)?,
-                None => (k, v),
-            };
-            let attn = Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
+            h = self.layer_forward(
+                li,
+                &h,
+                &cos,
+                &sin,
                 mask.as_ref(),
-                0.0,
-                mask.is_none() && t > 1,
-                None,
-                nkv != nh,
+                cache.as_deref_mut(),
+                train,
             )?;
-            let attn = attn.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
-            let mut out = layer.o.forward(&attn, train)?;
-            if let Some((prompt, gate)) = &layer.adaption {
-                out = out.f_add(&self.adaption_output(layer, prompt, gate, &q, b, t, train)?)?;
-            }
-            h = h.f_add(&out)?;
-            let xn = rms_norm(&h, &layer.post_norm, self.cfg.rms_norm_eps)?;
-            let g = layer.gate.forward(&xn, train)?.f_silu()?;
-            let u = layer.up.forward(&xn, train)?;
-            h = h.f_add(&layer.down.forward(&g.f_mul(&u)?, train)?)?;
         }
         if let Some(c) = cache {
             c.advance(t);
         }
-        let h = rms_norm(&h, &self.norm, self.cfg.rms_norm_eps)?;
+        let (h, logits) = self.head(&h, last_only)?;
         if output_hidden_states {
-            hidden_states.push(h.shallow_clone());
+            hidden_states.push(h);
         }
-        let hl = if last_only {
-            h.f_narrow(1, t - 1, 1)?
-        } else {
-            h
-        };
-        let logits = hl.f_linear::<Tensor>(&self.lm_head, None)?;
         Ok(LlamaOutput {
             logits,
             hidden_states,
@@ -475,20 +544,45 @@ impl Llama {
     /// values (no RoPE, no mask) with their own float32 softmax scaled by the gate; the result
     /// goes through `o_proj` and is added to the attention output.
     #[allow(clippy::too_many_arguments)]
-    fn adaption_output(&self, layer: &Layer, prompt: &Tensor, gate: &Tensor, q: &Tensor, b: i64, t: i64, train: bool) -> Result<Tensor> {
-        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
+    fn adaption_output(
+        &self,
+        layer: &Layer,
+        prompt: &Tensor,
+        gate: &Tensor,
+        q: &Tensor,
+        b: i64,
+        t: i64,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (nh, nkv, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.num_key_value_heads,
+            self.cfg.head_dim,
+        );
         let len = prompt.size()[1];
         let kind = q.f_kind()?;
         let heads = |x: Tensor| -> Result<Tensor> {
             let x = x.f_view([1, len, nkv, hd])?.f_transpose(1, 2)?; // [1, nkv, L, hd]
-            let x = if nkv != nh { x.f_repeat_interleave_self_int(nh / nkv, Some(1), None::<i64>)? } else { x };
+            let x = if nkv != nh {
+                x.f_repeat_interleave_self_int(nh / nkv, Some(1), None::<i64>)?
+            } else {
+                x
+            };
             Ok(x.f_to_kind(kind)?)
         };
         let ak = heads(layer.k.forward(prompt, train)?)?;
         let av = heads(layer.v.forward(prompt, train)?)?;
-        let scores = q.f_matmul(&ak.f_transpose(2, 3)?)?.f_div_scalar((hd as f64).sqrt())?;
-        let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(kind)?.f_mul(gate)?;
-        let out = probs.f_matmul(&av)?.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
+        let scores = q
+            .f_matmul(&ak.f_transpose(2, 3)?)?
+            .f_div_scalar((hd as f64).sqrt())?;
+        let probs = scores
+            .f_softmax(-1, Kind::Float)?
+            .f_to_kind(kind)?
+            .f_mul(gate)?;
+        let out = probs
+            .f_matmul(&av)?
+            .f_transpose(1, 2)?
+            .f_reshape([b, t, nh * hd])?;
         layer.o.forward(&out, train)
     }
 

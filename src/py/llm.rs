@@ -200,6 +200,77 @@ impl PyLlama {
         Ok((bridge::to_py(py, &out.logits)?, hs))
     }
 
+    /// Rotary tables and attention mask for hidden states `[B, T, H]`: `(cos, sin, mask | None)`.
+    #[pyo3(signature = (hidden_states, attention_mask=None, position_ids=None))]
+    fn prepare<'py>(
+        &self,
+        py: Python<'py>,
+        hidden_states: &Bound<'py, PyAny>,
+        attention_mask: Option<&Bound<'py, PyAny>>,
+        position_ids: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(
+        Bound<'py, PyAny>,
+        Bound<'py, PyAny>,
+        Option<Bound<'py, PyAny>>,
+    )> {
+        let h = bridge::tensor(hidden_states, "hidden_states")?;
+        let mask = bridge::opt_tensor(attention_mask, "attention_mask")?;
+        let pos = bridge::opt_tensor(position_ids, "position_ids")?;
+        let inner = &self.inner;
+        let (c, s, m) = py.detach(move || -> crate::Result<_> {
+            let model = inner
+                .lock()
+                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
+            model.check_embeds(&h)?;
+            model.prepare(&h, mask.as_ref(), pos.as_ref(), 0)
+        })?;
+        let m = m.map(|m| bridge::to_py(py, &m)).transpose()?;
+        Ok((bridge::to_py(py, &c)?, bridge::to_py(py, &s)?, m))
+    }
+
+    /// Decoder layer `index` on hidden states `[B, T, H]` (for activation checkpointing).
+    #[pyo3(signature = (index, hidden_states, cos, sin, mask=None, training=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn layer<'py>(
+        &self,
+        py: Python<'py>,
+        index: usize,
+        hidden_states: &Bound<'py, PyAny>,
+        cos: &Bound<'py, PyAny>,
+        sin: &Bound<'py, PyAny>,
+        mask: Option<&Bound<'py, PyAny>>,
+        training: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let h = bridge::tensor(hidden_states, "hidden_states")?;
+        let (c, s) = (bridge::tensor(cos, "cos")?, bridge::tensor(sin, "sin")?);
+        let m = bridge::opt_tensor(mask, "mask")?;
+        let inner = &self.inner;
+        let out = py.detach(move || -> crate::Result<_> {
+            let model = inner
+                .lock()
+                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
+            model.layer_forward(index, &h, &c, &s, m.as_ref(), None, training)
+        })?;
+        bridge::to_py(py, &out)
+    }
+
+    /// Final norm and LM head: `(normed, logits)`.
+    fn head<'py>(
+        &self,
+        py: Python<'py>,
+        hidden_states: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let h = bridge::tensor(hidden_states, "hidden_states")?;
+        let inner = &self.inner;
+        let (n, l) = py.detach(move || -> crate::Result<_> {
+            let model = inner
+                .lock()
+                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
+            model.head(&h, false)
+        })?;
+        Ok((bridge::to_py(py, &n)?, bridge::to_py(py, &l)?))
+    }
+
     /// Token embeddings of `input_ids` `[B, T]`.
     fn embed<'py>(
         &self,
