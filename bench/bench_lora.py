@@ -49,7 +49,7 @@ for i in range(%(WARMUP)d + %(STEPS)d):
         times.append(time.perf_counter() - t0)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"step_s": statistics.median(times), "peak_rss_mb": peak / 1024, "growth_mb": (peak - base) / 1024, "loss": loss.item()}))
-""" % dict(B=B, T=T, STEPS=STEPS, WARMUP=WARMUP)
+""" % dict(B=B, T=T, STEPS=STEPS, WARMUP=WARMUP)  # noqa: UP031
 
 
 def run() -> str:

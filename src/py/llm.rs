@@ -115,6 +115,13 @@ pub fn save_safetensors(
     Ok(())
 }
 
+/// `(cos, sin, mask)` as returned to Python.
+type Prepared<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+);
+
 fn tensor_map(params: &Bound<'_, PyDict>) -> PyResult<HashMap<String, Tensor>> {
     let mut w = HashMap::with_capacity(params.len());
     for (k, v) in params.iter() {
@@ -208,11 +215,7 @@ impl PyLlama {
         hidden_states: &Bound<'py, PyAny>,
         attention_mask: Option<&Bound<'py, PyAny>>,
         position_ids: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<(
-        Bound<'py, PyAny>,
-        Bound<'py, PyAny>,
-        Option<Bound<'py, PyAny>>,
-    )> {
+    ) -> PyResult<Prepared<'py>> {
         let h = bridge::tensor(hidden_states, "hidden_states")?;
         let mask = bridge::opt_tensor(attention_mask, "attention_mask")?;
         let pos = bridge::opt_tensor(position_ids, "position_ids")?;
