@@ -13,6 +13,7 @@
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 use pyo3::types::PyAnyMethods;
+use pyo3::types::PyDictMethods;
 use tch::python::CPyObject;
 use tch::Tensor;
 
@@ -60,6 +61,19 @@ pub fn opt_tensor(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option
         Some(o) if o.is_none() => Ok(None),
         Some(o) => tensor(o, name).map(Some),
     }
+}
+
+/// Borrow every tensor of a `{name: torch.Tensor}` dict (parameters bound by reference).
+pub fn tensor_dict(
+    params: &Bound<'_, pyo3::types::PyDict>,
+) -> PyResult<std::collections::HashMap<String, Tensor>> {
+    let mut w = std::collections::HashMap::with_capacity(params.len());
+    for (k, v) in params.iter() {
+        let name: String = k.extract()?;
+        let t = tensor(&v, &name)?;
+        w.insert(name, t);
+    }
+    Ok(w)
 }
 
 /// Hand a Rust tensor to Python as a `torch.Tensor` (no copy; autograd history kept).

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import _core
+from ._bind import RustBound
 from .exceptions import CheckpointError, ConfigError, ShapeError
 
 PathLike = str | os.PathLike[str]
@@ -205,7 +206,7 @@ class CausalLMOutput:
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(RustBound):
     """A LLaMA decoder whose forward and generation run in Rust.
 
     Parameters are ordinary ``nn.Parameter``s with transformers' names
@@ -221,7 +222,7 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, **kw)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self._core: _core.LlamaCore | None = None
+        self._core = None
         self.gradient_checkpointing = False
         if not self._on_meta():
             self._init_weights()
@@ -252,43 +253,13 @@ class LlamaForCausalLM(nn.Module):
         named["model.rotary_emb.inv_freq"] = self.model.rotary_emb.inv_freq
         return named, lora["settings"]
 
-    def rebind(self) -> None:
-        """Bind the Rust forward to the current parameter objects (done automatically after
-        construction, loading, unpickling, adapter changes and parameter-swapping conversions)."""
+    def _make_core(self) -> _core.LlamaCore:
         tensors, lora = self._core_tensors()
-        self._core = _core.LlamaCore(self.config.to_json(), tensors, lora)
+        return _core.LlamaCore(self.config.to_json(), tensors, lora)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        if not torch.__future__.get_swap_module_params_on_conversion():
-            return super()._apply(fn, recurse)
-        self._core = None
-        try:
-            return super()._apply(fn, recurse)
-        finally:
-            self.rebind()
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):  # type: ignore[no-untyped-def]
-        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        if assign:
-            if self.config.tie_word_embeddings:
-                self.lm_head.weight = self.model.embed_tokens.weight
-            self.rebind()
-        return out
-
-    def __getstate__(self):  # type: ignore[no-untyped-def]
-        state = self.__dict__.copy()
-        state["_core"] = None
-        return state
-
-    def __setstate__(self, state) -> None:  # type: ignore[no-untyped-def]
-        self.__dict__.update(state)
-        self.rebind()
-
-    def _bound(self) -> _core.LlamaCore:
-        if self._core is None:
-            self.rebind()
-        assert self._core is not None
-        return self._core
+    def _after_assign(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     # -- I/O -------------------------------------------------------------------------------
 

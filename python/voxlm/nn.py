@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from . import _core
+from ._bind import RustBound
 from .exceptions import ConfigError
 
 
-class LoraLinear(nn.Module):
+class LoraLinear(RustBound):
     """A linear layer with a LoRA branch, computed in Rust.
 
     ``y = x W^T + b + (lora_alpha / r) * dropout(x) A^T B^T``, PEFT's ``lora.Linear`` with PEFT's
@@ -61,13 +62,8 @@ class LoraLinear(nn.Module):
             p.requires_grad_(False)
         self.rebind()
 
-    def rebind(self) -> None:
-        """Bind the Rust forward to the current Parameter objects (by reference, no copy).
-
-        Done at construction, after unpickling/deepcopy and after conversions that swap
-        Parameter objects (``torch.__future__.set_swap_module_params_on_conversion(True)``).
-        """
-        self._core: _core.LoraLinearCore | None = _core.LoraLinearCore(
+    def _make_core(self) -> _core.LoraLinearCore:
+        return _core.LoraLinearCore(
             self.base_layer.weight,
             self.base_layer.bias,
             self.lora_A.weight,
@@ -76,29 +72,9 @@ class LoraLinear(nn.Module):
             self.lora_dropout,
         )
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        if not torch.__future__.get_swap_module_params_on_conversion():
-            return super()._apply(fn, recurse)
-        # Swapping needs the parameters' only references: release Rust's, then bind again.
-        self._core = None
-        try:
-            return super()._apply(fn, recurse)
-        finally:
-            self.rebind()
-
-    def __getstate__(self):  # type: ignore[no-untyped-def]
-        state = self.__dict__.copy()
-        state.pop("_core", None)  # holds references, not data: rebuilt on load
-        return state
-
-    def __setstate__(self, state) -> None:  # type: ignore[no-untyped-def]
-        self.__dict__.update(state)
-        self.rebind()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., in_features] -> [..., out_features]``."""
-        assert self._core is not None
-        return self._core.forward(x, self.training)
+        return self._bound().forward(x, self.training)
 
     def extra_repr(self) -> str:
         return (

@@ -122,16 +122,6 @@ type Prepared<'py> = (
     Option<Bound<'py, PyAny>>,
 );
 
-fn tensor_map(params: &Bound<'_, PyDict>) -> PyResult<HashMap<String, Tensor>> {
-    let mut w = HashMap::with_capacity(params.len());
-    for (k, v) in params.iter() {
-        let name: String = k.extract()?;
-        let t = bridge::tensor(&v, &name)?;
-        w.insert(name, t);
-    }
-    Ok(w)
-}
-
 /// A LLaMA forward bound by reference to Python-owned parameters (HF names).
 #[pyclass(module = "voxlm._core", name = "LlamaCore")]
 pub struct PyLlama {
@@ -160,7 +150,7 @@ impl PyLlama {
         lora: Option<HashMap<String, (f64, f64)>>,
     ) -> PyResult<Self> {
         let cfg = LlamaConfig::from_json(config_json)?;
-        let model = Llama::new(cfg, tensor_map(params)?, &lora.unwrap_or_default())?;
+        let model = Llama::new(cfg, bridge::tensor_dict(params)?, &lora.unwrap_or_default())?;
         Ok(PyLlama {
             inner: Mutex::new(model),
         })

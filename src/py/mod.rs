@@ -8,6 +8,7 @@ mod llm;
 mod losses;
 mod metrics;
 mod ops;
+mod vision;
 mod volume;
 
 #[pymodule]
@@ -33,5 +34,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(llm::save_safetensors, m)?)?;
     m.add_class::<llm::PyLlama>()?;
     m.add_class::<llm::PyTokenizer>()?;
+    m.add_function(wrap_pyfunction!(vision::inflate_patch_embedding, m)?)?;
+    m.add_function(wrap_pyfunction!(vision::interpolate_pos_embedding, m)?)?;
+    m.add_function(wrap_pyfunction!(vision::spatial_pool, m)?)?;
+    m.add_function(wrap_pyfunction!(vision::mlp_project, m)?)?;
+    m.add_function(wrap_pyfunction!(vision::disease_pool, m)?)?;
+    m.add_class::<vision::PyVit3d>()?;
+    m.add_class::<vision::PyPerceiver>()?;
     Ok(())
 }
