@@ -40,6 +40,13 @@ __all__ = [
     "save_safetensors",
     "LlamaCore",
     "TokenizerCore",
+    "inflate_patch_embedding",
+    "interpolate_pos_embedding",
+    "spatial_pool",
+    "mlp_project",
+    "disease_pool",
+    "Vit3dCore",
+    "PerceiverCore",
 ]
 
 class VoxlmError(Exception): ...
@@ -203,3 +210,33 @@ class TokenizerCore:
     def id_to_token(self, id: int) -> str | None: ...
     @property
     def vocab_size(self) -> int: ...
+
+def inflate_patch_embedding(weight2d: torch.Tensor, depth: int, mode: str) -> torch.Tensor: ...
+def interpolate_pos_embedding(
+    pos: torch.Tensor, grid2d: tuple[int, int], grid3d: tuple[int, int, int], has_cls: bool
+) -> torch.Tensor: ...
+def spatial_pool(x: torch.Tensor, grid: list[int], pooling_size: int) -> torch.Tensor: ...
+def mlp_project(
+    x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None]
+) -> torch.Tensor: ...
+def disease_pool(x: torch.Tensor, prototype: torch.Tensor) -> torch.Tensor: ...
+@final
+class Vit3dCore:
+    def __new__(
+        cls,
+        in_channels: int,
+        img_size: list[int],
+        patch_size: list[int],
+        hidden_size: int,
+        mlp_dim: int,
+        num_layers: int,
+        num_heads: int,
+        perceptron: bool,
+        params: dict[str, torch.Tensor],
+        lora: dict[str, tuple[float, float]] | None = None,
+    ) -> Vit3dCore: ...
+    def forward(self, x: torch.Tensor, training: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+@final
+class PerceiverCore:
+    def __new__(cls, params: dict[str, torch.Tensor], depth: int, heads: int, dim_head: int) -> PerceiverCore: ...
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...

@@ -1,0 +1,320 @@
+"""Seeing volumes: 2D-to-3D patch inflation, a 3D ViT with MONAI's key names, and the methods'
+token reducers and projectors. Forwards run in Rust (libtorch, autograd) on the modules' own
+``nn.Parameter``s.
+
+* :func:`inflate_patch_embedding`, :func:`interpolate_pos_embedding` (PICG's 3D CLIP).
+* :class:`ViT3D` (M3D / Dia-LLaMA vision encoders; ``from_monai`` loads MONAI ``ViT`` weights).
+* :class:`PerceiverResampler` (Dia-LLaMA), :class:`SpatialPoolingProjector` (M3D),
+  :class:`MLPProjector` (LLaVA ``mlp2x_gelu``), :class:`DiseaseAwareAttention` (Dia-LLaMA).
+* :func:`splice_image_tokens` (shared with :mod:`voxlm.llm`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import _core
+from ._bind import RustBound
+from .exceptions import ConfigError
+from .llm import splice_image_tokens
+
+Triple = tuple[int, int, int]
+
+
+def _triple(v: int | Sequence[int], name: str) -> Triple:
+    t = (v, v, v) if isinstance(v, int) else tuple(v)
+    if len(t) != 3 or any(int(x) <= 0 for x in t):
+        raise ConfigError(f"{name}: expected 3 positive sizes, got {v!r}")
+    return (int(t[0]), int(t[1]), int(t[2]))
+
+
+def inflate_patch_embedding(weight2d: torch.Tensor, depth: int, mode: str = "mean") -> torch.Tensor:
+    """Inflate a 2D patch-embedding kernel ``[D, C, kh, kw]`` to 3D ``[D, C, depth, kh, kw]``.
+
+    ``mode``: ``"mean"`` (I3D: repeat and divide by ``depth``), ``"replicate"`` (repeat without
+    dividing, as PICG's code does: a depth-constant volume gives ``depth`` times the 2D response)
+    or ``"center"`` (the 2D kernel on the central slice only). Differentiable."""
+    return _core.inflate_patch_embedding(weight2d, int(depth), mode)
+
+
+def interpolate_pos_embedding(
+    pos: torch.Tensor, grid2d: tuple[int, int], grid3d: Triple, has_cls: bool = True
+) -> torch.Tensor:
+    """2D grid position embeddings ``[1, (1+) gh*gw, D]`` onto a 3D grid ``[1, (1+) gd*h*w, D]``
+    (trilinear, align_corners=False; the class-token embedding is kept as is)."""
+    return _core.interpolate_pos_embedding(pos, tuple(grid2d), tuple(grid3d), bool(has_cls))
+
+
+def reuse_pos_embedding(pos: torch.Tensor, n_tokens: int, has_cls: bool = True) -> torch.Tensor:
+    """PICG's reuse of CLIP's position embeddings: the first ``n_tokens`` patch positions
+    (e.g. 252 tokens of a 6x6x7 grid padded to 256 so CLIP's 257 = 1 + 16x16 are reused)."""
+    start = 1 if has_cls else 0
+    if pos.dim() != 3 or pos.shape[1] - start < n_tokens:
+        raise ConfigError(f"pos: {tuple(pos.shape)} has fewer than {n_tokens} patch positions")
+    parts = [pos[:, :1]] if has_cls else []
+    return torch.cat([*parts, pos[:, start:start + n_tokens]], 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# ViT3D (MONAI names)
+
+
+class _Attn(nn.Module):
+    def __init__(self, d: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d, bias=qkv_bias)
+        self.out_proj = nn.Linear(d, d)
+
+
+class _Mlp(nn.Module):
+    def __init__(self, d: int, m: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d, m)
+        self.linear2 = nn.Linear(m, d)
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int, m: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.mlp = _Mlp(d, m)
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = _Attn(d, qkv_bias)
+        self.norm2 = nn.LayerNorm(d)
+
+
+class _PatchEmbedding(nn.Module):
+    def __init__(self, c: int, d: int, patch: Triple, n: int, perceptron: bool) -> None:
+        super().__init__()
+        if perceptron:
+            self.patch_embeddings: nn.Module = nn.Sequential(nn.Identity(), nn.Linear(patch[0] * patch[1] * patch[2] * c, d))
+        else:
+            self.patch_embeddings = nn.Conv3d(c, d, kernel_size=patch, stride=patch)
+        self.position_embeddings = nn.Parameter(torch.zeros(1, n, d))
+        nn.init.trunc_normal_(self.position_embeddings, std=0.02, a=-2.0, b=2.0)
+
+
+class ViT3D(RustBound):
+    """A ViT over volumes ``[B, C, D, H, W]`` with MONAI ``ViT``'s parameter names and numerics
+    (``proj_type`` ``"conv"`` or ``"perceptron"``; optional class token), so MONAI checkpoints
+    (M3D-CLIP's encoder, RadFM/Dia-LLaMA's) load with ``load_state_dict`` or :meth:`from_monai`.
+
+    ``forward(x)`` returns ``(tokens [B, N(+1), hidden], [each block's output])`` as MONAI, with
+    ``N = prod(img_size / patch_size)`` (M3D: 32x256x256 / 4x16x16 = 2048 tokens).
+    LoRA from :func:`voxlm.adapters.add_lora` (e.g. on ``qkv``) runs inside the Rust forward.
+    """
+
+    def __init__(self, in_channels: int = 1, img_size: int | Sequence[int] = (32, 256, 256),
+                 patch_size: int | Sequence[int] = (4, 16, 16), hidden_size: int = 768, mlp_dim: int = 3072,
+                 num_layers: int = 12, num_heads: int = 12, proj_type: str = "conv",
+                 classification: bool = False, qkv_bias: bool = False) -> None:
+        super().__init__()
+        self.img_size, self.patch_size = _triple(img_size, "img_size"), _triple(patch_size, "patch_size")
+        if any(i % p for i, p in zip(self.img_size, self.patch_size)):
+            raise ConfigError(f"patch_size {self.patch_size} must divide img_size {self.img_size} along every axis")
+        if hidden_size % num_heads:
+            raise ConfigError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+        if proj_type not in ("conv", "perceptron"):
+            raise ConfigError(f"proj_type: expected 'conv' or 'perceptron', got {proj_type!r}")
+        self.in_channels, self.hidden_size, self.mlp_dim = in_channels, hidden_size, mlp_dim
+        self.num_layers, self.num_heads, self.proj_type = num_layers, num_heads, proj_type
+        self.grid = tuple(i // p for i, p in zip(self.img_size, self.patch_size))
+        n = self.grid[0] * self.grid[1] * self.grid[2]
+        self.patch_embedding = _PatchEmbedding(in_channels, hidden_size, self.patch_size, n, proj_type == "perceptron")
+        self.blocks = nn.ModuleList([_Block(hidden_size, mlp_dim, qkv_bias) for _ in range(num_layers)])
+        self.norm = nn.LayerNorm(hidden_size)
+        if classification:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        self.rebind()
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    def _make_core(self) -> _core.Vit3dCore:
+        from .adapters import lora_settings
+
+        lora = lora_settings(self)
+        params = {k: v for k, v in self.named_parameters() if ".base_layer." not in k and ".lora_" not in k}
+        params.update(lora["tensors"])
+        return _core.Vit3dCore(self.in_channels, list(self.img_size), list(self.patch_size), self.hidden_size,
+                               self.mlp_dim, self.num_layers, self.num_heads, self.proj_type == "perceptron",
+                               params, lora["settings"])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self._bound().forward(x, self.training)
+
+    @classmethod
+    def from_monai(cls, vit: nn.Module | Mapping[str, torch.Tensor], num_heads: int | None = None,
+                   img_size: Sequence[int] | None = None, patch_size: Sequence[int] | None = None,
+                   in_channels: int | None = None) -> ViT3D:
+        """Build from a MONAI ``ViT`` module (config read from it) or its ``state_dict`` (pass
+        ``num_heads``, ``img_size`` and ``patch_size``; MONAI's classification head, if any, is
+        not part of ViT3D)."""
+        if isinstance(vit, nn.Module):
+            sd = vit.state_dict()
+            pe = vit.patch_embedding
+            num_heads = num_heads or vit.blocks[0].attn.num_heads
+            if patch_size is None:
+                conv = getattr(pe, "patch_embeddings", None)
+                patch_size = tuple(conv.kernel_size) if isinstance(conv, nn.Conv3d) else None
+            img_size = img_size or getattr(vit, "img_size", None)
+        else:
+            sd = dict(vit)
+        # MONAI's classification head is not part of ViT3D; its blocks carry an unused
+        # norm_cross_attn (and cross_attn only with with_cross_attention, which ViT3D lacks)
+        sd = {k: v for k, v in sd.items() if not k.startswith("classification_head") and ".norm_cross_attn." not in k}
+        if any(".cross_attn." in k for k in sd):
+            raise ConfigError("from_monai: ViTs with cross-attention blocks are not supported")
+        perceptron = "patch_embedding.patch_embeddings.1.weight" in sd
+        d = sd["patch_embedding.position_embeddings"].shape[-1]
+        layers = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        mlp_dim = sd["blocks.0.mlp.linear1.weight"].shape[0]
+        if not perceptron:
+            w = sd["patch_embedding.patch_embeddings.weight"]
+            in_channels = in_channels or w.shape[1]
+            patch_size = patch_size or tuple(w.shape[2:])
+        if num_heads is None or img_size is None or patch_size is None or in_channels is None and perceptron:
+            raise ConfigError("from_monai: pass num_heads, img_size, patch_size (and in_channels for perceptron embeddings)")
+        model = cls(in_channels=in_channels or 1, img_size=img_size, patch_size=patch_size, hidden_size=d,
+                    mlp_dim=mlp_dim, num_layers=layers, num_heads=num_heads,
+                    proj_type="perceptron" if perceptron else "conv", classification="cls_token" in sd,
+                    qkv_bias="blocks.0.attn.qkv.bias" in sd)
+        model.load_state_dict(sd, strict=True)
+        return model
+
+
+# ---------------------------------------------------------------------------------------------
+# reducers and projectors
+
+
+class _PerceiverAttention(nn.Module):
+    def __init__(self, dim: int, dim_head: int, heads: int) -> None:
+        super().__init__()
+        inner = dim_head * heads
+        self.norm_media = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+
+class PerceiverResampler(RustBound):
+    """Flamingo/RadFM perceiver resampler (Dia-LLaMA: ``num_latents=32, depth=6``) with the
+    reference key names: ``x [B, N, dim] -> [B, num_latents, dim]``."""
+
+    def __init__(self, dim: int, depth: int = 6, dim_head: int = 64, heads: int = 8,
+                 num_latents: int = 64, ff_mult: int = 4) -> None:
+        super().__init__()
+        self.dim, self.depth, self.dim_head, self.heads = dim, depth, dim_head, heads
+        self.latents = nn.Parameter(torch.randn(num_latents, dim))
+        inner = int(dim * ff_mult)
+        self.layers = nn.ModuleList([
+            nn.ModuleList([
+                _PerceiverAttention(dim, dim_head, heads),
+                nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False)),
+            ])
+            for _ in range(depth)
+        ])
+        self.norm = nn.LayerNorm(dim)
+        self.rebind()
+
+    def _make_core(self) -> _core.PerceiverCore:
+        return _core.PerceiverCore(dict(self.named_parameters()), self.depth, self.heads, self.dim_head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._bound().forward(x)
+
+
+def _mlp_layers(in_dim: int, out_dim: int, depth: int, gelu: bool) -> nn.Sequential:
+    mods: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+    for _ in range(1, depth):
+        if gelu:
+            mods.append(nn.GELU())
+        mods.append(nn.Linear(out_dim, out_dim))
+    return nn.Sequential(*mods)
+
+
+def _linears(seq: nn.Sequential) -> list[nn.Linear]:
+    return [m for m in seq if isinstance(m, nn.Linear)]
+
+
+class MLPProjector(nn.Module):
+    """LLaVA's ``mlp{depth}x_gelu`` projector: ``Linear(in, out)`` then ``depth - 1`` times
+    ``GELU, Linear(out, out)``; parameters under ``projector.{0,2,...}``."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 2) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ConfigError(f"depth: expected >= 1, got {depth}")
+        self.projector = _mlp_layers(in_dim, out_dim, depth, gelu=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., in_dim] -> [..., out_dim]``."""
+        ls = _linears(self.projector)
+        return _core.mlp_project(x, [m.weight for m in ls], [m.bias for m in ls])
+
+
+class SpatialPoolingProjector(nn.Module):
+    """M3D's spatial pooling projector: tokens of the ``image_size / patch_size`` grid are
+    average-pooled by ``pooling_size`` in 3D (2048 -> 256 for 32x256x256 / 4x16x16 / 2), then
+    projected by ``layer_num`` linears (``layer_type`` ``"mlp"``: GELU between; ``"linear"``: none)."""
+
+    def __init__(self, image_size: Sequence[int], patch_size: Sequence[int], in_dim: int, out_dim: int,
+                 layer_type: str = "mlp", layer_num: int = 2, pooling_type: str = "spatial",
+                 pooling_size: int = 2) -> None:
+        super().__init__()
+        if layer_type not in ("mlp", "linear"):
+            raise ConfigError(f"layer_type: expected 'mlp' or 'linear', got {layer_type!r}")
+        if pooling_type not in ("spatial", "sequence"):
+            raise ConfigError(f"pooling_type: expected 'spatial' or 'sequence', got {pooling_type!r}")
+        self.grid = tuple(i // p for i, p in zip(_triple(tuple(image_size), "image_size"), _triple(tuple(patch_size), "patch_size")))
+        self.in_dim, self.pooling_type, self.pooling_size, self.layer_type = in_dim, pooling_type, pooling_size, layer_type
+        self.projector = _mlp_layers(in_dim, out_dim, layer_num, gelu=layer_type == "mlp")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N, in_dim] -> [B, N / pooling_size^3, out_dim]``."""
+        if self.pooling_type == "spatial":
+            x = _core.spatial_pool(x, list(self.grid), self.pooling_size)
+        else:
+            k = self.pooling_size ** 3
+            x = torch.nn.functional.avg_pool1d(x.transpose(1, 2), k, k).transpose(1, 2)
+        ls = _linears(self.projector)
+        if self.layer_type == "mlp":
+            return _core.mlp_project(x, [m.weight for m in ls], [m.bias for m in ls])
+        for m in ls:
+            x = _core.lora_linear(x, m.weight, m.bias)
+        return x
+
+
+class DiseaseAwareAttention(nn.Module):
+    """Dia-LLaMA's disease-aware attention: ``prototype`` ``[num_labels, num_tokens]`` softmaxed
+    over the tokens pools one feature per disease: ``[B, num_tokens, D] -> [B, num_labels, D]``
+    (feeds :class:`voxlm.losses.PrototypeBank`)."""
+
+    def __init__(self, num_labels: int, num_tokens: int) -> None:
+        super().__init__()
+        self.prototype = nn.Parameter(torch.randn(num_labels, num_tokens))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _core.disease_pool(x, self.prototype)
+
+    @torch.no_grad()
+    def attention(self) -> torch.Tensor:
+        """The ``[num_labels, num_tokens]`` attention weights (rows sum to 1), e.g. to plot."""
+        return self.prototype.softmax(-1)
+
+
+__all__ = [
+    "inflate_patch_embedding",
+    "interpolate_pos_embedding",
+    "reuse_pos_embedding",
+    "ViT3D",
+    "PerceiverResampler",
+    "MLPProjector",
+    "SpatialPoolingProjector",
+    "DiseaseAwareAttention",
+    "splice_image_tokens",
+]
