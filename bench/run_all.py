@@ -12,8 +12,14 @@ sys.path.insert(0, str(HERE))
 import bench_llm  # noqa: E402  (after the path insert)
 import bench_lora  # noqa: E402
 import bench_metrics  # noqa: E402
+import bench_vision  # noqa: E402
 
-BENCHES = [("metrics", bench_metrics.run), ("llm", bench_llm.run), ("lora", bench_lora.run)]
+BENCHES = [
+    ("metrics", bench_metrics.run),
+    ("llm", bench_llm.run),
+    ("lora", bench_lora.run),
+    ("vision", bench_vision.run),
+]
 
 
 def main() -> None:
