@@ -213,3 +213,48 @@ def test_bad_vision_inputs():
         DiseaseAwareAttention(3, 32)(torch.randn(1, 31, 4))
     with pytest.raises(voxlm.ShapeError, match="perceiver dim"):
         PerceiverResampler(dim=16, depth=1, dim_head=4, heads=2, num_latents=3)(torch.randn(1, 5, 8))
+
+
+def _tiny_clip(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=28, patch_size=14, num_channels=3)
+    ref = CLIPVisionModel(cfg).eval()
+    ref.save_pretrained(tmp_path / "clip")
+    return ref
+
+
+def test_clip_vision_equals_transformers(tmp_path):
+    from voxlm.vision import CLIPVision
+
+    ref = _tiny_clip(tmp_path)
+    ours = CLIPVision.from_pretrained(tmp_path / "clip").eval()
+    x = torch.randn(2, 3, 28, 28)
+    a = ref(x, output_hidden_states=True)
+    last, pooled, hidden = ours(x)
+    torch.testing.assert_close(last, a.last_hidden_state, **TOL)
+    torch.testing.assert_close(pooled, a.pooler_output, **TOL)
+    assert len(hidden) == len(a.hidden_states) == 3
+    for u, v in zip(hidden, a.hidden_states):
+        torch.testing.assert_close(u, v, **TOL)
+
+
+def test_inflated_clip_on_a_depth_constant_volume_equals_2d(tmp_path):
+    from voxlm.vision import CLIPVision
+
+    ref = _tiny_clip(tmp_path)
+    x2 = torch.randn(1, 3, 28, 28)
+    a = ref(x2)
+    clip3d = ViT3D.from_clip(tmp_path / "clip", depth=14, mode="mean")
+    vol = x2.unsqueeze(2).repeat(1, 1, 14, 1, 1)  # one depth patch: same token grid as 2D
+    last, pooled, _ = clip3d(vol)
+    torch.testing.assert_close(last, a.last_hidden_state, **TOL)
+    torch.testing.assert_close(pooled, a.pooler_output, **TOL)
+    # PICG: replicate-inflated conv, fewer tokens than positions -> zero-padded to reuse them
+    picg = CLIPVision.from_pretrained(tmp_path / "clip").inflate(7, "replicate")
+    last, _, _ = picg(torch.randn(2, 3, 7, 14, 28))  # 1 x 1 x 2 = 2 tokens, padded to 4
+    assert last.shape == (2, 5, 32)
+    with pytest.raises(voxlm.ShapeError, match="exceed the 4 position embeddings"):
+        picg(torch.randn(1, 3, 14, 28, 28))

@@ -11,6 +11,7 @@ token reducers and projectors. Forwards run in Rust (libtorch, autograd) on the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 
 from . import _core
 from ._bind import RustBound
-from .exceptions import ConfigError
+from .exceptions import CheckpointError, ConfigError
 from .llm import splice_image_tokens
 
 Triple = tuple[int, int, int]
@@ -146,6 +147,14 @@ class ViT3D(RustBound):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self._bound().forward(x, self.training)
 
+    @staticmethod
+    def from_clip(clip: CLIPVision | str | os.PathLike[str], depth: int, mode: str = "replicate") -> CLIPVision:
+        """PICG's 3D encoder: a HF CLIP vision tower with its patch convolution inflated to
+        ``depth`` (the CLIP architecture is kept exactly, so this returns a 3D
+        :class:`CLIPVision`, not a MONAI-layout ViT)."""
+        tower = clip if isinstance(clip, CLIPVision) else CLIPVision.from_pretrained(clip)
+        return tower.inflate(depth, mode)
+
     @classmethod
     def from_monai(cls, vit: nn.Module | Mapping[str, torch.Tensor], num_heads: int | None = None,
                    img_size: Sequence[int] | None = None, patch_size: Sequence[int] | None = None,
@@ -184,6 +193,132 @@ class ViT3D(RustBound):
                     qkv_bias="blocks.0.attn.qkv.bias" in sd)
         model.load_state_dict(sd, strict=True)
         return model
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP vision tower (RRG24's 2D encoder; PICG's inflated 3D encoder)
+
+
+class _ClipEmbeddings(nn.Module):
+    def __init__(self, c: int, d: int, patch: tuple[int, ...], positions: int) -> None:
+        super().__init__()
+        self.class_embedding = nn.Parameter(torch.randn(d))
+        conv = nn.Conv2d if len(patch) == 2 else nn.Conv3d
+        self.patch_embedding = conv(c, d, kernel_size=patch, stride=patch, bias=False)
+        self.position_embedding = nn.Embedding(positions, d)
+
+
+class _ClipAttn(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.k_proj, self.v_proj, self.q_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
+
+
+class _ClipMlp(nn.Module):
+    def __init__(self, d: int, m: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, m), nn.Linear(m, d)
+
+
+class _ClipLayer(nn.Module):
+    def __init__(self, d: int, m: int, eps: float) -> None:
+        super().__init__()
+        self.self_attn = _ClipAttn(d)
+        self.layer_norm1 = nn.LayerNorm(d, eps=eps)
+        self.mlp = _ClipMlp(d, m)
+        self.layer_norm2 = nn.LayerNorm(d, eps=eps)
+
+
+class _ClipEncoder(nn.Module):
+    def __init__(self, d: int, m: int, n: int, eps: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_ClipLayer(d, m, eps) for _ in range(n)])
+
+
+class _ClipTower(nn.Module):
+    def __init__(self, c: int, d: int, m: int, n: int, patch: tuple[int, ...], positions: int, eps: float) -> None:
+        super().__init__()
+        self.embeddings = _ClipEmbeddings(c, d, patch, positions)
+        self.pre_layrnorm = nn.LayerNorm(d, eps=eps)
+        self.encoder = _ClipEncoder(d, m, n, eps)
+        self.post_layernorm = nn.LayerNorm(d, eps=eps)
+
+
+class CLIPVision(RustBound):
+    """HF ``CLIPVisionModel`` (names under ``vision_model.``, quick-GELU, pre/post layer norms)
+    with the forward in Rust: 2D images ``[B, C, H, W]`` for the LLaVA-style RRG24 recipe, or,
+    after :meth:`inflate`, volumes ``[B, C, D, H, W]`` for PICG.
+
+    ``forward(x)`` returns ``(last_hidden_state, pooler_output, hidden_states)`` as
+    ``CLIPVisionModel(output_hidden_states=True)``; in 3D, patch tokens fewer than CLIP's position
+    table are zero-padded so the table is reused unchanged (PICG's 252 -> 256).
+    """
+
+    def __init__(self, hidden_size: int = 1024, intermediate_size: int = 4096, num_hidden_layers: int = 24,
+                 num_attention_heads: int = 16, image_size: int = 224, patch_size: int | Sequence[int] = 14,
+                 num_channels: int = 3, layer_norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        patch = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+        self.config = dict(hidden_size=hidden_size, intermediate_size=intermediate_size,
+                           num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                           image_size=image_size, patch_size=patch_size, num_channels=num_channels,
+                           layer_norm_eps=layer_norm_eps)
+        positions = (image_size // patch[-1]) ** 2 + 1
+        self.vision_model = _ClipTower(num_channels, hidden_size, intermediate_size, num_hidden_layers, patch,
+                                       positions, layer_norm_eps)
+        self.rebind()
+
+    def _make_core(self) -> _core.ClipVisionCore:
+        return _core.ClipVisionCore(dict(self.named_parameters()), self.config["num_hidden_layers"],
+                                    self.config["num_attention_heads"], float(self.config["layer_norm_eps"]))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        return self._bound().forward(x)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str], dtype: torch.dtype | None = None) -> CLIPVision:
+        """Load a HF ``CLIPVisionModel`` (or the vision half of a ``CLIPModel``) checkpoint:
+        ``config.json`` + safetensors, read by the Rust loader."""
+        import json
+        import pathlib
+
+        p = pathlib.Path(path)
+        if not (p / "config.json").is_file():
+            raise CheckpointError(f"{p}: no config.json")
+        cfg = json.loads((p / "config.json").read_text())
+        cfg = cfg.get("vision_config", cfg)
+        if cfg.get("hidden_act", "quick_gelu") != "quick_gelu":
+            raise ConfigError(f"{p}: hidden_act {cfg['hidden_act']!r} is not supported (CLIP uses quick_gelu)")
+        keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                "patch_size", "num_channels", "layer_norm_eps")
+        model = cls(**{k: cfg[k] for k in keys if k in cfg})
+        sd = _core.load_safetensors(os.fspath(p), None if dtype is None else str(dtype), "cpu")
+        # CLIPModel / transformers 4 CLIPVisionModel: "vision_model.*"; transformers 5 saves the
+        # vision tower's keys without the prefix
+        if not any(k.startswith("vision_model.") for k in sd):
+            sd = {f"vision_model.{k}": v for k, v in sd.items()}
+        sd = {k: v for k, v in sd.items() if k.startswith("vision_model.") and not k.endswith("position_ids")}
+        model.load_state_dict(sd, strict=True)
+        return model
+
+    def inflate(self, depth: int, mode: str = "replicate") -> CLIPVision:
+        """A 3D copy whose patch convolution is inflated to ``depth`` (see
+        :func:`inflate_patch_embedding`; PICG: ``depth=14``, ``mode="replicate"``)."""
+        import copy
+
+        out = copy.deepcopy(self)
+        emb = out.vision_model.embeddings
+        w2 = emb.patch_embedding.weight.detach()
+        if w2.dim() != 4:
+            raise ConfigError("inflate: the patch embedding is already 3D")
+        k = tuple(w2.shape[2:])
+        conv = nn.Conv3d(w2.shape[1], w2.shape[0], kernel_size=(depth, *k), stride=(depth, *k), bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(inflate_patch_embedding(w2, depth, mode))
+        emb.patch_embedding = conv.to(w2.dtype)
+        out.config["patch_size"] = (depth, *k)
+        out.rebind()
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +447,7 @@ __all__ = [
     "interpolate_pos_embedding",
     "reuse_pos_embedding",
     "ViT3D",
+    "CLIPVision",
     "PerceiverResampler",
     "MLPProjector",
     "SpatialPoolingProjector",

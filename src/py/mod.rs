@@ -41,5 +41,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(vision::disease_pool, m)?)?;
     m.add_class::<vision::PyVit3d>()?;
     m.add_class::<vision::PyPerceiver>()?;
+    m.add_class::<vision::PyClipVision>()?;
     Ok(())
 }

@@ -191,3 +191,55 @@ impl PyPerceiver {
         bridge::to_py(py, &out)
     }
 }
+
+/// HF CLIP vision tower (2D, or 3D after inflation) bound by reference.
+#[pyclass(module = "voxlm._core", name = "ClipVisionCore")]
+pub struct PyClipVision {
+    inner: Mutex<crate::vision::clip::ClipVision>,
+}
+
+#[pymethods]
+impl PyClipVision {
+    #[new]
+    fn new(
+        params: &Bound<'_, PyDict>,
+        num_layers: i64,
+        num_heads: i64,
+        eps: f64,
+    ) -> PyResult<Self> {
+        let m = crate::vision::clip::ClipVision::new(
+            bridge::tensor_dict(params)?,
+            num_layers,
+            num_heads,
+            eps,
+        )?;
+        Ok(PyClipVision {
+            inner: Mutex::new(m),
+        })
+    }
+
+    /// `(last_hidden_state, pooler_output, hidden_states)`.
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyList>)> {
+        let x = bridge::tensor(x, "x")?;
+        let inner = &self.inner;
+        let out = py.detach(move || -> crate::Result<_> {
+            let m = inner
+                .lock()
+                .map_err(|_| Error::config("ClipVisionCore: lock poisoned"))?;
+            m.forward(&x)
+        })?;
+        let hs = PyList::empty(py);
+        for h in &out.hidden_states {
+            hs.append(bridge::to_py(py, h)?)?;
+        }
+        Ok((
+            bridge::to_py(py, &out.last_hidden_state)?,
+            bridge::to_py(py, &out.pooler_output)?,
+            hs,
+        ))
+    }
+}

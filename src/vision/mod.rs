@@ -1,6 +1,7 @@
 //! Vision parts on libtorch (autograd): 2D-to-3D patch inflation, a 3D ViT with MONAI's key
 //! names, and the token reducers/projectors of the methods. Free of pyo3.
 
+pub mod clip;
 pub mod disease;
 pub mod inflate;
 pub mod perceiver;
