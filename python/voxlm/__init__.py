@@ -28,6 +28,7 @@ __version__: str = _core.__version__
 check_torch_version()
 
 from . import nn, ops  # noqa: E402  (after the version check)
+from .volume import Volume, load_volume, save_volume  # noqa: E402
 
 __all__ = [
     "CheckpointError",
@@ -44,4 +45,7 @@ __all__ = [
     "info",
     "nn",
     "ops",
+    "Volume",
+    "load_volume",
+    "save_volume",
 ]

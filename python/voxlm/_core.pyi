@@ -48,6 +48,8 @@ __all__ = [
     "Vit3dCore",
     "PerceiverCore",
     "ClipVisionCore",
+    "load_nifti",
+    "save_nifti",
 ]
 
 class VoxlmError(Exception): ...
@@ -245,3 +247,13 @@ class PerceiverCore:
 class ClipVisionCore:
     def __new__(cls, params: dict[str, torch.Tensor], num_layers: int, num_heads: int, eps: float) -> ClipVisionCore: ...
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]: ...
+def load_nifti(
+    path: str | PathLike[str], dtype: str = "float32"
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64], dict[str, Any]]: ...
+def save_nifti(
+    path: str | PathLike[str],
+    data: npt.NDArray[Any],
+    affine: list[list[float]],
+    zooms: list[float],
+    compress_level: int = 1,
+) -> None: ...

@@ -19,6 +19,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::lora_linear, m)?)?;
     m.add_class::<ops::PyLoraLinear>()?;
     m.add_function(wrap_pyfunction!(volume::scale_intensity_range, m)?)?;
+    m.add_function(wrap_pyfunction!(volume::load_nifti, m)?)?;
+    m.add_function(wrap_pyfunction!(volume::save_nifti, m)?)?;
     m.add_function(wrap_pyfunction!(losses::focal_loss, m)?)?;
     m.add_function(wrap_pyfunction!(losses::kl_distill, m)?)?;
     m.add_function(wrap_pyfunction!(losses::lm_loss, m)?)?;

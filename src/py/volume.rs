@@ -55,3 +55,150 @@ pub fn scale_intensity_range<'py>(
     ))
     .into())
 }
+
+fn header_dict<'py>(
+    py: Python<'py>,
+    h: &crate::volume::nifti::Header,
+) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("nifti_version", h.version)?;
+    d.set_item("little_endian", h.little_endian)?;
+    d.set_item("pair", h.pair)?;
+    d.set_item("dim", h.dim.to_vec())?;
+    d.set_item("datatype", h.dtype()?.name())?;
+    d.set_item("pixdim", h.pixdim.to_vec())?;
+    d.set_item("vox_offset", h.vox_offset)?;
+    d.set_item("scl_slope", h.scl_slope)?;
+    d.set_item("scl_inter", h.scl_inter)?;
+    d.set_item("qform_code", h.qform_code)?;
+    d.set_item("sform_code", h.sform_code)?;
+    d.set_item("quatern", h.quatern.to_vec())?;
+    d.set_item("qoffset", h.qoffset.to_vec())?;
+    d.set_item(
+        "srow",
+        h.srow.iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+    )?;
+    d.set_item("xyzt_units", h.xyzt_units)?;
+    d.set_item("intent_code", h.intent_code)?;
+    d.set_item("descrip", &h.descrip)?;
+    d.set_item("cal_min", h.cal_min)?;
+    d.set_item("cal_max", h.cal_max)?;
+    Ok(d)
+}
+
+fn affine_array(py: Python<'_>, a: [[f64; 4]; 4]) -> PyResult<Bound<'_, numpy::PyArrayDyn<f64>>> {
+    let flat: Vec<f64> = a.iter().flatten().copied().collect();
+    let arr =
+        ndarray::Array2::from_shape_vec((4, 4), flat).map_err(|e| Error::shape(e.to_string()))?;
+    Ok(bridge::array_to_py(py, arr))
+}
+
+/// Read a NIfTI-1/2 file: `(data [x, y, z, ...] Fortran order, affine 4x4, header dict)`.
+/// `dtype`: "float32" or "float64" (nibabel's `get_fdata` values; float32 rounds them once).
+#[pyfunction]
+#[pyo3(signature = (path, dtype="float32"))]
+pub fn load_nifti<'py>(
+    py: Python<'py>,
+    path: std::path::PathBuf,
+    dtype: &str,
+) -> PyResult<(
+    Bound<'py, PyAny>,
+    Bound<'py, numpy::PyArrayDyn<f64>>,
+    Bound<'py, pyo3::types::PyDict>,
+)> {
+    use crate::volume::nifti;
+    use ndarray::ShapeBuilder;
+    let want64 = match dtype {
+        "float32" => false,
+        "float64" => true,
+        other => {
+            return Err(Error::dtype(format!(
+                "dtype: expected 'float32' or 'float64', got '{other}'"
+            ))
+            .into())
+        }
+    };
+    let p2 = path.clone();
+    let (h, raw) = py.detach(move || nifti::read_raw(&p2))?;
+    let shape = h.shape();
+    let n: usize = shape.iter().product();
+    let (dt, le, sc) = (h.dtype()?, h.little_endian, h.scaling()?);
+    let data: Bound<'py, PyAny> = if want64 {
+        let v = py.detach(|| nifti::decode::<f64>(&raw, dt, le, sc, n));
+        let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape).f(), v)
+            .map_err(|e| Error::shape(e.to_string()))?;
+        bridge::array_to_py(py, a).into_any()
+    } else {
+        let v = py.detach(|| nifti::decode::<f32>(&raw, dt, le, sc, n));
+        let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape).f(), v)
+            .map_err(|e| Error::shape(e.to_string()))?;
+        bridge::array_to_py(py, a).into_any()
+    };
+    Ok((
+        data,
+        affine_array(py, h.best_affine())?,
+        header_dict(py, &h)?,
+    ))
+}
+
+fn fortran_bytes<T: numpy::Element + Copy>(
+    a: &numpy::PyReadonlyArrayDyn<'_, T>,
+    to_le: impl Fn(T) -> Vec<u8>,
+) -> Vec<u8> {
+    // C-order traversal of the reversed axes visits x fastest: NIfTI's Fortran order
+    a.as_array()
+        .reversed_axes()
+        .iter()
+        .flat_map(|&v| to_le(v))
+        .collect()
+}
+
+/// Write a NIfTI-1 file (`.nii` or `.nii.gz`); the affine goes to the sform (code 2).
+#[pyfunction]
+#[pyo3(signature = (path, data, affine, zooms, compress_level=1))]
+pub fn save_nifti(
+    py: Python<'_>,
+    path: std::path::PathBuf,
+    data: &Bound<'_, PyAny>,
+    affine: Vec<Vec<f64>>,
+    zooms: Vec<f64>,
+    compress_level: u32,
+) -> PyResult<()> {
+    use crate::volume::nifti::{self, DType};
+    if affine.len() != 4 || affine.iter().any(|r| r.len() != 4) {
+        return Err(Error::shape("affine: expected a 4x4 matrix").into());
+    }
+    let mut aff = [[0.0; 4]; 4];
+    for (i, r) in affine.iter().enumerate() {
+        aff[i].copy_from_slice(r);
+    }
+    let untyped = data
+        .cast::<numpy::PyUntypedArray>()
+        .map_err(|_| Error::Type("data: expected a numpy array".into()))?;
+    let shape = untyped.shape().to_vec();
+    let dt = untyped.dtype();
+    macro_rules! enc {
+        ($($t:ty => $d:expr),*) => {{
+            $(if dt.is_equiv_to(&numpy::dtype::<$t>(py)) {
+                let a = bridge::array_view::<$t>(data, "data")?;
+                (fortran_bytes(&a, |v: $t| v.to_le_bytes().to_vec()), $d)
+            } else)* {
+                return Err(Error::dtype(format!("data: cannot store dtype {} in NIfTI", dt.str().map(|s| s.to_string()).unwrap_or_default())).into());
+            }
+        }};
+    }
+    let (bytes, code) = enc!(f32 => DType::F32, f64 => DType::F64, i16 => DType::I16, u8 => DType::U8, i8 => DType::I8,
+        u16 => DType::U16, i32 => DType::I32, u32 => DType::U32, i64 => DType::I64, u64 => DType::U64);
+    py.detach(move || {
+        nifti::write_nifti1(
+            &path,
+            &shape,
+            &bytes,
+            code,
+            &aff,
+            &zooms,
+            compress_level.min(9),
+        )
+    })?;
+    Ok(())
+}

@@ -1,3 +1,4 @@
 //! Volume preprocessing on ndarray + rayon. Free of pyo3.
 
 pub mod intensity;
+pub mod nifti;

@@ -1,0 +1,110 @@
+"""Volumes: NIfTI-1/2 I/O in Rust with nibabel's semantics.
+
+``load_volume(path)`` returns a :class:`Volume` whose ``data`` has nibabel's axis order and
+values (``nibabel.load(path).get_fdata()``; float32 by default, float64 on request) and whose
+``affine`` is nibabel's best affine (sform, else qform, else the shape/zoom fallback).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .exceptions import ShapeError
+
+PathLike = str | os.PathLike[str]
+_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def io_orientation(affine: np.ndarray, tol: float | None = None) -> np.ndarray:
+    """Voxel axis -> world axis and direction (nibabel's ``io_orientation`` algorithm: the
+    nearest orthogonal matrix by SVD, then the largest component of each column)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    q, p = affine.shape[0] - 1, affine.shape[1] - 1
+    rzs = affine[:q, :p]
+    zooms = np.sqrt(np.sum(rzs * rzs, axis=0))
+    zooms[zooms == 0] = 1
+    rs = rzs / zooms
+    u, s, vt = np.linalg.svd(rs, full_matrices=False)
+    if tol is None:
+        tol = s.max() * max(rs.shape) * np.finfo(np.float64).eps
+    keep = s > tol
+    r = np.dot(u[:, keep], vt[keep])
+    ornt = np.full((p, 2), np.nan)
+    # columns with the most dominant component are assigned first (nibabel >= 5.3)
+    in_axes = np.argsort(np.min(-(r**2), axis=0), kind="stable")
+    for in_ax in in_axes:
+        col = r[:, in_ax]
+        if not np.allclose(col, 0):
+            out_ax = int(np.argmax(np.abs(col)))
+            ornt[in_ax] = (out_ax, -1 if col[out_ax] < 0 else 1)
+            r[out_ax, :] = 0
+    return ornt
+
+
+def aff2axcodes(affine: np.ndarray) -> tuple[str | None, ...]:
+    """Axis codes such as ``("R", "A", "S")`` of an affine (nibabel's ``aff2axcodes``)."""
+    codes: list[str | None] = []
+    for ax, direction in io_orientation(affine):
+        if np.isnan(ax):
+            codes.append(None)
+        else:
+            codes.append(_LABELS[int(ax)][0 if direction == -1 else 1])
+    return tuple(codes)
+
+
+@dataclass
+class Volume:
+    """An image volume: ``data`` (numpy, axes x, y, z[, ...] as nibabel), its 4x4 ``affine``
+    (voxel -> world mm) and the NIfTI ``header`` fields."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along the first three axes (the affine's column norms)."""
+        a = np.asarray(self.affine)[:3, :3]
+        return tuple(float(v) for v in np.sqrt((a * a).sum(0)))
+
+    @property
+    def axcodes(self) -> tuple[str | None, ...]:
+        return aff2axcodes(self.affine)
+
+    def __repr__(self) -> str:
+        return (f"Volume(shape={self.shape}, dtype={self.data.dtype}, spacing="
+                f"{tuple(round(s, 4) for s in self.spacing)}, axcodes={''.join(c or '?' for c in self.axcodes)})")
+
+
+def load_volume(path: PathLike, dtype: Any = np.float32) -> Volume:
+    """Read a NIfTI-1/2 file (``.nii``, ``.nii.gz`` by gzip magic, ``.hdr``/``.img`` pairs).
+
+    Raises :class:`~voxlm.VolumeFormatError` for corrupt, truncated or unsupported files (an
+    ``OSError``) and :class:`~voxlm.VoxlmIOError` for unreadable paths."""
+    name = np.dtype(dtype).name
+    data, affine, header = _core.load_nifti(os.fspath(path), name)
+    return Volume(data, affine, header)
+
+
+def save_volume(volume: Volume | np.ndarray, path: PathLike, affine: np.ndarray | None = None,
+                compress_level: int = 1) -> None:
+    """Write a NIfTI-1 file (gzip if the name ends in ``.gz``); the data keep their dtype, the
+    affine is stored as the sform. nibabel reads back the same data and affine."""
+    if isinstance(volume, Volume):
+        data, aff = volume.data, volume.affine if affine is None else affine
+    else:
+        data, aff = np.asarray(volume), (np.eye(4) if affine is None else affine)
+    aff = np.asarray(aff, dtype=np.float64)
+    if aff.shape != (4, 4):
+        raise ShapeError(f"affine: expected shape (4, 4), got {aff.shape}")
+    zooms = [float(v) for v in np.sqrt((aff[:3, :3] ** 2).sum(0))] + [1.0] * (max(data.ndim - 3, 0))
+    _core.save_nifti(os.fspath(path), data, aff.tolist(), zooms[: data.ndim], int(compress_level))

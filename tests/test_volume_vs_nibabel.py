@@ -1,0 +1,177 @@
+"""NIfTI I/O against nibabel: every NIfTI file shipped in nibabel's wheel, and files nibabel writes
+covering datatypes, endianness, NIfTI-2, pairs, scaling, qform/sform/fallback affines and header
+extensions. Data are compared exactly (float64) — voxlm applies nibabel's float64 scaling —
+and affines within 1e-12 (nibabel builds the qform in 80-bit long double, voxlm in float64)."""
+
+import glob
+import gzip
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import voxlm
+from voxlm.volume import Volume, aff2axcodes, load_volume, save_volume
+
+NIB_DATA = os.path.join(os.path.dirname(nib.__file__), "tests", "data")
+SHIPPED = sorted(glob.glob(os.path.join(NIB_DATA, "*.nii*")) + glob.glob(os.path.join(NIB_DATA, "*.hdr")))
+
+
+def nib_load(path):
+    img = nib.load(path)
+    if not hasattr(img, "affine"):  # CIFTI-2: read the same file as plain NIfTI-2
+        img = nib.Nifti2Image.from_filename(path)
+    return img
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
+def test_every_shipped_file(path):
+    try:
+        ref = nib_load(path)
+        ref_data = ref.get_fdata()
+    except Exception:  # nibabel cannot read it either (e.g. a .hdr whose .img is not shipped)
+        with pytest.raises((voxlm.VolumeFormatError, voxlm.VoxlmIOError)):
+            load_volume(path)
+        return
+    v = load_volume(path, np.float64)
+    assert v.data.shape == ref_data.shape
+    np.testing.assert_array_equal(v.data, ref_data)
+    np.testing.assert_allclose(v.affine, ref.affine, rtol=0, atol=1e-12)
+    assert v.axcodes == nib.aff2axcodes(ref.affine)
+    v32 = load_volume(path)
+    assert v32.data.dtype == np.float32
+    np.testing.assert_array_equal(v32.data, ref_data.astype(np.float32))
+
+
+def oblique_affine(rng):
+    a = np.eye(4)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    a[:3, :3] = q @ np.diag(rng.uniform(0.5, 3.0, 3))
+    a[:3, 3] = rng.normal(0, 50, 3)
+    return a
+
+
+DTYPES = [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_datatypes_and_endianness(tmp_path, dtype, endian):
+    rng = np.random.default_rng(0)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    lo, hi = (info.min, info.max) if info else (-1e6, 1e6)
+    data = rng.uniform(max(lo, -1e6), min(hi, 1e6), (5, 6, 7)).astype(dtype)
+    img = nib.Nifti1Image(data, oblique_affine(rng), dtype=dtype)
+    hdr = img.header.as_byteswapped(endian) if endian == ">" else img.header
+    path = tmp_path / "x.nii"
+    nib.Nifti1Image(data, img.affine, hdr).to_filename(path)
+    ref = nib.load(path)
+    v = load_volume(path, np.float64)
+    np.testing.assert_array_equal(v.data, ref.get_fdata())
+    np.testing.assert_allclose(v.affine, ref.affine, rtol=0, atol=1e-12)
+    assert v.header["little_endian"] == (endian == "<")
+
+
+@pytest.mark.parametrize("kind", ["nifti2", "pair", "pair_gz", "scaled", "qform_only", "no_affine", "4d", "ext", "gz"])
+def test_header_variants(tmp_path, kind):
+    rng = np.random.default_rng(1)
+    data = rng.integers(-1000, 3000, (6, 5, 4), dtype=np.int16)
+    aff = oblique_affine(rng)
+    if kind == "nifti2":
+        img, name = nib.Nifti2Image(data.astype(np.float32), aff), "x.nii"
+    elif kind in ("pair", "pair_gz"):
+        img, name = nib.Nifti1Pair(data, aff), "x.img" + (".gz" if kind == "pair_gz" else "")
+    elif kind == "4d":
+        img, name = nib.Nifti1Image(rng.normal(size=(4, 3, 5, 2)).astype(np.float32), aff), "x.nii.gz"
+    else:
+        img, name = nib.Nifti1Image(data, aff), "x.nii.gz" if kind == "gz" else "x.nii"
+    if kind == "scaled":
+        img.header.set_slope_inter(0.25, -1024.0)
+    if kind == "qform_only":
+        img.header.set_sform(None, code=0)
+        img.header.set_qform(aff, code=1)
+    if kind == "no_affine":
+        img.header.set_sform(None, code=0)
+        img.header.set_qform(None, code=0)
+    if kind == "ext":
+        img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"voxlm comment " * 5))
+    path = tmp_path / name
+    img.to_filename(path)
+    ref = nib.load(path)
+    v = load_volume(path, np.float64)
+    np.testing.assert_array_equal(v.data, ref.get_fdata())
+    np.testing.assert_allclose(v.affine, ref.affine, rtol=0, atol=1e-12)
+    if kind == "scaled":
+        assert v.header["scl_slope"] == 0.25
+
+
+@pytest.mark.parametrize("name", ["w.nii", "w.nii.gz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint8, np.float64])
+def test_files_voxlm_writes_load_in_nibabel(tmp_path, name, dtype):
+    rng = np.random.default_rng(2)
+    data = (rng.normal(size=(7, 5, 3)) * 100).astype(dtype)
+    aff = oblique_affine(rng)
+    save_volume(Volume(data, aff), tmp_path / name)
+    ref = nib.load(tmp_path / name)
+    np.testing.assert_array_equal(np.asanyarray(ref.dataobj), data)
+    np.testing.assert_allclose(ref.affine, aff.astype(np.float32), rtol=0, atol=1e-12)  # sform is float32
+    back = load_volume(tmp_path / name, np.float64)
+    np.testing.assert_array_equal(back.data, data.astype(np.float64))
+    # non-contiguous input is written in NIfTI (Fortran) order all the same
+    view = np.ascontiguousarray(data.transpose(2, 1, 0)).transpose(2, 1, 0)
+    save_volume(view, tmp_path / ("v_" + name), aff)
+    np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / ("v_" + name)).dataobj), data)
+
+
+def test_spacing_and_axcodes():
+    aff = np.diag([-1.5, 2.0, 3.0, 1.0])
+    v = Volume(np.zeros((2, 2, 2), np.float32), aff)
+    assert v.spacing == (1.5, 2.0, 3.0)
+    assert v.axcodes == ("L", "A", "S") == nib.aff2axcodes(aff)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        a = oblique_affine(rng)
+        assert aff2axcodes(a) == nib.aff2axcodes(a)
+
+
+def test_bad_files(tmp_path):
+    good = tmp_path / "g.nii"
+    nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)).to_filename(good)
+    raw = good.read_bytes()
+    (tmp_path / "trunc.nii").write_bytes(raw[:-10])
+    with pytest.raises(voxlm.VolumeFormatError, match="truncated"):
+        load_volume(tmp_path / "trunc.nii")
+    (tmp_path / "trunc.nii.gz").write_bytes(gzip.compress(raw)[:-30])
+    with pytest.raises(voxlm.VolumeFormatError):
+        load_volume(tmp_path / "trunc.nii.gz")
+    bad = bytearray(gzip.compress(raw))
+    bad[40:60] = b"\x00" * 20
+    (tmp_path / "corrupt.nii.gz").write_bytes(bytes(bad))
+    with pytest.raises(voxlm.VolumeFormatError):
+        load_volume(tmp_path / "corrupt.nii.gz")
+    magic = bytearray(raw)
+    magic[344:348] = b"xyz\0"
+    (tmp_path / "magic.nii").write_bytes(bytes(magic))
+    with pytest.raises(voxlm.VolumeFormatError, match="magic"):
+        load_volume(tmp_path / "magic.nii")
+    for dims, frag in [((3, 0, 4, 4), "must be positive"), ((3, -2, 4, 4), "must be positive"),
+                       ((3, 32767, 32767, 32767), "truncated")]:
+        h = bytearray(raw)
+        h[40:48] = np.array(dims, dtype="<i2").tobytes()
+        (tmp_path / "dims.nii").write_bytes(bytes(h))
+        with pytest.raises(voxlm.VolumeFormatError, match=frag):
+            load_volume(tmp_path / "dims.nii")
+    h = bytearray(raw)
+    h[40:48] = np.array((3, 32767, 32767, 32767), dtype="<i2").tobytes()
+    (tmp_path / "huge.nii.gz").write_bytes(gzip.compress(bytes(h)))
+    with pytest.raises(voxlm.VolumeFormatError, match="gzip stream holds"):
+        load_volume(tmp_path / "huge.nii.gz")  # refused before inflating anything
+    (tmp_path / "short.nii").write_bytes(b"\x5c\x01\x00\x00" + b"\x00" * 20)
+    with pytest.raises(voxlm.VolumeFormatError, match="too short"):
+        load_volume(tmp_path / "short.nii")
+    with pytest.raises(voxlm.VoxlmIOError) as e:
+        load_volume(tmp_path / "missing.nii")
+    assert isinstance(e.value, OSError)
+    with pytest.raises(voxlm.DTypeError):
+        load_volume(good, np.int16)
