@@ -93,6 +93,13 @@ fn affine_array(py: Python<'_>, a: [[f64; 4]; 4]) -> PyResult<Bound<'_, numpy::P
     Ok(bridge::array_to_py(py, arr))
 }
 
+/// `(data, affine, header)` as returned to Python.
+type Loaded<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, numpy::PyArrayDyn<f64>>,
+    Bound<'py, pyo3::types::PyDict>,
+);
+
 /// Read a NIfTI-1/2 file: `(data [x, y, z, ...] Fortran order, affine 4x4, header dict)`.
 /// `dtype`: "float32" or "float64" (nibabel's `get_fdata` values; float32 rounds them once).
 #[pyfunction]
@@ -101,11 +108,7 @@ pub fn load_nifti<'py>(
     py: Python<'py>,
     path: std::path::PathBuf,
     dtype: &str,
-) -> PyResult<(
-    Bound<'py, PyAny>,
-    Bound<'py, numpy::PyArrayDyn<f64>>,
-    Bound<'py, pyo3::types::PyDict>,
-)> {
+) -> PyResult<Loaded<'py>> {
     use crate::volume::nifti;
     use ndarray::ShapeBuilder;
     let want64 = match dtype {
