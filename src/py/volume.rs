@@ -205,3 +205,25 @@ pub fn save_nifti(
     })?;
     Ok(())
 }
+
+/// Resize a float32 `[C, D, H, W]` array (any strides) like `F.interpolate(align_corners=False)`.
+#[pyfunction]
+pub fn resize<'py>(
+    py: Python<'py>,
+    img: &Bound<'py, PyAny>,
+    size: [usize; 3],
+    mode: &str,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    use crate::volume::resize::{self as rz, Mode};
+    let m = Mode::parse(mode)?;
+    let a = bridge::array_view::<f32>(img, "img")?;
+    let v = a.as_array();
+    let v4 = v.into_dimensionality::<ndarray::Ix4>().map_err(|_| {
+        Error::shape(format!(
+            "img: expected a 4-d [C, D, H, W] array, got shape {:?}",
+            a.shape()
+        ))
+    })?;
+    let out = py.detach(|| rz::resize(v4, size, m))?;
+    Ok(bridge::array_to_py(py, out))
+}

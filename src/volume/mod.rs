@@ -2,3 +2,4 @@
 
 pub mod intensity;
 pub mod nifti;
+pub mod resize;

@@ -1,0 +1,118 @@
+//! Resampling a channel-first volume `[C, D, H, W]` to a new grid, as
+//! `torch.nn.functional.interpolate(..., align_corners=False)`: `trilinear` (source coordinate
+//! `(i + 0.5) * in / out - 0.5`, clamped at 0) and `nearest` (`floor(i * in / out)`, scale in
+//! float32 as PyTorch computes it). Parallel over output planes with rayon.
+
+use ndarray::{Array4, ArrayView4, Axis};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Trilinear,
+    Nearest,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "trilinear" | "linear" | "bilinear" => Ok(Mode::Trilinear),
+            "nearest" => Ok(Mode::Nearest),
+            o => Err(Error::config(format!(
+                "mode: expected 'trilinear' or 'nearest', got '{o}'"
+            ))),
+        }
+    }
+}
+
+/// Per output index: (i0, i1, w0, w1) for linear interpolation along one axis.
+fn linear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32, f32)> {
+    let scale = n_in as f32 / n_out as f32;
+    (0..n_out)
+        .map(|o| {
+            let src = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
+            let i0 = (src as usize).min(n_in - 1);
+            let i1 = if i0 < n_in - 1 { i0 + 1 } else { i0 };
+            let l1 = src - i0 as f32;
+            (i0, i1, 1.0 - l1, l1)
+        })
+        .collect()
+}
+
+fn nearest_taps(n_in: usize, n_out: usize) -> Vec<usize> {
+    let scale = n_in as f32 / n_out as f32;
+    (0..n_out)
+        .map(|o| ((o as f32 * scale).floor() as usize).min(n_in - 1))
+        .collect()
+}
+
+/// Resize `x [C, D, H, W]` to `[C, size[0], size[1], size[2]]`.
+pub fn resize(x: ArrayView4<'_, f32>, size: [usize; 3], mode: Mode) -> Result<Array4<f32>> {
+    let (c, d, h, w) = x.dim();
+    if size.iter().any(|&s| s == 0) || d == 0 || h == 0 || w == 0 {
+        return Err(Error::shape(format!(
+            "resize: sizes must be positive, got input {:?} -> {size:?}",
+            x.shape()
+        )));
+    }
+    let [od, oh, ow] = size;
+    let mut out = Array4::<f32>::zeros((c, od, oh, ow));
+    match mode {
+        Mode::Nearest => {
+            let (td, th, tw) = (
+                nearest_taps(d, od),
+                nearest_taps(h, oh),
+                nearest_taps(w, ow),
+            );
+            out.axis_iter_mut(Axis(0))
+                .zip(x.axis_iter(Axis(0)))
+                .for_each(|(mut oc, ic)| {
+                    oc.axis_iter_mut(Axis(0))
+                        .into_par_iter()
+                        .enumerate()
+                        .for_each(|(z, mut plane)| {
+                            let src = ic.index_axis(Axis(0), td[z]);
+                            for (y, mut row) in plane.axis_iter_mut(Axis(0)).enumerate() {
+                                let srow = src.index_axis(Axis(0), th[y]);
+                                for (xx, v) in row.iter_mut().enumerate() {
+                                    *v = srow[tw[xx]];
+                                }
+                            }
+                        });
+                });
+        }
+        Mode::Trilinear => {
+            let (td, th, tw) = (linear_taps(d, od), linear_taps(h, oh), linear_taps(w, ow));
+            out.axis_iter_mut(Axis(0))
+                .zip(x.axis_iter(Axis(0)))
+                .for_each(|(mut oc, ic)| {
+                    oc.axis_iter_mut(Axis(0))
+                        .into_par_iter()
+                        .enumerate()
+                        .for_each(|(z, mut plane)| {
+                            let (z0, z1, wz0, wz1) = td[z];
+                            let (p0, p1) = (ic.index_axis(Axis(0), z0), ic.index_axis(Axis(0), z1));
+                            for (y, mut row) in plane.axis_iter_mut(Axis(0)).enumerate() {
+                                let (y0, y1, wy0, wy1) = th[y];
+                                let (r00, r01) =
+                                    (p0.index_axis(Axis(0), y0), p0.index_axis(Axis(0), y1));
+                                let (r10, r11) =
+                                    (p1.index_axis(Axis(0), y0), p1.index_axis(Axis(0), y1));
+                                for (xx, v) in row.iter_mut().enumerate() {
+                                    let (x0, x1, wx0, wx1) = tw[xx];
+                                    // same association as PyTorch's CPU kernel: t * (h * (w-lerp) + ...) + ...
+                                    *v = wz0
+                                        * (wy0 * (wx0 * r00[x0] + wx1 * r00[x1])
+                                            + wy1 * (wx0 * r01[x0] + wx1 * r01[x1]))
+                                        + wz1
+                                            * (wy0 * (wx0 * r10[x0] + wx1 * r10[x1])
+                                                + wy1 * (wx0 * r11[x0] + wx1 * r11[x1]));
+                                }
+                            }
+                        });
+                });
+        }
+    }
+    Ok(out)
+}
