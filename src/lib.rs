@@ -8,6 +8,7 @@ pub mod llm;
 pub mod losses;
 pub mod metrics;
 pub mod ops;
+pub mod parallel;
 pub mod vision;
 pub mod volume;
 

@@ -135,3 +135,39 @@ def test_bad_transform_inputs():
         vt.Resize((4, 4, 4))([1, 2, 3])
     with pytest.raises(voxlm.ShapeError):
         vt.stitch_images([])
+
+
+def test_load_batch_rust_pipeline_equals_transforms(tmp_path):
+    import nibabel as nib
+
+    from voxlm.data import VolumeDataset, load_batch
+
+    rng = np.random.default_rng(7)
+    paths = []
+    for i, diag in enumerate([(-0.8, 0.8, 2.0), (0.9, -0.9, -2.5), (0.7, 0.7, 1.5)]):
+        data = rng.integers(-1000, 1500, (20 + i, 18, 12), dtype=np.int16)
+        aff = np.diag(list(diag) + [1.0])
+        if i == 2:
+            aff[:3, :3] = aff[:3, :3][[1, 2, 0]]  # permuted axes
+        p = tmp_path / f"ct{i}.nii.gz"
+        nib.Nifti1Image(data, aff).to_filename(p)
+        paths.append(p)
+    pipe = vt.Compose([vt.Orientation("RAS"), vt.ScaleIntensityRange(-160, 240, 0, 1, clip=True), vt.Resize((8, 16, 16))])
+    fast = load_batch(paths, pipe, num_threads=2)
+    assert fast.shape == (3, 1, 8, 16, 16) and fast.dtype == torch.float32
+    for i, p in enumerate(paths):
+        ref = mt.Compose([mt.LoadImage(image_only=True, reader="NibabelReader"), mt.EnsureChannelFirst(),
+                          mt.Orientation("RAS"), mt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+                          mt.Resize((8, 16, 16), mode="trilinear")])(str(p))
+        np.testing.assert_allclose(fast[i].numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+    slow = load_batch(paths, vt.Compose([*pipe.transforms, vt.NormalizeIntensity()]))
+    assert slow.shape == fast.shape
+    ds = VolumeDataset(paths, pipe, labels=[0, 1, 2])
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
+    x, y = next(iter(loader))
+    torch.testing.assert_close(x, fast)
+    assert y.tolist() == [0, 1, 2]
+    with pytest.raises(voxlm.ShapeError, match="differs"):
+        load_batch(paths, vt.Orientation("RAS"))
+    with pytest.raises(voxlm.VoxlmIOError):
+        load_batch([tmp_path / "nope.nii.gz"], pipe)

@@ -50,6 +50,8 @@ __all__ = [
     "ClipVisionCore",
     "load_nifti",
     "save_nifti",
+    "resize",
+    "load_batch",
 ]
 
 class VoxlmError(Exception): ...
@@ -257,3 +259,12 @@ def save_nifti(
     zooms: list[float],
     compress_level: int = 1,
 ) -> None: ...
+def resize(img: npt.NDArray[np.float32], size: list[int], mode: str) -> npt.NDArray[np.float32]: ...
+def load_batch(
+    paths: list[str],
+    ras: bool = True,
+    window: tuple[float, float, float, float, bool] | None = None,
+    size: list[int] | None = None,
+    mode: str = "trilinear",
+    num_threads: int = 0,
+) -> npt.NDArray[np.float32]: ...

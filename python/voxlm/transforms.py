@@ -170,7 +170,8 @@ def _inv_ornt_aff_full(ornt: np.ndarray, shape: Sequence[int], n: int) -> np.nda
 
 class Resize(Transform):
     """Resize the spatial dims to ``spatial_size`` (3D), as MONAI's ``Resize``
-    (``F.interpolate``, ``align_corners=False``); modes ``"trilinear"`` and ``"nearest"``. The
+    (``F.interpolate``, ``align_corners=False``); modes ``"trilinear"`` and ``"nearest"`` (MONAI's
+    default mode is ``"area"``, which voxlm does not implement: pass the mode explicitly). The
     affine is scaled so voxel centres keep their world positions."""
 
     def __init__(self, spatial_size: Sequence[int], mode: str = "trilinear") -> None:

@@ -19,7 +19,7 @@ pub fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("libtorch_built_for", crate::LIBTORCH_VERSION)?;
     d.set_item("torch_threads", tch::get_num_threads())?;
     d.set_item("torch_interop_threads", tch::get_num_interop_threads())?;
-    d.set_item("rayon_threads", rayon::current_num_threads())?;
+    d.set_item("rayon_threads", crate::parallel::current_num_threads())?;
     d.set_item("cuda_available", tch::Cuda::is_available())?;
     d.set_item("cuda_device_count", tch::Cuda::device_count())?;
     d.set_item("cudnn_available", tch::Cuda::cudnn_is_available())?;

@@ -369,7 +369,9 @@ impl PyTokenizer {
 
     #[pyo3(signature = (text, add_special_tokens=false))]
     fn encode(&self, py: Python<'_>, text: &str, add_special_tokens: bool) -> PyResult<Vec<u32>> {
-        Ok(py.detach(|| self.inner.encode(text, add_special_tokens))?)
+        Ok(crate::py::par(py, || {
+            self.inner.encode(text, add_special_tokens)
+        })?)
     }
 
     #[pyo3(signature = (texts, add_special_tokens=false))]
@@ -379,7 +381,9 @@ impl PyTokenizer {
         texts: Vec<String>,
         add_special_tokens: bool,
     ) -> PyResult<Vec<Vec<u32>>> {
-        Ok(py.detach(|| self.inner.encode_batch(texts, add_special_tokens))?)
+        Ok(crate::py::par(py, || {
+            self.inner.encode_batch(texts, add_special_tokens)
+        })?)
     }
 
     #[pyo3(signature = (ids, skip_special_tokens=false))]

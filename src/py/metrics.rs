@@ -15,7 +15,7 @@ pub fn report_scores<'py>(
     references: Vec<Vec<String>>,
     hypotheses: Vec<String>,
 ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
-    let s = py.detach(move || metrics::report_scores(&references, &hypotheses))?;
+    let s = crate::py::par(py, move || metrics::report_scores(&references, &hypotheses))?;
     let corpus = PyDict::new(py);
     let per = PyDict::new(py);
     for k in 0..4 {
@@ -64,7 +64,9 @@ pub fn classification_scores<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let (t, _) = int_vec(y_true, "y_true", 1)?;
     let (p, _) = int_vec(y_pred, "y_pred", 1)?;
-    let s = py.detach(move || classification::classification_scores(&t, &p, &labels))?;
+    let s = crate::py::par(py, move || {
+        classification::classification_scores(&t, &p, &labels)
+    })?;
     let d = PyDict::new(py);
     d.set_item("accuracy", s.accuracy)?;
     d.set_item("mse", s.mse)?;
@@ -116,7 +118,9 @@ pub fn multilabel_scores<'py>(
         ))
         .into());
     }
-    let s = py.detach(move || multilabel::multilabel_scores(&t, &p, ts[1], pos_label, conv))?;
+    let s = crate::py::par(py, move || {
+        multilabel::multilabel_scores(&t, &p, ts[1], pos_label, conv)
+    })?;
     let d = PyDict::new(py);
     d.set_item("precision", f64_array(py, s.precision))?;
     d.set_item("recall", f64_array(py, s.recall))?;

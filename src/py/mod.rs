@@ -11,6 +11,13 @@ mod ops;
 mod vision;
 mod volume;
 
+/// Release the GIL and run `f` in voxlm's fork-safe rayon pool. Only for pure-Rust work:
+/// `f` runs on a pool thread, so libtorch's thread-local state (grad mode, autocast) is not
+/// there; tensor code uses `py.detach` on the calling thread instead.
+pub(crate) fn par<T: Send, F: FnOnce() -> T + Send>(py: Python<'_>, f: F) -> T {
+    py.detach(move || crate::parallel::install(f))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
@@ -22,6 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(volume::load_nifti, m)?)?;
     m.add_function(wrap_pyfunction!(volume::save_nifti, m)?)?;
     m.add_function(wrap_pyfunction!(volume::resize, m)?)?;
+    m.add_function(wrap_pyfunction!(volume::load_batch, m)?)?;
     m.add_function(wrap_pyfunction!(losses::focal_loss, m)?)?;
     m.add_function(wrap_pyfunction!(losses::kl_distill, m)?)?;
     m.add_function(wrap_pyfunction!(losses::lm_loss, m)?)?;

@@ -16,7 +16,9 @@ fn scale_typed<'py, T: Voxel + numpy::Element>(
     let arr = bridge::array_view::<T>(x, "img")?;
     let view = arr.as_array();
     let (a0, a1, b0, b1) = window;
-    let out = py.detach(|| intensity::scale_intensity_range(view, a0, a1, b0, b1, clip))?;
+    let out = crate::py::par(py, || {
+        intensity::scale_intensity_range(view, a0, a1, b0, b1, clip)
+    })?;
     Ok(bridge::array_to_py(py, out))
 }
 
@@ -122,17 +124,17 @@ pub fn load_nifti<'py>(
         }
     };
     let p2 = path.clone();
-    let (h, raw) = py.detach(move || nifti::read_raw(&p2))?;
+    let (h, raw) = crate::py::par(py, move || nifti::read_raw(&p2))?;
     let shape = h.shape();
     let n: usize = shape.iter().product();
     let (dt, le, sc) = (h.dtype()?, h.little_endian, h.scaling()?);
     let data: Bound<'py, PyAny> = if want64 {
-        let v = py.detach(|| nifti::decode::<f64>(&raw, dt, le, sc, n));
+        let v = crate::py::par(py, || nifti::decode::<f64>(&raw, dt, le, sc, n));
         let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape).f(), v)
             .map_err(|e| Error::shape(e.to_string()))?;
         bridge::array_to_py(py, a).into_any()
     } else {
-        let v = py.detach(|| nifti::decode::<f32>(&raw, dt, le, sc, n));
+        let v = crate::py::par(py, || nifti::decode::<f32>(&raw, dt, le, sc, n));
         let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape).f(), v)
             .map_err(|e| Error::shape(e.to_string()))?;
         bridge::array_to_py(py, a).into_any()
@@ -192,7 +194,7 @@ pub fn save_nifti(
     }
     let (bytes, code) = enc!(f32 => DType::F32, f64 => DType::F64, i16 => DType::I16, u8 => DType::U8, i8 => DType::I8,
         u16 => DType::U16, i32 => DType::I32, u32 => DType::U32, i64 => DType::I64, u64 => DType::U64);
-    py.detach(move || {
+    crate::py::par(py, move || {
         nifti::write_nifti1(
             &path,
             &shape,
@@ -224,6 +226,35 @@ pub fn resize<'py>(
             a.shape()
         ))
     })?;
-    let out = py.detach(|| rz::resize(v4, size, m))?;
+    let out = crate::py::par(py, || rz::resize(v4, size, m))?;
+    Ok(bridge::array_to_py(py, out))
+}
+
+/// Load, reorient to RAS, window and resize many NIfTI files in parallel: `[B, 1, D, H, W]` f32.
+#[pyfunction]
+#[pyo3(signature = (paths, ras=true, window=None, size=None, mode="trilinear", num_threads=0))]
+#[allow(clippy::too_many_arguments)]
+pub fn load_batch<'py>(
+    py: Python<'py>,
+    paths: Vec<std::path::PathBuf>,
+    ras: bool,
+    window: Option<(f64, f64, f64, f64, bool)>,
+    size: Option<[usize; 3]>,
+    mode: &str,
+    num_threads: usize,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    use crate::volume::pipeline::{self, Pipeline};
+    let p = Pipeline {
+        ras,
+        window,
+        size,
+        mode: crate::volume::resize::Mode::parse(mode)?,
+    };
+    let n = if num_threads == 0 {
+        crate::parallel::current_num_threads()
+    } else {
+        num_threads
+    };
+    let out = crate::py::par(py, move || pipeline::load_batch(&paths, &p, n))?;
     Ok(bridge::array_to_py(py, out))
 }

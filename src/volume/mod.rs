@@ -2,4 +2,5 @@
 
 pub mod intensity;
 pub mod nifti;
+pub mod pipeline;
 pub mod resize;

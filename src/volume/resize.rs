@@ -50,7 +50,7 @@ fn nearest_taps(n_in: usize, n_out: usize) -> Vec<usize> {
 /// Resize `x [C, D, H, W]` to `[C, size[0], size[1], size[2]]`.
 pub fn resize(x: ArrayView4<'_, f32>, size: [usize; 3], mode: Mode) -> Result<Array4<f32>> {
     let (c, d, h, w) = x.dim();
-    if size.iter().any(|&s| s == 0) || d == 0 || h == 0 || w == 0 {
+    if size.contains(&0) || d == 0 || h == 0 || w == 0 {
         return Err(Error::shape(format!(
             "resize: sizes must be positive, got input {:?} -> {size:?}",
             x.shape()
