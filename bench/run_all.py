@@ -13,12 +13,14 @@ import bench_llm  # noqa: E402  (after the path insert)
 import bench_lora  # noqa: E402
 import bench_metrics  # noqa: E402
 import bench_vision  # noqa: E402
+import bench_volume  # noqa: E402
 
 BENCHES = [
     ("metrics", bench_metrics.run),
     ("llm", bench_llm.run),
     ("lora", bench_lora.run),
     ("vision", bench_vision.run),
+    ("volume", bench_volume.run),
 ]
 
 

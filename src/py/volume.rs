@@ -129,12 +129,12 @@ pub fn load_nifti<'py>(
     let n: usize = shape.iter().product();
     let (dt, le, sc) = (h.dtype()?, h.little_endian, h.scaling()?);
     let data: Bound<'py, PyAny> = if want64 {
-        let v = crate::py::par(py, || nifti::decode::<f64>(&raw, dt, le, sc, n));
+        let v = crate::py::par(py, || nifti::decode::<f64>(raw.bytes(), dt, le, sc, n));
         let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape).f(), v)
             .map_err(|e| Error::shape(e.to_string()))?;
         bridge::array_to_py(py, a).into_any()
     } else {
-        let v = crate::py::par(py, || nifti::decode::<f32>(&raw, dt, le, sc, n));
+        let v = crate::py::par(py, || nifti::decode::<f32>(raw.bytes(), dt, le, sc, n));
         let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape).f(), v)
             .map_err(|e| Error::shape(e.to_string()))?;
         bridge::array_to_py(py, a).into_any()

@@ -556,8 +556,38 @@ fn sibling(path: &Path, ext: &str) -> Option<PathBuf> {
     gz.is_file().then_some(gz)
 }
 
+/// The voxel bytes of a file: `buf[off..off + len]` (no copy of the decompressed buffer).
+pub struct RawData {
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl RawData {
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+fn header_bytes(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
+    if !is_gzip(raw) {
+        return Ok(raw[..raw.len().min(544)].to_vec());
+    }
+    let mut out = Vec::with_capacity(544);
+    flate2::read::MultiGzDecoder::new(raw)
+        .take(544)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            Error::volume(format!(
+                "{}: corrupt or truncated gzip data ({e})",
+                path.display()
+            ))
+        })?;
+    Ok(out)
+}
+
 /// Read header and raw voxel bytes of a NIfTI file (or pair).
-pub fn read_raw(path: &Path) -> Result<(Header, Vec<u8>)> {
+pub fn read_raw(path: &Path) -> Result<(Header, RawData)> {
     let name = path.to_string_lossy().to_lowercase();
     let (hdr_path, img_path) = if name.ends_with(".img") || name.ends_with(".img.gz") {
         (
@@ -571,12 +601,7 @@ pub fn read_raw(path: &Path) -> Result<(Header, Vec<u8>)> {
     let raw = read_file(&hdr_path)?;
     let gz = is_gzip(&raw);
     // the header first, from a capped decompression, so dims are checked before anything big
-    let head = if gz {
-        maybe_gunzip(raw.clone(), Some(544), &hdr_path)?
-    } else {
-        raw[..raw.len().min(544)].to_vec()
-    };
-    let h = parse_header(&head)?;
+    let h = parse_header(&header_bytes(&raw, &hdr_path)?)?;
     let need = h.data_bytes()?;
     if h.pair {
         let img = match img_path {
@@ -607,7 +632,14 @@ pub fn read_raw(path: &Path) -> Result<(Header, Vec<u8>)> {
                 data.len().saturating_sub(off)
             )));
         }
-        return Ok((h, data[off..cap].to_vec()));
+        return Ok((
+            h,
+            RawData {
+                buf: data,
+                off,
+                len: need,
+            },
+        ));
     }
     let off = h.vox_offset as usize;
     let cap = off
@@ -657,9 +689,15 @@ pub fn read_raw(path: &Path) -> Result<(Header, Vec<u8>)> {
             data.len().saturating_sub(off)
         )));
     }
-    data.drain(..off);
-    data.truncate(need);
-    Ok((h, data))
+    data.truncate(cap);
+    Ok((
+        h,
+        RawData {
+            buf: data,
+            off,
+            len: need,
+        },
+    ))
 }
 
 /// Write a NIfTI-1 single file (`.nii`, or gzip when the name ends in `.gz`) from float32 data in

@@ -116,3 +116,72 @@ pub fn resize(x: ArrayView4<'_, f32>, size: [usize; 3], mode: Mode) -> Result<Ar
     }
     Ok(out)
 }
+
+/// Resize a 3D volume read through `get(offset)` at `base + i*strides[0] + j*strides[1] +
+/// k*strides[2]` (negative strides for flipped axes), so voxels can be decoded and windowed on
+/// the fly, straight from a file's bytes, without materialising the whole volume.
+pub fn resize_strided<F: Fn(isize) -> f32 + Sync>(
+    get: F,
+    shape: [usize; 3],
+    strides: [isize; 3],
+    base: isize,
+    size: [usize; 3],
+    mode: Mode,
+) -> Result<ndarray::Array3<f32>> {
+    let [d, h, w] = shape;
+    if size.contains(&0) || d == 0 || h == 0 || w == 0 {
+        return Err(Error::shape(format!(
+            "resize: sizes must be positive, got input {shape:?} -> {size:?}"
+        )));
+    }
+    let [od, oh, ow] = size;
+    let [sd, sh, sw] = strides;
+    let mut out = ndarray::Array3::<f32>::zeros((od, oh, ow));
+    match mode {
+        Mode::Nearest => {
+            let (td, th, tw) = (
+                nearest_taps(d, od),
+                nearest_taps(h, oh),
+                nearest_taps(w, ow),
+            );
+            out.axis_iter_mut(Axis(0))
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(z, mut plane)| {
+                    let bz = base + td[z] as isize * sd;
+                    for (y, mut row) in plane.axis_iter_mut(Axis(0)).enumerate() {
+                        let by = bz + th[y] as isize * sh;
+                        for (x, v) in row.iter_mut().enumerate() {
+                            *v = get(by + tw[x] as isize * sw);
+                        }
+                    }
+                });
+        }
+        Mode::Trilinear => {
+            let (td, th, tw) = (linear_taps(d, od), linear_taps(h, oh), linear_taps(w, ow));
+            out.axis_iter_mut(Axis(0))
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(z, mut plane)| {
+                    let (z0, z1, wz0, wz1) = td[z];
+                    let (b0, b1) = (base + z0 as isize * sd, base + z1 as isize * sd);
+                    for (y, mut row) in plane.axis_iter_mut(Axis(0)).enumerate() {
+                        let (y0, y1, wy0, wy1) = th[y];
+                        let (r00, r01) = (b0 + y0 as isize * sh, b0 + y1 as isize * sh);
+                        let (r10, r11) = (b1 + y0 as isize * sh, b1 + y1 as isize * sh);
+                        for (x, v) in row.iter_mut().enumerate() {
+                            let (x0, x1, wx0, wx1) = tw[x];
+                            let (o0, o1) = (x0 as isize * sw, x1 as isize * sw);
+                            *v = wz0
+                                * (wy0 * (wx0 * get(r00 + o0) + wx1 * get(r00 + o1))
+                                    + wy1 * (wx0 * get(r01 + o0) + wx1 * get(r01 + o1)))
+                                + wz1
+                                    * (wy0 * (wx0 * get(r10 + o0) + wx1 * get(r10 + o1))
+                                        + wy1 * (wx0 * get(r11 + o0) + wx1 * get(r11 + o1)));
+                        }
+                    }
+                });
+        }
+    }
+    Ok(out)
+}
