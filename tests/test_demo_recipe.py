@@ -13,7 +13,7 @@ from voxlm.vision import ViT3D
 
 
 def test_demo_runs_and_learns(tmp_path):
-    s = run(steps=24, out=str(tmp_path), meteor=False)
+    s = run(steps=45, out=str(tmp_path), meteor=False)
     v = s["vit3d_llama"]
     assert v["volumes"] == [8, 1, 32, 64, 64]
     assert v["loss_end"] < 0.6 * v["loss_start"]
