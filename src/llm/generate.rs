@@ -7,7 +7,7 @@
 use tch::{Kind, Tensor};
 
 use super::cache::KvCache;
-use super::model::{Input, Llama};
+use super::model::{Fused, Input, Llama};
 use crate::check;
 use crate::error::{Error, Result};
 
@@ -185,14 +185,19 @@ fn prepare(model: &Llama, input: Input<'_>, mask: Option<&Tensor>) -> Result<Pro
     })
 }
 
-fn first_forward(model: &Llama, p: &Prompt, cache: &mut KvCache) -> Result<Tensor> {
+fn first_forward(
+    model: &Llama,
+    p: &Prompt,
+    cache: &mut KvCache,
+    fused: &[Option<Fused>],
+) -> Result<Tensor> {
     let pos = positions(&p.mask)?;
     let input = if p.is_embeds {
         Input::Embeds(&p.input)
     } else {
         Input::Ids(&p.input)
     };
-    let out = model.forward(
+    let out = model.forward_with(
         input,
         Some(&p.mask),
         Some(&pos),
@@ -200,6 +205,7 @@ fn first_forward(model: &Llama, p: &Prompt, cache: &mut KvCache) -> Result<Tenso
         false,
         true,
         false,
+        Some(fused),
     )?;
     Ok(out.logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
 }
@@ -210,9 +216,10 @@ fn step_forward(
     mask: Option<&Tensor>,
     pos: &Tensor,
     cache: &mut KvCache,
+    fused: &[Option<Fused>],
 ) -> Result<Tensor> {
     let ids = tok.f_view([-1, 1])?;
-    let out = model.forward(
+    let out = model.forward_with(
         Input::Ids(&ids),
         mask,
         Some(pos),
@@ -220,6 +227,7 @@ fn step_forward(
         false,
         true,
         false,
+        Some(fused),
     )?;
     Ok(out.logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
 }
@@ -253,7 +261,8 @@ pub fn generate(
         dev,
     )?;
     let eos = Tensor::from_slice(&cfg.eos_token_ids).f_to_device(dev)?;
-    let mut logits = first_forward(model, &p, &mut cache)?;
+    let fused = model.fuse_for_inference()?;
+    let mut logits = first_forward(model, &p, &mut cache, &fused)?;
     // without padding the decode steps need no mask at all
     let padded = !bool::try_from(p.mask.f_ne(0)?.f_all()?)?;
     let mut mask = p.mask.shallow_clone();
@@ -292,7 +301,14 @@ pub fn generate(
             mask = Tensor::f_cat(&[&mask, &Tensor::f_ones([b, 1], (Kind::Int64, dev))?], 1)?;
         }
         pos = pos.f_add_scalar(1)?;
-        logits = step_forward(model, &next, padded.then_some(&mask), &pos, &mut cache)?;
+        logits = step_forward(
+            model,
+            &next,
+            padded.then_some(&mask),
+            &pos,
+            &mut cache,
+            &fused,
+        )?;
     }
     Ok(Tensor::f_stack(&out, 1)?)
 }
@@ -328,7 +344,8 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
         model.kind(),
         dev,
     )?;
-    let mut logits = first_forward(model, &p, &mut cache)?;
+    let fused = model.fuse_for_inference()?;
+    let mut logits = first_forward(model, &p, &mut cache, &fused)?;
     let mut mask = p.mask.shallow_clone();
     let mut pos = positions(&mask)?.f_narrow(1, t - 1, 1)?;
     let mut seen = p.ids.shallow_clone();
@@ -425,7 +442,7 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
             1,
         )?;
         pos = pos.f_index_select(0, &src)?.f_add_scalar(1)?;
-        logits = step_forward(model, &tok, Some(&mask), &pos, &mut cache)?;
+        logits = step_forward(model, &tok, Some(&mask), &pos, &mut cache, &fused)?;
     }
     let best: Vec<Vec<i64>> = finished
         .iter()

@@ -59,27 +59,41 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Result<Tensor> {
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    // transformers: w * (x.float() * rsqrt(mean(x.float()^2) + eps)).to(dtype); float32 skips
+    // the casts (each is a dispatch; libtorch's composite _fused_rms_norm costs more than this)
     let kind = x.f_kind()?;
-    if kind == Kind::Float && w.f_kind()? == Kind::Float {
-        // one fused kernel (float32 statistics, as transformers); same values to rounding
-        let h = x.size()[x.dim() - 1];
-        return Ok(x.f_internal_fused_rms_norm([h].as_slice(), Some(w), eps)?.0);
-    }
-    let xf = x.f_to_kind(Kind::Float)?;
+    let xf = if kind == Kind::Float {
+        x.shallow_clone()
+    } else {
+        x.f_to_kind(Kind::Float)?
+    };
     let var = xf
         .f_pow_tensor_scalar(2)?
         .f_mean_dim([-1i64].as_slice(), true, None::<Kind>)?;
-    let normed = xf
-        .f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?
-        .f_to_kind(kind)?;
+    let normed = xf.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?;
+    let normed = if kind == Kind::Float {
+        normed
+    } else {
+        normed.f_to_kind(kind)?
+    };
     Ok(w.f_mul(&normed)?)
 }
 
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
+/// `x * cos + rotate_half(x) * sin` with `sin_signed = cat(-sin_half, sin_half)`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin_signed: &Tensor) -> Result<Tensor> {
     let d = x.size()[x.dim() - 1];
-    let x1 = x.f_narrow(-1, 0, d / 2)?;
-    let x2 = x.f_narrow(-1, d / 2, d / 2)?;
-    Ok(Tensor::f_cat(&[x2.f_neg()?, x1], -1)?)
+    Ok(x.f_mul(cos)?.f_add(
+        &x.f_roll([d / 2].as_slice(), [-1i64].as_slice())?
+            .f_mul(sin_signed)?,
+    )?)
+}
+
+/// Inference-only fused projections of a layer without LoRA: `[q; k; v]` and `[gate; up]`.
+pub struct Fused {
+    qkv: Tensor,
+    qkv_bias: Option<Tensor>,
+    gate_up: Tensor,
+    gate_up_bias: Option<Tensor>,
 }
 
 struct Layer {
@@ -341,10 +355,14 @@ impl Llama {
             .f_unsqueeze(-1)?
             .f_mul(&self.inv_freq.f_to_kind(Kind::Float)?)?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
+        // rotate_half(x) * sin == roll(x, hd/2) * cat(-sin_half, sin_half), bit for bit: one
+        // roll instead of narrow/narrow/neg/cat per tensor
+        let s = freqs.f_sin()?;
+        let sin_signed = Tensor::f_cat(&[&s.f_neg()?, &s], -1)?;
         // [B, 1, T, hd] to broadcast over heads
         Ok((
             emb.f_cos()?.f_to_kind(kind)?.f_unsqueeze(1)?,
-            emb.f_sin()?.f_to_kind(kind)?.f_unsqueeze(1)?,
+            sin_signed.f_to_kind(kind)?.f_unsqueeze(1)?,
         ))
     }
 
@@ -412,6 +430,7 @@ impl Llama {
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
         train: bool,
+        fused: Option<&Fused>,
     ) -> Result<Tensor> {
         let layer = self.layers.get(li).ok_or_else(|| {
             Error::config(format!(
@@ -427,23 +446,26 @@ impl Llama {
             self.cfg.head_dim,
         );
         let xn = rms_norm(h, &layer.input_norm, self.cfg.rms_norm_eps)?;
-        let q = layer
-            .q
-            .forward(&xn, train)?
-            .f_view([b, t, nh, hd])?
-            .f_transpose(1, 2)?;
-        let k = layer
-            .k
-            .forward(&xn, train)?
-            .f_view([b, t, nkv, hd])?
-            .f_transpose(1, 2)?;
-        let v = layer
-            .v
-            .forward(&xn, train)?
-            .f_view([b, t, nkv, hd])?
-            .f_transpose(1, 2)?;
-        let q = q.f_mul(cos)?.f_add(&rotate_half(&q)?.f_mul(sin)?)?;
-        let k = k.f_mul(cos)?.f_add(&rotate_half(&k)?.f_mul(sin)?)?;
+        let heads = |x: Tensor, n: i64| -> Result<Tensor> {
+            Ok(x.f_view([b, t, n, hd])?.f_transpose(1, 2)?)
+        };
+        let (q, k, v) = match fused {
+            Some(f) => {
+                let qkv = xn.f_linear(&f.qkv, f.qkv_bias.as_ref())?;
+                (
+                    heads(qkv.f_narrow(-1, 0, nh * hd)?, nh)?,
+                    heads(qkv.f_narrow(-1, nh * hd, nkv * hd)?, nkv)?,
+                    heads(qkv.f_narrow(-1, (nh + nkv) * hd, nkv * hd)?, nkv)?,
+                )
+            }
+            None => (
+                heads(layer.q.forward(&xn, train)?, nh)?,
+                heads(layer.k.forward(&xn, train)?, nkv)?,
+                heads(layer.v.forward(&xn, train)?, nkv)?,
+            ),
+        };
+        let q = apply_rope(&q, cos, sin)?;
+        let k = apply_rope(&k, cos, sin)?;
         let (k, v) = match cache {
             Some(c) => c.append(li, &k, &v)?,
             None => (k, v),
@@ -465,9 +487,18 @@ impl Llama {
         }
         let h = h.f_add(&out)?;
         let xn = rms_norm(&h, &layer.post_norm, self.cfg.rms_norm_eps)?;
-        let g = layer.gate.forward(&xn, train)?.f_silu()?;
-        let u = layer.up.forward(&xn, train)?;
-        Ok(h.f_add(&layer.down.forward(&g.f_mul(&u)?, train)?)?)
+        let (g, u) = match fused {
+            Some(f) => {
+                let gu = xn.f_linear(&f.gate_up, f.gate_up_bias.as_ref())?;
+                let i = self.cfg.intermediate_size;
+                (gu.f_narrow(-1, 0, i)?, gu.f_narrow(-1, i, i)?)
+            }
+            None => (
+                layer.gate.forward(&xn, train)?,
+                layer.up.forward(&xn, train)?,
+            ),
+        };
+        Ok(h.f_add(&layer.down.forward(&g.f_silu()?.f_mul(&u)?, train)?)?)
     }
 
     /// Final norm and LM head: `(normed [B, T, H], logits [B, T or 1, V])`.
@@ -491,10 +522,72 @@ impl Llama {
         input: Input<'_>,
         attention_mask: Option<&Tensor>,
         position_ids: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        output_hidden_states: bool,
+        last_only: bool,
+        train: bool,
+    ) -> Result<LlamaOutput> {
+        self.forward_with(
+            input,
+            attention_mask,
+            position_ids,
+            cache,
+            output_hidden_states,
+            last_only,
+            train,
+            None,
+        )
+    }
+
+    /// Fused inference projections for layers without LoRA (None for layers with it).
+    /// Built once per `generate`: the concatenated weights are copies.
+    pub fn fuse_for_inference(&self) -> Result<Vec<Option<Fused>>> {
+        let _g = tch::no_grad_guard();
+        let cat_bias = |a: &[&LoraLinear]| -> Result<Option<Tensor>> {
+            if a.iter().all(|l| l.bias.is_none()) {
+                return Ok(None);
+            }
+            let parts: Vec<Tensor> = a
+                .iter()
+                .map(|l| match &l.bias {
+                    Some(b) => Ok(b.shallow_clone()),
+                    None => Ok(l.weight.f_new_zeros(
+                        [l.weight.size()[0]],
+                        (l.weight.f_kind()?, l.weight.device()),
+                    )?),
+                })
+                .collect::<Result<_>>()?;
+            Ok(Some(Tensor::f_cat(&parts, 0)?))
+        };
+        self.layers
+            .iter()
+            .map(|l| {
+                let parts = [&l.q, &l.k, &l.v, &l.gate, &l.up];
+                if parts.iter().any(|p| p.lora.is_some()) {
+                    return Ok(None);
+                }
+                Ok(Some(Fused {
+                    qkv: Tensor::f_cat(&[&l.q.weight, &l.k.weight, &l.v.weight], 0)?,
+                    qkv_bias: cat_bias(&[&l.q, &l.k, &l.v])?,
+                    gate_up: Tensor::f_cat(&[&l.gate.weight, &l.up.weight], 0)?,
+                    gate_up_bias: cat_bias(&[&l.gate, &l.up])?,
+                }))
+            })
+            .collect()
+    }
+
+    /// [`Llama::forward`] with optional fused inference projections.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with(
+        &self,
+        input: Input<'_>,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
         output_hidden_states: bool,
         last_only: bool,
         train: bool,
+        fused: Option<&[Option<Fused>]>,
     ) -> Result<LlamaOutput> {
         let x = match input {
             Input::Ids(ids) => self.embed(ids)?,
@@ -517,6 +610,7 @@ impl Llama {
             if output_hidden_states {
                 hidden_states.push(h.shallow_clone());
             }
+            let f = fused.and_then(|f| f.get(li)).and_then(Option::as_ref);
             h = self.layer_forward(
                 li,
                 &h,
@@ -525,6 +619,7 @@ impl Llama {
                 mask.as_ref(),
                 cache.as_deref_mut(),
                 train,
+                f,
             )?;
         }
         if let Some(c) = cache {

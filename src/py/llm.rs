@@ -242,7 +242,7 @@ impl PyLlama {
             let model = inner
                 .lock()
                 .map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
-            model.layer_forward(index, &h, &c, &s, m.as_ref(), None, training)
+            model.layer_forward(index, &h, &c, &s, m.as_ref(), None, training, None)
         })?;
         bridge::to_py(py, &out)
     }
