@@ -258,3 +258,48 @@ def test_inflated_clip_on_a_depth_constant_volume_equals_2d(tmp_path):
     assert last.shape == (2, 5, 32)
     with pytest.raises(voxlm.ShapeError, match="exceed the 4 position embeddings"):
         picg(torch.randn(1, 3, 14, 28, 28))
+
+
+def query_blocks_ref(m, feats):
+    """LLaMA-Adapter llama_adapter.py forward_visual after the CLIP encoder (timm Blocks)."""
+    f = m.clip_proj_norm(m.clip_proj(feats))
+    q = m.visual_query.weight.unsqueeze(0).repeat(len(feats), 1, 1)
+    x = torch.cat([q, f], dim=1)
+    for blk in m.visual_blocks:
+        b, n, d = x.shape
+        h = m.heads
+        qkv = blk.attn.qkv(blk.norm1(x)).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        q_, k_, v_ = qkv[0], qkv[1], qkv[2]
+        att = ((q_ @ k_.transpose(-2, -1)) * (d // h) ** -0.5).softmax(dim=-1)
+        x = x + blk.attn.proj((att @ v_).transpose(1, 2).reshape(b, n, d))
+        x = x + blk.mlp.fc2(F.gelu(blk.mlp.fc1(blk.norm2(x))))
+    x = x[:, : m.visual_query.weight.shape[0]]
+    return m.visual_proj_norm(m.visual_proj(x))
+
+
+def test_adapter_query_blocks_equal_llama_adapter():
+    from voxlm.vision import AdapterQueryBlocks
+
+    torch.manual_seed(0)
+    m = AdapterQueryBlocks(clip_dim=24, out_dim=40, dim=32, query_len=5, depth=2, heads=4)
+    feats = torch.randn(2, 9, 24)
+    torch.testing.assert_close(m(feats), query_blocks_ref(m, feats), **TOL)
+    m(feats).sum().backward()
+    assert m.visual_query.weight.grad is not None
+    with pytest.raises(voxlm.ShapeError, match="clip_dim"):
+        m(torch.randn(2, 9, 23))
+
+
+def test_vit3d_gradient_checkpointing():
+    torch.manual_seed(0)
+    vit = ViT3D(img_size=(4, 16, 16), patch_size=(2, 8, 8), hidden_size=16, mlp_dim=32, num_layers=2, num_heads=2).train()
+    x = torch.randn(2, 1, 4, 16, 16)
+    vit(x)[0].square().sum().backward()
+    g0 = {n: p.grad.clone() for n, p in vit.named_parameters()}
+    vit.zero_grad()
+    vit.gradient_checkpointing_enable()
+    out, hidden = vit(x)
+    assert len(hidden) == 2
+    out.square().sum().backward()
+    for n, p in vit.named_parameters():
+        torch.testing.assert_close(p.grad, g0[n], rtol=1e-5, atol=1e-6, msg=n)

@@ -144,8 +144,28 @@ class ViT3D(RustBound):
                                self.mlp_dim, self.num_layers, self.num_heads, self.proj_type == "perceptron",
                                params, lora["settings"])
 
+    gradient_checkpointing = False
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each block in the backward pass instead of storing its activations."""
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing = False
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self._bound().forward(x, self.training)
+        core = self._bound()
+        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
+            return core.forward(x, self.training)
+        from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+
+        h = core.tokens(x)
+        hidden = []
+        with set_checkpoint_early_stop(False):  # early stop raises through the Rust block
+            for i in range(self.num_layers):
+                h = checkpoint(core.block, i, h, self.training, use_reentrant=False)
+                hidden.append(h)
+        return core.final_norm(h), hidden
 
     @staticmethod
     def from_clip(clip: CLIPVision | str | os.PathLike[str], depth: int, mode: str = "replicate") -> CLIPVision:
@@ -424,6 +444,56 @@ class SpatialPoolingProjector(nn.Module):
         return x
 
 
+class _TimmAttn(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+
+class _TimmMlp(nn.Module):
+    def __init__(self, d: int, m: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, m), nn.Linear(m, d)
+
+
+class _TimmBlock(nn.Module):
+    def __init__(self, d: int, m: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d, eps=1e-6)
+        self.attn = _TimmAttn(d)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        self.mlp = _TimmMlp(d, m)
+
+
+class AdapterQueryBlocks(RustBound):
+    """PICG's visual queries (LLaMA-Adapter V2's visual branch): ``query_len`` learned queries are
+    concatenated with projected vision features (``clip_proj`` + LayerNorm), pass through
+    ``depth`` timm-style transformer blocks, and the query positions are projected to the LLM
+    width (``visual_proj`` + LayerNorm): ``[B, N, clip_dim] -> [B, query_len, out_dim]``.
+    Parameter names follow LLaMA-Adapter's ``llama_adapter.py``."""
+
+    def __init__(self, clip_dim: int, out_dim: int, dim: int = 768, query_len: int = 10, depth: int = 8,
+                 heads: int = 16, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"dim {dim} must be divisible by heads {heads}")
+        self.depth, self.heads = depth, heads
+        self.clip_proj = nn.Linear(clip_dim, dim)
+        self.clip_proj_norm = nn.LayerNorm(dim)
+        self.visual_query = nn.Embedding(query_len, dim)
+        self.visual_blocks = nn.ModuleList([_TimmBlock(dim, int(dim * mlp_ratio)) for _ in range(depth)])
+        self.visual_proj = nn.Linear(dim, out_dim)
+        self.visual_proj_norm = nn.LayerNorm(out_dim)
+        self.rebind()
+
+    def _make_core(self) -> _core.QueryBlocksCore:
+        return _core.QueryBlocksCore(dict(self.named_parameters()), self.depth, self.heads)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self._bound().forward(feats, self.training)
+
+
 class DiseaseAwareAttention(nn.Module):
     """Dia-LLaMA's disease-aware attention: ``prototype`` ``[num_labels, num_tokens]`` softmaxed
     over the tokens pools one feature per disease: ``[B, num_tokens, D] -> [B, num_labels, D]``
@@ -452,5 +522,6 @@ __all__ = [
     "MLPProjector",
     "SpatialPoolingProjector",
     "DiseaseAwareAttention",
+    "AdapterQueryBlocks",
     "splice_image_tokens",
 ]

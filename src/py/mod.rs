@@ -53,5 +53,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<vision::PyVit3d>()?;
     m.add_class::<vision::PyPerceiver>()?;
     m.add_class::<vision::PyClipVision>()?;
+    m.add_class::<vision::PyQueryBlocks>()?;
     Ok(())
 }

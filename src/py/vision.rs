@@ -102,6 +102,56 @@ pub struct PyVit3d {
 
 #[pymethods]
 impl PyVit3d {
+    /// Patch embedding (+ class token): the input of block 0.
+    fn tokens<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let x = bridge::tensor(x, "x")?;
+        let inner = &self.inner;
+        let out = py.detach(move || -> crate::Result<_> {
+            inner
+                .lock()
+                .map_err(|_| Error::config("Vit3dCore: lock poisoned"))?
+                .tokens(&x)
+        })?;
+        bridge::to_py(py, &out)
+    }
+
+    /// Block `index` on tokens `[B, N, hidden]` (for activation checkpointing).
+    #[pyo3(signature = (index, h, training=false))]
+    fn block<'py>(
+        &self,
+        py: Python<'py>,
+        index: usize,
+        h: &Bound<'py, PyAny>,
+        training: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let h = bridge::tensor(h, "h")?;
+        let inner = &self.inner;
+        let out = py.detach(move || -> crate::Result<_> {
+            inner
+                .lock()
+                .map_err(|_| Error::config("Vit3dCore: lock poisoned"))?
+                .block_forward(index, &h, training)
+        })?;
+        bridge::to_py(py, &out)
+    }
+
+    /// The final LayerNorm.
+    fn final_norm<'py>(
+        &self,
+        py: Python<'py>,
+        h: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let h = bridge::tensor(h, "h")?;
+        let inner = &self.inner;
+        let out = py.detach(move || -> crate::Result<_> {
+            inner
+                .lock()
+                .map_err(|_| Error::config("Vit3dCore: lock poisoned"))?
+                .final_norm(&h)
+        })?;
+        bridge::to_py(py, &out)
+    }
+
     #[new]
     #[pyo3(signature = (in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, perceptron, params, lora=None))]
     #[allow(clippy::too_many_arguments)]
@@ -241,5 +291,40 @@ impl PyClipVision {
             bridge::to_py(py, &out.pooler_output)?,
             hs,
         ))
+    }
+}
+
+/// PICG's adapter query blocks bound by reference.
+#[pyclass(module = "voxlm._core", name = "QueryBlocksCore")]
+pub struct PyQueryBlocks {
+    inner: Mutex<crate::vision::query::QueryBlocks>,
+}
+
+#[pymethods]
+impl PyQueryBlocks {
+    #[new]
+    fn new(params: &Bound<'_, PyDict>, depth: i64, heads: i64) -> PyResult<Self> {
+        let q = crate::vision::query::QueryBlocks::new(bridge::tensor_dict(params)?, depth, heads)?;
+        Ok(PyQueryBlocks {
+            inner: Mutex::new(q),
+        })
+    }
+
+    #[pyo3(signature = (feats, training=false))]
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        feats: &Bound<'py, PyAny>,
+        training: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let f = bridge::tensor(feats, "feats")?;
+        let inner = &self.inner;
+        let out = py.detach(move || -> crate::Result<_> {
+            let m = inner
+                .lock()
+                .map_err(|_| Error::config("QueryBlocksCore: lock poisoned"))?;
+            m.forward(&f, training)
+        })?;
+        bridge::to_py(py, &out)
     }
 }

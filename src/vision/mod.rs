@@ -6,6 +6,7 @@ pub mod disease;
 pub mod inflate;
 pub mod perceiver;
 pub mod projector;
+pub mod query;
 pub mod vit;
 
 use std::collections::HashMap;

@@ -56,7 +56,37 @@ impl Vit3dConfig {
     }
 }
 
-struct Block {
+/// Parameter names inside one pre-norm transformer block (MONAI's or timm's layout).
+pub struct BlockNames {
+    pub norm1: &'static str,
+    pub qkv: &'static str,
+    pub out: &'static str,
+    pub norm2: &'static str,
+    pub fc1: &'static str,
+    pub fc2: &'static str,
+}
+
+/// MONAI `TransformerBlock` names.
+pub const MONAI_BLOCK: BlockNames = BlockNames {
+    norm1: "norm1",
+    qkv: "attn.qkv",
+    out: "attn.out_proj",
+    norm2: "norm2",
+    fc1: "mlp.linear1",
+    fc2: "mlp.linear2",
+};
+/// timm `Block` names (LLaMA-Adapter's visual blocks, PICG's query blocks).
+pub const TIMM_BLOCK: BlockNames = BlockNames {
+    norm1: "norm1",
+    qkv: "attn.qkv",
+    out: "attn.proj",
+    norm2: "norm2",
+    fc1: "mlp.fc1",
+    fc2: "mlp.fc2",
+};
+
+/// One pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))` (exact GELU).
+pub struct Block {
     n1: (Tensor, Tensor),
     qkv: LoraLinear,
     out: LoraLinear,
@@ -79,7 +109,7 @@ pub struct Vit3d {
     norm: (Tensor, Tensor),
 }
 
-fn linear(
+pub(crate) fn linear(
     w: &mut HashMap<String, Tensor>,
     lora: &LoraSettings,
     p: &str,
@@ -106,7 +136,7 @@ fn linear(
     })
 }
 
-fn norm(w: &mut HashMap<String, Tensor>, p: &str, d: i64) -> Result<(Tensor, Tensor)> {
+pub(crate) fn norm(w: &mut HashMap<String, Tensor>, p: &str, d: i64) -> Result<(Tensor, Tensor)> {
     let (wt, b) = (
         take(w, &format!("{p}.weight"))?,
         take(w, &format!("{p}.bias"))?,
@@ -114,6 +144,61 @@ fn norm(w: &mut HashMap<String, Tensor>, p: &str, d: i64) -> Result<(Tensor, Ten
     expect_shape(&wt, &format!("{p}.weight"), &[d])?;
     expect_shape(&b, &format!("{p}.bias"), &[d])?;
     Ok((wt, b))
+}
+
+impl Block {
+    pub fn load(
+        w: &mut HashMap<String, Tensor>,
+        lora: &LoraSettings,
+        p: &str,
+        names: &BlockNames,
+        d: i64,
+        mlp_dim: i64,
+    ) -> Result<Self> {
+        Ok(Block {
+            n1: norm(w, &format!("{p}.{}", names.norm1), d)?,
+            qkv: linear(w, lora, &format!("{p}.{}", names.qkv), 3 * d, d)?,
+            out: linear(w, lora, &format!("{p}.{}", names.out), d, d)?,
+            n2: norm(w, &format!("{p}.{}", names.norm2), d)?,
+            l1: linear(w, lora, &format!("{p}.{}", names.fc1), mlp_dim, d)?,
+            l2: linear(w, lora, &format!("{p}.{}", names.fc2), d, mlp_dim)?,
+        })
+    }
+
+    /// `x [B, N, D] -> [B, N, D]` with `heads` attention heads and LayerNorm `eps`.
+    pub fn forward(&self, x: &Tensor, heads: i64, eps: f64, train: bool) -> Result<Tensor> {
+        let s = check::dims(x, "x", 3, "[B, tokens, dim]")?;
+        let (b, n, d) = (s[0], s[1], s[2]);
+        let xn = x.f_layer_norm(
+            [d].as_slice(),
+            Some(&self.n1.0),
+            Some(&self.n1.1),
+            eps,
+            true,
+        )?;
+        let qkv = self
+            .qkv
+            .forward(&xn, train)?
+            .f_reshape([b, n, 3, heads, d / heads])?
+            .f_permute([2, 0, 3, 1, 4])?;
+        let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
+        let a = Tensor::f_scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, false, None, false,
+        )?;
+        let a = a.f_transpose(1, 2)?.f_reshape([b, n, d])?;
+        let x = x.f_add(&self.out.forward(&a, train)?)?;
+        let xn = x.f_layer_norm(
+            [d].as_slice(),
+            Some(&self.n2.0),
+            Some(&self.n2.1),
+            eps,
+            true,
+        )?;
+        let m = self
+            .l2
+            .forward(&self.l1.forward(&xn, train)?.f_gelu("none")?, train)?;
+        Ok(x.f_add(&m)?)
+    }
 }
 
 impl Vit3d {
@@ -154,15 +239,14 @@ impl Vit3d {
         }
         let mut blocks = Vec::new();
         for i in 0..cfg.num_layers {
-            let p = format!("blocks.{i}");
-            blocks.push(Block {
-                n1: norm(&mut w, &format!("{p}.norm1"), d)?,
-                qkv: linear(&mut w, lora, &format!("{p}.attn.qkv"), 3 * d, d)?,
-                out: linear(&mut w, lora, &format!("{p}.attn.out_proj"), d, d)?,
-                n2: norm(&mut w, &format!("{p}.norm2"), d)?,
-                l1: linear(&mut w, lora, &format!("{p}.mlp.linear1"), cfg.mlp_dim, d)?,
-                l2: linear(&mut w, lora, &format!("{p}.mlp.linear2"), d, cfg.mlp_dim)?,
-            });
+            blocks.push(Block::load(
+                &mut w,
+                lora,
+                &format!("blocks.{i}"),
+                &MONAI_BLOCK,
+                d,
+                cfg.mlp_dim,
+            )?);
         }
         let norm = norm(&mut w, "norm", d)?;
         if let Some(extra) = w.keys().next() {
@@ -227,62 +311,48 @@ impl Vit3d {
         Ok(tokens.f_add(&self.pos)?)
     }
 
-    fn block(&self, blk: &Block, x: &Tensor, train: bool) -> Result<Tensor> {
-        let s = x.size();
-        let (b, n, d) = (s[0], s[1], s[2]);
-        let h = self.cfg.num_heads;
-        let xn = x.f_layer_norm(
-            [d].as_slice(),
-            Some(&blk.n1.0),
-            Some(&blk.n1.1),
-            self.cfg.eps,
-            true,
-        )?;
-        let qkv = blk
-            .qkv
-            .forward(&xn, train)?
-            .f_reshape([b, n, 3, h, d / h])?
-            .f_permute([2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
-        let a = Tensor::f_scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, false, None, false,
-        )?;
-        let a = a.f_transpose(1, 2)?.f_reshape([b, n, d])?;
-        let x = x.f_add(&blk.out.forward(&a, train)?)?;
-        let xn = x.f_layer_norm(
-            [d].as_slice(),
-            Some(&blk.n2.0),
-            Some(&blk.n2.1),
-            self.cfg.eps,
-            true,
-        )?;
-        let m = blk
-            .l2
-            .forward(&blk.l1.forward(&xn, train)?.f_gelu("none")?, train)?;
-        Ok(x.f_add(&m)?)
+    /// Block `i` (for activation checkpointing from Python).
+    pub fn block_forward(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
+        let blk = self.blocks.get(i).ok_or_else(|| {
+            Error::config(format!(
+                "block {i}: the ViT has {} blocks",
+                self.blocks.len()
+            ))
+        })?;
+        blk.forward(x, self.cfg.num_heads, self.cfg.eps, train)
     }
 
-    /// `x [B, C, D, H, W] -> (normed tokens [B, N(+1), hidden], every block's output)`.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    /// Patch embedding plus the class token, if any: the input of block 0.
+    pub fn tokens(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = self.embed(x)?;
         if let Some(c) = &self.cls {
             let b = h.size()[0];
             h = Tensor::f_cat(&[c.f_expand([b, 1, self.cfg.hidden_size], false)?, h], 1)?;
         }
-        let mut hidden = Vec::with_capacity(self.blocks.len());
-        for blk in &self.blocks {
-            h = self.block(blk, &h, train)?;
-            hidden.push(h.shallow_clone());
-        }
+        Ok(h)
+    }
+
+    /// The final LayerNorm.
+    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
         let d = self.cfg.hidden_size;
-        let out = h.f_layer_norm(
+        Ok(h.f_layer_norm(
             [d].as_slice(),
             Some(&self.norm.0),
             Some(&self.norm.1),
             self.cfg.eps,
             true,
-        )?;
-        Ok((out, hidden))
+        )?)
+    }
+
+    /// `x [B, C, D, H, W] -> (normed tokens [B, N(+1), hidden], every block's output)`.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut h = self.tokens(x)?;
+        let mut hidden = Vec::with_capacity(self.blocks.len());
+        for i in 0..self.blocks.len() {
+            h = self.block_forward(i, &h, train)?;
+            hidden.push(h.shallow_clone());
+        }
+        Ok((self.final_norm(&h)?, hidden))
     }
 
     pub fn kind(&self) -> Kind {
