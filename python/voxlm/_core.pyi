@@ -53,6 +53,7 @@ __all__ = [
     "save_nifti",
     "resize",
     "load_batch",
+    "affine_resample",
 ]
 
 class VoxlmError(Exception): ...
@@ -276,3 +277,6 @@ def load_batch(
 class QueryBlocksCore:
     def __new__(cls, params: dict[str, torch.Tensor], depth: int, heads: int) -> QueryBlocksCore: ...
     def forward(self, feats: torch.Tensor, training: bool = False) -> torch.Tensor: ...
+def affine_resample(
+    img: npt.NDArray[np.float32], xform: list[list[float]], size: list[int], mode: str
+) -> npt.NDArray[np.float32]: ...

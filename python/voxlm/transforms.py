@@ -191,6 +191,75 @@ class Resize(Transform):
         return out, affine @ s
 
 
+class Spacing(Transform):
+    """Resample to voxel size ``pixdim`` (mm) as MONAI's ``Spacing`` (``align_corners=False``,
+    ``scale_extent=False``, border padding): the new affine keeps the axis directions with the
+    new zooms, the output grid covers the input's voxel centres from the corner nearest the
+    origin, and each output voxel samples the input (trilinear or nearest) in Rust."""
+
+    def __init__(self, pixdim: Sequence[float] | float, mode: str = "trilinear") -> None:
+        p = [float(pixdim)] * 3 if isinstance(pixdim, (int, float)) else [float(v) for v in pixdim]
+        if len(p) != 3 or any(v <= 0 for v in p):
+            raise ConfigError(f"pixdim: expected 3 positive voxel sizes, got {pixdim!r}")
+        if mode not in ("trilinear", "nearest", "bilinear"):
+            raise ConfigError(f"mode: expected 'trilinear' or 'nearest', got {mode!r}")
+        self.pixdim, self.mode = p, "trilinear" if mode == "bilinear" else mode
+
+    def apply(self, a, affine):
+        if a.ndim != 4:
+            raise ShapeError(f"Spacing: expected [C, D, H, W], got shape {a.shape}")
+        rzs = affine[:3, :3]
+        scale = np.sqrt((rzs * rzs).sum(0))
+        scale[scale == 0] = 1.0
+        new_affine = np.eye(4)
+        new_affine[:3, :3] = (rzs / scale) @ np.diag(self.pixdim)
+        shape, offset = _shape_offset(np.array(a.shape[1:], dtype=float), affine, new_affine)
+        new_affine[:3, 3] = offset
+        xform = np.linalg.solve(affine, new_affine)
+        if np.allclose(xform, np.eye(4), atol=1e-3) and tuple(shape) == a.shape[1:]:
+            return _f32(a), affine
+        out = _core.affine_resample(_f32(a), xform.tolist(), [int(s) for s in shape], self.mode)
+        return out, new_affine
+
+
+def _shape_offset(shape: np.ndarray, in_aff: np.ndarray, out_aff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MONAI's ``compute_shape_offset`` (``scale_extent=False``)."""
+    corners = np.asarray(np.meshgrid(*[(0.0, d - 1.0) for d in shape], indexing="ij")).reshape((3, -1))
+    corners = np.concatenate((corners, np.ones_like(corners[:1])))
+    corners_out = np.linalg.solve(out_aff, in_aff) @ corners
+    world = in_aff @ corners
+    all_dist = corners_out[:-1].copy()
+    corners_out = corners_out[:-1] / corners_out[-1]
+    out_shape = np.round(np.ptp(corners_out, axis=1) + 1.0)
+    offset = None
+    for i in range(world.shape[1]):
+        if np.allclose(np.min(all_dist - all_dist[:, i:i + 1], 1), 0.0, rtol=1e-3):
+            offset = world[:-1, i]
+            break
+    if offset is None:
+        offset = in_aff[:-1, :-1] @ (shape / 2.0) + in_aff[:-1, -1] - out_aff[:-1, :-1] @ (out_shape / 2.0)
+    return out_shape.astype(int), offset
+
+
+class StackSequences(Transform):
+    """Stack MRI sequences (e.g. T2W, ADC, DWI) as channels on the first one's grid: every other
+    volume is resampled through its affine onto the reference voxel grid (trilinear, border)."""
+
+    def __init__(self, mode: str = "trilinear") -> None:
+        self.mode = mode
+
+    def __call__(self, volumes: Sequence[Volume]) -> Volume:  # type: ignore[override]
+        if not volumes or not all(isinstance(v, Volume) for v in volumes):
+            raise VoxlmTypeError("StackSequences: expected a non-empty list of Volumes")
+        ref = volumes[0]
+        shape = ref.data.shape[:3]
+        chans = [_f32(np.asarray(ref.data))]
+        for v in volumes[1:]:
+            xform = np.linalg.solve(np.asarray(v.affine, dtype=np.float64), np.asarray(ref.affine, dtype=np.float64))
+            chans.append(_core.affine_resample(_f32(np.asarray(v.data))[None], xform.tolist(), list(shape), self.mode)[0])
+        return Volume(np.stack(chans, axis=-1), ref.affine, ref.header)
+
+
 # ---------------------------------------------------------------------------------------------
 # intensity
 
@@ -453,7 +522,7 @@ class RandScaleShiftIntensity(_Random):
 
 
 __all__ = [
-    "Transform", "Compose", "Orientation", "Resize", "ScaleIntensityRange", "ScaleIntensityRangePercentiles",
+    "Transform", "Compose", "Orientation", "Resize", "Spacing", "StackSequences", "ScaleIntensityRange", "ScaleIntensityRangePercentiles",
     "NormalizeIntensity", "SpatialPad", "CenterSpatialCrop", "ResizeWithPadOrCrop", "CropForeground",
     "CropAroundPoint", "SampleSlices", "stitch_images", "RandFlip", "RandRotate90", "RandScaleShiftIntensity",
 ]

@@ -30,6 +30,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(volume::save_nifti, m)?)?;
     m.add_function(wrap_pyfunction!(volume::resize, m)?)?;
     m.add_function(wrap_pyfunction!(volume::load_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(volume::affine_resample, m)?)?;
     m.add_function(wrap_pyfunction!(losses::focal_loss, m)?)?;
     m.add_function(wrap_pyfunction!(losses::kl_distill, m)?)?;
     m.add_function(wrap_pyfunction!(losses::lm_loss, m)?)?;

@@ -258,3 +258,29 @@ pub fn load_batch<'py>(
     let out = crate::py::par(py, move || pipeline::load_batch(&paths, &p, n))?;
     Ok(bridge::array_to_py(py, out))
 }
+
+/// Affine resampling of a float32 `[C, D, H, W]` array: output voxel `o` samples the input at
+/// `xform @ o` (trilinear or nearest, border padding).
+#[pyfunction]
+pub fn affine_resample<'py>(
+    py: Python<'py>,
+    img: &Bound<'py, PyAny>,
+    xform: Vec<Vec<f64>>,
+    size: [usize; 3],
+    mode: &str,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    use crate::volume::resize::Mode;
+    let m = Mode::parse(mode)?;
+    if xform.len() != 4 || xform.iter().any(|r| r.len() != 4) {
+        return Err(Error::shape("xform: expected a 4x4 matrix").into());
+    }
+    let mut x = [[0.0; 4]; 4];
+    for (i, r) in xform.iter().enumerate() {
+        x[i].copy_from_slice(r);
+    }
+    let a = bridge::array_view::<f32>(img, "img")?;
+    let v = a.as_array();
+    let v4 = v.into_dimensionality::<ndarray::Ix4>().map_err(|_| Error::shape(format!("img: expected a 4-d [C, D, H, W] array, got shape {:?}", a.shape())))?;
+    let out = crate::py::par(py, || crate::volume::resample::affine_resample(v4, &x, size, m))?;
+    Ok(bridge::array_to_py(py, out))
+}

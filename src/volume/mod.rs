@@ -3,4 +3,5 @@
 pub mod intensity;
 pub mod nifti;
 pub mod pipeline;
+pub mod resample;
 pub mod resize;

@@ -1,0 +1,60 @@
+//! Affine resampling of a channel-first volume `[C, D, H, W]`: every output voxel `o` takes the
+//! input at the continuous voxel index `xform @ o` (trilinear or nearest, border padding), as
+//! MONAI's `SpatialResample` / `Spacing` do through `grid_sample(align_corners=False)`.
+
+use ndarray::{Array4, ArrayView4, Axis};
+use rayon::prelude::*;
+
+use super::resize::Mode;
+use crate::error::{Error, Result};
+
+#[inline]
+fn clampf(v: f64, hi: usize) -> f64 {
+    v.clamp(0.0, (hi - 1) as f64)
+}
+
+/// `x [C, D, H, W]` -> `[C, out[0], out[1], out[2]]`, `xform` maps output voxel indices to input
+/// voxel indices (a 4x4 affine). Coordinates outside the input are clamped to its border.
+pub fn affine_resample(x: ArrayView4<'_, f32>, xform: &[[f64; 4]; 4], out: [usize; 3], mode: Mode) -> Result<Array4<f32>> {
+    let (c, d, h, w) = x.dim();
+    if out.contains(&0) || d == 0 || h == 0 || w == 0 {
+        return Err(Error::shape(format!("resample: sizes must be positive, got input {:?} -> {out:?}", x.shape())));
+    }
+    if xform.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(Error::config("resample: the transform has non-finite entries"));
+    }
+    let [od, oh, ow] = out;
+    let mut y = Array4::<f32>::zeros((c, od, oh, ow));
+    let m = *xform;
+    y.axis_iter_mut(Axis(0)).zip(x.axis_iter(Axis(0))).for_each(|(mut oc, ic)| {
+        oc.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(i, mut plane)| {
+            for (j, mut row) in plane.axis_iter_mut(Axis(0)).enumerate() {
+                for (k, v) in row.iter_mut().enumerate() {
+                    let (fi, fj, fk) = (i as f64, j as f64, k as f64);
+                    let p0 = m[0][0] * fi + m[0][1] * fj + m[0][2] * fk + m[0][3];
+                    let p1 = m[1][0] * fi + m[1][1] * fj + m[1][2] * fk + m[1][3];
+                    let p2 = m[2][0] * fi + m[2][1] * fj + m[2][2] * fk + m[2][3];
+                    let (p0, p1, p2) = (clampf(p0, d), clampf(p1, h), clampf(p2, w));
+                    *v = match mode {
+                        Mode::Nearest => {
+                            let (a, b, cc) = (p0.round_ties_even() as usize, p1.round_ties_even() as usize, p2.round_ties_even() as usize);
+                            ic[[a.min(d - 1), b.min(h - 1), cc.min(w - 1)]]
+                        }
+                        Mode::Trilinear => {
+                            let (a0, b0, c0) = (p0.floor() as usize, p1.floor() as usize, p2.floor() as usize);
+                            let (a1, b1, c1) = ((a0 + 1).min(d - 1), (b0 + 1).min(h - 1), (c0 + 1).min(w - 1));
+                            let (ta, tb, tc) = ((p0 - a0 as f64) as f32, (p1 - b0 as f64) as f32, (p2 - c0 as f64) as f32);
+                            let lerp = |u: f32, v: f32, t: f32| u * (1.0 - t) + v * t;
+                            let c00 = lerp(ic[[a0, b0, c0]], ic[[a0, b0, c1]], tc);
+                            let c01 = lerp(ic[[a0, b1, c0]], ic[[a0, b1, c1]], tc);
+                            let c10 = lerp(ic[[a1, b0, c0]], ic[[a1, b0, c1]], tc);
+                            let c11 = lerp(ic[[a1, b1, c0]], ic[[a1, b1, c1]], tc);
+                            lerp(lerp(c00, c01, tb), lerp(c10, c11, tb), ta)
+                        }
+                    };
+                }
+            }
+        });
+    });
+    Ok(y)
+}
