@@ -272,6 +272,7 @@ def load_batch(
     size: list[int] | None = None,
     mode: str = "trilinear",
     num_threads: int = 0,
+    spacing: list[float] | None = None,
 ) -> npt.NDArray[np.float32]: ...
 @final
 class QueryBlocksCore:

@@ -2,7 +2,8 @@
 
 * :func:`load_batch`: many NIfTI files -> one ``torch.Tensor`` ``[B, C, D, H, W]``, parallel
   across files. Pipelines made of :class:`~voxlm.transforms.Orientation` ("RAS"),
-  :class:`~voxlm.transforms.ScaleIntensityRange` and :class:`~voxlm.transforms.Resize` run
+  :class:`~voxlm.transforms.Spacing`, :class:`~voxlm.transforms.ScaleIntensityRange` and
+  :class:`~voxlm.transforms.Resize` (in that order) run
   entirely in Rust (one pass per file, GIL released); any other transform runs per file in a
   thread pool on top of the Rust loader.
 * :class:`VolumeDataset`: a ``torch.utils.data.Dataset`` that works in ``DataLoader`` worker
@@ -29,15 +30,17 @@ PathLike = str | os.PathLike[str]
 
 def _rust_plan(transform: Any) -> dict[str, Any] | None:
     steps = transform.transforms if isinstance(transform, T.Compose) else ([] if transform is None else [transform])
-    plan: dict[str, Any] = {"ras": False, "window": None, "size": None, "mode": "trilinear"}
+    plan: dict[str, Any] = {"ras": False, "spacing": None, "window": None, "size": None, "mode": "trilinear"}
     order = 0
     for t in steps:
         if isinstance(t, T.Orientation) and t.axcodes == "RAS" and order == 0:
             plan["ras"], order = True, 1
-        elif isinstance(t, T.ScaleIntensityRange) and order <= 1:
-            plan["window"], order = t.args, 2
-        elif isinstance(t, T.Resize) and order <= 2:
-            plan["size"], plan["mode"], order = t.spatial_size, t.mode, 3
+        elif isinstance(t, T.Spacing) and t.mode == "trilinear" and order <= 1:
+            plan["spacing"], order = t.pixdim, 2
+        elif isinstance(t, T.ScaleIntensityRange) and order <= 2:
+            plan["window"], order = t.args, 3
+        elif isinstance(t, T.Resize) and order <= 3:
+            plan["size"], plan["mode"], order = t.spatial_size, t.mode, 4
         else:
             return None
     return plan
@@ -52,7 +55,7 @@ def load_batch(paths: Sequence[PathLike], transform: Callable[[Any], Any] | None
     plan = _rust_plan(transform)
     if plan is not None:
         arr = _core.load_batch([os.fspath(p) for p in paths], plan["ras"], plan["window"], plan["size"],
-                               plan["mode"], int(num_threads))
+                               plan["mode"], int(num_threads), plan["spacing"])
         return torch.from_numpy(arr)
 
     def one(p: PathLike) -> np.ndarray:

@@ -232,7 +232,7 @@ pub fn resize<'py>(
 
 /// Load, reorient to RAS, window and resize many NIfTI files in parallel: `[B, 1, D, H, W]` f32.
 #[pyfunction]
-#[pyo3(signature = (paths, ras=true, window=None, size=None, mode="trilinear", num_threads=0))]
+#[pyo3(signature = (paths, ras=true, window=None, size=None, mode="trilinear", num_threads=0, spacing=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn load_batch<'py>(
     py: Python<'py>,
@@ -242,9 +242,19 @@ pub fn load_batch<'py>(
     size: Option<[usize; 3]>,
     mode: &str,
     num_threads: usize,
+    spacing: Option<[f64; 3]>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     use crate::volume::pipeline::{self, Pipeline};
+    if let Some(s) = spacing {
+        if s.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(Error::config(format!(
+                "spacing: expected positive voxel sizes, got {s:?}"
+            ))
+            .into());
+        }
+    }
     let p = Pipeline {
+        spacing,
         ras,
         window,
         size,
@@ -280,7 +290,14 @@ pub fn affine_resample<'py>(
     }
     let a = bridge::array_view::<f32>(img, "img")?;
     let v = a.as_array();
-    let v4 = v.into_dimensionality::<ndarray::Ix4>().map_err(|_| Error::shape(format!("img: expected a 4-d [C, D, H, W] array, got shape {:?}", a.shape())))?;
-    let out = crate::py::par(py, || crate::volume::resample::affine_resample(v4, &x, size, m))?;
+    let v4 = v.into_dimensionality::<ndarray::Ix4>().map_err(|_| {
+        Error::shape(format!(
+            "img: expected a 4-d [C, D, H, W] array, got shape {:?}",
+            a.shape()
+        ))
+    })?;
+    let out = crate::py::par(py, || {
+        crate::volume::resample::affine_resample(v4, &x, size, m)
+    })?;
     Ok(bridge::array_to_py(py, out))
 }

@@ -6,15 +6,140 @@ use ndarray::{s, Array3, Array5, ArrayView3, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
 use super::nifti;
-use super::resize::{resize_strided, Mode};
+use super::resample::affine_resample_strided;
+use super::resize::{resize, resize_strided, Mode};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
 pub struct Pipeline {
     pub ras: bool,
+    /// Target voxel size in mm (MONAI `Spacing`, trilinear, border), after the reorientation.
+    pub spacing: Option<[f64; 3]>,
     pub window: Option<(f64, f64, f64, f64, bool)>,
     pub size: Option<[usize; 3]>,
     pub mode: Mode,
+}
+
+type M4 = [[f64; 4]; 4];
+
+fn matmul(a: &M4, b: &M4) -> M4 {
+    let mut o = [[0.0; 4]; 4];
+    for i in 0..4 {
+        for j in 0..4 {
+            o[i][j] = (0..4).map(|k| a[i][k] * b[k][j]).sum();
+        }
+    }
+    o
+}
+
+/// Inverse of a 4x4 matrix by Gauss-Jordan elimination with partial pivoting.
+fn inverse(m: &M4) -> Result<M4> {
+    let mut a = *m;
+    let mut inv = [[0.0; 4]; 4];
+    for (i, row) in inv.iter_mut().enumerate() {
+        row[i] = 1.0;
+    }
+    for c in 0..4 {
+        let p = (c..4)
+            .max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs()))
+            .unwrap_or(c);
+        if a[p][c].abs() < 1e-12 {
+            return Err(Error::config("affine is not invertible"));
+        }
+        a.swap(c, p);
+        inv.swap(c, p);
+        let d = a[c][c];
+        for j in 0..4 {
+            a[c][j] /= d;
+            inv[c][j] /= d;
+        }
+        for r in 0..4 {
+            if r != c {
+                let f = a[r][c];
+                for j in 0..4 {
+                    a[r][j] -= f * a[c][j];
+                    inv[r][j] -= f * inv[c][j];
+                }
+            }
+        }
+    }
+    Ok(inv)
+}
+
+/// MONAI `Spacing` geometry (`compute_shape_offset`, `scale_extent=False`): the new affine and
+/// output shape for voxel size `pixdim`.
+pub fn spacing_geometry(
+    shape: [usize; 3],
+    affine: &M4,
+    pixdim: [f64; 3],
+) -> Result<(M4, [usize; 3])> {
+    let mut new = [[0.0; 4]; 4];
+    new[3][3] = 1.0;
+    for j in 0..3 {
+        let n = (0..3)
+            .map(|i| affine[i][j] * affine[i][j])
+            .sum::<f64>()
+            .sqrt();
+        let n = if n == 0.0 { 1.0 } else { n };
+        for i in 0..3 {
+            new[i][j] = affine[i][j] / n * pixdim[j];
+        }
+    }
+    let to_out = matmul(&inverse(&new)?, affine);
+    let mut corners = Vec::with_capacity(8);
+    for a in [0.0, shape[0] as f64 - 1.0] {
+        for b in [0.0, shape[1] as f64 - 1.0] {
+            for c in [0.0, shape[2] as f64 - 1.0] {
+                corners.push([a, b, c, 1.0]);
+            }
+        }
+    }
+    let apply = |m: &M4, v: &[f64; 4]| -> [f64; 4] {
+        [0, 1, 2, 3].map(|i| (0..4).map(|k| m[i][k] * v[k]).sum())
+    };
+    let outs: Vec<[f64; 4]> = corners.iter().map(|c| apply(&to_out, c)).collect();
+    let mut out_shape = [0usize; 3];
+    for i in 0..3 {
+        let (lo, hi) = outs
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), o| {
+                (l.min(o[i] / o[3]), h.max(o[i] / o[3]))
+            });
+        out_shape[i] = ((hi - lo) + 1.0).round_ties_even().max(1.0) as usize;
+    }
+    // the corner nearest the origin in output voxel space becomes the new origin
+    let mut offset = None;
+    for (ci, o) in outs.iter().enumerate() {
+        let smallest = (0..3).all(|i| {
+            outs.iter()
+                .all(|p| p[i] - o[i] >= -1e-3 * o[i].abs().max(1e-8))
+        });
+        if smallest {
+            let w = apply(affine, &corners[ci]);
+            offset = Some([w[0], w[1], w[2]]);
+            break;
+        }
+    }
+    let offset = match offset {
+        Some(o) => o,
+        None => {
+            let mut o = [0.0; 3];
+            for (i, oi) in o.iter_mut().enumerate() {
+                *oi = (0..3)
+                    .map(|k| affine[i][k] * shape[k] as f64 / 2.0)
+                    .sum::<f64>()
+                    + affine[i][3]
+                    - (0..3)
+                        .map(|k| new[i][k] * out_shape[k] as f64 / 2.0)
+                        .sum::<f64>();
+            }
+            o
+        }
+    };
+    for i in 0..3 {
+        new[i][3] = offset[i];
+    }
+    Ok((new, out_shape))
 }
 
 /// Voxel axis -> (world axis, direction) by the dominant component of each normalised affine
@@ -68,6 +193,27 @@ fn ras_view<'a>(v: ArrayView3<'a, f32>, affine: &[[f64; 4]; 4]) -> ArrayView3<'a
         perm[world] = ax;
     }
     view.permuted_axes(perm)
+}
+
+/// The affine of the RAS view (as MONAI's `Orientation` updates it): column k is the file axis
+/// pointing along world axis k, negated if flipped, with the origin moved to the flipped end.
+fn ras_affine(shape: [usize; 3], affine: &M4) -> M4 {
+    let o = orientation(affine);
+    let mut out = [[0.0; 4]; 4];
+    out[3][3] = 1.0;
+    for i in 0..3 {
+        out[i][3] = affine[i][3];
+    }
+    for (ax, &(world, positive)) in o.iter().enumerate() {
+        let s = if positive { 1.0 } else { -1.0 };
+        for i in 0..3 {
+            out[i][world] = s * affine[i][ax];
+            if !positive {
+                out[i][3] += affine[i][ax] * (shape[ax] as f64 - 1.0);
+            }
+        }
+    }
+    out
 }
 
 /// `(shape, strides, base)` of the RAS view of an F-order `(x, y, z)` volume.
@@ -136,6 +282,118 @@ fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
         window_value(v as f32, window)
     };
     let dims = [shape[0], shape[1], shape[2]];
+    if let Some(pixdim) = p.spacing {
+        // MONAI order: Orientation -> Spacing (on raw values) -> window -> Resize
+        let (sh, st, base) = ras_layout(dims, &h.best_affine(), p.ras);
+        let src_aff = if p.ras {
+            ras_affine(dims, &h.best_affine())
+        } else {
+            h.best_affine()
+        };
+        let (new_aff, out_shape) = spacing_geometry(sh, &src_aff, pixdim)?;
+        let xform = matmul(&inverse(&src_aff)?, &new_aff);
+        let raw_value = move |x: f64| -> f32 {
+            (if scaling.is_some() {
+                x * slope + inter
+            } else {
+                x
+            }) as f32
+        };
+        let bytes = raw.bytes();
+        let le = h.little_endian;
+        use nifti::DType as D;
+        let mut spaced = match h.dtype()? {
+            D::U8 => affine_resample_strided(
+                sampler!(u8, 1, bytes, le, raw_value),
+                sh,
+                st,
+                base,
+                &xform,
+                out_shape,
+            ),
+            D::I8 => affine_resample_strided(
+                sampler!(i8, 1, bytes, le, raw_value),
+                sh,
+                st,
+                base,
+                &xform,
+                out_shape,
+            ),
+            D::U16 => affine_resample_strided(
+                sampler!(u16, 2, bytes, le, raw_value),
+                sh,
+                st,
+                base,
+                &xform,
+                out_shape,
+            ),
+            D::I16 => affine_resample_strided(
+                sampler!(i16, 2, bytes, le, raw_value),
+                sh,
+                st,
+                base,
+                &xform,
+                out_shape,
+            ),
+            D::U32 => affine_resample_strided(
+                sampler!(u32, 4, bytes, le, raw_value),
+                sh,
+                st,
+                base,
+                &xform,
+                out_shape,
+            ),
+            D::I32 => affine_resample_strided(
+                sampler!(i32, 4, bytes, le, raw_value),
+                sh,
+                st,
+                base,
+                &xform,
+                out_shape,
+            ),
+            D::U64 => affine_resample_strided(
+                sampler!(u64, 8, bytes, le, raw_value),
+                sh,
+                st,
+                base,
+                &xform,
+                out_shape,
+            ),
+            D::I64 => affine_resample_strided(
+                sampler!(i64, 8, bytes, le, raw_value),
+                sh,
+                st,
+                base,
+                &xform,
+                out_shape,
+            ),
+            D::F32 => affine_resample_strided(
+                sampler!(f32, 4, bytes, le, raw_value),
+                sh,
+                st,
+                base,
+                &xform,
+                out_shape,
+            ),
+            D::F64 => affine_resample_strided(
+                sampler!(f64, 8, bytes, le, raw_value),
+                sh,
+                st,
+                base,
+                &xform,
+                out_shape,
+            ),
+        }?;
+        drop(raw);
+        if window.is_some() {
+            spaced.par_mapv_inplace(|x| window_value(x, window));
+        }
+        return match p.size {
+            Some(size) => Ok(resize(spaced.insert_axis(Axis(0)).view(), size, p.mode)?
+                .index_axis_move(Axis(0), 0)),
+            None => Ok(spaced),
+        };
+    }
     if let Some(size) = p.size {
         // resample straight from the file's bytes through the RAS view: no decoded copy
         let (sh, st, base) = ras_layout(dims, &h.best_affine(), p.ras);
