@@ -18,7 +18,7 @@ RUST_SRC := $(shell find src -name '*.rs') Cargo.toml Cargo.lock pyproject.toml
 BUILD_ENV := LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH
 TORCH_LIB = $(shell $(PY) -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 
-.PHONY: all setup build demo test test-rust test-py bench lint clean clean-build
+.PHONY: all setup build demo test test-rust test-py bench lint fuzz clean clean-build
 
 all: build
 
@@ -57,6 +57,10 @@ test-py: build $(STAMP_JAVA)
 	$(PY) -m pytest -q
 
 test: test-rust test-py
+
+# property-based fuzzing of the NIfTI header and gzip paths (100k inputs; also part of test-rust)
+fuzz: $(STAMP_DEPS)
+	$(BUILD_ENV) LD_LIBRARY_PATH=$(TORCH_LIB) VOXLM_FUZZ_CASES=$${VOXLM_FUZZ_CASES:-100000} cargo test --release --test fuzz_nifti
 
 bench: build
 	$(PY) bench/run_all.py

@@ -281,3 +281,15 @@ def test_state_dict_keys_equal_transformers():
     hf = HFLlama(HFConfig(**cfg))
     vm = LlamaForCausalLM(LlamaConfig(**cfg))
     assert list(vm.state_dict()) == list(hf.state_dict())
+
+
+def test_context_and_prompt_limits(tmp_path):
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                      num_attention_heads=4, max_position_embeddings=16)
+    vm = LlamaForCausalLM(cfg)
+    with pytest.raises(voxlm.ShapeError, match="context of 16"):
+        vm(torch.randint(0, 50, (1, 17)))
+    with pytest.raises(voxlm.ShapeError, match="exceed the model's context of 16"):
+        vm.generate(torch.randint(0, 50, (1, 10)), max_new_tokens=8)
+    with pytest.raises(voxlm.ShapeError, match="non-empty"):
+        vm.generate(torch.zeros(1, 0, dtype=torch.long))

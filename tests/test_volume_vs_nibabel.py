@@ -175,3 +175,30 @@ def test_bad_files(tmp_path):
     assert isinstance(e.value, OSError)
     with pytest.raises(voxlm.DTypeError):
         load_volume(good, np.int16)
+
+
+def test_more_bad_files_name_the_file(tmp_path):
+    good = tmp_path / "g.nii"
+    nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)).to_filename(good)
+    raw = bytearray(good.read_bytes())
+    nan = bytearray(raw)
+    nan[280:284] = np.array([np.nan], dtype="<f4").tobytes()
+    (tmp_path / "nan.nii").write_bytes(bytes(nan))
+    with pytest.raises(voxlm.VolumeFormatError, match=r"nan\.nii: the sform affine has NaN"):
+        load_volume(tmp_path / "nan.nii")
+    off = bytearray(raw)
+    off[108:112] = np.array([1e6], dtype="<f4").tobytes()
+    (tmp_path / "off.nii").write_bytes(bytes(off))
+    with pytest.raises(voxlm.VolumeFormatError, match=r"off\.nii: truncated"):
+        load_volume(tmp_path / "off.nii")
+    cplx = bytearray(raw)
+    cplx[70:72] = np.array([32], dtype="<i2").tobytes()
+    (tmp_path / "c.nii").write_bytes(bytes(cplx))
+    with pytest.raises(voxlm.VolumeFormatError, match=r"c\.nii: datatype 32 \(complex\)"):
+        load_volume(tmp_path / "c.nii")
+    nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4)).to_filename(tmp_path / "4d.nii")
+    from voxlm import transforms as vt
+    from voxlm.data import load_batch
+
+    with pytest.raises(voxlm.VolumeFormatError, match=r"4d\.nii: expected a 3D volume"):
+        load_batch([tmp_path / "4d.nii"], vt.Compose([vt.Resize((2, 2, 2))]))

@@ -244,6 +244,13 @@ pub fn generate(
     cfg.validate(model.cfg.vocab_size)?;
     let _guard = tch::no_grad_guard();
     let p = prepare(model, input, attention_mask)?;
+    let t = p.mask.size()[1];
+    if t + cfg.max_new_tokens > model.cfg.max_position_embeddings {
+        return Err(Error::shape(format!(
+            "prompt of {t} tokens + max_new_tokens {} exceed the model's context of {} (max_position_embeddings)",
+            cfg.max_new_tokens, model.cfg.max_position_embeddings
+        )));
+    }
     if cfg.num_beams > 1 {
         return beam_search(model, p, cfg);
     }

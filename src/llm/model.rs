@@ -603,6 +603,13 @@ impl Llama {
             ));
         }
         let past = cache.as_ref().map_or(0, |c| c.len);
+        if past + t > self.cfg.max_position_embeddings {
+            return Err(Error::shape(format!(
+                "input: {} tokens exceed the model's context of {} (max_position_embeddings)",
+                past + t,
+                self.cfg.max_position_embeddings
+            )));
+        }
         let (cos, sin, mask) = self.prepare(&x, attention_mask, position_ids, past)?;
         let mut hidden_states = Vec::new();
         let mut h = x;

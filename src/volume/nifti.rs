@@ -322,6 +322,30 @@ impl Header {
         if !(0..=4).contains(&self.sform_code) {
             self.sform_code = 0;
         }
+        if self.sform_code != 0 && self.srow.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(Error::volume(
+                "the sform affine has NaN or infinite entries",
+            ));
+        }
+        if self.sform_code == 0
+            && self.qform_code != 0
+            && self
+                .quatern
+                .iter()
+                .chain(&self.qoffset)
+                .chain(&self.pixdim[..4])
+                .any(|v| !v.is_finite())
+        {
+            return Err(Error::volume(
+                "the qform (quaternion, offset or pixdim) has NaN or infinite entries",
+            ));
+        }
+        if self.pixdim[1..=spatial].iter().any(|v| !v.is_finite()) {
+            return Err(Error::volume(format!(
+                "pixdim has NaN or infinite entries: {:?}",
+                &self.pixdim[1..=spatial]
+            )));
+        }
         let dt = DType::from_code(self.datatype)?;
         if !self.pair && self.vox_offset < self.header_size() {
             self.vox_offset = if self.version == 1 { 352 } else { 544 };
@@ -586,8 +610,32 @@ fn header_bytes(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Read header and raw voxel bytes of a NIfTI file (or pair).
+fn with_path(path: &Path, e: Error) -> Error {
+    match e {
+        Error::VolumeFormat(m) if !m.starts_with(&path.display().to_string()) => {
+            Error::VolumeFormat(format!("{}: {m}", path.display()))
+        }
+        other => other,
+    }
+}
+
+/// Read header and raw voxel bytes of a NIfTI file (or pair). Every format error names the file.
 pub fn read_raw(path: &Path) -> Result<(Header, RawData)> {
+    read_raw_inner(path).map_err(|e| with_path(path, e))
+}
+
+/// Parse a single-file NIfTI (`.nii`, gzipped or not) held in memory: header and voxel bytes.
+pub fn parse_bytes(raw: Vec<u8>, name: &Path) -> Result<(Header, RawData)> {
+    let h = parse_header(&header_bytes(&raw, name)?)?;
+    if h.pair {
+        return Err(Error::volume(
+            "a NIfTI pair header (.hdr) needs its .img file",
+        ));
+    }
+    single_file_data(h, raw, name)
+}
+
+fn read_raw_inner(path: &Path) -> Result<(Header, RawData)> {
     let name = path.to_string_lossy().to_lowercase();
     let (hdr_path, img_path) = if name.ends_with(".img") || name.ends_with(".img.gz") {
         (
@@ -599,7 +647,6 @@ pub fn read_raw(path: &Path) -> Result<(Header, RawData)> {
         (path.to_path_buf(), None)
     };
     let raw = read_file(&hdr_path)?;
-    let gz = is_gzip(&raw);
     // the header first, from a capped decompression, so dims are checked before anything big
     let h = parse_header(&header_bytes(&raw, &hdr_path)?)?;
     let need = h.data_bytes()?;
@@ -641,7 +688,14 @@ pub fn read_raw(path: &Path) -> Result<(Header, RawData)> {
             },
         ));
     }
-    let off = h.vox_offset as usize;
+    single_file_data(h, raw, path)
+}
+
+fn single_file_data(h: Header, raw: Vec<u8>, path: &Path) -> Result<(Header, RawData)> {
+    let need = h.data_bytes()?;
+    let gz = is_gzip(&raw);
+    let off = usize::try_from(h.vox_offset)
+        .map_err(|_| Error::volume(format!("vox_offset {} is negative", h.vox_offset)))?;
     let cap = off
         .checked_add(need)
         .ok_or_else(|| Error::volume("dims overflow"))?;

@@ -264,7 +264,7 @@ fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
     let (h, raw) = nifti::read_raw(path)?;
     let shape = h.shape();
     if shape.len() < 3 || shape[3..].iter().any(|&d| d != 1) {
-        return Err(Error::shape(format!(
+        return Err(Error::volume(format!(
             "{}: expected a 3D volume, got dims {shape:?}",
             path.display()
         )));
