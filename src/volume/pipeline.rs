@@ -260,6 +260,55 @@ macro_rules! sampler {
     }};
 }
 
+/// Run `$body` with `$get` bound to a monomorphised sampler for the file's datatype.
+macro_rules! with_sampler {
+    ($dt:expr, $bytes:expr, $le:expr, $value:expr, |$get:ident| $body:expr) => {{
+        use nifti::DType as D;
+        match $dt {
+            D::U8 => {
+                let $get = sampler!(u8, 1, $bytes, $le, $value);
+                $body
+            }
+            D::I8 => {
+                let $get = sampler!(i8, 1, $bytes, $le, $value);
+                $body
+            }
+            D::U16 => {
+                let $get = sampler!(u16, 2, $bytes, $le, $value);
+                $body
+            }
+            D::I16 => {
+                let $get = sampler!(i16, 2, $bytes, $le, $value);
+                $body
+            }
+            D::U32 => {
+                let $get = sampler!(u32, 4, $bytes, $le, $value);
+                $body
+            }
+            D::I32 => {
+                let $get = sampler!(i32, 4, $bytes, $le, $value);
+                $body
+            }
+            D::U64 => {
+                let $get = sampler!(u64, 8, $bytes, $le, $value);
+                $body
+            }
+            D::I64 => {
+                let $get = sampler!(i64, 8, $bytes, $le, $value);
+                $body
+            }
+            D::F32 => {
+                let $get = sampler!(f32, 4, $bytes, $le, $value);
+                $body
+            }
+            D::F64 => {
+                let $get = sampler!(f64, 8, $bytes, $le, $value);
+                $body
+            }
+        }
+    }};
+}
+
 fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
     let (h, raw) = nifti::read_raw(path)?;
     let shape = h.shape();
@@ -299,91 +348,10 @@ fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
                 x
             }) as f32
         };
-        let bytes = raw.bytes();
-        let le = h.little_endian;
-        use nifti::DType as D;
-        let mut spaced = match h.dtype()? {
-            D::U8 => affine_resample_strided(
-                sampler!(u8, 1, bytes, le, raw_value),
-                sh,
-                st,
-                base,
-                &xform,
-                out_shape,
-            ),
-            D::I8 => affine_resample_strided(
-                sampler!(i8, 1, bytes, le, raw_value),
-                sh,
-                st,
-                base,
-                &xform,
-                out_shape,
-            ),
-            D::U16 => affine_resample_strided(
-                sampler!(u16, 2, bytes, le, raw_value),
-                sh,
-                st,
-                base,
-                &xform,
-                out_shape,
-            ),
-            D::I16 => affine_resample_strided(
-                sampler!(i16, 2, bytes, le, raw_value),
-                sh,
-                st,
-                base,
-                &xform,
-                out_shape,
-            ),
-            D::U32 => affine_resample_strided(
-                sampler!(u32, 4, bytes, le, raw_value),
-                sh,
-                st,
-                base,
-                &xform,
-                out_shape,
-            ),
-            D::I32 => affine_resample_strided(
-                sampler!(i32, 4, bytes, le, raw_value),
-                sh,
-                st,
-                base,
-                &xform,
-                out_shape,
-            ),
-            D::U64 => affine_resample_strided(
-                sampler!(u64, 8, bytes, le, raw_value),
-                sh,
-                st,
-                base,
-                &xform,
-                out_shape,
-            ),
-            D::I64 => affine_resample_strided(
-                sampler!(i64, 8, bytes, le, raw_value),
-                sh,
-                st,
-                base,
-                &xform,
-                out_shape,
-            ),
-            D::F32 => affine_resample_strided(
-                sampler!(f32, 4, bytes, le, raw_value),
-                sh,
-                st,
-                base,
-                &xform,
-                out_shape,
-            ),
-            D::F64 => affine_resample_strided(
-                sampler!(f64, 8, bytes, le, raw_value),
-                sh,
-                st,
-                base,
-                &xform,
-                out_shape,
-            ),
-        }?;
+        let (bytes, le) = (raw.bytes(), h.little_endian);
+        let mut spaced = with_sampler!(h.dtype()?, bytes, le, raw_value, |get| {
+            affine_resample_strided(get, sh, st, base, &xform, out_shape, Mode::Trilinear)
+        })?;
         drop(raw);
         if window.is_some() {
             spaced.par_mapv_inplace(|x| window_value(x, window));
@@ -397,91 +365,10 @@ fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
     if let Some(size) = p.size {
         // resample straight from the file's bytes through the RAS view: no decoded copy
         let (sh, st, base) = ras_layout(dims, &h.best_affine(), p.ras);
-        let bytes = raw.bytes();
-        let le = h.little_endian;
-        use nifti::DType as D;
-        return match h.dtype()? {
-            D::U8 => resize_strided(
-                sampler!(u8, 1, bytes, le, value),
-                sh,
-                st,
-                base,
-                size,
-                p.mode,
-            ),
-            D::I8 => resize_strided(
-                sampler!(i8, 1, bytes, le, value),
-                sh,
-                st,
-                base,
-                size,
-                p.mode,
-            ),
-            D::U16 => resize_strided(
-                sampler!(u16, 2, bytes, le, value),
-                sh,
-                st,
-                base,
-                size,
-                p.mode,
-            ),
-            D::I16 => resize_strided(
-                sampler!(i16, 2, bytes, le, value),
-                sh,
-                st,
-                base,
-                size,
-                p.mode,
-            ),
-            D::U32 => resize_strided(
-                sampler!(u32, 4, bytes, le, value),
-                sh,
-                st,
-                base,
-                size,
-                p.mode,
-            ),
-            D::I32 => resize_strided(
-                sampler!(i32, 4, bytes, le, value),
-                sh,
-                st,
-                base,
-                size,
-                p.mode,
-            ),
-            D::U64 => resize_strided(
-                sampler!(u64, 8, bytes, le, value),
-                sh,
-                st,
-                base,
-                size,
-                p.mode,
-            ),
-            D::I64 => resize_strided(
-                sampler!(i64, 8, bytes, le, value),
-                sh,
-                st,
-                base,
-                size,
-                p.mode,
-            ),
-            D::F32 => resize_strided(
-                sampler!(f32, 4, bytes, le, value),
-                sh,
-                st,
-                base,
-                size,
-                p.mode,
-            ),
-            D::F64 => resize_strided(
-                sampler!(f64, 8, bytes, le, value),
-                sh,
-                st,
-                base,
-                size,
-                p.mode,
-            ),
-        };
+        let (bytes, le) = (raw.bytes(), h.little_endian);
+        return with_sampler!(h.dtype()?, bytes, le, value, |get| resize_strided(
+            get, sh, st, base, size, p.mode
+        ));
     }
     let n: usize = shape.iter().product();
     let data = nifti::decode::<f32>(raw.bytes(), h.dtype()?, h.little_endian, scaling, n);

@@ -47,72 +47,24 @@ fn nearest_taps(n_in: usize, n_out: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Resize `x [C, D, H, W]` to `[C, size[0], size[1], size[2]]`.
+/// Resize `x [C, D, H, W]` (any strides) to `[C, size[0], size[1], size[2]]`.
 pub fn resize(x: ArrayView4<'_, f32>, size: [usize; 3], mode: Mode) -> Result<Array4<f32>> {
     let (c, d, h, w) = x.dim();
-    if size.contains(&0) || d == 0 || h == 0 || w == 0 {
-        return Err(Error::shape(format!(
-            "resize: sizes must be positive, got input {:?} -> {size:?}",
-            x.shape()
-        )));
-    }
-    let [od, oh, ow] = size;
-    let mut out = Array4::<f32>::zeros((c, od, oh, ow));
-    match mode {
-        Mode::Nearest => {
-            let (td, th, tw) = (
-                nearest_taps(d, od),
-                nearest_taps(h, oh),
-                nearest_taps(w, ow),
-            );
-            out.axis_iter_mut(Axis(0))
-                .zip(x.axis_iter(Axis(0)))
-                .for_each(|(mut oc, ic)| {
-                    oc.axis_iter_mut(Axis(0))
-                        .into_par_iter()
-                        .enumerate()
-                        .for_each(|(z, mut plane)| {
-                            let src = ic.index_axis(Axis(0), td[z]);
-                            for (y, mut row) in plane.axis_iter_mut(Axis(0)).enumerate() {
-                                let srow = src.index_axis(Axis(0), th[y]);
-                                for (xx, v) in row.iter_mut().enumerate() {
-                                    *v = srow[tw[xx]];
-                                }
-                            }
-                        });
-                });
-        }
-        Mode::Trilinear => {
-            let (td, th, tw) = (linear_taps(d, od), linear_taps(h, oh), linear_taps(w, ow));
-            out.axis_iter_mut(Axis(0))
-                .zip(x.axis_iter(Axis(0)))
-                .for_each(|(mut oc, ic)| {
-                    oc.axis_iter_mut(Axis(0))
-                        .into_par_iter()
-                        .enumerate()
-                        .for_each(|(z, mut plane)| {
-                            let (z0, z1, wz0, wz1) = td[z];
-                            let (p0, p1) = (ic.index_axis(Axis(0), z0), ic.index_axis(Axis(0), z1));
-                            for (y, mut row) in plane.axis_iter_mut(Axis(0)).enumerate() {
-                                let (y0, y1, wy0, wy1) = th[y];
-                                let (r00, r01) =
-                                    (p0.index_axis(Axis(0), y0), p0.index_axis(Axis(0), y1));
-                                let (r10, r11) =
-                                    (p1.index_axis(Axis(0), y0), p1.index_axis(Axis(0), y1));
-                                for (xx, v) in row.iter_mut().enumerate() {
-                                    let (x0, x1, wx0, wx1) = tw[xx];
-                                    // same association as PyTorch's CPU kernel: t * (h * (w-lerp) + ...) + ...
-                                    *v = wz0
-                                        * (wy0 * (wx0 * r00[x0] + wx1 * r00[x1])
-                                            + wy1 * (wx0 * r01[x0] + wx1 * r01[x1]))
-                                        + wz1
-                                            * (wy0 * (wx0 * r10[x0] + wx1 * r10[x1])
-                                                + wy1 * (wx0 * r11[x0] + wx1 * r11[x1]));
-                                }
-                            }
-                        });
-                });
-        }
+    let mut out = Array4::<f32>::zeros((c, size[0], size[1], size[2]));
+    for (mut oc, ic) in out.axis_iter_mut(Axis(0)).zip(x.axis_iter(Axis(0))) {
+        let std = ic.as_standard_layout();
+        let data = std
+            .as_slice()
+            .ok_or_else(|| Error::shape("resize: input is not contiguous"))?;
+        let strides = [(h * w) as isize, w as isize, 1];
+        oc.assign(&resize_strided(
+            |i| data[i as usize],
+            [d, h, w],
+            strides,
+            0,
+            size,
+            mode,
+        )?);
     }
     Ok(out)
 }
