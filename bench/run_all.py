@@ -35,6 +35,13 @@ def main() -> None:
         print(text, flush=True)
         sections.append(text)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if only and (HERE / "RESULTS.md").is_file():
+        # re-running some benchmarks: keep the other sections as they were
+        old = (HERE / "RESULTS.md").read_text().split("\n## ")[1:]
+        kept = {sec.split(":", 1)[0].strip(): "## " + sec for sec in old}
+        for text in sections:
+            kept[text[3:].split(":", 1)[0].strip()] = text
+        sections = [kept[name] for name, _ in BENCHES if name in kept]
     body = "\n".join(sections)
     (HERE / "RESULTS.md").write_text(
         "# voxlm benchmark results\n\n"
