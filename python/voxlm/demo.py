@@ -106,7 +106,7 @@ def _train_vit3d_llama(out: pathlib.Path, steps: int) -> dict[str, object]:
                          pad_token_id=tok.pad_token_id)
     generated = tok.batch_decode(new)
     scores = report_scores(reports[:2], [g if g.strip() else "<empty>" for g in generated], meteor=False)
-    _plot(losses, out / "vit3d_llama_loss.png")
+    _plot(losses, out / "vit3d_llama_loss.png", stage2_start=steps // 3)
     (out / "generated_reports.json").write_text(json.dumps(
         [{"reference": r, "generated": g} for r, g in zip(reports[:2], generated)], indent=2))
     return {
@@ -123,7 +123,7 @@ def _train_vit3d_llama(out: pathlib.Path, steps: int) -> dict[str, object]:
     }
 
 
-def _plot(losses: list[float], path: pathlib.Path) -> None:
+def _plot(losses: list[float], path: pathlib.Path, stage2_start: int) -> None:
     try:
         import matplotlib
 
@@ -133,6 +133,9 @@ def _plot(losses: list[float], path: pathlib.Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(losses)
+    ax.axvline(stage2_start, color="grey", linestyle="--", linewidth=1)
+    ax.text(stage2_start * 0.5, max(losses), "stage 1:\nprojector", ha="center", va="top", fontsize=8)
+    ax.text((stage2_start + len(losses)) * 0.5, max(losses), "stage 2:\n+ LoRA / LLM", ha="center", va="top", fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel("LM loss")
     ax.set_title("ViT3D -> projector -> LLaMA (+LoRA)")
