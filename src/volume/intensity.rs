@@ -13,6 +13,26 @@ macro_rules! voxel {
 }
 voxel!(u8, i8, u16, i16, u32, i32, i64, f32, f64);
 
+/// One value through MONAI's `ScaleIntensityRange` (computed in f64, rounded once to f32).
+#[inline]
+pub fn window(v: f64, a_min: f64, a_max: f64, b_min: f64, b_max: f64, clip: bool) -> f32 {
+    let width = a_max - a_min;
+    let mut y = if width == 0.0 {
+        v - a_min + b_min
+    } else {
+        (v - a_min) / width * (b_max - b_min) + b_min
+    };
+    if clip {
+        let (lo, hi) = if b_min <= b_max {
+            (b_min, b_max)
+        } else {
+            (b_max, b_min)
+        };
+        y = y.clamp(lo, hi);
+    }
+    y as f32
+}
+
 /// MONAI `ScaleIntensityRange(a_min, a_max, b_min, b_max, clip)`: maps `[a_min, a_max]` linearly
 /// onto `[b_min, b_max]` (a CT window such as -160..240 HU onto 0..1), optionally clipping.
 /// With `a_min == a_max` MONAI shifts only (`x - a_min + b_min`); so does this.
@@ -36,25 +56,10 @@ pub fn scale_intensity_range<T: Voxel>(
             )));
         }
     }
-    let width = a_max - a_min;
-    let (lo, hi) = if b_min <= b_max {
-        (b_min, b_max)
-    } else {
-        (b_max, b_min)
-    };
     let mut out = ArrayD::<f32>::zeros(x.raw_dim());
-    Zip::from(&mut out).and(&x).par_for_each(|o, &v| {
-        let v = v.to_f64();
-        let mut y = if width == 0.0 {
-            v - a_min + b_min
-        } else {
-            (v - a_min) / width * (b_max - b_min) + b_min
-        };
-        if clip {
-            y = y.clamp(lo, hi);
-        }
-        *o = y as f32;
-    });
+    Zip::from(&mut out)
+        .and(&x)
+        .par_for_each(|o, &v| *o = window(v.to_f64(), a_min, a_max, b_min, b_max, clip));
     Ok(out)
 }
 

@@ -390,20 +390,7 @@ fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
 fn window_value(v: f32, window: Option<(f64, f64, f64, f64, bool)>) -> f32 {
     match window {
         None => v,
-        Some((a0, a1, b0, b1, clip)) => {
-            let width = a1 - a0;
-            let v = v as f64;
-            let mut y = if width == 0.0 {
-                v - a0 + b0
-            } else {
-                (v - a0) / width * (b1 - b0) + b0
-            };
-            if clip {
-                let (lo, hi) = if b0 <= b1 { (b0, b1) } else { (b1, b0) };
-                y = y.clamp(lo, hi);
-            }
-            y as f32
-        }
+        Some((a0, a1, b0, b1, clip)) => super::intensity::window(v as f64, a0, a1, b0, b1, clip),
     }
 }
 
