@@ -177,9 +177,7 @@ impl PyLlama {
         let pos = bridge::opt_tensor(position_ids, "position_ids")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let m = inner
-                .lock()
-                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
+            let m = crate::py::lock(inner, "LlamaCore")?;
             m.forward(
                 input(&ids, &emb)?,
                 mask.as_ref(),
@@ -211,9 +209,7 @@ impl PyLlama {
         let pos = bridge::opt_tensor(position_ids, "position_ids")?;
         let inner = &self.inner;
         let (c, s, m) = py.detach(move || -> crate::Result<_> {
-            let model = inner
-                .lock()
-                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
+            let model = crate::py::lock(inner, "LlamaCore")?;
             model.check_embeds(&h)?;
             model.prepare(&h, mask.as_ref(), pos.as_ref(), 0)
         })?;
@@ -239,9 +235,7 @@ impl PyLlama {
         let m = bridge::opt_tensor(mask, "mask")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let model = inner
-                .lock()
-                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
+            let model = crate::py::lock(inner, "LlamaCore")?;
             model.layer_forward(index, &h, &c, &s, m.as_ref(), None, training, None)
         })?;
         bridge::to_py(py, &out)
@@ -256,9 +250,7 @@ impl PyLlama {
         let h = bridge::tensor(hidden_states, "hidden_states")?;
         let inner = &self.inner;
         let (n, l) = py.detach(move || -> crate::Result<_> {
-            let model = inner
-                .lock()
-                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
+            let model = crate::py::lock(inner, "LlamaCore")?;
             model.head(&h, false)
         })?;
         Ok((bridge::to_py(py, &n)?, bridge::to_py(py, &l)?))
@@ -272,12 +264,7 @@ impl PyLlama {
     ) -> PyResult<Bound<'py, PyAny>> {
         let ids = bridge::tensor(input_ids, "input_ids")?;
         let inner = &self.inner;
-        let e = py.detach(move || {
-            inner
-                .lock()
-                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?
-                .embed(&ids)
-        })?;
+        let e = py.detach(move || crate::py::lock(inner, "LlamaCore")?.embed(&ids))?;
         bridge::to_py(py, &e)
     }
 
@@ -323,9 +310,7 @@ impl PyLlama {
         let cb_err: Mutex<Option<PyErr>> = Mutex::new(None);
         let (inner, err_slot) = (&self.inner, &cb_err);
         let out = py.detach(move || -> crate::Result<Tensor> {
-            let m = inner
-                .lock()
-                .map_err(|_| Error::config("LlamaCore: lock poisoned"))?;
+            let m = crate::py::lock(inner, "LlamaCore")?;
             let mut call = |tokens: &Tensor| -> crate::Result<bool> {
                 let Some(cb) = callback.as_ref() else {
                     return Ok(true);

@@ -18,6 +18,18 @@ pub(crate) fn par<T: Send, F: FnOnce() -> T + Send>(py: Python<'_>, f: F) -> T {
     py.detach(move || crate::parallel::install(f))
 }
 
+/// Lock a Rust core's state; a poisoned lock (an earlier call panicked) is a voxlm error.
+pub(crate) fn lock<'a, T>(
+    m: &'a std::sync::Mutex<T>,
+    what: &str,
+) -> crate::Result<std::sync::MutexGuard<'a, T>> {
+    m.lock().map_err(|_| {
+        crate::Error::config(format!(
+            "{what}: lock poisoned (an earlier call failed inside it)"
+        ))
+    })
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;

@@ -108,9 +108,7 @@ impl PyLoraLinear {
         let x = bridge::tensor(x, "x")?;
         let inner = &self.inner;
         let y = py.detach(move || {
-            let layer = inner
-                .lock()
-                .map_err(|_| Error::config("LoraLinearCore: lock poisoned"))?;
+            let layer = crate::py::lock(inner, "LoraLinearCore")?;
             layer.forward(&x, training)
         })?;
         bridge::to_py(py, &y)
@@ -119,9 +117,7 @@ impl PyLoraLinear {
 
 impl PyLoraLinear {
     fn lock(&self) -> PyResult<std::sync::MutexGuard<'_, LoraLinear>> {
-        self.inner
-            .lock()
-            .map_err(|_| Error::config("LoraLinearCore: lock poisoned").into())
+        crate::py::lock(&self.inner, "LoraLinearCore").map_err(Into::into)
     }
 }
 

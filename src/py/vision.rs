@@ -107,10 +107,7 @@ impl PyVit3d {
         let x = bridge::tensor(x, "x")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            inner
-                .lock()
-                .map_err(|_| Error::config("Vit3dCore: lock poisoned"))?
-                .tokens(&x)
+            crate::py::lock(inner, "Vit3dCore")?.tokens(&x)
         })?;
         bridge::to_py(py, &out)
     }
@@ -127,10 +124,7 @@ impl PyVit3d {
         let h = bridge::tensor(h, "h")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            inner
-                .lock()
-                .map_err(|_| Error::config("Vit3dCore: lock poisoned"))?
-                .block_forward(index, &h, training)
+            crate::py::lock(inner, "Vit3dCore")?.block_forward(index, &h, training)
         })?;
         bridge::to_py(py, &out)
     }
@@ -144,10 +138,7 @@ impl PyVit3d {
         let h = bridge::tensor(h, "h")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            inner
-                .lock()
-                .map_err(|_| Error::config("Vit3dCore: lock poisoned"))?
-                .final_norm(&h)
+            crate::py::lock(inner, "Vit3dCore")?.final_norm(&h)
         })?;
         bridge::to_py(py, &out)
     }
@@ -195,9 +186,7 @@ impl PyVit3d {
         let x = bridge::tensor(x, "x")?;
         let inner = &self.inner;
         let (out, hidden) = py.detach(move || -> crate::Result<_> {
-            let m = inner
-                .lock()
-                .map_err(|_| Error::config("Vit3dCore: lock poisoned"))?;
+            let m = crate::py::lock(inner, "Vit3dCore")?;
             m.forward(&x, training)
         })?;
         let hs = PyList::empty(py);
@@ -233,9 +222,7 @@ impl PyPerceiver {
         let x = bridge::tensor(x, "x")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let m = inner
-                .lock()
-                .map_err(|_| Error::config("PerceiverCore: lock poisoned"))?;
+            let m = crate::py::lock(inner, "PerceiverCore")?;
             m.forward(&x)
         })?;
         bridge::to_py(py, &out)
@@ -277,9 +264,7 @@ impl PyClipVision {
         let x = bridge::tensor(x, "x")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let m = inner
-                .lock()
-                .map_err(|_| Error::config("ClipVisionCore: lock poisoned"))?;
+            let m = crate::py::lock(inner, "ClipVisionCore")?;
             m.forward(&x)
         })?;
         let hs = PyList::empty(py);
@@ -320,9 +305,7 @@ impl PyQueryBlocks {
         let f = bridge::tensor(feats, "feats")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let m = inner
-                .lock()
-                .map_err(|_| Error::config("QueryBlocksCore: lock poisoned"))?;
+            let m = crate::py::lock(inner, "QueryBlocksCore")?;
             m.forward(&f, training)
         })?;
         bridge::to_py(py, &out)
