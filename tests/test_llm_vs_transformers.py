@@ -140,6 +140,28 @@ def test_beam_search_with_eos(tmp_path):
     assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cpu_decode_kernels_match_libtorch_steps(tmp_path, name):
+    """voxlm's fused float32 CPU decode step (the default) against the libtorch step
+    (cpu_kernels=False): greedy with left padding and beam search give the same tokens, and both
+    equal transformers' greedy output. The fused step sums in another order (its logits agree to
+    ~1e-6, checked in the Rust test `step_matches_libtorch_forward`), so ties could in principle
+    flip a token; on these models the outputs are identical."""
+    hf, path = make_hf(tmp_path, name)
+    vm = LlamaForCausalLM.from_pretrained(path)
+    ids = torch.randint(3, 160, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    ids[mask == 0] = 0
+    kw = dict(attention_mask=mask, max_new_tokens=20, eos_token_id=[], pad_token_id=0)
+    fast, slow = vm.generate(ids, **kw), vm.generate(ids, cpu_kernels=False, **kw)
+    assert torch.equal(fast, slow)
+    ref = hf.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(fast, ref)
+    kw = dict(max_new_tokens=10, num_beams=3, eos_token_id=[5, 6], pad_token_id=0)
+    assert torch.equal(vm.generate(ids[:, 3:], **kw), vm.generate(ids[:, 3:], cpu_kernels=False, **kw))
+
+
 def test_sampling_reproducible_under_seed(tmp_path):
     _, path = make_hf(tmp_path, "gqa")
     vm = LlamaForCausalLM.from_pretrained(path)

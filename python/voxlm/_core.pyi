@@ -206,6 +206,7 @@ class LlamaCore:
         eos_token_ids: list[int] = ...,
         pad_token_id: int = 0,
         callback: Callable[[torch.Tensor], Any] | None = None,
+        cpu_kernels: bool = True,
     ) -> torch.Tensor: ...
 @final
 class TokenizerCore:

@@ -411,6 +411,7 @@ class LlamaForCausalLM(RustBound):
         pad_token_id: int | None = None,
         seed: int | None = None,
         streamer: Callable[[torch.Tensor], Any] | None = None,
+        cpu_kernels: bool = True,
     ) -> torch.Tensor:
         """Greedy, sampling or beam-search decoding with the loop in Rust (KV cache, GIL released).
 
@@ -422,6 +423,11 @@ class LlamaForCausalLM(RustBound):
             top_k: used only when sampling (0 disables), as transformers' default 50.
             seed: reseeds torch's global generator first (sampling is then reproducible).
             streamer: called with the new tokens ``[B]`` after every step; return False to stop.
+            cpu_kernels: on CPU in float32 without unmerged LoRA or adaption prompts, each decode
+                step after the prompt runs through voxlm's fused kernels (rows of every
+                matrix-vector product split over threads, no per-op dispatch); their sums run in a
+                different order than libtorch's, so logits agree to float32 rounding, not bit for
+                bit. False runs every step through libtorch ops, as the forward does.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ConfigError("generate: pass exactly one of input_ids and inputs_embeds")
@@ -435,7 +441,7 @@ class LlamaForCausalLM(RustBound):
         new = self._bound().generate(
             input_ids, inputs_embeds, attention_mask, int(max_new_tokens), bool(do_sample), float(temperature),
             int(top_k) if do_sample else 0, float(top_p) if do_sample else 1.0, int(num_beams),
-            float(repetition_penalty), float(length_penalty), eos, int(pad), streamer,
+            float(repetition_penalty), float(length_penalty), eos, int(pad), streamer, bool(cpu_kernels),
         )
         if input_ids is not None:
             return torch.cat([input_ids, new.to(input_ids.dtype)], dim=1)

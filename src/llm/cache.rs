@@ -65,6 +65,15 @@ impl KvCache {
         ))
     }
 
+    /// Every layer's key and value tensors `[B, n_kv, capacity, hd]`, in place.
+    pub fn layers_mut(&mut self) -> impl Iterator<Item = (&mut Tensor, &mut Tensor)> {
+        self.k.iter_mut().zip(self.v.iter_mut())
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.k.len()
+    }
+
     pub fn advance(&mut self, t: i64) {
         self.len += t;
     }

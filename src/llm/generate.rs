@@ -7,6 +7,7 @@
 use tch::{Kind, Tensor};
 
 use super::cache::KvCache;
+use super::decode_cpu::CpuDecoder;
 use super::model::{Fused, Input, Llama};
 use crate::check;
 use crate::error::{Error, Result};
@@ -23,6 +24,9 @@ pub struct GenerationConfig {
     pub length_penalty: f64,
     pub eos_token_ids: Vec<i64>,
     pub pad_token_id: i64,
+    /// Decode steps through the fused float32 CPU kernels when the model qualifies
+    /// ([`Llama::cpu_decoder`]); false runs every step through libtorch ops.
+    pub cpu_kernels: bool,
 }
 
 impl GenerationConfig {
@@ -210,14 +214,51 @@ fn first_forward(
     Ok(out.logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
 }
 
+/// The inference weights of one `generate` call: the fused CPU step when the model qualifies,
+/// else fused projections (copies) for the libtorch step.
+struct Decoder {
+    fused: Vec<Option<Fused>>,
+    cpu: Option<CpuDecoder>,
+}
+
+impl Decoder {
+    fn new(model: &Llama, cfg: &GenerationConfig) -> Result<Self> {
+        let cpu = if cfg.cpu_kernels {
+            model.cpu_decoder()?
+        } else {
+            None
+        };
+        // the CPU step reads the weights in place; the prompt's forward then runs unfused
+        let fused = if cpu.is_some() {
+            Vec::new()
+        } else {
+            model.fuse_for_inference()?
+        };
+        Ok(Decoder { fused, cpu })
+    }
+}
+
+fn i64s(t: &Tensor) -> Result<Vec<i64>> {
+    Ok(Vec::<i64>::try_from(
+        t.f_to_kind(Kind::Int64)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_reshape([-1])?,
+    )?)
+}
+
 fn step_forward(
     model: &Llama,
     tok: &Tensor,
     mask: Option<&Tensor>,
     pos: &Tensor,
     cache: &mut KvCache,
-    fused: &[Option<Fused>],
+    dec: &Decoder,
 ) -> Result<Tensor> {
+    if let Some(cpu) = &dec.cpu {
+        let key_mask = mask.map(i64s).transpose()?;
+        return cpu.step(&i64s(tok)?, &i64s(pos)?, key_mask.as_deref(), cache);
+    }
+    let fused = &dec.fused;
     let ids = tok.f_view([-1, 1])?;
     let out = model.forward_with(
         Input::Ids(&ids),
@@ -268,8 +309,8 @@ pub fn generate(
         dev,
     )?;
     let eos = Tensor::from_slice(&cfg.eos_token_ids).f_to_device(dev)?;
-    let fused = model.fuse_for_inference()?;
-    let mut logits = first_forward(model, &p, &mut cache, &fused)?;
+    let dec = Decoder::new(model, cfg)?;
+    let mut logits = first_forward(model, &p, &mut cache, &dec.fused)?;
     // without padding the decode steps need no mask at all
     let padded = !bool::try_from(p.mask.f_ne(0)?.f_all()?)?;
     let mut mask = p.mask.shallow_clone();
@@ -314,7 +355,7 @@ pub fn generate(
             padded.then_some(&mask),
             &pos,
             &mut cache,
-            &fused,
+            &dec,
         )?;
     }
     Ok(Tensor::f_stack(&out, 1)?)
@@ -351,8 +392,8 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
         model.kind(),
         dev,
     )?;
-    let fused = model.fuse_for_inference()?;
-    let mut logits = first_forward(model, &p, &mut cache, &fused)?;
+    let dec = Decoder::new(model, cfg)?;
+    let mut logits = first_forward(model, &p, &mut cache, &dec.fused)?;
     let mut mask = p.mask.shallow_clone();
     let mut pos = positions(&mask)?.f_narrow(1, t - 1, 1)?;
     let mut seen = p.ids.shallow_clone();
@@ -449,7 +490,7 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
             1,
         )?;
         pos = pos.f_index_select(0, &src)?.f_add_scalar(1)?;
-        logits = step_forward(model, &tok, Some(&mask), &pos, &mut cache, &fused)?;
+        logits = step_forward(model, &tok, Some(&mask), &pos, &mut cache, &dec)?;
     }
     let best: Vec<Vec<i64>> = finished
         .iter()

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod decode_cpu;
 pub mod generate;
 pub mod model;
 pub mod safetensors_io;

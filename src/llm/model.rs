@@ -8,6 +8,7 @@ use tch::{Kind, Tensor};
 
 use super::cache::KvCache;
 use super::config::{LlamaConfig, RopeScaling};
+use super::decode_cpu::{CpuDecoder, Dims, LayerWeights, Linear as DLinear};
 use crate::check;
 use crate::error::{Error, Result};
 use crate::ops::LoraLinear;
@@ -574,6 +575,53 @@ impl Llama {
                 }))
             })
             .collect()
+    }
+
+    /// The fused float32 CPU decode step over these weights, when the model qualifies: CPU,
+    /// float32, no LoRA, no adaption prompt, contiguous weights. It reads the weights in place.
+    pub fn cpu_decoder(&self) -> Result<Option<CpuDecoder>> {
+        if self.device() != tch::Device::Cpu || self.kind() != Kind::Float {
+            return Ok(None);
+        }
+        let lin = |l: &LoraLinear| DLinear {
+            w: l.weight.shallow_clone(),
+            b: l.bias.as_ref().map(Tensor::shallow_clone),
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let all = [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down];
+            if l.adaption.is_some() || all.iter().any(|p| p.lora.is_some()) {
+                return Ok(None);
+            }
+            layers.push(LayerWeights {
+                input_norm: l.input_norm.shallow_clone(),
+                qkv: [lin(&l.q), lin(&l.k), lin(&l.v)],
+                o: lin(&l.o),
+                post_norm: l.post_norm.shallow_clone(),
+                gate_up: [lin(&l.gate), lin(&l.up)],
+                down: lin(&l.down),
+            });
+        }
+        let c = &self.cfg;
+        CpuDecoder::new(
+            self.embed.shallow_clone(),
+            layers,
+            self.norm.shallow_clone(),
+            DLinear {
+                w: self.lm_head.shallow_clone(),
+                b: None,
+            },
+            &self.inv_freq,
+            Dims {
+                hidden: c.hidden_size as usize,
+                intermediate: c.intermediate_size as usize,
+                heads: c.num_attention_heads as usize,
+                kv_heads: c.num_key_value_heads as usize,
+                head_dim: c.head_dim as usize,
+                vocab: c.vocab_size as usize,
+                eps: c.rms_norm_eps as f32,
+            },
+        )
     }
 
     /// [`Llama::forward`] with optional fused inference projections.

@@ -272,7 +272,7 @@ impl PyLlama {
     #[pyo3(signature = (input_ids=None, inputs_embeds=None, attention_mask=None, max_new_tokens=20,
                         do_sample=false, temperature=1.0, top_k=0, top_p=1.0, num_beams=1,
                         repetition_penalty=1.0, length_penalty=1.0, eos_token_ids=Vec::new(),
-                        pad_token_id=0, callback=None))]
+                        pad_token_id=0, callback=None, cpu_kernels=true))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
         &self,
@@ -291,6 +291,7 @@ impl PyLlama {
         eos_token_ids: Vec<i64>,
         pad_token_id: i64,
         callback: Option<Py<PyAny>>,
+        cpu_kernels: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let ids = bridge::opt_tensor(input_ids, "input_ids")?;
         let emb = bridge::opt_tensor(inputs_embeds, "inputs_embeds")?;
@@ -306,6 +307,7 @@ impl PyLlama {
             length_penalty,
             eos_token_ids,
             pad_token_id,
+            cpu_kernels,
         };
         let cb_err: Mutex<Option<PyErr>> = Mutex::new(None);
         let (inner, err_slot) = (&self.inner, &cb_err);
