@@ -124,6 +124,32 @@ def test_files_voxlm_writes_load_in_nibabel(tmp_path, name, dtype):
     np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / ("v_" + name)).dataobj), data)
 
 
+@pytest.mark.parametrize("layout", ["two_members", "many_members", "small_tail", "large_tail"])
+def test_gzip_layouts(tmp_path, layout):
+    """Single-member streams go through libdeflate; several members (as `cat a.gz b.gz` makes)
+    and streams with more bytes after the voxels than the data take the streaming decoder.
+    Every layout loads as nibabel reads it."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(-1000, 1000, (37, 23, 11)).astype(np.int16)
+    plain = tmp_path / "v.nii"
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.9, 2.0, 1.0])), plain)
+    raw = plain.read_bytes()
+    cut = len(raw) // 3
+    if layout == "two_members":
+        gz = gzip.compress(raw[:cut]) + gzip.compress(raw[cut:])
+    elif layout == "many_members":
+        gz = b"".join(gzip.compress(raw[i:i + 997]) for i in range(0, len(raw), 997))
+    elif layout == "small_tail":  # bytes past the voxels (nibabel ignores them)
+        gz = gzip.compress(raw + bytes(100))
+    else:
+        gz = gzip.compress(raw + bytes(3 << 20))
+    path = tmp_path / "v.nii.gz"
+    path.write_bytes(gz)
+    v = load_volume(path, np.float64)
+    np.testing.assert_array_equal(v.data, nib.load(path).get_fdata())
+    np.testing.assert_array_equal(v.data, data)
+
+
 def test_spacing_and_axcodes():
     aff = np.diag([-1.5, 2.0, 3.0, 1.0])
     v = Volume(np.zeros((2, 2, 2), np.float32), aff)
