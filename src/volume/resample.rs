@@ -86,11 +86,8 @@ pub fn affine_resample_strided<F: Fn(isize) -> f32 + Sync>(
                         *v = at(r(p0, d), r(p1, h), r(p2, w));
                         continue;
                     }
-                    let (a0, b0, c0) = (
-                        p0.floor() as usize,
-                        p1.floor() as usize,
-                        p2.floor() as usize,
-                    );
+                    // p >= 0 after clamping: truncation is floor, without a libm call
+                    let (a0, b0, c0) = (p0 as usize, p1 as usize, p2 as usize);
                     let (a1, b1, c1) = (
                         (a0 + 1).min(d - 1),
                         (b0 + 1).min(h - 1),
