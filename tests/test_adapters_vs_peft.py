@@ -43,7 +43,8 @@ def base(tmp_path):
 
 
 def peft_model(hf, **kw):
-    cfg = PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], **kw)
+    kw = {"lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], **kw}
+    cfg = PeftLoraConfig(r=4, lora_alpha=8, **kw)
     pm = get_peft_model(copy.deepcopy(hf), cfg)
     with torch.no_grad():
         for n, p in pm.named_parameters():
@@ -107,6 +108,26 @@ def test_merge_disable_and_switch(base, tmp_path):
         torch.testing.assert_close(vm(ids).logits, hf(ids).logits, **TOL)  # B = 0: base model
         set_adapter(vm, "default")
         torch.testing.assert_close(vm(ids).logits, unmerged, **TOL)
+
+
+def test_generation_with_unmerged_lora_equals_peft(base, tmp_path):
+    """Greedy decoding with an unmerged adapter (dropout configured, inactive at inference): the
+    fused CPU decode step (which computes the LoRA branches itself) and the libtorch step both
+    give peft's tokens; with the adapter disabled, the base model's."""
+    hf, path = base
+    pm = peft_model(hf, lora_dropout=0.1, target_modules="all-linear").eval()
+    pm.save_pretrained(tmp_path / "adapter")
+    vm = LlamaForCausalLM.from_pretrained(path)
+    load_adapter(vm, tmp_path / "adapter")
+    vm.eval()
+    ids = torch.randint(3, 128, (2, 6))
+    ref = pm.generate(input_ids=ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    kw = dict(max_new_tokens=12, eos_token_id=[], pad_token_id=0)
+    assert torch.equal(vm.generate(ids, **kw), ref)
+    assert torch.equal(vm.generate(ids, cpu_kernels=False, **kw), ref)
+    disable_adapters(vm)
+    base_ref = hf.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(vm.generate(ids, **kw), base_ref)
 
 
 def test_voxlm_adapter_loads_in_peft(base, tmp_path):

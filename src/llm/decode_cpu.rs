@@ -18,10 +18,19 @@ use tch::{Device, Kind, Tensor};
 use super::cache::KvCache;
 use crate::error::{Error, Result};
 
-/// A linear layer's weight `[out, in]` and optional bias `[out]`.
+/// A linear layer's weight `[out, in]`, optional bias `[out]` and optional LoRA branch.
 pub struct Linear {
     pub w: Tensor,
     pub b: Option<Tensor>,
+    pub lora: Option<Lora>,
+}
+
+/// An unmerged LoRA branch at inference (no dropout): `y += scaling * B (A x)`, `a` `[r, in]`,
+/// `b` `[out, r]`.
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scaling: f32,
 }
 
 /// One decoder layer. `qkv` holds `[q, k, v]` and `gate_up` `[gate, up]`: each group runs as
@@ -93,7 +102,12 @@ impl CpuDecoder {
     ) -> Result<Option<Self>> {
         let (h, i, hd) = (d.hidden, d.intermediate, d.head_dim);
         let lin_ok = |l: &Linear, out: usize, inp: usize| {
-            usable(&l.w, out * inp) && l.b.as_ref().is_none_or(|b| usable(b, out))
+            usable(&l.w, out * inp)
+                && l.b.as_ref().is_none_or(|b| usable(b, out))
+                && l.lora.as_ref().is_none_or(|lo| {
+                    let r = lo.a.numel() / inp.max(1);
+                    r > 0 && usable(&lo.a, r * inp) && usable(&lo.b, out * r)
+                })
         };
         let ok = usable(&embed, d.vocab * h)
             && usable(&norm, h)
@@ -331,8 +345,15 @@ impl StepJob<'_> {
     }
 }
 
-fn parts(l: &Linear) -> (&[f32], Option<&[f32]>) {
-    (f32s(&l.w), l.b.as_ref().map(f32s))
+fn parts(l: &Linear) -> Part<'_> {
+    Part {
+        w: f32s(&l.w),
+        bias: l.b.as_ref().map(f32s),
+        lora: l
+            .lora
+            .as_ref()
+            .map(|lo| (f32s(&lo.a), f32s(&lo.b), lo.scaling)),
+    }
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {
@@ -363,23 +384,57 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-type Part<'a> = (&'a [f32], Option<&'a [f32]>);
+/// One linear of a stacked matrix-vector product: weight rows, bias, LoRA `(A, B, scaling)`.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    w: &'a [f32],
+    bias: Option<&'a [f32]>,
+    lora: Option<(&'a [f32], &'a [f32], f32)>,
+}
 
-/// `y [B, out] = x [B, in] @ cat(w_0, w_1, ..)^T + cat(bias_0, ..)`: the stacked rows of the
-/// parts (weights `[out_i, in]`, biases `[out_i]`) split over the pool when large.
+impl<'a> Part<'a> {
+    fn plain(w: &'a [f32]) -> Self {
+        Part {
+            w,
+            bias: None,
+            lora: None,
+        }
+    }
+}
+
+/// `y [B, out] = x [B, in] @ cat(w_0, w_1, ..)^T + cat(bias_0, ..)` plus each part's LoRA
+/// branch: the stacked rows of the parts (weights `[out_i, in]`) split over the pool when large.
 fn gemv_cat(parts: &[Part<'_>], x: &[f32], b: usize, y: &mut [f32]) {
     if b == 1 {
         gemv_rows(parts, x, 1, y);
-        return;
-    }
-    // several inputs: compute [out, B] by weight row, then transpose into [B, out]
-    let mut yt = vec![0f32; y.len()];
-    gemv_rows(parts, x, b, &mut yt);
-    let out = y.len() / b;
-    for (o, yr) in yt.chunks_exact(b).enumerate() {
-        for (r, &v) in yr.iter().enumerate() {
-            y[r * out + o] = v;
+    } else {
+        // several inputs: compute [out, B] by weight row, then transpose into [B, out]
+        let mut yt = vec![0f32; y.len()];
+        gemv_rows(parts, x, b, &mut yt);
+        let out = y.len() / b;
+        for (o, yr) in yt.chunks_exact(b).enumerate() {
+            for (r, &v) in yr.iter().enumerate() {
+                y[r * out + o] = v;
+            }
         }
+    }
+    let (inp, total) = (x.len() / b, y.len() / b);
+    let mut off = 0;
+    for p in parts {
+        let out = p.w.len() / inp;
+        if let Some((a, bm, scaling)) = p.lora {
+            // PEFT: result + lora_B(lora_A(x)) * scaling
+            let mut t = vec![0f32; b * (a.len() / inp)];
+            gemv_cat(&[Part::plain(a)], x, b, &mut t);
+            let mut u = vec![0f32; b * out];
+            gemv_cat(&[Part::plain(bm)], &t, b, &mut u);
+            for (yr, ur) in y.chunks_exact_mut(total).zip(u.chunks_exact(out)) {
+                for (v, &d) in yr[off..off + out].iter_mut().zip(ur) {
+                    *v += d * scaling;
+                }
+            }
+        }
+        off += out;
     }
 }
 
@@ -391,7 +446,7 @@ fn gemv_rows(parts: &[Part<'_>], x: &[f32], b: usize, yt: &mut [f32]) {
     let kernel = rows_kernel();
     let mut tasks = Vec::new();
     let mut rest = yt;
-    for &(w, bias) in parts {
+    for &Part { w, bias, .. } in parts {
         let (mine, tail) = rest.split_at_mut(w.len() / inp * b);
         rest = tail;
         for (c, yc) in mine.chunks_mut(rows * b).enumerate() {
@@ -413,7 +468,7 @@ fn gemv_rows(parts: &[Part<'_>], x: &[f32], b: usize, yt: &mut [f32]) {
             }
         }
     };
-    let work: usize = parts.iter().map(|(w, _)| w.len()).sum::<usize>() * b;
+    let work: usize = parts.iter().map(|p| p.w.len()).sum::<usize>() * b;
     if work >= 1 << 16 {
         tasks.into_par_iter().for_each(run);
     } else {
@@ -617,8 +672,16 @@ mod tests {
                 None => (None, None),
             };
             let parts = [
-                (f32s(&w0), b0.as_ref().map(f32s)),
-                (f32s(&w1), b1.as_ref().map(f32s)),
+                Part {
+                    w: f32s(&w0),
+                    bias: b0.as_ref().map(f32s),
+                    lora: None,
+                },
+                Part {
+                    w: f32s(&w1),
+                    bias: b1.as_ref().map(f32s),
+                    lora: None,
+                },
             ];
             crate::parallel::install(|| gemv_cat(&parts, &xs, b as usize, &mut y));
             let got = Tensor::from_slice(&y).view([b, out]);
@@ -631,6 +694,15 @@ mod tests {
     /// llama3 rope and a left-padded batch, over several steps.
     #[test]
     fn step_matches_libtorch_forward() -> Result<()> {
+        check_step(false)
+    }
+
+    #[test]
+    fn step_with_lora_matches_libtorch_forward() -> Result<()> {
+        check_step(true)
+    }
+
+    fn check_step(with_lora: bool) -> Result<()> {
         use crate::llm::model::{Input, Llama};
         use std::collections::HashMap;
         let cfg = crate::llm::LlamaConfig::from_json(
@@ -643,6 +715,7 @@ mod tests {
         tch::manual_seed(1);
         let f = (Kind::Float, Device::Cpu);
         let mut w: HashMap<String, Tensor> = HashMap::new();
+        let mut lora = HashMap::new();
         let (h, i, hd) = (64, 80, 16);
         w.insert(
             "model.embed_tokens.weight".into(),
@@ -666,12 +739,24 @@ mod tests {
             ] {
                 w.insert(format!("{p}.{n}.weight"), Tensor::randn([o, inp], f) * 0.2);
                 w.insert(format!("{p}.{n}.bias"), Tensor::randn([o], f) * 0.1);
+                if with_lora && n != "self_attn.k_proj" {
+                    let r = 4;
+                    w.insert(
+                        format!("{p}.{n}.lora_A.weight"),
+                        Tensor::randn([r, inp], f) * 0.2,
+                    );
+                    w.insert(
+                        format!("{p}.{n}.lora_B.weight"),
+                        Tensor::randn([o, r], f) * 0.2,
+                    );
+                    lora.insert(format!("{p}.{n}"), (2.0, 0.1));
+                }
             }
             for n in ["input_layernorm", "post_attention_layernorm"] {
                 w.insert(format!("{p}.{n}.weight"), Tensor::randn([h], f) * 0.1 + 1.0);
             }
         }
-        let model = Llama::new(cfg, w, &HashMap::new())?;
+        let model = Llama::new(cfg, w, &lora)?;
         let _g = tch::no_grad_guard();
         let dec = model
             .cpu_decoder()?

@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use super::cache::KvCache;
 use super::config::{LlamaConfig, RopeScaling};
-use super::decode_cpu::{CpuDecoder, Dims, LayerWeights, Linear as DLinear};
+use super::decode_cpu::{CpuDecoder, Dims, LayerWeights, Linear as DLinear, Lora};
 use crate::check;
 use crate::error::{Error, Result};
 use crate::ops::LoraLinear;
@@ -578,7 +578,8 @@ impl Llama {
     }
 
     /// The fused float32 CPU decode step over these weights, when the model qualifies: CPU,
-    /// float32, no LoRA, no adaption prompt, contiguous weights. It reads the weights in place.
+    /// float32, no adaption prompt, contiguous weights (unmerged LoRA branches are computed in
+    /// the step, without dropout as at inference). It reads the weights in place.
     pub fn cpu_decoder(&self) -> Result<Option<CpuDecoder>> {
         if self.device() != tch::Device::Cpu || self.kind() != Kind::Float {
             return Ok(None);
@@ -586,11 +587,15 @@ impl Llama {
         let lin = |l: &LoraLinear| DLinear {
             w: l.weight.shallow_clone(),
             b: l.bias.as_ref().map(Tensor::shallow_clone),
+            lora: l.lora.as_ref().map(|p| Lora {
+                a: p.a.shallow_clone(),
+                b: p.b.shallow_clone(),
+                scaling: p.scaling as f32,
+            }),
         };
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
-            let all = [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down];
-            if l.adaption.is_some() || all.iter().any(|p| p.lora.is_some()) {
+            if l.adaption.is_some() {
                 return Ok(None);
             }
             layers.push(LayerWeights {
@@ -610,6 +615,7 @@ impl Llama {
             DLinear {
                 w: self.lm_head.shallow_clone(),
                 b: None,
+                lora: None,
             },
             &self.inv_freq,
             Dims {
