@@ -164,6 +164,11 @@ impl CpuDecoder {
                 cache.len, cache.capacity
             )));
         }
+        if b == 0 {
+            return Err(Error::shape(
+                "decode step: expected at least one token, got none",
+            ));
+        }
         if positions.len() != b || key_mask.is_some_and(|m| m.len() != b * (past + 1)) {
             return Err(Error::shape(format!(
                 "decode step: {b} tokens need {b} positions and a [{b}, {}] key mask",
