@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod config;
+mod cpu_kernels;
 pub mod decode_cpu;
 pub mod generate;
 pub mod model;

@@ -1,0 +1,337 @@
+//! Float32 CPU kernels of the decode step: matrix-vector products whose weight rows split over
+//! voxlm's thread pool (AVX2 + FMA when the CPU has them, portable loops otherwise), over one or
+//! several stacked weights with optional bias and LoRA branch, and a dot product.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+pub(super) fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// One linear of a stacked matrix-vector product: weight rows, bias, LoRA `(A, B, scaling)`.
+#[derive(Clone, Copy)]
+pub(super) struct Part<'a> {
+    pub w: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub lora: Option<(&'a [f32], &'a [f32], f32)>,
+}
+
+impl<'a> Part<'a> {
+    fn plain(w: &'a [f32]) -> Self {
+        Part {
+            w,
+            bias: None,
+            lora: None,
+        }
+    }
+}
+
+/// `y [B, out] = x [B, in] @ cat(w_0, w_1, ..)^T + cat(bias_0, ..)` plus each part's LoRA
+/// branch: the stacked rows of the parts (weights `[out_i, in]`) split over the pool when large.
+pub(super) fn gemv_cat(parts: &[Part<'_>], x: &[f32], b: usize, y: &mut [f32]) {
+    if b == 1 {
+        gemv_rows(parts, x, 1, y);
+    } else {
+        // several inputs: compute [out, B] by weight row, then transpose into [B, out]
+        let mut yt = vec![0f32; y.len()];
+        gemv_rows(parts, x, b, &mut yt);
+        let out = y.len() / b;
+        for (o, yr) in yt.chunks_exact(b).enumerate() {
+            for (r, &v) in yr.iter().enumerate() {
+                y[r * out + o] = v;
+            }
+        }
+    }
+    let (inp, total) = (x.len() / b, y.len() / b);
+    let mut off = 0;
+    for p in parts {
+        let out = p.w.len() / inp;
+        if let Some((a, bm, scaling)) = p.lora {
+            // PEFT: result + lora_B(lora_A(x)) * scaling
+            let mut t = vec![0f32; b * (a.len() / inp)];
+            gemv_cat(&[Part::plain(a)], x, b, &mut t);
+            let mut u = vec![0f32; b * out];
+            gemv_cat(&[Part::plain(bm)], &t, b, &mut u);
+            for (yr, ur) in y.chunks_exact_mut(total).zip(u.chunks_exact(out)) {
+                for (v, &d) in yr[off..off + out].iter_mut().zip(ur) {
+                    *v += d * scaling;
+                }
+            }
+        }
+        off += out;
+    }
+}
+
+/// `yt[o * B + r]` for every stacked row `o` and input `r`.
+fn gemv_rows(parts: &[Part<'_>], x: &[f32], b: usize, yt: &mut [f32]) {
+    let inp = x.len() / b;
+    // rows per task: about 64 KiB of weights, at least 16 rows
+    let rows = ((1usize << 14) / inp).max(16);
+    let kernel = rows_kernel();
+    let mut tasks = Vec::new();
+    let mut rest = yt;
+    for &Part { w, bias, .. } in parts {
+        let (mine, tail) = rest.split_at_mut(w.len() / inp * b);
+        rest = tail;
+        for (c, yc) in mine.chunks_mut(rows * b).enumerate() {
+            let (r0, n) = (c * rows, yc.len() / b);
+            tasks.push((
+                &w[r0 * inp..(r0 + n) * inp],
+                bias.map(|v| &v[r0..r0 + n]),
+                yc,
+            ));
+        }
+    }
+    let run = |(w, bias, yc): (&[f32], Option<&[f32]>, &mut [f32])| {
+        kernel(w, x, b, yc);
+        if let Some(bias) = bias {
+            for (yr, &v) in yc.chunks_exact_mut(b).zip(bias) {
+                for y in yr {
+                    *y += v;
+                }
+            }
+        }
+    };
+    let work: usize = parts.iter().map(|p| p.w.len()).sum::<usize>() * b;
+    if work >= 1 << 16 {
+        tasks.into_par_iter().for_each(run);
+    } else {
+        tasks.into_iter().for_each(run);
+    }
+}
+
+/// `y[o * B + r] = dot(w[o], x[r])` for the rows of `w` (`x` is `[B, in]`).
+type RowsKernel = fn(&[f32], &[f32], usize, &mut [f32]);
+
+pub(super) fn rows_kernel() -> RowsKernel {
+    static K: OnceLock<RowsKernel> = OnceLock::new();
+    *K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return x86::rows;
+        }
+        rows_generic
+    })
+}
+
+pub(super) fn rows_generic(w: &[f32], x: &[f32], b: usize, y: &mut [f32]) {
+    let inp = x.len() / b;
+    for (row, yr) in w.chunks_exact(inp).zip(y.chunks_exact_mut(b)) {
+        for (r, v) in yr.iter_mut().enumerate() {
+            *v = dot(row, &x[r * inp..(r + 1) * inp]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// AVX2 + FMA: four weight rows at a time share each load of `x`, two accumulators per row.
+    pub fn rows(w: &[f32], x: &[f32], b: usize, y: &mut [f32]) {
+        let n = x.len() / b;
+        let rows = y.len() / b;
+        assert!(w.len() >= rows * n && x.len() == b * n); // ok: callers slice exactly
+                                                          // SAFETY: chosen only when the CPU reports AVX2 and FMA; every pointer offset below stays
+                                                          // within the slices (rows * n weights, b * n inputs), checked by the assert above.
+        unsafe { rows_avx2(w.as_ptr(), x.as_ptr(), n, rows, b, y) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    // indexing four accumulator arrays and a pointer by row reads clearer than zipped iterators
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_rows<const R: usize>(w: *const f32, x: *const f32, n: usize) -> [f32; R] {
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
+        let mut i = 0;
+        while i + 16 <= n {
+            let (x0, x1) = (_mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(x.add(i + 8)));
+            for r in 0..R {
+                let p = w.add(r * n + i);
+                a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(p), x0, a0[r]);
+                a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8)), x1, a1[r]);
+            }
+            i += 16;
+        }
+        if i + 8 <= n {
+            let x0 = _mm256_loadu_ps(x.add(i));
+            for r in 0..R {
+                a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(r * n + i)), x0, a0[r]);
+            }
+            i += 8;
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            let mut s = hsum(_mm256_add_ps(a0[r], a1[r]));
+            for j in i..n {
+                s += *w.add(r * n + j) * *x.add(j);
+            }
+            out[r] = s;
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_avx2(
+        w: *const f32,
+        x: *const f32,
+        n: usize,
+        rows: usize,
+        b: usize,
+        y: &mut [f32],
+    ) {
+        let mut o = 0;
+        while o + 4 <= rows {
+            for r in 0..b {
+                let v = dot_rows::<4>(w.add(o * n), x.add(r * n), n);
+                for (k, &v) in v.iter().enumerate() {
+                    y[(o + k) * b + r] = v;
+                }
+            }
+            o += 4;
+        }
+        while o < rows {
+            for r in 0..b {
+                y[o * b + r] = dot_rows::<1>(w.add(o * n), x.add(r * n), n)[0];
+            }
+            o += 1;
+        }
+    }
+}
+
+/// Dot product with 16 independent partial sums (vectorizes to 2 AVX or 4 SSE/NEON registers).
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..L {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    let mut w = L;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    acc[0] + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind, Tensor};
+
+    fn f32s(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(t.reshape([-1])).unwrap()
+    }
+
+    #[test]
+    fn dot_matches_f64() {
+        for n in [0usize, 1, 5, 16, 17, 63, 512, 1377] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 7) % 13) as f32 * 0.25 - 1.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 5) % 11) as f32 * 0.5 - 2.0).collect();
+            let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            assert!(
+                (dot(&a, &b) as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "n={n}"
+            );
+        }
+    }
+
+    #[test]
+    fn kernels_agree() {
+        for (rows, n, b) in [
+            (1usize, 1usize, 1usize),
+            (7, 23, 2),
+            (9, 40, 1),
+            (13, 515, 3),
+        ] {
+            let w: Vec<f32> = (0..rows * n)
+                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let x: Vec<f32> = (0..b * n)
+                .map(|i| ((i * 11) % 29) as f32 / 14.0 - 1.0)
+                .collect();
+            let (mut y1, mut y2) = (vec![0f32; rows * b], vec![0f32; rows * b]);
+            rows_generic(&w, &x, b, &mut y1);
+            rows_kernel()(&w, &x, b, &mut y2);
+            for (a, c) in y1.iter().zip(&y2) {
+                assert!((a - c).abs() <= 1e-4 * (1.0 + a.abs()), "{rows}x{n}, b={b}");
+            }
+        }
+    }
+
+    #[test]
+    fn gemv_matches_libtorch_linear() {
+        tch::manual_seed(0);
+        for (out, inp, b, bias) in [(3, 5, 1, false), (700, 300, 1, true), (513, 257, 3, true)] {
+            let w = Tensor::randn([out, inp], (Kind::Float, Device::Cpu));
+            let bb = bias.then(|| Tensor::randn([out], (Kind::Float, Device::Cpu)));
+            let x = Tensor::randn([b, inp], (Kind::Float, Device::Cpu));
+            let want = x.linear(&w, bb.as_ref());
+            let xs = f32s(&x);
+            let mut y = vec![0f32; (b * out) as usize];
+            // as two stacked parts, split anywhere, the second with a LoRA branch
+            let k = out / 3;
+            let (w0, w1) = (f32s(&w.narrow(0, 0, k)), f32s(&w.narrow(0, k, out - k)));
+            let (b0, b1) = match &bb {
+                Some(v) => (
+                    Some(f32s(&v.narrow(0, 0, k))),
+                    Some(f32s(&v.narrow(0, k, out - k))),
+                ),
+                None => (None, None),
+            };
+            let la = Tensor::randn([4, inp], (Kind::Float, Device::Cpu));
+            let lb = Tensor::randn([out - k, 4], (Kind::Float, Device::Cpu));
+            let want = Tensor::cat(
+                &[
+                    want.narrow(1, 0, k),
+                    want.narrow(1, k, out - k)
+                        + x.linear::<Tensor>(&la, None).linear::<Tensor>(&lb, None) * 0.5,
+                ],
+                1,
+            );
+            let (lav, lbv) = (f32s(&la), f32s(&lb));
+            let parts = [
+                Part {
+                    w: &w0,
+                    bias: b0.as_deref(),
+                    lora: None,
+                },
+                Part {
+                    w: &w1,
+                    bias: b1.as_deref(),
+                    lora: Some((&lav, &lbv, 0.5)),
+                },
+            ];
+            crate::parallel::install(|| gemv_cat(&parts, &xs, b as usize, &mut y));
+            let got = Tensor::from_slice(&y).view([b, out]);
+            let err = f64::try_from((got - &want).abs().max()).unwrap();
+            assert!(err < 1e-4, "({out}, {inp}, {b}): {err}");
+        }
+    }
+}
