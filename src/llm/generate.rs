@@ -238,6 +238,7 @@ impl Decoder {
     }
 }
 
+/// A tensor's values as int64 on the host, flattened.
 fn i64s(t: &Tensor) -> Result<Vec<i64>> {
     Ok(Vec::<i64>::try_from(
         t.f_to_kind(Kind::Int64)?
@@ -416,8 +417,7 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
         let (top_s, top_i) = acc.f_topk(keep, 1, true, true)?;
         let top_s: Vec<f32> =
             Vec::<f32>::try_from(top_s.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
-        let top_i: Vec<i64> =
-            Vec::<i64>::try_from(top_i.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
+        let top_i = i64s(&top_i)?;
         let last = step + 1 == cfg.max_new_tokens;
         let gen_len = (step + 1) as f64;
         let mut new_src = Vec::with_capacity((b * nb) as usize);
