@@ -15,10 +15,12 @@ VolumeFormatError   OSError
 VoxlmIOError        OSError
 VoxlmTypeError      TypeError
 TorchError          RuntimeError
+DataError           ValueError      (a dataset row or layout: names the row and path)
+TrainingError       RuntimeError    (a training run stopped: names the step)
 ==================  ===============
 
-The classes are defined by the Rust extension (one mapping from its error enum) and
-re-exported here.
+The first nine classes are defined by the Rust extension (one mapping from its error enum) and
+re-exported here; ``DataError`` and ``TrainingError`` are raised from Python only.
 """
 
 from ._core import (
@@ -34,13 +36,24 @@ from ._core import (
     VoxlmTypeError,
 )
 
+
+class DataError(VoxlmError, ValueError):
+    """A dataset row, manifest or on-disk layout is wrong: the message names the row and path."""
+
+
+class TrainingError(VoxlmError, RuntimeError):
+    """A training run stopped (non-finite loss, a failed checkpoint write): names the step."""
+
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "DataError",
     "DTypeError",
     "DeviceError",
     "ShapeError",
     "TorchError",
+    "TrainingError",
     "VolumeFormatError",
     "VoxlmError",
     "VoxlmIOError",
