@@ -30,7 +30,7 @@ __version__: str = _core.__version__
 check_torch_version()
 
 from . import nn, ops  # noqa: E402  (after the version check)
-from .volume import Volume, load_volume, save_volume  # noqa: E402
+from .volume import Volume, load_image, load_volume, save_volume  # noqa: E402
 
 __all__ = [
     "CheckpointError",
@@ -50,6 +50,7 @@ __all__ = [
     "nn",
     "ops",
     "Volume",
+    "load_image",
     "load_volume",
     "save_volume",
 ]
