@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from . import ct_rate, ctrg_chest, manifest  # noqa: F401  (register the readers)
+from . import amos_mm, ct_rate, ctrg_chest, m3d, manifest, mimic_cxr, picai, prostate_biopsy  # noqa: F401
+
+# (importing the reader modules registers them)
 from ._common import PathLike
 from .collate import ReportCollator, ReportDataset
 from .registry import get_reader, read_records, reader_names, register_reader

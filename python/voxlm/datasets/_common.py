@@ -105,9 +105,11 @@ def check_paths(records: Sequence[Mapping[str, Any]], format: str, where: str = 
 
 def check_record(r: Mapping[str, Any], where: str) -> None:
     """DataError ``"<where> (id ..): <key> file <path> does not exist"`` for a missing file."""
+    rid = str(r.get("id", "?"))
+    tag = "" if f"({rid})" in where else f" (id {rid!r})"
     for key, p in record_paths(r):
         if not os.path.exists(p):
-            raise DataError(f"{where} (id {r.get('id', '?')!r}): {key} file {os.fspath(p)} does not exist")
+            raise DataError(f"{where}{tag}: {key} file {os.fspath(p)} does not exist")
 
 
 def record_paths(r: Mapping[str, Any]) -> list[tuple[str, PathLike]]:
