@@ -36,11 +36,14 @@ def _load_image(path: PathLike) -> Any:
 
 def _to_tensor(x: Any) -> torch.Tensor:
     """A transform's output -> float32 tensor, channel first: a Volume's data gets a channel axis
-    (``[1, *spatial]``; a 4-D NIfTI's last axis becomes the channels); arrays/tensors are taken
-    as channel-first already."""
+    (``[1, *spatial]``); its last axis becomes the channels for a 4-D volume (extra axes are last,
+    as nibabel) and for a 3-D one whose header says ``channels_last`` or that is a PNG/JPEG
+    (RGB); arrays/tensors are taken as channel-first already."""
     if isinstance(x, Volume):
         a = np.asarray(x.data)
-        a = a[None] if a.ndim <= 3 else np.moveaxis(a, -1, 0)
+        hdr = x.header if isinstance(x.header, Mapping) else {}
+        chan_last = bool(hdr.get("channels_last")) or (hdr.get("format") in ("png", "jpeg") and a.ndim == 3)
+        a = np.moveaxis(a, -1, 0) if a.ndim > 3 or (chan_last and a.ndim == 3) else a[None]
     elif isinstance(x, torch.Tensor):
         return x.detach().to(torch.float32).contiguous()
     else:
