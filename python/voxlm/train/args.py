@@ -73,6 +73,7 @@ class TrainingArguments:
     save_total_limit: int | None = None
     report_to: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
     disable_tqdm: bool = False
+    label_names: list[str] | None = None
     # reproducibility and data
     seed: int = 42
     data_seed: int | None = None
@@ -157,6 +158,9 @@ class TrainingArguments:
              "save_total_limit", "None (keep all) or a positive integer")
         need(isinstance(self.report_to, list) and all(r in ("csv", "tensorboard") for r in self.report_to),
              "report_to", "a list of 'csv' and 'tensorboard' (or 'none')")
+        need(self.label_names is None or (isinstance(self.label_names, list)
+                                          and all(isinstance(n, str) for n in self.label_names)),
+             "label_names", "None (= ['labels']) or a list of batch keys")
         need(is_int(self.seed), "seed", "an integer")
         need(self.data_seed is None or is_int(self.data_seed), "data_seed", "None or an integer")
         need(is_int(self.dataloader_num_workers) and self.dataloader_num_workers >= 0,

@@ -38,6 +38,7 @@ from ..exceptions import CheckpointError, ConfigError, DataError, TrainingError,
 from . import checkpoint as C
 from . import distributed as D
 from .args import TrainingArguments
+from .precision import rust_modules_in_own_dtype
 from .runlog import RunLog, plot_loss
 from .schedules import create_optimizer, get_scheduler
 
@@ -57,7 +58,8 @@ class TrainOutput:
 class EvalPrediction:
     """What ``compute_metrics`` receives (transformers' names): ``predictions`` (the model
     outputs' ``logits``, concatenated over batches, padded with -100 where lengths differ) and
-    ``label_ids`` (the batches' ``labels``), as numpy arrays (None when absent)."""
+    ``label_ids`` (the batches' first of ``args.label_names``, default ``labels``), as numpy
+    arrays (None when absent)."""
 
     predictions: Any
     label_ids: Any
@@ -453,7 +455,9 @@ class Trainer:
         checked = False
         is_ddp = type(wrapped).__name__ == "DistributedDataParallel"
         wrapped.train()
+        mixed = rust_modules_in_own_dtype(model, self.device.type, enabled=args.bf16 or args.fp16)
         try:
+            mixed.__enter__()
             for epoch in range(start_epoch, num_epochs):
                 if self.global_step >= max_steps:
                     break
@@ -520,6 +524,7 @@ class Trainer:
                 if args.save_strategy == "epoch" and micro == n_micro:
                     self._save_checkpoint(epoch + 1, 0)
         finally:
+            mixed.__exit__(None, None, None)
             bar.close()
         self._save_final()
         metrics = {"train_loss": float(np.mean(run_losses)) if run_losses else float("nan"),
@@ -602,31 +607,37 @@ class Trainer:
         model = self.model
         was_training = model.training
         model.eval()
-        loss_sum, count = 0.0, 0
-        preds: list[np.ndarray] = []
-        labels: list[np.ndarray] = []
-        for i, batch in enumerate(loader):
-            batch = _to_device(batch, self.device)
-            if not isinstance(batch, Mapping):
-                raise DataError(f"data_collator: returned a {type(batch).__name__}; expected a dict")
-            with self._autocast():
-                out = model(**batch)
-            loss = _loss_of(out)
-            bs = next((v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0), 1)
-            if isinstance(loss, torch.Tensor):
-                loss_sum += float(loss.float()) * bs
-                count += bs
-            elif i == 0 and self.compute_metrics is None:
-                raise TrainingError("evaluate: the model returned no loss for the eval batch "
-                                    f"{_describe(batch)} and there is no compute_metrics")
-            if self.compute_metrics is not None:
-                logits = getattr(out, "logits", None) if not isinstance(out, Mapping) else out.get("logits")
-                if isinstance(logits, torch.Tensor):
-                    preds.append(logits.float().cpu().numpy())
-                if isinstance(batch.get("labels"), torch.Tensor):
-                    labels.append(batch["labels"].cpu().numpy())
-        if was_training:
-            model.train()
+        mixed = rust_modules_in_own_dtype(model, self.device.type, enabled=self.args.bf16 or self.args.fp16)
+        try:
+            mixed.__enter__()
+            loss_sum, count = 0.0, 0
+            preds: list[np.ndarray] = []
+            labels: list[np.ndarray] = []
+            for i, batch in enumerate(loader):
+                batch = _to_device(batch, self.device)
+                if not isinstance(batch, Mapping):
+                    raise DataError(f"data_collator: returned a {type(batch).__name__}; expected a dict")
+                with self._autocast():
+                    out = model(**batch)
+                loss = _loss_of(out)
+                bs = next((v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0), 1)
+                if isinstance(loss, torch.Tensor):
+                    loss_sum += float(loss.float()) * bs
+                    count += bs
+                elif i == 0 and self.compute_metrics is None:
+                    raise TrainingError("evaluate: the model returned no loss for the eval batch "
+                                        f"{_describe(batch)} and there is no compute_metrics")
+                if self.compute_metrics is not None:
+                    logits = getattr(out, "logits", None) if not isinstance(out, Mapping) else out.get("logits")
+                    if isinstance(logits, torch.Tensor):
+                        preds.append(logits.float().cpu().numpy())
+                    lab = [batch[k] for k in (self.args.label_names or ["labels"]) if isinstance(batch.get(k), torch.Tensor)]
+                    if lab:
+                        labels.append(lab[0].cpu().numpy())
+        finally:
+            mixed.__exit__(None, None, None)
+            if was_training:
+                model.train()
         loss_sum, count = D.all_reduce_sum([loss_sum, float(count)], self.dist, self.device)
         metrics: dict[str, Any] = {}
         if count:
