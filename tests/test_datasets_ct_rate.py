@@ -30,8 +30,10 @@ def _write(path, header, rows):
         w.writerows(rows)
 
 
-def make_ct_rate(root, fixed=False):
-    """Two patients per split, one with two reconstructions; real report text as Findings_EN."""
+def make_ct_rate(root, fixed=False, tables="dataset"):
+    """Two patients per split, one with two reconstructions; real report text as Findings_EN. The
+    tables go under dataset/ (the Hugging Face repository, as TorchIO reads it) or the root."""
+    troot = root / "dataset" if tables == "dataset" else root
     res = D.dia_llama_results()
     rng = np.random.default_rng(1)
     names = {"train": ["train_1_a_1", "train_1_a_2", "train_2_a_1"], "valid": ["valid_1_a_1", "valid_3_b_2"]}
@@ -52,19 +54,20 @@ def make_ct_rate(root, fixed=False):
             labs.append([f"{n}.nii.gz", *lab.tolist()])
             row = {c: "" for c in META_COLUMNS}
             row.update(VolumeName=f"{n}.nii.gz", RescaleIntercept=str(inter), RescaleSlope=str(slope),
-                       XYSpacing=f"[{xy[0]}, {xy[1]}]", ZSpacing=str(z), ImagePositionPatient="[-200, -180, -300]")
+                       XYSpacing=f"[{xy[0]}, {xy[1]}]", ZSpacing=str(z), ImagePositionPatient="[-200, -180, -300]",
+                       ImageOrientationPatient="[1, 0, 0, 0, 1, 0]", Rows="512", Columns="512")
             metas.append([row[c] for c in META_COLUMNS])
             k += 1
-        _write(root / "radiology_text_reports" / f"{rname}_reports.csv",
+        _write(troot / "radiology_text_reports" / f"{rname}_reports.csv",
                ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"], reps)
-        _write(root / "multi_abnormality_labels" / f"{folder}_predicted_labels.csv", ["VolumeName", *ABNORMALITIES], labs)
-        _write(root / "metadata" / f"{rname}_metadata.csv", META_COLUMNS, metas)
+        _write(troot / "multi_abnormality_labels" / f"{folder}_predicted_labels.csv", ["VolumeName", *ABNORMALITIES], labs)
+        _write(troot / "metadata" / f"{rname}_metadata.csv", META_COLUMNS, metas)
     return names, truth
 
 
-@pytest.mark.parametrize("fixed", [False, True])
-def test_ct_rate_records(tmp_path, fixed):
-    names, truth = make_ct_rate(tmp_path, fixed=fixed)
+@pytest.mark.parametrize("fixed,tables", [(False, "dataset"), (True, "root")])
+def test_ct_rate_records(tmp_path, fixed, tables):
+    names, truth = make_ct_rate(tmp_path, fixed=fixed, tables=tables)
     for split, folder in (("train", "train"), ("validation", "valid"), ("valid", "valid")):
         recs = read_records("ct-rate", tmp_path, split=split)
         assert [r["id"] for r in recs] == names[folder]
@@ -81,7 +84,8 @@ def test_ct_rate_records(tmp_path, fixed):
             m = r["meta"]
             assert m["rescale_slope"] == slope and m["rescale_intercept"] == inter
             assert m["spacing"] == pytest.approx((xy[0], xy[1], z))
-            assert m["row"]["ImagePositionPatient"] == "[-200, -180, -300]"
+            assert m["origin"] == [-200.0, -180.0, -300.0] and m["orientation"] == [1, 0, 0, 0, 1, 0]
+            assert m["row"]["Rows"] == "512"
 
 
 def test_ct_rate_loading_vs_nibabel(tmp_path):
@@ -102,10 +106,10 @@ def test_ct_rate_bad_input(tmp_path):
     (tmp_path / "dataset/train/train_2/train_2_a/train_2_a_1.nii.gz").unlink()
     with pytest.raises(DataError, match="row 2 .*train_2_a_1.nii.gz"):
         read_records("ct-rate", tmp_path)
-    (tmp_path / "metadata/validation_metadata.csv").unlink()
+    (tmp_path / "dataset/metadata/validation_metadata.csv").unlink()
     with pytest.raises(DataError, match="validation_metadata.csv"):
         read_records("ct-rate", tmp_path, split="validation")
     assert len(read_records("ct-rate", tmp_path, split="validation", metadata=False)) == 2
-    (tmp_path / "multi_abnormality_labels/valid_predicted_labels.csv").unlink()
+    (tmp_path / "dataset/multi_abnormality_labels/valid_predicted_labels.csv").unlink()
     with pytest.raises(DataError, match="valid_predicted_labels.csv"):
         read_records("ct-rate", tmp_path, split="validation", metadata=False)

@@ -111,6 +111,13 @@ def test_mimic_records(tmp_path):
     frontal = read_records("mimic-cxr", tmp_path, section="impression", views=["PA", "AP"])
     assert [len(r["images"]) for r in frontal] == [2, 1]
     assert read_records("mimic-cxr", tmp_path, split="test")[0]["split"] == "test"
+    # converted copies: a PNG where no JPEG exists
+    jpg = tmp_path / "files/p10/p10000898/s57375967/g1.jpg"
+    Image.open(jpg).save(jpg.with_suffix(".png"))
+    jpg.unlink()
+    assert read_records("mimic-cxr", tmp_path, split="test")[0]["images"] == [str(jpg.with_suffix(".png"))]
+    with pytest.raises(DataError, match=r"g1\.jpg does not exist"):
+        read_records("mimic-cxr", tmp_path, split="test", ext=".jpg")
 
 
 def test_rrg24_records(tmp_path):

@@ -5,7 +5,9 @@ and ``data_preprocess/``) and TorchIO's ``torchio/datasets/ct_rate.py``:
 
 * volumes ``dataset/{train,valid}/<split>_<pid>/<split>_<pid>_<scan>/<split>_<pid>_<scan>_<recon>.nii.gz``
   (also ``dataset/{train,valid}_fixed/`` with corrected headers; preferred when present);
-* ``radiology_text_reports/{train,validation}_reports.csv``: VolumeName (with ``.nii.gz``),
+* the tables, under ``dataset/`` in the Hugging Face repository (TorchIO reads them there) or
+  directly under the root:
+  ``radiology_text_reports/{train,validation}_reports.csv``: VolumeName (with ``.nii.gz``),
   ClinicalInformation_EN, Technique_EN, Findings_EN, Impressions_EN;
 * ``multi_abnormality_labels/{train,valid}_predicted_labels.csv``: VolumeName + the 18 columns
   of :data:`ABNORMALITIES` (0/1);
@@ -14,7 +16,9 @@ and ``data_preprocess/``) and TorchIO's ``torchio/datasets/ct_rate.py``:
 
 The original NIfTIs lack correct spacing and scaling; CT-CLIP computes HU = slope * x + intercept
 and takes the spacing from the metadata table, so the reader puts those in ``record["meta"]``:
-``{"rescale_slope", "rescale_intercept", "spacing": (x, y, z)}`` plus the raw metadata row.
+``{"rescale_slope", "rescale_intercept", "spacing": (x, y, z)}``, ``"origin"`` (ImagePositionPatient)
+and ``"orientation"`` (ImageOrientationPatient, 6 cosines) when given — what CT-RATE's
+``fix_metadata.py`` / TorchIO's ``CtRate._fix_image`` write into the header — plus the raw row.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import DataError
-from ._common import PathLike, canonical_split, check_paths, need_dir, read_csv, strip_nii
+from ._common import (
+    PathLike,
+    canonical_split,
+    check_paths,
+    first_existing,
+    need_dir,
+    read_csv,
+    strip_nii,
+)
 from .registry import register_reader
 
 #: The 18 label columns of ``multi_abnormality_labels/*_predicted_labels.csv``, in file order.
@@ -51,6 +63,17 @@ def volume_path(volume_dir: pathlib.Path, volume_name: str) -> pathlib.Path:
     patient = "_".join(parts[:2])
     scan = "_".join(parts[:3])
     return volume_dir / patient / scan / (stem + ".nii.gz")
+
+
+def _table(root: pathlib.Path, folder: str, name: str) -> pathlib.Path:
+    return first_existing([root / "dataset" / folder / name, root / folder / name], "ct-rate", f"{folder}/{name}")
+
+
+def _literal(v: str | None) -> Any:
+    try:
+        return [float(x) for x in ast.literal_eval(v.strip())] if v and v.strip() else None
+    except (ValueError, SyntaxError, TypeError):
+        return None
 
 
 def _float(v: str, what: str, row: int, path: pathlib.Path) -> float:
@@ -83,11 +106,11 @@ def read_ct_rate(root: PathLike, split: str = "train", fixed: bool | None = None
     if fixed is None:
         fixed = (root / "dataset" / f"{vname}_fixed").is_dir()
     vdir = need_dir(root / "dataset" / (f"{vname}_fixed" if fixed else vname), fmt, "the volumes")
-    rep_path = root / "radiology_text_reports" / f"{rname}_reports.csv"
+    rep_path = _table(root, "radiology_text_reports", f"{rname}_reports.csv")
     reports = read_csv(rep_path, fmt, required=REPORT_COLUMNS)
     lab: dict[str, np.ndarray] = {}
     if labels:
-        lab_path = root / "multi_abnormality_labels" / f"{lname}_predicted_labels.csv"
+        lab_path = _table(root, "multi_abnormality_labels", f"{lname}_predicted_labels.csv")
         for i, row in enumerate(read_csv(lab_path, fmt, required=["VolumeName", *ABNORMALITIES])):
             try:
                 lab[strip_nii(row["VolumeName"])] = np.asarray(
@@ -96,7 +119,7 @@ def read_ct_rate(root: PathLike, split: str = "train", fixed: bool | None = None
                 raise DataError(f"{fmt}: {lab_path} row {i + 2} ({row['VolumeName']}): expected 0/1 labels") from None
     meta: dict[str, dict[str, Any]] = {}
     if metadata:
-        meta_path = root / "metadata" / f"{rname}_metadata.csv"
+        meta_path = _table(root, "metadata", f"{rname}_metadata.csv")
         need = ["VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"]
         for i, row in enumerate(read_csv(meta_path, fmt, required=need)):
             try:
@@ -109,6 +132,8 @@ def read_ct_rate(root: PathLike, split: str = "train", fixed: bool | None = None
                 "rescale_slope": _float(row["RescaleSlope"], "RescaleSlope", i + 2, meta_path),
                 "rescale_intercept": _float(row["RescaleIntercept"], "RescaleIntercept", i + 2, meta_path),
                 "spacing": (x, y, _float(row["ZSpacing"], "ZSpacing", i + 2, meta_path)),
+                "origin": _literal(row.get("ImagePositionPatient")),
+                "orientation": _literal(row.get("ImageOrientationPatient")),
                 "row": dict(row),
             }
     records = []

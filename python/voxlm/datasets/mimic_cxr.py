@@ -175,7 +175,7 @@ def _read_rrg24(root: pathlib.Path, path: pathlib.Path, split: str, section: str
 def read_mimic_cxr(root: PathLike, split: str = "train", section: str | None = "findings",
                    drop_empty: bool = True, views: Sequence[str] | None = None,
                    reports_root: PathLike | None = None, rrg24: PathLike | None = None,
-                   check_files: bool = True) -> list[dict[str, Any]]:
+                   ext: str | None = None, check_files: bool = True) -> list[dict[str, Any]]:
     """One record per study: ``{"id" (study id), "split", "images" (paths, PA, AP, LATERAL, LL,
     then others; ties by dicom_id), "sections" {"findings", "impression"}, "report" (the
     ``section``: "findings" | "impression" | None = both joined), "labels" int64 [14] (CheXpert
@@ -189,6 +189,8 @@ def read_mimic_cxr(root: PathLike, split: str = "train", section: str | None = "
             image are skipped.
         reports_root: folder holding ``files/p1X/...txt`` (default ``root``).
         rrg24: read RRG24 records from this JSON / JSONL file instead (paths relative to ``root``).
+        ext: image file extension (``".jpg"`` in MIMIC-CXR-JPG); None: ``.jpg``, or ``.png`` where
+            only a PNG of that dicom_id exists (converted copies, voxlm's synthetic set).
     """
     fmt = "mimic-cxr"
     root = pathlib.Path(root)
@@ -231,8 +233,16 @@ def read_mimic_cxr(root: PathLike, split: str = "train", section: str | None = "
         rep = _target(sections, section)
         if drop_empty and not rep:
             continue
+        sdir = root / folder / f"s{study_id}"
+
+        def image(d: str, sdir: pathlib.Path = sdir) -> str:
+            if ext is not None:
+                return str(sdir / f"{d}{ext}")
+            jpg = sdir / f"{d}.jpg"
+            return str(sdir / f"{d}.png") if not jpg.exists() and (sdir / f"{d}.png").exists() else str(jpg)
+
         rec: dict[str, Any] = {
-            "id": study_id, "split": s, "images": [str(root / folder / f"s{study_id}" / f"{d}.jpg") for d in dicoms],
+            "id": study_id, "split": s, "images": [image(d) for d in dicoms],
             "sections": sections, "report": rep,
             "meta": {"subject_id": subj, "views": [view.get(d, "") for d in dicoms], "dicom_ids": dicoms,
                      "report_path": str(txt) if txt.is_file() else None},
