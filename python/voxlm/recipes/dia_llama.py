@@ -396,72 +396,46 @@ class DiaLlamaCollator:
 # ---------------------------------------------------------------------------------------------
 # keyword labeler (synthetic benchmark; CheXbert-style output codes)
 
-#: Keywords per CheXbert condition (lower case, matched on word boundaries).
-KEYWORDS: dict[str, tuple[str, ...]] = {
-    "enlarged cardiomediastinum": ("enlarged cardiomediastinum", "mediastinal widening", "widened mediastinum",
-                                   "mediastinal enlargement", "enlarged mediastinal", "mediastinal lymph node enlargement",
-                                   "mediastinal lymphadenopathy"),
-    "cardiomegaly": ("cardiomegaly", "enlarged heart", "heart is enlarged", "cardiac enlargement",
-                     "enlarged cardiac", "heart enlarged", "heart shadow is enlarged"),
-    "lung opacity": ("lung opacity", "opacity", "opacities", "ground-glass", "ground glass", "patchy shadow",
-                     "shadow", "density", "densities", "infiltrate", "infiltration"),
-    "lung lesion": ("lung lesion", "nodule", "nodules", "mass", "lesion", "lesions", "tumor", "neoplasm"),
-    "edema": ("edema", "oedema", "pulmonary congestion"),
-    "consolidation": ("consolidation", "consolidations", "consolidated"),
-    "pneumonia": ("pneumonia", "infection", "inflammation", "inflammatory"),
-    "atelectasis": ("atelectasis", "atelectatic", "collapse"),
-    "pneumothorax": ("pneumothorax",),
-    "pleural effusion": ("pleural effusion", "effusion", "effusions", "pleural fluid", "fluid in the pleural"),
-    "pleural other": ("pleural thickening", "pleural calcification", "pleural adhesion", "pleural plaque"),
-    "fracture": ("fracture", "fractures", "fractured"),
-    "support devices": ("support device", "catheter", "tube", "pacemaker", "stent", "drain", "line", "wire"),
-}
-
-_NEGATION = re.compile(
-    r"\b(no|not|without|absent|absence of|free of|negative for|rule out|ruled out|neither|nor|clear of|"
-    r"unremarkable)\b")
-_UNCERTAIN = re.compile(r"\b(possible|possibly|may|might|suspicious|suspected|likely|probable|cannot be excluded|"
-                        r"questionable|suggestive|suggest)\b")
-_SENTENCE = re.compile(r"(?<=[.;!?。；])\s*|\n+")
+_NEGATION = re.compile(r"\b(no|not|without|cannot|excluded|nor|absent)\b")
+_CLAUSE = re.compile(r"[.;,:\n]")
 
 
 def keyword_labeler(reports: Sequence[str], conditions: Sequence[str] = CHEXBERT_CONDITIONS,
-                    keywords: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
-    """A rule-based CheXbert stand-in: ``reports -> [N, L]`` int64 codes (0 blank, 1 positive,
-    2 negative, 3 uncertain; only 1 counts as positive in clinical efficacy).
+                    keywords: Mapping[str, str | re.Pattern[str]] | None = None) -> np.ndarray:
+    """A rule-based CheXbert stand-in for voxlm's synthetic benchmark: ``reports -> [N, L]``
+    int64 CheXbert-style codes (0 blank, 1 positive, 2 negative; only 1 counts as positive in
+    clinical efficacy).
 
-    Per sentence and condition: a keyword hit is negative when a negation cue (``no``, ``without``,
-    ``absent``, ...) precedes it in the sentence, uncertain with a hedge (``possible``, ``may``,
-    ...), positive otherwise; positive wins over uncertain over negative across sentences. ``"no
-    finding"`` is positive when no other condition is positive or uncertain. This is a keyword
-    matcher, not CheXbert: it is exact only on text whose vocabulary it knows (voxlm's synthetic
-    reports); pass ``keywords`` for another vocabulary."""
-    table = {**KEYWORDS, **(dict(keywords) if keywords else {})}
-    pats = {}
-    for c in conditions:
-        words = table.get(c, (c,))
-        pats[c] = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b")
-    out = np.zeros((len(reports), len(conditions)), dtype=np.int64)
-    rank = {0: 0, 2: 1, 3: 2, 1: 3}
+    The rules and the keyword patterns are those of the synthetic report templates
+    (:mod:`voxlm.synth.reports`: ``KEYWORDS``, clauses split at ``. ; , :``, negation cues ``no,
+    not, without, cannot, excluded, nor, absent``): a clause naming a condition is a negative
+    mention when it holds a negation cue, else a positive one; positive wins across clauses;
+    ``"no finding"`` is positive exactly when no other condition is. So ``codes == 1`` equals
+    :func:`voxlm.synth.label_reports` on any text. It is a keyword matcher, not CheXbert: exact on
+    the synthetic templates' vocabulary, approximate on real reports; ``keywords`` (condition ->
+    regex) replaces or adds patterns, and a condition without one matches its own name."""
+    from ..synth.reports import KEYWORDS as SYNTH_KEYWORDS
+
+    table: dict[str, re.Pattern[str]] = dict(SYNTH_KEYWORDS)
+    for k, v in dict(keywords or {}).items():
+        table[k] = v if isinstance(v, re.Pattern) else re.compile(v)
+    pats = [table.get(c) or re.compile(r"\b" + re.escape(c.lower()) + r"\b") for c in conditions]
+    names = list(conditions)
+    nf = names.index("no finding") if "no finding" in names else None
+    out = np.zeros((len(reports), len(names)), dtype=np.int64)
     for i, text in enumerate(reports):
-        sentences = [s for s in _SENTENCE.split(str(text).lower()) if s and s.strip()]
-        for j, c in enumerate(conditions):
-            if c == "no finding":
-                continue
-            best = 0
-            for s in sentences:
-                m = pats[c].search(s)
-                if not m:
+        for clause in _CLAUSE.split(str(text).lower()):
+            neg = _NEGATION.search(clause) is not None
+            for j, pat in enumerate(pats):
+                if j == nf or not pat.search(clause):
                     continue
-                before = s[: m.start()]
-                code = 2 if _NEGATION.search(before) else 3 if _UNCERTAIN.search(s) else 1
-                if rank[code] > rank[best]:
-                    best = code
-            out[i, j] = best
-        if "no finding" in conditions:
-            j = list(conditions).index("no finding")
-            others = [k for k in range(len(conditions)) if k != j]
-            out[i, j] = 0 if np.isin(out[i, others], (1, 3)).any() else 1
+                if not neg:
+                    out[i, j] = 1
+                elif out[i, j] == 0:
+                    out[i, j] = 2
+        if nf is not None:
+            others = [k for k in range(len(names)) if k != nf]
+            out[i, nf] = 0 if (out[i, others] == 1).any() else 1
     return out
 
 
@@ -1173,4 +1147,4 @@ def load_recipe(cls: Any, path: PathLike) -> Any:
 register_recipe("dia_llama")(DiaLlama)
 
 __all__ = ["DiaLlama", "DiaLlamaConfig", "DiaLlamaTransform", "DiaLlamaCollator", "DiaLlamaPrompter",
-           "INSTRUCTION", "keyword_labeler", "KEYWORDS", "evaluate_reports", "clinical_scores"]
+           "INSTRUCTION", "keyword_labeler", "evaluate_reports", "clinical_scores"]
