@@ -93,7 +93,7 @@ def read_m3d_vqa(root: PathLike, split: str = "train", csv_path: PathLike | None
     cp = (pathlib.Path(csv_path) if csv_path is not None else
           first_existing([root / name, root / "M3D-VQA" / name], fmt, name))
     rows = read_csv(cp, fmt, required=VQA_COLUMNS)
-    records = []
+    records: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
         code = row["Question Type"].strip()
         try:
