@@ -123,3 +123,24 @@ def needs_load_image_test_picai_sequences_equal_simpleitk(tmp_path):
         ref = arrays[("10005", seq)].transpose(2, 1, 0).astype(np.float32)[None]
         np.testing.assert_array_equal(it["sequences"][key].numpy(), ref)
     assert it["sequence_paths"]["dwi"].endswith("_hbv.mha")
+
+
+def test_picai_lesion_points_vs_scipy(tmp_path):
+    from scipy import ndimage
+
+    make_picai(tmp_path)
+    m = np.zeros((8, 8, 6), np.uint8)
+    m[1:4, 1:3, 0:2] = 2  # 12 voxels
+    m[5:7, 5:8, 3:6] = 4  # 18 voxels (largest)
+    m[7, 0, 5] = 3  # 1 voxel
+    m[4, 3, 2] = 2  # touches the first lesion diagonally (26-connectivity)
+    p = tmp_path / "csPCa_lesion_delineations/human_expert/resampled/10006_1000006.nii.gz"
+    nib.save(nib.Nifti1Image(m, np.eye(4)), p)
+    r = read_records("picai", tmp_path, points=True)[3]
+    lab, n = ndimage.label(m > 0, structure=np.ones((3, 3, 3)))
+    sizes = ndimage.sum(m > 0, lab, range(1, n + 1))
+    ref = [list(ndimage.center_of_mass(m > 0, lab, i + 1)) for i in np.argsort(-sizes, kind="stable")]
+    assert n == 3 and len(r["points"]) == 3
+    np.testing.assert_allclose(r["points"], ref, atol=1e-12)
+    assert r["point"] == r["points"][0] and r["meta"]["point_unit"].startswith("voxel")
+    assert "points" not in read_records("picai", tmp_path)[3]

@@ -55,6 +55,37 @@ def _gs_isup(text: str | None) -> list[int]:
     return out
 
 
+def lesion_centroids(mask: np.ndarray) -> list[list[float]]:
+    """Centroids ``[x, y, z]`` (voxel indices, in the array's axis order) of the 26-connected
+    components of ``mask > 0``, largest first (ties by position) — what ``scipy.ndimage.label``
+    with a full 3x3x3 structure and ``center_of_mass`` give."""
+    fg = np.argwhere(np.asarray(mask) > 0)
+    if fg.size == 0:
+        return []
+    index = {tuple(v): i for i, v in enumerate(fg.tolist())}
+    seen = np.zeros(len(fg), dtype=bool)
+    offsets = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)]
+    comps: list[tuple[int, list[float]]] = []
+    for start in range(len(fg)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        stack, members = [start], []
+        while stack:
+            i = stack.pop()
+            members.append(i)
+            x, y, z = fg[i]
+            for a, b, c in offsets:
+                j = index.get((x + a, y + b, z + c))
+                if j is not None and not seen[j]:
+                    seen[j] = True
+                    stack.append(j)
+        pts = fg[members].astype(np.float64)
+        comps.append((len(members), pts.mean(0).tolist()))
+    comps.sort(key=lambda t: (-t[0], t[1]))
+    return [c for _, c in comps]
+
+
 def _num(v: str | None) -> float | None:
     try:
         return float(v) if v not in (None, "") else None
@@ -76,7 +107,7 @@ def _splits(splits: Mapping[str, Sequence[str]] | PathLike | None) -> dict[str, 
 @register_reader("picai")
 def read_picai(root: PathLike, split: str = "train", labels_root: PathLike | None = None,
                splits: Mapping[str, Sequence[str]] | PathLike | None = None, mask: str = "resampled",
-               check_files: bool = True) -> list[dict[str, Any]]:
+               points: bool = False, check_files: bool = True) -> list[dict[str, Any]]:
     """One record per marksheet row (study):
 
     ``{"id": "<pid>_<sid>", "split", "sequences": {"t2w", "adc", "dwi" (the hbv file)}, "pirads"
@@ -86,7 +117,9 @@ def read_picai(root: PathLike, split: str = "train", labels_root: PathLike | Non
     age, psa, psad, prostate_volume, center, histopath_type, sag/cor paths, ...}}``.
 
     ``pirads`` is absent when the marksheet scores no lesion (``N/A``). ``mask``: ``"resampled"``
-    (on the T2W grid; falls back to ``original``) or ``"original"``.
+    (on the T2W grid; falls back to ``original``) or ``"original"``. ``points=True`` reads each
+    mask and adds ``"points"`` (the lesions' voxel centroids ``[x, y, z]`` in the mask's NIfTI
+    axis order, largest lesion first: :func:`lesion_centroids`) and ``"point"`` (the first one).
     """
     fmt = "picai"
     root = pathlib.Path(root)
@@ -139,10 +172,22 @@ def read_picai(root: PathLike, split: str = "train", labels_root: PathLike | Non
             if (d / f"{cid}.nii.gz").is_file():
                 rec["mask"] = str(d / f"{cid}.nii.gz")
                 break
+        if points and "mask" in rec:
+            from ..volume import load_volume
+
+            try:
+                pts = lesion_centroids(load_volume(rec["mask"]).data)
+            except OSError as e:
+                raise DataError(f"{where}: cannot read the lesion mask {rec['mask']}: {e}") from None
+            rec["points"] = pts
+            if pts:
+                rec["point"] = pts[0]
         meta = {"patient_id": pid, "study_id": sid, "lesion_isup": lesion_isup,
                 **{k: _num(row.get(k)) for k in ("patient_age", "psa", "psad", "prostate_volume")},
                 **{k: row.get(k, "") for k in ("mri_date", "histopath_type", "lesion_GS", "center")},
                 **{k: str(base / f"{cid}_{k}.mha") for k in EXTRA_VIEWS}}
+        if "points" in rec:
+            meta["point_unit"] = "voxel index [x, y, z] of the mask's NIfTI grid"
         rec["meta"] = meta
         if check_files:
             check_record(rec, where)
