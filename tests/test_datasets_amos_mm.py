@@ -84,7 +84,7 @@ def test_amos_4d_volume_loads_channel_first(tmp_path):
     it = open_dataset("amos-mm", tmp_path, split="validation")[0]
     ref = nib.load(it["path"]).get_fdata(dtype=np.float32)
     assert tuple(it["image"].shape) == (2, 4, 4, 3)
-    np.testing.assert_array_equal(it["image"].numpy(), np.moveaxis(ref, -1, 0))
+    np.testing.assert_array_equal(it["image"].numpy(), np.moveaxis(ref, -1, 0), strict=True)
 
 
 def test_amos_bad_input(tmp_path):

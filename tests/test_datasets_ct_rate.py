@@ -79,7 +79,7 @@ def test_ct_rate_records(tmp_path, fixed, tables):
             assert r["split"] == ("train" if folder == "train" else "validation")
             assert r["report"] == find and r["sections"]["findings"] == find
             assert r["sections"]["impression"] == imp and r["sections"]["clinical_information"] == "Not given."
-            np.testing.assert_array_equal(r["labels"], lab)
+            np.testing.assert_array_equal(r["labels"], lab, strict=True)
             assert r["label_names"] == ABNORMALITIES and len(ABNORMALITIES) == 18
             m = r["meta"]
             assert m["rescale_slope"] == slope and m["rescale_intercept"] == inter
@@ -93,7 +93,7 @@ def test_ct_rate_loading_vs_nibabel(tmp_path):
     ds = open_dataset("ct-rate", tmp_path, split="validation")
     it = ds[1]
     ref = np.asarray(nib.load(it["path"]).dataobj).astype(np.float32)[None]
-    np.testing.assert_array_equal(it["image"].numpy(), ref)
+    np.testing.assert_array_equal(it["image"].numpy(), ref, strict=True)
     # HU as CT-CLIP computes it, from the record's meta
     hu = it["meta"]["rescale_slope"] * it["image"] + it["meta"]["rescale_intercept"]
     np.testing.assert_allclose(hu.numpy(), ref * 1.0 - 1028.0)

@@ -55,9 +55,9 @@ def test_ctrg_records_match_the_layout(tmp_path):
             assert r["split"] == {"val": "validation"}.get(key, key)
             assert r["image"] == str(tmp_path / "CTRG-Chest-548K_volume" / f"{cid}.nii.gz")
             assert r["report"] == reports[cid]
-            np.testing.assert_array_equal(r["label_codes"], rows[cid])
+            np.testing.assert_array_equal(r["label_codes"], rows[cid], strict=True)
             # the reference keeps only code 1 as positive
-            np.testing.assert_array_equal(r["labels"], (rows[cid] == 1).astype(np.int64))
+            np.testing.assert_array_equal(r["labels"], (rows[cid] == 1).astype(np.int64), strict=True)
             assert r["labels"].dtype == np.int64 and r["label_names"] == CONDITIONS
 
 
@@ -69,8 +69,8 @@ def test_ctrg_volumes_folder_alias_and_loading_vs_nibabel(tmp_path):
     assert item["path"] == str(tmp_path / "volumes" / f"{cid}.nii.gz")
     ref = nib.load(item["path"]).get_fdata(dtype=np.float32)[None]
     assert item["image"].dtype == torch.float32 and tuple(item["image"].shape) == (1, 6, 5, 4)
-    np.testing.assert_array_equal(item["image"].numpy(), ref)  # float32 NIfTI: exact
-    np.testing.assert_array_equal(item["image"][0].numpy(), vols[cid])
+    np.testing.assert_array_equal(item["image"].numpy(), ref, strict=True)  # float32 NIfTI: exact
+    np.testing.assert_array_equal(item["image"][0].numpy(), vols[cid], strict=True)
     assert item["labels"].dtype == torch.int64
 
 

@@ -52,7 +52,7 @@ def test_m3d_cap_records_and_npy_loading(tmp_path):
             assert r["image"] == str(tmp_path / (r["id"] + ".npy"))
     it = ReportDataset(read_records("m3d-cap", tmp_path))[0]
     assert it["image"].dtype == torch.float32 and tuple(it["image"].shape) == (1, 32, 256, 256)
-    np.testing.assert_array_equal(it["image"].numpy(), np.load(it["path"]))
+    np.testing.assert_array_equal(it["image"].numpy(), np.load(it["path"]), strict=True)
 
 
 def test_m3d_cap_bad_input(tmp_path):

@@ -45,7 +45,7 @@ def test_manifest_csv(tmp_path):
     assert r["image"] == str(tmp_path / "scans" / "a.nii.gz") and r["split"] == "train"
     assert r["sections"] == {"findings": res.references[0], "impression": "No change."}
     assert r["report"] == res.references[0].strip() + "\n\nNo change."
-    np.testing.assert_array_equal(r["labels"], [0, 1, 1])
+    np.testing.assert_array_equal(r["labels"], [0, 1, 1], strict=True)
     assert r["labels"].dtype == np.int64 and r["label_names"] == ["a", "b", "c"]
     assert r["point"] == [1.0, 2.0, 0.5] and r["meta"] == {"site": "A"}
     assert tr[1]["image"] == str(tmp_path / "scans" / "d.npy")  # absolute path kept
@@ -55,7 +55,7 @@ def test_manifest_csv(tmp_path):
     item = ReportDataset(va)[0]
     assert [tuple(t.shape) for t in item["images"]] == [(1, 4, 3, 2)] * 2
     assert item["paths"] == va[0]["images"]
-    np.testing.assert_array_equal(item["images"][1][0].numpy(), nib.load(va[0]["images"][1]).get_fdata())
+    np.testing.assert_array_equal(item["images"][1][0].numpy(), nib.load(va[0]["images"][1]).get_fdata(dtype=np.float32), strict=True)
     npy = ReportDataset(tr)[1]["image"]
     assert tuple(npy.shape) == (1, 2, 3, 3)
     with pytest.raises(ConfigError, match="train, validation"):
@@ -72,7 +72,7 @@ def test_manifest_jsonl_sequences_and_label_columns(tmp_path):
     (r,) = read_records("manifest", tmp_path / "data.jsonl", split="test", label_columns=["cancer", "bph"])
     assert r["split"] == "test"  # no split column: every row is in the split asked for
     assert r["sequences"] == {k: str(tmp_path / "case1" / f"{k}.nii.gz") for k in ("t2w", "adc", "dwi")}
-    np.testing.assert_array_equal(r["labels"], [1, 0])
+    np.testing.assert_array_equal(r["labels"], [1, 0], strict=True)
     assert r["label_names"] == ["cancer", "bph"] and r["pirads"] == 4 and r["point"] == [3.0, 2.0, 1.0]
     assert r["question"] == "Rate the lesion." and "meta" not in r
     item = ReportDataset([r])[0]

@@ -101,7 +101,7 @@ def test_mimic_records(tmp_path):
     assert r["images"] == [str(base / "d1.jpg"), str(base / "d2.jpg"), str(base / "d4.jpg")]  # PA, AP, LATERAL
     assert r["meta"]["views"] == ["PA", "AP", "LATERAL"] and r["meta"]["subject_id"] == "10000032"
     assert r["report"] == truth["50414267"][0] and r["sections"]["impression"] == truth["50414267"][1]
-    np.testing.assert_array_equal(r["labels"], [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(r["labels"], [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1], strict=True)
     assert r["label_codes"][3] == -1.0 and np.isnan(r["label_codes"][1]) and r["label_names"] == CHEXPERT
     imp = read_records("mimic-cxr", tmp_path, section="impression")
     assert [r["id"] for r in imp] == ["50414267", "53189527"]
@@ -163,4 +163,4 @@ def needs_load_image_test_mimic_jpegs_equal_pillow(tmp_path):
         assert t.shape[0] == 1
         # row-major [H, W] or nibabel-style [x, y] = [W, H]: the 12x10 image tells them apart
         got = t[0].numpy() if tuple(t.shape[1:]) == ref.shape else t[0].numpy().T
-        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(got, ref, strict=True)

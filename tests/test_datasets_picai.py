@@ -76,7 +76,7 @@ def test_picai_records(tmp_path):
                               "adc": str(tmp_path / "10005" / "10005_1000005_adc.mha"),
                               "dwi": str(tmp_path / "10005" / "10005_1000005_hbv.mha")}
     assert r["pirads"] == 5 and r["lesion_pirads"] == [4, 5] and r["isup"] == 3 and r["case_csPCa"] == 1
-    np.testing.assert_array_equal(r["labels"], [1])
+    np.testing.assert_array_equal(r["labels"], [1], strict=True)
     assert r["mask"].endswith("human_expert/resampled/10005_1000005.nii.gz")
     assert r["meta"]["psa"] == 12.1 and r["meta"]["center"] == "RUMC" and r["meta"]["lesion_isup"] == [3, 0]
     assert r["meta"]["sag"] == str(tmp_path / "10005" / "10005_1000005_sag.mha")
@@ -121,7 +121,7 @@ def needs_load_image_test_picai_sequences_equal_simpleitk(tmp_path):
     it = ReportDataset(read_records("picai", tmp_path))[2]
     for key, seq in (("t2w", "t2w"), ("adc", "adc"), ("dwi", "hbv")):
         ref = arrays[("10005", seq)].transpose(2, 1, 0).astype(np.float32)[None]
-        np.testing.assert_array_equal(it["sequences"][key].numpy(), ref)
+        np.testing.assert_array_equal(it["sequences"][key].numpy(), ref, strict=True)
     assert it["sequence_paths"]["dwi"].endswith("_hbv.mha")
 
 

@@ -52,8 +52,9 @@ def test_prostate_biopsy_records_and_loading(tmp_path):
     it = ReportDataset(tr)[2]
     for k, c in (("t2w", "T2W"), ("adc", "ADC"), ("dwi", "DWI")):
         ref = nib.load(it["sequence_paths"][k]).get_fdata(dtype=np.float32)[None]
-        np.testing.assert_array_equal(it["sequences"][k].numpy(), ref)
-        np.testing.assert_array_equal(it["sequences"][k][0].numpy(), crops[(r["id"], c)])
+        assert it["sequences"][k].shape == ref.shape == (1, 6, 5, 4)
+        np.testing.assert_array_equal(it["sequences"][k].numpy(), ref, strict=True)
+        np.testing.assert_array_equal(it["sequences"][k][0].numpy(), crops[(r["id"], c)], strict=True)
 
 
 def test_prostate_biopsy_npy_crops(tmp_path):
@@ -61,7 +62,8 @@ def test_prostate_biopsy_npy_crops(tmp_path):
     (r,) = read_records("prostate-biopsy", tmp_path, split="test")
     assert r["sequences"]["adc"].endswith("Prostate-MRI-US-Biopsy-0003_ADC_Target1.npy")
     it = ReportDataset([r])[0]
-    np.testing.assert_array_equal(it["sequences"]["adc"][0].numpy(), crops[(r["id"], "ADC")])
+    assert tuple(it["sequences"]["adc"].shape) == (1, 6, 5, 4)
+    np.testing.assert_array_equal(it["sequences"]["adc"][0].numpy(), crops[(r["id"], "ADC")], strict=True)
 
 
 def test_prostate_biopsy_bad_input(tmp_path):

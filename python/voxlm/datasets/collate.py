@@ -19,10 +19,11 @@ Record = dict[str, Any]
 
 
 def _load_image(path: PathLike) -> Any:
-    """One image file -> what a transform takes (a :class:`~voxlm.Volume` or a channel-first array).
+    """One image file -> a :class:`~voxlm.Volume` (what a transform takes).
 
     ``voxlm.load_image`` (all formats) when the package has it; until then NIfTI through
-    ``voxlm.load_volume`` and ``.npy`` through numpy (M3D stores channel-first ``[1, D, H, W]``).
+    ``voxlm.load_volume`` and ``.npy`` through numpy with load_image's rules (M3D's ``[1, D, H, W]``
+    -> data ``[D, H, W]``; ``[C, D, H, W]`` -> ``[D, H, W, C]`` marked ``channels_last``).
     """
     import voxlm
 
@@ -30,7 +31,10 @@ def _load_image(path: PathLike) -> Any:
         return voxlm.load_image(path)
     p = os.fspath(path)
     if p.endswith(".npy"):
-        return np.load(p)
+        a = np.load(p, allow_pickle=False)
+        moved = a.ndim == 4 and a.shape[0] > 1
+        a = a[0] if a.ndim == 4 and a.shape[0] == 1 else (np.moveaxis(a, 0, -1) if moved else a)
+        return Volume(np.asarray(a, dtype=np.float32), np.eye(4), {"format": "npy", "channels_last": moved})
     return voxlm.load_volume(p)
 
 
