@@ -113,3 +113,14 @@ def test_ct_rate_bad_input(tmp_path):
     (tmp_path / "dataset/multi_abnormality_labels/valid_predicted_labels.csv").unlink()
     with pytest.raises(DataError, match="valid_predicted_labels.csv"):
         read_records("ct-rate", tmp_path, split="validation", metadata=False)
+
+
+def test_ct_rate_bad_metadata_value(tmp_path):
+    make_ct_rate(tmp_path)
+    p = tmp_path / "dataset/metadata/train_metadata.csv"
+    p.write_text(p.read_text().replace('"[0.7, 0.7]"', '"0.7 x 0.7"'))
+    with pytest.raises(DataError, match=r"train_metadata\.csv row 2: XYSpacing '0\.7 x 0\.7' is not '\[x, y\]'"):
+        read_records("ct-rate", tmp_path)
+    p.write_text(p.read_text().replace("RescaleSlope", "Slope"))
+    with pytest.raises(DataError, match=r"lacks the column\(s\) \['RescaleSlope'\]"):
+        read_records("ct-rate", tmp_path)

@@ -106,3 +106,18 @@ def test_ctrg_missing_volume_folder(tmp_path):
     with pytest.raises(DataError, match="CTRG-Chest-548K_volume"):
         read_records("ctrg-chest", tmp_path)
     assert len(read_records("ctrg-chest", tmp_path, volume_dir=tmp_path / "elsewhere")) == 3
+
+
+def test_ctrg_bad_tables(tmp_path):
+    chosen, *_ = make_ctrg(tmp_path)
+    ann = json.loads((tmp_path / "annotation.json").read_text())
+    ann["test"].append({"id": 99999, "finding": "Both lungs are clear."})
+    (tmp_path / "annotation.json").write_text(json.dumps(ann))
+    with pytest.raises(DataError, match=r"test\[2\] \(id 99999\): no row with this id in .*CTRG_finding_labels\.csv"):
+        read_records("ctrg-chest", tmp_path, split="test")
+    (tmp_path / "annotation.json").write_text('{"train": [')
+    with pytest.raises(DataError, match="annotation.json is not valid JSON"):
+        read_records("ctrg-chest", tmp_path)
+    (tmp_path / "annotation.json").write_text(json.dumps({"training": []}))
+    with pytest.raises(DataError, match=r"has no 'train' list .*\['training'\]"):
+        read_records("ctrg-chest", tmp_path)

@@ -99,3 +99,13 @@ def test_manifest_bad_input(tmp_path):
     with pytest.raises(DataError, match=r"records\[1\] \(id 'b'\): image file .*nothere\.nii\.gz"):
         ReportDataset([{"id": "a", "image": str(tmp_path / "a.nii.gz")},
                        {"id": "b", "image": str(tmp_path / "nothere.nii.gz")}])
+
+
+def test_manifest_bad_values(tmp_path):
+    _vol(tmp_path / "a.nii.gz", 0)
+    (tmp_path / "m.csv").write_text("id,image,labels\nx1,a.nii.gz,0;1\nx2,a.nii.gz,0;yes\n")
+    with pytest.raises(DataError, match=r"row 3 \(id 'x2'\): expected numbers"):
+        read_records("manifest", tmp_path / "m.csv")
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "image": "a.nii.gz"}\n{"id": \n')
+    with pytest.raises(DataError, match="line 2 is not valid JSON"):
+        read_records("manifest", tmp_path / "m.jsonl")
