@@ -284,7 +284,7 @@ def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[l
         boost = (260 + 120 * np.clip(-g.v, 0, 1)).astype(np.float32)
         hu[lungs] = (an.lung_hu + np.broadcast_to(boost, g.shape))[lungs]
         mark(lungs, "edema")
-        rec("edema", lungs, (0.0, -0.2, -0.2), side="both")
+        rec("edema", lungs, an.pick_point(rng, lungs), side="both")
     if pos["lung opacity"]:
         side, lb = lobe()
         c = an.pick_point(rng, an.lobe_mask(side, lb), 10)
@@ -339,6 +339,7 @@ def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[l
             m2 = g.ellipsoid_mm(c2, (d2 / 2,) * 3) & lungs
             hu[m2] = val
             mark(m2, "lung lesion")
+            findings[-1].setdefault("satellites", []).append({"center_voxel": g.voxel(c2), "size_mm": [d2, d2]})
     if pos["pleural effusion"]:
         side = str(rng.choice(["right", "left", "both"], p=[0.45, 0.3, 0.25]))
         amount = str(rng.choice(["small", "moderate", "large"], p=[0.5, 0.35, 0.15]))
@@ -409,15 +410,17 @@ def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[l
         if rng.random() < 0.7:
             m = (g.tube((0.55, 0.1, 0.85), (0.12, 0.12, 0.62), 2.0) | g.tube((0.12, 0.12, 0.62), (0.12, 0.12, -0.05), 2.0))
             hu[m] = 1500
-            kind, c = "catheter", (0.12, 0.12, 0.3)
+            kind, c = "catheter", an.pick_point(rng, m)
         else:
             box = ((np.abs(g.u + 0.55) < g.norm(20, 0)) & (np.abs(g.v - 0.58) < g.norm(6, 1))
                    & (np.abs(g.w - 0.6) < g.norm(25, 2)))
             m = box | g.tube((-0.55, 0.58, 0.6), (0.12, 0.12, 0.62), 1.5) | g.tube((0.12, 0.12, 0.62), (-0.05, 0.2, -0.4), 1.5)
             hu[m] = 3000
-            kind, c = "pacemaker", (-0.55, 0.58, 0.6)
+            kind, c = "pacemaker", an.pick_point(rng, box & np.ones(g.shape, dtype=bool))
         mark(m, "support devices")
         rec("support devices", m, c, kind=kind)
+    for f in findings:  # what is left of each finding after later ones were drawn over it
+        f["voxels"] = int((mask == R.IDX[f["label"]] + 1).sum())
     return findings, mask
 
 
@@ -581,6 +584,10 @@ def _write_ct_rate(root: pathlib.Path, cases: list[Case], split: list[int], seed
         name = f"{pid}_a_1.nii.gz"
         raw = (c.hu.astype(np.int32) + 1024).astype(np.int16)
         write_nifti(root / "dataset" / sp / pid / f"{pid}_a" / name, raw, c.affine)
+        gt_file = root / "ground_truth" / f"{c.id}.json"
+        gt = json.loads(gt_file.read_text())
+        gt["volume_name"] = name
+        gt_file.write_text(json.dumps(gt, indent=1))
         found = [f for f in c.findings]
         rows[sp]["rep"].append([name, "Not given.", "Non-contrast chest CT.", c.report, R.ct_rate_impression(found)])
         rows[sp]["lab"].append([name, *ct_rate_labels(c.labels).tolist()])
