@@ -12,8 +12,10 @@ parameters before each forward (see :func:`fsdp_wrap`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,28 +110,66 @@ def rust_bound_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, RustBound)]
 
 
-def fsdp_wrap(model: nn.Module, device: torch.device) -> nn.Module:
-    """Shard ``model`` with FSDP2 (``fully_shard``) per Rust-bound module and at the root.
+def fsdp_wrap(model: nn.Module, info: DistInfo) -> nn.Module:
+    """Shard ``model`` with FSDP2 (``fully_shard``) as one unit over all ranks.
 
-    FSDP2 replaces each ``Parameter`` by a sharded ``DTensor`` and, before a module's forward,
-    swaps in unsharded full parameters. A Rust-bound module holds references to parameter
-    objects, so a forward pre-hook registered *after* FSDP's own re-binds it to the parameters
-    that are registered at that moment (the unsharded ones); ``reshard_after_forward=False`` keeps
-    those parameters alive through backward, so the gradients land where FSDP reduces them.
+    Between steps every parameter, its gradient and its AdamW state are sharded across the
+    ranks (1/world_size each). FSDP2 swaps each ``Parameter`` for a sharded ``DTensor`` and, in
+    its forward pre-hook, registers unsharded full parameters; voxlm's Rust-bound modules hold
+    references to parameter objects, so a forward pre-hook registered *after* FSDP's re-binds
+    every Rust-bound submodule to the parameters registered at that moment (the unsharded ones).
+    ``reshard_after_forward=False`` keeps them alive through backward, so the gradients land where
+    FSDP reduce-scatters them. The whole model is one unit because a Rust core runs all of its
+    layers in one call (no per-layer unshard point) and recipes call submodules such as the LLM's
+    input embedding outside its forward: the unsharded model exists during forward/backward only.
     """
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = None
+    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    wrapper = LossModule(model)
+    fully_shard(wrapper, mesh=mesh, reshard_after_forward=False)
     bound = rust_bound_modules(model)
-    for m in bound:
-        fully_shard(m, reshard_after_forward=False, mesh=mesh)
 
-        def _rebind(mod: nn.Module, _args: Any) -> None:
-            mod.rebind()  # type: ignore[operator]
+    def _rebind(_mod: nn.Module, _args: Any, _kwargs: Any) -> None:
+        for m in bound:
+            m.rebind()  # type: ignore[operator]
 
-        m.register_forward_pre_hook(_rebind)
-    fully_shard(model, reshard_after_forward=False, mesh=mesh)
-    return model
+    wrapper.register_forward_pre_hook(_rebind, with_kwargs=True)
+    wrapper._voxlm_rust_bound = bound  # type: ignore[assignment]
+    return wrapper
+
+
+class LossModule(nn.Module):
+    """``forward(**batch)`` -> the inner model's loss tensor. FSDP2 hooks the backward pass
+    through the tensors it finds in a module's output (pytree); voxlm's output dataclasses are no
+    pytree nodes, so the sharded root returns the loss tensor itself."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, **batch: Any) -> Any:
+        from .trainer import _loss_of
+
+        return _loss_of(self.inner(**batch))
+
+
+@contextlib.contextmanager
+def fsdp_unsharded(wrapped: nn.Module) -> Iterator[None]:
+    """Full parameters on every rank for the duration (evaluation outside the sharded root's
+    forward), Rust-bound modules re-bound to them; resharded afterwards."""
+    unshard = getattr(wrapped, "unshard", None)
+    if not callable(unshard):
+        yield
+        return
+    unshard()
+    for m in getattr(wrapped, "_voxlm_rust_bound", []):
+        m.rebind()
+    try:
+        yield
+    finally:
+        wrapped.reshard()  # type: ignore[operator]
 
 
 def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False,
@@ -138,7 +178,7 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False,
     if not info.enabled:
         return model
     if fsdp:
-        return fsdp_wrap(model, info.device)
+        return fsdp_wrap(model, info)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [info.device.index] if info.device.type == "cuda" else None
@@ -146,4 +186,6 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False,
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    if isinstance(model, LossModule):
+        return model.inner
     return getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model

@@ -608,8 +608,10 @@ class Trainer:
         was_training = model.training
         model.eval()
         mixed = rust_modules_in_own_dtype(model, self.device.type, enabled=self.args.bf16 or self.args.fp16)
+        full = D.fsdp_unsharded(self._wrapped) if self._wrapped is not None else contextlib.nullcontext()
         try:
             mixed.__enter__()
+            full.__enter__()
             loss_sum, count = 0.0, 0
             preds: list[np.ndarray] = []
             labels: list[np.ndarray] = []
@@ -635,6 +637,7 @@ class Trainer:
                     if lab:
                         labels.append(lab[0].cpu().numpy())
         finally:
+            full.__exit__(None, None, None)
             mixed.__exit__(None, None, None)
             if was_training:
                 model.train()
