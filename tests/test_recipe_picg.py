@@ -431,3 +431,72 @@ def test_config_errors():
         P.PICGConfig.from_dict({"name": "picg", "blrr": 1})
     with pytest.raises(ConfigError, match="scoring_lr_schedule"):
         P.PICGConfig(scoring_lr_schedule="cosine")
+
+
+# --------------------------------------------------------------------------------------------
+# end to end on the tiny config (synthetic PICG crops)
+
+
+def _tiny_cfg(tmp_path):
+    import pathlib
+
+    import yaml
+
+    cfg = yaml.safe_load((pathlib.Path(__file__).resolve().parents[1] / "configs" / "picg-tiny.yaml").read_text())
+    cfg["data"]["root"] = str(tmp_path / "data")
+    cfg["train"]["output_dir"] = str(tmp_path / "run")
+    return cfg
+
+
+def test_end_to_end_tiny(tmp_path):
+    import csv
+    import json
+
+    from voxlm.recipes import get_recipe
+    from voxlm.train import TrainingArguments, run_stages
+
+    cfg = _tiny_cfg(tmp_path)
+    cls = get_recipe("picg")
+    model = cls.from_config(cfg["recipe"], cfg["model"])
+    train, ev = model.datasets(cfg["data"])
+    assert len(train) == 3 * len(train.records)
+    args = TrainingArguments.from_dict(cfg["train"])
+    before = model.vision.clip.vision_model.embeddings.patch_embedding.weight.detach().clone()
+    bias0 = model.llm.model.layers[0].self_attn.q_proj.bias.detach().clone()
+    out = run_stages(model, model.stages(args), train, ev, data_collator=model.collator())
+    assert set(out) == {"stage1_modality", "stage2_guideline"}
+    after = model.vision.clip.vision_model.embeddings.patch_embedding.weight
+    assert not torch.equal(before, after)  # stage 1 trains the domain adapter
+    assert not torch.equal(bias0, model.llm.model.layers[0].self_attn.q_proj.bias)  # bias tuning
+    res = model.after_stages(train, ev, output_dir=tmp_path / "distill")
+    feats = tmp_path / "distill" / "guideline_features.safetensors"
+    assert feats.is_file()
+    assert len(res["history"]) == 2 * cfg["recipe"]["scoring_epochs"]
+    ev_json = json.loads((tmp_path / "distill" / "eval.json").read_text())
+    assert set(ev_json["scoring"]["quadratic_kappa"]) == {"mean", "std", "per_seed"}
+    assert len(ev_json["scoring"]["accuracy"]["per_seed"]) == 2
+    rows = list(csv.DictReader(open(tmp_path / "distill" / "predictions.csv")))
+    assert len(rows) == len(ev.records) and {"pred_seed0", "pred_seed1", "llm_t2w"} <= set(rows[0])
+    # save / reload: identical outputs
+    model.save_pretrained(tmp_path / "model")
+    again = cls.from_pretrained(tmp_path / "model")
+    model.eval()
+    again.eval()
+    b = model.collator()([train[0], train[1]])
+    with torch.no_grad():
+        torch.testing.assert_close(again(**b).logits, model(**b).logits, atol=0, rtol=0)
+    np.testing.assert_array_equal(again.predict_scores(ev.records), model.predict_scores(ev.records))
+
+
+def test_scoring_net_feature_width_is_checked(tmp_path):
+    cfg = _tiny_cfg(tmp_path)
+    cfg["recipe"]["student_proj"] = "none"
+    from voxlm.recipes import get_recipe
+
+    model = get_recipe("picg").from_config(cfg["recipe"], cfg["model"])
+    train, _ = model.datasets(cfg["data"])
+    feats = {str(r["id"]): torch.zeros(64) for r in train.records}
+    with pytest.raises(ShapeError, match="feature width 16 does not match the teacher's width 64"):
+        model.distill(train, scoring_net=P.SmallConv3d(width=4), features=feats, epochs=1)
+    with pytest.raises(ConfigError, match=r"return \(logits, feature\)"):
+        model.distill(train, scoring_net=nn.Sequential(nn.Flatten(), nn.LazyLinear(5)), features=feats, epochs=1)

@@ -835,7 +835,7 @@ class PICG(Recipe):
             raise ConfigError(f"data.format: PICG reads 'prostate-biopsy', 'picai' or 'manifest', got {fmt!r}")
         if root is None:
             raise ConfigError("data.root: expected the dataset folder")
-        if data.get("synth") and not pathlib.Path(root).exists():
+        if data.get("synth"):  # generates once; re-uses a matching synthetic set
             from .. import synth
 
             synth.ensure(root, **dict(data["synth"]))
@@ -1001,7 +1001,7 @@ class PICG(Recipe):
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    total += float(loss) * len(idx)
+                    total += float(loss.detach()) * len(idx)
                     n += len(idx)
                 if c.scoring_lr_schedule == "step":
                     sched.step()
