@@ -344,3 +344,21 @@ def test_refuses_another_recipes_folder(tmp_path):
         DiaLlama.from_pretrained(d)
     with pytest.raises(CheckpointError, match="no config.json"):
         DiaLlama.from_pretrained(tmp_path / "nothing")
+
+
+def test_config_files_parse():
+    import pathlib
+
+    import yaml
+
+    from voxlm.train import TrainingArguments
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.glob("dia_llama-*.yaml"))
+    assert {f.name for f in files} >= {"dia_llama-tiny.yaml", "dia_llama-ctrg.yaml"}
+    for f in files:
+        cfg = yaml.safe_load(f.read_text())
+        assert cfg["recipe"]["name"] == "dia_llama"
+        DiaLlamaConfig.from_dict(cfg["recipe"])
+        TrainingArguments.from_dict(cfg["train"])
+        assert cfg["data"]["format"] in ("ctrg-chest", "ct-rate")
