@@ -93,6 +93,9 @@ def train(config: str | os.PathLike[str], output_dir: str | None = None, resume:
         (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     results = run_stages(model, model.stages(args), train_ds, eval_ds, data_collator=model.collator(),
                          output_dir=run, resume=resume)
+    after = getattr(model, "after_stages", None)  # recipe steps outside the trainer (PICG: distillation)
+    if callable(after) and _rank() == 0:
+        after(train_ds, eval_ds, output_dir=run / "after_stages")
     if _rank() == 0:
         model.save_pretrained(run / "model")
         summary = {name: {"global_step": r.global_step, "train_loss": r.training_loss} for name, r in results.items()}

@@ -1060,9 +1060,8 @@ class PICG(Recipe):
                 for row, p in zip(rows, preds[j]):
                     row[f"pred_seed{seed}"] = int(p)
         if guideline:
-            was_task = self.task
             c = self.cfg
-            gen: list[int | None] = []
+            parsed: dict[str, list[int | None]] = {s: [] for s in SEQUENCES}
             for r, row in zip(recs, rows):
                 vols = torch.stack([picg_volume(_load_array(r["sequences"][s]), c.volume_size, c.intensity_scale,
                                                 c.intensity_mean, c.intensity_std, c.intensity_prescale) for s in SEQUENCES])
@@ -1070,12 +1069,13 @@ class PICG(Recipe):
                                       max_new_tokens=int(generate_kwargs.get("max_new_tokens", 4)))
                 for s, t in zip(SEQUENCES, texts):
                     row[f"llm_{s}"] = t.strip()
-                digits = [int(ch) for t in texts for ch in t if ch in "12345"][:1]
-                gen.append(digits[0] if digits else None)
-            self.task = was_task
-            ok = [i for i, g in enumerate(gen) if g is not None]
-            result["guideline_llm"] = {"parsed": len(ok), "accuracy_t2w_first_digit":
-                                       float(np.mean([gen[i] == y[i] for i in ok])) if ok else 0.0}
+                    digits = [int(ch) for ch in t if ch in "12345"]
+                    parsed[s].append(digits[0] if digits else None)
+            # the guideline network's own answer per sequence (stage 2's task), first digit 1-5
+            result["guideline_llm"] = {
+                s: {"parsed": sum(v is not None for v in parsed[s]),
+                    "accuracy": float(np.mean([v == int(t) for v, t in zip(parsed[s], y)])) if len(y) else 0.0}
+                for s in SEQUENCES}
         if output_dir is not None:
             out = pathlib.Path(output_dir)
             out.mkdir(parents=True, exist_ok=True)
