@@ -418,3 +418,22 @@ def test_saved_model_generates_as_transformers_and_peft(tmp_path):
                             do_sample=False, eos_token_id=r.tokenizer.eos_token_id,
                             pad_token_id=r.tokenizer.pad_token_id)
         assert torch.equal(ours, ref[:, : ours.shape[1]])
+
+
+def test_cli_train_then_evaluate(tmp_path, monkeypatch):
+    """``voxlm train configs/vit3d_llama-tiny.yaml --output-dir RUN`` (synthetic CTRG-Chest made
+    by data.synth) then ``voxlm evaluate RUN``, through the CLI entry point."""
+    import pathlib
+
+    from voxlm.cli import main
+
+    cfg = pathlib.Path(__file__).resolve().parents[1] / "configs" / "vit3d_llama-tiny.yaml"
+    monkeypatch.chdir(tmp_path)  # data.root is relative: the synthetic data go under tmp_path
+    assert main(["train", str(cfg), "--output-dir", "run"]) == 0
+    for f in ("config.yaml", "model/config.json", "model/adapter/adapter_model.safetensors",
+              "stage1-projector/final", "stage2-lora/final"):
+        assert (tmp_path / "run" / f).exists(), f
+    assert main(["evaluate", "run"]) == 0
+    res = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
+    assert res["task"] == "report" and res["n"] >= 1 and 0.0 <= res["BLEU-4"] <= 1.0
+    assert (tmp_path / "run" / "eval" / "predictions.csv").is_file()

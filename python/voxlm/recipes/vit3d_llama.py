@@ -833,8 +833,8 @@ class ViT3DLlama(Recipe):
 
     def datasets(self, data: Mapping[str, Any]) -> tuple[Any, Any]:
         """``(train, eval)`` :class:`voxlm.datasets.ReportDataset` of the task's samples from
-        ``data``: ``format`` and ``root`` (a voxlm.datasets reader), ``synth`` (generate the
-        miniature dataset if ``root`` is missing), ``train_split`` / ``eval_split`` (train /
+        ``data``: ``format`` and ``root`` (a voxlm.datasets reader), ``synth`` (``voxlm.synth.ensure``:
+        generate the miniature dataset unless it is there), ``train_split`` / ``eval_split`` (train /
         validation; null for none), ``max_train`` / ``max_eval`` (first samples), preprocessing
         ``window`` ([lo, hi] HU or null), ``percentiles`` ([0.5, 99.5] instead of a window),
         ``crop_foreground``, ``spatial_size`` (must equal ``recipe.img_size``); ``options``: passed
@@ -853,7 +853,7 @@ class ViT3DLlama(Recipe):
             raise ShapeError(f"data.spatial_size {list(size)}: the encoder patches exactly recipe.img_size "
                              f"{list(self.config.img_size)} with patch {list(self.config.patch_size)}")
         root = pathlib.Path(data["root"])
-        if not root.exists() and data.get("synth"):
+        if data.get("synth"):  # generate the miniature dataset (reused when already there)
             from .. import synth  # type: ignore[attr-defined]
 
             synth.ensure(root, **dict(data["synth"]))
@@ -948,7 +948,8 @@ class ViT3DLlama(Recipe):
                 new = self.generate(b["images"].to(dev), b["input_ids"].to(dev), b["attention_mask"].to(dev), **kw)
                 for i, (it, text) in enumerate(zip(items, self._decode(new))):
                     rows.append({"id": str(it.get("id", s + i)), "task": it.get("task", "report"),
-                                 "region": it.get("region", ""), "question": it.get("prompt") or "",
+                                 "region": it.get("region", ""),
+                                 "question": it.get("prompt") or self.config.eval_prompt,
                                  "reference": it.get("target", ""), "prediction": text,
                                  "answer": it.get("answer", ""), "choices": it.get("choices"),
                                  "question_type": it.get("question_type", "")})
