@@ -218,6 +218,9 @@ def test_ensure_reuses_refuses_and_survives_a_race(tmp_path):
     assert (root / "annotation.json").stat().st_mtime_ns == mtime
     with pytest.raises(ConfigError, match="different synthetic dataset"):
         synth.ensure(root, "chest-ct", 5, seed=1)
+    with pytest.raises(ConfigError, match="different synthetic dataset"):
+        synth.ensure(root, "chest-ct", 4, seed=1, shape=(8, 8, 8))
+    assert synth.ensure(root, "chest-ct", 4, seed=1, shape=(16, 16, 8)) == root
     with pytest.raises(ConfigError, match="expected one of"):
         synth.ensure(tmp_path / "e", "knee-mri", 2)
     assert synth.main(["chest-ct", "--out", str(tmp_path / "cli"), "--n", "2"]) == 0

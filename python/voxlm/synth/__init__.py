@@ -58,6 +58,9 @@ def ensure(root: PathLike, kind: str, n: int, seed: int = 0, layout: str | None 
     if marker.is_file():
         have = json.loads(marker.read_text())
         want = {"kind": k, "layout": layout, "n": int(n), "seed": int(seed)}
+        for key, v in options.items():  # options the generator recorded must agree too
+            if key in have and v is not None:
+                want[key] = list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, dict) else v)
         got = {key: have.get(key) for key in want}
         if got != want:
             raise ConfigError(f"synth.ensure: {root} holds a different synthetic dataset {got}, wanted {want}")

@@ -516,7 +516,8 @@ def chest_ct(out: PathLike, n: int, seed: int = 0, layout: str = "ctrg-chest",
         else:
             _write_ct_rate(tmp, cases, split, seed)
         (tmp / "synth.json").write_text(json.dumps({"kind": "chest-ct", "layout": layout, "n": n, "seed": seed,
-                                                    "shape": list(shape), "wording": wording}, indent=1))
+                                                    "shape": list(shape), "wording": wording,
+                                                    "prevalence": dict(prevalence or {})}, indent=1))
     return out
 
 
