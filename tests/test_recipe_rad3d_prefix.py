@@ -200,3 +200,22 @@ def test_bad_input():
         m.collator()(bad)
     with pytest.raises(ConfigError, match="unknown field"):
         Rad3dPrefix.from_config(TINY, {"llm": LLM, "encoder": "x"})
+
+
+def test_config_files_parse():
+    import pathlib
+
+    import yaml
+
+    from voxlm.train import TrainingArguments
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.glob("rad3d_prefix-*.yaml"))
+    assert {f.name for f in files} >= {"rad3d_prefix-tiny.yaml", "rad3d_prefix-ctrate.yaml"}
+    for f in files:
+        cfg = yaml.safe_load(f.read_text())
+        assert cfg["recipe"]["name"] == "rad3d_prefix"
+        c = Rad3dPrefixConfig.from_dict(cfg["recipe"])
+        TrainingArguments.from_dict(cfg["train"])
+        if cfg["data"]["format"] == "ct-rate":
+            assert len(c.conditions) == 18
