@@ -12,6 +12,7 @@ sys.path.insert(0, str(HERE))
 import bench_llm  # noqa: E402  (after the path insert)
 import bench_lora  # noqa: E402
 import bench_metrics  # noqa: E402
+import bench_trainer  # noqa: E402
 import bench_vision  # noqa: E402
 import bench_volume  # noqa: E402
 
@@ -21,6 +22,7 @@ BENCHES = [
     ("lora", bench_lora.run),
     ("vision", bench_vision.run),
     ("volume", bench_volume.run),
+    ("trainer", bench_trainer.run),
 ]
 
 
