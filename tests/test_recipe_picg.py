@@ -322,6 +322,19 @@ def test_forward_vs_picg_transcription_via_llama_adapter_pth(tmp_path):
     assert (out.logits[0] - out.logits[1]).abs().max() > 1e-3
 
 
+def test_bias_7b_style_checkpoint_with_2d_conv_is_inflated():
+    ref = _ref_model()
+    sd = dict(ref.state_dict())
+    conv2d = _visual(3).conv1.weight.detach()
+    sd["clip.visual.conv1.weight"] = conv2d  # LLaMA-Adapter's BIAS-7B: OpenAI CLIP's 2D conv1
+    sd["clip.token_embedding.weight"] = torch.zeros(4, 4)  # text tower keys are skipped
+    model = _voxlm_model()
+    skipped = model.load_llama_adapter(sd)
+    assert "clip.token_embedding.weight" in skipped
+    w = model.vision.clip.vision_model.embeddings.patch_embedding.weight
+    torch.testing.assert_close(w, conv2d[..., None].repeat(1, 1, 1, 1, 14), atol=0, rtol=0)
+
+
 def test_query_blocks_layer_norm_eps_difference_is_small():
     """timm's Block (PICG, default nn.LayerNorm eps 1e-5) vs voxlm's Rust query blocks (1e-6)."""
     ref = _ref_model()

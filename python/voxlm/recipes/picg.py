@@ -693,6 +693,10 @@ class PICG(Recipe):
         mapped, skipped = llama_adapter_to_voxlm(sd, lc.num_hidden_layers, lc.num_attention_heads,
                                                  lc.num_key_value_heads, self.cfg.query_layer)
         own = dict(self.named_parameters())
+        conv = "vision.clip.vision_model.embeddings.patch_embedding.weight"
+        if conv in mapped and mapped[conv].dim() == 4 and own[conv].dim() == 5:
+            # a LLaMA-Adapter checkpoint (BIAS-7B) holds CLIP's 2D conv1: inflate it as PICG does
+            mapped[conv] = inflate_last(mapped[conv], own[conv].shape[-1], self.cfg.inflate_mode)
         unknown = sorted(set(mapped) - set(own))
         if unknown:
             raise CheckpointError(f"LLaMA-Adapter checkpoint: tensors with no place in this PICG model: {unknown[:5]}")
