@@ -513,3 +513,19 @@ def test_scoring_net_feature_width_is_checked(tmp_path):
         model.distill(train, scoring_net=P.SmallConv3d(width=4), features=feats, epochs=1)
     with pytest.raises(ConfigError, match=r"return \(logits, feature\)"):
         model.distill(train, scoring_net=nn.Sequential(nn.Flatten(), nn.LazyLinear(5)), features=feats, epochs=1)
+
+
+def test_picai_layout_reads(tmp_path):
+    pytest.importorskip("SimpleITK")
+    cfg = _tiny_cfg(tmp_path)
+    from voxlm.recipes import get_recipe
+
+    model = get_recipe("picg").from_config(cfg["recipe"], cfg["model"])
+    data = {"format": "picai", "root": str(tmp_path / "picai"), "synth": {"kind": "prostate-mri", "n": 3, "layout": "picai"},
+            "eval_split": None}
+    train, ev = model.datasets(data)
+    assert ev is None
+    item = train[2]
+    assert item["sequence"] == "t2w" and tuple(item["volume"].shape) == (1, 28, 28, 42)
+    x = P.scoring_input([P._load_array(train.records[0]["sequences"][s]) for s in P.SEQUENCES], (8, 32, 32))
+    assert x.shape == (3, 8, 32, 32) and np.allclose(x.reshape(3, -1).mean(1), 0, atol=1e-5)

@@ -522,7 +522,8 @@ class LlavaRRG(Recipe):
         if fmt == "mimic-cxr":
             opts.setdefault("section", None)
         train = read_records(fmt, root, split="train", **opts)
-        ev = read_records(fmt, root, split=data.get("eval_split", "validation"), **opts)
+        split = data.get("eval_split", "validation")  # None: no eval set (PI-CAI's public part is one split)
+        ev = read_records(fmt, root, split=split, **opts) if split else []
         return (StudyDataset(train, self.image_size, self.cfg, require=self.cfg.sections),
                 StudyDataset(ev, self.image_size, self.cfg, require=()) if ev else None)
 

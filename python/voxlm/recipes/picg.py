@@ -534,9 +534,22 @@ def build_scoring_net(spec: Mapping[str, Any]) -> nn.Module:
 
 
 def _load_array(path: str) -> np.ndarray:
+    """A volume in nibabel's axis order ``[X, Y, Z]`` (``voxlm.load_image``; formats voxlm does not
+    read yet, e.g. PI-CAI's ``.mha``, through SimpleITK when it is installed)."""
+    from ..exceptions import VolumeFormatError
     from ..volume import load_image
 
-    a = np.asarray(load_image(path).data, dtype=np.float32)
+    try:
+        a = np.asarray(load_image(path).data, dtype=np.float32)
+    except VolumeFormatError as e:
+        if "not built yet" not in str(e):
+            raise
+        try:
+            import SimpleITK as sitk
+        except ImportError:
+            raise e from None
+        a = np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), dtype=np.float32)
+        a = np.transpose(a, tuple(range(a.ndim))[::-1])  # ITK [z, y, x] -> [x, y, z]
     if a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim != 3:
@@ -845,7 +858,8 @@ class PICG(Recipe):
             synth.ensure(root, **dict(data["synth"]))
         opts = {k: v for k, v in data.items() if k not in ("format", "root", "synth", "eval_split")}
         train = read_records(fmt, root, split="train", **opts)
-        ev = read_records(fmt, root, split=data.get("eval_split", "validation"), **opts)
+        split = data.get("eval_split", "validation")  # None: no eval set (PI-CAI's public part is one split)
+        ev = read_records(fmt, root, split=split, **opts) if split else []
         return SequenceDataset(train, self.cfg), (SequenceDataset(ev, self.cfg) if ev else None)
 
     def collator(self) -> PICGCollator:
