@@ -629,3 +629,58 @@ def test_whole_model_vs_released_transcription(tmp_path):
         assert torch.equal(m.predict_labels(m.inference_features(tokens)), released)
     assert c.inference_features == "released"
     assert np.array_equal(m.generate(b["images"], return_dict=True).labels, released.numpy())
+
+
+def test_vit3d_encoder_option():
+    m = tiny(vision="vit3d", vision_heads=4, vision_dim_head=12)
+    assert type(m.vision).__name__ == "ViT3D" and m.num_vision_tokens == 2 * 4 * 4
+    b = m.collator()(items(2))
+    out = m(**b)
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ConfigError, match="vision_heads x vision_dim_head"):
+        tiny(vision="vit3d", vision_heads=4, vision_dim_head=16)
+
+
+def test_radfm_weights_load_into_the_recipe(tmp_path):
+    """A RadFM-style checkpoint (``embedding_layer.vision_encoder.*`` + ``embedding_layer.
+    perceiver.*``; RadFM's fc maps to another width and is left out) loads through
+    ``model.vision``; the recipe's vision tokens equal the RadFM transcription's output."""
+    from .test_radfm_vit_vs_reference import RefViT
+
+    torch.manual_seed(3)
+    ref = RefViT(image_size=64, image_patch_size=8, frames=16, frame_patch_size=4, dim=48, depth=2, heads=4,
+                 mlp_dim=96, channels=3, dim_head=12).eval()
+    donor = tiny()
+    sd = {f"embedding_layer.vision_encoder.{k}": v for k, v in ref.state_dict().items()}
+    sd.update({f"embedding_layer.perceiver.{k}": torch.randn_like(v) for k, v in donor.perceiver.state_dict().items()})
+    sd["embedding_layer.fc.weight"] = torch.zeros(5120, 48)
+    sd["embedding_layer.fc.bias"] = torch.zeros(5120)
+    torch.save(sd, tmp_path / "radfm.bin")
+    m = DiaLlama.from_config(TINY, {"llm": LLM, "vision": str(tmp_path / "radfm.bin")})
+    m.eval()
+    x = torch.rand(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        want, _ = ref(x.permute(0, 1, 3, 4, 2))
+        torch.testing.assert_close(m.vision_tokens(x), want, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(m.perceiver.latents, sd["embedding_layer.perceiver.latents"])
+    with pytest.raises(CheckpointError, match="no RadFM vit_3d keys"):
+        torch.save({"foo": torch.zeros(1)}, tmp_path / "bad.bin")
+        DiaLlama.from_config(TINY, {"llm": LLM, "vision": str(tmp_path / "bad.bin")})
+
+
+def test_ct_rate_labels(tmp_path):
+    """CT-RATE (18 abnormality labels): ``conditions: ct-rate`` reads its records; the CheXbert
+    default on that data is refused before training (ConfigError naming both label sets)."""
+    from voxlm import synth
+
+    synth.chest_ct(tmp_path / "ctrate", 6, seed=0, layout="ct-rate", shape=(32, 32, 16))
+    data = {"format": "ct-rate", "root": str(tmp_path / "ctrate")}
+    m = tiny(conditions="ct-rate")
+    assert len(m.config.conditions) == 18
+    train, ev = m.datasets(data)
+    it = train[0]
+    assert it["image"].shape == (3, 8, 32, 32) and float(it["image"].max()) == 1.0
+    b = m.collator()([train[0], train[1]])
+    assert b["cls_labels"].shape == (2, 18) and torch.isfinite(m(**b).loss)
+    with pytest.raises(ConfigError, match="differ from the dataset's labels"):
+        tiny().datasets(data)
