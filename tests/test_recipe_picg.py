@@ -529,3 +529,14 @@ def test_picai_layout_reads(tmp_path):
     assert item["sequence"] == "t2w" and tuple(item["volume"].shape) == (1, 28, 28, 42)
     x = P.scoring_input([P._load_array(train.records[0]["sequences"][s]) for s in P.SEQUENCES], (8, 32, 32))
     assert x.shape == (3, 8, 32, 32) and np.allclose(x.reshape(3, -1).mean(1), 0, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [{"name": "monai_resnet", "depth": 10}, {"name": "torchvision_r3d_18"},
+                                  {"name": "small_conv3d", "width": 4}])
+def test_example_scoring_networks(spec):
+    pytest.importorskip("monai" if spec["name"].startswith("monai") else "torchvision")
+    net = P.build_scoring_net(spec)
+    model = _voxlm_model()
+    proj = model._check_net(net, torch.randn(2, 3, 8, 32, 32), teacher_dim=64)
+    logits, feat = net(torch.randn(2, 3, 8, 32, 32))
+    assert logits.shape == (2, 5) and proj(feat).shape == (2, 64)
