@@ -587,8 +587,8 @@ def _ref_modules():
 def test_whole_model_vs_released_transcription(tmp_path):
     """The released MultiLLaMAForCausalLM (transcribed; real transformers + peft LLM), saved as
     its pytorch_model.bin, loads through ``DiaLlama.load_released``; on the same batch the loss
-    (L_LM + 4 L_DP) and the inference-time predictions (``inference_features="released"``)
-    agree. Tolerance: float32, 1e-5 on the loss (voxlm's Rust LLaMA / perceiver vs
+    (L_LM + 4 L_DP), the inference-time predictions (``inference_features="released"``) and the
+    greedy generations (transformers' ``generate`` on the released embedding) agree. Tolerance: float32, 1e-5 on the loss (voxlm's Rust LLaMA / perceiver vs
     transformers / einsum may reorder sums; observed equal to the printed digits)."""
     import transformers
     from peft import LoraConfig, get_peft_model
@@ -629,6 +629,16 @@ def test_whole_model_vs_released_transcription(tmp_path):
         assert torch.equal(m.predict_labels(m.inference_features(tokens)), released)
     assert c.inference_features == "released"
     assert np.array_equal(m.generate(b["images"], return_dict=True).labels, released.numpy())
+    # prediction -> prompt -> generation: the released path (its embedding, transformers + peft
+    # generate, greedy) writes the same tokens as the recipe
+    for i in range(2):
+        ids = torch.tensor([m.prompter.prompt_ids(m.prompter.question(released[i].tolist()))])
+        with torch.no_grad():
+            emb_in = emb(vision_x=vision_x[i:i + 1], text_input=ids)
+            hf = ref.lang_model.generate(inputs_embeds=emb_in, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                         do_sample=False, eos_token_id=m.prompter.eos, pad_token_id=m.prompter.pad)
+        ours = m.generate(b["images"][i:i + 1], return_dict=True, max_new_tokens=8).tokens
+        assert ours[0, : hf.shape[1]].tolist() == hf[0].tolist()
 
 
 def test_vit3d_encoder_option():
