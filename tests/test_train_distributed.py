@@ -70,12 +70,25 @@ def _train(out: str, ga: int, fsdp: bool = False) -> None:
                              fsdp=fsdp)
     model = _model()
     Trainer(model, args, _data()).train()
-    if fsdp and int(os.environ.get("RANK", "0")) == 0:  # what FSDP2 left in this process
+    rank = int(os.environ.get("RANK", "0"))
+    if fsdp and rank == 0:  # what FSDP2 left in this process
         import json
 
         w = model.llm.model.embed_tokens.weight
         info = {"type": type(w).__name__, "local": list(w.to_local().shape), "full": list(w.shape)}
         pathlib.Path(out, "shard_info.json").write_text(json.dumps(info))
+    if fsdp:  # resume under FSDP2: drop what came after checkpoint-3, continue on a fresh model
+        import shutil
+
+        import torch.distributed as dist
+
+        o = pathlib.Path(out)
+        if rank == 0:
+            shutil.copytree(o / "final", o / "uninterrupted")
+            shutil.rmtree(o / "final")
+            shutil.move(o / "checkpoint-6", o / "later-checkpoint-6")
+        dist.barrier()
+        Trainer(_model(), args, _data()).train(resume_from_checkpoint=True)
 
 
 def _torchrun(out, fsdp=False):
@@ -137,8 +150,12 @@ def test_fsdp2_two_gloo_processes(tmp_path, one_process):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=5e-6, msg=k)
     info = json.loads((tmp_path / "fsdp" / "shard_info.json").read_text())
     assert info == {"type": "DTensor", "local": [24, 32], "full": [48, 32]}
-    ck = tmp_path / "fsdp" / "checkpoint-6"
+    ck = tmp_path / "fsdp" / "checkpoint-3"
     assert (ck / "optimizer-0.pt").is_file() and (ck / "optimizer-1.pt").is_file()
+    # resumed from checkpoint-3 (per-rank sharded optimizer state) == uninterrupted, bit for bit
+    u = load_tensors(tmp_path / "fsdp" / "uninterrupted" / "model.safetensors")
+    for k in u:
+        assert torch.equal(u[k], b[k]), k
     fresh = _model(lora=False)
     load_adapter(fresh.llm, tmp_path / "fsdp" / "final" / "adapters" / "llm")
     for n, p in fresh.named_parameters():

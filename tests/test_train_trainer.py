@@ -297,3 +297,21 @@ def test_stages_resume_skips_finished_stage(tmp_path):
     run_stages(m2, stages(m2, base.replace(output_dir=str(part))), Reg(), resume=True)
     for (n, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters()):
         assert torch.equal(p, q), n
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_cuda(tmp_path, precision):
+    """CUDA: bf16 autocast / fp16 autocast with GradScaler; float32 master weights; the loss
+    follows the float32 run's to mixed-precision rounding."""
+    def run(**kw):
+        m = Lin()
+        a = _args(tmp_path, output_dir=str(tmp_path / str(kw)), max_steps=6, report_to=[], plot=False,
+                  save_strategy="no", **kw)
+        t = Trainer(m, a, Reg())
+        return t.train(), m
+
+    ref, _ = run()
+    out, m = run(**{precision: True})
+    assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in m.parameters())
+    assert out.training_loss == pytest.approx(ref.training_loss, rel=5e-2)
