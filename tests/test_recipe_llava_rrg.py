@@ -212,7 +212,7 @@ def test_end_to_end_tiny(tmp_path):
     train, ev = model.datasets(cfg["data"])
     assert len(train) > 0 and ev is not None
     p0 = model.mm_projector[0].weight.detach().clone()
-    out = run_stages(model, model.stages(TrainingArguments.from_dict(cfg["train"])), train, ev,
+    out = run_stages(model, model.stages(TrainingArguments.from_dict(cfg["train"]).replace(max_steps=2)), train, ev,
                      data_collator=model.collator())
     assert list(out) == ["stage1_projector", "stage2_findings", "stage2_impression"]
     assert not torch.equal(p0, model.mm_projector[0].weight)

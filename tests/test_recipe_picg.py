@@ -473,7 +473,7 @@ def test_end_to_end_tiny(tmp_path):
     model = cls.from_config(cfg["recipe"], cfg["model"])
     train, ev = model.datasets(cfg["data"])
     assert len(train) == 3 * len(train.records)
-    args = TrainingArguments.from_dict(cfg["train"])
+    args = TrainingArguments.from_dict(cfg["train"]).replace(max_steps=2)
     before = model.vision.clip.vision_model.embeddings.patch_embedding.weight.detach().clone()
     bias0 = model.llm.model.layers[0].self_attn.q_proj.bias.detach().clone()
     out = run_stages(model, model.stages(args), train, ev, data_collator=model.collator())
