@@ -379,6 +379,9 @@ def test_prompts_are_alpaca():
     assert model.answer({"sequence": "dwi"}, "modality") == "non-T2W."
     feat = model.prompt("t2w", "feature")
     assert "### Input" not in feat and feat.endswith("Describe the appearance of this MRI image.\n\n### Response:")
+    released = _voxlm_model(feature_prompt="released")
+    assert released.prompt("t2w", "feature") == released.prompt("adc", "feature") == P.format_prompt(
+        released.guidelines["dwi_adc"] + "Describe the appearance of this MRI image.")
 
 
 def test_collator_masks_prompt_and_adds_eos():

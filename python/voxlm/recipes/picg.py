@@ -738,7 +738,9 @@ class PICG(Recipe):
             return format_prompt(g[kind], self.cfg.score_question)
         if task == "feature":
             if self.cfg.feature_prompt == "released":
-                kind = "dwi_adc"  # the released script's counter never moves: one instruction for all
+                # test_round2_getfeature.py as run: its counter never moves, so every sequence gets
+                # the same instruction, glued to the question without a space (instruct + INPUT)
+                return format_prompt(g["dwi_adc"] + self.cfg.feature_question)
             return format_prompt(g[kind] + " " + self.cfg.feature_question)
         raise ConfigError(f"task: expected 'modality', 'guideline' or 'feature', got {task!r}")
 
