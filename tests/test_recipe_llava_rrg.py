@@ -241,3 +241,36 @@ def test_end_to_end_tiny(tmp_path):
     b = model.collator()([train[0]])
     with torch.no_grad():
         torch.testing.assert_close(again(**b).logits, model(**b).logits, atol=0, rtol=0)
+
+
+def test_forward_vs_transformers_peft_llava_flow(tmp_path):
+    """The whole stage-2 forward against transformers + peft on the same weights, as LLaVA's
+    ``encode_images`` + ``prepare_inputs_labels_for_multimodal`` compose them: CLIPVisionModel
+    hidden_states[-2][:, 1:] -> mm_projector -> image embeddings in place of ``<image>`` ->
+    LlamaForCausalLM with the saved PEFT adapter. Tolerance 1e-4 (float32, 2 layers)."""
+    peft = pytest.importorskip("peft")
+    ref_clip = _hf_clip(tmp_path)
+    m = _model(tmp_path, lora_dropout=0.0).eval()
+    with torch.no_grad():
+        for n, p in m.llm.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.2)
+    m.save_pretrained(tmp_path / "saved")
+    base = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "saved" / "llm").eval()
+    ref = peft.PeftModel.from_pretrained(base, tmp_path / "saved" / "adapters" / "impression").eval()
+    proj = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 64))
+    proj.load_state_dict(m.mm_projector.state_dict())
+    m.set_stage("report", "impression")
+    m.eval()
+    items = [{"id": str(i), "pixel_values": torch.randn(3, 56, 56), "findings": "x", "impression": t}
+             for i, t in enumerate(["No acute disease.", "Small left effusion. No pneumothorax."])]
+    b = m.collator()(items)
+    with torch.no_grad():
+        got = m(**b)
+        feats = ref_clip(b["pixel_values"], output_hidden_states=True).hidden_states[-2][:, 1:]
+        emb = ref.get_input_embeddings()(b["input_ids"])
+        emb = emb.masked_scatter(b["image_mask"].unsqueeze(-1), proj(feats).reshape(-1, 64))
+        want = ref(inputs_embeds=emb, attention_mask=b["attention_mask"], labels=b["labels"])
+    valid = b["attention_mask"].bool()
+    torch.testing.assert_close(got.logits[valid], want.logits[valid], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
