@@ -97,13 +97,17 @@ class RunLog:
 
 
 def plot_loss(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> pathlib.Path | None:
-    """Training loss (and eval loss) against the optimizer step, as a PNG (matplotlib, Agg)."""
+    """Training loss (and eval loss) against the optimizer step, as a PNG (matplotlib, Agg);
+    None when there is nothing to plot or matplotlib is not installed."""
     train = [(r["step"], r["loss"]) for r in rows if r.get("loss") not in (None, "")]
     ev = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") not in (None, "")]
     if not train and not ev:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # matplotlib is optional: metrics.csv / TensorBoard still have the curve
+        return None
 
     fig = Figure(figsize=(6, 3.5), dpi=100)  # no pyplot: leaves a notebook's backend alone
     FigureCanvasAgg(fig)
