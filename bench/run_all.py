@@ -9,7 +9,8 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench_generate  # noqa: E402  (after the path insert)
+import bench_dicom  # noqa: E402  (after the path insert)
+import bench_generate  # noqa: E402
 import bench_llm  # noqa: E402
 import bench_lora  # noqa: E402
 import bench_metrics  # noqa: E402
@@ -25,6 +26,8 @@ BENCHES = [
     ("vision", bench_vision.run),
     ("volume", bench_volume.run),
     ("trainer", bench_trainer.run),
+    ("volume_dataloader", bench_volume.run_dataloader),
+    ("dicom", bench_dicom.run),
 ]
 
 
