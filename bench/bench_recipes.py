@@ -174,6 +174,17 @@ def llava_stage2(steps: int = 5, warmup: int = 1) -> str:
 BENCHES = [picg_features, llava_stage2]
 
 
+def vit3d_llama_generate() -> str:
+    """recipe vit3d_llama: report generation vs transformers + PEFT (bench/bench_vit3d_llama.py)."""
+    sys.path.insert(0, str(HERE))
+    from bench_vit3d_llama import vit3d_llama_generate as bench
+
+    return bench()
+
+
+BENCHES.append(vit3d_llama_generate)
+
+
 def run() -> str:
     from common import machine
 
