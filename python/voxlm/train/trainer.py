@@ -483,6 +483,7 @@ class Trainer:
                     if not closes:
                         continue
                     assert group_loss is not None
+                    lr_used = self.lr_scheduler.get_last_lr()[0]  # logged as transformers 5 does
                     gn, bad, gl = self._update(params, group_loss / gsize)
                     self.global_step += 1
                     self.epoch = epoch + micro / n_micro
@@ -500,7 +501,7 @@ class Trainer:
                         dt = time.perf_counter() - t_window
                         row = {"step": self.global_step, "epoch": round(self.epoch, 4),
                                "loss": float(np.mean(window)) if window else float("nan"),
-                               "learning_rate": self.lr_scheduler.get_last_lr()[0], "grad_norm": gn}
+                               "learning_rate": lr_used, "grad_norm": gn}
                         self.log.log(row)
                         post = {"loss": f"{row['loss']:.4g}", "lr": f"{row['learning_rate']:.3g}"}
                         n_tok = float(tokens)
