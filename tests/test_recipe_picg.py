@@ -557,3 +557,22 @@ def test_example_scoring_networks(spec):
     proj = model._check_net(net, torch.randn(2, 3, 8, 32, 32), teacher_dim=64)
     logits, feat = net(torch.randn(2, 3, 8, 32, 32))
     assert logits.shape == (2, 5) and proj(feat).shape == (2, 64)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ref = _ref_model()
+    model = _voxlm_model()  # 3 layers: 1 through the Rust core, 2 adapted
+    model.load_llama_adapter(ref.state_dict())
+    model.set_task("modality", True)
+    torch.manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (2, 9))
+    vol = torch.randn(2, 1, 84, 84, 98)
+    grads = []
+    for on in (False, True):
+        model.llm.gradient_checkpointing = on
+        model.zero_grad()
+        model(input_ids=tokens, volume=vol, labels=tokens).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert set(grads[0]) == set(grads[1]) and "llm.model.layers.0.self_attn.q_proj.bias" in grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5)

@@ -768,10 +768,22 @@ class PICG(Recipe):
         pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         h = core.embed(input_ids)
         first = lc.num_hidden_layers - self.cfg.query_layer
+        ckpt = bool(getattr(llm, "gradient_checkpointing", False)) and self.training and torch.is_grad_enabled()
+
+        def run(fn: Callable[..., torch.Tensor], *a: Any) -> torch.Tensor:
+            """A layer, recomputed in the backward pass under gradient checkpointing (whole layers:
+            early stop cannot travel through the Rust layer, as in ``LlamaForCausalLM``)."""
+            if not ckpt:
+                return fn(*a)
+            from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+
+            with set_checkpoint_early_stop(False):
+                return checkpoint(fn, *a, use_reentrant=False)
+
         if first > 0:
             cos, sin, mask = core.prepare(h, attention_mask, pos)
             for i in range(first):
-                h = core.layer(i, h, cos, sin, mask, self.training)
+                h = run(core.layer, i, h, cos, sin, mask, self.training)
         b, t = input_ids.shape
         cos, sin = rope_tables(llm.model.rotary_emb.inv_freq, pos, h.dtype)
         causal = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
@@ -782,8 +794,8 @@ class PICG(Recipe):
         for j in range(self.cfg.query_layer):
             layer = llm.model.layers[first + j]
             prompt = adapter[j].unsqueeze(0) + visual  # dynamic_adapter = adapter[i].repeat(B) + visual_query
-            h = adapted_layer(layer, h, cos, sin, mask, prompt, self.gates[j], lc.num_attention_heads,
-                              lc.num_key_value_heads, lc.rms_norm_eps)
+            h = run(adapted_layer, layer, h, cos, sin, mask, prompt, self.gates[j], lc.num_attention_heads,
+                    lc.num_key_value_heads, lc.rms_norm_eps)
         normed, logits = core.head(h)
         return normed, logits
 
