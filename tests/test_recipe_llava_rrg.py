@@ -94,6 +94,21 @@ def test_pad_and_clip_preprocess_vs_transformers(hw):
     assert tuple(int(x * 255) for x in proc.image_mean) == (122, 116, 104)
 
 
+def test_study_pixels_vs_pillow_path_and_transformers(tmp_path):
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, size=(70, 50), dtype=np.uint8)
+    b = rng.integers(0, 256, size=(60, 40), dtype=np.uint8)
+    paths = []
+    for k, im in enumerate((a, b)):
+        PIL.fromarray(im).save(tmp_path / f"{k}.png")
+        paths.append(str(tmp_path / f"{k}.png"))
+    got = L.study_pixels(paths, size=56)
+    sq = L.expand2square(PIL.fromarray(L.stitch_study([a, b])).convert("RGB"), (122, 116, 104))
+    want = _clip_processor(56).preprocess(sq, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(L.clip_preprocess(sq, 56), want, atol=1e-6, rtol=1e-6)
+
+
 def test_study_stitch_and_channel_check(tmp_path):
     a = np.full((40, 30), 200, np.uint8)
     b = np.full((30, 20), 100, np.uint8)
