@@ -484,8 +484,12 @@ class DiaLlama(Recipe):
     diagnostic prompt."""
 
     Config = DiaLlamaConfig
+    llm: Any
+    vision: Any
+    perceiver: Any
+    disease: Any
 
-    def __init__(self, config: DiaLlamaConfig, llm: nn.Module, tokenizer: Any,
+    def __init__(self, config: DiaLlamaConfig, llm: Any, tokenizer: Any,
                  model_spec: Mapping[str, Any] | None = None, add_adapter: bool = True) -> None:
         super().__init__()
         from ..adapters import LoraConfig, add_lora
@@ -509,7 +513,7 @@ class DiaLlama(Recipe):
         self.figure_token_weight = nn.Parameter(torch.randn(2, hidden))
         L = len(c.conditions)
         self.disease = DiseaseAwareAttention(L, self.num_vision_tokens)
-        self.prototypes: nn.Module | None = None
+        self.prototypes: Any = None
         self.classifier: nn.ModuleList | None = None
         if c.use_prototypes:
             self.prototypes = PrototypeBank(L, c.vision_dim, proj_dim=c.prototype_dim,
@@ -562,8 +566,8 @@ class DiaLlama(Recipe):
 
     def _vision_num_tokens(self, d: int, h: int, w: int) -> int:
         if self.config.vision == "radfm":
-            return int(self.vision.num_tokens(h, w, d))  # type: ignore[operator]
-        return int(self.vision.n_patches)  # type: ignore[union-attr]
+            return int(self.vision.num_tokens(h, w, d))
+        return int(self.vision.n_patches)
 
     def _llm_path(self) -> str | None:
         spec = self.model_spec.get("llm")
@@ -1073,7 +1077,12 @@ def evaluate_reports(model: Any, dataset: Any, output_dir: PathLike | None, labe
     conditions = list(model.config.conditions)
     lab_fn = labeler or (lambda reports: keyword_labeler(reports, conditions))
     bs = int(batch_size or model.config.eval_batch_size)
-    ids, refs, hyps, prompts, pred_lab, gt_lab = [], [], [], [], [], []
+    ids: list[str] = []
+    refs: list[str] = []
+    hyps: list[str] = []
+    prompts: list[str] = []
+    pred_lab: list[Any] = []
+    gt_lab: list[Any] = []
     collate = model.collator()
     batch: list[Mapping[str, Any]] = []
 
