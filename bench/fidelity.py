@@ -260,6 +260,14 @@ def write_markdown() -> pathlib.Path:
                          f"per seed: {', '.join(f'{v:.4f}' for v in r['teacher_mean_pairwise_cosine'])} "
                          "(near 1: the teacher barely varies between cases, so there is little to distil).")
             lines.append("")
+        if "shuffled_images_ce_f1_macro" in r["metrics"]:
+            on, sh = r["metrics"]["ce_f1_macro"]["on"], r["metrics"]["shuffled_images_ce_f1_macro"]["on"]
+            lines.append(f"Sanity check (mechanism on): held-out CE F1 macro {_fmt(on)} vs the same model on shuffled "
+                         f"images {_fmt(sh)}. Where these are equal the model did not learn from the image at this "
+                         "size, and the on/off comparison says nothing about the mechanism; `--large` trains "
+                         "longer on more cases (the demo's size, where the image does matter: see "
+                         "`make demo`).")
+            lines.append("")
         if r.get("rarest_labels"):
             lines.append(f"Rarest labels present in the test splits: {', '.join(r['rarest_labels'])}.")
             lines.append("")
