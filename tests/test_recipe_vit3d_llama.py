@@ -386,6 +386,12 @@ def test_vqa_close_accuracy(tmp_path):
     assert res["accuracy"] == vqa_accuracy([x["prediction"] for x in rows], ["A", "B"], [ch, ch])
     assert res["accuracy_m3d"] == np.mean([x["answer"] + "." in x["prediction"] for x in rows])
     assert set(res["accuracy_per_type"]) == {"3", "4"}
+    # open-ended VQA (M3D-VQA's answer text as the target) is scored with the report metrics
+    r.config.task = "vqa-open"
+    res_open = r.evaluate(r.samples(recs), tmp_path / "vqa-open")
+    assert res_open["task"] == "vqa-open" and {"BLEU-1", "ROUGE-L", "CIDEr"} <= set(res_open)
+    rows = list(csv.DictReader(open(tmp_path / "vqa-open" / "predictions.csv", encoding="utf-8")))
+    assert [x["reference"] for x in rows] == ["liver", "lung"] and rows[0]["question"] == "Which organ?"
 
 
 def test_saved_model_generates_as_transformers_and_peft(tmp_path):
