@@ -112,3 +112,18 @@ def test_llama_chunked_loss_vs_transformers_peft(tmp_path):
     for n, p in m.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, ref_sd["base_model.model." + n].grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_no_grad_computes_no_gradients(monkeypatch):
+    """Under no_grad (evaluation) only the loss is computed: the softmax-gradient path never runs."""
+    h = torch.randn(2, 6, 8, requires_grad=True)
+    w = torch.randn(30, 8, requires_grad=True)
+    y = torch.randint(0, 30, (2, 6))
+    ref = linear_cross_entropy(h, w, y, chunk_size=4)
+    calls = []
+    real = torch.softmax
+    monkeypatch.setattr(torch, "softmax", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        loss = linear_cross_entropy(h, w, y, chunk_size=4)
+    assert not calls and not loss.requires_grad
+    torch.testing.assert_close(loss, ref.detach())

@@ -35,10 +35,11 @@ def auto_chunk_size(vocab_size: int) -> int:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                chunk_size: int, weight_grad: bool) -> torch.Tensor:  # type: ignore[override]
+                chunk_size: int, grad_enabled: bool) -> torch.Tensor:  # type: ignore[override]
+        # needs_input_grad stays True under no_grad: the caller passes whether grad is enabled
         n = target.numel()
-        need_h = ctx.needs_input_grad[0]
-        weight_grad = weight_grad and ctx.needs_input_grad[1]
+        need_h = grad_enabled and ctx.needs_input_grad[0]
+        weight_grad = grad_enabled and ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(hidden) if need_h else torch.empty(0)
         acc = torch.promote_types(weight.dtype, torch.float32)  # float32, or float64 for float64
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if weight_grad else None
@@ -60,7 +61,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad_w is not None:
                 grad_w += g.t() @ h.to(acc)
         ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
-        ctx.weight_grad = weight_grad
+        ctx.weight_grad = grad_w is not None
         ctx.weight_dtype = weight.dtype
         return total / n
 
@@ -118,4 +119,4 @@ def linear_cross_entropy(
         acc = torch.promote_types(weight.dtype, torch.float32)
         return (h.sum() * 0.0 + weight.sum() * 0.0).to(acc) / 0.0  # NaN, still differentiable
     h = h[keep]
-    return _LinearCrossEntropy.apply(h, weight, y[keep], chunk_size, weight.requires_grad)
+    return _LinearCrossEntropy.apply(h, weight, y[keep], chunk_size, torch.is_grad_enabled())
