@@ -9,6 +9,7 @@ PEFT for the saved model's generations (token-identical).
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 
 import voxlm
 from voxlm.adapters import LoraConfig
-from voxlm.exceptions import CheckpointError, ConfigError, ShapeError
+from voxlm.exceptions import CheckpointError, ConfigError, DataError, ShapeError
 from voxlm.llm import LlamaConfig, LlamaForCausalLM
 from voxlm.recipes import ViT3DLlama, get_recipe
 from voxlm.recipes.vit3d_llama import (
@@ -298,6 +299,23 @@ def test_bad_input_is_named_before_training(tmp_path, llama3_tok):
     (tmp_path / "other" / "config.json").write_text(json.dumps({"recipe": "dia_llama"}))
     with pytest.raises(CheckpointError, match="dia_llama"):
         ViT3DLlama.from_pretrained(tmp_path / "other")
+    # generation settings, tokenizer files, empty datasets and synth sections: named errors
+    for field, bad in (("num_beams", "two"), ("num_beams", 0), ("max_new_tokens", 2.5),
+                       ("repetition_penalty", "high"), ("do_sample", "yes")):
+        with pytest.raises(ConfigError, match=rf"recipe\.{field}.*{bad!r}"):
+            Config(**{**TINY, field: bad})
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    shutil.copyfile(voxlm.datasets.HERE / "ctrg_bpe_tokenizer.json", tok_dir / "tokenizer.json")
+    (tok_dir / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="tokenizer_config.json"):
+        get_recipe("vit3d_llama").from_config({**TINY}, {"llm": TINY_LLM, "tokenizer": str(tok_dir)})
+    with pytest.raises(DataError, match="empty"):
+        r.evaluate([])
+    for synth, what in (({"kind": "chest-ct"}, r"missing key\(s\) \['n'\]"),
+                        ({"kind": "chest-ct", "n": 2, "sed": 1}, r"unknown key\(s\) \['sed'\]")):
+        with pytest.raises(ConfigError, match=what):
+            r.datasets({"format": "ctrg-chest", "root": str(tmp_path / "synth"), "synth": synth})
 
 
 # -- train, save, reload, generate, evaluate ----------------------------------------------------
@@ -392,6 +410,18 @@ def test_vqa_close_accuracy(tmp_path):
     assert res_open["task"] == "vqa-open" and {"BLEU-1", "ROUGE-L", "CIDEr"} <= set(res_open)
     rows = list(csv.DictReader(open(tmp_path / "vqa-open" / "predictions.csv", encoding="utf-8")))
     assert [x["reference"] for x in rows] == ["liver", "lung"] and rows[0]["question"] == "Which organ?"
+    # a dataset mixing tasks (close-ended VQA + a report) is scored per task with its own metrics
+    r.config.task = "auto"
+    mixed = torch.utils.data.ConcatDataset([ds, r.samples([{"id": "rep", "image": paths[0], "report": "lungs clear."}])])
+    res_mixed = r.evaluate(mixed, tmp_path / "mixed")
+    assert res_mixed["task"] == "mixed" and res_mixed["n"] == 3
+    per = res_mixed["per_task"]
+    assert set(per) == {"vqa-close", "report"} and per["vqa-close"]["n"] == 2 and per["report"]["n"] == 1
+    assert "BLEU-1" not in per["vqa-close"] and "accuracy" not in per["report"] and "CIDEr" in per["report"]
+    rows = list(csv.DictReader(open(tmp_path / "mixed" / "predictions.csv", encoding="utf-8")))
+    vqa = [x for x in rows if x["task"] == "vqa-close"]
+    assert [x["task"] for x in rows] == ["vqa-close", "vqa-close", "report"]
+    assert per["vqa-close"]["accuracy"] == vqa_accuracy([x["prediction"] for x in vqa], ["A", "B"], [ch, ch])
 
 
 def test_saved_model_generates_as_transformers_and_peft(tmp_path):

@@ -137,3 +137,113 @@ def build_llm(spec: Any, dtype: Any = None, **overrides: Any) -> Any:
     if not (p / "config.json").is_file():
         raise ConfigError(f"model.llm: {p} is not a HF checkpoint folder (no config.json)")
     return LlamaForCausalLM.from_pretrained(p, dtype=dtype)
+
+
+def config_from_dict(cls: type, d: Mapping[str, Any], section: str = "recipe") -> Any:
+    """``cls(**d)`` for a Config dataclass from a config section (``name`` ignored): unknown
+    fields and constructor argument errors are a ``ConfigError`` naming ``section``."""
+    import dataclasses
+
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{section}: expected a mapping of {cls.__name__} fields, got {type(d).__name__}")
+    kw = {k: v for k, v in dict(d).items() if k != "name"}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ConfigError(f"{section}: unknown field(s) {unknown} for {cls.__name__}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ConfigError(f"{section}: {e}") from e
+
+
+def check_numbers(obj: Any, positive_ints: tuple[str, ...] = (), floats: tuple[str, ...] = (),
+                  optional_ints: tuple[str, ...] = (), ints: tuple[str, ...] = (),
+                  section: str = "recipe") -> None:
+    """``ConfigError`` naming the field and its value unless each of ``positive_ints`` is an
+    int > 0, each of ``floats`` a real number (int or float), each of ``optional_ints`` an int
+    or None and each of ``ints`` an int (``bool`` is not accepted as a number)."""
+    for k in positive_ints:
+        v = getattr(obj, k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{section}.{k}: expected an integer > 0, got {v!r}")
+    for k in floats:
+        v = getattr(obj, k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{section}.{k}: expected a number, got {v!r}")
+    for k in optional_ints:
+        v = getattr(obj, k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ConfigError(f"{section}.{k}: expected an integer or null, got {v!r}")
+    for k in ints:
+        v = getattr(obj, k)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{section}.{k}: expected an integer, got {v!r}")
+
+
+def ensure_synth_data(data: Mapping[str, Any]) -> None:
+    """When the ``data`` section has ``synth``, call ``voxlm.synth.ensure(data["root"],
+    **data["synth"])``: it generates the miniature dataset, or reuses a matching one already at
+    ``root`` (a different dataset there is a ``ConfigError``). The ``synth`` keys are checked
+    first against ``ensure``'s parameters and the generator's options (``ConfigError`` naming
+    missing / unknown keys)."""
+    import inspect
+
+    spec = data.get("synth")
+    if not spec:
+        return
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"data.synth: expected a mapping (kind, n, seed, layout, ...), got {spec!r}")
+    from .. import synth
+
+    params = inspect.signature(synth.ensure).parameters
+    named = {k for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and k != "root"}
+    required = sorted(k for k in named if params[k].default is inspect.Parameter.empty)
+    missing = [k for k in required if k not in spec]
+    if missing:
+        raise ConfigError(f"data.synth: missing key(s) {missing} (voxlm.synth.ensure needs {required}), got {dict(spec)}")
+    known = set(named)
+    gen = getattr(synth, "KINDS", {}).get(synth._kind(spec["kind"]) if isinstance(spec["kind"], str) else None)
+    if gen is not None:  # options ensure passes on to the generator (e.g. shape, wording)
+        gp = inspect.signature(gen[0]).parameters
+        known |= {k for k, p in gp.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and k != "out"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ConfigError(f"data.synth: unknown key(s) {unknown}; known: {sorted(known)}")
+    if "root" not in data:
+        raise ConfigError("data.root: required with data.synth")
+    synth.ensure(data["root"], **dict(spec))
+
+
+def jsonable(v: Any) -> Any:
+    """``v`` with numpy arrays / scalars, tuples and non-str keys made JSON-serialisable."""
+    import numpy as np
+
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        return v.item()
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    return v
+
+
+def write_eval_outputs(output_dir: PathLike, metrics: Mapping[str, Any], rows: list[Mapping[str, Any]],
+                       columns: list[str]) -> pathlib.Path:
+    """Write ``output_dir/eval.json`` (``metrics``) and ``output_dir/predictions.csv`` (one row
+    per sample, ``columns`` in order; a row's other keys are left out, missing ones empty)."""
+    import csv
+    import json
+
+    out = pathlib.Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(jsonable(metrics), indent=2))
+    with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return out

@@ -46,7 +46,6 @@ AMOS-MM per-region prompts are voxlm's wording (the challenge defines the region
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 import os
@@ -54,7 +53,7 @@ import pathlib
 import random
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -62,10 +61,20 @@ import torch
 from torch import nn
 
 from ..adapters import LoraConfig, add_lora, load_adapter, save_adapter
-from ..exceptions import CheckpointError, ConfigError, ShapeError, VoxlmTypeError
+from ..exceptions import CheckpointError, ConfigError, DataError, ShapeError, VoxlmTypeError
 from ..llm import LlamaForCausalLM, splice_image_tokens
 from ..vision import SpatialPoolingProjector, ViT3D
-from .base import BUNDLED_TOKENIZERS, Recipe, build_llm, check_saved_recipe
+from .base import (
+    BUNDLED_TOKENIZERS,
+    Recipe,
+    build_llm,
+    check_numbers,
+    check_saved_recipe,
+    config_from_dict,
+    ensure_synth_data,
+    jsonable,
+    write_eval_outputs,
+)
 from .registry import register_recipe
 
 PathLike = str | os.PathLike[str]
@@ -231,8 +240,12 @@ class Config:
         if self.vision_select_layer >= 0 or self.vision_select_layer < -self.vision_layers - 1:
             raise ConfigError(f"recipe.vision_select_layer: expected -1 or a negative block index >= "
                               f"{-self.vision_layers}, got {self.vision_select_layer}")
-        if self.num_beams < 1 or self.max_new_tokens < 1 or self.eval_batch_size < 1 or self.max_length < 2:
-            raise ConfigError("recipe: num_beams, max_new_tokens, eval_batch_size >= 1 and max_length >= 2 expected")
+        check_numbers(self, positive_ints=("num_beams", "max_new_tokens", "eval_batch_size", "max_length"),
+                      floats=("repetition_penalty", "length_penalty"), ints=("seed",))
+        if not isinstance(self.do_sample, bool):
+            raise ConfigError(f"recipe.do_sample: expected true or false, got {self.do_sample!r}")
+        if self.max_length < 2:
+            raise ConfigError(f"recipe.max_length: expected >= 2, got {self.max_length}")
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -248,15 +261,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], section: str = "recipe") -> Config:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - {"name"})
-        if unknown:
-            raise ConfigError(f"{section}: unknown field(s) {unknown} for recipe vit3d_llama; known: {sorted(known)}")
-        kw = {k: v for k, v in d.items() if k != "name"}
-        for k in ("img_size", "patch_size", "extra_tokens", "extra_plain_tokens"):
-            if isinstance(kw.get(k), list):
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
+        return config_from_dict(cls, d, section)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +281,7 @@ def _tokenizer_file(spec: Any) -> tuple[pathlib.Path, dict[str, Any]]:
     if p.is_dir():
         cfg: dict[str, Any] = {}
         if (p / "tokenizer_config.json").is_file():
-            raw = json.loads((p / "tokenizer_config.json").read_text())
+            raw = _read_json(p / "tokenizer_config.json", ConfigError, "model.tokenizer")
             for k in ("bos_token", "eos_token", "pad_token"):
                 v = raw.get(k)
                 cfg[k] = v.get("content") if isinstance(v, dict) else v
@@ -288,6 +293,14 @@ def _tokenizer_file(spec: Any) -> tuple[pathlib.Path, dict[str, Any]]:
     if not p.is_file():
         raise ConfigError(f"model.tokenizer: {p} does not exist")
     return p, cfg
+
+
+def _read_json(f: pathlib.Path, error: type[Exception], where: str) -> Any:
+    """``json.loads`` of ``f``; ``error`` naming ``where`` and the file when it is not valid JSON."""
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{where}: {f} is not valid JSON ({e})") from e
 
 
 def _vocab_len(tj: Mapping[str, Any]) -> int:
@@ -658,7 +671,7 @@ class ViT3DLlama(Recipe):
             raise ConfigError("model: 'llm' and 'tokenizer' are required")
         torch.manual_seed(cfg.seed)
         tj_path, settings = _tokenizer_file(model["tokenizer"])
-        tj = json.loads(tj_path.read_text())
+        tj = _read_json(tj_path, ConfigError, "model.tokenizer")
         base_len = _vocab_len(tj)
         has_image = any(t["content"] == cfg.image_token for t in tj.get("added_tokens", [])) or (
             isinstance(tj.get("model", {}).get("vocab"), dict) and cfg.image_token in tj["model"]["vocab"])
@@ -858,10 +871,7 @@ class ViT3DLlama(Recipe):
             raise ShapeError(f"data.spatial_size {list(size)}: the encoder patches exactly recipe.img_size "
                              f"{list(self.config.img_size)} with patch {list(self.config.patch_size)}")
         root = pathlib.Path(data["root"])
-        if data.get("synth"):  # generate the miniature dataset (reused when already there)
-            from .. import synth  # type: ignore[attr-defined]
-
-            synth.ensure(root, **dict(data["synth"]))
+        ensure_synth_data(data)  # generate the miniature dataset (reused when already there)
         from ..datasets import ReportDataset, read_records
 
         transform = self.transform(data)
@@ -962,20 +972,11 @@ class ViT3DLlama(Recipe):
             self.train(was)
         return rows
 
-    def evaluate(self, dataset: Any, output_dir: PathLike | None = None, **generate_kwargs: Any) -> dict[str, Any]:
-        """Generate and score with the papers' metrics: reports and open-ended VQA with BLEU-1..4,
-        ROUGE-L, CIDEr (``voxlm.metrics.report_scores``; METEOR when Java is present; GREEN with
-        ``green_judge``), per AMOS-MM region too; close-ended VQA with accuracy
-        (``voxlm.metrics.vqa_accuracy`` / ``parse_choice``) and M3D's rule (``accuracy_m3d``:
-        ``letter + "."`` in the answer, Bench/eval/eval_vqa.py), per question type. With
-        ``output_dir``: ``eval.json`` and ``predictions.csv`` (one row per sample)."""
+    def _score(self, task: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The metrics of ``rows`` of one ``task`` (per-sample scores are added to the rows)."""
         from ..metrics import parse_choice, report_scores, vqa_accuracy
 
-        if dataset is None or len(dataset) == 0:
-            raise ShapeError("dataset: expected at least one sample to evaluate, got none")
-        rows = self.predict(dataset, **generate_kwargs)
-        task = rows[0]["task"]
-        metrics: dict[str, Any] = {"task": task, "n": len(rows)}
+        metrics: dict[str, Any] = {}
         if task == "vqa-close":
             answers = [str(r["answer"]).strip().upper() for r in rows]
             metrics["accuracy"] = vqa_accuracy([r["prediction"] for r in rows], answers, [r["choices"] for r in rows])
@@ -1011,18 +1012,34 @@ class ViT3DLlama(Recipe):
                 metrics["GREEN"] = gr["green"]
                 for r, x in zip(rows, gr["scores"]):
                     r["GREEN"] = x
+        return metrics
+
+    def evaluate(self, dataset: Any, output_dir: PathLike | None = None, **generate_kwargs: Any) -> dict[str, Any]:
+        """Generate and score with the papers' metrics: reports and open-ended VQA with BLEU-1..4,
+        ROUGE-L, CIDEr (``voxlm.metrics.report_scores``; METEOR when Java is present; GREEN with
+        ``green_judge``), per AMOS-MM region too; close-ended VQA with accuracy
+        (``voxlm.metrics.vqa_accuracy`` / ``parse_choice``) and M3D's rule (``accuracy_m3d``:
+        ``letter + "."`` in the answer, Bench/eval/eval_vqa.py), per question type. With
+        ``output_dir``: ``eval.json`` and ``predictions.csv`` (one row per sample). A dataset
+        mixing tasks (e.g. reports and VQA) is scored per task: ``{"task": "mixed", "per_task":
+        {task: {"n": ..., metrics}}}``."""
+        if dataset is None or len(dataset) == 0:
+            raise DataError("evaluate: the dataset is empty (expected at least one sample)")
+        rows = self.predict(dataset, **generate_kwargs)
+        tasks = list(dict.fromkeys(str(r["task"]) for r in rows))  # in order of appearance
+        if len(tasks) == 1:
+            metrics: dict[str, Any] = {"task": tasks[0], "n": len(rows), **self._score(tasks[0], rows)}
+        else:  # a mixed dataset (e.g. reports + VQA): each task scored with its own metrics
+            metrics = {"task": "mixed", "n": len(rows), "per_task": {
+                t: {"n": len(sel), **self._score(t, sel)}
+                for t in tasks for sel in [[r for r in rows if str(r["task"]) == t]]}}
         if output_dir is not None:
-            out = pathlib.Path(output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "eval.json").write_text(json.dumps(metrics, indent=2))
             cols = ["id", "task", "region", "question", "reference", "prediction"]
-            if task == "vqa-close":
+            if "vqa-close" in tasks:
                 cols += ["answer", "question_type"]
-            extra = [k for k in rows[0] if k not in cols and k not in ("choices", "answer", "question_type")]
-            with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=cols + extra, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
+            extra = list(dict.fromkeys(k for r in rows for k in r
+                                       if k not in cols and k not in ("choices", "answer", "question_type")))
+            write_eval_outputs(output_dir, metrics, rows, cols + extra)
         return metrics
 
     # -- persistence ----------------------------------------------------------------------
@@ -1056,7 +1073,7 @@ class ViT3DLlama(Recipe):
             save_adapter(self.llm, out / "adapter")
         if self._tok is not None:
             self._tok.save(out)
-        cfg = {"recipe": self.name, "config": _jsonable(asdict(self.config)), "llm": src,
+        cfg = {"recipe": self.name, "config": jsonable(asdict(self.config)), "llm": src,
                "base_vocab_size": n0, "vocab_size": self.llm.config.vocab_size,
                "image_token_id": self.image_token_id, "embeddings": "full" if full else "rows",
                "lora": self.has_lora()}
@@ -1119,8 +1136,9 @@ class ViT3DLlama(Recipe):
         vision.load_state_dict(_core.load_safetensors(os.fspath(p / "vision.safetensors"), None, "cpu"))
         tok = None
         if (p / "tokenizer.json").is_file():
-            settings = json.loads((p / "tokenizer_config.json").read_text()) if (p / "tokenizer_config.json").is_file() else {}
-            tok = _TokenizerFiles(json.loads((p / "tokenizer.json").read_text()), settings)
+            tc = p / "tokenizer_config.json"
+            settings = _read_json(tc, CheckpointError, "from_pretrained") if tc.is_file() else {}
+            tok = _TokenizerFiles(_read_json(p / "tokenizer.json", CheckpointError, "from_pretrained"), settings)
         m = cls(vision, llm, meta["image_token_id"], cfg, tok)
         m.projector.load_state_dict(_core.load_safetensors(os.fspath(p / "projector.safetensors"), None, "cpu"))
         m._base_vocab = meta["base_vocab_size"]
@@ -1128,14 +1146,6 @@ class ViT3DLlama(Recipe):
         m._embeddings_trained = meta["embeddings"] == "full"
         m.eval()
         return m
-
-
-def _jsonable(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _jsonable(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_jsonable(v) for v in d]
-    return d
 
 
 __all__ = ["Config", "ViT3DLlama", "M3DPrompt", "CTPreprocess", "expand_records",
