@@ -14,7 +14,7 @@ import torch
 import voxlm.datasets as D
 from voxlm.datasets import ReportCollator, ReportDataset
 from voxlm.datasets.ctrg_chest import diagnostic_prompt
-from voxlm.exceptions import ConfigError, ShapeError
+from voxlm.exceptions import ConfigError, DataError, ShapeError
 from voxlm.llm import Tokenizer
 
 TOK = pathlib.Path(D.__file__).parent / "ctrg_bpe_tokenizer.json"
@@ -121,6 +121,21 @@ def test_template_sections_truncation_and_errors(tok, ref):
     mixed[1]["image"] = torch.zeros(1, 4, 4, 3)
     with pytest.raises(ShapeError, match=r"1: \(1, 4, 4, 3\)"):
         ReportCollator(tok, 4, 512)(mixed)
+    # MRI sequences: an item lacking one of the batch's sequences is named (not a raw KeyError)
+    seqs = _items(2)
+    seqs[0]["sequences"] = {"t2w": torch.zeros(1, 4, 4, 2), "adc": torch.zeros(1, 4, 4, 2)}
+    seqs[1]["sequences"] = {"t2w": torch.zeros(1, 4, 4, 2)}
+    with pytest.raises(DataError, match=r"'adc' missing in \['1'\]"):
+        ReportCollator(tok, 4, 512)(seqs)
+    seqs[0]["sequences"] = {"t2w": torch.zeros(1, 4, 4, 2)}
+    seqs[1]["sequences"] = {"t2w": torch.zeros(1, 4, 4, 2), "adc": torch.zeros(1, 4, 4, 2)}
+    with pytest.raises(DataError, match=r"'adc' missing in \['0'\]"):
+        ReportCollator(tok, 4, 512)(seqs)
+    # label vectors of different lengths: a ShapeError naming the ids and shapes
+    labs = _items(2)
+    labs[1]["labels"] = np.zeros(3, dtype=np.int64)
+    with pytest.raises(ShapeError, match=r"labels of different shapes.*1: \(3,\)"):
+        ReportCollator(tok, 4, 512)(labs)
 
 
 def test_report_dataset_in_dataloader_workers(tmp_path, tok):

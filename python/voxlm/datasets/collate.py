@@ -102,8 +102,8 @@ def _stack(tensors: Sequence[torch.Tensor], what: str, ids: Sequence[Any]) -> to
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) != 1:
         detail = ", ".join(f"{i}: {tuple(t.shape)}" for i, t in zip(ids, tensors))
-        raise ShapeError(f"ReportCollator: {what} of different shapes in one batch ({detail}); add a "
-                         "Resize / ResizeWithPadOrCrop transform")
+        hint = "" if what == "labels" else "; add a Resize / ResizeWithPadOrCrop transform"
+        raise ShapeError(f"ReportCollator: {what} of different shapes in one batch ({detail}){hint}")
     return torch.stack(list(tensors))
 
 
@@ -229,6 +229,13 @@ class ReportCollator:
                 batch["images"] = [list(it["images"]) for it in items]
         if all(isinstance(it.get("sequences"), Mapping) for it in items):
             names = list(items[0]["sequences"])
+            lacking = {k: [str(i) for i, it in zip(ids, items) if k not in it["sequences"]]
+                       for k in dict.fromkeys(k for it in items for k in it["sequences"])}
+            lacking = {k: v for k, v in lacking.items() if v}
+            if lacking:
+                detail = "; ".join(f"{k!r} missing in {v}" for k, v in lacking.items())
+                raise DataError(f"ReportCollator: the items of one batch have different sequences ({detail}); "
+                                f"ids {[str(i) for i in ids]}")
             batch["sequences"] = {k: _stack([it["sequences"][k] for it in items], f"sequences[{k!r}]", ids)
                                   for k in names}
         enc = [self.encode(it) for it in items]
@@ -248,8 +255,8 @@ class ReportCollator:
         else:
             batch["references"] = [self.target_text(it) if self._has_target(it) else None for it in items]
         if all(it.get("labels") is not None for it in items):
-            batch["cls_labels"] = torch.stack([torch.as_tensor(np.asarray(it["labels"]), dtype=torch.long)
-                                               for it in items])
+            batch["cls_labels"] = _stack([torch.as_tensor(np.asarray(it["labels"]), dtype=torch.long)
+                                          for it in items], "labels", ids)
         if all(it.get("pirads") is not None for it in items):
             batch["pirads"] = torch.tensor([int(it["pirads"]) for it in items], dtype=torch.long)
         return batch
