@@ -58,6 +58,19 @@ def test_train_evaluate_generate(tmp_path, config, capsys):
     assert (run / "lora" / "final" / "model.safetensors").read_bytes() == before
 
 
+def test_example_eval_rules_are_not_trained_on():
+    from voxlm.recipes import get_recipe
+
+    r = get_recipe("example").from_config(TINY["recipe"], TINY["model"])
+    train, ev = r.datasets({**TINY["data"], "n_train": 512})
+    seen = {tuple(p) for p in train.pairs.tolist()}
+    held = [tuple(p) for p in ev.pairs.tolist()]
+    assert len(ev) == 8 and len(set(held)) == 8 and not seen & set(held)
+    assert len(seen) == 8 * 7 - 8  # 512 draws cover the other 48 rules
+    train_seqs = {tuple(x) for x in train.ids.tolist()}
+    assert not any(tuple(x) in train_seqs for x in ev.ids.tolist())
+
+
 def test_cli_errors_are_named(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**TINY, "trian": {}}))

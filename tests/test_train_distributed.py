@@ -44,13 +44,13 @@ def _model(lora: bool = True):
     return m
 
 
-def _data():
+def _data(n: int = 16):
     from torch.utils.data import Dataset
 
     class Tok(Dataset):
         def __init__(self):
             g = torch.Generator().manual_seed(1)
-            self.x = torch.randint(0, 48, (16, 10), generator=g)
+            self.x = torch.randint(0, 48, (16, 10), generator=g)[:n]
 
         def __len__(self):
             return len(self.x)
@@ -61,15 +61,26 @@ def _data():
     return Tok()
 
 
+EVAL_N = 15  # uneven over 2 ranks: padding by repeated items would show in eval_loss / eval_items
+
+
+def _metrics(ep):
+    """How many label rows evaluation saw, and an order-sensitive checksum of them."""
+    import numpy as np
+
+    lab = np.asarray(ep.label_ids)
+    return {"items": int(lab.shape[0]), "order": float((np.arange(len(lab)) * lab[:, 0]).sum())}
+
+
 def _train(out: str, ga: int, fsdp: bool = False) -> None:
     from voxlm.train import Trainer, TrainingArguments
 
     args = TrainingArguments(output_dir=out, max_steps=6, per_device_train_batch_size=2, gradient_accumulation_steps=ga,
                              learning_rate=2e-2, weight_decay=0.01, lr_scheduler_type="linear", warmup_steps=1,
                              save_steps=3, logging_steps=1, seed=3, disable_tqdm=True, report_to=["csv"], plot=False,
-                             fsdp=fsdp)
+                             per_device_eval_batch_size=3, fsdp=fsdp)
     model = _model()
-    trainer = Trainer(model, args, _data(), eval_dataset=_data())
+    trainer = Trainer(model, args, _data(), eval_dataset=_data(EVAL_N), compute_metrics=_metrics)
     trainer.train()
     trainer.evaluate()  # under FSDP: a full-parameter forward outside the sharded root's forward
     rank = int(os.environ.get("RANK", "0"))
@@ -90,7 +101,7 @@ def _train(out: str, ga: int, fsdp: bool = False) -> None:
             shutil.rmtree(o / "final")
             shutil.move(o / "checkpoint-6", o / "later-checkpoint-6")
         dist.barrier()
-        resumed = Trainer(_model(), args, _data(), eval_dataset=_data())
+        resumed = Trainer(_model(), args, _data(), eval_dataset=_data(EVAL_N), compute_metrics=_metrics)
         resumed.train(resume_from_checkpoint=True)
         resumed.evaluate()
 
@@ -128,6 +139,9 @@ def test_two_gloo_processes_equal_one_with_accumulation(tmp_path, one_process):
         cols = ("loss", "grad_norm", "learning_rate") if x["loss"] else ("eval_loss",)
         for col in cols:
             assert float(y[col]) == pytest.approx(float(x[col]), rel=1e-6), (x["step"], col)
+        if not x["loss"]:  # every eval item once, in dataset order, over the 2 ranks
+            assert float(x["eval_items"]) == float(y["eval_items"]) == EVAL_N
+            assert float(y["eval_order"]) == float(x["eval_order"])
     # rank 0 wrote the run folder; every rank its RNG state
     ck = tmp_path / "ddp" / "checkpoint-3"
     assert (ck / "rng_state_0.pth").is_file() and (ck / "rng_state_1.pth").is_file()
@@ -159,6 +173,7 @@ def test_fsdp2_two_gloo_processes(tmp_path, one_process):
     ev_fsdp = [r for r in csv.DictReader((tmp_path / "fsdp" / "metrics.csv").open()) if r["eval_loss"]]
     assert len(ev_one) == 1 and len(ev_fsdp) == 1  # the killed-and-resumed history keeps steps <= 3 only
     assert float(ev_fsdp[0]["eval_loss"]) == pytest.approx(float(ev_one[0]["eval_loss"]), rel=1e-6)
+    assert float(ev_fsdp[0]["eval_items"]) == EVAL_N and ev_fsdp[0]["eval_order"] == ev_one[0]["eval_order"]
     info = json.loads((tmp_path / "fsdp" / "shard_info.json").read_text())
     assert info == {"type": "DTensor", "local": [24, 32], "full": [48, 32]}
     ck = tmp_path / "fsdp" / "checkpoint-3"

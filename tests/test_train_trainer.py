@@ -297,6 +297,16 @@ def test_stages_resume_skips_finished_stage(tmp_path):
     run_stages(m2, stages(m2, base.replace(output_dir=str(part))), Reg(), resume=True)
     for (n, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters()):
         assert torch.equal(p, q), n
+    # a finished stage whose final/ lacks a tensor that stage trains: CheckpointError naming it
+    from voxlm.exceptions import CheckpointError
+    from voxlm.train.checkpoint import load_tensors, save_tensors
+
+    w = part / "one" / "final" / "model.safetensors"
+    sd = load_tensors(w)
+    save_tensors({k: v for k, v in sd.items() if k != "proj.bias"}, w)
+    with pytest.raises(CheckpointError, match=r"stage 'one'.*proj\.bias"):
+        m3 = Lin()
+        run_stages(m3, stages(m3, base.replace(output_dir=str(part))), Reg(), resume=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

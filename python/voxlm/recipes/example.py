@@ -2,7 +2,8 @@
 
 It is **not a method from a paper** and involves no images: a tiny voxlm LLaMA learns to
 continue arithmetic sequences (``x_t = (a + d t) mod modulus``, one token per number) generated
-on the fly. Two stages, like the real recipes: ``lm`` trains every LLaMA weight, ``lora`` then
+on the fly; the evaluation set holds ``n_eval`` rules ``(a, d)`` that the training set never
+contains. Two stages, like the real recipes: ``lm`` trains every LLaMA weight, ``lora`` then
 freezes them and trains LoRA adapters (saved as PEFT folders) on the same task. ``evaluate``
 greedily continues each sequence from its first ``prompt_len`` numbers and scores exact match
 and per-token accuracy against the rule. ``configs/example-tiny.yaml`` runs it on CPU:
@@ -56,18 +57,40 @@ class ExampleConfig:
             raise ConfigError(f"recipe.lora_steps_fraction: expected (0, 1], got {self.lora_steps_fraction}")
 
 
-class ArithmeticSequences(Dataset):
-    """``n`` sequences ``[BOS, a, a+d, ..., a+(L-1)d (mod m)]`` as token ids (numbers + 3).
-    Item: ``{"id": str, "input_ids": int64 [L + 1]}``."""
+def split_pairs(modulus: int, n_eval: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ``modulus * (modulus - 1)`` rules ``(a, d)`` (``d != 0``), shuffled with ``seed`` and
+    split into ``n_eval`` held-out pairs and the rest for training: ``(train [P - n_eval, 2],
+    eval [n_eval, 2])``, disjoint, so evaluation scores continuations of unseen sequences."""
+    a, d = torch.meshgrid(torch.arange(modulus), torch.arange(1, modulus), indexing="ij")
+    pairs = torch.stack([a.reshape(-1), d.reshape(-1)], 1)
+    if not 1 <= n_eval < len(pairs):
+        raise ConfigError(f"data.n_eval: expected 1..{len(pairs) - 1} held-out (a, d) pairs (modulus {modulus} has "
+                          f"{len(pairs)}), got {n_eval}")
+    perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    return pairs[perm[n_eval:]], pairs[perm[:n_eval]]
 
-    def __init__(self, n: int, modulus: int, seq_len: int, seed: int = 0) -> None:
-        if n <= 0:
-            raise ConfigError(f"data: expected a positive number of sequences, got {n}")
-        g = torch.Generator().manual_seed(seed)
-        a = torch.randint(0, modulus, (n, 1), generator=g)
-        d = torch.randint(1, modulus, (n, 1), generator=g)
+
+class ArithmeticSequences(Dataset):
+    """Sequences ``[BOS, a, a+d, ..., a+(L-1)d (mod m)]`` as token ids (numbers + 3) for the rules
+    ``pairs [P, 2]`` (``(a, d)`` rows): ``n`` of them drawn with ``seed`` (with repetition), or each
+    pair once in order when ``n`` is None. Item: ``{"id": str, "input_ids": int64 [L + 1]}``."""
+
+    def __init__(self, n: int | None, modulus: int, seq_len: int, seed: int = 0,
+                 pairs: torch.Tensor | None = None) -> None:
+        if pairs is None:  # every rule
+            a, d = torch.meshgrid(torch.arange(modulus), torch.arange(1, modulus), indexing="ij")
+            pairs = torch.stack([a.reshape(-1), d.reshape(-1)], 1)
+        if n is None:
+            chosen = pairs
+        else:
+            if n <= 0:
+                raise ConfigError(f"data: expected a positive number of sequences, got {n}")
+            g = torch.Generator().manual_seed(seed)
+            chosen = pairs[torch.randint(0, len(pairs), (n,), generator=g)]
+        a, d = chosen[:, :1], chosen[:, 1:]
         x = (a + d * torch.arange(seq_len)) % modulus + OFFSET
-        self.ids = torch.cat([torch.full((n, 1), BOS), x], 1)
+        self.pairs = chosen
+        self.ids = torch.cat([torch.full((len(chosen), 1), BOS), x], 1)
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -148,10 +171,19 @@ class ExampleRecipe(Recipe):
         fmt = d.get("format", "arithmetic")
         if fmt != "arithmetic":
             raise ConfigError(f"data.format: the example recipe reads 'arithmetic' (generated), got {fmt!r}")
+        known = {"format", "seed", "n_train", "n_eval"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"data: unknown keys {unknown} for the example recipe (known: {', '.join(sorted(known))})")
         c = self.config
-        seed = int(d.get("seed", 0))
-        train = ArithmeticSequences(int(d.get("n_train", 256)), c.modulus, c.seq_len, seed)
-        ev = ArithmeticSequences(int(d.get("n_eval", 32)), c.modulus, c.seq_len, seed + 1)
+        try:
+            seed, n_train, n_eval = int(d.get("seed", 0)), int(d.get("n_train", 256)), int(d.get("n_eval", 32))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"data: seed, n_train and n_eval must be integers ({e})") from e
+        # disjoint rules: no evaluation sequence (same a and d) is in the training set
+        train_pairs, eval_pairs = split_pairs(c.modulus, n_eval, seed)
+        train = ArithmeticSequences(n_train, c.modulus, c.seq_len, seed, pairs=train_pairs)
+        ev = ArithmeticSequences(None, c.modulus, c.seq_len, seed + 1, pairs=eval_pairs)
         return train, ev
 
     def collator(self) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..exceptions import ConfigError
+from ..exceptions import CheckpointError, ConfigError
 from . import checkpoint as C
 from .args import TrainingArguments
 from .trainer import EvalPrediction, Trainer, TrainOutput
@@ -54,7 +54,10 @@ def run_stages(model: nn.Module, stages: list[Stage], train_dataset: Dataset, ev
             stage.set_trainable(model)
         final = pathlib.Path(args.output_dir) / "final"
         if resume and (final / C.STATE_NAME).is_file():
-            C.load_trainable(model, final, strict=False)  # what that stage did not train stays as set
+            try:  # every tensor this stage trains must be in its final/; the rest stays as set
+                C.load_trainable(model, final, strict=True)
+            except CheckpointError as e:
+                raise CheckpointError(f"stage {stage.name!r}: resuming from its finished {final} failed: {e}") from e
             import json
 
             st = json.loads((final / C.STATE_NAME).read_text())

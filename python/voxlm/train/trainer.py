@@ -65,6 +65,30 @@ class EvalPrediction:
     label_ids: Any
 
 
+class _StridedSampler(Sampler[int]):
+    """Evaluation order without padding: rank ``r`` of ``w`` takes items ``r, r + w, ...``, so
+    every item is seen exactly once over the ranks (``DistributedSampler`` would repeat items to
+    give every rank the same count, and those repeats would enter ``eval_loss``)."""
+
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+def _in_dataset_order(per_rank: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Batches gathered from the ranks of a :class:`_StridedSampler` -> one-row chunks in dataset
+    order (item ``i`` is row ``i // w`` of rank ``i % w``)."""
+    rows = [[c[j:j + 1] for c in chunks for j in range(c.shape[0])] for chunks in per_rank]
+    w = len(rows)
+    n = sum(len(r) for r in rows)
+    return [rows[i % w][i // w] for i in range(n)]
+
+
 class _ResumableSampler(Sampler[int]):
     """``DistributedSampler`` order (also for one process) from position ``start`` on."""
 
@@ -383,7 +407,10 @@ class Trainer:
         rng = path / f"rng_state_{self.dist.rank}.pth"
         if not rng.is_file():
             raise CheckpointError(f"{path}: no {rng.name} (RNG state of rank {self.dist.rank})")
-        state["_rng"] = torch.load(rng, weights_only=False)
+        try:
+            state["_rng"] = torch.load(rng, weights_only=True)
+        except Exception as e:  # a pickle with other objects than tensors and plain containers
+            raise CheckpointError(f"{rng}: not a voxlm RNG state readable with weights_only=True ({e})") from e
         return state
 
     # -- training -------------------------------------------------------------------------
@@ -608,8 +635,16 @@ class Trainer:
         ds = eval_dataset if eval_dataset is not None else self.eval_dataset
         if ds is None:
             raise ConfigError("eval_dataset: None; pass one to Trainer(...) or evaluate(...)")
-        loader, sampler = self._loader(ds, self.args.per_device_eval_batch_size, False, False)
-        sampler.set_epoch(0)
+        try:
+            n = len(ds)  # type: ignore[arg-type]
+        except TypeError as e:
+            raise DataError(f"eval_dataset: expected a map-style Dataset with len(), got {type(ds).__name__}") from e
+        if n == 0:
+            raise DataError(f"eval_dataset: {type(ds).__name__} is empty (0 items); expected at least one item")
+        loader = DataLoader(ds, batch_size=self.args.per_device_eval_batch_size,
+                            sampler=_StridedSampler(n, self.dist.rank, self.dist.world_size),
+                            collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
+                            pin_memory=self.device.type == "cuda")
         model = self.model
         was_training = model.training
         model.eval()
@@ -657,8 +692,8 @@ class Trainer:
 
                 gathered: list[Any] = [None] * self.dist.world_size
                 dist.all_gather_object(gathered, (preds, labels))
-                preds = [x for g in gathered for x in g[0]]
-                labels = [x for g in gathered for x in g[1]]
+                preds = _in_dataset_order([g[0] for g in gathered])
+                labels = _in_dataset_order([g[1] for g in gathered])
             ep = EvalPrediction(_concat_padded(preds) if preds else None, _concat_padded(labels) if labels else None)
             for k, v in dict(self.compute_metrics(ep)).items():
                 metrics[k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}"] = v
