@@ -225,3 +225,17 @@ def test_ensure_reuses_refuses_and_survives_a_race(tmp_path):
         synth.ensure(tmp_path / "e", "knee-mri", 2)
     assert synth.main(["chest-ct", "--out", str(tmp_path / "cli"), "--n", "2"]) == 0
     assert (tmp_path / "cli" / "annotation.json").is_file()
+
+
+def test_voxlm_load_image_reads_the_dicom_copy(ctrg):
+    import voxlm
+
+    if not hasattr(voxlm._core, "sniff_format"):
+        pytest.skip("this build of the extension has no DICOM reader")
+    dcm = voxlm.load_image(ctrg / "dicom" / "0")
+    nii = voxlm.load_image(ctrg / "CTRG-Chest-548K_volume" / "0.nii.gz")
+    assert dcm.axcodes == ("L", "P", "S") and nii.axcodes == ("R", "A", "S")
+    np.testing.assert_array_equal(np.asarray(dcm.data)[::-1, ::-1, :], np.asarray(nii.data))
+    corner = np.asarray(dcm.affine) @ np.array([0, 0, 0, 1.0])
+    same = np.asarray(nii.affine) @ np.array([SMALL[0] - 1, SMALL[1] - 1, 0, 1.0])
+    np.testing.assert_allclose(corner, same, atol=1e-3)

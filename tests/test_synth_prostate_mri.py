@@ -160,3 +160,15 @@ def test_bad_arguments(tmp_path):
         synth.prostate_mri(tmp_path / "x", 2, layout="prostatex")
     with pytest.raises(ConfigError, match="n"):
         synth.prostate_mri(tmp_path / "x", 0)
+
+
+def test_voxlm_load_image_reads_the_mha(picai):
+    import voxlm
+
+    if not hasattr(voxlm._core, "sniff_format"):
+        pytest.skip("this build of the extension has no MetaImage reader")
+    for s in ("t2w", "adc", "hbv"):
+        f = picai / "10001" / f"10001_1000001_{s}.mha"
+        v = voxlm.load_image(f)
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))  # [D, H, W]
+        np.testing.assert_array_equal(np.asarray(v.data), ref.transpose(2, 1, 0))
