@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import voxlm  # noqa: F401
-from voxlm.exceptions import CheckpointError, ShapeError
+from voxlm.exceptions import CheckpointError, ConfigError, ShapeError, VoxlmError
 from voxlm.recipes import get_recipe
 from voxlm.recipes import llava_rrg as L
 
@@ -218,7 +218,7 @@ def _tiny(tmp_path):
     return cfg
 
 
-def test_end_to_end_tiny(tmp_path):
+def test_end_to_end_tiny(tmp_path, monkeypatch):
     from voxlm.train import TrainingArguments, run_stages
 
     cfg = _tiny(tmp_path)
@@ -241,6 +241,23 @@ def test_end_to_end_tiny(tmp_path):
     res = model.evaluate(ev, tmp_path / "eval", scorers={"length": n_words})
     assert {"BLEU-4", "ROUGE-L", "length", "n"} <= set(res["findings"])
     assert json.loads((tmp_path / "eval" / "eval.json").read_text()) == res
+    # eval.json says what was computed and which of RRG24's metrics were not (no scorer for them)
+    assert res["metrics"] == {"computed": ["BLEU-4", "ROUGE-L", "length"],
+                              "not_computed": ["BERTScore", "F1-CheXbert", "F1-RadGraph"]}
+    # scorers by import path in the recipe config (how the CLI gets them)
+    (tmp_path / "word_count.py").write_text(
+        "def mean_words(refs, hyps):\n    return sum(len(h.split()) for h in hyps) / len(hyps)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model.cfg.scorers = ["word_count:mean_words"]
+    res2 = model.evaluate(ev)
+    assert res2["findings"]["mean_words"] == pytest.approx(res["findings"]["length"]["mean_words"])
+    assert res2["metrics"]["computed"] == ["BLEU-4", "ROUGE-L", "mean_words"]
+    model.cfg.scorers = {"words": "word_count:no_such_fn"}
+    with pytest.raises(ConfigError, match="word_count:no_such_fn"):
+        model.evaluate(ev)
+    model.cfg.scorers = []
+    # one split through the per-split builder (the CLI's --split test path)
+    assert [r["id"] for r in model.dataset(cfg["data"], "validation").records] == [r["id"] for r in ev.records]
     rows = list(csv.DictReader(open(tmp_path / "eval" / "predictions.csv")))
     assert {"findings_generated", "impression_generated", "findings_reference"} <= set(rows[0])
     model.save_pretrained(tmp_path / "model")
@@ -289,3 +306,35 @@ def test_forward_vs_transformers_peft_llava_flow(tmp_path):
     valid = b["attention_mask"].bool()
     torch.testing.assert_close(got.logits[valid], want.logits[valid], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_config_and_data_errors_are_named(tmp_path):
+    for field, value in (("max_images", "x"), ("sections", 5), ("num_beams", 2.5), ("lora_r", None)):
+        with pytest.raises(ConfigError, match=rf"recipe\.{field}: expected .*got {re.escape(repr(value))}"):
+            L.LlavaRRGConfig.from_dict({field: value})
+    with pytest.raises(ConfigError, match="module:function"):
+        L.LlavaRRGConfig.from_dict({"scorers": ["no_colon"]})
+    model = _model(tmp_path)
+    data = {"format": "mimic-cxr", "root": str(tmp_path / "cxr")}
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['sectoin'\].*'views'"):
+        model.datasets({**data, "sectoin": "findings"})  # a typo of a reader option
+    for synth, msg in (({"kind": "chest-xray"}, r"missing key\(s\) \['n'\]"),
+                       ({"kind": "chest-xray", "n": 2, "sede": 1}, r"unknown key\(s\) \['sede'\]")):
+        with pytest.raises(ConfigError, match=msg):
+            model.datasets({**data, "synth": synth})
+    assert not (tmp_path / "cxr").exists()
+    # the reader registry itself checks options against the reader's signature
+    from voxlm.datasets import read_records
+
+    with pytest.raises(ConfigError, match=r"\['colour'\].*'mimic-cxr' reader; it accepts: section, "):
+        read_records("mimic-cxr", tmp_path, colour=True)
+
+
+def test_unreadable_image_is_a_voxlm_error(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(VoxlmError, match="broken.png"):
+        L.read_image(str(bad))  # no silent second decoder
+    ok = tmp_path / "ok.png"
+    PIL.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8)).save(ok)
+    np.testing.assert_array_equal(L.read_image(str(ok)), np.arange(48, dtype=np.uint8).reshape(6, 8))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -461,6 +462,25 @@ def test_config_errors():
         P.PICGConfig.from_dict({"name": "picg", "blrr": 1})
     with pytest.raises(ConfigError, match="scoring_lr_schedule"):
         P.PICGConfig(scoring_lr_schedule="cosine")
+    for field, value in (("volume_size", 7), ("volume_size", [84, 84]), ("seeds", 3), ("focal_alpha", None),
+                         ("blr", "1e-3"), ("guidelines", {"t2w": 1}), ("class_balanced", 1)):
+        with pytest.raises(ConfigError, match=rf"recipe\.{field}: expected .*got {re.escape(repr(value))}"):
+            P.PICGConfig.from_dict({field: value})
+
+
+def test_data_section_errors_are_named(tmp_path):
+    cfg = _tiny_cfg(tmp_path)
+    from voxlm.recipes import get_recipe
+
+    model = get_recipe("picg").from_config(cfg["recipe"], cfg["model"])
+    data = cfg["data"]
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['split_file'\].*'split_files'"):
+        model.datasets({**data, "split_file": "x"})
+    with pytest.raises(ConfigError, match=r"data\.synth: missing key\(s\) \['n'\]"):
+        model.datasets({**data, "synth": {"kind": "prostate-mri"}})
+    with pytest.raises(ConfigError, match=r"data\.synth: unknown key\(s\) \['size'\]"):
+        model.datasets({**data, "synth": {**data["synth"], "size": 3}})
+    assert not (tmp_path / "data").exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,6 +510,8 @@ def test_end_to_end_tiny(tmp_path):
     model = cls.from_config(cfg["recipe"], cfg["model"])
     train, ev = model.datasets(cfg["data"])
     assert len(train) == 3 * len(train.records)
+    # one split through the per-split builder (the CLI's --split test path)
+    assert [r["id"] for r in model.dataset(cfg["data"], "validation").records] == [r["id"] for r in ev.records]
     args = TrainingArguments.from_dict(cfg["train"]).replace(max_steps=2)
     before = model.vision.clip.vision_model.embeddings.patch_embedding.weight.detach().clone()
     bias0 = model.llm.model.layers[0].self_attn.q_proj.bias.detach().clone()

@@ -33,5 +33,30 @@ def get_reader(name: str) -> Callable[..., list[dict[str, Any]]]:
 
 
 def read_records(format: str, root: str | os.PathLike[str], split: str = "train", **options: Any) -> list[dict[str, Any]]:
-    """The records of ``split`` of the dataset at ``root`` in layout ``format``."""
-    return get_reader(format)(root, split=split, **options)
+    """The records of ``split`` of the dataset at ``root`` in layout ``format``.
+
+    ``options`` are checked against the reader's signature first: an option the reader does not
+    take is a ``ConfigError`` listing the ones it accepts (readers with ``**kwargs`` take any)."""
+    reader = get_reader(format)
+    accepted = reader_options(reader)
+    if accepted is not None:
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(f"data: option(s) {unknown} are not read by the {format!r} reader; it accepts: "
+                              + (", ".join(accepted) if accepted else "no options"))
+    return reader(root, split=split, **options)
+
+
+def reader_options(reader: Callable[..., Any]) -> list[str] | None:
+    """The keyword options ``reader`` accepts besides ``root`` and ``split`` (None: ``**kwargs``,
+    any option)."""
+    import inspect
+
+    try:
+        params = inspect.signature(reader).parameters
+    except (TypeError, ValueError):  # no introspectable signature: let the reader decide
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [n for n in names[1:] if n != "split"]  # the first parameter is the root

@@ -36,8 +36,10 @@ What follows LLaVA's released code (haotian-liu/LLaVA; files named):
   ``mm_projector_lr``, which would give the two adapters different projectors: off by default).
 
 Evaluation: BLEU-4 and ROUGE-L per section (:func:`voxlm.metrics.report_scores`, pycocoevalcap's
-definitions) and any scorer callables the user passes (BERTScore, F1-RadGraph: ``fn(references,
-hypotheses) -> float | dict``; voxlm downloads no weights).
+definitions) and any scorer callables the user passes (BERTScore, F1-CheXbert, F1-RadGraph:
+``fn(references, hypotheses) -> float | dict``, as ``evaluate(scorers=...)`` or by import path in
+``recipe.scorers``, so also from the CLI; voxlm downloads no weights). ``eval.json`` says which
+metrics were computed and which of RRG24's were not (``metrics.not_computed``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,15 @@ from torch import nn
 
 from .. import _core
 from ..exceptions import CheckpointError, ConfigError, DataError, ShapeError
-from .base import PathLike, Recipe, build_llm, build_tokenizer, check_saved_recipe
+from .base import (
+    PathLike,
+    Recipe,
+    build_llm,
+    build_tokenizer,
+    check_saved_recipe,
+    ensure_synth_data,
+)
+from .picg import check_config_types, check_data_keys
 from .registry import register_recipe
 
 #: ``conv_vicuna_v1.system`` in llava/conversation.py
@@ -68,6 +78,34 @@ IMAGE_TOKEN = "<image>"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SECTIONS = ("findings", "impression")
+#: the RRG24 shared task's metrics; voxlm computes the first two, the others need a scorer
+#: (``recipe.scorers`` or ``evaluate(scorers=...)``) under exactly these names
+RRG24_METRICS = ("BLEU-4", "ROUGE-L", "BERTScore", "F1-CheXbert", "F1-RadGraph")
+
+
+def scorer_paths(spec: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
+    """``recipe.scorers`` as ``{name: "module:function"}`` (a list's names: the function names)."""
+    if isinstance(spec, Mapping):
+        return {str(k): str(v) for k, v in spec.items()}
+    return {str(p).rpartition(":")[2]: str(p) for p in spec}
+
+
+def import_scorers(spec: Mapping[str, str] | Sequence[str]) -> dict[str, Callable[..., Any]]:
+    """Import ``recipe.scorers``: ``{name: callable}``; ``ConfigError`` naming a path that does
+    not import or is not callable."""
+    import importlib
+
+    out = {}
+    for name, path in scorer_paths(spec).items():
+        mod, _, fn = path.partition(":")
+        try:
+            obj = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"recipe.scorers: {path!r} does not import ({type(e).__name__}: {e})") from e
+        if not callable(obj):
+            raise ConfigError(f"recipe.scorers: {path!r} is a {type(obj).__name__}, expected a function")
+        out[name] = obj
+    return out
 
 
 def vicuna_v1_prompt(question: str, answer: str | None = None, system: str = LLAVA_VICUNA_SYSTEM) -> str:
@@ -90,22 +128,16 @@ def _pil():
 
 
 def read_image(path: str) -> np.ndarray:
-    """A 2D image as ``[H, W]`` (grey) or ``[H, W, C]`` (voxlm.load_image when it reads the
-    format, else Pillow)."""
-    try:
-        from ..volume import load_image
+    """A 2D image (PNG, JPEG, DICOM, ... through :func:`voxlm.load_image`) as ``[H, W]`` (grey) or
+    ``[H, W, C]``; an unreadable file raises voxlm's ``VolumeFormatError`` / ``VoxlmIOError``."""
+    from ..volume import load_image
 
-        a = np.asarray(load_image(path).data)
-        if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (1, 3, 4)):
-            return a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a
-    except Exception:  # noqa: BLE001 - formats not yet read by voxlm fall through to Pillow
-        pass
-    Image = _pil()
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from e
+    a = np.asarray(load_image(path).data)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        return a[..., 0]
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4)):
+        return a
+    raise DataError(f"{path}: expected a 2D image ([H, W] or [H, W, 1|3|4]), got an array of shape {list(a.shape)}")
 
 
 def stitch_study(images: Sequence[np.ndarray], gap: int = 10, max_images: int = 4) -> np.ndarray:
@@ -206,8 +238,16 @@ class LlavaRRGConfig:
     max_length: int = 2048
     num_beams: int = 2
     max_new_tokens: int = 256
+    #: extra report scorers ``fn(references, hypotheses) -> float | dict`` by import path
+    #: ``"module:function"`` (a list: named by the function; a mapping: ``{name: path}``), e.g.
+    #: ``{BERTScore: my_metrics:bertscore}``; :meth:`LlavaRRG.evaluate` calls them per section.
+    scorers: dict[str, str] | list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_config_types(self)
+        bad_paths = [p for p in scorer_paths(self.scorers).values() if p.count(":") != 1 or not all(p.split(":"))]
+        if bad_paths:
+            raise ConfigError(f"recipe.scorers: expected import paths 'module:function', got {bad_paths}")
         self.sections = tuple(self.sections)
         bad = [s for s in self.sections if s not in SECTIONS]
         if bad or not self.sections:
@@ -512,26 +552,45 @@ class LlavaRRG(Recipe):
             out.append(Stage(f"stage2_{s}", a, (lambda sec: lambda m: m.set_stage("report", sec))(s)))
         return out
 
-    def datasets(self, data: Mapping[str, Any]) -> tuple[Any, Any]:
-        from ..datasets import read_records
+    DATA_KEYS = {"format", "root", "synth", "train_split", "eval_split", "test_split"}
 
+    def _data(self, data: Mapping[str, Any]) -> tuple[str, Any, dict[str, Any]]:
+        """``(format, root, reader options)`` of a ``data`` section; the synthetic set generated
+        when ``synth`` is given."""
         fmt, root = data.get("format"), data.get("root")
         if fmt not in ("mimic-cxr", "manifest"):
             raise ConfigError(f"data.format: llava_rrg reads 'mimic-cxr' or 'manifest', got {fmt!r}")
         if root is None:
             raise ConfigError("data.root: expected the dataset folder")
-        if data.get("synth"):
-            from .. import synth
-
-            synth.ensure(root, **dict(data["synth"]))
-        opts = {k: v for k, v in data.items() if k not in ("format", "root", "synth", "eval_split")}
+        opts = check_data_keys(data, self.DATA_KEYS, fmt, "llava_rrg")
         if fmt == "mimic-cxr":
             opts.setdefault("section", None)
-        train = read_records(fmt, root, split="train", **opts)
-        split = data.get("eval_split", "validation")  # None: no eval set (PI-CAI's public part is one split)
+        ensure_synth_data(data)  # checks the synth keys; generates once, re-uses a matching set
+        return fmt, root, opts
+
+    def datasets(self, data: Mapping[str, Any]) -> tuple[Any, Any]:
+        """``(train, eval)`` from ``data``: ``format`` / ``root`` (a voxlm.datasets reader),
+        ``synth`` (``voxlm.synth.ensure`` keys), ``train_split`` ("train"), ``eval_split``
+        ("validation"; null for none); every other key is an option of the reader (checked
+        against its signature)."""
+        from ..datasets import read_records
+
+        fmt, root, opts = self._data(data)
+        train = read_records(fmt, root, split=data.get("train_split", "train"), **opts)
+        split = data.get("eval_split", "validation")
         ev = read_records(fmt, root, split=split, **opts) if split else []
         return (StudyDataset(train, self.image_size, self.cfg, require=self.cfg.sections),
                 StudyDataset(ev, self.image_size, self.cfg, require=()) if ev else None)
+
+    def dataset(self, data: Mapping[str, Any], split: str) -> StudyDataset:
+        """One split (e.g. ``data.test_split``) of ``data`` for evaluation / generation."""
+        from ..datasets import read_records
+
+        fmt, root, opts = self._data(data)
+        recs = read_records(fmt, root, split=split, **opts)
+        if not recs:
+            raise DataError(f"data: split {split!r} of {root} has no records")
+        return StudyDataset(recs, self.image_size, self.cfg, require=())
 
     def collator(self) -> LlavaCollator:
         return LlavaCollator(self)
@@ -548,6 +607,7 @@ class LlavaRRG(Recipe):
 
         if not isinstance(dataset, StudyDataset):
             dataset = StudyDataset(list(dataset), self.image_size, self.cfg, require=())
+        scorers = dict(scorers) if scorers is not None else import_scorers(self.cfg.scorers)
         was = self.training
         self.eval()
         result: dict[str, Any] = {}
@@ -568,12 +628,15 @@ class LlavaRRG(Recipe):
                 if refs:
                     m = report_scores(refs, hyps, meteor=False)
                     sc["BLEU-4"], sc["ROUGE-L"] = float(m["BLEU-4"]), float(m["ROUGE-L"])
-                    for name, fn in (scorers or {}).items():
+                    for name, fn in scorers.items():
                         v = fn(refs, hyps)
                         sc[name] = {k: float(x) for k, x in v.items()} if isinstance(v, Mapping) else float(v)
                 result[s] = sc
         finally:
             self.train(was)
+        computed = ["BLEU-4", "ROUGE-L", *scorers]
+        # which of the paper's metrics this evaluation has, and which it lacks (no scorer given)
+        result["metrics"] = {"computed": computed, "not_computed": [m for m in RRG24_METRICS if m not in computed]}
         if output_dir is not None:
             out = pathlib.Path(output_dir)
             out.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,14 @@ from torch import nn
 from .. import _core
 from ..clip_openai import CLIPVisionWithProjection, load_openai_clip_vision
 from ..exceptions import CheckpointError, ConfigError, DataError, ShapeError
-from .base import PathLike, Recipe, build_llm, build_tokenizer, check_saved_recipe
+from .base import (
+    PathLike,
+    Recipe,
+    build_llm,
+    build_tokenizer,
+    check_saved_recipe,
+    ensure_synth_data,
+)
 from .registry import register_recipe
 
 HERE = pathlib.Path(__file__).resolve().parent / "picg_guidelines"
@@ -114,6 +121,74 @@ def load_guidelines(paths: Mapping[str, PathLike] | None = None) -> dict[str, st
             raise ConfigError(f"recipe.guidelines.{key}: {p} is not a file")
         out[key] = p.read_text(encoding="utf-8").strip()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# config checks (shared with llava_rrg)
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def _matches(v: Any, tp: Any) -> bool:
+    """Whether the config value ``v`` (as YAML/JSON gives it: lists for tuples) fits ``tp``."""
+    import types
+    import typing
+
+    origin, targs = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(v, a) for a in targs)
+    if tp is type(None):
+        return v is None
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if tp is str:
+        return isinstance(v, str)
+    if origin in (tuple, list):
+        if not isinstance(v, (list, tuple)):
+            return False
+        if origin is tuple and targs and targs[-1] is not Ellipsis:
+            return len(v) == len(targs) and all(_matches(x, a) for x, a in zip(v, targs))
+        return not targs or all(_matches(x, targs[0]) for x in v)
+    if origin is dict:
+        return isinstance(v, Mapping) and (not targs or all(_matches(k, targs[0]) and _matches(x, targs[1])
+                                                            for k, x in v.items()))
+    return True
+
+
+def check_config_types(obj: Any, section: str = "recipe") -> None:
+    """Every field of the dataclass ``obj`` against its annotation (lists accepted for tuples):
+    ``ConfigError`` naming the field, the expected type and the value given."""
+    import typing
+
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if not _matches(v, hints[f.name]):
+            raise ConfigError(f"{section}.{f.name}: expected {_type_name(hints[f.name])}, got {v!r}")
+
+
+def check_data_keys(data: Mapping[str, Any], own: set[str], fmt: str, recipe: str) -> dict[str, Any]:
+    """The reader options of a ``data`` section (every key but the recipe's ``own``), checked
+    against the ``fmt`` reader's signature: ``ConfigError`` listing the recipe's keys and the
+    reader's options."""
+    from ..datasets.registry import get_reader, reader_options
+
+    opts = {k: v for k, v in data.items() if k not in own}
+    accepted = reader_options(get_reader(fmt))
+    if accepted is not None:
+        unknown = sorted(set(opts) - set(accepted))
+        if unknown:
+            raise ConfigError(f"data: unknown key(s) {unknown} for {recipe} with format {fmt!r}; the recipe reads "
+                              f"{sorted(own)}, the reader's options are {accepted}")
+    return opts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +247,7 @@ class PICGConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
+        check_config_types(self)
         for name in ("volume_size", "scoring_size", "focal_alpha", "seeds"):
             setattr(self, name, tuple(getattr(self, name)))
         if self.inflate_mode not in ("replicate", "mean"):
@@ -858,23 +934,42 @@ class PICG(Recipe):
         return [Stage("stage1_modality", s1, lambda m: m.set_task("modality", True)),
                 Stage("stage2_guideline", s2, lambda m: m.set_task("guideline", False))]
 
-    def datasets(self, data: Mapping[str, Any]) -> tuple[Any, Any]:
-        from ..datasets import read_records
+    DATA_KEYS = {"format", "root", "synth", "train_split", "eval_split", "test_split"}
 
+    def _data(self, data: Mapping[str, Any]) -> tuple[str, Any, dict[str, Any]]:
+        """``(format, root, reader options)`` of a ``data`` section; the synthetic set generated
+        when ``synth`` is given."""
         fmt, root = data.get("format"), data.get("root")
         if fmt not in ("prostate-biopsy", "picai", "manifest"):
             raise ConfigError(f"data.format: PICG reads 'prostate-biopsy', 'picai' or 'manifest', got {fmt!r}")
         if root is None:
             raise ConfigError("data.root: expected the dataset folder")
-        if data.get("synth"):  # generates once; re-uses a matching synthetic set
-            from .. import synth
+        opts = check_data_keys(data, self.DATA_KEYS, fmt, "picg")
+        ensure_synth_data(data)  # checks the synth keys; generates once, re-uses a matching set
+        return fmt, root, opts
 
-            synth.ensure(root, **dict(data["synth"]))
-        opts = {k: v for k, v in data.items() if k not in ("format", "root", "synth", "eval_split")}
-        train = read_records(fmt, root, split="train", **opts)
-        split = data.get("eval_split", "validation")  # None: no eval set (PI-CAI's public part is one split)
+    def datasets(self, data: Mapping[str, Any]) -> tuple[Any, Any]:
+        """``(train, eval)`` from ``data``: ``format`` / ``root`` (a voxlm.datasets reader),
+        ``synth`` (``voxlm.synth.ensure`` keys), ``train_split`` ("train"), ``eval_split``
+        ("validation"; null for none: PI-CAI's public part is one split); every other key is an
+        option of the reader (checked against its signature)."""
+        from ..datasets import read_records
+
+        fmt, root, opts = self._data(data)
+        train = read_records(fmt, root, split=data.get("train_split", "train"), **opts)
+        split = data.get("eval_split", "validation")
         ev = read_records(fmt, root, split=split, **opts) if split else []
         return SequenceDataset(train, self.cfg), (SequenceDataset(ev, self.cfg) if ev else None)
+
+    def dataset(self, data: Mapping[str, Any], split: str) -> SequenceDataset:
+        """One split (e.g. ``data.test_split``) of ``data`` as a :class:`SequenceDataset`."""
+        from ..datasets import read_records
+
+        fmt, root, opts = self._data(data)
+        recs = read_records(fmt, root, split=split, **opts)
+        if not recs:
+            raise DataError(f"data: split {split!r} of {root} has no records")
+        return SequenceDataset(recs, self.cfg)
 
     def collator(self) -> PICGCollator:
         return PICGCollator(self)
