@@ -141,32 +141,27 @@ fn intersects(a: &[u32], b: &[u32]) -> bool {
     false
 }
 
-#[derive(Clone)]
-struct Path {
-    matches: Vec<Option<u32>>,
+const NONE: u32 = u32::MAX;
+
+/// A partial alignment's search state (`PartialAlignment` without its arrays). Its arrays
+/// (`matches`, `line1UsedWords`, `line2UsedWords`) are those of `parent` in the previous pool,
+/// plus `new_match` selected at `at`; they are only built for the paths the beam keeps.
+#[derive(Clone, Copy, Debug)]
+struct Hdr {
     matches1: i32,
     matches2: i32,
     chunks: i32,
     idx: usize,
     last_match_end: i64,
     distance: i32,
-    used1: Vec<bool>,
-    used2: Vec<bool>,
+    parent: u32,
+    new_match: u32,
+    at: u32,
+    /// position in the candidate list (makes the order total, equal to a stable sort)
+    ord: u32,
 }
 
-impl Path {
-    fn is_used(&self, m: &Match) -> bool {
-        (0..m.length).any(|i| self.used2[m.start + i])
-            || (0..m.match_length).any(|i| self.used1[m.match_start + i])
-    }
-    fn set_used(&mut self, m: &Match) {
-        for i in 0..m.length {
-            self.used2[m.start + i] = true;
-        }
-        for i in 0..m.match_length {
-            self.used1[m.match_start + i] = true;
-        }
-    }
+impl Hdr {
     /// `matches1 += m.matchLength * weight` on a Java int.
     fn add_weighted(&mut self, m: &Match) {
         let w = SEARCH_WEIGHTS[m.module];
@@ -175,34 +170,147 @@ impl Path {
     }
 }
 
-/// `Constants.PARTIAL_COMPARE_TOTAL`: more matches, then fewer chunks, then less distance.
-fn compare(x: &Path, y: &Path) -> std::cmp::Ordering {
+/// `Constants.PARTIAL_COMPARE_TOTAL`: more matches, then fewer chunks, then less distance;
+/// ties keep list order (`Collections.sort` is stable).
+fn compare(x: &Hdr, y: &Hdr) -> std::cmp::Ordering {
     let diff = (y.matches1 + y.matches2) - (x.matches1 + x.matches2);
     diff.cmp(&0)
         .then((x.chunks - y.chunks).cmp(&0))
         .then((x.distance - y.distance).cmp(&0))
+        .then(x.ord.cmp(&y.ord))
 }
 
-fn resolve(s: &Stage, start: Path) -> Path {
+/// The arrays of the kept paths, `stride` per path.
+struct Pool {
+    n1: usize,
+    n2: usize,
+    count: usize,
+    matches: Vec<u32>,
+    used1: Vec<bool>,
+    used2: Vec<bool>,
+}
+
+impl Pool {
+    fn new(n1: usize, n2: usize) -> Pool {
+        Pool {
+            n1,
+            n2,
+            count: 0,
+            matches: Vec::new(),
+            used1: Vec::new(),
+            used2: Vec::new(),
+        }
+    }
+    fn matches(&self, k: usize) -> &[u32] {
+        &self.matches[k * self.n2..(k + 1) * self.n2]
+    }
+    fn used1(&self, k: usize) -> &[bool] {
+        &self.used1[k * self.n1..(k + 1) * self.n1]
+    }
+    fn used2(&self, k: usize) -> &[bool] {
+        &self.used2[k * self.n2..(k + 1) * self.n2]
+    }
+    /// Append the arrays of `h` (its parent's in `old` plus its new match).
+    fn push_from(&mut self, old: &Pool, h: &Hdr, s: &Stage) {
+        let k = self.count;
+        self.count += 1;
+        let p = h.parent as usize;
+        self.matches.extend_from_slice(old.matches(p));
+        self.used1.extend_from_slice(old.used1(p));
+        self.used2.extend_from_slice(old.used2(p));
+        if h.new_match != NONE {
+            let m = s.all[h.new_match as usize];
+            self.matches[k * self.n2 + h.at as usize] = h.new_match;
+            for i in 0..m.length {
+                self.used2[k * self.n2 + m.start + i] = true;
+            }
+            for i in 0..m.match_length {
+                self.used1[k * self.n1 + m.match_start + i] = true;
+            }
+        }
+    }
+}
+
+/// Sort candidates as `Collections.sort(paths, PARTIAL_COMPARE_TOTAL)` and keep the first
+/// `keep` (only those are ever looked at).
+fn top(mut c: Vec<Hdr>, keep: usize) -> Vec<Hdr> {
+    if c.len() > keep {
+        c.select_nth_unstable_by(keep - 1, compare);
+        c.truncate(keep);
+    }
+    c.sort_unstable_by(compare);
+    c
+}
+
+/// `Aligner.resolve`: the beam search; returns the best path's `matches` (by line2 start).
+fn resolve(
+    s: &Stage,
+    init_matches: Vec<u32>,
+    init_used1: Vec<bool>,
+    init_used2: Vec<bool>,
+) -> Vec<u32> {
     let n2 = s.by_start.len();
-    let mut next: Vec<Path> = vec![start];
+    let n1 = init_used1.len();
+    let mut pool = Pool::new(n1, n2);
+    pool.matches = init_matches;
+    pool.used1 = init_used1;
+    pool.used2 = init_used2;
+    pool.count = 1;
+    let mut cands = vec![Hdr {
+        matches1: 0,
+        matches2: 0,
+        chunks: 0,
+        idx: 0,
+        last_match_end: -1,
+        distance: 0,
+        parent: 0,
+        new_match: NONE,
+        at: 0,
+        ord: 0,
+    }];
+    // the start path's arrays are pool slot 0 already: mark it so
+    let mut start_in_place = true;
     for current in 0..=n2 {
-        let mut paths = std::mem::take(&mut next);
-        paths.sort_by(compare); // stable, as Collections.sort
-        let mut first_dropped: Option<Path> = None;
-        for (rank, mut path) in paths.into_iter().take(BEAM_SIZE).enumerate() {
+        let kept = top(std::mem::take(&mut cands), BEAM_SIZE);
+        let cur = if start_in_place {
+            start_in_place = false;
+            std::mem::replace(&mut pool, Pool::new(n1, n2))
+        } else {
+            let mut np = Pool::new(n1, n2);
+            np.matches.reserve(kept.len() * n2);
+            np.used1.reserve(kept.len() * n1);
+            np.used2.reserve(kept.len() * n2);
+            for h in &kept {
+                np.push_from(&pool, h, s);
+            }
+            np
+        };
+        pool = cur;
+        let mut next: Vec<Hdr> = Vec::new();
+        let push = |next: &mut Vec<Hdr>, mut h: Hdr| {
+            h.ord = next.len() as u32;
+            next.push(h);
+        };
+        let mut first_dropped: Option<Hdr> = None;
+        for (k, h0) in kept.iter().enumerate() {
+            let mut path = Hdr {
+                parent: k as u32,
+                new_match: NONE,
+                ..*h0
+            };
             if current == n2 {
                 if path.last_match_end != -1 {
                     path.chunks += 1;
                 }
-                next.push(path);
+                push(&mut next, path);
                 continue;
             }
-            if path.used2[current] {
+            let (pm, pu1, pu2) = (pool.matches(k), pool.used1(k), pool.used2(k));
+            if pu2[current] {
                 if current < path.idx {
-                    next.push(path);
-                } else if let Some(mi) = path.matches.get(path.idx).copied().flatten() {
-                    let m = s.all[mi as usize];
+                    push(&mut next, path);
+                } else if pm.get(path.idx).is_some_and(|&m| m != NONE) {
+                    let m = s.all[pm[path.idx] as usize];
                     path.add_weighted(&m);
                     if path.last_match_end != -1 && m.match_start as i64 != path.last_match_end {
                         path.chunks += 1;
@@ -210,20 +318,22 @@ fn resolve(s: &Stage, start: Path) -> Path {
                     path.idx = m.start + m.length;
                     path.last_match_end = (m.match_start + m.match_length) as i64;
                     path.distance += (m.start as i32 - m.match_start as i32).abs();
-                    next.push(path);
-                } else if rank == 0 {
+                    push(&mut next, path);
+                } else if k == 0 {
                     first_dropped = Some(path);
                 }
                 continue;
             }
             for &mi in &s.by_start[current] {
                 let m = s.all[mi as usize];
-                if path.is_used(&m) {
+                let used = (0..m.length).any(|i| pu2[m.start + i])
+                    || (0..m.match_length).any(|i| pu1[m.match_start + i]);
+                if used {
                     continue;
                 }
-                let mut np = path.clone();
-                np.set_used(&m);
-                np.matches[current] = Some(mi);
+                let mut np = path;
+                np.new_match = mi;
+                np.at = current as u32;
                 np.add_weighted(&m);
                 if np.last_match_end != -1 && m.match_start as i64 != np.last_match_end {
                     np.chunks += 1;
@@ -232,34 +342,32 @@ fn resolve(s: &Stage, start: Path) -> Path {
                 np.last_match_end = (m.match_start + m.match_length) as i64;
                 // the jar adds this distance to the path it branched from
                 path.distance += (m.start as i32 - m.match_start as i32).abs();
-                next.push(np);
+                push(&mut next, np);
             }
             if path.last_match_end != -1 {
                 path.chunks += 1;
                 path.last_match_end = -1;
             }
             path.idx += 1;
-            next.push(path);
+            push(&mut next, path);
         }
         if next.is_empty() {
             // "Warning: unexpected conditions - skipping matches until possible to continue"
             if let Some(p) = first_dropped {
-                next.push(p);
+                push(&mut next, p);
             }
         }
+        cands = next;
     }
-    next.sort_by(compare);
-    next.into_iter().next().unwrap_or_else(|| Path {
-        matches: vec![None; n2],
-        matches1: 0,
-        matches2: 0,
-        chunks: 0,
-        idx: 0,
-        last_match_end: -1,
-        distance: 0,
-        used1: Vec::new(),
-        used2: Vec::new(),
-    })
+    let best = top(cands, 1);
+    match best.first() {
+        Some(h) => {
+            let mut out = Pool::new(n1, n2);
+            out.push_from(&pool, h, s);
+            out.matches
+        }
+        None => vec![NONE; n2],
+    }
 }
 
 /// Per-word data of one side that does not depend on the other side.
@@ -293,14 +401,39 @@ impl Side {
     }
 }
 
+/// Positions of each known word id, ascending.
+fn positions(line: &[i64]) -> rustc_hash::FxHashMap<i64, Vec<usize>> {
+    let mut m: rustc_hash::FxHashMap<i64, Vec<usize>> = Default::default();
+    for (i, &w) in line.iter().enumerate() {
+        if w >= 0 {
+            m.entry(w).or_default().push(i);
+        }
+    }
+    m
+}
+
+/// `ParaphraseMatcher.match`. Scanning only the positions holding a phrase's first word gives
+/// the jar's matches in the jar's order (positions ascending).
 fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &Resources) {
     let pt = &res.paraphrases;
     let (line1, line2) = (&a.para, &b.para);
+    let (pos1, pos2) = (positions(line1), positions(line2));
+    let all1: Vec<usize> = (0..line1.len()).collect();
+    let all2: Vec<usize> = (0..line2.len()).collect();
     let hit = |line: &[i64], i: usize, words: &[u32]| -> bool {
         words
             .iter()
             .enumerate()
             .all(|(k, &w)| i + k < line.len() && line[i + k] == w as i64)
+    };
+    let starts = |pos: &'_ rustc_hash::FxHashMap<i64, Vec<usize>>,
+                  all: &'_ [usize],
+                  words: &[u32]|
+     -> Vec<usize> {
+        match words.first() {
+            None => all.to_vec(),
+            Some(&w) => pos.get(&(w as i64)).cloned().unwrap_or_default(),
+        }
     };
     let mut pars = Vec::new();
     // paraphrases in line1 of line2
@@ -308,7 +441,7 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
         pt.reference_paths(line2, j, &mut pars);
         for &(len, p) in &pars {
             let words = pt.paraphrase(p);
-            for i in 0..line1.len() {
+            for i in starts(&pos1, &all1, words) {
                 if hit(line1, i, words) {
                     st.add(Match {
                         start: j,
@@ -326,7 +459,7 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
         pt.reference_paths(line1, i, &mut pars);
         for &(len, p) in &pars {
             let words = pt.paraphrase(p);
-            for j in 0..line2.len() {
+            for j in starts(&pos2, &all2, words) {
                 if hit(line2, j, words) {
                     st.add(Match {
                         start: j,
@@ -388,17 +521,9 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
         }
     }
     // one-to-one, non-overlapping matches are definite
-    let mut init = Path {
-        matches: vec![None; n2],
-        matches1: 0,
-        matches2: 0,
-        chunks: 0,
-        idx: 0,
-        last_match_end: -1,
-        distance: 0,
-        used1: vec![false; n1],
-        used2: vec![false; n2],
-    };
+    let mut init_m = vec![NONE; n2];
+    let mut used1 = vec![false; n1];
+    let mut used2 = vec![false; n2];
     for i in 0..n2 {
         if st.by_start[i].len() == 1 {
             let mi = st.by_start[i][0];
@@ -406,17 +531,17 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
             let overlap = (0..m.length).any(|j| st.cov2[i + j] != 1)
                 || (0..m.match_length).any(|j| st.cov1[m.match_start + j] != 1);
             if !overlap {
-                init.matches[i] = Some(mi);
+                init_m[i] = mi;
                 for j in 0..m.length {
-                    init.used2[i + j] = true;
+                    used2[i + j] = true;
                 }
                 for j in 0..m.match_length {
-                    init.used1[m.match_start + j] = true;
+                    used1[m.match_start + j] = true;
                 }
             }
         }
     }
-    let best = resolve(&st, init);
+    let best = resolve(&st, init_m, used1, used2);
     let mut al = Alignment {
         len1: n1,
         len2: n2,
@@ -424,8 +549,8 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
         function2: b.function.iter().filter(|&&f| f).count(),
         ..Default::default()
     };
-    for m in best.matches.iter().flatten() {
-        let m = st.all[*m as usize];
+    for &mi in best.iter().filter(|&&m| m != NONE) {
+        let m = st.all[mi as usize];
         for j in 0..m.match_length {
             if a.function[m.match_start + j] {
                 al.function_matches1[m.module] += 1;
@@ -445,8 +570,8 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
     let mut chunks = 0;
     let mut idx = 0;
     let mut last: i64 = -1;
-    while idx < best.matches.len() {
-        match best.matches[idx] {
+    while idx < best.len() {
+        match Some(best[idx]).filter(|&m| m != NONE) {
             None => {
                 if last != -1 {
                     chunks += 1;
