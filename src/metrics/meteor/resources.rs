@@ -293,7 +293,7 @@ fn tokens_bytes(line: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-fn parse_chunk<'a>(buf: &'a [u8], lines: &[(usize, usize)]) -> Chunk<'a> {
+fn parse_chunk<'a>(buf: &'a [u8], lines: &[(u32, u32)]) -> Chunk<'a> {
     let mut local: FxHashMap<&'a [u8], u32> = FxHashMap::default();
     let mut c = Chunk {
         words: Vec::new(),
@@ -308,7 +308,7 @@ fn parse_chunk<'a>(buf: &'a [u8], lines: &[(usize, usize)]) -> Chunk<'a> {
         }
         let mut lens = [0u32; 2];
         for (k, &(a, b)) in e[1..].iter().enumerate() {
-            for t in tokens_bytes(&buf[a..b]) {
+            for t in tokens_bytes(&buf[a as usize..b as usize]) {
                 let next = local.len() as u32;
                 let id = *local.entry(t).or_insert_with(|| {
                     c.words.push(t);
@@ -323,12 +323,18 @@ fn parse_chunk<'a>(buf: &'a [u8], lines: &[(usize, usize)]) -> Chunk<'a> {
     c
 }
 
-fn parse_paraphrases(buf: &[u8]) -> Paraphrases {
+fn parse_paraphrases(buf: &[u8]) -> Result<Paraphrases> {
+    if buf.len() >= u32::MAX as usize {
+        return Err(Error::config(format!(
+            "METEOR paraphrase table: expected under 4 GiB of text, got {} bytes",
+            buf.len()
+        )));
+    }
     // line spans (Java readLine: \n, \r\n or \r end a line)
     let n = buf.len();
     let parts = rayon::current_num_threads().max(1) * 4;
     let step = n.div_ceil(parts).max(1);
-    let spans: Vec<Vec<(usize, usize)>> = (0..parts)
+    let spans: Vec<Vec<(u32, u32)>> = (0..parts)
         .into_par_iter()
         .map(|k| {
             let (lo, hi) = ((k * step).min(n), ((k + 1) * step).min(n));
@@ -365,7 +371,7 @@ fn parse_paraphrases(buf: &[u8]) -> Paraphrases {
                     Some(p) => i + p,
                     None => n,
                 };
-                out.push((i, e));
+                out.push((i as u32, e as u32));
                 let mut nx = e + 1;
                 if e < n && buf[e] == b'\r' && buf.get(nx) == Some(&b'\n') {
                     nx += 1;
@@ -375,7 +381,7 @@ fn parse_paraphrases(buf: &[u8]) -> Paraphrases {
             out
         })
         .collect();
-    let lines: Vec<(usize, usize)> = spans.into_iter().flatten().collect();
+    let lines: Vec<(u32, u32)> = spans.into_iter().flatten().collect();
     // parse entries (3 lines each) in parallel chunks aligned to entries
     let entries = lines.len() / 3 + usize::from(lines.len() % 3 != 0);
     let per = entries.div_ceil(parts).max(1) * 3;
@@ -399,7 +405,7 @@ fn parse_paraphrases(buf: &[u8]) -> Paraphrases {
         .collect();
     let total: usize = chunks.iter().map(|c| c.lens.len()).sum();
     let mut trie: FxHashMap<u64, u32> = FxHashMap::default();
-    trie.reserve(total * 2);
+    trie.reserve(total);
     let mut emit_state: Vec<u32> = Vec::with_capacity(total);
     let mut para_off: Vec<u32> = Vec::with_capacity(total + 1);
     let mut para_words: Vec<u32> = Vec::with_capacity(total * 2);
@@ -441,14 +447,14 @@ fn parse_paraphrases(buf: &[u8]) -> Paraphrases {
         emit_vals[fill[s as usize] as usize] = p as u32;
         fill[s as usize] += 1;
     }
-    Paraphrases {
+    Ok(Paraphrases {
         vocab,
         trie,
         emit_off,
         emit_vals,
         para_off,
         para_words,
-    }
+    })
 }
 
 impl Resources {
@@ -483,7 +489,7 @@ impl Resources {
                     ],
                 )
             },
-            || gunzip(&para_path).map(|b| parse_paraphrases(&b)),
+            || gunzip(&para_path).and_then(|b| parse_paraphrases(&b)),
         );
         let mut texts = texts?.into_iter().map(utf8);
         let para = para?;
