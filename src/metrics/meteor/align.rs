@@ -129,18 +129,6 @@ fn synsets(res: &Resources, w: &str) -> Vec<u32> {
     set
 }
 
-fn intersects(a: &[u32], b: &[u32]) -> bool {
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Equal => return true,
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-        }
-    }
-    false
-}
-
 const NONE: u32 = u32::MAX;
 
 /// A partial alignment's search state (`PartialAlignment` without its arrays). Its arrays
@@ -509,9 +497,25 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
                 }
             }
             2 => {
+                // pairs sharing a synset, found through an index of line2's synsets; added in
+                // the jar's order (j outer, i inner)
+                let mut by_set: rustc_hash::FxHashMap<u32, Vec<usize>> = Default::default();
+                for (j, sets) in b.syn.iter().enumerate() {
+                    for &x in sets {
+                        by_set.entry(x).or_default().push(j);
+                    }
+                }
+                let mut hit = vec![false; n1 * n2];
+                for (i, sets) in a.syn.iter().enumerate() {
+                    for x in sets {
+                        for &j in by_set.get(x).map_or(&[][..], |v| &v[..]) {
+                            hit[j * n1 + i] = true;
+                        }
+                    }
+                }
                 for j in 0..n2 {
                     for i in 0..n1 {
-                        if a.hashes[i] != b.hashes[j] && intersects(&a.syn[i], &b.syn[j]) {
+                        if hit[j * n1 + i] && a.hashes[i] != b.hashes[j] {
                             st.add(one(j, i, module));
                         }
                     }
