@@ -1,8 +1,9 @@
 """bench/metrics: report metrics on 10k report pairs, voxlm against pycocoevalcap, in one run.
 
 The 362 Dia-LLaMA report pairs are repeated to 10,000. Both sides compute BLEU-1..4, ROUGE-L and
-CIDEr-D on the same text; METEOR is excluded from the ratio because voxlm runs pycocoevalcap's own
-jar for it (identical cost on both sides).
+CIDEr-D on the same text (METEOR excluded). ``python bench_metrics.py meteor 2000 10000`` runs
+:func:`run_meteor`: report_scores with METEOR (voxlm's Rust METEOR 1.5, no Java) against
+pycocoevalcap's four scorers with its jar.
 """
 
 from __future__ import annotations
