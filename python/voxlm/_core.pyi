@@ -33,6 +33,8 @@ __all__ = [
     "report_scores",
     "classification_scores",
     "multilabel_scores",
+    "meteor_score",
+    "meteor_stats",
     "parse_llama_config",
     "llama_rope_inv_freq",
     "checkpoint_files",
@@ -148,6 +150,18 @@ def multilabel_scores(
     pos_label: int = 1,
     convention: str = "dia_llama",
 ) -> dict[str, Any]: ...
+def meteor_score(
+    references: list[list[str]],
+    hypotheses: list[str],
+    jar: str | PathLike[str],
+    paraphrase: str | PathLike[str] | None = None,
+) -> tuple[float, npt.NDArray[np.float64]]: ...
+def meteor_stats(
+    references: list[list[str]],
+    hypotheses: list[str],
+    jar: str | PathLike[str],
+    paraphrase: str | PathLike[str] | None = None,
+) -> list[str]: ...
 def parse_llama_config(text: str) -> str: ...
 def llama_rope_inv_freq(config_json: str) -> torch.Tensor: ...
 def checkpoint_files(path: str | PathLike[str]) -> list[str]: ...

@@ -1,7 +1,7 @@
 """Evaluation as the papers compute it.
 
 * :func:`report_scores`: pycocoevalcap's BLEU-1..4, ROUGE-L and CIDEr-D (computed in Rust, equal
-  to pycocoevalcap), plus METEOR 1.5 through pycocoevalcap's own jar when Java is present.
+  to pycocoevalcap), plus METEOR 1.5 (Rust transcription of pycocoevalcap's jar, equal to it; no Java needed).
 * :func:`multilabel_scores`: clinical efficacy (per-label, macro, micro, example-based P/R/F1).
 * :func:`classification_scores`: PI-RADS scoring metrics (accuracy, MSE, MAE, macro P/R/F1,
   confusion matrix, quadratic weighted kappa).
@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -95,28 +96,85 @@ def _ptb_tokenize(refs: list[list[str]], hyps: list[str]) -> tuple[list[list[str
     return [g[i] for i in range(len(refs))], [r[i][0] for i in range(len(hyps))]
 
 
-def meteor_score(references: list[list[str]], hypotheses: list[str]) -> tuple[float, np.ndarray]:
-    """METEOR 1.5 by pycocoevalcap's ``meteor-1.5.jar`` (Java), newlines replaced by spaces.
+def meteor_jar_path() -> str:
+    """Path of pycocoevalcap's ``meteor-1.5.jar`` (ConfigError when pycocoevalcap is missing)."""
+    import importlib.util
 
-    This is the real METEOR (exact, stem, synonym and paraphrase matching with its tuned
-    parameters), not an approximation. Raises ConfigError when Java or pycocoevalcap is missing.
+    spec = importlib.util.find_spec("pycocoevalcap")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "METEOR: needs the language data of pycocoevalcap's meteor-1.5.jar "
+            "(pip install pycocoevalcap, or pass jar=<path to meteor-1.5.jar>)"
+        )
+    root = list(spec.submodule_search_locations)[0]
+    return os.path.join(root, "meteor", "meteor-1.5.jar")
+
+
+def _meteor_clean(s: str) -> str:
+    # the jar reads one line per request: a newline or carriage return would end it early
+    return s.replace("\n", " ").replace("\r", " ")
+
+
+def meteor_score(
+    references: _Corpus,
+    hypotheses: _Corpus,
+    backend: str = "rust",
+    jar: str | os.PathLike[str] | None = None,
+    paraphrase: str | os.PathLike[str] | None = None,
+) -> tuple[float, np.ndarray]:
+    """METEOR 1.5 as pycocoevalcap computes it: ``(corpus score, [N] float64 per sample)``.
+
+    pycocoevalcap runs ``java -jar meteor-1.5.jar - - -stdio -l en -norm`` (exact, stem,
+    synonym and paraphrase matching, English ranking-task parameters alpha 0.85, beta 0.2,
+    gamma 0.6, delta 0.75, module weights 1.0/0.6/0.8/0.6, beam 40) and takes the corpus
+    score from its ``EVAL`` line over the aggregated statistics.
+
+    Args:
+        references: one reference string or a list of them per sample (or pycocoevalcap's
+            ``gts`` dict); hypotheses: one string per sample (or ``res``).
+        backend: ``"rust"`` (default): voxlm's transcription of the jar's scorer (no Java);
+            ``"java"``: pycocoevalcap's ``Meteor`` class running the jar (for checking).
+        jar: ``meteor-1.5.jar`` whose language data (synonyms, function words, nonbreaking
+            prefixes) the Rust backend reads; default: the one pycocoevalcap installs.
+        paraphrase: the paraphrase table; default ``<jar dir>/data/paraphrase-en.gz``.
+
+    Newlines and carriage returns become spaces (the jar reads one line per sample).
+    The Rust backend loads the data once per process (a few seconds) and caches it.
     """
+    refs, hyps = _as_lists(references, hypotheses)
+    if not hyps:
+        raise ShapeError("hypotheses: expected at least one sample, got an empty corpus")
+    if backend == "rust":
+        jar_path = os.fspath(jar) if jar is not None else meteor_jar_path()
+        para = os.fspath(paraphrase) if paraphrase is not None else None
+        score, per = _core.meteor_score(refs, hyps, jar_path, para)
+        return float(score), np.asarray(per, dtype=np.float64)
+    if backend != "java":
+        raise ConfigError(f"backend: expected 'rust' or 'java', got {backend!r}")
+    if jar is not None or paraphrase is not None:
+        raise ConfigError("backend='java': runs pycocoevalcap's own jar; jar/paraphrase not supported")
     if not java_available():
-        raise ConfigError("METEOR: needs Java for pycocoevalcap's meteor-1.5.jar; none on PATH")
+        raise ConfigError("METEOR backend='java': needs Java for pycocoevalcap's meteor-1.5.jar; none on PATH")
     try:
         from pycocoevalcap.meteor.meteor import Meteor
     except ImportError as e:
-        raise ConfigError("METEOR: needs pycocoevalcap (pip install pycocoevalcap)") from e
+        raise ConfigError("METEOR backend='java': needs pycocoevalcap (pip install pycocoevalcap)") from e
 
-    def clean(s: str) -> str:
-        return " ".join(s.split("\n"))
-
-    gts = {i: [clean(r) for r in rs] for i, rs in enumerate(references)}
-    res = {i: [clean(h)] for i, h in enumerate(hypotheses)}
+    gts = {i: [_meteor_clean(r) for r in rs] for i, rs in enumerate(refs)}
+    res = {i: [_meteor_clean(h)] for i, h in enumerate(hyps)}
     m = Meteor()  # its __del__ ends the Java process
     score, per = m.compute_score(gts, res)
     del m
     return float(score), np.asarray(per, dtype=np.float64)
+
+
+def _meteor_available(backend: str) -> bool:
+    if backend == "java":
+        return java_available()
+    try:
+        return os.path.isfile(meteor_jar_path())
+    except ConfigError:
+        return False
 
 
 def report_scores(
@@ -125,6 +183,7 @@ def report_scores(
     tokenize: str = "whitespace",
     meteor: bool | None = None,
     per_sample: bool = False,
+    meteor_backend: str = "rust",
 ) -> dict[str, Any]:
     """BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR) of generated reports, as pycocoevalcap.
 
@@ -135,8 +194,10 @@ def report_scores(
         tokenize: ``"whitespace"`` scores the text as given (as Dia-LLaMA and most report
             generation code call pycocoevalcap); ``"ptb"`` first runs pycocoevalcap's
             PTBTokenizer (Java; lower-cases and drops punctuation, as the COCO caption eval).
-        meteor: True to require METEOR 1.5 (Java), False to skip it, None to include it when
-            Java and pycocoevalcap are available.
+        meteor: True to require METEOR 1.5, False to skip it, None to include it when its
+            language data (pycocoevalcap's jar) is available (and Java, for the Java backend).
+        meteor_backend: ``"rust"`` (default, no Java) or ``"java"`` (pycocoevalcap's jar), see
+            :func:`meteor_score`.
         per_sample: also return ``"per_sample"``: a dict of float64 arrays, one value per sample.
 
     Returns:
@@ -150,10 +211,10 @@ def report_scores(
         raise ConfigError(f"tokenize: expected 'whitespace' or 'ptb', got {tokenize!r}")
     corpus, per = _core.report_scores(refs, hyps)
     out: dict[str, Any] = dict(corpus)
-    want_meteor = meteor if meteor is not None else java_available()
+    want_meteor = meteor if meteor is not None else _meteor_available(meteor_backend)
     if want_meteor:
         try:
-            out["METEOR"], per["METEOR"] = meteor_score(refs, hyps)
+            out["METEOR"], per["METEOR"] = meteor_score(refs, hyps, backend=meteor_backend)
         except ConfigError:
             if meteor:
                 raise

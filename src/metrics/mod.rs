@@ -9,6 +9,7 @@
 pub mod bleu;
 pub mod cider;
 pub mod classification;
+pub mod meteor;
 pub mod multilabel;
 pub mod rouge;
 pub mod text;

@@ -144,3 +144,50 @@ pub fn multilabel_scores<'py>(
     }
     Ok(d)
 }
+
+fn meteor_resources(
+    jar: std::path::PathBuf,
+    paraphrase: Option<std::path::PathBuf>,
+) -> crate::error::Result<std::sync::Arc<metrics::meteor::Resources>> {
+    metrics::meteor::Resources::cached(&jar, paraphrase.as_deref())
+}
+
+/// METEOR 1.5 (the jar's `-l en -norm` scorer, in Rust): `(corpus score, per-sample array)`.
+#[pyfunction]
+#[pyo3(signature = (references, hypotheses, jar, paraphrase=None))]
+pub fn meteor_score<'py>(
+    py: Python<'py>,
+    references: Vec<Vec<String>>,
+    hypotheses: Vec<String>,
+    jar: std::path::PathBuf,
+    paraphrase: Option<std::path::PathBuf>,
+) -> PyResult<(f64, Bound<'py, PyAny>)> {
+    let (score, per) = crate::py::par(py, move || {
+        let res = meteor_resources(jar, paraphrase)?;
+        metrics::meteor::meteor(&references, &hypotheses, &res)
+    })?;
+    Ok((score, f64_array(py, per)))
+}
+
+/// Per-sample METEOR statistics as the jar's `SCORE` reply prints them (23 numbers each).
+#[pyfunction]
+#[pyo3(signature = (references, hypotheses, jar, paraphrase=None))]
+pub fn meteor_stats(
+    py: Python<'_>,
+    references: Vec<Vec<String>>,
+    hypotheses: Vec<String>,
+    jar: std::path::PathBuf,
+    paraphrase: Option<std::path::PathBuf>,
+) -> PyResult<Vec<String>> {
+    let out = crate::py::par(py, move || -> crate::error::Result<Vec<String>> {
+        let res = meteor_resources(jar, paraphrase)?;
+        metrics::check_corpus(&references, &hypotheses)?;
+        use rayon::prelude::*;
+        Ok(references
+            .par_iter()
+            .zip(hypotheses.par_iter())
+            .map(|(r, h)| metrics::meteor::sentence_stats(r, h, &res).to_jar_string())
+            .collect())
+    })?;
+    Ok(out)
+}

@@ -55,6 +55,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(metrics::report_scores, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::classification_scores, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::multilabel_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::meteor_score, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::meteor_stats, m)?)?;
     m.add_function(wrap_pyfunction!(llm::parse_llama_config, m)?)?;
     m.add_function(wrap_pyfunction!(llm::llama_rope_inv_freq, m)?)?;
     m.add_function(wrap_pyfunction!(llm::checkpoint_files, m)?)?;

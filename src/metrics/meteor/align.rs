@@ -1,0 +1,605 @@
+//! `edu.cmu.meteor.aligner.Aligner.align` with its four matchers (exact, stem, synonym,
+//! paraphrase, in that order) and the beam search `resolve` over partial alignments, transcribed
+//! with its quirks: words are compared by Java `String.hashCode`, the search's weighted match
+//! counts are Java `int`s (`int += double` truncates), `Collections.sort` is stable, and the
+//! distance of a newly extended path is added to the path it was copied from.
+#![allow(clippy::needless_range_loop)] // loops transcribed from the Java source
+
+use super::resources::Resources;
+use super::stem::stem;
+
+/// `Constants.DEFAULT_BEAM_SIZE`.
+pub const BEAM_SIZE: usize = 40;
+/// Modules for English: exact, stem, synonym, paraphrase.
+pub const MODULES: usize = 4;
+/// `MeteorScorer.loadConfiguration`'s `setWeights` given to the aligner (1.0, 0.5, 0.5, 0.5).
+const SEARCH_WEIGHTS: [f64; MODULES] = [1.0, 0.5, 0.5, 0.5];
+
+/// Java `String.hashCode` (over UTF-16 code units, wrapping).
+pub fn java_hash(s: &str) -> i32 {
+    let mut h: i32 = 0;
+    for u in s.encode_utf16() {
+        h = h.wrapping_mul(31).wrapping_add(u as i32);
+    }
+    h
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Match {
+    /// start and length in line2 (reference)
+    pub start: usize,
+    pub length: usize,
+    /// start and length in line1 (test)
+    pub match_start: usize,
+    pub match_length: usize,
+    pub module: usize,
+}
+
+/// The aligned pair's counts (`Alignment` fields the scorer reads).
+#[derive(Clone, Debug, Default)]
+pub struct Alignment {
+    pub len1: usize,
+    pub len2: usize,
+    pub function1: usize,
+    pub function2: usize,
+    pub content_matches1: [usize; MODULES],
+    pub content_matches2: [usize; MODULES],
+    pub function_matches1: [usize; MODULES],
+    pub function_matches2: [usize; MODULES],
+    pub num_chunks: usize,
+}
+
+struct Stage {
+    /// all matches; `by_start[j]` lists indices of matches starting at line2 index j, in order
+    all: Vec<Match>,
+    by_start: Vec<Vec<u32>>,
+    cov1: Vec<u32>,
+    cov2: Vec<u32>,
+}
+
+impl Stage {
+    fn add(&mut self, m: Match) {
+        let idx = self.all.len() as u32;
+        self.all.push(m);
+        self.by_start[m.start].push(idx);
+        for k in 0..m.match_length {
+            self.cov1[m.match_start + k] += 1;
+        }
+        for k in 0..m.length {
+            self.cov2[m.start + k] += 1;
+        }
+    }
+}
+
+fn one(j: usize, i: usize, module: usize) -> Match {
+    Match {
+        start: j,
+        length: 1,
+        match_start: i,
+        match_length: 1,
+        module,
+    }
+}
+
+/// `SynonymDictionary.morph` (WordNet's morphological rules). Java's `retval != tmp` is a
+/// reference comparison: true exactly when a suffix was replaced.
+fn morph<'a>(res: &Resources, word: &'a str) -> std::borrow::Cow<'a, str> {
+    const SUFX: [&str; 20] = [
+        "s", "ses", "xes", "zes", "ches", "shes", "men", "ies", "s", "ies", "es", "es", "ed", "ed",
+        "ing", "ing", "er", "est", "er", "est",
+    ];
+    const ADDR: [&str; 20] = [
+        "", "s", "x", "z", "ch", "sh", "man", "y", "", "y", "e", "", "e", "", "e", "", "", "", "e",
+        "e",
+    ];
+    if word.ends_with("ss") || word.encode_utf16().count() <= 2 {
+        return word.into();
+    }
+    for (s, a) in SUFX.iter().zip(ADDR.iter()) {
+        if let Some(stemmed) = word.strip_suffix(s) {
+            let r = format!("{stemmed}{a}");
+            if res.word_to_synsets.contains_key(&r) {
+                return r.into();
+            }
+        }
+    }
+    "".into()
+}
+
+fn synsets(res: &Resources, w: &str) -> Vec<u32> {
+    let mut set: Vec<u32> = res.word_to_synsets.get(w).cloned().unwrap_or_default();
+    // getStemSynSets
+    match res.word_to_bases.get(w) {
+        Some(bases) => {
+            for b in bases {
+                if let Some(s) = res.word_to_synsets.get(b) {
+                    set.extend_from_slice(s);
+                }
+            }
+        }
+        None => {
+            let m = morph(res, w);
+            if let Some(s) = res.word_to_synsets.get(m.as_ref()) {
+                set.extend_from_slice(s);
+            }
+        }
+    }
+    set.sort_unstable();
+    set.dedup();
+    set
+}
+
+const NONE: u32 = u32::MAX;
+
+/// A partial alignment's search state (`PartialAlignment` without its arrays). Its arrays
+/// (`matches`, `line1UsedWords`, `line2UsedWords`) are those of `parent` in the previous pool,
+/// plus `new_match` selected at `at`; they are only built for the paths the beam keeps.
+#[derive(Clone, Copy, Debug)]
+struct Hdr {
+    matches1: i32,
+    matches2: i32,
+    chunks: i32,
+    idx: usize,
+    last_match_end: i64,
+    distance: i32,
+    parent: u32,
+    new_match: u32,
+    at: u32,
+    /// position in the candidate list (makes the order total, equal to a stable sort)
+    ord: u32,
+}
+
+impl Hdr {
+    /// `matches1 += m.matchLength * weight` on a Java int.
+    fn add_weighted(&mut self, m: &Match) {
+        let w = SEARCH_WEIGHTS[m.module];
+        self.matches1 = (self.matches1 as f64 + m.match_length as f64 * w) as i32;
+        self.matches2 = (self.matches2 as f64 + m.length as f64 * w) as i32;
+    }
+}
+
+/// `Constants.PARTIAL_COMPARE_TOTAL`: more matches, then fewer chunks, then less distance;
+/// ties keep list order (`Collections.sort` is stable).
+fn compare(x: &Hdr, y: &Hdr) -> std::cmp::Ordering {
+    let diff = (y.matches1 + y.matches2) - (x.matches1 + x.matches2);
+    diff.cmp(&0)
+        .then((x.chunks - y.chunks).cmp(&0))
+        .then((x.distance - y.distance).cmp(&0))
+        .then(x.ord.cmp(&y.ord))
+}
+
+/// The arrays of the kept paths, `stride` per path.
+struct Pool {
+    n1: usize,
+    n2: usize,
+    count: usize,
+    matches: Vec<u32>,
+    used1: Vec<bool>,
+    used2: Vec<bool>,
+}
+
+impl Pool {
+    fn new(n1: usize, n2: usize) -> Pool {
+        Pool {
+            n1,
+            n2,
+            count: 0,
+            matches: Vec::new(),
+            used1: Vec::new(),
+            used2: Vec::new(),
+        }
+    }
+    fn matches(&self, k: usize) -> &[u32] {
+        &self.matches[k * self.n2..(k + 1) * self.n2]
+    }
+    fn used1(&self, k: usize) -> &[bool] {
+        &self.used1[k * self.n1..(k + 1) * self.n1]
+    }
+    fn used2(&self, k: usize) -> &[bool] {
+        &self.used2[k * self.n2..(k + 1) * self.n2]
+    }
+    /// Append the arrays of `h` (its parent's in `old` plus its new match).
+    fn push_from(&mut self, old: &Pool, h: &Hdr, s: &Stage) {
+        let k = self.count;
+        self.count += 1;
+        let p = h.parent as usize;
+        self.matches.extend_from_slice(old.matches(p));
+        self.used1.extend_from_slice(old.used1(p));
+        self.used2.extend_from_slice(old.used2(p));
+        if h.new_match != NONE {
+            let m = s.all[h.new_match as usize];
+            self.matches[k * self.n2 + h.at as usize] = h.new_match;
+            for i in 0..m.length {
+                self.used2[k * self.n2 + m.start + i] = true;
+            }
+            for i in 0..m.match_length {
+                self.used1[k * self.n1 + m.match_start + i] = true;
+            }
+        }
+    }
+}
+
+/// Sort candidates as `Collections.sort(paths, PARTIAL_COMPARE_TOTAL)` and keep the first
+/// `keep` (only those are ever looked at).
+fn top(mut c: Vec<Hdr>, keep: usize) -> Vec<Hdr> {
+    if c.len() > keep {
+        c.select_nth_unstable_by(keep - 1, compare);
+        c.truncate(keep);
+    }
+    c.sort_unstable_by(compare);
+    c
+}
+
+/// `Aligner.resolve`: the beam search; returns the best path's `matches` (by line2 start).
+fn resolve(
+    s: &Stage,
+    init_matches: Vec<u32>,
+    init_used1: Vec<bool>,
+    init_used2: Vec<bool>,
+) -> Vec<u32> {
+    let n2 = s.by_start.len();
+    let n1 = init_used1.len();
+    let mut pool = Pool::new(n1, n2);
+    pool.matches = init_matches;
+    pool.used1 = init_used1;
+    pool.used2 = init_used2;
+    pool.count = 1;
+    let mut cands = vec![Hdr {
+        matches1: 0,
+        matches2: 0,
+        chunks: 0,
+        idx: 0,
+        last_match_end: -1,
+        distance: 0,
+        parent: 0,
+        new_match: NONE,
+        at: 0,
+        ord: 0,
+    }];
+    // the start path's arrays are pool slot 0 already: mark it so
+    let mut start_in_place = true;
+    for current in 0..=n2 {
+        let kept = top(std::mem::take(&mut cands), BEAM_SIZE);
+        let cur = if start_in_place {
+            start_in_place = false;
+            std::mem::replace(&mut pool, Pool::new(n1, n2))
+        } else {
+            let mut np = Pool::new(n1, n2);
+            np.matches.reserve(kept.len() * n2);
+            np.used1.reserve(kept.len() * n1);
+            np.used2.reserve(kept.len() * n2);
+            for h in &kept {
+                np.push_from(&pool, h, s);
+            }
+            np
+        };
+        pool = cur;
+        let mut next: Vec<Hdr> = Vec::new();
+        let push = |next: &mut Vec<Hdr>, mut h: Hdr| {
+            h.ord = next.len() as u32;
+            next.push(h);
+        };
+        let mut first_dropped: Option<Hdr> = None;
+        for (k, h0) in kept.iter().enumerate() {
+            let mut path = Hdr {
+                parent: k as u32,
+                new_match: NONE,
+                ..*h0
+            };
+            if current == n2 {
+                if path.last_match_end != -1 {
+                    path.chunks += 1;
+                }
+                push(&mut next, path);
+                continue;
+            }
+            let (pm, pu1, pu2) = (pool.matches(k), pool.used1(k), pool.used2(k));
+            if pu2[current] {
+                if current < path.idx {
+                    push(&mut next, path);
+                } else if pm.get(path.idx).is_some_and(|&m| m != NONE) {
+                    let m = s.all[pm[path.idx] as usize];
+                    path.add_weighted(&m);
+                    if path.last_match_end != -1 && m.match_start as i64 != path.last_match_end {
+                        path.chunks += 1;
+                    }
+                    path.idx = m.start + m.length;
+                    path.last_match_end = (m.match_start + m.match_length) as i64;
+                    path.distance += (m.start as i32 - m.match_start as i32).abs();
+                    push(&mut next, path);
+                } else if k == 0 {
+                    first_dropped = Some(path);
+                }
+                continue;
+            }
+            for &mi in &s.by_start[current] {
+                let m = s.all[mi as usize];
+                let used = (0..m.length).any(|i| pu2[m.start + i])
+                    || (0..m.match_length).any(|i| pu1[m.match_start + i]);
+                if used {
+                    continue;
+                }
+                let mut np = path;
+                np.new_match = mi;
+                np.at = current as u32;
+                np.add_weighted(&m);
+                if np.last_match_end != -1 && m.match_start as i64 != np.last_match_end {
+                    np.chunks += 1;
+                }
+                np.idx = m.start + m.length;
+                np.last_match_end = (m.match_start + m.match_length) as i64;
+                // the jar adds this distance to the path it branched from
+                path.distance += (m.start as i32 - m.match_start as i32).abs();
+                push(&mut next, np);
+            }
+            if path.last_match_end != -1 {
+                path.chunks += 1;
+                path.last_match_end = -1;
+            }
+            path.idx += 1;
+            push(&mut next, path);
+        }
+        if next.is_empty() {
+            // "Warning: unexpected conditions - skipping matches until possible to continue"
+            if let Some(p) = first_dropped {
+                push(&mut next, p);
+            }
+        }
+        cands = next;
+    }
+    let best = top(cands, 1);
+    match best.first() {
+        Some(h) => {
+            let mut out = Pool::new(n1, n2);
+            out.push_from(&pool, h, s);
+            out.matches
+        }
+        None => vec![NONE; n2],
+    }
+}
+
+/// Per-word data of one side that does not depend on the other side.
+pub struct Side {
+    pub words: Vec<String>,
+    hashes: Vec<i32>,
+    stem_hashes: Vec<i32>,
+    syn: Vec<Vec<u32>>,
+    para: Vec<i64>,
+    function: Vec<bool>,
+}
+
+impl Side {
+    pub fn new(words: Vec<String>, res: &Resources) -> Side {
+        let hashes = words.iter().map(|w| java_hash(w)).collect();
+        let stem_hashes = words.iter().map(|w| java_hash(&stem(w))).collect();
+        let syn = words.iter().map(|w| synsets(res, w)).collect();
+        let para = words.iter().map(|w| res.paraphrases.translate(w)).collect();
+        let function = words
+            .iter()
+            .map(|w| res.function_words.contains(&w.to_lowercase()))
+            .collect();
+        Side {
+            words,
+            hashes,
+            stem_hashes,
+            syn,
+            para,
+            function,
+        }
+    }
+}
+
+/// Positions of each known word id, ascending.
+fn positions(line: &[i64]) -> rustc_hash::FxHashMap<i64, Vec<usize>> {
+    let mut m: rustc_hash::FxHashMap<i64, Vec<usize>> = Default::default();
+    for (i, &w) in line.iter().enumerate() {
+        if w >= 0 {
+            m.entry(w).or_default().push(i);
+        }
+    }
+    m
+}
+
+/// `ParaphraseMatcher.match`. Scanning only the positions holding a phrase's first word gives
+/// the jar's matches in the jar's order (positions ascending).
+fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &Resources) {
+    let pt = &res.paraphrases;
+    let (line1, line2) = (&a.para, &b.para);
+    let (pos1, pos2) = (positions(line1), positions(line2));
+    let all1: Vec<usize> = (0..line1.len()).collect();
+    let all2: Vec<usize> = (0..line2.len()).collect();
+    let hit = |line: &[i64], i: usize, words: &[u32]| -> bool {
+        words
+            .iter()
+            .enumerate()
+            .all(|(k, &w)| i + k < line.len() && line[i + k] == w as i64)
+    };
+    let starts = |pos: &'_ rustc_hash::FxHashMap<i64, Vec<usize>>,
+                  all: &'_ [usize],
+                  words: &[u32]|
+     -> Vec<usize> {
+        match words.first() {
+            None => all.to_vec(),
+            Some(&w) => pos.get(&(w as i64)).cloned().unwrap_or_default(),
+        }
+    };
+    let mut pars = Vec::new();
+    // paraphrases in line1 of line2
+    for j in 0..line2.len() {
+        pt.reference_paths(line2, j, &mut pars);
+        for &(len, p) in &pars {
+            let words = pt.paraphrase(p);
+            for i in starts(&pos1, &all1, words) {
+                if hit(line1, i, words) {
+                    st.add(Match {
+                        start: j,
+                        length: len,
+                        match_start: i,
+                        match_length: words.len(),
+                        module,
+                    });
+                }
+            }
+        }
+    }
+    // paraphrases in line2 of line1
+    for i in 0..line1.len() {
+        pt.reference_paths(line1, i, &mut pars);
+        for &(len, p) in &pars {
+            let words = pt.paraphrase(p);
+            for j in starts(&pos2, &all2, words) {
+                if hit(line2, j, words) {
+                    st.add(Match {
+                        start: j,
+                        length: words.len(),
+                        match_start: i,
+                        match_length: len,
+                        module,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Align test (`a`, line1) with reference (`b`, line2).
+pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
+    let (n1, n2) = (a.words.len(), b.words.len());
+    let mut st = Stage {
+        all: Vec::new(),
+        by_start: vec![Vec::new(); n2],
+        cov1: vec![0; n1],
+        cov2: vec![0; n2],
+    };
+    let mods_used = if n1 == n2 && a.hashes == b.hashes {
+        1
+    } else {
+        MODULES
+    };
+    for module in 0..mods_used {
+        match module {
+            0 => {
+                for j in 0..n2 {
+                    for i in 0..n1 {
+                        if a.hashes[i] == b.hashes[j] {
+                            st.add(one(j, i, module));
+                        }
+                    }
+                }
+            }
+            1 => {
+                for j in 0..n2 {
+                    for i in 0..n1 {
+                        if a.stem_hashes[i] == b.stem_hashes[j] && a.hashes[i] != b.hashes[j] {
+                            st.add(one(j, i, module));
+                        }
+                    }
+                }
+            }
+            2 => {
+                // pairs sharing a synset, found through an index of line2's synsets; added in
+                // the jar's order (j outer, i inner)
+                let mut by_set: rustc_hash::FxHashMap<u32, Vec<usize>> = Default::default();
+                for (j, sets) in b.syn.iter().enumerate() {
+                    for &x in sets {
+                        by_set.entry(x).or_default().push(j);
+                    }
+                }
+                let mut hit = vec![false; n1 * n2];
+                for (i, sets) in a.syn.iter().enumerate() {
+                    for x in sets {
+                        for &j in by_set.get(x).map_or(&[][..], |v| &v[..]) {
+                            hit[j * n1 + i] = true;
+                        }
+                    }
+                }
+                for j in 0..n2 {
+                    for i in 0..n1 {
+                        if hit[j * n1 + i] && a.hashes[i] != b.hashes[j] {
+                            st.add(one(j, i, module));
+                        }
+                    }
+                }
+            }
+            _ => paraphrase_matches(&mut st, module, a, b, res),
+        }
+    }
+    // one-to-one, non-overlapping matches are definite
+    let mut init_m = vec![NONE; n2];
+    let mut used1 = vec![false; n1];
+    let mut used2 = vec![false; n2];
+    for i in 0..n2 {
+        if st.by_start[i].len() == 1 {
+            let mi = st.by_start[i][0];
+            let m = st.all[mi as usize];
+            let overlap = (0..m.length).any(|j| st.cov2[i + j] != 1)
+                || (0..m.match_length).any(|j| st.cov1[m.match_start + j] != 1);
+            if !overlap {
+                init_m[i] = mi;
+                for j in 0..m.length {
+                    used2[i + j] = true;
+                }
+                for j in 0..m.match_length {
+                    used1[m.match_start + j] = true;
+                }
+            }
+        }
+    }
+    let best = resolve(&st, init_m, used1, used2);
+    let mut al = Alignment {
+        len1: n1,
+        len2: n2,
+        function1: a.function.iter().filter(|&&f| f).count(),
+        function2: b.function.iter().filter(|&&f| f).count(),
+        ..Default::default()
+    };
+    for &mi in best.iter().filter(|&&m| m != NONE) {
+        let m = st.all[mi as usize];
+        for j in 0..m.match_length {
+            if a.function[m.match_start + j] {
+                al.function_matches1[m.module] += 1;
+            } else {
+                al.content_matches1[m.module] += 1;
+            }
+        }
+        for j in 0..m.length {
+            if b.function[m.start + j] {
+                al.function_matches2[m.module] += 1;
+            } else {
+                al.content_matches2[m.module] += 1;
+            }
+        }
+    }
+    // getCountAndChunks
+    let mut chunks = 0;
+    let mut idx = 0;
+    let mut last: i64 = -1;
+    while idx < best.len() {
+        match Some(best[idx]).filter(|&m| m != NONE) {
+            None => {
+                if last != -1 {
+                    chunks += 1;
+                    last = -1;
+                }
+                idx += 1;
+            }
+            Some(mi) => {
+                let m = st.all[mi as usize];
+                if last != -1 && m.match_start as i64 != last {
+                    chunks += 1;
+                }
+                idx = m.start + m.length;
+                last = (m.match_start + m.match_length) as i64;
+                if m.length == 0 {
+                    // a zero-length match would loop forever in the jar; step on
+                    idx += 1;
+                }
+            }
+        }
+    }
+    if last != -1 {
+        chunks += 1;
+    }
+    al.num_chunks = chunks;
+    al
+}
