@@ -28,6 +28,7 @@ from voxlm.recipes.dia_llama import (
     DiaLlama,
     DiaLlamaConfig,
     DiaLlamaTransform,
+    _tokenizer_file,
     keyword_labeler,
 )
 
@@ -255,7 +256,8 @@ def test_evaluate_writes_files(tmp_path):
     res = m.evaluate(items(3), tmp_path / "ev", batch_size=2, meteor=False)
     for k in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
         assert k in res
-    ce = res["clinical_efficacy"]
+    ce = res["clinical_efficacy_keyword"]
+    assert res["labeler"] == "keyword (voxlm.synth templates)" and res["clinical_efficacy"] == ce
     assert {"precision_macro", "recall_macro", "f1_macro", "precision_micro", "f1_micro"} <= set(ce)
     assert set(ce["per_label"]) == set(CHEXBERT_CONDITIONS)
     assert "prompt_labels" in res and "clinical_efficacy_vs_dataset_labels" in res
@@ -273,6 +275,7 @@ def test_evaluate_writes_files(tmp_path):
 
     r2 = m.evaluate(items(2), labeler=lab, meteor=False)
     assert seen == [2, 2] and r2["clinical_efficacy"]["f1_micro"] == pytest.approx(1.0, abs=1e-5)
+    assert r2["labeler"] == "lab" and "clinical_efficacy_keyword" not in r2
 
 
 def test_keyword_labeler():
@@ -334,6 +337,31 @@ def test_bad_input():
         m.collator()(nolab)
     with pytest.raises(ConfigError, match="unknown setting"):
         m.generate(torch.rand(1, 3, 8, 32, 32), max_tokens=3)
+    # generation settings of the wrong type are named at construction
+    for field, bad in (("num_beams", "two"), ("num_beams", 0), ("max_new_tokens", 1.5), ("temperature", "hot"),
+                       ("top_k", -1), ("do_sample", "yes"), ("seed", "s")):
+        with pytest.raises(ConfigError, match=rf"recipe\.{field}.*{bad!r}"):
+            DiaLlamaConfig.from_dict({**TINY, field: bad})
+    with pytest.raises(ConfigError, match="model.tokenizer: expected a path"):
+        _tokenizer_file(5)
+
+
+def test_synth_section_is_checked_and_ensure_reuses_a_matching_set(tmp_path):
+    m = tiny()
+    root = tmp_path / "ct"
+    for synth, what in (({"kind": "chest-ct"}, r"missing key\(s\) \['n'\]"),
+                        ({"kind": "chest-ct", "n": 2, "sed": 1}, r"unknown key\(s\) \['sed'\]")):
+        with pytest.raises(ConfigError, match=what):
+            m.datasets({"format": "ctrg-chest", "root": str(root), "synth": synth})
+    assert not root.exists()
+    spec = {"kind": "chest-ct", "n": 4, "seed": 1, "shape": [16, 16, 8]}
+    d = {"format": "ctrg-chest", "root": str(root), "synth": spec, "eval_split": None}
+    train, _ = m.datasets(d)
+    assert (root / "synth.json").is_file() and len(train) >= 1
+    again, _ = m.datasets(d)  # root exists: ensure checks it holds the same set and reuses it
+    assert [again[i]["id"] for i in range(len(again))] == [train[i]["id"] for i in range(len(train))]
+    with pytest.raises(ConfigError, match="different synthetic dataset"):  # no longer silently skipped
+        m.datasets({**d, "synth": {**spec, "seed": 2}})
 
 
 def test_refuses_another_recipes_folder(tmp_path):

@@ -167,6 +167,7 @@ def test_generate_evaluate_save_reload(tmp_path):
     assert np.array_equal(g.labels, m.predict_labels(imgs))
     res = m.evaluate(items(3), tmp_path / "ev", batch_size=2, meteor=False)
     assert {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr", "clinical_efficacy", "prompt_labels"} <= set(res)
+    assert res["labeler"] == "keyword (voxlm.synth templates)" and "clinical_efficacy_keyword" in res
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["n"] == 3
     assert len(list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))) == 3
     m.save_pretrained(tmp_path / "model")
@@ -200,6 +201,10 @@ def test_bad_input():
         m.collator()(bad)
     with pytest.raises(ConfigError, match="unknown field"):
         Rad3dPrefix.from_config(TINY, {"llm": LLM, "encoder": "x"})
+    # generation settings of the wrong type are named at construction (not a ValueError at generate)
+    for field, bad in (("num_beams", "two"), ("max_new_tokens", 0), ("top_p", "x"), ("prefix_length", "6")):
+        with pytest.raises(ConfigError, match=rf"recipe\.{field}.*{bad!r}"):
+            Rad3dPrefixConfig.from_dict({**TINY, field: bad})
 
 
 def test_config_files_parse():

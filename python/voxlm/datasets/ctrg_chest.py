@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import DataError
+from ..metrics import CHEXBERT_CONDITIONS
+from ..metrics import diagnostic_prompt as label_sentences
 from ._common import (
     PathLike,
     canonical_split,
@@ -34,14 +36,12 @@ from ._common import (
 )
 from .registry import register_reader
 
-#: Dia-LLaMA's ``CONDITIONS`` (the CSV header with spaces), in the CSV's column order.
-CONDITIONS = [
-    "enlarged cardiomediastinum", "cardiomegaly", "lung opacity", "lung lesion", "edema",
-    "consolidation", "pneumonia", "atelectasis", "pneumothorax", "pleural effusion",
-    "pleural other", "fracture", "support devices", "no finding",
-]
+#: Dia-LLaMA's ``CONDITIONS`` (the CSV header with spaces), in the CSV's column order: the one
+#: copy is :data:`voxlm.metrics.CHEXBERT_CONDITIONS`.
+CONDITIONS = list(CHEXBERT_CONDITIONS)
 
-#: Dia-LLaMA's fixed instruction after the label sentences (``CTRG_dataset.py``, ``guide``).
+#: Dia-LLaMA's fixed instruction after the label sentences (``CTRG_dataset.py``, ``guide``),
+#: trailing space included; the one copy (:data:`voxlm.recipes.dia_llama.INSTRUCTION` is this).
 GUIDE = ("Based on the above visual information and some key abnormal information related to specific "
          "diseases, please generate a complete medical report corresponding to this CT image. Providing a "
          "comprehensive report which contains detailed information about the anatomical structures and any "
@@ -50,16 +50,15 @@ GUIDE = ("Based on the above visual information and some key abnormal informatio
 
 def diagnostic_prompt(labels: Any, names: Any = None, guide: str = GUIDE) -> str:
     """Dia-LLaMA's question: ``The "{disease}" is positive|negative. `` per label (positive where
-    the label is 1), then ``guide`` (transcribed from ``CTRG_Dataset.__getitem__``).
+    the label is 1; :func:`voxlm.metrics.diagnostic_prompt`), then ``guide`` (transcribed from
+    ``CTRG_Dataset.__getitem__``).
 
     ``labels``: [L] 0/1 (a record's ``labels``) or a record dict."""
     if isinstance(labels, dict):
         labels, names = labels["labels"], labels.get("label_names", names)
     names = list(names) if names is not None else CONDITIONS
-    out = ""
-    for disease, lab in zip(names, np.asarray(labels).tolist(), strict=True):
-        out += f'The "{disease}" is {"positive" if int(lab) == 1 else "negative"}. '
-    return out + guide
+    states = [1 if int(v) == 1 else 0 for v in np.asarray(labels).reshape(-1).tolist()]
+    return label_sentences(states, names) + guide
 
 
 _SPLIT_KEYS = {"train": "train", "validation": "val", "test": "test"}

@@ -24,6 +24,7 @@ these specs.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Mapping
@@ -247,3 +248,40 @@ def write_eval_outputs(output_dir: PathLike, metrics: Mapping[str, Any], rows: l
         w.writeheader()
         w.writerows(rows)
     return out
+
+
+def tokenizer_file(spec: Any) -> tuple[pathlib.Path, dict[str, Any]]:
+    """The ``tokenizer.json`` path and special-token settings (from ``tokenizer_config.json``
+    next to it) of a ``model.tokenizer`` spec: a bundled name, a tokenizer folder or a
+    ``tokenizer.json`` path. ``ConfigError`` for another type, a missing file or invalid JSON."""
+    from ..datasets import HERE
+
+    if isinstance(spec, str) and spec in BUNDLED_TOKENIZERS:
+        f, bos, eos, pad = BUNDLED_TOKENIZERS[spec]
+        return HERE / f, {"bos_token": bos, "eos_token": eos, "pad_token": pad, "add_bos_token": True}
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ConfigError(f"model.tokenizer: expected a path or one of {sorted(BUNDLED_TOKENIZERS)}, got {spec!r}")
+    p = pathlib.Path(spec)
+    if p.is_dir():
+        cfg: dict[str, Any] = {}
+        if (p / "tokenizer_config.json").is_file():
+            raw = read_json(p / "tokenizer_config.json", ConfigError, "model.tokenizer")
+            for k in ("bos_token", "eos_token", "pad_token"):
+                v = raw.get(k)
+                cfg[k] = v.get("content") if isinstance(v, dict) else v
+            cfg["add_bos_token"] = bool(raw.get("add_bos_token", False))
+            cfg["add_eos_token"] = bool(raw.get("add_eos_token", False))
+        p = p / "tokenizer.json"
+    else:
+        cfg = {}
+    if not p.is_file():
+        raise ConfigError(f"model.tokenizer: {p} does not exist")
+    return p, cfg
+
+
+def read_json(f: pathlib.Path, error: type[Exception], where: str) -> Any:
+    """``json.loads`` of ``f``; ``error`` naming ``where`` and the file when it is not valid JSON."""
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{where}: {f} is not valid JSON ({e})") from e

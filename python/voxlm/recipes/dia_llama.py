@@ -66,7 +66,6 @@ inside :meth:`DiaLlama.vision_tokens`.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -82,26 +81,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..datasets.ctrg_chest import GUIDE
 from ..exceptions import CheckpointError, ConfigError, DataError, ShapeError
 from ..metrics import CHEXBERT_CONDITIONS, diagnostic_prompt
 from .base import (
-    BUNDLED_TOKENIZERS,
     PathLike,
     Recipe,
     build_llm,
     build_tokenizer,
+    check_numbers,
     check_saved_recipe,
+    config_from_dict,
+    ensure_synth_data,
+    jsonable,
+    tokenizer_file,
+    write_eval_outputs,
 )
 from .registry import register_recipe
 
 #: The instruction after the diagnostic prompt, verbatim from Dia-LLaMA's ``CTRG_dataset.py``
-#: (``guide``), trailing space included.
-INSTRUCTION = (
-    "Based on the above visual information and some key abnormal information related to specific "
-    "diseases, please generate a complete medical report corresponding to this CT image. Providing a "
-    "comprehensive report which contains detailed information about the anatomical structures and any "
-    "abnormalities is essential. "
-)
+#: (``guide``), trailing space included (one copy: :data:`voxlm.datasets.ctrg_chest.GUIDE`).
+INSTRUCTION = GUIDE
 
 #: Fields of ``TrainingArguments`` that the recipe's Config sets (the method's training
 #: hyper-parameters); see :meth:`DiaLlama.stages` for how they combine with the ``train`` section.
@@ -215,6 +215,8 @@ class DiaLlamaConfig:
             raise ConfigError(f"recipe.resize_mode: expected 'nearest' or 'trilinear', got {self.resize_mode!r}")
         if self.dtype not in _DTYPES:
             raise ConfigError(f"recipe.dtype: expected one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        check_generation_fields(self)
+        check_numbers(self, positive_ints=("num_image_tokens",))
         if self.num_image_tokens <= 0:
             raise ConfigError(f"recipe.num_image_tokens: expected > 0, got {self.num_image_tokens}")
         if self.max_length <= self.num_image_tokens + 3:
@@ -232,15 +234,19 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def _config_from_dict(cls: type, d: Mapping[str, Any], section: str) -> Any:
-    d = {k: v for k, v in dict(d).items() if k != "name"}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"{section}: unknown field(s) {unknown} for {cls.__name__}; known: {', '.join(sorted(known))}")
-    try:
-        return cls(**d)
-    except TypeError as e:  # pragma: no cover - dataclass argument errors
-        raise ConfigError(f"{section}: {e}") from e
+    return config_from_dict(cls, d, section)
+
+
+def check_generation_fields(c: Any) -> None:
+    """``ConfigError`` naming the field and value unless the Config's generation settings
+    (:data:`GEN_FIELDS`, ``eval_batch_size``, ``max_length``) have their types: integers > 0,
+    ``top_k`` an integer >= 0, numbers, ``do_sample`` a bool, ``seed`` an integer or null."""
+    check_numbers(c, positive_ints=("max_new_tokens", "num_beams", "eval_batch_size", "max_length"),
+                  floats=("temperature", "top_p", "repetition_penalty"), optional_ints=("seed",), ints=("top_k",))
+    if c.top_k < 0:
+        raise ConfigError(f"recipe.top_k: expected an integer >= 0, got {c.top_k!r}")
+    if not isinstance(c.do_sample, bool):
+        raise ConfigError(f"recipe.do_sample: expected true or false, got {c.do_sample!r}")
 
 
 def named_conditions(name: str) -> tuple[str, ...]:
@@ -410,6 +416,10 @@ class DiaLlamaCollator:
 
 _NEGATION = re.compile(r"\b(no|not|without|cannot|excluded|nor|absent)\b")
 _CLAUSE = re.compile(r"[.;,:\n]")
+
+
+#: What eval.json's ``labeler`` says when the built-in :func:`keyword_labeler` labelled the reports.
+KEYWORD_LABELER = "keyword (voxlm.synth templates)"
 
 
 def keyword_labeler(reports: Sequence[str], conditions: Sequence[str] = CHEXBERT_CONDITIONS,
@@ -732,9 +742,10 @@ class DiaLlama(Recipe):
         return DiaLlamaTransform(c.image_size, c.in_channels, c.resize_mode)
 
     def datasets(self, data: Mapping[str, Any]) -> tuple[Any, Any]:
-        """``(train, eval)`` from ``data``: ``format``, ``root``, optional ``synth`` (generate the
-        miniature dataset first when ``root`` does not exist), ``train_split`` ("train"),
-        ``eval_split`` ("validation"; null for none), ``options`` (reader keyword arguments)."""
+        """``(train, eval)`` from ``data``: ``format``, ``root``, optional ``synth``
+        (``voxlm.synth.ensure``: generate the miniature dataset, or reuse the matching one at
+        ``root``), ``train_split`` ("train"), ``eval_split`` ("validation"; null for none),
+        ``options`` (reader keyword arguments)."""
         d = _check_data_section(data)
         train = self.dataset(d, d.get("train_split", "train"))
         ev = d.get("eval_split", "validation")
@@ -933,9 +944,16 @@ class DiaLlama(Recipe):
         ``labels``, ``id``) and score as the paper: BLEU-1..4, METEOR, ROUGE-L, CIDEr
         (:func:`voxlm.metrics.report_scores`); clinical efficacy (Dia-LLaMA's
         ``metrics_clinical.py`` convention) of the ``labeler``'s labels of generated vs reference
-        reports (default :func:`keyword_labeler`; pass a CheXbert wrapper for real CTRG-Chest),
-        and of the predicted prompt labels vs the dataset's labels. With ``output_dir``: writes
-        ``eval.json`` and ``predictions.csv``."""
+        reports, and of the predicted prompt labels vs the dataset's labels. With ``output_dir``:
+        writes ``eval.json`` and ``predictions.csv``.
+
+        Without ``labeler`` the built-in :func:`keyword_labeler` labels the reports (exact on
+        voxlm's synthetic templates, approximate on real text): the scores go under
+        ``clinical_efficacy_keyword`` with ``labeler: "keyword (voxlm.synth templates)"`` (and,
+        for existing readers, also under ``clinical_efficacy``). The paper's clinical efficacy on
+        real reports (CheXbert labels) needs ``labeler=``: a callable ``reports -> [N, L]``
+        CheXbert codes, e.g. a wrapper of the user's CheXbert model; its scores go under
+        ``clinical_efficacy``."""
         return evaluate_reports(self, dataset, output_dir, labeler=labeler, batch_size=batch_size, meteor=meteor,
                                 **generate_kwargs)
 
@@ -1033,10 +1051,7 @@ def _check_data_section(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _ensure_synth(d: Mapping[str, Any]) -> None:
-    if d.get("synth") and not pathlib.Path(d["root"]).exists():
-        from .. import synth
-
-        synth.ensure(d["root"], **dict(d["synth"]))
+    ensure_synth_data(d)  # checks the synth keys; reuses a matching dataset at root
 
 
 def _items(dataset: Any) -> Any:
@@ -1044,16 +1059,7 @@ def _items(dataset: Any) -> Any:
         yield dataset[i]
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
+_jsonable = jsonable
 
 
 def clinical_scores(y_true: Any, y_pred: Any, conditions: Sequence[str]) -> dict[str, Any]:
@@ -1115,36 +1121,35 @@ def evaluate_reports(model: Any, dataset: Any, output_dir: PathLike | None, labe
     hyp_codes = np.asarray(lab_fn(hyps))
     if ref_codes.shape != (len(refs), len(conditions)) or hyp_codes.shape != ref_codes.shape:
         raise ShapeError(f"labeler: expected [{len(refs)}, {len(conditions)}] labels, got {ref_codes.shape} / {hyp_codes.shape}")
-    result["clinical_efficacy"] = clinical_scores(ref_codes, hyp_codes, conditions)
+    # the keyword labeler's scores say so in their key; clinical_efficacy is kept for them too
+    # (readers of earlier eval.json files), "labeler" names which labeler produced them
+    ce_keys = ["clinical_efficacy"] if labeler else ["clinical_efficacy_keyword", "clinical_efficacy"]
+    ce = clinical_scores(ref_codes, hyp_codes, conditions)
+    for k in ce_keys:
+        result[k] = ce
     if all(g is not None for g in gt_lab):
         gt = np.asarray(gt_lab, dtype=np.int64)
-        result["clinical_efficacy_vs_dataset_labels"] = clinical_scores(gt, hyp_codes, conditions)
+        ce_gt = clinical_scores(gt, hyp_codes, conditions)
+        for k in ce_keys:
+            result[k + "_vs_dataset_labels"] = ce_gt
         if getattr(model, "has_label_predictor", True):
             result["prompt_labels"] = clinical_scores(gt, np.asarray(pred_lab, dtype=np.int64), conditions)
-    result["labeler"] = getattr(labeler, "__name__", type(labeler).__name__) if labeler else "keyword_labeler"
+    result["labeler"] = getattr(labeler, "__name__", type(labeler).__name__) if labeler else KEYWORD_LABELER
     result["generation"] = model.generation_settings(**generate_kwargs)
     if output_dir is not None:
-        out = pathlib.Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(_jsonable(result), indent=2))
-        with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "reference", "generated", "prompt", "predicted_labels", "dataset_labels",
-                        "reference_report_labels", "generated_report_labels"])
-            for i in range(len(hyps)):
-                w.writerow([ids[i], refs[i], hyps[i], prompts[i], json.dumps(pred_lab[i]),
-                            "" if gt_lab[i] is None else json.dumps(gt_lab[i]), json.dumps(ref_codes[i].tolist()),
-                            json.dumps(hyp_codes[i].tolist())])
+        cols = ["id", "reference", "generated", "prompt", "predicted_labels", "dataset_labels",
+                "reference_report_labels", "generated_report_labels"]
+        rows = [dict(zip(cols, [ids[i], refs[i], hyps[i], prompts[i], json.dumps(pred_lab[i]),
+                                "" if gt_lab[i] is None else json.dumps(gt_lab[i]),
+                                json.dumps(ref_codes[i].tolist()), json.dumps(hyp_codes[i].tolist())]))
+                for i in range(len(hyps))]
+        write_eval_outputs(output_dir, result, rows, cols)
     return result
 
 
 def _tokenizer_file(spec: Any) -> pathlib.Path:
-    from ..datasets import HERE
-
-    if isinstance(spec, str) and spec in BUNDLED_TOKENIZERS:
-        return HERE / BUNDLED_TOKENIZERS[spec][0]
-    p = pathlib.Path(spec)
-    return p / "tokenizer.json" if p.is_dir() else p
+    """The ``tokenizer.json`` of a ``model.tokenizer`` spec (:func:`voxlm.recipes.base.tokenizer_file`)."""
+    return tokenizer_file(spec)[0]
 
 
 def save_recipe(model: Any, path: PathLike, parts: Mapping[str, nn.Module | None]) -> None:
@@ -1247,4 +1252,5 @@ def load_recipe(cls: Any, path: PathLike) -> Any:
 register_recipe("dia_llama")(DiaLlama)
 
 __all__ = ["DiaLlama", "DiaLlamaConfig", "DiaLlamaTransform", "DiaLlamaCollator", "DiaLlamaPrompter",
-           "INSTRUCTION", "keyword_labeler", "evaluate_reports", "clinical_scores"]
+           "INSTRUCTION", "KEYWORD_LABELER", "keyword_labeler", "evaluate_reports", "clinical_scores",
+           "check_generation_fields"]

@@ -56,7 +56,7 @@ from torch import nn
 
 from ..exceptions import ConfigError, DataError, ShapeError
 from ..metrics import CHEXBERT_CONDITIONS
-from .base import PathLike, Recipe, build_llm, build_tokenizer
+from .base import PathLike, Recipe, build_llm, build_tokenizer, check_numbers
 from .dia_llama import (
     _DTYPES,
     GEN_FIELDS,
@@ -70,6 +70,7 @@ from .dia_llama import (
     _labels_of,
     _load_part,
     _read_state_dict,
+    check_generation_fields,
     evaluate_reports,
     load_recipe,
     named_conditions,
@@ -161,6 +162,8 @@ class Rad3dPrefixConfig:
             raise ConfigError(f"recipe.resize_mode: expected 'nearest' or 'trilinear', got {self.resize_mode!r}")
         if self.dtype not in _DTYPES:
             raise ConfigError(f"recipe.dtype: expected one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        check_generation_fields(self)
+        check_numbers(self, positive_ints=("image_tokens", "prefix_length", "projector_width", "projector_heads"))
         for name in ("image_tokens", "prefix_length", "projector_width", "projector_heads"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"recipe.{name}: expected > 0, got {getattr(self, name)}")
@@ -560,7 +563,10 @@ class Rad3dPrefix(Recipe):
                  labeler: Callable[[list[str]], Any] | None = None, batch_size: int | None = None,
                  meteor: bool | None = None, **generate_kwargs: Any) -> dict[str, Any]:
         """As :meth:`voxlm.recipes.dia_llama.DiaLlama.evaluate`; ``prompt_labels`` scores the
-        diagnostic head's predictions against the dataset labels."""
+        diagnostic head's predictions against the dataset labels. Without ``labeler`` the scores
+        of the built-in keyword labeler go under ``clinical_efficacy_keyword`` (``labeler: "keyword
+        (voxlm.synth templates)"``); CheXbert-style clinical efficacy of real reports needs a
+        ``labeler=`` callable (``reports -> [N, L]`` CheXbert codes)."""
         return evaluate_reports(self, dataset, output_dir, labeler=labeler, batch_size=batch_size, meteor=meteor,
                                 **generate_kwargs)
 

@@ -65,7 +65,6 @@ from ..exceptions import CheckpointError, ConfigError, DataError, ShapeError, Vo
 from ..llm import LlamaForCausalLM, splice_image_tokens
 from ..vision import SpatialPoolingProjector, ViT3D
 from .base import (
-    BUNDLED_TOKENIZERS,
     Recipe,
     build_llm,
     check_numbers,
@@ -73,6 +72,8 @@ from .base import (
     config_from_dict,
     ensure_synth_data,
     jsonable,
+    read_json,
+    tokenizer_file,
     write_eval_outputs,
 )
 from .registry import register_recipe
@@ -268,39 +269,8 @@ class Config:
 # parts: tokenizer with the image token, embedding resize, M3D-CLIP vision weights
 
 
-def _tokenizer_file(spec: Any) -> tuple[pathlib.Path, dict[str, Any]]:
-    """The ``tokenizer.json`` path and special-token settings of a ``model.tokenizer`` spec."""
-    from ..datasets import HERE
-
-    if isinstance(spec, str) and spec in BUNDLED_TOKENIZERS:
-        f, bos, eos, pad = BUNDLED_TOKENIZERS[spec]
-        return HERE / f, {"bos_token": bos, "eos_token": eos, "pad_token": pad, "add_bos_token": True}
-    if not isinstance(spec, (str, os.PathLike)):
-        raise ConfigError(f"model.tokenizer: expected a path or one of {sorted(BUNDLED_TOKENIZERS)}, got {spec!r}")
-    p = pathlib.Path(spec)
-    if p.is_dir():
-        cfg: dict[str, Any] = {}
-        if (p / "tokenizer_config.json").is_file():
-            raw = _read_json(p / "tokenizer_config.json", ConfigError, "model.tokenizer")
-            for k in ("bos_token", "eos_token", "pad_token"):
-                v = raw.get(k)
-                cfg[k] = v.get("content") if isinstance(v, dict) else v
-            cfg["add_bos_token"] = bool(raw.get("add_bos_token", False))
-            cfg["add_eos_token"] = bool(raw.get("add_eos_token", False))
-        p = p / "tokenizer.json"
-    else:
-        cfg = {}
-    if not p.is_file():
-        raise ConfigError(f"model.tokenizer: {p} does not exist")
-    return p, cfg
-
-
-def _read_json(f: pathlib.Path, error: type[Exception], where: str) -> Any:
-    """``json.loads`` of ``f``; ``error`` naming ``where`` and the file when it is not valid JSON."""
-    try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{where}: {f} is not valid JSON ({e})") from e
+_tokenizer_file = tokenizer_file
+_read_json = read_json
 
 
 def _vocab_len(tj: Mapping[str, Any]) -> int:
