@@ -1,4 +1,5 @@
-"""``voxlm train | evaluate | generate | synth | info`` on the built-in example recipe."""
+"""``voxlm train | evaluate | generate | synth | info`` on the built-in example recipe (``--split
+test`` through a recipe's ``dataset(data, split)``: tests/test_recipe_picg.py, test_recipe_llava_rrg.py)."""
 
 import csv
 import json
@@ -48,6 +49,10 @@ def test_train_evaluate_generate(tmp_path, config, capsys):
     assert main(["generate", str(run / "model"), "--data", str(config), "--out", str(tmp_path / "gen")]) == 0
     gen = list(csv.DictReader((tmp_path / "gen" / "predictions.csv").open()))
     assert [g["prediction"] for g in gen] == [r["prediction"] for r in rows]  # same model, greedy
+    # --split test needs a per-split builder, which the generated example task does not have
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "test"]) == 1
+    assert "has no per-split dataset(data, split) builder" in capsys.readouterr().err
 
     # the folder holds a run: refused without --resume; with --resume the finished stages are kept
     capsys.readouterr()
@@ -84,8 +89,15 @@ def test_cli_errors_are_named(tmp_path, capsys):
     assert "unknown recipe 'nope'" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path)]) == 1
     assert "no config.yaml" in capsys.readouterr().err
-    assert main(["synth", "brain-pet", "--out", str(tmp_path / "s"), "--n", "1"]) == 1
-    assert "KIND" in capsys.readouterr().err
+    # voxlm synth is voxlm.synth.main: its argparse usage error (exit 2) names the kinds
+    assert main(["synth", "brain-pet", "--out", str(tmp_path / "s"), "--n", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'brain-pet'" in err and "chest-ct" in err
+    # a value of the wrong kind that only fails deep inside the recipe: one line naming the section, exit 2
+    bad.write_text(yaml.safe_dump({**TINY, "recipe": {**TINY["recipe"], "modulus": "8"}}))
+    assert main(["train", str(bad), "--output-dir", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "config section 'recipe / model': TypeError" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_synth_and_info(tmp_path, capsys):

@@ -3,11 +3,19 @@
 ==================================================  ==============================================
 ``voxlm train CONFIG.yaml [--output-dir D] [--resume]``  train a recipe's stages into one run folder
                                                      (also under ``torchrun --nproc_per_node N``)
-``voxlm evaluate RUN_DIR [--out D]``                 the recipe's evaluation on the eval split
+``voxlm evaluate RUN_DIR [--out D] [--split S]``     the recipe's evaluation on a split: ``eval``
+                                                     (default), ``train``, or ``test``
+                                                     (``data.test_split``, default "test")
 ``voxlm generate RUN_OR_MODEL_DIR [--data D]``        predictions for a split -> predictions.csv
-``voxlm synth KIND --out DIR --n N``                 a synthetic dataset in a public layout
+``    [--out D] [--split S]``                        (``--split`` as for evaluate)
+``voxlm synth KIND --out DIR [--n N] [--seed S]``    a synthetic dataset in a public layout
+``    [--layout L]``                                 (``voxlm.synth.main``, also ``python -m``)
 ``voxlm info`` / ``voxlm demo``                      versions and build; the bundled demo
 ==================================================  ==============================================
+
+Errors: voxlm's own (bad config values, data, checkpoints) print one line and exit 1; a
+``TypeError`` / ``KeyError`` while the config is read into the recipe, its arguments or its data
+prints one line naming the config section and exits 2.
 
 A config has the sections ``recipe`` (``name`` + the recipe's Config fields), ``model`` (paths or
 specs of the pretrained parts), ``data`` (``format``, ``root``, settings) and ``train``
@@ -21,16 +29,40 @@ specs of the pretrained parts), ``data`` (``format``, ``root``, settings) and ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import pathlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 CONFIG_SECTIONS = ("recipe", "model", "data", "train")
-SYNTH_KINDS = {"chest-ct": "chest_ct", "prostate-mri": "prostate_mri", "chest-xray": "chest_xray"}
+SPLITS = ("eval", "train", "test")
+
+
+class ConfigSectionError(Exception):
+    """A ``TypeError`` / ``KeyError`` raised while a config section was being read (a value of
+    the wrong kind that the code below did not check); :func:`main` prints it as one line."""
+
+    def __init__(self, section: str, error: BaseException) -> None:
+        super().__init__(f"config section {section!r}: {type(error).__name__}: {error}")
+        self.section = section
+
+
+@contextlib.contextmanager
+def _reading(section: str) -> Iterator[None]:
+    """Turn a ``TypeError`` / ``KeyError`` raised while reading ``section`` into a
+    :class:`ConfigSectionError` naming it (voxlm's own errors pass through)."""
+    from .exceptions import VoxlmError
+
+    try:
+        yield
+    except VoxlmError:
+        raise
+    except (TypeError, KeyError) as e:
+        raise ConfigSectionError(section, e) from e
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -77,21 +109,27 @@ def train(config: str | os.PathLike[str], output_dir: str | None = None, resume:
     from .train import TrainingArguments, run_stages
 
     cfg = load_config(config)
-    args = TrainingArguments.from_dict(cfg["train"])
-    if output_dir is not None:
-        args = args.replace(output_dir=output_dir)
+    with _reading("train"):
+        args = TrainingArguments.from_dict(cfg["train"])
+        if output_dir is not None:
+            args = args.replace(output_dir=output_dir)
     run = pathlib.Path(args.output_dir)
     if (run / "config.yaml").is_file() and not resume and not args.overwrite_output_dir and _rank() == 0:
         raise ConfigError(f"output_dir: {run} holds another run (config.yaml); pass --resume to continue it, "
                           "set train.overwrite_output_dir: true to replace it, or choose another --output-dir")
-    cls = get_recipe(cfg["recipe"]["name"])
-    model = cls.from_config(cfg["recipe"], cfg["model"])
-    train_ds, eval_ds = model.datasets(cfg["data"])
+    with _reading("recipe"):
+        cls = get_recipe(cfg["recipe"]["name"])
+    with _reading("recipe / model"):
+        model = cls.from_config(cfg["recipe"], cfg["model"])
+    with _reading("data"):
+        train_ds, eval_ds = model.datasets(cfg["data"])
+    with _reading("train"):
+        stages = model.stages(args)
     if _rank() == 0:
         run.mkdir(parents=True, exist_ok=True)
         saved = {**cfg, "train": {**cfg["train"], "output_dir": os.fspath(run)}}
         (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    results = run_stages(model, model.stages(args), train_ds, eval_ds, data_collator=model.collator(),
+    results = run_stages(model, stages, train_ds, eval_ds, data_collator=model.collator(),
                          output_dir=run, resume=resume)
     after = getattr(model, "after_stages", None)  # recipe steps outside the trainer (PICG: distillation)
     if callable(after) and _rank() == 0:
@@ -124,13 +162,29 @@ def _load_model(path: pathlib.Path) -> Any:
         raise CheckpointError(f"{d / 'config.json'}: not valid JSON ({e})") from e
     if not name:
         raise CheckpointError(f"{d}/config.json: no 'recipe' field (not saved by a voxlm recipe)")
-    return get_recipe(name).from_pretrained(d)
+    with _reading(f"{d / 'config.json'}"):
+        return get_recipe(name).from_pretrained(d)
 
 
 def _split(model: Any, data: Mapping[str, Any], split: str) -> Any:
+    """The dataset of ``split``: ``eval`` / ``train`` from the recipe's ``datasets(data)``;
+    ``test`` (``data.test_split``, default "test") from its per-split ``dataset(data, split)``."""
     from .exceptions import ConfigError
 
-    train_ds, eval_ds = model.datasets(data)
+    if split not in SPLITS:
+        raise ConfigError(f"--split: expected one of {list(SPLITS)}, got {split!r}")
+    with _reading("data"):
+        if split == "test":
+            one = getattr(model, "dataset", None)
+            if not callable(one):
+                raise ConfigError(f"--split test: the {getattr(model, 'name', type(model).__name__)!r} recipe has no "
+                                  "per-split dataset(data, split) builder; evaluate its eval split (set "
+                                  "data.eval_split to the test split's name) instead")
+            name = data.get("test_split", "test")
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"data.test_split: expected a split name, got {name!r}")
+            return one(data, name)
+        train_ds, eval_ds = model.datasets(data)
     ds = eval_ds if split == "eval" else train_ds
     if ds is None:
         raise ConfigError(f"--split {split}: the recipe's datasets() returned no {split} dataset for this data section")
@@ -193,31 +247,35 @@ def generate(path: str | os.PathLike[str], data: str | None = None, out: str | N
     return target / "predictions.csv"
 
 
-def synth(kind: str, out: str, n: int, seed: int = 0, layout: str | None = None) -> Any:
-    """``voxlm synth``: ``voxlm.synth.chest_ct / prostate_mri / chest_xray(out, n, seed, layout)``."""
+def synth(argv: Sequence[str]) -> int:
+    """``voxlm synth ...``: :func:`voxlm.synth.main` (the same options and behaviour as
+    ``python -m voxlm.synth``); argparse's usage errors return their exit code (2)."""
     import importlib
 
     from .exceptions import ConfigError
 
-    key = kind.replace("_", "-")
-    if key not in SYNTH_KINDS:
-        raise ConfigError(f"KIND: expected one of {sorted(SYNTH_KINDS)}, got {kind!r}")
     try:
         mod = importlib.import_module(".synth", __package__)
     except ModuleNotFoundError as e:
         if e.name != f"{__package__}.synth":
             raise
         raise ConfigError("voxlm synth: the voxlm.synth package is not installed in this build") from e
-    fn = getattr(mod, SYNTH_KINDS[key])
-    kw: dict[str, Any] = {"seed": seed}
-    if layout is not None:
-        kw["layout"] = layout
-    res = fn(out, n, **kw)
-    print(os.fspath(out))
-    return res
+    try:
+        return int(mod.main(list(argv)) or 0)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
+        return e.code if isinstance(e.code, int) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .exceptions import VoxlmError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "synth":  # voxlm.synth's own command line, options and all
+        try:
+            return synth(argv[1:])
+        except VoxlmError as e:
+            print(f"voxlm synth: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
     parser = argparse.ArgumentParser(prog="voxlm", description="voxlm: LLMs on 3D medical scans")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print voxlm, torch and CUDA versions, threads and build profile")
@@ -229,24 +287,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("config", help="YAML config file")
     tr.add_argument("--output-dir", default=None, help="run folder (overrides train.output_dir)")
     tr.add_argument("--resume", action="store_true", help="continue the run in the output folder")
-    ev = sub.add_parser("evaluate", help="evaluate a run's model on its eval split")
+    ev = sub.add_parser("evaluate", help="evaluate a run's model on a split (eval, train or test)")
     ev.add_argument("run_dir")
     ev.add_argument("--out", default=None, help="folder for eval.json + predictions.csv (default RUN/eval)")
-    ev.add_argument("--split", choices=["eval", "train"], default="eval")
+    ev.add_argument("--split", choices=list(SPLITS), default="eval",
+                    help="eval (default), train, or test (data.test_split, default 'test')")
     ge = sub.add_parser("generate", help="write a saved model's predictions for a split")
     ge.add_argument("path", help="run folder or saved model folder")
     ge.add_argument("--data", default=None, help="YAML with a data section (default: the run's config.yaml)")
     ge.add_argument("--out", default=None, help="output folder (default PATH/generate)")
-    ge.add_argument("--split", choices=["eval", "train"], default="eval")
-    sy = sub.add_parser("synth", help="write a synthetic dataset with ground truth in a public layout")
-    sy.add_argument("kind", help=", ".join(sorted(SYNTH_KINDS)))
-    sy.add_argument("--out", required=True)
-    sy.add_argument("--n", type=int, required=True)
-    sy.add_argument("--seed", type=int, default=0)
-    sy.add_argument("--layout", default=None)
+    ge.add_argument("--split", choices=list(SPLITS), default="eval",
+                    help="eval (default), train, or test (data.test_split, default 'test')")
+    # listed for --help; handled above by voxlm.synth.main (voxlm synth --help shows its options)
+    sub.add_parser("synth", help="write a synthetic dataset with ground truth in a public layout "
+                                 "(voxlm synth KIND --out DIR [--n N] [--seed S] [--layout L])")
     args = parser.parse_args(argv)
-
-    from .exceptions import VoxlmError
 
     try:
         if args.command == "info":
@@ -263,11 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             evaluate(args.run_dir, args.out, args.split)
         elif args.command == "generate":
             generate(args.path, args.data, args.out, args.split)
-        elif args.command == "synth":
-            synth(args.kind, args.out, args.n, args.seed, args.layout)
         else:  # pragma: no cover - argparse refuses other commands
             return 2
     except VoxlmError as e:
         print(f"voxlm {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    except ConfigSectionError as e:
+        print(f"voxlm {args.command}: {e}", file=sys.stderr)
+        return 2
     return 0
