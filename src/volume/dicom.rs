@@ -100,7 +100,7 @@ fn arr<const N: usize>(v: Option<Vec<f64>>) -> Option<[f64; N]> {
 }
 
 /// The first item of sequence `seq` in `o`, then the first item of `inner` in it.
-fn nested<'a>(o: &'a InMemDicomObject, seq: Tag, inner: Tag) -> Option<&'a InMemDicomObject> {
+fn nested(o: &InMemDicomObject, seq: Tag, inner: Tag) -> Option<&InMemDicomObject> {
     let outer = o.element_opt(seq).ok().flatten()?.items()?.first()?;
     outer.element_opt(inner).ok().flatten()?.items()?.first()
 }
