@@ -1,12 +1,5 @@
-"""LLaMA-family language models on the Rust core.
-
-* :class:`LlamaConfig`: read from a HF ``config.json`` (LLaMA 1/2/3/3.1/3.2), validated in Rust.
-* :class:`LlamaForCausalLM`: an ``nn.Module`` whose ``state_dict()`` keys equal transformers';
-  the forward and the decode loop run in Rust (libtorch) on the module's own parameters.
-* :class:`Tokenizer`: HF ``tokenizer.json`` (tokenizers crate) with the prompt templates the
-  methods use and image placeholder tokens.
-* :func:`splice_image_tokens`: put projected image tokens into text embeddings.
-"""
+"""LLaMA modules (parameter holders with transformers' names) and :class:`LlamaForCausalLM`, whose
+forward and decode loop run in Rust (libtorch) on the module's own parameters."""
 
 from __future__ import annotations
 
@@ -14,123 +7,16 @@ import json
 import os
 import pathlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import _core
-from ._bind import RustBound
-from .exceptions import CheckpointError, ConfigError, ShapeError
-
-PathLike = str | os.PathLike[str]
-
-
-# ---------------------------------------------------------------------------------------------
-# config
-
-
-@dataclass
-class LlamaConfig:
-    """A LLaMA config with transformers' field names. ``rope_scaling`` is None, or a dict with
-    ``rope_type`` ``"linear"`` (``factor``) or ``"llama3"`` (``factor``, ``low_freq_factor``,
-    ``high_freq_factor``, ``original_max_position_embeddings``)."""
-
-    vocab_size: int = 32000
-    hidden_size: int = 4096
-    intermediate_size: int = 11008
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    rope_scaling: dict[str, Any] | None = None
-    max_position_embeddings: int = 2048
-    tie_word_embeddings: bool = False
-    attention_bias: bool = False
-    mlp_bias: bool = False
-    bos_token_id: int | None = 1
-    eos_token_id: int | list[int] | None = 2
-    pad_token_id: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        norm = json.loads(_core.parse_llama_config(json.dumps(self._hf_dict())))
-        self.num_key_value_heads = norm["num_key_value_heads"]
-        self.head_dim = norm["head_dim"]
-
-    @property
-    def eos_token_ids(self) -> list[int]:
-        e = self.eos_token_id
-        return [] if e is None else ([e] if isinstance(e, int) else list(e))
-
-    def _hf_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "extra"}
-        d = {**self.extra, **d}
-        d["model_type"] = "llama"
-        d.setdefault("hidden_act", "silu")
-        if d.get("rope_scaling") is None:
-            d.pop("rope_scaling", None)
-        d.pop("rope_parameters", None)
-        return d
-
-    def to_dict(self) -> dict[str, Any]:
-        """The HF ``config.json`` content (transformers 4 layout, which transformers 5 reads too)."""
-        d = self._hf_dict()
-        d.setdefault("architectures", ["LlamaForCausalLM"])
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self._hf_dict())
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LlamaConfig:
-        """From a ``config.json`` dict (transformers 4 or 5 layout); unknown fields are kept."""
-        norm = json.loads(_core.parse_llama_config(json.dumps(d)))
-        rs = norm["rope_scaling"]
-        rope_scaling = None if rs["rope_type"] == "default" else rs
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        extra = {k: v for k, v in d.items() if k not in known and k not in ("rope_parameters",)}
-        eos = d.get("eos_token_id")
-        return cls(
-            vocab_size=norm["vocab_size"],
-            hidden_size=norm["hidden_size"],
-            intermediate_size=norm["intermediate_size"],
-            num_hidden_layers=norm["num_hidden_layers"],
-            num_attention_heads=norm["num_attention_heads"],
-            num_key_value_heads=norm["num_key_value_heads"],
-            head_dim=norm["head_dim"],
-            rms_norm_eps=norm["rms_norm_eps"],
-            rope_theta=norm["rope_theta"],
-            rope_scaling=rope_scaling,
-            max_position_embeddings=norm["max_position_embeddings"],
-            tie_word_embeddings=norm["tie_word_embeddings"],
-            attention_bias=norm["attention_bias"],
-            mlp_bias=norm["mlp_bias"],
-            bos_token_id=norm["bos_token_id"],
-            eos_token_id=eos,
-            pad_token_id=norm["pad_token_id"],
-            extra=extra,
-        )
-
-    @classmethod
-    def from_pretrained(cls, path: PathLike) -> LlamaConfig:
-        """Read ``config.json`` from a checkpoint directory (or the file itself)."""
-        p = pathlib.Path(path)
-        f = p / "config.json" if p.is_dir() else p
-        if not f.is_file():
-            raise CheckpointError(f"{f}: no config.json")
-        try:
-            d = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{f}: not valid JSON ({e})") from e
-        return cls.from_dict(d)
-
-
-# ---------------------------------------------------------------------------------------------
-# modules (parameter holders with transformers' names; the forward runs in Rust)
+from .. import _core
+from .._bind import RustBound
+from ..exceptions import CheckpointError, ConfigError
+from .config import LlamaConfig, PathLike
 
 
 class RMSNorm(nn.Module):
@@ -191,17 +77,20 @@ class LlamaModel(nn.Module):
     def __init__(self, c: LlamaConfig, **kw: Any) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size, **kw)
-        self.layers = nn.ModuleList([LlamaDecoderLayer(c, **kw) for _ in range(c.num_hidden_layers)])
+        self.layers = nn.ModuleList(
+            [LlamaDecoderLayer(c, **kw) for _ in range(c.num_hidden_layers)]
+        )
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, **kw)
         self.rotary_emb = LlamaRotaryEmbedding(c, kw.get("device"))
 
 
 @dataclass
 class CausalLMOutput:
-    """``logits [B, T, V]``; ``loss`` when labels were given; ``hidden_states``: the embeddings,
-    each layer's output and the final-normed last layer (transformers' convention)."""
+    """``logits [B, T, V]`` (None when the loss was computed in chunks without them); ``loss``
+    when labels were given; ``hidden_states``: the embeddings, each layer's output and the
+    final-normed last layer (transformers' convention)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
@@ -214,7 +103,9 @@ class LlamaForCausalLM(RustBound):
     ``.to()`` and DDP work as for any module.
     """
 
-    def __init__(self, config: LlamaConfig, device: Any = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, config: LlamaConfig, device: Any = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         kw = {"device": device, "dtype": dtype}
@@ -224,6 +115,8 @@ class LlamaForCausalLM(RustBound):
             self.lm_head.weight = self.model.embed_tokens.weight
         self._core = None
         self.gradient_checkpointing = False
+        #: tokens per chunk of the LM loss computed without full logits (None: full logits)
+        self.loss_chunk_size: int | str | None = None
         if not self._on_meta():
             self._init_weights()
             self.rebind()
@@ -245,10 +138,14 @@ class LlamaForCausalLM(RustBound):
                     m.weight.normal_(0.0, std)
 
     def _core_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, tuple[float, float]]]:
-        from .adapters import lora_settings
+        from ..adapters import lora_settings
 
         lora = lora_settings(self)
-        named = {k: v for k, v in self.named_parameters() if ".base_layer." not in k and ".lora_" not in k}
+        named = {
+            k: v
+            for k, v in self.named_parameters()
+            if ".base_layer." not in k and ".lora_" not in k
+        }
         named.update(lora["tensors"])
         named["model.rotary_emb.inv_freq"] = self.model.rotary_emb.inv_freq
         return named, lora["settings"]
@@ -288,8 +185,12 @@ class LlamaForCausalLM(RustBound):
             if missing:
                 parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
             if unexpected:
-                parts.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
-            raise CheckpointError(f"{path}: checkpoint does not match config.json: " + "; ".join(parts))
+                parts.append(
+                    f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})"
+                )
+            raise CheckpointError(
+                f"{path}: checkpoint does not match config.json: " + "; ".join(parts)
+            )
         model.model.rotary_emb.inv_freq = _core.llama_rope_inv_freq(config.to_json()).to(dev)
         model.load_state_dict(sd, strict=False, assign=True)
         for p in model.parameters():
@@ -341,7 +242,12 @@ class LlamaForCausalLM(RustBound):
     def gradient_checkpointing_disable(self) -> None:
         self.gradient_checkpointing = False
 
-    def _checkpointed(self, input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states):  # type: ignore[no-untyped-def]
+    def _layerwise(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states,
+        checkpointed, head=True,
+    ):  # type: ignore[no-untyped-def]
+        """Layer by layer through the Rust core (recomputed in the backward when
+        ``checkpointed``); without ``head``, returns the final-normed states instead of logits."""
         from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
         core = self._bound()
@@ -358,11 +264,17 @@ class LlamaForCausalLM(RustBound):
             for i in range(self.config.num_hidden_layers):
                 if output_hidden_states:
                     hidden.append(h)
-                h = checkpoint(core.layer, i, h, cos, sin, mask, self.training, use_reentrant=False)
-        normed, logits = core.head(h)
+                if checkpointed:
+                    h = checkpoint(core.layer, i, h, cos, sin, mask, self.training, use_reentrant=False)
+                else:
+                    h = core.layer(i, h, cos, sin, mask, self.training)
+        if head:
+            normed, out = core.head(h)
+        else:
+            normed = out = self.model.norm(h)
         if output_hidden_states:
             hidden.append(normed)
-        return logits, hidden
+        return out, hidden
 
     def forward(
         self,
@@ -372,26 +284,58 @@ class LlamaForCausalLM(RustBound):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        loss_chunk_size: int | str | None = None,
     ) -> CausalLMOutput:
         """Args:
-            input_ids: ``[B, T]`` int64, or
-            inputs_embeds: ``[B, T, H]`` (how image tokens enter; see :func:`splice_image_tokens`).
-            attention_mask: ``[B, T]``, 1 for tokens and 0 for padding.
-            position_ids: ``[B, T]``; default ``0..T-1``.
-            labels: ``[B, T]``; the loss is the shifted cross-entropy ignoring ``-100``.
+        input_ids: ``[B, T]`` int64, or
+        inputs_embeds: ``[B, T, H]`` (how image tokens enter; see :func:`splice_image_tokens`).
+        attention_mask: ``[B, T]``, 1 for tokens and 0 for padding.
+        position_ids: ``[B, T]``; default ``0..T-1``.
+        labels: ``[B, T]``; the loss is the shifted cross-entropy ignoring ``-100``.
+        loss_chunk_size: with ``labels``, compute the loss from the final hidden states in
+            chunks of this many tokens without materialising the ``[B, T, V]`` logits
+            (:func:`voxlm.linear_ce.linear_cross_entropy`; gradients equal the unchunked loss);
+            ``logits`` is then None. ``"auto"`` sizes chunks to ~128 MB of logits. Default:
+            ``self.loss_chunk_size`` (None: full logits, as transformers).
         """
+        chunk = loss_chunk_size if loss_chunk_size is not None else self.loss_chunk_size
+        if labels is not None and chunk is not None:
+            from ..linear_ce import linear_cross_entropy
+
+            if not isinstance(self.lm_head, nn.Linear):
+                raise ConfigError("loss_chunk_size: the LM head carries an adapter; use the full-logits loss")
+            normed, hidden = self._layerwise(
+                input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states,
+                checkpointed=self.gradient_checkpointing and self.training and torch.is_grad_enabled(),
+                head=False,
+            )
+            loss = linear_cross_entropy(normed, self.lm_head.weight, labels, chunk_size=chunk)
+            return CausalLMOutput(
+                logits=None, loss=loss, hidden_states=tuple(hidden) if output_hidden_states else None
+            )
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            logits, hidden = self._checkpointed(input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states)
+            logits, hidden = self._layerwise(
+                input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states,
+                checkpointed=True,
+            )
         else:
             logits, hidden = self._bound().forward(
-                input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states, False, self.training
+                input_ids,
+                inputs_embeds,
+                attention_mask,
+                position_ids,
+                output_hidden_states,
+                False,
+                self.training,
             )
         loss = None
         if labels is not None:
-            from .losses import lm_loss
+            from ..losses import lm_loss
 
             loss = lm_loss(logits, labels)
-        return CausalLMOutput(logits=logits, loss=loss, hidden_states=tuple(hidden) if output_hidden_states else None)
+        return CausalLMOutput(
+            logits=logits, loss=loss, hidden_states=tuple(hidden) if output_hidden_states else None
+        )
 
     @torch.no_grad()
     def generate(
@@ -435,203 +379,46 @@ class LlamaForCausalLM(RustBound):
             eos = self.config.eos_token_ids
         else:
             eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-        pad = pad_token_id if pad_token_id is not None else (self.config.pad_token_id if self.config.pad_token_id is not None else (eos[0] if eos else 0))
+        pad = (
+            pad_token_id
+            if pad_token_id is not None
+            else (
+                self.config.pad_token_id
+                if self.config.pad_token_id is not None
+                else (eos[0] if eos else 0)
+            )
+        )
         if seed is not None:
             torch.manual_seed(seed)
         new = self._bound().generate(
-            input_ids, inputs_embeds, attention_mask, int(max_new_tokens), bool(do_sample), float(temperature),
-            int(top_k) if do_sample else 0, float(top_p) if do_sample else 1.0, int(num_beams),
-            float(repetition_penalty), float(length_penalty), eos, int(pad), streamer, bool(cpu_kernels),
+            input_ids,
+            inputs_embeds,
+            attention_mask,
+            int(max_new_tokens),
+            bool(do_sample),
+            float(temperature),
+            int(top_k) if do_sample else 0,
+            float(top_p) if do_sample else 1.0,
+            int(num_beams),
+            float(repetition_penalty),
+            float(length_penalty),
+            eos,
+            int(pad),
+            streamer,
+            bool(cpu_kernels),
         )
         if input_ids is not None:
             return torch.cat([input_ids, new.to(input_ids.dtype)], dim=1)
         return new
 
 
-# ---------------------------------------------------------------------------------------------
-# image tokens
-
-
-def splice_image_tokens(
-    text_embeds: torch.Tensor, image_tokens: torch.Tensor, placeholder_mask: torch.Tensor
-) -> torch.Tensor:
-    """Replace the embeddings at placeholder positions by image tokens (differentiable).
-
-    Args:
-        text_embeds: ``[B, T, H]``.
-        image_tokens: ``[B, N, H]`` or ``[M, H]``: as many rows as placeholders, in order.
-        placeholder_mask: ``[B, T]`` bool, True at image placeholder positions.
-    """
-    if text_embeds.dim() != 3:
-        raise ShapeError(f"text_embeds: expected [B, T, H], got shape {tuple(text_embeds.shape)}")
-    if placeholder_mask.shape != text_embeds.shape[:2]:
-        raise ShapeError(
-            f"placeholder_mask: expected shape {tuple(text_embeds.shape[:2])}, got {tuple(placeholder_mask.shape)}"
-        )
-    if image_tokens.shape[-1] != text_embeds.shape[-1]:
-        raise ShapeError(
-            f"image_tokens: expected last dimension {text_embeds.shape[-1]} (hidden size), got {tuple(image_tokens.shape)}"
-        )
-    n = int(placeholder_mask.sum())
-    flat = image_tokens.reshape(-1, image_tokens.shape[-1])
-    if flat.shape[0] != n:
-        raise ShapeError(f"image_tokens: {n} placeholders but {flat.shape[0]} image tokens")
-    return text_embeds.masked_scatter(placeholder_mask.bool().unsqueeze(-1), flat.to(text_embeds.dtype))
-
-
-# ---------------------------------------------------------------------------------------------
-# tokenizer and prompt templates
-
-ALPACA = (
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
-)
-ALPACA_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
-    "{instruction}\n\n### Input:\n{input}\n\n### Response:"
-)
-VICUNA_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-    "helpful, detailed, and polite answers to the human's questions."
-)
-LLAMA3_SYSTEM = "You are a helpful assistant."
-
-
-def image_placeholder(n: int, token: str = "<im_patch>") -> str:
-    """``n`` image placeholder tokens (M3D/ViT3D: 256 x ``<im_patch>``)."""
-    if n < 0:
-        raise ConfigError(f"n: expected >= 0 image tokens, got {n}")
-    return token * n
-
-
-def format_prompt(template: str, instruction: str, input: str | None = None, system: str | None = None, image: str = "") -> str:
-    """A prompt in one of the methods' templates.
-
-    ``template``: ``"alpaca"`` (PICG), ``"vicuna"`` (LLaVA v1 / RRG24: ``USER: ... ASSISTANT:``),
-    ``"llama3"`` (Llama-3 chat header format). ``image`` (e.g. :func:`image_placeholder`) goes
-    before the instruction, on its own line.
-    """
-    body = f"{image}\n{instruction}" if image else instruction
-    if template == "alpaca":
-        return ALPACA_INPUT.format(instruction=body, input=input) if input else ALPACA.format(instruction=body)
-    if template == "vicuna":
-        return f"{system or VICUNA_SYSTEM} USER: {body} ASSISTANT:"
-    if template == "llama3":
-        return (
-            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
-            f"{system or LLAMA3_SYSTEM}<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
-            f"{body}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
-        )
-    raise ConfigError(f"template: expected 'alpaca', 'vicuna' or 'llama3', got {template!r}")
-
-
-class Tokenizer:
-    """A HF ``tokenizer.json`` tokenizer (Rust tokenizers crate) with BOS/EOS handling and batch
-    encoding to padded tensors."""
-
-    def __init__(self, path: PathLike, bos_token: str | None = None, eos_token: str | None = None,
-                 pad_token: str | None = None, add_bos_token: bool = True, add_eos_token: bool = False) -> None:
-        self._core = _core.TokenizerCore(os.fspath(path))
-        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
-        self.add_bos_token, self.add_eos_token = add_bos_token, add_eos_token
-
-    @classmethod
-    def from_pretrained(cls, path: PathLike) -> Tokenizer:
-        """From a directory with ``tokenizer.json`` (and optionally ``tokenizer_config.json``)."""
-        p = pathlib.Path(path)
-        cfg: dict[str, Any] = {}
-        if (p / "tokenizer_config.json").is_file():
-            cfg = json.loads((p / "tokenizer_config.json").read_text())
-
-        def tok(v: Any) -> str | None:
-            return v.get("content") if isinstance(v, dict) else v
-
-        return cls(
-            p / "tokenizer.json" if p.is_dir() else p,
-            bos_token=tok(cfg.get("bos_token")),
-            eos_token=tok(cfg.get("eos_token")),
-            pad_token=tok(cfg.get("pad_token")),
-            add_bos_token=bool(cfg.get("add_bos_token", False)),
-            add_eos_token=bool(cfg.get("add_eos_token", False)),
-        )
-
-    def _id(self, token: str | None) -> int | None:
-        return None if token is None else self._core.token_to_id(token)
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self._id(self.bos_token)
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self._id(self.eos_token)
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self._id(self.pad_token)
-
-    @property
-    def vocab_size(self) -> int:
-        return self._core.vocab_size
-
-    def token_to_id(self, token: str) -> int | None:
-        return self._core.token_to_id(token)
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids; with ``add_special_tokens``, the tokenizer's own post-processor runs and
-        BOS/EOS are added per ``add_bos_token``/``add_eos_token`` when it does not add them."""
-        ids = list(self._core.encode(text, add_special_tokens))
-        if add_special_tokens:
-            b, e = self.bos_token_id, self.eos_token_id
-            if self.add_bos_token and b is not None and (not ids or ids[0] != b):
-                ids.insert(0, b)
-            if self.add_eos_token and e is not None and (not ids or ids[-1] != e):
-                ids.append(e)
-        return ids
-
-    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        return self._core.decode(list(ids), skip_special_tokens)
-
-    def batch_decode(self, batch: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
-        if isinstance(batch, torch.Tensor):
-            batch = batch.tolist()
-        return [self.decode(b, skip_special_tokens) for b in batch]
-
-    def __call__(self, texts: str | Sequence[str], add_special_tokens: bool = True, padding_side: str = "left",
-                 pad_token_id: int | None = None) -> dict[str, torch.Tensor]:
-        """Encode a batch to ``{"input_ids": [B, T], "attention_mask": [B, T]}``, padded on the
-        left (for generation) or right."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if padding_side not in ("left", "right"):
-            raise ConfigError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
-        seqs = [self.encode(t, add_special_tokens) for t in texts]
-        pad = pad_token_id if pad_token_id is not None else (self.pad_token_id if self.pad_token_id is not None else (self.eos_token_id or 0))
-        n = max((len(s) for s in seqs), default=0)
-        ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), n), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            if not s:
-                continue
-            if padding_side == "left":
-                ids[i, n - len(s):] = torch.tensor(s)
-                mask[i, n - len(s):] = 1
-            else:
-                ids[i, : len(s)] = torch.tensor(s)
-                mask[i, : len(s)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-
 __all__ = [
-    "LlamaConfig",
-    "LlamaForCausalLM",
+    "RMSNorm",
+    "LlamaAttention",
+    "LlamaMLP",
+    "LlamaDecoderLayer",
+    "LlamaRotaryEmbedding",
+    "LlamaModel",
     "CausalLMOutput",
-    "Tokenizer",
-    "splice_image_tokens",
-    "format_prompt",
-    "image_placeholder",
+    "LlamaForCausalLM",
 ]
-
