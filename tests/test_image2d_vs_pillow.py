@@ -192,8 +192,6 @@ def test_corrupt_png_and_jpeg(tmp_path, cut):
     j = tmp_path / "x.jpg"
     b = buf.getvalue()
     j.write_bytes(b[:cut if isinstance(cut, int) else int(len(b) * cut)])
-    if not isinstance(cut, int):
-        return  # (a JPEG cut in its entropy-coded data: checked once the decoder refuses it)
     with pytest.raises(voxlm.VolumeFormatError, match="x.jpg"):
         load_image_2d(j)
     with pytest.raises(voxlm.VolumeFormatError, match="x.jpg"):

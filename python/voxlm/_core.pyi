@@ -56,6 +56,12 @@ __all__ = [
     "resize",
     "load_batch",
     "affine_resample",
+    "load_image_2d",
+    "clip_preprocess",
+    "sniff_format",
+    "load_image",
+    "resize_bicubic",
+    "expand2square",
 ]
 
 class VoxlmError(Exception): ...

@@ -247,7 +247,7 @@ fn parse_step(name: &str, v: &[f64]) -> Result<crate::volume::steps::Step, Error
         let mut o = [0i64; 3];
         for i in 0..3 {
             let x = v[k + i];
-            if !(x.fract() == 0.0 && (x == -1.0 || (x >= 1.0 && x < 1e7))) {
+            if !(x.fract() == 0.0 && (x == -1.0 || (1.0..1e7).contains(&x))) {
                 return Err(Error::config(format!(
                     "pipeline step {name:?}: sizes must be positive integers or -1, got {v:?}"
                 )));

@@ -41,17 +41,17 @@ fn syntax_name(uid: &str) -> String {
         .unwrap_or_else(|| "unknown transfer syntax".to_string())
 }
 
-/// One frame of one file, decoded.
-struct Frame {
+/// One frame of one file, decoded (values already rescaled, in the output type).
+struct Frame<T> {
     pos: Option<[f64; 3]>,
     orient: Option<[f64; 6]>,
     spacing: Option<[f64; 2]>,
     /// rows x cols x samples, interleaved, rescaled
-    values: Vec<f64>,
+    values: Vec<T>,
 }
 
 /// What one file holds.
-struct FileInfo {
+struct FileInfo<T> {
     path: PathBuf,
     series: String,
     description: String,
@@ -61,7 +61,7 @@ struct FileInfo {
     samples: usize,
     slice_gap: Option<f64>,
     meta: Meta,
-    frames: Vec<Frame>,
+    frames: Vec<Frame<T>>,
 }
 
 fn s_opt(o: &InMemDicomObject, t: Tag) -> Option<String> {
@@ -100,12 +100,12 @@ fn arr<const N: usize>(v: Option<Vec<f64>>) -> Option<[f64; N]> {
 }
 
 /// The first item of sequence `seq` in `o`, then the first item of `inner` in it.
-fn nested<'a>(o: &'a InMemDicomObject, seq: Tag, inner: Tag) -> Option<&'a InMemDicomObject> {
+fn nested(o: &InMemDicomObject, seq: Tag, inner: Tag) -> Option<&InMemDicomObject> {
     let outer = o.element_opt(seq).ok().flatten()?.items()?.first()?;
     outer.element_opt(inner).ok().flatten()?.items()?.first()
 }
 
-fn read_file(path: &Path) -> Result<FileInfo> {
+fn read_file<T: OutFloat>(path: &Path) -> Result<FileInfo<T>> {
     let bad = |m: String| Error::volume(format!("{}: {m}", path.display()));
     let obj = OpenFileOptions::new()
         .open_file(path)
@@ -204,7 +204,7 @@ fn read_file(path: &Path) -> Result<FileInfo> {
     let classic_spacing = arr::<2>(fs_opt(o, tags::PIXEL_SPACING));
     let slope0 = f_opt(o, tags::RESCALE_SLOPE);
     let inter0 = f_opt(o, tags::RESCALE_INTERCEPT);
-    let mut frames: Vec<Frame> = Vec::with_capacity(nframes);
+    let mut frames: Vec<Frame<T>> = Vec::with_capacity(nframes);
     for k in 0..nframes {
         let fi = |inner| frame_item(k, inner).or_else(|| shared(inner));
         let pos = classic_pos.or_else(|| {
@@ -228,21 +228,17 @@ fn read_file(path: &Path) -> Result<FileInfo> {
         let (s, b) = (slope.unwrap_or(1.0), inter.unwrap_or(0.0));
         let rescale = s != 1.0 || b != 0.0;
         let fb = &bytes[k * per_frame * bpp..(k + 1) * per_frame * bpp];
-        let mut values: Vec<f64> = fb
+        let mut values: Vec<T> = fb
             .chunks_exact(bpp)
             .map(|c| {
                 let v = raw_value(c);
-                if rescale {
-                    v * s + b
-                } else {
-                    v
-                }
+                T::from_f64(if rescale { v * s + b } else { v })
             })
             .collect();
         if planar {
             // RRR..GGG..BBB.. -> RGBRGB..
             let n = rows * cols;
-            let mut inter_v = vec![0.0; values.len()];
+            let mut inter_v = vec![T::from_f64(0.0); values.len()];
             for p in 0..n {
                 for c in 0..samples {
                     inter_v[p * samples + c] = values[c * n + p];
@@ -370,7 +366,7 @@ pub fn load<T: OutFloat>(path: &Path, series_uid: Option<&str>) -> Result<Loaded
     } else {
         vec![path.to_path_buf()]
     };
-    let infos: Vec<Result<FileInfo>> = files.par_iter().map(|p| read_file(p)).collect();
+    let infos: Vec<Result<FileInfo<T>>> = files.par_iter().map(|p| read_file::<T>(p)).collect();
     let mut all = Vec::with_capacity(infos.len());
     for i in infos {
         all.push(i?);
@@ -419,11 +415,11 @@ pub fn load<T: OutFloat>(path: &Path, series_uid: Option<&str>) -> Result<Loaded
         }
         None => uids[0].0.clone(),
     };
-    let series: Vec<FileInfo> = all.into_iter().filter(|f| f.series == chosen).collect();
+    let series: Vec<FileInfo<T>> = all.into_iter().filter(|f| f.series == chosen).collect();
     assemble(path, series)
 }
 
-fn assemble<T: OutFloat>(path: &Path, series: Vec<FileInfo>) -> Result<Loaded<T>> {
+fn assemble<T: OutFloat>(path: &Path, series: Vec<FileInfo<T>>) -> Result<Loaded<T>> {
     let bad = |m: String| Error::volume(format!("{}: {m}", path.display()));
     let first = series
         .first()
@@ -455,7 +451,7 @@ fn assemble<T: OutFloat>(path: &Path, series: Vec<FileInfo>) -> Result<Loaded<T>
         .map(|f| f.path.display().to_string())
         .collect();
     // (frame, file name, instance)
-    let mut frames: Vec<(Frame, usize)> = Vec::new();
+    let mut frames: Vec<(Frame<T>, usize)> = Vec::new();
     for (fi, f) in series.into_iter().enumerate() {
         for fr in f.frames {
             frames.push((fr, fi));
@@ -537,14 +533,14 @@ fn assemble<T: OutFloat>(path: &Path, series: Vec<FileInfo>) -> Result<Loaded<T>
             .zip(frames.par_iter())
             .for_each(|(dst, (f, _))| {
                 for (d, &v) in dst.iter_mut().zip(f.values.iter()) {
-                    *d = T::from_f64(v);
+                    *d = v;
                 }
             });
     } else {
         for (k, (f, _)) in frames.iter().enumerate() {
             for p in 0..plane {
                 for s in 0..samples {
-                    data[s * slab + k * plane + p] = T::from_f64(f.values[p * samples + s]);
+                    data[s * slab + k * plane + p] = f.values[p * samples + s];
                 }
             }
         }

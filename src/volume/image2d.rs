@@ -109,6 +109,11 @@ pub fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<Image2d> {
     use zune_jpeg::zune_core::options::DecoderOptions;
     guard(path, "JPEG", || {
         let bad = |e: String| Error::volume(format!("{}: corrupt JPEG ({e})", path.display()));
+        // zune-jpeg fills a truncated scan with grey; Pillow refuses it: require the EOI marker
+        let tail = &bytes[bytes.len().saturating_sub(1024)..];
+        if !tail.windows(2).any(|w| w == [0xff, 0xd9]) {
+            return Err(bad("truncated: no end-of-image marker".into()));
+        }
         let mut probe = zune_jpeg::JpegDecoder::new(std::io::Cursor::new(bytes));
         probe.decode_headers().map_err(|e| bad(e.to_string()))?;
         let grey = probe.input_colorspace() == Some(ColorSpace::Luma);

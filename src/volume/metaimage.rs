@@ -145,7 +145,7 @@ pub fn parse_header(bytes: &[u8], file: &Path) -> Result<Header> {
     if dims_f.len() != ndims
         || dims_f
             .iter()
-            .any(|&d| !(d >= 1.0 && d < 1e9 && d.fract() == 0.0))
+            .any(|&d| !((1.0..1e9).contains(&d) && d.fract() == 0.0))
     {
         return Err(bad(format!(
             "MetaImage: DimSize must be {ndims} positive integers, got {dims_f:?}"
@@ -380,16 +380,14 @@ pub fn parse_bytes<T: OutFloat>(bytes: Vec<u8>, path: &Path) -> Result<Loaded<T>
     let nd = h.dims.len();
     let mut origin = [0.0; 3];
     let mut spacing = [1.0; 3];
-    let mut dir = [[0.0; 3]; 3];
-    for i in 0..3 {
-        dir[i][i] = 1.0;
-    }
-    for i in 0..nd.min(3) {
-        origin[i] = h.origin[i];
-        spacing[i] = h.spacing[i];
-        for j in 0..nd.min(3) {
+    let mut dir = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+    let k = nd.min(3);
+    origin[..k].copy_from_slice(&h.origin[..k]);
+    spacing[..k].copy_from_slice(&h.spacing[..k]);
+    for (i, row) in dir.iter_mut().enumerate().take(k) {
+        for (j, d) in row.iter_mut().enumerate().take(k) {
             // ITK: direction column j = TransformMatrix row j
-            dir[i][j] = h.transform[j * nd + i];
+            *d = h.transform[j * nd + i];
         }
     }
     let mut meta: Meta = vec![

@@ -180,11 +180,13 @@ pub fn parse_bytes<T: OutFloat>(bytes: &[u8], file: &Path) -> Result<Loaded<T>> 
             fortran = false;
             channels_last = true;
         }
-        _ => return Err(Error::volume(format!(
+        _ => {
+            return Err(Error::volume(format!(
             "{}: expected a .npy volume of 2-4 dims ([D, H, W] or [C, D, H, W]), got shape {:?}",
             file.display(),
             h.shape
-        ))),
+        )))
+        }
     }
     let mut affine = [[0.0; 4]; 4];
     for (i, r) in affine.iter_mut().enumerate() {
