@@ -12,7 +12,8 @@ use tch::{Device, Kind, Tensor};
 use crate::bridge;
 use crate::error::Error;
 use crate::llm::generate::{self, GenerationConfig};
-use crate::llm::model::{rope_inv_freq, Input};
+use crate::llm::model::{ForwardOptions, Input, Prepared as Tables};
+use crate::llm::rope::rope_inv_freq;
 use crate::llm::safetensors_io;
 use crate::llm::tokenizer::Tokenizer;
 use crate::llm::{Llama, LlamaConfig};
@@ -125,7 +126,7 @@ type Prepared<'py> = (
 /// A LLaMA forward bound by reference to Python-owned parameters (HF names).
 #[pyclass(module = "voxlm._core", name = "LlamaCore")]
 pub struct PyLlama {
-    inner: Mutex<Llama>,
+    inner: crate::py::Core<Llama>,
 }
 
 fn input<'a>(ids: &'a Option<Tensor>, embeds: &'a Option<Tensor>) -> crate::Result<Input<'a>> {
@@ -152,7 +153,7 @@ impl PyLlama {
         let cfg = LlamaConfig::from_json(config_json)?;
         let model = Llama::new(cfg, bridge::tensor_dict(params)?, &lora.unwrap_or_default())?;
         Ok(PyLlama {
-            inner: Mutex::new(model),
+            inner: crate::py::Core::new(model),
         })
     }
 
@@ -177,15 +178,18 @@ impl PyLlama {
         let pos = bridge::opt_tensor(position_ids, "position_ids")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let m = crate::py::lock(inner, "LlamaCore")?;
+            let m = inner.lock("LlamaCore")?;
             m.forward(
                 input(&ids, &emb)?,
-                mask.as_ref(),
-                pos.as_ref(),
                 None,
-                output_hidden_states,
-                last_only,
-                training,
+                &ForwardOptions {
+                    attention_mask: mask.as_ref(),
+                    position_ids: pos.as_ref(),
+                    output_hidden_states,
+                    last_only,
+                    train: training,
+                    fused: None,
+                },
             )
         })?;
         let hs = PyList::empty(py);
@@ -208,8 +212,12 @@ impl PyLlama {
         let mask = bridge::opt_tensor(attention_mask, "attention_mask")?;
         let pos = bridge::opt_tensor(position_ids, "position_ids")?;
         let inner = &self.inner;
-        let (c, s, m) = py.detach(move || -> crate::Result<_> {
-            let model = crate::py::lock(inner, "LlamaCore")?;
+        let Tables {
+            cos: c,
+            sin: s,
+            mask: m,
+        } = py.detach(move || -> crate::Result<_> {
+            let model = inner.lock("LlamaCore")?;
             model.check_embeds(&h)?;
             model.prepare(&h, mask.as_ref(), pos.as_ref(), 0)
         })?;
@@ -235,8 +243,13 @@ impl PyLlama {
         let m = bridge::opt_tensor(mask, "mask")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let model = crate::py::lock(inner, "LlamaCore")?;
-            model.layer_forward(index, &h, &c, &s, m.as_ref(), None, training, None)
+            let model = inner.lock("LlamaCore")?;
+            let prep = Tables {
+                cos: c,
+                sin: s,
+                mask: m,
+            };
+            model.layer(index, &h, &prep, training)
         })?;
         bridge::to_py(py, &out)
     }
@@ -250,7 +263,7 @@ impl PyLlama {
         let h = bridge::tensor(hidden_states, "hidden_states")?;
         let inner = &self.inner;
         let (n, l) = py.detach(move || -> crate::Result<_> {
-            let model = crate::py::lock(inner, "LlamaCore")?;
+            let model = inner.lock("LlamaCore")?;
             model.head(&h, false)
         })?;
         Ok((bridge::to_py(py, &n)?, bridge::to_py(py, &l)?))
@@ -264,7 +277,7 @@ impl PyLlama {
     ) -> PyResult<Bound<'py, PyAny>> {
         let ids = bridge::tensor(input_ids, "input_ids")?;
         let inner = &self.inner;
-        let e = py.detach(move || crate::py::lock(inner, "LlamaCore")?.embed(&ids))?;
+        let e = py.detach(move || inner.lock("LlamaCore")?.embed(&ids))?;
         bridge::to_py(py, &e)
     }
 
@@ -312,7 +325,8 @@ impl PyLlama {
         let cb_err: Mutex<Option<PyErr>> = Mutex::new(None);
         let (inner, err_slot) = (&self.inner, &cb_err);
         let out = py.detach(move || -> crate::Result<Tensor> {
-            let m = crate::py::lock(inner, "LlamaCore")?;
+            let m = inner.lock("LlamaCore")?;
+            let streaming = callback.is_some();
             let mut call = |tokens: &Tensor| -> crate::Result<bool> {
                 let Some(cb) = callback.as_ref() else {
                     return Ok(true);
@@ -330,7 +344,9 @@ impl PyLlama {
                     }
                 })
             };
-            generate::generate(&m, input(&ids, &emb)?, mask.as_ref(), &cfg, Some(&mut call))
+            let cb: Option<&mut generate::StepCallback<'_>> =
+                if streaming { Some(&mut call) } else { None };
+            generate::generate(&m, input(&ids, &emb)?, mask.as_ref(), &cfg, cb)
         });
         if let Some(e) = cb_err.lock().ok().and_then(|mut s| s.take()) {
             return Err(e);
