@@ -58,9 +58,10 @@ test-py: build $(STAMP_JAVA)
 
 test: test-rust test-py
 
-# property-based fuzzing of the NIfTI header and gzip paths (100k inputs; also part of test-rust)
+# property-based fuzzing of the NIfTI header and gzip paths, safetensors buffers and config.json
+# (100k inputs each; test-rust runs them with their own smaller defaults)
 fuzz: $(STAMP_DEPS)
-	$(BUILD_ENV) LD_LIBRARY_PATH=$(TORCH_LIB) VOXLM_FUZZ_CASES=$${VOXLM_FUZZ_CASES:-100000} cargo test --release --test fuzz_nifti
+	$(BUILD_ENV) LD_LIBRARY_PATH=$(TORCH_LIB) VOXLM_FUZZ_CASES=$${VOXLM_FUZZ_CASES:-100000} cargo test --release --test fuzz_nifti --test fuzz_safetensors
 
 bench: build
 	$(PY) bench/run_all.py
