@@ -1,29 +1,273 @@
-"""``voxlm`` command line: ``voxlm info``, ``voxlm demo``."""
+"""``voxlm`` command line.
+
+==================================================  ==============================================
+``voxlm train CONFIG.yaml [--output-dir D] [--resume]``  train a recipe's stages into one run folder
+                                                     (also under ``torchrun --nproc_per_node N``)
+``voxlm evaluate RUN_DIR [--out D]``                 the recipe's evaluation on the eval split
+``voxlm generate RUN_OR_MODEL_DIR [--data D]``        predictions for a split -> predictions.csv
+``voxlm synth KIND --out DIR --n N``                 a synthetic dataset in a public layout
+``voxlm info`` / ``voxlm demo``                      versions and build; the bundled demo
+==================================================  ==============================================
+
+A config has the sections ``recipe`` (``name`` + the recipe's Config fields), ``model`` (paths or
+specs of the pretrained parts), ``data`` (``format``, ``root``, settings) and ``train``
+(:class:`voxlm.train.TrainingArguments` fields). A run folder written by ``voxlm train``::
+
+    RUN/config.yaml            the config as run (output_dir filled in)
+    RUN/<stage>/...            one trainer run folder per stage (checkpoints, metrics, final/)
+    RUN/model/                 the trained recipe (save_pretrained; from_pretrained loads it)
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import csv
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+CONFIG_SECTIONS = ("recipe", "model", "data", "train")
+SYNTH_KINDS = {"chest-ct": "chest_ct", "prostate-mri": "prostate_mri", "chest-xray": "chest_xray"}
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a CLI config (YAML): a mapping with ``recipe.name`` and only the known
+    sections."""
+    import yaml
+
+    from .exceptions import ConfigError
+
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file")
+    try:
+        cfg = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from e
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{p}: expected a mapping with sections {list(CONFIG_SECTIONS)}, got {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - set(CONFIG_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{p}: unknown sections {unknown}; expected {list(CONFIG_SECTIONS)}")
+    for s in CONFIG_SECTIONS:
+        if cfg.get(s) is not None and not isinstance(cfg[s], Mapping):
+            raise ConfigError(f"{p}: section {s!r} must be a mapping, got {type(cfg[s]).__name__}")
+    if not isinstance(cfg.get("recipe"), Mapping) or not cfg["recipe"].get("name"):
+        raise ConfigError(f"{p}: recipe.name: expected the name of a registered recipe")
+    return {s: dict(cfg.get(s) or {}) for s in CONFIG_SECTIONS}
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def train(config: str | os.PathLike[str], output_dir: str | None = None, resume: bool = False) -> pathlib.Path:
+    """``voxlm train``: build the recipe, run its stages into the run folder, save the model."""
+    import yaml
+
+    from .exceptions import ConfigError
+    from .recipes import get_recipe
+    from .train import TrainingArguments, run_stages
+
+    cfg = load_config(config)
+    args = TrainingArguments.from_dict(cfg["train"])
+    if output_dir is not None:
+        args = args.replace(output_dir=output_dir)
+    run = pathlib.Path(args.output_dir)
+    if (run / "config.yaml").is_file() and not resume and not args.overwrite_output_dir and _rank() == 0:
+        raise ConfigError(f"output_dir: {run} holds another run (config.yaml); pass --resume to continue it, "
+                          "set train.overwrite_output_dir: true to replace it, or choose another --output-dir")
+    cls = get_recipe(cfg["recipe"]["name"])
+    model = cls.from_config(cfg["recipe"], cfg["model"])
+    train_ds, eval_ds = model.datasets(cfg["data"])
+    if _rank() == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        saved = {**cfg, "train": {**cfg["train"], "output_dir": os.fspath(run)}}
+        (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    results = run_stages(model, model.stages(args), train_ds, eval_ds, data_collator=model.collator(),
+                         output_dir=run, resume=resume)
+    after = getattr(model, "after_stages", None)  # recipe steps outside the trainer (PICG: distillation)
+    if callable(after) and _rank() == 0:
+        after(train_ds, eval_ds, output_dir=run / "after_stages")
+    if _rank() == 0:
+        model.save_pretrained(run / "model")
+        summary = {name: {"global_step": r.global_step, "train_loss": r.training_loss} for name, r in results.items()}
+        print(json.dumps({"run": os.fspath(run), "stages": summary}, indent=2))
+    return run
+
+
+def _model_dir(path: pathlib.Path) -> pathlib.Path:
+    from .exceptions import CheckpointError
+
+    if (path / "config.json").is_file():
+        return path
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    raise CheckpointError(f"{path}: neither a saved recipe (config.json) nor a run folder (model/config.json)")
+
+
+def _load_model(path: pathlib.Path) -> Any:
+    from .exceptions import CheckpointError
+    from .recipes import get_recipe
+
+    d = _model_dir(path)
+    try:
+        name = json.loads((d / "config.json").read_text()).get("recipe")
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{d / 'config.json'}: not valid JSON ({e})") from e
+    if not name:
+        raise CheckpointError(f"{d}/config.json: no 'recipe' field (not saved by a voxlm recipe)")
+    return get_recipe(name).from_pretrained(d)
+
+
+def _split(model: Any, data: Mapping[str, Any], split: str) -> Any:
+    from .exceptions import ConfigError
+
+    train_ds, eval_ds = model.datasets(data)
+    ds = eval_ds if split == "eval" else train_ds
+    if ds is None:
+        raise ConfigError(f"--split {split}: the recipe's datasets() returned no {split} dataset for this data section")
+    return ds
+
+
+def evaluate(run_dir: str | os.PathLike[str], out: str | None = None, split: str = "eval") -> dict[str, Any]:
+    """``voxlm evaluate``: ``RUN/model`` on the data of ``RUN/config.yaml`` -> eval.json +
+    predictions.csv in ``out`` (default ``RUN/eval``)."""
+    from .exceptions import ConfigError
+
+    run = pathlib.Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"{run}: no config.yaml (expected a run folder written by voxlm train)")
+    cfg = load_config(run / "config.yaml")
+    model = _load_model(run)
+    target = pathlib.Path(out) if out else run / "eval"
+    metrics = model.evaluate(_split(model, cfg["data"], split), target)
+    print(json.dumps({"eval_dir": os.fspath(target), **metrics}, indent=2, default=str))
+    return metrics
+
+
+def generate(path: str | os.PathLike[str], data: str | None = None, out: str | None = None,
+             split: str = "eval") -> pathlib.Path:
+    """``voxlm generate``: the recipe's outputs for a split. ``data`` is a YAML file with a
+    ``data:`` section (or the section itself); default: the run's ``config.yaml``. Writes
+    ``predictions.csv`` (recipes with ``predict``; otherwise their ``evaluate`` output)."""
+    import yaml
+
+    from .exceptions import ConfigError
+
+    p = pathlib.Path(path)
+    model = _load_model(p)
+    if data is not None:
+        dp = pathlib.Path(data)
+        if not dp.is_file():
+            raise ConfigError(f"--data: {dp} is not a file (expected a YAML config or data section)")
+        d = yaml.safe_load(dp.read_text())
+        section = d.get("data", d) if isinstance(d, Mapping) else None
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"--data: {dp} holds no mapping (expected a data section)")
+    elif (p / "config.yaml").is_file():
+        section = load_config(p / "config.yaml")["data"]
+    else:
+        raise ConfigError(f"{p}: not a run folder with config.yaml; pass --data CONFIG.yaml")
+    ds = _split(model, section, split)
+    target = pathlib.Path(out) if out else (p / "generate")
+    target.mkdir(parents=True, exist_ok=True)
+    predict = getattr(model, "predict", None)
+    if callable(predict):
+        rows = predict(ds)
+        with (target / "predictions.csv").open("w", newline="") as f:
+            cols = list(rows[0]) if rows else ["id"]
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        model.evaluate(ds, target)
+    print(os.fspath(target / "predictions.csv"))
+    return target / "predictions.csv"
+
+
+def synth(kind: str, out: str, n: int, seed: int = 0, layout: str | None = None) -> Any:
+    """``voxlm synth``: ``voxlm.synth.chest_ct / prostate_mri / chest_xray(out, n, seed, layout)``."""
+    import importlib
+
+    from .exceptions import ConfigError
+
+    key = kind.replace("_", "-")
+    if key not in SYNTH_KINDS:
+        raise ConfigError(f"KIND: expected one of {sorted(SYNTH_KINDS)}, got {kind!r}")
+    try:
+        mod = importlib.import_module(".synth", __package__)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.synth":
+            raise
+        raise ConfigError("voxlm synth: the voxlm.synth package is not installed in this build") from e
+    fn = getattr(mod, SYNTH_KINDS[key])
+    kw: dict[str, Any] = {"seed": seed}
+    if layout is not None:
+        kw["layout"] = layout
+    res = fn(out, n, **kw)
+    print(os.fspath(out))
+    return res
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="voxlm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="voxlm", description="voxlm: LLMs on 3D medical scans")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print voxlm, torch and CUDA versions, threads and build profile")
     demo = sub.add_parser("demo", help="run voxlm's main job on bundled data")
     demo.add_argument("--steps", type=int, default=60, help="training steps")
     demo.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
     demo.add_argument("--no-meteor", action="store_true", help="skip METEOR (Java)")
+    tr = sub.add_parser("train", help="train a recipe from a YAML config (recipe/model/data/train sections)")
+    tr.add_argument("config", help="YAML config file")
+    tr.add_argument("--output-dir", default=None, help="run folder (overrides train.output_dir)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in the output folder")
+    ev = sub.add_parser("evaluate", help="evaluate a run's model on its eval split")
+    ev.add_argument("run_dir")
+    ev.add_argument("--out", default=None, help="folder for eval.json + predictions.csv (default RUN/eval)")
+    ev.add_argument("--split", choices=["eval", "train"], default="eval")
+    ge = sub.add_parser("generate", help="write a saved model's predictions for a split")
+    ge.add_argument("path", help="run folder or saved model folder")
+    ge.add_argument("--data", default=None, help="YAML with a data section (default: the run's config.yaml)")
+    ge.add_argument("--out", default=None, help="output folder (default PATH/generate)")
+    ge.add_argument("--split", choices=["eval", "train"], default="eval")
+    sy = sub.add_parser("synth", help="write a synthetic dataset with ground truth in a public layout")
+    sy.add_argument("kind", help=", ".join(sorted(SYNTH_KINDS)))
+    sy.add_argument("--out", required=True)
+    sy.add_argument("--n", type=int, required=True)
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--layout", default=None)
     args = parser.parse_args(argv)
 
-    if args.command == "info":
-        from . import info
+    from .exceptions import VoxlmError
 
-        print(info())
-        return 0
-    if args.command == "demo":
-        from .demo import run
+    try:
+        if args.command == "info":
+            from . import info
 
-        run(steps=args.steps, out=args.out, meteor=False if args.no_meteor else None)
-        return 0
-    return 2
+            print(info())
+        elif args.command == "demo":
+            from .demo import run
+
+            run(steps=args.steps, out=args.out, meteor=False if args.no_meteor else None)
+        elif args.command == "train":
+            train(args.config, args.output_dir, args.resume)
+        elif args.command == "evaluate":
+            evaluate(args.run_dir, args.out, args.split)
+        elif args.command == "generate":
+            generate(args.path, args.data, args.out, args.split)
+        elif args.command == "synth":
+            synth(args.kind, args.out, args.n, args.seed, args.layout)
+        else:  # pragma: no cover - argparse refuses other commands
+            return 2
+    except VoxlmError as e:
+        print(f"voxlm {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0

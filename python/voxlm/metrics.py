@@ -280,3 +280,5 @@ def vqa_accuracy(
         raise ShapeError(f"options: expected {len(predictions)} entries, got {len(opts)}")
     hits = sum(parse_choice(p, o) == a.strip().upper() for p, a, o in zip(predictions, answers, opts))
     return hits / len(predictions)
+
+from .green import green  # noqa: E402,F401  (GREEN, the AMOS-MM metric: voxlm.green)

@@ -1,4 +1,12 @@
-"""Small real datasets bundled with voxlm, for demos and tests."""
+"""Dataset readers for the public layouts of the methods, collation, and small real datasets
+bundled with voxlm (for demos and tests).
+
+``read_records(format, root, split)`` -> list of record dicts (keys in the team contract:
+``id``, ``split``, ``image`` / ``images`` / ``sequences``, ``report`` / ``sections``, ``labels``,
+...); formats: ``ct-rate``, ``amos-mm``, ``m3d-cap``, ``m3d-vqa``, ``ctrg-chest``, ``picai``,
+``prostate-biopsy``, ``mimic-cxr``, ``manifest``. ``ReportDataset`` loads the images of the
+records, ``ReportCollator`` builds LM batches, ``open_dataset`` = both readers and dataset.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +14,25 @@ import csv
 import pathlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from . import amos_mm, ct_rate, ctrg_chest, m3d, manifest, mimic_cxr, picai, prostate_biopsy  # noqa: F401
+
+# (importing the reader modules registers them)
+from ._common import PathLike
+from .collate import ReportCollator, ReportDataset
+from .registry import get_reader, read_records, reader_names, register_reader
+
 HERE = pathlib.Path(__file__).resolve().parent
+
+
+def open_dataset(format: str, root: PathLike, split: str = "train", transform: Any = None,
+                 image_loader: Any = None, **options: Any) -> ReportDataset:
+    """``ReportDataset(read_records(format, root, split, **options), transform)``."""
+    return ReportDataset(read_records(format, root, split=split, **options), transform=transform,
+                         image_loader=image_loader)
 
 
 @dataclass(frozen=True)
@@ -44,3 +67,17 @@ def ctrg_finding_labels() -> tuple[np.ndarray, np.ndarray, list[str]]:
     ids = np.asarray([int(r[0]) for r in body], dtype=np.int64)
     codes = np.asarray([[int(v) for v in r[1:]] for r in body], dtype=np.int64)
     return ids, codes, header[1:]
+
+
+__all__ = [
+    "ReportCollator",
+    "ReportDataset",
+    "ReportSet",
+    "ctrg_finding_labels",
+    "dia_llama_results",
+    "get_reader",
+    "open_dataset",
+    "read_records",
+    "reader_names",
+    "register_reader",
+]

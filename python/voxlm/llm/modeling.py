@@ -86,10 +86,11 @@ class LlamaModel(nn.Module):
 
 @dataclass
 class CausalLMOutput:
-    """``logits [B, T, V]``; ``loss`` when labels were given; ``hidden_states``: the embeddings,
-    each layer's output and the final-normed last layer (transformers' convention)."""
+    """``logits [B, T, V]`` (None when the loss was computed in chunks without them); ``loss``
+    when labels were given; ``hidden_states``: the embeddings, each layer's output and the
+    final-normed last layer (transformers' convention)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
@@ -114,6 +115,8 @@ class LlamaForCausalLM(RustBound):
             self.lm_head.weight = self.model.embed_tokens.weight
         self._core = None
         self.gradient_checkpointing = False
+        #: tokens per chunk of the LM loss computed without full logits (None: full logits)
+        self.loss_chunk_size: int | str | None = None
         if not self._on_meta():
             self._init_weights()
             self.rebind()
@@ -239,9 +242,12 @@ class LlamaForCausalLM(RustBound):
     def gradient_checkpointing_disable(self) -> None:
         self.gradient_checkpointing = False
 
-    def _checkpointed(
-        self, input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states
+    def _layerwise(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states,
+        checkpointed, head=True,
     ):  # type: ignore[no-untyped-def]
+        """Layer by layer through the Rust core (recomputed in the backward when
+        ``checkpointed``); without ``head``, returns the final-normed states instead of logits."""
         from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
         core = self._bound()
@@ -258,11 +264,17 @@ class LlamaForCausalLM(RustBound):
             for i in range(self.config.num_hidden_layers):
                 if output_hidden_states:
                     hidden.append(h)
-                h = checkpoint(core.layer, i, h, cos, sin, mask, self.training, use_reentrant=False)
-        normed, logits = core.head(h)
+                if checkpointed:
+                    h = checkpoint(core.layer, i, h, cos, sin, mask, self.training, use_reentrant=False)
+                else:
+                    h = core.layer(i, h, cos, sin, mask, self.training)
+        if head:
+            normed, out = core.head(h)
+        else:
+            normed = out = self.model.norm(h)
         if output_hidden_states:
             hidden.append(normed)
-        return logits, hidden
+        return out, hidden
 
     def forward(
         self,
@@ -272,6 +284,7 @@ class LlamaForCausalLM(RustBound):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        loss_chunk_size: int | str | None = None,
     ) -> CausalLMOutput:
         """Args:
         input_ids: ``[B, T]`` int64, or
@@ -279,10 +292,31 @@ class LlamaForCausalLM(RustBound):
         attention_mask: ``[B, T]``, 1 for tokens and 0 for padding.
         position_ids: ``[B, T]``; default ``0..T-1``.
         labels: ``[B, T]``; the loss is the shifted cross-entropy ignoring ``-100``.
+        loss_chunk_size: with ``labels``, compute the loss from the final hidden states in
+            chunks of this many tokens without materialising the ``[B, T, V]`` logits
+            (:func:`voxlm.linear_ce.linear_cross_entropy`; gradients equal the unchunked loss);
+            ``logits`` is then None. ``"auto"`` sizes chunks to ~128 MB of logits. Default:
+            ``self.loss_chunk_size`` (None: full logits, as transformers).
         """
+        chunk = loss_chunk_size if loss_chunk_size is not None else self.loss_chunk_size
+        if labels is not None and chunk is not None:
+            from ..linear_ce import linear_cross_entropy
+
+            if not isinstance(self.lm_head, nn.Linear):
+                raise ConfigError("loss_chunk_size: the LM head carries an adapter; use the full-logits loss")
+            normed, hidden = self._layerwise(
+                input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states,
+                checkpointed=self.gradient_checkpointing and self.training and torch.is_grad_enabled(),
+                head=False,
+            )
+            loss = linear_cross_entropy(normed, self.lm_head.weight, labels, chunk_size=chunk)
+            return CausalLMOutput(
+                logits=None, loss=loss, hidden_states=tuple(hidden) if output_hidden_states else None
+            )
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            logits, hidden = self._checkpointed(
-                input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states
+            logits, hidden = self._layerwise(
+                input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states,
+                checkpointed=True,
             )
         else:
             logits, hidden = self._bound().forward(

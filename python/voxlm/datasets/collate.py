@@ -1,0 +1,276 @@
+"""Records -> tensors: :class:`ReportDataset` (loads the images of each record) and
+:class:`ReportCollator` (prompt + image placeholders + target -> padded LM batch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..exceptions import ConfigError, DataError, ShapeError
+from ..volume import Volume
+from ._common import PathLike, check_record
+
+Record = dict[str, Any]
+
+
+def _load_image(path: PathLike) -> Any:
+    """One image file -> a :class:`~voxlm.Volume` (what a transform takes).
+
+    ``voxlm.load_image`` (all formats) when the package has it; until then NIfTI through
+    ``voxlm.load_volume`` and ``.npy`` through numpy with load_image's rules (M3D's ``[1, D, H, W]``
+    -> data ``[D, H, W]``; ``[C, D, H, W]`` -> ``[D, H, W, C]`` marked ``channels_last``).
+    """
+    import voxlm
+
+    if hasattr(voxlm, "load_image"):
+        return voxlm.load_image(path)
+    p = os.fspath(path)
+    if p.endswith(".npy"):
+        a = np.load(p, allow_pickle=False)
+        moved = a.ndim == 4 and a.shape[0] > 1
+        a = a[0] if a.ndim == 4 and a.shape[0] == 1 else (np.moveaxis(a, 0, -1) if moved else a)
+        return Volume(np.asarray(a, dtype=np.float32), np.eye(4), {"format": "npy", "channels_last": moved})
+    return voxlm.load_volume(p)
+
+
+def _to_tensor(x: Any) -> torch.Tensor:
+    """A transform's output -> float32 tensor, channel first: a Volume's data gets a channel axis
+    (``[1, *spatial]``); its last axis becomes the channels for a 4-D volume (extra axes are last,
+    as nibabel) and for a 3-D one whose header says ``channels_last`` or that is a PNG/JPEG
+    (RGB); arrays/tensors are taken as channel-first already."""
+    if isinstance(x, Volume):
+        a = np.asarray(x.data)
+        hdr = x.header if isinstance(x.header, Mapping) else {}
+        chan_last = bool(hdr.get("channels_last")) or (hdr.get("format") in ("png", "jpeg") and a.ndim == 3)
+        a = np.moveaxis(a, -1, 0) if a.ndim > 3 or (chan_last and a.ndim == 3) else a[None]
+    elif isinstance(x, torch.Tensor):
+        return x.detach().to(torch.float32).contiguous()
+    else:
+        a = np.asarray(x)
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+class ReportDataset(torch.utils.data.Dataset):
+    """A ``torch.utils.data.Dataset`` over reader records.
+
+    Item ``i`` is a copy of ``records[i]`` with ``"image"`` replaced by a float32 tensor
+    (``[C, *spatial]``: ``[C, D, H, W]`` for a volume, ``[C, H, W]`` for a 2D image) after
+    ``transform``, ``"images"`` by a list of such tensors and ``"sequences"`` by a dict of them;
+    the paths stay under ``"path"``, ``"paths"`` and ``"sequence_paths"``. ``labels`` arrays become
+    int64 tensors.
+
+    Args:
+        records: from :func:`voxlm.datasets.read_records` (or hand-made dicts of the same keys).
+        transform: applied to each loaded image (a voxlm/MONAI-style callable on a Volume or a
+            channel-first array).
+        image_loader: ``path -> Volume | array | tensor`` (default: :func:`voxlm.load_image`).
+
+    Raises :class:`DataError` at construction for a record whose file does not exist (naming
+    the row and the path), so that no ``DataLoader`` worker fails later.
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], transform: Callable[[Any], Any] | None = None,
+                 image_loader: Callable[[PathLike], Any] | None = None, check_files: bool = True) -> None:
+        self.records = [dict(r) for r in records]
+        for i, r in enumerate(self.records):
+            if not isinstance(r, dict):
+                raise DataError(f"records[{i}]: expected a dict, got {type(r).__name__}")
+            if check_files:
+                check_record(r, f"ReportDataset: records[{i}]")
+        self.transform = transform
+        self.image_loader = image_loader
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, path: PathLike) -> torch.Tensor:
+        """One path -> the float32 tensor of an item (loader, then transform)."""
+        x = (self.image_loader or _load_image)(path)
+        if self.transform is not None:
+            x = self.transform(x)
+        return _to_tensor(x)
+
+    def __getitem__(self, i: int) -> Record:
+        r = self.records[i]
+        item = dict(r)
+        if isinstance(r.get("image"), (str, os.PathLike)):
+            item["path"] = os.fspath(r["image"])
+            item["image"] = self.load(r["image"])
+        if r.get("images"):
+            item["paths"] = [os.fspath(p) for p in r["images"]]
+            item["images"] = [self.load(p) for p in r["images"]]
+        if r.get("sequences"):
+            item["sequence_paths"] = {k: os.fspath(p) for k, p in r["sequences"].items()}
+            item["sequences"] = {k: self.load(p) for k, p in r["sequences"].items()}
+        if isinstance(r.get("labels"), np.ndarray):
+            item["labels"] = torch.from_numpy(np.asarray(r["labels"], dtype=np.int64))
+        return item
+
+
+def _stack(tensors: Sequence[torch.Tensor], what: str, ids: Sequence[Any]) -> torch.Tensor:
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) != 1:
+        detail = ", ".join(f"{i}: {tuple(t.shape)}" for i, t in zip(ids, tensors))
+        raise ShapeError(f"ReportCollator: {what} of different shapes in one batch ({detail}); add a "
+                         "Resize / ResizeWithPadOrCrop transform")
+    return torch.stack(list(tensors))
+
+
+class ReportCollator:
+    """Batch ReportDataset items for a causal LM with image placeholder tokens.
+
+    Each sample's token sequence is ``[BOS] + enc(image_token * num_image_tokens + prompt) +
+    enc(target) + [EOS]`` (training) or ``[BOS] + enc(placeholders + prompt)`` (generation). With
+    ``template`` (``"alpaca"``, ``"vicuna"``, ``"llama3"``: :func:`voxlm.llm.format_prompt`) the
+    prompt is wrapped first, the placeholders going before the instruction. Prompt and target are
+    encoded separately (no special tokens) and concatenated, so the boundary is exact.
+
+    Args:
+        tokenizer: a :class:`voxlm.llm.Tokenizer` (``encode``, ``bos/eos/pad_token_id``,
+            ``token_to_id``).
+        num_image_tokens: placeholders per image (M3D 256, Dia-LLaMA 32; 0 = none).
+        max_length: the longest sequence; the target is cut first (its EOS kept); a prompt that
+            does not fit raises ConfigError.
+        prompt: text, or ``record -> text`` (e.g. Dia-LLaMA's label sentences, a VQA question).
+        image_token: the placeholder token (one id in the tokenizer).
+        padding_side: ``"right"`` (training) or ``"left"``; generation always pads left.
+        target_key: the record key of the target text (``"report"``, ``"answer"``, a section via
+            ``"sections.findings"``) or ``record -> text``.
+        mode: ``"train"`` (labels) or ``"generate"`` (prompt only; targets under ``references``).
+        template: optional prompt template name.
+        add_bos / add_eos: prepend BOS / append EOS to the target.
+
+    Returns a dict: ``images`` float32 ``[B, C, *spatial]`` (records with ``image``; ``[B, V, C,
+    H, W]`` for ``images`` when every sample has the same views, else a list), ``sequences``
+    {name: ``[B, C, *spatial]``}, ``input_ids`` / ``attention_mask`` int64 ``[B, T]``,
+    ``labels`` int64 ``[B, T]`` (-100 on BOS, placeholders, prompt and padding; training only),
+    ``references`` (generation), ``ids``, and when the records have them ``cls_labels`` int64
+    ``[B, L]`` and ``pirads`` int64 ``[B]``.
+    """
+
+    def __init__(self, tokenizer: Any, num_image_tokens: int, max_length: int,
+                 prompt: str | Callable[[Mapping[str, Any]], str] = "", image_token: str = "<im_patch>",
+                 padding_side: str = "right", target_key: str | Callable[[Mapping[str, Any]], str] = "report",
+                 mode: str = "train", template: str | None = None, add_bos: bool = True,
+                 add_eos: bool = True) -> None:
+        if padding_side not in ("left", "right"):
+            raise ConfigError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+        if mode not in ("train", "generate"):
+            raise ConfigError(f"mode: expected 'train' or 'generate', got {mode!r}")
+        if int(num_image_tokens) < 0:
+            raise ConfigError(f"num_image_tokens: expected >= 0, got {num_image_tokens}")
+        if int(max_length) < 1:
+            raise ConfigError(f"max_length: expected >= 1, got {max_length}")
+        self.tokenizer, self.num_image_tokens, self.max_length = tokenizer, int(num_image_tokens), int(max_length)
+        self.prompt, self.image_token, self.padding_side = prompt, image_token, padding_side
+        self.target_key, self.mode, self.template = target_key, mode, template
+        self.add_bos, self.add_eos = add_bos, add_eos
+        self.image_token_id: int | None = None
+        if self.num_image_tokens:
+            self.image_token_id = tokenizer.token_to_id(image_token)
+            if self.image_token_id is None:
+                raise ConfigError(f"image_token: {image_token!r} is not a token of the tokenizer; add it "
+                                  "as a special token")
+        self.bos_id = tokenizer.bos_token_id if add_bos else None
+        self.eos_id = tokenizer.eos_token_id
+        if add_eos and self.eos_id is None:
+            raise ConfigError("add_eos: the tokenizer has no eos_token")
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
+
+    # -- text -----------------------------------------------------------------------------------
+    def prompt_text(self, record: Mapping[str, Any]) -> str:
+        """The prompt with its image placeholders (before tokenization)."""
+        text = self.prompt(record) if callable(self.prompt) else str(self.prompt)
+        image = self.image_token * self.num_image_tokens
+        if self.template is not None:
+            from ..llm import format_prompt
+
+            return format_prompt(self.template, text, image=image)
+        return image + text
+
+    def target_text(self, record: Mapping[str, Any]) -> str:
+        if callable(self.target_key):
+            return str(self.target_key(record))
+        key = self.target_key
+        v: Any = record
+        for part in key.split("."):
+            if not isinstance(v, Mapping) or part not in v:
+                raise DataError(f"ReportCollator: record {record.get('id', '?')!r} has no {key!r} (target_key)")
+            v = v[part]
+        return str(v)
+
+    def encode(self, record: Mapping[str, Any]) -> tuple[list[int], int]:
+        """``(token ids, prompt length incl. BOS)`` of one record, before padding."""
+        p = list(self.tokenizer.encode(self.prompt_text(record), add_special_tokens=False))
+        if self.bos_id is not None:
+            p = [self.bos_id, *p]
+        if self.image_token_id is not None:
+            n = sum(1 for t in p if t == self.image_token_id)
+            if n != self.num_image_tokens:
+                raise ConfigError(f"ReportCollator: the prompt of record {record.get('id', '?')!r} encodes to {n} "
+                                  f"{self.image_token!r} tokens, expected {self.num_image_tokens}")
+        room = self.max_length - len(p) - (1 if self.mode == "train" and self.add_eos else 0)
+        if room < 0 or (self.mode == "generate" and len(p) > self.max_length):
+            raise ConfigError(f"max_length {self.max_length} is too short for the prompt of record "
+                              f"{record.get('id', '?')!r} ({len(p)} tokens incl. {self.num_image_tokens} image tokens)")
+        if self.mode == "generate":
+            return p, len(p)
+        t = list(self.tokenizer.encode(self.target_text(record), add_special_tokens=False))[:room]
+        if self.add_eos:
+            t.append(int(self.eos_id))  # type: ignore[arg-type]
+        return p + t, len(p)
+
+    # -- batch ----------------------------------------------------------------------------------
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not items:
+            raise DataError("ReportCollator: empty batch")
+        ids = [it.get("id", str(i)) for i, it in enumerate(items)]
+        batch: dict[str, Any] = {"ids": ids}
+        if all(isinstance(it.get("image"), torch.Tensor) for it in items):
+            batch["images"] = _stack([it["image"] for it in items], "images", ids)
+        elif all(isinstance(it.get("images"), list) for it in items):
+            views = [torch.stack(it["images"]) if len({tuple(v.shape) for v in it["images"]}) == 1 else None
+                     for it in items]
+            if all(v is not None for v in views) and len({tuple(v.shape) for v in views}) == 1:  # type: ignore[union-attr]
+                batch["images"] = torch.stack(views)  # type: ignore[arg-type]
+            else:
+                batch["images"] = [list(it["images"]) for it in items]
+        if all(isinstance(it.get("sequences"), Mapping) for it in items):
+            names = list(items[0]["sequences"])
+            batch["sequences"] = {k: _stack([it["sequences"][k] for it in items], f"sequences[{k!r}]", ids)
+                                  for k in names}
+        enc = [self.encode(it) for it in items]
+        n = max(len(s) for s, _ in enc)
+        side = "left" if self.mode == "generate" else self.padding_side
+        input_ids = torch.full((len(items), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), n), dtype=torch.long)
+        labels = torch.full((len(items), n), -100, dtype=torch.long)
+        for i, (s, plen) in enumerate(enc):
+            o = n - len(s) if side == "left" else 0
+            input_ids[i, o:o + len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, o:o + len(s)] = 1
+            labels[i, o + plen:o + len(s)] = torch.tensor(s[plen:], dtype=torch.long)
+        batch["input_ids"], batch["attention_mask"] = input_ids, mask
+        if self.mode == "train":
+            batch["labels"] = labels
+        else:
+            batch["references"] = [self.target_text(it) if self._has_target(it) else None for it in items]
+        if all(it.get("labels") is not None for it in items):
+            batch["cls_labels"] = torch.stack([torch.as_tensor(np.asarray(it["labels"]), dtype=torch.long)
+                                               for it in items])
+        if all(it.get("pirads") is not None for it in items):
+            batch["pirads"] = torch.tensor([int(it["pirads"]) for it in items], dtype=torch.long)
+        return batch
+
+    def _has_target(self, record: Mapping[str, Any]) -> bool:
+        try:
+            self.target_text(record)
+            return True
+        except DataError:
+            return False

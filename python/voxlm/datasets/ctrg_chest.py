@@ -1,0 +1,130 @@
+"""CTRG-Chest-548K, as Dia-LLaMA reads it.
+
+Source: zhi-xuan-chen/Dia-LLaMA, ``src/Dataset/my_dataset/CTRG_dataset.py`` (class
+``CTRG_Dataset``) and ``src/Dataset/dataset_{train,val,test}.py`` (which pass ``data_dir=
+.../CTRG-Chest-548K_volume/``, ``annotation.json`` and ``CTRG_finding_labels.csv``, splits
+``"train"``, ``"val"``, ``"test"``):
+
+* ``annotation.json`` = ``{"train" | "val" | "test": [{"id": ..., "finding": ..., ...}]}``;
+* ``CTRG_finding_labels.csv``: column ``id`` then 14 CheXbert labels (``row[1:]`` in the
+  reference), codes 0 blank / 1 positive / 2 negative / 3 uncertain; the reference keeps only
+  code 1 as positive (``torch.where(cls_labels == 1, cls_labels, 0)``);
+* volumes ``<data_dir>/<id>.nii.gz``.
+
+voxlm's reader takes ``root`` holding ``annotation.json``, ``CTRG_finding_labels.csv`` and the
+volume folder ``CTRG-Chest-548K_volume/`` (the public download's name) or ``volumes/``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from ..exceptions import DataError
+from ._common import (
+    PathLike,
+    canonical_split,
+    check_paths,
+    first_existing,
+    need_file,
+    read_csv,
+    read_json,
+)
+from .registry import register_reader
+
+#: Dia-LLaMA's ``CONDITIONS`` (the CSV header with spaces), in the CSV's column order.
+CONDITIONS = [
+    "enlarged cardiomediastinum", "cardiomegaly", "lung opacity", "lung lesion", "edema",
+    "consolidation", "pneumonia", "atelectasis", "pneumothorax", "pleural effusion",
+    "pleural other", "fracture", "support devices", "no finding",
+]
+
+#: Dia-LLaMA's fixed instruction after the label sentences (``CTRG_dataset.py``, ``guide``).
+GUIDE = ("Based on the above visual information and some key abnormal information related to specific "
+         "diseases, please generate a complete medical report corresponding to this CT image. Providing a "
+         "comprehensive report which contains detailed information about the anatomical structures and any "
+         "abnormalities is essential. ")
+
+
+def diagnostic_prompt(labels: Any, names: Any = None, guide: str = GUIDE) -> str:
+    """Dia-LLaMA's question: ``The "{disease}" is positive|negative. `` per label (positive where
+    the label is 1), then ``guide`` (transcribed from ``CTRG_Dataset.__getitem__``).
+
+    ``labels``: [L] 0/1 (a record's ``labels``) or a record dict."""
+    if isinstance(labels, dict):
+        labels, names = labels["labels"], labels.get("label_names", names)
+    names = list(names) if names is not None else CONDITIONS
+    out = ""
+    for disease, lab in zip(names, np.asarray(labels).tolist(), strict=True):
+        out += f'The "{disease}" is {"positive" if int(lab) == 1 else "negative"}. '
+    return out + guide
+
+
+_SPLIT_KEYS = {"train": "train", "validation": "val", "test": "test"}
+VOLUME_DIRS = ("CTRG-Chest-548K_volume", "volumes")
+
+
+@register_reader("ctrg-chest")
+def read_ctrg_chest(root: PathLike, split: str = "train", volume_dir: PathLike | None = None,
+                    annotation: PathLike | None = None, labels_csv: PathLike | None = None,
+                    check_files: bool = True) -> list[dict[str, Any]]:
+    """Records of one split of CTRG-Chest (layout of Dia-LLaMA's ``CTRG_Dataset``).
+
+    Args:
+        root: folder with ``annotation.json``, ``CTRG_finding_labels.csv`` and the volumes.
+        split: ``train`` | ``validation`` (``val`` in the JSON) | ``test``.
+        volume_dir / annotation / labels_csv: override the three locations.
+        check_files: DataError now for a row whose volume is missing.
+
+    Returns records ``{"id", "split", "image", "report" (the ``finding``), "labels"
+    (int64 [14], 1 where the code is 1), "label_codes" (int64 [14], raw 0/1/2/3),
+    "label_names" (:data:`CONDITIONS`)}``.
+    """
+    fmt = "ctrg-chest"
+    root = pathlib.Path(root)
+    s = canonical_split(split, list(_SPLIT_KEYS), fmt)
+    ann_path = pathlib.Path(annotation) if annotation is not None else root / "annotation.json"
+    lab_path = pathlib.Path(labels_csv) if labels_csv is not None else root / "CTRG_finding_labels.csv"
+    need_file(ann_path, fmt, "annotation.json: {'train'|'val'|'test': [{'id', 'finding'}]}")
+    need_file(lab_path, fmt, "CheXbert label table: id + 14 label columns")
+    vdir = (pathlib.Path(volume_dir) if volume_dir is not None
+            else first_existing([root / d for d in VOLUME_DIRS], fmt, "the volume folder"))
+    ann = read_json(ann_path, fmt)
+    key = _SPLIT_KEYS[s]
+    if not isinstance(ann, dict) or key not in ann:
+        have = list(ann) if isinstance(ann, dict) else type(ann).__name__
+        raise DataError(f"{fmt}: {ann_path} has no {key!r} list (split {s!r}); it has {have}")
+    rows = read_csv(lab_path, fmt, required=["id"])
+    codes: dict[int, np.ndarray] = {}
+    for i, row in enumerate(rows):
+        vals = list(row.values())
+        try:
+            codes[int(row["id"])] = np.asarray([int(float(v)) for v in vals[1:]], dtype=np.int64)
+        except (TypeError, ValueError):
+            raise DataError(f"{fmt}: {lab_path} row {i + 2} (id {row.get('id')!r}): expected integer codes, "
+                            f"got {vals}") from None
+    records = []
+    for i, item in enumerate(ann[key]):
+        if not isinstance(item, dict) or "id" not in item or "finding" not in item:
+            raise DataError(f"{fmt}: {ann_path} {key}[{i}]: expected {{'id', 'finding', ...}}, got {item!r:.200}")
+        try:
+            cid = int(item["id"])
+        except (TypeError, ValueError):
+            raise DataError(f"{fmt}: {ann_path} {key}[{i}]: id {item['id']!r} is not an integer") from None
+        if cid not in codes:
+            raise DataError(f"{fmt}: {ann_path} {key}[{i}] (id {cid}): no row with this id in {lab_path}")
+        c = codes[cid]
+        records.append({
+            "id": str(item["id"]),
+            "split": s,
+            "image": str(vdir / f"{item['id']}.nii.gz"),
+            "report": str(item["finding"]),
+            "labels": (c == 1).astype(np.int64),
+            "label_codes": c.copy(),
+            "label_names": list(CONDITIONS[: len(c)]) if len(c) == len(CONDITIONS) else list(rows[0])[1:],
+        })
+    if check_files:
+        check_paths(records, fmt, str(ann_path))
+    return records

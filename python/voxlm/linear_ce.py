@@ -1,0 +1,121 @@
+"""The causal-LM loss straight from the final hidden states, in chunks over tokens, never
+materialising the ``[tokens, vocab]`` logits (Liger Kernel's fused linear cross-entropy,
+``linkedin/Liger-Kernel`` ``src/liger_kernel/ops/fused_linear_cross_entropy.py``).
+
+At LLaMA-3's 128,256-token vocabulary the logits of a 4 x 2048 batch are 4 GB in float32, and
+transformers keeps several such tensors alive (logits, their float32 copy, the softmax in the
+backward). Here each chunk of ``chunk_size`` counted tokens computes its logits, the log-sum-exp,
+its share of the loss and, at once, the gradients with respect to the hidden states (and the
+head weight, when it trains): ``d loss / d logits = (softmax - onehot) / n``. The forward keeps
+only ``[tokens, hidden]`` gradients; the backward scales them by the incoming gradient.
+
+Numerics: logits are computed as ``hidden @ weight.T`` in the weight's dtype and then in float32
+(as transformers' ``LlamaForCausalLM`` upcasts logits for the loss), so in float32 the loss and
+gradients equal the unchunked loss up to summation order (tested to 1e-6 relative).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .exceptions import ConfigError, ShapeError
+
+#: logits elements per chunk when the chunk size is "auto" (128 MB of float32 logits)
+AUTO_CHUNK_ELEMENTS = 1 << 25
+
+
+def auto_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk so that one chunk's float32 logits stay near 128 MB (256 tokens at
+    LLaMA-3's 128,256 vocabulary), a multiple of 16 between 16 and 4096."""
+    return max(16, min(4096, AUTO_CHUNK_ELEMENTS // max(1, vocab_size)) // 16 * 16)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                chunk_size: int, weight_grad: bool) -> torch.Tensor:  # type: ignore[override]
+        n = target.numel()
+        need_h = ctx.needs_input_grad[0]
+        weight_grad = weight_grad and ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(hidden) if need_h else torch.empty(0)
+        acc = torch.promote_types(weight.dtype, torch.float32)  # float32, or float64 for float64
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if weight_grad else None
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        for s in range(0, n, chunk_size):
+            h = hidden[s : s + chunk_size]
+            y = target[s : s + chunk_size]
+            logits = (h @ weight.t()).to(acc)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            if not need_h and grad_w is None:
+                continue
+            # d(sum of losses)/d logits, scaled to the mean below
+            g = torch.softmax(logits, dim=-1)
+            g[torch.arange(g.shape[0], device=g.device), y] -= 1.0
+            g /= n
+            if need_h:
+                grad_h[s : s + chunk_size] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
+            if grad_w is not None:
+                grad_w += g.t() @ h.to(acc)
+        ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
+        ctx.weight_grad = weight_grad
+        ctx.weight_dtype = weight.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> Any:  # type: ignore[override]
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h.numel() else None
+        gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.weight_grad else None
+        return gh, gw, None, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    chunk_size: int | str = "auto",
+    shift: bool = True,
+) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight.T`` against ``labels`` without the full logits.
+
+    Args:
+        hidden: ``[B, T, H]`` final (normed) hidden states.
+        weight: ``[V, H]`` the LM head's weight (its gradient is computed when it requires one).
+        labels: ``[B, T]`` int64; ``ignore_index`` marks positions that do not count.
+        chunk_size: tokens per chunk (peak extra memory ~ ``chunk_size * V * 4`` bytes x 2);
+            ``"auto"``: :func:`auto_chunk_size`.
+        shift: causal-LM shift (``hidden[:, :-1]`` predicts ``labels[:, 1:]``), as
+            :func:`voxlm.losses.lm_loss`.
+
+    Returns the mean over counted tokens, a 0-d float32 tensor (float64 for float64 inputs; NaN
+    if none count, as torch).
+    """
+    if hidden.dim() != 3 or labels.dim() != 2 or hidden.shape[:2] != labels.shape:
+        raise ShapeError(
+            f"hidden/labels: expected [B, T, H] and [B, T], got {list(hidden.shape)} and {list(labels.shape)}"
+        )
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
+        raise ShapeError(f"weight: expected [V, {hidden.shape[2]}], got {list(weight.shape)}")
+    if labels.dtype != torch.int64:
+        raise ShapeError(f"labels: expected int64 token ids, got {labels.dtype}")
+    if chunk_size == "auto":
+        chunk_size = auto_chunk_size(weight.shape[0])
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ConfigError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
+    if shift:
+        hidden, labels = hidden[:, :-1], labels[:, 1:]
+    h = hidden.reshape(-1, hidden.shape[-1])
+    y = labels.reshape(-1)
+    keep = y != ignore_index
+    bad = y[keep]
+    if bad.numel() and (int(bad.min()) < 0 or int(bad.max()) >= weight.shape[0]):
+        raise ShapeError(f"labels: token ids must be in [0, {weight.shape[0]}) or {ignore_index}")
+    if not bool(keep.any()):
+        acc = torch.promote_types(weight.dtype, torch.float32)
+        return (h.sum() * 0.0 + weight.sum() * 0.0).to(acc) / 0.0  # NaN, still differentiable
+    h = h[keep]
+    return _LinearCrossEntropy.apply(h, weight, y[keep], chunk_size, weight.requires_grad)

@@ -1,0 +1,1150 @@
+"""Dia-LLaMA: CT report generation with diagnostic text prompts (``recipe: dia_llama``).
+
+Read from the released code (zhi-xuan-chen/Dia-LLaMA; facts in ``../shared/DESIGN.md``):
+
+* ``src/Model/DiaLLaMA/multimodality_model.py`` (``MultiLLaMAForCausalLM``): LLaMA-2-7B-chat with
+  PEFT LoRA ``r=8, lora_alpha=32, lora_dropout=0.1`` on PEFT's default LLaMA targets
+  (``q_proj``, ``v_proj``); loss ``output.loss + ctr_loss * 4``; ``generate`` predicts the labels
+  from the prototypes, writes the diagnostic prompt and calls ``lang_model.generate(inputs_embeds,
+  max_new_tokens=300, top_k=50)`` with the base model's generation config.
+* ``src/Model/DiaLLaMA/my_embedding_layer.py`` (``MyEmbedding``): RadFM ``vit_3d`` (512 / 512 /
+  patch 32 / frame patch 4 / 768 / 12 x 8 heads / mlp 2048 / dropout 0.1) -> perceiver
+  (``helpers.py``, 32 latents, depth 6) -> ``fc`` Linear(768, 4096); disease-aware attention
+  (``prototype`` [14, 1024] softmaxed over the 1024 tokens); prototype memory bank (``proj``,
+  ``pos_sample_memory``, ``neg_sample_memory`` [14, 1, 768], ``temp`` 0.07); the image tokens
+  ``<image0>`` .. ``<image31>`` (ids past the LLM vocabulary) take the 32 perceiver outputs and
+  ``<image>`` / ``</image>`` two learned embeddings (``figure_token_weight``).
+* ``src/Dataset/my_dataset/CTRG_dataset.py``: SimpleITK array, slices resized, nearest zoom to
+  3 x 512 x 512 x 64, global min-max to [0, 1]; labels: CSV code 1 = positive, everything else
+  negative; the prompt ``The "{disease}" is positive|negative. `` x 14 followed by the fixed
+  instruction :data:`INSTRUCTION`; the report's bullets ``•`` are removed
+  (``dataset_train.py``). ``src/train.py`` (``DataCollator``): one volume per batch is
+  interpolated (nearest) to 256 x 256 x 64 -> 8 x 8 x 16 = 1024 ViT tokens.
+* ``dataset_train.py``: text = ``<image><image0>..<image31></image>`` + prompt + instruction +
+  ``' '`` + report, EOS appended; labels -100 on the question, padding and image tokens.
+  ``dataset_test.py`` / ``test.py``: the question is the image tokens + the *predicted* prompt +
+  instruction; the report is what the model generates after it.
+* ``scripts/train.sh``: lr 5e-5, ``constant_with_warmup`` with 20 warmup steps, gradient
+  accumulation 8, batch 1, 50 epochs, weight decay 0, bf16, DeepSpeed ZeRO-2.
+* ``utils/metrics_clinical.py``: clinical efficacy from CheXbert labels of generated and reference
+  reports (code 1 = positive), ``tp / (tp + fp + 1e-6)`` ...; ``utils/metrics_nlg.py``:
+  pycocoevalcap BLEU-1..4, METEOR, ROUGE-L, CIDEr.
+
+What trains (one stage, ``"finetune"``, as the released code: nothing of ``MyEmbedding`` is frozen,
+the LLM is PEFT-wrapped): the vision encoder (``freeze_vision=True`` freezes it), the perceiver,
+the projector and the two figure-token embeddings, the disease attention, the prototype bank, the
+LoRA matrices. The base LLM (and its token embeddings) stay frozen.
+
+Where the paper and the code differ (default = released code):
+
+* loss: ``loss_weighting="released"``: ``L_LM + dp_weight * L_DP`` with ``dp_weight=4`` (the code);
+  ``"paper"``: Eq. 7, ``L = L_DP + lambda * L_LM`` (``lm_weight`` = lambda; the paper gives no
+  value in its text we could read, so the default 1.0 is voxlm's, not the paper's).
+* the released ``MyEmbedding`` also builds ``group_cls_head`` (14 x Linear(768, 2)) whose logits
+  no loss uses. voxlm builds it only for the ``use_prototypes=False`` ablation, where it *replaces*
+  the prototype bank as the label predictor (cross-entropy, same weight as ``L_DP``).
+
+Ablation switches (bench/fidelity.py): ``use_prototypes`` (False: the linear head above),
+``use_disease_attention`` (False: every disease pools the mean of the tokens), and
+``use_diagnostic_prompts`` (False: the prompt is the instruction alone; the label loss still
+trains the shared features when a predictor is on).
+
+voxlm's differences, all documented where they act: the image placeholders are ids
+``V .. V+33`` (``V`` = the LLM vocabulary size) instead of added tokenizer tokens, so any
+``tokenizer.json`` works unchanged; the prompt and the report are encoded separately and
+concatenated (the released code encodes ``question + ' ' + answer`` together and masks the first
+``len(tokenize(question))`` tokens, which differ only where a BPE merge would cross the boundary);
+volumes use voxlm's channel-first ``[C, D, H, W]`` and are permuted to RadFM's ``[C, H, W, D]``
+inside :meth:`DiaLlama.vision_tokens`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..exceptions import CheckpointError, ConfigError, DataError, ShapeError
+from ..metrics import CHEXBERT_CONDITIONS, diagnostic_prompt
+from .base import (
+    BUNDLED_TOKENIZERS,
+    PathLike,
+    Recipe,
+    build_llm,
+    build_tokenizer,
+    check_saved_recipe,
+)
+from .registry import register_recipe
+
+#: The instruction after the diagnostic prompt, verbatim from Dia-LLaMA's ``CTRG_dataset.py``
+#: (``guide``), trailing space included.
+INSTRUCTION = (
+    "Based on the above visual information and some key abnormal information related to specific "
+    "diseases, please generate a complete medical report corresponding to this CT image. Providing a "
+    "comprehensive report which contains detailed information about the anatomical structures and any "
+    "abnormalities is essential. "
+)
+
+#: Fields of ``TrainingArguments`` that the recipe's Config sets (the method's training
+#: hyper-parameters); see :meth:`DiaLlama.stages` for how they combine with the ``train`` section.
+TRAIN_FIELDS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps",
+                "num_train_epochs", "weight_decay", "per_device_train_batch_size")
+
+#: Generation fields of the Config (``generate`` / ``evaluate`` keyword overrides).
+GEN_FIELDS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "num_beams",
+              "repetition_penalty", "seed")
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class DiaLlamaConfig:
+    """Dia-LLaMA's settings, defaults from the released code (module docstring).
+
+    Sizes are voxlm-ordered ``(D, H, W)``: ``image_size`` (64, 256, 256) is Dia-LLaMA's 256 x 256 x
+    64; ``vision_patch_size`` (4, 32, 32) is RadFM's 32 x 32 x 4; ``vision_max_size`` (512, 512, 512)
+    the extent RadFM's position tables cover.
+    """
+
+    # data / preprocessing (CTRG_dataset.py, train.py DataCollator)
+    image_size: list[int] = field(default_factory=lambda: [64, 256, 256])
+    in_channels: int = 3
+    resize_mode: str = "nearest"
+    conditions: list[str] = field(default_factory=lambda: list(CHEXBERT_CONDITIONS))
+    max_length: int = 2048
+    # vision: "radfm" (RadFM vit_3d, RadFM key names) or "vit3d" (voxlm.vision.ViT3D, MONAI names)
+    vision: str = "radfm"
+    vision_patch_size: list[int] = field(default_factory=lambda: [4, 32, 32])
+    vision_max_size: list[int] = field(default_factory=lambda: [512, 512, 512])
+    vision_dim: int = 768
+    vision_depth: int = 12
+    vision_heads: int = 8
+    vision_dim_head: int = 64
+    vision_mlp_dim: int = 2048
+    vision_dropout: float = 0.1
+    vision_emb_dropout: float = 0.1
+    freeze_vision: bool = False
+    gradient_checkpointing: bool = False
+    # perceiver -> LLM width
+    num_image_tokens: int = 32
+    perceiver_depth: int = 6
+    perceiver_heads: int = 8
+    perceiver_dim_head: int = 64
+    perceiver_ff_mult: int = 4
+    # disease-aware attention + prototype memory bank
+    prototype_dim: int = 768
+    temperature_init: float = 0.07
+    use_prototypes: bool = True
+    use_disease_attention: bool = True
+    use_diagnostic_prompts: bool = True
+    # loss
+    loss_weighting: str = "released"
+    dp_weight: float = 4.0
+    lm_weight: float = 1.0
+    # prompt
+    instruction: str = INSTRUCTION
+    # LoRA (PEFT defaults for LLaMA in peft's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
+    lora_r: int = 8
+    lora_alpha: float = 32
+    lora_dropout: float = 0.1
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # training (scripts/train.sh)
+    learning_rate: float = 5e-5
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_steps: float = 20
+    gradient_accumulation_steps: int = 8
+    num_train_epochs: float = 50
+    weight_decay: float = 0.0
+    per_device_train_batch_size: int = 1
+    # generation: multimodality_model.generate (max_new_tokens 300, top_k 50) with LLaMA-2-7b-chat's
+    # generation_config.json (do_sample true, temperature 0.6, top_p 0.9)
+    max_new_tokens: int = 300
+    do_sample: bool = True
+    temperature: float = 0.6
+    top_k: int = 50
+    top_p: float = 0.9
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    seed: int | None = 0
+    eval_batch_size: int = 4
+    # dtype of every part ("float32", "bfloat16", "float16")
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "vision_patch_size", "vision_max_size"):
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or len(v) != 3 or any(int(x) <= 0 for x in v):
+                raise ConfigError(f"recipe.{name}: expected 3 positive sizes (D, H, W), got {v!r}")
+            setattr(self, name, [int(x) for x in v])
+        if isinstance(self.conditions, str):
+            self.conditions = list(named_conditions(self.conditions))
+        self.conditions = [str(c) for c in self.conditions]
+        if not self.conditions:
+            raise ConfigError("recipe.conditions: expected at least one label name")
+        if self.vision not in ("radfm", "vit3d"):
+            raise ConfigError(f"recipe.vision: expected 'radfm' or 'vit3d', got {self.vision!r}")
+        if self.loss_weighting not in ("released", "paper"):
+            raise ConfigError(f"recipe.loss_weighting: expected 'released' or 'paper', got {self.loss_weighting!r}")
+        if self.resize_mode not in ("nearest", "trilinear"):
+            raise ConfigError(f"recipe.resize_mode: expected 'nearest' or 'trilinear', got {self.resize_mode!r}")
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"recipe.dtype: expected one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.num_image_tokens <= 0:
+            raise ConfigError(f"recipe.num_image_tokens: expected > 0, got {self.num_image_tokens}")
+        if self.max_length <= self.num_image_tokens + 3:
+            raise ConfigError(f"recipe.max_length {self.max_length} leaves no room after the image tokens")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], section: str = "recipe") -> DiaLlamaConfig:
+        return _config_from_dict(cls, d, section)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _config_from_dict(cls: type, d: Mapping[str, Any], section: str) -> Any:
+    d = {k: v for k, v in dict(d).items() if k != "name"}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{section}: unknown field(s) {unknown} for {cls.__name__}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**d)
+    except TypeError as e:  # pragma: no cover - dataclass argument errors
+        raise ConfigError(f"{section}: {e}") from e
+
+
+def named_conditions(name: str) -> tuple[str, ...]:
+    """Label sets by name: ``"chexbert"`` (CTRG-Chest, Dia-LLaMA's 14) or ``"ct-rate"`` (18)."""
+    if name == "chexbert":
+        return CHEXBERT_CONDITIONS
+    if name == "ct-rate":
+        from ..datasets import ct_rate
+
+        names = getattr(ct_rate, "ABNORMALITIES", None) or getattr(ct_rate, "LABELS", None)
+        if names is None:  # pragma: no cover - depends on the reader module
+            raise ConfigError("recipe.conditions: the ct-rate reader does not name its labels")
+        return tuple(names)
+    raise ConfigError(f"recipe.conditions: expected a list of label names, 'chexbert' or 'ct-rate', got {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocessing
+
+
+class DiaLlamaTransform:
+    """Dia-LLaMA's volume preprocessing: ``[C, D, H, W]`` float32 in [0, 1] with ``channels``
+    channels and spatial size ``size`` (D, H, W).
+
+    A :class:`voxlm.Volume` (``[x, y, z]``) is first laid out as SimpleITK's array ``[z, y, x]``
+    (what ``CTRG_dataset.py`` reads), so ``D`` is the slice axis; an array/tensor is taken as
+    ``[C, D, H, W]`` (or ``[D, H, W]``). Then: resize (``mode``: the released pipeline's last step
+    is a nearest ``F.interpolate``), global min-max to [0, 1] (a constant volume becomes 0), the
+    channel repeated ``channels`` times (the released code stacks the grey volume 3 times)."""
+
+    def __init__(self, size: Sequence[int], channels: int = 3, mode: str = "nearest") -> None:
+        self.size, self.channels, self.mode = [int(s) for s in size], int(channels), mode
+
+    def __call__(self, x: Any) -> torch.Tensor:
+        from ..volume import Volume
+
+        if isinstance(x, Volume):
+            a = torch.from_numpy(np.ascontiguousarray(np.asarray(x.data, dtype=np.float32).transpose(2, 1, 0)))
+            if a.dim() == 3:
+                a = a[None]
+        else:
+            a = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(torch.float32)
+            if a.dim() == 3:
+                a = a[None]
+        if a.dim() != 4:
+            raise ShapeError(f"Dia-LLaMA preprocessing: expected a volume [C, D, H, W] or [D, H, W], got {tuple(a.shape)}")
+        if list(a.shape[1:]) != self.size:
+            kw = {} if self.mode == "nearest" else {"align_corners": False}
+            a = F.interpolate(a[None], size=self.size, mode=self.mode, **kw)[0]
+        lo, hi = a.min(), a.max()
+        a = (a - lo) / (hi - lo) if hi > lo else torch.zeros_like(a)
+        if a.shape[0] == 1 and self.channels != 1:
+            a = a.expand(self.channels, -1, -1, -1)
+        elif a.shape[0] != self.channels:
+            raise ShapeError(f"Dia-LLaMA preprocessing: {a.shape[0]} channels, the encoder takes {self.channels}")
+        return a.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# text
+
+
+class DiaLlamaPrompter:
+    """Token sequences as Dia-LLaMA builds them (``dataset_train.py`` / ``dataset_test.py``):
+
+    ``[BOS] <image> <image0> .. <image{n-1}> </image> enc(prompt + instruction)`` then, for
+    training, ``enc(' ' + report) [EOS]``. The placeholder ids are ``vocab .. vocab + n + 1``
+    (``vocab`` = the LLM's vocabulary size): ``vocab`` = ``<image>``, ``vocab + 1`` = ``</image>``,
+    ``vocab + 2 + k`` = image token ``k``, as the released one-hot embedding orders them."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, num_image_tokens: int, conditions: Sequence[str],
+                 instruction: str, use_diagnostic_prompts: bool = True, max_length: int = 2048) -> None:
+        self.tokenizer, self.vocab_size, self.n = tokenizer, int(vocab_size), int(num_image_tokens)
+        self.conditions, self.instruction = list(conditions), instruction
+        self.use_diagnostic_prompts, self.max_length = use_diagnostic_prompts, int(max_length)
+        self.bos = tokenizer.bos_token_id
+        self.eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id
+        self.pad = pad if pad is not None else (self.eos if self.eos is not None else 0)
+        if self.eos is None:
+            raise ConfigError("model.tokenizer: Dia-LLaMA appends EOS to every report; the tokenizer has no eos_token")
+
+    @property
+    def image_ids(self) -> list[int]:
+        v = self.vocab_size
+        return [v] + [v + 2 + k for k in range(self.n)] + [v + 1]
+
+    def question(self, labels: Sequence[int] | None) -> str:
+        """``The "{disease}" is positive|negative. `` per label, then the instruction."""
+        if not self.use_diagnostic_prompts:
+            return self.instruction
+        if labels is None:
+            raise ConfigError("Dia-LLaMA: diagnostic prompts need labels (ground truth or predicted)")
+        return diagnostic_prompt([int(v) for v in labels], self.conditions) + self.instruction
+
+    def prompt_ids(self, question: str) -> list[int]:
+        head = ([self.bos] if self.bos is not None else []) + self.image_ids
+        ids = head + self.tokenizer.encode(question, add_special_tokens=False)
+        if len(ids) >= self.max_length:
+            raise ConfigError(f"Dia-LLaMA: the prompt is {len(ids)} tokens, max_length is {self.max_length}")
+        return ids
+
+    def train_ids(self, question: str, report: str) -> tuple[list[int], int]:
+        """``(ids, n_prompt)``: the full sequence and how many leading tokens are prompt."""
+        p = self.prompt_ids(question)
+        answer = self.tokenizer.encode(" " + report.replace("•", ""), add_special_tokens=False)
+        answer = answer[: self.max_length - len(p) - 1] + [self.eos]
+        return p + answer, len(p)
+
+
+def _labels_of(item: Mapping[str, Any], n: int, where: str) -> torch.Tensor:
+    lab = item.get("labels")
+    if lab is None:
+        raise DataError(f"{where}: record {item.get('id', '?')!r} has no 'labels' (Dia-LLaMA trains the "
+                        "diagnostic prompts and prototypes on them)")
+    t = torch.as_tensor(np.asarray(lab)).long().reshape(-1)
+    if t.numel() != n:
+        raise ShapeError(f"{where}: record {item.get('id', '?')!r} has {t.numel()} labels, the recipe has {n} conditions")
+    return (t == 1).long()
+
+
+class DiaLlamaCollator:
+    """Training batches: ``images`` [B, C, D, H, W], ``input_ids`` / ``attention_mask`` / ``labels``
+    [B, T] (right padding, -100 on prompt, image tokens and padding), ``cls_labels`` [B, L] (0/1,
+    the ground truth in the prompts), ``ids``."""
+
+    def __init__(self, prompter: DiaLlamaPrompter, image_size: Sequence[int], channels: int) -> None:
+        self.prompter, self.image_size, self.channels = prompter, list(image_size), int(channels)
+
+    def images(self, items: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        want = [self.channels, *self.image_size]
+        for it in items:
+            img = it.get("image")
+            if not isinstance(img, torch.Tensor):
+                raise DataError(f"Dia-LLaMA collator: record {it.get('id', '?')!r}: 'image' is not a loaded tensor "
+                                "(use the recipe's datasets() / ReportDataset)")
+            if list(img.shape) != want:
+                raise ShapeError(f"Dia-LLaMA collator: record {it.get('id', '?')!r} image {tuple(img.shape)}, "
+                                 f"expected {tuple(want)} (recipe.image_size with {self.channels} channels)")
+        return torch.stack([it["image"].to(torch.float32) for it in items])
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        p = self.prompter
+        n_lab = len(p.conditions)
+        cls = torch.stack([_labels_of(it, n_lab, "Dia-LLaMA collator") for it in items])
+        seqs = []
+        for it, lab in zip(items, cls):
+            if "report" not in it:
+                raise DataError(f"Dia-LLaMA collator: record {it.get('id', '?')!r} has no 'report'")
+            ids, n_prompt = p.train_ids(p.question(lab.tolist()), str(it["report"]))
+            seqs.append((ids, n_prompt))
+        t = max(len(s) for s, _ in seqs)
+        b = len(items)
+        input_ids = torch.full((b, t), p.pad, dtype=torch.long)
+        mask = torch.zeros((b, t), dtype=torch.long)
+        labels = torch.full((b, t), -100, dtype=torch.long)
+        for i, (ids, n_prompt) in enumerate(seqs):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            mask[i, : len(ids)] = 1
+            labels[i, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
+        return {"images": self.images(items), "input_ids": input_ids, "attention_mask": mask, "labels": labels,
+                "cls_labels": cls, "ids": [str(it.get("id", i)) for i, it in enumerate(items)]}
+
+
+# ---------------------------------------------------------------------------------------------
+# keyword labeler (synthetic benchmark; CheXbert-style output codes)
+
+_NEGATION = re.compile(r"\b(no|not|without|cannot|excluded|nor|absent)\b")
+_CLAUSE = re.compile(r"[.;,:\n]")
+
+
+def keyword_labeler(reports: Sequence[str], conditions: Sequence[str] = CHEXBERT_CONDITIONS,
+                    keywords: Mapping[str, str | re.Pattern[str]] | None = None) -> np.ndarray:
+    """A rule-based CheXbert stand-in for voxlm's synthetic benchmark: ``reports -> [N, L]``
+    int64 CheXbert-style codes (0 blank, 1 positive, 2 negative; only 1 counts as positive in
+    clinical efficacy).
+
+    The rules and the keyword patterns are those of the synthetic report templates
+    (:mod:`voxlm.synth.reports`: ``KEYWORDS``, clauses split at ``. ; , :``, negation cues ``no,
+    not, without, cannot, excluded, nor, absent``): a clause naming a condition is a negative
+    mention when it holds a negation cue, else a positive one; positive wins across clauses;
+    ``"no finding"`` is positive exactly when no other condition is. So ``codes == 1`` equals
+    :func:`voxlm.synth.label_reports` on any text. It is a keyword matcher, not CheXbert: exact on
+    the synthetic templates' vocabulary, approximate on real reports; ``keywords`` (condition ->
+    regex) replaces or adds patterns, and a condition without one matches its own name."""
+    from ..synth.reports import KEYWORDS as SYNTH_KEYWORDS
+
+    table: dict[str, re.Pattern[str]] = dict(SYNTH_KEYWORDS)
+    for k, v in dict(keywords or {}).items():
+        table[k] = v if isinstance(v, re.Pattern) else re.compile(v)
+    pats = [table.get(c) or re.compile(r"\b" + re.escape(c.lower()) + r"\b") for c in conditions]
+    names = list(conditions)
+    nf = names.index("no finding") if "no finding" in names else None
+    out = np.zeros((len(reports), len(names)), dtype=np.int64)
+    for i, text in enumerate(reports):
+        for clause in _CLAUSE.split(str(text).lower()):
+            neg = _NEGATION.search(clause) is not None
+            for j, pat in enumerate(pats):
+                if j == nf or not pat.search(clause):
+                    continue
+                if not neg:
+                    out[i, j] = 1
+                elif out[i, j] == 0:
+                    out[i, j] = 2
+        if nf is not None:
+            others = [k for k in range(len(names)) if k != nf]
+            out[i, nf] = 0 if (out[i, others] == 1).any() else 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+@dataclass
+class DiaLlamaOutput:
+    """``loss`` (the weighted sum), ``lm_loss``, ``dp_loss`` (prototype InfoNCE or the ablation's
+    cross-entropy; None without a label predictor), ``logits`` [B, T, V]."""
+
+    loss: torch.Tensor | None
+    lm_loss: torch.Tensor | None = None
+    dp_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class Generation:
+    """What :meth:`DiaLlama.generate` returns with ``return_dict=True``."""
+
+    reports: list[str]
+    labels: np.ndarray  # [B, L] labels written into the prompts (predicted or given)
+    prompts: list[str]
+    tokens: torch.Tensor
+
+
+class DiaLlama(Recipe):
+    """Dia-LLaMA (see the module docstring). Parts, in forward order: ``vision`` (RadFM ``vit_3d``
+    or ViT3D) -> ``perceiver`` (32 latents) -> ``projector`` (Linear to the LLM width) -> image
+    tokens in the prompt of ``llm`` (LLaMA + LoRA); ``vision`` tokens -> ``disease`` (disease-aware
+    attention) -> ``prototypes`` (memory bank; or ``classifier`` in the ablation) -> labels ->
+    diagnostic prompt."""
+
+    Config = DiaLlamaConfig
+
+    def __init__(self, config: DiaLlamaConfig, llm: nn.Module, tokenizer: Any,
+                 model_spec: Mapping[str, Any] | None = None, add_adapter: bool = True) -> None:
+        super().__init__()
+        from ..adapters import LoraConfig, add_lora
+        from ..losses import PrototypeBank
+        from ..vision import DiseaseAwareAttention, PerceiverResampler
+
+        c = self.config = config
+        self.model_spec = dict(model_spec or {})
+        self.tokenizer = tokenizer
+        vocab = int(llm.config.vocab_size)
+        if tokenizer.vocab_size > vocab:
+            raise ConfigError(f"model.tokenizer has {tokenizer.vocab_size} tokens, the LLM's vocabulary {vocab}")
+        self.vision = self._build_vision(c)
+        d, h, w = c.image_size
+        self.num_vision_tokens = self._vision_num_tokens(d, h, w)
+        hidden = int(llm.config.hidden_size)
+        self.perceiver = PerceiverResampler(dim=c.vision_dim, depth=c.perceiver_depth, dim_head=c.perceiver_dim_head,
+                                            heads=c.perceiver_heads, num_latents=c.num_image_tokens,
+                                            ff_mult=c.perceiver_ff_mult)
+        self.projector = nn.Linear(c.vision_dim, hidden)
+        self.figure_token_weight = nn.Parameter(torch.randn(2, hidden))
+        L = len(c.conditions)
+        self.disease = DiseaseAwareAttention(L, self.num_vision_tokens)
+        self.prototypes: nn.Module | None = None
+        self.classifier: nn.ModuleList | None = None
+        if c.use_prototypes:
+            self.prototypes = PrototypeBank(L, c.vision_dim, proj_dim=c.prototype_dim,
+                                            temperature_init=c.temperature_init)
+        elif c.use_diagnostic_prompts:  # ablation: the released group_cls_head as the predictor
+            self.classifier = nn.ModuleList([nn.Linear(c.vision_dim, 2) for _ in range(L)])
+        self.llm = llm
+        if c.gradient_checkpointing:
+            self.vision.gradient_checkpointing_enable()
+            llm.gradient_checkpointing_enable()
+        self.lora_config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                                      target_modules=list(c.lora_target_modules),
+                                      base_model_name_or_path=self._llm_path())
+        if add_adapter:
+            add_lora(self.llm, self.lora_config)
+        self.prompter = DiaLlamaPrompter(tokenizer, vocab, c.num_image_tokens, c.conditions, c.instruction,
+                                         c.use_diagnostic_prompts, c.max_length)
+        dtype = _DTYPES[c.dtype]
+        for m in (self.vision, self.perceiver, self.projector, self.disease, self.prototypes, self.classifier):
+            if m is not None:
+                m.to(dtype)
+        self.figure_token_weight.data = self.figure_token_weight.data.to(dtype)
+        self._rebind_parts()
+        self.set_trainable()
+
+    # -- building ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _build_vision(c: DiaLlamaConfig) -> nn.Module:
+        pd_, ph, pw = c.vision_patch_size
+        if c.vision == "radfm":
+            from ..vision_radfm import RadFMViT3D
+
+            md, mh, mw = c.vision_max_size
+            return RadFMViT3D(image_size=(mh, mw), image_patch_size=(ph, pw), frames=md, frame_patch_size=pd_,
+                              dim=c.vision_dim, depth=c.vision_depth, heads=c.vision_heads, mlp_dim=c.vision_mlp_dim,
+                              channels=c.in_channels, dim_head=c.vision_dim_head, dropout=c.vision_dropout,
+                              emb_dropout=c.vision_emb_dropout)
+        from ..vision import ViT3D
+
+        if c.vision_dim_head * c.vision_heads != c.vision_dim:
+            raise ConfigError(f"recipe: vision 'vit3d' needs vision_heads x vision_dim_head == vision_dim, got "
+                              f"{c.vision_heads} x {c.vision_dim_head} != {c.vision_dim}")
+        d, h, w = c.image_size
+        if d % pd_ or h % ph or w % pw:
+            raise ShapeError(f"recipe.image_size {c.image_size} is not divisible by vision_patch_size {c.vision_patch_size}")
+        return ViT3D(in_channels=c.in_channels, img_size=c.image_size, patch_size=c.vision_patch_size,
+                     hidden_size=c.vision_dim, mlp_dim=c.vision_mlp_dim, num_layers=c.vision_depth,
+                     num_heads=c.vision_heads, proj_type="conv", classification=False)
+
+    def _vision_num_tokens(self, d: int, h: int, w: int) -> int:
+        if self.config.vision == "radfm":
+            return int(self.vision.num_tokens(h, w, d))  # type: ignore[operator]
+        return int(self.vision.n_patches)  # type: ignore[union-attr]
+
+    def _llm_path(self) -> str | None:
+        spec = self.model_spec.get("llm")
+        return os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else None
+
+    def _rebind_parts(self) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "rebind") and callable(m.rebind):
+                m.rebind()
+
+    @classmethod
+    def from_config(cls, recipe: Mapping[str, Any], model: Mapping[str, Any]) -> DiaLlama:
+        """``recipe``: ``name`` + :class:`DiaLlamaConfig` fields; ``model``: ``llm`` (HF folder or
+        LlamaConfig dict), ``tokenizer`` (path or ``bundled:ctrg-bpe``), optional ``vision``
+        (pretrained weights, see :meth:`load_vision_weights`)."""
+        config = cls.Config.from_dict(recipe)
+        model = dict(model or {})
+        unknown = sorted(set(model) - {"llm", "tokenizer", "vision"})
+        if unknown:
+            raise ConfigError(f"model: unknown field(s) {unknown}; known: llm, tokenizer, vision")
+        if "llm" not in model:
+            raise ConfigError("model.llm: required (a HF LLaMA folder or a dict of LlamaConfig fields)")
+        tok = build_tokenizer(model.get("tokenizer", "bundled:ctrg-bpe"))
+        llm = build_llm(model["llm"], dtype=_DTYPES[config.dtype], vocab_size=tok.vocab_size)
+        spec = {"llm": model["llm"], "tokenizer": model.get("tokenizer", "bundled:ctrg-bpe")}
+        self = cls(config, llm, tok, spec)
+        if model.get("vision"):
+            self.load_vision_weights(model["vision"])
+            self.model_spec["vision"] = os.fspath(model["vision"])
+        return self
+
+    def load_vision_weights(self, path: PathLike) -> list[str]:
+        """Load pretrained parts from a RadFM / Dia-LLaMA checkpoint (``pytorch_model.bin`` or
+        safetensors, a file or a folder holding one): ``embedding_layer.vision_encoder.*`` (or bare
+        ``vit_3d`` keys) into ``vision``, and when present ``embedding_layer.perceiver.*`` into
+        ``perceiver`` and ``embedding_layer.fc.*`` into ``projector`` (only if its shape fits the
+        LLM width: RadFM's fc maps to 5120). A ``vit3d`` encoder takes MONAI ViT keys (optionally
+        under ``vision_encoder.``). Returns the part names loaded."""
+        sd = _read_state_dict(path)
+        loaded = []
+        if self.config.vision == "radfm":
+            from ..vision_radfm import RADFM_PREFIX
+
+            pre = RADFM_PREFIX if any(k.startswith(RADFM_PREFIX) for k in sd) else ""
+            sub = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)} if pre else dict(sd)
+            if pre == "" and "to_patch_embedding.2.weight" not in sub:
+                raise CheckpointError(f"{path}: no RadFM vit_3d keys (to_patch_embedding.*, embedding_layer.vision_encoder.*)")
+        else:
+            pre = "vision_encoder." if any(k.startswith("vision_encoder.") for k in sd) else ""
+            sub = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre) and "classification_head" not in k}
+        _load_part(self.vision, {k: v for k, v in sub.items() if k in self.vision.state_dict()}, f"{path} (vision)")
+        loaded.append("vision")
+        per = {k[len("embedding_layer.perceiver."):]: v for k, v in sd.items() if k.startswith("embedding_layer.perceiver.")}
+        if per:
+            _load_part(self.perceiver, per, f"{path} (perceiver)")
+            loaded.append("perceiver")
+        fc = {k[len("embedding_layer.fc."):]: v for k, v in sd.items() if k.startswith("embedding_layer.fc.")}
+        if fc and tuple(fc["weight"].shape) == tuple(self.projector.weight.shape):
+            _load_part(self.projector, fc, f"{path} (fc)")
+            loaded.append("projector")
+        self._rebind_parts()
+        return loaded
+
+    # -- training ---------------------------------------------------------------------------
+
+    def set_trainable(self) -> None:
+        """What the released code trains: everything but the base LLM (LoRA only) — and the
+        vision encoder when ``freeze_vision``."""
+        for n, p in self.named_parameters():
+            if n.startswith("llm."):
+                p.requires_grad_(".lora_A." in n or ".lora_B." in n)
+            elif n.startswith("vision."):
+                p.requires_grad_(not self.config.freeze_vision)
+            else:
+                p.requires_grad_(True)
+
+    def stages(self, args: Any) -> list[Any]:
+        """One stage, ``"finetune"`` (Dia-LLaMA trains everything at once). Its arguments are
+        ``args`` (the config's ``train`` section) with the method's hyper-parameters
+        (:data:`TRAIN_FIELDS`: lr 5e-5, constant_with_warmup, 20 warmup steps, accumulation 8,
+        batch 1, 50 epochs) from the recipe config wherever ``args`` leaves a field at
+        ``TrainingArguments``' default — an explicit value in ``train`` wins."""
+        from ..train import Stage, TrainingArguments
+
+        base = TrainingArguments()
+        changes = {}
+        for f in TRAIN_FIELDS:
+            if getattr(args, f) == getattr(base, f):
+                changes[f] = getattr(self.config, f)
+        stage_args = args.replace(**changes) if changes else args
+
+        def set_trainable(model: nn.Module) -> None:
+            assert isinstance(model, DiaLlama)
+            model.set_trainable()
+
+        return [Stage("finetune", stage_args, set_trainable)]
+
+    def transform(self) -> DiaLlamaTransform:
+        c = self.config
+        return DiaLlamaTransform(c.image_size, c.in_channels, c.resize_mode)
+
+    def datasets(self, data: Mapping[str, Any]) -> tuple[Any, Any]:
+        """``(train, eval)`` from ``data``: ``format``, ``root``, optional ``synth`` (generate the
+        miniature dataset first when ``root`` does not exist), ``train_split`` ("train"),
+        ``eval_split`` ("validation"; null for none), ``options`` (reader keyword arguments)."""
+        d = _check_data_section(data)
+        train = self.dataset(d, d.get("train_split", "train"))
+        ev = d.get("eval_split", "validation")
+        return train, (self.dataset(d, ev) if ev else None)
+
+    def dataset(self, data: Mapping[str, Any], split: str) -> Any:
+        """One split as a ``ReportDataset`` with the recipe's preprocessing; checks that the
+        records carry the recipe's labels (DataError / ConfigError otherwise)."""
+        from ..datasets import ReportDataset, read_records
+
+        d = _check_data_section(data)
+        _ensure_synth(d)
+        records = read_records(d["format"], d["root"], split=split, **dict(d.get("options") or {}))
+        if not records:
+            raise DataError(f"data: split {split!r} of {d['root']} has no records")
+        names = records[0].get("label_names")
+        if names is not None and [str(n) for n in names] != self.config.conditions:
+            raise ConfigError(f"recipe.conditions {self.config.conditions} differ from the dataset's labels {list(names)}; "
+                              "set recipe.conditions to the dataset's label names")
+        for r in records:
+            if r.get("labels") is None:
+                raise DataError(f"data: record {r.get('id')!r} of {d['root']} has no labels; Dia-LLaMA needs them")
+        return ReportDataset(records, transform=self.transform())
+
+    def collator(self) -> DiaLlamaCollator:
+        return DiaLlamaCollator(self.prompter, self.config.image_size, self.config.in_channels)
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, D, H, W] -> [B, N, vision_dim]`` (RadFM's encoder sees ``[B, C, H, W, D]``)."""
+        c = self.config
+        want = [c.in_channels, *c.image_size]
+        if images.dim() != 5 or list(images.shape[1:]) != want:
+            raise ShapeError(f"Dia-LLaMA: images {tuple(images.shape)}, expected [B, {', '.join(map(str, want))}] "
+                             "(recipe.in_channels, recipe.image_size)")
+        images = images.to(self.projector.weight.dtype)
+        if c.vision == "radfm":
+            tokens, _ = self.vision(images.permute(0, 1, 3, 4, 2))
+        else:
+            tokens, _ = self.vision(images)
+        return tokens
+
+    def disease_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, N, D] -> [B, L, D]``: disease-aware attention, or the token mean (ablation)."""
+        if self.config.use_disease_attention:
+            return self.disease(tokens)
+        return tokens.mean(1, keepdim=True).expand(-1, len(self.config.conditions), -1)
+
+    def label_loss(self, feats: torch.Tensor, cls_labels: torch.Tensor) -> torch.Tensor | None:
+        if self.prototypes is not None:
+            return self.prototypes.loss(feats, cls_labels)
+        if self.classifier is not None:
+            logits = self._classifier_logits(feats)
+            return F.cross_entropy(logits.reshape(-1, 2), cls_labels.reshape(-1))
+        return None
+
+    def _classifier_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        assert self.classifier is not None
+        return torch.stack([head(feats[:, i]) for i, head in enumerate(self.classifier)], 1)  # [B, L, 2]
+
+    @torch.no_grad()
+    def predict_labels(self, feats: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` 0/1: the nearer prototype (``multimodality_model.generate``), or the head."""
+        if self.prototypes is not None:
+            return self.prototypes.predict(feats)
+        if self.classifier is not None:
+            return self._classifier_logits(feats).argmax(-1)
+        raise ConfigError("Dia-LLaMA: no label predictor (use_prototypes=False and use_diagnostic_prompts=False)")
+
+    @property
+    def has_label_predictor(self) -> bool:
+        return self.prototypes is not None or self.classifier is not None
+
+    def image_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, N, vision_dim] -> [B, num_image_tokens, hidden]`` (perceiver, then ``fc``)."""
+        return self.projector(self.perceiver(tokens))
+
+    def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Text embeddings with ``<image>`` / ``</image>`` and the image tokens put in (the
+        released one-hot matmul over ``[vocab ; figure tokens ; image tokens]``)."""
+        from ..llm import splice_image_tokens
+
+        v = self.prompter.vocab_size
+        emb_layer = self.llm.get_input_embeddings()
+        text = emb_layer(input_ids.masked_fill(input_ids >= v, 0))
+        fig = self.figure_token_weight.to(text.dtype)
+        text = torch.where((input_ids == v)[..., None], fig[0], text)
+        text = torch.where((input_ids == v + 1)[..., None], fig[1], text)
+        img_mask = input_ids >= v + 2
+        per_row = img_mask.sum(1)
+        if bool((per_row != image_embeds.shape[1]).any()):
+            raise ShapeError(f"Dia-LLaMA: every sequence needs {image_embeds.shape[1]} image tokens, got {per_row.tolist()}")
+        return splice_image_tokens(text, image_embeds, img_mask)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, cls_labels: torch.Tensor | None = None,
+                **kwargs: Any) -> DiaLlamaOutput:
+        """``L_LM + dp_weight * L_DP`` (released) or ``L_DP + lm_weight * L_LM`` (paper Eq. 7)."""
+        c = self.config
+        tokens = self.vision_tokens(images)
+        out = self.llm(inputs_embeds=self.embed(input_ids, self.image_embeddings(tokens)),
+                       attention_mask=attention_mask, labels=labels)
+        lm = out.loss
+        dp = None
+        if cls_labels is not None:
+            dp = self.label_loss(self.disease_features(tokens), cls_labels.long())
+        elif labels is not None and self.has_label_predictor:
+            raise DataError("Dia-LLaMA: training batches need cls_labels (the ground-truth labels)")
+        if lm is None:
+            loss = dp
+        elif dp is None:
+            loss = lm
+        elif c.loss_weighting == "released":
+            loss = lm + c.dp_weight * dp
+        else:
+            loss = dp + c.lm_weight * lm
+        return DiaLlamaOutput(loss=loss, lm_loss=lm, dp_loss=dp, logits=out.logits)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def generation_settings(self, **overrides: Any) -> dict[str, Any]:
+        unknown = sorted(set(overrides) - set(GEN_FIELDS))
+        if unknown:
+            raise ConfigError(f"generate: unknown setting(s) {unknown}; known: {', '.join(GEN_FIELDS)}")
+        return {f: overrides.get(f, getattr(self.config, f)) for f in GEN_FIELDS}
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, labels: torch.Tensor | np.ndarray | None = None,
+                 return_dict: bool = False, **overrides: Any) -> list[str] | Generation:
+        """Reports for ``images`` [B, C, D, H, W]: predict the labels from the prototypes, write
+        the diagnostic prompt, generate (``multimodality_model.generate``). ``labels`` [B, L]
+        puts given labels into the prompts instead (e.g. the ground truth: an oracle upper bound).
+        ``overrides``: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``,
+        ``num_beams``, ``repetition_penalty``, ``seed``."""
+        g = self.generation_settings(**overrides)
+        was = self.training
+        self.eval()
+        try:
+            dev = self.projector.weight.device
+            tokens = self.vision_tokens(images.to(dev))
+            c = self.config
+            if labels is not None:
+                lab = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).long()
+                if tuple(lab.shape) != (images.shape[0], len(c.conditions)):
+                    raise ShapeError(f"labels: expected [{images.shape[0]}, {len(c.conditions)}], got {tuple(lab.shape)}")
+                lab = (lab == 1).long()
+            elif self.has_label_predictor:
+                lab = self.predict_labels(self.disease_features(tokens)).cpu()
+            else:
+                lab = torch.zeros(images.shape[0], len(c.conditions), dtype=torch.long)
+            questions = [self.prompter.question(row.tolist()) for row in lab]
+            seqs = [self.prompter.prompt_ids(q) for q in questions]
+            t = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), t), self.prompter.pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), t), dtype=torch.long)
+            for i, s in enumerate(seqs):  # left padding
+                ids[i, t - len(s):] = torch.tensor(s)
+                mask[i, t - len(s):] = 1
+            ids, mask = ids.to(dev), mask.to(dev)
+            emb = self.embed(ids, self.image_embeddings(tokens))
+            new = self.llm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=int(g["max_new_tokens"]),
+                                    do_sample=bool(g["do_sample"]), temperature=float(g["temperature"]),
+                                    top_k=int(g["top_k"]), top_p=float(g["top_p"]), num_beams=int(g["num_beams"]),
+                                    repetition_penalty=float(g["repetition_penalty"]),
+                                    eos_token_id=self.prompter.eos, pad_token_id=self.prompter.pad, seed=g["seed"])
+            reports = [_decode(self.tokenizer, row, self.prompter.eos) for row in new.cpu()]
+        finally:
+            self.train(was)
+        if return_dict:
+            return Generation(reports=reports, labels=lab.numpy(), prompts=questions, tokens=new.cpu())
+        return reports
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def evaluate(self, dataset: Any, output_dir: PathLike | None = None, labeler: Callable[[list[str]], Any] | None = None,
+                 batch_size: int | None = None, meteor: bool | None = None, **generate_kwargs: Any) -> dict[str, Any]:
+        """Generate for every item of ``dataset`` (ReportDataset items: ``image``, ``report``,
+        ``labels``, ``id``) and score as the paper: BLEU-1..4, METEOR, ROUGE-L, CIDEr
+        (:func:`voxlm.metrics.report_scores`); clinical efficacy (Dia-LLaMA's
+        ``metrics_clinical.py`` convention) of the ``labeler``'s labels of generated vs reference
+        reports (default :func:`keyword_labeler`; pass a CheXbert wrapper for real CTRG-Chest),
+        and of the predicted prompt labels vs the dataset's labels. With ``output_dir``: writes
+        ``eval.json`` and ``predictions.csv``."""
+        return evaluate_reports(self, dataset, output_dir, labeler=labeler, batch_size=batch_size, meteor=meteor,
+                                **generate_kwargs)
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def _parts(self) -> dict[str, nn.Module | None]:
+        return {"vision": self.vision, "perceiver": self.perceiver, "projector": _ProjectorView(self),
+                "disease": self.disease, "prototype": self.prototypes or self.classifier}
+
+    def save_pretrained(self, path: PathLike) -> None:
+        """``config.json`` (``"recipe": "dia_llama"``, the Config, the model specs),
+        ``{vision,perceiver,projector,disease,prototype}.safetensors``, the LoRA adapter as a
+        PEFT folder ``adapter/`` (``base_model_name_or_path`` = the base LLM's path), the tokenizer
+        under ``tokenizer/``; a randomly initialised base LLM (``model.llm`` given as a dict) is
+        saved under ``llm/`` since no path holds it."""
+        save_recipe(self, path, self._parts())
+
+    @classmethod
+    def from_pretrained(cls, path: PathLike) -> DiaLlama:
+        return load_recipe(cls, path)
+
+
+class _ProjectorView(nn.Module):
+    """Saves ``projector`` (fc) and ``figure_token_weight`` together (``projector.safetensors``)."""
+
+    def __init__(self, owner: DiaLlama) -> None:
+        super().__init__()
+        self.fc = owner.projector
+        self.figure_token_weight = owner.figure_token_weight
+
+
+# ---------------------------------------------------------------------------------------------
+# shared by the report recipes (dia_llama, rad3d_prefix)
+
+
+def _decode(tokenizer: Any, row: torch.Tensor, eos: int | None) -> str:
+    ids = row.tolist()
+    if eos is not None and eos in ids:
+        ids = ids[: ids.index(eos)]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def _read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    from .. import _core
+
+    p = pathlib.Path(path)
+    if p.is_dir():
+        cands = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin")) or sorted(p.glob("*.pth")) or sorted(p.glob("*.pt"))
+        if not cands:
+            raise CheckpointError(f"{p}: no .safetensors / .bin / .pth weights in the folder")
+        sd: dict[str, torch.Tensor] = {}
+        for f in cands:
+            sd.update(_read_state_dict(f))
+        return sd
+    if not p.is_file():
+        raise CheckpointError(f"{p}: weights file does not exist")
+    if p.suffix == ".safetensors":
+        return dict(_core.load_safetensors(os.fspath(p), None, "cpu"))
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle / zip errors of many kinds
+        raise CheckpointError(f"{p}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{p}: expected a state dict, got {type(obj).__name__}")
+    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _load_part(module: nn.Module, sd: Mapping[str, torch.Tensor], where: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: weights do not fit: missing {missing[:3]}{' ...' if len(missing) > 3 else ''}, "
+                              f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+_DATA_KEYS = {"format", "root", "synth", "train_split", "eval_split", "test_split", "options"}
+
+
+def _check_data_section(data: Mapping[str, Any]) -> dict[str, Any]:
+    d = dict(data or {})
+    unknown = sorted(set(d) - _DATA_KEYS)
+    if unknown:
+        raise ConfigError(f"data: unknown field(s) {unknown}; known: {', '.join(sorted(_DATA_KEYS))}")
+    for k in ("format", "root"):
+        if k not in d:
+            raise ConfigError(f"data.{k}: required")
+    return d
+
+
+def _ensure_synth(d: Mapping[str, Any]) -> None:
+    if d.get("synth") and not pathlib.Path(d["root"]).exists():
+        from .. import synth
+
+        synth.ensure(d["root"], **dict(d["synth"]))
+
+
+def _items(dataset: Any) -> Any:
+    for i in range(len(dataset)):
+        yield dataset[i]
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def clinical_scores(y_true: Any, y_pred: Any, conditions: Sequence[str]) -> dict[str, Any]:
+    """:func:`voxlm.metrics.multilabel_scores` (Dia-LLaMA convention, positive = 1) with the
+    per-label arrays keyed by condition name."""
+    from ..metrics import multilabel_scores
+
+    s = multilabel_scores(np.asarray(y_true), np.asarray(y_pred), pos_label=1, convention="dia_llama")
+    out: dict[str, Any] = {k: float(v) for k, v in s.items() if np.ndim(v) == 0}
+    out["per_label"] = {c: {m: float(np.asarray(s[m])[j]) for m in ("precision", "recall", "f1", "support")}
+                        for j, c in enumerate(conditions)}
+    return out
+
+
+def evaluate_reports(model: Any, dataset: Any, output_dir: PathLike | None, labeler: Callable[[list[str]], Any] | None,
+                     batch_size: int | None, meteor: bool | None, **generate_kwargs: Any) -> dict[str, Any]:
+    """The evaluation loop of the report recipes (``model.generate(images, return_dict=True)``
+    must return reports, labels, prompts)."""
+    from ..metrics import report_scores
+
+    conditions = list(model.config.conditions)
+    lab_fn = labeler or (lambda reports: keyword_labeler(reports, conditions))
+    bs = int(batch_size or model.config.eval_batch_size)
+    ids, refs, hyps, prompts, pred_lab, gt_lab = [], [], [], [], [], []
+    collate = model.collator()
+    batch: list[Mapping[str, Any]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        images = collate.images(batch)
+        out = model.generate(images, return_dict=True, **generate_kwargs)
+        hyps.extend(out.reports)
+        prompts.extend(out.prompts)
+        pred_lab.extend(np.asarray(out.labels).tolist())
+        for it in batch:
+            ids.append(str(it.get("id", len(ids))))
+            refs.append(str(it.get("report", "")))
+            lab = it.get("labels")
+            gt_lab.append(None if lab is None else (np.asarray(lab).reshape(-1) == 1).astype(np.int64).tolist())
+        batch.clear()
+
+    for it in _items(dataset):
+        batch.append(it)
+        if len(batch) == bs:
+            flush()
+    flush()
+    if not hyps:
+        raise DataError("evaluate: the dataset is empty")
+    result: dict[str, Any] = {"n": len(hyps)}
+    nlg = report_scores(refs, hyps, meteor=meteor)
+    result.update({k: float(v) for k, v in nlg.items() if k != "per_sample"})
+    ref_codes = np.asarray(lab_fn(refs))
+    hyp_codes = np.asarray(lab_fn(hyps))
+    if ref_codes.shape != (len(refs), len(conditions)) or hyp_codes.shape != ref_codes.shape:
+        raise ShapeError(f"labeler: expected [{len(refs)}, {len(conditions)}] labels, got {ref_codes.shape} / {hyp_codes.shape}")
+    result["clinical_efficacy"] = clinical_scores(ref_codes, hyp_codes, conditions)
+    if all(g is not None for g in gt_lab):
+        gt = np.asarray(gt_lab, dtype=np.int64)
+        result["clinical_efficacy_vs_dataset_labels"] = clinical_scores(gt, hyp_codes, conditions)
+        if getattr(model, "has_label_predictor", True):
+            result["prompt_labels"] = clinical_scores(gt, np.asarray(pred_lab, dtype=np.int64), conditions)
+    result["labeler"] = getattr(labeler, "__name__", type(labeler).__name__) if labeler else "keyword_labeler"
+    result["generation"] = model.generation_settings(**generate_kwargs)
+    if output_dir is not None:
+        out = pathlib.Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(_jsonable(result), indent=2))
+        with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "reference", "generated", "prompt", "predicted_labels", "dataset_labels",
+                        "reference_report_labels", "generated_report_labels"])
+            for i in range(len(hyps)):
+                w.writerow([ids[i], refs[i], hyps[i], prompts[i], json.dumps(pred_lab[i]),
+                            "" if gt_lab[i] is None else json.dumps(gt_lab[i]), json.dumps(ref_codes[i].tolist()),
+                            json.dumps(hyp_codes[i].tolist())])
+    return result
+
+
+def _tokenizer_file(spec: Any) -> pathlib.Path:
+    from ..datasets import HERE
+
+    if isinstance(spec, str) and spec in BUNDLED_TOKENIZERS:
+        return HERE / BUNDLED_TOKENIZERS[spec][0]
+    p = pathlib.Path(spec)
+    return p / "tokenizer.json" if p.is_dir() else p
+
+
+def save_recipe(model: Any, path: PathLike, parts: Mapping[str, nn.Module | None]) -> None:
+    """Shared ``save_pretrained`` of the report recipes."""
+    from .. import _core
+    from ..adapters import save_adapter
+
+    out = pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = dict(model.model_spec)
+    llm_spec = spec.get("llm")
+    if isinstance(llm_spec, (str, os.PathLike)):
+        llm_ref: dict[str, Any] = {"path": os.fspath(pathlib.Path(llm_spec).resolve())}
+    else:  # randomly initialised base: nothing else holds it
+        _save_base_llm(model.llm, out / "llm")
+        llm_ref = {"saved": "llm", "spec": llm_spec}
+    files = {}
+    for name, part in parts.items():
+        if part is None:
+            continue
+        sd = {k: v.detach().contiguous() for k, v in part.state_dict().items()}
+        _core.save_safetensors(sd, os.fspath(out / f"{name}.safetensors"))
+        files[name] = f"{name}.safetensors"
+    has_lora = bool(getattr(model.llm, "_voxlm_lora_configs", None))
+    if has_lora:
+        save_adapter(model.llm, out / "adapter")
+    tok_dir = out / "tokenizer"
+    tok_dir.mkdir(exist_ok=True)
+    shutil.copyfile(_tokenizer_file(spec.get("tokenizer", "bundled:ctrg-bpe")), tok_dir / "tokenizer.json")
+    t = model.tokenizer
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": t.bos_token, "eos_token": t.eos_token, "pad_token": t.pad_token,
+        "add_bos_token": bool(t.add_bos_token), "add_eos_token": bool(t.add_eos_token)}, indent=2))
+    cfg = {"recipe": model.name, "config": model.config.to_dict(), "llm": llm_ref, "tokenizer": "tokenizer",
+           "parts": files, "adapter": "adapter" if has_lora else None,
+           "vision_weights": spec.get("vision")}
+    (out / "config.json").write_text(json.dumps(_jsonable(cfg), indent=2))
+
+
+def _save_base_llm(llm: Any, out: pathlib.Path) -> None:
+    """The base weights only (LoRA layers' ``base_layer`` under their plain names)."""
+    from .. import _core
+
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {}
+    for k, v in llm.state_dict().items():
+        if ".lora_" in k or k.endswith("rotary_emb.inv_freq"):
+            continue
+        sd[k.replace(".base_layer.", ".")] = v.detach().contiguous()
+    if llm.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    cfg = llm.config.to_dict()
+    cfg["torch_dtype"] = str(llm.model.embed_tokens.weight.dtype).replace("torch.", "")
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    _core.save_safetensors(sd, os.fspath(out / "model.safetensors"))
+
+
+def load_recipe(cls: Any, path: PathLike) -> Any:
+    """Shared ``from_pretrained`` of the report recipes."""
+    from ..adapters import load_adapter
+    from ..llm import LlamaForCausalLM, Tokenizer
+
+    p = pathlib.Path(path)
+    saved = check_saved_recipe(p, cls.name)
+    try:
+        config = cls.Config.from_dict(saved["config"], section=f"{p}/config.json config")
+        llm_ref = saved["llm"]
+    except KeyError as e:
+        raise CheckpointError(f"{p}/config.json: missing {e}") from None
+    dtype = _DTYPES[config.dtype]
+    if "path" in llm_ref:
+        base = pathlib.Path(llm_ref["path"])
+        if not (base / "config.json").is_file():
+            raise CheckpointError(f"{p}: the base LLM {base} (referenced by path) is not there")
+        llm = LlamaForCausalLM.from_pretrained(base, dtype=dtype)
+        spec: dict[str, Any] = {"llm": os.fspath(base)}
+    else:
+        llm = LlamaForCausalLM.from_pretrained(p / llm_ref.get("saved", "llm"), dtype=dtype)
+        spec = {"llm": llm_ref.get("spec")}
+    tok = Tokenizer.from_pretrained(p / saved.get("tokenizer", "tokenizer"))
+    spec["tokenizer"] = os.fspath(p / saved.get("tokenizer", "tokenizer"))
+    if saved.get("vision_weights"):
+        spec["vision"] = saved["vision_weights"]
+    model = cls(config, llm, tok, spec, add_adapter=False)
+    if saved.get("adapter"):
+        load_adapter(model.llm, p / saved["adapter"])
+    for name, part in model._parts().items():
+        if part is None:
+            continue
+        f = p / saved.get("parts", {}).get(name, f"{name}.safetensors")
+        if not f.is_file():
+            raise CheckpointError(f"{p}: {f.name} is missing")
+        _load_part(part, _read_state_dict(f), os.fspath(f))
+    model._rebind_parts()
+    model.set_trainable()
+    model.eval()
+    return model
+
+
+register_recipe("dia_llama")(DiaLlama)
+
+__all__ = ["DiaLlama", "DiaLlamaConfig", "DiaLlamaTransform", "DiaLlamaCollator", "DiaLlamaPrompter",
+           "INSTRUCTION", "keyword_labeler", "evaluate_reports", "clinical_scores"]

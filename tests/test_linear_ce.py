@@ -1,0 +1,114 @@
+"""The chunked LM loss (no full logits) against the full-logits loss, torch's cross-entropy and
+transformers + peft: loss and every trainable gradient."""
+
+import pytest
+import torch
+
+from voxlm.adapters import LoraConfig, add_lora
+from voxlm.exceptions import ConfigError, ShapeError
+from voxlm.linear_ce import linear_cross_entropy
+from voxlm.llm import LlamaConfig, LlamaForCausalLM
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1024])
+def test_equals_torch_cross_entropy(chunk):
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 11, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 50, (3, 11), generator=g)
+    y[0, :4] = -100
+    ours = linear_cross_entropy(h, w, y, chunk_size=chunk)
+    ours.backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = torch.nn.functional.cross_entropy((h[:, :-1] @ w.t()).reshape(-1, 50), y[:, 1:].reshape(-1))
+    ref.backward()
+    # float64 throughout: only summation order differs
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gh, h.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw, w.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_frozen_weight_gets_no_grad_and_scaled_backward():
+    h = torch.randn(2, 5, 8, requires_grad=True)
+    w = torch.randn(20, 8)
+    y = torch.randint(0, 20, (2, 5))
+    (3.0 * linear_cross_entropy(h, w, y, chunk_size=3)).backward()
+    ref_h = h.detach().clone().requires_grad_(True)
+    (3.0 * torch.nn.functional.cross_entropy((ref_h[:, :-1] @ w.t()).reshape(-1, 20), y[:, 1:].reshape(-1))).backward()
+    torch.testing.assert_close(h.grad, ref_h.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_bad_input_named():
+    h, w = torch.randn(2, 5, 8), torch.randn(20, 8)
+    with pytest.raises(ShapeError, match="weight"):
+        linear_cross_entropy(h, torch.randn(20, 7), torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ShapeError, match="token ids"):
+        linear_cross_entropy(h, w, torch.full((2, 5), 25, dtype=torch.long))
+    with pytest.raises(ConfigError, match="chunk_size"):
+        linear_cross_entropy(h, w, torch.zeros(2, 5, dtype=torch.long), chunk_size=0)
+    assert torch.isnan(linear_cross_entropy(h, w, torch.full((2, 5), -100, dtype=torch.long)))
+
+
+def _tiny(tie=False):
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_llama_chunked_loss_equals_full_loss_with_lora(tie):
+    m = _tiny(tie)
+    add_lora(m, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for n, p in m.named_parameters():
+        p.requires_grad_(".lora_" in n or n.endswith("embed_tokens.weight"))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    ids = torch.randint(0, 300, (2, 9))
+    labels = ids.clone()
+    labels[:, :3] = -100
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    full = m(input_ids=ids, attention_mask=mask, labels=labels)
+    full.loss.backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+    m.zero_grad()
+    out = m(input_ids=ids, attention_mask=mask, labels=labels, loss_chunk_size=5)
+    assert out.logits is None
+    out.loss.backward()
+    torch.testing.assert_close(out.loss, full.loss, rtol=1e-6, atol=1e-6)
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+def test_llama_chunked_loss_vs_transformers_peft(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    m = _tiny()
+    m.save_pretrained(tmp_path)
+    ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32)
+    cfg = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
+    ref = peft.get_peft_model(ref, peft.LoraConfig(**cfg))
+    add_lora(m, LoraConfig(**cfg))
+    for n, p in m.named_parameters():
+        p.requires_grad_(".lora_" in n)
+    with torch.no_grad():  # same non-zero LoRA weights on both sides
+        ref_sd = dict(ref.named_parameters())
+        for n, p in m.named_parameters():
+            if ".lora_" in n:
+                p.normal_(0, 0.1)
+                ref_sd["base_model.model." + n].copy_(p)
+    ids = torch.randint(0, 300, (2, 9))
+    labels = ids.clone()
+    labels[:, :2] = -100
+    out = m(input_ids=ids, labels=labels, loss_chunk_size=4)
+    out.loss.backward()
+    r = ref(input_ids=ids, labels=labels)
+    r.loss.backward()
+    torch.testing.assert_close(out.loss, r.loss, rtol=1e-5, atol=1e-6)
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, ref_sd["base_model.model." + n].grad, rtol=1e-4, atol=1e-6, msg=n)
