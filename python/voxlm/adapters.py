@@ -295,17 +295,35 @@ def load_adapter(model: nn.Module, path: PathLike, adapter_name: str = "default"
         raise CheckpointError(f"{p}: no {CONFIG_NAME}")
     if not (p / WEIGHTS_NAME).is_file():
         raise CheckpointError(f"{p}: no {WEIGHTS_NAME} (only safetensors adapters are read)")
-    config = LoraConfig.from_peft_dict(json.loads((p / CONFIG_NAME).read_text()))
+    try:
+        raw = json.loads((p / CONFIG_NAME).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p / CONFIG_NAME}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{p / CONFIG_NAME}: expected a JSON object, got {type(raw).__name__}")
+    try:
+        config = LoraConfig.from_peft_dict(raw)
+    except TypeError as e:  # a field of the wrong type reaching the dataclass
+        raise ConfigError(f"{p / CONFIG_NAME}: {e}") from e
     ref = next(iter(model.parameters()))
-    sd = _core.load_safetensors(os.fspath(p / WEIGHTS_NAME), str(ref.dtype), str(ref.device) if ref.device.type == "cpu" else f"cuda:{ref.device.index or 0}")
-    names = add_lora(model, config, adapter_name)
-    layers = dict(_lora_layers(model))
-    expected = {}
-    for n in names:
-        for ab in ("lora_A", "lora_B"):
-            expected[f"base_model.model.{n}.{ab}.weight"] = getattr(layers[n], ab)[adapter_name].weight
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(k for k in set(sd) - set(expected) if ".lora_" in k)
+    dev = str(ref.device) if ref.device.type == "cpu" else f"cuda:{ref.device.index or 0}"
+    sd = _core.load_safetensors(os.fspath(p / WEIGHTS_NAME), str(ref.dtype), dev)
+    # check names and shapes against the base model before anything is allocated or changed
+    if config.target_modules is None:
+        raise ConfigError(f"{p / CONFIG_NAME}: target_modules is missing")
+    existing = dict(_lora_layers(model))
+    if existing:
+        targets = {n: layer.base_layer for n, layer in existing.items()}
+    else:
+        targets = {n: m for n, m in model.named_modules() if _matches(n, config.target_modules, model, m)}
+    if not targets:
+        raise ConfigError(f"{p}: target_modules {config.target_modules!r} match no nn.Linear of the model")
+    expected_shapes: dict[str, tuple[int, int]] = {}
+    for n, lin in targets.items():
+        expected_shapes[f"base_model.model.{n}.lora_A.weight"] = (config.r, lin.in_features)
+        expected_shapes[f"base_model.model.{n}.lora_B.weight"] = (lin.out_features, config.r)
+    missing = sorted(set(expected_shapes) - set(sd))
+    unexpected = sorted(k for k in set(sd) - set(expected_shapes) if ".lora_" in k)
     if missing or unexpected:
         msg = []
         if missing:
@@ -313,12 +331,20 @@ def load_adapter(model: nn.Module, path: PathLike, adapter_name: str = "default"
         if unexpected:
             msg.append(f"unexpected {unexpected[0]} (a module this model does not have)")
         raise CheckpointError(f"{p}: adapter does not fit the model: " + "; ".join(msg))
+    for k, shape in expected_shapes.items():
+        if tuple(sd[k].shape) != shape:
+            raise CheckpointError(
+                f"{p}: {k} has shape {tuple(sd[k].shape)}, the model (r={config.r}) expects {shape}"
+            )
+    names = add_lora(model, config, adapter_name)
+    layers = dict(_lora_layers(model))
+    expected = {}
+    for n in names:
+        for ab in ("lora_A", "lora_B"):
+            expected[f"base_model.model.{n}.{ab}.weight"] = getattr(layers[n], ab)[adapter_name].weight
     with torch.no_grad():
         for k, param in expected.items():
-            t = sd[k]
-            if t.shape != param.shape:
-                raise CheckpointError(f"{p}: {k} has shape {tuple(t.shape)}, the model expects {tuple(param.shape)}")
-            param.copy_(t)
+            param.copy_(sd[k])
     _rebind(model)
     return names
 

@@ -19,15 +19,32 @@ from torch import nn
 
 from . import _core
 from ._bind import RustBound
-from .exceptions import CheckpointError, ConfigError
+from .exceptions import CheckpointError, ConfigError, ShapeError, VoxlmTypeError
 from .llm import splice_image_tokens
 
 Triple = tuple[int, int, int]
 
 
+def _int(v: object, name: str, minimum: int = 1) -> int:
+    """A size argument: an integer >= ``minimum`` (checked before any parameter is allocated)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{name}: expected an integer, got {v!r}")
+    if v < minimum:
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v}")
+    return v
+
+
+def _divides(dim: int, heads: int, dim_name: str, heads_name: str) -> None:
+    if dim % heads:
+        raise ConfigError(f"{dim_name} {dim} must be divisible by {heads_name} {heads}")
+
+
 def _triple(v: int | Sequence[int], name: str) -> Triple:
-    t = (v, v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 3 or any(int(x) <= 0 for x in t):
+    try:
+        t = (v, v, v) if isinstance(v, int) else tuple(v)
+    except TypeError:
+        raise ConfigError(f"{name}: expected 3 positive sizes, got {v!r}") from None
+    if len(t) != 3 or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in t):
         raise ConfigError(f"{name}: expected 3 positive sizes, got {v!r}")
     return (int(t[0]), int(t[1]), int(t[2]))
 
@@ -52,8 +69,13 @@ def interpolate_pos_embedding(
 def reuse_pos_embedding(pos: torch.Tensor, n_tokens: int, has_cls: bool = True) -> torch.Tensor:
     """PICG's reuse of CLIP's position embeddings: the first ``n_tokens`` patch positions
     (e.g. 252 tokens of a 6x6x7 grid padded to 256 so CLIP's 257 = 1 + 16x16 are reused)."""
+    if not isinstance(pos, torch.Tensor):
+        raise VoxlmTypeError(f"pos: expected a torch.Tensor, got {type(pos).__name__}")
+    _int(n_tokens, "n_tokens", 0)
     start = 1 if has_cls else 0
-    if pos.dim() != 3 or pos.shape[1] - start < n_tokens:
+    if pos.dim() != 3:
+        raise ShapeError(f"pos: expected a 3-d tensor [1, positions, dim], got shape {tuple(pos.shape)}")
+    if pos.shape[1] - start < n_tokens:
         raise ConfigError(f"pos: {tuple(pos.shape)} has fewer than {n_tokens} patch positions")
     parts = [pos[:, :1]] if has_cls else []
     return torch.cat([*parts, pos[:, start:start + n_tokens]], 1)
@@ -112,6 +134,10 @@ class ViT3D(RustBound):
                  num_layers: int = 12, num_heads: int = 12, proj_type: str = "conv",
                  classification: bool = False, qkv_bias: bool = False) -> None:
         super().__init__()
+        for k, v in dict(in_channels=in_channels, hidden_size=hidden_size, mlp_dim=mlp_dim,
+                         num_heads=num_heads).items():
+            _int(v, k)
+        _int(num_layers, "num_layers", 0)
         self.img_size, self.patch_size = _triple(img_size, "img_size"), _triple(patch_size, "patch_size")
         if any(i % p for i, p in zip(self.img_size, self.patch_size)):
             raise ConfigError(f"patch_size {self.patch_size} must divide img_size {self.img_size} along every axis")
@@ -278,7 +304,19 @@ class CLIPVision(RustBound):
                  num_attention_heads: int = 16, image_size: int = 224, patch_size: int | Sequence[int] = 14,
                  num_channels: int = 3, layer_norm_eps: float = 1e-5) -> None:
         super().__init__()
+        for k, v in dict(hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_attention_heads=num_attention_heads, image_size=image_size,
+                         num_channels=num_channels).items():
+            _int(v, k)
+        _int(num_hidden_layers, "num_hidden_layers", 0)
+        _divides(hidden_size, num_attention_heads, "hidden_size", "num_attention_heads")
+        if not (isinstance(layer_norm_eps, (int, float)) and 0 < layer_norm_eps < 1):
+            raise ConfigError(f"layer_norm_eps: expected a number in (0, 1), got {layer_norm_eps!r}")
         patch = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+        if len(patch) not in (2, 3) or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in patch):
+            raise ConfigError(f"patch_size: expected a positive size or 2-3 positive sizes, got {patch_size!r}")
+        if image_size % patch[-1]:
+            raise ConfigError(f"patch_size {patch_size} must divide image_size {image_size}")
         self.config = dict(hidden_size=hidden_size, intermediate_size=intermediate_size,
                            num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
                            image_size=image_size, patch_size=patch_size, num_channels=num_channels,
@@ -363,6 +401,10 @@ class PerceiverResampler(RustBound):
     def __init__(self, dim: int, depth: int = 6, dim_head: int = 64, heads: int = 8,
                  num_latents: int = 64, ff_mult: int = 4) -> None:
         super().__init__()
+        for k, v in dict(dim=dim, dim_head=dim_head, heads=heads, num_latents=num_latents,
+                         ff_mult=ff_mult).items():
+            _int(v, k)
+        _int(depth, "depth", 0)
         self.dim, self.depth, self.dim_head, self.heads = dim, depth, dim_head, heads
         self.latents = nn.Parameter(torch.randn(num_latents, dim))
         inner = int(dim * ff_mult)
@@ -402,8 +444,9 @@ class MLPProjector(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, depth: int = 2) -> None:
         super().__init__()
-        if depth < 1:
-            raise ConfigError(f"depth: expected >= 1, got {depth}")
+        _int(in_dim, "in_dim")
+        _int(out_dim, "out_dim")
+        _int(depth, "depth")
         self.projector = _mlp_layers(in_dim, out_dim, depth, gelu=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -421,6 +464,10 @@ class SpatialPoolingProjector(nn.Module):
                  layer_type: str = "mlp", layer_num: int = 2, pooling_type: str = "spatial",
                  pooling_size: int = 2) -> None:
         super().__init__()
+        _int(in_dim, "in_dim")
+        _int(out_dim, "out_dim")
+        _int(layer_num, "layer_num")
+        _int(pooling_size, "pooling_size")
         if layer_type not in ("mlp", "linear"):
             raise ConfigError(f"layer_type: expected 'mlp' or 'linear', got {layer_type!r}")
         if pooling_type not in ("spatial", "sequence"):
@@ -476,8 +523,13 @@ class AdapterQueryBlocks(RustBound):
     def __init__(self, clip_dim: int, out_dim: int, dim: int = 768, query_len: int = 10, depth: int = 8,
                  heads: int = 16, mlp_ratio: float = 4.0) -> None:
         super().__init__()
-        if dim % heads:
-            raise ConfigError(f"dim {dim} must be divisible by heads {heads}")
+        for k, v in dict(clip_dim=clip_dim, out_dim=out_dim, dim=dim, query_len=query_len,
+                         heads=heads).items():
+            _int(v, k)
+        _int(depth, "depth", 0)
+        _divides(dim, heads, "dim", "heads")
+        if not (isinstance(mlp_ratio, (int, float)) and 0 < mlp_ratio <= 64 and int(dim * mlp_ratio) >= 1):
+            raise ConfigError(f"mlp_ratio: expected a number in (0, 64], got {mlp_ratio!r}")
         self.depth, self.heads = depth, heads
         self.clip_proj = nn.Linear(clip_dim, dim)
         self.clip_proj_norm = nn.LayerNorm(dim)
@@ -501,6 +553,8 @@ class DiseaseAwareAttention(nn.Module):
 
     def __init__(self, num_labels: int, num_tokens: int) -> None:
         super().__init__()
+        _int(num_labels, "num_labels")
+        _int(num_tokens, "num_tokens")
         self.prototype = nn.Parameter(torch.randn(num_labels, num_tokens))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -231,13 +231,16 @@ impl PyLlama {
     fn layer<'py>(
         &self,
         py: Python<'py>,
-        index: usize,
+        index: i64,
         hidden_states: &Bound<'py, PyAny>,
         cos: &Bound<'py, PyAny>,
         sin: &Bound<'py, PyAny>,
         mask: Option<&Bound<'py, PyAny>>,
         training: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let index = usize::try_from(index).map_err(|_| {
+            Error::config(format!("index: expected a layer index >= 0, got {index}"))
+        })?;
         let h = bridge::tensor(hidden_states, "hidden_states")?;
         let (c, s) = (bridge::tensor(cos, "cos")?, bridge::tensor(sin, "sin")?);
         let m = bridge::opt_tensor(mask, "mask")?;
@@ -390,7 +393,19 @@ impl PyTokenizer {
     }
 
     #[pyo3(signature = (ids, skip_special_tokens=false))]
-    fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+    fn decode(&self, ids: Vec<i64>, skip_special_tokens: bool) -> PyResult<String> {
+        let n = self.inner.vocab_size();
+        let ids = ids
+            .iter()
+            .map(|&i| {
+                u32::try_from(i)
+                    .ok()
+                    .filter(|&u| (u as usize) < n)
+                    .ok_or_else(|| {
+                        Error::config(format!("ids: token ids must lie in [0, {n}), got {i}"))
+                    })
+            })
+            .collect::<crate::Result<Vec<u32>>>()?;
         Ok(self.inner.decode(&ids, skip_special_tokens)?)
     }
 
@@ -398,8 +413,10 @@ impl PyTokenizer {
         self.inner.token_to_id(token)
     }
 
-    fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+    fn id_to_token(&self, id: i64) -> Option<String> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|i| self.inner.id_to_token(i))
     }
 
     #[getter]

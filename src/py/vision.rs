@@ -114,10 +114,13 @@ impl PyVit3d {
     fn block<'py>(
         &self,
         py: Python<'py>,
-        index: usize,
+        index: i64,
         h: &Bound<'py, PyAny>,
         training: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let index = usize::try_from(index).map_err(|_| {
+            Error::config(format!("index: expected a block index >= 0, got {index}"))
+        })?;
         let h = bridge::tensor(h, "h")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {

@@ -308,6 +308,14 @@ impl Vit3d {
     /// The final LayerNorm.
     pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
         let d = self.cfg.hidden_size;
+        let s = check::dims(h, "h", 3, "[B, tokens, hidden]")?;
+        if s[2] != d {
+            return Err(Error::shape(format!(
+                "h: expected last dimension {d} (hidden_size), got shape {s:?}"
+            )));
+        }
+        check::same_kind(h, "h", self.kind(), "the ViT weights")?;
+        check::same_device(h, "h", self.pos.device(), "the ViT weights")?;
         Ok(h.f_layer_norm(
             [d].as_slice(),
             Some(&self.norm.0),

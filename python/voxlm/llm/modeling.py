@@ -191,6 +191,14 @@ class LlamaForCausalLM(RustBound):
             raise CheckpointError(
                 f"{path}: checkpoint does not match config.json: " + "; ".join(parts)
             )
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        wrong = [k for k in sorted(expected) if tuple(sd[k].shape) != shapes[k]]
+        if wrong:
+            k = wrong[0]
+            raise CheckpointError(
+                f"{path}: {k} has shape {tuple(sd[k].shape)}, config.json implies {shapes[k]}"
+                + (f" ({len(wrong) - 1} more tensors disagree)" if len(wrong) > 1 else "")
+            )
         model.model.rotary_emb.inv_freq = _core.llama_rope_inv_freq(config.to_json()).to(dev)
         model.load_state_dict(sd, strict=False, assign=True)
         for p in model.parameters():
