@@ -30,8 +30,9 @@ $(STAMP_TORCH): | $(VENV)/bin/python
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	touch $@
 
-$(STAMP_DEPS): requirements-dev.txt $(STAMP_TORCH)
-	$(PY) -m pip install --quiet -r requirements-dev.txt torch==$(TORCH_VERSION)
+# constraints.txt pins the reference libraries the parity tests were run against
+$(STAMP_DEPS): requirements-dev.txt constraints.txt $(STAMP_TORCH)
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt torch==$(TORCH_VERSION)
 	touch $@
 
 # pycocoevalcap's METEOR and PTB tokenizer run Java.
@@ -66,12 +67,13 @@ fuzz: $(STAMP_DEPS)
 bench: build
 	$(PY) bench/run_all.py
 
+# ruff's config (pyproject.toml) includes E501: lines of at most 100 characters
 lint: build
 	cargo fmt --check
 	$(BUILD_ENV) cargo clippy --release --features python -- -D warnings
 	$(BUILD_ENV) cargo clippy --release --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests bench
-	$(PY) -m mypy.stubtest voxlm._core
+	$(BUILD_ENV) LD_LIBRARY_PATH=$(TORCH_LIB) $(PY) -m mypy.stubtest voxlm._core
 
 clean-build:
 	rm -f python/voxlm/_core*.so

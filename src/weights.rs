@@ -181,6 +181,16 @@ impl<'a> Vb<'a> {
         &self.prefix
     }
 
+    /// The sizes of `name`, if it is (still) there, without taking it.
+    pub fn shape_of(&self, name: impl Display) -> Option<Vec<i64>> {
+        self.w
+            .store
+            .borrow()
+            .tensors
+            .get(&self.path(name))
+            .map(Tensor::size)
+    }
+
     /// Whether `name` is (still) there.
     pub fn contains(&self, name: impl Display) -> bool {
         self.w.contains(&self.path(name))

@@ -68,16 +68,11 @@ impl ClipVision {
         let dim = cs[0];
         weights::head_dim(dim, heads, "hidden size", "num_attention_heads")?;
         let pe = emb.pp("patch_embedding");
-        let patch = match pe.take_dims("weight", 4, "[hidden, C, kh, kw]") {
-            Ok((t, s)) => (t, s),
-            Err(_) => pe
-                .take_dims("weight", 5, "[hidden, C, kd, kh, kw]")
-                .map_err(|_| {
-                    Error::checkpoint(format!(
-                        "{}: expected [{dim}, C, (kd,) kh, kw] (4 or 5 positive sizes)",
-                        pe.path("weight")
-                    ))
-                })?,
+        let rank = pe.shape_of("weight").map_or(4, |s| s.len());
+        let patch = if rank == 5 {
+            pe.take_dims("weight", 5, "[hidden, C, kd, kh, kw]")?
+        } else {
+            pe.take_dims("weight", 4, "[hidden, C, kh, kw] (or 5-d when inflated)")?
         };
         let (patch, ps) = patch;
         if ps[0] != dim {
