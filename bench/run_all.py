@@ -9,18 +9,25 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench_llm  # noqa: E402  (after the path insert)
+import bench_dicom  # noqa: E402  (after the path insert)
+import bench_generate  # noqa: E402
+import bench_llm  # noqa: E402
 import bench_lora  # noqa: E402
 import bench_metrics  # noqa: E402
+import bench_trainer  # noqa: E402
 import bench_vision  # noqa: E402
 import bench_volume  # noqa: E402
 
 BENCHES = [
     ("metrics", bench_metrics.run),
     ("llm", bench_llm.run),
+    ("generate", bench_generate.run),
     ("lora", bench_lora.run),
     ("vision", bench_vision.run),
     ("volume", bench_volume.run),
+    ("trainer", bench_trainer.run),
+    ("volume_dataloader", bench_volume.run_dataloader),
+    ("dicom", bench_dicom.run),
 ]
 
 

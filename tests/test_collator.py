@@ -139,3 +139,27 @@ def test_report_dataset_in_dataloader_workers(tmp_path, tok):
     assert imgs.shape == (4, 1, 4, 4, 2)
     assert torch.equal(imgs[:, 0, 0, 0, 0], torch.tensor([0.0, 2.0, 4.0, 6.0]))
     assert torch.equal(torch.cat([b["cls_labels"] for b in batches]), torch.as_tensor(res.labels[:4]))
+
+
+def test_report_dataset_fused_path_equals_step_by_step(tmp_path):
+    """With the default loader, a chain that fuses runs in one Rust pass (load_batch's path);
+    an explicit loader runs the same transforms one by one: equal to float32 resampling noise."""
+    import nibabel as nib
+
+    import voxlm
+    from voxlm import transforms as T
+    from voxlm.data import rust_plan
+    from voxlm.datasets import ReportDataset
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(rng.integers(-1000, 1000, (20, 18, 12)).astype(np.int16),
+                             np.diag([-0.8, 0.8, 2.0, 1.0])), path)
+    pipe = T.Compose([T.Orientation("RAS"), T.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+                      T.Resize((8, 16, 16))])
+    assert rust_plan(pipe) is not None
+    rec = [{"id": "0", "image": str(path)}]
+    fused = ReportDataset(rec, transform=pipe)[0]["image"]
+    stepwise = ReportDataset(rec, transform=pipe, image_loader=voxlm.load_image)[0]["image"]
+    assert fused.shape == stepwise.shape == (1, 8, 16, 16)
+    torch.testing.assert_close(fused, stepwise, rtol=1e-5, atol=1e-5)

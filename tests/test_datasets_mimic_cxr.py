@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import voxlm
 import voxlm.datasets as D
 from voxlm.datasets import ReportDataset, read_records
 from voxlm.datasets.mimic_cxr import CHEXPERT, report_sections, section_text
@@ -152,15 +151,16 @@ def test_mimic_bad_input(tmp_path):
         read_records("mimic-cxr", tmp_path)
 
 
-def needs_load_image_test_mimic_jpegs_equal_pillow(tmp_path):
-    """Enable (rename to test_...) once voxlm.load_image reads JPEG: each view equals Pillow's
-    decoding ([1, H, W] for a grey JPEG; JPEG is lossy, so the reference is Pillow on the same file)."""
+def test_mimic_jpegs_equal_pillow(tmp_path):
+    """Each view equals Pillow's decoding of the same file ([1, H, W] for a grey JPEG) to one grey
+    level: voxlm's JPEG decoder (zune-jpeg) and Pillow's libjpeg-turbo round their IDCTs
+    differently (tests/test_image2d_vs_pillow.py bounds it on larger images: mean < 0.5, max 8)."""
     make_mimic(tmp_path)
-    assert hasattr(voxlm, "load_image")
     it = ReportDataset(read_records("mimic-cxr", tmp_path))[0]
     for t, p in zip(it["images"], it["paths"]):
         ref = np.asarray(Image.open(p), dtype=np.float32)  # [H, W] = (12, 10)
         assert t.shape[0] == 1
         # row-major [H, W] or nibabel-style [x, y] = [W, H]: the 12x10 image tells them apart
         got = t[0].numpy() if tuple(t.shape[1:]) == ref.shape else t[0].numpy().T
-        np.testing.assert_array_equal(got, ref, strict=True)
+        assert got.shape == ref.shape and got.dtype == ref.dtype
+        assert np.abs(got - ref).max() <= 1.0

@@ -113,7 +113,7 @@ def test_picai_bad_input(tmp_path):
         read_records("picai", tmp_path)
 
 
-def needs_load_image_test_picai_sequences_equal_simpleitk(tmp_path):
+def test_picai_sequences_equal_simpleitk(tmp_path):
     """Enable (rename to test_...) once voxlm.load_image reads MetaImage: the loaded sequences equal
     SimpleITK's arrays, in voxlm's (x, y, z) axis order."""
     arrays = make_picai(tmp_path)

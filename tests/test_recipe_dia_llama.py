@@ -396,3 +396,301 @@ def test_cli_train_and_evaluate_tiny_config(tmp_path):
     ev = json.loads((run / "eval" / "eval.json").read_text())
     assert ev["n"] >= 1 and "BLEU-4" in ev and "clinical_efficacy" in ev
     assert (run / "eval" / "predictions.csv").is_file()
+
+
+# ------------------------------------------------------------------------------------------
+# the whole method vs a transcription of the released model
+#
+# Transcribed from zhi-xuan-chen/Dia-LLaMA src/Model/DiaLLaMA/helpers.py (PerceiverAttention,
+# PerceiverResampler; einops_exts.rearrange_many written as one rearrange per tensor),
+# my_embedding_layer.py (MyEmbedding: the two hard-coded views ``view(-1, 1024, 768)`` take the
+# token count and width as parameters, the rest verbatim) and multimodality_model.py
+# (MultiLLaMAForCausalLM.forward without its rank-0 print; the LLM is transformers'
+# LlamaForCausalLM wrapped by peft.get_peft_model with the released LoraConfig). The ViT is the
+# RadFM transcription of tests/test_radfm_vit_vs_reference.py.
+
+
+def _ref_modules():
+    from einops import rearrange, repeat
+    from torch import einsum, nn
+
+    def exists(val):
+        return val is not None
+
+    def FeedForward(dim, mult=4):
+        inner_dim = int(dim * mult)
+        return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner_dim, bias=False), nn.GELU(),
+                             nn.Linear(inner_dim, dim, bias=False))
+
+    class PerceiverAttention(nn.Module):
+        def __init__(self, *, dim, dim_head=64, heads=8):
+            super().__init__()
+            self.scale = dim_head ** -0.5
+            self.heads = heads
+            inner_dim = dim_head * heads
+            self.norm_media = nn.LayerNorm(dim)
+            self.norm_latents = nn.LayerNorm(dim)
+            self.to_q = nn.Linear(dim, inner_dim, bias=False)
+            self.to_kv = nn.Linear(dim, inner_dim * 2, bias=False)
+            self.to_out = nn.Linear(inner_dim, dim, bias=False)
+
+        def forward(self, x, latents):
+            x = self.norm_media(x)
+            latents = self.norm_latents(latents)
+            h = self.heads
+            q = self.to_q(latents)
+            kv_input = torch.cat((x, latents), dim=-2)
+            k, v = self.to_kv(kv_input).chunk(2, dim=-1)
+            q, k, v = (rearrange(t, "b t n (h d) -> b h t n d", h=h) for t in (q, k, v))
+            q = q * self.scale
+            sim = einsum("... i d, ... j d  -> ... i j", q, k)
+            sim = sim - sim.amax(dim=-1, keepdim=True).detach()
+            attn = sim.softmax(dim=-1)
+            out = einsum("... i j, ... j d -> ... i d", attn, v)
+            out = rearrange(out, "b h t n d -> b t n (h d)", h=h)
+            return self.to_out(out)
+
+    class PerceiverResampler(nn.Module):
+        def __init__(self, *, dim, depth=6, dim_head=64, heads=8, num_latents=64, max_num_media=None,
+                     max_num_frames=None, ff_mult=4):
+            super().__init__()
+            self.latents = nn.Parameter(torch.randn(num_latents, dim))
+            self.frame_embs = nn.Parameter(torch.randn(max_num_frames, dim)) if exists(max_num_frames) else None
+            self.media_time_embs = nn.Parameter(torch.randn(max_num_media, 1, dim)) if exists(max_num_media) else None
+            self.layers = nn.ModuleList([])
+            for _ in range(depth):
+                self.layers.append(nn.ModuleList([PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads),
+                                                  FeedForward(dim=dim, mult=ff_mult)]))
+            self.norm = nn.LayerNorm(dim)
+
+        def forward(self, x):
+            b, T, F_, v = x.shape[:4]
+            if exists(self.frame_embs):
+                frame_embs = repeat(self.frame_embs[:F_], "F d -> b T F v d", b=b, T=T, v=v)
+                x = x + frame_embs
+            x = rearrange(x, "b T F v d -> b T (F v) d")
+            if exists(self.media_time_embs):
+                x = x + self.media_time_embs[:T]
+            latents = repeat(self.latents, "n d -> b T n d", b=b, T=T)
+            for attn, ff in self.layers:
+                latents = attn(x, latents) + latents
+                latents = ff(latents) + latents
+            return self.norm(latents)
+
+    class MyEmbedding(nn.Module):
+        def __init__(self, vit, n_tokens, num_embeddings, embedding_dim, perceiver_num=32, vis_dim=768,
+                     proj_dim=768, perceiver_kw=None):
+            super().__init__()
+            self.n_tokens = n_tokens
+            self.num_embeddings = num_embeddings
+            self.embedding_dim = embedding_dim
+            self.weight = nn.Parameter(torch.torch.randn((num_embeddings, embedding_dim)), requires_grad=True)
+            self.figure_token_weight = nn.Parameter(torch.randn((2, embedding_dim)), requires_grad=True)
+            self.vision_encoder = vit
+            self.vis_dim = vis_dim
+            self.perceiver = PerceiverResampler(dim=self.vis_dim, num_latents=perceiver_num, **(perceiver_kw or {}))
+            self.fc = nn.Linear(self.vis_dim, self.embedding_dim)
+            self.prototype = nn.Parameter(torch.randn((14, n_tokens)), requires_grad=True)
+            self.group_cls_head = nn.ModuleList([nn.Linear(self.vis_dim, 2) for _ in range(14)])
+            self.proj = nn.Linear(self.vis_dim, proj_dim)
+            self.pos_sample_memory = nn.Parameter(torch.randn(14, 1, proj_dim))
+            self.neg_sample_memory = nn.Parameter(torch.randn(14, 1, proj_dim))
+            self.temp = nn.Parameter(0.07 * torch.ones([]))
+
+        def forward(self, vision_x, cls_labels=None, text_input=None, key_words_query=None, mode=None):
+            B, S, C, H, W, D = vision_x.shape
+            vision_x = rearrange(vision_x, "b S c h w d-> (b S) c h w d")
+            vision_x, pos_embedding = self.vision_encoder(vision_x)
+            prototype = self.prototype.unsqueeze(0).unsqueeze(-1)
+            prototype = F.softmax(prototype, dim=-2)
+            group_vision_x = vision_x.unsqueeze(1)
+            group_vision_x = group_vision_x * prototype
+            cls_logits = []
+            for i in range(14):
+                cls_logits.append(self.group_cls_head[i](group_vision_x[:, i].sum(dim=1)))
+            cls_logits = torch.cat(cls_logits, dim=1)
+            cls_logits = cls_logits.view(-1, 14, 2)
+            cls_logits = cls_logits.permute(0, 2, 1).contiguous()
+            if mode == "train":
+                group_vision_x = group_vision_x.view(-1, self.n_tokens, self.vis_dim)
+                group_vision_x = group_vision_x.sum(dim=1)
+                all_memory_samples = []
+                for i in range(B):
+                    cls_label = cls_labels[i]
+                    for n, j in enumerate(cls_label):
+                        memory_samples = []
+                        if j == 0:
+                            memory_samples.append(self.neg_sample_memory[n])
+                            memory_samples.append(self.pos_sample_memory[n])
+                            all_memory_samples.append(torch.cat(memory_samples, dim=0))
+                        else:
+                            memory_samples.append(self.pos_sample_memory[n])
+                            memory_samples.append(self.neg_sample_memory[n])
+                            all_memory_samples.append(torch.cat(memory_samples, dim=0))
+                all_memory_samples = torch.stack(all_memory_samples, dim=0)
+                all_memory_samples_feats = F.normalize(all_memory_samples, dim=-1)
+                group_vision_x = self.proj(group_vision_x)
+                group_vision_x = group_vision_x.unsqueeze(1)
+                current_sample_feats = F.normalize(group_vision_x, dim=-1)
+                sim = torch.matmul(current_sample_feats, all_memory_samples_feats.transpose(-1, -2)).squeeze(1)
+                sim = sim / self.temp
+            elif mode == "cls":
+                group_vision_x = group_vision_x.sum(dim=1)
+                all_sim = []
+                for i in range(14):
+                    current_sample = group_vision_x[:, i]
+                    memory_samples = []
+                    memory_samples.append(self.pos_sample_memory[i])
+                    memory_samples.append(self.neg_sample_memory[i])
+                    memory_samples = torch.cat(memory_samples, dim=0)
+                    memory_samples = memory_samples.unsqueeze(0).repeat(B, 1, 1)
+                    memory_samples_feats = F.normalize(memory_samples, dim=-1)
+                    current_sample_feats = F.normalize(self.proj(current_sample).unsqueeze(1), dim=-1)
+                    sim = torch.matmul(current_sample_feats, memory_samples_feats.transpose(-1, -2)).squeeze(1)
+                    all_sim.append(sim)
+                all_sim = torch.stack(all_sim, dim=1)
+                return all_sim
+            vision_x = rearrange(vision_x, "(b s F) v d -> b s F v d", b=B, s=S, F=1)
+            vision_x = self.perceiver(vision_x)
+            n = vision_x.shape[2]
+            vision_x = rearrange(vision_x, "b s n d -> (b s n) d")
+            vision_x = self.fc(vision_x)
+            vision_x = rearrange(vision_x, "(b T) d -> b T d", b=B, T=n * S)
+            embedding_weight = torch.cat([self.weight, self.figure_token_weight], dim=0)
+            embedding_weight = embedding_weight.unsqueeze(0).repeat(B, 1, 1)
+            embedding_weight = torch.cat([embedding_weight, vision_x], dim=1)
+            text_input = F.one_hot(text_input, embedding_weight.shape[1]).to(vision_x.dtype).to(vision_x.device)
+            out_put = torch.matmul(text_input, embedding_weight)
+            if mode == "train":
+                return out_put, sim
+            else:
+                return out_put
+
+    class MultiLLaMAForCausalLM(nn.Module):
+        def __init__(self, lang_model, embedding_layer):
+            super().__init__()
+            self.lang_model = lang_model
+            self.embedding_layer = embedding_layer
+            self.embedding_layer.weight = self.lang_model.get_input_embeddings().weight
+
+        def forward(self, lang_x, vision_x, cls_labels, attention_mask, labels, loss_reweight, key_words_query):
+            B = vision_x.shape[0]
+            input_embedding, sim = self.embedding_layer(vision_x, cls_labels, lang_x, key_words_query, mode="train")
+            output = self.lang_model(inputs_embeds=input_embedding, attention_mask=attention_mask, labels=labels)
+            targets = torch.zeros(B * 14).to(sim.device)
+            ctr_loss = F.cross_entropy(sim, targets.long())
+            return dict(loss=output["loss"] + ctr_loss * 4)
+
+    return MyEmbedding, MultiLLaMAForCausalLM
+
+
+def test_whole_model_vs_released_transcription(tmp_path):
+    """The released MultiLLaMAForCausalLM (transcribed; real transformers + peft LLM), saved as
+    its pytorch_model.bin, loads through ``DiaLlama.load_released``; on the same batch the loss
+    (L_LM + 4 L_DP), the inference-time predictions (``inference_features="released"``) and the
+    greedy generations (transformers' ``generate`` on the released embedding) agree. Tolerance: float32, 1e-5 on the loss (voxlm's Rust LLaMA / perceiver vs
+    transformers / einsum may reorder sums; observed equal to the printed digits)."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    from .test_radfm_vit_vs_reference import RefViT
+
+    MyEmbedding, MultiLLaMAForCausalLM = _ref_modules()
+    m = tiny(inference_features="released")
+    c = m.config
+    torch.manual_seed(7)
+    hf_cfg = transformers.LlamaConfig(vocab_size=1024, **LLM, tie_word_embeddings=False)
+    lang = get_peft_model(transformers.LlamaForCausalLM(hf_cfg), LoraConfig(task_type="CAUSAL_LM", inference_mode=False,
+                                                                            r=8, lora_alpha=32, lora_dropout=0.1))
+    vit = RefViT(image_size=64, image_patch_size=8, frames=16, frame_patch_size=4, dim=48, depth=2, heads=4,
+                 mlp_dim=96, channels=3, dim_head=12)
+    emb = MyEmbedding(vit, m.num_vision_tokens, 1024, LLM["hidden_size"], perceiver_num=32, vis_dim=48, proj_dim=32,
+                      perceiver_kw=dict(depth=2, heads=2, dim_head=16))
+    ref = MultiLLaMAForCausalLM(lang, emb)
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
+    skipped = m.load_released(tmp_path / "pytorch_model.bin")
+    assert "embedding_layer.weight" in skipped and any("group_cls_head" in k for k in skipped)
+    ref.eval()
+    m.eval()
+    b = m.collator()(items(2))
+    vision_x = b["images"].permute(0, 1, 3, 4, 2)[:, None]  # [B, S=1, C, H, W, D]
+    with torch.no_grad():
+        want = ref(b["input_ids"], vision_x, b["cls_labels"], b["attention_mask"], b["labels"], None, None)["loss"]
+        got = m(**b).loss
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        all_sim = emb(vision_x=vision_x, mode="cls")
+        _, indice = torch.sort(all_sim, dim=2, descending=True)
+        released = torch.where(indice[:, :, 0] == 0, torch.ones(1, 14), torch.zeros(1, 14)).long()
+        tokens = m.vision_tokens(b["images"])
+        assert torch.equal(m.predict_labels(m.inference_features(tokens)), released)
+    assert c.inference_features == "released"
+    assert np.array_equal(m.generate(b["images"], return_dict=True).labels, released.numpy())
+    # prediction -> prompt -> generation: the released path (its embedding, transformers + peft
+    # generate, greedy) writes the same tokens as the recipe
+    for i in range(2):
+        ids = torch.tensor([m.prompter.prompt_ids(m.prompter.question(released[i].tolist()))])
+        with torch.no_grad():
+            emb_in = emb(vision_x=vision_x[i:i + 1], text_input=ids)
+            hf = ref.lang_model.generate(inputs_embeds=emb_in, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                         do_sample=False, eos_token_id=m.prompter.eos, pad_token_id=m.prompter.pad)
+        ours = m.generate(b["images"][i:i + 1], return_dict=True, max_new_tokens=8).tokens
+        assert ours[0, : hf.shape[1]].tolist() == hf[0].tolist()
+
+
+def test_vit3d_encoder_option():
+    m = tiny(vision="vit3d", vision_heads=4, vision_dim_head=12)
+    assert type(m.vision).__name__ == "ViT3D" and m.num_vision_tokens == 2 * 4 * 4
+    b = m.collator()(items(2))
+    out = m(**b)
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ConfigError, match="vision_heads x vision_dim_head"):
+        tiny(vision="vit3d", vision_heads=4, vision_dim_head=16)
+
+
+def test_radfm_weights_load_into_the_recipe(tmp_path):
+    """A RadFM-style checkpoint (``embedding_layer.vision_encoder.*`` + ``embedding_layer.
+    perceiver.*``; RadFM's fc maps to another width and is left out) loads through
+    ``model.vision``; the recipe's vision tokens equal the RadFM transcription's output."""
+    from .test_radfm_vit_vs_reference import RefViT
+
+    torch.manual_seed(3)
+    ref = RefViT(image_size=64, image_patch_size=8, frames=16, frame_patch_size=4, dim=48, depth=2, heads=4,
+                 mlp_dim=96, channels=3, dim_head=12).eval()
+    donor = tiny()
+    sd = {f"embedding_layer.vision_encoder.{k}": v for k, v in ref.state_dict().items()}
+    sd.update({f"embedding_layer.perceiver.{k}": torch.randn_like(v) for k, v in donor.perceiver.state_dict().items()})
+    sd["embedding_layer.fc.weight"] = torch.zeros(5120, 48)
+    sd["embedding_layer.fc.bias"] = torch.zeros(5120)
+    torch.save(sd, tmp_path / "radfm.bin")
+    m = DiaLlama.from_config(TINY, {"llm": LLM, "vision": str(tmp_path / "radfm.bin")})
+    m.eval()
+    x = torch.rand(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        want, _ = ref(x.permute(0, 1, 3, 4, 2))
+        torch.testing.assert_close(m.vision_tokens(x), want, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(m.perceiver.latents, sd["embedding_layer.perceiver.latents"])
+    with pytest.raises(CheckpointError, match="no RadFM vit_3d keys"):
+        torch.save({"foo": torch.zeros(1)}, tmp_path / "bad.bin")
+        DiaLlama.from_config(TINY, {"llm": LLM, "vision": str(tmp_path / "bad.bin")})
+
+
+def test_ct_rate_labels(tmp_path):
+    """CT-RATE (18 abnormality labels): ``conditions: ct-rate`` reads its records; the CheXbert
+    default on that data is refused before training (ConfigError naming both label sets)."""
+    from voxlm import synth
+
+    synth.chest_ct(tmp_path / "ctrate", 6, seed=0, layout="ct-rate", shape=(32, 32, 16))
+    data = {"format": "ct-rate", "root": str(tmp_path / "ctrate")}
+    m = tiny(conditions="ct-rate")
+    assert len(m.config.conditions) == 18
+    train, ev = m.datasets(data)
+    it = train[0]
+    assert it["image"].shape == (3, 8, 32, 32) and float(it["image"].max()) == 1.0
+    b = m.collator()([train[0], train[1]])
+    assert b["cls_labels"].shape == (2, 18) and torch.isfinite(m(**b).loss)
+    with pytest.raises(ConfigError, match="differ from the dataset's labels"):
+        tiny().datasets(data)

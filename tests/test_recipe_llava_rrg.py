@@ -94,6 +94,21 @@ def test_pad_and_clip_preprocess_vs_transformers(hw):
     assert tuple(int(x * 255) for x in proc.image_mean) == (122, 116, 104)
 
 
+def test_study_pixels_vs_pillow_path_and_transformers(tmp_path):
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, size=(70, 50), dtype=np.uint8)
+    b = rng.integers(0, 256, size=(60, 40), dtype=np.uint8)
+    paths = []
+    for k, im in enumerate((a, b)):
+        PIL.fromarray(im).save(tmp_path / f"{k}.png")
+        paths.append(str(tmp_path / f"{k}.png"))
+    got = L.study_pixels(paths, size=56)
+    sq = L.expand2square(PIL.fromarray(L.stitch_study([a, b])).convert("RGB"), (122, 116, 104))
+    want = _clip_processor(56).preprocess(sq, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(L.clip_preprocess(sq, 56), want, atol=1e-6, rtol=1e-6)
+
+
 def test_study_stitch_and_channel_check(tmp_path):
     a = np.full((40, 30), 200, np.uint8)
     b = np.full((30, 20), 100, np.uint8)
@@ -212,7 +227,7 @@ def test_end_to_end_tiny(tmp_path):
     train, ev = model.datasets(cfg["data"])
     assert len(train) > 0 and ev is not None
     p0 = model.mm_projector[0].weight.detach().clone()
-    out = run_stages(model, model.stages(TrainingArguments.from_dict(cfg["train"])), train, ev,
+    out = run_stages(model, model.stages(TrainingArguments.from_dict(cfg["train"]).replace(max_steps=2)), train, ev,
                      data_collator=model.collator())
     assert list(out) == ["stage1_projector", "stage2_findings", "stage2_impression"]
     assert not torch.equal(p0, model.mm_projector[0].weight)
@@ -241,3 +256,36 @@ def test_end_to_end_tiny(tmp_path):
     b = model.collator()([train[0]])
     with torch.no_grad():
         torch.testing.assert_close(again(**b).logits, model(**b).logits, atol=0, rtol=0)
+
+
+def test_forward_vs_transformers_peft_llava_flow(tmp_path):
+    """The whole stage-2 forward against transformers + peft on the same weights, as LLaVA's
+    ``encode_images`` + ``prepare_inputs_labels_for_multimodal`` compose them: CLIPVisionModel
+    hidden_states[-2][:, 1:] -> mm_projector -> image embeddings in place of ``<image>`` ->
+    LlamaForCausalLM with the saved PEFT adapter. Tolerance 1e-4 (float32, 2 layers)."""
+    peft = pytest.importorskip("peft")
+    ref_clip = _hf_clip(tmp_path)
+    m = _model(tmp_path, lora_dropout=0.0).eval()
+    with torch.no_grad():
+        for n, p in m.llm.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.2)
+    m.save_pretrained(tmp_path / "saved")
+    base = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "saved" / "llm").eval()
+    ref = peft.PeftModel.from_pretrained(base, tmp_path / "saved" / "adapters" / "impression").eval()
+    proj = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 64))
+    proj.load_state_dict(m.mm_projector.state_dict())
+    m.set_stage("report", "impression")
+    m.eval()
+    items = [{"id": str(i), "pixel_values": torch.randn(3, 56, 56), "findings": "x", "impression": t}
+             for i, t in enumerate(["No acute disease.", "Small left effusion. No pneumothorax."])]
+    b = m.collator()(items)
+    with torch.no_grad():
+        got = m(**b)
+        feats = ref_clip(b["pixel_values"], output_hidden_states=True).hidden_states[-2][:, 1:]
+        emb = ref.get_input_embeddings()(b["input_ids"])
+        emb = emb.masked_scatter(b["image_mask"].unsqueeze(-1), proj(feats).reshape(-1, 64))
+        want = ref(inputs_embeds=emb, attention_mask=b["attention_mask"], labels=b["labels"])
+    valid = b["attention_mask"].bool()
+    torch.testing.assert_close(got.logits[valid], want.logits[valid], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)

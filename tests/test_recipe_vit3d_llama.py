@@ -386,6 +386,12 @@ def test_vqa_close_accuracy(tmp_path):
     assert res["accuracy"] == vqa_accuracy([x["prediction"] for x in rows], ["A", "B"], [ch, ch])
     assert res["accuracy_m3d"] == np.mean([x["answer"] + "." in x["prediction"] for x in rows])
     assert set(res["accuracy_per_type"]) == {"3", "4"}
+    # open-ended VQA (M3D-VQA's answer text as the target) is scored with the report metrics
+    r.config.task = "vqa-open"
+    res_open = r.evaluate(r.samples(recs), tmp_path / "vqa-open")
+    assert res_open["task"] == "vqa-open" and {"BLEU-1", "ROUGE-L", "CIDEr"} <= set(res_open)
+    rows = list(csv.DictReader(open(tmp_path / "vqa-open" / "predictions.csv", encoding="utf-8")))
+    assert [x["reference"] for x in rows] == ["liver", "lung"] and rows[0]["question"] == "Which organ?"
 
 
 def test_saved_model_generates_as_transformers_and_peft(tmp_path):
@@ -437,3 +443,33 @@ def test_cli_train_then_evaluate(tmp_path, monkeypatch):
     res = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
     assert res["task"] == "report" and res["n"] >= 1 and 0.0 <= res["BLEU-4"] <= 1.0
     assert (tmp_path / "run" / "eval" / "predictions.csv").is_file()
+
+
+def test_amos_mm_reader_per_region_and_vqa(tmp_path):
+    """AMOS-MM's layout (report_generation_train_val.json, vqa_train_val.json, imagesTr/) through
+    the amos-mm reader: one sample per non-empty region (also from the reader's region="each"
+    records), and close-ended VQA."""
+    paths = _volumes(tmp_path, 2)
+    (tmp_path / "amos" / "imagesTr").mkdir(parents=True)
+    items, qa = [], []
+    for i, p in enumerate(paths):
+        img = f"./imagesTr/amos_{i:04d}.nii.gz"
+        (tmp_path / "amos" / img).write_bytes(open(p, "rb").read())
+        items.append({"image": img, "meta": {}, "labels": {"report": {"findings": {
+            "chest": "lungs clear.", "abdomen": "liver normal." if i else "", "pelvis": "bladder normal."}}}})
+        qa.append({"image": img, "labels": {"qa": [{"question": "Which organ is enlarged?", "options": {
+            "A": "liver", "B": "spleen", "C": "kidney", "D": "heart"}, "answer": "B", "type": "organ"}]}})
+    (tmp_path / "amos" / "report_generation_train_val.json").write_text(json.dumps({"training": items,
+                                                                                     "validation": items[:1]}))
+    (tmp_path / "amos" / "vqa_train_val.json").write_text(json.dumps({"training": qa, "validation": qa[:1]}))
+    r = tiny()
+    data = {"format": "amos-mm", "root": str(tmp_path / "amos")}
+    train, val = r.datasets(data)
+    assert sorted((x["id"], x["region"]) for x in train.records) == [
+        ("amos_0000", "chest"), ("amos_0000", "pelvis"), ("amos_0001", "abdomen"), ("amos_0001", "chest"),
+        ("amos_0001", "pelvis")]
+    assert len(val) == 2 and train[0]["image"].shape == (1, 8, 32, 32)
+    each, _ = r.datasets({**data, "options": {"region": "each"}})
+    assert sorted(x["target"] for x in each.records) == sorted(x["target"] for x in train.records)
+    vqa, _ = r.datasets({**data, "options": {"task": "vqa"}})
+    assert [x["task"] for x in vqa.records] == ["vqa-close"] * 2 and vqa.records[0]["target"] == "B. spleen"

@@ -69,13 +69,30 @@ def _train(out: str, ga: int, fsdp: bool = False) -> None:
                              save_steps=3, logging_steps=1, seed=3, disable_tqdm=True, report_to=["csv"], plot=False,
                              fsdp=fsdp)
     model = _model()
-    Trainer(model, args, _data()).train()
-    if fsdp and int(os.environ.get("RANK", "0")) == 0:  # what FSDP2 left in this process
+    trainer = Trainer(model, args, _data(), eval_dataset=_data())
+    trainer.train()
+    trainer.evaluate()  # under FSDP: a full-parameter forward outside the sharded root's forward
+    rank = int(os.environ.get("RANK", "0"))
+    if fsdp and rank == 0:  # what FSDP2 left in this process
         import json
 
         w = model.llm.model.embed_tokens.weight
         info = {"type": type(w).__name__, "local": list(w.to_local().shape), "full": list(w.shape)}
         pathlib.Path(out, "shard_info.json").write_text(json.dumps(info))
+    if fsdp:  # resume under FSDP2: drop what came after checkpoint-3, continue on a fresh model
+        import shutil
+
+        import torch.distributed as dist
+
+        o = pathlib.Path(out)
+        if rank == 0:
+            shutil.copytree(o / "final", o / "uninterrupted")
+            shutil.rmtree(o / "final")
+            shutil.move(o / "checkpoint-6", o / "later-checkpoint-6")
+        dist.barrier()
+        resumed = Trainer(_model(), args, _data(), eval_dataset=_data())
+        resumed.train(resume_from_checkpoint=True)
+        resumed.evaluate()
 
 
 def _torchrun(out, fsdp=False):
@@ -108,13 +125,14 @@ def test_two_gloo_processes_equal_one_with_accumulation(tmp_path, one_process):
     ra = list(csv.DictReader((one_process / "metrics.csv").open()))
     rb = list(csv.DictReader((tmp_path / "ddp" / "metrics.csv").open()))
     for x, y in zip(ra, rb, strict=True):
-        for col in ("loss", "grad_norm", "learning_rate"):
+        cols = ("loss", "grad_norm", "learning_rate") if x["loss"] else ("eval_loss",)
+        for col in cols:
             assert float(y[col]) == pytest.approx(float(x[col]), rel=1e-6), (x["step"], col)
     # rank 0 wrote the run folder; every rank its RNG state
     ck = tmp_path / "ddp" / "checkpoint-3"
     assert (ck / "rng_state_0.pth").is_file() and (ck / "rng_state_1.pth").is_file()
     rows = (tmp_path / "ddp" / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 7  # header + 6 steps, written once (by rank 0)
+    assert len(rows) == 8  # header + 6 steps + the evaluation, written once (by rank 0)
 
 
 def test_fsdp2_two_gloo_processes(tmp_path, one_process):
@@ -135,10 +153,20 @@ def test_fsdp2_two_gloo_processes(tmp_path, one_process):
     for k in a:
         assert a[k].shape == b[k].shape, k
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=5e-6, msg=k)
+    import csv
+
+    ev_one = [r for r in csv.DictReader((one_process / "metrics.csv").open()) if r["eval_loss"]]
+    ev_fsdp = [r for r in csv.DictReader((tmp_path / "fsdp" / "metrics.csv").open()) if r["eval_loss"]]
+    assert len(ev_one) == 1 and len(ev_fsdp) == 1  # the killed-and-resumed history keeps steps <= 3 only
+    assert float(ev_fsdp[0]["eval_loss"]) == pytest.approx(float(ev_one[0]["eval_loss"]), rel=1e-6)
     info = json.loads((tmp_path / "fsdp" / "shard_info.json").read_text())
     assert info == {"type": "DTensor", "local": [24, 32], "full": [48, 32]}
-    ck = tmp_path / "fsdp" / "checkpoint-6"
+    ck = tmp_path / "fsdp" / "checkpoint-3"
     assert (ck / "optimizer-0.pt").is_file() and (ck / "optimizer-1.pt").is_file()
+    # resumed from checkpoint-3 (per-rank sharded optimizer state) == uninterrupted, bit for bit
+    u = load_tensors(tmp_path / "fsdp" / "uninterrupted" / "model.safetensors")
+    for k in u:
+        assert torch.equal(u[k], b[k]), k
     fresh = _model(lora=False)
     load_adapter(fresh.llm, tmp_path / "fsdp" / "final" / "adapters" / "llm")
     for n, p in fresh.named_parameters():

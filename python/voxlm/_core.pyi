@@ -291,6 +291,25 @@ def load_batch(
     mode: str = "trilinear",
     num_threads: int = 0,
     spacing: list[float] | None = None,
+    axcodes: str | None = None,
+    spacing_mode: str = "trilinear",
+    steps: list[tuple[str, list[float]]] | None = None,
+    series_uid: str | None = None,
+) -> npt.NDArray[np.float32]: ...
+def sniff_format(path: str | PathLike[str]) -> str: ...
+def load_image(
+    path: str | PathLike[str], dtype: str = "float32", series_uid: str | None = None
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64], dict[str, Any], str]: ...
+def load_image_2d(path: str | PathLike[str]) -> npt.NDArray[Any]: ...
+def resize_bicubic(img: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDArray[np.uint8]: ...
+def expand2square(img: npt.NDArray[np.uint8], background: list[int]) -> npt.NDArray[np.uint8]: ...
+def clip_preprocess(
+    img: npt.NDArray[np.uint8],
+    size: int | None,
+    crop: tuple[int, int] | None,
+    rescale: float,
+    mean: list[float],
+    std: list[float],
 ) -> npt.NDArray[np.float32]: ...
 
 @final

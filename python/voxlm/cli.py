@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print voxlm, torch and CUDA versions, threads and build profile")
     demo = sub.add_parser("demo", help="run voxlm's main job on bundled data")
-    demo.add_argument("--steps", type=int, default=60, help="training steps")
+    demo.add_argument("--steps", type=int, default=None, help="Dia-LLaMA finetune steps (default: the demo's)")
     demo.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
     demo.add_argument("--no-meteor", action="store_true", help="skip METEOR (Java)")
     tr = sub.add_parser("train", help="train a recipe from a YAML config (recipe/model/data/train sections)")

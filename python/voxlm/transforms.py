@@ -15,6 +15,7 @@ seeded :class:`RandFlip`, :class:`RandRotate90`, :class:`RandScaleShiftIntensity
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -84,6 +85,10 @@ class Compose(Transform):
         self.transforms = list(transforms)
 
     def __call__(self, x: Any) -> Any:
+        if isinstance(x, (str, os.PathLike)):  # a file: load it, through Rust when the chain fuses
+            from .data import transform_path
+
+            return transform_path(x, self)
         for t in self.transforms:
             x = t(x)
         return x

@@ -160,7 +160,9 @@ class _Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for attn, ff in self.layers:  # type: ignore[misc]
+        for layer in self.layers:
+            attn: nn.Module = layer[0]  # type: ignore[index]
+            ff: nn.Module = layer[1]  # type: ignore[index]
             if ckpt:
                 from torch.utils.checkpoint import checkpoint
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .exceptions import ShapeError, VolumeFormatError, VoxlmIOError
+from .exceptions import DTypeError, ShapeError
 
 PathLike = str | os.PathLike[str]
 _LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -117,96 +117,52 @@ def save_volume(volume: Volume | np.ndarray, path: PathLike, affine: np.ndarray 
 
 
 # ---------------------------------------------------------------------------------------------
-# one entry point for every format, dispatched by content
-
-_NPY_MAGIC = b"\x93NUMPY"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# one entry point for every format, dispatched by content (in Rust: src/volume/load.rs)
 
 
 def sniff_format(path: PathLike) -> str:
     """The format of ``path`` from its content (not its name): ``"nifti"`` (gzip magic or the
-    NIfTI-1/2 ``sizeof_hdr``/magic, ``.hdr``/``.img`` pairs), ``"dicom"`` (``DICM`` at byte 128,
-    or a folder), ``"metaimage"`` (a text header starting with ``ObjectType``/``NDims``),
-    ``"png"``, ``"jpeg"``, ``"npy"`` (numpy's ``\\x93NUMPY`` magic).
+    NIfTI-1/2 ``sizeof_hdr``), ``"dicom"`` (``DICM`` at byte 128, or a folder), ``"metaimage"``
+    (a text header starting with ``ObjectType``/``NDims``), ``"png"``, ``"jpeg"``, ``"npy"``.
 
     Raises :class:`~voxlm.VoxlmIOError` for a missing path and
     :class:`~voxlm.VolumeFormatError` for content it does not recognise."""
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        return "dicom"
-    try:
-        with open(p, "rb") as f:
-            head = f.read(352)
-    except OSError as e:
-        raise VoxlmIOError(f"{p}: {e.strerror or e}") from None
-    if head[:2] == b"\x1f\x8b":
-        return "nifti"
-    if head[:6] == _NPY_MAGIC:
-        return "npy"
-    if head[:8] == _PNG_MAGIC:
-        return "png"
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if len(head) >= 4:
-        le, be = int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")
-        if 348 in (le, be) or 540 in (le, be):
-            return "nifti"
-    text = head.lstrip()
-    if text.startswith((b"ObjectType", b"NDims")):
-        return "metaimage"
-    raise VolumeFormatError(
-        f"{p}: unknown image format (expected NIfTI, DICOM, MetaImage, PNG, JPEG or .npy; "
-        f"first bytes {head[:8]!r})")
-
-
-def _load_npy(path: str, dtype: Any) -> Volume:
-    try:
-        arr = np.load(path, allow_pickle=False, mmap_mode=None)
-    except (ValueError, EOFError) as e:
-        raise VolumeFormatError(f"{path}: corrupt .npy file ({e})") from None
-    if arr.dtype.kind not in "biuf":
-        raise VolumeFormatError(f"{path}: .npy dtype {arr.dtype} is not numeric")
-    original = tuple(arr.shape)
-    channels_moved = False
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    elif arr.ndim == 4:
-        arr, channels_moved = np.moveaxis(arr, 0, -1), True
-    elif arr.ndim not in (2, 3):
-        raise VolumeFormatError(
-            f"{path}: expected a .npy volume of 2-4 dims ([D, H, W] or [C, D, H, W]), got shape "
-            f"{original}")
-    meta = {"format": "npy", "original_shape": list(original), "channels_last": channels_moved}
-    return Volume(np.asarray(arr, dtype=dtype), np.eye(4), meta)
+    return _core.sniff_format(os.fspath(path))
 
 
 def load_image(path: PathLike, dtype: Any = np.float32, series_uid: str | None = None) -> Volume:
     """Read a volume of any supported format, chosen by content (see :func:`sniff_format`).
 
-    Returns a :class:`Volume`: ``data`` (float32 by default) in the file's voxel order with
-    extra axes (time, channels) last as nibabel, ``affine`` voxel -> world mm in nibabel's RAS+
-    convention, and ``meta`` (== ``header``) with ``"format"`` and the format's fields.
+    Returns a :class:`Volume`: ``data`` (float32 by default, float64 on request), ``affine``
+    voxel -> world mm in nibabel's RAS+ convention, and ``meta`` (== ``header``) holding
+    ``"format"`` and the format's fields.
 
-    * NIfTI: exactly :func:`load_volume` (``meta`` = the NIfTI header dict).
+    * NIfTI: exactly :func:`load_volume` (``meta`` = the NIfTI header dict + ``"format"``).
+    * DICOM (a file, or a folder = one series): axes x = column, y = row, z = slice sorted
+      along the slice normal by ImagePositionPatient; values ``raw * RescaleSlope +
+      RescaleIntercept``; the affine is ITK's LPS geometry (SimpleITK ``ImageSeriesReader``)
+      flipped to RAS. ``series_uid`` picks a series from a folder holding several (without it
+      such a folder is an error listing them). Colour images get a last samples axis.
+    * MetaImage (``.mha``, ``.mhd`` + ``.raw``/``.zraw``): SimpleITK's values and geometry (LPS
+      flipped to RAS); axes x, y, z as the file; several channels go last.
     * ``.npy`` (M3D-Cap stores float32 ``[1, 32, 256, 256]`` = ``[C, D, H, W]`` in [0, 1]): no
       geometry, so the affine is the identity. A 4-D array with one leading channel is squeezed
       to ``[D, H, W]`` so that a transform (which adds the channel axis back) sees M3D's own
       ``[1, D, H, W]``; a 4-D array with C > 1 leading channels is moved to ``[D, H, W, C]``
       (``meta["channels_last"] = True``); 2-D and 3-D arrays are kept.
       ``meta["original_shape"]`` records the file's shape.
-    * ``series_uid``: the DICOM series to read from a folder holding several.
+    * PNG / JPEG: ``[H, W]`` or ``[H, W, C]`` as Pillow's ``np.asarray`` (``meta["axes"] ==
+      "HWC"``), identity affine; :mod:`voxlm.image` has the 2D API.
 
-    Raises :class:`~voxlm.VolumeFormatError` naming the file and the format for corrupt or not
-    (yet) supported content, :class:`~voxlm.VoxlmIOError` for unreadable paths."""
+    Raises :class:`~voxlm.VolumeFormatError` naming the file and the problem for corrupt or
+    unsupported content, :class:`~voxlm.VoxlmIOError` for unreadable paths."""
     p = os.fspath(path)
-    fmt = sniff_format(p)
-    if fmt == "nifti":
+    name = np.dtype(dtype).name
+    if name not in ("float32", "float64"):
+        raise DTypeError(f"dtype: expected float32 or float64, got {name}")
+    if _core.sniff_format(p) == "nifti":
         v = load_volume(p, dtype)
         v.header.setdefault("format", "nifti")
         return v
-    if fmt == "npy":
-        return _load_npy(p, dtype)
-    names = {"dicom": "DICOM", "metaimage": "MetaImage", "png": "PNG", "jpeg": "JPEG"}
-    raise VolumeFormatError(f"{p}: {names[fmt]} support: not built yet")
+    data, affine, meta, _fmt = _core.load_image(p, name, series_uid)
+    return Volume(data, affine, meta)

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use pyo3::prelude::*;
 
 mod errors;
+mod image;
 mod info;
 mod llm;
 mod losses;
@@ -110,6 +111,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(volume::resize, m)?)?;
     m.add_function(wrap_pyfunction!(volume::load_batch, m)?)?;
     m.add_function(wrap_pyfunction!(volume::affine_resample, m)?)?;
+    m.add_function(wrap_pyfunction!(volume::load_image, m)?)?;
+    m.add_function(wrap_pyfunction!(volume::sniff_format, m)?)?;
+    image::register(m)?;
     m.add_function(wrap_pyfunction!(losses::focal_loss, m)?)?;
     m.add_function(wrap_pyfunction!(losses::kl_distill, m)?)?;
     m.add_function(wrap_pyfunction!(losses::lm_loss, m)?)?;

@@ -230,9 +230,94 @@ pub fn resize<'py>(
     Ok(bridge::array_to_py(py, out))
 }
 
-/// Load, reorient to RAS, window and resize many NIfTI files in parallel: `[B, 1, D, H, W]` f32.
+fn parse_step(name: &str, v: &[f64]) -> Result<crate::volume::steps::Step, Error> {
+    use crate::volume::resize::Mode;
+    use crate::volume::steps::Step;
+    let need = |n: usize| -> Result<(), Error> {
+        if v.len() == n {
+            Ok(())
+        } else {
+            Err(Error::config(format!(
+                "pipeline step {name:?}: expected {n} parameters, got {}",
+                v.len()
+            )))
+        }
+    };
+    let size3 = |k: usize| -> Result<[i64; 3], Error> {
+        let mut o = [0i64; 3];
+        for i in 0..3 {
+            let x = v[k + i];
+            if !(x.fract() == 0.0 && (x == -1.0 || (x >= 1.0 && x < 1e7))) {
+                return Err(Error::config(format!(
+                    "pipeline step {name:?}: sizes must be positive integers or -1, got {v:?}"
+                )));
+            }
+            o[i] = x as i64;
+        }
+        Ok(o)
+    };
+    Ok(match name {
+        "window" => {
+            need(5)?;
+            Step::Window(v[0], v[1], v[2], v[3], v[4] != 0.0)
+        }
+        "percentiles" => {
+            need(5)?;
+            Step::Percentiles(v[0], v[1], v[2], v[3], v[4] != 0.0)
+        }
+        "normalize" => {
+            need(1)?;
+            Step::Normalize(v[0] != 0.0)
+        }
+        "crop_foreground" => {
+            need(3)?;
+            if v.iter()
+                .any(|m| !(m.fract() == 0.0 && (0.0..1e7).contains(m)))
+            {
+                return Err(Error::config(format!(
+                    "crop_foreground: margins must be non-negative integers, got {v:?}"
+                )));
+            }
+            Step::CropForeground([v[0] as usize, v[1] as usize, v[2] as usize])
+        }
+        "pad" => {
+            need(5)?;
+            Step::Pad(size3(0)?, v[3] != 0.0, v[4] as f32)
+        }
+        "center_crop" => {
+            need(3)?;
+            Step::CenterCrop(size3(0)?)
+        }
+        "pad_or_crop" => {
+            need(4)?;
+            Step::PadOrCrop(size3(0)?, v[3] as f32)
+        }
+        "resize" => {
+            need(4)?;
+            let s = size3(0)?;
+            if s.iter().any(|&x| x < 1) {
+                return Err(Error::config("resize: sizes must be positive"));
+            }
+            let mode = if v[3] == 0.0 {
+                Mode::Trilinear
+            } else {
+                Mode::Nearest
+            };
+            Step::Resize([s[0] as usize, s[1] as usize, s[2] as usize], mode)
+        }
+        other => {
+            return Err(Error::config(format!(
+                "pipeline step: unknown step {other:?}"
+            )))
+        }
+    })
+}
+
+/// Load (any format), reorient, resample to a spacing, window, run array steps and resize
+/// many files in parallel: `[B, 1, D, H, W]` f32. `axcodes` overrides `ras`; `steps` are
+/// `(name, params)` pairs run after the prefix (see `volume::steps::Step`).
 #[pyfunction]
-#[pyo3(signature = (paths, ras=true, window=None, size=None, mode="trilinear", num_threads=0, spacing=None))]
+#[pyo3(signature = (paths, ras=true, window=None, size=None, mode="trilinear", num_threads=0, spacing=None, axcodes=None, spacing_mode="trilinear", steps=None, series_uid=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn load_batch<'py>(
     py: Python<'py>,
@@ -243,8 +328,13 @@ pub fn load_batch<'py>(
     mode: &str,
     num_threads: usize,
     spacing: Option<[f64; 3]>,
+    axcodes: Option<String>,
+    spacing_mode: &str,
+    steps: Option<Vec<(String, Vec<f64>)>>,
+    series_uid: Option<String>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     use crate::volume::pipeline::{self, Pipeline};
+    use crate::volume::resize::Mode;
     if let Some(s) = spacing {
         if s.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             return Err(Error::config(format!(
@@ -253,12 +343,28 @@ pub fn load_batch<'py>(
             .into());
         }
     }
+    let orient = match axcodes {
+        Some(c) => Some(pipeline::parse_axcodes(&c)?),
+        None if ras => Some(pipeline::RAS),
+        None => None,
+    };
+    let spacing_mode = match spacing_mode {
+        "bilinear" => Mode::Trilinear,
+        m => Mode::parse(m)?,
+    };
+    let mut post = Vec::new();
+    for (name, params) in steps.unwrap_or_default() {
+        post.push(parse_step(&name, &params)?);
+    }
     let p = Pipeline {
+        orient,
         spacing,
-        ras,
+        spacing_mode,
         window,
         size,
-        mode: crate::volume::resize::Mode::parse(mode)?,
+        mode: Mode::parse(mode)?,
+        post,
+        series_uid,
     };
     let n = if num_threads == 0 {
         crate::parallel::current_num_threads()
@@ -300,4 +406,84 @@ pub fn affine_resample<'py>(
         crate::volume::resample::affine_resample(v4, &x, size, m)
     })?;
     Ok(bridge::array_to_py(py, out))
+}
+
+/// `(data, affine, meta, format)` of `voxlm._core.load_image`.
+type AnyLoaded<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, numpy::PyArrayDyn<f64>>,
+    Bound<'py, pyo3::types::PyDict>,
+    &'static str,
+);
+
+pub(crate) fn meta_dict<'py>(
+    py: Python<'py>,
+    meta: &crate::volume::load::Meta,
+) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+    use crate::volume::load::MetaValue as V;
+    let d = pyo3::types::PyDict::new(py);
+    for (k, v) in meta {
+        match v {
+            V::Str(s) => d.set_item(k, s)?,
+            V::Int(i) => d.set_item(k, i)?,
+            V::Float(f) => d.set_item(k, f)?,
+            V::Bool(b) => d.set_item(k, b)?,
+            V::Floats(f) => d.set_item(k, f.clone())?,
+            V::Ints(i) => d.set_item(k, i.clone())?,
+            V::Strs(s) => d.set_item(k, s.clone())?,
+        }
+    }
+    Ok(d)
+}
+
+fn loaded_array<'py, T: numpy::Element + Copy>(
+    py: Python<'py>,
+    l: crate::volume::load::Loaded<T>,
+) -> PyResult<Bound<'py, PyAny>> {
+    use ndarray::ShapeBuilder;
+    let a = if l.fortran {
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&l.shape).f(), l.data)
+    } else {
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&l.shape), l.data)
+    }
+    .map_err(|e| Error::shape(e.to_string()))?;
+    Ok(bridge::array_to_py(py, a).into_any())
+}
+
+/// The format of a file (or folder) by content: "nifti", "dicom", "metaimage", "npy", "png",
+/// "jpeg".
+#[pyfunction]
+pub fn sniff_format(py: Python<'_>, path: std::path::PathBuf) -> PyResult<&'static str> {
+    let f = py.detach(|| crate::volume::load::sniff(&path))?;
+    Ok(f.name())
+}
+
+/// Read any supported image (DICOM file or folder, MetaImage, NIfTI, .npy, PNG, JPEG):
+/// `(data, affine 4x4 RAS, meta dict, format)`. `dtype`: "float32" or "float64".
+#[pyfunction]
+#[pyo3(signature = (path, dtype="float32", series_uid=None))]
+pub fn load_image<'py>(
+    py: Python<'py>,
+    path: std::path::PathBuf,
+    dtype: &str,
+    series_uid: Option<String>,
+) -> PyResult<AnyLoaded<'py>> {
+    use crate::volume::load::{self, LoadOptions};
+    let opts = LoadOptions { series_uid };
+    match dtype {
+        "float32" => {
+            let (f, l) = crate::py::par(py, || load::load::<f32>(&path, &opts))?;
+            let (aff, meta) = (l.affine, meta_dict(py, &l.meta)?);
+            Ok((loaded_array(py, l)?, affine_array(py, aff)?, meta, f.name()))
+        }
+        "float64" => {
+            let (f, l) = crate::py::par(py, || load::load::<f64>(&path, &opts))?;
+            let (aff, meta) = (l.affine, meta_dict(py, &l.meta)?);
+            Ok((loaded_array(py, l)?, affine_array(py, aff)?, meta, f.name()))
+        }
+        other => Err(Error::dtype(format!(
+            "dtype: expected 'float32' or 'float64', got '{other}'"
+        ))
+        .into()),
+    }
 }

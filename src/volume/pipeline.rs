@@ -1,23 +1,91 @@
-//! Whole-file pipelines in Rust, parallel across files: load (NIfTI) -> reorient to RAS (flips
-//! and permutations from the affine) -> intensity window -> resize, written straight into a
-//! preallocated batch `[B, 1, D, H, W]`.
+//! Whole-file pipelines in Rust, parallel across files: load (NIfTI straight from its bytes; any
+//! other format through `load::load_3d`) -> reorient to any axis codes (flips and permutations
+//! from the affine) -> spacing (trilinear or nearest) -> intensity window -> array steps
+//! (`steps::Step`: percentiles, normalisation, foreground crop, pads and crops, resize), written
+//! into a preallocated batch `[B, 1, D, H, W]`.
 
 use ndarray::{s, Array3, Array5, ArrayView3, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
+use super::load::{self, Format, LoadOptions};
 use super::nifti;
 use super::resample::affine_resample_strided;
 use super::resize::{resize, resize_strided, Mode};
+use super::steps::{self, Step};
 use crate::error::{Error, Result};
+
+/// Output axis i -> (world axis, positive direction): `RAS` is `[(0, true), (1, true), (2, true)]`.
+pub type Axcodes = [(usize, bool); 3];
+
+/// RAS+ axis codes.
+pub const RAS: Axcodes = [(0, true), (1, true), (2, true)];
+
+/// Parse axis codes such as "RAS", "LPS", "PLI" (MONAI / nibabel letters).
+pub fn parse_axcodes(codes: &str) -> Result<Axcodes> {
+    let mut out = [(0usize, true); 3];
+    let chars: Vec<char> = codes.chars().collect();
+    if chars.len() != 3 {
+        return Err(Error::config(format!(
+            "axcodes: expected 3 letters (e.g. 'RAS'), got {codes:?}"
+        )));
+    }
+    let mut seen = [false; 3];
+    for (i, c) in chars.iter().enumerate() {
+        let (ax, pos) = match c {
+            'R' => (0, true),
+            'L' => (0, false),
+            'A' => (1, true),
+            'P' => (1, false),
+            'S' => (2, true),
+            'I' => (2, false),
+            _ => {
+                return Err(Error::config(format!(
+                    "axcodes: unknown code {c:?} in {codes:?} (use L/R, P/A, I/S)"
+                )))
+            }
+        };
+        if seen[ax] {
+            return Err(Error::config(format!(
+                "axcodes: {codes:?} names an axis twice"
+            )));
+        }
+        seen[ax] = true;
+        out[i] = (ax, pos);
+    }
+    Ok(out)
+}
 
 #[derive(Clone, Debug)]
 pub struct Pipeline {
-    pub ras: bool,
-    /// Target voxel size in mm (MONAI `Spacing`, trilinear, border), after the reorientation.
+    /// Reorient to these axis codes first (MONAI `Orientation`), or keep the file's axes.
+    pub orient: Option<Axcodes>,
+    /// Target voxel size in mm (MONAI `Spacing`, border), after the reorientation.
     pub spacing: Option<[f64; 3]>,
+    /// Spacing interpolation (trilinear or nearest).
+    pub spacing_mode: Mode,
     pub window: Option<(f64, f64, f64, f64, bool)>,
+    /// A final Resize straight after the prefix (resampled from the file's bytes).
     pub size: Option<[usize; 3]>,
     pub mode: Mode,
+    /// Array steps after the prefix, in order.
+    pub post: Vec<Step>,
+    /// DICOM series to read from folders holding several.
+    pub series_uid: Option<String>,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Pipeline {
+            orient: None,
+            spacing: None,
+            spacing_mode: Mode::Trilinear,
+            window: None,
+            size: None,
+            mode: Mode::Trilinear,
+            post: Vec::new(),
+            series_uid: None,
+        }
+    }
 }
 
 type M4 = [[f64; 4]; 4];
@@ -178,37 +246,48 @@ pub fn orientation(affine: &[[f64; 4]; 4]) -> [(usize, bool); 3] {
     out
 }
 
-/// A view of `v` in RAS axis order (flips and a permutation of strides; no copy).
-fn ras_view<'a>(v: ArrayView3<'a, f32>, affine: &[[f64; 4]; 4]) -> ArrayView3<'a, f32> {
+/// For voxel axis j of `affine`: (output axis, flipped) under target axis codes `t`.
+fn axis_map(affine: &M4, t: &Axcodes) -> [(usize, bool); 3] {
     let o = orientation(affine);
+    let mut m = [(0usize, false); 3];
+    for (j, &(world, positive)) in o.iter().enumerate() {
+        let i = t.iter().position(|&(w, _)| w == world).unwrap_or(j);
+        m[j] = (i, positive != t[i].1);
+    }
+    m
+}
+
+/// A view of `v` in the target axis order (flips and a permutation of strides; no copy).
+fn oriented_view<'a>(v: ArrayView3<'a, f32>, affine: &M4, t: &Axcodes) -> ArrayView3<'a, f32> {
+    let m = axis_map(affine, t);
     let mut view = v;
-    for (ax, &(_, positive)) in o.iter().enumerate() {
-        if !positive {
+    for (ax, &(_, flip)) in m.iter().enumerate() {
+        if flip {
             view.invert_axis(Axis(ax));
         }
     }
-    // output axis k is the voxel axis pointing along world axis k
+    // output axis i is the voxel axis j mapped to it
     let mut perm = [0usize; 3];
-    for (ax, &(world, _)) in o.iter().enumerate() {
-        perm[world] = ax;
+    for (j, &(i, _)) in m.iter().enumerate() {
+        perm[i] = j;
     }
     view.permuted_axes(perm)
 }
 
-/// The affine of the RAS view (as MONAI's `Orientation` updates it): column k is the file axis
-/// pointing along world axis k, negated if flipped, with the origin moved to the flipped end.
-fn ras_affine(shape: [usize; 3], affine: &M4) -> M4 {
-    let o = orientation(affine);
+/// The affine of the oriented view (as MONAI's `Orientation` updates it): column i is the file
+/// axis mapped to output axis i, negated if flipped, with the origin moved to the flipped end.
+fn oriented_affine(shape: [usize; 3], affine: &M4, t: &Axcodes) -> M4 {
+    let m = axis_map(affine, t);
     let mut out = [[0.0; 4]; 4];
     out[3][3] = 1.0;
     for i in 0..3 {
         out[i][3] = affine[i][3];
     }
-    for (ax, &(world, positive)) in o.iter().enumerate() {
-        let s = if positive { 1.0 } else { -1.0 };
+    for (ax, &(o, flip)) in m.iter().enumerate() {
+        let s = if flip { -1.0 } else { 1.0 };
         for i in 0..3 {
-            out[i][world] = s * affine[i][ax];
-            if !positive {
+            out[i][o] = s * affine[i][ax];
+            if flip {
                 out[i][3] += affine[i][ax] * (shape[ax] as f64 - 1.0);
             }
         }
@@ -216,31 +295,37 @@ fn ras_affine(shape: [usize; 3], affine: &M4) -> M4 {
     out
 }
 
-/// `(shape, strides, base)` of the RAS view of an F-order `(x, y, z)` volume.
-fn ras_layout(
+/// `(shape, strides, base)` of the oriented view of a volume laid out with `strides`.
+fn oriented_layout(
     shape: [usize; 3],
-    affine: &[[f64; 4]; 4],
-    ras: bool,
+    strides_in: [isize; 3],
+    affine: &M4,
+    orient: Option<&Axcodes>,
 ) -> ([usize; 3], [isize; 3], isize) {
-    let mut strides = [1isize, shape[0] as isize, (shape[0] * shape[1]) as isize];
+    let mut strides = strides_in;
     let mut base = 0isize;
-    if !ras {
-        return (shape, strides, base);
-    }
-    let o = orientation(affine);
-    for (ax, &(_, positive)) in o.iter().enumerate() {
-        if !positive {
+    let t = match orient {
+        None => return (shape, strides, base),
+        Some(t) => t,
+    };
+    let m = axis_map(affine, t);
+    for (ax, &(_, flip)) in m.iter().enumerate() {
+        if flip {
             base += (shape[ax] as isize - 1) * strides[ax];
             strides[ax] = -strides[ax];
         }
     }
     let mut out_shape = [0usize; 3];
     let mut out_strides = [0isize; 3];
-    for (ax, &(world, _)) in o.iter().enumerate() {
-        out_shape[world] = shape[ax];
-        out_strides[world] = strides[ax];
+    for (ax, &(o, _)) in m.iter().enumerate() {
+        out_shape[o] = shape[ax];
+        out_strides[o] = strides[ax];
     }
     (out_shape, out_strides, base)
+}
+
+fn f_strides(shape: [usize; 3]) -> [isize; 3] {
+    [1isize, shape[0] as isize, (shape[0] * shape[1]) as isize]
 }
 
 macro_rules! sampler {
@@ -310,6 +395,67 @@ macro_rules! with_sampler {
 }
 
 fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
+    let vol = if load::sniff(path)? == Format::Nifti {
+        one_nifti(path, p)?
+    } else {
+        one_generic(path, p)?
+    };
+    steps::run(vol, &p.post).map_err(|e| match e {
+        Error::Shape(m) => Error::Shape(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}
+
+/// Any non-NIfTI format: decoded to float32 once, then the same prefix through strided views.
+fn one_generic(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
+    let opts = LoadOptions {
+        series_uid: p.series_uid.clone(),
+    };
+    let (vol, affine) = load::load_3d(path, &opts)?;
+    let (d0, d1, d2) = vol.dim();
+    let dims = [d0, d1, d2];
+    let st = vol.strides();
+    let strides = [st[0], st[1], st[2]];
+    let flat = vol
+        .as_slice_memory_order()
+        .ok_or_else(|| Error::shape("volume is not contiguous"))?;
+    let window = p.window;
+    let (sh, st, base) = oriented_layout(dims, strides, &affine, p.orient.as_ref());
+    if let Some(pixdim) = p.spacing {
+        let src_aff = match &p.orient {
+            Some(t) => oriented_affine(dims, &affine, t),
+            None => affine,
+        };
+        let (new_aff, out_shape) = spacing_geometry(sh, &src_aff, pixdim)?;
+        let xform = matmul(&inverse(&src_aff)?, &new_aff);
+        let get = |i: isize| flat.get(i as usize).copied().unwrap_or(0.0);
+        let mut spaced =
+            affine_resample_strided(get, sh, st, base, &xform, out_shape, p.spacing_mode)?;
+        if window.is_some() {
+            spaced.par_mapv_inplace(|x| window_value(x, window));
+        }
+        return match p.size {
+            Some(size) => Ok(resize(spaced.insert_axis(Axis(0)).view(), size, p.mode)?
+                .index_axis_move(Axis(0), 0)),
+            None => Ok(spaced),
+        };
+    }
+    let get = |i: isize| window_value(flat.get(i as usize).copied().unwrap_or(0.0), window);
+    if let Some(size) = p.size {
+        return resize_strided(get, sh, st, base, size, p.mode);
+    }
+    let view = match &p.orient {
+        Some(t) => oriented_view(vol.view(), &affine, t),
+        None => vol.view(),
+    };
+    let mut out = view.as_standard_layout().into_owned();
+    if window.is_some() {
+        out.par_mapv_inplace(|x| window_value(x, window));
+    }
+    Ok(out)
+}
+
+fn one_nifti(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
     let (h, raw) = nifti::read_raw(path)?;
     let shape = h.shape();
     if shape.len() < 3 || shape[3..].iter().any(|&d| d != 1) {
@@ -331,13 +477,13 @@ fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
         window_value(v as f32, window)
     };
     let dims = [shape[0], shape[1], shape[2]];
+    let aff = h.best_affine();
     if let Some(pixdim) = p.spacing {
         // MONAI order: Orientation -> Spacing (on raw values) -> window -> Resize
-        let (sh, st, base) = ras_layout(dims, &h.best_affine(), p.ras);
-        let src_aff = if p.ras {
-            ras_affine(dims, &h.best_affine())
-        } else {
-            h.best_affine()
+        let (sh, st, base) = oriented_layout(dims, f_strides(dims), &aff, p.orient.as_ref());
+        let src_aff = match &p.orient {
+            Some(t) => oriented_affine(dims, &aff, t),
+            None => aff,
         };
         let (new_aff, out_shape) = spacing_geometry(sh, &src_aff, pixdim)?;
         let xform = matmul(&inverse(&src_aff)?, &new_aff);
@@ -349,8 +495,9 @@ fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
             }) as f32
         };
         let (bytes, le) = (raw.bytes(), h.little_endian);
+        let mode = p.spacing_mode;
         let mut spaced = with_sampler!(h.dtype()?, bytes, le, raw_value, |get| {
-            affine_resample_strided(get, sh, st, base, &xform, out_shape, Mode::Trilinear)
+            affine_resample_strided(get, sh, st, base, &xform, out_shape, mode)
         })?;
         drop(raw);
         if window.is_some() {
@@ -363,8 +510,8 @@ fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
         };
     }
     if let Some(size) = p.size {
-        // resample straight from the file's bytes through the RAS view: no decoded copy
-        let (sh, st, base) = ras_layout(dims, &h.best_affine(), p.ras);
+        // resample straight from the file's bytes through the oriented view: no decoded copy
+        let (sh, st, base) = oriented_layout(dims, f_strides(dims), &aff, p.orient.as_ref());
         let (bytes, le) = (raw.bytes(), h.little_endian);
         return with_sampler!(h.dtype()?, bytes, le, value, |get| resize_strided(
             get, sh, st, base, size, p.mode
@@ -378,10 +525,9 @@ fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
     if window.is_some() {
         vol.par_mapv_inplace(|x| window_value(x, window));
     }
-    let view = if p.ras {
-        ras_view(vol.view(), &h.best_affine())
-    } else {
-        vol.view()
+    let view = match &p.orient {
+        Some(t) => oriented_view(vol.view(), &aff, t),
+        None => vol.view(),
     };
     Ok(view.as_standard_layout().into_owned())
 }

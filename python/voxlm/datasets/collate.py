@@ -11,43 +11,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import _as_array as _volume_array
+from ..data import rust_plan, transform_path
 from ..exceptions import ConfigError, DataError, ShapeError
-from ..volume import Volume
+from ..volume import Volume, load_image
 from ._common import PathLike, check_record
 
 Record = dict[str, Any]
 
 
-def _load_image(path: PathLike) -> Any:
-    """One image file -> a :class:`~voxlm.Volume` (what a transform takes).
-
-    ``voxlm.load_image`` (all formats) when the package has it; until then NIfTI through
-    ``voxlm.load_volume`` and ``.npy`` through numpy with load_image's rules (M3D's ``[1, D, H, W]``
-    -> data ``[D, H, W]``; ``[C, D, H, W]`` -> ``[D, H, W, C]`` marked ``channels_last``).
-    """
-    import voxlm
-
-    if hasattr(voxlm, "load_image"):
-        return voxlm.load_image(path)
-    p = os.fspath(path)
-    if p.endswith(".npy"):
-        a = np.load(p, allow_pickle=False)
-        moved = a.ndim == 4 and a.shape[0] > 1
-        a = a[0] if a.ndim == 4 and a.shape[0] == 1 else (np.moveaxis(a, 0, -1) if moved else a)
-        return Volume(np.asarray(a, dtype=np.float32), np.eye(4), {"format": "npy", "channels_last": moved})
-    return voxlm.load_volume(p)
-
-
 def _to_tensor(x: Any) -> torch.Tensor:
     """A transform's output -> float32 tensor, channel first: a Volume's data gets a channel axis
-    (``[1, *spatial]``); its last axis becomes the channels for a 4-D volume (extra axes are last,
-    as nibabel) and for a 3-D one whose header says ``channels_last`` or that is a PNG/JPEG
-    (RGB); arrays/tensors are taken as channel-first already."""
+    (``[1, *spatial]``) or its trailing channel axis moves first (4-D volumes, multi-channel
+    ``.npy``, RGB PNG/JPEG — :func:`voxlm.data._as_array`'s rule, shared with ``load_batch``);
+    arrays/tensors are taken as channel-first already."""
     if isinstance(x, Volume):
-        a = np.asarray(x.data)
-        hdr = x.header if isinstance(x.header, Mapping) else {}
-        chan_last = bool(hdr.get("channels_last")) or (hdr.get("format") in ("png", "jpeg") and a.ndim == 3)
-        a = np.moveaxis(a, -1, 0) if a.ndim > 3 or (chan_last and a.ndim == 3) else a[None]
+        a = _volume_array(x)
     elif isinstance(x, torch.Tensor):
         return x.detach().to(torch.float32).contiguous()
     else:
@@ -89,8 +68,15 @@ class ReportDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def load(self, path: PathLike) -> torch.Tensor:
-        """One path -> the float32 tensor of an item (loader, then transform)."""
-        x = (self.image_loader or _load_image)(path)
+        """One path -> the float32 tensor of an item (loader, then transform). With the default
+        loader and a transform chain that fuses (:func:`voxlm.data.rust_plan`), the file is read
+        and transformed in one Rust pass, as ``load_batch``."""
+        if self.image_loader is None:
+            if self.transform is not None and rust_plan(self.transform) is not None:
+                return torch.from_numpy(transform_path(path, self.transform))
+            x = load_image(path)
+        else:
+            x = self.image_loader(path)
         if self.transform is not None:
             x = self.transform(x)
         return _to_tensor(x)

@@ -40,6 +40,12 @@ Where the paper and the code differ (default = released code):
 * loss: ``loss_weighting="released"``: ``L_LM + dp_weight * L_DP`` with ``dp_weight=4`` (the code);
   ``"paper"``: Eq. 7, ``L = L_DP + lambda * L_LM`` (``lm_weight`` = lambda; the paper gives no
   value in its text we could read, so the default 1.0 is voxlm's, not the paper's).
+* labels at inference: the released ``generate`` classifies from ``MyEmbedding.forward(mode=
+  'cls')``, which sums the disease-weighted tokens over the diseases instead of over the tokens
+  (its own comment expects the pooled ``b, 14, 768``), so disease ``i`` is judged from token
+  ``i``. voxlm's default (``inference_features="pooled"``) classifies from the pooled features
+  the prototypes were trained on (the paper's description); ``"released"`` reproduces the
+  released computation exactly (tested against a transcription).
 * the released ``MyEmbedding`` also builds ``group_cls_head`` (14 x Linear(768, 2)) whose logits
   no loss uses. voxlm builds it only for the ``use_prototypes=False`` ablation, where it *replaces*
   the prototype bank as the label predictor (cross-entropy, same weight as ``L_DP``).
@@ -151,6 +157,10 @@ class DiaLlamaConfig:
     use_prototypes: bool = True
     use_disease_attention: bool = True
     use_diagnostic_prompts: bool = True
+    # which features classify at inference: "pooled" (the disease-aware pooled features, as in
+    # training and the paper) or "released" (what the released generate's mode='cls' computes;
+    # see DiaLlama.inference_features)
+    inference_features: str = "pooled"
     # loss
     loss_weighting: str = "released"
     dp_weight: float = 4.0
@@ -199,6 +209,8 @@ class DiaLlamaConfig:
             raise ConfigError(f"recipe.vision: expected 'radfm' or 'vit3d', got {self.vision!r}")
         if self.loss_weighting not in ("released", "paper"):
             raise ConfigError(f"recipe.loss_weighting: expected 'released' or 'paper', got {self.loss_weighting!r}")
+        if self.inference_features not in ("pooled", "released"):
+            raise ConfigError(f"recipe.inference_features: expected 'pooled' or 'released', got {self.inference_features!r}")
         if self.resize_mode not in ("nearest", "trilinear"):
             raise ConfigError(f"recipe.resize_mode: expected 'nearest' or 'trilinear', got {self.resize_mode!r}")
         if self.dtype not in _DTYPES:
@@ -472,8 +484,12 @@ class DiaLlama(Recipe):
     diagnostic prompt."""
 
     Config = DiaLlamaConfig
+    llm: Any
+    vision: Any
+    perceiver: Any
+    disease: Any
 
-    def __init__(self, config: DiaLlamaConfig, llm: nn.Module, tokenizer: Any,
+    def __init__(self, config: DiaLlamaConfig, llm: Any, tokenizer: Any,
                  model_spec: Mapping[str, Any] | None = None, add_adapter: bool = True) -> None:
         super().__init__()
         from ..adapters import LoraConfig, add_lora
@@ -497,7 +513,7 @@ class DiaLlama(Recipe):
         self.figure_token_weight = nn.Parameter(torch.randn(2, hidden))
         L = len(c.conditions)
         self.disease = DiseaseAwareAttention(L, self.num_vision_tokens)
-        self.prototypes: nn.Module | None = None
+        self.prototypes: Any = None
         self.classifier: nn.ModuleList | None = None
         if c.use_prototypes:
             self.prototypes = PrototypeBank(L, c.vision_dim, proj_dim=c.prototype_dim,
@@ -550,8 +566,8 @@ class DiaLlama(Recipe):
 
     def _vision_num_tokens(self, d: int, h: int, w: int) -> int:
         if self.config.vision == "radfm":
-            return int(self.vision.num_tokens(h, w, d))  # type: ignore[operator]
-        return int(self.vision.n_patches)  # type: ignore[union-attr]
+            return int(self.vision.num_tokens(h, w, d))
+        return int(self.vision.n_patches)
 
     def _llm_path(self) -> str | None:
         spec = self.model_spec.get("llm")
@@ -614,6 +630,68 @@ class DiaLlama(Recipe):
             loaded.append("projector")
         self._rebind_parts()
         return loaded
+
+    #: Released ``MultiLLaMAForCausalLM`` state-dict prefixes -> voxlm's parts.
+    RELEASED_KEYS = (
+        ("embedding_layer.vision_encoder.", "vision."),
+        ("embedding_layer.perceiver.", "perceiver."),
+        ("embedding_layer.fc.", "projector."),
+        ("embedding_layer.figure_token_weight", "figure_token_weight"),
+        ("embedding_layer.prototype", "disease.prototype"),
+        ("embedding_layer.proj.", "prototypes.proj."),
+        ("embedding_layer.pos_sample_memory", "prototypes.pos_sample_memory"),
+        ("embedding_layer.neg_sample_memory", "prototypes.neg_sample_memory"),
+        ("embedding_layer.temp", "prototypes.temp"),
+        ("lang_model.base_model.model.", "llm."),
+    )
+
+    def load_released(self, checkpoint: PathLike | Mapping[str, torch.Tensor]) -> list[str]:
+        """Load a checkpoint of the released ``MultiLLaMAForCausalLM`` (its ``pytorch_model.bin``
+        or a state dict): ``embedding_layer.*`` into the parts (:data:`RELEASED_KEYS`) and the
+        PEFT-wrapped ``lang_model.base_model.model.*`` (LoRA ``lora_A/B.default`` and the base
+        weights, with or without PEFT's ``base_layer``) into ``llm``. Skipped, and returned:
+        ``embedding_layer.weight`` (the LLM's own input embeddings, tied in the released model)
+        and ``embedding_layer.group_cls_head.*`` (built but used by no loss in the released code;
+        loaded into ``classifier`` in the ``use_prototypes=False`` ablation). Needs a recipe built
+        with the released sizes (RadFM ViT, the checkpoint's LLM, LoRA on). CheckpointError names
+        any key that does not fit."""
+        sd = dict(checkpoint) if isinstance(checkpoint, Mapping) else _read_state_dict(checkpoint)
+        own = self.state_dict()
+        mapped: dict[str, torch.Tensor] = {}
+        skipped = []
+        for k, v in sd.items():
+            if k == "embedding_layer.weight":
+                skipped.append(k)
+                continue
+            if k.startswith("embedding_layer.group_cls_head."):
+                if self.classifier is not None:
+                    mapped["classifier." + k[len("embedding_layer.group_cls_head."):]] = v
+                else:
+                    skipped.append(k)
+                continue
+            for src, dst in self.RELEASED_KEYS:
+                if k == src or (src.endswith(".") and k.startswith(src)):
+                    name = dst + k[len(src):]
+                    break
+            else:
+                raise CheckpointError(f"released checkpoint: unexpected key {k!r} (not a Dia-LLaMA key)")
+            if name not in own and name.endswith((".weight", ".bias")):
+                head, leaf = name.rsplit(".", 1)
+                base = f"{head}.base_layer.{leaf}"  # PEFT < 0.7 saved the wrapped weight in place
+                if base in own:
+                    name = base
+            mapped[name] = v
+        missing = sorted(set(own) - set(mapped))
+        unexpected = sorted(set(mapped) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(f"released checkpoint does not fit this recipe: missing {missing[:3]}"
+                                  f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}")
+        for k, v in mapped.items():
+            if tuple(v.shape) != tuple(own[k].shape):
+                raise CheckpointError(f"released checkpoint: {k} has shape {tuple(v.shape)}, the recipe {tuple(own[k].shape)}")
+        self.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()}, strict=True)
+        self._rebind_parts()
+        return skipped
 
     # -- training ---------------------------------------------------------------------------
 
@@ -705,6 +783,23 @@ class DiaLlama(Recipe):
         if self.config.use_disease_attention:
             return self.disease(tokens)
         return tokens.mean(1, keepdim=True).expand(-1, len(self.config.conditions), -1)
+
+    def inference_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, N, D] -> [B, L, D]``, the features the labels are predicted from.
+
+        ``"pooled"`` (default): :meth:`disease_features`, the features the prototypes are trained
+        on (training path of ``my_embedding_layer.py``, and the paper). ``"released"``: what the
+        released ``generate`` computes in ``MyEmbedding.forward(mode='cls')``:
+        ``group_vision_x.sum(dim=1)`` on the ``[B, 14, N, D]`` weighted tokens sums over the
+        *diseases* (its comment expects ``b, 14, 768``; the result is ``[B, N, D]``), and disease
+        ``i`` is then classified from token ``i`` scaled by ``sum_j softmax(prototype_j)[i]``. The
+        default departs from the released code here because that code contradicts its own
+        training path and comment; ``"released"`` reproduces its predictions exactly."""
+        if self.config.inference_features == "pooled" or not self.config.use_disease_attention:
+            return self.disease_features(tokens)
+        L = len(self.config.conditions)
+        w = torch.softmax(self.disease.prototype, -1).sum(0)  # [N]: summed over diseases
+        return tokens[:, :L] * w[:L].to(tokens.dtype)[None, :, None]
 
     def label_loss(self, feats: torch.Tensor, cls_labels: torch.Tensor) -> torch.Tensor | None:
         if self.prototypes is not None:
@@ -805,7 +900,7 @@ class DiaLlama(Recipe):
                     raise ShapeError(f"labels: expected [{images.shape[0]}, {len(c.conditions)}], got {tuple(lab.shape)}")
                 lab = (lab == 1).long()
             elif self.has_label_predictor:
-                lab = self.predict_labels(self.disease_features(tokens)).cpu()
+                lab = self.predict_labels(self.inference_features(tokens)).cpu()
             else:
                 lab = torch.zeros(images.shape[0], len(c.conditions), dtype=torch.long)
             questions = [self.prompter.question(row.tolist()) for row in lab]
@@ -982,7 +1077,12 @@ def evaluate_reports(model: Any, dataset: Any, output_dir: PathLike | None, labe
     conditions = list(model.config.conditions)
     lab_fn = labeler or (lambda reports: keyword_labeler(reports, conditions))
     bs = int(batch_size or model.config.eval_batch_size)
-    ids, refs, hyps, prompts, pred_lab, gt_lab = [], [], [], [], [], []
+    ids: list[str] = []
+    refs: list[str] = []
+    hyps: list[str] = []
+    prompts: list[str] = []
+    pred_lab: list[Any] = []
+    gt_lab: list[Any] = []
     collate = model.collator()
     batch: list[Mapping[str, Any]] = []
 

@@ -116,8 +116,8 @@ class ExampleRecipe(Recipe):
         return any(".lora_" in n for n, _ in self.llm.named_parameters())
 
     def _lm_trainable(self, model: Any) -> None:
-        for p in self.parameters():
-            p.requires_grad_(True)
+        for n, p in self.named_parameters():
+            p.requires_grad_(".lora_" not in n)
 
     def _lora_trainable(self, model: Any) -> None:
         from ..adapters import LoraConfig, add_lora

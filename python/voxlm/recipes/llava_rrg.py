@@ -18,7 +18,8 @@ What follows LLaVA's released code (haotian-liu/LLaVA; files named):
 * Images (``llava/train/train.py`` ``image_aspect_ratio == "pad"``, ``llava/mm_utils.py``):
   ``expand2square`` on a canvas of the processor's mean colour ``(122, 116, 104)``, then
   ``CLIPImageProcessor`` (clip-vit-large-patch14-336: shortest side 336 bicubic, center crop 336,
-  rescale 1/255, CLIP mean/std) — :func:`clip_preprocess`; the study's images first go through
+  rescale 1/255, CLIP mean/std) — :func:`voxlm.image.clip_preprocess` (Rust; :func:`clip_preprocess`
+  here is the Pillow version, used with an older extension); the study's images first go through
   :func:`voxlm.transforms.stitch_images` (10 px gap, filled with 0).
 * Templates (``llava/conversation.py``): stage 1 ``conv_llava_plain`` (``preprocess_plain``:
   ``<image>`` + report + ``"\\n"``, loss on the report); stage 2 ``conv_vicuna_v1`` (separators
@@ -160,14 +161,19 @@ def study_pixels(paths: Sequence[str], size: int = 336, gap: int = 10, max_image
                  mean: Sequence[float] = CLIP_MEAN) -> torch.Tensor:
     """A study's images -> LLaVA-1.5 ``pixel_values`` ``[3, size, size]``: stitch, pad to square
     with the mean colour, CLIP preprocessing."""
-    Image = _pil()
     a = stitch_study([read_image(p) for p in paths], gap=gap, max_images=max_images)
     if a.dtype != np.uint8:
         lo, hi = float(a.min()), float(a.max())
         a = np.clip((a - lo) / max(hi - lo, 1e-12) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    img = Image.fromarray(a).convert("RGB")
-    img = expand2square(img, tuple(int(x * 255) for x in mean))
-    return clip_preprocess(img, size)
+    background = tuple(int(x * 255) for x in mean)
+    try:  # voxlm's Rust CLIP preprocessing (voxlm.image: Pillow's bicubic, bit-exact)
+        from ..image import clip_preprocess as rust_clip_preprocess
+
+        return rust_clip_preprocess(a, size=size, crop_size=size, pad_to_square=True, background=background)[0]
+    except (ImportError, AttributeError):  # an extension built before voxlm.image landed
+        Image = _pil()
+        img = expand2square(Image.fromarray(a).convert("RGB"), background)
+        return clip_preprocess(img, size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,7 +528,8 @@ class LlavaRRG(Recipe):
         if fmt == "mimic-cxr":
             opts.setdefault("section", None)
         train = read_records(fmt, root, split="train", **opts)
-        ev = read_records(fmt, root, split=data.get("eval_split", "validation"), **opts)
+        split = data.get("eval_split", "validation")  # None: no eval set (PI-CAI's public part is one split)
+        ev = read_records(fmt, root, split=split, **opts) if split else []
         return (StudyDataset(train, self.image_size, self.cfg, require=self.cfg.sections),
                 StudyDataset(ev, self.image_size, self.cfg, require=()) if ev else None)
 

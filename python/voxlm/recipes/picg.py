@@ -534,9 +534,22 @@ def build_scoring_net(spec: Mapping[str, Any]) -> nn.Module:
 
 
 def _load_array(path: str) -> np.ndarray:
+    """A volume in nibabel's axis order ``[X, Y, Z]`` (``voxlm.load_image``; formats voxlm does not
+    read yet, e.g. PI-CAI's ``.mha``, through SimpleITK when it is installed)."""
+    from ..exceptions import VolumeFormatError
     from ..volume import load_image
 
-    a = np.asarray(load_image(path).data, dtype=np.float32)
+    try:
+        a = np.asarray(load_image(path).data, dtype=np.float32)
+    except VolumeFormatError as e:
+        if "not built yet" not in str(e):
+            raise
+        try:
+            import SimpleITK as sitk
+        except ImportError:
+            raise e from None
+        a = np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), dtype=np.float32)
+        a = np.transpose(a, tuple(range(a.ndim))[::-1])  # ITK [z, y, x] -> [x, y, z]
     if a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim != 3:
@@ -693,6 +706,10 @@ class PICG(Recipe):
         mapped, skipped = llama_adapter_to_voxlm(sd, lc.num_hidden_layers, lc.num_attention_heads,
                                                  lc.num_key_value_heads, self.cfg.query_layer)
         own = dict(self.named_parameters())
+        conv = "vision.clip.vision_model.embeddings.patch_embedding.weight"
+        if conv in mapped and mapped[conv].dim() == 4 and own[conv].dim() == 5:
+            # a LLaMA-Adapter checkpoint (BIAS-7B) holds CLIP's 2D conv1: inflate it as PICG does
+            mapped[conv] = inflate_last(mapped[conv], own[conv].shape[-1], self.cfg.inflate_mode)
         unknown = sorted(set(mapped) - set(own))
         if unknown:
             raise CheckpointError(f"LLaMA-Adapter checkpoint: tensors with no place in this PICG model: {unknown[:5]}")
@@ -721,7 +738,9 @@ class PICG(Recipe):
             return format_prompt(g[kind], self.cfg.score_question)
         if task == "feature":
             if self.cfg.feature_prompt == "released":
-                kind = "dwi_adc"  # the released script's counter never moves: one instruction for all
+                # test_round2_getfeature.py as run: its counter never moves, so every sequence gets
+                # the same instruction, glued to the question without a space (instruct + INPUT)
+                return format_prompt(g["dwi_adc"] + self.cfg.feature_question)
             return format_prompt(g[kind] + " " + self.cfg.feature_question)
         raise ConfigError(f"task: expected 'modality', 'guideline' or 'feature', got {task!r}")
 
@@ -749,10 +768,22 @@ class PICG(Recipe):
         pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         h = core.embed(input_ids)
         first = lc.num_hidden_layers - self.cfg.query_layer
+        ckpt = bool(getattr(llm, "gradient_checkpointing", False)) and self.training and torch.is_grad_enabled()
+
+        def run(fn: Callable[..., torch.Tensor], *a: Any) -> torch.Tensor:
+            """A layer, recomputed in the backward pass under gradient checkpointing (whole layers:
+            early stop cannot travel through the Rust layer, as in ``LlamaForCausalLM``)."""
+            if not ckpt:
+                return fn(*a)
+            from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+
+            with set_checkpoint_early_stop(False):
+                return checkpoint(fn, *a, use_reentrant=False)
+
         if first > 0:
             cos, sin, mask = core.prepare(h, attention_mask, pos)
             for i in range(first):
-                h = core.layer(i, h, cos, sin, mask, self.training)
+                h = run(core.layer, i, h, cos, sin, mask, self.training)
         b, t = input_ids.shape
         cos, sin = rope_tables(llm.model.rotary_emb.inv_freq, pos, h.dtype)
         causal = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
@@ -763,8 +794,8 @@ class PICG(Recipe):
         for j in range(self.cfg.query_layer):
             layer = llm.model.layers[first + j]
             prompt = adapter[j].unsqueeze(0) + visual  # dynamic_adapter = adapter[i].repeat(B) + visual_query
-            h = adapted_layer(layer, h, cos, sin, mask, prompt, self.gates[j], lc.num_attention_heads,
-                              lc.num_key_value_heads, lc.rms_norm_eps)
+            h = run(adapted_layer, layer, h, cos, sin, mask, prompt, self.gates[j], lc.num_attention_heads,
+                    lc.num_key_value_heads, lc.rms_norm_eps)
         normed, logits = core.head(h)
         return normed, logits
 
@@ -841,7 +872,8 @@ class PICG(Recipe):
             synth.ensure(root, **dict(data["synth"]))
         opts = {k: v for k, v in data.items() if k not in ("format", "root", "synth", "eval_split")}
         train = read_records(fmt, root, split="train", **opts)
-        ev = read_records(fmt, root, split=data.get("eval_split", "validation"), **opts)
+        split = data.get("eval_split", "validation")  # None: no eval set (PI-CAI's public part is one split)
+        ev = read_records(fmt, root, split=split, **opts) if split else []
         return SequenceDataset(train, self.cfg), (SequenceDataset(ev, self.cfg) if ev else None)
 
     def collator(self) -> PICGCollator:

@@ -295,13 +295,25 @@ class Rad3dPrefixCollator:
 # recipe
 
 
+def _stage_setter(stage: str) -> Callable[[nn.Module], None]:
+    def set_trainable(model: nn.Module) -> None:
+        assert isinstance(model, Rad3dPrefix)
+        model.set_trainable(stage)
+
+    return set_trainable
+
+
 class Rad3dPrefix(Recipe):
     """RAD3D-Prefix (module docstring). Parts: ``vision`` (frozen) -> ``head`` (diagnostic
     logits) -> ``projector`` (anomaly-aware prefix) -> ``llm`` (frozen)."""
 
     Config = Rad3dPrefixConfig
+    llm: Any
+    vision: Any
+    head: Any
+    projector: Any
 
-    def __init__(self, config: Rad3dPrefixConfig, llm: nn.Module, tokenizer: Any,
+    def __init__(self, config: Rad3dPrefixConfig, llm: Any, tokenizer: Any,
                  model_spec: Mapping[str, Any] | None = None, add_adapter: bool = False) -> None:
         super().__init__()
         c = self.config = config
@@ -400,8 +412,8 @@ class Rad3dPrefix(Recipe):
         out = []
         if self.config.diagnosis_max_steps > 0:
             out.append(Stage("diagnosis", a.replace(max_steps=int(self.config.diagnosis_max_steps)),
-                             lambda m: m.set_trainable("diagnosis")))
-        out.append(Stage("prefix", a, lambda m: m.set_trainable("prefix")))
+                             _stage_setter("diagnosis")))
+        out.append(Stage("prefix", a, _stage_setter("prefix")))
         return out
 
     def transform(self) -> DiaLlamaTransform:

@@ -560,6 +560,11 @@ def expand_records(records: Sequence[Mapping[str, Any]], task: str, per_region: 
     for r in records:
         base = {**r, "task": task, "region": ""}
         if task == "report":
+            if r.get("region") in REGIONS and isinstance(r.get("report"), str):  # a reader's one-region record
+                if r["report"].strip():
+                    out.append({**base, "region": r["region"], "prompt": REGION_PROMPT.format(region=r["region"]),
+                                "target": r["report"].strip()})
+                continue
             secs = r.get("sections") or {}
             regions = [k for k in REGIONS if isinstance(secs.get(k), str) and secs[k].strip()]
             if per_region and regions:

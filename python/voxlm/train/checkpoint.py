@@ -166,12 +166,18 @@ def _save_adapter_gathered(m: nn.Module, out: pathlib.Path, adapter: str, write:
 def load_trainable(model: nn.Module, folder: PathLike, strict: bool = True) -> list[str]:
     """Copy ``folder/model.safetensors`` into the model's parameters of the same names (in place,
     so Rust-bound modules keep their references). With ``strict``, every trainable parameter of
-    the model must be in the file. Returns the names loaded."""
+    the model must be in the file. A tensor saved as ``x.weight`` before ``add_lora`` wrapped
+    ``x`` goes to ``x.base_layer.weight``. Returns the names loaded."""
     f = pathlib.Path(folder) / WEIGHTS_NAME
     if not f.is_file():
         raise CheckpointError(f"{folder}: no {WEIGHTS_NAME}")
     sd = load_tensors(f)
     params = dict(model.named_parameters())
+    for k in [k for k in sd if k not in params]:  # saved before add_lora wrapped the layer
+        head, _, leaf = k.rpartition(".")
+        wrapped = f"{head}.base_layer.{leaf}"
+        if wrapped in params and wrapped not in sd:
+            sd[wrapped] = sd.pop(k)
     unknown = sorted(set(sd) - set(params))
     if unknown:
         raise CheckpointError(f"{f}: parameters the model does not have: {unknown[:3]}"

@@ -30,6 +30,8 @@ class RunLog:
         self.csv = "csv" in report_to
         self.columns = list(BASE_COLUMNS)
         self.tb = None
+        self._file: Any = None
+        self._writer: Any = None
         if not enabled:
             return
         for r in self.rows:
@@ -54,23 +56,28 @@ class RunLog:
         return bool(new)
 
     def _rewrite(self) -> None:
+        """The whole file again (new columns, or a resumed history), atomically; then append."""
+        if self._file is not None:
+            self._file.close()
         tmp = self.path.with_name(".metrics.csv.tmp")
         with tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns, restval="")
             w.writeheader()
             w.writerows(self.rows)
         tmp.replace(self.path)
+        self._file = self.path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns, restval="")
 
     def log(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         if not self.enabled:
             return
         if self.csv:
-            if self._grow(row) or not self.path.is_file():
+            if self._grow(row) or self._writer is None:
                 self._rewrite()
             else:
-                with self.path.open("a", newline="") as f:
-                    csv.DictWriter(f, fieldnames=self.columns, restval="").writerow(row)
+                self._writer.writerow(row)
+                self._file.flush()  # type: ignore[union-attr]  # in the OS's hands: survives a kill
         if self.tb is not None:
             step = int(row["step"])
             for k, v in row.items():
@@ -81,19 +88,26 @@ class RunLog:
             self.tb.flush()
 
     def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
         if self.tb is not None:
             self.tb.close()
             self.tb = None
 
 
 def plot_loss(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> pathlib.Path | None:
-    """Training loss (and eval loss) against the optimizer step, as a PNG (matplotlib, Agg)."""
+    """Training loss (and eval loss) against the optimizer step, as a PNG (matplotlib, Agg);
+    None when there is nothing to plot or matplotlib is not installed."""
     train = [(r["step"], r["loss"]) for r in rows if r.get("loss") not in (None, "")]
     ev = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") not in (None, "")]
     if not train and not ev:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # matplotlib is optional: metrics.csv / TensorBoard still have the curve
+        return None
 
     fig = Figure(figsize=(6, 3.5), dpi=100)  # no pyplot: leaves a notebook's backend alone
     FigureCanvasAgg(fig)

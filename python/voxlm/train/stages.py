@@ -54,7 +54,7 @@ def run_stages(model: nn.Module, stages: list[Stage], train_dataset: Dataset, ev
             stage.set_trainable(model)
         final = pathlib.Path(args.output_dir) / "final"
         if resume and (final / C.STATE_NAME).is_file():
-            C.load_trainable(model, final)
+            C.load_trainable(model, final, strict=False)  # what that stage did not train stays as set
             import json
 
             st = json.loads((final / C.STATE_NAME).read_text())

@@ -118,10 +118,12 @@ def _loss_of(out: Any) -> Any:
 _NO_LOSS = object()
 
 
-def _tokens(batch: Mapping[str, Any]) -> int:
+def _tokens(batch: Mapping[str, Any]) -> Any:
+    """Tokens in a batch (``attention_mask`` sum, else ``input_ids`` size; 0 without either);
+    a device tensor when counted from the mask, so no host sync per micro-batch."""
     m = batch.get("attention_mask")
     if isinstance(m, torch.Tensor):
-        return int(m.sum())
+        return m.sum()
     ids = batch.get("input_ids")
     return int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
 
@@ -463,7 +465,7 @@ class Trainer:
                     break
                 micro = start_micro if epoch == start_epoch else 0
                 sampler.set_epoch(epoch, micro * args.per_device_train_batch_size)
-                group_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+                group_loss: torch.Tensor | None = None
                 for batch in loader:
                     last_group = micro // ga == per_epoch - 1
                     gsize = n_micro - (per_epoch - 1) * ga if last_group else ga
@@ -475,15 +477,17 @@ class Trainer:
                         checked = True
                         scaled = loss / gsize
                         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                    group_loss += loss.detach().double() / gsize
+                    group_loss = loss.detach() if group_loss is None else group_loss + loss.detach()
                     tokens += _tokens(batch)
                     micro += 1
                     if not closes:
                         continue
-                    gn, bad, gl = self._update(params, group_loss)
+                    assert group_loss is not None
+                    lr_used = self.lr_scheduler.get_last_lr()[0]  # logged as transformers 5 does
+                    gn, bad, gl = self._update(params, group_loss / gsize)
                     self.global_step += 1
                     self.epoch = epoch + micro / n_micro
-                    group_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+                    group_loss = None
                     if bad:
                         self._skipped += 1
                         if not args.skip_nonfinite_steps:
@@ -497,11 +501,12 @@ class Trainer:
                         dt = time.perf_counter() - t_window
                         row = {"step": self.global_step, "epoch": round(self.epoch, 4),
                                "loss": float(np.mean(window)) if window else float("nan"),
-                               "learning_rate": self.lr_scheduler.get_last_lr()[0], "grad_norm": gn}
+                               "learning_rate": lr_used, "grad_norm": gn}
                         self.log.log(row)
                         post = {"loss": f"{row['loss']:.4g}", "lr": f"{row['learning_rate']:.3g}"}
-                        if tokens:
-                            post["tok/s"] = f"{tokens * self.dist.world_size / max(dt, 1e-9):.0f}"
+                        n_tok = float(tokens)
+                        if n_tok:
+                            post["tok/s"] = f"{n_tok * self.dist.world_size / max(dt, 1e-9):.0f}"
                         bar.set_postfix(post, refresh=False)
                         window, tokens, t_window = [], 0, time.perf_counter()
                     if args.eval_strategy == "steps" and self.eval_dataset is not None \
@@ -544,18 +549,20 @@ class Trainer:
         assert self.optimizer is not None
         opt, scaler = self.optimizer, self.scaler
 
-        def flags(*ts: torch.Tensor) -> list[float]:
-            vals = torch.stack([t.to(group_loss.device, torch.float64) for t in ts]).tolist()
+        def values(*ts: torch.Tensor) -> tuple[list[float], bool]:
+            """One host sync: the values, and whether any is not finite (on any rank)."""
+            vals = torch.stack([t.detach().float() for t in ts]).tolist()
+            bad = not all(math.isfinite(v) for v in vals)
             if self.dist.enabled:
-                vals[:2] = D.all_reduce_sum(vals[:2], self.dist, self.device)
-                vals[1] /= self.dist.world_size
-            return vals
+                red = D.all_reduce_sum([float(bad), vals[0] if math.isfinite(vals[0]) else 0.0], self.dist, self.device)
+                bad, vals[0] = red[0] > 0, red[1] / self.dist.world_size
+            return vals, bad
 
         if scaler is not None:
             # fp16: an inf *gradient* is the GradScaler's business (it skips and lowers the scale);
             # a non-finite loss is checked before unscaling so that a skipped step leaves it clean
-            bad_f, gl = flags((~torch.isfinite(group_loss)).double(), group_loss.nan_to_num())
-            if bad_f > 0:
+            (gl,), bad = values(group_loss)
+            if bad:
                 opt.zero_grad(set_to_none=True)
                 self.lr_scheduler.step()
                 return float("nan"), True, gl
@@ -567,13 +574,12 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             return float(norm), False, gl
         norm = self._clip(params)
-        bad_t = ~(torch.isfinite(group_loss) & torch.isfinite(norm))
-        bad_f, gl, gn = flags(bad_t.double(), group_loss.nan_to_num(), norm.nan_to_num(nan=-1.0))
-        if bad_f == 0:
+        (gl, gn), bad = values(group_loss, norm.to(group_loss.device))
+        if not bad:
             opt.step()
         self.lr_scheduler.step()
         opt.zero_grad(set_to_none=True)
-        return gn, bad_f > 0, gl
+        return gn, bad, gl
 
     def _clip(self, params: list[nn.Parameter]) -> torch.Tensor:
         grads = [p for p in params if p.grad is not None]
