@@ -59,10 +59,11 @@ test-py: build $(STAMP_JAVA)
 
 test: test-rust test-py
 
-# property-based fuzzing of the NIfTI header and gzip paths, safetensors buffers and config.json
+# property-based fuzzing of the NIfTI header and gzip paths, safetensors buffers and config.json,
+# DICOM and MetaImage
 # (100k inputs each; test-rust runs them with their own smaller defaults)
 fuzz: $(STAMP_DEPS)
-	$(BUILD_ENV) LD_LIBRARY_PATH=$(TORCH_LIB) VOXLM_FUZZ_CASES=$${VOXLM_FUZZ_CASES:-100000} cargo test --release --test fuzz_nifti --test fuzz_safetensors
+	$(BUILD_ENV) LD_LIBRARY_PATH=$(TORCH_LIB) VOXLM_FUZZ_CASES=$${VOXLM_FUZZ_CASES:-100000} cargo test --release --test fuzz_nifti --test fuzz_safetensors --test fuzz_dicom --test fuzz_metaimage
 
 bench: build
 	$(PY) bench/run_all.py
