@@ -30,8 +30,9 @@ $(STAMP_TORCH): | $(VENV)/bin/python
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	touch $@
 
-$(STAMP_DEPS): requirements-dev.txt $(STAMP_TORCH)
-	$(PY) -m pip install --quiet -r requirements-dev.txt torch==$(TORCH_VERSION)
+# constraints.txt pins the reference libraries the parity tests were run against
+$(STAMP_DEPS): requirements-dev.txt constraints.txt $(STAMP_TORCH)
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt torch==$(TORCH_VERSION)
 	touch $@
 
 # pycocoevalcap's METEOR and PTB tokenizer run Java.
@@ -58,19 +59,22 @@ test-py: build $(STAMP_JAVA)
 
 test: test-rust test-py
 
-# property-based fuzzing of the NIfTI header and gzip paths (100k inputs; also part of test-rust)
+# property-based fuzzing of the NIfTI header and gzip paths, safetensors buffers and config.json,
+# DICOM and MetaImage
+# (100k inputs each; test-rust runs them with their own smaller defaults)
 fuzz: $(STAMP_DEPS)
-	$(BUILD_ENV) LD_LIBRARY_PATH=$(TORCH_LIB) VOXLM_FUZZ_CASES=$${VOXLM_FUZZ_CASES:-100000} cargo test --release --test fuzz_nifti
+	$(BUILD_ENV) LD_LIBRARY_PATH=$(TORCH_LIB) VOXLM_FUZZ_CASES=$${VOXLM_FUZZ_CASES:-100000} cargo test --release --test fuzz_nifti --test fuzz_safetensors --test fuzz_dicom --test fuzz_metaimage
 
 bench: build
 	$(PY) bench/run_all.py
 
+# ruff's config (pyproject.toml) includes E501: lines of at most 100 characters
 lint: build
 	cargo fmt --check
 	$(BUILD_ENV) cargo clippy --release --features python -- -D warnings
 	$(BUILD_ENV) cargo clippy --release --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests bench
-	$(PY) -m mypy.stubtest voxlm._core
+	$(BUILD_ENV) LD_LIBRARY_PATH=$(TORCH_LIB) $(PY) -m mypy.stubtest voxlm._core
 
 clean-build:
 	rm -f python/voxlm/_core*.so

@@ -2,6 +2,7 @@
 //! losses and metrics. Everything outside `py/` and `bridge.rs` is free of pyo3 and is tested with
 //! `cargo test`; the Python extension (`voxlm._core`) is built with the `python` feature.
 
+pub mod adapters;
 pub mod check;
 pub mod error;
 pub mod llm;
@@ -11,6 +12,7 @@ pub mod ops;
 pub mod parallel;
 pub mod vision;
 pub mod volume;
+pub mod weights;
 
 #[cfg(feature = "python")]
 mod bridge;

@@ -55,11 +55,18 @@ class LoraConfig:
         if not isinstance(self.r, int) or self.r <= 0:
             raise ConfigError(f"r: expected a positive integer rank, got {self.r!r}")
         if not 0.0 <= float(self.lora_dropout) < 1.0:
-            raise ConfigError(f"lora_dropout: expected a value in [0, 1), got {self.lora_dropout!r}")
+            raise ConfigError(
+                f"lora_dropout: expected a value in [0, 1), got {self.lora_dropout!r}"
+            )
         if self.bias != "none":
-            raise ConfigError(f"bias: only 'none' is supported (use add_bias_tuning), got {self.bias!r}")
+            raise ConfigError(
+                f"bias: only 'none' is supported (use add_bias_tuning), got {self.bias!r}"
+            )
         if self.init_lora_weights not in (True, False, "gaussian"):
-            raise ConfigError(f"init_lora_weights: expected True, False or 'gaussian', got {self.init_lora_weights!r}")
+            raise ConfigError(
+                "init_lora_weights: expected True, False or 'gaussian', "
+                f"got {self.init_lora_weights!r}"
+            )
         if isinstance(self.target_modules, (list, tuple, set)):
             self.target_modules = sorted(self.target_modules)
         for k in ("use_dora", "fan_in_fan_out"):
@@ -75,9 +82,17 @@ class LoraConfig:
 
     def to_peft_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "extra"}
-        d.update(peft_type="LORA", inference_mode=True, fan_in_fan_out=False, use_dora=False,
-                 modules_to_save=None, layers_to_transform=None, layers_pattern=None,
-                 rank_pattern={}, alpha_pattern={})
+        d.update(
+            peft_type="LORA",
+            inference_mode=True,
+            fan_in_fan_out=False,
+            use_dora=False,
+            modules_to_save=None,
+            layers_to_transform=None,
+            layers_pattern=None,
+            rank_pattern={},
+            alpha_pattern={},
+        )
         return d
 
     @classmethod
@@ -128,7 +143,9 @@ class LoraLayer(nn.Module):
             else:
                 nn.init.zeros_(b.weight)
         self.lora_A[name], self.lora_B[name] = a, b
-        self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.lora_dropout[name] = (
+            nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        )
         self.scaling[name] = config.scaling
         self.dropout_p[name] = float(config.lora_dropout)
         self.active_adapter = name
@@ -148,8 +165,16 @@ class LoraLayer(nn.Module):
         b = self.base_layer
         if n is None:
             return _core.lora_linear(x, b.weight, b.bias)
-        return _core.lora_linear(x, b.weight, b.bias, self.lora_A[n].weight, self.lora_B[n].weight,
-                                 self.scaling[n], self.dropout_p[n], self.training)
+        return _core.lora_linear(
+            x,
+            b.weight,
+            b.bias,
+            self.lora_A[n].weight,
+            self.lora_B[n].weight,
+            self.scaling[n],
+            self.dropout_p[n],
+            self.training,
+        )
 
 
 def _lora_layers(model: nn.Module) -> list[tuple[str, LoraLayer]]:
@@ -162,7 +187,9 @@ def _rebind(model: nn.Module) -> None:
         rebind()
 
 
-def _matches(name: str, target: list[str] | str | None, model: nn.Module, module: nn.Module) -> bool:
+def _matches(
+    name: str, target: list[str] | str | None, model: nn.Module, module: nn.Module
+) -> bool:
     if not isinstance(module, nn.Linear):
         return False
     if target == "all-linear":
@@ -181,7 +208,9 @@ def add_lora(model: nn.Module, config: LoraConfig, adapter_name: str = "default"
     Adding a second name to an already adapted model adds a second adapter to the same layers
     and makes it active (``set_adapter`` switches back)."""
     if config.target_modules is None:
-        raise ConfigError("target_modules: expected module names, a regex or 'all-linear', got None")
+        raise ConfigError(
+            "target_modules: expected module names, a regex or 'all-linear', got None"
+        )
     existing = dict(_lora_layers(model))
     names: list[str] = []
     if existing:
@@ -200,7 +229,9 @@ def add_lora(model: nn.Module, config: LoraConfig, adapter_name: str = "default"
                 setattr(parent, child, layer)
                 names.append(name)
     if not names:
-        raise ConfigError(f"target_modules: {config.target_modules!r} matches no nn.Linear of the model")
+        raise ConfigError(
+            f"target_modules: {config.target_modules!r} matches no nn.Linear of the model"
+        )
     for n, p in model.named_parameters():
         p.requires_grad_(".lora_A." in n or ".lora_B." in n)
     model._voxlm_lora_configs = {**getattr(model, "_voxlm_lora_configs", {}), adapter_name: config}  # type: ignore[assignment]
@@ -281,8 +312,12 @@ def save_adapter(model: nn.Module, path: PathLike, adapter_name: str = "default"
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, layer in _lora_layers(model):
-        tensors[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[adapter_name].weight.detach()
-        tensors[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[adapter_name].weight.detach()
+        tensors[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[
+            adapter_name
+        ].weight.detach()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[
+            adapter_name
+        ].weight.detach()
     _core.save_safetensors(tensors, os.fspath(out / WEIGHTS_NAME))
     (out / CONFIG_NAME).write_text(json.dumps(configs[adapter_name].to_peft_dict(), indent=2))
 
@@ -295,30 +330,67 @@ def load_adapter(model: nn.Module, path: PathLike, adapter_name: str = "default"
         raise CheckpointError(f"{p}: no {CONFIG_NAME}")
     if not (p / WEIGHTS_NAME).is_file():
         raise CheckpointError(f"{p}: no {WEIGHTS_NAME} (only safetensors adapters are read)")
-    config = LoraConfig.from_peft_dict(json.loads((p / CONFIG_NAME).read_text()))
+    try:
+        raw = json.loads((p / CONFIG_NAME).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p / CONFIG_NAME}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(
+            f"{p / CONFIG_NAME}: expected a JSON object, got {type(raw).__name__}"
+        )
+    try:
+        config = LoraConfig.from_peft_dict(raw)
+    except TypeError as e:  # a field of the wrong type reaching the dataclass
+        raise ConfigError(f"{p / CONFIG_NAME}: {e}") from e
     ref = next(iter(model.parameters()))
-    sd = _core.load_safetensors(os.fspath(p / WEIGHTS_NAME), str(ref.dtype), str(ref.device) if ref.device.type == "cpu" else f"cuda:{ref.device.index or 0}")
+    dev = str(ref.device) if ref.device.type == "cpu" else f"cuda:{ref.device.index or 0}"
+    sd = _core.load_safetensors(os.fspath(p / WEIGHTS_NAME), str(ref.dtype), dev)
+    # check names and shapes against the base model before anything is allocated or changed
+    if config.target_modules is None:
+        raise ConfigError(f"{p / CONFIG_NAME}: target_modules is missing")
+    existing = dict(_lora_layers(model))
+    if existing:
+        targets = {n: layer.base_layer for n, layer in existing.items()}
+    else:
+        targets = {
+            n: m for n, m in model.named_modules() if _matches(n, config.target_modules, model, m)
+        }
+    if not targets:
+        raise ConfigError(
+            f"{p}: target_modules {config.target_modules!r} match no nn.Linear of the model"
+        )
+    expected_shapes: dict[str, tuple[int, int]] = {}
+    for n, lin in targets.items():
+        expected_shapes[f"base_model.model.{n}.lora_A.weight"] = (config.r, lin.in_features)
+        expected_shapes[f"base_model.model.{n}.lora_B.weight"] = (lin.out_features, config.r)
+    missing = sorted(set(expected_shapes) - set(sd))
+    unexpected = sorted(k for k in set(sd) - set(expected_shapes) if ".lora_" in k)
+    if missing or unexpected:
+        msg = []
+        if missing:
+            msg.append(
+                f"missing {missing[0]}"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            )
+        if unexpected:
+            msg.append(f"unexpected {unexpected[0]} (a module this model does not have)")
+        raise CheckpointError(f"{p}: adapter does not fit the model: " + "; ".join(msg))
+    for k, shape in expected_shapes.items():
+        if tuple(sd[k].shape) != shape:
+            raise CheckpointError(
+                f"{p}: {k} has shape {tuple(sd[k].shape)}, the model (r={config.r}) expects {shape}"
+            )
     names = add_lora(model, config, adapter_name)
     layers = dict(_lora_layers(model))
     expected = {}
     for n in names:
         for ab in ("lora_A", "lora_B"):
-            expected[f"base_model.model.{n}.{ab}.weight"] = getattr(layers[n], ab)[adapter_name].weight
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(k for k in set(sd) - set(expected) if ".lora_" in k)
-    if missing or unexpected:
-        msg = []
-        if missing:
-            msg.append(f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-        if unexpected:
-            msg.append(f"unexpected {unexpected[0]} (a module this model does not have)")
-        raise CheckpointError(f"{p}: adapter does not fit the model: " + "; ".join(msg))
+            expected[f"base_model.model.{n}.{ab}.weight"] = getattr(layers[n], ab)[
+                adapter_name
+            ].weight
     with torch.no_grad():
         for k, param in expected.items():
-            t = sd[k]
-            if t.shape != param.shape:
-                raise CheckpointError(f"{p}: {k} has shape {tuple(t.shape)}, the model expects {tuple(param.shape)}")
-            param.copy_(t)
+            param.copy_(sd[k])
     _rebind(model)
     return names
 
@@ -330,7 +402,9 @@ def load_adapter(model: nn.Module, path: PathLike, adapter_name: str = "default"
 PICG_BIAS_MODULES = ("q_proj", "o_proj", "gate_proj", "down_proj", "up_proj")
 
 
-def add_bias_tuning(model: nn.Module, modules: Sequence[str] = PICG_BIAS_MODULES, norms: bool = True) -> int:
+def add_bias_tuning(
+    model: nn.Module, modules: Sequence[str] = PICG_BIAS_MODULES, norms: bool = True
+) -> int:
     """PICG's bias tuning: give every ``nn.Linear`` whose name ends with one of ``modules`` a
     zero-initialised trainable bias (an existing bias becomes trainable), make RMSNorm weights
     trainable when ``norms``, freeze everything else. Returns the number of trainable parameters."""
@@ -339,9 +413,15 @@ def add_bias_tuning(model: nn.Module, modules: Sequence[str] = PICG_BIAS_MODULES
         p.requires_grad_(False)
     for name, m in model.named_modules():
         base = m.base_layer if isinstance(m, LoraLayer) else m
-        if isinstance(base, nn.Linear) and any(name == t or name.endswith(f".{t}") for t in modules):
+        if isinstance(base, nn.Linear) and any(
+            name == t or name.endswith(f".{t}") for t in modules
+        ):
             if base.bias is None:
-                base.bias = nn.Parameter(torch.zeros(base.out_features, device=base.weight.device, dtype=base.weight.dtype))
+                base.bias = nn.Parameter(
+                    torch.zeros(
+                        base.out_features, device=base.weight.device, dtype=base.weight.dtype
+                    )
+                )
             base.bias.requires_grad_(True)
             count += 1
         elif norms and type(m).__name__.endswith("RMSNorm"):
@@ -382,7 +462,9 @@ def trainable_parameters(model: nn.Module, verbose: bool = False) -> tuple[int, 
             trainable += p.numel()
     pct = 100 * trainable / total if total else 0.0
     if verbose:
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {pct:.4f}")
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {pct:.4f}"
+        )
     return trainable, total, pct
 
 
@@ -409,7 +491,9 @@ def add_adaption_prompt(model: nn.Module, adapter_len: int, adapter_layers: int)
     ref = next(model.parameters())
     for layer in list(layers)[-adapter_layers:]:
         attn = layer.self_attn
-        attn.adaption_prompt = nn.Parameter(torch.empty(1, adapter_len, hidden, device=ref.device, dtype=ref.dtype).normal_())
+        attn.adaption_prompt = nn.Parameter(
+            torch.empty(1, adapter_len, hidden, device=ref.device, dtype=ref.dtype).normal_()
+        )
         attn.adaption_gate = nn.Parameter(torch.zeros(1, device=ref.device, dtype=ref.dtype))
     _rebind(model)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -428,8 +512,16 @@ class PrefixEncoder(nn.Module):
     the LLM width.
     """
 
-    def __init__(self, in_dim: int, hidden_size: int, num_prefix: int = 10, width: int = 256,
-                 depth: int = 2, heads: int = 4, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_size: int,
+        num_prefix: int = 10,
+        width: int = 256,
+        depth: int = 2,
+        heads: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if min(in_dim, hidden_size, num_prefix, width, heads) <= 0 or depth < 0:
             raise ConfigError("PrefixEncoder: sizes must be positive")
@@ -438,8 +530,14 @@ class PrefixEncoder(nn.Module):
         self.in_dim, self.num_prefix, self.width = in_dim, num_prefix, width
         self.lift = nn.Linear(in_dim, num_prefix * width)
         self.pos = nn.Parameter(torch.zeros(num_prefix, width))
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False) if depth else nn.Identity()
+        layer = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout, batch_first=True, norm_first=True
+        )
+        self.blocks = (
+            nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+            if depth
+            else nn.Identity()
+        )
         self.out = nn.Linear(width, hidden_size)
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
@@ -450,15 +548,22 @@ class PrefixEncoder(nn.Module):
 
 
 def prepend_prefix(
-    prefix: torch.Tensor, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    prefix: torch.Tensor,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``[prefix ; inputs_embeds]`` with the attention mask extended by ones and labels by
     ``-100`` (prefix positions are never predicted). Returns ``(embeds, mask, labels)``."""
-    if prefix.dim() != 3 or inputs_embeds.dim() != 3 or prefix.shape[0] != inputs_embeds.shape[0] \
-            or prefix.shape[2] != inputs_embeds.shape[2]:
+    if (
+        prefix.dim() != 3
+        or inputs_embeds.dim() != 3
+        or prefix.shape[0] != inputs_embeds.shape[0]
+        or prefix.shape[2] != inputs_embeds.shape[2]
+    ):
         raise ShapeError(
-            f"prefix {tuple(prefix.shape)} and inputs_embeds {tuple(inputs_embeds.shape)}: expected [B, k, H] and [B, T, H]"
+            f"prefix {tuple(prefix.shape)} and inputs_embeds {tuple(inputs_embeds.shape)}: "
+            "expected [B, k, H] and [B, T, H]"
         )
     b, k = prefix.shape[:2]
     t = inputs_embeds.shape[1]

@@ -45,8 +45,13 @@ class LoraLinear(RustBound):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        for k, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{k}: expected a positive integer, got {v!r}")
         if not isinstance(r, int) or r <= 0:
             raise ConfigError(f"r: expected a positive integer rank, got {r!r}")
+        if not (isinstance(lora_alpha, (int, float)) and math.isfinite(lora_alpha)):
+            raise ConfigError(f"lora_alpha: expected a finite number, got {lora_alpha!r}")
         if not 0.0 <= lora_dropout < 1.0:
             raise ConfigError(f"lora_dropout: expected a value in [0, 1), got {lora_dropout!r}")
         self.in_features, self.out_features, self.r = in_features, out_features, r

@@ -19,15 +19,32 @@ from torch import nn
 
 from . import _core
 from ._bind import RustBound
-from .exceptions import CheckpointError, ConfigError
+from .exceptions import CheckpointError, ConfigError, ShapeError, VoxlmTypeError
 from .llm import splice_image_tokens
 
 Triple = tuple[int, int, int]
 
 
+def _int(v: object, name: str, minimum: int = 1) -> int:
+    """A size argument: an integer >= ``minimum`` (checked before any parameter is allocated)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{name}: expected an integer, got {v!r}")
+    if v < minimum:
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v}")
+    return v
+
+
+def _divides(dim: int, heads: int, dim_name: str, heads_name: str) -> None:
+    if dim % heads:
+        raise ConfigError(f"{dim_name} {dim} must be divisible by {heads_name} {heads}")
+
+
 def _triple(v: int | Sequence[int], name: str) -> Triple:
-    t = (v, v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 3 or any(int(x) <= 0 for x in t):
+    try:
+        t = (v, v, v) if isinstance(v, int) else tuple(v)
+    except TypeError:
+        raise ConfigError(f"{name}: expected 3 positive sizes, got {v!r}") from None
+    if len(t) != 3 or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in t):
         raise ConfigError(f"{name}: expected 3 positive sizes, got {v!r}")
     return (int(t[0]), int(t[1]), int(t[2]))
 
@@ -52,11 +69,18 @@ def interpolate_pos_embedding(
 def reuse_pos_embedding(pos: torch.Tensor, n_tokens: int, has_cls: bool = True) -> torch.Tensor:
     """PICG's reuse of CLIP's position embeddings: the first ``n_tokens`` patch positions
     (e.g. 252 tokens of a 6x6x7 grid padded to 256 so CLIP's 257 = 1 + 16x16 are reused)."""
+    if not isinstance(pos, torch.Tensor):
+        raise VoxlmTypeError(f"pos: expected a torch.Tensor, got {type(pos).__name__}")
+    _int(n_tokens, "n_tokens", 0)
     start = 1 if has_cls else 0
-    if pos.dim() != 3 or pos.shape[1] - start < n_tokens:
+    if pos.dim() != 3:
+        raise ShapeError(
+            f"pos: expected a 3-d tensor [1, positions, dim], got shape {tuple(pos.shape)}"
+        )
+    if pos.shape[1] - start < n_tokens:
         raise ConfigError(f"pos: {tuple(pos.shape)} has fewer than {n_tokens} patch positions")
     parts = [pos[:, :1]] if has_cls else []
-    return torch.cat([*parts, pos[:, start:start + n_tokens]], 1)
+    return torch.cat([*parts, pos[:, start : start + n_tokens]], 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +114,9 @@ class _PatchEmbedding(nn.Module):
     def __init__(self, c: int, d: int, patch: Triple, n: int, perceptron: bool) -> None:
         super().__init__()
         if perceptron:
-            self.patch_embeddings: nn.Module = nn.Sequential(nn.Identity(), nn.Linear(patch[0] * patch[1] * patch[2] * c, d))
+            self.patch_embeddings: nn.Module = nn.Sequential(
+                nn.Identity(), nn.Linear(patch[0] * patch[1] * patch[2] * c, d)
+            )
         else:
             self.patch_embeddings = nn.Conv3d(c, d, kernel_size=patch, stride=patch)
         self.position_embeddings = nn.Parameter(torch.zeros(1, n, d))
@@ -107,24 +133,50 @@ class ViT3D(RustBound):
     LoRA from :func:`voxlm.adapters.add_lora` (e.g. on ``qkv``) runs inside the Rust forward.
     """
 
-    def __init__(self, in_channels: int = 1, img_size: int | Sequence[int] = (32, 256, 256),
-                 patch_size: int | Sequence[int] = (4, 16, 16), hidden_size: int = 768, mlp_dim: int = 3072,
-                 num_layers: int = 12, num_heads: int = 12, proj_type: str = "conv",
-                 classification: bool = False, qkv_bias: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        img_size: int | Sequence[int] = (32, 256, 256),
+        patch_size: int | Sequence[int] = (4, 16, 16),
+        hidden_size: int = 768,
+        mlp_dim: int = 3072,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        proj_type: str = "conv",
+        classification: bool = False,
+        qkv_bias: bool = False,
+    ) -> None:
         super().__init__()
-        self.img_size, self.patch_size = _triple(img_size, "img_size"), _triple(patch_size, "patch_size")
+        for k, v in dict(
+            in_channels=in_channels, hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads
+        ).items():
+            _int(v, k)
+        _int(num_layers, "num_layers", 0)
+        self.img_size, self.patch_size = (
+            _triple(img_size, "img_size"),
+            _triple(patch_size, "patch_size"),
+        )
         if any(i % p for i, p in zip(self.img_size, self.patch_size)):
-            raise ConfigError(f"patch_size {self.patch_size} must divide img_size {self.img_size} along every axis")
+            raise ConfigError(
+                f"patch_size {self.patch_size} must divide img_size {self.img_size} "
+                "along every axis"
+            )
         if hidden_size % num_heads:
-            raise ConfigError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+            raise ConfigError(
+                f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}"
+            )
         if proj_type not in ("conv", "perceptron"):
             raise ConfigError(f"proj_type: expected 'conv' or 'perceptron', got {proj_type!r}")
         self.in_channels, self.hidden_size, self.mlp_dim = in_channels, hidden_size, mlp_dim
         self.num_layers, self.num_heads, self.proj_type = num_layers, num_heads, proj_type
         self.grid = tuple(i // p for i, p in zip(self.img_size, self.patch_size))
         n = self.grid[0] * self.grid[1] * self.grid[2]
-        self.patch_embedding = _PatchEmbedding(in_channels, hidden_size, self.patch_size, n, proj_type == "perceptron")
-        self.blocks = nn.ModuleList([_Block(hidden_size, mlp_dim, qkv_bias) for _ in range(num_layers)])
+        self.patch_embedding = _PatchEmbedding(
+            in_channels, hidden_size, self.patch_size, n, proj_type == "perceptron"
+        )
+        self.blocks = nn.ModuleList(
+            [_Block(hidden_size, mlp_dim, qkv_bias) for _ in range(num_layers)]
+        )
         self.norm = nn.LayerNorm(hidden_size)
         if classification:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
@@ -138,11 +190,24 @@ class ViT3D(RustBound):
         from .adapters import lora_settings
 
         lora = lora_settings(self)
-        params = {k: v for k, v in self.named_parameters() if ".base_layer." not in k and ".lora_" not in k}
+        params = {
+            k: v
+            for k, v in self.named_parameters()
+            if ".base_layer." not in k and ".lora_" not in k
+        }
         params.update(lora["tensors"])
-        return _core.Vit3dCore(self.in_channels, list(self.img_size), list(self.patch_size), self.hidden_size,
-                               self.mlp_dim, self.num_layers, self.num_heads, self.proj_type == "perceptron",
-                               params, lora["settings"])
+        return _core.Vit3dCore(
+            self.in_channels,
+            list(self.img_size),
+            list(self.patch_size),
+            self.hidden_size,
+            self.mlp_dim,
+            self.num_layers,
+            self.num_heads,
+            self.proj_type == "perceptron",
+            params,
+            lora["settings"],
+        )
 
     gradient_checkpointing = False
 
@@ -168,7 +233,9 @@ class ViT3D(RustBound):
         return core.final_norm(h), hidden
 
     @staticmethod
-    def from_clip(clip: CLIPVision | str | os.PathLike[str], depth: int, mode: str = "replicate") -> CLIPVision:
+    def from_clip(
+        clip: CLIPVision | str | os.PathLike[str], depth: int, mode: str = "replicate"
+    ) -> CLIPVision:
         """PICG's 3D encoder: a HF CLIP vision tower with its patch convolution inflated to
         ``depth`` (the CLIP architecture is kept exactly, so this returns a 3D
         :class:`CLIPVision`, not a MONAI-layout ViT)."""
@@ -176,9 +243,14 @@ class ViT3D(RustBound):
         return tower.inflate(depth, mode)
 
     @classmethod
-    def from_monai(cls, vit: nn.Module | Mapping[str, torch.Tensor], num_heads: int | None = None,
-                   img_size: Sequence[int] | None = None, patch_size: Sequence[int] | None = None,
-                   in_channels: int | None = None) -> ViT3D:
+    def from_monai(
+        cls,
+        vit: nn.Module | Mapping[str, torch.Tensor],
+        num_heads: int | None = None,
+        img_size: Sequence[int] | None = None,
+        patch_size: Sequence[int] | None = None,
+        in_channels: int | None = None,
+    ) -> ViT3D:
         """Build from a MONAI ``ViT`` module (config read from it) or its ``state_dict`` (pass
         ``num_heads``, ``img_size`` and ``patch_size``; MONAI's classification head, if any, is
         not part of ViT3D)."""
@@ -194,7 +266,11 @@ class ViT3D(RustBound):
             sd = dict(vit)
         # MONAI's classification head is not part of ViT3D; its blocks carry an unused
         # norm_cross_attn (and cross_attn only with with_cross_attention, which ViT3D lacks)
-        sd = {k: v for k, v in sd.items() if not k.startswith("classification_head") and ".norm_cross_attn." not in k}
+        sd = {
+            k: v
+            for k, v in sd.items()
+            if not k.startswith("classification_head") and ".norm_cross_attn." not in k
+        }
         if any(".cross_attn." in k for k in sd):
             raise ConfigError("from_monai: ViTs with cross-attention blocks are not supported")
         perceptron = "patch_embedding.patch_embeddings.1.weight" in sd
@@ -205,12 +281,29 @@ class ViT3D(RustBound):
             w = sd["patch_embedding.patch_embeddings.weight"]
             in_channels = in_channels or w.shape[1]
             patch_size = patch_size or tuple(w.shape[2:])
-        if num_heads is None or img_size is None or patch_size is None or in_channels is None and perceptron:
-            raise ConfigError("from_monai: pass num_heads, img_size, patch_size (and in_channels for perceptron embeddings)")
-        model = cls(in_channels=in_channels or 1, img_size=img_size, patch_size=patch_size, hidden_size=d,
-                    mlp_dim=mlp_dim, num_layers=layers, num_heads=num_heads,
-                    proj_type="perceptron" if perceptron else "conv", classification="cls_token" in sd,
-                    qkv_bias="blocks.0.attn.qkv.bias" in sd)
+        if (
+            num_heads is None
+            or img_size is None
+            or patch_size is None
+            or in_channels is None
+            and perceptron
+        ):
+            raise ConfigError(
+                "from_monai: pass num_heads, img_size, patch_size "
+                "(and in_channels for perceptron embeddings)"
+            )
+        model = cls(
+            in_channels=in_channels or 1,
+            img_size=img_size,
+            patch_size=patch_size,
+            hidden_size=d,
+            mlp_dim=mlp_dim,
+            num_layers=layers,
+            num_heads=num_heads,
+            proj_type="perceptron" if perceptron else "conv",
+            classification="cls_token" in sd,
+            qkv_bias="blocks.0.attn.qkv.bias" in sd,
+        )
         model.load_state_dict(sd, strict=True)
         return model
 
@@ -256,7 +349,9 @@ class _ClipEncoder(nn.Module):
 
 
 class _ClipTower(nn.Module):
-    def __init__(self, c: int, d: int, m: int, n: int, patch: tuple[int, ...], positions: int, eps: float) -> None:
+    def __init__(
+        self, c: int, d: int, m: int, n: int, patch: tuple[int, ...], positions: int, eps: float
+    ) -> None:
         super().__init__()
         self.embeddings = _ClipEmbeddings(c, d, patch, positions)
         self.pre_layrnorm = nn.LayerNorm(d, eps=eps)
@@ -274,29 +369,78 @@ class CLIPVision(RustBound):
     table are zero-padded so the table is reused unchanged (PICG's 252 -> 256).
     """
 
-    def __init__(self, hidden_size: int = 1024, intermediate_size: int = 4096, num_hidden_layers: int = 24,
-                 num_attention_heads: int = 16, image_size: int = 224, patch_size: int | Sequence[int] = 14,
-                 num_channels: int = 3, layer_norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        hidden_size: int = 1024,
+        intermediate_size: int = 4096,
+        num_hidden_layers: int = 24,
+        num_attention_heads: int = 16,
+        image_size: int = 224,
+        patch_size: int | Sequence[int] = 14,
+        num_channels: int = 3,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
+        for k, v in dict(
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_attention_heads=num_attention_heads,
+            image_size=image_size,
+            num_channels=num_channels,
+        ).items():
+            _int(v, k)
+        _int(num_hidden_layers, "num_hidden_layers", 0)
+        _divides(hidden_size, num_attention_heads, "hidden_size", "num_attention_heads")
+        if not (isinstance(layer_norm_eps, (int, float)) and 0 < layer_norm_eps < 1):
+            raise ConfigError(
+                f"layer_norm_eps: expected a number in (0, 1), got {layer_norm_eps!r}"
+            )
         patch = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-        self.config = dict(hidden_size=hidden_size, intermediate_size=intermediate_size,
-                           num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-                           image_size=image_size, patch_size=patch_size, num_channels=num_channels,
-                           layer_norm_eps=layer_norm_eps)
+        if len(patch) not in (2, 3) or any(
+            isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in patch
+        ):
+            raise ConfigError(
+                f"patch_size: expected a positive size or 2-3 positive sizes, got {patch_size!r}"
+            )
+        if image_size % patch[-1]:
+            raise ConfigError(f"patch_size {patch_size} must divide image_size {image_size}")
+        self.config = dict(
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            image_size=image_size,
+            patch_size=patch_size,
+            num_channels=num_channels,
+            layer_norm_eps=layer_norm_eps,
+        )
         positions = (image_size // patch[-1]) ** 2 + 1
-        self.vision_model = _ClipTower(num_channels, hidden_size, intermediate_size, num_hidden_layers, patch,
-                                       positions, layer_norm_eps)
+        self.vision_model = _ClipTower(
+            num_channels,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            patch,
+            positions,
+            layer_norm_eps,
+        )
         self.rebind()
 
     def _make_core(self) -> _core.ClipVisionCore:
-        return _core.ClipVisionCore(dict(self.named_parameters()), self.config["num_hidden_layers"],
-                                    self.config["num_attention_heads"], float(self.config["layer_norm_eps"]))
+        return _core.ClipVisionCore(
+            dict(self.named_parameters()),
+            self.config["num_hidden_layers"],
+            self.config["num_attention_heads"],
+            float(self.config["layer_norm_eps"]),
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         return self._bound().forward(x)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], dtype: torch.dtype | None = None) -> CLIPVision:
+    def from_pretrained(
+        cls, path: str | os.PathLike[str], dtype: torch.dtype | None = None
+    ) -> CLIPVision:
         """Load a HF ``CLIPVisionModel`` (or the vision half of a ``CLIPModel``) checkpoint:
         ``config.json`` + safetensors, read by the Rust loader."""
         import json
@@ -308,16 +452,30 @@ class CLIPVision(RustBound):
         cfg = json.loads((p / "config.json").read_text())
         cfg = cfg.get("vision_config", cfg)
         if cfg.get("hidden_act", "quick_gelu") != "quick_gelu":
-            raise ConfigError(f"{p}: hidden_act {cfg['hidden_act']!r} is not supported (CLIP uses quick_gelu)")
-        keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
-                "patch_size", "num_channels", "layer_norm_eps")
+            raise ConfigError(
+                f"{p}: hidden_act {cfg['hidden_act']!r} is not supported (CLIP uses quick_gelu)"
+            )
+        keys = (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "layer_norm_eps",
+        )
         model = cls(**{k: cfg[k] for k in keys if k in cfg})
         sd = _core.load_safetensors(os.fspath(p), None if dtype is None else str(dtype), "cpu")
         # CLIPModel / transformers 4 CLIPVisionModel: "vision_model.*"; transformers 5 saves the
         # vision tower's keys without the prefix
         if not any(k.startswith("vision_model.") for k in sd):
             sd = {f"vision_model.{k}": v for k, v in sd.items()}
-        sd = {k: v for k, v in sd.items() if k.startswith("vision_model.") and not k.endswith("position_ids")}
+        sd = {
+            k: v
+            for k, v in sd.items()
+            if k.startswith("vision_model.") and not k.endswith("position_ids")
+        }
         model.load_state_dict(sd, strict=True)
         return model
 
@@ -332,7 +490,9 @@ class CLIPVision(RustBound):
         if w2.dim() != 4:
             raise ConfigError("inflate: the patch embedding is already 3D")
         k = tuple(w2.shape[2:])
-        conv = nn.Conv3d(w2.shape[1], w2.shape[0], kernel_size=(depth, *k), stride=(depth, *k), bias=False)
+        conv = nn.Conv3d(
+            w2.shape[1], w2.shape[0], kernel_size=(depth, *k), stride=(depth, *k), bias=False
+        )
         with torch.no_grad():
             conv.weight.copy_(inflate_patch_embedding(w2, depth, mode))
         emb.patch_embedding = conv.to(w2.dtype)
@@ -360,24 +520,47 @@ class PerceiverResampler(RustBound):
     """Flamingo/RadFM perceiver resampler (Dia-LLaMA: ``num_latents=32, depth=6``) with the
     reference key names: ``x [B, N, dim] -> [B, num_latents, dim]``."""
 
-    def __init__(self, dim: int, depth: int = 6, dim_head: int = 64, heads: int = 8,
-                 num_latents: int = 64, ff_mult: int = 4) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int = 6,
+        dim_head: int = 64,
+        heads: int = 8,
+        num_latents: int = 64,
+        ff_mult: int = 4,
+    ) -> None:
         super().__init__()
+        for k, v in dict(
+            dim=dim, dim_head=dim_head, heads=heads, num_latents=num_latents, ff_mult=ff_mult
+        ).items():
+            _int(v, k)
+        _int(depth, "depth", 0)
         self.dim, self.depth, self.dim_head, self.heads = dim, depth, dim_head, heads
         self.latents = nn.Parameter(torch.randn(num_latents, dim))
         inner = int(dim * ff_mult)
-        self.layers = nn.ModuleList([
-            nn.ModuleList([
-                _PerceiverAttention(dim, dim_head, heads),
-                nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False)),
-            ])
-            for _ in range(depth)
-        ])
+        self.layers = nn.ModuleList(
+            [
+                nn.ModuleList(
+                    [
+                        _PerceiverAttention(dim, dim_head, heads),
+                        nn.Sequential(
+                            nn.LayerNorm(dim),
+                            nn.Linear(dim, inner, bias=False),
+                            nn.GELU(),
+                            nn.Linear(inner, dim, bias=False),
+                        ),
+                    ]
+                )
+                for _ in range(depth)
+            ]
+        )
         self.norm = nn.LayerNorm(dim)
         self.rebind()
 
     def _make_core(self) -> _core.PerceiverCore:
-        return _core.PerceiverCore(dict(self.named_parameters()), self.depth, self.heads, self.dim_head)
+        return _core.PerceiverCore(
+            dict(self.named_parameters()), self.depth, self.heads, self.dim_head
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._bound().forward(x)
@@ -402,8 +585,9 @@ class MLPProjector(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, depth: int = 2) -> None:
         super().__init__()
-        if depth < 1:
-            raise ConfigError(f"depth: expected >= 1, got {depth}")
+        _int(in_dim, "in_dim")
+        _int(out_dim, "out_dim")
+        _int(depth, "depth")
         self.projector = _mlp_layers(in_dim, out_dim, depth, gelu=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -415,18 +599,43 @@ class MLPProjector(nn.Module):
 class SpatialPoolingProjector(nn.Module):
     """M3D's spatial pooling projector: tokens of the ``image_size / patch_size`` grid are
     average-pooled by ``pooling_size`` in 3D (2048 -> 256 for 32x256x256 / 4x16x16 / 2), then
-    projected by ``layer_num`` linears (``layer_type`` ``"mlp"``: GELU between; ``"linear"``: none)."""
+    projected by ``layer_num`` linears (``layer_type`` ``"mlp"``: GELU between;
+    ``"linear"``: none)."""
 
-    def __init__(self, image_size: Sequence[int], patch_size: Sequence[int], in_dim: int, out_dim: int,
-                 layer_type: str = "mlp", layer_num: int = 2, pooling_type: str = "spatial",
-                 pooling_size: int = 2) -> None:
+    def __init__(
+        self,
+        image_size: Sequence[int],
+        patch_size: Sequence[int],
+        in_dim: int,
+        out_dim: int,
+        layer_type: str = "mlp",
+        layer_num: int = 2,
+        pooling_type: str = "spatial",
+        pooling_size: int = 2,
+    ) -> None:
         super().__init__()
+        _int(in_dim, "in_dim")
+        _int(out_dim, "out_dim")
+        _int(layer_num, "layer_num")
+        _int(pooling_size, "pooling_size")
         if layer_type not in ("mlp", "linear"):
             raise ConfigError(f"layer_type: expected 'mlp' or 'linear', got {layer_type!r}")
         if pooling_type not in ("spatial", "sequence"):
-            raise ConfigError(f"pooling_type: expected 'spatial' or 'sequence', got {pooling_type!r}")
-        self.grid = tuple(i // p for i, p in zip(_triple(tuple(image_size), "image_size"), _triple(tuple(patch_size), "patch_size")))
-        self.in_dim, self.pooling_type, self.pooling_size, self.layer_type = in_dim, pooling_type, pooling_size, layer_type
+            raise ConfigError(
+                f"pooling_type: expected 'spatial' or 'sequence', got {pooling_type!r}"
+            )
+        self.grid = tuple(
+            i // p
+            for i, p in zip(
+                _triple(tuple(image_size), "image_size"), _triple(tuple(patch_size), "patch_size")
+            )
+        )
+        self.in_dim, self.pooling_type, self.pooling_size, self.layer_type = (
+            in_dim,
+            pooling_type,
+            pooling_size,
+            layer_type,
+        )
         self.projector = _mlp_layers(in_dim, out_dim, layer_num, gelu=layer_type == "mlp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -434,7 +643,7 @@ class SpatialPoolingProjector(nn.Module):
         if self.pooling_type == "spatial":
             x = _core.spatial_pool(x, list(self.grid), self.pooling_size)
         else:
-            k = self.pooling_size ** 3
+            k = self.pooling_size**3
             x = torch.nn.functional.avg_pool1d(x.transpose(1, 2), k, k).transpose(1, 2)
         ls = _linears(self.projector)
         if self.layer_type == "mlp":
@@ -473,16 +682,36 @@ class AdapterQueryBlocks(RustBound):
     width (``visual_proj`` + LayerNorm): ``[B, N, clip_dim] -> [B, query_len, out_dim]``.
     Parameter names follow LLaMA-Adapter's ``llama_adapter.py``."""
 
-    def __init__(self, clip_dim: int, out_dim: int, dim: int = 768, query_len: int = 10, depth: int = 8,
-                 heads: int = 16, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self,
+        clip_dim: int,
+        out_dim: int,
+        dim: int = 768,
+        query_len: int = 10,
+        depth: int = 8,
+        heads: int = 16,
+        mlp_ratio: float = 4.0,
+    ) -> None:
         super().__init__()
-        if dim % heads:
-            raise ConfigError(f"dim {dim} must be divisible by heads {heads}")
+        for k, v in dict(
+            clip_dim=clip_dim, out_dim=out_dim, dim=dim, query_len=query_len, heads=heads
+        ).items():
+            _int(v, k)
+        _int(depth, "depth", 0)
+        _divides(dim, heads, "dim", "heads")
+        if not (
+            isinstance(mlp_ratio, (int, float))
+            and 0 < mlp_ratio <= 64
+            and int(dim * mlp_ratio) >= 1
+        ):
+            raise ConfigError(f"mlp_ratio: expected a number in (0, 64], got {mlp_ratio!r}")
         self.depth, self.heads = depth, heads
         self.clip_proj = nn.Linear(clip_dim, dim)
         self.clip_proj_norm = nn.LayerNorm(dim)
         self.visual_query = nn.Embedding(query_len, dim)
-        self.visual_blocks = nn.ModuleList([_TimmBlock(dim, int(dim * mlp_ratio)) for _ in range(depth)])
+        self.visual_blocks = nn.ModuleList(
+            [_TimmBlock(dim, int(dim * mlp_ratio)) for _ in range(depth)]
+        )
         self.visual_proj = nn.Linear(dim, out_dim)
         self.visual_proj_norm = nn.LayerNorm(out_dim)
         self.rebind()
@@ -501,6 +730,8 @@ class DiseaseAwareAttention(nn.Module):
 
     def __init__(self, num_labels: int, num_tokens: int) -> None:
         super().__init__()
+        _int(num_labels, "num_labels")
+        _int(num_tokens, "num_tokens")
         self.prototype = nn.Parameter(torch.randn(num_labels, num_tokens))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

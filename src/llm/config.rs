@@ -232,7 +232,7 @@ impl LlamaConfig {
                 "config.json: rms_norm_eps must be positive, got {eps}"
             )));
         }
-        Ok(LlamaConfig {
+        let cfg = LlamaConfig {
             vocab_size: req_i64(m, "vocab_size")?,
             hidden_size,
             intermediate_size: req_i64(m, "intermediate_size")?,
@@ -250,7 +250,91 @@ impl LlamaConfig {
             bos_token_id: get_i64(m, "bos_token_id")?,
             eos_token_ids: token_ids(m, "eos_token_id")?,
             pad_token_id: get_i64(m, "pad_token_id")?,
-        })
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Sizes within what voxlm can allocate (generous: LLaMA-3.1-405B is hidden 16384,
+    /// intermediate 53248, vocab 128256, 126 layers, 131072 positions), so an absurd
+    /// `config.json` is refused before any tensor is allocated for it.
+    pub fn validate(&self) -> Result<()> {
+        let limits: [(&str, i64, i64); 8] = [
+            ("vocab_size", self.vocab_size, 1 << 23),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers, 4096),
+            ("num_attention_heads", self.num_attention_heads, 4096),
+            ("num_key_value_heads", self.num_key_value_heads, 4096),
+            ("head_dim", self.head_dim, 1 << 14),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 26,
+            ),
+        ];
+        for (name, v, max) in limits {
+            if v <= 0 || v > max {
+                return Err(Error::config(format!(
+                    "config.json: {name} must lie in [1, {max}], got {v}"
+                )));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(Error::config(format!(
+                "config.json: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            )));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(Error::config(format!(
+                "config.json: head_dim must be a positive even number, got {}",
+                self.head_dim
+            )));
+        }
+        // the largest single tensor (embeddings / a projection) must fit in 2^34 elements
+        let biggest = [
+            self.vocab_size * self.hidden_size,
+            self.intermediate_size * self.hidden_size,
+            self.num_attention_heads * self.head_dim * self.hidden_size,
+        ];
+        if biggest.iter().any(|&n| n > 1 << 34) {
+            return Err(Error::config(format!(
+                "config.json: a weight of {} elements is larger than voxlm supports (2^34)",
+                biggest.iter().max().copied().unwrap_or(0)
+            )));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err(Error::config(format!(
+                "config.json: rms_norm_eps must lie in (0, 1), got {}",
+                self.rms_norm_eps
+            )));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(Error::config(format!(
+                "config.json: rope_theta must be positive, got {}",
+                self.rope_theta
+            )));
+        }
+        if let RopeScaling::Llama3 {
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+            ..
+        } = &self.rope_scaling
+        {
+            if *original_max_position_embeddings <= 0 {
+                return Err(Error::config(format!(
+                    "config.json: rope scaling original_max_position_embeddings must be positive, got {original_max_position_embeddings}"
+                )));
+            }
+            if high_freq_factor <= low_freq_factor {
+                return Err(Error::config(format!(
+                    "config.json: rope scaling high_freq_factor ({high_freq_factor}) must exceed low_freq_factor ({low_freq_factor})"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The normalised config as JSON (the Python `LlamaConfig` is built from it).
@@ -285,6 +369,23 @@ mod tests {
         match LlamaConfig::from_json(bad) {
             Err(Error::Config(m)) => assert!(m.contains("yarn"), "{m}"),
             other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#"{"vocab_size":-5,"hidden_size":16,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":4}"#,
+            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":32,"num_hidden_layers":1}"#,
+            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":1e30,"num_hidden_layers":1,"num_attention_heads":4}"#,
+            r#"{"vocab_size":8000000,"hidden_size":100000,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":4}"#,
+            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":32,"num_hidden_layers":100000,"num_attention_heads":4}"#,
+            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":4,"head_dim":-2}"#,
+            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":4,"rms_norm_eps":-1}"#,
+            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":4,"max_position_embeddings":0}"#,
+            r#"[1, 2]"#,
+            r#"{"vocab_size":10"#,
+        ] {
+            assert!(
+                matches!(LlamaConfig::from_json(bad), Err(Error::Config(_))),
+                "{bad}"
+            );
         }
         let gqa = r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":4,"num_key_value_heads":3}"#;
         assert!(matches!(LlamaConfig::from_json(gqa), Err(Error::Config(_))));

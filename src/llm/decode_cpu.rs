@@ -15,7 +15,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::cache::KvCache;
 use super::cpu_kernels::{add_in_place, dot, gemv_cat, Part};
+use super::model::Llama;
 use crate::error::{Error, Result};
+use crate::ops::LoraLinear;
 
 /// A linear layer's weight `[out, in]`, optional bias `[out]` and optional LoRA branch.
 pub struct Linear {
@@ -382,6 +384,61 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+impl Llama {
+    /// The fused float32 CPU decode step over these weights, when the model qualifies: CPU,
+    /// float32, no adaption prompt, contiguous weights (unmerged LoRA branches are computed in
+    /// the step, without dropout as at inference). It reads the weights in place.
+    pub fn cpu_decoder(&self) -> Result<Option<CpuDecoder>> {
+        if self.device() != tch::Device::Cpu || self.kind() != Kind::Float {
+            return Ok(None);
+        }
+        let lin = |l: &LoraLinear| Linear {
+            w: l.weight.shallow_clone(),
+            b: l.bias.as_ref().map(Tensor::shallow_clone),
+            lora: l.lora.as_ref().map(|p| Lora {
+                a: p.a.shallow_clone(),
+                b: p.b.shallow_clone(),
+                scaling: p.scaling as f32,
+            }),
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            if l.adaption.is_some() {
+                return Ok(None);
+            }
+            layers.push(LayerWeights {
+                input_norm: l.input_norm.shallow_clone(),
+                qkv: [lin(&l.q), lin(&l.k), lin(&l.v)],
+                o: lin(&l.o),
+                post_norm: l.post_norm.shallow_clone(),
+                gate_up: [lin(&l.gate), lin(&l.up)],
+                down: lin(&l.down),
+            });
+        }
+        let c = &self.cfg;
+        CpuDecoder::new(
+            self.embed.shallow_clone(),
+            layers,
+            self.norm.shallow_clone(),
+            Linear {
+                w: self.lm_head.shallow_clone(),
+                b: None,
+                lora: None,
+            },
+            &self.inv_freq,
+            Dims {
+                hidden: c.hidden_size as usize,
+                intermediate: c.intermediate_size as usize,
+                heads: c.num_attention_heads as usize,
+                kv_heads: c.num_key_value_heads as usize,
+                head_dim: c.head_dim as usize,
+                vocab: c.vocab_size as usize,
+                eps: c.rms_norm_eps as f32,
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,7 +456,7 @@ mod tests {
     }
 
     fn check_step(with_lora: bool) -> Result<()> {
-        use crate::llm::model::{Input, Llama};
+        use crate::llm::model::{ForwardOptions, Input};
         use std::collections::HashMap;
         let cfg = crate::llm::LlamaConfig::from_json(
             r#"{"vocab_size":97,"hidden_size":64,"intermediate_size":80,"num_hidden_layers":2,
@@ -467,12 +524,13 @@ mod tests {
         for c in [&mut c1, &mut c2] {
             model.forward(
                 Input::Ids(&ids),
-                Some(&mask),
-                Some(&pos),
                 Some(c),
-                false,
-                true,
-                false,
+                &ForwardOptions {
+                    attention_mask: Some(&mask),
+                    position_ids: Some(&pos),
+                    last_only: true,
+                    ..Default::default()
+                },
             )?;
         }
         let mut pos = pos.narrow(1, t - 1, 1);
@@ -486,12 +544,13 @@ mod tests {
             let want = model
                 .forward(
                     Input::Ids(&tok),
-                    Some(&mask),
-                    Some(&pos),
                     Some(&mut c1),
-                    false,
-                    true,
-                    false,
+                    &ForwardOptions {
+                        attention_mask: Some(&mask),
+                        position_ids: Some(&pos),
+                        last_only: true,
+                        ..Default::default()
+                    },
                 )?
                 .logits
                 .select(1, 0);

@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use super::cache::KvCache;
 use super::decode_cpu::CpuDecoder;
-use super::model::{Fused, Input, Llama};
+use super::model::{ForwardOptions, Fused, Input, Llama};
 use crate::check;
 use crate::error::{Error, Result};
 
@@ -59,6 +59,18 @@ impl GenerationConfig {
             return Err(Error::config(format!(
                 "num_beams: expected >= 1, got {}",
                 self.num_beams
+            )));
+        }
+        if self.num_beams > 1024 {
+            return Err(Error::config(format!(
+                "num_beams: expected at most 1024, got {}",
+                self.num_beams
+            )));
+        }
+        if !self.length_penalty.is_finite() {
+            return Err(Error::config(format!(
+                "length_penalty: expected a finite number, got {}",
+                self.length_penalty
             )));
         }
         if self.num_beams > 1 && self.do_sample {
@@ -201,15 +213,16 @@ fn first_forward(
     } else {
         Input::Ids(&p.input)
     };
-    let out = model.forward_with(
+    let out = model.forward(
         input,
-        Some(&p.mask),
-        Some(&pos),
         Some(cache),
-        false,
-        true,
-        false,
-        Some(fused),
+        &ForwardOptions {
+            attention_mask: Some(&p.mask),
+            position_ids: Some(&pos),
+            last_only: true,
+            fused: Some(fused),
+            ..Default::default()
+        },
     )?;
     Ok(out.logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
 }
@@ -261,15 +274,16 @@ fn step_forward(
     }
     let fused = &dec.fused;
     let ids = tok.f_view([-1, 1])?;
-    let out = model.forward_with(
+    let out = model.forward(
         Input::Ids(&ids),
-        mask,
-        Some(pos),
         Some(cache),
-        false,
-        true,
-        false,
-        Some(fused),
+        &ForwardOptions {
+            attention_mask: mask,
+            position_ids: Some(pos),
+            last_only: true,
+            fused: Some(fused),
+            ..Default::default()
+        },
     )?;
     Ok(out.logits.f_select(1, 0)?.f_to_kind(Kind::Float)?)
 }
@@ -284,6 +298,14 @@ pub fn generate(
     mut callback: Option<&mut StepCallback<'_>>,
 ) -> Result<Tensor> {
     cfg.validate(model.cfg.vocab_size)?;
+    if cfg.num_beams > 1 && callback.is_some() {
+        // as transformers: beams are reordered at every step, so no token is final before the
+        // end and there is nothing to stream
+        return Err(Error::config(format!(
+            "streamer: not supported with beam search (num_beams {}); stream with num_beams=1",
+            cfg.num_beams
+        )));
+    }
     let _guard = tch::no_grad_guard();
     let p = prepare(model, input, attention_mask)?;
     let t = p.mask.size()[1];
@@ -512,4 +534,181 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
     Ok(Tensor::from_slice(&flat)
         .f_view([b, n as i64])?
         .f_to_device(dev)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::model::testing::tiny;
+    use tch::Device;
+
+    fn cfg(max_new_tokens: i64) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens,
+            do_sample: false,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            num_beams: 1,
+            repetition_penalty: 1.0,
+            length_penalty: 1.0,
+            eos_token_ids: vec![],
+            pad_token_id: 0,
+            cpu_kernels: false,
+        }
+    }
+
+    /// Greedy decoding with the cache == argmax of a full forward over the growing sequence.
+    #[test]
+    fn greedy_matches_uncached_argmax() -> Result<()> {
+        let model = tiny(0)?;
+        let ids = Tensor::from_slice(&[3i64, 7, 1, 9, 4, 4]).view([2, 3]);
+        let got = generate(&model, Input::Ids(&ids), None, &cfg(5), None)?;
+        assert_eq!(got.size(), [2, 5]);
+        let mut seq = ids.shallow_clone();
+        let _g = tch::no_grad_guard();
+        for _ in 0..5 {
+            let out = model.forward(Input::Ids(&seq), None, &ForwardOptions::default())?;
+            let next = out.logits.select(1, -1).argmax(-1, true);
+            seq = Tensor::cat(&[&seq, &next], 1);
+        }
+        assert!(got.equal(&seq.narrow(1, 3, 5)));
+        // the fused CPU step agrees on the tokens
+        let fused = generate(
+            &model,
+            Input::Ids(&ids),
+            None,
+            &GenerationConfig {
+                cpu_kernels: true,
+                ..cfg(5)
+            },
+            None,
+        )?;
+        assert!(fused.equal(&got));
+        Ok(())
+    }
+
+    #[test]
+    fn eos_pads_and_the_callback_sees_every_step() -> Result<()> {
+        let model = tiny(1)?;
+        let ids = Tensor::from_slice(&[5i64, 2]).view([1, 2]);
+        let free = generate(&model, Input::Ids(&ids), None, &cfg(6), None)?;
+        let first = i64::try_from(free.get(0).get(1))?;
+        let mut seen = Vec::new();
+        let mut cb = |t: &Tensor| -> Result<bool> {
+            seen.push(i64::try_from(t.get(0))?);
+            Ok(true)
+        };
+        let c = GenerationConfig {
+            eos_token_ids: vec![first],
+            pad_token_id: 0,
+            ..cfg(6)
+        };
+        let out = generate(&model, Input::Ids(&ids), None, &c, Some(&mut cb))?;
+        // stops after the EOS (second token); the callback saw exactly what was returned
+        assert_eq!(out.size(), [1, 2]);
+        assert_eq!(seen, Vec::<i64>::try_from(out.reshape([-1]))?);
+        // a callback returning false stops at once
+        let mut stop = |_: &Tensor| -> Result<bool> { Ok(false) };
+        let out = generate(&model, Input::Ids(&ids), None, &cfg(6), Some(&mut stop))?;
+        assert_eq!(out.size(), [1, 1]);
+        Ok(())
+    }
+
+    #[test]
+    fn beam_search_of_one_beam_is_greedy_and_refuses_a_streamer() -> Result<()> {
+        let model = tiny(2)?;
+        let ids = Tensor::from_slice(&[1i64, 2, 3]).view([1, 3]);
+        let greedy = generate(&model, Input::Ids(&ids), None, &cfg(4), None)?;
+        let beams = generate(
+            &model,
+            Input::Ids(&ids),
+            None,
+            &GenerationConfig {
+                num_beams: 3,
+                ..cfg(4)
+            },
+            None,
+        )?;
+        assert_eq!(beams.size(), [1, 4]);
+        let mut cb = |_: &Tensor| -> Result<bool> { Ok(true) };
+        let r = generate(
+            &model,
+            Input::Ids(&ids),
+            None,
+            &GenerationConfig {
+                num_beams: 2,
+                ..cfg(4)
+            },
+            Some(&mut cb),
+        );
+        assert!(matches!(r, Err(Error::Config(m)) if m.contains("streamer")));
+        // the beam result scores at least as well as greedy under the model
+        let score = |new: &Tensor| -> Result<f64> {
+            let seq = Tensor::cat(&[&ids, new], 1);
+            let out = model.forward(Input::Ids(&seq), None, &ForwardOptions::default())?;
+            let lp = out.logits.log_softmax(-1, Kind::Float).narrow(1, 2, 4);
+            let tok = seq.narrow(1, 3, 4).unsqueeze(-1);
+            Ok(f64::try_from(lp.gather(2, &tok, false).sum(Kind::Double))?)
+        };
+        let _g = tch::no_grad_guard();
+        assert!(score(&beams)? >= score(&greedy)? - 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() -> Result<()> {
+        let model = tiny(3)?;
+        let ids = Tensor::from_slice(&[1i64, 2]).view([1, 2]);
+        for c in [
+            cfg(0),
+            GenerationConfig {
+                temperature: f64::NAN,
+                ..cfg(2)
+            },
+            GenerationConfig {
+                top_p: 0.0,
+                ..cfg(2)
+            },
+            GenerationConfig {
+                num_beams: 0,
+                ..cfg(2)
+            },
+            GenerationConfig {
+                length_penalty: f64::INFINITY,
+                ..cfg(2)
+            },
+            GenerationConfig {
+                eos_token_ids: vec![1000],
+                ..cfg(2)
+            },
+            GenerationConfig {
+                num_beams: 2,
+                do_sample: true,
+                ..cfg(2)
+            },
+        ] {
+            assert!(
+                matches!(
+                    generate(&model, Input::Ids(&ids), None, &c, None),
+                    Err(Error::Config(_))
+                ),
+                "{c:?}"
+            );
+        }
+        // past the context
+        assert!(matches!(
+            generate(&model, Input::Ids(&ids), None, &cfg(1000), None),
+            Err(Error::Shape(_))
+        ));
+        // empty or rank-less prompts
+        let empty = Tensor::zeros([1, 0], (Kind::Int64, Device::Cpu));
+        assert!(generate(&model, Input::Ids(&empty), None, &cfg(2), None).is_err());
+        let flat = Tensor::from_slice(&[1i64, 2]);
+        assert!(matches!(
+            generate(&model, Input::Ids(&flat), None, &cfg(2), None),
+            Err(Error::Shape(_))
+        ));
+        Ok(())
+    }
 }

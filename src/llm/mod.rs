@@ -8,6 +8,7 @@ mod cpu_kernels;
 pub mod decode_cpu;
 pub mod generate;
 pub mod model;
+pub mod rope;
 pub mod safetensors_io;
 pub mod tokenizer;
 

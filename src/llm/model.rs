@@ -1,63 +1,20 @@
 //! The LLaMA decoder forward, as transformers' `LlamaForCausalLM` (sdpa attention):
-//! RMSNorm in float32, rotary embeddings (default / linear / llama3 frequencies), grouped-query
-//! attention through libtorch's `scaled_dot_product_attention`, SwiGLU MLP, optional KV cache.
+//! RMSNorm in float32, rotary embeddings ([`super::rope`]), grouped-query attention through
+//! libtorch's `scaled_dot_product_attention`, SwiGLU MLP, optional KV cache. The fused float32
+//! CPU decode step over the same weights is built in [`super::decode_cpu`].
 
 use std::collections::HashMap;
 
 use tch::{Kind, Tensor};
 
 use super::cache::KvCache;
-use super::config::{LlamaConfig, RopeScaling};
-use super::decode_cpu::{CpuDecoder, Dims, LayerWeights, Linear as DLinear, Lora};
+use super::config::LlamaConfig;
+use super::rope::{apply_rope, rope_inv_freq, tables};
+use crate::adapters::LoraSettings;
 use crate::check;
 use crate::error::{Error, Result};
 use crate::ops::LoraLinear;
-
-/// The inverse rotary frequencies `[head_dim / 2]` (float32), computed with the same ops as
-/// transformers' rope init functions.
-pub fn rope_inv_freq(cfg: &LlamaConfig) -> Result<Tensor> {
-    let dim = cfg.head_dim;
-    let exps = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, tch::Device::Cpu))?
-        .f_to_kind(Kind::Float)?
-        .f_div_scalar(dim as f64)?;
-    let inv = Tensor::f_pow_scalar(cfg.rope_theta, &exps)?.f_reciprocal()?;
-    Ok(match &cfg.rope_scaling {
-        RopeScaling::Default => inv,
-        RopeScaling::Linear { factor } => inv.f_div_scalar(*factor)?,
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => {
-            let old = *original_max_position_embeddings as f64;
-            let low_wl = old / low_freq_factor;
-            let high_wl = old / high_freq_factor;
-            let wavelen = inv
-                .f_reciprocal()?
-                .f_mul_scalar(2.0 * std::f64::consts::PI)?;
-            let inv_llama = inv
-                .f_div_scalar(*factor)?
-                .f_where_self(&wavelen.f_gt(low_wl)?, &inv)?;
-            let smooth = wavelen
-                .f_reciprocal()?
-                .f_mul_scalar(old)?
-                .f_sub_scalar(*low_freq_factor)?
-                .f_div_scalar(high_freq_factor - low_freq_factor)?;
-            let smoothed = smooth
-                .f_neg()?
-                .f_add_scalar(1.0)?
-                .f_mul(&inv_llama)?
-                .f_div_scalar(*factor)?
-                .f_add(&smooth.f_mul(&inv_llama)?)?;
-            let medium = wavelen
-                .f_lt(high_wl)?
-                .f_logical_not()?
-                .f_logical_and(&wavelen.f_gt(low_wl)?.f_logical_not()?)?;
-            smoothed.f_where_self(&medium, &inv_llama)?
-        }
-    })
-}
+use crate::weights::{Bias, Vb, Weights};
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     // transformers: w * (x.float() * rsqrt(mean(x.float()^2) + eps)).to(dtype); float32 skips
@@ -80,15 +37,6 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(w.f_mul(&normed)?)
 }
 
-/// `x * cos + rotate_half(x) * sin` with `sin_signed = cat(-sin_half, sin_half)`.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin_signed: &Tensor) -> Result<Tensor> {
-    let d = x.size()[x.dim() - 1];
-    Ok(x.f_mul(cos)?.f_add(
-        &x.f_roll([d / 2].as_slice(), [-1i64].as_slice())?
-            .f_mul(sin_signed)?,
-    )?)
-}
-
 /// Inference-only fused projections of a layer without LoRA: `[q; k; v]` and `[gate; up]`.
 pub struct Fused {
     qkv: Tensor,
@@ -97,28 +45,28 @@ pub struct Fused {
     gate_up_bias: Option<Tensor>,
 }
 
-struct Layer {
-    input_norm: Tensor,
-    q: LoraLinear,
-    k: LoraLinear,
-    v: LoraLinear,
-    o: LoraLinear,
-    post_norm: Tensor,
-    gate: LoraLinear,
-    up: LoraLinear,
-    down: LoraLinear,
+pub(super) struct Layer {
+    pub(super) input_norm: Tensor,
+    pub(super) q: LoraLinear,
+    pub(super) k: LoraLinear,
+    pub(super) v: LoraLinear,
+    pub(super) o: LoraLinear,
+    pub(super) post_norm: Tensor,
+    pub(super) gate: LoraLinear,
+    pub(super) up: LoraLinear,
+    pub(super) down: LoraLinear,
     /// LLaMA-Adapter (V2) gated adaption prompt: `[1, L, H]` prompt and its zero-init gate `[1]`.
-    adaption: Option<(Tensor, Tensor)>,
+    pub(super) adaption: Option<(Tensor, Tensor)>,
 }
 
 /// Model tensors bound by reference (shallow clones of Python-owned parameters).
 pub struct Llama {
     pub cfg: LlamaConfig,
-    embed: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Tensor,
-    inv_freq: Tensor,
+    pub(super) embed: Tensor,
+    pub(super) layers: Vec<Layer>,
+    pub(super) norm: Tensor,
+    pub(super) lm_head: Tensor,
+    pub(super) inv_freq: Tensor,
 }
 
 /// What a forward returns.
@@ -135,157 +83,101 @@ pub enum Input<'a> {
     Embeds(&'a Tensor),
 }
 
-fn take(w: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
-    w.remove(name)
-        .ok_or_else(|| Error::checkpoint(format!("missing tensor {name}")))
+/// The options of [`Llama::forward`] (defaults: no mask, positions `past..past+T`, logits for
+/// every position, inference).
+#[derive(Clone, Copy, Default)]
+pub struct ForwardOptions<'a> {
+    /// `[B, past + T]`, 1 keep / 0 pad, covering cached and new tokens.
+    pub attention_mask: Option<&'a Tensor>,
+    /// `[B, T]` (or `[1, T]`).
+    pub position_ids: Option<&'a Tensor>,
+    /// Also return the embeddings, each layer's output and the final-normed last layer.
+    pub output_hidden_states: bool,
+    /// Logits of the last position only (`[B, 1, V]`).
+    pub last_only: bool,
+    /// Training mode (LoRA dropout).
+    pub train: bool,
+    /// Fused inference projections per layer ([`Llama::fuse_for_inference`]).
+    pub fused: Option<&'a [Option<Fused>]>,
 }
 
-fn expect_shape(t: &Tensor, name: &str, shape: &[i64]) -> Result<()> {
-    let s = t.size();
-    if s != shape {
-        return Err(Error::checkpoint(format!(
-            "{name}: expected shape {shape:?} (from config.json), got {s:?}"
-        )));
-    }
-    Ok(())
+/// Rotary tables and mask of one forward: what every layer receives.
+pub struct Prepared {
+    /// `[B, 1, T, head_dim]`.
+    pub cos: Tensor,
+    /// `[B, 1, T, head_dim]` (`cat(-sin_half, sin_half)`).
+    pub sin: Tensor,
+    /// Boolean `[B, 1, T, past + T]`, or None when SDPA's causal mode (or nothing) suffices.
+    pub mask: Option<Tensor>,
 }
 
-fn adaption(w: &mut HashMap<String, Tensor>, p: &str, h: i64) -> Result<Option<(Tensor, Tensor)>> {
-    let (pn, gn) = (
-        format!("{p}.self_attn.adaption_prompt"),
-        format!("{p}.self_attn.adaption_gate"),
-    );
-    match (w.remove(&pn), w.remove(&gn)) {
-        (None, None) => Ok(None),
-        (Some(prompt), Some(gate)) => {
-            let s = prompt.size();
-            if s.len() != 3 || s[0] != 1 || s[2] != h {
+fn adaption(vb: &Vb<'_>, h: i64) -> Result<Option<(Tensor, Tensor)>> {
+    match (vb.contains("adaption_prompt"), vb.contains("adaption_gate")) {
+        (false, false) => Ok(None),
+        (true, true) => {
+            let (prompt, s) = vb.take_dims("adaption_prompt", 3, "[1, adapter_len, hidden]")?;
+            if s[0] != 1 || s[2] != h {
                 return Err(Error::checkpoint(format!(
-                    "{pn}: expected shape [1, adapter_len, {h}], got {s:?}"
+                    "{}: expected shape [1, adapter_len, {h}], got {s:?}",
+                    vb.path("adaption_prompt")
                 )));
             }
-            expect_shape(&gate, &gn, &[1])?;
-            Ok(Some((prompt, gate)))
+            Ok(Some((prompt, vb.take("adaption_gate", &[1])?)))
         }
         _ => Err(Error::checkpoint(format!(
-            "{p}.self_attn: adaption_prompt and adaption_gate come together"
+            "{}: adaption_prompt and adaption_gate come together",
+            vb.prefix()
         ))),
     }
 }
 
-/// LoRA settings of the adapted linears, by module prefix: `(scaling, dropout)`.
-pub type LoraSettings = HashMap<String, (f64, f64)>;
-
-fn linear(
-    w: &mut HashMap<String, Tensor>,
-    lora: &LoraSettings,
-    prefix: &str,
-    out: i64,
-    inp: i64,
-    bias: bool,
-) -> Result<LoraLinear> {
-    let wname = format!("{prefix}.weight");
-    let weight = take(w, &wname)?;
-    expect_shape(&weight, &wname, &[out, inp])?;
-    let b = if bias {
-        let bname = format!("{prefix}.bias");
-        let b = take(w, &bname)?;
-        expect_shape(&b, &bname, &[out])?;
-        Some(b)
+fn bias(on: bool) -> Bias {
+    // bias tuning adds biases to bias-free configs: optional then
+    if on {
+        Bias::Required
     } else {
-        w.remove(&format!("{prefix}.bias")) // bias tuning adds biases to bias-free configs
-    };
-    let pair = match lora.get(prefix) {
-        None => None,
-        Some(&(scaling, dropout)) => Some(crate::ops::LoraWeights {
-            a: take(w, &format!("{prefix}.lora_A.weight"))?,
-            b: take(w, &format!("{prefix}.lora_B.weight"))?,
-            scaling,
-            dropout,
-        }),
-    };
-    LoraLinear::new(weight, b, pair).map_err(|e| match e {
-        Error::Shape(m) | Error::DType(m) | Error::Device(m) => {
-            Error::checkpoint(format!("{prefix}: {m}"))
-        }
-        other => other,
-    })
+        Bias::Optional
+    }
 }
 
 impl Llama {
     /// Bind to tensors by HF name. `model.rotary_emb.inv_freq` may be given (a buffer that
     /// follows the module's device); otherwise it is computed.
-    pub fn new(
-        cfg: LlamaConfig,
-        mut w: HashMap<String, Tensor>,
-        lora: &LoraSettings,
-    ) -> Result<Self> {
+    pub fn new(cfg: LlamaConfig, w: HashMap<String, Tensor>, lora: &LoraSettings) -> Result<Self> {
+        cfg.validate()?;
+        crate::adapters::validate(lora)?;
         let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (nh, nkv, hd) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
-        let embed = take(&mut w, "model.embed_tokens.weight")?;
-        expect_shape(&embed, "model.embed_tokens.weight", &[v, h])?;
-        let kind = check::float_kind(&embed, "model.embed_tokens.weight")?;
+        let w = Weights::new(w, "a LLaMA with this config").with_lora(lora);
+        let root = w.root();
+        let m = root.pp("model");
+        let embed = m.pp("embed_tokens").take("weight", &[v, h])?;
+        check::float_kind(&embed, "model.embed_tokens.weight")?;
         let device = embed.device();
+        let (ab, mb) = (bias(cfg.attention_bias), bias(cfg.mlp_bias));
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
         for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
-            let input_norm = take(&mut w, &format!("{p}.input_layernorm.weight"))?;
-            expect_shape(&input_norm, &format!("{p}.input_layernorm.weight"), &[h])?;
-            let post_norm = take(&mut w, &format!("{p}.post_attention_layernorm.weight"))?;
-            expect_shape(
-                &post_norm,
-                &format!("{p}.post_attention_layernorm.weight"),
-                &[h],
-            )?;
+            let p = m.pp("layers").pp(l);
+            let (a, f) = (p.pp("self_attn"), p.pp("mlp"));
             layers.push(Layer {
-                input_norm,
-                q: linear(
-                    &mut w,
-                    lora,
-                    &format!("{p}.self_attn.q_proj"),
-                    nh * hd,
-                    h,
-                    ab,
-                )?,
-                k: linear(
-                    &mut w,
-                    lora,
-                    &format!("{p}.self_attn.k_proj"),
-                    nkv * hd,
-                    h,
-                    ab,
-                )?,
-                v: linear(
-                    &mut w,
-                    lora,
-                    &format!("{p}.self_attn.v_proj"),
-                    nkv * hd,
-                    h,
-                    ab,
-                )?,
-                o: linear(
-                    &mut w,
-                    lora,
-                    &format!("{p}.self_attn.o_proj"),
-                    h,
-                    nh * hd,
-                    ab,
-                )?,
-                post_norm,
-                gate: linear(&mut w, lora, &format!("{p}.mlp.gate_proj"), i, h, mb)?,
-                up: linear(&mut w, lora, &format!("{p}.mlp.up_proj"), i, h, mb)?,
-                down: linear(&mut w, lora, &format!("{p}.mlp.down_proj"), h, i, mb)?,
-                adaption: adaption(&mut w, &p, h)?,
+                input_norm: p.pp("input_layernorm").rms_norm(h)?,
+                q: a.pp("q_proj").linear(nh * hd, h, ab)?,
+                k: a.pp("k_proj").linear(nkv * hd, h, ab)?,
+                v: a.pp("v_proj").linear(nkv * hd, h, ab)?,
+                o: a.pp("o_proj").linear(h, nh * hd, ab)?,
+                post_norm: p.pp("post_attention_layernorm").rms_norm(h)?,
+                gate: f.pp("gate_proj").linear(i, h, mb)?,
+                up: f.pp("up_proj").linear(i, h, mb)?,
+                down: f.pp("down_proj").linear(h, i, mb)?,
+                adaption: adaption(&a, h)?,
             });
         }
-        let norm = take(&mut w, "model.norm.weight")?;
-        expect_shape(&norm, "model.norm.weight", &[h])?;
-        let lm_head = match w.remove("lm_head.weight") {
+        let norm = m.pp("norm").rms_norm(h)?;
+        let lm_head = match root.opt("lm_head.weight", &[v, h])? {
             Some(t) => t,
             None if cfg.tie_word_embeddings => embed.shallow_clone(),
             None => {
@@ -294,20 +186,20 @@ impl Llama {
                 ))
             }
         };
-        expect_shape(&lm_head, "lm_head.weight", &[v, h])?;
-        let inv_freq = match w.remove("model.rotary_emb.inv_freq") {
-            Some(t) => t,
+        let inv_freq = match m.pp("rotary_emb").take_any_kind("inv_freq", &[hd / 2])? {
+            Some(t) => {
+                check::float_kind(&t, "model.rotary_emb.inv_freq")?;
+                check::same_device(
+                    &t,
+                    "model.rotary_emb.inv_freq",
+                    device,
+                    "model.embed_tokens.weight",
+                )?;
+                t
+            }
             None => rope_inv_freq(&cfg)?.f_to_device(device)?,
         };
-        for (name, t) in [("model.norm.weight", &norm), ("lm_head.weight", &lm_head)] {
-            check::same_kind(t, name, kind, "model.embed_tokens.weight")?;
-            check::same_device(t, name, device, "model.embed_tokens.weight")?;
-        }
-        if let Some(extra) = w.keys().next() {
-            return Err(Error::checkpoint(format!(
-                "unexpected tensor {extra} (not part of a LLaMA with this config)"
-            )));
-        }
+        w.finish()?;
         Ok(Llama {
             cfg,
             embed,
@@ -349,24 +241,6 @@ impl Llama {
         Ok(Tensor::f_embedding(&self.embed, ids, -1, false, false)?)
     }
 
-    fn rope(&self, position_ids: &Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
-        // freqs = position_ids[..., None].float() * inv_freq; emb = cat(freqs, freqs)
-        let freqs = position_ids
-            .f_to_kind(Kind::Float)?
-            .f_unsqueeze(-1)?
-            .f_mul(&self.inv_freq.f_to_kind(Kind::Float)?)?;
-        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
-        // rotate_half(x) * sin == roll(x, hd/2) * cat(-sin_half, sin_half), bit for bit: one
-        // roll instead of narrow/narrow/neg/cat per tensor
-        let s = freqs.f_sin()?;
-        let sin_signed = Tensor::f_cat(&[&s.f_neg()?, &s], -1)?;
-        // [B, 1, T, hd] to broadcast over heads
-        Ok((
-            emb.f_cos()?.f_to_kind(kind)?.f_unsqueeze(1)?,
-            sin_signed.f_to_kind(kind)?.f_unsqueeze(1)?,
-        ))
-    }
-
     /// Validate `inputs_embeds` `[B, T, H]` against the model.
     pub fn check_embeds(&self, e: &Tensor) -> Result<()> {
         let s = check::dims(e, "inputs_embeds", 3, "[B, T, hidden_size]")?;
@@ -394,8 +268,8 @@ impl Llama {
         attention_mask: Option<&Tensor>,
         position_ids: Option<&Tensor>,
         past: i64,
-    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        let s = x.size();
+    ) -> Result<Prepared> {
+        let s = check::dims(x, "hidden_states", 3, "[B, T, hidden_size]")?;
         let (b, t) = (s[0], s[1]);
         let dev = self.device();
         let pos = match position_ids {
@@ -416,19 +290,51 @@ impl Llama {
             None if past == 0 || t == 1 => None,
             m => Some(self.build_mask(m, b, t, past)?),
         };
-        let (cos, sin) = self.rope(&pos, x.f_kind()?)?;
-        Ok((cos, sin, mask))
+        let (cos, sin) = tables(&pos, &self.inv_freq, x.f_kind()?)?;
+        Ok(Prepared { cos, sin, mask })
     }
 
-    /// One decoder layer: `h [B, T, H] -> [B, T, H]`.
-    #[allow(clippy::too_many_arguments)]
+    /// One decoder layer on hidden states and tables from outside (activation checkpointing
+    /// from Python): every argument is checked against the model first.
+    pub fn layer(&self, li: usize, h: &Tensor, prep: &Prepared, train: bool) -> Result<Tensor> {
+        self.check_embeds(h)?;
+        let s = h.size();
+        let (b, t) = (s[0], s[1]);
+        let hd = self.cfg.head_dim;
+        for (name, x) in [("cos", &prep.cos), ("sin", &prep.sin)] {
+            let xs = check::dims(x, name, 4, "[B, 1, T, head_dim]")?;
+            if (xs[0] != b && xs[0] != 1) || xs[1] != 1 || xs[2] != t || xs[3] != hd {
+                return Err(Error::shape(format!(
+                    "{name}: expected shape [{b}, 1, {t}, {hd}], got {xs:?}"
+                )));
+            }
+            check::same_kind(x, name, self.kind(), "the model's weights")?;
+            check::same_device(x, name, self.device(), "the model")?;
+        }
+        if let Some(m) = &prep.mask {
+            let ms = check::dims(m, "mask", 4, "[B, 1, T, T]")?;
+            if (ms[0] != b && ms[0] != 1) || ms[1] != 1 || ms[2] != t || ms[3] != t {
+                return Err(Error::shape(format!(
+                    "mask: expected shape [{b}, 1, {t}, {t}], got {ms:?}"
+                )));
+            }
+            if check::kind_of(m, "mask")? != Kind::Bool {
+                return Err(Error::dtype(format!(
+                    "mask: expected a bool tensor, got {}",
+                    check::kind_name(check::kind_of(m, "mask")?)
+                )));
+            }
+            check::same_device(m, "mask", self.device(), "the model")?;
+        }
+        self.layer_forward(li, h, prep, None, train, None)
+    }
+
+    /// One decoder layer: `h [B, T, H] -> [B, T, H]` (arguments as [`Llama::prepare`] made them).
     pub fn layer_forward(
         &self,
         li: usize,
         h: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        prep: &Prepared,
         cache: Option<&mut KvCache>,
         train: bool,
         fused: Option<&Fused>,
@@ -439,8 +345,9 @@ impl Llama {
                 self.layers.len()
             ))
         })?;
-        let s = h.size();
+        let s = check::dims(h, "hidden_states", 3, "[B, T, hidden_size]")?;
         let (b, t) = (s[0], s[1]);
+        let (cos, sin, mask) = (&prep.cos, &prep.sin, prep.mask.as_ref());
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
             self.cfg.num_key_value_heads,
@@ -504,8 +411,9 @@ impl Llama {
 
     /// Final norm and LM head: `(normed [B, T, H], logits [B, T or 1, V])`.
     pub fn head(&self, h: &Tensor, last_only: bool) -> Result<(Tensor, Tensor)> {
-        let h = rms_norm(h, &self.norm, self.cfg.rms_norm_eps)?;
+        self.check_embeds(h)?;
         let t = h.size()[1];
+        let h = rms_norm(h, &self.norm, self.cfg.rms_norm_eps)?;
         let hl = if last_only {
             h.f_narrow(1, t - 1, 1)?
         } else {
@@ -513,31 +421,6 @@ impl Llama {
         };
         let logits = hl.f_linear::<Tensor>(&self.lm_head, None)?;
         Ok((h, logits))
-    }
-
-    /// Forward. `attention_mask` `[B, past + T]` (1 keep, 0 pad) covers cached and new tokens;
-    /// `position_ids` `[B, T]` default to `past..past+T`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        input: Input<'_>,
-        attention_mask: Option<&Tensor>,
-        position_ids: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-        output_hidden_states: bool,
-        last_only: bool,
-        train: bool,
-    ) -> Result<LlamaOutput> {
-        self.forward_with(
-            input,
-            attention_mask,
-            position_ids,
-            cache,
-            output_hidden_states,
-            last_only,
-            train,
-            None,
-        )
     }
 
     /// Fused inference projections for layers without LoRA (None for layers with it).
@@ -577,72 +460,21 @@ impl Llama {
             .collect()
     }
 
-    /// The fused float32 CPU decode step over these weights, when the model qualifies: CPU,
-    /// float32, no adaption prompt, contiguous weights (unmerged LoRA branches are computed in
-    /// the step, without dropout as at inference). It reads the weights in place.
-    pub fn cpu_decoder(&self) -> Result<Option<CpuDecoder>> {
-        if self.device() != tch::Device::Cpu || self.kind() != Kind::Float {
-            return Ok(None);
-        }
-        let lin = |l: &LoraLinear| DLinear {
-            w: l.weight.shallow_clone(),
-            b: l.bias.as_ref().map(Tensor::shallow_clone),
-            lora: l.lora.as_ref().map(|p| Lora {
-                a: p.a.shallow_clone(),
-                b: p.b.shallow_clone(),
-                scaling: p.scaling as f32,
-            }),
-        };
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for l in &self.layers {
-            if l.adaption.is_some() {
-                return Ok(None);
-            }
-            layers.push(LayerWeights {
-                input_norm: l.input_norm.shallow_clone(),
-                qkv: [lin(&l.q), lin(&l.k), lin(&l.v)],
-                o: lin(&l.o),
-                post_norm: l.post_norm.shallow_clone(),
-                gate_up: [lin(&l.gate), lin(&l.up)],
-                down: lin(&l.down),
-            });
-        }
-        let c = &self.cfg;
-        CpuDecoder::new(
-            self.embed.shallow_clone(),
-            layers,
-            self.norm.shallow_clone(),
-            DLinear {
-                w: self.lm_head.shallow_clone(),
-                b: None,
-                lora: None,
-            },
-            &self.inv_freq,
-            Dims {
-                hidden: c.hidden_size as usize,
-                intermediate: c.intermediate_size as usize,
-                heads: c.num_attention_heads as usize,
-                kv_heads: c.num_key_value_heads as usize,
-                head_dim: c.head_dim as usize,
-                vocab: c.vocab_size as usize,
-                eps: c.rms_norm_eps as f32,
-            },
-        )
-    }
-
-    /// [`Llama::forward`] with optional fused inference projections.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_with(
+    /// Forward of token ids or embeddings after the `cache`'s tokens (see [`ForwardOptions`]).
+    pub fn forward(
         &self,
         input: Input<'_>,
-        attention_mask: Option<&Tensor>,
-        position_ids: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
-        output_hidden_states: bool,
-        last_only: bool,
-        train: bool,
-        fused: Option<&[Option<Fused>]>,
+        opts: &ForwardOptions<'_>,
     ) -> Result<LlamaOutput> {
+        let ForwardOptions {
+            attention_mask,
+            position_ids,
+            output_hidden_states,
+            last_only,
+            train,
+            fused,
+        } = *opts;
         let x = match input {
             Input::Ids(ids) => self.embed(ids)?,
             Input::Embeds(e) => {
@@ -664,7 +496,7 @@ impl Llama {
                 self.cfg.max_position_embeddings
             )));
         }
-        let (cos, sin, mask) = self.prepare(&x, attention_mask, position_ids, past)?;
+        let prep = self.prepare(&x, attention_mask, position_ids, past)?;
         let mut hidden_states = Vec::new();
         let mut h = x;
         for li in 0..self.layers.len() {
@@ -672,16 +504,7 @@ impl Llama {
                 hidden_states.push(h.shallow_clone());
             }
             let f = fused.and_then(|f| f.get(li)).and_then(Option::as_ref);
-            h = self.layer_forward(
-                li,
-                &h,
-                &cos,
-                &sin,
-                mask.as_ref(),
-                cache.as_deref_mut(),
-                train,
-                f,
-            )?;
+            h = self.layer_forward(li, &h, &prep, cache.as_deref_mut(), train, f)?;
         }
         if let Some(c) = cache {
             c.advance(t);
@@ -770,5 +593,109 @@ impl Llama {
         }
         let diag = kpos.f_eq_tensor(&qpos)?.f_view([1, 1, t, total])?;
         Ok(m.f_logical_or(&diag)?)
+    }
+}
+
+/// A tiny random model for the core's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use tch::Device;
+
+    /// vocab 50, hidden 32, 2 layers, 4 heads (2 KV heads), 64 positions.
+    pub fn tiny(seed: i64) -> Result<Llama> {
+        let cfg = LlamaConfig::from_json(
+            r#"{"vocab_size":50,"hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,
+            "num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":64}"#,
+        )?;
+        tch::manual_seed(seed);
+        let f = (Kind::Float, Device::Cpu);
+        let mut w: HashMap<String, Tensor> = HashMap::new();
+        w.insert(
+            "model.embed_tokens.weight".into(),
+            Tensor::randn([50, 32], f),
+        );
+        w.insert("lm_head.weight".into(), Tensor::randn([50, 32], f) * 0.3);
+        w.insert("model.norm.weight".into(), Tensor::ones([32], f));
+        for l in 0..2 {
+            let p = format!("model.layers.{l}");
+            for (n, o, i) in [
+                ("self_attn.q_proj", 32, 32),
+                ("self_attn.k_proj", 16, 32),
+                ("self_attn.v_proj", 16, 32),
+                ("self_attn.o_proj", 32, 32),
+                ("mlp.gate_proj", 48, 32),
+                ("mlp.up_proj", 48, 32),
+                ("mlp.down_proj", 32, 48),
+            ] {
+                w.insert(format!("{p}.{n}.weight"), Tensor::randn([o, i], f) * 0.2);
+            }
+            for n in ["input_layernorm", "post_attention_layernorm"] {
+                w.insert(format!("{p}.{n}.weight"), Tensor::ones([32], f));
+            }
+        }
+        Llama::new(cfg, w, &LoraSettings::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::tiny;
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn rankless_and_misshapen_inputs_are_named_errors() -> Result<()> {
+        let m = tiny(0)?;
+        let scalar = Tensor::from(1.0f32);
+        let prep = Prepared {
+            cos: scalar.shallow_clone(),
+            sin: scalar.shallow_clone(),
+            mask: None,
+        };
+        assert!(matches!(
+            m.layer(0, &scalar, &prep, false),
+            Err(Error::Shape(_))
+        ));
+        assert!(matches!(m.head(&scalar, false), Err(Error::Shape(_))));
+        let h = Tensor::zeros([1, 3, 32], (Kind::Float, Device::Cpu));
+        assert!(matches!(m.layer(0, &h, &prep, false), Err(Error::Shape(_))));
+        let good = m.prepare(&h, None, None, 0)?;
+        assert!(m.layer(0, &h, &good, false).is_ok());
+        assert!(matches!(
+            m.layer(7, &h, &good, false),
+            Err(Error::Config(_))
+        ));
+        let wrong = Tensor::zeros([1, 3, 31], (Kind::Float, Device::Cpu));
+        assert!(matches!(m.head(&wrong, false), Err(Error::Shape(_))));
+        let ids = Tensor::from_slice(&[60i64]).view([1, 1]);
+        assert!(matches!(
+            m.forward(Input::Ids(&ids), None, &ForwardOptions::default()),
+            Err(Error::Config(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn checkpoint_mismatches_are_named() -> Result<()> {
+        let cfg = tiny(0)?.cfg;
+        let t = |s: &[i64]| Tensor::zeros(s, (Kind::Float, Device::Cpu));
+        let mut w = HashMap::new();
+        w.insert("model.embed_tokens.weight".to_string(), t(&[50, 31]));
+        match Llama::new(cfg.clone(), w, &LoraSettings::new()) {
+            Err(Error::Checkpoint(msg)) => {
+                assert!(msg.contains("model.embed_tokens.weight"), "{msg}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        let mut w = HashMap::new();
+        w.insert("model.embed_tokens.weight".to_string(), t(&[50, 32]));
+        match Llama::new(cfg, w, &LoraSettings::new()) {
+            Err(Error::Checkpoint(msg)) => {
+                assert!(msg.contains("missing tensor model.layers.0"), "{msg}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        Ok(())
     }
 }

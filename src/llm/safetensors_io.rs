@@ -71,10 +71,29 @@ pub fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::checkpoint(format!("{}: missing weight_map", index.display())))?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|f| f.as_str().map(String::from))
-            .collect();
+        let mut files = Vec::with_capacity(map.len());
+        for (tensor, f) in map {
+            let f = f.as_str().ok_or_else(|| {
+                Error::checkpoint(format!(
+                    "{}: weight_map[{tensor}] must be a file name, got {f}",
+                    index.display()
+                ))
+            })?;
+            // a shard is a plain file name beside the index, never a path elsewhere
+            if f.is_empty()
+                || f.contains('/')
+                || f.contains('\\')
+                || f == ".."
+                || f == "."
+                || !f.ends_with(".safetensors")
+            {
+                return Err(Error::checkpoint(format!(
+                    "{}: weight_map[{tensor}] = {f:?} is not a .safetensors file name beside the index",
+                    index.display()
+                )));
+            }
+            files.push(f.to_string());
+        }
         files.sort();
         files.dedup();
         return files
@@ -115,36 +134,69 @@ pub fn load(
         // SAFETY: the map is read-only and dropped before this function returns; a file changed
         // underneath by another process is the documented hazard of memory-mapping.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(f.display(), e))?;
-        let st = SafeTensors::deserialize(&mmap).map_err(|e| {
-            Error::checkpoint(format!(
-                "{}: not a valid safetensors file ({e})",
-                f.display()
-            ))
-        })?;
-        for (name, view) in st.tensors() {
-            let k = kind_of(view.dtype())?;
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let t = Tensor::f_from_data_size(view.data(), &shape, k)?;
-            let t = match kind {
-                Some(target)
-                    if matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
-                        && k != target =>
-                {
-                    t.f_to_kind(target)?
-                }
-                _ => t,
-            };
-            let t = if device != Device::Cpu {
-                t.f_to_device(device)?
-            } else {
-                t
-            };
-            if out.insert(name.clone(), t).is_some() {
+        for (name, t) in parse(&mmap, &f.display().to_string(), kind, device)? {
+            if out.contains_key(&name) {
                 return Err(Error::checkpoint(format!(
                     "tensor {name} appears in more than one shard"
                 )));
             }
+            out.insert(name, t);
         }
+    }
+    Ok(out)
+}
+
+/// The tensors of one safetensors buffer (`what` names it in errors). The buffer is validated
+/// before anything is copied: header length within the buffer, a JSON header, offsets that tile
+/// the data region exactly (no overlap, no gap, nothing past the end), and every tensor's byte
+/// length equal to its dtype size times its shape.
+pub fn parse(
+    bytes: &[u8],
+    what: &str,
+    kind: Option<Kind>,
+    device: Device,
+) -> Result<Vec<(String, Tensor)>> {
+    if bytes.len() < 8 {
+        return Err(Error::checkpoint(format!(
+            "{what}: not a valid safetensors file (truncated: {} bytes, the header length alone takes 8)",
+            bytes.len()
+        )));
+    }
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::checkpoint(format!("{what}: not a valid safetensors file ({e})")))?;
+    let mut out = Vec::with_capacity(st.len());
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, view) in tensors {
+        let k =
+            kind_of(view.dtype()).map_err(|e| Error::checkpoint(format!("{what}: {name}: {e}")))?;
+        let shape = view
+            .shape()
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<std::result::Result<Vec<i64>, _>>()
+            .map_err(|_| {
+                Error::checkpoint(format!(
+                    "{what}: {name}: shape {:?} is too large",
+                    view.shape()
+                ))
+            })?;
+        let t = Tensor::f_from_data_size(view.data(), &shape, k)?;
+        let t = match kind {
+            Some(target)
+                if matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
+                    && k != target =>
+            {
+                t.f_to_kind(target)?
+            }
+            _ => t,
+        };
+        let t = if device != Device::Cpu {
+            t.f_to_device(device)?
+        } else {
+            t
+        };
+        out.push((name, t));
     }
     Ok(out)
 }
@@ -176,4 +228,109 @@ pub fn save(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
             path.display()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Vec<u8> {
+        let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
+        let dir = std::env::temp_dir().join(format!("voxlm_st_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let p = dir.join("t.safetensors");
+        save(&[("a".into(), t.shallow_clone()), ("b".into(), t)], &p).ok();
+        std::fs::read(&p).unwrap_or_default()
+    }
+
+    fn header(json: &str, data: usize) -> Vec<u8> {
+        let mut b = (json.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(json.as_bytes());
+        b.extend(std::iter::repeat_n(0u8, data));
+        b
+    }
+
+    fn refused(bytes: &[u8]) -> String {
+        match parse(bytes, "x.safetensors", None, Device::Cpu) {
+            Err(Error::Checkpoint(m)) => m,
+            other => panic!(
+                "expected a CheckpointError, got {:?}",
+                other.map(|v| v.len())
+            ),
+        }
+    }
+
+    #[test]
+    fn a_valid_file_reads_back() -> Result<()> {
+        let v = parse(&valid(), "t", Some(Kind::Double), Device::Cpu)?;
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].1.kind(), Kind::Double);
+        assert_eq!(v[0].1.size(), [2, 2]);
+        Ok(())
+    }
+
+    #[test]
+    fn corrupt_files_are_named_checkpoint_errors() {
+        let good = valid();
+        // truncated anywhere
+        for cut in [0, 4, 7, 8, 20, good.len() - 1] {
+            let m = refused(&good[..cut]);
+            assert!(m.contains("x.safetensors"), "{m}");
+        }
+        // header length past the end
+        let mut b = good.clone();
+        b[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        refused(&b);
+        // overlapping offsets
+        refused(&header(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            12,
+        ));
+        // a gap (uncovered bytes) between tensors and bytes after the last one
+        refused(&header(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+            12,
+        ));
+        refused(&header(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            12,
+        ));
+        // dtype x shape disagreeing with the byte length
+        refused(&header(
+            r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+            8,
+        ));
+        // a shape whose element count overflows
+        refused(&header(
+            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#,
+            8,
+        ));
+        // unknown dtype, not JSON
+        refused(&header(
+            r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}"#,
+            4,
+        ));
+        refused(&header("{not json", 0));
+    }
+
+    #[test]
+    fn an_index_cannot_point_outside_its_folder() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("voxlm_idx_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+        for bad in [
+            r#""../../etc/passwd""#,
+            r#""sub/x.safetensors""#,
+            "3",
+            r#""x.bin""#,
+        ] {
+            let text = format!(r#"{{"weight_map":{{"a":{bad}}}}}"#);
+            std::fs::write(dir.join("model.safetensors.index.json"), text)
+                .map_err(|e| Error::io(dir.display(), e))?;
+            assert!(
+                matches!(checkpoint_files(&dir), Err(Error::Checkpoint(_))),
+                "{bad}"
+            );
+        }
+        Ok(())
+    }
 }

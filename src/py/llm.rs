@@ -12,7 +12,8 @@ use tch::{Device, Kind, Tensor};
 use crate::bridge;
 use crate::error::Error;
 use crate::llm::generate::{self, GenerationConfig};
-use crate::llm::model::{rope_inv_freq, Input};
+use crate::llm::model::{ForwardOptions, Input, Prepared as Tables};
+use crate::llm::rope::rope_inv_freq;
 use crate::llm::safetensors_io;
 use crate::llm::tokenizer::Tokenizer;
 use crate::llm::{Llama, LlamaConfig};
@@ -125,7 +126,7 @@ type Prepared<'py> = (
 /// A LLaMA forward bound by reference to Python-owned parameters (HF names).
 #[pyclass(module = "voxlm._core", name = "LlamaCore")]
 pub struct PyLlama {
-    inner: Mutex<Llama>,
+    inner: crate::py::Core<Llama>,
 }
 
 fn input<'a>(ids: &'a Option<Tensor>, embeds: &'a Option<Tensor>) -> crate::Result<Input<'a>> {
@@ -152,7 +153,7 @@ impl PyLlama {
         let cfg = LlamaConfig::from_json(config_json)?;
         let model = Llama::new(cfg, bridge::tensor_dict(params)?, &lora.unwrap_or_default())?;
         Ok(PyLlama {
-            inner: Mutex::new(model),
+            inner: crate::py::Core::new(model),
         })
     }
 
@@ -177,15 +178,18 @@ impl PyLlama {
         let pos = bridge::opt_tensor(position_ids, "position_ids")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let m = crate::py::lock(inner, "LlamaCore")?;
+            let m = inner.lock("LlamaCore")?;
             m.forward(
                 input(&ids, &emb)?,
-                mask.as_ref(),
-                pos.as_ref(),
                 None,
-                output_hidden_states,
-                last_only,
-                training,
+                &ForwardOptions {
+                    attention_mask: mask.as_ref(),
+                    position_ids: pos.as_ref(),
+                    output_hidden_states,
+                    last_only,
+                    train: training,
+                    fused: None,
+                },
             )
         })?;
         let hs = PyList::empty(py);
@@ -208,8 +212,12 @@ impl PyLlama {
         let mask = bridge::opt_tensor(attention_mask, "attention_mask")?;
         let pos = bridge::opt_tensor(position_ids, "position_ids")?;
         let inner = &self.inner;
-        let (c, s, m) = py.detach(move || -> crate::Result<_> {
-            let model = crate::py::lock(inner, "LlamaCore")?;
+        let Tables {
+            cos: c,
+            sin: s,
+            mask: m,
+        } = py.detach(move || -> crate::Result<_> {
+            let model = inner.lock("LlamaCore")?;
             model.check_embeds(&h)?;
             model.prepare(&h, mask.as_ref(), pos.as_ref(), 0)
         })?;
@@ -223,20 +231,28 @@ impl PyLlama {
     fn layer<'py>(
         &self,
         py: Python<'py>,
-        index: usize,
+        index: i64,
         hidden_states: &Bound<'py, PyAny>,
         cos: &Bound<'py, PyAny>,
         sin: &Bound<'py, PyAny>,
         mask: Option<&Bound<'py, PyAny>>,
         training: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let index = usize::try_from(index).map_err(|_| {
+            Error::config(format!("index: expected a layer index >= 0, got {index}"))
+        })?;
         let h = bridge::tensor(hidden_states, "hidden_states")?;
         let (c, s) = (bridge::tensor(cos, "cos")?, bridge::tensor(sin, "sin")?);
         let m = bridge::opt_tensor(mask, "mask")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let model = crate::py::lock(inner, "LlamaCore")?;
-            model.layer_forward(index, &h, &c, &s, m.as_ref(), None, training, None)
+            let model = inner.lock("LlamaCore")?;
+            let prep = Tables {
+                cos: c,
+                sin: s,
+                mask: m,
+            };
+            model.layer(index, &h, &prep, training)
         })?;
         bridge::to_py(py, &out)
     }
@@ -250,7 +266,7 @@ impl PyLlama {
         let h = bridge::tensor(hidden_states, "hidden_states")?;
         let inner = &self.inner;
         let (n, l) = py.detach(move || -> crate::Result<_> {
-            let model = crate::py::lock(inner, "LlamaCore")?;
+            let model = inner.lock("LlamaCore")?;
             model.head(&h, false)
         })?;
         Ok((bridge::to_py(py, &n)?, bridge::to_py(py, &l)?))
@@ -264,7 +280,7 @@ impl PyLlama {
     ) -> PyResult<Bound<'py, PyAny>> {
         let ids = bridge::tensor(input_ids, "input_ids")?;
         let inner = &self.inner;
-        let e = py.detach(move || crate::py::lock(inner, "LlamaCore")?.embed(&ids))?;
+        let e = py.detach(move || inner.lock("LlamaCore")?.embed(&ids))?;
         bridge::to_py(py, &e)
     }
 
@@ -312,7 +328,8 @@ impl PyLlama {
         let cb_err: Mutex<Option<PyErr>> = Mutex::new(None);
         let (inner, err_slot) = (&self.inner, &cb_err);
         let out = py.detach(move || -> crate::Result<Tensor> {
-            let m = crate::py::lock(inner, "LlamaCore")?;
+            let m = inner.lock("LlamaCore")?;
+            let streaming = callback.is_some();
             let mut call = |tokens: &Tensor| -> crate::Result<bool> {
                 let Some(cb) = callback.as_ref() else {
                     return Ok(true);
@@ -330,7 +347,9 @@ impl PyLlama {
                     }
                 })
             };
-            generate::generate(&m, input(&ids, &emb)?, mask.as_ref(), &cfg, Some(&mut call))
+            let cb: Option<&mut generate::StepCallback<'_>> =
+                if streaming { Some(&mut call) } else { None };
+            generate::generate(&m, input(&ids, &emb)?, mask.as_ref(), &cfg, cb)
         });
         if let Some(e) = cb_err.lock().ok().and_then(|mut s| s.take()) {
             return Err(e);
@@ -374,7 +393,19 @@ impl PyTokenizer {
     }
 
     #[pyo3(signature = (ids, skip_special_tokens=false))]
-    fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+    fn decode(&self, ids: Vec<i64>, skip_special_tokens: bool) -> PyResult<String> {
+        let n = self.inner.vocab_size();
+        let ids = ids
+            .iter()
+            .map(|&i| {
+                u32::try_from(i)
+                    .ok()
+                    .filter(|&u| (u as usize) < n)
+                    .ok_or_else(|| {
+                        Error::config(format!("ids: token ids must lie in [0, {n}), got {i}"))
+                    })
+            })
+            .collect::<crate::Result<Vec<u32>>>()?;
         Ok(self.inner.decode(&ids, skip_special_tokens)?)
     }
 
@@ -382,8 +413,10 @@ impl PyTokenizer {
         self.inner.token_to_id(token)
     }
 
-    fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+    fn id_to_token(&self, id: i64) -> Option<String> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|i| self.inner.id_to_token(i))
     }
 
     #[getter]

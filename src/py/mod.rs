@@ -1,5 +1,9 @@
 //! The `voxlm._core` extension module: pyo3 classes and functions only, one file per area.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
 use pyo3::prelude::*;
 
 mod errors;
@@ -19,16 +23,79 @@ pub(crate) fn par<T: Send, F: FnOnce() -> T + Send>(py: Python<'_>, f: F) -> T {
     py.detach(move || crate::parallel::install(f))
 }
 
-/// Lock a Rust core's state; a poisoned lock (an earlier call panicked) is a voxlm error.
-pub(crate) fn lock<'a, T>(
-    m: &'a std::sync::Mutex<T>,
-    what: &str,
-) -> crate::Result<std::sync::MutexGuard<'a, T>> {
-    m.lock().map_err(|_| {
-        crate::Error::config(format!(
-            "{what}: lock poisoned (an earlier call failed inside it)"
-        ))
-    })
+static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// A process-unique id of the current thread (0 is "nobody").
+    static THREAD: u64 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+}
+
+fn thread_id() -> u64 {
+    THREAD.with(|t| *t)
+}
+
+/// A Rust core's state behind a lock that knows which thread holds it: a call from inside one
+/// of the core's own calls on the same thread (a `generate` streamer calling back into the
+/// model) is refused with an error instead of deadlocking; other threads wait their turn.
+pub(crate) struct Core<T> {
+    inner: Mutex<T>,
+    holder: AtomicU64,
+}
+
+/// The locked state; releases the holder mark when dropped.
+pub(crate) struct CoreGuard<'a, T> {
+    guard: MutexGuard<'a, T>,
+    holder: &'a AtomicU64,
+}
+
+impl<T> Core<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Core {
+            inner: Mutex::new(value),
+            holder: AtomicU64::new(0),
+        }
+    }
+
+    /// Lock; `what` names the core in errors (a poisoned lock is an error too).
+    pub(crate) fn lock(&self, what: &str) -> crate::Result<CoreGuard<'_, T>> {
+        let me = thread_id();
+        if self.holder.load(Ordering::SeqCst) == me {
+            return Err(crate::Error::config(format!(
+                "{what}: called again from inside one of its own calls on the same thread (a \
+                 generate streamer or callback calling back into the same model?); call it \
+                 after the outer call returns"
+            )));
+        }
+        let guard = self.inner.lock().map_err(|_| {
+            crate::Error::config(format!(
+                "{what}: lock poisoned (an earlier call failed inside it)"
+            ))
+        })?;
+        self.holder.store(me, Ordering::SeqCst);
+        Ok(CoreGuard {
+            guard,
+            holder: &self.holder,
+        })
+    }
+}
+
+impl<T> Drop for CoreGuard<'_, T> {
+    fn drop(&mut self) {
+        self.holder.store(0, Ordering::SeqCst);
+    }
+}
+
+impl<T> Deref for CoreGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> DerefMut for CoreGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
 }
 
 #[pymodule]

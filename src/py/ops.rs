@@ -1,7 +1,5 @@
 //! `voxlm._core` tensor ops: thin argument unpacking around `crate::ops`, GIL released.
 
-use std::sync::Mutex;
-
 use pyo3::prelude::*;
 use tch::Tensor;
 
@@ -60,7 +58,7 @@ pub fn lora_linear<'py>(
 /// forward without re-binding; call `bind` again after replacing a Parameter object.
 #[pyclass(module = "voxlm._core", name = "LoraLinearCore")]
 pub struct PyLoraLinear {
-    inner: Mutex<LoraLinear>,
+    inner: crate::py::Core<LoraLinear>,
 }
 
 #[pymethods]
@@ -77,7 +75,7 @@ impl PyLoraLinear {
     ) -> PyResult<Self> {
         let layer = build(weight, bias, lora_a, lora_b, scaling, dropout)?;
         Ok(PyLoraLinear {
-            inner: Mutex::new(layer),
+            inner: crate::py::Core::new(layer),
         })
     }
 
@@ -108,7 +106,7 @@ impl PyLoraLinear {
         let x = bridge::tensor(x, "x")?;
         let inner = &self.inner;
         let y = py.detach(move || {
-            let layer = crate::py::lock(inner, "LoraLinearCore")?;
+            let layer = inner.lock("LoraLinearCore")?;
             layer.forward(&x, training)
         })?;
         bridge::to_py(py, &y)
@@ -116,8 +114,8 @@ impl PyLoraLinear {
 }
 
 impl PyLoraLinear {
-    fn lock(&self) -> PyResult<std::sync::MutexGuard<'_, LoraLinear>> {
-        crate::py::lock(&self.inner, "LoraLinearCore").map_err(Into::into)
+    fn lock(&self) -> PyResult<crate::py::CoreGuard<'_, LoraLinear>> {
+        self.inner.lock("LoraLinearCore").map_err(Into::into)
     }
 }
 

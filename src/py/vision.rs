@@ -2,7 +2,6 @@
 //! and the functional reducers/projectors.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -97,7 +96,7 @@ pub fn disease_pool<'py>(
 /// MONAI-named 3D ViT bound by reference to Python-owned parameters.
 #[pyclass(module = "voxlm._core", name = "Vit3dCore")]
 pub struct PyVit3d {
-    inner: Mutex<Vit3d>,
+    inner: crate::py::Core<Vit3d>,
 }
 
 #[pymethods]
@@ -106,9 +105,7 @@ impl PyVit3d {
     fn tokens<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let x = bridge::tensor(x, "x")?;
         let inner = &self.inner;
-        let out = py.detach(move || -> crate::Result<_> {
-            crate::py::lock(inner, "Vit3dCore")?.tokens(&x)
-        })?;
+        let out = py.detach(move || -> crate::Result<_> { inner.lock("Vit3dCore")?.tokens(&x) })?;
         bridge::to_py(py, &out)
     }
 
@@ -117,14 +114,17 @@ impl PyVit3d {
     fn block<'py>(
         &self,
         py: Python<'py>,
-        index: usize,
+        index: i64,
         h: &Bound<'py, PyAny>,
         training: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let index = usize::try_from(index).map_err(|_| {
+            Error::config(format!("index: expected a block index >= 0, got {index}"))
+        })?;
         let h = bridge::tensor(h, "h")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            crate::py::lock(inner, "Vit3dCore")?.block_forward(index, &h, training)
+            inner.lock("Vit3dCore")?.block_forward(index, &h, training)
         })?;
         bridge::to_py(py, &out)
     }
@@ -137,9 +137,8 @@ impl PyVit3d {
     ) -> PyResult<Bound<'py, PyAny>> {
         let h = bridge::tensor(h, "h")?;
         let inner = &self.inner;
-        let out = py.detach(move || -> crate::Result<_> {
-            crate::py::lock(inner, "Vit3dCore")?.final_norm(&h)
-        })?;
+        let out =
+            py.detach(move || -> crate::Result<_> { inner.lock("Vit3dCore")?.final_norm(&h) })?;
         bridge::to_py(py, &out)
     }
 
@@ -171,7 +170,7 @@ impl PyVit3d {
         };
         let vit = Vit3d::new(cfg, bridge::tensor_dict(params)?, &lora.unwrap_or_default())?;
         Ok(PyVit3d {
-            inner: Mutex::new(vit),
+            inner: crate::py::Core::new(vit),
         })
     }
 
@@ -186,7 +185,7 @@ impl PyVit3d {
         let x = bridge::tensor(x, "x")?;
         let inner = &self.inner;
         let (out, hidden) = py.detach(move || -> crate::Result<_> {
-            let m = crate::py::lock(inner, "Vit3dCore")?;
+            let m = inner.lock("Vit3dCore")?;
             m.forward(&x, training)
         })?;
         let hs = PyList::empty(py);
@@ -200,7 +199,7 @@ impl PyVit3d {
 /// Perceiver resampler bound by reference to Python-owned parameters.
 #[pyclass(module = "voxlm._core", name = "PerceiverCore")]
 pub struct PyPerceiver {
-    inner: Mutex<Perceiver>,
+    inner: crate::py::Core<Perceiver>,
 }
 
 #[pymethods]
@@ -208,7 +207,7 @@ impl PyPerceiver {
     #[new]
     fn new(params: &Bound<'_, PyDict>, depth: i64, heads: i64, dim_head: i64) -> PyResult<Self> {
         Ok(PyPerceiver {
-            inner: Mutex::new(Perceiver::new(
+            inner: crate::py::Core::new(Perceiver::new(
                 bridge::tensor_dict(params)?,
                 depth,
                 heads,
@@ -222,7 +221,7 @@ impl PyPerceiver {
         let x = bridge::tensor(x, "x")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let m = crate::py::lock(inner, "PerceiverCore")?;
+            let m = inner.lock("PerceiverCore")?;
             m.forward(&x)
         })?;
         bridge::to_py(py, &out)
@@ -232,7 +231,7 @@ impl PyPerceiver {
 /// HF CLIP vision tower (2D, or 3D after inflation) bound by reference.
 #[pyclass(module = "voxlm._core", name = "ClipVisionCore")]
 pub struct PyClipVision {
-    inner: Mutex<crate::vision::clip::ClipVision>,
+    inner: crate::py::Core<crate::vision::clip::ClipVision>,
 }
 
 #[pymethods]
@@ -251,7 +250,7 @@ impl PyClipVision {
             eps,
         )?;
         Ok(PyClipVision {
-            inner: Mutex::new(m),
+            inner: crate::py::Core::new(m),
         })
     }
 
@@ -264,7 +263,7 @@ impl PyClipVision {
         let x = bridge::tensor(x, "x")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let m = crate::py::lock(inner, "ClipVisionCore")?;
+            let m = inner.lock("ClipVisionCore")?;
             m.forward(&x)
         })?;
         let hs = PyList::empty(py);
@@ -282,7 +281,7 @@ impl PyClipVision {
 /// PICG's adapter query blocks bound by reference.
 #[pyclass(module = "voxlm._core", name = "QueryBlocksCore")]
 pub struct PyQueryBlocks {
-    inner: Mutex<crate::vision::query::QueryBlocks>,
+    inner: crate::py::Core<crate::vision::query::QueryBlocks>,
 }
 
 #[pymethods]
@@ -291,7 +290,7 @@ impl PyQueryBlocks {
     fn new(params: &Bound<'_, PyDict>, depth: i64, heads: i64) -> PyResult<Self> {
         let q = crate::vision::query::QueryBlocks::new(bridge::tensor_dict(params)?, depth, heads)?;
         Ok(PyQueryBlocks {
-            inner: Mutex::new(q),
+            inner: crate::py::Core::new(q),
         })
     }
 
@@ -305,7 +304,7 @@ impl PyQueryBlocks {
         let f = bridge::tensor(feats, "feats")?;
         let inner = &self.inner;
         let out = py.detach(move || -> crate::Result<_> {
-            let m = crate::py::lock(inner, "QueryBlocksCore")?;
+            let m = inner.lock("QueryBlocksCore")?;
             m.forward(&f, training)
         })?;
         bridge::to_py(py, &out)

@@ -11,10 +11,11 @@ use std::collections::HashMap;
 
 use tch::Tensor;
 
-use super::{expect_shape, take};
+use super::vit::MAX_LAYERS;
 use crate::check;
 use crate::error::{Error, Result};
 use crate::ops::LoraLinear;
+use crate::weights::{self, Bias, Weights};
 
 struct Layer {
     ln1: (Tensor, Tensor),
@@ -29,8 +30,10 @@ struct Layer {
 
 pub struct ClipVision {
     patch: Tensor,
+    patch_size: Vec<i64>,
     class_embedding: Tensor,
     pos: Tensor,
+    positions: i64,
     pre_ln: (Tensor, Tensor),
     layers: Vec<Layer>,
     post_ln: (Tensor, Tensor),
@@ -41,23 +44,6 @@ pub struct ClipVision {
 
 const P: &str = "vision_model";
 
-fn ln(w: &mut HashMap<String, Tensor>, p: &str, d: i64) -> Result<(Tensor, Tensor)> {
-    let (a, b) = (
-        take(w, &format!("{p}.weight"))?,
-        take(w, &format!("{p}.bias"))?,
-    );
-    expect_shape(&a, &format!("{p}.weight"), &[d])?;
-    expect_shape(&b, &format!("{p}.bias"), &[d])?;
-    Ok((a, b))
-}
-
-fn lin(w: &mut HashMap<String, Tensor>, p: &str, out: i64, inp: i64) -> Result<LoraLinear> {
-    let weight = take(w, &format!("{p}.weight"))?;
-    expect_shape(&weight, &format!("{p}.weight"), &[out, inp])?;
-    let bias = take(w, &format!("{p}.bias"))?;
-    LoraLinear::new(weight, Some(bias), None)
-}
-
 /// What a forward returns (as `CLIPVisionModel(output_hidden_states=True)`).
 pub struct ClipOutput {
     pub last_hidden_state: Tensor,
@@ -66,52 +52,78 @@ pub struct ClipOutput {
 }
 
 impl ClipVision {
-    pub fn new(mut w: HashMap<String, Tensor>, layers: i64, heads: i64, eps: f64) -> Result<Self> {
-        let class_embedding = take(&mut w, &format!("{P}.embeddings.class_embedding"))?;
-        let dim = check::dims(&class_embedding, "class_embedding", 1, "[hidden]")?[0];
-        let patch = take(&mut w, &format!("{P}.embeddings.patch_embedding.weight"))?;
-        let ps = patch.size();
-        if !(ps.len() == 4 || ps.len() == 5) || ps[0] != dim {
-            return Err(Error::checkpoint(format!(
-                "{P}.embeddings.patch_embedding.weight: expected [{dim}, C, (kd,) kh, kw], got {ps:?}"
-            )));
-        }
-        let pos = take(&mut w, &format!("{P}.embeddings.position_embedding.weight"))?;
-        check::dims(&pos, "position_embedding.weight", 2, "[positions, hidden]")?;
-        w.remove(&format!("{P}.embeddings.position_ids"));
-        if dim % heads != 0 {
+    pub fn new(w: HashMap<String, Tensor>, layers: i64, heads: i64, eps: f64) -> Result<Self> {
+        let layers = weights::count(layers, "num_layers", MAX_LAYERS)?;
+        weights::positive(heads, "num_heads")?;
+        if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
             return Err(Error::config(format!(
-                "hidden size {dim} must be divisible by num_attention_heads {heads}"
+                "eps: expected a number in (0, 1), got {eps}"
             )));
         }
-        let pre_ln = ln(&mut w, &format!("{P}.pre_layrnorm"), dim)?;
-        let mut ls = Vec::new();
+        let w = Weights::new(w, "a CLIP vision tower");
+        w.discard(&format!("{P}.embeddings.position_ids"));
+        let vb = w.root().pp(P);
+        let emb = vb.pp("embeddings");
+        let (class_embedding, cs) = emb.take_dims("class_embedding", 1, "[hidden]")?;
+        let dim = cs[0];
+        weights::head_dim(dim, heads, "hidden size", "num_attention_heads")?;
+        let pe = emb.pp("patch_embedding");
+        let rank = pe.shape_of("weight").map_or(4, |s| s.len());
+        let patch = if rank == 5 {
+            pe.take_dims("weight", 5, "[hidden, C, kd, kh, kw]")?
+        } else {
+            pe.take_dims("weight", 4, "[hidden, C, kh, kw] (or 5-d when inflated)")?
+        };
+        let (patch, ps) = patch;
+        if ps[0] != dim {
+            return Err(Error::checkpoint(format!(
+                "{}: expected [{dim}, C, (kd,) kh, kw], got {ps:?}",
+                pe.path("weight")
+            )));
+        }
+        let (pos, pos_s) =
+            emb.pp("position_embedding")
+                .take_dims("weight", 2, "[positions, hidden]")?;
+        if pos_s[1] != dim || pos_s[0] < 2 {
+            return Err(Error::checkpoint(format!(
+                "{}: expected [positions >= 2, {dim}], got {pos_s:?}",
+                emb.pp("position_embedding").path("weight")
+            )));
+        }
+        let pre_ln = vb.pp("pre_layrnorm").layer_norm(dim)?;
+        let mut ls = Vec::with_capacity(layers);
         for i in 0..layers {
-            let p = format!("{P}.encoder.layers.{i}");
-            let fc1 = take(&mut w, &format!("{p}.mlp.fc1.weight"))?;
-            let inter = fc1.size()[0];
-            w.insert(format!("{p}.mlp.fc1.weight"), fc1);
+            let p = vb.pp("encoder.layers").pp(i);
+            let a = p.pp("self_attn");
+            let ln1 = p.pp("layer_norm1").layer_norm(dim)?;
+            let q = a.pp("q_proj").linear(dim, dim, Bias::Required)?;
+            let k = a.pp("k_proj").linear(dim, dim, Bias::Required)?;
+            let v = a.pp("v_proj").linear(dim, dim, Bias::Required)?;
+            let o = a.pp("out_proj").linear(dim, dim, Bias::Required)?;
+            let ln2 = p.pp("layer_norm2").layer_norm(dim)?;
+            let (fc1, inter, _) = p
+                .pp("mlp.fc1")
+                .linear_any(None, Some(dim), Bias::Required)?;
+            let fc2 = p.pp("mlp.fc2").linear(dim, inter, Bias::Required)?;
             ls.push(Layer {
-                ln1: ln(&mut w, &format!("{p}.layer_norm1"), dim)?,
-                q: lin(&mut w, &format!("{p}.self_attn.q_proj"), dim, dim)?,
-                k: lin(&mut w, &format!("{p}.self_attn.k_proj"), dim, dim)?,
-                v: lin(&mut w, &format!("{p}.self_attn.v_proj"), dim, dim)?,
-                o: lin(&mut w, &format!("{p}.self_attn.out_proj"), dim, dim)?,
-                ln2: ln(&mut w, &format!("{p}.layer_norm2"), dim)?,
-                fc1: lin(&mut w, &format!("{p}.mlp.fc1"), inter, dim)?,
-                fc2: lin(&mut w, &format!("{p}.mlp.fc2"), dim, inter)?,
+                ln1,
+                q,
+                k,
+                v,
+                o,
+                ln2,
+                fc1,
+                fc2,
             });
         }
-        let post_ln = ln(&mut w, &format!("{P}.post_layernorm"), dim)?;
-        if let Some(extra) = w.keys().next() {
-            return Err(Error::checkpoint(format!(
-                "unexpected tensor {extra} (not part of a CLIP vision tower)"
-            )));
-        }
+        let post_ln = vb.pp("post_layernorm").layer_norm(dim)?;
+        w.finish()?;
         Ok(ClipVision {
             patch,
+            patch_size: ps,
             class_embedding,
             pos,
+            positions: pos_s[0] - 1,
             pre_ln,
             layers: ls,
             post_ln,
@@ -123,7 +135,7 @@ impl ClipVision {
 
     /// `x [B, C, H, W]` (2D) or `[B, C, D, H, W]` (inflated 3D).
     pub fn forward(&self, x: &Tensor) -> Result<ClipOutput> {
-        let ps = self.patch.size();
+        let ps = &self.patch_size;
         let spatial = ps.len() - 2;
         let xs = check::dims(
             x,
@@ -176,8 +188,8 @@ impl ClipVision {
         };
         let mut tokens = emb.f_flatten(2, -1)?.f_transpose(1, 2)?; // [B, N, D]
         let b = xs[0];
-        let n = tokens.size()[1];
-        let positions = self.pos.size()[0] - 1;
+        let n: i64 = (0..spatial).map(|i| xs[2 + i] / ps[2 + i]).product();
+        let positions = self.positions;
         if n > positions {
             return Err(Error::shape(format!(
                 "x: {n} patch tokens exceed the {positions} position embeddings (pass a smaller volume or interpolate the positions)"
@@ -202,7 +214,7 @@ impl ClipVision {
         let mut h = lnorm(&h, &self.pre_ln)?;
         let mut hidden = vec![h.shallow_clone()];
         let (nh, hd) = (self.heads, self.dim / self.heads);
-        let t = h.size()[1];
+        let t = positions + 1;
         for l in &self.layers {
             let xn = lnorm(&h, &l.ln1)?;
             let split =

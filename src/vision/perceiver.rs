@@ -8,9 +8,10 @@ use std::collections::HashMap;
 
 use tch::{Kind, Tensor};
 
-use super::{expect_shape, take};
+use super::vit::MAX_LAYERS;
 use crate::check;
 use crate::error::{Error, Result};
+use crate::weights::{self, Weights};
 
 struct Layer {
     norm_media: (Tensor, Tensor),
@@ -25,6 +26,7 @@ struct Layer {
 
 pub struct Perceiver {
     latents: Tensor,
+    n_latents: i64,
     layers: Vec<Layer>,
     norm: (Tensor, Tensor),
     heads: i64,
@@ -32,57 +34,53 @@ pub struct Perceiver {
     dim: i64,
 }
 
-fn ln(w: &mut HashMap<String, Tensor>, p: &str, d: i64) -> Result<(Tensor, Tensor)> {
-    let (a, b) = (
-        take(w, &format!("{p}.weight"))?,
-        take(w, &format!("{p}.bias"))?,
-    );
-    expect_shape(&a, &format!("{p}.weight"), &[d])?;
-    expect_shape(&b, &format!("{p}.bias"), &[d])?;
-    Ok((a, b))
-}
-
 impl Perceiver {
-    pub fn new(
-        mut w: HashMap<String, Tensor>,
-        depth: i64,
-        heads: i64,
-        dim_head: i64,
-    ) -> Result<Self> {
-        let latents = take(&mut w, "latents")?;
-        let ls = check::dims(&latents, "latents", 2, "[num_latents, dim]")?;
-        let dim = ls[1];
-        let inner = heads * dim_head;
-        let mut layers = Vec::new();
+    pub fn new(w: HashMap<String, Tensor>, depth: i64, heads: i64, dim_head: i64) -> Result<Self> {
+        let depth = weights::count(depth, "depth", MAX_LAYERS)?;
+        weights::positive(heads, "heads")?;
+        weights::positive(dim_head, "dim_head")?;
+        let inner = heads
+            .checked_mul(dim_head)
+            .filter(|&i| i <= 1 << 24)
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "heads x dim_head: {heads} x {dim_head} is larger than voxlm supports"
+                ))
+            })?;
+        let w = Weights::new(w, "this perceiver");
+        let vb = w.root();
+        let (latents, ls) = vb.take_dims("latents", 2, "[num_latents, dim]")?;
+        let (n_latents, dim) = (ls[0], ls[1]);
+        let mut layers = Vec::with_capacity(depth);
         for i in 0..depth {
-            let p = format!("layers.{i}");
-            let get = |w: &mut HashMap<String, Tensor>, n: &str, shape: &[i64]| -> Result<Tensor> {
-                let t = take(w, &format!("{p}.{n}"))?;
-                expect_shape(&t, &format!("{p}.{n}"), shape)?;
-                Ok(t)
+            let p = vb.pp("layers").pp(i);
+            let (a, f) = (p.pp(0), p.pp(1));
+            let (ff1, hidden) = {
+                let (t, s) = f.pp(1).take_dims("weight", 2, "[hidden, dim]")?;
+                if s[1] != dim {
+                    return Err(Error::checkpoint(format!(
+                        "{}: expected shape [hidden, {dim}], got {s:?}",
+                        f.pp(1).path("weight")
+                    )));
+                }
+                (t, s[0])
             };
-            let ff1 = take(&mut w, &format!("{p}.1.1.weight"))?;
-            let hidden = ff1.size()[0];
-            expect_shape(&ff1, &format!("{p}.1.1.weight"), &[hidden, dim])?;
             layers.push(Layer {
-                norm_media: ln(&mut w, &format!("{p}.0.norm_media"), dim)?,
-                norm_latents: ln(&mut w, &format!("{p}.0.norm_latents"), dim)?,
-                to_q: get(&mut w, "0.to_q.weight", &[inner, dim])?,
-                to_kv: get(&mut w, "0.to_kv.weight", &[2 * inner, dim])?,
-                to_out: get(&mut w, "0.to_out.weight", &[dim, inner])?,
-                ff_norm: ln(&mut w, &format!("{p}.1.0"), dim)?,
+                norm_media: a.pp("norm_media").layer_norm(dim)?,
+                norm_latents: a.pp("norm_latents").layer_norm(dim)?,
+                to_q: a.pp("to_q").take("weight", &[inner, dim])?,
+                to_kv: a.pp("to_kv").take("weight", &[2 * inner, dim])?,
+                to_out: a.pp("to_out").take("weight", &[dim, inner])?,
+                ff_norm: f.pp(0).layer_norm(dim)?,
                 ff1,
-                ff2: get(&mut w, "1.3.weight", &[dim, hidden])?,
+                ff2: f.pp(3).take("weight", &[dim, hidden])?,
             });
         }
-        let norm = ln(&mut w, "norm", dim)?;
-        if let Some(extra) = w.keys().next() {
-            return Err(Error::checkpoint(format!(
-                "unexpected tensor {extra} (not part of this perceiver)"
-            )));
-        }
+        let norm = vb.pp("norm").layer_norm(dim)?;
+        w.finish()?;
         Ok(Perceiver {
             latents,
+            n_latents,
             layers,
             norm,
             heads,
@@ -103,14 +101,12 @@ impl Perceiver {
         check::same_kind(x, "x", self.latents.f_kind()?, "the perceiver weights")?;
         check::same_device(x, "x", self.latents.device(), "the perceiver weights")?;
         let (b, d, h, dh) = (s[0], self.dim, self.heads, self.dim_head);
-        let n_lat = self.latents.size()[0];
+        let n_lat = self.n_latents;
         let ln = |t: &Tensor, p: &(Tensor, Tensor)| {
             t.f_layer_norm([d].as_slice(), Some(&p.0), Some(&p.1), 1e-5, true)
         };
-        let split = |t: Tensor| -> Result<Tensor> {
-            let ts = t.size();
-            Ok(t.f_reshape([ts[0], ts[1], h, dh])?.f_transpose(1, 2)?)
-        };
+        let split =
+            |t: Tensor| -> Result<Tensor> { Ok(t.f_reshape([b, -1, h, dh])?.f_transpose(1, 2)?) };
         let mut lat = self
             .latents
             .f_unsqueeze(0)?

@@ -19,6 +19,11 @@ pub fn spatial_pool(x: &Tensor, grid: [i64; 3], k: i64) -> Result<Tensor> {
             "x: expected {n} tokens for the grid {grid:?}, got shape {s:?}"
         )));
     }
+    if grid.iter().any(|&g| g <= 0) {
+        return Err(Error::config(format!(
+            "grid: expected positive sizes, got {grid:?}"
+        )));
+    }
     if k < 1 || grid.iter().any(|g| g % k != 0) {
         return Err(Error::config(format!(
             "pooling_size {k} must divide every grid size {grid:?}"
@@ -43,11 +48,25 @@ pub fn mlp(x: &Tensor, linears: &[(Tensor, Option<Tensor>)]) -> Result<Tensor> {
     if linears.is_empty() {
         return Err(Error::config("mlp: expected at least one linear layer"));
     }
+    check::min_dims(x, "x", 1, "[..., in_features]")?;
     let mut h = x.shallow_clone();
     for (i, (w, b)) in linears.iter().enumerate() {
         let ws = check::dims(w, "projector weight", 2, "[out, in]")?;
-        let hs = h.size();
-        if hs[hs.len() - 1] != ws[1] {
+        check::float_kind(w, "projector weight")?;
+        if let Some(b) = b {
+            check::dims(b, "projector bias", 1, "[out]")?;
+            if b.size() != [ws[0]] {
+                return Err(Error::shape(format!(
+                    "projector layer {i}: expected a bias of shape [{}], got {:?}",
+                    ws[0],
+                    b.size()
+                )));
+            }
+            check::same_kind(b, "projector bias", w.f_kind()?, "the projector weights")?;
+            check::same_device(b, "projector bias", w.device(), "the projector weights")?;
+        }
+        let hs = check::min_dims(&h, "x", 1, "[..., in_features]")?;
+        if hs.last() != Some(&ws[1]) {
             return Err(Error::shape(format!(
                 "projector layer {i}: expected input features {}, got shape {hs:?}",
                 ws[1]
@@ -61,4 +80,40 @@ pub fn mlp(x: &Tensor, linears: &[(Tensor, Option<Tensor>)]) -> Result<Tensor> {
         h = h.f_linear(w, b.as_ref())?;
     }
     Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn rankless_and_mismatched_inputs_are_named() {
+        let f = (Kind::Float, Device::Cpu);
+        let w = Tensor::zeros([8, 4], f);
+        let scalar = Tensor::from(1.0f32);
+        assert!(matches!(
+            mlp(&scalar, &[(w.shallow_clone(), None)]),
+            Err(Error::Shape(_))
+        ));
+        let x = Tensor::zeros([2, 4], f);
+        let bad_bias = Tensor::zeros([3], f);
+        assert!(matches!(
+            mlp(&x, &[(w.shallow_clone(), Some(bad_bias))]),
+            Err(Error::Shape(_))
+        ));
+        assert!(matches!(mlp(&x, &[]), Err(Error::Config(_))));
+        let y = mlp(&x, &[(w.shallow_clone(), None)]);
+        assert!(matches!(y, Ok(t) if t.size() == [2, 8]));
+        let toks = Tensor::zeros([1, 8, 4], f);
+        assert!(matches!(
+            spatial_pool(&toks, [2, 2, 2], 0),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            spatial_pool(&toks, [-2, -2, 2], 2),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(spatial_pool(&toks, [2, 2, 2], 2), Ok(t) if t.size() == [1, 1, 4]));
+    }
 }

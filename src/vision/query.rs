@@ -8,16 +8,17 @@ use std::collections::HashMap;
 
 use tch::Tensor;
 
-use super::vit::{linear, norm, Block, TIMM_BLOCK};
-use super::{expect_shape, take};
+use super::vit::{Block, MAX_LAYERS, TIMM_BLOCK};
 use crate::check;
 use crate::error::{Error, Result};
 use crate::ops::LoraLinear;
+use crate::weights::{self, Bias, Weights};
 
 pub struct QueryBlocks {
     clip_proj: LoraLinear,
     clip_norm: (Tensor, Tensor),
     query: Tensor,
+    query_len: i64,
     blocks: Vec<Block>,
     proj: LoraLinear,
     proj_norm: (Tensor, Tensor),
@@ -28,55 +29,41 @@ pub struct QueryBlocks {
 }
 
 impl QueryBlocks {
-    pub fn new(mut w: HashMap<String, Tensor>, depth: i64, heads: i64) -> Result<Self> {
-        let none = HashMap::new();
-        let query = take(&mut w, "visual_query.weight")?;
-        let qs = check::dims(&query, "visual_query.weight", 2, "[query_len, dim]")?;
+    pub fn new(w: HashMap<String, Tensor>, depth: i64, heads: i64) -> Result<Self> {
+        let depth = weights::count(depth, "depth", MAX_LAYERS)?;
+        weights::positive(heads, "heads")?;
+        let w = Weights::new(w, "the query blocks");
+        let vb = w.root();
+        let (query, qs) = vb
+            .pp("visual_query")
+            .take_dims("weight", 2, "[query_len, dim]")?;
         let dim = qs[1];
-        let cw = take(&mut w, "clip_proj.weight")?;
-        let cs = check::dims(&cw, "clip_proj.weight", 2, "[dim, clip_dim]")?;
-        w.insert("clip_proj.weight".into(), cw);
-        let pw = take(&mut w, "visual_proj.weight")?;
-        let ps = check::dims(&pw, "visual_proj.weight", 2, "[out_dim, dim]")?;
-        w.insert("visual_proj.weight".into(), pw);
-        if dim % heads != 0 {
-            return Err(Error::config(format!(
-                "dim {dim} must be divisible by heads {heads}"
-            )));
-        }
-        let mut blocks = Vec::new();
-        for i in 0..depth {
-            let fc1 = take(&mut w, &format!("visual_blocks.{i}.mlp.fc1.weight"))?;
-            let mlp = fc1.size()[0];
-            w.insert(format!("visual_blocks.{i}.mlp.fc1.weight"), fc1);
-            blocks.push(Block::load(
-                &mut w,
-                &none,
-                &format!("visual_blocks.{i}"),
-                &TIMM_BLOCK,
-                dim,
-                mlp,
-            )?);
-        }
-        let q = QueryBlocks {
-            clip_proj: linear(&mut w, &none, "clip_proj", dim, cs[1])?,
-            clip_norm: norm(&mut w, "clip_proj_norm", dim)?,
+        weights::head_dim(dim, heads, "dim", "heads")?;
+        let (clip_proj, _, clip_dim) =
+            vb.pp("clip_proj")
+                .linear_any(Some(dim), None, Bias::Optional)?;
+        let clip_norm = vb.pp("clip_proj_norm").layer_norm(dim)?;
+        let blocks = (0..depth)
+            .map(|i| Block::load_infer(&vb.pp("visual_blocks").pp(i), &TIMM_BLOCK, dim))
+            .collect::<Result<Vec<_>>>()?;
+        let (proj, out_dim, _) =
+            vb.pp("visual_proj")
+                .linear_any(None, Some(dim), Bias::Optional)?;
+        let proj_norm = vb.pp("visual_proj_norm").layer_norm(out_dim)?;
+        w.finish()?;
+        Ok(QueryBlocks {
+            clip_proj,
+            clip_norm,
             query,
+            query_len: qs[0],
             blocks,
-            proj: linear(&mut w, &none, "visual_proj", ps[0], dim)?,
-            proj_norm: norm(&mut w, "visual_proj_norm", ps[0])?,
+            proj,
+            proj_norm,
             heads,
             dim,
-            clip_dim: cs[1],
-            out_dim: ps[0],
-        };
-        expect_shape(&q.query, "visual_query.weight", &[qs[0], dim])?;
-        if let Some(extra) = w.keys().next() {
-            return Err(Error::checkpoint(format!(
-                "unexpected tensor {extra} (not part of the query blocks)"
-            )));
-        }
-        Ok(q)
+            clip_dim,
+            out_dim,
+        })
     }
 
     /// `feats [B, N, clip_dim] -> [B, query_len, out_dim]`.
@@ -96,7 +83,9 @@ impl QueryBlocks {
             1e-5,
             true,
         )?;
-        let ql = self.query.size()[0];
+        check::same_kind(feats, "feats", self.query.f_kind()?, "the query blocks")?;
+        check::same_device(feats, "feats", self.query.device(), "the query blocks")?;
+        let ql = self.query_len;
         let q = self
             .query
             .f_unsqueeze(0)?

@@ -8,11 +8,14 @@ use std::collections::HashMap;
 
 use tch::{Kind, Tensor};
 
-use super::{expect_shape, take};
+use crate::adapters::LoraSettings;
 use crate::check;
 use crate::error::{Error, Result};
-use crate::llm::model::LoraSettings;
-use crate::ops::{LoraLinear, LoraWeights};
+use crate::ops::LoraLinear;
+use crate::weights::{self, Bias, Vb, Weights};
+
+/// Largest layer count a constructor accepts (refused before anything is allocated).
+pub const MAX_LAYERS: i64 = 4096;
 
 #[derive(Clone, Debug)]
 pub struct Vit3dConfig {
@@ -34,22 +37,28 @@ impl Vit3dConfig {
     pub fn n_patches(&self) -> i64 {
         self.grid().iter().product()
     }
-    fn validate(&self) -> Result<()> {
+    /// Every size positive, the patch dividing the image, heads dividing the width.
+    pub fn validate(&self) -> Result<()> {
+        weights::positive(self.in_channels, "in_channels")?;
+        weights::positive(self.hidden_size, "hidden_size")?;
+        weights::positive(self.mlp_dim, "mlp_dim")?;
+        weights::count(self.num_layers, "num_layers", MAX_LAYERS)?;
         for i in 0..3 {
             if self.patch_size[i] <= 0
                 || self.img_size[i] <= 0
                 || self.img_size[i] % self.patch_size[i] != 0
             {
                 return Err(Error::config(format!(
-                    "patch_size {:?} must divide img_size {:?} along every axis",
+                    "patch_size {:?} must divide img_size {:?} along every axis (all positive)",
                     self.patch_size, self.img_size
                 )));
             }
         }
-        if self.hidden_size % self.num_heads != 0 {
+        weights::head_dim(self.hidden_size, self.num_heads, "hidden_size", "num_heads")?;
+        if !(self.eps.is_finite() && self.eps > 0.0) {
             return Err(Error::config(format!(
-                "hidden_size {} must be divisible by num_heads {}",
-                self.hidden_size, self.num_heads
+                "eps: expected a positive number, got {}",
+                self.eps
             )));
         }
         Ok(())
@@ -87,6 +96,7 @@ pub const TIMM_BLOCK: BlockNames = BlockNames {
 
 /// One pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))` (exact GELU).
 pub struct Block {
+    d: i64,
     n1: (Tensor, Tensor),
     qkv: LoraLinear,
     out: LoraLinear,
@@ -109,59 +119,37 @@ pub struct Vit3d {
     norm: (Tensor, Tensor),
 }
 
-pub(crate) fn linear(
-    w: &mut HashMap<String, Tensor>,
-    lora: &LoraSettings,
-    p: &str,
-    out: i64,
-    inp: i64,
-) -> Result<LoraLinear> {
-    let weight = take(w, &format!("{p}.weight"))?;
-    expect_shape(&weight, &format!("{p}.weight"), &[out, inp])?;
-    let bias = w.remove(&format!("{p}.bias"));
-    let pair = match lora.get(p) {
-        None => None,
-        Some(&(scaling, dropout)) => Some(LoraWeights {
-            a: take(w, &format!("{p}.lora_A.weight"))?,
-            b: take(w, &format!("{p}.lora_B.weight"))?,
-            scaling,
-            dropout,
-        }),
-    };
-    LoraLinear::new(weight, bias, pair).map_err(|e| match e {
-        Error::Shape(m) | Error::DType(m) | Error::Device(m) => {
-            Error::checkpoint(format!("{p}: {m}"))
-        }
-        o => o,
-    })
-}
-
-pub(crate) fn norm(w: &mut HashMap<String, Tensor>, p: &str, d: i64) -> Result<(Tensor, Tensor)> {
-    let (wt, b) = (
-        take(w, &format!("{p}.weight"))?,
-        take(w, &format!("{p}.bias"))?,
-    );
-    expect_shape(&wt, &format!("{p}.weight"), &[d])?;
-    expect_shape(&b, &format!("{p}.bias"), &[d])?;
-    Ok((wt, b))
-}
-
 impl Block {
-    pub fn load(
-        w: &mut HashMap<String, Tensor>,
-        lora: &LoraSettings,
-        p: &str,
-        names: &BlockNames,
-        d: i64,
-        mlp_dim: i64,
-    ) -> Result<Self> {
+    /// The block under `vb` with width `d` and MLP width `mlp_dim` (biases optional: MONAI's
+    /// qkv has none unless `qkv_bias`).
+    pub fn load(vb: &Vb<'_>, names: &BlockNames, d: i64, mlp_dim: i64) -> Result<Self> {
         Ok(Block {
-            n1: norm(w, &format!("{p}.{}", names.norm1), d)?,
-            qkv: linear(w, lora, &format!("{p}.{}", names.qkv), 3 * d, d)?,
-            out: linear(w, lora, &format!("{p}.{}", names.out), d, d)?,
-            n2: norm(w, &format!("{p}.{}", names.norm2), d)?,
-            l1: linear(w, lora, &format!("{p}.{}", names.fc1), mlp_dim, d)?,
-            l2: linear(w, lora, &format!("{p}.{}", names.fc2), d, mlp_dim)?,
+            d,
+            n1: vb.pp(names.norm1).layer_norm(d)?,
+            qkv: vb.pp(names.qkv).linear(3 * d, d, Bias::Optional)?,
+            out: vb.pp(names.out).linear(d, d, Bias::Optional)?,
+            n2: vb.pp(names.norm2).layer_norm(d)?,
+            l1: vb.pp(names.fc1).linear(mlp_dim, d, Bias::Optional)?,
+            l2: vb.pp(names.fc2).linear(d, mlp_dim, Bias::Optional)?,
+        })
+    }
+
+    /// Like [`Block::load`], the MLP width read from `fc1`'s weight.
+    pub fn load_infer(vb: &Vb<'_>, names: &BlockNames, d: i64) -> Result<Self> {
+        let n1 = vb.pp(names.norm1).layer_norm(d)?;
+        let qkv = vb.pp(names.qkv).linear(3 * d, d, Bias::Optional)?;
+        let out = vb.pp(names.out).linear(d, d, Bias::Optional)?;
+        let n2 = vb.pp(names.norm2).layer_norm(d)?;
+        let (l1, mlp_dim, _) = vb.pp(names.fc1).linear_any(None, Some(d), Bias::Optional)?;
+        let l2 = vb.pp(names.fc2).linear(d, mlp_dim, Bias::Optional)?;
+        Ok(Block {
+            d,
+            n1,
+            qkv,
+            out,
+            n2,
+            l1,
+            l2,
         })
     }
 
@@ -169,6 +157,15 @@ impl Block {
     pub fn forward(&self, x: &Tensor, heads: i64, eps: f64, train: bool) -> Result<Tensor> {
         let s = check::dims(x, "x", 3, "[B, tokens, dim]")?;
         let (b, n, d) = (s[0], s[1], s[2]);
+        if d != self.d {
+            return Err(Error::shape(format!(
+                "x: expected last dimension {} (the block width), got shape {s:?}",
+                self.d
+            )));
+        }
+        let hd = weights::head_dim(d, heads, "width", "heads")?;
+        check::same_kind(x, "x", self.n1.0.f_kind()?, "the block weights")?;
+        check::same_device(x, "x", self.n1.0.device(), "the block weights")?;
         let xn = x.f_layer_norm(
             [d].as_slice(),
             Some(&self.n1.0),
@@ -179,7 +176,7 @@ impl Block {
         let qkv = self
             .qkv
             .forward(&xn, train)?
-            .f_reshape([b, n, 3, heads, d / heads])?
+            .f_reshape([b, n, 3, heads, hd])?
             .f_permute([2, 0, 3, 1, 4])?;
         let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
         let a = Tensor::f_scaled_dot_product_attention::<Tensor>(
@@ -202,58 +199,34 @@ impl Block {
 }
 
 impl Vit3d {
-    pub fn new(
-        cfg: Vit3dConfig,
-        mut w: HashMap<String, Tensor>,
-        lora: &LoraSettings,
-    ) -> Result<Self> {
+    pub fn new(cfg: Vit3dConfig, w: HashMap<String, Tensor>, lora: &LoraSettings) -> Result<Self> {
         cfg.validate()?;
+        crate::adapters::validate(lora)?;
+        let w = Weights::new(w, "this ViT").with_lora(lora);
+        let vb = w.root();
         let (d, c) = (cfg.hidden_size, cfg.in_channels);
         let [p1, p2, p3] = cfg.patch_size;
+        let pe = vb.pp("patch_embedding");
         let patch = if cfg.perceptron {
-            Patch::Linear(linear(
-                &mut w,
-                lora,
-                "patch_embedding.patch_embeddings.1",
+            Patch::Linear(pe.pp("patch_embeddings.1").linear(
                 d,
                 p1 * p2 * p3 * c,
+                Bias::Optional,
             )?)
         } else {
-            let pw = take(&mut w, "patch_embedding.patch_embeddings.weight")?;
-            expect_shape(
-                &pw,
-                "patch_embedding.patch_embeddings.weight",
-                &[d, c, p1, p2, p3],
-            )?;
-            Patch::Conv(pw, w.remove("patch_embedding.patch_embeddings.bias"))
+            let pw = pe.pp("patch_embeddings");
+            Patch::Conv(
+                pw.take("weight", &[d, c, p1, p2, p3])?,
+                pw.opt("bias", &[d])?,
+            )
         };
-        let pos = take(&mut w, "patch_embedding.position_embeddings")?;
-        expect_shape(
-            &pos,
-            "patch_embedding.position_embeddings",
-            &[1, cfg.n_patches(), d],
-        )?;
-        let cls = w.remove("cls_token");
-        if let Some(t) = &cls {
-            expect_shape(t, "cls_token", &[1, 1, d])?;
-        }
-        let mut blocks = Vec::new();
-        for i in 0..cfg.num_layers {
-            blocks.push(Block::load(
-                &mut w,
-                lora,
-                &format!("blocks.{i}"),
-                &MONAI_BLOCK,
-                d,
-                cfg.mlp_dim,
-            )?);
-        }
-        let norm = norm(&mut w, "norm", d)?;
-        if let Some(extra) = w.keys().next() {
-            return Err(Error::checkpoint(format!(
-                "unexpected tensor {extra} (not part of this ViT)"
-            )));
-        }
+        let pos = pe.take("position_embeddings", &[1, cfg.n_patches(), d])?;
+        let cls = vb.opt("cls_token", &[1, 1, d])?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| Block::load(&vb.pp("blocks").pp(i), &MONAI_BLOCK, d, cfg.mlp_dim))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = vb.pp("norm").layer_norm(d)?;
+        w.finish()?;
         Ok(Vit3d {
             cfg,
             patch,
@@ -335,6 +308,14 @@ impl Vit3d {
     /// The final LayerNorm.
     pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
         let d = self.cfg.hidden_size;
+        let s = check::dims(h, "h", 3, "[B, tokens, hidden]")?;
+        if s[2] != d {
+            return Err(Error::shape(format!(
+                "h: expected last dimension {d} (hidden_size), got shape {s:?}"
+            )));
+        }
+        check::same_kind(h, "h", self.kind(), "the ViT weights")?;
+        check::same_device(h, "h", self.pos.device(), "the ViT weights")?;
         Ok(h.f_layer_norm(
             [d].as_slice(),
             Some(&self.norm.0),

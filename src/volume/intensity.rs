@@ -33,6 +33,24 @@ pub fn window(v: f64, a_min: f64, a_max: f64, b_min: f64, b_max: f64, clip: bool
     y as f32
 }
 
+/// The bounds of an intensity window must be finite numbers (NaN or an infinity would turn every
+/// voxel into NaN): the one check for the direct transform and the fused `load_batch` path.
+pub fn check_window(a_min: f64, a_max: f64, b_min: f64, b_max: f64) -> Result<()> {
+    for (name, v) in [
+        ("a_min", a_min),
+        ("a_max", a_max),
+        ("b_min", b_min),
+        ("b_max", b_max),
+    ] {
+        if !v.is_finite() {
+            return Err(Error::config(format!(
+                "window {name}: expected a finite number, got {v}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// MONAI `ScaleIntensityRange(a_min, a_max, b_min, b_max, clip)`: maps `[a_min, a_max]` linearly
 /// onto `[b_min, b_max]` (a CT window such as -160..240 HU onto 0..1), optionally clipping.
 /// With `a_min == a_max` MONAI shifts only (`x - a_min + b_min`); so does this.
@@ -44,18 +62,7 @@ pub fn scale_intensity_range<T: Voxel>(
     b_max: f64,
     clip: bool,
 ) -> Result<ArrayD<f32>> {
-    for (name, v) in [
-        ("a_min", a_min),
-        ("a_max", a_max),
-        ("b_min", b_min),
-        ("b_max", b_max),
-    ] {
-        if !v.is_finite() {
-            return Err(Error::config(format!(
-                "{name}: expected a finite number, got {v}"
-            )));
-        }
-    }
+    check_window(a_min, a_max, b_min, b_max)?;
     let mut out = ArrayD::<f32>::zeros(x.raw_dim());
     Zip::from(&mut out)
         .and(&x)

@@ -191,6 +191,14 @@ class LlamaForCausalLM(RustBound):
             raise CheckpointError(
                 f"{path}: checkpoint does not match config.json: " + "; ".join(parts)
             )
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        wrong = [k for k in sorted(expected) if tuple(sd[k].shape) != shapes[k]]
+        if wrong:
+            k = wrong[0]
+            raise CheckpointError(
+                f"{path}: {k} has shape {tuple(sd[k].shape)}, config.json implies {shapes[k]}"
+                + (f" ({len(wrong) - 1} more tensors disagree)" if len(wrong) > 1 else "")
+            )
         model.model.rotary_emb.inv_freq = _core.llama_rope_inv_freq(config.to_json()).to(dev)
         model.load_state_dict(sd, strict=False, assign=True)
         for p in model.parameters():
@@ -243,8 +251,14 @@ class LlamaForCausalLM(RustBound):
         self.gradient_checkpointing = False
 
     def _layerwise(
-        self, input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states,
-        checkpointed, head=True,
+        self,
+        input_ids,
+        inputs_embeds,
+        attention_mask,
+        position_ids,
+        output_hidden_states,
+        checkpointed,
+        head=True,
     ):  # type: ignore[no-untyped-def]
         """Layer by layer through the Rust core (recomputed in the backward when
         ``checkpointed``); without ``head``, returns the final-normed states instead of logits."""
@@ -265,7 +279,9 @@ class LlamaForCausalLM(RustBound):
                 if output_hidden_states:
                     hidden.append(h)
                 if checkpointed:
-                    h = checkpoint(core.layer, i, h, cos, sin, mask, self.training, use_reentrant=False)
+                    h = checkpoint(
+                        core.layer, i, h, cos, sin, mask, self.training, use_reentrant=False
+                    )
                 else:
                     h = core.layer(i, h, cos, sin, mask, self.training)
         if head:
@@ -303,19 +319,33 @@ class LlamaForCausalLM(RustBound):
             from ..linear_ce import linear_cross_entropy
 
             if not isinstance(self.lm_head, nn.Linear):
-                raise ConfigError("loss_chunk_size: the LM head carries an adapter; use the full-logits loss")
+                raise ConfigError(
+                    "loss_chunk_size: the LM head carries an adapter; use the full-logits loss"
+                )
             normed, hidden = self._layerwise(
-                input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states,
-                checkpointed=self.gradient_checkpointing and self.training and torch.is_grad_enabled(),
+                input_ids,
+                inputs_embeds,
+                attention_mask,
+                position_ids,
+                output_hidden_states,
+                checkpointed=self.gradient_checkpointing
+                and self.training
+                and torch.is_grad_enabled(),
                 head=False,
             )
             loss = linear_cross_entropy(normed, self.lm_head.weight, labels, chunk_size=chunk)
             return CausalLMOutput(
-                logits=None, loss=loss, hidden_states=tuple(hidden) if output_hidden_states else None
+                logits=None,
+                loss=loss,
+                hidden_states=tuple(hidden) if output_hidden_states else None,
             )
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             logits, hidden = self._layerwise(
-                input_ids, inputs_embeds, attention_mask, position_ids, output_hidden_states,
+                input_ids,
+                inputs_embeds,
+                attention_mask,
+                position_ids,
+                output_hidden_states,
                 checkpointed=True,
             )
         else:

@@ -1,0 +1,79 @@
+//! Writing NIfTI-1 single files (`.nii`, gzip for `.nii.gz`).
+
+use std::path::Path;
+
+use super::header::DType;
+use crate::error::{Error, Result};
+
+/// Write a NIfTI-1 single file (`.nii`, or gzip when the name ends in `.gz`) from float32 data in
+/// Fortran order with `affine` as sform (code 2, aligned) and qform code 0.
+pub fn write_nifti1(
+    path: &Path,
+    shape: &[usize],
+    data_f: &[u8],
+    dt: DType,
+    affine: &[[f64; 4]; 4],
+    zooms: &[f64],
+    level: u32,
+) -> Result<()> {
+    if shape.is_empty() || shape.len() > 7 {
+        return Err(Error::shape(format!(
+            "data: expected 1 to 7 dimensions, got {}",
+            shape.len()
+        )));
+    }
+    if shape.iter().any(|&d| d == 0 || d > i16::MAX as usize) {
+        return Err(Error::shape(format!(
+            "data: NIfTI-1 dims must lie in 1..32767, got {shape:?}"
+        )));
+    }
+    let mut h = vec![0u8; 352];
+    let put_i16 =
+        |h: &mut [u8], off: usize, v: i16| h[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    let put_f32 =
+        |h: &mut [u8], off: usize, v: f32| h[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    h[38] = b'r'; // regular = 'r' (ANALYZE compatibility)
+    put_i16(&mut h, 40, shape.len() as i16);
+    for (i, &d) in shape.iter().enumerate() {
+        put_i16(&mut h, 42 + 2 * i, d as i16);
+    }
+    for i in shape.len()..7 {
+        put_i16(&mut h, 42 + 2 * i, 1);
+    }
+    put_i16(&mut h, 70, dt.code());
+    put_i16(&mut h, 72, (dt.size() * 8) as i16);
+    put_f32(&mut h, 76, 1.0); // qfac
+    for i in 0..7 {
+        put_f32(
+            &mut h,
+            80 + 4 * i,
+            zooms.get(i).copied().unwrap_or(1.0) as f32,
+        );
+    }
+    put_f32(&mut h, 108, 352.0);
+    put_f32(&mut h, 112, 1.0); // scl_slope
+    h[123] = 2 | 8; // mm, seconds
+    put_i16(&mut h, 252, 0); // qform_code
+    put_i16(&mut h, 254, 2); // sform_code aligned
+    for (row, r) in affine.iter().take(3).enumerate() {
+        for (c, &v) in r.iter().enumerate() {
+            put_f32(&mut h, 280 + 16 * row + 4 * c, v as f32);
+        }
+    }
+    h[344..348].copy_from_slice(b"n+1\0");
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path.display(), e))?;
+    let mut w = std::io::BufWriter::new(file);
+    let gz = path.to_string_lossy().to_lowercase().ends_with(".gz");
+    let res = if gz {
+        let mut enc = flate2::write::GzEncoder::new(w, flate2::Compression::new(level));
+        std::io::Write::write_all(&mut enc, &h)
+            .and_then(|_| std::io::Write::write_all(&mut enc, data_f))
+            .and_then(|_| enc.finish().map(|_| ()))
+    } else {
+        std::io::Write::write_all(&mut w, &h)
+            .and_then(|_| std::io::Write::write_all(&mut w, data_f))
+            .and_then(|_| std::io::Write::flush(&mut w))
+    };
+    res.map_err(|e| Error::io(path.display(), e))
+}
