@@ -3,7 +3,9 @@ trainable parameters of a 1-process run with gradient_accumulation_steps=2: the 
 gradient norms to 1e-6 relative, the parameters to atol 5e-6 / rtol 1e-4. The all-reduce sums the
 two ranks' gradients in another order than accumulation does (float32 rounding, ~1e-7 relative);
 AdamW's lr * m / sqrt(v) passes such differences into updates of size lr, which after 6 steps
-at lr 2e-2 measured up to 1.4e-6 on weights of magnitude 0.05. Run as a script (under
+at lr 2e-2 measured up to 1.4e-6 on weights of magnitude 0.05. Evaluation runs on an eval set
+that does not divide over the ranks: each item is evaluated once (eval_loss to 1e-6, the gathered
+labels' count and order exactly as in one process). Run as a script (under
 torchrun), this file is that training run."""
 
 import os
@@ -61,7 +63,7 @@ def _data(n: int = 16):
     return Tok()
 
 
-EVAL_N = 15  # uneven over 2 ranks: padding by repeated items would show in eval_loss / eval_items
+EVAL_N = 13  # uneven over 2 ranks (7 + 6 items, 3 + 2 batches of 3): repeats would show in eval_loss / eval_items
 
 
 def _metrics(ep):
