@@ -210,20 +210,11 @@ CASES: dict[str, list] = {
         lambda: _core.clip_preprocess(
             np.ones(4, np.uint8), 2, (2, 2), 1 / 255, [0.5] * 3, [0.5] * 3
         ),
-        # not refused yet (formats' file; NaN output, no panic): xfail until validated there
-        (
-            "xfail",
-            "clip_preprocess accepts a NaN rescale",
-            lambda: _core.clip_preprocess(
-                np.ones((4, 4, 3), np.uint8), 2, (2, 2), NAN, [0.5] * 3, [0.5] * 3
-            ),
+        lambda: _core.clip_preprocess(
+            np.ones((4, 4, 3), np.uint8), 2, (2, 2), NAN, [0.5] * 3, [0.5] * 3
         ),
-        (
-            "xfail",
-            "clip_preprocess accepts a zero std",
-            lambda: _core.clip_preprocess(
-                np.ones((4, 4, 3), np.uint8), 2, (2, 2), 1 / 255, [0.5] * 3, [0.0] * 3
-            ),
+        lambda: _core.clip_preprocess(
+            np.ones((4, 4, 3), np.uint8), 2, (2, 2), 1 / 255, [0.5] * 3, [0.0] * 3
         ),
     ],
     # -- _core: losses and metrics
@@ -281,6 +272,15 @@ CASES: dict[str, list] = {
     ],
     "report_scores": [
         lambda: _core.report_scores([["a b"]], ["a", "b"]),
+    ],
+    "meteor_score": [
+        lambda: _core.meteor_score([["a b"]], ["a", "b"], _meteor_jar()),  # length mismatch
+        lambda: _core.meteor_score([["a b"]], ["a"], "/nonexistent/meteor-1.5.jar"),
+        lambda: _core.meteor_score([["a b"]], ["a"], __file__),  # not a zip
+    ],
+    "meteor_stats": [
+        lambda: _core.meteor_stats([[]], ["a"], _meteor_jar()),  # no reference
+        lambda: _core.meteor_stats([["a b"]], ["a"], "/nonexistent/meteor-1.5.jar"),
     ],
     "classification_scores": [
         lambda: _core.classification_scores(np.array([0, 1]), np.array([0]), [0, 1]),
@@ -763,6 +763,12 @@ CASES: dict[str, list] = {
 # cases that need files
 
 
+def _meteor_jar() -> str:
+    from voxlm.metrics import meteor_jar_path
+
+    return str(meteor_jar_path())
+
+
 def special(name: str, tmp) -> None:
     if name == "corrupt_nifti":
         _core.load_nifti(nifti_file(tmp, b"\x5c\x01\x00\x00" + b"\x00" * 100))
@@ -842,42 +848,19 @@ FLAT = [(api, i, case) for api, cases in CASES.items() for i, case in enumerate(
 
 @pytest.mark.parametrize(("api", "i", "case"), FLAT, ids=[f"{a}-{i}" for a, i, _ in FLAT])
 def test_degenerate_input_is_a_voxlm_error(api, i, case, tmp_path):
-    if case == "nan_window_fused" and not _fused_window_checked():
-        pytest.xfail(
-            "pipeline.load_batch (formats' file) does not call intensity::check_window yet"
-        )
-    if isinstance(case, tuple):
-        _, reason, fn = case
-        try:
-            fn()
-        except VoxlmError:
-            return  # fixed upstream: passes
-        except BaseException as e:  # noqa: BLE001
-            pytest.fail(f"{type(e).__qualname__} instead of a VoxlmError: {str(e)[:400]}")
-        pytest.xfail(reason)
     if isinstance(case, str):
         expect_voxlm_error(lambda: special(case, tmp_path))
     else:
         expect_voxlm_error(case)
 
 
-def _fused_window_checked() -> bool:
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "v.nii"
-        voxlm.save_volume(np.ones((2, 2, 2), np.float32), p)
-        try:
-            _core.load_batch([str(p)], window=(NAN, 1.0, 0.0, 1.0, True))
-        except VoxlmError:
-            return True
-        return False
-
-
 def test_direct_and_fused_window_refuse_the_same_bounds(tmp_path):
-    """The direct transform refuses non-finite window bounds in the core."""
+    """The direct transform and the fused load_batch path refuse non-finite window bounds with
+    the same core check (intensity::check_window)."""
+    p = tmp_path / "v.nii"
+    voxlm.save_volume(np.ones((2, 2, 2), np.float32), p)
     for bad in [(NAN, 1.0, 0.0, 1.0), (0.0, float("inf"), 0.0, 1.0), (0.0, 1.0, NAN, 1.0)]:
+        expect_voxlm_error(lambda b=bad: _core.load_batch([str(p)], window=(*b, True)))
         expect_voxlm_error(
             lambda b=bad: _core.scale_intensity_range(np.ones((2, 2), np.float32), *b)
         )

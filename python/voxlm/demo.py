@@ -49,6 +49,9 @@ import torch
 #: Tiny Dia-LLaMA for CPU (every part the paper has, at toy width).
 TINY_RECIPE: dict[str, Any] = {
     "name": "dia_llama",
+    # labels at inference from the pooled disease features (the paper's description); the
+    # recipe's default "released" reproduces the released code's mode='cls' computation
+    "inference_features": "pooled",
     "image_size": [32, 64, 64],
     "in_channels": 3,
     "vision_patch_size": [4, 16, 16],

@@ -395,6 +395,21 @@ pub fn clip_preprocess(
             "clip_preprocess: expected an RGB image [H, W, 3], got {c} channels"
         )));
     }
+    if !rescale.is_finite() || rescale == 0.0 {
+        return Err(Error::config(format!(
+            "clip_preprocess: rescale_factor must be a finite non-zero number, got {rescale}"
+        )));
+    }
+    if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
+        return Err(Error::config(format!(
+            "clip_preprocess: mean must be finite numbers, got {m} in {mean:?}"
+        )));
+    }
+    if let Some(s) = std.iter().find(|s| !s.is_finite() || **s <= 0.0) {
+        return Err(Error::config(format!(
+            "clip_preprocess: std must be finite positive numbers, got {s} in {std:?}"
+        )));
+    }
     let resized = match size {
         Some(s) => {
             let (nh, nw) = shortest_side_size(h, w, s);

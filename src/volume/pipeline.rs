@@ -550,6 +550,9 @@ pub fn load_batch(
     if paths.is_empty() {
         return Err(Error::shape("paths: expected at least one file"));
     }
+    if let Some((a0, a1, b0, b1, _)) = p.window {
+        super::intensity::check_window(a0, a1, b0, b1)?;
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(num_threads.max(1))
         .build()
