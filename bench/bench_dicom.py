@@ -86,7 +86,12 @@ def run() -> str:
         size_mb = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)) / 1e6
         res = {}
         for side in ("voxlm", "sitk", "pydicom"):
-            out = subprocess.run([sys.executable, "-c", CHILD, side, d, str(N_SLICES)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, side, d, str(N_SLICES)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             res[side] = json.loads(out.stdout.strip().splitlines()[-1])
     v, s, p = res["voxlm"], res["sitk"], res["pydicom"]
     lines = [
@@ -99,11 +104,20 @@ def run() -> str:
         "| reader | s / series | slices/s | vs SimpleITK | peak MB |",
         "|---|---|---|---|---|",
     ]
-    for name, r in (("voxlm load_image(folder)", v), ("SimpleITK ImageSeriesReader", s),
-                    ("pydicom dcmread + sort + stack", p)):
-        lines.append(f"| {name} | {r['s']:.2f} | {N_SLICES / r['s']:.0f} | {s['s'] / r['s']:.2f}x | {r['peak_mb']:.0f} |")
-    lines += ["", f"**voxlm / SimpleITK: {s['s'] / v['s']:.1f}x** (goal: >= 2x); voxlm / pydicom: "
-              f"{p['s'] / v['s']:.1f}x.", ""]
+    for name, r in (
+        ("voxlm load_image(folder)", v),
+        ("SimpleITK ImageSeriesReader", s),
+        ("pydicom dcmread + sort + stack", p),
+    ):
+        lines.append(
+            f"| {name} | {r['s']:.2f} | {N_SLICES / r['s']:.0f} | {s['s'] / r['s']:.2f}x | {r['peak_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        f"**voxlm / SimpleITK: {s['s'] / v['s']:.1f}x** (goal: >= 2x); voxlm / pydicom: "
+        f"{p['s'] / v['s']:.1f}x.",
+        "",
+    ]
     return "\n".join(lines)
 
 

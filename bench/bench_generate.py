@@ -17,10 +17,22 @@ import torch
 from common import machine, median_time
 
 CONFIGS = {
-    "overhead-bound": dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                           num_attention_heads=8, num_key_value_heads=2),
-    "bandwidth-bound": dict(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
-                            num_attention_heads=8, num_key_value_heads=8),
+    "overhead-bound": dict(
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+    ),
+    "bandwidth-bound": dict(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+    ),
 }
 N_PROMPTS, BATCH, BEAMS, NEW, IMAGE, TEXT_MAX = 64, 8, 2, 128, 256, 64
 
@@ -39,8 +51,8 @@ def _batches(cfg: dict, emb: torch.nn.Embedding) -> list[tuple[torch.Tensor, tor
             ids = torch.randint(0, cfg["vocab_size"], (n,), generator=g)
             with torch.no_grad():
                 row = torch.cat([image, emb(ids)])
-            embeds[i, total - row.shape[0]:] = row
-            mask[i, total - row.shape[0]:] = 1
+            embeds[i, total - row.shape[0] :] = row
+            mask[i, total - row.shape[0] :] = 1
         out.append((embeds, mask))
         del b
     return out
@@ -62,13 +74,32 @@ def run(repeats: int = 3) -> str:
         batches = _batches(cfg, vm.get_input_embeddings())
 
         def hf_eval(hf=hf, batches=batches):
-            return [hf.generate(inputs_embeds=e, attention_mask=m, max_new_tokens=NEW, min_new_tokens=NEW,
-                                num_beams=BEAMS, do_sample=False, pad_token_id=0, early_stopping=False)
-                    for e, m in batches]
+            return [
+                hf.generate(
+                    inputs_embeds=e,
+                    attention_mask=m,
+                    max_new_tokens=NEW,
+                    min_new_tokens=NEW,
+                    num_beams=BEAMS,
+                    do_sample=False,
+                    pad_token_id=0,
+                    early_stopping=False,
+                )
+                for e, m in batches
+            ]
 
         def vm_eval(vm=vm, batches=batches):
-            return [vm.generate(inputs_embeds=e, attention_mask=m, max_new_tokens=NEW, num_beams=BEAMS,
-                                eos_token_id=[], pad_token_id=0) for e, m in batches]
+            return [
+                vm.generate(
+                    inputs_embeds=e,
+                    attention_mask=m,
+                    max_new_tokens=NEW,
+                    num_beams=BEAMS,
+                    eos_token_id=[],
+                    pad_token_id=0,
+                )
+                for e, m in batches
+            ]
 
         ref, got = hf_eval(), vm_eval()
         same = all(torch.equal(r[:, -NEW:], g) for r, g in zip(ref, got))

@@ -15,10 +15,22 @@ import torch
 from common import machine, median_time
 
 CONFIGS = {
-    "overhead-bound": dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                           num_attention_heads=8, num_key_value_heads=2),
-    "bandwidth-bound": dict(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
-                            num_attention_heads=8, num_key_value_heads=8),
+    "overhead-bound": dict(
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+    ),
+    "bandwidth-bound": dict(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+    ),
 }
 NEW, PROMPT, PREFILL = 64, 32, 128
 
@@ -49,7 +61,9 @@ def run(repeats: int = 5) -> str:
         # a decode step reads every weight but the embedding table (one row of it; when tied, the
         # table is the LM head and is read whole)
         emb = vm.get_parameter("model.embed_tokens.weight")
-        read_bytes = weight_bytes - (0 if vm.config.tie_word_embeddings else emb.numel() * emb.element_size())
+        read_bytes = weight_bytes - (
+            0 if vm.config.tie_word_embeddings else emb.numel() * emb.element_size()
+        )
         prompt = torch.randint(0, cfg["vocab_size"], (1, PROMPT))
         long = torch.randint(0, cfg["vocab_size"], (1, PREFILL))
         ref = hf.generate(prompt, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
@@ -57,7 +71,9 @@ def run(repeats: int = 5) -> str:
         same = torch.equal(ref, got)
 
         def hf_gen(hf=hf, prompt=prompt):
-            hf.generate(prompt, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
+            hf.generate(
+                prompt, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0
+            )
 
         def vm_gen(vm=vm, prompt=prompt):
             vm.generate(prompt, max_new_tokens=NEW, eos_token_id=[], pad_token_id=0)
@@ -74,7 +90,9 @@ def run(repeats: int = 5) -> str:
         t_vm_gen, _ = median_time(vm_gen, repeats)
         t_hf_pre, _ = median_time(hf_pre, repeats)
         t_vm_pre, _ = median_time(vm_pre, repeats)
-        rows.append((name, cfg, weight_bytes, read_bytes, same, t_hf_gen, t_vm_gen, t_hf_pre, t_vm_pre))
+        rows.append(
+            (name, cfg, weight_bytes, read_bytes, same, t_hf_gen, t_vm_gen, t_hf_pre, t_vm_pre)
+        )
     import transformers
 
     lines = [

@@ -17,12 +17,26 @@ import subprocess
 import sys
 import tempfile
 
-CFG = dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-           num_attention_heads=8, num_key_value_heads=2)
+CFG = dict(
+    vocab_size=4096,
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+)
 B, T, STEPS, WARMUP = 4, 128, 10, 2
-BIG = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=2,
-           num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True,
-           rope_theta=500000.0, max_position_embeddings=2048)
+BIG = dict(
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=2,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    tie_word_embeddings=True,
+    rope_theta=500000.0,
+    max_position_embeddings=2048,
+)
 BIG_RUN = dict(B=4, T=512, STEPS=3, WARMUP=1, chunk="auto")
 
 CHILD = r"""
@@ -78,8 +92,12 @@ def _measure(cfg: dict, run: dict) -> dict:
     with tempfile.TemporaryDirectory() as d:
         LlamaForCausalLM(LlamaConfig(**cfg)).save_pretrained(d)
         for side in ("peft", "voxlm"):
-            out = subprocess.run([sys.executable, "-c", CHILD, side, d, json.dumps(run)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, side, d, json.dumps(run)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             res[side] = json.loads(out.stdout.strip().splitlines()[-1])
     return res
 
@@ -98,25 +116,36 @@ def run() -> str:
         "| model | tool | step s | tokens/s | peak RSS MB | RSS growth during training MB |",
         "|---|---|---|---|---|---|",
     ]
-    rows = [(f"LLaMA 4x256, vocab 4096, batch {B}x{T}", small, B * T),
-            (f"LLaMA-3.2-1B-shaped, 2 layers, vocab 128,256, batch {BIG_RUN['B']}x{BIG_RUN['T']}",
-             big, BIG_RUN["B"] * BIG_RUN["T"])]
+    rows = [
+        (f"LLaMA 4x256, vocab 4096, batch {B}x{T}", small, B * T),
+        (
+            f"LLaMA-3.2-1B-shaped, 2 layers, vocab 128,256, batch {BIG_RUN['B']}x{BIG_RUN['T']}",
+            big,
+            BIG_RUN["B"] * BIG_RUN["T"],
+        ),
+    ]
     for name, res, tok in rows:
         for side, label in (("peft", "transformers + peft"), ("voxlm", "voxlm")):
             r = res[side]
-            lines.append(f"| {name} | {label} | {r['step_s']:.3f} | {tok / r['step_s']:,.0f} | "
-                         f"{r['peak_rss_mb']:.0f} | {r['growth_mb']:.0f} |")
+            lines.append(
+                f"| {name} | {label} | {r['step_s']:.3f} | {tok / r['step_s']:,.0f} | "
+                f"{r['peak_rss_mb']:.0f} | {r['growth_mb']:.0f} |"
+            )
     lines.append("")
     p, v = small["peft"], small["voxlm"]
-    lines.append(f"**Small model: speed voxlm / peft {p['step_s'] / v['step_s']:.2f}x**, peak RSS ratio "
-                 f"{v['peak_rss_mb'] / p['peak_rss_mb']:.2f} (goal: at least peft's speed, no more memory).")
+    lines.append(
+        f"**Small model: speed voxlm / peft {p['step_s'] / v['step_s']:.2f}x**, peak RSS ratio "
+        f"{v['peak_rss_mb'] / p['peak_rss_mb']:.2f} (goal: at least peft's speed, no more memory)."
+    )
     p, v = big["peft"], big["voxlm"]
     lines.append("")
-    lines.append(f"**Vocab 128,256 (chunked LM loss, no full logits): peak RSS voxlm / peft "
-                 f"{v['peak_rss_mb'] / p['peak_rss_mb']:.2f}** (goal <= 0.5), speed voxlm / peft "
-                 f"{p['step_s'] / v['step_s']:.2f}x (goal >= 1); loss {v['loss']:.4f} vs "
-                 f"{p['loss']:.4f}. Gradients of every LoRA parameter equal peft's "
-                 "(tests/test_linear_ce.py, 1e-4 relative in float32).")
+    lines.append(
+        f"**Vocab 128,256 (chunked LM loss, no full logits): peak RSS voxlm / peft "
+        f"{v['peak_rss_mb'] / p['peak_rss_mb']:.2f}** (goal <= 0.5), speed voxlm / peft "
+        f"{p['step_s'] / v['step_s']:.2f}x (goal >= 1); loss {v['loss']:.4f} vs "
+        f"{p['loss']:.4f}. Gradients of every LoRA parameter equal peft's "
+        "(tests/test_linear_ce.py, 1e-4 relative in float32)."
+    )
     lines.append("")
     return "\n".join(lines)
 

@@ -43,12 +43,27 @@ def picg_features(batches: int = 3, repeats: int = 3) -> str:
     T.VDIM, T.VDEPTH, T.VHEADS, T.CLIP_W, T.CLIP_OUT = 128, 2, 8, 256, 192
     ref = T._ref_model()
     ref.llama.freqs_cis = T.precompute_freqs_cis(T.DIM // T.HEADS, 2048)
-    cfg = P.PICGConfig(v_embed_dim=T.VDIM, v_depth=T.VDEPTH, v_num_heads=T.VHEADS, query_len=T.QLEN,
-                       query_layer=T.QLAYER, clip_heads=1, max_words=2048)
+    cfg = P.PICGConfig(
+        v_embed_dim=T.VDIM,
+        v_depth=T.VDEPTH,
+        v_num_heads=T.VHEADS,
+        query_len=T.QLEN,
+        query_layer=T.QLAYER,
+        clip_heads=1,
+        max_words=2048,
+    )
     inter = ref.llama.layers[0].feed_forward.w1.out_features
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=T.VOCAB, hidden_size=T.DIM, intermediate_size=inter,
-                                       num_hidden_layers=T.LAYERS, num_attention_heads=T.HEADS, rms_norm_eps=1e-5,
-                                       max_position_embeddings=2048))
+    llm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=T.VOCAB,
+            hidden_size=T.DIM,
+            intermediate_size=inter,
+            num_hidden_layers=T.LAYERS,
+            num_attention_heads=T.HEADS,
+            rms_norm_eps=1e-5,
+            max_position_embeddings=2048,
+        )
+    )
     tok = build_tokenizer("bundled:ctrg-bpe")
     model = P.PICG(cfg, llm, tok, load_openai_clip_vision(T._visual(9).state_dict(), num_heads=1))
     model.load_llama_adapter(ref.state_dict(), strict=True)
@@ -146,18 +161,40 @@ def llava_stage2(steps: int = 5, warmup: int = 1) -> str:
     run = dict(B=2, T=192, S=112, N=64, D=256, H=512, STEPS=steps, WARMUP=warmup)
     with tempfile.TemporaryDirectory() as d:
         torch.manual_seed(0)
-        vc = transformers.CLIPVisionConfig(hidden_size=run["D"], intermediate_size=4 * run["D"], num_hidden_layers=4,
-                                           num_attention_heads=4, image_size=run["S"], patch_size=14)
+        vc = transformers.CLIPVisionConfig(
+            hidden_size=run["D"],
+            intermediate_size=4 * run["D"],
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=run["S"],
+            patch_size=14,
+        )
         transformers.CLIPVisionModel(vc).save_pretrained(f"{d}/clip")
-        lc = transformers.LlamaConfig(vocab_size=1024, hidden_size=run["H"], intermediate_size=1376, num_hidden_layers=4,
-                                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024)
+        lc = transformers.LlamaConfig(
+            vocab_size=1024,
+            hidden_size=run["H"],
+            intermediate_size=1376,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            max_position_embeddings=1024,
+        )
         transformers.LlamaForCausalLM(lc).save_pretrained(f"{d}/llm")
-        proj = torch.nn.Sequential(torch.nn.Linear(run["D"], run["H"]), torch.nn.GELU(), torch.nn.Linear(run["H"], run["H"]))
+        proj = torch.nn.Sequential(
+            torch.nn.Linear(run["D"], run["H"]),
+            torch.nn.GELU(),
+            torch.nn.Linear(run["H"], run["H"]),
+        )
         torch.save(proj.state_dict(), f"{d}/proj.pt")
         res = {}
         for side in ("peft", "voxlm"):
-            out = subprocess.run([sys.executable, "-c", LLAVA_CHILD, side, d, json.dumps(run)], capture_output=True,
-                                 text=True, check=True, cwd=ROOT)
+            out = subprocess.run(
+                [sys.executable, "-c", LLAVA_CHILD, side, d, json.dumps(run)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            )
             res[side] = json.loads(out.stdout.strip().splitlines()[-1])
     p, v = res["peft"], res["voxlm"]
     return (
@@ -171,7 +208,9 @@ def llava_stage2(steps: int = 5, warmup: int = 1) -> str:
     )
 
 
-def dia_llama_generate(cases: int = 8, batch: int = 4, new_tokens: int = 48, repeats: int = 3) -> str:
+def dia_llama_generate(
+    cases: int = 8, batch: int = 4, new_tokens: int = 48, repeats: int = 3
+) -> str:
     """Dia-LLaMA report generation over a test set (prediction -> prompt -> greedy report,
     batches of ``batch``): the recipe vs the released path (the transcription of
     ``MultiLLaMAForCausalLM`` / ``MyEmbedding`` in ``tests/test_recipe_dia_llama.py``,
@@ -188,17 +227,45 @@ def dia_llama_generate(cases: int = 8, batch: int = 4, new_tokens: int = 48, rep
     from tests.test_radfm_vit_vs_reference import RefViT
     from voxlm.recipes.dia_llama import DiaLlama
 
-    llm = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-               num_key_value_heads=4, max_position_embeddings=1024)
+    llm = dict(
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+    )
     torch.manual_seed(0)
-    m = DiaLlama.from_config({**T.TINY, "max_new_tokens": new_tokens}, {"llm": llm, "tokenizer": "bundled:ctrg-bpe"})
+    m = DiaLlama.from_config(
+        {**T.TINY, "max_new_tokens": new_tokens}, {"llm": llm, "tokenizer": "bundled:ctrg-bpe"}
+    )
     MyEmbedding, Multi = T._ref_modules()
-    lang = get_peft_model(transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=1024, **llm)),
-                          LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.1))
-    vit = RefViT(image_size=64, image_patch_size=8, frames=16, frame_patch_size=4, dim=48, depth=2, heads=4,
-                 mlp_dim=96, channels=3, dim_head=12)
-    emb = MyEmbedding(vit, m.num_vision_tokens, 1024, llm["hidden_size"], perceiver_num=32, vis_dim=48, proj_dim=32,
-                      perceiver_kw=dict(depth=2, heads=2, dim_head=16))
+    lang = get_peft_model(
+        transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=1024, **llm)),
+        LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.1),
+    )
+    vit = RefViT(
+        image_size=64,
+        image_patch_size=8,
+        frames=16,
+        frame_patch_size=4,
+        dim=48,
+        depth=2,
+        heads=4,
+        mlp_dim=96,
+        channels=3,
+        dim_head=12,
+    )
+    emb = MyEmbedding(
+        vit,
+        m.num_vision_tokens,
+        1024,
+        llm["hidden_size"],
+        perceiver_num=32,
+        vis_dim=48,
+        proj_dim=32,
+        perceiver_kw=dict(depth=2, heads=2, dim_head=16),
+    )
     ref = Multi(lang, emb)
     with torch.no_grad():
         for n, p in ref.named_parameters():
@@ -216,18 +283,25 @@ def dia_llama_generate(cases: int = 8, batch: int = 4, new_tokens: int = 48, rep
     def ours() -> list[list[int]]:
         out = []
         for i in range(0, cases, batch):
-            out += m.generate(images[i:i + batch], labels=labels[i:i + batch], return_dict=True).tokens.tolist()
+            out += m.generate(
+                images[i : i + batch], labels=labels[i : i + batch], return_dict=True
+            ).tokens.tolist()
         return out
 
     def theirs() -> list[list[int]]:
         out = []
         with torch.no_grad():
             for i in range(0, cases, batch):
-                vx = images[i:i + batch].permute(0, 1, 3, 4, 2)[:, None]
+                vx = images[i : i + batch].permute(0, 1, 3, 4, 2)[:, None]
                 e = emb(vision_x=vx, text_input=ids[: vx.shape[0]])
-                g = ref.lang_model.generate(inputs_embeds=e, attention_mask=torch.ones(e.shape[:2], dtype=torch.long),
-                                            max_new_tokens=new_tokens, do_sample=False, eos_token_id=pr.eos,
-                                            pad_token_id=pr.pad)
+                g = ref.lang_model.generate(
+                    inputs_embeds=e,
+                    attention_mask=torch.ones(e.shape[:2], dtype=torch.long),
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    eos_token_id=pr.eos,
+                    pad_token_id=pr.pad,
+                )
                 out += g.tolist()
         return out
 

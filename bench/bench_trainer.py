@@ -91,9 +91,18 @@ def _hand_loop(model, ds, collate, steps: int, bs: int) -> float:  # type: ignor
 def _trainer(model, ds, collate, steps: int, bs: int, out: pathlib.Path) -> float:  # type: ignore[no-untyped-def]
     from voxlm.train import Trainer, TrainingArguments
 
-    args = TrainingArguments(output_dir=str(out), overwrite_output_dir=True, max_steps=steps,
-                             per_device_train_batch_size=bs, learning_rate=1e-4, logging_steps=10,
-                             save_strategy="no", report_to=["csv"], disable_tqdm=True, plot=False)
+    args = TrainingArguments(
+        output_dir=str(out),
+        overwrite_output_dir=True,
+        max_steps=steps,
+        per_device_train_batch_size=bs,
+        learning_rate=1e-4,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=["csv"],
+        disable_tqdm=True,
+        plot=False,
+    )
     t0 = time.perf_counter()
     Trainer(model, args, ds, data_collator=collate).train()
     return time.perf_counter() - t0
@@ -111,8 +120,14 @@ def step_overhead(n: int = 20, repeats: int = 5) -> dict[str, float]:
 
 
 def _step_overhead(n: int, repeats: int) -> dict[str, float]:
-    cfg = dict(vocab_size=1024, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2)
+    cfg = dict(
+        vocab_size=1024,
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     ds, collate = _data(1024, 64, 64)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="voxlm-bench-trainer-"))
     hand, trainer = [], []
@@ -120,10 +135,20 @@ def _step_overhead(n: int, repeats: int) -> dict[str, float]:
         m = _model(cfg, 8)
         _hand_loop(m, ds, collate, 3, 4)  # warm-up
         for _ in range(repeats):
-            hand.append((_hand_loop(_model(cfg, 8), ds, collate, 2 * n, 4)
-                         - _hand_loop(_model(cfg, 8), ds, collate, n, 4)) / n)
-            trainer.append((_trainer(_model(cfg, 8), ds, collate, 2 * n, 4, tmp / "a")
-                            - _trainer(_model(cfg, 8), ds, collate, n, 4, tmp / "b")) / n)
+            hand.append(
+                (
+                    _hand_loop(_model(cfg, 8), ds, collate, 2 * n, 4)
+                    - _hand_loop(_model(cfg, 8), ds, collate, n, 4)
+                )
+                / n
+            )
+            trainer.append(
+                (
+                    _trainer(_model(cfg, 8), ds, collate, 2 * n, 4, tmp / "a")
+                    - _trainer(_model(cfg, 8), ds, collate, n, 4, tmp / "b")
+                )
+                / n
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     h, t = statistics.median(hand), statistics.median(trainer)
@@ -155,9 +180,20 @@ def fixed_overhead(n: int = 200, repeats: int = 5) -> dict[str, float]:
     hand, trainer = [], []
     try:
         for _ in range(repeats):
-            hand.append((_hand_loop(Cheap(), ds, collate, 2 * n, 4) - _hand_loop(Cheap(), ds, collate, n, 4)) / n)
-            trainer.append((_trainer(Cheap(), ds, collate, 2 * n, 4, tmp / "a")
-                            - _trainer(Cheap(), ds, collate, n, 4, tmp / "b")) / n)
+            hand.append(
+                (
+                    _hand_loop(Cheap(), ds, collate, 2 * n, 4)
+                    - _hand_loop(Cheap(), ds, collate, n, 4)
+                )
+                / n
+            )
+            trainer.append(
+                (
+                    _trainer(Cheap(), ds, collate, 2 * n, 4, tmp / "a")
+                    - _trainer(Cheap(), ds, collate, n, 4, tmp / "b")
+                )
+                / n
+            )
     finally:
         torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -169,14 +205,27 @@ def checkpoint_times(repeats: int = 5) -> dict[str, float]:
     from voxlm.train import Trainer, TrainingArguments
     from voxlm.train import checkpoint as C
 
-    cfg = dict(vocab_size=8192, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
-               num_attention_heads=8, num_key_value_heads=2)
+    cfg = dict(
+        vocab_size=8192,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+    )
     ds, collate = _data(8192, 8, 32)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="voxlm-bench-ckpt-"))
     try:
         model = _model(cfg, 16)
-        args = TrainingArguments(output_dir=str(tmp / "run"), max_steps=1, per_device_train_batch_size=4,
-                                 save_steps=1, report_to=[], disable_tqdm=True, plot=False)
+        args = TrainingArguments(
+            output_dir=str(tmp / "run"),
+            max_steps=1,
+            per_device_train_batch_size=4,
+            save_steps=1,
+            report_to=[],
+            disable_tqdm=True,
+            plot=False,
+        )
         tr = Trainer(model, args, ds, data_collator=collate)
         tr.train()
         ck = C.latest_checkpoint(tmp / "run")
@@ -195,8 +244,13 @@ def checkpoint_times(repeats: int = 5) -> dict[str, float]:
         total = sum(p.numel() for p in model.parameters())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"save_ms": statistics.median(saves) * 1e3, "load_ms": statistics.median(loads) * 1e3,
-            "mb": size / 2**20, "trainable": trainable, "total": total}
+    return {
+        "save_ms": statistics.median(saves) * 1e3,
+        "load_ms": statistics.median(loads) * 1e3,
+        "mb": size / 2**20,
+        "trainable": trainable,
+        "total": total,
+    }
 
 
 def run(n: int = 10, repeats: int = 3) -> str:

@@ -53,7 +53,9 @@ def run() -> str:
 
     res = {}
     for side in ("monai", "voxlm"):
-        out = subprocess.run([sys.executable, "-c", CHILD, side], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, side], capture_output=True, text=True, check=True
+        )
         res[side] = json.loads(out.stdout.strip().splitlines()[-1])
     m, v = res["monai"], res["voxlm"]
     import monai

@@ -18,8 +18,13 @@ import tempfile
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def vit3d_llama_generate(n_volumes: int = 4, batch: int = 2, new_tokens: int = 32, repeats: int = 2,
-                         beams: tuple[int, ...] = (1, 2)) -> str:
+def vit3d_llama_generate(
+    n_volumes: int = 4,
+    batch: int = 2,
+    new_tokens: int = 32,
+    repeats: int = 2,
+    beams: tuple[int, ...] = (1, 2),
+) -> str:
     import torch
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -31,10 +36,24 @@ def vit3d_llama_generate(n_volumes: int = 4, batch: int = 2, new_tokens: int = 3
     from voxlm.recipes import get_recipe
 
     torch.manual_seed(0)
-    recipe = dict(img_size=[16, 64, 64], patch_size=[4, 16, 16], vision_hidden_size=64, vision_mlp_dim=128,
-                  vision_layers=2, vision_heads=4, max_new_tokens=new_tokens, eval_batch_size=batch)
-    llm = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-               num_key_value_heads=2, max_position_embeddings=512)
+    recipe = dict(
+        img_size=[16, 64, 64],
+        patch_size=[4, 16, 16],
+        vision_hidden_size=64,
+        vision_mlp_dim=128,
+        vision_layers=2,
+        vision_heads=4,
+        max_new_tokens=new_tokens,
+        eval_batch_size=batch,
+    )
+    llm = dict(
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     m = get_recipe("vit3d_llama").from_config(recipe, {"llm": llm, "tokenizer": "bundled:ctrg-bpe"})
     m.set_stage(2)
     with torch.no_grad():  # a non-trivial adapter (B is zero after initialisation)
@@ -45,8 +64,10 @@ def vit3d_llama_generate(n_volumes: int = 4, batch: int = 2, new_tokens: int = 3
     m.eval()
     images = torch.rand(n_volumes, 1, 16, 64, 64)
     coll = m.collator(generation=True)
-    batches = [coll([{"image": im, "prompt": None, "target": ""} for im in images[s:s + batch]])
-               for s in range(0, n_volumes, batch)]
+    batches = [
+        coll([{"image": im, "prompt": None, "target": ""} for im in images[s : s + batch]])
+        for s in range(0, n_volumes, batch)
+    ]
     tok = m.tokenizer
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -59,28 +80,43 @@ def vit3d_llama_generate(n_volumes: int = 4, batch: int = 2, new_tokens: int = 3
             hf.lm_head.weight.copy_(e["lm_head"])
         ref = PeftModel.from_pretrained(hf, f"{d}/adapter").eval()
         for nb in beams:
+
             def ours(nb=nb):
-                return [m.generate(b["images"], b["input_ids"], b["attention_mask"], num_beams=nb) for b in batches]
+                return [
+                    m.generate(b["images"], b["input_ids"], b["attention_mask"], num_beams=nb)
+                    for b in batches
+                ]
 
             def theirs(nb=nb):
                 out = []
                 for b in batches:
                     with torch.no_grad():
                         emb = m.embed(b["images"], b["input_ids"])
-                        g = ref.generate(inputs_embeds=emb, attention_mask=b["attention_mask"], max_new_tokens=new_tokens,
-                                         num_beams=nb, do_sample=False, eos_token_id=tok.eos_token_id,
-                                         pad_token_id=tok.pad_token_id)
+                        g = ref.generate(
+                            inputs_embeds=emb,
+                            attention_mask=b["attention_mask"],
+                            max_new_tokens=new_tokens,
+                            num_beams=nb,
+                            do_sample=False,
+                            eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id,
+                        )
                     out.append(g)
                 return out
 
             a, b_ = ours(), theirs()
-            same = all(torch.equal(x, y[:, : x.shape[1]]) and bool((y[:, x.shape[1]:] == tok.pad_token_id).all())
-                       for x, y in zip(a, b_))
+            same = all(
+                torch.equal(x, y[:, : x.shape[1]])
+                and bool((y[:, x.shape[1] :] == tok.pad_token_id).all())
+                for x, y in zip(a, b_)
+            )
             n_tok = sum(int((x != tok.pad_token_id).sum()) for x in a)
             t_ours, _ = median_time(ours, repeats)
             t_ref, _ = median_time(theirs, repeats)
-            rows.append(f"| {nb} | {n_tok / t_ref:.0f} | {n_tok / t_ours:.0f} | {t_ref / t_ours:.2f}x | "
-                        f"{'yes' if same else 'NO'} |")
+            rows.append(
+                f"| {nb} | {n_tok / t_ref:.0f} | {n_tok / t_ours:.0f} | {t_ref / t_ours:.2f}x | "
+                f"{'yes' if same else 'NO'} |"
+            )
     return (
         "### vit3d_llama report generation (recipe vs transformers + PEFT)\n\n"
         f"{n_volumes} volumes 1x16x64x64 in batches of {batch} (ViT3D 64 wide x 2 layers with class token, "

@@ -82,7 +82,9 @@ def make_data(d: str) -> list[str]:
     paths = []
     for i in range(N_FILES):
         z = DEPTHS[i % len(DEPTHS)]
-        zz, yy, xx = np.meshgrid(np.linspace(-1, 1, z), np.linspace(-1, 1, 512), np.linspace(-1, 1, 512), indexing="ij")
+        zz, yy, xx = np.meshgrid(
+            np.linspace(-1, 1, z), np.linspace(-1, 1, 512), np.linspace(-1, 1, 512), indexing="ij"
+        )
         body = (xx**2 + (yy * 1.3) ** 2) < 0.8
         vol = np.where(body, 40, -1000).astype(np.int16)
         vol[body & (xx**2 + yy**2 < 0.05)] = 700
@@ -106,10 +108,21 @@ def run() -> str:
         size_mb = sum(os.path.getsize(p) for p in paths) / 1e6
         res = {}
         for side in ("decompress", "voxlm", "voxlm_batch", "monai", "nibabel_scipy"):
-            out = subprocess.run([sys.executable, "-c", CHILD, side, *paths], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, side, *paths],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             res[side] = json.loads(out.stdout.strip().splitlines()[-1])
     n = N_FILES
-    v, vb, m, ns, dz = res["voxlm"], res["voxlm_batch"], res["monai"], res["nibabel_scipy"], res["decompress"]
+    v, vb, m, ns, dz = (
+        res["voxlm"],
+        res["voxlm_batch"],
+        res["monai"],
+        res["nibabel_scipy"],
+        res["decompress"],
+    )
     lines = [
         "## volume: CT preprocessing (load -> RAS -> 1.5 mm -> HU window -> resize 32x256x256), voxlm vs MONAI vs nibabel+scipy",
         "",
@@ -120,10 +133,16 @@ def run() -> str:
         "| pipeline | s / pass | volumes/s | vs MONAI | peak MB |",
         "|---|---|---|---|---|",
     ]
-    for name, r in [("zlib decompress only (floor), one file at a time", dz),
-                    ("voxlm, one file at a time", v), ("voxlm load_batch, 2 files at a time", vb),
-                    ("MONAI 1.6, one file at a time", m), ("nibabel + scipy.ndimage.zoom", ns)]:
-        lines.append(f"| {name} | {r['s']:.2f} | {n / r['s']:.2f} | {m['s'] / r['s']:.2f}x | {r['peak_mb']:.0f} |")
+    for name, r in [
+        ("zlib decompress only (floor), one file at a time", dz),
+        ("voxlm, one file at a time", v),
+        ("voxlm load_batch, 2 files at a time", vb),
+        ("MONAI 1.6, one file at a time", m),
+        ("nibabel + scipy.ndimage.zoom", ns),
+    ]:
+        lines.append(
+            f"| {name} | {r['s']:.2f} | {n / r['s']:.2f} | {m['s'] / r['s']:.2f}x | {r['peak_mb']:.0f} |"
+        )
     lines += [
         "",
         f"**voxlm / MONAI throughput: {m['s'] / vb['s']:.1f}x with load_batch on the 2 cores, "
@@ -133,8 +152,6 @@ def run() -> str:
         "",
     ]
     return "\n".join(lines)
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +207,9 @@ def make_dl_data(d: str, noisy: bool) -> list[str]:
     x, y, z = DL_SHAPE
     paths = []
     for i in range(DL_FILES):
-        zz, yy, xx = np.meshgrid(np.linspace(-1, 1, z), np.linspace(-1, 1, y), np.linspace(-1, 1, x), indexing="ij")
+        zz, yy, xx = np.meshgrid(
+            np.linspace(-1, 1, z), np.linspace(-1, 1, y), np.linspace(-1, 1, x), indexing="ij"
+        )
         body = (xx**2 + (yy * 1.3) ** 2) < 0.8
         vol = np.where(body, 40, -1000).astype(np.int16)
         if noisy:  # incompressible: every voxel random within the body's range
@@ -218,16 +237,25 @@ def run_dataloader() -> str:
             size_mb = sum(os.path.getsize(p) for p in paths) / 1e6
             res = {}
             for side in ("voxlm", "monai"):
-                out = subprocess.run([sys.executable, "-c", DL_CHILD, side, *paths], capture_output=True, text=True,
-                                     check=True)
+                out = subprocess.run(
+                    [sys.executable, "-c", DL_CHILD, side, *paths],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 res[side] = json.loads(out.stdout.strip().splitlines()[-1])
             v, m = res["voxlm"], res["monai"]
             kind = "noisy (incompressible)" if noisy else "smooth"
-            ratios[kind] = (m["s"] / v["s"], v["worker_mb"] / m["worker_mb"], (v["main_mb"] + 2 * v["worker_mb"]) /
-                            (m["main_mb"] + 2 * m["worker_mb"]))
+            ratios[kind] = (
+                m["s"] / v["s"],
+                v["worker_mb"] / m["worker_mb"],
+                (v["main_mb"] + 2 * v["worker_mb"]) / (m["main_mb"] + 2 * m["worker_mb"]),
+            )
             for name, r in (("voxlm VolumeDataset", v), ("MONAI Dataset", m)):
-                rows.append(f"| {kind}, {size_mb:.0f} MB | {name} | {r['s']:.2f} | {DL_FILES / r['s']:.2f} | "
-                            f"{m['s'] / r['s']:.2f}x | {r['main_mb']:.0f} | {r['worker_mb']:.0f} |")
+                rows.append(
+                    f"| {kind}, {size_mb:.0f} MB | {name} | {r['s']:.2f} | {DL_FILES / r['s']:.2f} | "
+                    f"{m['s'] / r['s']:.2f}x | {r['main_mb']:.0f} | {r['worker_mb']:.0f} |"
+                )
     lines = [
         "## volume_dataloader: the M3D CT chain through DataLoader(num_workers=2), voxlm VolumeDataset vs MONAI Dataset",
         "",
@@ -243,8 +271,10 @@ def run_dataloader() -> str:
         "",
     ]
     for kind, (r, wm, tot) in ratios.items():
-        lines.append(f"**{kind}: voxlm / MONAI throughput {r:.1f}x** (goal: >= 5x), worker peak memory "
-                     f"{wm:.2f} of MONAI's, main + 2 workers {tot:.2f} of MONAI's.")
+        lines.append(
+            f"**{kind}: voxlm / MONAI throughput {r:.1f}x** (goal: >= 5x), worker peak memory "
+            f"{wm:.2f} of MONAI's, main + 2 workers {tot:.2f} of MONAI's."
+        )
     lines.append("")
     return "\n".join(lines)
 

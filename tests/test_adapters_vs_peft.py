@@ -36,8 +36,17 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 @pytest.fixture()
 def base(tmp_path):
     torch.manual_seed(0)
-    hf = HFLlama(HFConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)).eval()
+    hf = HFLlama(
+        HFConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            initializer_range=0.2,
+        )
+    ).eval()
     hf.save_pretrained(tmp_path / "base")
     return hf, tmp_path / "base"
 
@@ -59,8 +68,11 @@ def toy_batch(b=4, t=12):
 
 
 def lora_grads(model):
-    return {n.replace("base_model.model.", "").replace(".default", ""): p.grad
-            for n, p in model.named_parameters() if "lora_" in n}
+    return {
+        n.replace("base_model.model.", "").replace(".default", ""): p.grad
+        for n, p in model.named_parameters()
+        if "lora_" in n
+    }
 
 
 @pytest.mark.parametrize("rslora", [False, True])
@@ -98,7 +110,9 @@ def test_merge_disable_and_switch(base, tmp_path):
         merge_adapter(vm)
         torch.testing.assert_close(vm(ids).logits, unmerged, **TOL)
         unmerge_adapter(vm)
-        torch.testing.assert_close(vm.model.layers[0].self_attn.q_proj.base_layer.weight, w0, rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            vm.model.layers[0].self_attn.q_proj.base_layer.weight, w0, rtol=0, atol=1e-6
+        )
         torch.testing.assert_close(vm(ids).logits, unmerged, **TOL)
         disable_adapters(vm)
         torch.testing.assert_close(vm(ids).logits, hf(ids).logits, **TOL)
@@ -121,12 +135,16 @@ def test_generation_with_unmerged_lora_equals_peft(base, tmp_path):
     load_adapter(vm, tmp_path / "adapter")
     vm.eval()
     ids = torch.randint(3, 128, (2, 6))
-    ref = pm.generate(input_ids=ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ref = pm.generate(
+        input_ids=ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
     kw = dict(max_new_tokens=12, eos_token_id=[], pad_token_id=0)
     assert torch.equal(vm.generate(ids, **kw), ref)
     assert torch.equal(vm.generate(ids, cpu_kernels=False, **kw), ref)
     disable_adapters(vm)
-    base_ref = hf.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    base_ref = hf.generate(
+        ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
     assert torch.equal(vm.generate(ids, **kw), base_ref)
 
 
@@ -144,7 +162,11 @@ def test_voxlm_adapter_loads_in_peft(base, tmp_path):
     ids = torch.randint(0, 128, (2, 6))
     with torch.no_grad():
         torch.testing.assert_close(vm(ids).logits, pm(input_ids=ids).logits, **TOL)
-    adapted = {n for n, _ in pm.named_modules() if n.endswith(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))}
+    adapted = {
+        n
+        for n, _ in pm.named_modules()
+        if n.endswith(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    }
     assert len(adapted) == 14  # all-linear: every projection, not lm_head
 
 
@@ -155,9 +177,16 @@ def test_dropout_semantics_match_peft_in_training(base):
         if hasattr(m, "lora_dropout"):
             m.lora_dropout["default"] = torch.nn.Dropout(0.3)
     vm = LlamaForCausalLM.from_pretrained(path)
-    add_lora(vm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["q_proj", "v_proj"]))
-    vm.load_state_dict({k.replace("base_model.model.", "").replace(".default", ".default"): v
-                        for k, v in pm.state_dict().items()}, strict=False)
+    add_lora(
+        vm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["q_proj", "v_proj"])
+    )
+    vm.load_state_dict(
+        {
+            k.replace("base_model.model.", "").replace(".default", ".default"): v
+            for k, v in pm.state_dict().items()
+        },
+        strict=False,
+    )
     vm.train()
     ids = torch.randint(0, 128, (2, 8))
     torch.manual_seed(5)
@@ -248,15 +277,31 @@ def test_bad_adapter_inputs(base, tmp_path):
     with pytest.raises(voxlm.ConfigError, match="positive integer rank"):
         LoraConfig(r=0, target_modules=["q_proj"])
     # an adapter for a wider model
-    big = HFLlama(HFConfig(vocab_size=128, hidden_size=96, intermediate_size=96, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2))
+    big = HFLlama(
+        HFConfig(
+            vocab_size=128,
+            hidden_size=96,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     peft_model(big).save_pretrained(tmp_path / "wide")
     with pytest.raises(voxlm.CheckpointError, match=r"lora_A.weight has shape \(4, 96\)"):
         load_adapter(LlamaForCausalLM.from_pretrained(path), tmp_path / "wide")
     with pytest.raises(voxlm.CheckpointError, match="no adapter_config.json"):
         load_adapter(vm, tmp_path)
-    deep = HFLlama(HFConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                            num_attention_heads=4, num_key_value_heads=2))
+    deep = HFLlama(
+        HFConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     peft_model(deep).save_pretrained(tmp_path / "deep")
     with pytest.raises(voxlm.CheckpointError, match="unexpected base_model.model.model.layers.2"):
         load_adapter(LlamaForCausalLM.from_pretrained(path), tmp_path / "deep")
@@ -268,7 +313,10 @@ def test_adaption_prompt_equals_peft(base):
     from voxlm.adapters import add_adaption_prompt
 
     hf, path = base
-    pm = get_peft_model(copy.deepcopy(hf), AdaptionPromptConfig(adapter_len=5, adapter_layers=1, task_type="CAUSAL_LM"))
+    pm = get_peft_model(
+        copy.deepcopy(hf),
+        AdaptionPromptConfig(adapter_len=5, adapter_layers=1, task_type="CAUSAL_LM"),
+    )
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "adaption_gate" in n:
@@ -298,15 +346,26 @@ def test_lora_on_a_vision_module_equals_peft():
     from monai.networks.nets import ViT
 
     torch.manual_seed(0)
-    vit = ViT(in_channels=1, img_size=(8, 16, 16), patch_size=(4, 8, 8), hidden_size=48, mlp_dim=96,
-              num_layers=2, num_heads=4, classification=False).eval()
+    vit = ViT(
+        in_channels=1,
+        img_size=(8, 16, 16),
+        patch_size=(4, 8, 8),
+        hidden_size=48,
+        mlp_dim=96,
+        num_layers=2,
+        num_heads=4,
+        classification=False,
+    ).eval()
     cfg = dict(r=4, lora_alpha=8, target_modules=["qkv", "out_proj", "linear1"])
     pm = get_peft_model(copy.deepcopy(vit), PeftLoraConfig(**cfg))
     ours = copy.deepcopy(vit)
     names = add_lora(ours, LoraConfig(**cfg))
     assert len(names) == 6
     with torch.no_grad():
-        src = {n.replace("base_model.model.", "").replace(".default", ""): p for n, p in pm.named_parameters()}
+        src = {
+            n.replace("base_model.model.", "").replace(".default", ""): p
+            for n, p in pm.named_parameters()
+        }
         for n, p in ours.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)

@@ -74,14 +74,23 @@ def test_bare_visual_state_dict_and_round_trip():
 
 def test_transformers_layout_loads_too():
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=2, image_size=28, patch_size=14, projection_dim=16)
+    cfg = transformers.CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+        projection_dim=16,
+    )
     torch.manual_seed(2)
     ref = transformers.CLIPVisionModelWithProjection(cfg).eval()
     vis = load_openai_clip_vision(ref.state_dict(), num_heads=2).eval()
     x = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
-        torch.testing.assert_close(vis.image_embeds(x), ref(pixel_values=x).image_embeds, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            vis.image_embeds(x), ref(pixel_values=x).image_embeds, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_neither_layout_names_missing_keys():

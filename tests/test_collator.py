@@ -36,8 +36,15 @@ def _items(n=2, shape=(1, 4, 4, 2)):
     # short and long real reports, so padding is exercised
     texts = [res.references[0][:60], res.references[1][:140], res.references[2][:20]][:n]
     g = torch.Generator().manual_seed(0)
-    return [{"id": str(i), "image": torch.randn(shape, generator=g), "report": t,
-             "labels": torch.tensor(res.labels[i])} for i, t in enumerate(texts)]
+    return [
+        {
+            "id": str(i),
+            "image": torch.randn(shape, generator=g),
+            "report": t,
+            "labels": torch.tensor(res.labels[i]),
+        }
+        for i, t in enumerate(texts)
+    ]
 
 
 def _enc(ref, text):
@@ -48,7 +55,9 @@ def _enc(ref, text):
 def test_train_batch_equals_hand_built(tok, ref, side):
     items = _items()
     n_img = 5
-    col = ReportCollator(tok, num_image_tokens=n_img, max_length=512, prompt=PROMPT, padding_side=side)
+    col = ReportCollator(
+        tok, num_image_tokens=n_img, max_length=512, prompt=PROMPT, padding_side=side
+    )
     b = col(items)
     bos, eos, pad, im = (ref.token_to_id(t) for t in ("<s>", "</s>", "<pad>", "<im_patch>"))
     p = [bos] + [im] * n_img + _enc(ref, PROMPT)
@@ -59,9 +68,9 @@ def test_train_batch_equals_hand_built(tok, ref, side):
     exp_lab = torch.full((2, T), -100)
     for i, s in enumerate(seqs):
         o = 0 if side == "right" else T - len(s)
-        exp_ids[i, o:o + len(s)] = torch.tensor(s)
-        exp_mask[i, o:o + len(s)] = 1
-        exp_lab[i, o + len(p):o + len(s)] = torch.tensor(s[len(p):])
+        exp_ids[i, o : o + len(s)] = torch.tensor(s)
+        exp_mask[i, o : o + len(s)] = 1
+        exp_lab[i, o + len(p) : o + len(s)] = torch.tensor(s[len(p) :])
     assert torch.equal(b["input_ids"], exp_ids)
     assert torch.equal(b["attention_mask"], exp_mask)
     assert torch.equal(b["labels"], exp_lab)
@@ -80,7 +89,9 @@ def test_train_batch_equals_hand_built(tok, ref, side):
 
 def test_generation_batch_equals_hand_built(tok, ref):
     items = _items(3)
-    col = ReportCollator(tok, 4, 512, prompt=lambda r: diagnostic_prompt(r["labels"].numpy()), mode="generate")
+    col = ReportCollator(
+        tok, 4, 512, prompt=lambda r: diagnostic_prompt(r["labels"].numpy()), mode="generate"
+    )
     b = col(items)
     bos, pad, im = (ref.token_to_id(t) for t in ("<s>", "<pad>", "<im_patch>"))
     seqs = [[bos] + [im] * 4 + _enc(ref, diagnostic_prompt(it["labels"].numpy())) for it in items]
@@ -88,29 +99,42 @@ def test_generation_batch_equals_hand_built(tok, ref):
     exp = torch.full((3, T), pad)
     mask = torch.zeros((3, T), dtype=torch.long)
     for i, s in enumerate(seqs):
-        exp[i, T - len(s):] = torch.tensor(s)
-        mask[i, T - len(s):] = 1
+        exp[i, T - len(s) :] = torch.tensor(s)
+        mask[i, T - len(s) :] = 1
     assert torch.equal(b["input_ids"], exp) and torch.equal(b["attention_mask"], mask)
     assert "labels" not in b and b["references"] == [it["report"] for it in items]
 
 
 def test_template_sections_truncation_and_errors(tok, ref):
-    items = [{"id": "a", "sections": {"findings": "Both lungs are clear.", "impression": "Normal."}}]
-    col = ReportCollator(tok, 0, 512, prompt="Write the findings.", target_key="sections.findings",
-                         template="alpaca")
+    items = [
+        {"id": "a", "sections": {"findings": "Both lungs are clear.", "impression": "Normal."}}
+    ]
+    col = ReportCollator(
+        tok, 0, 512, prompt="Write the findings.", target_key="sections.findings", template="alpaca"
+    )
     from voxlm.llm import format_prompt
 
     b = col(items)
-    s = ([ref.token_to_id("<s>")] + _enc(ref, format_prompt("alpaca", "Write the findings."))
-         + _enc(ref, "Both lungs are clear.") + [ref.token_to_id("</s>")])
+    s = (
+        [ref.token_to_id("<s>")]
+        + _enc(ref, format_prompt("alpaca", "Write the findings."))
+        + _enc(ref, "Both lungs are clear.")
+        + [ref.token_to_id("</s>")]
+    )
     assert b["input_ids"][0].tolist() == s and "images" not in b
     # truncation: target cut, EOS kept
     plen = len(col.encode(items[0])[0]) - len(_enc(ref, "Both lungs are clear.")) - 1
-    short = ReportCollator(tok, 0, plen + 3, prompt="Write the findings.", target_key="sections.findings",
-                           template="alpaca")
+    short = ReportCollator(
+        tok,
+        0,
+        plen + 3,
+        prompt="Write the findings.",
+        target_key="sections.findings",
+        template="alpaca",
+    )
     ids = short(items)["input_ids"][0].tolist()
     assert len(ids) == plen + 3 and ids[-1] == ref.token_to_id("</s>")
-    assert ids[plen:plen + 2] == _enc(ref, "Both lungs are clear.")[:2]
+    assert ids[plen : plen + 2] == _enc(ref, "Both lungs are clear.")[:2]
     with pytest.raises(ConfigError, match="max_length 10 is too short"):
         ReportCollator(tok, 32, 10)(_items(1))
     with pytest.raises(ConfigError, match="not a token"):
@@ -144,7 +168,14 @@ def test_report_dataset_in_dataloader_workers(tmp_path, tok):
     for i in range(4):
         p = tmp_path / f"{i}.nii.gz"
         nib.save(nib.Nifti1Image(np.full((4, 4, 2), float(i), np.float32), np.eye(4)), p)
-        recs.append({"id": str(i), "image": str(p), "report": res.references[i][:80], "labels": res.labels[i]})
+        recs.append(
+            {
+                "id": str(i),
+                "image": str(p),
+                "report": res.references[i][:80],
+                "labels": res.labels[i],
+            }
+        )
     ds = ReportDataset(recs, transform=lambda v: v.data[None] * 2.0)
     col = ReportCollator(tok, 3, 128, prompt=PROMPT)
     dl = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=col, num_workers=2)
@@ -153,7 +184,9 @@ def test_report_dataset_in_dataloader_workers(tmp_path, tok):
     imgs = torch.cat([b["images"] for b in batches])
     assert imgs.shape == (4, 1, 4, 4, 2)
     assert torch.equal(imgs[:, 0, 0, 0, 0], torch.tensor([0.0, 2.0, 4.0, 6.0]))
-    assert torch.equal(torch.cat([b["cls_labels"] for b in batches]), torch.as_tensor(res.labels[:4]))
+    assert torch.equal(
+        torch.cat([b["cls_labels"] for b in batches]), torch.as_tensor(res.labels[:4])
+    )
 
 
 def test_report_dataset_fused_path_equals_step_by_step(tmp_path):
@@ -168,10 +201,19 @@ def test_report_dataset_fused_path_equals_step_by_step(tmp_path):
 
     rng = np.random.default_rng(0)
     path = tmp_path / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(rng.integers(-1000, 1000, (20, 18, 12)).astype(np.int16),
-                             np.diag([-0.8, 0.8, 2.0, 1.0])), path)
-    pipe = T.Compose([T.Orientation("RAS"), T.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
-                      T.Resize((8, 16, 16))])
+    nib.save(
+        nib.Nifti1Image(
+            rng.integers(-1000, 1000, (20, 18, 12)).astype(np.int16), np.diag([-0.8, 0.8, 2.0, 1.0])
+        ),
+        path,
+    )
+    pipe = T.Compose(
+        [
+            T.Orientation("RAS"),
+            T.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+            T.Resize((8, 16, 16)),
+        ]
+    )
     assert rust_plan(pipe) is not None
     rec = [{"id": "0", "image": str(path)}]
     fused = ReportDataset(rec, transform=pipe)[0]["image"]

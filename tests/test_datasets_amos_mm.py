@@ -27,23 +27,69 @@ def make_amos(root):
     items = {"training": [], "validation": []}
     vqa = {"training": [], "validation": []}
     regions = {}
-    for k, (key, folder, num) in enumerate([("training", "imagesTr", "0001"), ("training", "imagesTr", "0002"),
-                                            ("validation", "imagesVa", "5001")]):
+    for k, (key, folder, num) in enumerate(
+        [
+            ("training", "imagesTr", "0001"),
+            ("training", "imagesTr", "0002"),
+            ("validation", "imagesVa", "5001"),
+        ]
+    ):
         name = f"amos_{num}.nii.gz"
         shape = (4, 4, 3, 2) if num == "5001" else (4, 4, 3)  # some AMOS-MM volumes are 4-D
-        nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), np.eye(4)), root / folder / name)
+        nib.save(
+            nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), np.eye(4)),
+            root / folder / name,
+        )
         sents = _sentences(res.references[k])
-        find = {"chest": " ".join(sents[:2]), "abdomen": " ".join(sents[2:4]),
-                "pelvis": "" if k == 1 else " ".join(sents[4:5])}
+        find = {
+            "chest": " ".join(sents[:2]),
+            "abdomen": " ".join(sents[2:4]),
+            "pelvis": "" if k == 1 else " ".join(sents[4:5]),
+        }
         regions[f"amos_{num}"] = find
-        items[key].append({"image": f"./{folder}/{name}", "meta": {"spacing": [0.8, 0.8, 5.0]},
-                           "labels": {"report": {"findings": find,
-                                                 "impression": {r: [v[:30]] if v else [] for r, v in find.items()}}}})
-        vqa[key].append({"image": f"./{folder}/{name}", "labels": {"qa": [
-            {"question": "Is there a nodule in the right upper lobe?", "options": {"A": "Yes", "B": "No",
-             "C": "Cannot be determined", "D": "Calcified"}, "answer": "A", "type": "abnormality"},
-            {"question": "Which organ shows low density shadows?", "options": {"A": "Spleen", "B": "Liver",
-             "C": "Kidney", "D": "Pancreas"}, "answer": "B", "type": "organ"}]}})
+        items[key].append(
+            {
+                "image": f"./{folder}/{name}",
+                "meta": {"spacing": [0.8, 0.8, 5.0]},
+                "labels": {
+                    "report": {
+                        "findings": find,
+                        "impression": {r: [v[:30]] if v else [] for r, v in find.items()},
+                    }
+                },
+            }
+        )
+        vqa[key].append(
+            {
+                "image": f"./{folder}/{name}",
+                "labels": {
+                    "qa": [
+                        {
+                            "question": "Is there a nodule in the right upper lobe?",
+                            "options": {
+                                "A": "Yes",
+                                "B": "No",
+                                "C": "Cannot be determined",
+                                "D": "Calcified",
+                            },
+                            "answer": "A",
+                            "type": "abnormality",
+                        },
+                        {
+                            "question": "Which organ shows low density shadows?",
+                            "options": {
+                                "A": "Spleen",
+                                "B": "Liver",
+                                "C": "Kidney",
+                                "D": "Pancreas",
+                            },
+                            "answer": "B",
+                            "type": "organ",
+                        },
+                    ]
+                },
+            }
+        )
     (root / "report_generation_train_val.json").write_text(json.dumps(items))
     (root / "vqa_train_val.json").write_text(json.dumps(vqa))
     return regions
@@ -59,8 +105,13 @@ def test_amos_report_records(tmp_path):
     assert r["report"] == regions["amos_0002"]["chest"] + "\n" + regions["amos_0002"]["abdomen"]
     assert r["meta"]["spacing"] == [0.8, 0.8, 5.0] and r["meta"]["impression"]["pelvis"] == ""
     each = read_records("amos-mm", tmp_path, split="train", region="each")
-    assert [r["id"] for r in each] == ["amos_0001/chest", "amos_0001/abdomen", "amos_0001/pelvis",
-                                       "amos_0002/chest", "amos_0002/abdomen"]  # empty pelvis skipped
+    assert [r["id"] for r in each] == [
+        "amos_0001/chest",
+        "amos_0001/abdomen",
+        "amos_0001/pelvis",
+        "amos_0002/chest",
+        "amos_0002/abdomen",
+    ]  # empty pelvis skipped
     assert all(r["report"] == regions[r["id"].split("/")[0]][r["region"]] for r in each)
     chest = read_records("amos-mm", tmp_path, split="validation", region="chest")
     assert [(r["id"], r["region"]) for r in chest] == [("amos_5001/chest", "chest")]
@@ -74,8 +125,9 @@ def test_amos_vqa_records_and_m3d_prompt(tmp_path):
     assert r["answer"] == "B" and r["answer_text"] == "Liver" and r["question_type"] == "organ"
     assert r["image"] == str(tmp_path / "imagesVa" / "amos_5001.nii.gz")
     # AMOSVQADataset's prompt pieces
-    assert vqa_question(r) == ("Which organ shows low density shadows? Choices: A. Spleen B. Liver C. Kidney "
-                               "D. Pancreas")
+    assert vqa_question(r) == (
+        "Which organ shows low density shadows? Choices: A. Spleen B. Liver C. Kidney D. Pancreas"
+    )
     assert vqa_answer(r) == "B. Liver"
 
 
@@ -96,7 +148,9 @@ def test_amos_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="region"):
         read_records("amos-mm", tmp_path, region="head")
     (tmp_path / "imagesTr" / "amos_0002.nii.gz").unlink()
-    with pytest.raises(DataError, match=r"row 1 .*amos_0002.*imagesTr/amos_0002\.nii\.gz does not exist"):
+    with pytest.raises(
+        DataError, match=r"row 1 .*amos_0002.*imagesTr/amos_0002\.nii\.gz does not exist"
+    ):
         read_records("amos-mm", tmp_path)
     (tmp_path / "vqa_train_val.json").unlink()
     with pytest.raises(DataError, match="vqa_train_val.json"):

@@ -14,12 +14,35 @@ from voxlm.datasets import open_dataset, read_records
 from voxlm.datasets.ct_rate import ABNORMALITIES
 from voxlm.exceptions import ConfigError, DataError
 
-META_COLUMNS = ["VolumeName", "Manufacturer", "SeriesDescription", "ManufacturerModelName", "PatientSex",
-                "PatientAge", "ReconstructionDiameter", "DistanceSourceToDetector", "DistanceSourceToPatient",
-                "GantryDetectorTilt", "TableHeight", "RotationDirection", "XRayTubeCurrent", "Exposure",
-                "FilterType", "ConvolutionKernel", "SliceThickness", "Rows", "Columns", "ImagePositionPatient",
-                "ImageOrientationPatient", "RescaleIntercept", "RescaleSlope", "RescaleType", "XYSpacing",
-                "ZSpacing", "NumberofSlices"]
+META_COLUMNS = [
+    "VolumeName",
+    "Manufacturer",
+    "SeriesDescription",
+    "ManufacturerModelName",
+    "PatientSex",
+    "PatientAge",
+    "ReconstructionDiameter",
+    "DistanceSourceToDetector",
+    "DistanceSourceToPatient",
+    "GantryDetectorTilt",
+    "TableHeight",
+    "RotationDirection",
+    "XRayTubeCurrent",
+    "Exposure",
+    "FilterType",
+    "ConvolutionKernel",
+    "SliceThickness",
+    "Rows",
+    "Columns",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "RescaleType",
+    "XYSpacing",
+    "ZSpacing",
+    "NumberofSlices",
+]
 
 
 def _write(path, header, rows):
@@ -36,7 +59,10 @@ def make_ct_rate(root, fixed=False, tables="dataset"):
     troot = root / "dataset" if tables == "dataset" else root
     res = D.dia_llama_results()
     rng = np.random.default_rng(1)
-    names = {"train": ["train_1_a_1", "train_1_a_2", "train_2_a_1"], "valid": ["valid_1_a_1", "valid_3_b_2"]}
+    names = {
+        "train": ["train_1_a_1", "train_1_a_2", "train_2_a_1"],
+        "valid": ["valid_1_a_1", "valid_3_b_2"],
+    }
     truth = {}
     k = 0
     for folder, rname in (("train", "train"), ("valid", "validation")):
@@ -45,22 +71,53 @@ def make_ct_rate(root, fixed=False, tables="dataset"):
             pid, scan = "_".join(n.split("_")[:2]), "_".join(n.split("_")[:3])
             d = root / "dataset" / (folder + ("_fixed" if fixed else "")) / pid / scan
             d.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(rng.integers(0, 2000, size=(5, 5, 3)).astype(np.int16), np.eye(4)),
-                     d / f"{n}.nii.gz")
+            nib.save(
+                nib.Nifti1Image(rng.integers(0, 2000, size=(5, 5, 3)).astype(np.int16), np.eye(4)),
+                d / f"{n}.nii.gz",
+            )
             lab = rng.integers(0, 2, size=18)
             slope, inter, xy, z = 1.0, -1024.0 - k, (0.7 + 0.01 * k, 0.7 + 0.01 * k), 1.5 + k
             truth[n] = (res.references[k], res.predictions[k], lab, (slope, inter, xy, z))
-            reps.append([f"{n}.nii.gz", "Not given.", "Non-contrast chest CT.", res.references[k], res.predictions[k]])
+            reps.append(
+                [
+                    f"{n}.nii.gz",
+                    "Not given.",
+                    "Non-contrast chest CT.",
+                    res.references[k],
+                    res.predictions[k],
+                ]
+            )
             labs.append([f"{n}.nii.gz", *lab.tolist()])
             row = {c: "" for c in META_COLUMNS}
-            row.update(VolumeName=f"{n}.nii.gz", RescaleIntercept=str(inter), RescaleSlope=str(slope),
-                       XYSpacing=f"[{xy[0]}, {xy[1]}]", ZSpacing=str(z), ImagePositionPatient="[-200, -180, -300]",
-                       ImageOrientationPatient="[1, 0, 0, 0, 1, 0]", Rows="512", Columns="512")
+            row.update(
+                VolumeName=f"{n}.nii.gz",
+                RescaleIntercept=str(inter),
+                RescaleSlope=str(slope),
+                XYSpacing=f"[{xy[0]}, {xy[1]}]",
+                ZSpacing=str(z),
+                ImagePositionPatient="[-200, -180, -300]",
+                ImageOrientationPatient="[1, 0, 0, 0, 1, 0]",
+                Rows="512",
+                Columns="512",
+            )
             metas.append([row[c] for c in META_COLUMNS])
             k += 1
-        _write(troot / "radiology_text_reports" / f"{rname}_reports.csv",
-               ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"], reps)
-        _write(troot / "multi_abnormality_labels" / f"{folder}_predicted_labels.csv", ["VolumeName", *ABNORMALITIES], labs)
+        _write(
+            troot / "radiology_text_reports" / f"{rname}_reports.csv",
+            [
+                "VolumeName",
+                "ClinicalInformation_EN",
+                "Technique_EN",
+                "Findings_EN",
+                "Impressions_EN",
+            ],
+            reps,
+        )
+        _write(
+            troot / "multi_abnormality_labels" / f"{folder}_predicted_labels.csv",
+            ["VolumeName", *ABNORMALITIES],
+            labs,
+        )
         _write(troot / "metadata" / f"{rname}_metadata.csv", META_COLUMNS, metas)
     return names, truth
 
@@ -78,13 +135,23 @@ def test_ct_rate_records(tmp_path, fixed, tables):
             assert r["image"] == str(tmp_path / "dataset" / sub / pid / scan / f"{r['id']}.nii.gz")
             assert r["split"] == ("train" if folder == "train" else "validation")
             assert r["report"] == find and r["sections"]["findings"] == find
-            assert r["sections"]["impression"] == imp and r["sections"]["clinical_information"] == "Not given."
+            assert (
+                r["sections"]["impression"] == imp
+                and r["sections"]["clinical_information"] == "Not given."
+            )
             np.testing.assert_array_equal(r["labels"], lab, strict=True)
             assert r["label_names"] == ABNORMALITIES and len(ABNORMALITIES) == 18
             m = r["meta"]
             assert m["rescale_slope"] == slope and m["rescale_intercept"] == inter
             assert m["spacing"] == pytest.approx((xy[0], xy[1], z))
-            assert m["origin"] == [-200.0, -180.0, -300.0] and m["orientation"] == [1, 0, 0, 0, 1, 0]
+            assert m["origin"] == [-200.0, -180.0, -300.0] and m["orientation"] == [
+                1,
+                0,
+                0,
+                0,
+                1,
+                0,
+            ]
             assert m["row"]["Rows"] == "512"
 
 
@@ -119,7 +186,9 @@ def test_ct_rate_bad_metadata_value(tmp_path):
     make_ct_rate(tmp_path)
     p = tmp_path / "dataset/metadata/train_metadata.csv"
     p.write_text(p.read_text().replace('"[0.7, 0.7]"', '"0.7 x 0.7"'))
-    with pytest.raises(DataError, match=r"train_metadata\.csv row 2: XYSpacing '0\.7 x 0\.7' is not '\[x, y\]'"):
+    with pytest.raises(
+        DataError, match=r"train_metadata\.csv row 2: XYSpacing '0\.7 x 0\.7' is not '\[x, y\]'"
+    ):
         read_records("ct-rate", tmp_path)
     p.write_text(p.read_text().replace("RescaleSlope", "Slope"))
     with pytest.raises(DataError, match=r"lacks the column\(s\) \['RescaleSlope'\]"):

@@ -27,7 +27,9 @@ def make_ctrg(root, volume_dir="CTRG-Chest-548K_volume", shape=(6, 5, 4)):
     rows = {int(i): c for i, c in zip(ids, codes)}
     chosen = [int(i) for i in res.ids[:6]]
     reports = dict(zip((int(i) for i in res.ids), res.references))
-    ann = {k: [{"id": chosen[j], "finding": reports[chosen[j]]} for j in v] for k, v in SPLITS.items()}
+    ann = {
+        k: [{"id": chosen[j], "finding": reports[chosen[j]]} for j in v] for k, v in SPLITS.items()
+    }
     root.mkdir(parents=True, exist_ok=True)
     (root / "annotation.json").write_text(json.dumps(ann))
     with open(root / "CTRG_finding_labels.csv", "w", newline="") as f:
@@ -40,7 +42,10 @@ def make_ctrg(root, volume_dir="CTRG-Chest-548K_volume", shape=(6, 5, 4)):
     vols = {}
     for cid in chosen:
         data = rng.normal(size=shape).astype(np.float32)
-        nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.0, 1.0])), root / volume_dir / f"{cid}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.0, 1.0])),
+            root / volume_dir / f"{cid}.nii.gz",
+        )
         vols[cid] = data
     return chosen, rows, reports, vols
 
@@ -57,7 +62,9 @@ def test_ctrg_records_match_the_layout(tmp_path):
             assert r["report"] == reports[cid]
             np.testing.assert_array_equal(r["label_codes"], rows[cid], strict=True)
             # the reference keeps only code 1 as positive
-            np.testing.assert_array_equal(r["labels"], (rows[cid] == 1).astype(np.int64), strict=True)
+            np.testing.assert_array_equal(
+                r["labels"], (rows[cid] == 1).astype(np.int64), strict=True
+            )
             assert r["labels"].dtype == np.int64 and r["label_names"] == CONDITIONS
 
 
@@ -113,7 +120,10 @@ def test_ctrg_bad_tables(tmp_path):
     ann = json.loads((tmp_path / "annotation.json").read_text())
     ann["test"].append({"id": 99999, "finding": "Both lungs are clear."})
     (tmp_path / "annotation.json").write_text(json.dumps(ann))
-    with pytest.raises(DataError, match=r"test\[2\] \(id 99999\): no row with this id in .*CTRG_finding_labels\.csv"):
+    with pytest.raises(
+        DataError,
+        match=r"test\[2\] \(id 99999\): no row with this id in .*CTRG_finding_labels\.csv",
+    ):
         read_records("ctrg-chest", tmp_path, split="test")
     (tmp_path / "annotation.json").write_text('{"train": [')
     with pytest.raises(DataError, match="annotation.json is not valid JSON"):

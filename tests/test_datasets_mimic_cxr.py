@@ -17,16 +17,29 @@ from voxlm.datasets import ReportDataset, read_records
 from voxlm.datasets.mimic_cxr import CHEXPERT, report_sections, section_text
 from voxlm.exceptions import ConfigError, DataError
 
-META = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",
-        "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
-        "PatientOrientationCodeSequence_CodeMeaning"]
+META = [
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "PerformedProcedureStepDescription",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning",
+]
 
 
 def mimic_report(findings, impression):
-    return ("                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n \n"
-            " INDICATION:  ___F with new onset ascites  // eval for infection\n \n"
-            " TECHNIQUE:  Chest PA and lateral\n \n COMPARISON:  None.\n \n"
-            f" FINDINGS: \n \n {findings}\n \n IMPRESSION: \n \n {impression}\n")
+    return (
+        "                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n \n"
+        " INDICATION:  ___F with new onset ascites  // eval for infection\n \n"
+        " TECHNIQUE:  Chest PA and lateral\n \n COMPARISON:  None.\n \n"
+        f" FINDINGS: \n \n {findings}\n \n IMPRESSION: \n \n {impression}\n"
+    )
 
 
 def _gz_csv(path, header, rows):
@@ -54,13 +67,29 @@ def make_mimic(root):
         d = root / "files" / f"p{subj[:2]}" / f"p{subj}" / f"s{study}"
         d.mkdir(parents=True)
         for dicom, view in dicoms:
-            Image.fromarray(rng.integers(0, 255, size=(12, 10), dtype=np.uint8), mode="L").save(d / f"{dicom}.jpg")
-            meta.append([dicom, subj, study, "CHEST (PA AND LAT)", view, "12", "10", "21800506", "213014.531",
-                         "CHEST (PA AND LAT)", "postero-anterior", "Erect"])
+            Image.fromarray(rng.integers(0, 255, size=(12, 10), dtype=np.uint8), mode="L").save(
+                d / f"{dicom}.jpg"
+            )
+            meta.append(
+                [
+                    dicom,
+                    subj,
+                    study,
+                    "CHEST (PA AND LAT)",
+                    view,
+                    "12",
+                    "10",
+                    "21800506",
+                    "213014.531",
+                    "CHEST (PA AND LAT)",
+                    "postero-anterior",
+                    "Erect",
+                ]
+            )
             split.append([dicom, study, subj, sp])
         findings, impression = res.references[k][:200], res.predictions[k][:80]
         if study == "53189527":  # no FINDINGS header: impression only
-            text = (" FINAL REPORT\n INDICATION:  Cough.\n \n IMPRESSION: \n \n " + impression + "\n")
+            text = " FINAL REPORT\n INDICATION:  Cough.\n \n IMPRESSION: \n \n " + impression + "\n"
             findings = ""
         else:
             text = mimic_report(findings, impression)
@@ -69,7 +98,11 @@ def make_mimic(root):
         chex.append([subj, study, *codes])
         truth[study] = (findings, impression)
     _gz_csv(root / "mimic-cxr-2.0.0-metadata.csv.gz", META, meta)
-    _gz_csv(root / "mimic-cxr-2.0.0-split.csv.gz", ["dicom_id", "study_id", "subject_id", "split"], split)
+    _gz_csv(
+        root / "mimic-cxr-2.0.0-split.csv.gz",
+        ["dicom_id", "study_id", "subject_id", "split"],
+        split,
+    )
     _gz_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz", ["subject_id", "study_id", *CHEXPERT], chex)
     return truth
 
@@ -77,36 +110,65 @@ def make_mimic(root):
 def test_section_parser_transcription():
     text = mimic_report("Lungs are clear.\n There is no effusion.", "No acute process.")
     sections, names, idx = section_text(text)
-    assert names == ["preamble", "examination", "indication", "technique", "comparison", "findings", "impression"]
+    assert names == [
+        "preamble",
+        "examination",
+        "indication",
+        "technique",
+        "comparison",
+        "findings",
+        "impression",
+    ]
     assert sections[5].strip() == "Lungs are clear.\n There is no effusion."
-    assert text[idx[6]:].strip() == "No acute process."
+    assert text[idx[6] :].strip() == "No acute process."
     # normalisation of header variants, e.g. "FINDINGS AND IMPRESSION" -> impression, "PA AND LATERAL" -> findings
-    _, names, _ = section_text(" FINAL REPORT\n PA AND LATERAL VIEWS OF THE CHEST:  x\n \n"
-                               " FINDINGS AND IMPRESSION:  Normal.\n")
+    _, names, _ = section_text(
+        " FINAL REPORT\n PA AND LATERAL VIEWS OF THE CHEST:  x\n \n"
+        " FINDINGS AND IMPRESSION:  Normal.\n"
+    )
     assert names == ["preamble", "findings", "impression"]
     # no impression/findings header: the last paragraph becomes its own section
     sections, names, _ = section_text(" WET READ: ___ clear lungs\n \n No pneumonia.\n")
     assert names[-1] == "last_paragraph" and sections[-1].strip() == "No pneumonia."
-    assert report_sections(text) == {"findings": "Lungs are clear.\n There is no effusion.",
-                                     "impression": "No acute process."}
+    assert report_sections(text) == {
+        "findings": "Lungs are clear.\n There is no effusion.",
+        "impression": "No acute process.",
+    }
 
 
 def test_mimic_records(tmp_path):
     truth = make_mimic(tmp_path)
-    tr = read_records("mimic-cxr", tmp_path)  # findings target: the impression-only study is dropped
+    tr = read_records(
+        "mimic-cxr", tmp_path
+    )  # findings target: the impression-only study is dropped
     assert [r["id"] for r in tr] == ["50414267"]
     r = tr[0]
     base = tmp_path / "files/p10/p10000032/s50414267"
-    assert r["images"] == [str(base / "d1.jpg"), str(base / "d2.jpg"), str(base / "d4.jpg")]  # PA, AP, LATERAL
+    assert r["images"] == [
+        str(base / "d1.jpg"),
+        str(base / "d2.jpg"),
+        str(base / "d4.jpg"),
+    ]  # PA, AP, LATERAL
     assert r["meta"]["views"] == ["PA", "AP", "LATERAL"] and r["meta"]["subject_id"] == "10000032"
-    assert r["report"] == truth["50414267"][0] and r["sections"]["impression"] == truth["50414267"][1]
-    np.testing.assert_array_equal(r["labels"], [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1], strict=True)
-    assert r["label_codes"][3] == -1.0 and np.isnan(r["label_codes"][1]) and r["label_names"] == CHEXPERT
+    assert (
+        r["report"] == truth["50414267"][0] and r["sections"]["impression"] == truth["50414267"][1]
+    )
+    np.testing.assert_array_equal(
+        r["labels"], [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1], strict=True
+    )
+    assert (
+        r["label_codes"][3] == -1.0
+        and np.isnan(r["label_codes"][1])
+        and r["label_names"] == CHEXPERT
+    )
     imp = read_records("mimic-cxr", tmp_path, section="impression")
     assert [r["id"] for r in imp] == ["50414267", "53189527"]
     assert imp[1]["report"] == truth["53189527"][1]
     both = read_records("mimic-cxr", tmp_path, section=None, split="validation")
-    assert both[0]["report"] == "\n".join(truth["56699142"]) and both[0]["meta"]["views"] == ["PA", "LL"]
+    assert both[0]["report"] == "\n".join(truth["56699142"]) and both[0]["meta"]["views"] == [
+        "PA",
+        "LL",
+    ]
     frontal = read_records("mimic-cxr", tmp_path, section="impression", views=["PA", "AP"])
     assert [len(r["images"]) for r in frontal] == [2, 1]
     assert read_records("mimic-cxr", tmp_path, split="test")[0]["split"] == "test"
@@ -114,22 +176,43 @@ def test_mimic_records(tmp_path):
     jpg = tmp_path / "files/p10/p10000898/s57375967/g1.jpg"
     Image.open(jpg).save(jpg.with_suffix(".png"))
     jpg.unlink()
-    assert read_records("mimic-cxr", tmp_path, split="test")[0]["images"] == [str(jpg.with_suffix(".png"))]
+    assert read_records("mimic-cxr", tmp_path, split="test")[0]["images"] == [
+        str(jpg.with_suffix(".png"))
+    ]
     with pytest.raises(DataError, match=r"g1\.jpg does not exist"):
         read_records("mimic-cxr", tmp_path, split="test", ext=".jpg")
 
 
 def test_rrg24_records(tmp_path):
     make_mimic(tmp_path)
-    recs = [{"images": ["files/p10/p10000032/s50414267/d1.jpg", "files/p10/p10000032/s50414267/d4.jpg"],
-             "findings": "Lungs are clear.", "impression": "No acute process.", "source": "MIMIC-CXR"},
-            {"images": ["files/p10/p10000032/s53189527/e1.jpg"], "findings": "", "impression": "Cardiomegaly.",
-             "source": "CheXpert"}]
+    recs = [
+        {
+            "images": [
+                "files/p10/p10000032/s50414267/d1.jpg",
+                "files/p10/p10000032/s50414267/d4.jpg",
+            ],
+            "findings": "Lungs are clear.",
+            "impression": "No acute process.",
+            "source": "MIMIC-CXR",
+        },
+        {
+            "images": ["files/p10/p10000032/s53189527/e1.jpg"],
+            "findings": "",
+            "impression": "Cardiomegaly.",
+            "source": "CheXpert",
+        },
+    ]
     (tmp_path / "rrg24_train.json").write_text(json.dumps(recs))
     out = read_records("mimic-cxr", tmp_path, rrg24=tmp_path / "rrg24_train.json")
-    assert len(out) == 1 and out[0]["report"] == "Lungs are clear." and out[0]["meta"]["source"] == "MIMIC-CXR"
+    assert (
+        len(out) == 1
+        and out[0]["report"] == "Lungs are clear."
+        and out[0]["meta"]["source"] == "MIMIC-CXR"
+    )
     assert out[0]["images"] == [str(tmp_path / p) for p in recs[0]["images"]]
-    imp = read_records("mimic-cxr", tmp_path, rrg24=tmp_path / "rrg24_train.json", section="impression")
+    imp = read_records(
+        "mimic-cxr", tmp_path, rrg24=tmp_path / "rrg24_train.json", section="impression"
+    )
     assert [r["report"] for r in imp] == ["No acute process.", "Cardiomegaly."]
     recs[1]["images"] = ["files/gone.jpg"]
     (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
@@ -144,7 +227,9 @@ def test_mimic_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="section"):
         read_records("mimic-cxr", tmp_path, section="history")
     (tmp_path / "files/p10/p10000032/s50414267/d2.jpg").unlink()
-    with pytest.raises(DataError, match=r"study 50414267 .*images\[1\] file .*s50414267/d2\.jpg does not exist"):
+    with pytest.raises(
+        DataError, match=r"study 50414267 .*images\[1\] file .*s50414267/d2\.jpg does not exist"
+    ):
         read_records("mimic-cxr", tmp_path)
     (tmp_path / "mimic-cxr-2.0.0-split.csv.gz").unlink()
     with pytest.raises(DataError, match="mimic-cxr-2.0.0-split.csv.gz"):

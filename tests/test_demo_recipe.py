@@ -18,8 +18,16 @@ def test_demo_learns_from_the_image(tmp_path):
     assert res["heldout_ce_f1_micro"] > res["shuffled_images_ce_f1_micro"], res
     assert res["heldout_prompt_label_f1_macro"] > res["shuffled_prompt_label_f1_macro"], res
     assert res["heldout_nlg"]["BLEU-1"] > 0.2 and res["data"]["n_heldout"] >= 10
-    for f in ("summary.json", "montage.png", "loss.png", "f1_per_label.png", "eval_heldout/eval.json",
-              "eval_heldout/predictions.csv", "eval_shuffled_images/predictions.csv", "model/config.json"):
+    for f in (
+        "summary.json",
+        "montage.png",
+        "loss.png",
+        "f1_per_label.png",
+        "eval_heldout/eval.json",
+        "eval_heldout/predictions.csv",
+        "eval_shuffled_images/predictions.csv",
+        "model/config.json",
+    ):
         assert (tmp_path / f).is_file(), f
     assert set(saved["plots"]) == {"montage.png", "loss.png", "f1_per_label.png"}
     assert saved["dia_llama_reports"]["n_reports"] == 362  # the released Dia-LLaMA reports, scored

@@ -37,14 +37,26 @@ import voxlm
 from voxlm.volume import load_image
 
 DATA = os.path.dirname(get_testdata_file("CT_small.dcm"))
-DECODED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
-           "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.5"}
+DECODED = {
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.5",
+}
 # files whose pixel layout voxlm refuses (with a VolumeFormatError naming it)
-REFUSED = {"liver_1frame.dcm": "BitsAllocated 1", "liver_expb_1frame.dcm": "BitsAllocated 1",
-           "SC_rgb_rle_32bit.dcm": "pixel data", "SC_rgb_rle_32bit_2frame.dcm": "pixel data",
-           "rtdose_rle.dcm": "pixel data", "rtdose_rle_1frame.dcm": "pixel data",
-           "SC_ybr_full_422_uncompressed.dcm": "pixel data", "SC_rgb_jpeg.dcm": "DICOM",
-           "rtdose_expb.dcm": "32-bit", "rtdose_expb_1frame.dcm": "32-bit"}
+REFUSED = {
+    "liver_1frame.dcm": "BitsAllocated 1",
+    "liver_expb_1frame.dcm": "BitsAllocated 1",
+    "SC_rgb_rle_32bit.dcm": "pixel data",
+    "SC_rgb_rle_32bit_2frame.dcm": "pixel data",
+    "rtdose_rle.dcm": "pixel data",
+    "rtdose_rle_1frame.dcm": "pixel data",
+    "SC_ybr_full_422_uncompressed.dcm": "pixel data",
+    "SC_rgb_jpeg.dcm": "DICOM",
+    "rtdose_expb.dcm": "32-bit",
+    "rtdose_expb_1frame.dcm": "32-bit",
+}
 
 
 def _shipped():
@@ -81,7 +93,10 @@ def test_shipped_files_found():
 def test_every_shipped_file_vs_pydicom(path, ts):
     name = os.path.basename(path)
     if ts not in DECODED and name not in REFUSED:
-        with pytest.raises(voxlm.VolumeFormatError, match=re.escape(f"{name}: unsupported DICOM transfer syntax {ts}")):
+        with pytest.raises(
+            voxlm.VolumeFormatError,
+            match=re.escape(f"{name}: unsupported DICOM transfer syntax {ts}"),
+        ):
             load_image(path)
         return
     if name in REFUSED or (ts not in DECODED and name in REFUSED):
@@ -96,7 +111,9 @@ def test_every_shipped_file_vs_pydicom(path, ts):
         ref = ref[None]
     v = load_image(path, np.float64)
     ours = np.moveaxis(v.data, [0, 1, 2], [2, 1, 0])  # (x=col, y=row, z) -> (frame, row, col)
-    if "GridFrameOffsetVector" in ds and list(ds.GridFrameOffsetVector) != sorted(ds.GridFrameOffsetVector):
+    if "GridFrameOffsetVector" in ds and list(ds.GridFrameOffsetVector) != sorted(
+        ds.GridFrameOffsetVector
+    ):
         ours = ours[np.argsort(np.argsort(ds.GridFrameOffsetVector))]
     assert ours.shape == ref.shape
     np.testing.assert_array_equal(ours, ref)
@@ -109,8 +126,18 @@ def _template():
     return ds
 
 
-def write_series(folder, n=6, orient=(1, 0, 0, 0, 1, 0), gap=2.5, syntax=ExplicitVRLittleEndian,
-                 series_uid=None, positions=None, seed=0, slope=1.0, intercept=-1024.0):
+def write_series(
+    folder,
+    n=6,
+    orient=(1, 0, 0, 0, 1, 0),
+    gap=2.5,
+    syntax=ExplicitVRLittleEndian,
+    series_uid=None,
+    positions=None,
+    seed=0,
+    slope=1.0,
+    intercept=-1024.0,
+):
     """A CT series written by pydicom: `n` slices of 128x128 int16, file names shuffled."""
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -139,14 +166,22 @@ def write_series(folder, n=6, orient=(1, 0, 0, 0, 1, 0), gap=2.5, syntax=Explici
         ds.file_meta.TransferSyntaxUID = syntax
         if syntax == RLELossless:
             ds.compress(RLELossless, arr)
-        ds.save_as(os.path.join(folder, f"IM{order[k]:04d}"), enforce_file_format=True,
-                   implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True)
+        ds.save_as(
+            os.path.join(folder, f"IM{order[k]:04d}"),
+            enforce_file_format=True,
+            implicit_vr=syntax == ImplicitVRLittleEndian,
+            little_endian=True,
+        )
     return uid
 
 
 def sitk_series(folder, uid=None):
     reader = sitk.ImageSeriesReader()
-    names = reader.GetGDCMSeriesFileNames(str(folder), uid) if uid else reader.GetGDCMSeriesFileNames(str(folder))
+    names = (
+        reader.GetGDCMSeriesFileNames(str(folder), uid)
+        if uid
+        else reader.GetGDCMSeriesFileNames(str(folder))
+    )
     reader.SetFileNames(names)
     return reader.Execute()
 
@@ -154,17 +189,26 @@ def sitk_series(folder, uid=None):
 OBLIQUE = (0.866025, 0.5, 0.0, -0.469846, 0.813798, 0.342020)
 
 
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                                    DeflatedExplicitVRLittleEndian, RLELossless],
-                         ids=["explicit", "implicit", "deflate", "rle"])
-@pytest.mark.parametrize("orient", [(1, 0, 0, 0, 1, 0), OBLIQUE, (1, 0, 0, 0, 0, -1)],
-                         ids=["axial", "oblique", "coronal"])
+@pytest.mark.parametrize(
+    "syntax",
+    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless],
+    ids=["explicit", "implicit", "deflate", "rle"],
+)
+@pytest.mark.parametrize(
+    "orient",
+    [(1, 0, 0, 0, 1, 0), OBLIQUE, (1, 0, 0, 0, 0, -1)],
+    ids=["axial", "oblique", "coronal"],
+)
 def test_series_vs_simpleitk(tmp_path, syntax, orient):
     write_series(tmp_path / "s", orient=orient, syntax=syntax, slope=1.0, intercept=-1024.0)
     ref = sitk_series(tmp_path / "s")
     v = load_image(tmp_path / "s", np.float64)
-    np.testing.assert_array_equal(v.data, sitk.GetArrayFromImage(ref).transpose(2, 1, 0).astype(np.float64))
-    np.testing.assert_allclose(v.affine, ras_affine(ref), rtol=0, atol=1e-5 if orient == OBLIQUE else 1e-9)
+    np.testing.assert_array_equal(
+        v.data, sitk.GetArrayFromImage(ref).transpose(2, 1, 0).astype(np.float64)
+    )
+    np.testing.assert_allclose(
+        v.affine, ras_affine(ref), rtol=0, atol=1e-5 if orient == OBLIQUE else 1e-9
+    )
     assert v.meta["RescaleIntercept"] == -1024.0 and len(v.meta["files"]) == 6
 
 
@@ -198,11 +242,15 @@ def test_real_series_vs_simpleitk(sub):
             # voxlm refuses what ITK stacks silently (radial or gapped localisers): named
             assert any(r in str(e) for r in REFUSALS), str(e)
             continue
-        np.testing.assert_array_equal(v.data, sitk.GetArrayFromImage(ref).transpose(2, 1, 0).astype(np.float64))
+        np.testing.assert_array_equal(
+            v.data, sitk.GetArrayFromImage(ref).transpose(2, 1, 0).astype(np.float64)
+        )
         np.testing.assert_allclose(v.affine, ras_affine(ref), rtol=0, atol=1e-5)
         compared += 1
     if sub == "77654033/CT2":  # a 4-slice scout with a 202.5 mm jump: refused, gaps listed
-        with pytest.raises(voxlm.VolumeFormatError, match=r"202\.5000 mm between .*17106 and .*17136"):
+        with pytest.raises(
+            voxlm.VolumeFormatError, match=r"202\.5000 mm between .*17106 and .*17136"
+        ):
             load_image(folder)
 
 
@@ -217,14 +265,18 @@ def test_several_series_need_a_choice(tmp_path):
     v = load_image(tmp_path / "d", series_uid=b)
     assert v.shape == (128, 128, 4)
     ref = sitk_series(tmp_path / "d", b)
-    np.testing.assert_array_equal(v.data, sitk.GetArrayFromImage(ref).transpose(2, 1, 0).astype(np.float32))
+    np.testing.assert_array_equal(
+        v.data, sitk.GetArrayFromImage(ref).transpose(2, 1, 0).astype(np.float32)
+    )
     with pytest.raises(voxlm.VolumeFormatError, match='no DICOM series "1.2.3"'):
         load_image(tmp_path / "d", series_uid="1.2.3")
 
 
 def test_non_uniform_gaps_are_listed(tmp_path):
     write_series(tmp_path / "s", positions=[0, 2.5, 5.0, 10.0, 12.5])
-    with pytest.raises(voxlm.VolumeFormatError, match=r"non-uniform slice spacing .*5\.0000 mm between"):
+    with pytest.raises(
+        voxlm.VolumeFormatError, match=r"non-uniform slice spacing .*5\.0000 mm between"
+    ):
         load_image(tmp_path / "s")
 
 

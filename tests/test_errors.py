@@ -58,7 +58,9 @@ def test_dtype_mismatch():
         voxlm.ops.lora_linear(torch.randn(3, 8, dtype=torch.float64), torch.randn(5, 8))
     assert_clean(e, voxlm.DTypeError, "float32", "float64")
     with pytest.raises(voxlm.DTypeError) as e:
-        voxlm.ops.lora_linear(torch.ones(3, 8, dtype=torch.int64), torch.ones(5, 8, dtype=torch.int64))
+        voxlm.ops.lora_linear(
+            torch.ones(3, 8, dtype=torch.int64), torch.ones(5, 8, dtype=torch.int64)
+        )
     assert_clean(e, voxlm.DTypeError, "floating", "int64")
 
 
@@ -84,7 +86,11 @@ def test_not_a_tensor_and_config():
     assert_clean(e, voxlm.ConfigError, "lora_a and lora_b")
     with pytest.raises(voxlm.ConfigError) as e:
         voxlm.ops.lora_linear(
-            torch.randn(3, 8), torch.randn(5, 8), None, torch.randn(2, 8), torch.randn(5, 2),
+            torch.randn(3, 8),
+            torch.randn(5, 8),
+            None,
+            torch.randn(2, 8),
+            torch.randn(5, 2),
             dropout=1.5,
         )
     assert_clean(e, voxlm.ConfigError, "lora_dropout", "1.5")

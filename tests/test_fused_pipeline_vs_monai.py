@@ -28,7 +28,9 @@ def nifti_set(tmp_path, n=3, seed=0):
     for i in range(n):
         data = rng.integers(-1000, 1500, (26 + i, 22, 14), dtype=np.int16)
         data[:3] = -1024  # air around the body: CropForeground has something to cut
-        aff = np.diag([(-0.7, 0.8, 0.6)[i % 3], (0.7, -0.9, 0.6)[i % 3], (1.25, 2.5, 1.0)[i % 3], 1.0])
+        aff = np.diag(
+            [(-0.7, 0.8, 0.6)[i % 3], (0.7, -0.9, 0.6)[i % 3], (1.25, 2.5, 1.0)[i % 3], 1.0]
+        )
         aff[:3, 3] = [10.0, -5.0, 3.0]
         if i == 1:
             c, s = np.cos(0.25), np.sin(0.25)
@@ -47,28 +49,57 @@ def monai_load():
 
 CHAINS = {
     "m3d_ct": (
-        lambda: [vt.Orientation("RAS"), vt.Spacing(1.5), vt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
-                 vt.CropForeground(), vt.Resize((8, 16, 16))],
-        lambda: [mt.Orientation("RAS"), mt.Spacing(1.5, mode="bilinear"),
-                 mt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
-                 mt.CropForeground(select_fn=lambda x: x > 0, margin=0, allow_smaller=True),
-                 mt.Resize((8, 16, 16), mode="trilinear")]),
+        lambda: [
+            vt.Orientation("RAS"),
+            vt.Spacing(1.5),
+            vt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+            vt.CropForeground(),
+            vt.Resize((8, 16, 16)),
+        ],
+        lambda: [
+            mt.Orientation("RAS"),
+            mt.Spacing(1.5, mode="bilinear"),
+            mt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+            mt.CropForeground(select_fn=lambda x: x > 0, margin=0, allow_smaller=True),
+            mt.Resize((8, 16, 16), mode="trilinear"),
+        ],
+    ),
     "lps_nearest_percentiles_normalize_padcrop": (
-        lambda: [vt.Orientation("LPS"), vt.Spacing((1.1, 0.9, 2.0), mode="nearest"),
-                 vt.ScaleIntensityRangePercentiles(0.5, 99.5, 0, 1, clip=True), vt.NormalizeIntensity(),
-                 vt.ResizeWithPadOrCrop((12, 30, 9))],
-        lambda: [mt.Orientation("LPS"), mt.Spacing((1.1, 0.9, 2.0), mode="nearest"),
-                 mt.ScaleIntensityRangePercentiles(0.5, 99.5, 0, 1, clip=True), mt.NormalizeIntensity(),
-                 mt.ResizeWithPadOrCrop((12, 30, 9))]),
+        lambda: [
+            vt.Orientation("LPS"),
+            vt.Spacing((1.1, 0.9, 2.0), mode="nearest"),
+            vt.ScaleIntensityRangePercentiles(0.5, 99.5, 0, 1, clip=True),
+            vt.NormalizeIntensity(),
+            vt.ResizeWithPadOrCrop((12, 30, 9)),
+        ],
+        lambda: [
+            mt.Orientation("LPS"),
+            mt.Spacing((1.1, 0.9, 2.0), mode="nearest"),
+            mt.ScaleIntensityRangePercentiles(0.5, 99.5, 0, 1, clip=True),
+            mt.NormalizeIntensity(),
+            mt.ResizeWithPadOrCrop((12, 30, 9)),
+        ],
+    ),
     "pir_pad_crop_nonzero": (
-        lambda: [vt.Orientation("PIR"), vt.ScaleIntensityRange(-500, 500, -1, 1, clip=True),
-                 vt.SpatialPad((30, 30, 30)), vt.CenterSpatialCrop((20, -1, 25)),
-                 vt.NormalizeIntensity(nonzero=True)],
-        lambda: [mt.Orientation("PIR"), mt.ScaleIntensityRange(-500, 500, -1, 1, clip=True),
-                 mt.SpatialPad((30, 30, 30)), mt.CenterSpatialCrop((20, -1, 25)),
-                 mt.NormalizeIntensity(nonzero=True)]),
-    "resize_only": (lambda: [vt.Orientation("SAL"), vt.Resize((7, 9, 11), mode="nearest")],
-                    lambda: [mt.Orientation("SAL"), mt.Resize((7, 9, 11), mode="nearest")]),
+        lambda: [
+            vt.Orientation("PIR"),
+            vt.ScaleIntensityRange(-500, 500, -1, 1, clip=True),
+            vt.SpatialPad((30, 30, 30)),
+            vt.CenterSpatialCrop((20, -1, 25)),
+            vt.NormalizeIntensity(nonzero=True),
+        ],
+        lambda: [
+            mt.Orientation("PIR"),
+            mt.ScaleIntensityRange(-500, 500, -1, 1, clip=True),
+            mt.SpatialPad((30, 30, 30)),
+            mt.CenterSpatialCrop((20, -1, 25)),
+            mt.NormalizeIntensity(nonzero=True),
+        ],
+    ),
+    "resize_only": (
+        lambda: [vt.Orientation("SAL"), vt.Resize((7, 9, 11), mode="nearest")],
+        lambda: [mt.Orientation("SAL"), mt.Resize((7, 9, 11), mode="nearest")],
+    ),
 }
 
 
@@ -104,8 +135,15 @@ def test_other_formats_through_the_fused_path(tmp_path):
     sitk.WriteImage(img, str(mha), useCompression=True)
     npy = tmp_path / "m3d.npy"
     np.save(npy, rng.random((1, 10, 24, 24), dtype=np.float32))
-    pipe = vt.Compose([vt.Orientation("RAS"), vt.Spacing(1.5), vt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
-                       vt.CropForeground(), vt.Resize((6, 10, 10))])
+    pipe = vt.Compose(
+        [
+            vt.Orientation("RAS"),
+            vt.Spacing(1.5),
+            vt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+            vt.CropForeground(),
+            vt.Resize((6, 10, 10)),
+        ]
+    )
     for p in (mha, npy):
         fused = transform_path(p, pipe)
         py = load_image(p)
@@ -115,8 +153,14 @@ def test_other_formats_through_the_fused_path(tmp_path):
         np.testing.assert_allclose(fused[0], py.data, rtol=0, atol=1e-5)
     # MONAI reads the MetaImage through ITK: same chain, same numbers
     try:
-        ref = mt.Compose([mt.LoadImage(image_only=True, reader="ITKReader"), mt.EnsureChannelFirst(),
-                          *CHAINS["m3d_ct"][1]()[:4], mt.Resize((6, 10, 10), mode="trilinear")])
+        ref = mt.Compose(
+            [
+                mt.LoadImage(image_only=True, reader="ITKReader"),
+                mt.EnsureChannelFirst(),
+                *CHAINS["m3d_ct"][1]()[:4],
+                mt.Resize((6, 10, 10), mode="trilinear"),
+            ]
+        )
         r = ref(str(mha)).numpy()
     except Exception as e:  # itk (MONAI's ITKReader) is not installed
         pytest.skip(f"MONAI ITKReader unavailable: {e}")
@@ -127,8 +171,12 @@ def _mni_t1():
     spec = importlib.util.find_spec("nilearn")
     if spec is None or spec.origin is None:
         pytest.skip("nilearn (its wheel ships the MNI152 templates) is not installed")
-    p = os.path.join(os.path.dirname(spec.origin), "datasets", "data",
-                     "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    p = os.path.join(
+        os.path.dirname(spec.origin),
+        "datasets",
+        "data",
+        "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    )
     if not os.path.exists(p):
         pytest.skip("nilearn's MNI152 T1 template not found")
     return p
@@ -138,15 +186,29 @@ def test_real_mri_template_chain_equals_monai():
     p = _mni_t1()
     # the window clips the background to exactly 0 first: CropForeground's `x > 0` would
     # otherwise see interpolation noise (1e-12) that differs between any two implementations
-    pipe = vt.Compose([vt.Orientation("RAS"), vt.Spacing((3.0, 3.0, 3.0)), vt.ScaleIntensityRange(20, 200, 0, 1, clip=True),
-                       vt.CropForeground(margin=2), vt.ScaleIntensityRangePercentiles(0.5, 99.5, 0, 1, clip=True),
-                       vt.NormalizeIntensity(nonzero=True), vt.ResizeWithPadOrCrop((48, 60, 48))])
-    ref = mt.Compose(monai_load() + [
-        mt.Orientation("RAS"), mt.Spacing((3.0, 3.0, 3.0), mode="bilinear"),
-        mt.ScaleIntensityRange(20, 200, 0, 1, clip=True),
-        mt.CropForeground(select_fn=lambda x: x > 0, margin=2, allow_smaller=True),
-        mt.ScaleIntensityRangePercentiles(0.5, 99.5, 0, 1, clip=True),
-        mt.NormalizeIntensity(nonzero=True), mt.ResizeWithPadOrCrop((48, 60, 48))])(p).numpy()
+    pipe = vt.Compose(
+        [
+            vt.Orientation("RAS"),
+            vt.Spacing((3.0, 3.0, 3.0)),
+            vt.ScaleIntensityRange(20, 200, 0, 1, clip=True),
+            vt.CropForeground(margin=2),
+            vt.ScaleIntensityRangePercentiles(0.5, 99.5, 0, 1, clip=True),
+            vt.NormalizeIntensity(nonzero=True),
+            vt.ResizeWithPadOrCrop((48, 60, 48)),
+        ]
+    )
+    ref = mt.Compose(
+        monai_load()
+        + [
+            mt.Orientation("RAS"),
+            mt.Spacing((3.0, 3.0, 3.0), mode="bilinear"),
+            mt.ScaleIntensityRange(20, 200, 0, 1, clip=True),
+            mt.CropForeground(select_fn=lambda x: x > 0, margin=2, allow_smaller=True),
+            mt.ScaleIntensityRangePercentiles(0.5, 99.5, 0, 1, clip=True),
+            mt.NormalizeIntensity(nonzero=True),
+            mt.ResizeWithPadOrCrop((48, 60, 48)),
+        ]
+    )(p).numpy()
     fused = transform_path(p, pipe)
     assert fused.shape == ref.shape == (1, 48, 60, 48)
     np.testing.assert_allclose(fused, ref, rtol=0, atol=1e-4)
@@ -171,12 +233,20 @@ def test_volume_dataset_workers_and_cache(tmp_path):
     os.utime(paths[0], ns=(1, 1))
     assert ds.cache_path(0) != before
     # and the transform configuration: another window, another key
-    other = VolumeDataset(paths, vt.Compose([vt.Orientation("RAS"), vt.ScaleIntensityRange(0, 1)]),
-                          cache_dir=tmp_path / "cache")
-    assert other.cache_path(1) != VolumeDataset(paths, pipe, cache_dir=tmp_path / "cache").cache_path(1)
+    other = VolumeDataset(
+        paths,
+        vt.Compose([vt.Orientation("RAS"), vt.ScaleIntensityRange(0, 1)]),
+        cache_dir=tmp_path / "cache",
+    )
+    assert other.cache_path(1) != VolumeDataset(
+        paths, pipe, cache_dir=tmp_path / "cache"
+    ).cache_path(1)
     # random transforms run after the cache on every access
-    rnd = VolumeDataset(paths, vt.Compose([*pipe.transforms, vt.RandFlip(prob=1.0, spatial_axis=0, seed=0)]),
-                        cache_dir=tmp_path / "cache2")
+    rnd = VolumeDataset(
+        paths,
+        vt.Compose([*pipe.transforms, vt.RandFlip(prob=1.0, spatial_axis=0, seed=0)]),
+        cache_dir=tmp_path / "cache2",
+    )
     np.testing.assert_array_equal(rnd[1].numpy(), np.flip(fast[1].numpy(), axis=1))
     np.testing.assert_array_equal(rnd[1].numpy(), np.flip(fast[1].numpy(), axis=1))
     assert len(os.listdir(tmp_path / "cache2")) == 1
@@ -184,10 +254,23 @@ def test_volume_dataset_workers_and_cache(tmp_path):
 
 def test_unfused_chain_falls_back_to_python(tmp_path):
     paths = nifti_set(tmp_path, n=2, seed=6)
-    pipe = vt.Compose([vt.Orientation("RAS"), vt.CropForeground(select_fn=lambda x: x > 100), vt.Resize((5, 6, 7))])
+    pipe = vt.Compose(
+        [
+            vt.Orientation("RAS"),
+            vt.CropForeground(select_fn=lambda x: x > 100),
+            vt.Resize((5, 6, 7)),
+        ]
+    )
     assert rust_plan(pipe) is None
     out = load_batch(paths, pipe)
-    ref = mt.Compose(monai_load() + [mt.Orientation("RAS"),
-                                     mt.CropForeground(select_fn=lambda x: x > 100, allow_smaller=True),
-                                     mt.Resize((5, 6, 7), mode="trilinear")])(str(paths[0])).numpy()
-    np.testing.assert_allclose(out[0].numpy(), ref, rtol=1e-5, atol=5e-3)  # float32 over a 2500 HU range
+    ref = mt.Compose(
+        monai_load()
+        + [
+            mt.Orientation("RAS"),
+            mt.CropForeground(select_fn=lambda x: x > 100, allow_smaller=True),
+            mt.Resize((5, 6, 7), mode="trilinear"),
+        ]
+    )(str(paths[0])).numpy()
+    np.testing.assert_allclose(
+        out[0].numpy(), ref, rtol=1e-5, atol=5e-3
+    )  # float32 over a 2500 HU range

@@ -59,8 +59,16 @@ CANNED = [
 ]
 # GREEN.compute_green and GREEN.compute_error_count (sig (a)-(f) + matched) on CANNED
 EXPECTED_SCORE = [0.5, 1.0, 0.5, 0, 0, 0, 1.0, 1.0]
-EXPECTED_COUNTS = [[1, 2, 0, 0, 0, 0, 3], [0, 0, 0, 0, 0, 0, 2], [1, 0, 4, 0, 0, 0, 5], [2, 0, 0, 0, 0, 0, 0],
-                   [0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 4]]
+EXPECTED_COUNTS = [
+    [1, 2, 0, 0, 0, 0, 3],
+    [0, 0, 0, 0, 0, 0, 2],
+    [1, 0, 4, 0, 0, 0, 5],
+    [2, 0, 0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0, 0, 1],
+    [0, 0, 0, 0, 0, 0, 4],
+]
 
 
 def test_parsing_and_formula_on_canned_answers():
@@ -75,7 +83,9 @@ def test_parsing_and_formula_on_canned_answers():
         parse_error_counts("x", "Errors")
     s = scores_from_responses(CANNED)
     assert s["green"] == pytest.approx(sum(EXPECTED_SCORE) / 8) and s["scores"] == EXPECTED_SCORE
-    assert s["accuracy_per_category"][SUB_CATEGORIES[0]] == pytest.approx(5 / 8)  # samples without an (a) error
+    assert s["accuracy_per_category"][SUB_CATEGORIES[0]] == pytest.approx(
+        5 / 8
+    )  # samples without an (a) error
 
 
 def test_prompt_chat_template_and_cleaning():
@@ -83,16 +93,29 @@ def test_prompt_chat_template_and_cleaning():
     from transformers import PreTrainedTokenizerFast
 
     p = make_prompt("word " * 400, "a  b\nc")
-    assert "\n    2. Reference Report:\n    " + " ".join(["word"] * 300) + "\n\n    3. Candidate Report:\n    a b c\n" in p
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, "<unk>")),
-                                  eos_token="</s>")
+    assert (
+        "\n    2. Reference Report:\n    "
+        + " ".join(["word"] * 300)
+        + "\n\n    3. Candidate Report:\n    a b c\n"
+        in p
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, "<unk>")),
+        eos_token="</s>",
+    )
     tok.chat_template = GREEN_CHAT_TEMPLATE
-    ref = tok.apply_chat_template([{"from": "human", "value": p}, {"from": "gpt", "value": ""}], tokenize=False,
-                                  add_generation_prompt=True)
+    ref = tok.apply_chat_template(
+        [{"from": "human", "value": p}, {"from": "gpt", "value": ""}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     assert chat_prompt(p, "</s>") == ref
     # clean_responses: the answer after the last <|assistant|> / its own [Explanation]:
     assert clean_responses("<|user|>\nP<|assistant|>\n[Explanation]: fine</s>") == " fine"
-    assert clean_responses("[Explanation]:\n    <Explanation>\n x [Explanation]: y") == "\n    <Explanation>\n x "
+    assert (
+        clean_responses("[Explanation]:\n    <Explanation>\n x [Explanation]: y")
+        == "\n    <Explanation>\n x "
+    )
 
 
 def _green_reference(model_dir, refs, hyps, max_length):
@@ -104,7 +127,9 @@ def _green_reference(model_dir, refs, hyps, max_length):
         if "[Explanation]:" in response:
             if "<|assistant|>" in response:
                 response = response.split("<|assistant|>")[-1]
-            if ("[Explanation]:\n    <Explanation>\n" or "[Explanation]:\n<Explanation>") in response:
+            if (
+                "[Explanation]:\n    <Explanation>\n" or "[Explanation]:\n<Explanation>"
+            ) in response:
                 response = response.split("[Explanation]:")[1]
             else:
                 response = response.split("[Explanation]:")[-1]
@@ -114,8 +139,12 @@ def _green_reference(model_dir, refs, hyps, max_length):
 
     t = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     # transformers-4 LlamaTokenizerFast(add_eos_token=True).update_post_processor: "<s> $A </s>"
-    t.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", padding_side="left")
+    t.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=t, bos_token="<s>", eos_token="</s>", padding_side="left"
+    )
     tokenizer.chat_template = GREEN_CHAT_TEMPLATE
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.clean_up_tokenization_spaces = True
@@ -123,15 +152,32 @@ def _green_reference(model_dir, refs, hyps, max_length):
     prompts = [make_prompt(r, h) for r, h in zip(refs, hyps)]
     out = []
     for s in range(0, len(prompts), 8):
-        batch = [[{"from": "human", "value": p}, {"from": "gpt", "value": ""}] for p in prompts[s:s + 8]]
-        batch = [tokenizer.apply_chat_template(i, tokenize=False, add_generation_prompt=True) for i in batch]
-        batch = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-        outputs = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                 max_length=max_length, do_sample=False, temperature=None, top_p=None)
+        batch = [
+            [{"from": "human", "value": p}, {"from": "gpt", "value": ""}]
+            for p in prompts[s : s + 8]
+        ]
+        batch = [
+            tokenizer.apply_chat_template(i, tokenize=False, add_generation_prompt=True)
+            for i in batch
+        ]
+        batch = tokenizer(
+            batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
+        outputs = model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            max_length=max_length,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+        )
         # transformers 4 (GREEN's) applied clean_up_tokenization to BPE output too; transformers 5
         # skips it for BPE, so it is applied explicitly with transformers' own function
-        responses = tokenizer.batch_decode(outputs, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        responses = tokenizer.batch_decode(
+            outputs, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
         out += [clean_responses_green(tokenizer.clean_up_tokenization(r)) for r in responses]
     return out
 
@@ -150,30 +196,51 @@ def test_green_end_to_end_equals_greens_transformers_flow(tmp_path):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     corpus = data.references + [make_prompt("a", "b")] * 5
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=700, special_tokens=["<unk>", "<s>", "</s>"]))
+    tok.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=700, special_tokens=["<unk>", "<s>", "</s>"])
+    )
     tok.add_tokens(["<|user|>", "<|assistant|>"])  # plain added tokens: they survive decoding
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     d.mkdir()
     tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>",
-                                                         "add_bos_token": True}))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True})
+    )
     torch.manual_seed(0)
-    HFLlama(HFConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=4096, bos_token_id=1,
-                     eos_token_id=2)).save_pretrained(d)
+    HFLlama(
+        HFConfig(
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=4096,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ).save_pretrained(d)
     refs, hyps = data.references[:3], data.predictions[:3]
-    longest = max(len(tok.encode(chat_prompt(make_prompt(r, h), "</s>")).ids) for r, h in zip(refs, hyps)) + 1
+    longest = (
+        max(len(tok.encode(chat_prompt(make_prompt(r, h), "</s>")).ids) for r, h in zip(refs, hyps))
+        + 1
+    )
     max_length = longest + 12
     got = green(refs, hyps, judge=d, max_length=max_length)
     want = _green_reference(d, refs, hyps, max_length)
     assert got["completions"] == want
     assert got["scores"] == [green_score_of(w) for w in want]
-    assert len(got["significant_errors"]) == 3 and all(len(x) == 6 for x in got["significant_errors"])
+    assert len(got["significant_errors"]) == 3 and all(
+        len(x) == 6 for x in got["significant_errors"]
+    )
     # the loaded judge can be passed as (model, tokenizer)
     from voxlm.llm import LlamaForCausalLM, Tokenizer
 
-    again = green(refs, hyps, judge=(LlamaForCausalLM.from_pretrained(d), Tokenizer.from_pretrained(d)),
-                  max_length=max_length)
+    again = green(
+        refs,
+        hyps,
+        judge=(LlamaForCausalLM.from_pretrained(d), Tokenizer.from_pretrained(d)),
+        max_length=max_length,
+    )
     assert again["completions"] == want
 
 

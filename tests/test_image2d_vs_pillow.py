@@ -61,7 +61,9 @@ def test_png_modes_exact(tmp_path, mode):
     else:
         base = {"1": 1, "L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
         a = rng.integers(0, 255, (13, 17, base)).astype(np.uint8)
-        im = Image.fromarray(a[:, :, 0] if base == 1 else a, {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[base])
+        im = Image.fromarray(
+            a[:, :, 0] if base == 1 else a, {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[base]
+        )
         if mode == "1":
             im = im.convert("1")
     p = tmp_path / "x.png"
@@ -75,7 +77,9 @@ def test_png_modes_exact(tmp_path, mode):
     np.testing.assert_array_equal(v.data, ref.astype(np.float32))
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(SAMPLE, "*.png"))), ids=os.path.basename)
+@pytest.mark.parametrize(
+    "path", sorted(glob.glob(os.path.join(SAMPLE, "*.png"))), ids=os.path.basename
+)
 def test_shipped_png_exact(path):
     np.testing.assert_array_equal(load_image_2d(path), pillow_array(path))
 
@@ -89,8 +93,12 @@ def _jpeg_close(ours, ref):
 @pytest.mark.parametrize("kind", ["L", "444", "420"])
 def test_jpeg_vs_pillow(tmp_path, kind):
     yy, xx = np.mgrid[0:64, 0:80]
-    smooth = np.stack([128 + 100 * np.sin(xx / 9.0), 128 + 90 * np.cos(yy / 7.0), (xx + yy) * 1.5], -1)
-    a = np.clip(smooth + np.random.default_rng(1).normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
+    smooth = np.stack(
+        [128 + 100 * np.sin(xx / 9.0), 128 + 90 * np.cos(yy / 7.0), (xx + yy) * 1.5], -1
+    )
+    a = np.clip(smooth + np.random.default_rng(1).normal(0, 6, smooth.shape), 0, 255).astype(
+        np.uint8
+    )
     im = Image.fromarray(a[:, :, 0], "L") if kind == "L" else Image.fromarray(a)
     p = tmp_path / "x.jpg"
     im.save(p, quality=90, **({} if kind == "L" else {"subsampling": 0 if kind == "444" else 2}))
@@ -102,15 +110,19 @@ def test_shipped_jpeg():
     _jpeg_close(load_image_2d(p), np.asarray(Image.open(p)))
 
 
-@pytest.mark.parametrize("hw,out", [((100, 60), (336, 201)), ((64, 64), (64, 100)), ((90, 64), (45, 64)),
-                                    ((512, 400), (33, 17))])
+@pytest.mark.parametrize(
+    "hw,out",
+    [((100, 60), (336, 201)), ((64, 64), (64, 100)), ((90, 64), (45, 64)), ((512, 400), (33, 17))],
+)
 def test_resize_exact_where_pillow_is_horizontal_first(hw, out):
     a = np.random.default_rng(2).integers(0, 256, (*hw, 3), dtype=np.uint8)
     ref = np.asarray(Image.fromarray(a).resize((out[1], out[0]), Image.BICUBIC))
     np.testing.assert_array_equal(resize_bicubic(a, *out), ref)
     g = a[:, :, 0]
-    np.testing.assert_array_equal(resize_bicubic(g, *out)[:, :, 0],
-                                  np.asarray(Image.fromarray(g).resize((out[1], out[0]), Image.BICUBIC)))
+    np.testing.assert_array_equal(
+        resize_bicubic(g, *out)[:, :, 0],
+        np.asarray(Image.fromarray(g).resize((out[1], out[0]), Image.BICUBIC)),
+    )
 
 
 def test_resize_down_within_one_level():
@@ -126,8 +138,10 @@ def test_resize_down_within_one_level():
 
 def _processor():
     from transformers import CLIPImageProcessor
-    return CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                              do_convert_rgb=True)
+
+    return CLIPImageProcessor(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_convert_rgb=True
+    )
 
 
 @pytest.mark.parametrize("name", ["grace_hopper.jpg", "logo2.png", "Minduka_Present_Blue_Pack.png"])
@@ -184,14 +198,14 @@ def test_corrupt_png_and_jpeg(tmp_path, cut):
     Image.fromarray(noise).save(buf, "PNG")
     p = tmp_path / "x.png"
     b = buf.getvalue()
-    p.write_bytes(b[:cut if isinstance(cut, int) else int(len(b) * cut)])
+    p.write_bytes(b[: cut if isinstance(cut, int) else int(len(b) * cut)])
     with pytest.raises(voxlm.VolumeFormatError, match="x.png"):
         load_image_2d(p)
     buf = io.BytesIO()
     Image.fromarray(noise).save(buf, "JPEG")
     j = tmp_path / "x.jpg"
     b = buf.getvalue()
-    j.write_bytes(b[:cut if isinstance(cut, int) else int(len(b) * cut)])
+    j.write_bytes(b[: cut if isinstance(cut, int) else int(len(b) * cut)])
     with pytest.raises(voxlm.VolumeFormatError, match="x.jpg"):
         load_image_2d(j)
     with pytest.raises(voxlm.VolumeFormatError, match="x.jpg"):

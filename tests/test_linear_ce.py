@@ -21,7 +21,9 @@ def test_equals_torch_cross_entropy(chunk):
     ours.backward()
     gh, gw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
-    ref = torch.nn.functional.cross_entropy((h[:, :-1] @ w.t()).reshape(-1, 50), y[:, 1:].reshape(-1))
+    ref = torch.nn.functional.cross_entropy(
+        (h[:, :-1] @ w.t()).reshape(-1, 50), y[:, 1:].reshape(-1)
+    )
     ref.backward()
     # float64 throughout: only summation order differs
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
@@ -35,7 +37,12 @@ def test_frozen_weight_gets_no_grad_and_scaled_backward():
     y = torch.randint(0, 20, (2, 5))
     (3.0 * linear_cross_entropy(h, w, y, chunk_size=3)).backward()
     ref_h = h.detach().clone().requires_grad_(True)
-    (3.0 * torch.nn.functional.cross_entropy((ref_h[:, :-1] @ w.t()).reshape(-1, 20), y[:, 1:].reshape(-1))).backward()
+    (
+        3.0
+        * torch.nn.functional.cross_entropy(
+            (ref_h[:, :-1] @ w.t()).reshape(-1, 20), y[:, 1:].reshape(-1)
+        )
+    ).backward()
     torch.testing.assert_close(h.grad, ref_h.grad, rtol=1e-5, atol=1e-7)
 
 
@@ -52,8 +59,17 @@ def test_bad_input_named():
 
 def _tiny(tie=False):
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=tie,
+        )
+    )
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -90,7 +106,9 @@ def test_llama_chunked_loss_vs_transformers_peft(tmp_path):
     m = _tiny()
     m.save_pretrained(tmp_path)
     ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32)
-    cfg = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
+    cfg = dict(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0
+    )
     ref = peft.get_peft_model(ref, peft.LoraConfig(**cfg))
     add_lora(m, LoraConfig(**cfg))
     for n, p in m.named_parameters():
@@ -111,7 +129,9 @@ def test_llama_chunked_loss_vs_transformers_peft(tmp_path):
     torch.testing.assert_close(out.loss, r.loss, rtol=1e-5, atol=1e-6)
     for n, p in m.named_parameters():
         if p.requires_grad:
-            torch.testing.assert_close(p.grad, ref_sd["base_model.model." + n].grad, rtol=1e-4, atol=1e-6, msg=n)
+            torch.testing.assert_close(
+                p.grad, ref_sd["base_model.model." + n].grad, rtol=1e-4, atol=1e-6, msg=n
+            )
 
 
 def test_no_grad_computes_no_gradients(monkeypatch):

@@ -22,8 +22,13 @@ CONFIGS = {
         "num_key_value_heads": 1,
         "rope_theta": 500000.0,
         "max_position_embeddings": 131072,
-        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
     },
     "linear_rope": {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
     "tied": {"tie_word_embeddings": True, "num_key_value_heads": 2},
@@ -33,8 +38,16 @@ CONFIGS = {
 
 def make_hf(tmp_path, name, shard=False, **over):
     torch.manual_seed(0)
-    kw = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-              num_attention_heads=4, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+    kw = dict(
+        vocab_size=160,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     kw.update(CONFIGS[name])
     kw.update(over)
     hf = HFLlama(HFConfig(**kw)).eval()
@@ -54,7 +67,9 @@ def make_hf(tmp_path, name, shard=False, **over):
 def test_logits_hidden_states_and_loss_equal(tmp_path, name):
     hf, path = make_hf(tmp_path, name)
     vm = LlamaForCausalLM.from_pretrained(path).eval()
-    assert list(vm.state_dict()) == list(hf.state_dict()) or set(vm.state_dict()) == set(hf.state_dict())
+    assert list(vm.state_dict()) == list(hf.state_dict()) or set(vm.state_dict()) == set(
+        hf.state_dict()
+    )
     ids = torch.randint(0, 160, (2, 11))
     labels = ids.clone()
     labels[:, :3] = -100
@@ -86,7 +101,9 @@ def test_padding_mask_and_inputs_embeds(tmp_path):
     b = vm(ids, attention_mask=mask, position_ids=pos).logits
     torch.testing.assert_close(b[mask.bool()], a[mask.bool()], rtol=0, atol=1e-4)
     emb = hf.model.embed_tokens(ids)
-    torch.testing.assert_close(vm(inputs_embeds=emb).logits, hf(inputs_embeds=emb).logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        vm(inputs_embeds=emb).logits, hf(inputs_embeds=emb).logits, rtol=0, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("name", ["mha", "gqa", "llama3_rope", "tied"])
@@ -135,7 +152,9 @@ def test_beam_search_with_eos(tmp_path):
     ids = torch.randint(3, 160, (1, 5))
     free = vm.generate(ids, max_new_tokens=8, num_beams=2, eos_token_id=[], pad_token_id=0)
     eos = int(free[0, ids.shape[1] + 3])
-    ref = hf.generate(ids, max_new_tokens=8, num_beams=2, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    ref = hf.generate(
+        ids, max_new_tokens=8, num_beams=2, do_sample=False, eos_token_id=eos, pad_token_id=0
+    )
     got = vm.generate(ids, max_new_tokens=8, num_beams=2, eos_token_id=eos, pad_token_id=0)
     assert torch.equal(got, ref)
 
@@ -156,17 +175,33 @@ def test_cpu_decode_kernels_match_libtorch_steps(tmp_path, name):
     kw = dict(attention_mask=mask, max_new_tokens=20, eos_token_id=[], pad_token_id=0)
     fast, slow = vm.generate(ids, **kw), vm.generate(ids, cpu_kernels=False, **kw)
     assert torch.equal(fast, slow)
-    ref = hf.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ref = hf.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=20,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     assert torch.equal(fast, ref)
     kw = dict(max_new_tokens=10, num_beams=3, eos_token_id=[5, 6], pad_token_id=0)
-    assert torch.equal(vm.generate(ids[:, 3:], **kw), vm.generate(ids[:, 3:], cpu_kernels=False, **kw))
+    assert torch.equal(
+        vm.generate(ids[:, 3:], **kw), vm.generate(ids[:, 3:], cpu_kernels=False, **kw)
+    )
 
 
 def test_sampling_reproducible_under_seed(tmp_path):
     _, path = make_hf(tmp_path, "gqa")
     vm = LlamaForCausalLM.from_pretrained(path)
     ids = torch.randint(3, 160, (2, 4))
-    kw = dict(max_new_tokens=10, do_sample=True, temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2)
+    kw = dict(
+        max_new_tokens=10,
+        do_sample=True,
+        temperature=0.8,
+        top_k=20,
+        top_p=0.9,
+        repetition_penalty=1.2,
+    )
     a = vm.generate(ids, seed=7, **kw)
     b = vm.generate(ids, seed=7, **kw)
     c = vm.generate(ids, seed=8, **kw)
@@ -177,23 +212,53 @@ def test_sampling_warpers_match_transformers_processors():
     """top-k / top-p / temperature / repetition penalty: with top_k=1 sampling is greedy on the
     processed scores, so the sampled tokens must equal transformers' under the same settings."""
     torch.manual_seed(0)
-    hf = HFLlama(HFConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, eos_token_id=2)).eval()
-    vm = LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, eos_token_id=2))
+    hf = HFLlama(
+        HFConfig(
+            vocab_size=96,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            eos_token_id=2,
+        )
+    ).eval()
+    vm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=96,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            eos_token_id=2,
+        )
+    )
     vm.load_state_dict(hf.state_dict(), strict=False)
     ids = torch.randint(3, 96, (1, 5))
-    ref = hf.generate(ids, do_sample=True, top_k=1, repetition_penalty=1.5, max_new_tokens=10, pad_token_id=2)
+    ref = hf.generate(
+        ids, do_sample=True, top_k=1, repetition_penalty=1.5, max_new_tokens=10, pad_token_id=2
+    )
     got = vm.generate(ids, do_sample=True, top_k=1, repetition_penalty=1.5, max_new_tokens=10)
     assert torch.equal(got, ref)
 
 
 def test_saved_checkpoint_loads_in_transformers(tmp_path):
-    cfg = LlamaConfig(vocab_size=120, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2,
-                      rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
-                      rope_theta=500000.0, max_position_embeddings=4096)
+    cfg = LlamaConfig(
+        vocab_size=120,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+        rope_theta=500000.0,
+        max_position_embeddings=4096,
+    )
     vm = LlamaForCausalLM(cfg).eval()
     vm.save_pretrained(tmp_path / "a")
     vm.save_pretrained(tmp_path / "b", max_shard_size=30_000)
@@ -223,11 +288,18 @@ def test_dtype_and_training_step(tmp_path):
 
 
 def test_config_parsing_and_refusals(tmp_path):
-    c = LlamaConfig.from_dict({
-        "model_type": "llama", "vocab_size": 10, "hidden_size": 16, "intermediate_size": 32,
-        "num_hidden_layers": 1, "num_attention_heads": 4, "eos_token_id": [2, 3],
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-    })
+    c = LlamaConfig.from_dict(
+        {
+            "model_type": "llama",
+            "vocab_size": 10,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "eos_token_id": [2, 3],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        }
+    )
     assert c.num_key_value_heads == 4 and c.head_dim == 4 and c.eos_token_ids == [2, 3]
     for bad, frag in [
         ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "yarn"),
@@ -236,8 +308,14 @@ def test_config_parsing_and_refusals(tmp_path):
         ({"model_type": "mistral"}, "mistral"),
         ({"vocab_size": -1}, "vocab_size"),
     ]:
-        d = {"vocab_size": 10, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-             "num_attention_heads": 4, **bad}
+        d = {
+            "vocab_size": 10,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            **bad,
+        }
         with pytest.raises(voxlm.ConfigError, match=frag):
             LlamaConfig.from_dict(d)
     (tmp_path / "x").mkdir()
@@ -260,7 +338,9 @@ def test_bad_checkpoints_and_inputs(tmp_path):
         LlamaForCausalLM.from_pretrained(path)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text(json.dumps(cfg))
-    (tmp_path / "bad" / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    (tmp_path / "bad" / "model.safetensors").write_bytes(
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage"
+    )
     with pytest.raises(voxlm.CheckpointError, match="not a valid safetensors"):
         LlamaForCausalLM.from_pretrained(tmp_path / "bad")
     with pytest.raises(voxlm.ConfigError, match=r"token ids must lie in \[0, 159\]"):
@@ -288,7 +368,9 @@ def test_streamer_and_early_stop(tmp_path):
         seen.append(tokens.clone())
         return len(seen) < 3
 
-    out = vm.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=10, eos_token_id=[], streamer=streamer)
+    out = vm.generate(
+        torch.tensor([[5, 6, 7]]), max_new_tokens=10, eos_token_id=[], streamer=streamer
+    )
     assert len(seen) == 3 and out.shape == (1, 6)
 
     def boom(tokens):
@@ -299,15 +381,27 @@ def test_streamer_and_early_stop(tmp_path):
 
 
 def test_state_dict_keys_equal_transformers():
-    cfg = dict(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+    cfg = dict(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
     hf = HFLlama(HFConfig(**cfg))
     vm = LlamaForCausalLM(LlamaConfig(**cfg))
     assert list(vm.state_dict()) == list(hf.state_dict())
 
 
 def test_context_and_prompt_limits(tmp_path):
-    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                      num_attention_heads=4, max_position_embeddings=16)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+    )
     vm = LlamaForCausalLM(cfg)
     with pytest.raises(voxlm.ShapeError, match="context of 16"):
         vm(torch.randint(0, 50, (1, 17)))

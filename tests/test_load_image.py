@@ -69,13 +69,16 @@ def test_corrupt_npy_names_file(tmp_path):
         load_image(p)
 
 
-@pytest.mark.parametrize("head,fmt", [
-    (b"\x00" * 128 + b"DICM" + b"\x00" * 16, "dicom"),
-    (b"ObjectType = Image\nNDims = 3\n", "metaimage"),
-    (b"NDims = 3\n", "metaimage"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 16, "png"),
-    (b"\xff\xd8\xff\xe0" + b"\x00" * 16, "jpeg"),
-])
+@pytest.mark.parametrize(
+    "head,fmt",
+    [
+        (b"\x00" * 128 + b"DICM" + b"\x00" * 16, "dicom"),
+        (b"ObjectType = Image\nNDims = 3\n", "metaimage"),
+        (b"NDims = 3\n", "metaimage"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 16, "png"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 16, "jpeg"),
+    ],
+)
 def test_sniffing(tmp_path, head, fmt):
     p = tmp_path / "file.dat"
     p.write_bytes(head)

@@ -50,9 +50,13 @@ def prototype_ref(bank: PrototypeBank, group_x, cls_labels):
     for i in range(B):
         for n, j in enumerate(cls_labels[i]):
             if j == 0:
-                all_memory.append(torch.cat([bank.neg_sample_memory[n], bank.pos_sample_memory[n]], 0))
+                all_memory.append(
+                    torch.cat([bank.neg_sample_memory[n], bank.pos_sample_memory[n]], 0)
+                )
             else:
-                all_memory.append(torch.cat([bank.pos_sample_memory[n], bank.neg_sample_memory[n]], 0))
+                all_memory.append(
+                    torch.cat([bank.pos_sample_memory[n], bank.neg_sample_memory[n]], 0)
+                )
     all_memory = F.normalize(torch.stack(all_memory, 0), dim=-1)  # B*L, 2, P
     x = F.normalize(bank.proj(group_x.reshape(B * L, -1)).unsqueeze(1), dim=-1)
     sim = torch.matmul(x, all_memory.transpose(-1, -2)).squeeze(1) / bank.temp
@@ -69,10 +73,14 @@ def test_focal_equals_transcription(reduction, gamma):
     target = torch.randint(0, 5, (32,))
     alpha = torch.tensor(PICG_FOCAL_ALPHA)
     got = focal_loss(logits, target, PICG_FOCAL_ALPHA, gamma, reduction)
-    torch.testing.assert_close(got, focal_ref(logits, target, alpha, gamma, reduction), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        got, focal_ref(logits, target, alpha, gamma, reduction), rtol=1e-6, atol=1e-6
+    )
     torch.testing.assert_close(
         focal_loss(logits, target, None, gamma, reduction),
-        focal_ref(logits, target, None, gamma, reduction), rtol=1e-6, atol=1e-6,
+        focal_ref(logits, target, None, gamma, reduction),
+        rtol=1e-6,
+        atol=1e-6,
     )
 
 
@@ -117,7 +125,9 @@ def test_lm_loss_equals_transformers_formula():
     labels = torch.randint(0, 50, (2, 9))
     labels[0, :4] = -100  # prompt
     labels[1, 7:] = -100  # padding
-    torch.testing.assert_close(lm_loss(logits, labels), lm_ref(logits, labels), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        lm_loss(logits, labels), lm_ref(logits, labels), rtol=1e-6, atol=1e-6
+    )
     bf = logits.bfloat16()
     got = lm_loss(bf, labels)
     assert got.dtype == torch.float32
@@ -134,8 +144,14 @@ def test_lm_loss_gradcheck():
 def test_lm_loss_with_llama_for_causal_lm():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 64, (2, 10))
     labels = ids.clone()
@@ -151,7 +167,9 @@ def test_prototype_loss_equals_dia_llama_code():
     bank = PrototypeBank(14, 48, proj_dim=24)
     feats = torch.randn(3, 14, 48)
     labels = torch.randint(0, 2, (3, 14))
-    torch.testing.assert_close(bank.loss(feats, labels), prototype_ref(bank, feats, labels), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        bank.loss(feats, labels), prototype_ref(bank, feats, labels), rtol=1e-6, atol=1e-6
+    )
     names = {n for n, _ in bank.named_parameters()}
     assert names == {"proj.weight", "proj.bias", "pos_sample_memory", "neg_sample_memory", "temp"}
     assert bank.temp.item() == pytest.approx(0.07)
@@ -175,7 +193,14 @@ def test_prototype_gradcheck_and_training_step():
     def f(x, w, b, pos, neg, temp):
         return voxlm._core.prototype_loss(x, labels, w, b, pos, neg, temp)
 
-    params = (feats, bank.proj.weight, bank.proj.bias, bank.pos_sample_memory, bank.neg_sample_memory, bank.temp)
+    params = (
+        feats,
+        bank.proj.weight,
+        bank.proj.bias,
+        bank.pos_sample_memory,
+        bank.neg_sample_memory,
+        bank.temp,
+    )
     assert torch.autograd.gradcheck(f, params)
     bank.zero_grad()
     bank.loss(feats.detach(), labels).backward()

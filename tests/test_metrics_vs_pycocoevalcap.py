@@ -104,7 +104,9 @@ def test_empty_and_non_ascii_strings_are_scored_like_pycocoevalcap():
     hyps = ["le poumon", "肺 野", "no finding"]
     assert_equal_scores(refs, hyps)
     s = report_scores([["x y"]], [""], meteor=False)
-    assert s["BLEU-1"] == pytest.approx(Bleu(4).compute_score({0: ["x y"]}, {0: [""]}, verbose=0)[0][0])
+    assert s["BLEU-1"] == pytest.approx(
+        Bleu(4).compute_score({0: ["x y"]}, {0: [""]}, verbose=0)[0][0]
+    )
 
 
 @pytest.mark.skipif(not java_available(), reason="METEOR 1.5 needs Java")
@@ -114,7 +116,9 @@ def test_meteor_is_pycocoevalcaps_jar():
     d = dia_llama_results()
     refs, hyps = [[r] for r in d.references[:60]], d.predictions[:60]
     s = report_scores(refs, hyps, meteor=True, per_sample=True)
-    ref = Meteor().compute_score({i: r for i, r in enumerate(refs)}, {i: [h] for i, h in enumerate(hyps)})
+    ref = Meteor().compute_score(
+        {i: r for i, r in enumerate(refs)}, {i: [h] for i, h in enumerate(hyps)}
+    )
     assert s["METEOR"] == pytest.approx(ref[0], abs=1e-9)
     np.testing.assert_allclose(s["per_sample"]["METEOR"], ref[1], atol=1e-9)
 

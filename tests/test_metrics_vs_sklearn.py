@@ -42,7 +42,9 @@ def test_classification_equals_sklearn(seed):
     np.testing.assert_allclose(s["recall"], R, atol=TOL)
     np.testing.assert_allclose(s["f1"], F, atol=TOL)
     np.testing.assert_array_equal(s["support"], S)
-    Pm, Rm, Fm, _ = precision_recall_fscore_support(y, p, labels=labels, average="macro", zero_division=0)
+    Pm, Rm, Fm, _ = precision_recall_fscore_support(
+        y, p, labels=labels, average="macro", zero_division=0
+    )
     assert s["precision_macro"] == pytest.approx(Pm, abs=TOL)
     assert s["recall_macro"] == pytest.approx(Rm, abs=TOL)
     assert s["f1_macro"] == pytest.approx(Fm, abs=TOL)
@@ -59,7 +61,9 @@ def test_labels_outside_the_list_count_like_sklearn():
     y = np.array([1, 2, 3, 6, 2])
     p = np.array([1, 6, 3, 2, 2])
     s = classification_scores(y, p, [1, 2, 3])
-    P, R, F, _ = precision_recall_fscore_support(y, p, labels=[1, 2, 3], average=None, zero_division=0)
+    P, R, F, _ = precision_recall_fscore_support(
+        y, p, labels=[1, 2, 3], average=None, zero_division=0
+    )
     np.testing.assert_allclose(s["precision"], P, atol=TOL)
     np.testing.assert_allclose(s["recall"], R, atol=TOL)
     np.testing.assert_allclose(s["f1"], F, atol=TOL)

@@ -29,13 +29,19 @@ def make(**kw):
 def test_peft_names_and_init():
     m = LoraLinear(16, 12, r=4, lora_alpha=8)
     assert set(m.state_dict()) == {
-        "base_layer.weight", "base_layer.bias", "lora_A.weight", "lora_B.weight"
+        "base_layer.weight",
+        "base_layer.bias",
+        "lora_A.weight",
+        "lora_B.weight",
     }
     assert torch.count_nonzero(m.lora_B.weight) == 0
     assert m.scaling == 2.0
     x = torch.randn(3, 16)
     torch.testing.assert_close(m(x), m.base_layer(x))
-    assert [n for n, p in m.named_parameters() if p.requires_grad] == ["lora_A.weight", "lora_B.weight"]
+    assert [n for n, p in m.named_parameters() if p.requires_grad] == [
+        "lora_A.weight",
+        "lora_B.weight",
+    ]
     assert LoraLinear(16, 12, r=4, lora_alpha=8, use_rslora=True).scaling == 4.0
 
 
@@ -112,9 +118,10 @@ def test_no_grad_and_eval():
     torch.manual_seed(1)
     y_train = m(x)
     torch.manual_seed(1)
-    ref = F.linear(x, m.base_layer.weight, m.base_layer.bias) + F.linear(
-        F.linear(F.dropout(x, 0.5, True), m.lora_A.weight), m.lora_B.weight
-    ) * m.scaling
+    ref = (
+        F.linear(x, m.base_layer.weight, m.base_layer.bias)
+        + F.linear(F.linear(F.dropout(x, 0.5, True), m.lora_A.weight), m.lora_B.weight) * m.scaling
+    )
     torch.testing.assert_close(y_train, ref)
 
 

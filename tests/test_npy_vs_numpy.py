@@ -8,7 +8,22 @@ import pytest
 import voxlm
 from voxlm.volume import load_image
 
-DTYPES = ["<f4", ">f4", "<f8", ">f8", "<i2", ">i2", "<u2", "|u1", "|i1", "<i4", ">u4", "<i8", "<u8", "|b1"]
+DTYPES = [
+    "<f4",
+    ">f4",
+    "<f8",
+    ">f8",
+    "<i2",
+    ">i2",
+    "<u2",
+    "|u1",
+    "|i1",
+    "<i4",
+    ">u4",
+    "<i8",
+    "<u8",
+    "|b1",
+]
 
 
 @pytest.mark.parametrize("dt", DTYPES)

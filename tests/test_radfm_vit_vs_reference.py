@@ -79,7 +79,11 @@ class FeedForward(nn.Module):
     def __init__(self, dim, hidden_dim, dropout=0.0):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, dim), nn.Dropout(dropout)
+            nn.Linear(dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, dim),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x):
@@ -92,11 +96,15 @@ class Attention(nn.Module):
         inner_dim = dim_head * heads
         project_out = not (heads == 1 and dim_head == dim)
         self.heads = heads
-        self.scale = dim_head ** -0.5
+        self.scale = dim_head**-0.5
         self.attend = nn.Softmax(dim=-1)
         self.dropout = nn.Dropout(dropout)
         self.to_qkv = nn.Linear(dim, inner_dim * 3, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner_dim, dim), nn.Dropout(dropout)) if project_out else nn.Identity()
+        self.to_out = (
+            nn.Sequential(nn.Linear(inner_dim, dim), nn.Dropout(dropout))
+            if project_out
+            else nn.Identity()
+        )
 
     def forward(self, x):
         qkv = self.to_qkv(x).chunk(3, dim=-1)
@@ -114,10 +122,16 @@ class Transformer(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList([])
         for _ in range(depth):
-            self.layers.append(nn.ModuleList([
-                PreNorm(dim, Attention(dim, heads=heads, dim_head=dim_head, dropout=dropout)),
-                PreNorm(dim, FeedForward(dim, mlp_dim, dropout=dropout)),
-            ]))
+            self.layers.append(
+                nn.ModuleList(
+                    [
+                        PreNorm(
+                            dim, Attention(dim, heads=heads, dim_head=dim_head, dropout=dropout)
+                        ),
+                        PreNorm(dim, FeedForward(dim, mlp_dim, dropout=dropout)),
+                    ]
+                )
+            )
 
     def forward(self, x):
         for attn, ff in self.layers:
@@ -127,8 +141,23 @@ class Transformer(nn.Module):
 
 
 class RefViT(nn.Module):
-    def __init__(self, *, image_size, image_patch_size, frames, frame_patch_size, dim, depth, heads, mlp_dim,
-                 pool="cls", channels=3, dim_head=64, dropout=0.0, emb_dropout=0.0):
+    def __init__(
+        self,
+        *,
+        image_size,
+        image_patch_size,
+        frames,
+        frame_patch_size,
+        dim,
+        depth,
+        heads,
+        mlp_dim,
+        pool="cls",
+        channels=3,
+        dim_head=64,
+        dropout=0.0,
+        emb_dropout=0.0,
+    ):
         super().__init__()
         image_height, image_width = pair(image_size)
         patch_height, patch_width = pair(image_patch_size)
@@ -140,14 +169,22 @@ class RefViT(nn.Module):
         patch_dim = channels * patch_height * patch_width * frame_patch_size
         assert pool in {"cls", "mean"}
         self.to_patch_embedding = nn.Sequential(
-            Rearrange("b c (h p1) (w p2) (f pf) -> b (h w f) (p1 p2 pf c)", p1=patch_height, p2=patch_width,
-                      pf=frame_patch_size),
+            Rearrange(
+                "b c (h p1) (w p2) (f pf) -> b (h w f) (p1 p2 pf c)",
+                p1=patch_height,
+                p2=patch_width,
+                pf=frame_patch_size,
+            ),
             nn.LayerNorm(patch_dim),
             nn.Linear(patch_dim, dim),
             nn.LayerNorm(dim),
         )
-        self.pos_embedding = RefPositionEmbeddingLearned3d(dim // 3, (image_height // patch_height),
-                                                           (image_width // patch_width), (frames // frame_patch_size))
+        self.pos_embedding = RefPositionEmbeddingLearned3d(
+            dim // 3,
+            (image_height // patch_height),
+            (image_width // patch_width),
+            (frames // frame_patch_size),
+        )
         self.dropout = nn.Dropout(emb_dropout)
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
 
@@ -155,7 +192,9 @@ class RefViT(nn.Module):
         B, C, H, W, D = video.shape
         x = self.to_patch_embedding(video)
         b, n, _ = x.shape
-        pos = self.pos_embedding(B, H // self.patch_height, W // self.patch_width, D // self.frame_patch_size, x)
+        pos = self.pos_embedding(
+            B, H // self.patch_height, W // self.patch_width, D // self.frame_patch_size, x
+        )
         x += pos
         x = self.dropout(x)
         x = self.transformer(x)
@@ -166,8 +205,18 @@ class RefViT(nn.Module):
 
 # a miniature of RadFM's configuration (512/32, 512/4, 768, 12 x 8 x 64, mlp 2048): same
 # structure (heads x dim_head != dim, depth axis last, position tables larger than the grid)
-TINY = dict(image_size=64, image_patch_size=8, frames=32, frame_patch_size=4, dim=48, depth=2, heads=4,
-            dim_head=16, mlp_dim=96, channels=3)
+TINY = dict(
+    image_size=64,
+    image_patch_size=8,
+    frames=32,
+    frame_patch_size=4,
+    dim=48,
+    depth=2,
+    heads=4,
+    dim_head=16,
+    mlp_dim=96,
+    channels=3,
+)
 
 
 def _reference(seed: int = 0) -> RefViT:
@@ -187,7 +236,9 @@ def _load_via_file(ref: nn.Module, tmp_path) -> RadFMViT3D:
     f = tmp_path / "radfm.safetensors"
     _core.save_safetensors(sd, str(f))
     loaded = _core.load_safetensors(str(f), None, "cpu")
-    return RadFMViT3D.from_state_dict(loaded, heads=TINY["heads"], image_patch_size=8, frame_patch_size=4).eval()
+    return RadFMViT3D.from_state_dict(
+        loaded, heads=TINY["heads"], image_patch_size=8, frame_patch_size=4
+    ).eval()
 
 
 def test_key_names_are_radfm_keys():
@@ -215,7 +266,11 @@ def test_forward_matches_reference(tmp_path, shape):
     with torch.no_grad():
         want, want_pos = ref(x.clone())
         got, got_pos = ours(x)
-    assert got.shape == want.shape == (2, (shape[0] // 8) * (shape[1] // 8) * (shape[2] // 4), TINY["dim"])
+    assert (
+        got.shape
+        == want.shape
+        == (2, (shape[0] // 8) * (shape[1] // 8) * (shape[2] // 4), TINY["dim"])
+    )
     torch.testing.assert_close(got_pos, want_pos, atol=0, rtol=0)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
 

@@ -32,12 +32,34 @@ from voxlm.recipes.dia_llama import (
     keyword_labeler,
 )
 
-LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-           max_position_embeddings=1024)
-TINY = dict(name="dia_llama", image_size=[8, 32, 32], vision_patch_size=[4, 8, 8], vision_max_size=[16, 64, 64],
-            vision_dim=48, vision_depth=2, vision_heads=4, vision_dim_head=12, vision_mlp_dim=96, perceiver_depth=2,
-            perceiver_heads=2, perceiver_dim_head=16, prototype_dim=32, max_new_tokens=8, do_sample=False,
-            vision_dropout=0.0, vision_emb_dropout=0.0, lora_dropout=0.0)
+LLM = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+)
+TINY = dict(
+    name="dia_llama",
+    image_size=[8, 32, 32],
+    vision_patch_size=[4, 8, 8],
+    vision_max_size=[16, 64, 64],
+    vision_dim=48,
+    vision_depth=2,
+    vision_heads=4,
+    vision_dim_head=12,
+    vision_mlp_dim=96,
+    perceiver_depth=2,
+    perceiver_heads=2,
+    perceiver_dim_head=16,
+    prototype_dim=32,
+    max_new_tokens=8,
+    do_sample=False,
+    vision_dropout=0.0,
+    vision_emb_dropout=0.0,
+    lora_dropout=0.0,
+)
 
 
 def tiny(**kw) -> DiaLlama:
@@ -50,20 +72,46 @@ def items(n: int = 2, seed: int = 0) -> list[dict]:
     res = dia_llama_results()
     out = []
     for i in range(n):
-        out.append({"id": res.ids[i], "image": torch.rand(3, 8, 32, 32, generator=g), "report": res.references[i][:200],
-                    "labels": res.labels[i]})
+        out.append(
+            {
+                "id": res.ids[i],
+                "image": torch.rand(3, 8, 32, 32, generator=g),
+                "report": res.references[i][:200],
+                "labels": res.labels[i],
+            }
+        )
     return out
 
 
 def test_registered_and_released_defaults():
     assert get_recipe("dia_llama") is DiaLlama
     c = DiaLlamaConfig()
-    assert (c.image_size, c.vision_patch_size, c.vision_dim, c.vision_depth, c.vision_heads, c.vision_mlp_dim) == \
-        ([64, 256, 256], [4, 32, 32], 768, 12, 8, 2048)
-    assert (c.num_image_tokens, c.perceiver_depth, c.temperature_init, c.dp_weight) == (32, 6, 0.07, 4.0)
-    assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) == (8, 32, 0.1, ["q_proj", "v_proj"])
-    assert (c.learning_rate, c.lr_scheduler_type, c.warmup_steps, c.gradient_accumulation_steps) == \
-        (5e-5, "constant_with_warmup", 20, 8)
+    assert (
+        c.image_size,
+        c.vision_patch_size,
+        c.vision_dim,
+        c.vision_depth,
+        c.vision_heads,
+        c.vision_mlp_dim,
+    ) == ([64, 256, 256], [4, 32, 32], 768, 12, 8, 2048)
+    assert (c.num_image_tokens, c.perceiver_depth, c.temperature_init, c.dp_weight) == (
+        32,
+        6,
+        0.07,
+        4.0,
+    )
+    assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules) == (
+        8,
+        32,
+        0.1,
+        ["q_proj", "v_proj"],
+    )
+    assert (
+        c.learning_rate,
+        c.lr_scheduler_type,
+        c.warmup_steps,
+        c.gradient_accumulation_steps,
+    ) == (5e-5, "constant_with_warmup", 20, 8)
     assert (c.max_new_tokens, c.top_k, c.loss_weighting) == (300, 50, "released")
     assert c.conditions == list(CHEXBERT_CONDITIONS)
 
@@ -92,7 +140,9 @@ def test_collator_token_layout_and_label_mask():
     for i, it in enumerate(its):
         ids = b["input_ids"][i][b["attention_mask"][i].bool()].tolist()
         assert ids[0] == tok.bos_token_id
-        assert ids[1:35] == [v] + [v + 2 + k for k in range(32)] + [v + 1]  # <image> <image0..31> </image>
+        assert ids[1:35] == [v] + [v + 2 + k for k in range(32)] + [
+            v + 1
+        ]  # <image> <image0..31> </image>
         n_prompt = int((b["labels"][i] == -100).logical_and(b["attention_mask"][i].bool()).sum())
         q = m.prompter.question(np.asarray(it["labels"]).tolist())
         assert tok.decode(ids[35:n_prompt]) == q
@@ -157,9 +207,16 @@ def test_ablation_switches():
     m = tiny(use_prototypes=False)
     assert m.prototypes is None and m.classifier is not None
     out = m.eval()(**b)
-    logits = torch.stack([h(m.disease_features(m.vision_tokens(b["images"]))[:, i])
-                          for i, h in enumerate(m.classifier)], 1)
-    torch.testing.assert_close(out.dp_loss, F.cross_entropy(logits.reshape(-1, 2), b["cls_labels"].reshape(-1)))
+    logits = torch.stack(
+        [
+            h(m.disease_features(m.vision_tokens(b["images"]))[:, i])
+            for i, h in enumerate(m.classifier)
+        ],
+        1,
+    )
+    torch.testing.assert_close(
+        out.dp_loss, F.cross_entropy(logits.reshape(-1, 2), b["cls_labels"].reshape(-1))
+    )
     m = tiny(use_disease_attention=False).eval()
     feats = m.disease_features(torch.randn(2, m.num_vision_tokens, 48))
     assert torch.allclose(feats[:, 0], feats[:, 5])
@@ -189,7 +246,7 @@ def test_generate_uses_predicted_then_given_labels():
     g2 = m.generate(imgs, labels=given, return_dict=True)
     assert all('The "cardiomegaly" is positive.' in q for q in g2.prompts)
     # batched generation equals one-by-one generation (left padding is exact)
-    singles = [m.generate(imgs[i:i + 1], labels=given[i:i + 1])[0] for i in range(3)]
+    singles = [m.generate(imgs[i : i + 1], labels=given[i : i + 1])[0] for i in range(3)]
     assert m.generate(imgs, labels=given) == singles
 
 
@@ -220,8 +277,17 @@ def test_save_reload_identical(tmp_path):
     want = m.generate(imgs, return_dict=True)
     m.save_pretrained(tmp_path / "model")
     files = sorted(p.name for p in (tmp_path / "model").iterdir())
-    assert {"config.json", "vision.safetensors", "perceiver.safetensors", "projector.safetensors",
-            "disease.safetensors", "prototype.safetensors", "adapter", "tokenizer", "llm"} <= set(files)
+    assert {
+        "config.json",
+        "vision.safetensors",
+        "perceiver.safetensors",
+        "projector.safetensors",
+        "disease.safetensors",
+        "prototype.safetensors",
+        "adapter",
+        "tokenizer",
+        "llm",
+    } <= set(files)
     cfg = json.loads((tmp_path / "model" / "config.json").read_text())
     assert cfg["recipe"] == "dia_llama"
     adapter = json.loads((tmp_path / "model" / "adapter" / "adapter_config.json").read_text())
@@ -265,7 +331,9 @@ def test_evaluate_writes_files(tmp_path):
     assert saved["n"] == 3 and saved["BLEU-1"] == pytest.approx(res["BLEU-1"])
     rows = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))
     assert len(rows) == 3 and rows[0]["id"] == dia_llama_results().ids[0]
-    assert np.array_equal(parse_diagnostic_prompt(rows[0]["prompt"]), json.loads(rows[0]["predicted_labels"]))
+    assert np.array_equal(
+        parse_diagnostic_prompt(rows[0]["prompt"]), json.loads(rows[0]["predicted_labels"])
+    )
     # a labeler callable is used for both sides
     seen = []
 
@@ -279,9 +347,11 @@ def test_evaluate_writes_files(tmp_path):
 
 
 def test_keyword_labeler():
-    reports = ["The heart is enlarged. No pleural effusion is seen.",
-               "A solid nodule is seen in the right upper lobe, about 5mm. No pneumothorax.",
-               "Thorax is symmetrical. No abnormality."]
+    reports = [
+        "The heart is enlarged. No pleural effusion is seen.",
+        "A solid nodule is seen in the right upper lobe, about 5mm. No pneumothorax.",
+        "Thorax is symmetrical. No abnormality.",
+    ]
     codes = keyword_labeler(reports)
     idx = {c: i for i, c in enumerate(CHEXBERT_CONDITIONS)}
     assert codes[0, idx["cardiomegaly"]] == 1 and codes[0, idx["pleural effusion"]] == 2
@@ -338,8 +408,15 @@ def test_bad_input():
     with pytest.raises(ConfigError, match="unknown setting"):
         m.generate(torch.rand(1, 3, 8, 32, 32), max_tokens=3)
     # generation settings of the wrong type are named at construction
-    for field, bad in (("num_beams", "two"), ("num_beams", 0), ("max_new_tokens", 1.5), ("temperature", "hot"),
-                       ("top_k", -1), ("do_sample", "yes"), ("seed", "s")):
+    for field, bad in (
+        ("num_beams", "two"),
+        ("num_beams", 0),
+        ("max_new_tokens", 1.5),
+        ("temperature", "hot"),
+        ("top_k", -1),
+        ("do_sample", "yes"),
+        ("seed", "s"),
+    ):
         with pytest.raises(ConfigError, match=rf"recipe\.{field}.*{bad!r}"):
             DiaLlamaConfig.from_dict({**TINY, field: bad})
     with pytest.raises(ConfigError, match="model.tokenizer: expected a path"):
@@ -349,8 +426,10 @@ def test_bad_input():
 def test_synth_section_is_checked_and_ensure_reuses_a_matching_set(tmp_path):
     m = tiny()
     root = tmp_path / "ct"
-    for synth, what in (({"kind": "chest-ct"}, r"missing key\(s\) \['n'\]"),
-                        ({"kind": "chest-ct", "n": 2, "sed": 1}, r"unknown key\(s\) \['sed'\]")):
+    for synth, what in (
+        ({"kind": "chest-ct"}, r"missing key\(s\) \['n'\]"),
+        ({"kind": "chest-ct", "n": 2, "sed": 1}, r"unknown key\(s\) \['sed'\]"),
+    ):
         with pytest.raises(ConfigError, match=what):
             m.datasets({"format": "ctrg-chest", "root": str(root), "synth": synth})
     assert not root.exists()
@@ -359,8 +438,12 @@ def test_synth_section_is_checked_and_ensure_reuses_a_matching_set(tmp_path):
     train, _ = m.datasets(d)
     assert (root / "synth.json").is_file() and len(train) >= 1
     again, _ = m.datasets(d)  # root exists: ensure checks it holds the same set and reuses it
-    assert [again[i]["id"] for i in range(len(again))] == [train[i]["id"] for i in range(len(train))]
-    with pytest.raises(ConfigError, match="different synthetic dataset"):  # no longer silently skipped
+    assert [again[i]["id"] for i in range(len(again))] == [
+        train[i]["id"] for i in range(len(train))
+    ]
+    with pytest.raises(
+        ConfigError, match="different synthetic dataset"
+    ):  # no longer silently skipped
         m.datasets({**d, "synth": {**spec, "seed": 2}})
 
 
@@ -413,13 +496,23 @@ def test_cli_train_and_evaluate_tiny_config(tmp_path):
     f.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(root / "python")}
     run = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "voxlm", "train", str(f), "--output-dir", str(run)], env=env,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "voxlm", "train", str(f), "--output-dir", str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads((run / "model" / "config.json").read_text())["recipe"] == "dia_llama"
     assert (run / "finetune" / "metrics.csv").is_file()
-    p = subprocess.run([sys.executable, "-m", "voxlm", "evaluate", str(run)], env=env, capture_output=True,
-                       text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "voxlm", "evaluate", str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     ev = json.loads((run / "eval" / "eval.json").read_text())
     assert ev["n"] >= 1 and "BLEU-4" in ev and "clinical_efficacy" in ev
@@ -447,13 +540,17 @@ def _ref_modules():
 
     def FeedForward(dim, mult=4):
         inner_dim = int(dim * mult)
-        return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner_dim, bias=False), nn.GELU(),
-                             nn.Linear(inner_dim, dim, bias=False))
+        return nn.Sequential(
+            nn.LayerNorm(dim),
+            nn.Linear(dim, inner_dim, bias=False),
+            nn.GELU(),
+            nn.Linear(inner_dim, dim, bias=False),
+        )
 
     class PerceiverAttention(nn.Module):
         def __init__(self, *, dim, dim_head=64, heads=8):
             super().__init__()
-            self.scale = dim_head ** -0.5
+            self.scale = dim_head**-0.5
             self.heads = heads
             inner_dim = dim_head * heads
             self.norm_media = nn.LayerNorm(dim)
@@ -479,16 +576,36 @@ def _ref_modules():
             return self.to_out(out)
 
     class PerceiverResampler(nn.Module):
-        def __init__(self, *, dim, depth=6, dim_head=64, heads=8, num_latents=64, max_num_media=None,
-                     max_num_frames=None, ff_mult=4):
+        def __init__(
+            self,
+            *,
+            dim,
+            depth=6,
+            dim_head=64,
+            heads=8,
+            num_latents=64,
+            max_num_media=None,
+            max_num_frames=None,
+            ff_mult=4,
+        ):
             super().__init__()
             self.latents = nn.Parameter(torch.randn(num_latents, dim))
-            self.frame_embs = nn.Parameter(torch.randn(max_num_frames, dim)) if exists(max_num_frames) else None
-            self.media_time_embs = nn.Parameter(torch.randn(max_num_media, 1, dim)) if exists(max_num_media) else None
+            self.frame_embs = (
+                nn.Parameter(torch.randn(max_num_frames, dim)) if exists(max_num_frames) else None
+            )
+            self.media_time_embs = (
+                nn.Parameter(torch.randn(max_num_media, 1, dim)) if exists(max_num_media) else None
+            )
             self.layers = nn.ModuleList([])
             for _ in range(depth):
-                self.layers.append(nn.ModuleList([PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads),
-                                                  FeedForward(dim=dim, mult=ff_mult)]))
+                self.layers.append(
+                    nn.ModuleList(
+                        [
+                            PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads),
+                            FeedForward(dim=dim, mult=ff_mult),
+                        ]
+                    )
+                )
             self.norm = nn.LayerNorm(dim)
 
         def forward(self, x):
@@ -506,17 +623,32 @@ def _ref_modules():
             return self.norm(latents)
 
     class MyEmbedding(nn.Module):
-        def __init__(self, vit, n_tokens, num_embeddings, embedding_dim, perceiver_num=32, vis_dim=768,
-                     proj_dim=768, perceiver_kw=None):
+        def __init__(
+            self,
+            vit,
+            n_tokens,
+            num_embeddings,
+            embedding_dim,
+            perceiver_num=32,
+            vis_dim=768,
+            proj_dim=768,
+            perceiver_kw=None,
+        ):
             super().__init__()
             self.n_tokens = n_tokens
             self.num_embeddings = num_embeddings
             self.embedding_dim = embedding_dim
-            self.weight = nn.Parameter(torch.torch.randn((num_embeddings, embedding_dim)), requires_grad=True)
-            self.figure_token_weight = nn.Parameter(torch.randn((2, embedding_dim)), requires_grad=True)
+            self.weight = nn.Parameter(
+                torch.torch.randn((num_embeddings, embedding_dim)), requires_grad=True
+            )
+            self.figure_token_weight = nn.Parameter(
+                torch.randn((2, embedding_dim)), requires_grad=True
+            )
             self.vision_encoder = vit
             self.vis_dim = vis_dim
-            self.perceiver = PerceiverResampler(dim=self.vis_dim, num_latents=perceiver_num, **(perceiver_kw or {}))
+            self.perceiver = PerceiverResampler(
+                dim=self.vis_dim, num_latents=perceiver_num, **(perceiver_kw or {})
+            )
             self.fc = nn.Linear(self.vis_dim, self.embedding_dim)
             self.prototype = nn.Parameter(torch.randn((14, n_tokens)), requires_grad=True)
             self.group_cls_head = nn.ModuleList([nn.Linear(self.vis_dim, 2) for _ in range(14)])
@@ -525,7 +657,9 @@ def _ref_modules():
             self.neg_sample_memory = nn.Parameter(torch.randn(14, 1, proj_dim))
             self.temp = nn.Parameter(0.07 * torch.ones([]))
 
-        def forward(self, vision_x, cls_labels=None, text_input=None, key_words_query=None, mode=None):
+        def forward(
+            self, vision_x, cls_labels=None, text_input=None, key_words_query=None, mode=None
+        ):
             B, S, C, H, W, D = vision_x.shape
             vision_x = rearrange(vision_x, "b S c h w d-> (b S) c h w d")
             vision_x, pos_embedding = self.vision_encoder(vision_x)
@@ -560,7 +694,9 @@ def _ref_modules():
                 group_vision_x = self.proj(group_vision_x)
                 group_vision_x = group_vision_x.unsqueeze(1)
                 current_sample_feats = F.normalize(group_vision_x, dim=-1)
-                sim = torch.matmul(current_sample_feats, all_memory_samples_feats.transpose(-1, -2)).squeeze(1)
+                sim = torch.matmul(
+                    current_sample_feats, all_memory_samples_feats.transpose(-1, -2)
+                ).squeeze(1)
                 sim = sim / self.temp
             elif mode == "cls":
                 group_vision_x = group_vision_x.sum(dim=1)
@@ -573,8 +709,12 @@ def _ref_modules():
                     memory_samples = torch.cat(memory_samples, dim=0)
                     memory_samples = memory_samples.unsqueeze(0).repeat(B, 1, 1)
                     memory_samples_feats = F.normalize(memory_samples, dim=-1)
-                    current_sample_feats = F.normalize(self.proj(current_sample).unsqueeze(1), dim=-1)
-                    sim = torch.matmul(current_sample_feats, memory_samples_feats.transpose(-1, -2)).squeeze(1)
+                    current_sample_feats = F.normalize(
+                        self.proj(current_sample).unsqueeze(1), dim=-1
+                    )
+                    sim = torch.matmul(
+                        current_sample_feats, memory_samples_feats.transpose(-1, -2)
+                    ).squeeze(1)
                     all_sim.append(sim)
                 all_sim = torch.stack(all_sim, dim=1)
                 return all_sim
@@ -587,7 +727,11 @@ def _ref_modules():
             embedding_weight = torch.cat([self.weight, self.figure_token_weight], dim=0)
             embedding_weight = embedding_weight.unsqueeze(0).repeat(B, 1, 1)
             embedding_weight = torch.cat([embedding_weight, vision_x], dim=1)
-            text_input = F.one_hot(text_input, embedding_weight.shape[1]).to(vision_x.dtype).to(vision_x.device)
+            text_input = (
+                F.one_hot(text_input, embedding_weight.shape[1])
+                .to(vision_x.dtype)
+                .to(vision_x.device)
+            )
             out_put = torch.matmul(text_input, embedding_weight)
             if mode == "train":
                 return out_put, sim
@@ -601,10 +745,23 @@ def _ref_modules():
             self.embedding_layer = embedding_layer
             self.embedding_layer.weight = self.lang_model.get_input_embeddings().weight
 
-        def forward(self, lang_x, vision_x, cls_labels, attention_mask, labels, loss_reweight, key_words_query):
+        def forward(
+            self,
+            lang_x,
+            vision_x,
+            cls_labels,
+            attention_mask,
+            labels,
+            loss_reweight,
+            key_words_query,
+        ):
             B = vision_x.shape[0]
-            input_embedding, sim = self.embedding_layer(vision_x, cls_labels, lang_x, key_words_query, mode="train")
-            output = self.lang_model(inputs_embeds=input_embedding, attention_mask=attention_mask, labels=labels)
+            input_embedding, sim = self.embedding_layer(
+                vision_x, cls_labels, lang_x, key_words_query, mode="train"
+            )
+            output = self.lang_model(
+                inputs_embeds=input_embedding, attention_mask=attention_mask, labels=labels
+            )
             targets = torch.zeros(B * 14).to(sim.device)
             ctr_loss = F.cross_entropy(sim, targets.long())
             return dict(loss=output["loss"] + ctr_loss * 4)
@@ -628,12 +785,34 @@ def test_whole_model_vs_released_transcription(tmp_path):
     c = m.config
     torch.manual_seed(7)
     hf_cfg = transformers.LlamaConfig(vocab_size=1024, **LLM, tie_word_embeddings=False)
-    lang = get_peft_model(transformers.LlamaForCausalLM(hf_cfg), LoraConfig(task_type="CAUSAL_LM", inference_mode=False,
-                                                                            r=8, lora_alpha=32, lora_dropout=0.1))
-    vit = RefViT(image_size=64, image_patch_size=8, frames=16, frame_patch_size=4, dim=48, depth=2, heads=4,
-                 mlp_dim=96, channels=3, dim_head=12)
-    emb = MyEmbedding(vit, m.num_vision_tokens, 1024, LLM["hidden_size"], perceiver_num=32, vis_dim=48, proj_dim=32,
-                      perceiver_kw=dict(depth=2, heads=2, dim_head=16))
+    lang = get_peft_model(
+        transformers.LlamaForCausalLM(hf_cfg),
+        LoraConfig(
+            task_type="CAUSAL_LM", inference_mode=False, r=8, lora_alpha=32, lora_dropout=0.1
+        ),
+    )
+    vit = RefViT(
+        image_size=64,
+        image_patch_size=8,
+        frames=16,
+        frame_patch_size=4,
+        dim=48,
+        depth=2,
+        heads=4,
+        mlp_dim=96,
+        channels=3,
+        dim_head=12,
+    )
+    emb = MyEmbedding(
+        vit,
+        m.num_vision_tokens,
+        1024,
+        LLM["hidden_size"],
+        perceiver_num=32,
+        vis_dim=48,
+        proj_dim=32,
+        perceiver_kw=dict(depth=2, heads=2, dim_head=16),
+    )
     ref = MultiLLaMAForCausalLM(lang, emb)
     with torch.no_grad():
         for n, p in ref.named_parameters():
@@ -647,7 +826,9 @@ def test_whole_model_vs_released_transcription(tmp_path):
     b = m.collator()(items(2))
     vision_x = b["images"].permute(0, 1, 3, 4, 2)[:, None]  # [B, S=1, C, H, W, D]
     with torch.no_grad():
-        want = ref(b["input_ids"], vision_x, b["cls_labels"], b["attention_mask"], b["labels"], None, None)["loss"]
+        want = ref(
+            b["input_ids"], vision_x, b["cls_labels"], b["attention_mask"], b["labels"], None, None
+        )["loss"]
         got = m(**b).loss
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         all_sim = emb(vision_x=vision_x, mode="cls")
@@ -662,10 +843,16 @@ def test_whole_model_vs_released_transcription(tmp_path):
     for i in range(2):
         ids = torch.tensor([m.prompter.prompt_ids(m.prompter.question(released[i].tolist()))])
         with torch.no_grad():
-            emb_in = emb(vision_x=vision_x[i:i + 1], text_input=ids)
-            hf = ref.lang_model.generate(inputs_embeds=emb_in, attention_mask=torch.ones_like(ids), max_new_tokens=8,
-                                         do_sample=False, eos_token_id=m.prompter.eos, pad_token_id=m.prompter.pad)
-        ours = m.generate(b["images"][i:i + 1], return_dict=True, max_new_tokens=8).tokens
+            emb_in = emb(vision_x=vision_x[i : i + 1], text_input=ids)
+            hf = ref.lang_model.generate(
+                inputs_embeds=emb_in,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=8,
+                do_sample=False,
+                eos_token_id=m.prompter.eos,
+                pad_token_id=m.prompter.pad,
+            )
+        ours = m.generate(b["images"][i : i + 1], return_dict=True, max_new_tokens=8).tokens
         assert ours[0, : hf.shape[1]].tolist() == hf[0].tolist()
 
 
@@ -686,11 +873,26 @@ def test_radfm_weights_load_into_the_recipe(tmp_path):
     from .test_radfm_vit_vs_reference import RefViT
 
     torch.manual_seed(3)
-    ref = RefViT(image_size=64, image_patch_size=8, frames=16, frame_patch_size=4, dim=48, depth=2, heads=4,
-                 mlp_dim=96, channels=3, dim_head=12).eval()
+    ref = RefViT(
+        image_size=64,
+        image_patch_size=8,
+        frames=16,
+        frame_patch_size=4,
+        dim=48,
+        depth=2,
+        heads=4,
+        mlp_dim=96,
+        channels=3,
+        dim_head=12,
+    ).eval()
     donor = tiny()
     sd = {f"embedding_layer.vision_encoder.{k}": v for k, v in ref.state_dict().items()}
-    sd.update({f"embedding_layer.perceiver.{k}": torch.randn_like(v) for k, v in donor.perceiver.state_dict().items()})
+    sd.update(
+        {
+            f"embedding_layer.perceiver.{k}": torch.randn_like(v)
+            for k, v in donor.perceiver.state_dict().items()
+        }
+    )
     sd["embedding_layer.fc.weight"] = torch.zeros(5120, 48)
     sd["embedding_layer.fc.bias"] = torch.zeros(5120)
     torch.save(sd, tmp_path / "radfm.bin")

@@ -39,8 +39,10 @@ PIL = pytest.importorskip("PIL.Image")
 
 
 class _Conv:
-    system = ("A chat between a curious user and an artificial intelligence assistant. "
-              "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+    system = (
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions."
+    )
     roles = ("USER", "ASSISTANT")
     sep, sep2 = " ", "</s>"
 
@@ -76,9 +78,18 @@ def _clip_processor(size):
     # by one grey level in ~0.2 % of pixels)
     cls = getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor)
     return cls(
-        do_resize=True, size={"shortest_edge": size}, resample=3, do_center_crop=True,
-        crop_size={"height": size, "width": size}, do_rescale=True, rescale_factor=1 / 255,
-        do_normalize=True, image_mean=list(L.CLIP_MEAN), image_std=list(L.CLIP_STD), do_convert_rgb=True)
+        do_resize=True,
+        size={"shortest_edge": size},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": size, "width": size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(L.CLIP_MEAN),
+        image_std=list(L.CLIP_STD),
+        do_convert_rgb=True,
+    )
 
 
 @pytest.mark.parametrize("hw", [(90, 200), (210, 70), (64, 64)])
@@ -123,8 +134,14 @@ def test_study_stitch_and_channel_check(tmp_path):
 
 
 def _hf_clip(tmp_path, seed=0):
-    cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                        num_attention_heads=2, image_size=56, patch_size=14)
+    cfg = transformers.CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=56,
+        patch_size=14,
+    )
     torch.manual_seed(seed)
     ref = transformers.CLIPVisionModel(cfg).eval()
     ref.save_pretrained(tmp_path / "clip")
@@ -133,9 +150,19 @@ def _hf_clip(tmp_path, seed=0):
 
 def _model(tmp_path, **recipe):
     _hf_clip(tmp_path)
-    model = {"llm": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
-             "tokenizer": "bundled:ctrg-bpe", "vision": str(tmp_path / "clip")}
-    return L.LlavaRRG.from_config({"name": "llava_rrg", "lora_r": 4, "lora_alpha": 8, **recipe}, model)
+    model = {
+        "llm": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        },
+        "tokenizer": "bundled:ctrg-bpe",
+        "vision": str(tmp_path / "clip"),
+    }
+    return L.LlavaRRG.from_config(
+        {"name": "llava_rrg", "lora_r": 4, "lora_alpha": 8, **recipe}, model
+    )
 
 
 def test_vision_features_and_projector_vs_llava(tmp_path):
@@ -150,13 +177,22 @@ def test_vision_features_and_projector_vs_llava(tmp_path):
     # builder.py mlp2x_gelu, loaded from LLaVA's mm_projector.bin key names
     torch.manual_seed(3)
     proj = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 64))
-    torch.save({f"model.mm_projector.{k}": v for k, v in proj.state_dict().items()}, tmp_path / "mm_projector.bin")
+    torch.save(
+        {f"model.mm_projector.{k}": v for k, v in proj.state_dict().items()},
+        tmp_path / "mm_projector.bin",
+    )
     m.load_projector(tmp_path / "mm_projector.bin")
     with torch.no_grad():
         torch.testing.assert_close(m.project(want), proj(want), atol=1e-5, rtol=1e-5)
     with pytest.raises(CheckpointError, match=r"mm_projector\.0\.weight: shape \(64, 16\)"):
-        m.load_projector({"model.mm_projector.0.weight": torch.zeros(64, 16), "model.mm_projector.0.bias": torch.zeros(64),
-                          "model.mm_projector.2.weight": torch.zeros(64, 64), "model.mm_projector.2.bias": torch.zeros(64)})
+        m.load_projector(
+            {
+                "model.mm_projector.0.weight": torch.zeros(64, 16),
+                "model.mm_projector.0.bias": torch.zeros(64),
+                "model.mm_projector.2.weight": torch.zeros(64, 64),
+                "model.mm_projector.2.bias": torch.zeros(64),
+            }
+        )
 
 
 def test_labels_and_image_positions(tmp_path):
@@ -168,24 +204,39 @@ def test_labels_and_image_positions(tmp_path):
     prompt = L.vicuna_v1_prompt(m.question("findings"))
     pre, post = prompt.split("<image>")
     start = 1 + len(tok.encode(pre, add_special_tokens=False))
-    assert img[start:start + 16] == [True] * 16 and not any(img[:start])
+    assert img[start : start + 16] == [True] * 16 and not any(img[:start])
     n_ans = len(tok.encode(" No effusion.", add_special_tokens=False)) + 1
-    assert all(v == -100 for v in lab[:-n_ans]) and lab[-n_ans:] == ids[-n_ans:] and ids[-1] == tok.eos_token_id
+    assert (
+        all(v == -100 for v in lab[:-n_ans])
+        and lab[-n_ans:] == ids[-n_ans:]
+        and ids[-1] == tok.eos_token_id
+    )
+
     def norm(t):  # the bundled CT-report BPE drops apostrophes and newlines
         return re.sub(r"[^0-9A-Za-z:.,]", "", t)
 
-    assert norm(tok.decode([i for i, k in zip(ids, img) if not k])) == norm(prompt.replace("<image>", "") + " No effusion.")
+    assert norm(tok.decode([i for i, k in zip(ids, img) if not k])) == norm(
+        prompt.replace("<image>", "") + " No effusion."
+    )
     # stage 1: LLaVA's plain template, <image> + report + "\n", no EOS
     p = m.encode("No effusion.", "findings", "align")
     assert p["input_ids"][0] == tok.bos_token_id and sum(p["image_mask"]) == 16
-    assert p["labels"][:17] == [-100] * 17 and tok.decode(p["input_ids"][17:]).strip() == "No effusion."
+    assert (
+        p["labels"][:17] == [-100] * 17
+        and tok.decode(p["input_ids"][17:]).strip() == "No effusion."
+    )
 
 
 def test_stage_trainables_and_adapter_switch(tmp_path):
     m = _model(tmp_path)
     m.set_stage("align")
     names = {n for n, p in m.named_parameters() if p.requires_grad}
-    assert names == {"mm_projector.0.weight", "mm_projector.0.bias", "mm_projector.2.weight", "mm_projector.2.bias"}
+    assert names == {
+        "mm_projector.0.weight",
+        "mm_projector.0.bias",
+        "mm_projector.2.weight",
+        "mm_projector.2.bias",
+    }
     m.set_stage("report", "impression")
     names = {n for n, p in m.named_parameters() if p.requires_grad}
     assert names and all(".lora_A.impression." in n or ".lora_B.impression." in n for n in names)
@@ -194,7 +245,9 @@ def test_stage_trainables_and_adapter_switch(tmp_path):
         for n, p in m.llm.named_parameters():
             if ".lora_B." in n:
                 p.normal_(0, 0.5)
-    b = m.collator()([{"id": "x", "pixel_values": torch.randn(3, 56, 56), "findings": "a", "impression": "b"}])
+    b = m.collator()(
+        [{"id": "x", "pixel_values": torch.randn(3, 56, 56), "findings": "a", "impression": "b"}]
+    )
     from voxlm.adapters import set_adapter
 
     m.eval()  # no LoRA dropout
@@ -212,7 +265,11 @@ def test_stage_trainables_and_adapter_switch(tmp_path):
 def _tiny(tmp_path):
     import yaml
 
-    cfg = yaml.safe_load((pathlib.Path(__file__).resolve().parents[1] / "configs" / "llava_rrg-tiny.yaml").read_text())
+    cfg = yaml.safe_load(
+        (
+            pathlib.Path(__file__).resolve().parents[1] / "configs" / "llava_rrg-tiny.yaml"
+        ).read_text()
+    )
     cfg["data"]["root"] = str(tmp_path / "data")
     cfg["train"]["output_dir"] = str(tmp_path / "run")
     return cfg
@@ -227,12 +284,23 @@ def test_end_to_end_tiny(tmp_path, monkeypatch):
     train, ev = model.datasets(cfg["data"])
     assert len(train) > 0 and ev is not None
     p0 = model.mm_projector[0].weight.detach().clone()
-    out = run_stages(model, model.stages(TrainingArguments.from_dict(cfg["train"]).replace(max_steps=2)), train, ev,
-                     data_collator=model.collator())
+    out = run_stages(
+        model,
+        model.stages(TrainingArguments.from_dict(cfg["train"]).replace(max_steps=2)),
+        train,
+        ev,
+        data_collator=model.collator(),
+    )
     assert list(out) == ["stage1_projector", "stage2_findings", "stage2_impression"]
     assert not torch.equal(p0, model.mm_projector[0].weight)
-    lb = {s: sum(float(p.detach().abs().sum()) for n, p in model.llm.named_parameters() if f".lora_B.{s}." in n)
-          for s in ("findings", "impression")}
+    lb = {
+        s: sum(
+            float(p.detach().abs().sum())
+            for n, p in model.llm.named_parameters()
+            if f".lora_B.{s}." in n
+        )
+        for s in ("findings", "impression")
+    }
     assert lb["findings"] > 0 and lb["impression"] > 0
 
     def n_words(refs, hyps):  # a scorer callable (as BERTScore / F1-RadGraph would be passed)
@@ -242,11 +310,14 @@ def test_end_to_end_tiny(tmp_path, monkeypatch):
     assert {"BLEU-4", "ROUGE-L", "length", "n"} <= set(res["findings"])
     assert json.loads((tmp_path / "eval" / "eval.json").read_text()) == res
     # eval.json says what was computed and which of RRG24's metrics were not (no scorer for them)
-    assert res["metrics"] == {"computed": ["BLEU-4", "ROUGE-L", "length"],
-                              "not_computed": ["BERTScore", "F1-CheXbert", "F1-RadGraph"]}
+    assert res["metrics"] == {
+        "computed": ["BLEU-4", "ROUGE-L", "length"],
+        "not_computed": ["BERTScore", "F1-CheXbert", "F1-RadGraph"],
+    }
     # scorers by import path in the recipe config (how the CLI gets them)
     (tmp_path / "word_count.py").write_text(
-        "def mean_words(refs, hyps):\n    return sum(len(h.split()) for h in hyps) / len(hyps)\n")
+        "def mean_words(refs, hyps):\n    return sum(len(h.split()) for h in hyps) / len(hyps)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     model.cfg.scorers = ["word_count:mean_words"]
     res2 = model.evaluate(ev)
@@ -257,13 +328,18 @@ def test_end_to_end_tiny(tmp_path, monkeypatch):
         model.evaluate(ev)
     model.cfg.scorers = []
     # one split through the per-split builder (the CLI's --split test path)
-    assert [r["id"] for r in model.dataset(cfg["data"], "validation").records] == [r["id"] for r in ev.records]
+    assert [r["id"] for r in model.dataset(cfg["data"], "validation").records] == [
+        r["id"] for r in ev.records
+    ]
     rows = list(csv.DictReader(open(tmp_path / "eval" / "predictions.csv")))
     assert {"findings_generated", "impression_generated", "findings_reference"} <= set(rows[0])
     model.save_pretrained(tmp_path / "model")
     saved = sorted(p.name for p in (tmp_path / "model" / "adapters").iterdir())
     assert saved == ["findings", "impression"]
-    assert re.search("mm_projector.0.weight", (tmp_path / "model" / "mm_projector.safetensors").read_bytes()[:400].decode("latin1"))
+    assert re.search(
+        "mm_projector.0.weight",
+        (tmp_path / "model" / "mm_projector.safetensors").read_bytes()[:400].decode("latin1"),
+    )
     again = cls.from_pretrained(tmp_path / "model")
     model.eval()
     again.eval()
@@ -289,13 +365,17 @@ def test_forward_vs_transformers_peft_llava_flow(tmp_path):
                 p.normal_(0, 0.2)
     m.save_pretrained(tmp_path / "saved")
     base = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "saved" / "llm").eval()
-    ref = peft.PeftModel.from_pretrained(base, tmp_path / "saved" / "adapters" / "impression").eval()
+    ref = peft.PeftModel.from_pretrained(
+        base, tmp_path / "saved" / "adapters" / "impression"
+    ).eval()
     proj = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 64))
     proj.load_state_dict(m.mm_projector.state_dict())
     m.set_stage("report", "impression")
     m.eval()
-    items = [{"id": str(i), "pixel_values": torch.randn(3, 56, 56), "findings": "x", "impression": t}
-             for i, t in enumerate(["No acute disease.", "Small left effusion. No pneumothorax."])]
+    items = [
+        {"id": str(i), "pixel_values": torch.randn(3, 56, 56), "findings": "x", "impression": t}
+        for i, t in enumerate(["No acute disease.", "Small left effusion. No pneumothorax."])
+    ]
     b = m.collator()(items)
     with torch.no_grad():
         got = m(**b)
@@ -309,8 +389,15 @@ def test_forward_vs_transformers_peft_llava_flow(tmp_path):
 
 
 def test_config_and_data_errors_are_named(tmp_path):
-    for field, value in (("max_images", "x"), ("sections", 5), ("num_beams", 2.5), ("lora_r", None)):
-        with pytest.raises(ConfigError, match=rf"recipe\.{field}: expected .*got {re.escape(repr(value))}"):
+    for field, value in (
+        ("max_images", "x"),
+        ("sections", 5),
+        ("num_beams", 2.5),
+        ("lora_r", None),
+    ):
+        with pytest.raises(
+            ConfigError, match=rf"recipe\.{field}: expected .*got {re.escape(repr(value))}"
+        ):
             L.LlavaRRGConfig.from_dict({field: value})
     with pytest.raises(ConfigError, match="module:function"):
         L.LlavaRRGConfig.from_dict({"scorers": ["no_colon"]})
@@ -318,15 +405,19 @@ def test_config_and_data_errors_are_named(tmp_path):
     data = {"format": "mimic-cxr", "root": str(tmp_path / "cxr")}
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['sectoin'\].*'views'"):
         model.datasets({**data, "sectoin": "findings"})  # a typo of a reader option
-    for synth, msg in (({"kind": "chest-xray"}, r"missing key\(s\) \['n'\]"),
-                       ({"kind": "chest-xray", "n": 2, "sede": 1}, r"unknown key\(s\) \['sede'\]")):
+    for synth, msg in (
+        ({"kind": "chest-xray"}, r"missing key\(s\) \['n'\]"),
+        ({"kind": "chest-xray", "n": 2, "sede": 1}, r"unknown key\(s\) \['sede'\]"),
+    ):
         with pytest.raises(ConfigError, match=msg):
             model.datasets({**data, "synth": synth})
     assert not (tmp_path / "cxr").exists()
     # the reader registry itself checks options against the reader's signature
     from voxlm.datasets import read_records
 
-    with pytest.raises(ConfigError, match=r"\['colour'\].*'mimic-cxr' reader; it accepts: section, "):
+    with pytest.raises(
+        ConfigError, match=r"\['colour'\].*'mimic-cxr' reader; it accepts: section, "
+    ):
         read_records("mimic-cxr", tmp_path, colour=True)
 
 
@@ -337,4 +428,6 @@ def test_unreadable_image_is_a_voxlm_error(tmp_path):
         L.read_image(str(bad))  # no silent second decoder
     ok = tmp_path / "ok.png"
     PIL.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8)).save(ok)
-    np.testing.assert_array_equal(L.read_image(str(ok)), np.arange(48, dtype=np.uint8).reshape(6, 8))
+    np.testing.assert_array_equal(
+        L.read_image(str(ok)), np.arange(48, dtype=np.uint8).reshape(6, 8)
+    )

@@ -49,8 +49,16 @@ CLIP_W, CLIP_OUT = 64, 48
 
 def _visual(seed=0):
     torch.manual_seed(seed)
-    v = open_clip.transformer.VisionTransformer(image_size=224, patch_size=14, width=CLIP_W, layers=2, heads=1,
-                                                mlp_ratio=2.0, output_dim=CLIP_OUT, act_layer=open_clip.transformer.QuickGELU)
+    v = open_clip.transformer.VisionTransformer(
+        image_size=224,
+        patch_size=14,
+        width=CLIP_W,
+        layers=2,
+        heads=1,
+        mlp_ratio=2.0,
+        output_dim=CLIP_OUT,
+        act_layer=open_clip.transformer.QuickGELU,
+    )
     with torch.no_grad():
         for n, p in v.named_parameters():
             if "ln" in n:
@@ -68,8 +76,14 @@ def picg_clip_encode_image(visual, x):
     x = x.permute(0, 2, 1)
     p = torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device)
     x = torch.cat([p, p, x, p, p], dim=1)
-    x = torch.cat([visual.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype,
-                                                                    device=x.device), x], dim=1)
+    x = torch.cat(
+        [
+            visual.class_embedding.to(x.dtype)
+            + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device),
+            x,
+        ],
+        dim=1,
+    )
     x = x + visual.positional_embedding.to(x.dtype)
     x = visual.ln_pre(x)
     if not getattr(visual.transformer, "batch_first", True):
@@ -100,7 +114,9 @@ def test_clip3d_vs_picg_transcription():
     ref = picg_inflate(_visual())
     vis2d = load_openai_clip_vision(_visual().state_dict(), num_heads=1)
     pv = P.PICGVision(vis2d).eval()
-    torch.testing.assert_close(pv.clip.vision_model.embeddings.patch_embedding.weight, ref.conv1.weight, atol=0, rtol=0)
+    torch.testing.assert_close(
+        pv.clip.vision_model.embeddings.patch_embedding.weight, ref.conv1.weight, atol=0, rtol=0
+    )
     torch.manual_seed(1)
     x = torch.randn(2, 3, 84, 84, 98)
     with torch.no_grad():
@@ -151,7 +167,9 @@ def apply_rotary_emb(xq, xk, freqs_cis):
     xk_ = torch.view_as_complex(xk.float().reshape(*xk.shape[:-1], -1, 2))
     shape = [d if i == 1 or i == xq_.ndim - 1 else 1 for i, d in enumerate(xq_.shape)]
     fc = freqs_cis.view(*shape)
-    return torch.view_as_real(xq_ * fc).flatten(3).type_as(xq), torch.view_as_real(xk_ * fc).flatten(3).type_as(xk)
+    return torch.view_as_real(xq_ * fc).flatten(3).type_as(xq), torch.view_as_real(
+        xk_ * fc
+    ).flatten(3).type_as(xk)
 
 
 class RMSNorm(nn.Module):
@@ -185,8 +203,16 @@ class Attention(nn.Module):
         keys, values = xk, xv
         if adapter is not None:
             adapter_len = adapter.shape[1]
-            adapter_v = self.wv(adapter).view(bsz, adapter_len, self.n_local_heads, self.head_dim).transpose(1, 2)
-            adapter_k = self.wk(adapter).view(bsz, adapter_len, self.n_local_heads, self.head_dim).transpose(1, 2)
+            adapter_v = (
+                self.wv(adapter)
+                .view(bsz, adapter_len, self.n_local_heads, self.head_dim)
+                .transpose(1, 2)
+            )
+            adapter_k = (
+                self.wk(adapter)
+                .view(bsz, adapter_len, self.n_local_heads, self.head_dim)
+                .transpose(1, 2)
+            )
         xq = xq.transpose(1, 2)
         keys = keys.transpose(1, 2)
         values = values.transpose(1, 2)
@@ -196,7 +222,9 @@ class Attention(nn.Module):
         output = torch.matmul(scores, values)
         if adapter is not None:
             adapter_scores = torch.matmul(xq, adapter_k.transpose(2, 3)) / math.sqrt(self.head_dim)
-            adapter_scores = self.gate.tanh() * F.softmax(adapter_scores.float(), dim=-1).type_as(xq)
+            adapter_scores = self.gate.tanh() * F.softmax(adapter_scores.float(), dim=-1).type_as(
+                xq
+            )
             output = output + torch.matmul(adapter_scores, adapter_v)
         output = output.transpose(1, 2).contiguous().view(bsz, seqlen, -1)
         return self.wo(output)
@@ -251,9 +279,18 @@ class PicgRef(nn.Module):
         self.visual_query = nn.Embedding(QLEN, VDIM)
         # PICG pins csuhan/timm_0_3_2, whose Block defaults to nn.LayerNorm (eps 1e-5); timm 1.x's
         # default is eps 1e-6, as voxlm's Rust query blocks
-        self.visual_blocks = nn.ModuleList([timm_vit.Block(VDIM, VHEADS, 4.0, qkv_bias=True,
-                                                           norm_layer=functools.partial(nn.LayerNorm, eps=1e-5))
-                                            for _ in range(VDEPTH)])
+        self.visual_blocks = nn.ModuleList(
+            [
+                timm_vit.Block(
+                    VDIM,
+                    VHEADS,
+                    4.0,
+                    qkv_bias=True,
+                    norm_layer=functools.partial(nn.LayerNorm, eps=1e-5),
+                )
+                for _ in range(VDEPTH)
+            ]
+        )
         self.visual_proj = nn.Linear(VDIM, DIM)
         self.visual_proj_norm = nn.LayerNorm(DIM)
         self.adapter_query = nn.Embedding(QLEN * QLAYER, DIM)
@@ -279,8 +316,10 @@ class PicgRef(nn.Module):
         mask = torch.triu(mask, diagonal=1).type_as(h)
         for layer in self.llama.layers[: -1 * self.query_layer]:
             h = layer(h, freqs_cis, mask)
-        adapter = self.adapter_query.weight.reshape(self.query_layer, self.query_len, -1).unsqueeze(1)
-        for i, layer in enumerate(self.llama.layers[-1 * self.query_layer:]):
+        adapter = self.adapter_query.weight.reshape(self.query_layer, self.query_len, -1).unsqueeze(
+            1
+        )
+        for i, layer in enumerate(self.llama.layers[-1 * self.query_layer :]):
             dynamic_adapter = adapter[i].repeat(_bsz, 1, 1) + visual_query
             h = layer(h, freqs_cis, mask, dynamic_adapter)
         h = self.llama.norm(h)
@@ -300,10 +339,26 @@ def _ref_model():
 
 
 def _voxlm_model(tokenizer=None, **kw):
-    cfg = P.PICGConfig(v_embed_dim=VDIM, v_depth=VDEPTH, v_num_heads=VHEADS, query_len=QLEN, query_layer=QLAYER,
-                       clip_heads=1, max_words=1024, **kw)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=DIM, intermediate_size=192, num_hidden_layers=LAYERS,
-                                       num_attention_heads=HEADS, rms_norm_eps=1e-5))
+    cfg = P.PICGConfig(
+        v_embed_dim=VDIM,
+        v_depth=VDEPTH,
+        v_num_heads=VHEADS,
+        query_len=QLEN,
+        query_layer=QLAYER,
+        clip_heads=1,
+        max_words=1024,
+        **kw,
+    )
+    llm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=DIM,
+            intermediate_size=192,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            rms_norm_eps=1e-5,
+        )
+    )
     clip = load_openai_clip_vision(_visual(9).state_dict(), num_heads=1)
     return P.PICG(cfg, llm, tokenizer or build_tokenizer("bundled:ctrg-bpe"), clip)
 
@@ -314,7 +369,9 @@ def test_forward_vs_picg_transcription_via_llama_adapter_pth(tmp_path):
     torch.save({"model": ref.state_dict()}, path)
     model = _voxlm_model().eval()
     skipped = model.load_llama_adapter(path, strict=True)
-    assert [k for k in skipped if "gate" in k] == ["llama.layers.0.attention.gate"]  # layer without adapter
+    assert [k for k in skipped if "gate" in k] == [
+        "llama.layers.0.attention.gate"
+    ]  # layer without adapter
     torch.manual_seed(7)
     tokens = torch.randint(0, VOCAB, (2, 11))
     vol = torch.randn(2, 1, 84, 84, 98)
@@ -386,25 +443,36 @@ def test_prompts_are_alpaca():
     model = _voxlm_model()
     p = model.prompt("t2w", "guideline")
     assert p.startswith("Below is an instruction that describes a task, paired with an input")
-    assert p.endswith("### Input:\nRate the lesion with a score from {1, 2, 3, 4, 5}.\n\n### Response:")
+    assert p.endswith(
+        "### Input:\nRate the lesion with a score from {1, 2, 3, 4, 5}.\n\n### Response:"
+    )
     assert model.guidelines["t2w"] in p
     assert model.guidelines["dwi_adc"] in model.prompt("adc", "guideline")
     assert model.prompt("adc", "modality") == model.prompt("t2w", "modality")
     assert model.answer({"sequence": "t2w"}, "modality") == "T2W."
     assert model.answer({"sequence": "dwi"}, "modality") == "non-T2W."
     feat = model.prompt("t2w", "feature")
-    assert "### Input" not in feat and feat.endswith("Describe the appearance of this MRI image.\n\n### Response:")
+    assert "### Input" not in feat and feat.endswith(
+        "Describe the appearance of this MRI image.\n\n### Response:"
+    )
     released = _voxlm_model(feature_prompt="released")
-    assert released.prompt("t2w", "feature") == released.prompt("adc", "feature") == P.format_prompt(
-        released.guidelines["dwi_adc"] + "Describe the appearance of this MRI image.")
+    assert (
+        released.prompt("t2w", "feature")
+        == released.prompt("adc", "feature")
+        == P.format_prompt(
+            released.guidelines["dwi_adc"] + "Describe the appearance of this MRI image."
+        )
+    )
 
 
 def test_collator_masks_prompt_and_adds_eos():
     model = _voxlm_model()
     model.task = "guideline"
     col = P.PICGCollator(model)
-    items = [{"id": "a", "sequence": "t2w", "volume": torch.zeros(1, 84, 84, 98), "pirads": 4},
-             {"id": "b", "sequence": "adc", "volume": torch.zeros(1, 84, 84, 98), "pirads": 2}]
+    items = [
+        {"id": "a", "sequence": "t2w", "volume": torch.zeros(1, 84, 84, 98), "pirads": 4},
+        {"id": "b", "sequence": "adc", "volume": torch.zeros(1, 84, 84, 98), "pirads": 2},
+    ]
     b = col(items)
     tok = model.tokenizer
     for i, it in enumerate(items):
@@ -462,9 +530,18 @@ def test_config_errors():
         P.PICGConfig.from_dict({"name": "picg", "blrr": 1})
     with pytest.raises(ConfigError, match="scoring_lr_schedule"):
         P.PICGConfig(scoring_lr_schedule="cosine")
-    for field, value in (("volume_size", 7), ("volume_size", [84, 84]), ("seeds", 3), ("focal_alpha", None),
-                         ("blr", "1e-3"), ("guidelines", {"t2w": 1}), ("class_balanced", 1)):
-        with pytest.raises(ConfigError, match=rf"recipe\.{field}: expected .*got {re.escape(repr(value))}"):
+    for field, value in (
+        ("volume_size", 7),
+        ("volume_size", [84, 84]),
+        ("seeds", 3),
+        ("focal_alpha", None),
+        ("blr", "1e-3"),
+        ("guidelines", {"t2w": 1}),
+        ("class_balanced", 1),
+    ):
+        with pytest.raises(
+            ConfigError, match=rf"recipe\.{field}: expected .*got {re.escape(repr(value))}"
+        ):
             P.PICGConfig.from_dict({field: value})
 
 
@@ -492,7 +569,9 @@ def _tiny_cfg(tmp_path):
 
     import yaml
 
-    cfg = yaml.safe_load((pathlib.Path(__file__).resolve().parents[1] / "configs" / "picg-tiny.yaml").read_text())
+    cfg = yaml.safe_load(
+        (pathlib.Path(__file__).resolve().parents[1] / "configs" / "picg-tiny.yaml").read_text()
+    )
     cfg["data"]["root"] = str(tmp_path / "data")
     cfg["train"]["output_dir"] = str(tmp_path / "run")
     return cfg
@@ -511,7 +590,9 @@ def test_end_to_end_tiny(tmp_path):
     train, ev = model.datasets(cfg["data"])
     assert len(train) == 3 * len(train.records)
     # one split through the per-split builder (the CLI's --split test path)
-    assert [r["id"] for r in model.dataset(cfg["data"], "validation").records] == [r["id"] for r in ev.records]
+    assert [r["id"] for r in model.dataset(cfg["data"], "validation").records] == [
+        r["id"] for r in ev.records
+    ]
     args = TrainingArguments.from_dict(cfg["train"]).replace(max_steps=2)
     before = model.vision.clip.vision_model.embeddings.patch_embedding.weight.detach().clone()
     bias0 = model.llm.model.layers[0].self_attn.q_proj.bias.detach().clone()
@@ -537,7 +618,9 @@ def test_end_to_end_tiny(tmp_path):
     b = model.collator()([train[0], train[1]])
     with torch.no_grad():
         torch.testing.assert_close(again(**b).logits, model(**b).logits, atol=0, rtol=0)
-    np.testing.assert_array_equal(again.predict_scores(ev.records), model.predict_scores(ev.records))
+    np.testing.assert_array_equal(
+        again.predict_scores(ev.records), model.predict_scores(ev.records)
+    )
 
 
 def test_scoring_net_feature_width_is_checked(tmp_path):
@@ -551,7 +634,12 @@ def test_scoring_net_feature_width_is_checked(tmp_path):
     with pytest.raises(ShapeError, match="feature width 16 does not match the teacher's width 64"):
         model.distill(train, scoring_net=P.SmallConv3d(width=4), features=feats, epochs=1)
     with pytest.raises(ConfigError, match=r"return \(logits, feature\)"):
-        model.distill(train, scoring_net=nn.Sequential(nn.Flatten(), nn.LazyLinear(5)), features=feats, epochs=1)
+        model.distill(
+            train,
+            scoring_net=nn.Sequential(nn.Flatten(), nn.LazyLinear(5)),
+            features=feats,
+            epochs=1,
+        )
 
 
 def test_picai_layout_reads(tmp_path):
@@ -560,18 +648,30 @@ def test_picai_layout_reads(tmp_path):
     from voxlm.recipes import get_recipe
 
     model = get_recipe("picg").from_config(cfg["recipe"], cfg["model"])
-    data = {"format": "picai", "root": str(tmp_path / "picai"), "synth": {"kind": "prostate-mri", "n": 3, "layout": "picai"},
-            "eval_split": None}
+    data = {
+        "format": "picai",
+        "root": str(tmp_path / "picai"),
+        "synth": {"kind": "prostate-mri", "n": 3, "layout": "picai"},
+        "eval_split": None,
+    }
     train, ev = model.datasets(data)
     assert ev is None
     item = train[2]
     assert item["sequence"] == "t2w" and tuple(item["volume"].shape) == (1, 28, 28, 42)
-    x = P.scoring_input([P._load_array(train.records[0]["sequences"][s]) for s in P.SEQUENCES], (8, 32, 32))
+    x = P.scoring_input(
+        [P._load_array(train.records[0]["sequences"][s]) for s in P.SEQUENCES], (8, 32, 32)
+    )
     assert x.shape == (3, 8, 32, 32) and np.allclose(x.reshape(3, -1).mean(1), 0, atol=1e-5)
 
 
-@pytest.mark.parametrize("spec", [{"name": "monai_resnet", "depth": 10}, {"name": "torchvision_r3d_18"},
-                                  {"name": "small_conv3d", "width": 4}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "monai_resnet", "depth": 10},
+        {"name": "torchvision_r3d_18"},
+        {"name": "small_conv3d", "width": 4},
+    ],
+)
 def test_example_scoring_networks(spec):
     pytest.importorskip("monai" if spec["name"].startswith("monai") else "torchvision")
     net = P.build_scoring_net(spec)

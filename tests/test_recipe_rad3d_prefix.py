@@ -18,11 +18,30 @@ from voxlm.llm import LlamaConfig
 from voxlm.recipes import get_recipe
 from voxlm.recipes.rad3d_prefix import LLAMA_3_2_1B, Rad3dPrefix, Rad3dPrefixConfig
 
-LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-           max_position_embeddings=1024)
-TINY = dict(name="rad3d_prefix", image_size=[8, 32, 32], vision_patch_size=[4, 8, 8], vision_dim=48, vision_depth=2,
-            vision_heads=4, vision_dim_head=12, vision_mlp_dim=96, image_tokens=8, prefix_length=6,
-            projector_width=32, projector_heads=4, projector_dropout=0.0, max_new_tokens=6)
+LLM = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+)
+TINY = dict(
+    name="rad3d_prefix",
+    image_size=[8, 32, 32],
+    vision_patch_size=[4, 8, 8],
+    vision_dim=48,
+    vision_depth=2,
+    vision_heads=4,
+    vision_dim_head=12,
+    vision_mlp_dim=96,
+    image_tokens=8,
+    prefix_length=6,
+    projector_width=32,
+    projector_heads=4,
+    projector_dropout=0.0,
+    max_new_tokens=6,
+)
 
 
 def tiny(**kw) -> Rad3dPrefix:
@@ -32,22 +51,37 @@ def tiny(**kw) -> Rad3dPrefix:
 
 def items(n: int = 2, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
-    reports = ["Thorax is symmetrical. The heart shadow is enlarged.", "A solid nodule is seen in the right upper lobe.",
-               "No pleural effusion.", "Bilateral pleural effusion, small in amount."]
+    reports = [
+        "Thorax is symmetrical. The heart shadow is enlarged.",
+        "A solid nodule is seen in the right upper lobe.",
+        "No pleural effusion.",
+        "Bilateral pleural effusion, small in amount.",
+    ]
     out = []
     for i in range(n):
         lab = np.zeros(14, dtype=np.int64)
         lab[(3 * i) % 14] = 1
-        out.append({"id": f"c{i}", "image": torch.rand(1, 8, 32, 32, generator=g), "report": reports[i % 4],
-                    "labels": lab})
+        out.append(
+            {
+                "id": f"c{i}",
+                "image": torch.rand(1, 8, 32, 32, generator=g),
+                "report": reports[i % 4],
+                "labels": lab,
+            }
+        )
     return out
 
 
 def test_registered_and_llama_3_2_1b_default():
     assert get_recipe("rad3d_prefix") is Rad3dPrefix
     c = LlamaConfig(**LLAMA_3_2_1B)
-    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == \
-        (2048, 16, 32, 8, 128256)
+    assert (
+        c.hidden_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.vocab_size,
+    ) == (2048, 16, 32, 8, 128256)
     assert c.head_dim == 64 and c.rope_scaling["rope_type"] == "llama3" and c.tie_word_embeddings
     d = Rad3dPrefixConfig()
     assert d.anomaly_aware and d.vision == "vit3d" and d.image_size == [32, 256, 256]
@@ -73,7 +107,9 @@ def test_loss_prefix_and_head():
     out = m(**b)
     tokens = m.encode(b["images"])
     logits = m.head(tokens)
-    torch.testing.assert_close(out.bce_loss, F.binary_cross_entropy_with_logits(logits, b["cls_labels"].float()))
+    torch.testing.assert_close(
+        out.bce_loss, F.binary_cross_entropy_with_logits(logits, b["cls_labels"].float())
+    )
     torch.testing.assert_close(out.loss, out.lm_loss + 1.0 * out.bce_loss)
     # the LLM sees [prefix ; text] and the loss skips the prefix and the instruction
     prefix = m.projector(tokens, logits)
@@ -83,8 +119,14 @@ def test_loss_prefix_and_head():
     ref = m.llm(inputs_embeds=emb, attention_mask=mask)
     torch.testing.assert_close(out.logits, ref.logits)
     lab = torch.cat([torch.full((2, 6), -100), b["labels"]], 1)
-    torch.testing.assert_close(out.lm_loss, F.cross_entropy(ref.logits[:, :-1].reshape(-1, ref.logits.shape[-1]),
-                                                            lab[:, 1:].reshape(-1), ignore_index=-100))
+    torch.testing.assert_close(
+        out.lm_loss,
+        F.cross_entropy(
+            ref.logits[:, :-1].reshape(-1, ref.logits.shape[-1]),
+            lab[:, 1:].reshape(-1),
+            ignore_index=-100,
+        ),
+    )
     n_prompt = len(m.prompt_ids())
     assert (b["labels"][:, :n_prompt] == -100).all()
     assert m.tokenizer.decode(b["input_ids"][0, 1:n_prompt]) == m.config.instruction
@@ -117,8 +159,16 @@ def test_stages_and_training(tmp_path):
     from voxlm.train import TrainingArguments, run_stages
 
     m = tiny(diagnosis_max_steps=2)
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, logging_steps=1, save_strategy="no",
-                             report_to=["csv"], disable_tqdm=True, learning_rate=3e-3, warmup_steps=1)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=["csv"],
+        disable_tqdm=True,
+        learning_rate=3e-3,
+        warmup_steps=1,
+    )
     st = m.stages(args)
     assert [s.name for s in st] == ["diagnosis", "prefix"]
     assert st[0].args.max_steps == 2 and st[1].args.max_steps == 3
@@ -143,8 +193,18 @@ def test_vit3d_weights_from_monai(tmp_path):
     from monai.networks.nets import ViT
 
     torch.manual_seed(1)
-    ref = ViT(in_channels=1, img_size=(8, 32, 32), patch_size=(4, 8, 8), hidden_size=48, mlp_dim=96, num_layers=2,
-              num_heads=4, proj_type="conv", classification=False, qkv_bias=False).eval()
+    ref = ViT(
+        in_channels=1,
+        img_size=(8, 32, 32),
+        patch_size=(4, 8, 8),
+        hidden_size=48,
+        mlp_dim=96,
+        num_layers=2,
+        num_heads=4,
+        proj_type="conv",
+        classification=False,
+        qkv_bias=False,
+    ).eval()
     sd = {f"vision_encoder.{k}": v.contiguous() for k, v in ref.state_dict().items()}
     _core.save_safetensors(sd, str(tmp_path / "vit.safetensors"))
     m = Rad3dPrefix.from_config(TINY, {"llm": LLM, "vision": str(tmp_path / "vit.safetensors")})
@@ -153,8 +213,10 @@ def test_vit3d_weights_from_monai(tmp_path):
         want, _ = ref(x)
     torch.testing.assert_close(m.encode(x), want, atol=1e-5, rtol=1e-5)
     with pytest.raises(CheckpointError):
-        Rad3dPrefix.from_config({**TINY, "vision_dim": 24, "vision_heads": 2},
-                                {"llm": LLM, "vision": str(tmp_path / "vit.safetensors")})
+        Rad3dPrefix.from_config(
+            {**TINY, "vision_dim": 24, "vision_heads": 2},
+            {"llm": LLM, "vision": str(tmp_path / "vit.safetensors")},
+        )
 
 
 def test_generate_evaluate_save_reload(tmp_path):
@@ -166,17 +228,31 @@ def test_generate_evaluate_save_reload(tmp_path):
     assert len(g.reports) == 3 and g.labels.shape == (3, 14)
     assert np.array_equal(g.labels, m.predict_labels(imgs))
     res = m.evaluate(items(3), tmp_path / "ev", batch_size=2, meteor=False)
-    assert {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr", "clinical_efficacy", "prompt_labels"} <= set(res)
-    assert res["labeler"] == "keyword (voxlm.synth templates)" and "clinical_efficacy_keyword" in res
+    assert {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr", "clinical_efficacy", "prompt_labels"} <= set(
+        res
+    )
+    assert (
+        res["labeler"] == "keyword (voxlm.synth templates)" and "clinical_efficacy_keyword" in res
+    )
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["n"] == 3
     assert len(list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))) == 3
     m.save_pretrained(tmp_path / "model")
     names = {p.name for p in (tmp_path / "model").iterdir()}
-    assert {"config.json", "vision.safetensors", "head.safetensors", "projector.safetensors", "tokenizer"} <= names
+    assert {
+        "config.json",
+        "vision.safetensors",
+        "head.safetensors",
+        "projector.safetensors",
+        "tokenizer",
+    } <= names
     assert "adapter" not in names  # the LLM is frozen: no adapter
     r = Rad3dPrefix.from_pretrained(tmp_path / "model")
     g2 = r.generate(imgs, return_dict=True)
-    assert g2.reports == g.reports and torch.equal(g2.tokens, g.tokens) and np.array_equal(g2.labels, g.labels)
+    assert (
+        g2.reports == g.reports
+        and torch.equal(g2.tokens, g.tokens)
+        and np.array_equal(g2.labels, g.labels)
+    )
     from voxlm.recipes.dia_llama import DiaLlama
 
     with pytest.raises(CheckpointError, match="rad3d_prefix"):
@@ -202,7 +278,12 @@ def test_bad_input():
     with pytest.raises(ConfigError, match="unknown field"):
         Rad3dPrefix.from_config(TINY, {"llm": LLM, "encoder": "x"})
     # generation settings of the wrong type are named at construction (not a ValueError at generate)
-    for field, bad in (("num_beams", "two"), ("max_new_tokens", 0), ("top_p", "x"), ("prefix_length", "6")):
+    for field, bad in (
+        ("num_beams", "two"),
+        ("max_new_tokens", 0),
+        ("top_p", "x"),
+        ("prefix_length", "6"),
+    ):
         with pytest.raises(ConfigError, match=rf"recipe\.{field}.*{bad!r}"):
             Rad3dPrefixConfig.from_dict({**TINY, field: bad})
 
@@ -247,13 +328,31 @@ def test_cli_train_and_evaluate_tiny_config(tmp_path):
     f.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(root / "python")}
     run = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "voxlm", "train", str(f), "--output-dir", str(run)], env=env,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "voxlm", "train", str(f), "--output-dir", str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
-    assert (run / "diagnosis" / "metrics.csv").is_file() and (run / "prefix" / "metrics.csv").is_file()
+    assert (run / "diagnosis" / "metrics.csv").is_file() and (
+        run / "prefix" / "metrics.csv"
+    ).is_file()
     assert json.loads((run / "model" / "config.json").read_text())["recipe"] == "rad3d_prefix"
-    p = subprocess.run([sys.executable, "-m", "voxlm", "evaluate", str(run), "--out", str(tmp_path / "ev")], env=env,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "voxlm", "evaluate", str(run), "--out", str(tmp_path / "ev")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    assert ev["n"] >= 1 and {"BLEU-1", "ROUGE-L", "CIDEr", "clinical_efficacy", "prompt_labels"} <= set(ev)
+    assert ev["n"] >= 1 and {
+        "BLEU-1",
+        "ROUGE-L",
+        "CIDEr",
+        "clinical_efficacy",
+        "prompt_labels",
+    } <= set(ev)

@@ -14,14 +14,18 @@ from voxlm.exceptions import ConfigError
 from voxlm.metrics import CHEXBERT_CONDITIONS
 from voxlm.synth import reports as R
 
-C = importlib.import_module("voxlm.synth.chest_ct")  # the module (voxlm.synth.chest_ct is also the function)
+C = importlib.import_module(
+    "voxlm.synth.chest_ct"
+)  # the module (voxlm.synth.chest_ct is also the function)
 
 SMALL = (32, 32, 16)
 
 
 @pytest.fixture(scope="module")
 def ctrg(tmp_path_factory):
-    return synth.chest_ct(tmp_path_factory.mktemp("ct") / "ctrg", 12, seed=5, shape=SMALL, dicom_every=6)
+    return synth.chest_ct(
+        tmp_path_factory.mktemp("ct") / "ctrg", 12, seed=5, shape=SMALL, dicom_every=6
+    )
 
 
 def test_label_names_are_voxlm_metrics():
@@ -37,10 +41,14 @@ def test_prevalence_follows_the_real_table():
     codes = C.sample_codes(np.random.default_rng(0), n)
     got = (codes == 1).mean(0)
     nf = R.IDX["no finding"]
-    for j, name in enumerate(CHEXBERT_CONDITIONS[:nf]):  # rows drawn from the table: binomial around the real rate
+    for j, name in enumerate(
+        CHEXBERT_CONDITIONS[:nf]
+    ):  # rows drawn from the table: binomial around the real rate
         sd = np.sqrt(real[j] * (1 - real[j]) / n) + 1e-9
         assert abs(got[j] - real[j]) < 4.5 * sd + 1e-3, (name, got[j], real[j])
-    assert got[R.IDX["pneumonia"]] == 0 and got[R.IDX["pneumothorax"]] == 0  # never positive in CTRG-Chest
+    assert (
+        got[R.IDX["pneumonia"]] == 0 and got[R.IDX["pneumothorax"]] == 0
+    )  # never positive in CTRG-Chest
     positive = (codes[:, :nf] == 1).any(1)
     np.testing.assert_array_equal(codes[:, nf] == 1, ~positive)  # "no finding" consistent
     over = C.sample_codes(np.random.default_rng(0), 4000, prevalence={"cardiomegaly": 0.5})
@@ -60,27 +68,40 @@ def test_labeler_inverts_the_templates_on_every_label_and_wording():
     rng = np.random.default_rng(3)
     codes = C.sample_codes(rng, 120)
     cases = [(i, codes[i]) for i in range(120)]
-    cases += [(200 + k, _one_hot(lbl)) for k, lbl in enumerate(CHEXBERT_CONDITIONS[:-1]) for _ in range(3)]
+    cases += [
+        (200 + k, _one_hot(lbl)) for k, lbl in enumerate(CHEXBERT_CONDITIONS[:-1]) for _ in range(3)
+    ]
     for i, c in cases:
         for wording in ("varied", "plain"):
             case = C.generate_case(i, c, seed=1, shape=(24, 24, 12), wording=wording)
-            np.testing.assert_array_equal(R.label_report(case.report), case.labels, err_msg=case.report)
+            np.testing.assert_array_equal(
+                R.label_report(case.report), case.labels, err_msg=case.report
+            )
     assert R.label_reports([]).shape == (0, 14)
 
 
 def test_labeler_on_real_style_negations():
-    neg = ("Thorax is symmetrical, no obvious consolidation shadow. Bilateral pulmonary hili are not large. "
-           "No obvious mass or enlarged lymph node is found in mediastinum. No pleural effusion or pleural "
-           "thickening.")
+    neg = (
+        "Thorax is symmetrical, no obvious consolidation shadow. Bilateral pulmonary hili are not large. "
+        "No obvious mass or enlarged lymph node is found in mediastinum. No pleural effusion or pleural "
+        "thickening."
+    )
     assert R.label_report(neg).tolist() == [0] * 13 + [1]
     pos = "No pleural effusion, right pleural thickening. A solid nodule is seen in the right upper lobe."
     got = R.label_report(pos)
-    assert got[R.IDX["pleural other"]] == 1 and got[R.IDX["lung lesion"]] == 1 and got[R.IDX["pleural effusion"]] == 0
+    assert (
+        got[R.IDX["pleural other"]] == 1
+        and got[R.IDX["lung lesion"]] == 1
+        and got[R.IDX["pleural effusion"]] == 0
+    )
 
 
 def test_generation_is_deterministic_by_seed():
     codes = _one_hot("pleural effusion")
-    a, b = C.generate_case(3, codes, seed=7, shape=SMALL), C.generate_case(3, codes, seed=7, shape=SMALL)
+    a, b = (
+        C.generate_case(3, codes, seed=7, shape=SMALL),
+        C.generate_case(3, codes, seed=7, shape=SMALL),
+    )
     np.testing.assert_array_equal(a.hu, b.hu)
     np.testing.assert_array_equal(a.mask, b.mask)
     assert a.report == b.report and a.findings == b.findings
@@ -97,18 +118,32 @@ def test_each_finding_is_planted_where_the_truth_and_report_say(label):
     assert (case.mask == v).sum() == f["voxels"] > 0
     assert set(np.unique(case.mask)) <= {0, v}
     x, y, z = f["center_voxel"]
-    near = case.mask[max(x - 2, 0):x + 3, max(y - 2, 0):y + 3, max(z - 2, 0):z + 3]
+    near = case.mask[max(x - 2, 0) : x + 3, max(y - 2, 0) : y + 3, max(z - 2, 0) : z + 3]
     assert (near == v).any(), "the recorded centre lies in (or next to) the planted finding"
     assert R.label_report(case.report)[R.IDX[label]] == 1
-    if "lobe" in f and label in ("lung lesion", "lung opacity", "consolidation", "atelectasis", "pneumonia"):
+    if "lobe" in f and label in (
+        "lung lesion",
+        "lung opacity",
+        "consolidation",
+        "atelectasis",
+        "pneumonia",
+    ):
         side, lobe = f["side"], f["lobe"]
         assert any(p[4:] in case.report.lower() for p in R.LOBE_NAMES[(side, lobe)]), case.report
         # the voxel's side: i increases towards the patient's right (RAS)
         assert (x >= 32) == (side == "right")
     hu = case.hu[case.mask == v].astype(float)
-    expected = {"pleural effusion": (0, 40), "cardiomegaly": (20, 70), "enlarged cardiomediastinum": (15, 65),
-                "consolidation": (-400, 60), "lung opacity": (-650, -400), "support devices": (1000, 3100),
-                "pneumothorax": (-1024, -960), "atelectasis": (15, 65), "pleural other": (20, 70)}
+    expected = {
+        "pleural effusion": (0, 40),
+        "cardiomegaly": (20, 70),
+        "enlarged cardiomediastinum": (15, 65),
+        "consolidation": (-400, 60),
+        "lung opacity": (-650, -400),
+        "support devices": (1000, 3100),
+        "pneumothorax": (-1024, -960),
+        "atelectasis": (15, 65),
+        "pleural other": (20, 70),
+    }
     if label in expected:
         lo, hi = expected[label]
         assert lo <= np.median(hu) <= hi, (label, np.median(hu))
@@ -168,7 +203,9 @@ def test_dicom_copy_matches_the_nifti(ctrg):
     np.testing.assert_allclose(dcm.GetDirection(), np.eye(3).ravel(), atol=1e-6)
     on_nii_grid = sitk.Resample(dcm, nii, sitk.Transform(), sitk.sitkNearestNeighbor, -2000.0)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(on_nii_grid), sitk.GetArrayFromImage(nii))
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(dcm)[:, ::-1, ::-1], sitk.GetArrayFromImage(nii))
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(dcm)[:, ::-1, ::-1], sitk.GetArrayFromImage(nii)
+    )
 
 
 def test_ct_rate_layout_reads_back(tmp_path, ctrg):
@@ -176,7 +213,9 @@ def test_ct_rate_layout_reads_back(tmp_path, ctrg):
     from voxlm.datasets import read_records
 
     root = synth.chest_ct(tmp_path / "ctrate", 12, seed=5, layout="ct-rate", shape=SMALL)
-    recs = read_records("ct-rate", root, split="train") + read_records("ct-rate", root, split="validation")
+    recs = read_records("ct-rate", root, split="train") + read_records(
+        "ct-rate", root, split="validation"
+    )
     assert len(recs) == 12 and {r["split"] for r in recs} == {"train", "validation"}
     for r in recs:
         raw = np.asarray(nib.load(r["image"]).dataobj).astype(np.float64)

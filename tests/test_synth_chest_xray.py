@@ -22,8 +22,13 @@ SHAPE = (48, 40, 40)
 
 @pytest.fixture(scope="module")
 def mimic(tmp_path_factory):
-    return synth.chest_xray(tmp_path_factory.mktemp("cxr") / "m", 8, seed=2, shape=SHAPE,
-                            prevalence={"cardiomegaly": 0.5, "pleural effusion": 0.5})
+    return synth.chest_xray(
+        tmp_path_factory.mktemp("cxr") / "m",
+        8,
+        seed=2,
+        shape=SHAPE,
+        prevalence={"cardiomegaly": 0.5, "pleural effusion": 0.5},
+    )
 
 
 def _csv_gz(path):
@@ -45,7 +50,9 @@ def test_tables_images_and_reports(mimic):
         png = mimic / "files" / f"p{subj[:2]}" / f"p{subj}" / f"s{study}" / f"{m['dicom_id']}.png"
         im = np.asarray(Image.open(png))
         assert im.dtype == np.uint8 and im.shape == (int(m["Rows"]), int(m["Columns"]))
-        case = C.generate_case(10_000 + int(subj) - 10_000_000, np.asarray(gt["codes"]), seed=2, shape=SHAPE)
+        case = C.generate_case(
+            10_000 + int(subj) - 10_000_000, np.asarray(gt["codes"]), seed=2, shape=SHAPE
+        )
         np.testing.assert_array_equal(im, X.project(case.hu, case.spacing, m["ViewPosition"]))
         txt = (mimic / "files" / f"p{subj[:2]}" / f"p{subj}" / f"s{study}.txt").read_text()
         assert "FINDINGS:" in txt and "IMPRESSION:" in txt
@@ -78,7 +85,11 @@ def test_reader(mimic):
 
     if "mimic-cxr" not in reader_names():
         pytest.skip("voxlm's mimic-cxr reader has not landed")
-    recs = [r for split in ("train", "validation", "test") for r in read_records("mimic-cxr", mimic, split=split)]
+    recs = [
+        r
+        for split in ("train", "validation", "test")
+        for r in read_records("mimic-cxr", mimic, split=split)
+    ]
     assert len(recs) == 8
     for r in recs:
         assert len(r["images"]) == 2 and r["images"][0].endswith(".png")

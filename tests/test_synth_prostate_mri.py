@@ -19,7 +19,9 @@ SMALL = (12, 64, 64)
 
 @pytest.fixture(scope="module")
 def picai(tmp_path_factory):
-    return synth.prostate_mri(tmp_path_factory.mktemp("pm") / "picai", 10, seed=3, shape=SMALL, dicom_every=10)
+    return synth.prostate_mri(
+        tmp_path_factory.mktemp("pm") / "picai", 10, seed=3, shape=SMALL, dicom_every=10
+    )
 
 
 def test_rules():
@@ -48,14 +50,26 @@ def test_lesions_look_like_their_score(score):
     for case_id in range(4):
         c = P.generate_case(case_id, score, seed=1, shape=SMALL)
         les = c["lesion"]
-        assert les["pirads"] == score == P.pirads_score(les["zone"], les["size_mm"], les["adc_drop"], les["dwi_gain"],
-                                                        les["t2_shape"], les["epe"])
+        assert (
+            les["pirads"]
+            == score
+            == P.pirads_score(
+                les["zone"],
+                les["size_mm"],
+                les["adc_drop"],
+                les["dwi_gain"],
+                les["t2_shape"],
+                les["epe"],
+            )
+        )
         m = c["mask"].astype(bool)
         assert m.sum() == les["voxels"] > 0
         x, y, z = les["point_voxel_xyz"]
         assert m[z, y, x]
         # ADC / DWI are at half the in-plane resolution: compare the lesion's blocks with the zone
-        half = m[:, : SMALL[1] // 2 * 2, : SMALL[2] // 2 * 2].reshape(SMALL[0], SMALL[1] // 2, 2, SMALL[2] // 2, 2)
+        half = m[:, : SMALL[1] // 2 * 2, : SMALL[2] // 2 * 2].reshape(
+            SMALL[0], SMALL[1] // 2, 2, SMALL[2] // 2, 2
+        )
         core = half.all((2, 4))
         if core.sum() >= 2:
             normal = 1600.0 if les["zone"] == "pz" else 1200.0
@@ -77,9 +91,22 @@ def test_picai_layout(picai):
     nib = pytest.importorskip("nibabel")
     with open(picai / "clinical_information" / "marksheet.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["patient_id", "study_id", "mri_date", "patient_age", "psa", "psad", "prostate_volume",
-                             "histopath_type", "lesion_PIRADS", "lesion_GS", "lesion_ISUP", "case_ISUP", "case_csPCa",
-                             "center"]
+    assert list(rows[0]) == [
+        "patient_id",
+        "study_id",
+        "mri_date",
+        "patient_age",
+        "psa",
+        "psad",
+        "prostate_volume",
+        "histopath_type",
+        "lesion_PIRADS",
+        "lesion_GS",
+        "lesion_ISUP",
+        "case_ISUP",
+        "case_csPCa",
+        "center",
+    ]
     assert len(rows) == 10
     for i, row in enumerate(rows):
         cid = f"{row['patient_id']}_{row['study_id']}"
@@ -88,13 +115,21 @@ def test_picai_layout(picai):
         assert row["case_csPCa"] == ("YES" if gt["isup"] >= 2 else "NO")
         c = P.generate_case(i, gt["pirads"], seed=3, shape=SMALL)
         t2 = sitk.ReadImage(str(picai / row["patient_id"] / f"{cid}_t2w.mha"))
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(t2), np.rint(c["t2w"]).astype(np.int16))
+        np.testing.assert_array_equal(
+            sitk.GetArrayFromImage(t2), np.rint(c["t2w"]).astype(np.int16)
+        )
         adc = sitk.ReadImage(str(picai / row["patient_id"] / f"{cid}_adc.mha"))
         hbv = sitk.ReadImage(str(picai / row["patient_id"] / f"{cid}_hbv.mha"))
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(adc), np.rint(c["adc"]).astype(np.int16))
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(hbv), np.rint(c["dwi"]).astype(np.int16))
+        np.testing.assert_array_equal(
+            sitk.GetArrayFromImage(adc), np.rint(c["adc"]).astype(np.int16)
+        )
+        np.testing.assert_array_equal(
+            sitk.GetArrayFromImage(hbv), np.rint(c["dwi"]).astype(np.int16)
+        )
         # same field of view: ADC's first voxel centre is half a T2W voxel in from T2W's corner... on one grid
-        np.testing.assert_allclose(np.asarray(adc.GetSpacing()[:2]), 2 * np.asarray(t2.GetSpacing()[:2]))
+        np.testing.assert_allclose(
+            np.asarray(adc.GetSpacing()[:2]), 2 * np.asarray(t2.GetSpacing()[:2])
+        )
         corner_t2 = np.asarray(t2.GetOrigin()) - 0.5 * np.asarray(t2.GetSpacing())
         corner_adc = np.asarray(adc.GetOrigin()) - 0.5 * np.asarray(adc.GetSpacing())
         np.testing.assert_allclose(corner_t2[:2], corner_adc[:2], atol=1e-6)
@@ -142,7 +177,10 @@ def test_prostate_biopsy_layout(tmp_path):
             assert case.startswith("Prostate-MRI-US-Biopsy-") and target == "1"
             gt = json.loads((root / "ground_truth" / f"{case}.json").read_text())
             assert int(score) == gt["pirads"]
-            shapes = {nib.load(root / case / f"{case}_{s}_Target1.nii.gz").shape for s in ("T2W", "ADC", "DWI")}
+            shapes = {
+                nib.load(root / case / f"{case}_{s}_Target1.nii.gz").shape
+                for s in ("T2W", "ADC", "DWI")
+            }
             assert len(shapes) == 1
             names.append(name)
     assert len(names) == 10

@@ -38,8 +38,15 @@ def test_mha_reads_identically_in_simpleitk(tmp_path, compress, dtype):
     np.testing.assert_allclose(img.GetOrigin(), origin, atol=1e-9)
     np.testing.assert_allclose(img.GetDirection(), direction, atol=1e-9)
     head = f.read_bytes()[:600].decode("latin-1")
-    for key in ("ObjectType = Image", "NDims = 3", "DimSize = 9 7 5", "ElementDataFile = LOCAL",
-                "TransformMatrix =", "ElementSpacing =", "Offset ="):
+    for key in (
+        "ObjectType = Image",
+        "NDims = 3",
+        "DimSize = 9 7 5",
+        "ElementDataFile = LOCAL",
+        "TransformMatrix =",
+        "ElementSpacing =",
+        "Offset =",
+    ):
         assert key in head
 
 
@@ -56,7 +63,11 @@ def test_nifti_of_an_itk_grid_has_simpleitks_geometry(tmp_path):
     a = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6)  # [D, H, W]
     spacing, origin = (0.6, 0.7, 3.0), (-20.0, 11.0, 5.0)
     write_mha(tmp_path / "img.mha", a, spacing, origin)
-    write_nifti(tmp_path / "mask.nii.gz", np.ascontiguousarray(a.transpose(2, 1, 0)), lps_to_ras_affine(spacing, origin))
+    write_nifti(
+        tmp_path / "mask.nii.gz",
+        np.ascontiguousarray(a.transpose(2, 1, 0)),
+        lps_to_ras_affine(spacing, origin),
+    )
     i, m = sitk.ReadImage(str(tmp_path / "img.mha")), sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(m), a)
     np.testing.assert_allclose(m.GetOrigin(), i.GetOrigin(), atol=1e-4)
@@ -71,28 +82,48 @@ def test_dicom_series_reads_in_pydicom_and_simpleitk(tmp_path, modality):
     stored = rng.integers(-1000, 3000, size=(4, 6, 5)).astype(np.int16)  # [D, H, W]
     spacing, origin = (0.8, 0.9, 2.5), (-100.0, -120.0, 40.0)
     slope, intercept = (1.0, -1024.0) if modality == "CT" else (1.0, 0.0)
-    files = write_dicom_series(tmp_path / "s", stored, spacing, origin, modality, slope, intercept,
-                               patient_id="P1", series_description="desc", uid_seed="t")
+    files = write_dicom_series(
+        tmp_path / "s",
+        stored,
+        spacing,
+        origin,
+        modality,
+        slope,
+        intercept,
+        patient_id="P1",
+        series_description="desc",
+        uid_seed="t",
+    )
     assert len(files) == 4
     for k, f in enumerate(files):
         ds = pydicom.dcmread(f)
         assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
-        assert ds.SOPClassUID == ("1.2.840.10008.5.1.4.1.1.2" if modality == "CT" else "1.2.840.10008.5.1.4.1.1.4")
+        assert ds.SOPClassUID == (
+            "1.2.840.10008.5.1.4.1.1.2" if modality == "CT" else "1.2.840.10008.5.1.4.1.1.4"
+        )
         assert ds.Modality == modality and ds.PatientID == "P1" and ds.SeriesDescription == "desc"
         assert (ds.Rows, ds.Columns) == (6, 5)
         np.testing.assert_allclose([float(v) for v in ds.PixelSpacing], [spacing[1], spacing[0]])
-        np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], [origin[0], origin[1], origin[2] + k * 2.5])
-        np.testing.assert_allclose([float(v) for v in ds.ImageOrientationPatient], [1, 0, 0, 0, 1, 0])
+        np.testing.assert_allclose(
+            [float(v) for v in ds.ImagePositionPatient], [origin[0], origin[1], origin[2] + k * 2.5]
+        )
+        np.testing.assert_allclose(
+            [float(v) for v in ds.ImageOrientationPatient], [1, 0, 0, 0, 1, 0]
+        )
         assert float(ds.SliceThickness) == 2.5 and int(ds.InstanceNumber) == k + 1
         assert float(ds.RescaleSlope) == slope and float(ds.RescaleIntercept) == intercept
         np.testing.assert_array_equal(ds.pixel_array, stored[k])
         if modality == "CT":
-            np.testing.assert_array_equal(pydicom.pixels.apply_rescale(ds.pixel_array, ds), stored[k] * slope + intercept)
+            np.testing.assert_array_equal(
+                pydicom.pixels.apply_rescale(ds.pixel_array, ds), stored[k] * slope + intercept
+            )
         assert len(ds.SeriesInstanceUID) <= 64 and ds.SeriesInstanceUID.startswith("2.25.")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "s")))
     img = reader.Execute()
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(img), stored.astype(np.float64) * slope + intercept)
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(img), stored.astype(np.float64) * slope + intercept
+    )
     np.testing.assert_allclose(img.GetSpacing(), spacing, atol=1e-6)
     np.testing.assert_allclose(img.GetOrigin(), origin, atol=1e-6)
 
@@ -100,7 +131,9 @@ def test_dicom_series_reads_in_pydicom_and_simpleitk(tmp_path, modality):
 def test_uids_are_deterministic_and_valid():
     a, b = stable_uid("x", 1), stable_uid("x", 1)
     assert a == b != stable_uid("x", 2)
-    assert len(a) <= 64 and all(p.isdigit() and (p == "0" or not p.startswith("0")) for p in a.split("."))
+    assert len(a) <= 64 and all(
+        p.isdigit() and (p == "0" or not p.startswith("0")) for p in a.split(".")
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

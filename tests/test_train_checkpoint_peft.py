@@ -43,15 +43,35 @@ def test_checkpoint_adapter_loads_in_peft(tmp_path):
     from voxlm.llm import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=48,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     llm = LlamaForCausalLM(cfg)
     llm.save_pretrained(tmp_path / "base")
-    add_lora(llm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj", "gate_proj"]))
+    add_lora(
+        llm,
+        LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj", "gate_proj"]
+        ),
+    )
     model = WithLLM(llm)
     model.extra.requires_grad_(False)
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=4,
-                             learning_rate=5e-2, save_steps=4, disable_tqdm=True, report_to=[], plot=False)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=5e-2,
+        save_steps=4,
+        disable_tqdm=True,
+        report_to=[],
+        plot=False,
+    )
     Trainer(model, args, Tok()).train()
     ck = tmp_path / "run" / "checkpoint-4"
     ad = ck / "adapters" / "llm"
@@ -59,7 +79,9 @@ def test_checkpoint_adapter_loads_in_peft(tmp_path):
     # model.safetensors: exactly the trainable (LoRA) tensors
     sd = C.load_tensors(ck / "model.safetensors")
     assert sorted(sd) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
-    assert all(".lora_" in k for k in sd) and any(v.abs().sum() > 0 for k, v in sd.items() if "lora_B" in k)
+    assert all(".lora_" in k for k in sd) and any(
+        v.abs().sum() > 0 for k, v in sd.items() if "lora_B" in k
+    )
 
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
     pm = peft.PeftModel.from_pretrained(hf, ad).eval()

@@ -12,11 +12,31 @@ import yaml
 from voxlm.cli import main
 
 TINY = {
-    "recipe": {"name": "example", "modulus": 8, "seq_len": 8, "prompt_len": 3, "lora_steps_fraction": 0.5},
-    "model": {"llm": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}},
+    "recipe": {
+        "name": "example",
+        "modulus": 8,
+        "seq_len": 8,
+        "prompt_len": 3,
+        "lora_steps_fraction": 0.5,
+    },
+    "model": {
+        "llm": {
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        }
+    },
     "data": {"format": "arithmetic", "n_train": 32, "n_eval": 8},
-    "train": {"max_steps": 4, "per_device_train_batch_size": 8, "save_steps": 2, "logging_steps": 1,
-              "eval_strategy": "steps", "eval_steps": 2, "disable_tqdm": True},
+    "train": {
+        "max_steps": 4,
+        "per_device_train_batch_size": 8,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "eval_strategy": "steps",
+        "eval_steps": 2,
+        "disable_tqdm": True,
+    },
 }
 
 
@@ -29,14 +49,30 @@ def config(tmp_path):
 
 def test_train_evaluate_generate(tmp_path, config, capsys):
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "voxlm", "train", str(config), "--output-dir", str(run)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "voxlm", "train", str(config), "--output-dir", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads(r.stdout[r.stdout.index("{"):])
-    assert summary["stages"]["lm"]["global_step"] == 4 and summary["stages"]["lora"]["global_step"] == 2
-    for p in ("config.yaml", "lm/metrics.csv", "lm/loss.png", "lm/final/model.safetensors", "lm/checkpoint-4",
-              "lora/checkpoint-2/adapters/llm/adapter_config.json", "lora/final/adapters/llm/adapter_model.safetensors",
-              "model/config.json", "model/model.safetensors", "model/adapter/adapter_config.json"):
+    summary = json.loads(r.stdout[r.stdout.index("{") :])
+    assert (
+        summary["stages"]["lm"]["global_step"] == 4
+        and summary["stages"]["lora"]["global_step"] == 2
+    )
+    for p in (
+        "config.yaml",
+        "lm/metrics.csv",
+        "lm/loss.png",
+        "lm/final/model.safetensors",
+        "lm/checkpoint-4",
+        "lora/checkpoint-2/adapters/llm/adapter_config.json",
+        "lora/final/adapters/llm/adapter_model.safetensors",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/adapter/adapter_config.json",
+    ):
         assert (run / p).exists(), p
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["output_dir"] == str(run)
 
@@ -46,7 +82,12 @@ def test_train_evaluate_generate(tmp_path, config, capsys):
     rows = list(csv.DictReader((run / "eval" / "predictions.csv").open()))
     assert len(rows) == 8 and all(len(r["target"].split()) == 5 for r in rows)
 
-    assert main(["generate", str(run / "model"), "--data", str(config), "--out", str(tmp_path / "gen")]) == 0
+    assert (
+        main(
+            ["generate", str(run / "model"), "--data", str(config), "--out", str(tmp_path / "gen")]
+        )
+        == 0
+    )
     gen = list(csv.DictReader((tmp_path / "gen" / "predictions.csv").open()))
     assert [g["prediction"] for g in gen] == [r["prediction"] for r in rows]  # same model, greedy
     # --split test needs a per-split builder, which the generated example task does not have
@@ -97,12 +138,18 @@ def test_cli_errors_are_named(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({**TINY, "recipe": {**TINY["recipe"], "modulus": "8"}}))
     assert main(["train", str(bad), "--output-dir", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err
-    assert "config section 'recipe / model': TypeError" in err and "Traceback" not in err and err.count("\n") == 1
+    assert (
+        "config section 'recipe / model': TypeError" in err
+        and "Traceback" not in err
+        and err.count("\n") == 1
+    )
 
 
 def test_synth_and_info(tmp_path, capsys):
     pytest.importorskip("voxlm.synth")
-    assert main(["synth", "chest-ct", "--out", str(tmp_path / "ct"), "--n", "2", "--seed", "1"]) == 0
+    assert (
+        main(["synth", "chest-ct", "--out", str(tmp_path / "ct"), "--n", "2", "--seed", "1"]) == 0
+    )
     assert (tmp_path / "ct" / "annotation.json").is_file()
     assert main(["info"]) == 0
     assert "voxlm" in capsys.readouterr().out

@@ -28,9 +28,17 @@ def _model(lora: bool = True):
     class Wrap(nn.Module):  # a Rust-bound LLaMA and a plain-torch projector
         def __init__(self):
             super().__init__()
-            self.llm = LlamaForCausalLM(LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64,
-                                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                                    max_position_embeddings=64))
+            self.llm = LlamaForCausalLM(
+                LlamaConfig(
+                    vocab_size=48,
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    num_key_value_heads=2,
+                    max_position_embeddings=64,
+                )
+            )
             self.proj = nn.Linear(32, 32)
 
         def forward(self, input_ids, labels=None, **kw):
@@ -40,7 +48,10 @@ def _model(lora: bool = True):
     torch.manual_seed(0)
     m = Wrap()
     if lora:
-        add_lora(m.llm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+        add_lora(
+            m.llm,
+            LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        )
     for p in m.proj.parameters():
         p.requires_grad_(True)
     return m
@@ -77,10 +88,24 @@ def _metrics(ep):
 def _train(out: str, ga: int, fsdp: bool = False) -> None:
     from voxlm.train import Trainer, TrainingArguments
 
-    args = TrainingArguments(output_dir=out, max_steps=6, per_device_train_batch_size=2, gradient_accumulation_steps=ga,
-                             learning_rate=2e-2, weight_decay=0.01, lr_scheduler_type="linear", warmup_steps=1,
-                             save_steps=3, logging_steps=1, seed=3, disable_tqdm=True, report_to=["csv"], plot=False,
-                             per_device_eval_batch_size=3, fsdp=fsdp)
+    args = TrainingArguments(
+        output_dir=out,
+        max_steps=6,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=ga,
+        learning_rate=2e-2,
+        weight_decay=0.01,
+        lr_scheduler_type="linear",
+        warmup_steps=1,
+        save_steps=3,
+        logging_steps=1,
+        seed=3,
+        disable_tqdm=True,
+        report_to=["csv"],
+        plot=False,
+        per_device_eval_batch_size=3,
+        fsdp=fsdp,
+    )
     model = _model()
     trainer = Trainer(model, args, _data(), eval_dataset=_data(EVAL_N), compute_metrics=_metrics)
     trainer.train()
@@ -103,14 +128,26 @@ def _train(out: str, ga: int, fsdp: bool = False) -> None:
             shutil.rmtree(o / "final")
             shutil.move(o / "checkpoint-6", o / "later-checkpoint-6")
         dist.barrier()
-        resumed = Trainer(_model(), args, _data(), eval_dataset=_data(EVAL_N), compute_metrics=_metrics)
+        resumed = Trainer(
+            _model(), args, _data(), eval_dataset=_data(EVAL_N), compute_metrics=_metrics
+        )
         resumed.train(resume_from_checkpoint=True)
         resumed.evaluate()
 
 
 def _torchrun(out, fsdp=False):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(HERE), str(out),
-           "1", "fsdp" if fsdp else "ddp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE),
+        str(out),
+        "1",
+        "fsdp" if fsdp else "ddp",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
 
@@ -172,10 +209,17 @@ def test_fsdp2_two_gloo_processes(tmp_path, one_process):
     import csv
 
     ev_one = [r for r in csv.DictReader((one_process / "metrics.csv").open()) if r["eval_loss"]]
-    ev_fsdp = [r for r in csv.DictReader((tmp_path / "fsdp" / "metrics.csv").open()) if r["eval_loss"]]
-    assert len(ev_one) == 1 and len(ev_fsdp) == 1  # the killed-and-resumed history keeps steps <= 3 only
+    ev_fsdp = [
+        r for r in csv.DictReader((tmp_path / "fsdp" / "metrics.csv").open()) if r["eval_loss"]
+    ]
+    assert (
+        len(ev_one) == 1 and len(ev_fsdp) == 1
+    )  # the killed-and-resumed history keeps steps <= 3 only
     assert float(ev_fsdp[0]["eval_loss"]) == pytest.approx(float(ev_one[0]["eval_loss"]), rel=1e-6)
-    assert float(ev_fsdp[0]["eval_items"]) == EVAL_N and ev_fsdp[0]["eval_order"] == ev_one[0]["eval_order"]
+    assert (
+        float(ev_fsdp[0]["eval_items"]) == EVAL_N
+        and ev_fsdp[0]["eval_order"] == ev_one[0]["eval_order"]
+    )
     info = json.loads((tmp_path / "fsdp" / "shard_info.json").read_text())
     assert info == {"type": "DTensor", "local": [24, 32], "full": [48, 32]}
     ck = tmp_path / "fsdp" / "checkpoint-3"

@@ -37,19 +37,51 @@ def _train(out: str, resume: bool, slow: float) -> None:
             return {"input_ids": self.x[i], "labels": self.x[i]}
 
     torch.manual_seed(0)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
-    add_lora(llm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj", "down_proj"]))
-    args = TrainingArguments(output_dir=out, max_steps=MAX_STEPS, per_device_train_batch_size=3,
-                             gradient_accumulation_steps=2, learning_rate=2e-2, weight_decay=0.01,
-                             lr_scheduler_type="cosine", warmup_steps=3, save_steps=2, save_total_limit=3,
-                             logging_steps=1, seed=7, disable_tqdm=True, report_to=["csv"], plot=False)
+    llm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
+    add_lora(
+        llm,
+        LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj", "down_proj"]
+        ),
+    )
+    args = TrainingArguments(
+        output_dir=out,
+        max_steps=MAX_STEPS,
+        per_device_train_batch_size=3,
+        gradient_accumulation_steps=2,
+        learning_rate=2e-2,
+        weight_decay=0.01,
+        lr_scheduler_type="cosine",
+        warmup_steps=3,
+        save_steps=2,
+        save_total_limit=3,
+        logging_steps=1,
+        seed=7,
+        disable_tqdm=True,
+        report_to=["csv"],
+        plot=False,
+    )
     Trainer(llm, args, Tokens()).train(resume_from_checkpoint=True if resume else None)
 
 
 def _run(out, resume=False, slow=0.0):
     cmd = [sys.executable, str(HERE), str(out), "1" if resume else "0", str(slow)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _final(out):

@@ -20,7 +20,9 @@ class Reg(Dataset):
     def __init__(self, n=32, seed=0):
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, 4, generator=g)
-        self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.01 * torch.randn(n, 1, generator=g)
+        self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.01 * torch.randn(
+            n, 1, generator=g
+        )
 
     def __len__(self):
         return len(self.x)
@@ -43,22 +45,50 @@ class Lin(nn.Module):
 
 
 def _args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "run"), max_steps=8, per_device_train_batch_size=4, learning_rate=1e-2,
-                logging_steps=1, save_steps=4, disable_tqdm=True, seed=1)
+    base = dict(
+        output_dir=str(tmp_path / "run"),
+        max_steps=8,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_steps=4,
+        disable_tqdm=True,
+        seed=1,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
 
 def test_run_folder_metrics_events_plot(tmp_path):
     pytest.importorskip("tensorboard")
-    args = _args(tmp_path, eval_strategy="steps", eval_steps=4, lr_scheduler_type="cosine", warmup_steps=2,
-                 label_names=["y"])
-    t = Trainer(Lin(), args, Reg(), Reg(8, seed=1), compute_metrics=lambda ep: {"mae": float(abs(ep.predictions - ep.label_ids).mean())})
+    args = _args(
+        tmp_path,
+        eval_strategy="steps",
+        eval_steps=4,
+        lr_scheduler_type="cosine",
+        warmup_steps=2,
+        label_names=["y"],
+    )
+    t = Trainer(
+        Lin(),
+        args,
+        Reg(),
+        Reg(8, seed=1),
+        compute_metrics=lambda ep: {"mae": float(abs(ep.predictions - ep.label_ids).mean())},
+    )
     out = t.train()
     run = tmp_path / "run"
     assert out.global_step == 8
-    for name in ("training_args.yaml", "metrics.csv", "loss.png", "trainer_state.json", "final/model.safetensors",
-                 "checkpoint-4/optimizer.pt", "checkpoint-8/scheduler.pt", "checkpoint-8/rng_state_0.pth"):
+    for name in (
+        "training_args.yaml",
+        "metrics.csv",
+        "loss.png",
+        "trainer_state.json",
+        "final/model.safetensors",
+        "checkpoint-4/optimizer.pt",
+        "checkpoint-8/scheduler.pt",
+        "checkpoint-8/rng_state_0.pth",
+    ):
         assert (run / name).exists(), name
     assert list(run.glob("events.out.tfevents.*"))
     rows = list(csv.DictReader((run / "metrics.csv").open()))
@@ -81,11 +111,20 @@ def test_run_folder_metrics_events_plot(tmp_path):
 
 def test_accumulation_equals_big_batch(tmp_path):
     """batch 2 x accumulation 4 == batch 8 x 1 (same order, shuffle off): equal to float32 rounding."""
+
     def run(bs, ga, name):
         m = Lin()
-        a = _args(tmp_path, output_dir=str(tmp_path / name), per_device_train_batch_size=bs,
-                  gradient_accumulation_steps=ga, max_steps=6, shuffle=False, report_to=[], plot=False,
-                  save_strategy="no")
+        a = _args(
+            tmp_path,
+            output_dir=str(tmp_path / name),
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+            max_steps=6,
+            shuffle=False,
+            report_to=[],
+            plot=False,
+            save_strategy="no",
+        )
         Trainer(m, a, Reg()).train()
         return m
 
@@ -96,8 +135,16 @@ def test_accumulation_equals_big_batch(tmp_path):
 
 def test_uneven_accumulation_last_step_of_epoch(tmp_path):
     """10 micro-batches with accumulation 4 -> 3 steps per epoch (4, 4, 2 micro-batches), HF's rule."""
-    a = _args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=4, max_steps=-1,
-              num_train_epochs=2, report_to=["csv"], plot=False, save_strategy="epoch")
+    a = _args(
+        tmp_path,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=4,
+        max_steps=-1,
+        num_train_epochs=2,
+        report_to=["csv"],
+        plot=False,
+        save_strategy="epoch",
+    )
     out = Trainer(Lin(), a, Reg(20)).train()
     assert out.global_step == 6
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [3, 6]
@@ -128,7 +175,10 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
         real(tensors, path)
 
     monkeypatch.setattr(C, "save_tensors", flaky)
-    with pytest.raises(TrainingError, match=r"step 6: writing checkpoint-6 failed .*No space left.*checkpoint-4 is intact"):
+    with pytest.raises(
+        TrainingError,
+        match=r"step 6: writing checkpoint-6 failed .*No space left.*checkpoint-4 is intact",
+    ):
         t.train()
     run = tmp_path / "run"
     assert [s for s, _ in list_checkpoints(run)] == [2, 4]
@@ -152,14 +202,19 @@ class NaNAt(Lin):
 def test_nonfinite_loss_stops_naming_step(tmp_path):
     a = _args(tmp_path, save_steps=2)
     m = NaNAt(5)
-    with pytest.raises(TrainingError, match=r"step 5: the loss or gradient is not finite.*last finite loss [0-9.]+ at step 4"
-                                            r".*checkpoint-4"):
+    with pytest.raises(
+        TrainingError,
+        match=r"step 5: the loss or gradient is not finite.*last finite loss [0-9.]+ at step 4"
+        r".*checkpoint-4",
+    ):
         Trainer(m, a, Reg()).train()
     ck = C.load_tensors(tmp_path / "run" / "checkpoint-4" / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in ck.values())
     # skipping instead: the bad step is skipped, the run finishes with finite weights
     m2 = NaNAt(5)
-    out = Trainer(m2, a.replace(output_dir=str(tmp_path / "skip"), skip_nonfinite_steps=True), Reg()).train()
+    out = Trainer(
+        m2, a.replace(output_dir=str(tmp_path / "skip"), skip_nonfinite_steps=True), Reg()
+    ).train()
     assert out.metrics["skipped_steps"] == 1 and out.global_step == 8
     assert all(torch.isfinite(p).all() for p in m2.parameters())
 
@@ -177,7 +232,9 @@ def test_resume_with_changed_optimisation_args(tmp_path):
     a = _args(tmp_path, max_steps=4, save_steps=2)
     Trainer(Lin(), a, Reg()).train()
     with pytest.raises(ConfigError, match=r"learning_rate .*seed"):
-        Trainer(Lin(), a.replace(learning_rate=0.5, seed=3), Reg()).train(resume_from_checkpoint=True)
+        Trainer(Lin(), a.replace(learning_rate=0.5, seed=3), Reg()).train(
+            resume_from_checkpoint=True
+        )
     # unchanged arguments resume (nothing left to do: already at max_steps)
     out = Trainer(Lin(), a, Reg()).train(resume_from_checkpoint=True)
     assert out.global_step == 4
@@ -209,7 +266,10 @@ def test_bad_input_named_before_training(tmp_path):
         def forward(self, x, labels):
             return nn.functional.mse_loss(self.w(x), labels)
 
-    with pytest.raises(TrainingError, match=r"step 1: the model rejected the first batch \{x: float32\[4, 4\], y: float32\[4, 1\]\}"):
+    with pytest.raises(
+        TrainingError,
+        match=r"step 1: the model rejected the first batch \{x: float32\[4, 4\], y: float32\[4, 1\]\}",
+    ):
         Trainer(Strict(), _args(tmp_path, output_dir=str(tmp_path / "r3")), Reg()).train()
 
     class NoLoss(Lin):
@@ -219,8 +279,12 @@ def test_bad_input_named_before_training(tmp_path):
     with pytest.raises(TrainingError, match="loss None"):
         Trainer(NoLoss(), _args(tmp_path, output_dir=str(tmp_path / "r4")), Reg()).train()
     with pytest.raises(DataError, match="expected a dict"):
-        Trainer(Lin(), _args(tmp_path, output_dir=str(tmp_path / "r5")), Reg(),
-                data_collator=lambda items: [i["x"] for i in items]).train()
+        Trainer(
+            Lin(),
+            _args(tmp_path, output_dir=str(tmp_path / "r5")),
+            Reg(),
+            data_collator=lambda items: [i["x"] for i in items],
+        ).train()
     for p, q in zip(before, m.parameters()):
         assert torch.equal(p, q)
     with pytest.raises(ConfigError, match="fp16"):
@@ -244,9 +308,16 @@ def test_bf16_autocast_on_cpu(tmp_path):
         def __init__(self):
             super().__init__()
             torch.manual_seed(0)
-            self.llm = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
-                                                    num_hidden_layers=1, num_attention_heads=2,
-                                                    max_position_embeddings=32))
+            self.llm = LlamaForCausalLM(
+                LlamaConfig(
+                    vocab_size=32,
+                    hidden_size=16,
+                    intermediate_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    max_position_embeddings=32,
+                )
+            )
             self.proj = nn.Linear(16, 16)
             self.seen = set()
 
@@ -275,7 +346,10 @@ def test_stages_resume_skips_finished_stage(tmp_path):
             model.requires_grad_(False)
             model.head.requires_grad_(True)
 
-        return [Stage("one", base.replace(max_steps=4), first), Stage("two", base.replace(max_steps=6), second)]
+        return [
+            Stage("one", base.replace(max_steps=4), first),
+            Stage("two", base.replace(max_steps=6), second),
+        ]
 
     base = _args(tmp_path, save_steps=2)
     m1 = Lin()
@@ -293,7 +367,9 @@ def test_stages_resume_skips_finished_stage(tmp_path):
     m2 = Lin()
     with torch.no_grad():
         for p in [*m2.proj.parameters(), *m2.head.parameters()]:
-            p.add_(1.0)  # a different start: stage one must come from its final/, two from checkpoint-2
+            p.add_(
+                1.0
+            )  # a different start: stage one must come from its final/, two from checkpoint-2
     run_stages(m2, stages(m2, base.replace(output_dir=str(part))), Reg(), resume=True)
     for (n, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters()):
         assert torch.equal(p, q), n
@@ -314,10 +390,18 @@ def test_stages_resume_skips_finished_stage(tmp_path):
 def test_mixed_precision_cuda(tmp_path, precision):
     """CUDA: bf16 autocast / fp16 autocast with GradScaler; float32 master weights; the loss
     follows the float32 run's to mixed-precision rounding."""
+
     def run(**kw):
         m = Lin()
-        a = _args(tmp_path, output_dir=str(tmp_path / str(kw)), max_steps=6, report_to=[], plot=False,
-                  save_strategy="no", **kw)
+        a = _args(
+            tmp_path,
+            output_dir=str(tmp_path / str(kw)),
+            max_steps=6,
+            report_to=[],
+            plot=False,
+            save_strategy="no",
+            **kw,
+        )
         t = Trainer(m, a, Reg())
         return t.train(), m
 

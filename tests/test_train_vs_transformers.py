@@ -44,9 +44,21 @@ def collate(items):
     return {"x": torch.stack([i["x"] for i in items]), "y": torch.stack([i["y"] for i in items])}
 
 
-COMMON = dict(num_train_epochs=2, per_device_train_batch_size=4, gradient_accumulation_steps=2, learning_rate=3e-2,
-              weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.99, adam_epsilon=1e-8, max_grad_norm=0.5,
-              lr_scheduler_type="linear", warmup_steps=2, seed=5, logging_steps=1)
+COMMON = dict(
+    num_train_epochs=2,
+    per_device_train_batch_size=4,
+    gradient_accumulation_steps=2,
+    learning_rate=3e-2,
+    weight_decay=0.1,
+    adam_beta1=0.9,
+    adam_beta2=0.99,
+    adam_epsilon=1e-8,
+    max_grad_norm=0.5,
+    lr_scheduler_type="linear",
+    warmup_steps=2,
+    seed=5,
+    logging_steps=1,
+)
 
 
 def test_parameters_equal_transformers_trainer(tmp_path):
@@ -55,15 +67,30 @@ def test_parameters_equal_transformers_trainer(tmp_path):
             return SequentialSampler(self.train_dataset)
 
     hf_model = Net()
-    hf_args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), optim="adamw_torch", use_cpu=True,
-                                             save_strategy="no", report_to="none", remove_unused_columns=False,
-                                             disable_tqdm=True, dataloader_num_workers=0, **COMMON)
+    hf_args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        optim="adamw_torch",
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **COMMON,
+    )
     hf = SequentialHF(model=hf_model, args=hf_args, train_dataset=Reg(), data_collator=collate)
     hf.train()
 
     ours = Net()
-    args = TrainingArguments(output_dir=str(tmp_path / "ours"), shuffle=False, save_strategy="no", report_to=[],
-                             disable_tqdm=True, plot=False, **COMMON)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "ours"),
+        shuffle=False,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        plot=False,
+        **COMMON,
+    )
     trainer = Trainer(ours, args, Reg(), data_collator=collate)
     out = trainer.train()
     # 22 items / batch 4 = 6 micro-batches per epoch -> 3 steps per epoch -> 6 steps

@@ -60,8 +60,12 @@ def test_resize_equals_interpolate_and_monai(mode, size):
 @pytest.mark.parametrize("channel_wise", [False, True])
 def test_percentile_window_equals_monai(channel_wise):
     a, _ = vol_and_affine(2)
-    ref = mt.ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True, channel_wise=channel_wise)(a)
-    out = vt.ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True, channel_wise=channel_wise)(a)
+    ref = mt.ScaleIntensityRangePercentiles(
+        0.5, 99.5, 0.0, 1.0, clip=True, channel_wise=channel_wise
+    )(a)
+    out = vt.ScaleIntensityRangePercentiles(
+        0.5, 99.5, 0.0, 1.0, clip=True, channel_wise=channel_wise
+    )(a)
     np.testing.assert_allclose(out, np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
@@ -81,7 +85,9 @@ def test_crop_foreground_equals_monai(margin):
     a[:] = 0
     a[0, 2:5, 3:9, 1:4] = 1.0
     a[1, 6, 2, 5] = 2.0
-    ref = mt.CropForeground(select_fn=lambda x: x > 0, margin=margin, allow_smaller=True)(meta(a, aff))
+    ref = mt.CropForeground(select_fn=lambda x: x > 0, margin=margin, allow_smaller=True)(
+        meta(a, aff)
+    )
     out, new_aff = vt.CropForeground(margin=margin).apply(a, aff)
     np.testing.assert_array_equal(out, ref.numpy())
     np.testing.assert_allclose(new_aff, ref.affine.numpy(), atol=1e-12)
@@ -119,7 +125,13 @@ def test_methods_transforms():
     np.testing.assert_array_equal(f1, a[:, :, ::-1])
     r1, r2 = vt.RandScaleShiftIntensity(1.0, seed=3)(a), vt.RandScaleShiftIntensity(1.0, seed=3)(a)
     np.testing.assert_array_equal(r1, r2)
-    pipe = vt.Compose([vt.Orientation("RAS"), vt.ScaleIntensityRange(-1, 1, 0, 1, clip=True), vt.Resize((8, 8, 8))])
+    pipe = vt.Compose(
+        [
+            vt.Orientation("RAS"),
+            vt.ScaleIntensityRange(-1, 1, 0, 1, clip=True),
+            vt.Resize((8, 8, 8)),
+        ]
+    )
     v = pipe(Volume(a[0], aff))
     assert isinstance(v, Volume) and v.shape == (8, 8, 8) and "".join(v.axcodes) == "RAS"
 
@@ -152,13 +164,25 @@ def test_load_batch_rust_pipeline_equals_transforms(tmp_path):
         p = tmp_path / f"ct{i}.nii.gz"
         nib.Nifti1Image(data, aff).to_filename(p)
         paths.append(p)
-    pipe = vt.Compose([vt.Orientation("RAS"), vt.ScaleIntensityRange(-160, 240, 0, 1, clip=True), vt.Resize((8, 16, 16))])
+    pipe = vt.Compose(
+        [
+            vt.Orientation("RAS"),
+            vt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+            vt.Resize((8, 16, 16)),
+        ]
+    )
     fast = load_batch(paths, pipe, num_threads=2)
     assert fast.shape == (3, 1, 8, 16, 16) and fast.dtype == torch.float32
     for i, p in enumerate(paths):
-        ref = mt.Compose([mt.LoadImage(image_only=True, reader="NibabelReader"), mt.EnsureChannelFirst(),
-                          mt.Orientation("RAS"), mt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
-                          mt.Resize((8, 16, 16), mode="trilinear")])(str(p))
+        ref = mt.Compose(
+            [
+                mt.LoadImage(image_only=True, reader="NibabelReader"),
+                mt.EnsureChannelFirst(),
+                mt.Orientation("RAS"),
+                mt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+                mt.Resize((8, 16, 16), mode="trilinear"),
+            ]
+        )(str(p))
         np.testing.assert_allclose(fast[i].numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
     slow = load_batch(paths, vt.Compose([*pipe.transforms, vt.NormalizeIntensity()]))
     assert slow.shape == fast.shape
@@ -174,7 +198,9 @@ def test_load_batch_rust_pipeline_equals_transforms(tmp_path):
 
 
 @pytest.mark.parametrize("oblique", [False, True])
-@pytest.mark.parametrize("diag,pix", [((-0.8, 0.8, 2.0), (1.5, 1.5, 1.5)), ((-1.2, 0.9, 3.0), (0.6, 1.1, 1.7))])
+@pytest.mark.parametrize(
+    "diag,pix", [((-0.8, 0.8, 2.0), (1.5, 1.5, 1.5)), ((-1.2, 0.9, 3.0), (0.6, 1.1, 1.7))]
+)
 def test_spacing_equals_monai(oblique, diag, pix):
     rng = np.random.default_rng(8)
     a = rng.normal(size=(2, 20, 18, 12)).astype(np.float32)
@@ -186,7 +212,9 @@ def test_spacing_equals_monai(oblique, diag, pix):
     ref = mt.Spacing(pixdim=pix, mode="bilinear")(meta(a, aff))
     out, new_aff = vt.Spacing(pix).apply(a, aff)
     assert out.shape == tuple(ref.shape)
-    np.testing.assert_allclose(out, ref.numpy(), rtol=0, atol=1e-5)  # float32 grid coordinates in MONAI
+    np.testing.assert_allclose(
+        out, ref.numpy(), rtol=0, atol=1e-5
+    )  # float32 grid coordinates in MONAI
     np.testing.assert_allclose(new_aff, ref.affine.numpy(), atol=1e-9)
     v = vt.Spacing(pix)(Volume(a[0], aff))
     np.testing.assert_allclose(v.spacing, pix, rtol=1e-9)
@@ -240,14 +268,26 @@ def test_load_batch_with_spacing_equals_monai_chain(tmp_path):
         p = tmp_path / f"s{i}.nii.gz"
         nib.Nifti1Image(data, aff).to_filename(p)
         paths.append(p)
-    pipe = vt.Compose([vt.Orientation("RAS"), vt.Spacing(1.5), vt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
-                       vt.Resize((8, 12, 12))])
+    pipe = vt.Compose(
+        [
+            vt.Orientation("RAS"),
+            vt.Spacing(1.5),
+            vt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+            vt.Resize((8, 12, 12)),
+        ]
+    )
     fast = load_batch(paths, pipe)
     for i, p in enumerate(paths):
-        ref = mt.Compose([mt.LoadImage(image_only=True, reader="NibabelReader"), mt.EnsureChannelFirst(),
-                          mt.Orientation("RAS"), mt.Spacing(1.5, mode="bilinear"),
-                          mt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
-                          mt.Resize((8, 12, 12), mode="trilinear")])(str(p))
+        ref = mt.Compose(
+            [
+                mt.LoadImage(image_only=True, reader="NibabelReader"),
+                mt.EnsureChannelFirst(),
+                mt.Orientation("RAS"),
+                mt.Spacing(1.5, mode="bilinear"),
+                mt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+                mt.Resize((8, 12, 12), mode="trilinear"),
+            ]
+        )(str(p))
         np.testing.assert_allclose(fast[i].numpy(), ref.numpy(), rtol=0, atol=1e-4, err_msg=str(i))
         # and the Python transforms on a Volume agree with the fused Rust pipeline
         from voxlm.volume import load_volume

@@ -28,8 +28,17 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 @pytest.mark.parametrize("classification", [False, True])
 def test_vit3d_equals_monai(proj_type, classification):
     torch.manual_seed(0)
-    kw = dict(in_channels=2, img_size=(8, 32, 32), patch_size=(4, 16, 16), hidden_size=48, mlp_dim=96,
-              num_layers=3, num_heads=4, proj_type=proj_type, classification=classification)
+    kw = dict(
+        in_channels=2,
+        img_size=(8, 32, 32),
+        patch_size=(4, 16, 16),
+        hidden_size=48,
+        mlp_dim=96,
+        num_layers=3,
+        num_heads=4,
+        proj_type=proj_type,
+        classification=classification,
+    )
     ref = ViT(**kw, qkv_bias=True).eval()
     with torch.no_grad():
         ref.patch_embedding.position_embeddings.normal_()
@@ -48,8 +57,15 @@ def test_vit3d_equals_monai(proj_type, classification):
 
 
 def test_vit3d_m3d_shape_and_training():
-    vit = ViT3D(img_size=(32, 64, 64), patch_size=(4, 16, 16), hidden_size=32, mlp_dim=64, num_layers=1,
-                num_heads=4, proj_type="perceptron")
+    vit = ViT3D(
+        img_size=(32, 64, 64),
+        patch_size=(4, 16, 16),
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=1,
+        num_heads=4,
+        proj_type="perceptron",
+    )
     assert vit.n_patches == 8 * 4 * 4
     x = torch.randn(1, 1, 32, 64, 64)
     out, hidden = vit(x)
@@ -59,7 +75,14 @@ def test_vit3d_m3d_shape_and_training():
 
 
 def test_vit3d_gradcheck_float64():
-    vit = ViT3D(img_size=(4, 8, 8), patch_size=(2, 4, 4), hidden_size=8, mlp_dim=16, num_layers=1, num_heads=2).double()
+    vit = ViT3D(
+        img_size=(4, 8, 8),
+        patch_size=(2, 4, 4),
+        hidden_size=8,
+        mlp_dim=16,
+        num_layers=1,
+        num_heads=2,
+    ).double()
     x = torch.randn(1, 1, 4, 8, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: vit(t)[0], (x,))
 
@@ -68,7 +91,14 @@ def test_lora_inside_the_rust_vit():
     from voxlm.adapters import LoraConfig, add_lora
 
     torch.manual_seed(0)
-    vit = ViT3D(img_size=(4, 16, 16), patch_size=(2, 8, 8), hidden_size=16, mlp_dim=32, num_layers=2, num_heads=2)
+    vit = ViT3D(
+        img_size=(4, 16, 16),
+        patch_size=(2, 8, 8),
+        hidden_size=16,
+        mlp_dim=32,
+        num_layers=2,
+        num_heads=2,
+    )
     x = torch.randn(2, 1, 4, 16, 16)
     base = vit(x)[0].detach()
     add_lora(vit, LoraConfig(r=2, lora_alpha=4, target_modules=["qkv"]))
@@ -90,9 +120,15 @@ def test_inflation_properties(k, depth):
     img = torch.randn(2, 3, 2 * k, 2 * k, dtype=torch.float64)
     vol = img.unsqueeze(2).repeat(1, 1, depth, 1, 1)
     y2 = F.conv2d(img, w2, stride=k)
-    mean = F.conv3d(vol, inflate_patch_embedding(w2, depth, "mean"), stride=(depth, k, k)).squeeze(2)
-    rep = F.conv3d(vol, inflate_patch_embedding(w2, depth, "replicate"), stride=(depth, k, k)).squeeze(2)
-    cen = F.conv3d(vol, inflate_patch_embedding(w2, depth, "center"), stride=(depth, k, k)).squeeze(2)
+    mean = F.conv3d(vol, inflate_patch_embedding(w2, depth, "mean"), stride=(depth, k, k)).squeeze(
+        2
+    )
+    rep = F.conv3d(
+        vol, inflate_patch_embedding(w2, depth, "replicate"), stride=(depth, k, k)
+    ).squeeze(2)
+    cen = F.conv3d(vol, inflate_patch_embedding(w2, depth, "center"), stride=(depth, k, k)).squeeze(
+        2
+    )
     torch.testing.assert_close(mean, y2)
     torch.testing.assert_close(rep, y2 * depth)
     torch.testing.assert_close(cen, y2)
@@ -108,8 +144,16 @@ def test_position_embeddings_reuse_and_interpolation():
     up = interpolate_pos_embedding(pos, (16, 16), (4, 16, 16))
     assert up.shape == (1, 1 + 4 * 256, 16)
     torch.testing.assert_close(up[:, 1:257], pos[:, 1:])  # same grid: each depth slice equals 2D
-    ref = F.interpolate(pos[:, 1:].reshape(1, 16, 16, 16).permute(0, 3, 1, 2).unsqueeze(2), size=(3, 8, 8),
-                        mode="trilinear", align_corners=False).flatten(2).transpose(1, 2)
+    ref = (
+        F.interpolate(
+            pos[:, 1:].reshape(1, 16, 16, 16).permute(0, 3, 1, 2).unsqueeze(2),
+            size=(3, 8, 8),
+            mode="trilinear",
+            align_corners=False,
+        )
+        .flatten(2)
+        .transpose(1, 2)
+    )
     torch.testing.assert_close(interpolate_pos_embedding(pos, (16, 16), (3, 8, 8))[:, 1:], ref)
 
 
@@ -126,7 +170,7 @@ def perceiver_ref(m: PerceiverResampler, x):
         q = attn.to_q(ll)
         k, v = attn.to_kv(torch.cat((xm, ll), dim=-2)).chunk(2, dim=-1)
         q, k, v = (t.reshape(b, t.shape[1], h, -1).transpose(1, 2) for t in (q, k, v))
-        q = q * m.dim_head ** -0.5
+        q = q * m.dim_head**-0.5
         sim = einsum("... i d, ... j d -> ... i j", q, k)
         sim = sim - sim.amax(dim=-1, keepdim=True).detach()
         out = einsum("... i j, ... j d -> ... i d", sim.softmax(dim=-1), v)
@@ -194,13 +238,27 @@ def test_disease_aware_attention_equals_dia_llama():
 
 
 def test_bad_vision_inputs():
-    vit = ViT3D(img_size=(8, 32, 32), patch_size=(4, 16, 16), hidden_size=16, mlp_dim=32, num_layers=1, num_heads=2)
+    vit = ViT3D(
+        img_size=(8, 32, 32),
+        patch_size=(4, 16, 16),
+        hidden_size=16,
+        mlp_dim=32,
+        num_layers=1,
+        num_heads=2,
+    )
     with pytest.raises(voxlm.ShapeError, match="expected spatial size"):
         vit(torch.randn(1, 1, 8, 30, 32))
     with pytest.raises(voxlm.ShapeError, match="expected 1 channels"):
         vit(torch.randn(1, 3, 8, 32, 32))
     with pytest.raises(voxlm.ConfigError, match="must divide"):
-        ViT3D(img_size=(8, 30, 32), patch_size=(4, 16, 16), hidden_size=16, mlp_dim=32, num_layers=1, num_heads=2)
+        ViT3D(
+            img_size=(8, 30, 32),
+            patch_size=(4, 16, 16),
+            hidden_size=16,
+            mlp_dim=32,
+            num_layers=1,
+            num_heads=2,
+        )
     sd = vit.state_dict()
     sd.pop("blocks.0.attn.qkv.weight")
     with pytest.raises(RuntimeError, match="Missing key"):
@@ -212,15 +270,24 @@ def test_bad_vision_inputs():
     with pytest.raises(voxlm.ShapeError, match="32 tokens"):
         DiseaseAwareAttention(3, 32)(torch.randn(1, 31, 4))
     with pytest.raises(voxlm.ShapeError, match="perceiver dim"):
-        PerceiverResampler(dim=16, depth=1, dim_head=4, heads=2, num_latents=3)(torch.randn(1, 5, 8))
+        PerceiverResampler(dim=16, depth=1, dim_head=4, heads=2, num_latents=3)(
+            torch.randn(1, 5, 8)
+        )
 
 
 def _tiny_clip(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=28, patch_size=14, num_channels=3)
+    cfg = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=28,
+        patch_size=14,
+        num_channels=3,
+    )
     ref = CLIPVisionModel(cfg).eval()
     ref.save_pretrained(tmp_path / "clip")
     return ref
@@ -292,7 +359,14 @@ def test_adapter_query_blocks_equal_llama_adapter():
 
 def test_vit3d_gradient_checkpointing():
     torch.manual_seed(0)
-    vit = ViT3D(img_size=(4, 16, 16), patch_size=(2, 8, 8), hidden_size=16, mlp_dim=32, num_layers=2, num_heads=2).train()
+    vit = ViT3D(
+        img_size=(4, 16, 16),
+        patch_size=(2, 8, 8),
+        hidden_size=16,
+        mlp_dim=32,
+        num_layers=2,
+        num_heads=2,
+    ).train()
     x = torch.randn(2, 1, 4, 16, 16)
     vit(x)[0].square().sum().backward()
     g0 = {n: p.grad.clone() for n, p in vit.named_parameters()}

@@ -15,7 +15,9 @@ import voxlm
 from voxlm.volume import Volume, aff2axcodes, load_volume, save_volume
 
 NIB_DATA = os.path.join(os.path.dirname(nib.__file__), "tests", "data")
-SHIPPED = sorted(glob.glob(os.path.join(NIB_DATA, "*.nii*")) + glob.glob(os.path.join(NIB_DATA, "*.hdr")))
+SHIPPED = sorted(
+    glob.glob(os.path.join(NIB_DATA, "*.nii*")) + glob.glob(os.path.join(NIB_DATA, "*.hdr"))
+)
 
 
 def nib_load(path):
@@ -52,7 +54,17 @@ def oblique_affine(rng):
     return a
 
 
-DTYPES = [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.float32, np.float64]
+DTYPES = [
+    np.uint8,
+    np.int8,
+    np.int16,
+    np.uint16,
+    np.int32,
+    np.uint32,
+    np.int64,
+    np.float32,
+    np.float64,
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -73,7 +85,9 @@ def test_datatypes_and_endianness(tmp_path, dtype, endian):
     assert v.header["little_endian"] == (endian == "<")
 
 
-@pytest.mark.parametrize("kind", ["nifti2", "pair", "pair_gz", "scaled", "qform_only", "no_affine", "4d", "ext", "gz"])
+@pytest.mark.parametrize(
+    "kind", ["nifti2", "pair", "pair_gz", "scaled", "qform_only", "no_affine", "4d", "ext", "gz"]
+)
 def test_header_variants(tmp_path, kind):
     rng = np.random.default_rng(1)
     data = rng.integers(-1000, 3000, (6, 5, 4), dtype=np.int16)
@@ -83,7 +97,10 @@ def test_header_variants(tmp_path, kind):
     elif kind in ("pair", "pair_gz"):
         img, name = nib.Nifti1Pair(data, aff), "x.img" + (".gz" if kind == "pair_gz" else "")
     elif kind == "4d":
-        img, name = nib.Nifti1Image(rng.normal(size=(4, 3, 5, 2)).astype(np.float32), aff), "x.nii.gz"
+        img, name = (
+            nib.Nifti1Image(rng.normal(size=(4, 3, 5, 2)).astype(np.float32), aff),
+            "x.nii.gz",
+        )
     else:
         img, name = nib.Nifti1Image(data, aff), "x.nii.gz" if kind == "gz" else "x.nii"
     if kind == "scaled":
@@ -115,7 +132,9 @@ def test_files_voxlm_writes_load_in_nibabel(tmp_path, name, dtype):
     save_volume(Volume(data, aff), tmp_path / name)
     ref = nib.load(tmp_path / name)
     np.testing.assert_array_equal(np.asanyarray(ref.dataobj), data)
-    np.testing.assert_allclose(ref.affine, aff.astype(np.float32), rtol=0, atol=1e-12)  # sform is float32
+    np.testing.assert_allclose(
+        ref.affine, aff.astype(np.float32), rtol=0, atol=1e-12
+    )  # sform is float32
     back = load_volume(tmp_path / name, np.float64)
     np.testing.assert_array_equal(back.data, data.astype(np.float64))
     # non-contiguous input is written in NIfTI (Fortran) order all the same
@@ -138,7 +157,7 @@ def test_gzip_layouts(tmp_path, layout):
     if layout == "two_members":
         gz = gzip.compress(raw[:cut]) + gzip.compress(raw[cut:])
     elif layout == "many_members":
-        gz = b"".join(gzip.compress(raw[i:i + 997]) for i in range(0, len(raw), 997))
+        gz = b"".join(gzip.compress(raw[i : i + 997]) for i in range(0, len(raw), 997))
     elif layout == "small_tail":  # bytes past the voxels (nibabel ignores them)
         gz = gzip.compress(raw + bytes(100))
     else:
@@ -181,8 +200,11 @@ def test_bad_files(tmp_path):
     (tmp_path / "magic.nii").write_bytes(bytes(magic))
     with pytest.raises(voxlm.VolumeFormatError, match="magic"):
         load_volume(tmp_path / "magic.nii")
-    for dims, frag in [((3, 0, 4, 4), "must be positive"), ((3, -2, 4, 4), "must be positive"),
-                       ((3, 32767, 32767, 32767), "truncated")]:
+    for dims, frag in [
+        ((3, 0, 4, 4), "must be positive"),
+        ((3, -2, 4, 4), "must be positive"),
+        ((3, 32767, 32767, 32767), "truncated"),
+    ]:
         h = bytearray(raw)
         h[40:48] = np.array(dims, dtype="<i2").tobytes()
         (tmp_path / "dims.nii").write_bytes(bytes(h))

@@ -80,7 +80,9 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({e})") from e
     if not isinstance(cfg, Mapping):
-        raise ConfigError(f"{p}: expected a mapping with sections {list(CONFIG_SECTIONS)}, got {type(cfg).__name__}")
+        raise ConfigError(
+            f"{p}: expected a mapping with sections {list(CONFIG_SECTIONS)}, got {type(cfg).__name__}"
+        )
     unknown = sorted(set(cfg) - set(CONFIG_SECTIONS))
     if unknown:
         raise ConfigError(f"{p}: unknown sections {unknown}; expected {list(CONFIG_SECTIONS)}")
@@ -100,7 +102,9 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
-def train(config: str | os.PathLike[str], output_dir: str | None = None, resume: bool = False) -> pathlib.Path:
+def train(
+    config: str | os.PathLike[str], output_dir: str | None = None, resume: bool = False
+) -> pathlib.Path:
     """``voxlm train``: build the recipe, run its stages into the run folder, save the model."""
     import yaml
 
@@ -114,9 +118,16 @@ def train(config: str | os.PathLike[str], output_dir: str | None = None, resume:
         if output_dir is not None:
             args = args.replace(output_dir=output_dir)
     run = pathlib.Path(args.output_dir)
-    if (run / "config.yaml").is_file() and not resume and not args.overwrite_output_dir and _rank() == 0:
-        raise ConfigError(f"output_dir: {run} holds another run (config.yaml); pass --resume to continue it, "
-                          "set train.overwrite_output_dir: true to replace it, or choose another --output-dir")
+    if (
+        (run / "config.yaml").is_file()
+        and not resume
+        and not args.overwrite_output_dir
+        and _rank() == 0
+    ):
+        raise ConfigError(
+            f"output_dir: {run} holds another run (config.yaml); pass --resume to continue it, "
+            "set train.overwrite_output_dir: true to replace it, or choose another --output-dir"
+        )
     with _reading("recipe"):
         cls = get_recipe(cfg["recipe"]["name"])
     with _reading("recipe / model"):
@@ -129,14 +140,26 @@ def train(config: str | os.PathLike[str], output_dir: str | None = None, resume:
         run.mkdir(parents=True, exist_ok=True)
         saved = {**cfg, "train": {**cfg["train"], "output_dir": os.fspath(run)}}
         (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    results = run_stages(model, stages, train_ds, eval_ds, data_collator=model.collator(),
-                         output_dir=run, resume=resume)
-    after = getattr(model, "after_stages", None)  # recipe steps outside the trainer (PICG: distillation)
+    results = run_stages(
+        model,
+        stages,
+        train_ds,
+        eval_ds,
+        data_collator=model.collator(),
+        output_dir=run,
+        resume=resume,
+    )
+    after = getattr(
+        model, "after_stages", None
+    )  # recipe steps outside the trainer (PICG: distillation)
     if callable(after) and _rank() == 0:
         after(train_ds, eval_ds, output_dir=run / "after_stages")
     if _rank() == 0:
         model.save_pretrained(run / "model")
-        summary = {name: {"global_step": r.global_step, "train_loss": r.training_loss} for name, r in results.items()}
+        summary = {
+            name: {"global_step": r.global_step, "train_loss": r.training_loss}
+            for name, r in results.items()
+        }
         print(json.dumps({"run": os.fspath(run), "stages": summary}, indent=2))
     return run
 
@@ -148,7 +171,9 @@ def _model_dir(path: pathlib.Path) -> pathlib.Path:
         return path
     if (path / "model" / "config.json").is_file():
         return path / "model"
-    raise CheckpointError(f"{path}: neither a saved recipe (config.json) nor a run folder (model/config.json)")
+    raise CheckpointError(
+        f"{path}: neither a saved recipe (config.json) nor a run folder (model/config.json)"
+    )
 
 
 def _load_model(path: pathlib.Path) -> Any:
@@ -177,9 +202,11 @@ def _split(model: Any, data: Mapping[str, Any], split: str) -> Any:
         if split == "test":
             one = getattr(model, "dataset", None)
             if not callable(one):
-                raise ConfigError(f"--split test: the {getattr(model, 'name', type(model).__name__)!r} recipe has no "
-                                  "per-split dataset(data, split) builder; evaluate its eval split (set "
-                                  "data.eval_split to the test split's name) instead")
+                raise ConfigError(
+                    f"--split test: the {getattr(model, 'name', type(model).__name__)!r} recipe has no "
+                    "per-split dataset(data, split) builder; evaluate its eval split (set "
+                    "data.eval_split to the test split's name) instead"
+                )
             name = data.get("test_split", "test")
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"data.test_split: expected a split name, got {name!r}")
@@ -187,11 +214,15 @@ def _split(model: Any, data: Mapping[str, Any], split: str) -> Any:
         train_ds, eval_ds = model.datasets(data)
     ds = eval_ds if split == "eval" else train_ds
     if ds is None:
-        raise ConfigError(f"--split {split}: the recipe's datasets() returned no {split} dataset for this data section")
+        raise ConfigError(
+            f"--split {split}: the recipe's datasets() returned no {split} dataset for this data section"
+        )
     return ds
 
 
-def evaluate(run_dir: str | os.PathLike[str], out: str | None = None, split: str = "eval") -> dict[str, Any]:
+def evaluate(
+    run_dir: str | os.PathLike[str], out: str | None = None, split: str = "eval"
+) -> dict[str, Any]:
     """``voxlm evaluate``: ``RUN/model`` on the data of ``RUN/config.yaml`` -> eval.json +
     predictions.csv in ``out`` (default ``RUN/eval``)."""
     from .exceptions import ConfigError
@@ -207,8 +238,12 @@ def evaluate(run_dir: str | os.PathLike[str], out: str | None = None, split: str
     return metrics
 
 
-def generate(path: str | os.PathLike[str], data: str | None = None, out: str | None = None,
-             split: str = "eval") -> pathlib.Path:
+def generate(
+    path: str | os.PathLike[str],
+    data: str | None = None,
+    out: str | None = None,
+    split: str = "eval",
+) -> pathlib.Path:
     """``voxlm generate``: the recipe's outputs for a split. ``data`` is a YAML file with a
     ``data:`` section (or the section itself); default: the run's ``config.yaml``. Writes
     ``predictions.csv`` (recipes with ``predict``; otherwise their ``evaluate`` output)."""
@@ -221,7 +256,9 @@ def generate(path: str | os.PathLike[str], data: str | None = None, out: str | N
     if data is not None:
         dp = pathlib.Path(data)
         if not dp.is_file():
-            raise ConfigError(f"--data: {dp} is not a file (expected a YAML config or data section)")
+            raise ConfigError(
+                f"--data: {dp} is not a file (expected a YAML config or data section)"
+            )
         d = yaml.safe_load(dp.read_text())
         section = d.get("data", d) if isinstance(d, Mapping) else None
         if not isinstance(section, Mapping):
@@ -259,7 +296,9 @@ def synth(argv: Sequence[str]) -> int:
     except ModuleNotFoundError as e:
         if e.name != f"{__package__}.synth":
             raise
-        raise ConfigError("voxlm synth: the voxlm.synth package is not installed in this build") from e
+        raise ConfigError(
+            "voxlm synth: the voxlm.synth package is not installed in this build"
+        ) from e
     try:
         return int(mod.main(list(argv)) or 0)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
@@ -280,27 +319,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print voxlm, torch and CUDA versions, threads and build profile")
     demo = sub.add_parser("demo", help="run voxlm's main job on bundled data")
-    demo.add_argument("--steps", type=int, default=None, help="Dia-LLaMA finetune steps (default: the demo's)")
+    demo.add_argument(
+        "--steps", type=int, default=None, help="Dia-LLaMA finetune steps (default: the demo's)"
+    )
     demo.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
     demo.add_argument("--no-meteor", action="store_true", help="skip METEOR (Java)")
-    tr = sub.add_parser("train", help="train a recipe from a YAML config (recipe/model/data/train sections)")
+    tr = sub.add_parser(
+        "train", help="train a recipe from a YAML config (recipe/model/data/train sections)"
+    )
     tr.add_argument("config", help="YAML config file")
     tr.add_argument("--output-dir", default=None, help="run folder (overrides train.output_dir)")
     tr.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     ev = sub.add_parser("evaluate", help="evaluate a run's model on a split (eval, train or test)")
     ev.add_argument("run_dir")
-    ev.add_argument("--out", default=None, help="folder for eval.json + predictions.csv (default RUN/eval)")
-    ev.add_argument("--split", choices=list(SPLITS), default="eval",
-                    help="eval (default), train, or test (data.test_split, default 'test')")
+    ev.add_argument(
+        "--out", default=None, help="folder for eval.json + predictions.csv (default RUN/eval)"
+    )
+    ev.add_argument(
+        "--split",
+        choices=list(SPLITS),
+        default="eval",
+        help="eval (default), train, or test (data.test_split, default 'test')",
+    )
     ge = sub.add_parser("generate", help="write a saved model's predictions for a split")
     ge.add_argument("path", help="run folder or saved model folder")
-    ge.add_argument("--data", default=None, help="YAML with a data section (default: the run's config.yaml)")
+    ge.add_argument(
+        "--data", default=None, help="YAML with a data section (default: the run's config.yaml)"
+    )
     ge.add_argument("--out", default=None, help="output folder (default PATH/generate)")
-    ge.add_argument("--split", choices=list(SPLITS), default="eval",
-                    help="eval (default), train, or test (data.test_split, default 'test')")
+    ge.add_argument(
+        "--split",
+        choices=list(SPLITS),
+        default="eval",
+        help="eval (default), train, or test (data.test_split, default 'test')",
+    )
     # listed for --help; handled above by voxlm.synth.main (voxlm synth --help shows its options)
-    sub.add_parser("synth", help="write a synthetic dataset with ground truth in a public layout "
-                                 "(voxlm synth KIND --out DIR [--n N] [--seed S] [--layout L])")
+    sub.add_parser(
+        "synth",
+        help="write a synthetic dataset with ground truth in a public layout "
+        "(voxlm synth KIND --out DIR [--n N] [--seed S] [--layout L])",
+    )
     args = parser.parse_args(argv)
 
     try:

@@ -51,12 +51,23 @@ from .vision import CLIPVision
 PathLike = str | os.PathLike[str]
 
 #: keys (without the ``visual.`` prefix) every OpenAI/open_clip vision tower has.
-OPENAI_REQUIRED = ("conv1.weight", "class_embedding", "positional_embedding", "ln_pre.weight", "ln_pre.bias",
-                   "ln_post.weight", "ln_post.bias")
+OPENAI_REQUIRED = (
+    "conv1.weight",
+    "class_embedding",
+    "positional_embedding",
+    "ln_pre.weight",
+    "ln_pre.bias",
+    "ln_post.weight",
+    "ln_post.bias",
+)
 #: keys every transformers CLIP vision tower has.
-HF_REQUIRED = ("vision_model.embeddings.patch_embedding.weight", "vision_model.embeddings.class_embedding",
-               "vision_model.embeddings.position_embedding.weight", "vision_model.pre_layrnorm.weight",
-               "vision_model.post_layernorm.weight")
+HF_REQUIRED = (
+    "vision_model.embeddings.patch_embedding.weight",
+    "vision_model.embeddings.class_embedding",
+    "vision_model.embeddings.position_embedding.weight",
+    "vision_model.pre_layrnorm.weight",
+    "vision_model.post_layernorm.weight",
+)
 
 _BLOCK = {
     "ln_1": "layer_norm1",
@@ -77,14 +88,20 @@ class CLIPVisionWithProjection(CLIPVision):
         super().__init__(**config)
         d = self.config["hidden_size"]
         self.config["projection_dim"] = projection_dim
-        self.visual_projection = nn.Linear(d, projection_dim, bias=False) if projection_dim else None
+        self.visual_projection = (
+            nn.Linear(d, projection_dim, bias=False) if projection_dim else None
+        )
 
     def _make_core(self) -> Any:
         from . import _core
 
         params = {k: v for k, v in self.named_parameters() if k.startswith("vision_model.")}
-        return _core.ClipVisionCore(params, self.config["num_hidden_layers"], self.config["num_attention_heads"],
-                                    float(self.config["layer_norm_eps"]))
+        return _core.ClipVisionCore(
+            params,
+            self.config["num_hidden_layers"],
+            self.config["num_attention_heads"],
+            float(self.config["layer_norm_eps"]),
+        )
 
     def project_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
         """``ln_post`` on every token then ``@ proj``: ``[B, N, width] -> [B, N, embed]``."""
@@ -101,7 +118,9 @@ class CLIPVisionWithProjection(CLIPVision):
 def _read(path: PathLike) -> dict[str, torch.Tensor]:
     p = pathlib.Path(path)
     if p.is_dir():
-        cands = sorted([*p.glob("*.safetensors"), *p.glob("*.bin"), *p.glob("*.pt"), *p.glob("*.pth")])
+        cands = sorted(
+            [*p.glob("*.safetensors"), *p.glob("*.bin"), *p.glob("*.pt"), *p.glob("*.pth")]
+        )
         if not cands:
             raise CheckpointError(f"{p}: no .safetensors/.bin/.pt/.pth checkpoint in the folder")
         p = cands[0]
@@ -117,18 +136,24 @@ def _read(path: PathLike) -> dict[str, torch.Tensor]:
         try:
             obj = torch.jit.load(os.fspath(p), map_location="cpu").state_dict()
         except Exception as e:
-            raise CheckpointError(f"{p}: neither a torch state_dict nor a TorchScript archive ({type(e).__name__})") from e
+            raise CheckpointError(
+                f"{p}: neither a torch state_dict nor a TorchScript archive ({type(e).__name__})"
+            ) from e
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{p}: expected a state_dict, got {type(obj).__name__}")
-    return {str(k).removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return {
+        str(k).removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)
+    }
 
 
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     """``"openai"`` (OpenAI/open_clip names, with or without ``visual.``) or ``"hf"``
     (transformers); a ``CheckpointError`` names the missing keys of both otherwise."""
-    visual = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")} or dict(sd)
+    visual = {
+        k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")
+    } or dict(sd)
     if all(k in visual for k in OPENAI_REQUIRED):
         return "openai"
     hf = {k if k.startswith("vision_model.") else f"vision_model.{k}": v for k, v in sd.items()}
@@ -144,22 +169,32 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     )
 
 
-def openai_to_hf(sd: Mapping[str, torch.Tensor], num_heads: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def openai_to_hf(
+    sd: Mapping[str, torch.Tensor], num_heads: int | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Rename an OpenAI/open_clip vision state dict (``visual.*`` or bare) to transformers'
     names. Returns ``(state_dict, config)`` with the config inferred from the shapes."""
     v = {k.removeprefix("visual."): t for k, t in sd.items() if k.startswith("visual.")} or dict(sd)
     missing = [k for k in OPENAI_REQUIRED if k not in v]
     if missing:
-        raise CheckpointError(f"OpenAI/open_clip CLIP checkpoint: missing {', '.join('visual.' + k for k in missing)}")
+        raise CheckpointError(
+            f"OpenAI/open_clip CLIP checkpoint: missing {', '.join('visual.' + k for k in missing)}"
+        )
     conv = v["conv1.weight"]
     width, channels, patch = conv.shape[0], conv.shape[1], conv.shape[-1]
-    layers = sorted({int(m.group(1)) for k in v if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k))})
+    layers = sorted(
+        {int(m.group(1)) for k in v if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k))}
+    )
     if layers != list(range(len(layers))) or not layers:
-        raise CheckpointError(f"OpenAI/open_clip CLIP checkpoint: transformer.resblocks indices {layers} are not 0..N-1")
+        raise CheckpointError(
+            f"OpenAI/open_clip CLIP checkpoint: transformer.resblocks indices {layers} are not 0..N-1"
+        )
     pos = v["positional_embedding"]
     grid = math.isqrt(pos.shape[0] - 1)
     if grid * grid + 1 != pos.shape[0]:
-        raise CheckpointError(f"visual.positional_embedding: {tuple(pos.shape)} is not 1 + a square grid of positions")
+        raise CheckpointError(
+            f"visual.positional_embedding: {tuple(pos.shape)} is not 1 + a square grid of positions"
+        )
     heads = num_heads or max(1, width // 64)
     out: dict[str, torch.Tensor] = {
         "vision_model.embeddings.patch_embedding.weight": conv,
@@ -174,16 +209,21 @@ def openai_to_hf(sd: Mapping[str, torch.Tensor], num_heads: int | None = None) -
     for i in layers:
         src, dst = f"transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
         need = [f"{src}attn.in_proj_weight", f"{src}attn.in_proj_bias"] + [
-            f"{src}{a}.{w}" for a in _BLOCK for w in ("weight", "bias")]
+            f"{src}{a}.{w}" for a in _BLOCK for w in ("weight", "bias")
+        ]
         absent = [k for k in need if k not in v]
         if absent:
-            raise CheckpointError(f"OpenAI/open_clip CLIP checkpoint: missing {', '.join('visual.' + k for k in absent)}")
+            raise CheckpointError(
+                f"OpenAI/open_clip CLIP checkpoint: missing {', '.join('visual.' + k for k in absent)}"
+            )
         qkv_w, qkv_b = v[f"{src}attn.in_proj_weight"], v[f"{src}attn.in_proj_bias"]
         if qkv_w.shape != (3 * width, width):
-            raise CheckpointError(f"visual.{src}attn.in_proj_weight: expected [{3 * width}, {width}], got {tuple(qkv_w.shape)}")
+            raise CheckpointError(
+                f"visual.{src}attn.in_proj_weight: expected [{3 * width}, {width}], got {tuple(qkv_w.shape)}"
+            )
         for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-            out[f"{dst}self_attn.{name}.weight"] = qkv_w[j * width:(j + 1) * width]
-            out[f"{dst}self_attn.{name}.bias"] = qkv_b[j * width:(j + 1) * width]
+            out[f"{dst}self_attn.{name}.weight"] = qkv_w[j * width : (j + 1) * width]
+            out[f"{dst}self_attn.{name}.bias"] = qkv_b[j * width : (j + 1) * width]
         for a, b in _BLOCK.items():
             for w in ("weight", "bias"):
                 out[f"{dst}{b}.{w}"] = v[f"{src}{a}.{w}"]
@@ -191,27 +231,40 @@ def openai_to_hf(sd: Mapping[str, torch.Tensor], num_heads: int | None = None) -
     proj = v.get("proj")
     if proj is not None:
         out["visual_projection.weight"] = proj.t()
-    config = dict(hidden_size=width, intermediate_size=inter, num_hidden_layers=len(layers), num_attention_heads=heads,
-                  image_size=grid * patch, patch_size=patch, num_channels=channels, layer_norm_eps=1e-5,
-                  projection_dim=None if proj is None else proj.shape[1])
+    config = dict(
+        hidden_size=width,
+        intermediate_size=inter,
+        num_hidden_layers=len(layers),
+        num_attention_heads=heads,
+        image_size=grid * patch,
+        patch_size=patch,
+        num_channels=channels,
+        layer_norm_eps=1e-5,
+        projection_dim=None if proj is None else proj.shape[1],
+    )
     return out, config
 
 
-def hf_to_openai(model: CLIPVisionWithProjection, prefix: str = "visual.") -> dict[str, torch.Tensor]:
+def hf_to_openai(
+    model: CLIPVisionWithProjection, prefix: str = "visual."
+) -> dict[str, torch.Tensor]:
     """The inverse mapping (a ``state_dict`` open_clip's ``VisionTransformer`` loads)."""
     sd = model.state_dict()
     out = {
         "conv1.weight": sd["vision_model.embeddings.patch_embedding.weight"],
         "class_embedding": sd["vision_model.embeddings.class_embedding"],
         "positional_embedding": sd["vision_model.embeddings.position_embedding.weight"],
-        "ln_pre.weight": sd["vision_model.pre_layrnorm.weight"], "ln_pre.bias": sd["vision_model.pre_layrnorm.bias"],
+        "ln_pre.weight": sd["vision_model.pre_layrnorm.weight"],
+        "ln_pre.bias": sd["vision_model.pre_layrnorm.bias"],
         "ln_post.weight": sd["vision_model.post_layernorm.weight"],
         "ln_post.bias": sd["vision_model.post_layernorm.bias"],
     }
     for i in range(model.config["num_hidden_layers"]):
         s, d = f"vision_model.encoder.layers.{i}.", f"transformer.resblocks.{i}."
         for w in ("weight", "bias"):
-            out[f"{d}attn.in_proj_{w}"] = torch.cat([sd[f"{s}self_attn.{n}.{w}"] for n in ("q_proj", "k_proj", "v_proj")])
+            out[f"{d}attn.in_proj_{w}"] = torch.cat(
+                [sd[f"{s}self_attn.{n}.{w}"] for n in ("q_proj", "k_proj", "v_proj")]
+            )
             for a, b in _BLOCK.items():
                 out[f"{d}{a}.{w}"] = sd[f"{s}{b}.{w}"]
     if "visual_projection.weight" in sd:
@@ -220,7 +273,9 @@ def hf_to_openai(model: CLIPVisionWithProjection, prefix: str = "visual.") -> di
 
 
 def load_openai_clip_vision(
-    source: PathLike | Mapping[str, torch.Tensor], num_heads: int | None = None, dtype: torch.dtype | None = torch.float32,
+    source: PathLike | Mapping[str, torch.Tensor],
+    num_heads: int | None = None,
+    dtype: torch.dtype | None = torch.float32,
 ) -> CLIPVisionWithProjection:
     """A CLIP vision tower (+ projection) from a checkpoint in the OpenAI/open_clip layout (the
     full model's ``visual.*`` keys, or a bare vision ``state_dict``) or in transformers' layout
@@ -231,32 +286,49 @@ def load_openai_clip_vision(
     if layout == "openai":
         hf, config = openai_to_hf(sd, num_heads)
     else:
-        hf = {k if k.startswith(("vision_model.", "visual_projection.")) else f"vision_model.{k}": t for k, t in sd.items()
-              if not k.startswith("text_model.") and not k.endswith("position_ids")}
+        hf = {
+            k if k.startswith(("vision_model.", "visual_projection.")) else f"vision_model.{k}": t
+            for k, t in sd.items()
+            if not k.startswith("text_model.") and not k.endswith("position_ids")
+        }
         hf = {k: t for k, t in hf.items() if k.startswith(("vision_model.", "visual_projection."))}
         conv = hf["vision_model.embeddings.patch_embedding.weight"]
         pos = hf["vision_model.embeddings.position_embedding.weight"]
-        layers = {int(m.group(1)) for k in hf if (m := re.match(r"vision_model\.encoder\.layers\.(\d+)\.", k))}
+        layers = {
+            int(m.group(1))
+            for k in hf
+            if (m := re.match(r"vision_model\.encoder\.layers\.(\d+)\.", k))
+        }
         fc1 = hf.get("vision_model.encoder.layers.0.mlp.fc1.weight")
         width = conv.shape[0]
         proj = hf.get("visual_projection.weight")
-        config = dict(hidden_size=width, intermediate_size=None if fc1 is None else fc1.shape[0],
-                      num_hidden_layers=len(layers), num_attention_heads=num_heads or max(1, width // 64),
-                      image_size=math.isqrt(pos.shape[0] - 1) * conv.shape[-1], patch_size=conv.shape[-1],
-                      num_channels=conv.shape[1], layer_norm_eps=1e-5,
-                      projection_dim=None if proj is None else proj.shape[0])
+        config = dict(
+            hidden_size=width,
+            intermediate_size=None if fc1 is None else fc1.shape[0],
+            num_hidden_layers=len(layers),
+            num_attention_heads=num_heads or max(1, width // 64),
+            image_size=math.isqrt(pos.shape[0] - 1) * conv.shape[-1],
+            patch_size=conv.shape[-1],
+            num_channels=conv.shape[1],
+            layer_norm_eps=1e-5,
+            projection_dim=None if proj is None else proj.shape[0],
+        )
     if config["intermediate_size"] is None:
         raise CheckpointError("CLIP checkpoint: no encoder layers")
     model = CLIPVisionWithProjection(**config)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(hf)), sorted(set(hf) - expected)
     if missing or unexpected:
-        raise CheckpointError(f"CLIP checkpoint does not fit a {config['num_hidden_layers']}-layer tower: "
-                              f"missing {missing[:4]}, unexpected {unexpected[:4]}")
+        raise CheckpointError(
+            f"CLIP checkpoint does not fit a {config['num_hidden_layers']}-layer tower: "
+            f"missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
     for k, t in hf.items():
         want = model.state_dict()[k].shape
         if tuple(t.shape) != tuple(want):
-            raise CheckpointError(f"CLIP checkpoint: {k} has shape {tuple(t.shape)}, expected {tuple(want)}")
+            raise CheckpointError(
+                f"CLIP checkpoint: {k} has shape {tuple(t.shape)}, expected {tuple(want)}"
+            )
     if dtype is not None:
         model.to(dtype)
     else:
@@ -265,4 +337,10 @@ def load_openai_clip_vision(
     return model
 
 
-__all__ = ["CLIPVisionWithProjection", "load_openai_clip_vision", "openai_to_hf", "hf_to_openai", "detect_layout"]
+__all__ = [
+    "CLIPVisionWithProjection",
+    "load_openai_clip_vision",
+    "openai_to_hf",
+    "hf_to_openai",
+    "detect_layout",
+]

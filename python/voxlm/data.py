@@ -57,7 +57,13 @@ def _post_step(t: Any) -> tuple[str, list[float]] | None:
         a0, a1, b0, b1, clip = t.args
         return "window", [a0, a1, b0, b1, float(clip)]
     if isinstance(t, T.ScaleIntensityRangePercentiles):
-        return "percentiles", [float(t.lower), float(t.upper), float(t.b_min), float(t.b_max), float(t.clip)]
+        return "percentiles", [
+            float(t.lower),
+            float(t.upper),
+            float(t.b_min),
+            float(t.b_max),
+            float(t.clip),
+        ]
     if isinstance(t, T.NormalizeIntensity):
         return "normalize", [float(t.nonzero)]
     if isinstance(t, T.CropForeground) and t.select_fn is _DEFAULT_SELECT:
@@ -73,7 +79,9 @@ def _post_step(t: Any) -> tuple[str, list[float]] | None:
         s = _size3(t.pad.spatial_size)
         return None if s is None else ("pad_or_crop", s + [float(t.pad.value)])
     if isinstance(t, T.Resize):
-        return "resize", [float(x) for x in t.spatial_size] + [0.0 if t.mode == "trilinear" else 1.0]
+        return "resize", [float(x) for x in t.spatial_size] + [
+            0.0 if t.mode == "trilinear" else 1.0
+        ]
     return None
 
 
@@ -81,8 +89,15 @@ def rust_plan(transform: Any) -> dict[str, Any] | None:
     """The fused Rust pipeline equivalent to ``transform``, or None when the chain needs Python
     (see the module docstring for the chains that fuse)."""
     steps = _steps_of(transform)
-    plan: dict[str, Any] = {"axcodes": None, "spacing": None, "spacing_mode": "trilinear", "window": None,
-                            "size": None, "mode": "trilinear", "steps": []}
+    plan: dict[str, Any] = {
+        "axcodes": None,
+        "spacing": None,
+        "spacing_mode": "trilinear",
+        "window": None,
+        "size": None,
+        "mode": "trilinear",
+        "steps": [],
+    }
     i = 0
     if i < len(steps) and isinstance(steps[i], T.Orientation) and len(steps[i].axcodes) == 3:
         plan["axcodes"], i = steps[i].axcodes, i + 1
@@ -104,11 +119,25 @@ def rust_plan(transform: Any) -> dict[str, Any] | None:
     return plan
 
 
-def _run_plan(paths: Sequence[PathLike], plan: dict[str, Any], num_threads: int = 0,
-              series_uid: str | None = None) -> np.ndarray:
-    return _core.load_batch([os.fspath(p) for p in paths], False, plan["window"], plan["size"], plan["mode"],
-                            int(num_threads), plan["spacing"], plan["axcodes"], plan["spacing_mode"],
-                            plan["steps"], series_uid)
+def _run_plan(
+    paths: Sequence[PathLike],
+    plan: dict[str, Any],
+    num_threads: int = 0,
+    series_uid: str | None = None,
+) -> np.ndarray:
+    return _core.load_batch(
+        [os.fspath(p) for p in paths],
+        False,
+        plan["window"],
+        plan["size"],
+        plan["mode"],
+        int(num_threads),
+        plan["spacing"],
+        plan["axcodes"],
+        plan["spacing_mode"],
+        plan["steps"],
+        series_uid,
+    )
 
 
 def _as_array(out: Any) -> np.ndarray:
@@ -124,7 +153,9 @@ def _as_array(out: Any) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def transform_path(path: PathLike, transform: Callable[[Any], Any] | None, num_threads: int = 0) -> np.ndarray:
+def transform_path(
+    path: PathLike, transform: Callable[[Any], Any] | None, num_threads: int = 0
+) -> np.ndarray:
     """``transform(load_image(path))`` as float32 ``[C, D, H, W]``, through the fused Rust path
     when the chain allows it (:func:`rust_plan`)."""
     plan = rust_plan(transform)
@@ -134,8 +165,9 @@ def transform_path(path: PathLike, transform: Callable[[Any], Any] | None, num_t
     return _as_array(transform(v) if transform is not None else v)
 
 
-def load_batch(paths: Sequence[PathLike], transform: Callable[[Any], Any] | None = None,
-               num_threads: int = 0) -> torch.Tensor:
+def load_batch(
+    paths: Sequence[PathLike], transform: Callable[[Any], Any] | None = None, num_threads: int = 0
+) -> torch.Tensor:
     """Load ``paths`` (any format) into ``[B, C, D, H, W]`` float32 (``num_threads`` files at a
     time; 0 = all cores). Volumes must end up the same shape (add a Resize)."""
     if len(paths) == 0:
@@ -180,9 +212,14 @@ class VolumeDataset(torch.utils.data.Dataset):
     place, so concurrent DataLoader workers never read a partial file.
     """
 
-    def __init__(self, paths: Sequence[PathLike], transform: Callable[[Any], Any] | None = None,
-                 labels: Sequence[Any] | None = None, cache_dir: PathLike | None = None,
-                 series_uid: str | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[PathLike],
+        transform: Callable[[Any], Any] | None = None,
+        labels: Sequence[Any] | None = None,
+        cache_dir: PathLike | None = None,
+        series_uid: str | None = None,
+    ) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ShapeError(f"labels: expected {len(paths)} (one per path), got {len(labels)}")
         self.paths, self.transform, self.labels = [os.fspath(p) for p in paths], transform, labels
@@ -195,8 +232,9 @@ class VolumeDataset(torch.utils.data.Dataset):
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         if self.cache_dir is not None:
             os.makedirs(self.cache_dir, exist_ok=True)
-            self._config = json.dumps({"plan": self._plan, "head": _describe(self._head)}, sort_keys=True,
-                                      default=str)
+            self._config = json.dumps(
+                {"plan": self._plan, "head": _describe(self._head)}, sort_keys=True, default=str
+            )
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -102,10 +102,20 @@ TINY = {"dia_llama": TINY_RECIPE, "rad3d_prefix": TINY_RAD3D}
 #: The demo's data: the real CTRG-Chest label table, except four conspicuous findings raised to
 #: 35 % so that a held-out split of a few dozen cases has positives of them (at the real rates,
 #: 4-12 %, it would have one or none).
-DEMO_PREVALENCE: dict[str, float] = {"cardiomegaly": 0.35, "pleural effusion": 0.35, "support devices": 0.35,
-                                     "consolidation": 0.35}
-TINY_LLM: dict[str, Any] = {"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 2,
-                            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024}
+DEMO_PREVALENCE: dict[str, float] = {
+    "cardiomegaly": 0.35,
+    "pleural effusion": 0.35,
+    "support devices": 0.35,
+    "consolidation": 0.35,
+}
+TINY_LLM: dict[str, Any] = {
+    "hidden_size": 96,
+    "intermediate_size": 192,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+}
 
 
 class _TextDataset(torch.utils.data.Dataset):
@@ -132,7 +142,7 @@ class _TextCollator:
             n = len(it["input_ids"])
             ids[i, :n] = torch.tensor(it["input_ids"])
             mask[i, :n] = 1
-            labels[i, it.get("n_prompt", 0):n] = ids[i, it.get("n_prompt", 0):n]
+            labels[i, it.get("n_prompt", 0) : n] = ids[i, it.get("n_prompt", 0) : n]
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -173,8 +183,14 @@ def _labeler(reports: Sequence[str]) -> np.ndarray:
 _labeler.__name__ = "voxlm.synth.label_reports"
 
 
-def _pretrain_llm(out: pathlib.Path, tok: Any, records: list[dict[str, Any]], steps: int, seed: int,
-                  prompt: str = "diagnostic") -> tuple[pathlib.Path, float]:
+def _pretrain_llm(
+    out: pathlib.Path,
+    tok: Any,
+    records: list[dict[str, Any]],
+    steps: int,
+    seed: int,
+    prompt: str = "diagnostic",
+) -> tuple[pathlib.Path, float]:
     """The text-only stand-in for a pretrained LLM: a tiny LLaMA trained on the training split's
     (prompt -> report) text, loss on the report tokens; ``prompt`` ``"diagnostic"``: Dia-LLaMA's
     label sentences (from the training labels) + instruction, ``"instruction"``: the instruction
@@ -185,18 +201,37 @@ def _pretrain_llm(out: pathlib.Path, tok: Any, records: list[dict[str, Any]], st
     from .train import Trainer, TrainingArguments
 
     torch.manual_seed(seed)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=tok.vocab_size, bos_token_id=tok.bos_token_id,
-                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **TINY_LLM))
+    llm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=tok.vocab_size,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **TINY_LLM,
+        )
+    )
     items = []
     for r in records:
-        text = (diagnostic_prompt(r["labels"].tolist()) if prompt == "diagnostic" else "") + INSTRUCTION
+        text = (
+            diagnostic_prompt(r["labels"].tolist()) if prompt == "diagnostic" else ""
+        ) + INSTRUCTION
         q = [tok.bos_token_id, *tok.encode(text, add_special_tokens=False)]
         a = [*tok.encode(" " + r["report"], add_special_tokens=False), tok.eos_token_id]
         items.append({"input_ids": q + a, "n_prompt": len(q)})
-    args = TrainingArguments(output_dir=str(out / "lm-pretrain"), max_steps=steps, learning_rate=3e-3,
-                             per_device_train_batch_size=8, lr_scheduler_type="cosine", warmup_steps=10,
-                             logging_steps=5, save_strategy="no", report_to=["csv"], seed=seed, disable_tqdm=True,
-                             weight_decay=0.0)
+    args = TrainingArguments(
+        output_dir=str(out / "lm-pretrain"),
+        max_steps=steps,
+        learning_rate=3e-3,
+        per_device_train_batch_size=8,
+        lr_scheduler_type="cosine",
+        warmup_steps=10,
+        logging_steps=5,
+        save_strategy="no",
+        report_to=["csv"],
+        seed=seed,
+        disable_tqdm=True,
+        weight_decay=0.0,
+    )
     t0 = time.perf_counter()
     Trainer(llm, args, _TextDataset(items), data_collator=_TextCollator(tok.pad_token_id)).train()
     path = out / "base_llm"
@@ -219,13 +254,23 @@ def _round(d: Any, k: int = 4) -> Any:
     return d
 
 
-def train_and_evaluate(out: str | pathlib.Path, n: int = 160, seed: int = 0, lm_steps: int = 150,
-                       steps: int = 400, shape: tuple[int, int, int] = (64, 64, 32), meteor: bool | None = False,
-                       recipe: dict[str, Any] | None = None, n_eval: int | None = None,
-                       prevalence: dict[str, float] | None = None, threads: int | None = None,
-                       wording: str = "plain", recipe_name: str = "dia_llama",
-                       data_dir: str | pathlib.Path | None = None,
-                       llm_dir: str | pathlib.Path | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+    out: str | pathlib.Path,
+    n: int = 160,
+    seed: int = 0,
+    lm_steps: int = 150,
+    steps: int = 400,
+    shape: tuple[int, int, int] = (64, 64, 32),
+    meteor: bool | None = False,
+    recipe: dict[str, Any] | None = None,
+    n_eval: int | None = None,
+    prevalence: dict[str, float] | None = None,
+    threads: int | None = None,
+    wording: str = "plain",
+    recipe_name: str = "dia_llama",
+    data_dir: str | pathlib.Path | None = None,
+    llm_dir: str | pathlib.Path | None = None,
+) -> dict[str, Any]:
     """Steps 1-4 of the module docstring; returns the figures (also the eval folders under ``out``).
 
     ``prevalence`` overrides chosen labels' prevalence in the generated data (default: the real
@@ -250,12 +295,24 @@ def train_and_evaluate(out: str | pathlib.Path, n: int = 160, seed: int = 0, lm_
     t_all = time.perf_counter()
     data = pathlib.Path(data_dir) if data_dir is not None else out / "data"
     t0 = time.perf_counter()
-    synth.ensure(data, "chest-ct", n, seed=seed, layout="ctrg-chest", shape=shape, prevalence=prevalence,
-                 wording=wording)
+    synth.ensure(
+        data,
+        "chest-ct",
+        n,
+        seed=seed,
+        layout="ctrg-chest",
+        shape=shape,
+        prevalence=prevalence,
+        wording=wording,
+    )
     gen_s = time.perf_counter() - t0
     tok = build_tokenizer("bundled:ctrg-bpe")
     cfg = dict(TINY[recipe_name], **(recipe or {}))
-    lm_prompt = "diagnostic" if recipe_name == "dia_llama" and cfg.get("use_diagnostic_prompts", True) else "instruction"
+    lm_prompt = (
+        "diagnostic"
+        if recipe_name == "dia_llama" and cfg.get("use_diagnostic_prompts", True)
+        else "instruction"
+    )
     train_recs = read_records("ctrg-chest", data, split="train")
     if llm_dir is None:
         llm_path, lm_s = _pretrain_llm(out, tok, train_recs, lm_steps, seed, prompt=lm_prompt)
@@ -275,36 +332,72 @@ def train_and_evaluate(out: str | pathlib.Path, n: int = 160, seed: int = 0, lm_
     test_ds = model.dataset(data_section, "test")
     if n_eval is not None:
         test_ds = torch.utils.data.Subset(test_ds, list(range(min(n_eval, len(test_ds)))))
-    args = TrainingArguments(output_dir=str(out / recipe_name), max_steps=steps, learning_rate=2e-3,
-                             per_device_train_batch_size=8, gradient_accumulation_steps=1,
-                             lr_scheduler_type="constant_with_warmup", warmup_steps=20, logging_steps=10,
-                             save_strategy="no", report_to=["csv"], seed=seed, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(out / recipe_name),
+        max_steps=steps,
+        learning_rate=2e-3,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=20,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=["csv"],
+        seed=seed,
+        disable_tqdm=True,
+    )
     t0 = time.perf_counter()
     stages = model.stages(args)
-    run_stages(model, stages, train_ds, data_collator=model.collator(), output_dir=out / recipe_name)
+    run_stages(
+        model, stages, train_ds, data_collator=model.collator(), output_dir=out / recipe_name
+    )
     train_s = time.perf_counter() - t0
     model.save_pretrained(out / "model")
 
     t0 = time.perf_counter()
     held = model.evaluate(test_ds, out / "eval_heldout", labeler=_labeler, meteor=meteor)
     perm = derangement(len(test_ds), seed)
-    shuf = model.evaluate(ShuffledImages(test_ds, perm), out / "eval_shuffled_images", labeler=_labeler, meteor=meteor)
+    shuf = model.evaluate(
+        ShuffledImages(test_ds, perm), out / "eval_shuffled_images", labeler=_labeler, meteor=meteor
+    )
     eval_s = time.perf_counter() - t0
     conditions = list(model.config.conditions)
     present = [c for c in conditions if held["clinical_efficacy"]["per_label"][c]["support"] > 0]
 
     def macro_present(r: dict[str, Any]) -> float:
-        return float(np.mean([r["clinical_efficacy"]["per_label"][c]["f1"] for c in present])) if present else 0.0
+        return (
+            float(np.mean([r["clinical_efficacy"]["per_label"][c]["f1"] for c in present]))
+            if present
+            else 0.0
+        )
 
-    nlg_keys = [k for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr") if k in held]
+    nlg_keys = [
+        k
+        for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+        if k in held
+    ]
     return {
-        "data": {"root": str(data), "n_cases": n, "shape_xyz": list(shape), "n_train": len(train_ds),
-                 "prevalence": "real CTRG-Chest table" if not prevalence else {"real table, except": prevalence},
-                 "wording": wording,
-                 "n_heldout": len(test_ds), "generate_s": round(gen_s, 1)},
-        "model": {"recipe": recipe_name, "config": {k: v for k, v in cfg.items() if k != "name"}, "llm": TINY_LLM,
-                  "lm_pretrain_steps": lm_steps, "lm_pretrain_prompt": lm_prompt, "finetune_steps": steps,
-                  "stages": [st.name for st in stages]},
+        "data": {
+            "root": str(data),
+            "n_cases": n,
+            "shape_xyz": list(shape),
+            "n_train": len(train_ds),
+            "prevalence": "real CTRG-Chest table"
+            if not prevalence
+            else {"real table, except": prevalence},
+            "wording": wording,
+            "n_heldout": len(test_ds),
+            "generate_s": round(gen_s, 1),
+        },
+        "model": {
+            "recipe": recipe_name,
+            "config": {k: v for k, v in cfg.items() if k != "name"},
+            "llm": TINY_LLM,
+            "lm_pretrain_steps": lm_steps,
+            "lm_pretrain_prompt": lm_prompt,
+            "finetune_steps": steps,
+            "stages": [st.name for st in stages],
+        },
         "heldout_ce_f1_macro": round(float(held["clinical_efficacy"]["f1_macro"]), 4),
         "shuffled_images_ce_f1_macro": round(float(shuf["clinical_efficacy"]["f1_macro"]), 4),
         "heldout_ce_f1_macro_present_labels": round(macro_present(held), 4),
@@ -312,18 +405,30 @@ def train_and_evaluate(out: str | pathlib.Path, n: int = 160, seed: int = 0, lm_
         "labels_present_in_heldout": present,
         "heldout_ce_f1_micro": round(float(held["clinical_efficacy"]["f1_micro"]), 4),
         "shuffled_images_ce_f1_micro": round(float(shuf["clinical_efficacy"]["f1_micro"]), 4),
-        "heldout_prompt_label_f1_macro": round(float(held.get("prompt_labels", {}).get("f1_macro", float("nan"))), 4),
-        "shuffled_prompt_label_f1_macro": round(float(shuf.get("prompt_labels", {}).get("f1_macro", float("nan"))), 4),
+        "heldout_prompt_label_f1_macro": round(
+            float(held.get("prompt_labels", {}).get("f1_macro", float("nan"))), 4
+        ),
+        "shuffled_prompt_label_f1_macro": round(
+            float(shuf.get("prompt_labels", {}).get("f1_macro", float("nan"))), 4
+        ),
         "heldout_nlg": {k: round(float(held[k]), 4) for k in nlg_keys},
         "shuffled_images_nlg": {k: round(float(shuf[k]), 4) for k in nlg_keys},
         "heldout_ce_per_label": _round(held["clinical_efficacy"]["per_label"]),
-        "heldout_ce_vs_dataset_labels_f1_macro": round(float(
-            held.get("clinical_efficacy_vs_dataset_labels", {}).get("f1_macro", float("nan"))), 4),
+        "heldout_ce_vs_dataset_labels_f1_macro": round(
+            float(
+                held.get("clinical_efficacy_vs_dataset_labels", {}).get("f1_macro", float("nan"))
+            ),
+            4,
+        ),
         "shuffled_images_ce_per_label": _round(shuf["clinical_efficacy"]["per_label"]),
         "labeler": "voxlm.synth.label_reports (inverse of the report templates)",
         "generation": held.get("generation"),
-        "timing_s": {"lm_pretrain": round(lm_s, 1), "dia_llama_finetune": round(train_s, 1),
-                     "evaluate_both": round(eval_s, 1), "total": round(time.perf_counter() - t_all, 1)},
+        "timing_s": {
+            "lm_pretrain": round(lm_s, 1),
+            "dia_llama_finetune": round(train_s, 1),
+            "evaluate_both": round(eval_s, 1),
+            "total": round(time.perf_counter() - t_all, 1),
+        },
     }
 
 
@@ -338,9 +443,17 @@ def _plots(out: pathlib.Path, res: dict[str, Any]) -> list[str]:
     made = []
     # loss curves per stage
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, (title, path, _keys) in zip(axes, (
+    for ax, (title, path, _keys) in zip(
+        axes,
+        (
             ("stage lm-pretrain (text only)", out / "lm-pretrain" / "metrics.csv", ("loss",)),
-            ("stage finetune (Dia-LLaMA)", out / "dia_llama" / "finetune" / "metrics.csv", ("loss",)))):
+            (
+                "stage finetune (Dia-LLaMA)",
+                out / "dia_llama" / "finetune" / "metrics.csv",
+                ("loss",),
+            ),
+        ),
+    ):
         rows = _metrics_rows(path)
         if rows:
             ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label="loss")
@@ -357,11 +470,25 @@ def _plots(out: pathlib.Path, res: dict[str, Any]) -> list[str]:
     h, s = res["heldout_ce_per_label"], res["shuffled_images_ce_per_label"]
     x = np.arange(len(CHEXBERT_CONDITIONS))
     fig, ax = plt.subplots(figsize=(10, 3.6))
-    ax.bar(x - 0.2, [h[c]["f1"] for c in CHEXBERT_CONDITIONS], 0.4, label=f"held-out (macro {res['heldout_ce_f1_macro']:.3f})")
-    ax.bar(x + 0.2, [s[c]["f1"] for c in CHEXBERT_CONDITIONS], 0.4,
-           label=f"images shuffled (macro {res['shuffled_images_ce_f1_macro']:.3f})")
-    ax.set_xticks(x, [f"{c}\n(n={int(h[c]['support'])})" for c in CHEXBERT_CONDITIONS], rotation=60, fontsize=7,
-                  ha="right")
+    ax.bar(
+        x - 0.2,
+        [h[c]["f1"] for c in CHEXBERT_CONDITIONS],
+        0.4,
+        label=f"held-out (macro {res['heldout_ce_f1_macro']:.3f})",
+    )
+    ax.bar(
+        x + 0.2,
+        [s[c]["f1"] for c in CHEXBERT_CONDITIONS],
+        0.4,
+        label=f"images shuffled (macro {res['shuffled_images_ce_f1_macro']:.3f})",
+    )
+    ax.set_xticks(
+        x,
+        [f"{c}\n(n={int(h[c]['support'])})" for c in CHEXBERT_CONDITIONS],
+        rotation=60,
+        fontsize=7,
+        ha="right",
+    )
     ax.set_ylabel("CE F1")
     ax.set_title("Clinical efficacy per label: generated vs reference report findings", fontsize=9)
     ax.legend(fontsize=8)
@@ -377,8 +504,12 @@ def _plots(out: pathlib.Path, res: dict[str, Any]) -> list[str]:
         preds = list(csv.DictReader(f))
     data = pathlib.Path(res["data"]["root"])
     abnormal = [p for p in preds if json.loads(p["reference_report_labels"])[-1] == 0]
-    chosen = (abnormal[:3] + [p for p in preds if p not in abnormal][:1] + abnormal[3:])[:4] or preds[:1]
-    fig, axes = plt.subplots(2, len(chosen), figsize=(4.2 * len(chosen), 8), gridspec_kw={"height_ratios": [1, 1.1]})
+    chosen = (abnormal[:3] + [p for p in preds if p not in abnormal][:1] + abnormal[3:])[
+        :4
+    ] or preds[:1]
+    fig, axes = plt.subplots(
+        2, len(chosen), figsize=(4.2 * len(chosen), 8), gridspec_kw={"height_ratios": [1, 1.1]}
+    )
     axes = np.asarray(axes).reshape(2, -1)
     for j, p in enumerate(chosen):
         gt = read_truth(data, p["id"])
@@ -391,13 +522,25 @@ def _plots(out: pathlib.Path, res: dict[str, Any]) -> list[str]:
         m = mask[:, :, z].T[::-1, ::-1]
         if m.any():
             ax.contour(m > 0, [0.5], colors="r", linewidths=1)
-        ax.set_title(f"case {p['id']} z={z}: " + (", ".join(sorted({f['label'] for f in gt['findings']})) or "no finding"),
-                     fontsize=8)
+        ax.set_title(
+            f"case {p['id']} z={z}: "
+            + (", ".join(sorted({f["label"] for f in gt["findings"]})) or "no finding"),
+            fontsize=8,
+        )
         ax.axis("off")
         t = axes[1, j]
         t.axis("off")
-        t.text(0, 1, "GENERATED:\n" + textwrap.fill(p["generated"][:520], 58) + "\n\nREFERENCE:\n"
-               + textwrap.fill(p["reference"][:520], 58), va="top", fontsize=6.2, family="monospace")
+        t.text(
+            0,
+            1,
+            "GENERATED:\n"
+            + textwrap.fill(p["generated"][:520], 58)
+            + "\n\nREFERENCE:\n"
+            + textwrap.fill(p["reference"][:520], 58),
+            va="top",
+            fontsize=6.2,
+            family="monospace",
+        )
     fig.tight_layout()
     fig.savefig(out / "montage.png", dpi=90)
     plt.close(fig)
@@ -427,7 +570,9 @@ def _reports(with_meteor: bool | None) -> dict[str, object]:
         "n_reports": len(d.ids),
         "nlg": {k: round(float(v), 4) for k, v in nlg.items()},
         "nlg_ms_bleu_rouge_cider": round(ms, 1),
-        "prompt_labels_vs_truth": {k: round(float(ce[k]), 4) for k in ("precision_macro", "recall_macro", "f1_macro")},
+        "prompt_labels_vs_truth": {
+            k: round(float(ce[k]), 4) for k in ("precision_macro", "recall_macro", "f1_macro")
+        },
         "paper_table1": {"BLEU-1": 0.5116, "BLEU-4": 0.2964, "METEOR": 0.2628, "ROUGE-L": 0.4215},
     }
 
@@ -435,8 +580,15 @@ def _reports(with_meteor: bool | None) -> dict[str, object]:
 QUICK = {"n": 120, "lm_steps": 100, "steps": 120}
 
 
-def run(steps: int | None = None, out: str = "demo_out", meteor: bool | None = None, n: int = 240,
-        lm_steps: int = 200, seed: int = 0, quick: bool = False) -> dict[str, object]:
+def run(
+    steps: int | None = None,
+    out: str = "demo_out",
+    meteor: bool | None = None,
+    n: int = 240,
+    lm_steps: int = 200,
+    seed: int = 0,
+    quick: bool = False,
+) -> dict[str, object]:
     """Run the demo, print a summary and write ``summary.json`` and the plots under ``out``.
 
     ``steps``: Dia-LLaMA finetune steps (default 250); ``quick``: the shortened run of the tests
@@ -446,9 +598,16 @@ def run(steps: int | None = None, out: str = "demo_out", meteor: bool | None = N
     if quick:
         n, lm_steps = min(n, QUICK["n"]), min(lm_steps, QUICK["lm_steps"])
         steps = steps or QUICK["steps"]
-    res = train_and_evaluate(out_dir, n=n, seed=seed, lm_steps=lm_steps, steps=steps or 250,
-                             meteor=False if meteor is None else meteor, prevalence=DEMO_PREVALENCE,
-                             threads=1 if quick else None)
+    res = train_and_evaluate(
+        out_dir,
+        n=n,
+        seed=seed,
+        lm_steps=lm_steps,
+        steps=steps or 250,
+        meteor=False if meteor is None else meteor,
+        prevalence=DEMO_PREVALENCE,
+        threads=1 if quick else None,
+    )
     summary: dict[str, object] = {
         "heldout_ce_f1_macro": res["heldout_ce_f1_macro"],
         "shuffled_images_ce_f1_macro": res["shuffled_images_ce_f1_macro"],
@@ -458,6 +617,10 @@ def run(steps: int | None = None, out: str = "demo_out", meteor: bool | None = N
     summary["plots"] = _plots(out_dir, res)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "dia_llama_synthetic"}, indent=2))
-    print(json.dumps({k: res[k] for k in res if k.endswith(("macro", "micro", "nlg", "timing_s"))}, indent=2))
+    print(
+        json.dumps(
+            {k: res[k] for k in res if k.endswith(("macro", "micro", "nlg", "timing_s"))}, indent=2
+        )
+    )
     print(f"outputs in {out_dir.resolve()}")
     return summary

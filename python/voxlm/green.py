@@ -96,9 +96,18 @@ def chat_prompt(prompt: str, eos_token: str) -> str:
 
 def clean_up_tokenization(text: str) -> str:
     """transformers' ``clean_up_tokenization`` (GREEN sets ``clean_up_tokenization_spaces``)."""
-    return (text.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",")
-            .replace(" ' ", "'").replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s")
-            .replace(" 've", "'ve").replace(" 're", "'re"))
+    return (
+        text.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+    )
 
 
 def clean_responses(response: str) -> str:
@@ -116,7 +125,9 @@ def clean_responses(response: str) -> str:
     return response.replace("</s>", "").replace("<unk>", "")
 
 
-def parse_error_counts(text: str, category: str, for_reward: bool = False) -> tuple[int | None, list[int] | None]:
+def parse_error_counts(
+    text: str, category: str, for_reward: bool = False
+) -> tuple[int | None, list[int] | None]:
     """``GREEN.parse_error_counts``: ``(total, [count (a)..(f)])`` of one section of a judge's
     answer. The section is ``[category]:`` up to the next blank line; a section starting with "No"
     counts 0; Matched Findings reads the leading ``N.``; the error sections read ``(x) ...: N.``
@@ -171,7 +182,11 @@ def scores_from_responses(responses: Sequence[str]) -> dict[str, Any]:
     insig = [parse_error_counts(r, CATEGORIES[1])[1] for r in responses]
     matched = [parse_error_counts(r, CATEGORIES[2])[0] for r in responses]
     counts = np.asarray(sig, dtype=np.int64).reshape(len(responses), 6)
-    accuracy = {s: float(np.mean(counts[:, i] == 0)) for i, s in enumerate(SUB_CATEGORIES)} if len(responses) else {}
+    accuracy = (
+        {s: float(np.mean(counts[:, i] == 0)) for i, s in enumerate(SUB_CATEGORIES)}
+        if len(responses)
+        else {}
+    )
     return {
         "green": float(np.mean(scores)) if scores else float("nan"),
         "green_std": float(np.std(scores)) if scores else float("nan"),
@@ -198,13 +213,17 @@ def _load_judge(judge: Any, tokenizer: Any, dtype: Any, device: Any) -> tuple[An
             tokenizer = Tokenizer.from_pretrained(p)
         judge = LlamaForCausalLM.from_pretrained(p, dtype=dtype, device=device or "cpu")
     if not isinstance(judge, LlamaForCausalLM):
-        raise VoxlmTypeError(f"judge: expected a model folder or a voxlm LlamaForCausalLM, got {type(judge).__name__}")
+        raise VoxlmTypeError(
+            f"judge: expected a model folder or a voxlm LlamaForCausalLM, got {type(judge).__name__}"
+        )
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = Tokenizer.from_pretrained(tokenizer)
     if tokenizer is None:
         raise ConfigError("judge: a LlamaForCausalLM judge needs tokenizer=")
     if tokenizer.eos_token is None or tokenizer.eos_token_id is None:
-        raise ConfigError("judge tokenizer: GREEN needs an EOS token (its chat template and padding use it)")
+        raise ConfigError(
+            "judge tokenizer: GREEN needs an EOS token (its chat template and padding use it)"
+        )
     return judge, tokenizer
 
 
@@ -244,17 +263,29 @@ def green(
             if not isinstance(x, str):
                 raise VoxlmTypeError(f"{name}[{i}]: expected str, got {type(x).__name__}")
     if batch_size < 1 or max_length < 2:
-        raise ConfigError(f"batch_size >= 1 and max_length >= 2 expected, got {batch_size} and {max_length}")
+        raise ConfigError(
+            f"batch_size >= 1 and max_length >= 2 expected, got {batch_size} and {max_length}"
+        )
     model, tok = _load_judge(judge, tokenizer, dtype, device)
-    completions = generate_judgements(model, tok, [make_prompt(r, h, max_words) for r, h in zip(refs, hyps)],
-                                      batch_size, max_length)
+    completions = generate_judgements(
+        model,
+        tok,
+        [make_prompt(r, h, max_words) for r, h in zip(refs, hyps)],
+        batch_size,
+        max_length,
+    )
     out = scores_from_responses(completions)
     out["completions"] = completions
     return out
 
 
-def generate_judgements(model: Any, tok: Any, prompts: Sequence[str], batch_size: int = BATCH_SIZE,
-                        max_length: int = MAX_LENGTH) -> list[str]:
+def generate_judgements(
+    model: Any,
+    tok: Any,
+    prompts: Sequence[str],
+    batch_size: int = BATCH_SIZE,
+    max_length: int = MAX_LENGTH,
+) -> list[str]:
     """``GREEN.get_response`` over batches: chat template, BOS + text + EOS (``add_eos_token``),
     right truncation to ``max_length``, left padding with EOS, greedy decoding until EOS or
     ``max_length`` tokens in all, decode (special tokens skipped, tokenization spaces cleaned),
@@ -270,7 +301,7 @@ def generate_judgements(model: Any, tok: Any, prompts: Sequence[str], batch_size
     try:
         for s in range(0, len(prompts), batch_size):
             seqs = []
-            for p in prompts[s:s + batch_size]:
+            for p in prompts[s : s + batch_size]:
                 ids = list(tok._core.encode(chat_prompt(p, tok.eos_token), True))
                 if tok.add_bos_token and bos is not None and (not ids or ids[0] != bos):
                     ids.insert(0, bos)
@@ -283,12 +314,17 @@ def generate_judgements(model: Any, tok: Any, prompts: Sequence[str], batch_size
             ids_t = torch.full((len(seqs), t), pad, dtype=torch.long)
             mask = torch.zeros((len(seqs), t), dtype=torch.long)
             for i, x in enumerate(seqs):
-                ids_t[i, t - len(x):] = torch.tensor(x)
-                mask[i, t - len(x):] = 1
+                ids_t[i, t - len(x) :] = torch.tensor(x)
+                mask[i, t - len(x) :] = 1
             n_new = max_length - t
             if n_new > 0:
-                full = model.generate(ids_t.to(dev), attention_mask=mask.to(dev), max_new_tokens=n_new,
-                                      eos_token_id=eos, pad_token_id=pad).cpu()
+                full = model.generate(
+                    ids_t.to(dev),
+                    attention_mask=mask.to(dev),
+                    max_new_tokens=n_new,
+                    eos_token_id=eos,
+                    pad_token_id=pad,
+                ).cpu()
             else:
                 full = ids_t
             for row in full.tolist():
@@ -299,5 +335,15 @@ def generate_judgements(model: Any, tok: Any, prompts: Sequence[str], batch_size
     return out
 
 
-__all__ = ["green", "make_prompt", "chat_prompt", "clean_responses", "parse_error_counts", "green_score_of",
-           "scores_from_responses", "generate_judgements", "CATEGORIES", "SUB_CATEGORIES"]
+__all__ = [
+    "green",
+    "make_prompt",
+    "chat_prompt",
+    "clean_responses",
+    "parse_error_counts",
+    "green_score_of",
+    "scores_from_responses",
+    "generate_judgements",
+    "CATEGORIES",
+    "SUB_CATEGORIES",
+]

@@ -76,10 +76,16 @@ def expand2square(img: Any, background: Sequence[int] = LLAVA_BACKGROUND) -> np.
     return _core.expand2square(rgb, [int(v) for v in background])
 
 
-def clip_preprocess(images: Any, size: int | None = 336, crop_size: int | tuple[int, int] | None = 336,
-                    mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                    rescale_factor: float = 1 / 255, pad_to_square: bool = False,
-                    background: Sequence[int] = LLAVA_BACKGROUND) -> torch.Tensor:
+def clip_preprocess(
+    images: Any,
+    size: int | None = 336,
+    crop_size: int | tuple[int, int] | None = 336,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+    rescale_factor: float = 1 / 255,
+    pad_to_square: bool = False,
+    background: Sequence[int] = LLAVA_BACKGROUND,
+) -> torch.Tensor:
     """transformers' ``CLIPImageProcessor`` (``do_resize`` shortest edge ``size`` with
     BICUBIC, ``do_center_crop`` ``crop_size``, ``do_rescale``, ``do_normalize``) on one image
     or a list (paths, PIL images or arrays). ``pad_to_square`` first applies LLaVA's
@@ -89,8 +95,15 @@ def clip_preprocess(images: Any, size: int | None = 336, crop_size: int | tuple[
     items = [images] if single else list(images)
     if not items:
         raise ShapeError("images: expected at least one image")
-    crop = None if crop_size is None else (
-        (int(crop_size), int(crop_size)) if isinstance(crop_size, int) else tuple(int(c) for c in crop_size))
+    crop = (
+        None
+        if crop_size is None
+        else (
+            (int(crop_size), int(crop_size))
+            if isinstance(crop_size, int)
+            else tuple(int(c) for c in crop_size)
+        )
+    )
     if len(mean) != 3 or len(std) != 3:
         raise ShapeError("mean, std: expected 3 values each (RGB)")
     out = []
@@ -98,9 +111,16 @@ def clip_preprocess(images: Any, size: int | None = 336, crop_size: int | tuple[
         rgb = _as_rgb(it)
         if pad_to_square:
             rgb = _core.expand2square(rgb, [int(v) for v in background])
-        out.append(_core.clip_preprocess(rgb, None if size is None else int(size), crop,
-                                         float(rescale_factor), [float(m) for m in mean],
-                                         [float(s) for s in std]))
+        out.append(
+            _core.clip_preprocess(
+                rgb,
+                None if size is None else int(size),
+                crop,
+                float(rescale_factor),
+                [float(m) for m in mean],
+                [float(s) for s in std],
+            )
+        )
     shapes = {a.shape for a in out}
     if len(shapes) != 1:
         raise ShapeError(f"images end up with different shapes {sorted(shapes)}: set crop_size")

@@ -34,8 +34,14 @@ def auto_chunk_size(vocab_size: int) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                chunk_size: int, grad_enabled: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        target: torch.Tensor,
+        chunk_size: int,
+        grad_enabled: bool,
+    ) -> torch.Tensor:  # type: ignore[override]
         # needs_input_grad stays True under no_grad: the caller passes whether grad is enabled
         n = target.numel()
         need_h = grad_enabled and ctx.needs_input_grad[0]

@@ -127,7 +127,9 @@ class PrototypeBank(nn.Module):
     ) -> None:
         super().__init__()
         if num_labels <= 0 or dim <= 0:
-            raise ConfigError(f"num_labels and dim: expected positive sizes, got {num_labels}, {dim}")
+            raise ConfigError(
+                f"num_labels and dim: expected positive sizes, got {num_labels}, {dim}"
+            )
         if not temperature_init > 0:
             raise ConfigError(f"temperature_init: expected > 0, got {temperature_init}")
         p = proj_dim or dim
@@ -138,8 +140,16 @@ class PrototypeBank(nn.Module):
         self.neg_sample_memory = nn.Parameter(torch.randn(num_labels, 1, p, **kw))
         self.temp = nn.Parameter(torch.full((), float(temperature_init), **kw))
 
-    def _args(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (self.proj.weight, self.proj.bias, self.pos_sample_memory, self.neg_sample_memory, self.temp)
+    def _args(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (
+            self.proj.weight,
+            self.proj.bias,
+            self.pos_sample_memory,
+            self.neg_sample_memory,
+            self.temp,
+        )
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s_pos, s_neg)``, each ``[B, L]``: cosine / temperature to each label's prototypes."""

@@ -46,7 +46,9 @@ _Corpus = Sequence[str] | Sequence[Sequence[str]] | Mapping[Any, Any]
 def _as_lists(references: _Corpus, hypotheses: _Corpus) -> tuple[list[list[str]], list[str]]:
     if isinstance(references, Mapping) or isinstance(hypotheses, Mapping):
         if not (isinstance(references, Mapping) and isinstance(hypotheses, Mapping)):
-            raise VoxlmTypeError("references and hypotheses: pass two dicts keyed by id, or two lists")
+            raise VoxlmTypeError(
+                "references and hypotheses: pass two dicts keyed by id, or two lists"
+            )
         missing = set(references) ^ set(hypotheses)
         if missing:
             some = sorted(map(str, missing))[:5]
@@ -61,7 +63,9 @@ def _as_lists(references: _Corpus, hypotheses: _Corpus) -> tuple[list[list[str]]
             h = hypotheses[k]
             if isinstance(h, (list, tuple)):
                 if len(h) != 1:
-                    raise ShapeError(f"hypotheses[{k!r}]: expected exactly one hypothesis, got {len(h)}")
+                    raise ShapeError(
+                        f"hypotheses[{k!r}]: expected exactly one hypothesis, got {len(h)}"
+                    )
                 h = h[0]
             hyps_in.append(h)
     else:
@@ -84,7 +88,9 @@ def java_available() -> bool:
 
 def _ptb_tokenize(refs: list[list[str]], hyps: list[str]) -> tuple[list[list[str]], list[str]]:
     if not java_available():
-        raise ConfigError("tokenize='ptb': needs Java for pycocoevalcap's PTBTokenizer; none on PATH")
+        raise ConfigError(
+            "tokenize='ptb': needs Java for pycocoevalcap's PTBTokenizer; none on PATH"
+        )
     try:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError as e:
@@ -152,13 +158,19 @@ def meteor_score(
     if backend != "java":
         raise ConfigError(f"backend: expected 'rust' or 'java', got {backend!r}")
     if jar is not None or paraphrase is not None:
-        raise ConfigError("backend='java': runs pycocoevalcap's own jar; jar/paraphrase not supported")
+        raise ConfigError(
+            "backend='java': runs pycocoevalcap's own jar; jar/paraphrase not supported"
+        )
     if not java_available():
-        raise ConfigError("METEOR backend='java': needs Java for pycocoevalcap's meteor-1.5.jar; none on PATH")
+        raise ConfigError(
+            "METEOR backend='java': needs Java for pycocoevalcap's meteor-1.5.jar; none on PATH"
+        )
     try:
         from pycocoevalcap.meteor.meteor import Meteor
     except ImportError as e:
-        raise ConfigError("METEOR backend='java': needs pycocoevalcap (pip install pycocoevalcap)") from e
+        raise ConfigError(
+            "METEOR backend='java': needs pycocoevalcap (pip install pycocoevalcap)"
+        ) from e
 
     gts = {i: [_meteor_clean(r) for r in rs] for i, rs in enumerate(refs)}
     res = {i: [_meteor_clean(h)] for i, h in enumerate(hyps)}
@@ -227,7 +239,9 @@ def _int_array(x: Any, name: str, ndim: int) -> np.ndarray:
     try:
         a = np.asarray(x)
     except ValueError as e:  # ragged input
-        raise ShapeError(f"{name}: expected a {ndim}-d array of integers, got a ragged sequence") from e
+        raise ShapeError(
+            f"{name}: expected a {ndim}-d array of integers, got a ragged sequence"
+        ) from e
     if a.dtype == object:
         raise ShapeError(f"{name}: expected a {ndim}-d array of integers, got a ragged sequence")
     if a.ndim != ndim:
@@ -275,13 +289,17 @@ def classification_scores(y_true: Any, y_pred: Any, labels: Sequence[int]) -> di
     return dict(_core.classification_scores(t, p, [int(v) for v in labels]))
 
 
-def diagnostic_prompt(labels: Sequence[int], conditions: Sequence[str] = CHEXBERT_CONDITIONS) -> str:
+def diagnostic_prompt(
+    labels: Sequence[int], conditions: Sequence[str] = CHEXBERT_CONDITIONS
+) -> str:
     """Dia-LLaMA's diagnostic text prompt: ``The "{disease}" is positive/negative. `` per label.
 
     ``labels[i]`` is 1 (positive) or 0 (negative) for ``conditions[i]``.
     """
     if len(labels) != len(conditions):
-        raise ShapeError(f"labels: expected {len(conditions)} values (one per condition), got {len(labels)}")
+        raise ShapeError(
+            f"labels: expected {len(conditions)} values (one per condition), got {len(labels)}"
+        )
     parts = []
     for disease, label in zip(conditions, labels):
         if label not in (0, 1):
@@ -294,7 +312,9 @@ def diagnostic_prompt(labels: Sequence[int], conditions: Sequence[str] = CHEXBER
 _PROMPT_RE = re.compile(r'The "([^"]+)" is (positive|negative)\.')
 
 
-def parse_diagnostic_prompt(text: str, conditions: Sequence[str] = CHEXBERT_CONDITIONS) -> np.ndarray:
+def parse_diagnostic_prompt(
+    text: str, conditions: Sequence[str] = CHEXBERT_CONDITIONS
+) -> np.ndarray:
     """Labels stated in a diagnostic prompt: ``[L]`` int64, 1 positive, 0 negative, -1 absent."""
     out = np.full(len(conditions), -1, dtype=np.int64)
     index = {c: i for i, c in enumerate(conditions)}
@@ -328,18 +348,25 @@ def parse_choice(text: str, options: Mapping[str, str] | str = "ABCD") -> str | 
 
 
 def vqa_accuracy(
-    predictions: Sequence[str], answers: Sequence[str], options: Sequence[Mapping[str, str] | str] | None = None
+    predictions: Sequence[str],
+    answers: Sequence[str],
+    options: Sequence[Mapping[str, str] | str] | None = None,
 ) -> float:
     """Multiple-choice accuracy: the fraction of generated answers whose parsed letter equals
     the answer letter (unparseable answers count as wrong)."""
     if len(predictions) != len(answers):
-        raise ShapeError(f"answers: expected {len(predictions)} (one per prediction), got {len(answers)}")
+        raise ShapeError(
+            f"answers: expected {len(predictions)} (one per prediction), got {len(answers)}"
+        )
     if not predictions:
         raise ShapeError("predictions: expected at least one answer, got none")
     opts = options if options is not None else ["ABCD"] * len(predictions)
     if len(opts) != len(predictions):
         raise ShapeError(f"options: expected {len(predictions)} entries, got {len(opts)}")
-    hits = sum(parse_choice(p, o) == a.strip().upper() for p, a, o in zip(predictions, answers, opts))
+    hits = sum(
+        parse_choice(p, o) == a.strip().upper() for p, a, o in zip(predictions, answers, opts)
+    )
     return hits / len(predictions)
+
 
 from .green import green  # noqa: E402,F401  (GREEN, the AMOS-MM metric: voxlm.green)

@@ -35,7 +35,13 @@ _LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 class _Item:
     def __init__(self, x: Any) -> None:
-        self.kind = "volume" if isinstance(x, Volume) else "torch" if isinstance(x, torch.Tensor) else "numpy"
+        self.kind = (
+            "volume"
+            if isinstance(x, Volume)
+            else "torch"
+            if isinstance(x, torch.Tensor)
+            else "numpy"
+        )
         if self.kind == "volume":
             self.array = np.asarray(x.data)[None]
             self.affine = np.asarray(x.affine, dtype=np.float64)
@@ -50,9 +56,13 @@ class _Item:
             self.array = x
             self.affine = np.eye(4)
         else:
-            raise VoxlmTypeError(f"expected a numpy array, torch tensor or Volume, got {type(x).__name__}")
+            raise VoxlmTypeError(
+                f"expected a numpy array, torch tensor or Volume, got {type(x).__name__}"
+            )
         if self.array.ndim < 2:
-            raise ShapeError(f"expected a channel-first array [C, *spatial], got shape {self.array.shape}")
+            raise ShapeError(
+                f"expected a channel-first array [C, *spatial], got shape {self.array.shape}"
+            )
 
     def out(self, array: np.ndarray, affine: np.ndarray | None = None) -> Any:
         if self.kind == "volume":
@@ -190,7 +200,9 @@ class Resize(Transform):
         if a.ndim != 4:
             raise ShapeError(f"Resize: expected [C, D, H, W], got shape {a.shape}")
         out = _core.resize(_f32(a), self.spatial_size, self.mode)
-        scale = np.array(a.shape[1:], dtype=np.float64) / np.array(self.spatial_size, dtype=np.float64)
+        scale = np.array(a.shape[1:], dtype=np.float64) / np.array(
+            self.spatial_size, dtype=np.float64
+        )
         s = np.diag(list(scale) + [1.0])
         s[:3, 3] = (scale - 1) / 2.0
         return out, affine @ s
@@ -227,9 +239,13 @@ class Spacing(Transform):
         return out, new_affine
 
 
-def _shape_offset(shape: np.ndarray, in_aff: np.ndarray, out_aff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _shape_offset(
+    shape: np.ndarray, in_aff: np.ndarray, out_aff: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """MONAI's ``compute_shape_offset`` (``scale_extent=False``)."""
-    corners = np.asarray(np.meshgrid(*[(0.0, d - 1.0) for d in shape], indexing="ij")).reshape((3, -1))
+    corners = np.asarray(np.meshgrid(*[(0.0, d - 1.0) for d in shape], indexing="ij")).reshape(
+        (3, -1)
+    )
     corners = np.concatenate((corners, np.ones_like(corners[:1])))
     corners_out = np.linalg.solve(out_aff, in_aff) @ corners
     world = in_aff @ corners
@@ -238,11 +254,15 @@ def _shape_offset(shape: np.ndarray, in_aff: np.ndarray, out_aff: np.ndarray) ->
     out_shape = np.round(np.ptp(corners_out, axis=1) + 1.0)
     offset = None
     for i in range(world.shape[1]):
-        if np.allclose(np.min(all_dist - all_dist[:, i:i + 1], 1), 0.0, rtol=1e-3):
+        if np.allclose(np.min(all_dist - all_dist[:, i : i + 1], 1), 0.0, rtol=1e-3):
             offset = world[:-1, i]
             break
     if offset is None:
-        offset = in_aff[:-1, :-1] @ (shape / 2.0) + in_aff[:-1, -1] - out_aff[:-1, :-1] @ (out_shape / 2.0)
+        offset = (
+            in_aff[:-1, :-1] @ (shape / 2.0)
+            + in_aff[:-1, -1]
+            - out_aff[:-1, :-1] @ (out_shape / 2.0)
+        )
     return out_shape.astype(int), offset
 
 
@@ -260,8 +280,14 @@ class StackSequences(Transform):
         shape = ref.data.shape[:3]
         chans = [_f32(np.asarray(ref.data))]
         for v in volumes[1:]:
-            xform = np.linalg.solve(np.asarray(v.affine, dtype=np.float64), np.asarray(ref.affine, dtype=np.float64))
-            chans.append(_core.affine_resample(_f32(np.asarray(v.data))[None], xform.tolist(), list(shape), self.mode)[0])
+            xform = np.linalg.solve(
+                np.asarray(v.affine, dtype=np.float64), np.asarray(ref.affine, dtype=np.float64)
+            )
+            chans.append(
+                _core.affine_resample(
+                    _f32(np.asarray(v.data))[None], xform.tolist(), list(shape), self.mode
+                )[0]
+            )
         return Volume(np.stack(chans, axis=-1), ref.affine, ref.header)
 
 
@@ -272,7 +298,9 @@ class StackSequences(Transform):
 class ScaleIntensityRange(Transform):
     """Map ``[a_min, a_max]`` linearly onto ``[b_min, b_max]`` (CT windows), optionally clipping."""
 
-    def __init__(self, a_min: float, a_max: float, b_min: float = 0.0, b_max: float = 1.0, clip: bool = False) -> None:
+    def __init__(
+        self, a_min: float, a_max: float, b_min: float = 0.0, b_max: float = 1.0, clip: bool = False
+    ) -> None:
         self.args = (float(a_min), float(a_max), float(b_min), float(b_max), bool(clip))
 
     def apply(self, a, affine):
@@ -283,16 +311,27 @@ class ScaleIntensityRangePercentiles(Transform):
     """ScaleIntensityRange with ``a_min``/``a_max`` the ``lower``/``upper`` percentiles of the
     image (``np.percentile``, linear), per channel with ``channel_wise``."""
 
-    def __init__(self, lower: float, upper: float, b_min: float = 0.0, b_max: float = 1.0, clip: bool = False,
-                 channel_wise: bool = False) -> None:
+    def __init__(
+        self,
+        lower: float,
+        upper: float,
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        clip: bool = False,
+        channel_wise: bool = False,
+    ) -> None:
         if not 0 <= lower <= upper <= 100:
-            raise ConfigError(f"lower/upper: expected 0 <= lower <= upper <= 100, got {lower}, {upper}")
+            raise ConfigError(
+                f"lower/upper: expected 0 <= lower <= upper <= 100, got {lower}, {upper}"
+            )
         self.lower, self.upper, self.b_min, self.b_max, self.clip = lower, upper, b_min, b_max, clip
         self.channel_wise = channel_wise
 
     def _one(self, a: np.ndarray) -> np.ndarray:
         lo, hi = np.percentile(a, [self.lower, self.upper])
-        return _core.scale_intensity_range(a, float(lo), float(hi), float(self.b_min), float(self.b_max), bool(self.clip))
+        return _core.scale_intensity_range(
+            a, float(lo), float(hi), float(self.b_min), float(self.b_max), bool(self.clip)
+        )
 
     def apply(self, a, affine):
         if self.channel_wise:
@@ -342,7 +381,9 @@ class SpatialPad(Transform):
     """Pad each spatial dim to at least ``spatial_size`` (``method`` ``"symmetric"`` or ``"end"``,
     constant ``value``); ``-1`` keeps a dim."""
 
-    def __init__(self, spatial_size: Sequence[int], method: str = "symmetric", value: float = 0.0) -> None:
+    def __init__(
+        self, spatial_size: Sequence[int], method: str = "symmetric", value: float = 0.0
+    ) -> None:
         if method not in ("symmetric", "end"):
             raise ConfigError(f"method: expected 'symmetric' or 'end', got {method!r}")
         self.spatial_size, self.method, self.value = list(spatial_size), method, value
@@ -350,7 +391,9 @@ class SpatialPad(Transform):
     def apply(self, a, affine):
         shape = a.shape[1:]
         if len(self.spatial_size) != len(shape):
-            raise ShapeError(f"SpatialPad: spatial_size {self.spatial_size} for spatial shape {shape}")
+            raise ShapeError(
+                f"SpatialPad: spatial_size {self.spatial_size} for spatial shape {shape}"
+            )
         pads = [(0, 0)]
         for cur, want in zip(shape, self.spatial_size):
             extra = max(int(want) - cur, 0) if want != -1 else 0
@@ -388,7 +431,11 @@ class CropForeground(Transform):
     """Crop to the bounding box of ``select_fn(image) `` (default ``> 0``) over all channels,
     enlarged by ``margin`` voxels and clipped to the image."""
 
-    def __init__(self, select_fn: Callable[[np.ndarray], np.ndarray] = lambda x: x > 0, margin: int | Sequence[int] = 0) -> None:
+    def __init__(
+        self,
+        select_fn: Callable[[np.ndarray], np.ndarray] = lambda x: x > 0,
+        margin: int | Sequence[int] = 0,
+    ) -> None:
         self.select_fn, self.margin = select_fn, margin
 
     def apply(self, a, affine):
@@ -413,8 +460,15 @@ class CropAroundPoint(Transform):
     voxels). Out-of-image parts are padded with ``value`` so the output size is exact.
     """
 
-    def __init__(self, point: Sequence[float], size: Sequence[int] | None = None, world: bool = False,
-                 extent: Sequence[float] | None = None, margin: float = 2.0, value: float = 0.0) -> None:
+    def __init__(
+        self,
+        point: Sequence[float],
+        size: Sequence[int] | None = None,
+        world: bool = False,
+        extent: Sequence[float] | None = None,
+        margin: float = 2.0,
+        value: float = 0.0,
+    ) -> None:
         if size is None and extent is None:
             raise ConfigError("CropAroundPoint: give size (voxels) or extent with margin")
         self.point, self.size, self.world = list(point), size, world
@@ -425,8 +479,11 @@ class CropAroundPoint(Transform):
         p = np.array(self.point, dtype=np.float64)
         if self.world:
             p = (np.linalg.inv(affine) @ np.append(p[:3], 1.0))[:nd]
-        size = (np.array(self.size) if self.size is not None
-                else np.maximum(np.ceil(np.array(self.extent) * self.margin), 1)).astype(int)
+        size = (
+            np.array(self.size)
+            if self.size is not None
+            else np.maximum(np.ceil(np.array(self.extent) * self.margin), 1)
+        ).astype(int)
         if len(size) != nd or len(p) != nd:
             raise ShapeError(f"CropAroundPoint: point/size must have {nd} entries")
         start = np.round(p).astype(int) - size // 2
@@ -465,7 +522,7 @@ def stitch_images(images: Sequence[np.ndarray], gap: int = 10, value: float = 0.
     x = 0
     for i in imgs:
         top = (h - i.shape[0]) // 2
-        out[top:top + i.shape[0], x:x + i.shape[1]] = i
+        out[top : top + i.shape[0], x : x + i.shape[1]] = i
         x += i.shape[1] + gap
     return out
 
@@ -487,7 +544,9 @@ class _Random(Transform):
 class RandFlip(_Random):
     """Flip along ``spatial_axis`` with probability ``prob`` (seeded)."""
 
-    def __init__(self, prob: float = 0.5, spatial_axis: int | Sequence[int] = 0, seed: int | None = None) -> None:
+    def __init__(
+        self, prob: float = 0.5, spatial_axis: int | Sequence[int] = 0, seed: int | None = None
+    ) -> None:
         super().__init__(prob, seed)
         self.axes = [spatial_axis] if isinstance(spatial_axis, int) else list(spatial_axis)
 
@@ -500,7 +559,13 @@ class RandFlip(_Random):
 class RandRotate90(_Random):
     """Rotate by ``k * 90`` degrees (k uniform in 1..max_k) in ``spatial_axes`` with prob."""
 
-    def __init__(self, prob: float = 0.5, max_k: int = 3, spatial_axes: tuple[int, int] = (0, 1), seed: int | None = None) -> None:
+    def __init__(
+        self,
+        prob: float = 0.5,
+        max_k: int = 3,
+        spatial_axes: tuple[int, int] = (0, 1),
+        seed: int | None = None,
+    ) -> None:
         super().__init__(prob, seed)
         self.max_k, self.spatial_axes = max_k, spatial_axes
 
@@ -508,13 +573,17 @@ class RandRotate90(_Random):
         if self.rng.random() >= self.prob:
             return a, None
         k = int(self.rng.integers(1, self.max_k + 1))
-        return np.ascontiguousarray(np.rot90(a, k, axes=(self.spatial_axes[0] + 1, self.spatial_axes[1] + 1))), None
+        return np.ascontiguousarray(
+            np.rot90(a, k, axes=(self.spatial_axes[0] + 1, self.spatial_axes[1] + 1))
+        ), None
 
 
 class RandScaleShiftIntensity(_Random):
     """``x * (1 + s) + o`` with ``s ~ U(-scale, scale)``, ``o ~ U(-offset, offset)`` (seeded)."""
 
-    def __init__(self, prob: float = 0.5, scale: float = 0.1, offset: float = 0.1, seed: int | None = None) -> None:
+    def __init__(
+        self, prob: float = 0.5, scale: float = 0.1, offset: float = 0.1, seed: int | None = None
+    ) -> None:
         super().__init__(prob, seed)
         self.scale, self.offset = scale, offset
 
@@ -527,7 +596,23 @@ class RandScaleShiftIntensity(_Random):
 
 
 __all__ = [
-    "Transform", "Compose", "Orientation", "Resize", "Spacing", "StackSequences", "ScaleIntensityRange", "ScaleIntensityRangePercentiles",
-    "NormalizeIntensity", "SpatialPad", "CenterSpatialCrop", "ResizeWithPadOrCrop", "CropForeground",
-    "CropAroundPoint", "SampleSlices", "stitch_images", "RandFlip", "RandRotate90", "RandScaleShiftIntensity",
+    "Transform",
+    "Compose",
+    "Orientation",
+    "Resize",
+    "Spacing",
+    "StackSequences",
+    "ScaleIntensityRange",
+    "ScaleIntensityRangePercentiles",
+    "NormalizeIntensity",
+    "SpatialPad",
+    "CenterSpatialCrop",
+    "ResizeWithPadOrCrop",
+    "CropForeground",
+    "CropAroundPoint",
+    "SampleSlices",
+    "stitch_images",
+    "RandFlip",
+    "RandRotate90",
+    "RandScaleShiftIntensity",
 ]

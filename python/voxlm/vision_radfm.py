@@ -76,7 +76,9 @@ class _PatchRearrange(nn.Module):
 class PositionEmbeddingLearned3d(nn.Module):
     """RadFM's ``PositionEmbeddingLearned3d``: ``row_embed``, ``col_embed``, ``dep_embed``."""
 
-    def __init__(self, num_pos_feats: int, h_patch_num: int, w_patch_num: int, d_patch_num: int) -> None:
+    def __init__(
+        self, num_pos_feats: int, h_patch_num: int, w_patch_num: int, d_patch_num: int
+    ) -> None:
         super().__init__()
         self.h_patch_num, self.w_patch_num, self.d_patch_num = h_patch_num, w_patch_num, d_patch_num
         self.row_embed = nn.Embedding(h_patch_num, num_pos_feats)
@@ -89,10 +91,16 @@ class PositionEmbeddingLearned3d(nn.Module):
     def indices(self, h: int, w: int, d: int, device: torch.device) -> tuple[torch.Tensor, ...]:
         """Table rows used for an ``h x w x d`` grid (RadFM's ``(arange(g) + 1) * (max // g) - 1``)."""
         out = []
-        for g, m, axis in ((h, self.h_patch_num, "rows"), (w, self.w_patch_num, "columns"), (d, self.d_patch_num, "depths")):
+        for g, m, axis in (
+            (h, self.h_patch_num, "rows"),
+            (w, self.w_patch_num, "columns"),
+            (d, self.d_patch_num, "depths"),
+        ):
             if not 0 < g <= m:
-                raise ShapeError(f"RadFM ViT: a grid of {g} patch {axis}, but the position table has {m} "
-                                 f"(the encoder was built for at most {m} patches along this axis)")
+                raise ShapeError(
+                    f"RadFM ViT: a grid of {g} patch {axis}, but the position table has {m} "
+                    f"(the encoder was built for at most {m} patches along this axis)"
+                )
             out.append((torch.arange(g, device=device) + 1) * (m // g) - 1)
         return tuple(out)
 
@@ -119,8 +127,13 @@ class _PreNorm(nn.Module):
 class _FeedForward(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, dropout: float) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden_dim, dim), nn.Dropout(dropout))
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, dim),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -133,13 +146,17 @@ class _Attention(nn.Module):
         self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         project_out = not (heads == 1 and dim_head == dim)
-        self.to_out: nn.Module = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout)) if project_out else nn.Identity()
+        self.to_out: nn.Module = (
+            nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+            if project_out
+            else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.dim_head ** -0.5)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.dim_head**-0.5)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 
 
@@ -149,13 +166,21 @@ def _block(attn: nn.Module, ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class _Transformer(nn.Module):
-    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int, dropout: float) -> None:
+    def __init__(
+        self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int, dropout: float
+    ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList([
-            nn.ModuleList([_PreNorm(dim, _Attention(dim, heads, dim_head, dropout)),
-                           _PreNorm(dim, _FeedForward(dim, mlp_dim, dropout))])
-            for _ in range(depth)
-        ])
+        self.layers = nn.ModuleList(
+            [
+                nn.ModuleList(
+                    [
+                        _PreNorm(dim, _Attention(dim, heads, dim_head, dropout)),
+                        _PreNorm(dim, _FeedForward(dim, mlp_dim, dropout)),
+                    ]
+                )
+                for _ in range(depth)
+            ]
+        )
         self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,30 +207,61 @@ class RadFMViT3D(nn.Module):
     ``max // grid``-th row of it, as RadFM does. ``dim`` must be divisible by 3 (three position
     parts of ``dim // 3``)."""
 
-    def __init__(self, image_size: int | tuple[int, int] = 512, image_patch_size: int | tuple[int, int] = 32,
-                 frames: int = 512, frame_patch_size: int = 4, dim: int = 768, depth: int = 12, heads: int = 8,
-                 mlp_dim: int = 2048, channels: int = 3, dim_head: int = 64, dropout: float = 0.0,
-                 emb_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        image_size: int | tuple[int, int] = 512,
+        image_patch_size: int | tuple[int, int] = 32,
+        frames: int = 512,
+        frame_patch_size: int = 4,
+        dim: int = 768,
+        depth: int = 12,
+        heads: int = 8,
+        mlp_dim: int = 2048,
+        channels: int = 3,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        emb_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         ih, iw = _pair(image_size, "image_size")
         ph, pw = _pair(image_patch_size, "image_patch_size")
         if ih % ph or iw % pw:
-            raise ConfigError(f"image_size {(ih, iw)} must be divisible by image_patch_size {(ph, pw)}")
+            raise ConfigError(
+                f"image_size {(ih, iw)} must be divisible by image_patch_size {(ph, pw)}"
+            )
         if frames <= 0 or frame_patch_size <= 0 or frames % frame_patch_size:
-            raise ConfigError(f"frames {frames} must be a positive multiple of frame_patch_size {frame_patch_size}")
+            raise ConfigError(
+                f"frames {frames} must be a positive multiple of frame_patch_size {frame_patch_size}"
+            )
         if dim <= 0 or dim % 3:
-            raise ConfigError(f"dim {dim}: RadFM's position embedding concatenates three parts of dim // 3; "
-                              "dim must be a positive multiple of 3")
+            raise ConfigError(
+                f"dim {dim}: RadFM's position embedding concatenates three parts of dim // 3; "
+                "dim must be a positive multiple of 3"
+            )
         if min(depth, heads, mlp_dim, channels, dim_head) <= 0:
-            raise ConfigError("RadFM ViT: depth, heads, mlp_dim, channels and dim_head must be positive")
+            raise ConfigError(
+                "RadFM ViT: depth, heads, mlp_dim, channels and dim_head must be positive"
+            )
         self.image_size, self.patch_size = (ih, iw), (ph, pw)
         self.frames, self.frame_patch_size = frames, frame_patch_size
-        self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim = dim, depth, heads, dim_head, mlp_dim
+        self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim = (
+            dim,
+            depth,
+            heads,
+            dim_head,
+            mlp_dim,
+        )
         self.channels, self.dropout_p, self.emb_dropout_p = channels, dropout, emb_dropout
         patch_dim = channels * ph * pw * frame_patch_size
-        self.to_patch_embedding = nn.Sequential(_PatchRearrange(ph, pw, frame_patch_size), nn.LayerNorm(patch_dim),
-                                                nn.Linear(patch_dim, dim), nn.LayerNorm(dim))
-        self.pos_embedding = PositionEmbeddingLearned3d(dim // 3, ih // ph, iw // pw, frames // frame_patch_size)
+        self.to_patch_embedding = nn.Sequential(
+            _PatchRearrange(ph, pw, frame_patch_size),
+            nn.LayerNorm(patch_dim),
+            nn.Linear(patch_dim, dim),
+            nn.LayerNorm(dim),
+        )
+        self.pos_embedding = PositionEmbeddingLearned3d(
+            dim // 3, ih // ph, iw // pw, frames // frame_patch_size
+        )
         self.dropout = nn.Dropout(emb_dropout)
         self.transformer = _Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
 
@@ -217,14 +273,18 @@ class RadFMViT3D(nn.Module):
         ph, pw = self.patch_size
         pf = self.frame_patch_size
         if h % ph or w % pw or d % pf:
-            raise ShapeError(f"RadFM ViT: volume H x W x D = {h} x {w} x {d} is not divisible by the patch "
-                             f"{ph} x {pw} x {pf}")
+            raise ShapeError(
+                f"RadFM ViT: volume H x W x D = {h} x {w} x {d} is not divisible by the patch "
+                f"{ph} x {pw} x {pf}"
+            )
         g = (h // ph, w // pw, d // pf)
         pe = self.pos_embedding
         for n, m, axis in zip(g, (pe.h_patch_num, pe.w_patch_num, pe.d_patch_num), ("H", "W", "D")):
             if n > m or m % n:
-                raise ShapeError(f"RadFM ViT: {n} patches along {axis} for a {h} x {w} x {d} volume, but the "
-                                 f"position table has {m} (needs a grid that divides it)")
+                raise ShapeError(
+                    f"RadFM ViT: {n} patches along {axis} for a {h} x {w} x {d} volume, but the "
+                    f"position table has {m} (needs a grid that divides it)"
+                )
         return g
 
     def num_tokens(self, h: int, w: int, d: int) -> int:
@@ -242,7 +302,9 @@ class RadFMViT3D(nn.Module):
 
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if video.dim() != 5 or video.shape[1] != self.channels:
-            raise ShapeError(f"RadFM ViT: expected [B, {self.channels}, H, W, D], got shape {tuple(video.shape)}")
+            raise ShapeError(
+                f"RadFM ViT: expected [B, {self.channels}, H, W, D], got shape {tuple(video.shape)}"
+            )
         b, _, h, w, d = video.shape
         gh, gw, gd = self.grid(h, w, d)
         x = self.to_patch_embedding(video)
@@ -253,13 +315,15 @@ class RadFMViT3D(nn.Module):
     # -- checkpoints ----------------------------------------------------------------------
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], prefix: str | None = None, **kw: object) -> RadFMViT3D:
+    def from_state_dict(
+        cls, sd: Mapping[str, torch.Tensor], prefix: str | None = None, **kw: object
+    ) -> RadFMViT3D:
         """Build from a RadFM ``vit_3d`` state dict (bare keys, or under ``prefix``; the full-model
         prefix :data:`RADFM_PREFIX` is found automatically), reading the sizes from the tensors
         (``heads`` from ``kw``, default 8, RadFM's value)."""
         if prefix is None:
             prefix = RADFM_PREFIX if any(k.startswith(RADFM_PREFIX) for k in sd) else ""
-        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
         need = "to_patch_embedding.2.weight"
         if need not in sub:
             raise CheckpointError(f"not a RadFM vit_3d state dict: no {prefix}{need}")
@@ -276,20 +340,36 @@ class RadFMViT3D(nn.Module):
         pf = int(kw.pop("frame_patch_size", 4))  # type: ignore[call-overload]
         channels = patch_dim // (ps * ps * pf)
         if channels * ps * ps * pf != patch_dim:
-            raise CheckpointError(f"patch_dim {patch_dim} is not channels x {ps} x {ps} x {pf}; pass the patch sizes")
+            raise CheckpointError(
+                f"patch_dim {patch_dim} is not channels x {ps} x {ps} x {pf}; pass the patch sizes"
+            )
         if inner % heads:
             raise CheckpointError(f"attention width {inner} is not divisible by heads={heads}")
-        model = cls(image_size=(rows * ps, cols * ps), image_patch_size=ps, frames=deps * pf, frame_patch_size=pf,
-                    dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, channels=channels, dim_head=inner // heads,
-                    **kw)  # type: ignore[arg-type]
+        model = cls(
+            image_size=(rows * ps, cols * ps),
+            image_patch_size=ps,
+            frames=deps * pf,
+            frame_patch_size=pf,
+            dim=dim,
+            depth=depth,
+            heads=heads,
+            mlp_dim=mlp_dim,
+            channels=channels,
+            dim_head=inner // heads,
+            **kw,
+        )  # type: ignore[arg-type]
         missing, unexpected = model.load_state_dict(sub, strict=False)
         if missing or unexpected:
-            raise CheckpointError(f"RadFM vit_3d state dict does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise CheckpointError(
+                f"RadFM vit_3d state dict does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
         return model
 
     def extra_repr(self) -> str:
-        return (f"image_size={self.image_size}, frames={self.frames}, patch={self.patch_size}x{self.frame_patch_size}, "
-                f"dim={self.dim}, depth={self.depth}, heads={self.heads}x{self.dim_head}, mlp_dim={self.mlp_dim}")
+        return (
+            f"image_size={self.image_size}, frames={self.frames}, patch={self.patch_size}x{self.frame_patch_size}, "
+            f"dim={self.dim}, depth={self.depth}, heads={self.heads}x{self.dim_head}, mlp_dim={self.mlp_dim}"
+        )
 
 
 __all__ = ["RADFM_PREFIX", "RadFMViT3D", "PositionEmbeddingLearned3d"]

@@ -87,8 +87,10 @@ class Volume:
         return aff2axcodes(self.affine)
 
     def __repr__(self) -> str:
-        return (f"Volume(shape={self.shape}, dtype={self.data.dtype}, spacing="
-                f"{tuple(round(s, 4) for s in self.spacing)}, axcodes={''.join(c or '?' for c in self.axcodes)})")
+        return (
+            f"Volume(shape={self.shape}, dtype={self.data.dtype}, spacing="
+            f"{tuple(round(s, 4) for s in self.spacing)}, axcodes={''.join(c or '?' for c in self.axcodes)})"
+        )
 
 
 def load_volume(path: PathLike, dtype: Any = np.float32) -> Volume:
@@ -101,8 +103,12 @@ def load_volume(path: PathLike, dtype: Any = np.float32) -> Volume:
     return Volume(data, affine, header)
 
 
-def save_volume(volume: Volume | np.ndarray, path: PathLike, affine: np.ndarray | None = None,
-                compress_level: int = 1) -> None:
+def save_volume(
+    volume: Volume | np.ndarray,
+    path: PathLike,
+    affine: np.ndarray | None = None,
+    compress_level: int = 1,
+) -> None:
     """Write a NIfTI-1 file (gzip if the name ends in ``.gz``); the data keep their dtype, the
     affine is stored as the sform. nibabel reads back the same data and affine."""
     if isinstance(volume, Volume):

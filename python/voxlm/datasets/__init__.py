@@ -28,11 +28,20 @@ from .registry import get_reader, read_records, reader_names, register_reader
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def open_dataset(format: str, root: PathLike, split: str = "train", transform: Any = None,
-                 image_loader: Any = None, **options: Any) -> ReportDataset:
+def open_dataset(
+    format: str,
+    root: PathLike,
+    split: str = "train",
+    transform: Any = None,
+    image_loader: Any = None,
+    **options: Any,
+) -> ReportDataset:
     """``ReportDataset(read_records(format, root, split, **options), transform)``."""
-    return ReportDataset(read_records(format, root, split=split, **options), transform=transform,
-                         image_loader=image_loader)
+    return ReportDataset(
+        read_records(format, root, split=split, **options),
+        transform=transform,
+        image_loader=image_loader,
+    )
 
 
 @dataclass(frozen=True)

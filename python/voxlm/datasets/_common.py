@@ -23,10 +23,18 @@ PathLike = str | os.PathLike[str]
 
 #: voxlm's split names and the spellings the public datasets use for them.
 SPLIT_ALIASES: dict[str, str] = {
-    "train": "train", "training": "train", "tr": "train",
-    "validation": "validation", "val": "validation", "valid": "validation", "validate": "validation",
-    "va": "validation", "dev": "validation",
-    "test": "test", "testing": "test", "ts": "test",
+    "train": "train",
+    "training": "train",
+    "tr": "train",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "validate": "validation",
+    "va": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+    "ts": "test",
 }
 
 
@@ -34,11 +42,15 @@ def canonical_split(split: str, known: Sequence[str], format: str) -> str:
     """``split`` as voxlm names it (``train`` | ``validation`` | ``test`` or a dataset's own
     extra split such as M3D-VQA's ``test5k``); ConfigError listing ``known`` otherwise."""
     if not isinstance(split, str):
-        raise ConfigError(f"{format}: split must be a string, one of {', '.join(known)}; got {split!r}")
+        raise ConfigError(
+            f"{format}: split must be a string, one of {', '.join(known)}; got {split!r}"
+        )
     s = split.strip().lower()
     s = SPLIT_ALIASES.get(s, s)
     if s not in known:
-        raise ConfigError(f"{format}: unknown split {split!r}; this layout has splits: {', '.join(known)}")
+        raise ConfigError(
+            f"{format}: unknown split {split!r}; this layout has splits: {', '.join(known)}"
+        )
     return s
 
 
@@ -63,7 +75,9 @@ def first_existing(candidates: Iterable[pathlib.Path], format: str, what: str) -
     for c in cands:
         if c.exists():
             return c
-    raise DataError(f"{format}: expected {what} at one of: {', '.join(str(c) for c in cands)}; none exists")
+    raise DataError(
+        f"{format}: expected {what} at one of: {', '.join(str(c) for c in cands)}; none exists"
+    )
 
 
 def read_json(path: pathlib.Path, format: str) -> Any:

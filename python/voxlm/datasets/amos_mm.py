@@ -30,7 +30,11 @@ _KEYS = {"train": "training", "validation": "validation"}
 
 
 def _image(root: pathlib.Path, p: str) -> str:
-    return str(root / p[2:]) if p.startswith("./") else (p if pathlib.Path(p).is_absolute() else str(root / p))
+    return (
+        str(root / p[2:])
+        if p.startswith("./")
+        else (p if pathlib.Path(p).is_absolute() else str(root / p))
+    )
 
 
 def _id(p: str) -> str:
@@ -47,9 +51,14 @@ def _text(v: Any) -> str:
 
 
 @register_reader("amos-mm")
-def read_amos_mm(root: PathLike, split: str = "train", task: str = "report",
-                 region: str | Sequence[str] | None = None, json_path: PathLike | None = None,
-                 check_files: bool = True) -> list[dict[str, Any]]:
+def read_amos_mm(
+    root: PathLike,
+    split: str = "train",
+    task: str = "report",
+    region: str | Sequence[str] | None = None,
+    json_path: PathLike | None = None,
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
     """Records of AMOS-MM's ``train`` (``training``) or ``validation`` list.
 
     Args:
@@ -68,15 +77,27 @@ def read_amos_mm(root: PathLike, split: str = "train", task: str = "report",
         raise ConfigError(f"{fmt}: task must be 'report' or 'vqa', got {task!r}")
     regions: tuple[str, ...] | None = None
     if region is not None:
-        regions = REGIONS if region == "each" else ((region,) if isinstance(region, str) else tuple(region))
+        regions = (
+            REGIONS
+            if region == "each"
+            else ((region,) if isinstance(region, str) else tuple(region))
+        )
         bad = [r for r in regions if r not in REGIONS]
         if bad or task != "report":
-            raise ConfigError(f"{fmt}: region must be 'each' or some of {', '.join(REGIONS)} (report task); "
-                              f"got {region!r} with task {task!r}")
-    names = (["report_generation_train_val.json", "dataset.json"] if task == "report"
-             else ["vqa_train_val.json", "dataset.json"])
-    jp = pathlib.Path(json_path) if json_path is not None else first_existing(
-        [root / n for n in names], fmt, f"the {task} JSON")
+            raise ConfigError(
+                f"{fmt}: region must be 'each' or some of {', '.join(REGIONS)} (report task); "
+                f"got {region!r} with task {task!r}"
+            )
+    names = (
+        ["report_generation_train_val.json", "dataset.json"]
+        if task == "report"
+        else ["vqa_train_val.json", "dataset.json"]
+    )
+    jp = (
+        pathlib.Path(json_path)
+        if json_path is not None
+        else first_existing([root / n for n in names], fmt, f"the {task} JSON")
+    )
     data = read_json(jp, fmt)
     key = _KEYS[s]
     if not isinstance(data, dict) or key not in data:
@@ -93,7 +114,9 @@ def read_amos_mm(root: PathLike, split: str = "train", task: str = "report",
         if task == "report":
             rep = labels.get("report")
             if not isinstance(rep, dict) or not isinstance(rep.get("findings"), dict):
-                raise DataError(f"{where} ({sid}): expected labels.report.findings {{chest, abdomen, pelvis}}")
+                raise DataError(
+                    f"{where} ({sid}): expected labels.report.findings {{chest, abdomen, pelvis}}"
+                )
             find = {r: _text(rep["findings"].get(r)) for r in REGIONS}
             imp = rep.get("impression")
             if isinstance(imp, dict):
@@ -101,28 +124,61 @@ def read_amos_mm(root: PathLike, split: str = "train", task: str = "report",
             elif imp is not None:
                 meta["impression"] = _text(imp)
             if regions is None:
-                records.append({"id": sid, "split": s, "image": img, "sections": find,
-                                "report": "\n".join(find[r] for r in REGIONS if find[r]), "meta": meta})
+                records.append(
+                    {
+                        "id": sid,
+                        "split": s,
+                        "image": img,
+                        "sections": find,
+                        "report": "\n".join(find[r] for r in REGIONS if find[r]),
+                        "meta": meta,
+                    }
+                )
             else:
                 for r in regions:
                     if find[r]:
-                        records.append({"id": f"{sid}/{r}", "split": s, "image": img, "region": r,
-                                        "report": find[r], "sections": find, "meta": meta})
+                        records.append(
+                            {
+                                "id": f"{sid}/{r}",
+                                "split": s,
+                                "image": img,
+                                "region": r,
+                                "report": find[r],
+                                "sections": find,
+                                "meta": meta,
+                            }
+                        )
         else:
             qa = labels.get("qa")
             if not isinstance(qa, list):
-                raise DataError(f"{where} ({sid}): expected labels.qa [{{question, options, answer}}]")
+                raise DataError(
+                    f"{where} ({sid}): expected labels.qa [{{question, options, answer}}]"
+                )
             for k, q in enumerate(qa):
                 opts = q.get("options") if isinstance(q, dict) else None
                 if not isinstance(opts, dict) or "question" not in q or "answer" not in q:
-                    raise DataError(f"{where} ({sid}) qa[{k}]: expected {{question, options A..D, answer}}")
+                    raise DataError(
+                        f"{where} ({sid}) qa[{k}]: expected {{question, options A..D, answer}}"
+                    )
                 letter = str(q["answer"]).strip().rstrip(".")
                 if letter not in opts:
-                    raise DataError(f"{where} ({sid}) qa[{k}]: answer {q['answer']!r} is not one of the options "
-                                    f"{sorted(opts)}")
-                records.append({"id": f"{sid}/q{k}", "split": s, "image": img, "question": str(q["question"]),
-                                "choices": {c: str(v) for c, v in opts.items()}, "answer": letter,
-                                "answer_text": str(opts[letter]), "question_type": q.get("type"), "meta": meta})
+                    raise DataError(
+                        f"{where} ({sid}) qa[{k}]: answer {q['answer']!r} is not one of the options "
+                        f"{sorted(opts)}"
+                    )
+                records.append(
+                    {
+                        "id": f"{sid}/q{k}",
+                        "split": s,
+                        "image": img,
+                        "question": str(q["question"]),
+                        "choices": {c: str(v) for c, v in opts.items()},
+                        "answer": letter,
+                        "answer_text": str(opts[letter]),
+                        "question_type": q.get("type"),
+                        "meta": meta,
+                    }
+                )
     if check_files:
         check_paths(records, fmt, f"{jp} {key}")
     return records

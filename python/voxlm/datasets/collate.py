@@ -53,8 +53,13 @@ class ReportDataset(torch.utils.data.Dataset):
     the row and the path), so that no ``DataLoader`` worker fails later.
     """
 
-    def __init__(self, records: Sequence[Mapping[str, Any]], transform: Callable[[Any], Any] | None = None,
-                 image_loader: Callable[[PathLike], Any] | None = None, check_files: bool = True) -> None:
+    def __init__(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        transform: Callable[[Any], Any] | None = None,
+        image_loader: Callable[[PathLike], Any] | None = None,
+        check_files: bool = True,
+    ) -> None:
         self.records = [dict(r) for r in records]
         for i, r in enumerate(self.records):
             if not isinstance(r, dict):
@@ -103,7 +108,9 @@ def _stack(tensors: Sequence[torch.Tensor], what: str, ids: Sequence[Any]) -> to
     if len(shapes) != 1:
         detail = ", ".join(f"{i}: {tuple(t.shape)}" for i, t in zip(ids, tensors))
         hint = "" if what == "labels" else "; add a Resize / ResizeWithPadOrCrop transform"
-        raise ShapeError(f"ReportCollator: {what} of different shapes in one batch ({detail}){hint}")
+        raise ShapeError(
+            f"ReportCollator: {what} of different shapes in one batch ({detail}){hint}"
+        )
     return torch.stack(list(tensors))
 
 
@@ -139,11 +146,20 @@ class ReportCollator:
     ``[B, L]`` and ``pirads`` int64 ``[B]``.
     """
 
-    def __init__(self, tokenizer: Any, num_image_tokens: int, max_length: int,
-                 prompt: str | Callable[[Mapping[str, Any]], str] = "", image_token: str = "<im_patch>",
-                 padding_side: str = "right", target_key: str | Callable[[Mapping[str, Any]], str] = "report",
-                 mode: str = "train", template: str | None = None, add_bos: bool = True,
-                 add_eos: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        num_image_tokens: int,
+        max_length: int,
+        prompt: str | Callable[[Mapping[str, Any]], str] = "",
+        image_token: str = "<im_patch>",
+        padding_side: str = "right",
+        target_key: str | Callable[[Mapping[str, Any]], str] = "report",
+        mode: str = "train",
+        template: str | None = None,
+        add_bos: bool = True,
+        add_eos: bool = True,
+    ) -> None:
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
         if mode not in ("train", "generate"):
@@ -152,7 +168,11 @@ class ReportCollator:
             raise ConfigError(f"num_image_tokens: expected >= 0, got {num_image_tokens}")
         if int(max_length) < 1:
             raise ConfigError(f"max_length: expected >= 1, got {max_length}")
-        self.tokenizer, self.num_image_tokens, self.max_length = tokenizer, int(num_image_tokens), int(max_length)
+        self.tokenizer, self.num_image_tokens, self.max_length = (
+            tokenizer,
+            int(num_image_tokens),
+            int(max_length),
+        )
         self.prompt, self.image_token, self.padding_side = prompt, image_token, padding_side
         self.target_key, self.mode, self.template = target_key, mode, template
         self.add_bos, self.add_eos = add_bos, add_eos
@@ -160,8 +180,10 @@ class ReportCollator:
         if self.num_image_tokens:
             self.image_token_id = tokenizer.token_to_id(image_token)
             if self.image_token_id is None:
-                raise ConfigError(f"image_token: {image_token!r} is not a token of the tokenizer; add it "
-                                  "as a special token")
+                raise ConfigError(
+                    f"image_token: {image_token!r} is not a token of the tokenizer; add it "
+                    "as a special token"
+                )
         self.bos_id = tokenizer.bos_token_id if add_bos else None
         self.eos_id = tokenizer.eos_token_id
         if add_eos and self.eos_id is None:
@@ -187,7 +209,9 @@ class ReportCollator:
         v: Any = record
         for part in key.split("."):
             if not isinstance(v, Mapping) or part not in v:
-                raise DataError(f"ReportCollator: record {record.get('id', '?')!r} has no {key!r} (target_key)")
+                raise DataError(
+                    f"ReportCollator: record {record.get('id', '?')!r} has no {key!r} (target_key)"
+                )
             v = v[part]
         return str(v)
 
@@ -199,12 +223,16 @@ class ReportCollator:
         if self.image_token_id is not None:
             n = sum(1 for t in p if t == self.image_token_id)
             if n != self.num_image_tokens:
-                raise ConfigError(f"ReportCollator: the prompt of record {record.get('id', '?')!r} encodes to {n} "
-                                  f"{self.image_token!r} tokens, expected {self.num_image_tokens}")
+                raise ConfigError(
+                    f"ReportCollator: the prompt of record {record.get('id', '?')!r} encodes to {n} "
+                    f"{self.image_token!r} tokens, expected {self.num_image_tokens}"
+                )
         room = self.max_length - len(p) - (1 if self.mode == "train" and self.add_eos else 0)
         if room < 0 or (self.mode == "generate" and len(p) > self.max_length):
-            raise ConfigError(f"max_length {self.max_length} is too short for the prompt of record "
-                              f"{record.get('id', '?')!r} ({len(p)} tokens incl. {self.num_image_tokens} image tokens)")
+            raise ConfigError(
+                f"max_length {self.max_length} is too short for the prompt of record "
+                f"{record.get('id', '?')!r} ({len(p)} tokens incl. {self.num_image_tokens} image tokens)"
+            )
         if self.mode == "generate":
             return p, len(p)
         t = list(self.tokenizer.encode(self.target_text(record), add_special_tokens=False))[:room]
@@ -221,23 +249,33 @@ class ReportCollator:
         if all(isinstance(it.get("image"), torch.Tensor) for it in items):
             batch["images"] = _stack([it["image"] for it in items], "images", ids)
         elif all(isinstance(it.get("images"), list) for it in items):
-            views = [torch.stack(it["images"]) if len({tuple(v.shape) for v in it["images"]}) == 1 else None
-                     for it in items]
+            views = [
+                torch.stack(it["images"])
+                if len({tuple(v.shape) for v in it["images"]}) == 1
+                else None
+                for it in items
+            ]
             if all(v is not None for v in views) and len({tuple(v.shape) for v in views}) == 1:  # type: ignore[union-attr]
                 batch["images"] = torch.stack(views)  # type: ignore[arg-type]
             else:
                 batch["images"] = [list(it["images"]) for it in items]
         if all(isinstance(it.get("sequences"), Mapping) for it in items):
             names = list(items[0]["sequences"])
-            lacking = {k: [str(i) for i, it in zip(ids, items) if k not in it["sequences"]]
-                       for k in dict.fromkeys(k for it in items for k in it["sequences"])}
+            lacking = {
+                k: [str(i) for i, it in zip(ids, items) if k not in it["sequences"]]
+                for k in dict.fromkeys(k for it in items for k in it["sequences"])
+            }
             lacking = {k: v for k, v in lacking.items() if v}
             if lacking:
                 detail = "; ".join(f"{k!r} missing in {v}" for k, v in lacking.items())
-                raise DataError(f"ReportCollator: the items of one batch have different sequences ({detail}); "
-                                f"ids {[str(i) for i in ids]}")
-            batch["sequences"] = {k: _stack([it["sequences"][k] for it in items], f"sequences[{k!r}]", ids)
-                                  for k in names}
+                raise DataError(
+                    f"ReportCollator: the items of one batch have different sequences ({detail}); "
+                    f"ids {[str(i) for i in ids]}"
+                )
+            batch["sequences"] = {
+                k: _stack([it["sequences"][k] for it in items], f"sequences[{k!r}]", ids)
+                for k in names
+            }
         enc = [self.encode(it) for it in items]
         n = max(len(s) for s, _ in enc)
         side = "left" if self.mode == "generate" else self.padding_side
@@ -246,17 +284,22 @@ class ReportCollator:
         labels = torch.full((len(items), n), -100, dtype=torch.long)
         for i, (s, plen) in enumerate(enc):
             o = n - len(s) if side == "left" else 0
-            input_ids[i, o:o + len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, o:o + len(s)] = 1
-            labels[i, o + plen:o + len(s)] = torch.tensor(s[plen:], dtype=torch.long)
+            input_ids[i, o : o + len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, o : o + len(s)] = 1
+            labels[i, o + plen : o + len(s)] = torch.tensor(s[plen:], dtype=torch.long)
         batch["input_ids"], batch["attention_mask"] = input_ids, mask
         if self.mode == "train":
             batch["labels"] = labels
         else:
-            batch["references"] = [self.target_text(it) if self._has_target(it) else None for it in items]
+            batch["references"] = [
+                self.target_text(it) if self._has_target(it) else None for it in items
+            ]
         if all(it.get("labels") is not None for it in items):
-            batch["cls_labels"] = _stack([torch.as_tensor(np.asarray(it["labels"]), dtype=torch.long)
-                                          for it in items], "labels", ids)
+            batch["cls_labels"] = _stack(
+                [torch.as_tensor(np.asarray(it["labels"]), dtype=torch.long) for it in items],
+                "labels",
+                ids,
+            )
         if all(it.get("pirads") is not None for it in items):
             batch["pirads"] = torch.tensor([int(it["pirads"]) for it in items], dtype=torch.long)
         return batch

@@ -43,13 +43,32 @@ from .registry import register_reader
 
 #: The 18 label columns of ``multi_abnormality_labels/*_predicted_labels.csv``, in file order.
 ABNORMALITIES = [
-    "Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
-    "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema",
-    "Atelectasis", "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion",
-    "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
     "Interlobular septal thickening",
 ]
-REPORT_COLUMNS = ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"]
+REPORT_COLUMNS = [
+    "VolumeName",
+    "ClinicalInformation_EN",
+    "Technique_EN",
+    "Findings_EN",
+    "Impressions_EN",
+]
 # voxlm split -> (volume folder, reports/metadata file prefix, labels file prefix)
 _NAMES = {"train": ("train", "train", "train"), "validation": ("valid", "validation", "valid")}
 
@@ -59,14 +78,18 @@ def volume_path(volume_dir: pathlib.Path, volume_name: str) -> pathlib.Path:
     stem = strip_nii(volume_name)
     parts = stem.split("_")
     if len(parts) < 4:
-        raise DataError(f"ct-rate: VolumeName {volume_name!r}: expected <split>_<pid>_<scan>_<recon>.nii.gz")
+        raise DataError(
+            f"ct-rate: VolumeName {volume_name!r}: expected <split>_<pid>_<scan>_<recon>.nii.gz"
+        )
     patient = "_".join(parts[:2])
     scan = "_".join(parts[:3])
     return volume_dir / patient / scan / (stem + ".nii.gz")
 
 
 def _table(root: pathlib.Path, folder: str, name: str) -> pathlib.Path:
-    return first_existing([root / "dataset" / folder / name, root / folder / name], "ct-rate", f"{folder}/{name}")
+    return first_existing(
+        [root / "dataset" / folder / name, root / folder / name], "ct-rate", f"{folder}/{name}"
+    )
 
 
 def _literal(v: str | None) -> Any:
@@ -84,8 +107,14 @@ def _float(v: str, what: str, row: int, path: pathlib.Path) -> float:
 
 
 @register_reader("ct-rate")
-def read_ct_rate(root: PathLike, split: str = "train", fixed: bool | None = None, labels: bool = True,
-                 metadata: bool = True, check_files: bool = True) -> list[dict[str, Any]]:
+def read_ct_rate(
+    root: PathLike,
+    split: str = "train",
+    fixed: bool | None = None,
+    labels: bool = True,
+    metadata: bool = True,
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
     """Records of the ``train`` or ``validation`` split of CT-RATE at ``root``.
 
     Args:
@@ -114,9 +143,12 @@ def read_ct_rate(root: PathLike, split: str = "train", fixed: bool | None = None
         for i, row in enumerate(read_csv(lab_path, fmt, required=["VolumeName", *ABNORMALITIES])):
             try:
                 lab[strip_nii(row["VolumeName"])] = np.asarray(
-                    [int(float(row[c])) for c in ABNORMALITIES], dtype=np.int64)
+                    [int(float(row[c])) for c in ABNORMALITIES], dtype=np.int64
+                )
             except (TypeError, ValueError):
-                raise DataError(f"{fmt}: {lab_path} row {i + 2} ({row['VolumeName']}): expected 0/1 labels") from None
+                raise DataError(
+                    f"{fmt}: {lab_path} row {i + 2} ({row['VolumeName']}): expected 0/1 labels"
+                ) from None
     meta: dict[str, dict[str, Any]] = {}
     if metadata:
         meta_path = _table(root, "metadata", f"{rname}_metadata.csv")
@@ -126,11 +158,15 @@ def read_ct_rate(root: PathLike, split: str = "train", fixed: bool | None = None
                 xy = ast.literal_eval(row["XYSpacing"].strip())
                 x, y = float(xy[0]), float(xy[1])
             except (ValueError, SyntaxError, TypeError, IndexError):
-                raise DataError(f"{fmt}: {meta_path} row {i + 2}: XYSpacing {row['XYSpacing']!r} is not "
-                                f"'[x, y]'") from None
+                raise DataError(
+                    f"{fmt}: {meta_path} row {i + 2}: XYSpacing {row['XYSpacing']!r} is not "
+                    f"'[x, y]'"
+                ) from None
             meta[strip_nii(row["VolumeName"])] = {
                 "rescale_slope": _float(row["RescaleSlope"], "RescaleSlope", i + 2, meta_path),
-                "rescale_intercept": _float(row["RescaleIntercept"], "RescaleIntercept", i + 2, meta_path),
+                "rescale_intercept": _float(
+                    row["RescaleIntercept"], "RescaleIntercept", i + 2, meta_path
+                ),
                 "spacing": (x, y, _float(row["ZSpacing"], "ZSpacing", i + 2, meta_path)),
                 "origin": _literal(row.get("ImagePositionPatient")),
                 "orientation": _literal(row.get("ImageOrientationPatient")),
@@ -153,14 +189,18 @@ def read_ct_rate(root: PathLike, split: str = "train", fixed: bool | None = None
         }
         if labels:
             if vid not in lab:
-                raise DataError(f"{fmt}: {rep_path} row {i + 2} ({vid}): no row for it in "
-                                f"multi_abnormality_labels/{lname}_predicted_labels.csv")
+                raise DataError(
+                    f"{fmt}: {rep_path} row {i + 2} ({vid}): no row for it in "
+                    f"multi_abnormality_labels/{lname}_predicted_labels.csv"
+                )
             rec["labels"] = lab[vid]
             rec["label_names"] = list(ABNORMALITIES)
         if metadata:
             if vid not in meta:
-                raise DataError(f"{fmt}: {rep_path} row {i + 2} ({vid}): no row for it in "
-                                f"metadata/{rname}_metadata.csv")
+                raise DataError(
+                    f"{fmt}: {rep_path} row {i + 2} ({vid}): no row for it in "
+                    f"metadata/{rname}_metadata.csv"
+                )
             rec["meta"] = meta[vid]
         records.append(rec)
     if check_files:

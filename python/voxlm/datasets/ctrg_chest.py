@@ -42,10 +42,12 @@ CONDITIONS = list(CHEXBERT_CONDITIONS)
 
 #: Dia-LLaMA's fixed instruction after the label sentences (``CTRG_dataset.py``, ``guide``),
 #: trailing space included; the one copy (:data:`voxlm.recipes.dia_llama.INSTRUCTION` is this).
-GUIDE = ("Based on the above visual information and some key abnormal information related to specific "
-         "diseases, please generate a complete medical report corresponding to this CT image. Providing a "
-         "comprehensive report which contains detailed information about the anatomical structures and any "
-         "abnormalities is essential. ")
+GUIDE = (
+    "Based on the above visual information and some key abnormal information related to specific "
+    "diseases, please generate a complete medical report corresponding to this CT image. Providing a "
+    "comprehensive report which contains detailed information about the anatomical structures and any "
+    "abnormalities is essential. "
+)
 
 
 def diagnostic_prompt(labels: Any, names: Any = None, guide: str = GUIDE) -> str:
@@ -66,9 +68,14 @@ VOLUME_DIRS = ("CTRG-Chest-548K_volume", "volumes")
 
 
 @register_reader("ctrg-chest")
-def read_ctrg_chest(root: PathLike, split: str = "train", volume_dir: PathLike | None = None,
-                    annotation: PathLike | None = None, labels_csv: PathLike | None = None,
-                    check_files: bool = True) -> list[dict[str, Any]]:
+def read_ctrg_chest(
+    root: PathLike,
+    split: str = "train",
+    volume_dir: PathLike | None = None,
+    annotation: PathLike | None = None,
+    labels_csv: PathLike | None = None,
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
     """Records of one split of CTRG-Chest (layout of Dia-LLaMA's ``CTRG_Dataset``).
 
     Args:
@@ -85,11 +92,16 @@ def read_ctrg_chest(root: PathLike, split: str = "train", volume_dir: PathLike |
     root = pathlib.Path(root)
     s = canonical_split(split, list(_SPLIT_KEYS), fmt)
     ann_path = pathlib.Path(annotation) if annotation is not None else root / "annotation.json"
-    lab_path = pathlib.Path(labels_csv) if labels_csv is not None else root / "CTRG_finding_labels.csv"
+    lab_path = (
+        pathlib.Path(labels_csv) if labels_csv is not None else root / "CTRG_finding_labels.csv"
+    )
     need_file(ann_path, fmt, "annotation.json: {'train'|'val'|'test': [{'id', 'finding'}]}")
     need_file(lab_path, fmt, "CheXbert label table: id + 14 label columns")
-    vdir = (pathlib.Path(volume_dir) if volume_dir is not None
-            else first_existing([root / d for d in VOLUME_DIRS], fmt, "the volume folder"))
+    vdir = (
+        pathlib.Path(volume_dir)
+        if volume_dir is not None
+        else first_existing([root / d for d in VOLUME_DIRS], fmt, "the volume folder")
+    )
     ann = read_json(ann_path, fmt)
     key = _SPLIT_KEYS[s]
     if not isinstance(ann, dict) or key not in ann:
@@ -102,28 +114,40 @@ def read_ctrg_chest(root: PathLike, split: str = "train", volume_dir: PathLike |
         try:
             codes[int(row["id"])] = np.asarray([int(float(v)) for v in vals[1:]], dtype=np.int64)
         except (TypeError, ValueError):
-            raise DataError(f"{fmt}: {lab_path} row {i + 2} (id {row.get('id')!r}): expected integer codes, "
-                            f"got {vals}") from None
+            raise DataError(
+                f"{fmt}: {lab_path} row {i + 2} (id {row.get('id')!r}): expected integer codes, "
+                f"got {vals}"
+            ) from None
     records = []
     for i, item in enumerate(ann[key]):
         if not isinstance(item, dict) or "id" not in item or "finding" not in item:
-            raise DataError(f"{fmt}: {ann_path} {key}[{i}]: expected {{'id', 'finding', ...}}, got {item!r:.200}")
+            raise DataError(
+                f"{fmt}: {ann_path} {key}[{i}]: expected {{'id', 'finding', ...}}, got {item!r:.200}"
+            )
         try:
             cid = int(item["id"])
         except (TypeError, ValueError):
-            raise DataError(f"{fmt}: {ann_path} {key}[{i}]: id {item['id']!r} is not an integer") from None
+            raise DataError(
+                f"{fmt}: {ann_path} {key}[{i}]: id {item['id']!r} is not an integer"
+            ) from None
         if cid not in codes:
-            raise DataError(f"{fmt}: {ann_path} {key}[{i}] (id {cid}): no row with this id in {lab_path}")
+            raise DataError(
+                f"{fmt}: {ann_path} {key}[{i}] (id {cid}): no row with this id in {lab_path}"
+            )
         c = codes[cid]
-        records.append({
-            "id": str(item["id"]),
-            "split": s,
-            "image": str(vdir / f"{item['id']}.nii.gz"),
-            "report": str(item["finding"]),
-            "labels": (c == 1).astype(np.int64),
-            "label_codes": c.copy(),
-            "label_names": list(CONDITIONS[: len(c)]) if len(c) == len(CONDITIONS) else list(rows[0])[1:],
-        })
+        records.append(
+            {
+                "id": str(item["id"]),
+                "split": s,
+                "image": str(vdir / f"{item['id']}.nii.gz"),
+                "report": str(item["finding"]),
+                "labels": (c == 1).astype(np.int64),
+                "label_codes": c.copy(),
+                "label_names": list(CONDITIONS[: len(c)])
+                if len(c) == len(CONDITIONS)
+                else list(rows[0])[1:],
+            }
+        )
     if check_files:
         check_paths(records, fmt, str(ann_path))
     return records

@@ -26,22 +26,41 @@ from ..exceptions import DataError
 from ._common import PathLike, canonical_split, check_paths, first_existing, read_csv, read_json
 from .registry import register_reader
 
-VQA_COLUMNS = ["Image Path", "Text", "Question Type", "Question", "Choice A", "Choice B", "Choice C",
-               "Choice D", "Answer", "Answer Choice"]
+VQA_COLUMNS = [
+    "Image Path",
+    "Text",
+    "Question Type",
+    "Question",
+    "Choice A",
+    "Choice B",
+    "Choice C",
+    "Choice D",
+    "Answer",
+    "Answer Choice",
+]
 QUESTION_TYPES = {1: "plane", 2: "phase", 3: "organ", 4: "abnormality", 5: "location"}
 _VQA_FILES = {"train": "train", "validation": "val", "test": "test", "test5k": "test5k"}
 
 
 @register_reader("m3d-cap")
-def read_m3d_cap(root: PathLike, split: str = "train", json_path: PathLike | None = None,
-                 check_files: bool = True) -> list[dict[str, Any]]:
+def read_m3d_cap(
+    root: PathLike,
+    split: str = "train",
+    json_path: PathLike | None = None,
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
     """Records ``{"id", "split", "image" (.npy), "report" (the text file), "meta": {"text_path"}}``
     of M3D-Cap's ``train`` | ``validation`` | ``test`` list (``M3D_Cap.json``)."""
     fmt = "m3d-cap"
     root = pathlib.Path(root)
     s = canonical_split(split, ["train", "validation", "test"], fmt)
-    jp = (pathlib.Path(json_path) if json_path is not None else
-          first_existing([root / "M3D_Cap.json", root / "M3D_Cap_npy" / "M3D_Cap.json"], fmt, "M3D_Cap.json"))
+    jp = (
+        pathlib.Path(json_path)
+        if json_path is not None
+        else first_existing(
+            [root / "M3D_Cap.json", root / "M3D_Cap_npy" / "M3D_Cap.json"], fmt, "M3D_Cap.json"
+        )
+    )
     data = read_json(jp, fmt)
     if not isinstance(data, dict) or s not in data:
         have = list(data) if isinstance(data, dict) else type(data).__name__
@@ -49,14 +68,22 @@ def read_m3d_cap(root: PathLike, split: str = "train", json_path: PathLike | Non
     records = []
     for i, item in enumerate(data[s]):
         if not isinstance(item, dict) or "image" not in item or "text" not in item:
-            raise DataError(f"{fmt}: {jp} {s}[{i}]: expected {{'image', 'text'}}, got {item!r:.200}")
+            raise DataError(
+                f"{fmt}: {jp} {s}[{i}]: expected {{'image', 'text'}}, got {item!r:.200}"
+            )
         img, txt = root / item["image"], root / item["text"]
         rid = str(pathlib.PurePosixPath(item["image"]).with_suffix(""))
         if not txt.is_file():
             raise DataError(f"{fmt}: {jp} {s}[{i}] (id {rid!r}): text file {txt} does not exist")
-        records.append({"id": rid, "split": s, "image": str(img),
-                        "report": txt.read_text(encoding="utf-8", errors="replace").strip(),
-                        "meta": {"text_path": str(txt)}})
+        records.append(
+            {
+                "id": rid,
+                "split": s,
+                "image": str(img),
+                "report": txt.read_text(encoding="utf-8", errors="replace").strip(),
+                "meta": {"text_path": str(txt)},
+            }
+        )
     if check_files:
         check_paths(records, fmt, f"{jp} {s}")
     return records
@@ -74,12 +101,17 @@ def vqa_question(record: Mapping[str, Any], close_ended: bool = True) -> str:
 
 def vqa_answer(record: Mapping[str, Any], close_ended: bool = True) -> str:
     """M3D's answer text: ``"{letter}. {answer}"`` close-ended, the answer text open-ended."""
-    return f"{record['answer']}. {record['answer_text']}" if close_ended else str(record["answer_text"])
+    return (
+        f"{record['answer']}. {record['answer_text']}"
+        if close_ended
+        else str(record["answer_text"])
+    )
 
 
 @register_reader("m3d-vqa")
-def read_m3d_vqa(root: PathLike, split: str = "train", csv_path: PathLike | None = None,
-                 check_files: bool = True) -> list[dict[str, Any]]:
+def read_m3d_vqa(
+    root: PathLike, split: str = "train", csv_path: PathLike | None = None, check_files: bool = True
+) -> list[dict[str, Any]]:
     """Records of ``M3D_VQA_{train,val,test,test5k}.csv``: ``{"id", "split", "image", "question",
     "choices" {"A".."D"}, "answer" (letter), "answer_text", "question_type" (plane, phase, organ,
     abnormality, location), "report" (the Text column), "meta": {"question_type_code"}}``.
@@ -90,8 +122,11 @@ def read_m3d_vqa(root: PathLike, split: str = "train", csv_path: PathLike | None
     root = pathlib.Path(root)
     s = canonical_split(split, list(_VQA_FILES), fmt)
     name = f"M3D_VQA_{_VQA_FILES[s]}.csv"
-    cp = (pathlib.Path(csv_path) if csv_path is not None else
-          first_existing([root / name, root / "M3D-VQA" / name], fmt, name))
+    cp = (
+        pathlib.Path(csv_path)
+        if csv_path is not None
+        else first_existing([root / name, root / "M3D-VQA" / name], fmt, name)
+    )
     rows = read_csv(cp, fmt, required=VQA_COLUMNS)
     records: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
@@ -101,18 +136,20 @@ def read_m3d_vqa(root: PathLike, split: str = "train", csv_path: PathLike | None
         except ValueError:
             qt = code
         letter = row["Answer Choice"].strip()
-        records.append({
-            "id": f"{s}-{i}",
-            "split": s,
-            "image": str(root / row["Image Path"]),
-            "question": row["Question"],
-            "choices": {k: row[f"Choice {k}"] for k in "ABCD"},
-            "answer": letter,
-            "answer_text": row["Answer"],
-            "question_type": qt,
-            "report": row["Text"],
-            "meta": {"question_type_code": code, "csv_row": i + 2},
-        })
+        records.append(
+            {
+                "id": f"{s}-{i}",
+                "split": s,
+                "image": str(root / row["Image Path"]),
+                "question": row["Question"],
+                "choices": {k: row[f"Choice {k}"] for k in "ABCD"},
+                "answer": letter,
+                "answer_text": row["Answer"],
+                "question_type": qt,
+                "report": row["Text"],
+                "meta": {"question_type_code": code, "csv_row": i + 2},
+            }
+        )
     if check_files:
         seen: set[str] = set()
         for i, r in enumerate(records):
@@ -120,5 +157,7 @@ def read_m3d_vqa(root: PathLike, split: str = "train", csv_path: PathLike | None
                 continue
             seen.add(r["image"])
             if not pathlib.Path(r["image"]).exists():
-                raise DataError(f"{fmt}: {cp} row {i + 2} (id {r['id']!r}): image file {r['image']} does not exist")
+                raise DataError(
+                    f"{fmt}: {cp} row {i + 2} (id {r['id']!r}): image file {r['image']} does not exist"
+                )
     return records

@@ -41,8 +41,23 @@ SECTION_COLUMNS = ("findings", "impression", "chest", "abdomen", "pelvis")
 SEQUENCE_COLUMNS = ("t2w", "adc", "dwi")
 PASS_THROUGH = ("question", "answer", "answer_text", "question_type", "sequence")
 INT_FIELDS = ("pirads", "isup")
-_KNOWN = {"id", "image", "images", "sequences", "report", "sections", "labels", "label_names", "point",
-          "split", "choices", *SECTION_COLUMNS, *SEQUENCE_COLUMNS, *PASS_THROUGH, *INT_FIELDS}
+_KNOWN = {
+    "id",
+    "image",
+    "images",
+    "sequences",
+    "report",
+    "sections",
+    "labels",
+    "label_names",
+    "point",
+    "split",
+    "choices",
+    *SECTION_COLUMNS,
+    *SEQUENCE_COLUMNS,
+    *PASS_THROUGH,
+    *INT_FIELDS,
+}
 
 
 def _find_manifest(root: pathlib.Path) -> pathlib.Path:
@@ -52,8 +67,10 @@ def _find_manifest(root: pathlib.Path) -> pathlib.Path:
         for name in ("manifest.csv", "manifest.jsonl", "manifest.csv.gz", "manifest.json"):
             if (root / name).is_file():
                 return root / name
-        raise DataError(f"manifest: expected the file {root / 'manifest.csv'} or {root / 'manifest.jsonl'} "
-                        "(or pass the manifest file itself as root)")
+        raise DataError(
+            f"manifest: expected the file {root / 'manifest.csv'} or {root / 'manifest.jsonl'} "
+            "(or pass the manifest file itself as root)"
+        )
     raise DataError(f"manifest: expected the manifest file {root}, but it does not exist")
 
 
@@ -77,7 +94,9 @@ def _rows(path: pathlib.Path) -> list[dict[str, Any]]:
                     raise DataError(f"manifest: {path} line {ln} is not valid JSON: {e}") from None
         for i, r in enumerate(rows):
             if not isinstance(r, dict):
-                raise DataError(f"manifest: {path} row {i}: expected a JSON object, got {type(r).__name__}")
+                raise DataError(
+                    f"manifest: {path} row {i}: expected a JSON object, got {type(r).__name__}"
+                )
         return rows
     return read_csv(path, "manifest")
 
@@ -103,8 +122,13 @@ def _empty(v: Any) -> bool:
 
 
 @register_reader("manifest")
-def read_manifest(root: PathLike, split: str = "train", label_columns: Sequence[str] | None = None,
-                  label_names: Sequence[str] | None = None, check_files: bool = True) -> list[dict[str, Any]]:
+def read_manifest(
+    root: PathLike,
+    split: str = "train",
+    label_columns: Sequence[str] | None = None,
+    label_names: Sequence[str] | None = None,
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
     """Records of ``split`` from a CSV / JSONL manifest (see the module docstring for columns)."""
     path = _find_manifest(pathlib.Path(root))
     base = path.parent
@@ -112,17 +136,31 @@ def read_manifest(root: PathLike, split: str = "train", label_columns: Sequence[
     has_split = any(not _empty(r.get("split")) for r in rows)
     want = SPLIT_ALIASES.get(str(split).strip().lower(), str(split).strip().lower())
     if has_split:
-        present = sorted({SPLIT_ALIASES.get(str(r.get("split", "")).strip().lower(),
-                                            str(r.get("split", "")).strip().lower()) for r in rows} - {""})
+        present = sorted(
+            {
+                SPLIT_ALIASES.get(
+                    str(r.get("split", "")).strip().lower(), str(r.get("split", "")).strip().lower()
+                )
+                for r in rows
+            }
+            - {""}
+        )
         if want not in present:
-            raise ConfigError(f"manifest: unknown split {split!r}; {path} has splits: {', '.join(present)}")
+            raise ConfigError(
+                f"manifest: unknown split {split!r}; {path} has splits: {', '.join(present)}"
+            )
     records = []
     for i, r in enumerate(rows):
         where = f"manifest: {path} row {i + (2 if path.suffix != '.jsonl' else 1)}"
-        rsplit = SPLIT_ALIASES.get(str(r.get("split", "")).strip().lower(), str(r.get("split", "")).strip().lower())
+        rsplit = SPLIT_ALIASES.get(
+            str(r.get("split", "")).strip().lower(), str(r.get("split", "")).strip().lower()
+        )
         if has_split and rsplit != want:
             continue
-        rec: dict[str, Any] = {"id": str(r["id"]) if not _empty(r.get("id")) else str(i), "split": want}
+        rec: dict[str, Any] = {
+            "id": str(r["id"]) if not _empty(r.get("id")) else str(i),
+            "split": want,
+        }
         if not _empty(r.get("image")):
             rec["image"] = _resolve(base, str(r["image"]))
         if not _empty(r.get("images")):
@@ -132,8 +170,10 @@ def read_manifest(root: PathLike, split: str = "train", label_columns: Sequence[
         if seqs:
             rec["sequences"] = {k: _resolve(base, str(v)) for k, v in seqs.items()}
         if not any(k in rec for k in ("image", "images", "sequences")):
-            raise DataError(f"{where} (id {rec['id']!r}): no image path (expected a column image, images or "
-                            f"t2w/adc/dwi)")
+            raise DataError(
+                f"{where} (id {rec['id']!r}): no image path (expected a column image, images or "
+                f"t2w/adc/dwi)"
+            )
         sections = dict(r["sections"]) if isinstance(r.get("sections"), dict) else {}
         sections.update({k: str(r[k]) for k in SECTION_COLUMNS if k in r and r[k] is not None})
         if sections:
@@ -144,10 +184,14 @@ def read_manifest(root: PathLike, split: str = "train", label_columns: Sequence[
             rec["report"] = "\n\n".join(v.strip() for v in sections.values() if not _empty(v))
         try:
             if label_columns:
-                rec["labels"] = np.asarray([int(float(r[c])) for c in label_columns], dtype=np.int64)
+                rec["labels"] = np.asarray(
+                    [int(float(r[c])) for c in label_columns], dtype=np.int64
+                )
                 rec["label_names"] = list(label_columns)
             elif not _empty(r.get("labels")):
-                rec["labels"] = np.asarray([int(float(x)) for x in _split_list(r["labels"])], dtype=np.int64)
+                rec["labels"] = np.asarray(
+                    [int(float(x)) for x in _split_list(r["labels"])], dtype=np.int64
+                )
                 names = label_names or r.get("label_names")
                 if names:
                     rec["label_names"] = _split_list(names)
@@ -159,7 +203,9 @@ def read_manifest(root: PathLike, split: str = "train", label_columns: Sequence[
         except KeyError as e:
             raise DataError(f"{where} (id {rec['id']!r}): missing label column {e}") from None
         except (TypeError, ValueError) as e:
-            raise DataError(f"{where} (id {rec['id']!r}): expected numbers in labels/point/pirads/isup: {e}") from None
+            raise DataError(
+                f"{where} (id {rec['id']!r}): expected numbers in labels/point/pirads/isup: {e}"
+            ) from None
         for k in PASS_THROUGH:
             if not _empty(r.get(k)):
                 rec[k] = r[k]

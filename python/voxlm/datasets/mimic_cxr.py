@@ -34,35 +34,111 @@ from ._common import (
 )
 from .registry import register_reader
 
-CHEXPERT = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-            "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-            "Pneumothorax", "Support Devices"]
+CHEXPERT = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+]
 VIEW_ORDER = {"PA": 0, "AP": 1, "LATERAL": 2, "LL": 3}
 
 # --- MIT-LCP/mimic-cxr txt/section_parser.py (transcription) ---------------------------------------
 _FREQUENT_SECTIONS = {
-    "preamble": "preamble", "impression": "impression", "comparison": "comparison", "indication": "indication",
-    "findings": "findings", "examination": "examination", "technique": "technique", "history": "history",
-    "comparisons": "comparison", "clinical history": "history", "reason for examination": "indication",
-    "notification": "notification", "reason for exam": "indication", "clinical information": "history",
-    "exam": "examination", "clinical indication": "indication", "conclusion": "impression",
-    "chest, two views": "findings", "recommendation(s)": "recommendations", "type of examination": "examination",
-    "reference exam": "comparison", "patient history": "history", "addendum": "addendum",
-    "comparison exam": "comparison", "date": "date", "comment": "comment", "findings and impression": "impression",
-    "wet read": "wet read", "comparison film": "comparison", "recommendations": "recommendations",
-    "findings/impression": "impression", "pfi": "history", "recommendation": "recommendations",
-    "wetread": "wet read", "ndication": "impression", "impresson": "impression", "imprression": "impression",
-    "imoression": "impression", "impressoin": "impression", "imprssion": "impression", "impresion": "impression",
-    "imperssion": "impression", "mpression": "impression", "impession": "impression",
-    "findings/ impression": "impression", "finding": "findings", "findins": "findings", "findindgs": "findings",
-    "findgings": "findings", "findngs": "findings", "findnings": "findings", "finidngs": "findings",
-    "idication": "indication", "reference findings": "findings", "comparision": "comparison",
-    "comparsion": "comparison", "comparrison": "comparison", "comparisions": "comparison",
+    "preamble": "preamble",
+    "impression": "impression",
+    "comparison": "comparison",
+    "indication": "indication",
+    "findings": "findings",
+    "examination": "examination",
+    "technique": "technique",
+    "history": "history",
+    "comparisons": "comparison",
+    "clinical history": "history",
+    "reason for examination": "indication",
+    "notification": "notification",
+    "reason for exam": "indication",
+    "clinical information": "history",
+    "exam": "examination",
+    "clinical indication": "indication",
+    "conclusion": "impression",
+    "chest, two views": "findings",
+    "recommendation(s)": "recommendations",
+    "type of examination": "examination",
+    "reference exam": "comparison",
+    "patient history": "history",
+    "addendum": "addendum",
+    "comparison exam": "comparison",
+    "date": "date",
+    "comment": "comment",
+    "findings and impression": "impression",
+    "wet read": "wet read",
+    "comparison film": "comparison",
+    "recommendations": "recommendations",
+    "findings/impression": "impression",
+    "pfi": "history",
+    "recommendation": "recommendations",
+    "wetread": "wet read",
+    "ndication": "impression",
+    "impresson": "impression",
+    "imprression": "impression",
+    "imoression": "impression",
+    "impressoin": "impression",
+    "imprssion": "impression",
+    "impresion": "impression",
+    "imperssion": "impression",
+    "mpression": "impression",
+    "impession": "impression",
+    "findings/ impression": "impression",
+    "finding": "findings",
+    "findins": "findings",
+    "findindgs": "findings",
+    "findgings": "findings",
+    "findngs": "findings",
+    "findnings": "findings",
+    "finidngs": "findings",
+    "idication": "indication",
+    "reference findings": "findings",
+    "comparision": "comparison",
+    "comparsion": "comparison",
+    "comparrison": "comparison",
+    "comparisions": "comparison",
 }
-_P_FINDINGS = re.compile("({})".format("|".join([
-    "chest", "portable", "pa and lateral", "lateral and pa", "ap and lateral", "lateral and ap", "frontal and",
-    "two views", "frontal view", "pa view", "ap view", "one view", "lateral view", "bone window",
-    "frontal upright", "frontal semi-upright", "ribs", "pa and lat"])))
+_P_FINDINGS = re.compile(
+    "({})".format(
+        "|".join(
+            [
+                "chest",
+                "portable",
+                "pa and lateral",
+                "lateral and pa",
+                "ap and lateral",
+                "lateral and ap",
+                "frontal and",
+                "two views",
+                "frontal view",
+                "pa view",
+                "ap view",
+                "one view",
+                "lateral view",
+                "bone window",
+                "frontal upright",
+                "frontal semi-upright",
+                "ribs",
+                "pa and lat",
+            ]
+        )
+    )
+)
 _MAIN_SECTIONS = ["impression", "findings", "history", "comparison", "addendum"]
 _P_SECTION = re.compile(r"\n ([A-Z ()/,-]+):\s", re.DOTALL)
 
@@ -89,7 +165,7 @@ def section_text(text: str) -> tuple[list[str], list[str], list[int]]:
     idxs: list[int] = []
     s = _P_SECTION.search(text, 0)
     if s:
-        sections.append(text[0:s.start(1)])
+        sections.append(text[0 : s.start(1)])
         names.append("preamble")
         idxs.append(0)
         while s:
@@ -130,24 +206,37 @@ def report_sections(text: str) -> dict[str, str]:
         idx = max((i for i, n in enumerate(names) if n == key), default=-1)
         out[key] = sections[idx].strip() if idx >= 0 else ""
     return out
+
+
 # ---------------------------------------------------------------------------------------------------
 
 
 def _target(sections: dict[str, str], section: str | None) -> str:
     if section is None:
-        return "\n".join(v for v in (sections.get("findings", ""), sections.get("impression", "")) if v)
+        return "\n".join(
+            v for v in (sections.get("findings", ""), sections.get("impression", "")) if v
+        )
     return sections.get(section, "")
 
 
-def _read_rrg24(root: pathlib.Path, path: pathlib.Path, split: str, section: str | None,
-                drop_empty: bool, check_files: bool) -> list[dict[str, Any]]:
+def _read_rrg24(
+    root: pathlib.Path,
+    path: pathlib.Path,
+    split: str,
+    section: str | None,
+    drop_empty: bool,
+    check_files: bool,
+) -> list[dict[str, Any]]:
     fmt = "mimic-cxr"
     if not path.is_file():
         raise DataError(f"{fmt}: expected the RRG24 records file {path}, but it does not exist")
     text = path.read_text(encoding="utf-8")
     try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(ln) for ln in text.splitlines() if ln.strip()]
+        rows = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+        )
     except json.JSONDecodeError as e:
         raise DataError(f"{fmt}: {path} is not JSON / JSON Lines: {e}") from None
     records = []
@@ -159,12 +248,21 @@ def _read_rrg24(root: pathlib.Path, path: pathlib.Path, split: str, section: str
         rs = r.get("split")
         if rs is not None and SPLIT_ALIASES.get(str(rs).lower(), str(rs).lower()) != split:
             continue
-        sections = {"findings": str(r.get("findings") or "").strip(), "impression": str(r.get("impression") or "").strip()}
+        sections = {
+            "findings": str(r.get("findings") or "").strip(),
+            "impression": str(r.get("impression") or "").strip(),
+        }
         rep = _target(sections, section)
         if drop_empty and not rep:
             continue
-        rec = {"id": str(r.get("id", i)), "split": split, "images": [str(root / p) for p in imgs],
-               "sections": sections, "report": rep, "meta": {"source": r.get("source")}}
+        rec = {
+            "id": str(r.get("id", i)),
+            "split": split,
+            "images": [str(root / p) for p in imgs],
+            "sections": sections,
+            "report": rep,
+            "meta": {"source": r.get("source")},
+        }
         if check_files:
             check_record(rec, where)
         records.append(rec)
@@ -172,10 +270,17 @@ def _read_rrg24(root: pathlib.Path, path: pathlib.Path, split: str, section: str
 
 
 @register_reader("mimic-cxr")
-def read_mimic_cxr(root: PathLike, split: str = "train", section: str | None = "findings",
-                   drop_empty: bool = True, views: Sequence[str] | None = None,
-                   reports_root: PathLike | None = None, rrg24: PathLike | None = None,
-                   ext: str | None = None, check_files: bool = True) -> list[dict[str, Any]]:
+def read_mimic_cxr(
+    root: PathLike,
+    split: str = "train",
+    section: str | None = "findings",
+    drop_empty: bool = True,
+    views: Sequence[str] | None = None,
+    reports_root: PathLike | None = None,
+    rrg24: PathLike | None = None,
+    ext: str | None = None,
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
     """One record per study: ``{"id" (study id), "split", "images" (paths, PA, AP, LATERAL, LL,
     then others; ties by dicom_id), "sections" {"findings", "impression"}, "report" (the
     ``section``: "findings" | "impression" | None = both joined), "labels" int64 [14] (CheXpert
@@ -196,17 +301,36 @@ def read_mimic_cxr(root: PathLike, split: str = "train", section: str | None = "
     root = pathlib.Path(root)
     s = canonical_split(split, ["train", "validation", "test"], fmt)
     if section not in (None, "findings", "impression"):
-        raise ConfigError(f"{fmt}: section must be 'findings', 'impression' or None, got {section!r}")
+        raise ConfigError(
+            f"{fmt}: section must be 'findings', 'impression' or None, got {section!r}"
+        )
     if rrg24 is not None:
         return _read_rrg24(root, pathlib.Path(rrg24), s, section, drop_empty, check_files)
 
     def table(name: str) -> pathlib.Path:
-        return first_existing([root / f"{name}.csv.gz", root / f"{name}.csv"], fmt, f"{name}.csv.gz")
+        return first_existing(
+            [root / f"{name}.csv.gz", root / f"{name}.csv"], fmt, f"{name}.csv.gz"
+        )
 
-    split_rows = read_csv(table("mimic-cxr-2.0.0-split"), fmt, required=["dicom_id", "study_id", "subject_id", "split"])
-    meta_rows = read_csv(table("mimic-cxr-2.0.0-metadata"), fmt, required=["dicom_id", "study_id", "ViewPosition"])
-    chex_path = next((p for p in (root / "mimic-cxr-2.0.0-chexpert.csv.gz", root / "mimic-cxr-2.0.0-chexpert.csv")
-                      if p.is_file()), None)
+    split_rows = read_csv(
+        table("mimic-cxr-2.0.0-split"),
+        fmt,
+        required=["dicom_id", "study_id", "subject_id", "split"],
+    )
+    meta_rows = read_csv(
+        table("mimic-cxr-2.0.0-metadata"), fmt, required=["dicom_id", "study_id", "ViewPosition"]
+    )
+    chex_path = next(
+        (
+            p
+            for p in (
+                root / "mimic-cxr-2.0.0-chexpert.csv.gz",
+                root / "mimic-cxr-2.0.0-chexpert.csv",
+            )
+            if p.is_file()
+        ),
+        None,
+    )
     view = {r["dicom_id"]: r["ViewPosition"].strip().upper() for r in meta_rows}
     studies: dict[str, dict[str, Any]] = {}
     for r in split_rows:
@@ -217,7 +341,9 @@ def read_mimic_cxr(root: PathLike, split: str = "train", section: str | None = "
     codes: dict[str, np.ndarray] = {}
     if chex_path is not None:
         for r in read_csv(chex_path, fmt, required=["study_id", *CHEXPERT]):
-            codes[r["study_id"]] = np.asarray([float(r[c]) if r[c].strip() else math.nan for c in CHEXPERT])
+            codes[r["study_id"]] = np.asarray(
+                [float(r[c]) if r[c].strip() else math.nan for c in CHEXPERT]
+            )
     want = None if views is None else {v.upper() for v in views}
     rroot = pathlib.Path(reports_root) if reports_root is not None else root
     records = []
@@ -229,7 +355,11 @@ def read_mimic_cxr(root: PathLike, split: str = "train", section: str | None = "
             continue
         dicoms.sort(key=lambda d: (VIEW_ORDER.get(view.get(d, ""), len(VIEW_ORDER)), d))
         txt = rroot / folder / f"s{study_id}.txt"
-        sections = report_sections(txt.read_text(encoding="utf-8", errors="replace")) if txt.is_file() else {}
+        sections = (
+            report_sections(txt.read_text(encoding="utf-8", errors="replace"))
+            if txt.is_file()
+            else {}
+        )
         rep = _target(sections, section)
         if drop_empty and not rep:
             continue
@@ -239,13 +369,24 @@ def read_mimic_cxr(root: PathLike, split: str = "train", section: str | None = "
             if ext is not None:
                 return str(sdir / f"{d}{ext}")
             jpg = sdir / f"{d}.jpg"
-            return str(sdir / f"{d}.png") if not jpg.exists() and (sdir / f"{d}.png").exists() else str(jpg)
+            return (
+                str(sdir / f"{d}.png")
+                if not jpg.exists() and (sdir / f"{d}.png").exists()
+                else str(jpg)
+            )
 
         rec: dict[str, Any] = {
-            "id": study_id, "split": s, "images": [image(d) for d in dicoms],
-            "sections": sections, "report": rep,
-            "meta": {"subject_id": subj, "views": [view.get(d, "") for d in dicoms], "dicom_ids": dicoms,
-                     "report_path": str(txt) if txt.is_file() else None},
+            "id": study_id,
+            "split": s,
+            "images": [image(d) for d in dicoms],
+            "sections": sections,
+            "report": rep,
+            "meta": {
+                "subject_id": subj,
+                "views": [view.get(d, "") for d in dicoms],
+                "dicom_ids": dicoms,
+                "report_path": str(txt) if txt.is_file() else None,
+            },
         }
         if study_id in codes:
             c = codes[study_id]

@@ -30,9 +30,22 @@ from .registry import register_reader
 
 SEQUENCES = {"t2w": "t2w", "adc": "adc", "dwi": "hbv"}
 EXTRA_VIEWS = ("sag", "cor")
-MASK_DIRS = ("csPCa_lesion_delineations/human_expert/resampled", "csPCa_lesion_delineations/human_expert/original")
+MASK_DIRS = (
+    "csPCa_lesion_delineations/human_expert/resampled",
+    "csPCa_lesion_delineations/human_expert/original",
+)
 # Gleason score -> ISUP grade group (Epstein 2016), for marksheets without lesion_ISUP / case_ISUP
-_GS_TO_ISUP = {(3, 3): 1, (3, 4): 2, (4, 3): 3, (4, 4): 4, (3, 5): 4, (5, 3): 4, (4, 5): 5, (5, 4): 5, (5, 5): 5}
+_GS_TO_ISUP = {
+    (3, 3): 1,
+    (3, 4): 2,
+    (4, 3): 3,
+    (4, 4): 4,
+    (3, 5): 4,
+    (5, 3): 4,
+    (4, 5): 5,
+    (5, 4): 5,
+    (5, 5): 5,
+}
 
 
 def parse_scores(text: str | None) -> list[int]:
@@ -64,7 +77,13 @@ def lesion_centroids(mask: np.ndarray) -> list[list[float]]:
         return []
     index = {tuple(v): i for i, v in enumerate(fg.tolist())}
     seen = np.zeros(len(fg), dtype=bool)
-    offsets = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)]
+    offsets = [
+        (a, b, c)
+        for a in (-1, 0, 1)
+        for b in (-1, 0, 1)
+        for c in (-1, 0, 1)
+        if (a, b, c) != (0, 0, 0)
+    ]
     comps: list[tuple[int, list[float]]] = []
     for start in range(len(fg)):
         if seen[start]:
@@ -105,9 +124,15 @@ def _splits(splits: Mapping[str, Sequence[str]] | PathLike | None) -> dict[str, 
 
 
 @register_reader("picai")
-def read_picai(root: PathLike, split: str = "train", labels_root: PathLike | None = None,
-               splits: Mapping[str, Sequence[str]] | PathLike | None = None, mask: str = "resampled",
-               points: bool = False, check_files: bool = True) -> list[dict[str, Any]]:
+def read_picai(
+    root: PathLike,
+    split: str = "train",
+    labels_root: PathLike | None = None,
+    splits: Mapping[str, Sequence[str]] | PathLike | None = None,
+    mask: str = "resampled",
+    points: bool = False,
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
     """One record per marksheet row (study):
 
     ``{"id": "<pid>_<sid>", "split", "sequences": {"t2w", "adc", "dwi" (the hbv file)}, "pirads"
@@ -127,13 +152,18 @@ def read_picai(root: PathLike, split: str = "train", labels_root: PathLike | Non
     known = sorted(sp) if sp is not None else ["train"]
     s = SPLIT_ALIASES.get(str(split).strip().lower(), str(split).strip().lower())
     if s not in known:
-        raise ConfigError(f"{fmt}: unknown split {split!r}; this layout has splits: {', '.join(known)}"
-                          + ("" if sp is not None else " (pass splits={split: [subject ids]} for more)"))
+        raise ConfigError(
+            f"{fmt}: unknown split {split!r}; this layout has splits: {', '.join(known)}"
+            + ("" if sp is not None else " (pass splits={split: [subject ids]} for more)")
+        )
     if mask not in ("resampled", "original"):
         raise ConfigError(f"{fmt}: mask must be 'resampled' or 'original', got {mask!r}")
     lroots = [root] + ([pathlib.Path(labels_root)] if labels_root is not None else [])
-    sheet = first_existing([r / "clinical_information" / "marksheet.csv" for r in reversed(lroots)], fmt,
-                           "the marksheet")
+    sheet = first_existing(
+        [r / "clinical_information" / "marksheet.csv" for r in reversed(lroots)],
+        fmt,
+        "the marksheet",
+    )
     rows = read_csv(sheet, fmt, required=["patient_id", "study_id"])
     order = MASK_DIRS if mask == "resampled" else MASK_DIRS[::-1]
     mask_dirs = [r / d for d in order for r in lroots if (r / d).is_dir()]
@@ -145,17 +175,26 @@ def read_picai(root: PathLike, split: str = "train", labels_root: PathLike | Non
             continue
         where = f"{fmt}: {sheet} row {i + 2} ({cid})"
         base = root / pid
-        rec: dict[str, Any] = {"id": cid, "split": s,
-                               "sequences": {k: str(base / f"{cid}_{v}.mha") for k, v in SEQUENCES.items()}}
+        rec: dict[str, Any] = {
+            "id": cid,
+            "split": s,
+            "sequences": {k: str(base / f"{cid}_{v}.mha") for k, v in SEQUENCES.items()},
+        }
         try:
             les = parse_scores(row.get("lesion_PIRADS"))
         except ValueError:
-            raise DataError(f"{where}: lesion_PIRADS {row.get('lesion_PIRADS')!r} is not a list of scores") from None
+            raise DataError(
+                f"{where}: lesion_PIRADS {row.get('lesion_PIRADS')!r} is not a list of scores"
+            ) from None
         if les:
             rec["pirads"] = max(les)
         rec["lesion_pirads"] = les
         isup = _num(row.get("case_ISUP"))
-        lesion_isup = parse_scores(row.get("lesion_ISUP")) if row.get("lesion_ISUP") else _gs_isup(row.get("lesion_GS"))
+        lesion_isup = (
+            parse_scores(row.get("lesion_ISUP"))
+            if row.get("lesion_ISUP")
+            else _gs_isup(row.get("lesion_GS"))
+        )
         if isup is None and lesion_isup:
             isup = float(max(lesion_isup))
         if isup is not None:
@@ -178,14 +217,20 @@ def read_picai(root: PathLike, split: str = "train", labels_root: PathLike | Non
             try:
                 pts = lesion_centroids(load_volume(rec["mask"]).data)
             except OSError as e:
-                raise DataError(f"{where}: cannot read the lesion mask {rec['mask']}: {e}") from None
+                raise DataError(
+                    f"{where}: cannot read the lesion mask {rec['mask']}: {e}"
+                ) from None
             rec["points"] = pts
             if pts:
                 rec["point"] = pts[0]
-        meta = {"patient_id": pid, "study_id": sid, "lesion_isup": lesion_isup,
-                **{k: _num(row.get(k)) for k in ("patient_age", "psa", "psad", "prostate_volume")},
-                **{k: row.get(k, "") for k in ("mri_date", "histopath_type", "lesion_GS", "center")},
-                **{k: str(base / f"{cid}_{k}.mha") for k in EXTRA_VIEWS}}
+        meta = {
+            "patient_id": pid,
+            "study_id": sid,
+            "lesion_isup": lesion_isup,
+            **{k: _num(row.get(k)) for k in ("patient_age", "psa", "psad", "prostate_volume")},
+            **{k: row.get(k, "") for k in ("mri_date", "histopath_type", "lesion_GS", "center")},
+            **{k: str(base / f"{cid}_{k}.mha") for k in EXTRA_VIEWS},
+        }
         if "points" in rec:
             meta["point_unit"] = "voxel index [x, y, z] of the mask's NIfTI grid"
         rec["meta"] = meta

@@ -26,17 +26,33 @@ from ._common import PathLike, canonical_split, check_record, first_existing
 from .registry import register_reader
 
 CHANNELS = {"t2w": "T2W", "adc": "ADC", "dwi": "DWI"}
-_FILE_SPLITS = {"train": ("train",), "validation": ("val", "valid", "validation"), "test": ("test",)}
+_FILE_SPLITS = {
+    "train": ("train",),
+    "validation": ("val", "valid", "validation"),
+    "test": ("test",),
+}
 
 
 def _split_file(root: pathlib.Path, s: str) -> pathlib.Path:
-    cands = [d / f"{pre}{n}.txt" for d in (root, root / "data") for n in _FILE_SPLITS[s] for pre in ("public_", "")]
-    return first_existing(cands, "prostate-biopsy", f"the {s} split file (lines '<case>-Target<k> <PI-RADS>')")
+    cands = [
+        d / f"{pre}{n}.txt"
+        for d in (root, root / "data")
+        for n in _FILE_SPLITS[s]
+        for pre in ("public_", "")
+    ]
+    return first_existing(
+        cands, "prostate-biopsy", f"the {s} split file (lines '<case>-Target<k> <PI-RADS>')"
+    )
 
 
 @register_reader("prostate-biopsy")
-def read_prostate_biopsy(root: PathLike, split: str = "train", split_files: Mapping[str, PathLike] | None = None,
-                         ext: str | None = None, check_files: bool = True) -> list[dict[str, Any]]:
+def read_prostate_biopsy(
+    root: PathLike,
+    split: str = "train",
+    split_files: Mapping[str, PathLike] | None = None,
+    ext: str | None = None,
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
     """One record per split-file line: ``{"id": "<case>-Target<k>", "split", "sequences": {"t2w",
     "adc", "dwi"}, "pirads" (1..5), "meta": {"case", "target"}}``.
 
@@ -46,7 +62,10 @@ def read_prostate_biopsy(root: PathLike, split: str = "train", split_files: Mapp
     fmt = "prostate-biopsy"
     root = pathlib.Path(root)
     if split_files is not None:
-        known = {canonical_split(k, list(_FILE_SPLITS), fmt): pathlib.Path(v) for k, v in split_files.items()}
+        known = {
+            canonical_split(k, list(_FILE_SPLITS), fmt): pathlib.Path(v)
+            for k, v in split_files.items()
+        }
         s = canonical_split(split, sorted(known), fmt)
         path = known[s]
         if not path.is_file():
@@ -74,11 +93,21 @@ def read_prostate_biopsy(root: PathLike, split: str = "train", split_files: Mapp
             raise DataError(f"{where} ({name}): PI-RADS {pirads} is outside 1..5")
         if ext is None:
             probe = root / case / f"{case}_T2W_Target{target}"
-            ext = ".npy" if not probe.with_name(probe.name + ".nii.gz").exists() and \
-                probe.with_name(probe.name + ".npy").exists() else ".nii.gz"
-        rec = {"id": name, "split": s, "pirads": pirads, "meta": {"case": case, "target": int(target)
-                                                                    if target.isdigit() else target},
-               "sequences": {k: str(root / case / f"{case}_{c}_Target{target}{ext}") for k, c in CHANNELS.items()}}
+            ext = (
+                ".npy"
+                if not probe.with_name(probe.name + ".nii.gz").exists()
+                and probe.with_name(probe.name + ".npy").exists()
+                else ".nii.gz"
+            )
+        rec = {
+            "id": name,
+            "split": s,
+            "pirads": pirads,
+            "meta": {"case": case, "target": int(target) if target.isdigit() else target},
+            "sequences": {
+                k: str(root / case / f"{case}_{c}_Target{target}{ext}") for k, c in CHANNELS.items()
+            },
+        }
         if check_files:
             check_record(rec, where)
         records.append(rec)

@@ -28,11 +28,15 @@ def reader_names() -> list[str]:
 
 def get_reader(name: str) -> Callable[..., list[dict[str, Any]]]:
     if name not in _READERS:
-        raise ConfigError(f"data.format: unknown dataset format {name!r}; known: {', '.join(reader_names())}")
+        raise ConfigError(
+            f"data.format: unknown dataset format {name!r}; known: {', '.join(reader_names())}"
+        )
     return _READERS[name]
 
 
-def read_records(format: str, root: str | os.PathLike[str], split: str = "train", **options: Any) -> list[dict[str, Any]]:
+def read_records(
+    format: str, root: str | os.PathLike[str], split: str = "train", **options: Any
+) -> list[dict[str, Any]]:
     """The records of ``split`` of the dataset at ``root`` in layout ``format``.
 
     ``options`` are checked against the reader's signature first: an option the reader does not
@@ -42,8 +46,10 @@ def read_records(format: str, root: str | os.PathLike[str], split: str = "train"
     if accepted is not None:
         unknown = sorted(set(options) - set(accepted))
         if unknown:
-            raise ConfigError(f"data: option(s) {unknown} are not read by the {format!r} reader; it accepts: "
-                              + (", ".join(accepted) if accepted else "no options"))
+            raise ConfigError(
+                f"data: option(s) {unknown} are not read by the {format!r} reader; it accepts: "
+                + (", ".join(accepted) if accepted else "no options")
+            )
     return reader(root, split=split, **options)
 
 

@@ -70,7 +70,9 @@ class Recipe(nn.Module):
 
     # -- inference ------------------------------------------------------------------------
 
-    def evaluate(self, dataset: Any, output_dir: PathLike | None = None, **generate_kwargs: Any) -> dict[str, Any]:
+    def evaluate(
+        self, dataset: Any, output_dir: PathLike | None = None, **generate_kwargs: Any
+    ) -> dict[str, Any]:
         """Generate for ``dataset`` and score with the paper's metrics; with ``output_dir``,
         write ``eval.json`` and ``predictions.csv`` (one row per sample)."""
         raise NotImplementedError(f"{type(self).__name__}.evaluate")
@@ -113,7 +115,9 @@ def build_tokenizer(spec: Any, image_token: str | None = None) -> Any:
         f, bos, eos, pad = BUNDLED_TOKENIZERS[spec]
         return Tokenizer(HERE / f, bos_token=bos, eos_token=eos, pad_token=pad)
     if not isinstance(spec, (str, os.PathLike)):
-        raise ConfigError(f"model.tokenizer: expected a path or one of {sorted(BUNDLED_TOKENIZERS)}, got {spec!r}")
+        raise ConfigError(
+            f"model.tokenizer: expected a path or one of {sorted(BUNDLED_TOKENIZERS)}, got {spec!r}"
+        )
     p = pathlib.Path(spec)
     if not p.exists():
         raise ConfigError(f"model.tokenizer: {p} does not exist")
@@ -133,7 +137,9 @@ def build_llm(spec: Any, dtype: Any = None, **overrides: Any) -> Any:
             raise ConfigError(f"model.llm: unknown LlamaConfig fields {unknown}")
         return LlamaForCausalLM(LlamaConfig(**fields), dtype=dtype)
     if not isinstance(spec, (str, os.PathLike)):
-        raise ConfigError(f"model.llm: expected a HF checkpoint folder or a dict of LlamaConfig fields, got {spec!r}")
+        raise ConfigError(
+            f"model.llm: expected a HF checkpoint folder or a dict of LlamaConfig fields, got {spec!r}"
+        )
     p = pathlib.Path(spec)
     if not (p / "config.json").is_file():
         raise ConfigError(f"model.llm: {p} is not a HF checkpoint folder (no config.json)")
@@ -146,21 +152,30 @@ def config_from_dict(cls: type, d: Mapping[str, Any], section: str = "recipe") -
     import dataclasses
 
     if not isinstance(d, Mapping):
-        raise ConfigError(f"{section}: expected a mapping of {cls.__name__} fields, got {type(d).__name__}")
+        raise ConfigError(
+            f"{section}: expected a mapping of {cls.__name__} fields, got {type(d).__name__}"
+        )
     kw = {k: v for k, v in dict(d).items() if k != "name"}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(kw) - known)
     if unknown:
-        raise ConfigError(f"{section}: unknown field(s) {unknown} for {cls.__name__}; known: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{section}: unknown field(s) {unknown} for {cls.__name__}; known: {', '.join(sorted(known))}"
+        )
     try:
         return cls(**kw)
     except TypeError as e:
         raise ConfigError(f"{section}: {e}") from e
 
 
-def check_numbers(obj: Any, positive_ints: tuple[str, ...] = (), floats: tuple[str, ...] = (),
-                  optional_ints: tuple[str, ...] = (), ints: tuple[str, ...] = (),
-                  section: str = "recipe") -> None:
+def check_numbers(
+    obj: Any,
+    positive_ints: tuple[str, ...] = (),
+    floats: tuple[str, ...] = (),
+    optional_ints: tuple[str, ...] = (),
+    ints: tuple[str, ...] = (),
+    section: str = "recipe",
+) -> None:
     """``ConfigError`` naming the field and its value unless each of ``positive_ints`` is an
     int > 0, each of ``floats`` a real number (int or float), each of ``optional_ints`` an int
     or None and each of ``ints`` an int (``bool`` is not accepted as a number)."""
@@ -194,20 +209,34 @@ def ensure_synth_data(data: Mapping[str, Any]) -> None:
     if not spec:
         return
     if not isinstance(spec, Mapping):
-        raise ConfigError(f"data.synth: expected a mapping (kind, n, seed, layout, ...), got {spec!r}")
+        raise ConfigError(
+            f"data.synth: expected a mapping (kind, n, seed, layout, ...), got {spec!r}"
+        )
     from .. import synth
 
     params = inspect.signature(synth.ensure).parameters
-    named = {k for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and k != "root"}
+    named = {
+        k
+        for k, p in params.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and k != "root"
+    }
     required = sorted(k for k in named if params[k].default is inspect.Parameter.empty)
     missing = [k for k in required if k not in spec]
     if missing:
-        raise ConfigError(f"data.synth: missing key(s) {missing} (voxlm.synth.ensure needs {required}), got {dict(spec)}")
+        raise ConfigError(
+            f"data.synth: missing key(s) {missing} (voxlm.synth.ensure needs {required}), got {dict(spec)}"
+        )
     known = set(named)
-    gen = getattr(synth, "KINDS", {}).get(synth._kind(spec["kind"]) if isinstance(spec["kind"], str) else None)
+    gen = getattr(synth, "KINDS", {}).get(
+        synth._kind(spec["kind"]) if isinstance(spec["kind"], str) else None
+    )
     if gen is not None:  # options ensure passes on to the generator (e.g. shape, wording)
         gp = inspect.signature(gen[0]).parameters
-        known |= {k for k, p in gp.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and k != "out"}
+        known |= {
+            k
+            for k, p in gp.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and k != "out"
+        }
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ConfigError(f"data.synth: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -233,8 +262,12 @@ def jsonable(v: Any) -> Any:
     return v
 
 
-def write_eval_outputs(output_dir: PathLike, metrics: Mapping[str, Any], rows: list[Mapping[str, Any]],
-                       columns: list[str]) -> pathlib.Path:
+def write_eval_outputs(
+    output_dir: PathLike,
+    metrics: Mapping[str, Any],
+    rows: list[Mapping[str, Any]],
+    columns: list[str],
+) -> pathlib.Path:
     """Write ``output_dir/eval.json`` (``metrics``) and ``output_dir/predictions.csv`` (one row
     per sample, ``columns`` in order; a row's other keys are left out, missing ones empty)."""
     import csv
@@ -258,9 +291,16 @@ def tokenizer_file(spec: Any) -> tuple[pathlib.Path, dict[str, Any]]:
 
     if isinstance(spec, str) and spec in BUNDLED_TOKENIZERS:
         f, bos, eos, pad = BUNDLED_TOKENIZERS[spec]
-        return HERE / f, {"bos_token": bos, "eos_token": eos, "pad_token": pad, "add_bos_token": True}
+        return HERE / f, {
+            "bos_token": bos,
+            "eos_token": eos,
+            "pad_token": pad,
+            "add_bos_token": True,
+        }
     if not isinstance(spec, (str, os.PathLike)):
-        raise ConfigError(f"model.tokenizer: expected a path or one of {sorted(BUNDLED_TOKENIZERS)}, got {spec!r}")
+        raise ConfigError(
+            f"model.tokenizer: expected a path or one of {sorted(BUNDLED_TOKENIZERS)}, got {spec!r}"
+        )
     p = pathlib.Path(spec)
     if p.is_dir():
         cfg: dict[str, Any] = {}

@@ -106,12 +106,27 @@ INSTRUCTION = GUIDE
 
 #: Fields of ``TrainingArguments`` that the recipe's Config sets (the method's training
 #: hyper-parameters); see :meth:`DiaLlama.stages` for how they combine with the ``train`` section.
-TRAIN_FIELDS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps",
-                "num_train_epochs", "weight_decay", "per_device_train_batch_size")
+TRAIN_FIELDS = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "weight_decay",
+    "per_device_train_batch_size",
+)
 
 #: Generation fields of the Config (``generate`` / ``evaluate`` keyword overrides).
-GEN_FIELDS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "num_beams",
-              "repetition_penalty", "seed")
+GEN_FIELDS = (
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "num_beams",
+    "repetition_penalty",
+    "seed",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,19 +224,29 @@ class DiaLlamaConfig:
         if self.vision not in ("radfm", "vit3d"):
             raise ConfigError(f"recipe.vision: expected 'radfm' or 'vit3d', got {self.vision!r}")
         if self.loss_weighting not in ("released", "paper"):
-            raise ConfigError(f"recipe.loss_weighting: expected 'released' or 'paper', got {self.loss_weighting!r}")
+            raise ConfigError(
+                f"recipe.loss_weighting: expected 'released' or 'paper', got {self.loss_weighting!r}"
+            )
         if self.inference_features not in ("pooled", "released"):
-            raise ConfigError(f"recipe.inference_features: expected 'pooled' or 'released', got {self.inference_features!r}")
+            raise ConfigError(
+                f"recipe.inference_features: expected 'pooled' or 'released', got {self.inference_features!r}"
+            )
         if self.resize_mode not in ("nearest", "trilinear"):
-            raise ConfigError(f"recipe.resize_mode: expected 'nearest' or 'trilinear', got {self.resize_mode!r}")
+            raise ConfigError(
+                f"recipe.resize_mode: expected 'nearest' or 'trilinear', got {self.resize_mode!r}"
+            )
         if self.dtype not in _DTYPES:
-            raise ConfigError(f"recipe.dtype: expected one of {sorted(_DTYPES)}, got {self.dtype!r}")
+            raise ConfigError(
+                f"recipe.dtype: expected one of {sorted(_DTYPES)}, got {self.dtype!r}"
+            )
         check_generation_fields(self)
         check_numbers(self, positive_ints=("num_image_tokens",))
         if self.num_image_tokens <= 0:
             raise ConfigError(f"recipe.num_image_tokens: expected > 0, got {self.num_image_tokens}")
         if self.max_length <= self.num_image_tokens + 3:
-            raise ConfigError(f"recipe.max_length {self.max_length} leaves no room after the image tokens")
+            raise ConfigError(
+                f"recipe.max_length {self.max_length} leaves no room after the image tokens"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], section: str = "recipe") -> DiaLlamaConfig:
@@ -242,8 +267,13 @@ def check_generation_fields(c: Any) -> None:
     """``ConfigError`` naming the field and value unless the Config's generation settings
     (:data:`GEN_FIELDS`, ``eval_batch_size``, ``max_length``) have their types: integers > 0,
     ``top_k`` an integer >= 0, numbers, ``do_sample`` a bool, ``seed`` an integer or null."""
-    check_numbers(c, positive_ints=("max_new_tokens", "num_beams", "eval_batch_size", "max_length"),
-                  floats=("temperature", "top_p", "repetition_penalty"), optional_ints=("seed",), ints=("top_k",))
+    check_numbers(
+        c,
+        positive_ints=("max_new_tokens", "num_beams", "eval_batch_size", "max_length"),
+        floats=("temperature", "top_p", "repetition_penalty"),
+        optional_ints=("seed",),
+        ints=("top_k",),
+    )
     if c.top_k < 0:
         raise ConfigError(f"recipe.top_k: expected an integer >= 0, got {c.top_k!r}")
     if not isinstance(c.do_sample, bool):
@@ -261,7 +291,9 @@ def named_conditions(name: str) -> tuple[str, ...]:
         if names is None:  # pragma: no cover - depends on the reader module
             raise ConfigError("recipe.conditions: the ct-rate reader does not name its labels")
         return tuple(names)
-    raise ConfigError(f"recipe.conditions: expected a list of label names, 'chexbert' or 'ct-rate', got {name!r}")
+    raise ConfigError(
+        f"recipe.conditions: expected a list of label names, 'chexbert' or 'ct-rate', got {name!r}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,15 +317,21 @@ class DiaLlamaTransform:
         from ..volume import Volume
 
         if isinstance(x, Volume):
-            a = torch.from_numpy(np.ascontiguousarray(np.asarray(x.data, dtype=np.float32).transpose(2, 1, 0)))
+            a = torch.from_numpy(
+                np.ascontiguousarray(np.asarray(x.data, dtype=np.float32).transpose(2, 1, 0))
+            )
             if a.dim() == 3:
                 a = a[None]
         else:
-            a = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(torch.float32)
+            a = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(
+                torch.float32
+            )
             if a.dim() == 3:
                 a = a[None]
         if a.dim() != 4:
-            raise ShapeError(f"Dia-LLaMA preprocessing: expected a volume [C, D, H, W] or [D, H, W], got {tuple(a.shape)}")
+            raise ShapeError(
+                f"Dia-LLaMA preprocessing: expected a volume [C, D, H, W] or [D, H, W], got {tuple(a.shape)}"
+            )
         if list(a.shape[1:]) != self.size:
             kw = {} if self.mode == "nearest" else {"align_corners": False}
             a = F.interpolate(a[None], size=self.size, mode=self.mode, **kw)[0]
@@ -302,7 +340,9 @@ class DiaLlamaTransform:
         if a.shape[0] == 1 and self.channels != 1:
             a = a.expand(self.channels, -1, -1, -1)
         elif a.shape[0] != self.channels:
-            raise ShapeError(f"Dia-LLaMA preprocessing: {a.shape[0]} channels, the encoder takes {self.channels}")
+            raise ShapeError(
+                f"Dia-LLaMA preprocessing: {a.shape[0]} channels, the encoder takes {self.channels}"
+            )
         return a.contiguous()
 
 
@@ -318,8 +358,16 @@ class DiaLlamaPrompter:
     (``vocab`` = the LLM's vocabulary size): ``vocab`` = ``<image>``, ``vocab + 1`` = ``</image>``,
     ``vocab + 2 + k`` = image token ``k``, as the released one-hot embedding orders them."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, num_image_tokens: int, conditions: Sequence[str],
-                 instruction: str, use_diagnostic_prompts: bool = True, max_length: int = 2048) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        vocab_size: int,
+        num_image_tokens: int,
+        conditions: Sequence[str],
+        instruction: str,
+        use_diagnostic_prompts: bool = True,
+        max_length: int = 2048,
+    ) -> None:
         self.tokenizer, self.vocab_size, self.n = tokenizer, int(vocab_size), int(num_image_tokens)
         self.conditions, self.instruction = list(conditions), instruction
         self.use_diagnostic_prompts, self.max_length = use_diagnostic_prompts, int(max_length)
@@ -328,7 +376,9 @@ class DiaLlamaPrompter:
         pad = tokenizer.pad_token_id
         self.pad = pad if pad is not None else (self.eos if self.eos is not None else 0)
         if self.eos is None:
-            raise ConfigError("model.tokenizer: Dia-LLaMA appends EOS to every report; the tokenizer has no eos_token")
+            raise ConfigError(
+                "model.tokenizer: Dia-LLaMA appends EOS to every report; the tokenizer has no eos_token"
+            )
 
     @property
     def image_ids(self) -> list[int]:
@@ -340,14 +390,18 @@ class DiaLlamaPrompter:
         if not self.use_diagnostic_prompts:
             return self.instruction
         if labels is None:
-            raise ConfigError("Dia-LLaMA: diagnostic prompts need labels (ground truth or predicted)")
+            raise ConfigError(
+                "Dia-LLaMA: diagnostic prompts need labels (ground truth or predicted)"
+            )
         return diagnostic_prompt([int(v) for v in labels], self.conditions) + self.instruction
 
     def prompt_ids(self, question: str) -> list[int]:
         head = ([self.bos] if self.bos is not None else []) + self.image_ids
         ids = head + self.tokenizer.encode(question, add_special_tokens=False)
         if len(ids) >= self.max_length:
-            raise ConfigError(f"Dia-LLaMA: the prompt is {len(ids)} tokens, max_length is {self.max_length}")
+            raise ConfigError(
+                f"Dia-LLaMA: the prompt is {len(ids)} tokens, max_length is {self.max_length}"
+            )
         return ids
 
     def train_ids(self, question: str, report: str) -> tuple[list[int], int]:
@@ -361,11 +415,15 @@ class DiaLlamaPrompter:
 def _labels_of(item: Mapping[str, Any], n: int, where: str) -> torch.Tensor:
     lab = item.get("labels")
     if lab is None:
-        raise DataError(f"{where}: record {item.get('id', '?')!r} has no 'labels' (Dia-LLaMA trains the "
-                        "diagnostic prompts and prototypes on them)")
+        raise DataError(
+            f"{where}: record {item.get('id', '?')!r} has no 'labels' (Dia-LLaMA trains the "
+            "diagnostic prompts and prototypes on them)"
+        )
     t = torch.as_tensor(np.asarray(lab)).long().reshape(-1)
     if t.numel() != n:
-        raise ShapeError(f"{where}: record {item.get('id', '?')!r} has {t.numel()} labels, the recipe has {n} conditions")
+        raise ShapeError(
+            f"{where}: record {item.get('id', '?')!r} has {t.numel()} labels, the recipe has {n} conditions"
+        )
     return (t == 1).long()
 
 
@@ -374,7 +432,9 @@ class DiaLlamaCollator:
     [B, T] (right padding, -100 on prompt, image tokens and padding), ``cls_labels`` [B, L] (0/1,
     the ground truth in the prompts), ``ids``."""
 
-    def __init__(self, prompter: DiaLlamaPrompter, image_size: Sequence[int], channels: int) -> None:
+    def __init__(
+        self, prompter: DiaLlamaPrompter, image_size: Sequence[int], channels: int
+    ) -> None:
         self.prompter, self.image_size, self.channels = prompter, list(image_size), int(channels)
 
     def images(self, items: Sequence[Mapping[str, Any]]) -> torch.Tensor:
@@ -382,11 +442,15 @@ class DiaLlamaCollator:
         for it in items:
             img = it.get("image")
             if not isinstance(img, torch.Tensor):
-                raise DataError(f"Dia-LLaMA collator: record {it.get('id', '?')!r}: 'image' is not a loaded tensor "
-                                "(use the recipe's datasets() / ReportDataset)")
+                raise DataError(
+                    f"Dia-LLaMA collator: record {it.get('id', '?')!r}: 'image' is not a loaded tensor "
+                    "(use the recipe's datasets() / ReportDataset)"
+                )
             if list(img.shape) != want:
-                raise ShapeError(f"Dia-LLaMA collator: record {it.get('id', '?')!r} image {tuple(img.shape)}, "
-                                 f"expected {tuple(want)} (recipe.image_size with {self.channels} channels)")
+                raise ShapeError(
+                    f"Dia-LLaMA collator: record {it.get('id', '?')!r} image {tuple(img.shape)}, "
+                    f"expected {tuple(want)} (recipe.image_size with {self.channels} channels)"
+                )
         return torch.stack([it["image"].to(torch.float32) for it in items])
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -407,9 +471,15 @@ class DiaLlamaCollator:
         for i, (ids, n_prompt) in enumerate(seqs):
             input_ids[i, : len(ids)] = torch.tensor(ids)
             mask[i, : len(ids)] = 1
-            labels[i, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
-        return {"images": self.images(items), "input_ids": input_ids, "attention_mask": mask, "labels": labels,
-                "cls_labels": cls, "ids": [str(it.get("id", i)) for i, it in enumerate(items)]}
+            labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+        return {
+            "images": self.images(items),
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "cls_labels": cls,
+            "ids": [str(it.get("id", i)) for i, it in enumerate(items)],
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,8 +493,11 @@ _CLAUSE = re.compile(r"[.;,:\n]")
 KEYWORD_LABELER = "keyword (voxlm.synth templates)"
 
 
-def keyword_labeler(reports: Sequence[str], conditions: Sequence[str] = CHEXBERT_CONDITIONS,
-                    keywords: Mapping[str, str | re.Pattern[str]] | None = None) -> np.ndarray:
+def keyword_labeler(
+    reports: Sequence[str],
+    conditions: Sequence[str] = CHEXBERT_CONDITIONS,
+    keywords: Mapping[str, str | re.Pattern[str]] | None = None,
+) -> np.ndarray:
     """A rule-based CheXbert stand-in for voxlm's synthetic benchmark: ``reports -> [N, L]``
     int64 CheXbert-style codes (0 blank, 1 positive, 2 negative; only 1 counts as positive in
     clinical efficacy).
@@ -500,8 +573,14 @@ class DiaLlama(Recipe):
     perceiver: Any
     disease: Any
 
-    def __init__(self, config: DiaLlamaConfig, llm: Any, tokenizer: Any,
-                 model_spec: Mapping[str, Any] | None = None, add_adapter: bool = True) -> None:
+    def __init__(
+        self,
+        config: DiaLlamaConfig,
+        llm: Any,
+        tokenizer: Any,
+        model_spec: Mapping[str, Any] | None = None,
+        add_adapter: bool = True,
+    ) -> None:
         super().__init__()
         from ..adapters import LoraConfig, add_lora
         from ..losses import PrototypeBank
@@ -512,14 +591,21 @@ class DiaLlama(Recipe):
         self.tokenizer = tokenizer
         vocab = int(llm.config.vocab_size)
         if tokenizer.vocab_size > vocab:
-            raise ConfigError(f"model.tokenizer has {tokenizer.vocab_size} tokens, the LLM's vocabulary {vocab}")
+            raise ConfigError(
+                f"model.tokenizer has {tokenizer.vocab_size} tokens, the LLM's vocabulary {vocab}"
+            )
         self.vision = self._build_vision(c)
         d, h, w = c.image_size
         self.num_vision_tokens = self._vision_num_tokens(d, h, w)
         hidden = int(llm.config.hidden_size)
-        self.perceiver = PerceiverResampler(dim=c.vision_dim, depth=c.perceiver_depth, dim_head=c.perceiver_dim_head,
-                                            heads=c.perceiver_heads, num_latents=c.num_image_tokens,
-                                            ff_mult=c.perceiver_ff_mult)
+        self.perceiver = PerceiverResampler(
+            dim=c.vision_dim,
+            depth=c.perceiver_depth,
+            dim_head=c.perceiver_dim_head,
+            heads=c.perceiver_heads,
+            num_latents=c.num_image_tokens,
+            ff_mult=c.perceiver_ff_mult,
+        )
         self.projector = nn.Linear(c.vision_dim, hidden)
         self.figure_token_weight = nn.Parameter(torch.randn(2, hidden))
         L = len(c.conditions)
@@ -527,23 +613,42 @@ class DiaLlama(Recipe):
         self.prototypes: Any = None
         self.classifier: nn.ModuleList | None = None
         if c.use_prototypes:
-            self.prototypes = PrototypeBank(L, c.vision_dim, proj_dim=c.prototype_dim,
-                                            temperature_init=c.temperature_init)
+            self.prototypes = PrototypeBank(
+                L, c.vision_dim, proj_dim=c.prototype_dim, temperature_init=c.temperature_init
+            )
         elif c.use_diagnostic_prompts:  # ablation: the released group_cls_head as the predictor
             self.classifier = nn.ModuleList([nn.Linear(c.vision_dim, 2) for _ in range(L)])
         self.llm = llm
         if c.gradient_checkpointing:
             self.vision.gradient_checkpointing_enable()
             llm.gradient_checkpointing_enable()
-        self.lora_config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                                      target_modules=list(c.lora_target_modules),
-                                      base_model_name_or_path=self._llm_path())
+        self.lora_config = LoraConfig(
+            r=c.lora_r,
+            lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout,
+            target_modules=list(c.lora_target_modules),
+            base_model_name_or_path=self._llm_path(),
+        )
         if add_adapter:
             add_lora(self.llm, self.lora_config)
-        self.prompter = DiaLlamaPrompter(tokenizer, vocab, c.num_image_tokens, c.conditions, c.instruction,
-                                         c.use_diagnostic_prompts, c.max_length)
+        self.prompter = DiaLlamaPrompter(
+            tokenizer,
+            vocab,
+            c.num_image_tokens,
+            c.conditions,
+            c.instruction,
+            c.use_diagnostic_prompts,
+            c.max_length,
+        )
         dtype = _DTYPES[c.dtype]
-        for m in (self.vision, self.perceiver, self.projector, self.disease, self.prototypes, self.classifier):
+        for m in (
+            self.vision,
+            self.perceiver,
+            self.projector,
+            self.disease,
+            self.prototypes,
+            self.classifier,
+        ):
             if m is not None:
                 m.to(dtype)
         self.figure_token_weight.data = self.figure_token_weight.data.to(dtype)
@@ -559,21 +664,43 @@ class DiaLlama(Recipe):
             from ..vision_radfm import RadFMViT3D
 
             md, mh, mw = c.vision_max_size
-            return RadFMViT3D(image_size=(mh, mw), image_patch_size=(ph, pw), frames=md, frame_patch_size=pd_,
-                              dim=c.vision_dim, depth=c.vision_depth, heads=c.vision_heads, mlp_dim=c.vision_mlp_dim,
-                              channels=c.in_channels, dim_head=c.vision_dim_head, dropout=c.vision_dropout,
-                              emb_dropout=c.vision_emb_dropout)
+            return RadFMViT3D(
+                image_size=(mh, mw),
+                image_patch_size=(ph, pw),
+                frames=md,
+                frame_patch_size=pd_,
+                dim=c.vision_dim,
+                depth=c.vision_depth,
+                heads=c.vision_heads,
+                mlp_dim=c.vision_mlp_dim,
+                channels=c.in_channels,
+                dim_head=c.vision_dim_head,
+                dropout=c.vision_dropout,
+                emb_dropout=c.vision_emb_dropout,
+            )
         from ..vision import ViT3D
 
         if c.vision_dim_head * c.vision_heads != c.vision_dim:
-            raise ConfigError(f"recipe: vision 'vit3d' needs vision_heads x vision_dim_head == vision_dim, got "
-                              f"{c.vision_heads} x {c.vision_dim_head} != {c.vision_dim}")
+            raise ConfigError(
+                f"recipe: vision 'vit3d' needs vision_heads x vision_dim_head == vision_dim, got "
+                f"{c.vision_heads} x {c.vision_dim_head} != {c.vision_dim}"
+            )
         d, h, w = c.image_size
         if d % pd_ or h % ph or w % pw:
-            raise ShapeError(f"recipe.image_size {c.image_size} is not divisible by vision_patch_size {c.vision_patch_size}")
-        return ViT3D(in_channels=c.in_channels, img_size=c.image_size, patch_size=c.vision_patch_size,
-                     hidden_size=c.vision_dim, mlp_dim=c.vision_mlp_dim, num_layers=c.vision_depth,
-                     num_heads=c.vision_heads, proj_type="conv", classification=False)
+            raise ShapeError(
+                f"recipe.image_size {c.image_size} is not divisible by vision_patch_size {c.vision_patch_size}"
+            )
+        return ViT3D(
+            in_channels=c.in_channels,
+            img_size=c.image_size,
+            patch_size=c.vision_patch_size,
+            hidden_size=c.vision_dim,
+            mlp_dim=c.vision_mlp_dim,
+            num_layers=c.vision_depth,
+            num_heads=c.vision_heads,
+            proj_type="conv",
+            classification=False,
+        )
 
     def _vision_num_tokens(self, d: int, h: int, w: int) -> int:
         if self.config.vision == "radfm":
@@ -600,7 +727,9 @@ class DiaLlama(Recipe):
         if unknown:
             raise ConfigError(f"model: unknown field(s) {unknown}; known: llm, tokenizer, vision")
         if "llm" not in model:
-            raise ConfigError("model.llm: required (a HF LLaMA folder or a dict of LlamaConfig fields)")
+            raise ConfigError(
+                "model.llm: required (a HF LLaMA folder or a dict of LlamaConfig fields)"
+            )
         tok = build_tokenizer(model.get("tokenizer", "bundled:ctrg-bpe"))
         llm = build_llm(model["llm"], dtype=_DTYPES[config.dtype], vocab_size=tok.vocab_size)
         spec = {"llm": model["llm"], "tokenizer": model.get("tokenizer", "bundled:ctrg-bpe")}
@@ -623,19 +752,39 @@ class DiaLlama(Recipe):
             from ..vision_radfm import RADFM_PREFIX
 
             pre = RADFM_PREFIX if any(k.startswith(RADFM_PREFIX) for k in sd) else ""
-            sub = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)} if pre else dict(sd)
+            sub = (
+                {k[len(pre) :]: v for k, v in sd.items() if k.startswith(pre)} if pre else dict(sd)
+            )
             if pre == "" and "to_patch_embedding.2.weight" not in sub:
-                raise CheckpointError(f"{path}: no RadFM vit_3d keys (to_patch_embedding.*, embedding_layer.vision_encoder.*)")
+                raise CheckpointError(
+                    f"{path}: no RadFM vit_3d keys (to_patch_embedding.*, embedding_layer.vision_encoder.*)"
+                )
         else:
             pre = "vision_encoder." if any(k.startswith("vision_encoder.") for k in sd) else ""
-            sub = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre) and "classification_head" not in k}
-        _load_part(self.vision, {k: v for k, v in sub.items() if k in self.vision.state_dict()}, f"{path} (vision)")
+            sub = {
+                k[len(pre) :]: v
+                for k, v in sd.items()
+                if k.startswith(pre) and "classification_head" not in k
+            }
+        _load_part(
+            self.vision,
+            {k: v for k, v in sub.items() if k in self.vision.state_dict()},
+            f"{path} (vision)",
+        )
         loaded.append("vision")
-        per = {k[len("embedding_layer.perceiver."):]: v for k, v in sd.items() if k.startswith("embedding_layer.perceiver.")}
+        per = {
+            k[len("embedding_layer.perceiver.") :]: v
+            for k, v in sd.items()
+            if k.startswith("embedding_layer.perceiver.")
+        }
         if per:
             _load_part(self.perceiver, per, f"{path} (perceiver)")
             loaded.append("perceiver")
-        fc = {k[len("embedding_layer.fc."):]: v for k, v in sd.items() if k.startswith("embedding_layer.fc.")}
+        fc = {
+            k[len("embedding_layer.fc.") :]: v
+            for k, v in sd.items()
+            if k.startswith("embedding_layer.fc.")
+        }
         if fc and tuple(fc["weight"].shape) == tuple(self.projector.weight.shape):
             _load_part(self.projector, fc, f"{path} (fc)")
             loaded.append("projector")
@@ -676,16 +825,18 @@ class DiaLlama(Recipe):
                 continue
             if k.startswith("embedding_layer.group_cls_head."):
                 if self.classifier is not None:
-                    mapped["classifier." + k[len("embedding_layer.group_cls_head."):]] = v
+                    mapped["classifier." + k[len("embedding_layer.group_cls_head.") :]] = v
                 else:
                     skipped.append(k)
                 continue
             for src, dst in self.RELEASED_KEYS:
                 if k == src or (src.endswith(".") and k.startswith(src)):
-                    name = dst + k[len(src):]
+                    name = dst + k[len(src) :]
                     break
             else:
-                raise CheckpointError(f"released checkpoint: unexpected key {k!r} (not a Dia-LLaMA key)")
+                raise CheckpointError(
+                    f"released checkpoint: unexpected key {k!r} (not a Dia-LLaMA key)"
+                )
             if name not in own and name.endswith((".weight", ".bias")):
                 head, leaf = name.rsplit(".", 1)
                 base = f"{head}.base_layer.{leaf}"  # PEFT < 0.7 saved the wrapped weight in place
@@ -695,11 +846,15 @@ class DiaLlama(Recipe):
         missing = sorted(set(own) - set(mapped))
         unexpected = sorted(set(mapped) - set(own))
         if missing or unexpected:
-            raise CheckpointError(f"released checkpoint does not fit this recipe: missing {missing[:3]}"
-                                  f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}")
+            raise CheckpointError(
+                f"released checkpoint does not fit this recipe: missing {missing[:3]}"
+                f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+            )
         for k, v in mapped.items():
             if tuple(v.shape) != tuple(own[k].shape):
-                raise CheckpointError(f"released checkpoint: {k} has shape {tuple(v.shape)}, the recipe {tuple(own[k].shape)}")
+                raise CheckpointError(
+                    f"released checkpoint: {k} has shape {tuple(v.shape)}, the recipe {tuple(own[k].shape)}"
+                )
         self.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()}, strict=True)
         self._rebind_parts()
         return skipped
@@ -764,11 +919,15 @@ class DiaLlama(Recipe):
             raise DataError(f"data: split {split!r} of {d['root']} has no records")
         names = records[0].get("label_names")
         if names is not None and [str(n) for n in names] != self.config.conditions:
-            raise ConfigError(f"recipe.conditions {self.config.conditions} differ from the dataset's labels {list(names)}; "
-                              "set recipe.conditions to the dataset's label names")
+            raise ConfigError(
+                f"recipe.conditions {self.config.conditions} differ from the dataset's labels {list(names)}; "
+                "set recipe.conditions to the dataset's label names"
+            )
         for r in records:
             if r.get("labels") is None:
-                raise DataError(f"data: record {r.get('id')!r} of {d['root']} has no labels; Dia-LLaMA needs them")
+                raise DataError(
+                    f"data: record {r.get('id')!r} of {d['root']} has no labels; Dia-LLaMA needs them"
+                )
         return ReportDataset(records, transform=self.transform())
 
     def collator(self) -> DiaLlamaCollator:
@@ -781,8 +940,10 @@ class DiaLlama(Recipe):
         c = self.config
         want = [c.in_channels, *c.image_size]
         if images.dim() != 5 or list(images.shape[1:]) != want:
-            raise ShapeError(f"Dia-LLaMA: images {tuple(images.shape)}, expected [B, {', '.join(map(str, want))}] "
-                             "(recipe.in_channels, recipe.image_size)")
+            raise ShapeError(
+                f"Dia-LLaMA: images {tuple(images.shape)}, expected [B, {', '.join(map(str, want))}] "
+                "(recipe.in_channels, recipe.image_size)"
+            )
         images = images.to(self.projector.weight.dtype)
         if c.vision == "radfm":
             tokens, _ = self.vision(images.permute(0, 1, 3, 4, 2))
@@ -824,7 +985,9 @@ class DiaLlama(Recipe):
 
     def _classifier_logits(self, feats: torch.Tensor) -> torch.Tensor:
         assert self.classifier is not None
-        return torch.stack([head(feats[:, i]) for i, head in enumerate(self.classifier)], 1)  # [B, L, 2]
+        return torch.stack(
+            [head(feats[:, i]) for i, head in enumerate(self.classifier)], 1
+        )  # [B, L, 2]
 
     @torch.no_grad()
     def predict_labels(self, feats: torch.Tensor) -> torch.Tensor:
@@ -833,7 +996,9 @@ class DiaLlama(Recipe):
             return self.prototypes.predict(feats)
         if self.classifier is not None:
             return self._classifier_logits(feats).argmax(-1)
-        raise ConfigError("Dia-LLaMA: no label predictor (use_prototypes=False and use_diagnostic_prompts=False)")
+        raise ConfigError(
+            "Dia-LLaMA: no label predictor (use_prototypes=False and use_diagnostic_prompts=False)"
+        )
 
     @property
     def has_label_predictor(self) -> bool:
@@ -857,17 +1022,28 @@ class DiaLlama(Recipe):
         img_mask = input_ids >= v + 2
         per_row = img_mask.sum(1)
         if bool((per_row != image_embeds.shape[1]).any()):
-            raise ShapeError(f"Dia-LLaMA: every sequence needs {image_embeds.shape[1]} image tokens, got {per_row.tolist()}")
+            raise ShapeError(
+                f"Dia-LLaMA: every sequence needs {image_embeds.shape[1]} image tokens, got {per_row.tolist()}"
+            )
         return splice_image_tokens(text, image_embeds, img_mask)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, cls_labels: torch.Tensor | None = None,
-                **kwargs: Any) -> DiaLlamaOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cls_labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> DiaLlamaOutput:
         """``L_LM + dp_weight * L_DP`` (released) or ``L_DP + lm_weight * L_LM`` (paper Eq. 7)."""
         c = self.config
         tokens = self.vision_tokens(images)
-        out = self.llm(inputs_embeds=self.embed(input_ids, self.image_embeddings(tokens)),
-                       attention_mask=attention_mask, labels=labels)
+        out = self.llm(
+            inputs_embeds=self.embed(input_ids, self.image_embeddings(tokens)),
+            attention_mask=attention_mask,
+            labels=labels,
+        )
         lm = out.loss
         dp = None
         if cls_labels is not None:
@@ -889,12 +1065,19 @@ class DiaLlama(Recipe):
     def generation_settings(self, **overrides: Any) -> dict[str, Any]:
         unknown = sorted(set(overrides) - set(GEN_FIELDS))
         if unknown:
-            raise ConfigError(f"generate: unknown setting(s) {unknown}; known: {', '.join(GEN_FIELDS)}")
+            raise ConfigError(
+                f"generate: unknown setting(s) {unknown}; known: {', '.join(GEN_FIELDS)}"
+            )
         return {f: overrides.get(f, getattr(self.config, f)) for f in GEN_FIELDS}
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, labels: torch.Tensor | np.ndarray | None = None,
-                 return_dict: bool = False, **overrides: Any) -> list[str] | Generation:
+    def generate(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | np.ndarray | None = None,
+        return_dict: bool = False,
+        **overrides: Any,
+    ) -> list[str] | Generation:
         """Reports for ``images`` [B, C, D, H, W]: predict the labels from the prototypes, write
         the diagnostic prompt, generate (``multimodality_model.generate``). ``labels`` [B, L]
         puts given labels into the prompts instead (e.g. the ground truth: an oracle upper bound).
@@ -908,9 +1091,13 @@ class DiaLlama(Recipe):
             tokens = self.vision_tokens(images.to(dev))
             c = self.config
             if labels is not None:
-                lab = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).long()
+                lab = torch.as_tensor(
+                    np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels
+                ).long()
                 if tuple(lab.shape) != (images.shape[0], len(c.conditions)):
-                    raise ShapeError(f"labels: expected [{images.shape[0]}, {len(c.conditions)}], got {tuple(lab.shape)}")
+                    raise ShapeError(
+                        f"labels: expected [{images.shape[0]}, {len(c.conditions)}], got {tuple(lab.shape)}"
+                    )
                 lab = (lab == 1).long()
             elif self.has_label_predictor:
                 lab = self.predict_labels(self.inference_features(tokens)).cpu()
@@ -922,26 +1109,44 @@ class DiaLlama(Recipe):
             ids = torch.full((len(seqs), t), self.prompter.pad, dtype=torch.long)
             mask = torch.zeros((len(seqs), t), dtype=torch.long)
             for i, s in enumerate(seqs):  # left padding
-                ids[i, t - len(s):] = torch.tensor(s)
-                mask[i, t - len(s):] = 1
+                ids[i, t - len(s) :] = torch.tensor(s)
+                mask[i, t - len(s) :] = 1
             ids, mask = ids.to(dev), mask.to(dev)
             emb = self.embed(ids, self.image_embeddings(tokens))
-            new = self.llm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=int(g["max_new_tokens"]),
-                                    do_sample=bool(g["do_sample"]), temperature=float(g["temperature"]),
-                                    top_k=int(g["top_k"]), top_p=float(g["top_p"]), num_beams=int(g["num_beams"]),
-                                    repetition_penalty=float(g["repetition_penalty"]),
-                                    eos_token_id=self.prompter.eos, pad_token_id=self.prompter.pad, seed=g["seed"])
+            new = self.llm.generate(
+                inputs_embeds=emb,
+                attention_mask=mask,
+                max_new_tokens=int(g["max_new_tokens"]),
+                do_sample=bool(g["do_sample"]),
+                temperature=float(g["temperature"]),
+                top_k=int(g["top_k"]),
+                top_p=float(g["top_p"]),
+                num_beams=int(g["num_beams"]),
+                repetition_penalty=float(g["repetition_penalty"]),
+                eos_token_id=self.prompter.eos,
+                pad_token_id=self.prompter.pad,
+                seed=g["seed"],
+            )
             reports = [_decode(self.tokenizer, row, self.prompter.eos) for row in new.cpu()]
         finally:
             self.train(was)
         if return_dict:
-            return Generation(reports=reports, labels=lab.numpy(), prompts=questions, tokens=new.cpu())
+            return Generation(
+                reports=reports, labels=lab.numpy(), prompts=questions, tokens=new.cpu()
+            )
         return reports
 
     # -- evaluation -------------------------------------------------------------------------
 
-    def evaluate(self, dataset: Any, output_dir: PathLike | None = None, labeler: Callable[[list[str]], Any] | None = None,
-                 batch_size: int | None = None, meteor: bool | None = None, **generate_kwargs: Any) -> dict[str, Any]:
+    def evaluate(
+        self,
+        dataset: Any,
+        output_dir: PathLike | None = None,
+        labeler: Callable[[list[str]], Any] | None = None,
+        batch_size: int | None = None,
+        meteor: bool | None = None,
+        **generate_kwargs: Any,
+    ) -> dict[str, Any]:
         """Generate for every item of ``dataset`` (ReportDataset items: ``image``, ``report``,
         ``labels``, ``id``) and score as the paper: BLEU-1..4, METEOR, ROUGE-L, CIDEr
         (:func:`voxlm.metrics.report_scores`); clinical efficacy (Dia-LLaMA's
@@ -956,14 +1161,26 @@ class DiaLlama(Recipe):
         real reports (CheXbert labels) needs ``labeler=``: a callable ``reports -> [N, L]``
         CheXbert codes, e.g. a wrapper of the user's CheXbert model; its scores go under
         ``clinical_efficacy``."""
-        return evaluate_reports(self, dataset, output_dir, labeler=labeler, batch_size=batch_size, meteor=meteor,
-                                **generate_kwargs)
+        return evaluate_reports(
+            self,
+            dataset,
+            output_dir,
+            labeler=labeler,
+            batch_size=batch_size,
+            meteor=meteor,
+            **generate_kwargs,
+        )
 
     # -- persistence ------------------------------------------------------------------------
 
     def _parts(self) -> dict[str, nn.Module | None]:
-        return {"vision": self.vision, "perceiver": self.perceiver, "projector": _ProjectorView(self),
-                "disease": self.disease, "prototype": self.prototypes or self.classifier}
+        return {
+            "vision": self.vision,
+            "perceiver": self.perceiver,
+            "projector": _ProjectorView(self),
+            "disease": self.disease,
+            "prototype": self.prototypes or self.classifier,
+        }
 
     def save_pretrained(self, path: PathLike) -> None:
         """``config.json`` (``"recipe": "dia_llama"``, the Config, the model specs),
@@ -1003,7 +1220,12 @@ def _read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
 
     p = pathlib.Path(path)
     if p.is_dir():
-        cands = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin")) or sorted(p.glob("*.pth")) or sorted(p.glob("*.pt"))
+        cands = (
+            sorted(p.glob("*.safetensors"))
+            or sorted(p.glob("*.bin"))
+            or sorted(p.glob("*.pth"))
+            or sorted(p.glob("*.pt"))
+        )
         if not cands:
             raise CheckpointError(f"{p}: no .safetensors / .bin / .pth weights in the folder")
         sd: dict[str, torch.Tensor] = {}
@@ -1017,7 +1239,9 @@ def _read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle / zip errors of many kinds
-        raise CheckpointError(f"{p}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{p}: not a readable torch checkpoint ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
@@ -1030,11 +1254,15 @@ def _load_part(module: nn.Module, sd: Mapping[str, torch.Tensor], where: str) ->
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     if missing or unexpected:
-        raise CheckpointError(f"{where}: weights do not fit: missing {missing[:3]}{' ...' if len(missing) > 3 else ''}, "
-                              f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+        raise CheckpointError(
+            f"{where}: weights do not fit: missing {missing[:3]}{' ...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}"
+        )
     for k, v in sd.items():
         if tuple(v.shape) != tuple(own[k].shape):
-            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+            raise CheckpointError(
+                f"{where}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+            )
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
@@ -1045,7 +1273,9 @@ def _check_data_section(data: Mapping[str, Any]) -> dict[str, Any]:
     d = dict(data or {})
     unknown = sorted(set(d) - _DATA_KEYS)
     if unknown:
-        raise ConfigError(f"data: unknown field(s) {unknown}; known: {', '.join(sorted(_DATA_KEYS))}")
+        raise ConfigError(
+            f"data: unknown field(s) {unknown}; known: {', '.join(sorted(_DATA_KEYS))}"
+        )
     for k in ("format", "root"):
         if k not in d:
             raise ConfigError(f"data.{k}: required")
@@ -1069,15 +1299,26 @@ def clinical_scores(y_true: Any, y_pred: Any, conditions: Sequence[str]) -> dict
     per-label arrays keyed by condition name."""
     from ..metrics import multilabel_scores
 
-    s = multilabel_scores(np.asarray(y_true), np.asarray(y_pred), pos_label=1, convention="dia_llama")
+    s = multilabel_scores(
+        np.asarray(y_true), np.asarray(y_pred), pos_label=1, convention="dia_llama"
+    )
     out: dict[str, Any] = {k: float(v) for k, v in s.items() if np.ndim(v) == 0}
-    out["per_label"] = {c: {m: float(np.asarray(s[m])[j]) for m in ("precision", "recall", "f1", "support")}
-                        for j, c in enumerate(conditions)}
+    out["per_label"] = {
+        c: {m: float(np.asarray(s[m])[j]) for m in ("precision", "recall", "f1", "support")}
+        for j, c in enumerate(conditions)
+    }
     return out
 
 
-def evaluate_reports(model: Any, dataset: Any, output_dir: PathLike | None, labeler: Callable[[list[str]], Any] | None,
-                     batch_size: int | None, meteor: bool | None, **generate_kwargs: Any) -> dict[str, Any]:
+def evaluate_reports(
+    model: Any,
+    dataset: Any,
+    output_dir: PathLike | None,
+    labeler: Callable[[list[str]], Any] | None,
+    batch_size: int | None,
+    meteor: bool | None,
+    **generate_kwargs: Any,
+) -> dict[str, Any]:
     """The evaluation loop of the report recipes (``model.generate(images, return_dict=True)``
     must return reports, labels, prompts)."""
     from ..metrics import report_scores
@@ -1106,7 +1347,11 @@ def evaluate_reports(model: Any, dataset: Any, output_dir: PathLike | None, labe
             ids.append(str(it.get("id", len(ids))))
             refs.append(str(it.get("report", "")))
             lab = it.get("labels")
-            gt_lab.append(None if lab is None else (np.asarray(lab).reshape(-1) == 1).astype(np.int64).tolist())
+            gt_lab.append(
+                None
+                if lab is None
+                else (np.asarray(lab).reshape(-1) == 1).astype(np.int64).tolist()
+            )
         batch.clear()
 
     for it in _items(dataset):
@@ -1122,10 +1367,14 @@ def evaluate_reports(model: Any, dataset: Any, output_dir: PathLike | None, labe
     ref_codes = np.asarray(lab_fn(refs))
     hyp_codes = np.asarray(lab_fn(hyps))
     if ref_codes.shape != (len(refs), len(conditions)) or hyp_codes.shape != ref_codes.shape:
-        raise ShapeError(f"labeler: expected [{len(refs)}, {len(conditions)}] labels, got {ref_codes.shape} / {hyp_codes.shape}")
+        raise ShapeError(
+            f"labeler: expected [{len(refs)}, {len(conditions)}] labels, got {ref_codes.shape} / {hyp_codes.shape}"
+        )
     # the keyword labeler's scores say so in their key; clinical_efficacy is kept for them too
     # (readers of earlier eval.json files), "labeler" names which labeler produced them
-    ce_keys = ["clinical_efficacy"] if labeler else ["clinical_efficacy_keyword", "clinical_efficacy"]
+    ce_keys = (
+        ["clinical_efficacy"] if labeler else ["clinical_efficacy_keyword", "clinical_efficacy"]
+    )
     ce = clinical_scores(ref_codes, hyp_codes, conditions)
     for k in ce_keys:
         result[k] = ce
@@ -1135,16 +1384,42 @@ def evaluate_reports(model: Any, dataset: Any, output_dir: PathLike | None, labe
         for k in ce_keys:
             result[k + "_vs_dataset_labels"] = ce_gt
         if getattr(model, "has_label_predictor", True):
-            result["prompt_labels"] = clinical_scores(gt, np.asarray(pred_lab, dtype=np.int64), conditions)
-    result["labeler"] = getattr(labeler, "__name__", type(labeler).__name__) if labeler else KEYWORD_LABELER
+            result["prompt_labels"] = clinical_scores(
+                gt, np.asarray(pred_lab, dtype=np.int64), conditions
+            )
+    result["labeler"] = (
+        getattr(labeler, "__name__", type(labeler).__name__) if labeler else KEYWORD_LABELER
+    )
     result["generation"] = model.generation_settings(**generate_kwargs)
     if output_dir is not None:
-        cols = ["id", "reference", "generated", "prompt", "predicted_labels", "dataset_labels",
-                "reference_report_labels", "generated_report_labels"]
-        rows = [dict(zip(cols, [ids[i], refs[i], hyps[i], prompts[i], json.dumps(pred_lab[i]),
-                                "" if gt_lab[i] is None else json.dumps(gt_lab[i]),
-                                json.dumps(ref_codes[i].tolist()), json.dumps(hyp_codes[i].tolist())]))
-                for i in range(len(hyps))]
+        cols = [
+            "id",
+            "reference",
+            "generated",
+            "prompt",
+            "predicted_labels",
+            "dataset_labels",
+            "reference_report_labels",
+            "generated_report_labels",
+        ]
+        rows = [
+            dict(
+                zip(
+                    cols,
+                    [
+                        ids[i],
+                        refs[i],
+                        hyps[i],
+                        prompts[i],
+                        json.dumps(pred_lab[i]),
+                        "" if gt_lab[i] is None else json.dumps(gt_lab[i]),
+                        json.dumps(ref_codes[i].tolist()),
+                        json.dumps(hyp_codes[i].tolist()),
+                    ],
+                )
+            )
+            for i in range(len(hyps))
+        ]
         write_eval_outputs(output_dir, result, rows, cols)
     return result
 
@@ -1180,14 +1455,31 @@ def save_recipe(model: Any, path: PathLike, parts: Mapping[str, nn.Module | None
         save_adapter(model.llm, out / "adapter")
     tok_dir = out / "tokenizer"
     tok_dir.mkdir(exist_ok=True)
-    shutil.copyfile(_tokenizer_file(spec.get("tokenizer", "bundled:ctrg-bpe")), tok_dir / "tokenizer.json")
+    shutil.copyfile(
+        _tokenizer_file(spec.get("tokenizer", "bundled:ctrg-bpe")), tok_dir / "tokenizer.json"
+    )
     t = model.tokenizer
-    (tok_dir / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": t.bos_token, "eos_token": t.eos_token, "pad_token": t.pad_token,
-        "add_bos_token": bool(t.add_bos_token), "add_eos_token": bool(t.add_eos_token)}, indent=2))
-    cfg = {"recipe": model.name, "config": model.config.to_dict(), "llm": llm_ref, "tokenizer": "tokenizer",
-           "parts": files, "adapter": "adapter" if has_lora else None,
-           "vision_weights": spec.get("vision")}
+    (tok_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": t.bos_token,
+                "eos_token": t.eos_token,
+                "pad_token": t.pad_token,
+                "add_bos_token": bool(t.add_bos_token),
+                "add_eos_token": bool(t.add_eos_token),
+            },
+            indent=2,
+        )
+    )
+    cfg = {
+        "recipe": model.name,
+        "config": model.config.to_dict(),
+        "llm": llm_ref,
+        "tokenizer": "tokenizer",
+        "parts": files,
+        "adapter": "adapter" if has_lora else None,
+        "vision_weights": spec.get("vision"),
+    }
     (out / "config.json").write_text(json.dumps(_jsonable(cfg), indent=2))
 
 
@@ -1253,6 +1545,16 @@ def load_recipe(cls: Any, path: PathLike) -> Any:
 
 register_recipe("dia_llama")(DiaLlama)
 
-__all__ = ["DiaLlama", "DiaLlamaConfig", "DiaLlamaTransform", "DiaLlamaCollator", "DiaLlamaPrompter",
-           "INSTRUCTION", "KEYWORD_LABELER", "keyword_labeler", "evaluate_reports", "clinical_scores",
-           "check_generation_fields"]
+__all__ = [
+    "DiaLlama",
+    "DiaLlamaConfig",
+    "DiaLlamaTransform",
+    "DiaLlamaCollator",
+    "DiaLlamaPrompter",
+    "INSTRUCTION",
+    "KEYWORD_LABELER",
+    "keyword_labeler",
+    "evaluate_reports",
+    "clinical_scores",
+    "check_generation_fields",
+]

@@ -52,9 +52,13 @@ class ExampleConfig:
         if self.modulus < 2:
             raise ConfigError(f"recipe.modulus: expected >= 2, got {self.modulus}")
         if not 1 <= self.prompt_len < self.seq_len:
-            raise ConfigError(f"recipe.prompt_len: expected 1..seq_len-1 ({self.seq_len - 1}), got {self.prompt_len}")
+            raise ConfigError(
+                f"recipe.prompt_len: expected 1..seq_len-1 ({self.seq_len - 1}), got {self.prompt_len}"
+            )
         if not 0 < self.lora_steps_fraction <= 1:
-            raise ConfigError(f"recipe.lora_steps_fraction: expected (0, 1], got {self.lora_steps_fraction}")
+            raise ConfigError(
+                f"recipe.lora_steps_fraction: expected (0, 1], got {self.lora_steps_fraction}"
+            )
 
 
 def split_pairs(modulus: int, n_eval: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,8 +68,10 @@ def split_pairs(modulus: int, n_eval: int, seed: int = 0) -> tuple[torch.Tensor,
     a, d = torch.meshgrid(torch.arange(modulus), torch.arange(1, modulus), indexing="ij")
     pairs = torch.stack([a.reshape(-1), d.reshape(-1)], 1)
     if not 1 <= n_eval < len(pairs):
-        raise ConfigError(f"data.n_eval: expected 1..{len(pairs) - 1} held-out (a, d) pairs (modulus {modulus} has "
-                          f"{len(pairs)}), got {n_eval}")
+        raise ConfigError(
+            f"data.n_eval: expected 1..{len(pairs) - 1} held-out (a, d) pairs (modulus {modulus} has "
+            f"{len(pairs)}), got {n_eval}"
+        )
     perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
     return pairs[perm[n_eval:]], pairs[perm[:n_eval]]
 
@@ -75,8 +81,14 @@ class ArithmeticSequences(Dataset):
     ``pairs [P, 2]`` (``(a, d)`` rows): ``n`` of them drawn with ``seed`` (with repetition), or each
     pair once in order when ``n`` is None. Item: ``{"id": str, "input_ids": int64 [L + 1]}``."""
 
-    def __init__(self, n: int | None, modulus: int, seq_len: int, seed: int = 0,
-                 pairs: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        n: int | None,
+        modulus: int,
+        seq_len: int,
+        seed: int = 0,
+        pairs: torch.Tensor | None = None,
+    ) -> None:
         if pairs is None:  # every rule
             a, d = torch.meshgrid(torch.arange(modulus), torch.arange(1, modulus), indexing="ij")
             pairs = torch.stack([a.reshape(-1), d.reshape(-1)], 1)
@@ -102,8 +114,12 @@ class ArithmeticSequences(Dataset):
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack: ``input_ids [B, T]``, ``attention_mask`` ones, ``labels = input_ids``, ``ids``."""
     ids = torch.stack([it["input_ids"] for it in items])
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
-            "ids": [it["id"] for it in items]}
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": ids.clone(),
+        "ids": [it["id"] for it in items],
+    }
 
 
 @register_recipe("example")
@@ -117,10 +133,18 @@ class ExampleRecipe(Recipe):
         self.config = config
         self.llm_spec = llm_spec
         vocab = config.modulus + OFFSET
-        self.llm = build_llm(llm_spec, vocab_size=vocab, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
-                             max_position_embeddings=max(64, config.seq_len + 2))
+        self.llm = build_llm(
+            llm_spec,
+            vocab_size=vocab,
+            bos_token_id=BOS,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+            max_position_embeddings=max(64, config.seq_len + 2),
+        )
         if self.llm.config.vocab_size < vocab:
-            raise ConfigError(f"model.llm.vocab_size: expected >= {vocab} (modulus + 3), got {self.llm.config.vocab_size}")
+            raise ConfigError(
+                f"model.llm.vocab_size: expected >= {vocab} (modulus + 3), got {self.llm.config.vocab_size}"
+            )
 
     # -- building -------------------------------------------------------------------------
 
@@ -130,9 +154,19 @@ class ExampleRecipe(Recipe):
         known = {f.name for f in dataclasses.fields(ExampleConfig)}
         unknown = sorted(set(fields) - known)
         if unknown:
-            raise ConfigError(f"recipe: unknown example fields {unknown} (known: {', '.join(sorted(known))})")
-        spec = dict(model).get("llm", {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                        "num_attention_heads": 4, "num_key_value_heads": 2})
+            raise ConfigError(
+                f"recipe: unknown example fields {unknown} (known: {', '.join(sorted(known))})"
+            )
+        spec = dict(model).get(
+            "llm",
+            {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+            },
+        )
         return cls(ExampleConfig(**fields), spec)
 
     def has_lora(self) -> bool:
@@ -147,8 +181,15 @@ class ExampleRecipe(Recipe):
 
         c = self.config
         if not self.has_lora():
-            add_lora(self.llm, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                                          target_modules=list(c.lora_target_modules)))
+            add_lora(
+                self.llm,
+                LoraConfig(
+                    r=c.lora_r,
+                    lora_alpha=c.lora_alpha,
+                    lora_dropout=c.lora_dropout,
+                    target_modules=list(c.lora_target_modules),
+                ),
+            )
         for n, p in self.named_parameters():
             p.requires_grad_(".lora_" in n)
 
@@ -160,24 +201,38 @@ class ExampleRecipe(Recipe):
         c = self.config
         lora_args = args.replace(learning_rate=c.lora_learning_rate)
         if args.max_steps > 0:
-            lora_args = lora_args.replace(max_steps=max(1, round(args.max_steps * c.lora_steps_fraction)))
+            lora_args = lora_args.replace(
+                max_steps=max(1, round(args.max_steps * c.lora_steps_fraction))
+            )
         else:
-            lora_args = lora_args.replace(num_train_epochs=args.num_train_epochs * c.lora_steps_fraction)
-        return [Stage("lm", args.replace(learning_rate=c.lm_learning_rate), self._lm_trainable),
-                Stage("lora", lora_args, self._lora_trainable)]
+            lora_args = lora_args.replace(
+                num_train_epochs=args.num_train_epochs * c.lora_steps_fraction
+            )
+        return [
+            Stage("lm", args.replace(learning_rate=c.lm_learning_rate), self._lm_trainable),
+            Stage("lora", lora_args, self._lora_trainable),
+        ]
 
     def datasets(self, data: Mapping[str, Any]) -> tuple[Any, Any]:
         d = dict(data)
         fmt = d.get("format", "arithmetic")
         if fmt != "arithmetic":
-            raise ConfigError(f"data.format: the example recipe reads 'arithmetic' (generated), got {fmt!r}")
+            raise ConfigError(
+                f"data.format: the example recipe reads 'arithmetic' (generated), got {fmt!r}"
+            )
         known = {"format", "seed", "n_train", "n_eval"}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"data: unknown keys {unknown} for the example recipe (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"data: unknown keys {unknown} for the example recipe (known: {', '.join(sorted(known))})"
+            )
         c = self.config
         try:
-            seed, n_train, n_eval = int(d.get("seed", 0)), int(d.get("n_train", 256)), int(d.get("n_eval", 32))
+            seed, n_train, n_eval = (
+                int(d.get("seed", 0)),
+                int(d.get("n_train", 256)),
+                int(d.get("n_eval", 32)),
+            )
         except (TypeError, ValueError) as e:
             raise ConfigError(f"data: seed, n_train and n_eval must be integers ({e})") from e
         # disjoint rules: no evaluation sequence (same a and d) is in the training set
@@ -191,19 +246,39 @@ class ExampleRecipe(Recipe):
 
     # -- forward / inference ----------------------------------------------------------------
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """``input_ids [B, T]`` -> the LLaMA's output (``.loss`` with ``labels``)."""
         return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 max_new_tokens: int | None = None, **kw: Any) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int | None = None,
+        **kw: Any,
+    ) -> torch.Tensor:
         """Greedy continuation of prompts ``[B, 1 + prompt_len]``; returns the new tokens ``[B, n]``."""
-        n = max_new_tokens if max_new_tokens is not None else self.config.seq_len - self.config.prompt_len
-        out = self.llm.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=n,
-                                eos_token_id=EOS, pad_token_id=PAD, **kw)
-        return out[:, input_ids.shape[1]:]
+        n = (
+            max_new_tokens
+            if max_new_tokens is not None
+            else self.config.seq_len - self.config.prompt_len
+        )
+        out = self.llm.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=n,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+            **kw,
+        )
+        return out[:, input_ids.shape[1] :]
 
     def predict(self, dataset: Any, batch_size: int = 32) -> list[dict[str, Any]]:
         """One row per item: ``id``, ``prompt``, ``target``, ``prediction`` (numbers, space-separated)."""
@@ -215,13 +290,20 @@ class ExampleRecipe(Recipe):
             ids = torch.stack([it["input_ids"] for it in items])
             prompt = ids[:, : 1 + c.prompt_len]
             new = self.generate(prompt, torch.ones_like(prompt))
-            for it, p, t, g in zip(items, prompt, ids[:, 1 + c.prompt_len:], new):
-                rows.append({"id": it["id"], "prompt": " ".join(str(int(v) - OFFSET) for v in p[1:]),
-                             "target": " ".join(str(int(v) - OFFSET) for v in t),
-                             "prediction": " ".join(str(int(v) - OFFSET) for v in g[: t.numel()])})
+            for it, p, t, g in zip(items, prompt, ids[:, 1 + c.prompt_len :], new):
+                rows.append(
+                    {
+                        "id": it["id"],
+                        "prompt": " ".join(str(int(v) - OFFSET) for v in p[1:]),
+                        "target": " ".join(str(int(v) - OFFSET) for v in t),
+                        "prediction": " ".join(str(int(v) - OFFSET) for v in g[: t.numel()]),
+                    }
+                )
         return rows
 
-    def evaluate(self, dataset: Any, output_dir: str | os.PathLike[str] | None = None, **kw: Any) -> dict[str, Any]:
+    def evaluate(
+        self, dataset: Any, output_dir: str | os.PathLike[str] | None = None, **kw: Any
+    ) -> dict[str, Any]:
         """Exact match (whole continuation right) and token accuracy of greedy continuations."""
         rows = self.predict(dataset)
         exact = sum(r["prediction"] == r["target"] for r in rows) / len(rows)
@@ -230,7 +312,11 @@ class ExampleRecipe(Recipe):
             t, p = r["target"].split(), r["prediction"].split()
             tok_all += len(t)
             tok_right += sum(a == b for a, b in zip(t, p))
-        metrics = {"exact_match": exact, "token_accuracy": tok_right / max(tok_all, 1), "n": len(rows)}
+        metrics = {
+            "exact_match": exact,
+            "token_accuracy": tok_right / max(tok_all, 1),
+            "n": len(rows),
+        }
         if output_dir is not None:
             out = pathlib.Path(output_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -251,10 +337,17 @@ class ExampleRecipe(Recipe):
 
         out = pathlib.Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        cfg = {"recipe": self.name, "config": dataclasses.asdict(self.config), "llm": self.llm.config.to_dict(),
-               "lora": self.has_lora()}
+        cfg = {
+            "recipe": self.name,
+            "config": dataclasses.asdict(self.config),
+            "llm": self.llm.config.to_dict(),
+            "lora": self.has_lora(),
+        }
         (out / "config.json").write_text(json.dumps(cfg, indent=2))
-        save_tensors({k: v for k, v in self.state_dict().items() if not k.endswith("inv_freq")}, out / "model.safetensors")
+        save_tensors(
+            {k: v for k, v in self.state_dict().items() if not k.endswith("inv_freq")},
+            out / "model.safetensors",
+        )
         if self.has_lora():
             save_adapter(self.llm, out / "adapter")
 
@@ -263,8 +356,19 @@ class ExampleRecipe(Recipe):
         from ..train.checkpoint import load_tensors
 
         cfg = check_saved_recipe(path, "example")
-        llm = {k: v for k, v in cfg["llm"].items() if k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                             "num_attention_heads", "num_key_value_heads", "vocab_size")}
+        llm = {
+            k: v
+            for k, v in cfg["llm"].items()
+            if k
+            in (
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "vocab_size",
+            )
+        }
         model = cls(ExampleConfig(**cfg["config"]), llm)
         if cfg.get("lora"):
             model._lora_trainable(model)
@@ -274,6 +378,8 @@ class ExampleRecipe(Recipe):
         if missing or unexpected:
             from ..exceptions import CheckpointError
 
-            raise CheckpointError(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise CheckpointError(
+                f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         model.eval()
         return model

@@ -101,14 +101,20 @@ def import_scorers(spec: Mapping[str, str] | Sequence[str]) -> dict[str, Callabl
         try:
             obj = getattr(importlib.import_module(mod), fn)
         except (ImportError, AttributeError) as e:
-            raise ConfigError(f"recipe.scorers: {path!r} does not import ({type(e).__name__}: {e})") from e
+            raise ConfigError(
+                f"recipe.scorers: {path!r} does not import ({type(e).__name__}: {e})"
+            ) from e
         if not callable(obj):
-            raise ConfigError(f"recipe.scorers: {path!r} is a {type(obj).__name__}, expected a function")
+            raise ConfigError(
+                f"recipe.scorers: {path!r} is a {type(obj).__name__}, expected a function"
+            )
         out[name] = obj
     return out
 
 
-def vicuna_v1_prompt(question: str, answer: str | None = None, system: str = LLAVA_VICUNA_SYSTEM) -> str:
+def vicuna_v1_prompt(
+    question: str, answer: str | None = None, system: str = LLAVA_VICUNA_SYSTEM
+) -> str:
     """``conv_vicuna_v1`` (``SeparatorStyle.TWO``, sep ``" "``, sep2 ``"</s>"``) with one round:
     ``system + " " + "USER: " + question + " " + "ASSISTANT:" (+ " " + answer + "</s>")``."""
     ret = system + " " + "USER: " + question + " "
@@ -123,7 +129,9 @@ def _pil():
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - Pillow is a dependency of the image path
-        raise ConfigError("llava_rrg: reading and resizing images needs Pillow (pip install pillow)") from e
+        raise ConfigError(
+            "llava_rrg: reading and resizing images needs Pillow (pip install pillow)"
+        ) from e
     return Image
 
 
@@ -137,7 +145,9 @@ def read_image(path: str) -> np.ndarray:
         return a[..., 0]
     if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4)):
         return a
-    raise DataError(f"{path}: expected a 2D image ([H, W] or [H, W, 1|3|4]), got an array of shape {list(a.shape)}")
+    raise DataError(
+        f"{path}: expected a 2D image ([H, W] or [H, W, 1|3|4]), got an array of shape {list(a.shape)}"
+    )
 
 
 def stitch_study(images: Sequence[np.ndarray], gap: int = 10, max_images: int = 4) -> np.ndarray:
@@ -150,8 +160,10 @@ def stitch_study(images: Sequence[np.ndarray], gap: int = 10, max_images: int = 
         raise ShapeError("images: a study needs at least one image")
     chans = [1 if i.ndim == 2 else i.shape[-1] for i in imgs]
     if len(set(chans)) != 1 or any(i.ndim not in (2, 3) for i in imgs):
-        raise ShapeError(f"images: the views of a study have different channel counts {chans} "
-                         f"(shapes {[tuple(i.shape) for i in imgs]}); convert them to one mode first")
+        raise ShapeError(
+            f"images: the views of a study have different channel counts {chans} "
+            f"(shapes {[tuple(i.shape) for i in imgs]}); convert them to one mode first"
+        )
     return stitch_images(imgs, gap=gap, value=0)
 
 
@@ -170,8 +182,9 @@ def expand2square(img: Any, background_color: tuple[int, int, int] = (122, 116, 
     return result
 
 
-def clip_preprocess(img: Any, size: int = 336, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
-                    ) -> torch.Tensor:
+def clip_preprocess(
+    img: Any, size: int = 336, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+) -> torch.Tensor:
     """``CLIPImageProcessor`` of clip-vit-large-patch14-336: shortest side ``size`` (bicubic),
     center crop ``size``, rescale 1/255, normalise -> ``[3, size, size]`` float32."""
     Image = _pil()
@@ -189,8 +202,13 @@ def clip_preprocess(img: Any, size: int = 336, mean: Sequence[float] = CLIP_MEAN
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
 
 
-def study_pixels(paths: Sequence[str], size: int = 336, gap: int = 10, max_images: int = 4,
-                 mean: Sequence[float] = CLIP_MEAN) -> torch.Tensor:
+def study_pixels(
+    paths: Sequence[str],
+    size: int = 336,
+    gap: int = 10,
+    max_images: int = 4,
+    mean: Sequence[float] = CLIP_MEAN,
+) -> torch.Tensor:
     """A study's images -> LLaVA-1.5 ``pixel_values`` ``[3, size, size]``: stitch, pad to square
     with the mean colour, CLIP preprocessing."""
     a = stitch_study([read_image(p) for p in paths], gap=gap, max_images=max_images)
@@ -201,7 +219,9 @@ def study_pixels(paths: Sequence[str], size: int = 336, gap: int = 10, max_image
     try:  # voxlm's Rust CLIP preprocessing (voxlm.image: Pillow's bicubic, bit-exact)
         from ..image import clip_preprocess as rust_clip_preprocess
 
-        return rust_clip_preprocess(a, size=size, crop_size=size, pad_to_square=True, background=background)[0]
+        return rust_clip_preprocess(
+            a, size=size, crop_size=size, pad_to_square=True, background=background
+        )[0]
     except (ImportError, AttributeError):  # an extension built before voxlm.image landed
         Image = _pil()
         img = expand2square(Image.fromarray(a).convert("RGB"), background)
@@ -226,8 +246,17 @@ class LlavaRRGConfig:
     lora_r: int = 128
     lora_alpha: float = 256
     lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                    "gate_proj", "up_proj", "down_proj"])
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
     stage1_lr: float = 1e-3
     stage1_epochs: float = 1
     stage2_lr: float = 2e-4
@@ -245,15 +274,25 @@ class LlavaRRGConfig:
 
     def __post_init__(self) -> None:
         check_config_types(self)
-        bad_paths = [p for p in scorer_paths(self.scorers).values() if p.count(":") != 1 or not all(p.split(":"))]
+        bad_paths = [
+            p
+            for p in scorer_paths(self.scorers).values()
+            if p.count(":") != 1 or not all(p.split(":"))
+        ]
         if bad_paths:
-            raise ConfigError(f"recipe.scorers: expected import paths 'module:function', got {bad_paths}")
+            raise ConfigError(
+                f"recipe.scorers: expected import paths 'module:function', got {bad_paths}"
+            )
         self.sections = tuple(self.sections)
         bad = [s for s in self.sections if s not in SECTIONS]
         if bad or not self.sections:
-            raise ConfigError(f"recipe.sections: expected a subset of {list(SECTIONS)}, got {list(self.sections)}")
+            raise ConfigError(
+                f"recipe.sections: expected a subset of {list(SECTIONS)}, got {list(self.sections)}"
+            )
         if self.select_feature not in ("patch", "cls_patch"):
-            raise ConfigError(f"recipe.select_feature: expected 'patch' or 'cls_patch', got {self.select_feature!r}")
+            raise ConfigError(
+                f"recipe.select_feature: expected 'patch' or 'cls_patch', got {self.select_feature!r}"
+            )
         if not 1 <= self.max_images <= 4:
             raise ConfigError(f"recipe.max_images: expected 1..4, got {self.max_images}")
 
@@ -273,8 +312,13 @@ class LlavaRRGConfig:
 class StudyDataset(torch.utils.data.Dataset):
     """One item per study: ``{"id", "pixel_values" [3, S, S], "findings", "impression"}``."""
 
-    def __init__(self, records: Sequence[Mapping[str, Any]], size: int, cfg: LlavaRRGConfig,
-                 require: Sequence[str] = SECTIONS) -> None:
+    def __init__(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        size: int,
+        cfg: LlavaRRGConfig,
+        require: Sequence[str] = SECTIONS,
+    ) -> None:
         keep = []
         for i, r in enumerate(records):
             imgs = r.get("images") or ([r["image"]] if r.get("image") else None)
@@ -293,8 +337,12 @@ class StudyDataset(torch.utils.data.Dataset):
         r = self.records[idx]
         imgs = r.get("images") or [r["image"]]
         sec = r.get("sections") or {}
-        return {"id": str(r["id"]), "pixel_values": study_pixels(imgs, self.size, self.cfg.gap, self.cfg.max_images),
-                "findings": (sec.get("findings") or "").strip(), "impression": (sec.get("impression") or "").strip()}
+        return {
+            "id": str(r["id"]),
+            "pixel_values": study_pixels(imgs, self.size, self.cfg.gap, self.cfg.max_images),
+            "findings": (sec.get("findings") or "").strip(),
+            "impression": (sec.get("impression") or "").strip(),
+        }
 
 
 class LlavaCollator:
@@ -331,8 +379,15 @@ class LlavaRRG(Recipe):
 
     Config = LlavaRRGConfig
 
-    def __init__(self, cfg: LlavaRRGConfig, llm: nn.Module, tokenizer: Any, vision: nn.Module,
-                 specs: Mapping[str, Any] | None = None, add_adapters: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: LlavaRRGConfig,
+        llm: nn.Module,
+        tokenizer: Any,
+        vision: nn.Module,
+        specs: Mapping[str, Any] | None = None,
+        add_adapters: bool = True,
+    ) -> None:
         super().__init__()
         from ..adapters import LoraConfig, add_lora
 
@@ -348,18 +403,28 @@ class LlavaRRG(Recipe):
         self.llm = llm
         self.image_size = int(vc["image_size"])
         patch = vc["patch_size"] if isinstance(vc["patch_size"], int) else vc["patch_size"][-1]
-        self.num_image_tokens = (self.image_size // patch) ** 2 + (1 if cfg.select_feature == "cls_patch" else 0)
+        self.num_image_tokens = (self.image_size // patch) ** 2 + (
+            1 if cfg.select_feature == "cls_patch" else 0
+        )
         if abs(cfg.select_layer) > vc["num_hidden_layers"] + 1:
-            raise ConfigError(f"recipe.select_layer {cfg.select_layer}: the tower has {vc['num_hidden_layers']} layers")
-        self.lora_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                      target_modules=list(cfg.lora_target_modules))
+            raise ConfigError(
+                f"recipe.select_layer {cfg.select_layer}: the tower has {vc['num_hidden_layers']} layers"
+            )
+        self.lora_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+        )
         if add_adapters:
             for s in cfg.sections:
                 add_lora(self.llm, self.lora_config, adapter_name=s)
         self.section = cfg.sections[0]
         self.task = "align"
         if self.tokenizer.eos_token_id is None:
-            raise ConfigError("model.tokenizer: llava_rrg needs an EOS token ('</s>' ends each answer)")
+            raise ConfigError(
+                "model.tokenizer: llava_rrg needs an EOS token ('</s>' ends each answer)"
+            )
 
     # -- building -------------------------------------------------------------------------
 
@@ -371,21 +436,31 @@ class LlavaRRG(Recipe):
         tok_spec = model.get("tokenizer", "bundled:ctrg-bpe")
         tokenizer = build_tokenizer(tok_spec)
         if model.get("llm") is None:
-            raise ConfigError("model.llm: expected a HF LLaMA/Vicuna folder or a dict of LlamaConfig fields")
+            raise ConfigError(
+                "model.llm: expected a HF LLaMA/Vicuna folder or a dict of LlamaConfig fields"
+            )
         llm = build_llm(model["llm"], vocab_size=tokenizer.vocab_size)
         vis = model.get("vision")
         if isinstance(vis, Mapping):
             vision = CLIPVision(**dict(vis))
         elif vis is None:
-            raise ConfigError("model.vision: expected a HF CLIP folder (e.g. clip-vit-large-patch14-336), an "
-                              "OpenAI/open_clip checkpoint, or a dict of CLIP vision config fields")
+            raise ConfigError(
+                "model.vision: expected a HF CLIP folder (e.g. clip-vit-large-patch14-336), an "
+                "OpenAI/open_clip checkpoint, or a dict of CLIP vision config fields"
+            )
         elif (pathlib.Path(vis) / "config.json").is_file():
             vision = CLIPVision.from_pretrained(vis)
         else:
             from ..clip_openai import load_openai_clip_vision
 
             vision = load_openai_clip_vision(vis)
-        self = cls(cfg, llm, tokenizer, vision, specs={"tokenizer": tok_spec, "llm": model["llm"], "vision": vis})
+        self = cls(
+            cfg,
+            llm,
+            tokenizer,
+            vision,
+            specs={"tokenizer": tok_spec, "llm": model["llm"], "vision": vis},
+        )
         if model.get("mm_projector"):
             self.load_projector(model["mm_projector"])
         return self
@@ -404,13 +479,17 @@ class LlavaRRG(Recipe):
         sd = {k.split("mm_projector.", 1)[1]: v for k, v in sd.items() if "mm_projector." in k}
         want = self.mm_projector.state_dict()
         if set(sd) != set(want):
-            raise CheckpointError(f"mm_projector: expected keys {sorted('model.mm_projector.' + k for k in want)}, "
-                                  f"got {sorted(sd)}")
+            raise CheckpointError(
+                f"mm_projector: expected keys {sorted('model.mm_projector.' + k for k in want)}, "
+                f"got {sorted(sd)}"
+            )
         for k, v in sd.items():
             if tuple(v.shape) != tuple(want[k].shape):
-                raise CheckpointError(f"mm_projector.{k}: shape {tuple(v.shape)}, expected {tuple(want[k].shape)} "
-                                      f"(mm_hidden_size {self.vision.config['hidden_size']} -> hidden "
-                                      f"{self.llm.config.hidden_size})")
+                raise CheckpointError(
+                    f"mm_projector.{k}: shape {tuple(v.shape)}, expected {tuple(want[k].shape)} "
+                    f"(mm_hidden_size {self.vision.config['hidden_size']} -> hidden "
+                    f"{self.llm.config.hidden_size})"
+                )
         self.mm_projector.load_state_dict({k: v.to(want[k].dtype) for k, v in sd.items()})
 
     # -- tokens ---------------------------------------------------------------------------
@@ -419,7 +498,9 @@ class LlavaRRG(Recipe):
         q = self.cfg.findings_question if section == "findings" else self.cfg.impression_question
         return f"{IMAGE_TOKEN}\n{q}" if self.cfg.image_first else f"{q}\n{IMAGE_TOKEN}"
 
-    def encode(self, answer: str | None, section: str, task: str = "report") -> dict[str, list[Any]]:
+    def encode(
+        self, answer: str | None, section: str, task: str = "report"
+    ) -> dict[str, list[Any]]:
         """Token ids, image mask and labels of one sample. ``task="align"``: LLaVA's plain
         template (``<image>`` + answer + ``"\\n"``); otherwise vicuna_v1; ``answer=None``: the
         generation prompt."""
@@ -447,17 +528,23 @@ class LlavaRRG(Recipe):
             ans = tok.encode(" " + answer, add_special_tokens=False) + [tok.eos_token_id]
             ids, labels, img = ids + ans, labels + ans, img + [False] * len(ans)
         if len(ids) > self.cfg.max_length:
-            raise ConfigError(f"recipe.max_length: a {section} sample has {len(ids)} tokens > {self.cfg.max_length}")
+            raise ConfigError(
+                f"recipe.max_length: a {section} sample has {len(ids)} tokens > {self.cfg.max_length}"
+            )
         return {"input_ids": ids, "image_mask": img, "labels": labels}
 
-    def pad(self, rows: Sequence[Mapping[str, list[Any]]], side: str = "right") -> dict[str, torch.Tensor]:
+    def pad(
+        self, rows: Sequence[Mapping[str, list[Any]]], side: str = "right"
+    ) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         n = max(len(r["input_ids"]) for r in rows)
-        out = {"input_ids": torch.full((len(rows), n), pad, dtype=torch.long),
-               "attention_mask": torch.zeros((len(rows), n), dtype=torch.long),
-               "labels": torch.full((len(rows), n), -100, dtype=torch.long),
-               "image_mask": torch.zeros((len(rows), n), dtype=torch.bool)}
+        out = {
+            "input_ids": torch.full((len(rows), n), pad, dtype=torch.long),
+            "attention_mask": torch.zeros((len(rows), n), dtype=torch.long),
+            "labels": torch.full((len(rows), n), -100, dtype=torch.long),
+            "image_mask": torch.zeros((len(rows), n), dtype=torch.bool),
+        }
         for i, r in enumerate(rows):
             m = len(r["input_ids"])
             sl = slice(0, m) if side == "right" else slice(n - m, n)
@@ -473,7 +560,9 @@ class LlavaRRG(Recipe):
         """``clip_encoder.py`` ``feature_select``: ``hidden_states[select_layer]`` without CLS
         (``"patch"``), under no_grad as LLaVA's frozen tower: ``[B, N, mm_hidden]``."""
         with torch.no_grad():
-            _, _, hidden = self.vision(pixel_values.to(self.vision.vision_model.pre_layrnorm.weight.dtype))
+            _, _, hidden = self.vision(
+                pixel_values.to(self.vision.vision_model.pre_layrnorm.weight.dtype)
+            )
             f = hidden[self.cfg.select_layer]
         return f[:, 1:] if self.cfg.select_feature == "patch" else f
 
@@ -482,37 +571,61 @@ class LlavaRRG(Recipe):
         ls = [self.mm_projector[0], self.mm_projector[2]]
         return _core.mlp_project(feats, [m.weight for m in ls], [m.bias for m in ls])
 
-    def embed(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> torch.Tensor:
         from ..llm import splice_image_tokens
 
         text = self.llm.get_input_embeddings()(input_ids)
         img = self.project(self.image_features(pixel_values))
         return splice_image_tokens(text, img.to(text.dtype), image_mask.bool())
 
-    def forward(self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor,
-                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                **kwargs: Any) -> LlavaOutput:
-        out = self.llm(inputs_embeds=self.embed(input_ids, image_mask, pixel_values), attention_mask=attention_mask,
-                       labels=labels)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        image_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> LlavaOutput:
+        out = self.llm(
+            inputs_embeds=self.embed(input_ids, image_mask, pixel_values),
+            attention_mask=attention_mask,
+            labels=labels,
+        )
         return LlavaOutput(loss=out.loss, logits=out.logits)
 
     @torch.no_grad()
-    def generate(self, pixel_values: torch.Tensor, section: str = "findings", num_beams: int | None = None,
-                 max_new_tokens: int | None = None, **kwargs: Any) -> list[str]:
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        section: str = "findings",
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
         """Reports for a batch of studies with the ``section``'s adapter (beam 2, 256 tokens)."""
         from ..adapters import set_adapter
 
         if section not in self.cfg.sections:
-            raise ConfigError(f"section: expected one of {list(self.cfg.sections)}, got {section!r}")
+            raise ConfigError(
+                f"section: expected one of {list(self.cfg.sections)}, got {section!r}"
+            )
         set_adapter(self.llm, section)
         rows = [self.encode(None, section, "report") for _ in range(pixel_values.shape[0])]
         b = self.pad(rows, side="left")
         emb = self.embed(b["input_ids"], b["image_mask"], pixel_values)
         tok = self.tokenizer
-        new = self.llm.generate(inputs_embeds=emb, attention_mask=b["attention_mask"],
-                                num_beams=num_beams or self.cfg.num_beams,
-                                max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
-                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kwargs)
+        new = self.llm.generate(
+            inputs_embeds=emb,
+            attention_mask=b["attention_mask"],
+            num_beams=num_beams or self.cfg.num_beams,
+            max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **kwargs,
+        )
         return [t.strip() for t in tok.batch_decode(new)]
 
     # -- stages ---------------------------------------------------------------------------
@@ -543,13 +656,25 @@ class LlavaRRG(Recipe):
         from ..train import Stage
 
         c = self.cfg
-        s1 = args.replace(learning_rate=c.stage1_lr, num_train_epochs=c.stage1_epochs, warmup_ratio=c.warmup_ratio,
-                          lr_scheduler_type="cosine", weight_decay=0.0)
+        s1 = args.replace(
+            learning_rate=c.stage1_lr,
+            num_train_epochs=c.stage1_epochs,
+            warmup_ratio=c.warmup_ratio,
+            lr_scheduler_type="cosine",
+            weight_decay=0.0,
+        )
         out = [Stage("stage1_projector", s1, lambda m: m.set_stage("align"))]
         for s in c.sections:
-            a = args.replace(learning_rate=c.stage2_lr, num_train_epochs=c.stage2_epochs, warmup_ratio=c.warmup_ratio,
-                             lr_scheduler_type="cosine", weight_decay=0.0)
-            out.append(Stage(f"stage2_{s}", a, (lambda sec: lambda m: m.set_stage("report", sec))(s)))
+            a = args.replace(
+                learning_rate=c.stage2_lr,
+                num_train_epochs=c.stage2_epochs,
+                warmup_ratio=c.warmup_ratio,
+                lr_scheduler_type="cosine",
+                weight_decay=0.0,
+            )
+            out.append(
+                Stage(f"stage2_{s}", a, (lambda sec: lambda m: m.set_stage("report", sec))(s))
+            )
         return out
 
     DATA_KEYS = {"format", "root", "synth", "train_split", "eval_split", "test_split"}
@@ -559,7 +684,9 @@ class LlavaRRG(Recipe):
         when ``synth`` is given."""
         fmt, root = data.get("format"), data.get("root")
         if fmt not in ("mimic-cxr", "manifest"):
-            raise ConfigError(f"data.format: llava_rrg reads 'mimic-cxr' or 'manifest', got {fmt!r}")
+            raise ConfigError(
+                f"data.format: llava_rrg reads 'mimic-cxr' or 'manifest', got {fmt!r}"
+            )
         if root is None:
             raise ConfigError("data.root: expected the dataset folder")
         opts = check_data_keys(data, self.DATA_KEYS, fmt, "llava_rrg")
@@ -579,8 +706,10 @@ class LlavaRRG(Recipe):
         train = read_records(fmt, root, split=data.get("train_split", "train"), **opts)
         split = data.get("eval_split", "validation")
         ev = read_records(fmt, root, split=split, **opts) if split else []
-        return (StudyDataset(train, self.image_size, self.cfg, require=self.cfg.sections),
-                StudyDataset(ev, self.image_size, self.cfg, require=()) if ev else None)
+        return (
+            StudyDataset(train, self.image_size, self.cfg, require=self.cfg.sections),
+            StudyDataset(ev, self.image_size, self.cfg, require=()) if ev else None,
+        )
 
     def dataset(self, data: Mapping[str, Any], split: str) -> StudyDataset:
         """One split (e.g. ``data.test_split``) of ``data`` for evaluation / generation."""
@@ -597,9 +726,14 @@ class LlavaRRG(Recipe):
 
     # -- evaluation -----------------------------------------------------------------------
 
-    def evaluate(self, dataset: Any, output_dir: PathLike | None = None,
-                 scorers: Mapping[str, Callable[[list[str], list[str]], Any]] | None = None,
-                 batch_size: int = 4, **generate_kwargs: Any) -> dict[str, Any]:
+    def evaluate(
+        self,
+        dataset: Any,
+        output_dir: PathLike | None = None,
+        scorers: Mapping[str, Callable[[list[str], list[str]], Any]] | None = None,
+        batch_size: int = 4,
+        **generate_kwargs: Any,
+    ) -> dict[str, Any]:
         """Generate each section with its adapter; BLEU-4 and ROUGE-L per section (pycocoevalcap
         definitions) + ``scorers`` (e.g. BERTScore, F1-RadGraph: ``fn(refs, hyps)``), over the
         studies that have the section's reference."""
@@ -614,11 +748,17 @@ class LlavaRRG(Recipe):
         rows: dict[str, dict[str, Any]] = {}
         try:
             for s in self.cfg.sections:
-                idx = [i for i, r in enumerate(dataset.records) if ((r.get("sections") or {}).get(s) or "").strip()]
+                idx = [
+                    i
+                    for i, r in enumerate(dataset.records)
+                    if ((r.get("sections") or {}).get(s) or "").strip()
+                ]
                 refs, hyps = [], []
                 for k in range(0, len(idx), batch_size):
-                    items = [dataset[i] for i in idx[k:k + batch_size]]
-                    gen = self.generate(torch.stack([it["pixel_values"] for it in items]), s, **generate_kwargs)
+                    items = [dataset[i] for i in idx[k : k + batch_size]]
+                    gen = self.generate(
+                        torch.stack([it["pixel_values"] for it in items]), s, **generate_kwargs
+                    )
                     for it, g in zip(items, gen):
                         refs.append(it[s])
                         hyps.append(g)
@@ -630,13 +770,20 @@ class LlavaRRG(Recipe):
                     sc["BLEU-4"], sc["ROUGE-L"] = float(m["BLEU-4"]), float(m["ROUGE-L"])
                     for name, fn in scorers.items():
                         v = fn(refs, hyps)
-                        sc[name] = {k: float(x) for k, x in v.items()} if isinstance(v, Mapping) else float(v)
+                        sc[name] = (
+                            {k: float(x) for k, x in v.items()}
+                            if isinstance(v, Mapping)
+                            else float(v)
+                        )
                 result[s] = sc
         finally:
             self.train(was)
         computed = ["BLEU-4", "ROUGE-L", *scorers]
         # which of the paper's metrics this evaluation has, and which it lacks (no scorer given)
-        result["metrics"] = {"computed": computed, "not_computed": [m for m in RRG24_METRICS if m not in computed]}
+        result["metrics"] = {
+            "computed": computed,
+            "not_computed": [m for m in RRG24_METRICS if m not in computed],
+        }
         if output_dir is not None:
             out = pathlib.Path(output_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -671,32 +818,55 @@ class LlavaRRG(Recipe):
                     shutil.copy(src / extra, out / extra)
             tok = "tokenizer.json"
         llm_spec = specs.get("llm")
-        if not (isinstance(llm_spec, (str, os.PathLike)) and (pathlib.Path(llm_spec) / "config.json").is_file()):
+        if not (
+            isinstance(llm_spec, (str, os.PathLike))
+            and (pathlib.Path(llm_spec) / "config.json").is_file()
+        ):
             base = {k: v.detach() for k, v in self.llm.state_dict().items()}
             self._save_base_llm(out / "llm", base)
             llm_spec = "llm"
         vis_spec = specs.get("vision")
-        if not (isinstance(vis_spec, (str, os.PathLike)) and (pathlib.Path(vis_spec) / "config.json").is_file()):
+        if not (
+            isinstance(vis_spec, (str, os.PathLike))
+            and (pathlib.Path(vis_spec) / "config.json").is_file()
+        ):
             vd = out / "vision"
             vd.mkdir(exist_ok=True)
             vc = dict(self.vision.config)
-            (vd / "config.json").write_text(json.dumps({**vc, "hidden_act": "quick_gelu", "model_type": "clip_vision_model"}))
-            sd = {k: v.detach().contiguous() for k, v in self.vision.state_dict().items() if k.startswith("vision_model.")}
+            (vd / "config.json").write_text(
+                json.dumps({**vc, "hidden_act": "quick_gelu", "model_type": "clip_vision_model"})
+            )
+            sd = {
+                k: v.detach().contiguous()
+                for k, v in self.vision.state_dict().items()
+                if k.startswith("vision_model.")
+            }
             _core.save_safetensors(sd, os.fspath(vd / "model.safetensors"))
             vis_spec = "vision"
-        proj = {f"model.mm_projector.{k}": v.detach().contiguous() for k, v in self.mm_projector.state_dict().items()}
+        proj = {
+            f"model.mm_projector.{k}": v.detach().contiguous()
+            for k, v in self.mm_projector.state_dict().items()
+        }
         _core.save_safetensors(proj, os.fspath(out / "mm_projector.safetensors"))
         for s in self.cfg.sections:
             save_adapter(self.llm, out / "adapters", s)
-        meta = {"recipe": self.name, "config": asdict(self.cfg), "tokenizer": tok,
-                "llm": os.fspath(llm_spec), "vision": os.fspath(vis_spec)}
+        meta = {
+            "recipe": self.name,
+            "config": asdict(self.cfg),
+            "tokenizer": tok,
+            "llm": os.fspath(llm_spec),
+            "vision": os.fspath(vis_spec),
+        }
         (out / "config.json").write_text(json.dumps(meta, indent=2, default=list))
 
     def _save_base_llm(self, path: pathlib.Path, sd: Mapping[str, torch.Tensor]) -> None:
         """The base weights (LoRA layers unwrapped) in transformers' layout."""
         path.mkdir(parents=True, exist_ok=True)
-        base = {k.replace(".base_layer.", "."): v.contiguous() for k, v in sd.items()
-                if ".lora_" not in k and not k.endswith("inv_freq")}
+        base = {
+            k.replace(".base_layer.", "."): v.contiguous()
+            for k, v in sd.items()
+            if ".lora_" not in k and not k.endswith("inv_freq")
+        }
         if self.llm.config.tie_word_embeddings:
             base.pop("lm_head.weight", None)
         cfg = self.llm.config.to_dict()
@@ -722,8 +892,14 @@ class LlavaRRG(Recipe):
         tokenizer = build_tokenizer(tok if tok.startswith("bundled:") else os.fspath(where(tok)))
         llm = LlamaForCausalLM.from_pretrained(where(meta["llm"]))
         vision = CLIPVision.from_pretrained(where(meta["vision"]))
-        self = cls(cfg, llm, tokenizer, vision, specs={"tokenizer": tok, "llm": meta["llm"], "vision": meta["vision"]},
-                   add_adapters=False)
+        self = cls(
+            cfg,
+            llm,
+            tokenizer,
+            vision,
+            specs={"tokenizer": tok, "llm": meta["llm"], "vision": meta["vision"]},
+            add_adapters=False,
+        )
         for s in cfg.sections:
             load_adapter(self.llm, p / "adapters" / s, s)
         self.load_projector(p / "mm_projector.safetensors")
@@ -732,5 +908,15 @@ class LlavaRRG(Recipe):
         return self
 
 
-__all__ = ["LlavaRRG", "LlavaRRGConfig", "vicuna_v1_prompt", "expand2square", "clip_preprocess", "study_pixels",
-           "stitch_study", "StudyDataset", "LlavaCollator", "LLAVA_VICUNA_SYSTEM"]
+__all__ = [
+    "LlavaRRG",
+    "LlavaRRGConfig",
+    "vicuna_v1_prompt",
+    "expand2square",
+    "clip_preprocess",
+    "study_pixels",
+    "stitch_study",
+    "StudyDataset",
+    "LlavaCollator",
+    "LLAVA_VICUNA_SYSTEM",
+]

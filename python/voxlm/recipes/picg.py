@@ -158,8 +158,9 @@ def _matches(v: Any, tp: Any) -> bool:
             return len(v) == len(targs) and all(_matches(x, a) for x, a in zip(v, targs))
         return not targs or all(_matches(x, targs[0]) for x in v)
     if origin is dict:
-        return isinstance(v, Mapping) and (not targs or all(_matches(k, targs[0]) and _matches(x, targs[1])
-                                                            for k, x in v.items()))
+        return isinstance(v, Mapping) and (
+            not targs or all(_matches(k, targs[0]) and _matches(x, targs[1]) for k, x in v.items())
+        )
     return True
 
 
@@ -172,10 +173,14 @@ def check_config_types(obj: Any, section: str = "recipe") -> None:
     for f in fields(obj):
         v = getattr(obj, f.name)
         if not _matches(v, hints[f.name]):
-            raise ConfigError(f"{section}.{f.name}: expected {_type_name(hints[f.name])}, got {v!r}")
+            raise ConfigError(
+                f"{section}.{f.name}: expected {_type_name(hints[f.name])}, got {v!r}"
+            )
 
 
-def check_data_keys(data: Mapping[str, Any], own: set[str], fmt: str, recipe: str) -> dict[str, Any]:
+def check_data_keys(
+    data: Mapping[str, Any], own: set[str], fmt: str, recipe: str
+) -> dict[str, Any]:
     """The reader options of a ``data`` section (every key but the recipe's ``own``), checked
     against the ``fmt`` reader's signature: ``ConfigError`` listing the recipe's keys and the
     reader's options."""
@@ -186,8 +191,10 @@ def check_data_keys(data: Mapping[str, Any], own: set[str], fmt: str, recipe: st
     if accepted is not None:
         unknown = sorted(set(opts) - set(accepted))
         if unknown:
-            raise ConfigError(f"data: unknown key(s) {unknown} for {recipe} with format {fmt!r}; the recipe reads "
-                              f"{sorted(own)}, the reader's options are {accepted}")
+            raise ConfigError(
+                f"data: unknown key(s) {unknown} for {recipe} with format {fmt!r}; the recipe reads "
+                f"{sorted(own)}, the reader's options are {accepted}"
+            )
     return opts
 
 
@@ -217,7 +224,9 @@ class PICGConfig:
     max_words: int = 512
     # prompts
     guidelines: dict[str, str] | None = None
-    modality_question: str = "What is the modality of this image? The answer must be from {T2W, non-T2W}."
+    modality_question: str = (
+        "What is the modality of this image? The answer must be from {T2W, non-T2W}."
+    )
     score_question: str = "Rate the lesion with a score from {1, 2, 3, 4, 5}."
     feature_question: str = "Describe the appearance of this MRI image."
     feature_prompt: str = "per_sequence"  # or "released"
@@ -242,8 +251,12 @@ class PICGConfig:
     scoring_batch_size: int = 16
     scoring_size: tuple[int, int, int] = (20, 256, 256)
     class_balanced: bool = True
-    student_proj: str = "linear"  # "linear": Linear(feature, teacher width); "none": widths must agree
-    scoring_net: dict[str, Any] = field(default_factory=lambda: {"name": "monai_resnet", "depth": 50})
+    student_proj: str = (
+        "linear"  # "linear": Linear(feature, teacher width); "none": widths must agree
+    )
+    scoring_net: dict[str, Any] = field(
+        default_factory=lambda: {"name": "monai_resnet", "depth": 50}
+    )
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
@@ -251,17 +264,29 @@ class PICGConfig:
         for name in ("volume_size", "scoring_size", "focal_alpha", "seeds"):
             setattr(self, name, tuple(getattr(self, name)))
         if self.inflate_mode not in ("replicate", "mean"):
-            raise ConfigError(f"recipe.inflate_mode: expected 'replicate' or 'mean', got {self.inflate_mode!r}")
+            raise ConfigError(
+                f"recipe.inflate_mode: expected 'replicate' or 'mean', got {self.inflate_mode!r}"
+            )
         if self.feature_prompt not in ("per_sequence", "released"):
-            raise ConfigError(f"recipe.feature_prompt: expected 'per_sequence' or 'released', got {self.feature_prompt!r}")
+            raise ConfigError(
+                f"recipe.feature_prompt: expected 'per_sequence' or 'released', got {self.feature_prompt!r}"
+            )
         if self.scoring_lr_schedule not in ("step", "constant"):
-            raise ConfigError(f"recipe.scoring_lr_schedule: expected 'step' or 'constant', got {self.scoring_lr_schedule!r}")
+            raise ConfigError(
+                f"recipe.scoring_lr_schedule: expected 'step' or 'constant', got {self.scoring_lr_schedule!r}"
+            )
         if self.student_proj not in ("linear", "none"):
-            raise ConfigError(f"recipe.student_proj: expected 'linear' or 'none', got {self.student_proj!r}")
+            raise ConfigError(
+                f"recipe.student_proj: expected 'linear' or 'none', got {self.student_proj!r}"
+            )
         if self.intensity_prescale not in ("none", "minmax255"):
-            raise ConfigError(f"recipe.intensity_prescale: expected 'none' or 'minmax255', got {self.intensity_prescale!r}")
+            raise ConfigError(
+                f"recipe.intensity_prescale: expected 'none' or 'minmax255', got {self.intensity_prescale!r}"
+            )
         if len(self.focal_alpha) != 5:
-            raise ConfigError(f"recipe.focal_alpha: expected 5 class weights (PI-RADS 1..5), got {list(self.focal_alpha)}")
+            raise ConfigError(
+                f"recipe.focal_alpha: expected 5 class weights (PI-RADS 1..5), got {list(self.focal_alpha)}"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PICGConfig:
@@ -284,11 +309,19 @@ def inflate_last(weight2d: torch.Tensor, depth: int, mode: str = "replicate") ->
     return w / depth if mode == "mean" else w
 
 
-def picg_volume(x: np.ndarray | torch.Tensor, size: Sequence[int] = (84, 84, 98), scale: float = 255.0,
-                mean: float = 0.48, std: float = 0.27, prescale: str = "none") -> torch.Tensor:
+def picg_volume(
+    x: np.ndarray | torch.Tensor,
+    size: Sequence[int] = (84, 84, 98),
+    scale: float = 255.0,
+    mean: float = 0.48,
+    std: float = 0.27,
+    prescale: str = "none",
+) -> torch.Tensor:
     """PICG's ``ProstateDataset`` transform: ``[X, Y, Z]`` (nibabel order) -> ``[1, *size]``:
     ``(Upsample(size, nearest)(x) / scale - mean) / std``."""
-    t = torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x).float()
+    t = torch.as_tensor(
+        np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x
+    ).float()
     if t.dim() != 3:
         raise ShapeError(f"volume: expected [X, Y, Z], got shape {tuple(t.shape)}")
     if prescale == "minmax255":
@@ -309,14 +342,22 @@ class PICGVision(nn.Module):
     token, then un-permutes the output: every token sees the same content and position as in PICG
     and the encoder (no mask, per-token norms) commutes with the permutation."""
 
-    def __init__(self, clip: CLIPVisionWithProjection, depth: int = 14, mode: str = "replicate") -> None:
+    def __init__(
+        self, clip: CLIPVisionWithProjection, depth: int = 14, mode: str = "replicate"
+    ) -> None:
         super().__init__()
         clip = copy.deepcopy(clip)
         emb = clip.vision_model.embeddings
         w2 = emb.patch_embedding.weight.detach()
         if w2.dim() == 4:
             kh, kw = w2.shape[2:]
-            conv = nn.Conv3d(w2.shape[1], w2.shape[0], kernel_size=(kh, kw, depth), stride=(kh, kw, depth), bias=False)
+            conv = nn.Conv3d(
+                w2.shape[1],
+                w2.shape[0],
+                kernel_size=(kh, kw, depth),
+                stride=(kh, kw, depth),
+                bias=False,
+            )
             with torch.no_grad():
                 conv.weight.copy_(inflate_last(w2, depth, mode))
             emb.patch_embedding = conv.to(w2.dtype)
@@ -332,13 +373,17 @@ class PICGVision(nn.Module):
         """The token grid of a volume ``size`` (``ShapeError`` if it does not tile or overflows)."""
         p = self.patch
         if len(size) != 3 or any(int(s) % k for s, k in zip(size, p)):
-            raise ShapeError(f"volume size {tuple(size)} does not tile into {p[0]}x{p[1]}x{p[2]} patches "
-                             f"(each side must be a multiple of the patch size)")
+            raise ShapeError(
+                f"volume size {tuple(size)} does not tile into {p[0]}x{p[1]}x{p[2]} patches "
+                f"(each side must be a multiple of the patch size)"
+            )
         grid = tuple(int(s) // k for s, k in zip(size, p))
         positions = self.clip.vision_model.embeddings.position_embedding.weight.shape[0] - 1
         if math.prod(grid) > positions:
-            raise ShapeError(f"volume size {tuple(size)} gives {math.prod(grid)} patch tokens, more than CLIP's "
-                             f"{positions} position embeddings")
+            raise ShapeError(
+                f"volume size {tuple(size)} gives {math.prod(grid)} patch tokens, more than CLIP's "
+                f"{positions} position embeddings"
+            )
         return grid  # type: ignore[return-value]
 
     def permutation(self, n: int) -> torch.Tensor:
@@ -346,8 +391,12 @@ class PICGVision(nn.Module):
         positions = self.clip.vision_model.embeddings.position_embedding.weight.shape[0] - 1
         before = (positions - n) // 2
         after = positions - n - before
-        perm = [0] + [1 + before + i for i in range(n)] + [1 + k for k in range(before)] + \
-            [1 + before + n + k for k in range(after)]
+        perm = (
+            [0]
+            + [1 + before + i for i in range(n)]
+            + [1 + k for k in range(before)]
+            + [1 + before + n + k for k in range(after)]
+        )
         return torch.tensor(perm, dtype=torch.long)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -361,8 +410,12 @@ class PICGVision(nn.Module):
         key = "vision_model.embeddings.position_embedding.weight"
         params = {k: v for k, v in c.named_parameters() if k.startswith("vision_model.")}
         params[key] = params[key].index_select(0, perm)
-        core = _core.ClipVisionCore(params, c.config["num_hidden_layers"], c.config["num_attention_heads"],
-                                    float(c.config["layer_norm_eps"]))
+        core = _core.ClipVisionCore(
+            params,
+            c.config["num_hidden_layers"],
+            c.config["num_attention_heads"],
+            float(c.config["layer_norm_eps"]),
+        )
         last, _, _ = core.forward(x.to(params[key].dtype))
         inv = torch.argsort(perm)
         return c.project_tokens(last.index_select(1, inv))
@@ -377,7 +430,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-b, a), dim=-1)
 
 
-def rope_tables(inv_freq: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    inv_freq: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' LLaMA rotary tables ``[B, T, head_dim]`` (``rotate_half`` convention; Meta's
     interleaved weights are permuted on load, see :func:`llama_adapter_to_voxlm`)."""
     f = position_ids[..., None].float() * inv_freq.float()[None, None]
@@ -385,8 +440,18 @@ def rope_tables(inv_freq: torch.Tensor, position_ids: torch.Tensor, dtype: torch
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def adapted_layer(layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                  prompt: torch.Tensor, gate: torch.Tensor, n_heads: int, n_kv: int, eps: float) -> torch.Tensor:
+def adapted_layer(
+    layer: nn.Module,
+    h: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor,
+    prompt: torch.Tensor,
+    gate: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+    eps: float,
+) -> torch.Tensor:
     """One LLaMA decoder layer with PICG's adapter: ``h [B, T, H]``, ``prompt [B, L, H]``
     (adapter_query of the layer + visual queries), ``gate [n_heads]`` (tanh-ed here), boolean
     ``mask [B, 1, T, T]`` (True = attend)."""
@@ -413,7 +478,9 @@ def adapted_layer(layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: tor
         ak = ak.repeat_interleave(n_heads // n_kv, dim=1)
         av = av.repeat_interleave(n_heads // n_kv, dim=1)
     a_scores = torch.matmul(q, ak.transpose(2, 3)) / math.sqrt(hd)
-    a_scores = gate.tanh().view(1, n_heads, 1, 1).to(q.dtype) * F.softmax(a_scores.float(), dim=-1).type_as(q)
+    a_scores = gate.tanh().view(1, n_heads, 1, 1).to(q.dtype) * F.softmax(
+        a_scores.float(), dim=-1
+    ).type_as(q)
     out = out + torch.matmul(a_scores, av)
     h = h + attn.o_proj(out.transpose(1, 2).reshape(b, t, n_heads * hd))
     mlp = layer.mlp
@@ -433,8 +500,9 @@ def _unpermute_meta(w: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, out // heads // 2, 2, *rest).transpose(1, 2).reshape(out, *rest)
 
 
-def llama_adapter_to_voxlm(sd: Mapping[str, torch.Tensor], n_layers: int, n_heads: int, n_kv: int,
-                           query_layer: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+def llama_adapter_to_voxlm(
+    sd: Mapping[str, torch.Tensor], n_layers: int, n_heads: int, n_kv: int, query_layer: int
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename a LLaMA-Adapter / PICG ``.pth`` ``model`` dict to :class:`PICG`'s names.
 
     ==========================================  ================================================
@@ -478,8 +546,14 @@ def llama_adapter_to_voxlm(sd: Mapping[str, torch.Tensor], n_layers: int, n_head
             if not k.startswith("clip.visual."):
                 skipped.append(k)
             continue
-        if k.split(".")[0] in ("clip_proj", "clip_proj_norm", "visual_query", "visual_blocks", "visual_proj",
-                               "visual_proj_norm"):
+        if k.split(".")[0] in (
+            "clip_proj",
+            "clip_proj_norm",
+            "visual_query",
+            "visual_blocks",
+            "visual_proj",
+            "visual_proj_norm",
+        ):
             out[f"queries.{k}"] = v
         elif k == "adapter_query.weight":
             out[k] = v
@@ -533,7 +607,9 @@ def zoom_nearest(a: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return a[np.ix_(*idx)]
 
 
-def scoring_input(volumes: Sequence[np.ndarray], size: Sequence[int] = (20, 256, 256)) -> np.ndarray:
+def scoring_input(
+    volumes: Sequence[np.ndarray], size: Sequence[int] = (20, 256, 256)
+) -> np.ndarray:
     """``prostate_lesion_public_np_ins.py``: each of T2W/ADC/DWI ``[X, Y, Z]`` (nibabel
     ``get_fdata`` order) transposed (2, 0, 1), nearest-zoomed to ``size``, z-scored over the
     volume; stacked -> ``[3, *size]`` float32."""
@@ -569,9 +645,13 @@ class SmallConv3d(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for i in range(3):
-            layers += [nn.Conv3d(c, width * 2 ** i, 3, padding=1), nn.BatchNorm3d(width * 2 ** i), nn.ReLU(),
-                       nn.MaxPool3d((1, 2, 2))]
-            c = width * 2 ** i
+            layers += [
+                nn.Conv3d(c, width * 2**i, 3, padding=1),
+                nn.BatchNorm3d(width * 2**i),
+                nn.ReLU(),
+                nn.MaxPool3d((1, 2, 2)),
+            ]
+            c = width * 2**i
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool3d(1))
         self.fc = nn.Linear(c, num_classes)
 
@@ -592,7 +672,12 @@ def build_scoring_net(spec: Mapping[str, Any]) -> nn.Module:
         fn = getattr(resnet, f"resnet{depth}", None)
         if fn is None:
             raise ConfigError(f"recipe.scoring_net.depth: MONAI has no resnet{depth}")
-        net = fn(spatial_dims=3, n_input_channels=3, feed_forward=False, shortcut_type=spec.get("shortcut_type", "B"))
+        net = fn(
+            spatial_dims=3,
+            n_input_channels=3,
+            feed_forward=False,
+            shortcut_type=spec.get("shortcut_type", "B"),
+        )
         return LogitsAndFeature(net, 512 * (4 if depth >= 50 else 1))
     if name == "torchvision_r3d_18":
         from torchvision.models.video import r3d_18
@@ -602,7 +687,9 @@ def build_scoring_net(spec: Mapping[str, Any]) -> nn.Module:
         return LogitsAndFeature(net, 512)
     if name == "small_conv3d":
         return SmallConv3d(width=int(spec.get("width", 8)))
-    raise ConfigError(f"recipe.scoring_net.name: expected 'monai_resnet', 'torchvision_r3d_18' or 'small_conv3d', got {name!r}")
+    raise ConfigError(
+        f"recipe.scoring_net.name: expected 'monai_resnet', 'torchvision_r3d_18' or 'small_conv3d', got {name!r}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -636,10 +723,14 @@ def _load_array(path: str) -> np.ndarray:
 def _check_record(r: Mapping[str, Any], i: int, need_score: bool = True) -> None:
     seqs = r.get("sequences")
     if not isinstance(seqs, Mapping) or any(s not in seqs for s in SEQUENCES):
-        raise DataError(f"record {i} ({r.get('id')!r}): expected sequences with {list(SEQUENCES)}, got "
-                        f"{sorted(seqs) if isinstance(seqs, Mapping) else seqs!r}")
+        raise DataError(
+            f"record {i} ({r.get('id')!r}): expected sequences with {list(SEQUENCES)}, got "
+            f"{sorted(seqs) if isinstance(seqs, Mapping) else seqs!r}"
+        )
     if need_score and r.get("pirads") not in PIRADS:
-        raise DataError(f"record {i} ({r.get('id')!r}): expected pirads in 1..5, got {r.get('pirads')!r}")
+        raise DataError(
+            f"record {i} ({r.get('id')!r}): expected pirads in 1..5, got {r.get('pirads')!r}"
+        )
 
 
 class SequenceDataset(torch.utils.data.Dataset):
@@ -660,8 +751,14 @@ class SequenceDataset(torch.utils.data.Dataset):
         i, s = self.items[idx]
         r = self.records[i]
         c = self.cfg
-        vol = picg_volume(_load_array(r["sequences"][s]), c.volume_size, c.intensity_scale, c.intensity_mean,
-                          c.intensity_std, c.intensity_prescale)
+        vol = picg_volume(
+            _load_array(r["sequences"][s]),
+            c.volume_size,
+            c.intensity_scale,
+            c.intensity_mean,
+            c.intensity_std,
+            c.intensity_prescale,
+        )
         return {"id": str(r["id"]), "sequence": s, "volume": vol, "pirads": int(r["pirads"])}
 
 
@@ -683,10 +780,12 @@ class PICGCollator:
             p = tok.encode(prompt)
             full = tok.encode(prompt + answer) + ([eos] if eos is not None else [])
             if len(full) > rec.cfg.max_words:
-                raise ConfigError(f"recipe.max_words: the {rec.task} prompt of {it['sequence']} is {len(p)} tokens, "
-                                  f"with its answer {len(full)} > max_words {rec.cfg.max_words}: the answer would "
-                                  f"be cut off (raise max_words or shorten the guideline text)")
-            lab = [-100] * min(len(p), len(full)) + full[len(p):]
+                raise ConfigError(
+                    f"recipe.max_words: the {rec.task} prompt of {it['sequence']} is {len(p)} tokens, "
+                    f"with its answer {len(full)} > max_words {rec.cfg.max_words}: the answer would "
+                    f"be cut off (raise max_words or shorten the guideline text)"
+                )
+            lab = [-100] * min(len(p), len(full)) + full[len(p) :]
             seqs.append(full)
             labels.append(lab)
         n = max(len(s) for s in seqs)
@@ -698,8 +797,13 @@ class PICGCollator:
             ids[i, : len(s)] = torch.tensor(s)
             lab[i, : len(la)] = torch.tensor(la)
             mask[i, : len(s)] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": lab,
-                "volume": torch.stack([it["volume"] for it in items]), "ids": [it["id"] for it in items]}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": lab,
+            "volume": torch.stack([it["volume"] for it in items]),
+            "ids": [it["id"] for it in items],
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -719,8 +823,14 @@ class PICG(Recipe):
 
     Config = PICGConfig
 
-    def __init__(self, cfg: PICGConfig, llm: nn.Module, tokenizer: Any, clip: CLIPVisionWithProjection,
-                 specs: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: PICGConfig,
+        llm: nn.Module,
+        tokenizer: Any,
+        clip: CLIPVisionWithProjection,
+        specs: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         from ..adapters import add_bias_tuning
         from ..vision import AdapterQueryBlocks
@@ -730,15 +840,29 @@ class PICG(Recipe):
         self.tokenizer = tokenizer
         lc = llm.config
         if not 0 < cfg.query_layer <= lc.num_hidden_layers:
-            raise ConfigError(f"recipe.query_layer: expected 1..{lc.num_hidden_layers} (the LLM's layers), got {cfg.query_layer}")
-        self.vision = PICGVision(clip, depth=clip.vision_model.embeddings.patch_embedding.weight.shape[-1],
-                                 mode=cfg.inflate_mode)
+            raise ConfigError(
+                f"recipe.query_layer: expected 1..{lc.num_hidden_layers} (the LLM's layers), got {cfg.query_layer}"
+            )
+        self.vision = PICGVision(
+            clip,
+            depth=clip.vision_model.embeddings.patch_embedding.weight.shape[-1],
+            mode=cfg.inflate_mode,
+        )
         self.vision.check_size(cfg.volume_size)
         clip_dim = clip.config.get("projection_dim") or clip.config["hidden_size"]
-        self.queries = AdapterQueryBlocks(clip_dim, lc.hidden_size, dim=cfg.v_embed_dim, query_len=cfg.query_len,
-                                          depth=cfg.v_depth, heads=cfg.v_num_heads, mlp_ratio=cfg.v_mlp_ratio)
+        self.queries = AdapterQueryBlocks(
+            clip_dim,
+            lc.hidden_size,
+            dim=cfg.v_embed_dim,
+            query_len=cfg.query_len,
+            depth=cfg.v_depth,
+            heads=cfg.v_num_heads,
+            mlp_ratio=cfg.v_mlp_ratio,
+        )
         self.adapter_query = nn.Embedding(cfg.query_len * cfg.query_layer, lc.hidden_size)
-        self.gates = nn.ParameterList([nn.Parameter(torch.zeros(lc.num_attention_heads)) for _ in range(cfg.query_layer)])
+        self.gates = nn.ParameterList(
+            [nn.Parameter(torch.zeros(lc.num_attention_heads)) for _ in range(cfg.query_layer)]
+        )
         add_bias_tuning(llm)
         self.llm = llm
         self.guidelines = load_guidelines(cfg.guidelines)
@@ -756,31 +880,52 @@ class PICG(Recipe):
         tokenizer = build_tokenizer(tok_spec)
         llm_spec = model.get("llm")
         if llm_spec is None:
-            raise ConfigError("model.llm: expected a HF LLaMA folder or a dict of LlamaConfig fields")
+            raise ConfigError(
+                "model.llm: expected a HF LLaMA folder or a dict of LlamaConfig fields"
+            )
         llm = build_llm(llm_spec, vocab_size=tokenizer.vocab_size)
         vis_spec = model.get("vision")
         if isinstance(vis_spec, Mapping):
             clip = CLIPVisionWithProjection(**dict(vis_spec))
         elif vis_spec is None:
-            raise ConfigError("model.vision: expected an OpenAI/open_clip CLIP checkpoint path or a dict of CLIP "
-                              "vision config fields (random init)")
+            raise ConfigError(
+                "model.vision: expected an OpenAI/open_clip CLIP checkpoint path or a dict of CLIP "
+                "vision config fields (random init)"
+            )
         else:
             clip = load_openai_clip_vision(vis_spec, num_heads=cfg.clip_heads)
-        self = cls(cfg, llm, tokenizer, clip, specs={"tokenizer": tok_spec, "llm": llm_spec, "vision": vis_spec})
+        self = cls(
+            cfg,
+            llm,
+            tokenizer,
+            clip,
+            specs={"tokenizer": tok_spec, "llm": llm_spec, "vision": vis_spec},
+        )
         if model.get("llama_adapter"):
             self.load_llama_adapter(model["llama_adapter"])
         return self
 
-    def load_llama_adapter(self, source: PathLike | Mapping[str, torch.Tensor], strict: bool = False) -> list[str]:
+    def load_llama_adapter(
+        self, source: PathLike | Mapping[str, torch.Tensor], strict: bool = False
+    ) -> list[str]:
         """Load a LLaMA-Adapter (e.g. BIAS-7B) or PICG ``.pth`` (``{"model": state_dict}``) with
         :func:`llama_adapter_to_voxlm`; returns the keys it did not use. With ``strict``, every
         parameter of the recipe must be covered."""
-        sd = torch.load(source, map_location="cpu", weights_only=True) if isinstance(source, (str, os.PathLike)) else source
+        sd = (
+            torch.load(source, map_location="cpu", weights_only=True)
+            if isinstance(source, (str, os.PathLike))
+            else source
+        )
         if isinstance(sd, Mapping) and "model" in sd and isinstance(sd["model"], Mapping):
             sd = sd["model"]
         lc = self.llm.config
-        mapped, skipped = llama_adapter_to_voxlm(sd, lc.num_hidden_layers, lc.num_attention_heads,
-                                                 lc.num_key_value_heads, self.cfg.query_layer)
+        mapped, skipped = llama_adapter_to_voxlm(
+            sd,
+            lc.num_hidden_layers,
+            lc.num_attention_heads,
+            lc.num_key_value_heads,
+            self.cfg.query_layer,
+        )
         own = dict(self.named_parameters())
         conv = "vision.clip.vision_model.embeddings.patch_embedding.weight"
         if conv in mapped and mapped[conv].dim() == 4 and own[conv].dim() == 5:
@@ -788,16 +933,22 @@ class PICG(Recipe):
             mapped[conv] = inflate_last(mapped[conv], own[conv].shape[-1], self.cfg.inflate_mode)
         unknown = sorted(set(mapped) - set(own))
         if unknown:
-            raise CheckpointError(f"LLaMA-Adapter checkpoint: tensors with no place in this PICG model: {unknown[:5]}")
+            raise CheckpointError(
+                f"LLaMA-Adapter checkpoint: tensors with no place in this PICG model: {unknown[:5]}"
+            )
         if strict:
             missing = sorted(set(own) - set(mapped))
             if missing:
-                raise CheckpointError(f"LLaMA-Adapter checkpoint: missing {missing[:5]} ({len(missing)} in all)")
+                raise CheckpointError(
+                    f"LLaMA-Adapter checkpoint: missing {missing[:5]} ({len(missing)} in all)"
+                )
         with torch.no_grad():
             for k, v in mapped.items():
                 if tuple(v.shape) != tuple(own[k].shape):
-                    raise CheckpointError(f"LLaMA-Adapter checkpoint: {k} has shape {tuple(v.shape)}, "
-                                          f"the model expects {tuple(own[k].shape)}")
+                    raise CheckpointError(
+                        f"LLaMA-Adapter checkpoint: {k} has shape {tuple(v.shape)}, "
+                        f"the model expects {tuple(own[k].shape)}"
+                    )
                 own[k].copy_(v.to(own[k].dtype))
         return skipped
 
@@ -833,8 +984,9 @@ class PICG(Recipe):
         feats = self.vision(volume)
         return self.queries(feats.float())
 
-    def lm(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, visual: torch.Tensor
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def lm(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, visual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The adapted LLaMA: ``(final-norm hidden [B, T, H], logits [B, T, V])``."""
         llm = self.llm
         lc = llm.config
@@ -844,7 +996,11 @@ class PICG(Recipe):
         pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         h = core.embed(input_ids)
         first = lc.num_hidden_layers - self.cfg.query_layer
-        ckpt = bool(getattr(llm, "gradient_checkpointing", False)) and self.training and torch.is_grad_enabled()
+        ckpt = (
+            bool(getattr(llm, "gradient_checkpointing", False))
+            and self.training
+            and torch.is_grad_enabled()
+        )
 
         def run(fn: Callable[..., torch.Tensor], *a: Any) -> torch.Tensor:
             """A layer, recomputed in the backward pass under gradient checkpointing (whole layers:
@@ -869,21 +1025,42 @@ class PICG(Recipe):
         visual = visual.to(h.dtype)
         for j in range(self.cfg.query_layer):
             layer = llm.model.layers[first + j]
-            prompt = adapter[j].unsqueeze(0) + visual  # dynamic_adapter = adapter[i].repeat(B) + visual_query
-            h = run(adapted_layer, layer, h, cos, sin, mask, prompt, self.gates[j], lc.num_attention_heads,
-                    lc.num_key_value_heads, lc.rms_norm_eps)
+            prompt = (
+                adapter[j].unsqueeze(0) + visual
+            )  # dynamic_adapter = adapter[i].repeat(B) + visual_query
+            h = run(
+                adapted_layer,
+                layer,
+                h,
+                cos,
+                sin,
+                mask,
+                prompt,
+                self.gates[j],
+                lc.num_attention_heads,
+                lc.num_key_value_heads,
+                lc.rms_norm_eps,
+            )
         normed, logits = core.head(h)
         return normed, logits
 
-    def forward(self, input_ids: torch.Tensor, volume: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs: Any) -> PICGOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        volume: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> PICGOutput:
         from ..losses import lm_loss
 
         _, logits = self.lm(input_ids, attention_mask, self.visual_query(volume))
         return PICGOutput(loss=None if labels is None else lm_loss(logits, labels), logits=logits)
 
     @torch.no_grad()
-    def generate(self, volume: torch.Tensor, prompts: Sequence[str], max_new_tokens: int = 8) -> list[str]:
+    def generate(
+        self, volume: torch.Tensor, prompts: Sequence[str], max_new_tokens: int = 8
+    ) -> list[str]:
         """Greedy decoding (PICG's ``generate`` with temperature 0) without a cache: the answers
         are a few tokens. Prompts are left-padded."""
         tok = self.tokenizer
@@ -925,14 +1102,27 @@ class PICG(Recipe):
 
         c = self.cfg
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        common = dict(learning_rate=c.blr * batch / 256, weight_decay=c.weight_decay, adam_beta1=0.9, adam_beta2=0.95,
-                      lr_scheduler_type="cosine")
-        s1 = args.replace(num_train_epochs=c.stage1_epochs, warmup_ratio=c.stage1_warmup_epochs / max(c.stage1_epochs, 1e-9),
-                          **common)
-        s2 = args.replace(num_train_epochs=c.stage2_epochs, warmup_ratio=c.stage2_warmup_epochs / max(c.stage2_epochs, 1e-9),
-                          **common)
-        return [Stage("stage1_modality", s1, lambda m: m.set_task("modality", True)),
-                Stage("stage2_guideline", s2, lambda m: m.set_task("guideline", False))]
+        common = dict(
+            learning_rate=c.blr * batch / 256,
+            weight_decay=c.weight_decay,
+            adam_beta1=0.9,
+            adam_beta2=0.95,
+            lr_scheduler_type="cosine",
+        )
+        s1 = args.replace(
+            num_train_epochs=c.stage1_epochs,
+            warmup_ratio=c.stage1_warmup_epochs / max(c.stage1_epochs, 1e-9),
+            **common,
+        )
+        s2 = args.replace(
+            num_train_epochs=c.stage2_epochs,
+            warmup_ratio=c.stage2_warmup_epochs / max(c.stage2_epochs, 1e-9),
+            **common,
+        )
+        return [
+            Stage("stage1_modality", s1, lambda m: m.set_task("modality", True)),
+            Stage("stage2_guideline", s2, lambda m: m.set_task("guideline", False)),
+        ]
 
     DATA_KEYS = {"format", "root", "synth", "train_split", "eval_split", "test_split"}
 
@@ -941,7 +1131,9 @@ class PICG(Recipe):
         when ``synth`` is given."""
         fmt, root = data.get("format"), data.get("root")
         if fmt not in ("prostate-biopsy", "picai", "manifest"):
-            raise ConfigError(f"data.format: PICG reads 'prostate-biopsy', 'picai' or 'manifest', got {fmt!r}")
+            raise ConfigError(
+                f"data.format: PICG reads 'prostate-biopsy', 'picai' or 'manifest', got {fmt!r}"
+            )
         if root is None:
             raise ConfigError("data.root: expected the dataset folder")
         opts = check_data_keys(data, self.DATA_KEYS, fmt, "picg")
@@ -977,7 +1169,9 @@ class PICG(Recipe):
     # -- guideline features ---------------------------------------------------------------
 
     @torch.no_grad()
-    def sequence_features(self, volume: torch.Tensor, sequences: Sequence[str]) -> list[torch.Tensor]:
+    def sequence_features(
+        self, volume: torch.Tensor, sequences: Sequence[str]
+    ) -> list[torch.Tensor]:
         """Final-norm hidden states ``[L_i, H]`` of the feature prompt forward, per volume."""
         was = self.training
         self.eval()
@@ -997,8 +1191,13 @@ class PICG(Recipe):
         return torch.cat([h[:-1] for h in hidden], 0).mean(0)
 
     @torch.no_grad()
-    def guideline_features(self, records: Sequence[Mapping[str, Any]], cache: PathLike | None = None,
-                           batch_size: int = 3, keep_hidden: bool = False) -> dict[str, torch.Tensor]:
+    def guideline_features(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        cache: PathLike | None = None,
+        batch_size: int = 3,
+        keep_hidden: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """Teacher vectors ``{id: [H]}`` for ``records`` (each with T2W/ADC/DWI), cached in the
         safetensors file ``cache`` (re-used when it holds every id; ``keep_hidden`` also stores
         the per-sequence hidden states as ``{id}/{sequence}``)."""
@@ -1013,9 +1212,20 @@ class PICG(Recipe):
         jobs = [(r, s) for r in records for s in SEQUENCES]
         hidden: dict[tuple[str, str], torch.Tensor] = {}
         for k in range(0, len(jobs), batch_size):
-            chunk = jobs[k:k + batch_size]
-            vols = torch.stack([picg_volume(_load_array(r["sequences"][s]), c.volume_size, c.intensity_scale,
-                                            c.intensity_mean, c.intensity_std, c.intensity_prescale) for r, s in chunk])
+            chunk = jobs[k : k + batch_size]
+            vols = torch.stack(
+                [
+                    picg_volume(
+                        _load_array(r["sequences"][s]),
+                        c.volume_size,
+                        c.intensity_scale,
+                        c.intensity_mean,
+                        c.intensity_std,
+                        c.intensity_prescale,
+                    )
+                    for r, s in chunk
+                ]
+            )
             for (r, s), h in zip(chunk, self.sequence_features(vols, [s for _, s in chunk])):
                 hidden[(str(r["id"]), s)] = h
         for i in ids:
@@ -1050,7 +1260,9 @@ class PICG(Recipe):
             return scoring_net()
         if isinstance(scoring_net, Mapping):
             return build_scoring_net(scoring_net)
-        raise ConfigError(f"scoring_net: expected an nn.Module, a factory or a spec dict, got {type(scoring_net).__name__}")
+        raise ConfigError(
+            f"scoring_net: expected an nn.Module, a factory or a spec dict, got {type(scoring_net).__name__}"
+        )
 
     def _check_net(self, net: nn.Module, x: torch.Tensor, teacher_dim: int) -> nn.Module:
         """Dry forward before training: ``(logits [B, 5], feature [B, F])``; returns the student
@@ -1061,23 +1273,36 @@ class PICG(Recipe):
             out = net(x[:1])
         net.train(was)
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            raise ConfigError(f"scoring_net: expected it to return (logits, feature), got {type(out).__name__}")
+            raise ConfigError(
+                f"scoring_net: expected it to return (logits, feature), got {type(out).__name__}"
+            )
         logits, feat = out
         if logits.dim() != 2 or logits.shape[1] != 5:
-            raise ShapeError(f"scoring_net: logits must be [B, 5] (PI-RADS 1..5), got {tuple(logits.shape)}")
+            raise ShapeError(
+                f"scoring_net: logits must be [B, 5] (PI-RADS 1..5), got {tuple(logits.shape)}"
+            )
         if feat.dim() != 2:
             raise ShapeError(f"scoring_net: feature must be [B, F], got {tuple(feat.shape)}")
         if self.cfg.student_proj == "none":
             if feat.shape[1] != teacher_dim:
-                raise ShapeError(f"scoring_net: feature width {feat.shape[1]} does not match the teacher's width "
-                                 f"{teacher_dim} (student_proj 'none'; use 'linear' to project)")
+                raise ShapeError(
+                    f"scoring_net: feature width {feat.shape[1]} does not match the teacher's width "
+                    f"{teacher_dim} (student_proj 'none'; use 'linear' to project)"
+                )
             return nn.Identity()
         return nn.Linear(feat.shape[1], teacher_dim)
 
-    def distill(self, train: Any, eval: Any = None, scoring_net: Any = None, seeds: Sequence[int] | None = None,
-                epochs: int | None = None, output_dir: PathLike | None = None,
-                features: Mapping[str, torch.Tensor] | None = None, log: Callable[[dict[str, Any]], None] | None = None,
-                ) -> dict[str, Any]:
+    def distill(
+        self,
+        train: Any,
+        eval: Any = None,
+        scoring_net: Any = None,
+        seeds: Sequence[int] | None = None,
+        epochs: int | None = None,
+        output_dir: PathLike | None = None,
+        features: Mapping[str, torch.Tensor] | None = None,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Train the scoring network once per seed with focal + KD loss (``scoring_train/``), on
         teacher vectors from :meth:`guideline_features` (cached under ``output_dir``). Returns
         ``{"history": [...], "eval": mean/std metrics}`` (when ``eval`` is given)."""
@@ -1086,14 +1311,26 @@ class PICG(Recipe):
         c = self.cfg
         recs = self._records(train)
         if features is None:
-            cache = None if output_dir is None else pathlib.Path(output_dir) / "guideline_features.safetensors"
+            cache = (
+                None
+                if output_dir is None
+                else pathlib.Path(output_dir) / "guideline_features.safetensors"
+            )
             features = self.guideline_features(recs, cache=cache)
         missing = [str(r["id"]) for r in recs if str(r["id"]) not in features]
         if missing:
             raise DataError(f"features: no teacher vector for {missing[:3]}")
         teacher_dim = int(next(iter(features.values())).shape[-1])
-        x_all = torch.from_numpy(np.stack([scoring_input([_load_array(r["sequences"][s]) for s in SEQUENCES],
-                                                         c.scoring_size) for r in recs]))
+        x_all = torch.from_numpy(
+            np.stack(
+                [
+                    scoring_input(
+                        [_load_array(r["sequences"][s]) for s in SEQUENCES], c.scoring_size
+                    )
+                    for r in recs
+                ]
+            )
+        )
         y_all = torch.tensor([int(r["pirads"]) - 1 for r in recs])
         t_all = torch.stack([features[str(r["id"])].float() for r in recs])
         alpha = torch.tensor(c.focal_alpha)
@@ -1101,12 +1338,14 @@ class PICG(Recipe):
         self.scoring_nets = nn.ModuleList()
         self.student_projs = nn.ModuleList()
         self.scoring_seeds = []
-        for seed in (c.seeds if seeds is None else seeds):
+        for seed in c.seeds if seeds is None else seeds:
             net = self._make_net(scoring_net, seed)
             proj = self._check_net(net, x_all, teacher_dim)
             params = list(net.parameters()) + list(proj.parameters())
             opt = torch.optim.Adam(params, lr=c.scoring_lr, weight_decay=c.scoring_weight_decay)
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=c.scoring_step_size, gamma=c.scoring_step_gamma)
+            sched = torch.optim.lr_scheduler.StepLR(
+                opt, step_size=c.scoring_step_size, gamma=c.scoring_step_gamma
+            )
             g = torch.Generator().manual_seed(seed)
             if c.class_balanced:
                 counts = torch.bincount(y_all, minlength=5).double()
@@ -1120,7 +1359,7 @@ class PICG(Recipe):
                 order = list(sampler)
                 total, n = 0.0, 0
                 for k in range(0, len(order), c.scoring_batch_size):
-                    idx = torch.tensor(order[k:k + c.scoring_batch_size])
+                    idx = torch.tensor(order[k : k + c.scoring_batch_size])
                     logits, feat = net(x_all[idx])
                     loss = focal_loss(logits, y_all[idx], alpha.to(logits.dtype), c.focal_gamma)
                     if c.kd_weight:
@@ -1132,7 +1371,12 @@ class PICG(Recipe):
                     n += len(idx)
                 if c.scoring_lr_schedule == "step":
                     sched.step()
-                rec = {"seed": seed, "epoch": epoch + 1, "loss": total / max(n, 1), "lr": opt.param_groups[0]["lr"]}
+                rec = {
+                    "seed": seed,
+                    "epoch": epoch + 1,
+                    "loss": total / max(n, 1),
+                    "lr": opt.param_groups[0]["lr"],
+                }
                 history.append(rec)
                 if log is not None:
                     log(rec)
@@ -1144,7 +1388,9 @@ class PICG(Recipe):
             out["eval"] = self.evaluate(eval, output_dir)
         return out
 
-    def after_stages(self, train: Any, eval: Any = None, output_dir: PathLike | None = None) -> dict[str, Any]:
+    def after_stages(
+        self, train: Any, eval: Any = None, output_dir: PathLike | None = None
+    ) -> dict[str, Any]:
         """What follows the two guideline-network stages: feature extraction and distillation
         into the configured scoring network (``recipe.scoring_net``)."""
         return self.distill(train, eval, output_dir=output_dir)
@@ -1155,18 +1401,33 @@ class PICG(Recipe):
     def predict_scores(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """PI-RADS predictions ``[n_seeds, N]`` (1..5) of the distilled scoring networks."""
         if not len(self.scoring_nets):
-            raise ConfigError("no scoring network: run distill() first (or load a model saved after it)")
-        x = torch.from_numpy(np.stack([scoring_input([_load_array(r["sequences"][s]) for s in SEQUENCES],
-                                                     self.cfg.scoring_size) for r in records]))
+            raise ConfigError(
+                "no scoring network: run distill() first (or load a model saved after it)"
+            )
+        x = torch.from_numpy(
+            np.stack(
+                [
+                    scoring_input(
+                        [_load_array(r["sequences"][s]) for s in SEQUENCES], self.cfg.scoring_size
+                    )
+                    for r in records
+                ]
+            )
+        )
         preds = []
         for net in self.scoring_nets:
             net.eval()
-            logits = torch.cat([net(x[k:k + 8])[0] for k in range(0, len(x), 8)])
+            logits = torch.cat([net(x[k : k + 8])[0] for k in range(0, len(x), 8)])
             preds.append((logits.argmax(-1) + 1).numpy())
         return np.stack(preds)
 
-    def evaluate(self, dataset: Any, output_dir: PathLike | None = None, guideline: bool = True,
-                 **generate_kwargs: Any) -> dict[str, Any]:
+    def evaluate(
+        self,
+        dataset: Any,
+        output_dir: PathLike | None = None,
+        guideline: bool = True,
+        **generate_kwargs: Any,
+    ) -> dict[str, Any]:
         """Scores of the distilled networks (mean +/- std over seeds of accuracy, MSE, MAE, macro
         P/R/F1 over PI-RADS 1..5, quadratic kappa via :func:`voxlm.metrics.classification_scores`)
         and, with ``guideline``, the guideline network's generated score per sequence."""
@@ -1180,8 +1441,14 @@ class PICG(Recipe):
             preds = self.predict_scores(recs)
             per = [classification_scores(y, p, labels=list(PIRADS)) for p in preds]
             keys = [k for k, v in per[0].items() if isinstance(v, (int, float, np.floating))]
-            result["scoring"] = {k: {"mean": float(np.mean([s[k] for s in per])), "std": float(np.std([s[k] for s in per])),
-                                     "per_seed": [float(s[k]) for s in per]} for k in keys}
+            result["scoring"] = {
+                k: {
+                    "mean": float(np.mean([s[k] for s in per])),
+                    "std": float(np.std([s[k] for s in per])),
+                    "per_seed": [float(s[k]) for s in per],
+                }
+                for k in keys
+            }
             result["seeds"] = list(self.scoring_seeds)
             for j, seed in enumerate(self.scoring_seeds):
                 for row, p in zip(rows, preds[j]):
@@ -1190,19 +1457,38 @@ class PICG(Recipe):
             c = self.cfg
             parsed: dict[str, list[int | None]] = {s: [] for s in SEQUENCES}
             for r, row in zip(recs, rows):
-                vols = torch.stack([picg_volume(_load_array(r["sequences"][s]), c.volume_size, c.intensity_scale,
-                                                c.intensity_mean, c.intensity_std, c.intensity_prescale) for s in SEQUENCES])
-                texts = self.generate(vols, [self.prompt(s, "guideline") for s in SEQUENCES],
-                                      max_new_tokens=int(generate_kwargs.get("max_new_tokens", 4)))
+                vols = torch.stack(
+                    [
+                        picg_volume(
+                            _load_array(r["sequences"][s]),
+                            c.volume_size,
+                            c.intensity_scale,
+                            c.intensity_mean,
+                            c.intensity_std,
+                            c.intensity_prescale,
+                        )
+                        for s in SEQUENCES
+                    ]
+                )
+                texts = self.generate(
+                    vols,
+                    [self.prompt(s, "guideline") for s in SEQUENCES],
+                    max_new_tokens=int(generate_kwargs.get("max_new_tokens", 4)),
+                )
                 for s, t in zip(SEQUENCES, texts):
                     row[f"llm_{s}"] = t.strip()
                     digits = [int(ch) for ch in t if ch in "12345"]
                     parsed[s].append(digits[0] if digits else None)
             # the guideline network's own answer per sequence (stage 2's task), first digit 1-5
             result["guideline_llm"] = {
-                s: {"parsed": sum(v is not None for v in parsed[s]),
-                    "accuracy": float(np.mean([v == int(t) for v, t in zip(parsed[s], y)])) if len(y) else 0.0}
-                for s in SEQUENCES}
+                s: {
+                    "parsed": sum(v is not None for v in parsed[s]),
+                    "accuracy": float(np.mean([v == int(t) for v, t in zip(parsed[s], y)]))
+                    if len(y)
+                    else 0.0,
+                }
+                for s in SEQUENCES
+            }
         if output_dir is not None:
             out = pathlib.Path(output_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -1232,12 +1518,24 @@ class PICG(Recipe):
             tok = "tokenizer.json"
         clip_cfg = {k: v for k, v in self.vision.clip.config.items()}
         clip_cfg["patch_size"] = int(self.vision.patch[0])
-        cfg = {"recipe": self.name, "config": asdict(self.cfg), "llm_config": self.llm.config.to_dict(),
-               "clip_config": clip_cfg, "tokenizer": tok, "scoring_seeds": self.scoring_seeds,
-               "student_proj_shapes": [None if isinstance(p, nn.Identity) else list(p.weight.shape)
-                                       for p in self.student_projs]}
+        cfg = {
+            "recipe": self.name,
+            "config": asdict(self.cfg),
+            "llm_config": self.llm.config.to_dict(),
+            "clip_config": clip_cfg,
+            "tokenizer": tok,
+            "scoring_seeds": self.scoring_seeds,
+            "student_proj_shapes": [
+                None if isinstance(p, nn.Identity) else list(p.weight.shape)
+                for p in self.student_projs
+            ],
+        }
         (out / "config.json").write_text(json.dumps(cfg, indent=2, default=list))
-        sd = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.endswith("inv_freq")}
+        sd = {
+            k: v.detach().contiguous()
+            for k, v in self.state_dict().items()
+            if not k.endswith("inv_freq")
+        }
         _core.save_safetensors(sd, os.fspath(out / "model.safetensors"))
 
     @classmethod
@@ -1248,7 +1546,9 @@ class PICG(Recipe):
         meta = check_saved_recipe(p, "picg")
         cfg = PICGConfig.from_dict(meta["config"])
         tok_spec = meta["tokenizer"]
-        tokenizer = build_tokenizer(tok_spec if tok_spec.startswith("bundled:") else os.fspath(p / tok_spec))
+        tokenizer = build_tokenizer(
+            tok_spec if tok_spec.startswith("bundled:") else os.fspath(p / tok_spec)
+        )
         llm = LlamaForCausalLM(LlamaConfig.from_dict(meta["llm_config"]))
         cc = dict(meta["clip_config"])
         clip = CLIPVisionWithProjection(**cc)
@@ -1258,13 +1558,17 @@ class PICG(Recipe):
         for j, seed in enumerate(seeds):
             self.scoring_nets.append(self._make_net(scoring_net, seed))
             shape = meta["student_proj_shapes"][j]
-            self.student_projs.append(nn.Identity() if shape is None else nn.Linear(shape[1], shape[0]))
+            self.student_projs.append(
+                nn.Identity() if shape is None else nn.Linear(shape[1], shape[0])
+            )
         self.scoring_seeds = seeds
         missing, unexpected = self.load_state_dict(sd, strict=False)
         missing = [k for k in missing if not k.endswith("inv_freq")]
         if missing or unexpected:
-            raise CheckpointError(f"{p}: model.safetensors does not fit the saved config: missing {missing[:4]}, "
-                                  f"unexpected {unexpected[:4]}")
+            raise CheckpointError(
+                f"{p}: model.safetensors does not fit the saved config: missing {missing[:4]}, "
+                f"unexpected {unexpected[:4]}"
+            )
         self.vision.clip.rebind()
         self.queries.rebind()
         self.llm.rebind()
@@ -1273,6 +1577,19 @@ class PICG(Recipe):
         return self
 
 
-__all__ = ["PICG", "PICGConfig", "PICGVision", "adapted_layer", "build_scoring_net", "format_prompt",
-           "inflate_last", "llama_adapter_to_voxlm", "load_guidelines", "picg_volume", "scoring_input",
-           "zoom_nearest", "SmallConv3d", "LogitsAndFeature"]
+__all__ = [
+    "PICG",
+    "PICGConfig",
+    "PICGVision",
+    "adapted_layer",
+    "build_scoring_net",
+    "format_prompt",
+    "inflate_last",
+    "llama_adapter_to_voxlm",
+    "load_guidelines",
+    "picg_volume",
+    "scoring_input",
+    "zoom_nearest",
+    "SmallConv3d",
+    "LogitsAndFeature",
+]

@@ -80,11 +80,26 @@ from .registry import register_recipe
 
 #: LLaMA-3.2-1B's shape (``meta-llama/Llama-3.2-1B`` config.json), the default frozen LLM.
 LLAMA_3_2_1B: dict[str, Any] = dict(
-    vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-    num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=131072,
-    rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                  "original_max_position_embeddings": 8192},
-    tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    max_position_embeddings=131072,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    tie_word_embeddings=True,
+    bos_token_id=128000,
+    eos_token_id=128001,
 )
 
 INSTRUCTION = "Write the findings of this CT scan."
@@ -159,19 +174,30 @@ class Rad3dPrefixConfig:
         if self.vision not in ("vit3d", "radfm"):
             raise ConfigError(f"recipe.vision: expected 'vit3d' or 'radfm', got {self.vision!r}")
         if self.resize_mode not in ("nearest", "trilinear"):
-            raise ConfigError(f"recipe.resize_mode: expected 'nearest' or 'trilinear', got {self.resize_mode!r}")
+            raise ConfigError(
+                f"recipe.resize_mode: expected 'nearest' or 'trilinear', got {self.resize_mode!r}"
+            )
         if self.dtype not in _DTYPES:
-            raise ConfigError(f"recipe.dtype: expected one of {sorted(_DTYPES)}, got {self.dtype!r}")
+            raise ConfigError(
+                f"recipe.dtype: expected one of {sorted(_DTYPES)}, got {self.dtype!r}"
+            )
         check_generation_fields(self)
-        check_numbers(self, positive_ints=("image_tokens", "prefix_length", "projector_width", "projector_heads"))
+        check_numbers(
+            self,
+            positive_ints=("image_tokens", "prefix_length", "projector_width", "projector_heads"),
+        )
         for name in ("image_tokens", "prefix_length", "projector_width", "projector_heads"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"recipe.{name}: expected > 0, got {getattr(self, name)}")
         if self.projector_width % self.projector_heads:
-            raise ConfigError(f"recipe.projector_width {self.projector_width} must be divisible by projector_heads "
-                              f"{self.projector_heads}")
+            raise ConfigError(
+                f"recipe.projector_width {self.projector_width} must be divisible by projector_heads "
+                f"{self.projector_heads}"
+            )
         if self.diagnosis_max_steps and not self.anomaly_aware:
-            raise ConfigError("recipe.diagnosis_max_steps: the diagnosis stage needs anomaly_aware=True (a head)")
+            raise ConfigError(
+                "recipe.diagnosis_max_steps: the diagnosis stage needs anomaly_aware=True (a head)"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], section: str = "recipe") -> Rad3dPrefixConfig:
@@ -201,11 +227,25 @@ class AnomalyAwarePrefixProjector(nn.Module):
     """``(tokens [B, N, D_v], logits [B, L] or None) -> prefix [B, prefix_length, hidden]``: a
     small transformer over ``[queries ; image tokens ; label tokens]`` (module docstring)."""
 
-    def __init__(self, vision_dim: int, hidden_size: int, num_labels: int, image_tokens: int = 32,
-                 prefix_length: int = 32, width: int = 512, depth: int = 2, heads: int = 8, dropout: float = 0.1,
-                 anomaly_aware: bool = True) -> None:
+    def __init__(
+        self,
+        vision_dim: int,
+        hidden_size: int,
+        num_labels: int,
+        image_tokens: int = 32,
+        prefix_length: int = 32,
+        width: int = 512,
+        depth: int = 2,
+        heads: int = 8,
+        dropout: float = 0.1,
+        anomaly_aware: bool = True,
+    ) -> None:
         super().__init__()
-        self.image_tokens, self.prefix_length, self.anomaly_aware = image_tokens, prefix_length, anomaly_aware
+        self.image_tokens, self.prefix_length, self.anomaly_aware = (
+            image_tokens,
+            prefix_length,
+            anomaly_aware,
+        )
         self.num_labels = num_labels
         self.image_proj = nn.Linear(vision_dim, width)
         self.image_pos = nn.Parameter(torch.zeros(image_tokens, width))
@@ -214,9 +254,14 @@ class AnomalyAwarePrefixProjector(nn.Module):
         if anomaly_aware:
             self.label_embed = nn.Parameter(torch.randn(num_labels, width) * 0.02)
             self.anomaly_embed = nn.Parameter(torch.randn(num_labels, width) * 0.02)
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, activation="gelu", batch_first=True,
-                                           norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False) if depth else nn.Identity()
+        layer = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = (
+            nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+            if depth
+            else nn.Identity()
+        )
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, hidden_size)
         nn.init.trunc_normal_(self.image_pos, std=0.02)
@@ -228,12 +273,16 @@ class AnomalyAwarePrefixProjector(nn.Module):
     def forward(self, tokens: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
         b = tokens.shape[0]
         img = F.adaptive_avg_pool1d(tokens.transpose(1, 2), self.image_tokens).transpose(1, 2)
-        parts = [self.queries.expand(b, -1, -1) + self.type_embed[0],
-                 self.image_proj(img) + self.image_pos + self.type_embed[1]]
+        parts = [
+            self.queries.expand(b, -1, -1) + self.type_embed[0],
+            self.image_proj(img) + self.image_pos + self.type_embed[1],
+        ]
         if self.anomaly_aware:
             if logits is None or logits.shape != (b, self.num_labels):
                 got = None if logits is None else tuple(logits.shape)
-                raise ShapeError(f"prefix projector: expected label logits [{b}, {self.num_labels}], got {got}")
+                raise ShapeError(
+                    f"prefix projector: expected label logits [{b}, {self.num_labels}], got {got}"
+                )
             parts.append(self.label_tokens(logits) + self.type_embed[2])
         x = self.blocks(torch.cat(parts, 1))
         return self.out(self.norm(x[:, : self.prefix_length]))
@@ -264,8 +313,10 @@ class Rad3dPrefixCollator:
             img = it.get("image")
             if not isinstance(img, torch.Tensor) or list(img.shape) != want:
                 got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-                raise ShapeError(f"RAD3D-Prefix collator: record {it.get('id', '?')!r} image {got}, expected "
-                                 f"{tuple(want)} (recipe.in_channels, recipe.image_size)")
+                raise ShapeError(
+                    f"RAD3D-Prefix collator: record {it.get('id', '?')!r} image {got}, expected "
+                    f"{tuple(want)} (recipe.in_channels, recipe.image_size)"
+                )
         return torch.stack([it["image"].to(torch.float32) for it in items])
 
     def __call__(self, items: Any) -> dict[str, Any]:
@@ -273,7 +324,9 @@ class Rad3dPrefixCollator:
         seqs = []
         for it in items:
             if "report" not in it:
-                raise DataError(f"RAD3D-Prefix collator: record {it.get('id', '?')!r} has no 'report'")
+                raise DataError(
+                    f"RAD3D-Prefix collator: record {it.get('id', '?')!r} has no 'report'"
+                )
             ans = self.tokenizer.encode(" " + str(it["report"]), add_special_tokens=False)
             ans = ans[: c.max_length - len(self.prompt) - 1] + [self.eos]
             seqs.append(self.prompt + ans)
@@ -286,11 +339,18 @@ class Rad3dPrefixCollator:
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
-            labels[i, n: len(s)] = torch.tensor(s[n:])
-        out = {"images": self.images(items), "input_ids": ids, "attention_mask": mask, "labels": labels,
-               "ids": [str(it.get("id", i)) for i, it in enumerate(items)]}
+            labels[i, n : len(s)] = torch.tensor(s[n:])
+        out = {
+            "images": self.images(items),
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "ids": [str(it.get("id", i)) for i, it in enumerate(items)],
+        }
         if c.anomaly_aware:
-            out["cls_labels"] = torch.stack([_labels_of(it, len(c.conditions), "RAD3D-Prefix collator") for it in items])
+            out["cls_labels"] = torch.stack(
+                [_labels_of(it, len(c.conditions), "RAD3D-Prefix collator") for it in items]
+            )
         return out
 
 
@@ -316,26 +376,45 @@ class Rad3dPrefix(Recipe):
     head: Any
     projector: Any
 
-    def __init__(self, config: Rad3dPrefixConfig, llm: Any, tokenizer: Any,
-                 model_spec: Mapping[str, Any] | None = None, add_adapter: bool = False) -> None:
+    def __init__(
+        self,
+        config: Rad3dPrefixConfig,
+        llm: Any,
+        tokenizer: Any,
+        model_spec: Mapping[str, Any] | None = None,
+        add_adapter: bool = False,
+    ) -> None:
         super().__init__()
         c = self.config = config
         self.model_spec = dict(model_spec or {})
         self.tokenizer = tokenizer
         if tokenizer.vocab_size > int(llm.config.vocab_size):
-            raise ConfigError(f"model.tokenizer has {tokenizer.vocab_size} tokens, the LLM's vocabulary "
-                              f"{llm.config.vocab_size}")
+            raise ConfigError(
+                f"model.tokenizer has {tokenizer.vocab_size} tokens, the LLM's vocabulary "
+                f"{llm.config.vocab_size}"
+            )
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
-            raise ConfigError("model.tokenizer: the tokenizer has no eos_token (reports end with EOS)")
+            raise ConfigError(
+                "model.tokenizer: the tokenizer has no eos_token (reports end with EOS)"
+            )
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_id
         self.vision = self._build_vision(c)
         L = len(c.conditions)
         self.head = DiagnosticHead(c.vision_dim, L) if c.anomaly_aware else None
-        self.projector = AnomalyAwarePrefixProjector(c.vision_dim, int(llm.config.hidden_size), L, c.image_tokens,
-                                                     c.prefix_length, c.projector_width, c.projector_depth,
-                                                     c.projector_heads, c.projector_dropout, c.anomaly_aware)
+        self.projector = AnomalyAwarePrefixProjector(
+            c.vision_dim,
+            int(llm.config.hidden_size),
+            L,
+            c.image_tokens,
+            c.prefix_length,
+            c.projector_width,
+            c.projector_depth,
+            c.projector_heads,
+            c.projector_dropout,
+            c.anomaly_aware,
+        )
         self.llm = llm
         dtype = _DTYPES[c.dtype]
         for m in (self.vision, self.head, self.projector):
@@ -384,8 +463,12 @@ class Rad3dPrefix(Recipe):
         sd = _read_state_dict(path)
         pre = RADFM_PREFIX if self.config.vision == "radfm" else "vision_encoder."
         if any(k.startswith(pre) for k in sd):
-            sd = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
-        sd = {k: v for k, v in sd.items() if not k.startswith("classification_head") and ".norm_cross_attn." not in k}
+            sd = {k[len(pre) :]: v for k, v in sd.items() if k.startswith(pre)}
+        sd = {
+            k: v
+            for k, v in sd.items()
+            if not k.startswith("classification_head") and ".norm_cross_attn." not in k
+        }
         _load_part(self.vision, sd, f"{path} (vision)")
         self._rebind_parts()
 
@@ -410,12 +493,19 @@ class Rad3dPrefix(Recipe):
         from ..train import Stage, TrainingArguments
 
         base = TrainingArguments()
-        changes = {f: getattr(self.config, f) for f in TRAIN_FIELDS if getattr(args, f) == getattr(base, f)}
+        changes = {
+            f: getattr(self.config, f) for f in TRAIN_FIELDS if getattr(args, f) == getattr(base, f)
+        }
         a = args.replace(**changes) if changes else args
         out = []
         if self.config.diagnosis_max_steps > 0:
-            out.append(Stage("diagnosis", a.replace(max_steps=int(self.config.diagnosis_max_steps)),
-                             _stage_setter("diagnosis")))
+            out.append(
+                Stage(
+                    "diagnosis",
+                    a.replace(max_steps=int(self.config.diagnosis_max_steps)),
+                    _stage_setter("diagnosis"),
+                )
+            )
         out.append(Stage("prefix", a, _stage_setter("prefix")))
         return out
 
@@ -439,11 +529,15 @@ class Rad3dPrefix(Recipe):
         if self.config.anomaly_aware:
             names = records[0].get("label_names")
             if names is not None and [str(n) for n in names] != self.config.conditions:
-                raise ConfigError(f"recipe.conditions {self.config.conditions} differ from the dataset's labels "
-                                  f"{list(names)}; set recipe.conditions to the dataset's label names")
+                raise ConfigError(
+                    f"recipe.conditions {self.config.conditions} differ from the dataset's labels "
+                    f"{list(names)}; set recipe.conditions to the dataset's label names"
+                )
             for r in records:
                 if r.get("labels") is None:
-                    raise DataError(f"data: record {r.get('id')!r} has no labels; the diagnostic head needs them")
+                    raise DataError(
+                        f"data: record {r.get('id')!r} has no labels; the diagnostic head needs them"
+                    )
         return ReportDataset(records, transform=self.transform())
 
     def collator(self) -> Rad3dPrefixCollator:
@@ -453,15 +547,18 @@ class Rad3dPrefix(Recipe):
 
     def prompt_ids(self) -> list[int]:
         bos = self.tokenizer.bos_token_id
-        return ([bos] if bos is not None else []) + self.tokenizer.encode(self.config.instruction,
-                                                                          add_special_tokens=False)
+        return ([bos] if bos is not None else []) + self.tokenizer.encode(
+            self.config.instruction, add_special_tokens=False
+        )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen encoder: ``[B, C, D, H, W] -> [B, N, D_v]`` (no grad)."""
         c = self.config
         want = [c.in_channels, *c.image_size]
         if images.dim() != 5 or list(images.shape[1:]) != want:
-            raise ShapeError(f"RAD3D-Prefix: images {tuple(images.shape)}, expected [B, {', '.join(map(str, want))}]")
+            raise ShapeError(
+                f"RAD3D-Prefix: images {tuple(images.shape)}, expected [B, {', '.join(map(str, want))}]"
+            )
         images = images.to(self.projector.out.weight.dtype)
         with torch.no_grad():
             if c.vision == "radfm":
@@ -482,9 +579,15 @@ class Rad3dPrefix(Recipe):
             logits = logits.detach()
         return self.projector(tokens, logits)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                cls_labels: torch.Tensor | None = None, **kwargs: Any) -> Rad3dPrefixOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cls_labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Rad3dPrefixOutput:
         """``L_LM + bce_weight * L_BCE`` (``"prefix"`` stage) or ``L_BCE`` (``"diagnosis"``)."""
         from ..adapters import prepend_prefix
 
@@ -494,7 +597,9 @@ class Rad3dPrefix(Recipe):
         if logits is not None and cls_labels is not None:
             bce = F.binary_cross_entropy_with_logits(logits.float(), cls_labels.float())
         elif logits is not None and labels is not None:
-            raise DataError("RAD3D-Prefix: training batches need cls_labels for the diagnostic head")
+            raise DataError(
+                "RAD3D-Prefix: training batches need cls_labels for the diagnostic head"
+            )
         if self._stage == "diagnosis" and self.training:
             return Rad3dPrefixOutput(loss=bce, bce_loss=bce, label_logits=logits)
         if input_ids is None:
@@ -509,14 +614,18 @@ class Rad3dPrefix(Recipe):
             loss = lm
         else:
             loss = lm + self.config.bce_weight * bce
-        return Rad3dPrefixOutput(loss=loss, lm_loss=lm, bce_loss=bce, logits=out.logits, label_logits=logits)
+        return Rad3dPrefixOutput(
+            loss=loss, lm_loss=lm, bce_loss=bce, logits=out.logits, label_logits=logits
+        )
 
     # -- generation -------------------------------------------------------------------------
 
     def generation_settings(self, **overrides: Any) -> dict[str, Any]:
         unknown = sorted(set(overrides) - set(GEN_FIELDS))
         if unknown:
-            raise ConfigError(f"generate: unknown setting(s) {unknown}; known: {', '.join(GEN_FIELDS)}")
+            raise ConfigError(
+                f"generate: unknown setting(s) {unknown}; known: {', '.join(GEN_FIELDS)}"
+            )
         return {f: overrides.get(f, getattr(self.config, f)) for f in GEN_FIELDS}
 
     @torch.no_grad()
@@ -528,7 +637,9 @@ class Rad3dPrefix(Recipe):
         return (torch.sigmoid(logits.float()) >= self.config.threshold).long().cpu().numpy()
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, return_dict: bool = False, **overrides: Any) -> list[str] | Generation:
+    def generate(
+        self, images: torch.Tensor, return_dict: bool = False, **overrides: Any
+    ) -> list[str] | Generation:
         """Reports for ``images`` [B, C, D, H, W] (every sample has the same instruction, so the
         batch needs no padding between prefix and prompt)."""
         from ..adapters import prepend_prefix
@@ -542,12 +653,23 @@ class Rad3dPrefix(Recipe):
             logits = self.label_logits(tokens)
             b = images.shape[0]
             ids = torch.tensor([self.prompt_ids()] * b, dtype=torch.long, device=dev)
-            emb, mask, _ = prepend_prefix(self.prefix(tokens, logits), self.llm.get_input_embeddings()(ids))
-            new = self.llm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=int(g["max_new_tokens"]),
-                                    do_sample=bool(g["do_sample"]), temperature=float(g["temperature"]),
-                                    top_k=int(g["top_k"]), top_p=float(g["top_p"]), num_beams=int(g["num_beams"]),
-                                    repetition_penalty=float(g["repetition_penalty"]), eos_token_id=self.eos_id,
-                                    pad_token_id=self.pad_id, seed=g["seed"])
+            emb, mask, _ = prepend_prefix(
+                self.prefix(tokens, logits), self.llm.get_input_embeddings()(ids)
+            )
+            new = self.llm.generate(
+                inputs_embeds=emb,
+                attention_mask=mask,
+                max_new_tokens=int(g["max_new_tokens"]),
+                do_sample=bool(g["do_sample"]),
+                temperature=float(g["temperature"]),
+                top_k=int(g["top_k"]),
+                top_p=float(g["top_p"]),
+                num_beams=int(g["num_beams"]),
+                repetition_penalty=float(g["repetition_penalty"]),
+                eos_token_id=self.eos_id,
+                pad_token_id=self.pad_id,
+                seed=g["seed"],
+            )
             reports = [_decode(self.tokenizer, row, self.eos_id) for row in new.cpu()]
             if logits is None:
                 lab = np.zeros((b, len(self.config.conditions)), dtype=np.int64)
@@ -556,19 +678,34 @@ class Rad3dPrefix(Recipe):
         finally:
             self.train(was)
         if return_dict:
-            return Generation(reports=reports, labels=lab, prompts=[self.config.instruction] * b, tokens=new.cpu())
+            return Generation(
+                reports=reports, labels=lab, prompts=[self.config.instruction] * b, tokens=new.cpu()
+            )
         return reports
 
-    def evaluate(self, dataset: Any, output_dir: PathLike | None = None,
-                 labeler: Callable[[list[str]], Any] | None = None, batch_size: int | None = None,
-                 meteor: bool | None = None, **generate_kwargs: Any) -> dict[str, Any]:
+    def evaluate(
+        self,
+        dataset: Any,
+        output_dir: PathLike | None = None,
+        labeler: Callable[[list[str]], Any] | None = None,
+        batch_size: int | None = None,
+        meteor: bool | None = None,
+        **generate_kwargs: Any,
+    ) -> dict[str, Any]:
         """As :meth:`voxlm.recipes.dia_llama.DiaLlama.evaluate`; ``prompt_labels`` scores the
         diagnostic head's predictions against the dataset labels. Without ``labeler`` the scores
         of the built-in keyword labeler go under ``clinical_efficacy_keyword`` (``labeler: "keyword
         (voxlm.synth templates)"``); CheXbert-style clinical efficacy of real reports needs a
         ``labeler=`` callable (``reports -> [N, L]`` CheXbert codes)."""
-        return evaluate_reports(self, dataset, output_dir, labeler=labeler, batch_size=batch_size, meteor=meteor,
-                                **generate_kwargs)
+        return evaluate_reports(
+            self,
+            dataset,
+            output_dir,
+            labeler=labeler,
+            batch_size=batch_size,
+            meteor=meteor,
+            **generate_kwargs,
+        )
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -588,5 +725,11 @@ class Rad3dPrefix(Recipe):
 
 register_recipe("rad3d_prefix")(Rad3dPrefix)
 
-__all__ = ["Rad3dPrefix", "Rad3dPrefixConfig", "AnomalyAwarePrefixProjector", "DiagnosticHead", "LLAMA_3_2_1B",
-           "INSTRUCTION"]
+__all__ = [
+    "Rad3dPrefix",
+    "Rad3dPrefixConfig",
+    "AnomalyAwarePrefixProjector",
+    "DiagnosticHead",
+    "LLAMA_3_2_1B",
+    "INSTRUCTION",
+]

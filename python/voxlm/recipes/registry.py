@@ -28,7 +28,9 @@ def get_recipe(name: str) -> Any:
 
     _load_all()
     if name not in _RECIPES:
-        raise ConfigError(f"recipe.name: unknown recipe {name!r}; known: {', '.join(sorted(_RECIPES))}")
+        raise ConfigError(
+            f"recipe.name: unknown recipe {name!r}; known: {', '.join(sorted(_RECIPES))}"
+        )
     return _RECIPES[name]
 
 

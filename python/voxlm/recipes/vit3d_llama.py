@@ -216,33 +216,60 @@ class Config:
             v = getattr(self, k)
             if isinstance(v, int):
                 v = (v, v, v)
-            if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(isinstance(x, int) and x > 0 for x in v):
+            if (
+                not isinstance(v, (list, tuple))
+                or len(v) != 3
+                or not all(isinstance(x, int) and x > 0 for x in v)
+            ):
                 raise ConfigError(f"recipe.{k}: expected 3 positive integers (D, H, W), got {v!r}")
             setattr(self, k, tuple(v))
         for k in ("extra_tokens", "extra_plain_tokens"):
             setattr(self, k, tuple(getattr(self, k) or ()))
         bad = [f"{i}/{p}" for i, p in zip(self.img_size, self.patch_size) if i % p]
         if bad:
-            raise ShapeError(f"recipe.img_size {self.img_size}: the encoder cannot patch it with patch_size "
-                             f"{self.patch_size} (not divisible: {', '.join(bad)})")
+            raise ShapeError(
+                f"recipe.img_size {self.img_size}: the encoder cannot patch it with patch_size "
+                f"{self.patch_size} (not divisible: {', '.join(bad)})"
+            )
         grid = [i // p for i, p in zip(self.img_size, self.patch_size)]
         pooled = [g // self.proj_pooling_size for g in grid]
         if self.proj_pooling_size < 1 or min(pooled) < 1:
-            raise ShapeError(f"recipe.proj_pooling_size {self.proj_pooling_size}: larger than the patch grid {grid}")
-        choices = {"vision_select_feature": ("patch", "cls_patch"), "vision_proj_type": ("perceptron", "conv"),
-                   "proj_layer_type": ("mlp", "linear"), "proj_pooling_type": ("spatial", "sequence"),
-                   "embedding_init": ("m3d", "transformers"), "task": TASKS}
+            raise ShapeError(
+                f"recipe.proj_pooling_size {self.proj_pooling_size}: larger than the patch grid {grid}"
+            )
+        choices = {
+            "vision_select_feature": ("patch", "cls_patch"),
+            "vision_proj_type": ("perceptron", "conv"),
+            "proj_layer_type": ("mlp", "linear"),
+            "proj_pooling_type": ("spatial", "sequence"),
+            "embedding_init": ("m3d", "transformers"),
+            "task": TASKS,
+        }
         for k, ok in choices.items():
             if getattr(self, k) not in ok:
-                raise ConfigError(f"recipe.{k}: expected one of {list(ok)}, got {getattr(self, k)!r}")
-        if self.vision_select_feature == "cls_patch" and self.classification and self.proj_pooling_type == "spatial":
-            raise ShapeError("recipe.vision_select_feature 'cls_patch' keeps the class token, which the spatial "
-                             f"pooling projector cannot place on the {grid} grid; use 'patch'")
+                raise ConfigError(
+                    f"recipe.{k}: expected one of {list(ok)}, got {getattr(self, k)!r}"
+                )
+        if (
+            self.vision_select_feature == "cls_patch"
+            and self.classification
+            and self.proj_pooling_type == "spatial"
+        ):
+            raise ShapeError(
+                "recipe.vision_select_feature 'cls_patch' keeps the class token, which the spatial "
+                f"pooling projector cannot place on the {grid} grid; use 'patch'"
+            )
         if self.vision_select_layer >= 0 or self.vision_select_layer < -self.vision_layers - 1:
-            raise ConfigError(f"recipe.vision_select_layer: expected -1 or a negative block index >= "
-                              f"{-self.vision_layers}, got {self.vision_select_layer}")
-        check_numbers(self, positive_ints=("num_beams", "max_new_tokens", "eval_batch_size", "max_length"),
-                      floats=("repetition_penalty", "length_penalty"), ints=("seed",))
+            raise ConfigError(
+                f"recipe.vision_select_layer: expected -1 or a negative block index >= "
+                f"{-self.vision_layers}, got {self.vision_select_layer}"
+            )
+        check_numbers(
+            self,
+            positive_ints=("num_beams", "max_new_tokens", "eval_batch_size", "max_length"),
+            floats=("repetition_penalty", "length_penalty"),
+            ints=("seed",),
+        )
         if not isinstance(self.do_sample, bool):
             raise ConfigError(f"recipe.do_sample: expected true or false, got {self.do_sample!r}")
         if self.max_length < 2:
@@ -257,7 +284,7 @@ class Config:
     def num_image_tokens(self) -> int:
         """256 for M3D (2048 patch tokens pooled by 2 in each axis)."""
         if self.proj_pooling_type == "sequence":
-            return math.prod(self.grid) // self.proj_pooling_size ** 3
+            return math.prod(self.grid) // self.proj_pooling_size**3
         return math.prod(g // self.proj_pooling_size for g in self.grid)
 
     @classmethod
@@ -281,7 +308,9 @@ def _vocab_len(tj: Mapping[str, Any]) -> int:
     return max(ids) + 1 if ids else 0
 
 
-def add_tokens_to_tokenizer_json(tj: dict[str, Any], special: Sequence[str] = (), plain: Sequence[str] = ()) -> list[str]:
+def add_tokens_to_tokenizer_json(
+    tj: dict[str, Any], special: Sequence[str] = (), plain: Sequence[str] = ()
+) -> list[str]:
     """Append tokens to a ``tokenizer.json`` dict as transformers' ``add_special_tokens`` /
     ``add_tokens`` do (new ids from ``len(tokenizer)`` on, special tokens not normalized, plain
     ones normalized); tokens already present are skipped. Returns the tokens added."""
@@ -293,10 +322,17 @@ def add_tokens_to_tokenizer_json(tj: dict[str, Any], special: Sequence[str] = ()
     for tok, is_special in [(t, True) for t in special] + [(t, False) for t in plain]:
         if tok in present:
             continue
-        tj.setdefault("added_tokens", []).append({
-            "id": _vocab_len(tj), "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
-            "normalized": not is_special, "special": is_special,
-        })
+        tj.setdefault("added_tokens", []).append(
+            {
+                "id": _vocab_len(tj),
+                "content": tok,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": not is_special,
+                "special": is_special,
+            }
+        )
         present.add(tok)
         added.append(tok)
     return added
@@ -314,7 +350,11 @@ def _mean_resize_rows(old: torch.Tensor, added: int) -> torch.Tensor:
     cov = centered.T @ centered / w.shape[0]
     eps = 1e-9
     if constraints.positive_definite.check(eps * cov).all():
-        return MultivariateNormal(mean, covariance_matrix=eps * cov).sample(sample_shape=(added,)).to(old.dtype)
+        return (
+            MultivariateNormal(mean, covariance_matrix=eps * cov)
+            .sample(sample_shape=(added,))
+            .to(old.dtype)
+        )
     return mean[None, :].repeat(added, 1).to(old.dtype)
 
 
@@ -376,7 +416,11 @@ def resize_token_embeddings(llm: LlamaForCausalLM, new_num_tokens: int, init: st
 
 #: prefixes under which M3D checkpoints hold the ViT: M3D-CLIP (``vision_encoder.``) and LaMed
 #: (``model.vision_tower.vision_tower.``).
-VISION_PREFIXES = ("vision_encoder.", "model.vision_tower.vision_tower.", "vision_tower.vision_tower.")
+VISION_PREFIXES = (
+    "vision_encoder.",
+    "model.vision_tower.vision_tower.",
+    "vision_tower.vision_tower.",
+)
 
 
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
@@ -414,7 +458,7 @@ def m3d_vision_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     """The MONAI ViT keys of an M3D checkpoint: un-prefixed (``pretrained_ViT.bin``) or under a
     prefix of :data:`VISION_PREFIXES` (the full M3D-CLIP / LaMed model)."""
     for pre in VISION_PREFIXES:
-        sub = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+        sub = {k[len(pre) :]: v for k, v in sd.items() if k.startswith(pre)}
         if sub:
             return sub
     return {k: v for k, v in sd.items() if not k.startswith("classification_head")}
@@ -424,10 +468,18 @@ def load_vision_weights(vision: ViT3D, path: PathLike) -> None:
     """Load M3D-CLIP's ViT weights into ``vision`` (strict; a ``CheckpointError`` names the
     missing / unexpected / mis-shaped keys)."""
     sd = m3d_vision_state_dict(read_state_dict(path))
-    sd = {k: v for k, v in sd.items() if ".norm_cross_attn." not in k and not k.startswith("classification_head")}
+    sd = {
+        k: v
+        for k, v in sd.items()
+        if ".norm_cross_attn." not in k and not k.startswith("classification_head")
+    }
     own = vision.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -435,8 +487,12 @@ def load_vision_weights(vision: ViT3D, path: PathLike) -> None:
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
         if shapes:
-            parts.append(f"shape mismatch (checkpoint vs recipe.img_size/patch_size/width) {'; '.join(shapes[:3])}")
-        raise CheckpointError(f"{path}: M3D ViT weights do not fit the configured ViT3D: " + "; ".join(parts))
+            parts.append(
+                f"shape mismatch (checkpoint vs recipe.img_size/patch_size/width) {'; '.join(shapes[:3])}"
+            )
+        raise CheckpointError(
+            f"{path}: M3D ViT weights do not fit the configured ViT3D: " + "; ".join(parts)
+        )
     vision.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
@@ -451,10 +507,14 @@ class _TokenizerFiles:
         with tempfile.TemporaryDirectory() as d:
             f = pathlib.Path(d) / "tokenizer.json"
             f.write_text(json.dumps(tj))
-            self.tokenizer = Tokenizer(f, bos_token=settings.get("bos_token"), eos_token=settings.get("eos_token"),
-                                       pad_token=settings.get("pad_token") or settings.get("eos_token"),
-                                       add_bos_token=bool(settings.get("add_bos_token", True)),
-                                       add_eos_token=False)
+            self.tokenizer = Tokenizer(
+                f,
+                bos_token=settings.get("bos_token"),
+                eos_token=settings.get("eos_token"),
+                pad_token=settings.get("pad_token") or settings.get("eos_token"),
+                add_bos_token=bool(settings.get("add_bos_token", True)),
+                add_eos_token=False,
+            )
 
     def save(self, out: pathlib.Path) -> None:
         (out / "tokenizer.json").write_text(json.dumps(self.json, ensure_ascii=False))
@@ -478,14 +538,21 @@ class CTPreprocess:
     foreground crop (> 0, as M3D's ``CropForeground``) and a trilinear resize to ``img_size``.
     ``window=None`` and ``percentiles=None``: intensities as stored (M3D's npy are in [0, 1])."""
 
-    def __init__(self, img_size: Sequence[int], window: Sequence[float] | None = (-160.0, 240.0),
-                 percentiles: Sequence[float] | None = None, crop_foreground: bool = True) -> None:
+    def __init__(
+        self,
+        img_size: Sequence[int],
+        window: Sequence[float] | None = (-160.0, 240.0),
+        percentiles: Sequence[float] | None = None,
+        crop_foreground: bool = True,
+    ) -> None:
         from .. import transforms as T
 
         steps: list[Any] = []
         if percentiles is not None:
             lo, hi = percentiles
-            steps.append(T.ScaleIntensityRangePercentiles(float(lo), float(hi), 0.0, 1.0, clip=True))
+            steps.append(
+                T.ScaleIntensityRangePercentiles(float(lo), float(hi), 0.0, 1.0, clip=True)
+            )
         elif window is not None:
             lo, hi = window
             steps.append(T.ScaleIntensityRange(float(lo), float(hi), 0.0, 1.0, clip=True))
@@ -520,7 +587,9 @@ class CTPreprocess:
             raise ShapeError(f"image: expected [C, D, H, W], got shape {a.shape}")
         out = self.compose(a)
         if out.shape[1] == 0:  # no foreground: CropForeground returned an empty box
-            raise ShapeError("image: CropForeground found no voxel > 0 after intensity scaling (check data.window)")
+            raise ShapeError(
+                "image: CropForeground found no voxel > 0 after intensity scaling (check data.window)"
+            )
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
@@ -529,7 +598,9 @@ def _vqa_close_prompt(question: str, choices: Mapping[str, str]) -> str:
     return f"{question} Choices: {opts}"
 
 
-def expand_records(records: Sequence[Mapping[str, Any]], task: str, per_region: bool = True) -> list[dict[str, Any]]:
+def expand_records(
+    records: Sequence[Mapping[str, Any]], task: str, per_region: bool = True
+) -> list[dict[str, Any]]:
     """One sample per (record, target), with ``task``, ``prompt`` (without image tokens; None =
     a caption template) and ``target`` added.
 
@@ -543,17 +614,31 @@ def expand_records(records: Sequence[Mapping[str, Any]], task: str, per_region: 
     for r in records:
         base = {**r, "task": task, "region": ""}
         if task == "report":
-            if r.get("region") in REGIONS and isinstance(r.get("report"), str):  # a reader's one-region record
+            if r.get("region") in REGIONS and isinstance(
+                r.get("report"), str
+            ):  # a reader's one-region record
                 if r["report"].strip():
-                    out.append({**base, "region": r["region"], "prompt": REGION_PROMPT.format(region=r["region"]),
-                                "target": r["report"].strip()})
+                    out.append(
+                        {
+                            **base,
+                            "region": r["region"],
+                            "prompt": REGION_PROMPT.format(region=r["region"]),
+                            "target": r["report"].strip(),
+                        }
+                    )
                 continue
             secs = r.get("sections") or {}
             regions = [k for k in REGIONS if isinstance(secs.get(k), str) and secs[k].strip()]
             if per_region and regions:
                 for k in regions:
-                    out.append({**base, "region": k, "prompt": REGION_PROMPT.format(region=k),
-                                "target": secs[k].strip()})
+                    out.append(
+                        {
+                            **base,
+                            "region": k,
+                            "prompt": REGION_PROMPT.format(region=k),
+                            "target": secs[k].strip(),
+                        }
+                    )
             elif isinstance(r.get("report"), str) and r["report"].strip():
                 out.append({**base, "prompt": None, "target": r["report"].strip()})
         elif task == "vqa-close":
@@ -561,7 +646,13 @@ def expand_records(records: Sequence[Mapping[str, Any]], task: str, per_region: 
             letter = str(r.get("answer", "")).strip().upper()
             if r.get("question") and ch and letter in ch:
                 text = r.get("answer_text") if r.get("answer_text") is not None else ch[letter]
-                out.append({**base, "prompt": _vqa_close_prompt(r["question"], ch), "target": f"{letter}. {text}"})
+                out.append(
+                    {
+                        **base,
+                        "prompt": _vqa_close_prompt(r["question"], ch),
+                        "target": f"{letter}. {text}",
+                    }
+                )
         else:
             ans = r.get("answer_text", r.get("answer"))
             if r.get("question") and ans is not None:
@@ -589,6 +680,7 @@ def _m3d_target(record: Mapping[str, Any]) -> str:
     """M3D joins ``question + " " + answer``; the answer is encoded separately with its space."""
     return " " + str(record["target"])
 
+
 # ---------------------------------------------------------------------------------------------
 # the model
 
@@ -602,25 +694,48 @@ class ViT3DLlama(Recipe):
 
     Config = Config
 
-    def __init__(self, vision: ViT3D, llm: LlamaForCausalLM, image_token_id: int, config: Config | None = None,
-                 tokenizer: Any = None, pooling_size: int | None = None) -> None:
+    def __init__(
+        self,
+        vision: ViT3D,
+        llm: LlamaForCausalLM,
+        image_token_id: int,
+        config: Config | None = None,
+        tokenizer: Any = None,
+        pooling_size: int | None = None,
+    ) -> None:
         super().__init__()
         if config is None:  # built from parts: the config follows the parts
-            config = Config(in_channels=vision.in_channels, img_size=vision.img_size, patch_size=vision.patch_size,
-                            vision_hidden_size=vision.hidden_size, vision_mlp_dim=vision.mlp_dim,
-                            vision_layers=vision.num_layers, vision_heads=vision.num_heads,
-                            vision_proj_type=vision.proj_type, classification=hasattr(vision, "cls_token"),
-                            proj_pooling_size=pooling_size or 2)
+            config = Config(
+                in_channels=vision.in_channels,
+                img_size=vision.img_size,
+                patch_size=vision.patch_size,
+                vision_hidden_size=vision.hidden_size,
+                vision_mlp_dim=vision.mlp_dim,
+                vision_layers=vision.num_layers,
+                vision_heads=vision.num_heads,
+                vision_proj_type=vision.proj_type,
+                classification=hasattr(vision, "cls_token"),
+                proj_pooling_size=pooling_size or 2,
+            )
         self.config = config
         self.vision, self.llm, self.image_token_id = vision, llm, int(image_token_id)
-        self.projector = SpatialPoolingProjector(vision.img_size, vision.patch_size, vision.hidden_size,
-                                                 llm.config.hidden_size, layer_type=config.proj_layer_type,
-                                                 layer_num=config.proj_layer_num,
-                                                 pooling_type=config.proj_pooling_type,
-                                                 pooling_size=config.proj_pooling_size)
+        self.projector = SpatialPoolingProjector(
+            vision.img_size,
+            vision.patch_size,
+            vision.hidden_size,
+            llm.config.hidden_size,
+            layer_type=config.proj_layer_type,
+            layer_num=config.proj_layer_num,
+            pooling_type=config.proj_pooling_type,
+            pooling_size=config.proj_pooling_size,
+        )
         self.num_image_tokens = config.num_image_tokens
-        self._tok: _TokenizerFiles | None = tokenizer if isinstance(tokenizer, _TokenizerFiles) else None
-        self.tokenizer = tokenizer.tokenizer if isinstance(tokenizer, _TokenizerFiles) else tokenizer
+        self._tok: _TokenizerFiles | None = (
+            tokenizer if isinstance(tokenizer, _TokenizerFiles) else None
+        )
+        self.tokenizer = (
+            tokenizer.tokenizer if isinstance(tokenizer, _TokenizerFiles) else tokenizer
+        )
         self._llm_source: dict[str, Any] = {}
         self._base_vocab = llm.config.vocab_size
         self._embeddings_trained = False
@@ -636,7 +751,9 @@ class ViT3DLlama(Recipe):
         model = dict(model)
         unknown = sorted(set(model) - {"llm", "tokenizer", "vision", "dtype"})
         if unknown:
-            raise ConfigError(f"model: unknown field(s) {unknown}; known: ['dtype', 'llm', 'tokenizer', 'vision']")
+            raise ConfigError(
+                f"model: unknown field(s) {unknown}; known: ['dtype', 'llm', 'tokenizer', 'vision']"
+            )
         if "llm" not in model or "tokenizer" not in model:
             raise ConfigError("model: 'llm' and 'tokenizer' are required")
         torch.manual_seed(cfg.seed)
@@ -644,21 +761,33 @@ class ViT3DLlama(Recipe):
         tj = _read_json(tj_path, ConfigError, "model.tokenizer")
         base_len = _vocab_len(tj)
         has_image = any(t["content"] == cfg.image_token for t in tj.get("added_tokens", [])) or (
-            isinstance(tj.get("model", {}).get("vocab"), dict) and cfg.image_token in tj["model"]["vocab"])
+            isinstance(tj.get("model", {}).get("vocab"), dict)
+            and cfg.image_token in tj["model"]["vocab"]
+        )
         if not has_image and not cfg.add_image_token:
-            raise ConfigError(f"model.tokenizer: {tj_path} has no {cfg.image_token!r} token and recipe.add_image_token "
-                              "is false (set it true to add the token and resize the embeddings)")
+            raise ConfigError(
+                f"model.tokenizer: {tj_path} has no {cfg.image_token!r} token and recipe.add_image_token "
+                "is false (set it true to add the token and resize the embeddings)"
+            )
         if cfg.add_image_token:
-            add_tokens_to_tokenizer_json(tj, (cfg.image_token, *cfg.extra_tokens), cfg.extra_plain_tokens)
+            add_tokens_to_tokenizer_json(
+                tj, (cfg.image_token, *cfg.extra_tokens), cfg.extra_plain_tokens
+            )
         tok = _TokenizerFiles(tj, settings)
         t = tok.tokenizer
         spec = model["llm"]
         dtype = getattr(torch, model["dtype"]) if isinstance(model.get("dtype"), str) else None
-        overrides = {"vocab_size": base_len, "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id,
-                     "pad_token_id": t.pad_token_id}
+        overrides = {
+            "vocab_size": base_len,
+            "bos_token_id": t.bos_token_id,
+            "eos_token_id": t.eos_token_id,
+            "pad_token_id": t.pad_token_id,
+        }
         llm = build_llm(spec, dtype=dtype, **overrides)
         if llm.config.vocab_size < base_len:
-            raise ConfigError(f"model.llm: vocabulary {llm.config.vocab_size} is smaller than the tokenizer's {base_len}")
+            raise ConfigError(
+                f"model.llm: vocabulary {llm.config.vocab_size} is smaller than the tokenizer's {base_len}"
+            )
         vision = cls.build_vision(cfg)
         if model.get("vision"):
             load_vision_weights(vision, model["vision"])
@@ -668,7 +797,11 @@ class ViT3DLlama(Recipe):
         resize_token_embeddings(llm, max(_vocab_len(tj), base_vocab), cfg.embedding_init)
         m = cls(vision, llm, image_id, cfg, tok)
         m._base_vocab = base_vocab
-        m._llm_source = {"path": os.path.abspath(spec)} if isinstance(spec, (str, os.PathLike)) else {"spec": dict(spec)}
+        m._llm_source = (
+            {"path": os.path.abspath(spec)}
+            if isinstance(spec, (str, os.PathLike))
+            else {"spec": dict(spec)}
+        )
         if model.get("vision"):
             m._llm_source["vision"] = os.path.abspath(model["vision"])
         return m
@@ -676,10 +809,18 @@ class ViT3DLlama(Recipe):
     @staticmethod
     def build_vision(cfg: Config) -> ViT3D:
         """M3D's ViT3D (MONAI ViT names) from the config."""
-        return ViT3D(in_channels=cfg.in_channels, img_size=cfg.img_size, patch_size=cfg.patch_size,
-                     hidden_size=cfg.vision_hidden_size, mlp_dim=cfg.vision_mlp_dim, num_layers=cfg.vision_layers,
-                     num_heads=cfg.vision_heads, proj_type=cfg.vision_proj_type, classification=cfg.classification,
-                     qkv_bias=cfg.qkv_bias)
+        return ViT3D(
+            in_channels=cfg.in_channels,
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            hidden_size=cfg.vision_hidden_size,
+            mlp_dim=cfg.vision_mlp_dim,
+            num_layers=cfg.vision_layers,
+            num_heads=cfg.vision_heads,
+            proj_type=cfg.vision_proj_type,
+            classification=cfg.classification,
+            qkv_bias=cfg.qkv_bias,
+        )
 
     # -- forward --------------------------------------------------------------------------
 
@@ -687,17 +828,25 @@ class ViT3DLlama(Recipe):
         """``ShapeError`` unless ``images`` is ``[B, in_channels, *img_size]``."""
         want = (self.config.in_channels, *self.config.img_size)
         if not isinstance(images, torch.Tensor):
-            raise VoxlmTypeError(f"images: expected a tensor [B, {', '.join(map(str, want))}], got {type(images).__name__}")
+            raise VoxlmTypeError(
+                f"images: expected a tensor [B, {', '.join(map(str, want))}], got {type(images).__name__}"
+            )
         if images.dim() != 5 or tuple(images.shape[1:]) != want:
-            raise ShapeError(f"images: expected [B, {', '.join(map(str, want))}] (channels, D, H, W the encoder "
-                             f"patches with {self.config.patch_size}), got {tuple(images.shape)}")
+            raise ShapeError(
+                f"images: expected [B, {', '.join(map(str, want))}] (channels, D, H, W the encoder "
+                f"patches with {self.config.patch_size}), got {tuple(images.shape)}"
+            )
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, D, H, W] -> [B, num_image_tokens, llm hidden]``: ViT3D, M3D's feature
         selection (``patch`` drops the class token), spatial pooling projector."""
         self.check_images(images)
         last, hidden = self.vision(images.to(self.vision.norm.weight.dtype))
-        feats = last if self.config.vision_select_layer == -1 else hidden[self.config.vision_select_layer]
+        feats = (
+            last
+            if self.config.vision_select_layer == -1
+            else hidden[self.config.vision_select_layer]
+        )
         if self.config.vision_select_feature == "patch" and hasattr(self.vision, "cls_token"):
             feats = feats[:, 1:]
         return self.projector(feats)
@@ -707,24 +856,40 @@ class ViT3DLlama(Recipe):
         mask = input_ids == self.image_token_id
         counts = mask.sum(1)
         if bool((counts != self.num_image_tokens).any()):
-            raise ShapeError(f"input_ids: every prompt needs {self.num_image_tokens} {self.config.image_token} tokens, "
-                             f"got {counts.tolist()}")
+            raise ShapeError(
+                f"input_ids: every prompt needs {self.num_image_tokens} {self.config.image_token} tokens, "
+                f"got {counts.tolist()}"
+            )
         image = self.encode_images(images)
         text = self.llm.get_input_embeddings()(input_ids)
         return splice_image_tokens(text, image, mask)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        return self.llm(inputs_embeds=self.embed(images, input_ids), attention_mask=attention_mask, labels=labels)
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return self.llm(
+            inputs_embeds=self.embed(images, input_ids),
+            attention_mask=attention_mask,
+            labels=labels,
+        )
 
     # -- stages ---------------------------------------------------------------------------
 
     def _lora_config(self) -> LoraConfig:
         c = self.config
         tm = c.lora_target_modules
-        return LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                          target_modules=list(tm) if isinstance(tm, (list, tuple)) else tm,
-                          base_model_name_or_path=self._llm_source.get("path"))
+        return LoraConfig(
+            r=c.lora_r,
+            lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout,
+            target_modules=list(tm) if isinstance(tm, (list, tuple)) else tm,
+            base_model_name_or_path=self._llm_source.get("path"),
+        )
 
     def has_lora(self) -> bool:
         return any(".lora_" in k for k, _ in self.llm.named_parameters())
@@ -764,8 +929,14 @@ class ViT3DLlama(Recipe):
         projector, stage 2 the projector and LoRA (no ViT, no embeddings)."""
         c = copy.copy(self.config)
         saved = self.config
-        self.config = Config(**{**asdict(c), "stage1_train_embeddings": False, "stage2_train_embeddings": False,
-                                "train_vision": False})
+        self.config = Config(
+            **{
+                **asdict(c),
+                "stage1_train_embeddings": False,
+                "stage2_train_embeddings": False,
+                "train_vision": False,
+            }
+        )
         try:
             self.set_stage(n, lora)
         finally:
@@ -791,8 +962,16 @@ class ViT3DLlama(Recipe):
             return args.replace(**ch)
 
         return [
-            Stage("stage1-projector", derive(c.stage1_learning_rate, c.stage1_epochs), lambda m: m.set_stage(1)),
-            Stage("stage2-lora", derive(c.stage2_learning_rate, c.stage2_epochs), lambda m: m.set_stage(2)),
+            Stage(
+                "stage1-projector",
+                derive(c.stage1_learning_rate, c.stage1_epochs),
+                lambda m: m.set_stage(1),
+            ),
+            Stage(
+                "stage2-lora",
+                derive(c.stage2_learning_rate, c.stage2_epochs),
+                lambda m: m.set_stage(2),
+            ),
         ]
 
     # -- data -----------------------------------------------------------------------------
@@ -809,15 +988,21 @@ class ViT3DLlama(Recipe):
         M3D's own npy formats default to no window and no crop: they are preprocessed)."""
         data = dict(data or {})
         m3d = data.get("format") in ("m3d-cap", "m3d-vqa")
-        return CTPreprocess(self.config.img_size, data.get("window", None if m3d else (-160.0, 240.0)),
-                            data.get("percentiles"), bool(data.get("crop_foreground", not m3d)))
+        return CTPreprocess(
+            self.config.img_size,
+            data.get("window", None if m3d else (-160.0, 240.0)),
+            data.get("percentiles"),
+            bool(data.get("crop_foreground", not m3d)),
+        )
 
     def samples(self, records: Sequence[Mapping[str, Any]], transform: Any = None) -> Any:
         """A :class:`voxlm.datasets.ReportDataset` of the task's samples of ``records``."""
         from ..datasets import ReportDataset
 
         samples = expand_records(records, self._task_for(records), self.config.per_region)
-        return ReportDataset(samples, transform=transform if transform is not None else self.transform())
+        return ReportDataset(
+            samples, transform=transform if transform is not None else self.transform()
+        )
 
     def datasets(self, data: Mapping[str, Any]) -> tuple[Any, Any]:
         """``(train, eval)`` :class:`voxlm.datasets.ReportDataset` of the task's samples from
@@ -828,8 +1013,20 @@ class ViT3DLlama(Recipe):
         ``crop_foreground``, ``spatial_size`` (must equal ``recipe.img_size``); ``options``: passed
         to the reader."""
         data = dict(data)
-        known = {"format", "root", "synth", "train_split", "eval_split", "max_train", "max_eval", "window",
-                 "percentiles", "crop_foreground", "spatial_size", "options"}
+        known = {
+            "format",
+            "root",
+            "synth",
+            "train_split",
+            "eval_split",
+            "max_train",
+            "max_eval",
+            "window",
+            "percentiles",
+            "crop_foreground",
+            "spatial_size",
+            "options",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"data: unknown field(s) {unknown}; known: {sorted(known)}")
@@ -838,8 +1035,10 @@ class ViT3DLlama(Recipe):
                 raise ConfigError(f"data.{k}: required")
         size = tuple(data.get("spatial_size") or self.config.img_size)
         if size != tuple(self.config.img_size):
-            raise ShapeError(f"data.spatial_size {list(size)}: the encoder patches exactly recipe.img_size "
-                             f"{list(self.config.img_size)} with patch {list(self.config.patch_size)}")
+            raise ShapeError(
+                f"data.spatial_size {list(size)}: the encoder patches exactly recipe.img_size "
+                f"{list(self.config.img_size)} with patch {list(self.config.patch_size)}"
+            )
         root = pathlib.Path(data["root"])
         ensure_synth_data(data)  # generate the miniature dataset (reused when already there)
         from ..datasets import ReportDataset, read_records
@@ -847,8 +1046,10 @@ class ViT3DLlama(Recipe):
         transform = self.transform(data)
         opts = dict(data.get("options") or {})
         out: list[Any] = []
-        for split, cap in ((data.get("train_split", "train"), data.get("max_train")),
-                           (data.get("eval_split", "validation"), data.get("max_eval"))):
+        for split, cap in (
+            (data.get("train_split", "train"), data.get("max_train")),
+            (data.get("eval_split", "validation"), data.get("max_eval")),
+        ):
             if split is None:
                 out.append(None)
                 continue
@@ -866,11 +1067,18 @@ class ViT3DLlama(Recipe):
         from ..datasets import ReportCollator
 
         if self.tokenizer is None:
-            raise ConfigError("collator: the recipe has no tokenizer (build it with from_config / from_pretrained)")
-        return ReportCollator(self.tokenizer, self.num_image_tokens, self.config.max_length,
-                              prompt=M3DPrompt(generation, self.config.eval_prompt, self.config.seed),
-                              image_token=self.config.image_token, target_key=_m3d_target,
-                              mode="generate" if generation else "train")
+            raise ConfigError(
+                "collator: the recipe has no tokenizer (build it with from_config / from_pretrained)"
+            )
+        return ReportCollator(
+            self.tokenizer,
+            self.num_image_tokens,
+            self.config.max_length,
+            prompt=M3DPrompt(generation, self.config.eval_prompt, self.config.seed),
+            image_token=self.config.image_token,
+            target_key=_m3d_target,
+            mode="generate" if generation else "train",
+        )
 
     # -- generation -----------------------------------------------------------------------
 
@@ -878,9 +1086,14 @@ class ViT3DLlama(Recipe):
         c = self.config
         t = self.tokenizer
         eos = t.eos_token_id if t is not None else None
-        pad = (t.pad_token_id if t is not None and t.pad_token_id is not None else eos)
-        kw: dict[str, Any] = dict(max_new_tokens=c.max_new_tokens, num_beams=c.num_beams, do_sample=c.do_sample,
-                                  repetition_penalty=c.repetition_penalty, length_penalty=c.length_penalty)
+        pad = t.pad_token_id if t is not None and t.pad_token_id is not None else eos
+        kw: dict[str, Any] = dict(
+            max_new_tokens=c.max_new_tokens,
+            num_beams=c.num_beams,
+            do_sample=c.do_sample,
+            repetition_penalty=c.repetition_penalty,
+            length_penalty=c.length_penalty,
+        )
         if eos is not None:
             kw["eos_token_id"] = eos
         if pad is not None:
@@ -889,25 +1102,41 @@ class ViT3DLlama(Recipe):
         return kw
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 **kw: Any) -> torch.Tensor:
+    def generate(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kw: Any,
+    ) -> torch.Tensor:
         """New tokens ``[B, n]`` after left-padded prompts (voxlm's Rust generate on
         ``inputs_embeds``, batched, beams as configured); unset settings come from the config."""
-        return self.llm.generate(inputs_embeds=self.embed(images, input_ids), attention_mask=attention_mask,
-                                 **self._gen_kwargs(**kw))
+        return self.llm.generate(
+            inputs_embeds=self.embed(images, input_ids),
+            attention_mask=attention_mask,
+            **self._gen_kwargs(**kw),
+        )
 
     def _decode(self, new: torch.Tensor) -> list[str]:
         return [s.strip() for s in self.tokenizer.batch_decode(new.cpu())]
 
     @torch.no_grad()
-    def generate_text(self, images: torch.Tensor, prompts: Sequence[str | None] | None = None, **kw: Any) -> list[str]:
+    def generate_text(
+        self, images: torch.Tensor, prompts: Sequence[str | None] | None = None, **kw: Any
+    ) -> list[str]:
         """Generated texts for ``images [B, C, D, H, W]`` (preprocessed) and per-sample prompts
         (None: the report prompt ``eval_prompt``; else a question / instruction as
         :func:`expand_records` writes them, without image tokens)."""
         prompts = list(prompts) if prompts is not None else [None] * len(images)
-        b = self.collator(generation=True)([{"image": im, "prompt": p, "target": ""} for im, p in zip(images, prompts)])
+        b = self.collator(generation=True)(
+            [{"image": im, "prompt": p, "target": ""} for im, p in zip(images, prompts)]
+        )
         dev = next(self.llm.parameters()).device
-        return self._decode(self.generate(b["images"].to(dev), b["input_ids"].to(dev), b["attention_mask"].to(dev), **kw))
+        return self._decode(
+            self.generate(
+                b["images"].to(dev), b["input_ids"].to(dev), b["attention_mask"].to(dev), **kw
+            )
+        )
 
     def prompt(self, question: str = "Write the findings of this chest CT.") -> str:
         """The image placeholders followed by an instruction (parts-level helper)."""
@@ -916,7 +1145,9 @@ class ViT3DLlama(Recipe):
     # -- evaluation -----------------------------------------------------------------------
 
     @torch.no_grad()
-    def predict(self, dataset: Any, batch_size: int | None = None, **kw: Any) -> list[dict[str, Any]]:
+    def predict(
+        self, dataset: Any, batch_size: int | None = None, **kw: Any
+    ) -> list[dict[str, Any]]:
         """Generate for every sample of ``dataset`` (items of :meth:`samples` / :meth:`datasets`):
         rows with ``id``, ``task``, ``region``, ``question``, ``reference``, ``prediction`` (+ VQA
         fields)."""
@@ -930,14 +1161,23 @@ class ViT3DLlama(Recipe):
             for s in range(0, len(dataset), bs):
                 items = [dataset[i] for i in range(s, min(s + bs, len(dataset)))]
                 b = coll(items)
-                new = self.generate(b["images"].to(dev), b["input_ids"].to(dev), b["attention_mask"].to(dev), **kw)
+                new = self.generate(
+                    b["images"].to(dev), b["input_ids"].to(dev), b["attention_mask"].to(dev), **kw
+                )
                 for i, (it, text) in enumerate(zip(items, self._decode(new))):
-                    rows.append({"id": str(it.get("id", s + i)), "task": it.get("task", "report"),
-                                 "region": it.get("region", ""),
-                                 "question": it.get("prompt") or self.config.eval_prompt,
-                                 "reference": it.get("target", ""), "prediction": text,
-                                 "answer": it.get("answer", ""), "choices": it.get("choices"),
-                                 "question_type": it.get("question_type", "")})
+                    rows.append(
+                        {
+                            "id": str(it.get("id", s + i)),
+                            "task": it.get("task", "report"),
+                            "region": it.get("region", ""),
+                            "question": it.get("prompt") or self.config.eval_prompt,
+                            "reference": it.get("target", ""),
+                            "prediction": text,
+                            "answer": it.get("answer", ""),
+                            "choices": it.get("choices"),
+                            "question_type": it.get("question_type", ""),
+                        }
+                    )
         finally:
             self.train(was)
         return rows
@@ -949,7 +1189,9 @@ class ViT3DLlama(Recipe):
         metrics: dict[str, Any] = {}
         if task == "vqa-close":
             answers = [str(r["answer"]).strip().upper() for r in rows]
-            metrics["accuracy"] = vqa_accuracy([r["prediction"] for r in rows], answers, [r["choices"] for r in rows])
+            metrics["accuracy"] = vqa_accuracy(
+                [r["prediction"] for r in rows], answers, [r["choices"] for r in rows]
+            )
             for r, a in zip(rows, answers):
                 r["parsed"] = parse_choice(r["prediction"], r["choices"]) or ""
                 r["correct"] = int(r["parsed"] == a)
@@ -957,7 +1199,9 @@ class ViT3DLlama(Recipe):
             metrics["accuracy_m3d"] = float(np.mean([r["correct_m3d"] for r in rows]))
             types = sorted({str(r["question_type"]) for r in rows if str(r["question_type"])})
             metrics["accuracy_per_type"] = {
-                t: float(np.mean([r["correct"] for r in rows if str(r["question_type"]) == t])) for t in types}
+                t: float(np.mean([r["correct"] for r in rows if str(r["question_type"]) == t]))
+                for t in types
+            }
         else:
             hyps = [r["prediction"] for r in rows]
             refs = [r["reference"] for r in rows]
@@ -972,8 +1216,11 @@ class ViT3DLlama(Recipe):
                 metrics["per_region"] = {}
                 for g in regions:
                     sel = [r for r in rows if r["region"] == g]
-                    s2 = report_scores([r["reference"] for r in sel], [r["prediction"] for r in sel],
-                                       meteor=self.config.meteor)
+                    s2 = report_scores(
+                        [r["reference"] for r in sel],
+                        [r["prediction"] for r in sel],
+                        meteor=self.config.meteor,
+                    )
                     metrics["per_region"][g] = {k: float(v) for k, v in s2.items()}
             if self.config.green_judge:
                 from ..green import green
@@ -984,7 +1231,9 @@ class ViT3DLlama(Recipe):
                     r["GREEN"] = x
         return metrics
 
-    def evaluate(self, dataset: Any, output_dir: PathLike | None = None, **generate_kwargs: Any) -> dict[str, Any]:
+    def evaluate(
+        self, dataset: Any, output_dir: PathLike | None = None, **generate_kwargs: Any
+    ) -> dict[str, Any]:
         """Generate and score with the papers' metrics: reports and open-ended VQA with BLEU-1..4,
         ROUGE-L, CIDEr (``voxlm.metrics.report_scores``; METEOR when Java is present; GREEN with
         ``green_judge``), per AMOS-MM region too; close-ended VQA with accuracy
@@ -998,17 +1247,33 @@ class ViT3DLlama(Recipe):
         rows = self.predict(dataset, **generate_kwargs)
         tasks = list(dict.fromkeys(str(r["task"]) for r in rows))  # in order of appearance
         if len(tasks) == 1:
-            metrics: dict[str, Any] = {"task": tasks[0], "n": len(rows), **self._score(tasks[0], rows)}
+            metrics: dict[str, Any] = {
+                "task": tasks[0],
+                "n": len(rows),
+                **self._score(tasks[0], rows),
+            }
         else:  # a mixed dataset (e.g. reports + VQA): each task scored with its own metrics
-            metrics = {"task": "mixed", "n": len(rows), "per_task": {
-                t: {"n": len(sel), **self._score(t, sel)}
-                for t in tasks for sel in [[r for r in rows if str(r["task"]) == t]]}}
+            metrics = {
+                "task": "mixed",
+                "n": len(rows),
+                "per_task": {
+                    t: {"n": len(sel), **self._score(t, sel)}
+                    for t in tasks
+                    for sel in [[r for r in rows if str(r["task"]) == t]]
+                },
+            }
         if output_dir is not None:
             cols = ["id", "task", "region", "question", "reference", "prediction"]
             if "vqa-close" in tasks:
                 cols += ["answer", "question_type"]
-            extra = list(dict.fromkeys(k for r in rows for k in r
-                                       if k not in cols and k not in ("choices", "answer", "question_type")))
+            extra = list(
+                dict.fromkeys(
+                    k
+                    for r in rows
+                    for k in r
+                    if k not in cols and k not in ("choices", "answer", "question_type")
+                )
+            )
             write_eval_outputs(output_dir, metrics, rows, cols + extra)
         return metrics
 
@@ -1032,21 +1297,37 @@ class ViT3DLlama(Recipe):
         head = self.llm.lm_head.weight.detach()
         n0 = self._base_vocab
         full = self._embeddings_trained
-        tensors = {"embed_tokens": emb if full else emb[n0:], "lm_head": head if full else head[n0:]}
+        tensors = {
+            "embed_tokens": emb if full else emb[n0:],
+            "lm_head": head if full else head[n0:],
+        }
         if tensors["embed_tokens"].shape[0] or full:
-            _core.save_safetensors({k: v.contiguous() for k, v in tensors.items()}, os.fspath(out / "embeddings.safetensors"))
-        _core.save_safetensors({k: v.detach().contiguous() for k, v in self.vision.state_dict().items()},
-                               os.fspath(out / "vision.safetensors"))
-        _core.save_safetensors({k: v.detach().contiguous() for k, v in self.projector.state_dict().items()},
-                               os.fspath(out / "projector.safetensors"))
+            _core.save_safetensors(
+                {k: v.contiguous() for k, v in tensors.items()},
+                os.fspath(out / "embeddings.safetensors"),
+            )
+        _core.save_safetensors(
+            {k: v.detach().contiguous() for k, v in self.vision.state_dict().items()},
+            os.fspath(out / "vision.safetensors"),
+        )
+        _core.save_safetensors(
+            {k: v.detach().contiguous() for k, v in self.projector.state_dict().items()},
+            os.fspath(out / "projector.safetensors"),
+        )
         if self.has_lora():
             save_adapter(self.llm, out / "adapter")
         if self._tok is not None:
             self._tok.save(out)
-        cfg = {"recipe": self.name, "config": jsonable(asdict(self.config)), "llm": src,
-               "base_vocab_size": n0, "vocab_size": self.llm.config.vocab_size,
-               "image_token_id": self.image_token_id, "embeddings": "full" if full else "rows",
-               "lora": self.has_lora()}
+        cfg = {
+            "recipe": self.name,
+            "config": jsonable(asdict(self.config)),
+            "llm": src,
+            "base_vocab_size": n0,
+            "vocab_size": self.llm.config.vocab_size,
+            "image_token_id": self.image_token_id,
+            "embeddings": "full" if full else "rows",
+            "lora": self.has_lora(),
+        }
         (out / "config.json").write_text(json.dumps(cfg, indent=2))
 
     def _save_base_llm(self, out: pathlib.Path) -> None:
@@ -1081,11 +1362,15 @@ class ViT3DLlama(Recipe):
         if not llm_path.is_absolute():
             llm_path = p / llm_path
         if not (llm_path / "config.json").is_file():
-            raise CheckpointError(f"{p}: the base LLM {llm_path} is missing (config.json records it by path)")
+            raise CheckpointError(
+                f"{p}: the base LLM {llm_path} is missing (config.json records it by path)"
+            )
         llm = LlamaForCausalLM.from_pretrained(llm_path)
         if llm.config.vocab_size != meta["base_vocab_size"]:
-            raise CheckpointError(f"{p}: base LLM {llm_path} has {llm.config.vocab_size} tokens, the recipe was "
-                                  f"trained on one with {meta['base_vocab_size']}")
+            raise CheckpointError(
+                f"{p}: base LLM {llm_path} has {llm.config.vocab_size} tokens, the recipe was "
+                f"trained on one with {meta['base_vocab_size']}"
+            )
         resize_token_embeddings(llm, meta["vocab_size"], "m3d")
         ef = p / "embeddings.safetensors"
         if ef.is_file():
@@ -1103,14 +1388,20 @@ class ViT3DLlama(Recipe):
         if meta.get("lora"):
             load_adapter(llm, p / "adapter")
         vision = cls.build_vision(cfg)
-        vision.load_state_dict(_core.load_safetensors(os.fspath(p / "vision.safetensors"), None, "cpu"))
+        vision.load_state_dict(
+            _core.load_safetensors(os.fspath(p / "vision.safetensors"), None, "cpu")
+        )
         tok = None
         if (p / "tokenizer.json").is_file():
             tc = p / "tokenizer_config.json"
             settings = _read_json(tc, CheckpointError, "from_pretrained") if tc.is_file() else {}
-            tok = _TokenizerFiles(_read_json(p / "tokenizer.json", CheckpointError, "from_pretrained"), settings)
+            tok = _TokenizerFiles(
+                _read_json(p / "tokenizer.json", CheckpointError, "from_pretrained"), settings
+            )
         m = cls(vision, llm, meta["image_token_id"], cfg, tok)
-        m.projector.load_state_dict(_core.load_safetensors(os.fspath(p / "projector.safetensors"), None, "cpu"))
+        m.projector.load_state_dict(
+            _core.load_safetensors(os.fspath(p / "projector.safetensors"), None, "cpu")
+        )
         m._base_vocab = meta["base_vocab_size"]
         m._llm_source = dict(meta["llm"], path=os.fspath(llm_path.resolve()))
         m._embeddings_trained = meta["embeddings"] == "full"
@@ -1118,6 +1409,17 @@ class ViT3DLlama(Recipe):
         return m
 
 
-__all__ = ["Config", "ViT3DLlama", "M3DPrompt", "CTPreprocess", "expand_records",
-           "resize_token_embeddings", "add_tokens_to_tokenizer_json", "load_vision_weights", "read_state_dict",
-           "m3d_vision_state_dict", "CAPTION_TEMPLATES", "REGION_PROMPT"]
+__all__ = [
+    "Config",
+    "ViT3DLlama",
+    "M3DPrompt",
+    "CTPreprocess",
+    "expand_records",
+    "resize_token_embeddings",
+    "add_tokens_to_tokenizer_json",
+    "load_vision_weights",
+    "read_state_dict",
+    "m3d_vision_state_dict",
+    "CAPTION_TEMPLATES",
+    "REGION_PROMPT",
+]

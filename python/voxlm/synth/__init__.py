@@ -32,8 +32,15 @@ KINDS = {
     "prostate-mri": (prostate_mri, "picai"),
     "chest-xray": (chest_xray, "mimic-cxr"),
 }
-_ALIASES = {"chest_ct": "chest-ct", "ct": "chest-ct", "prostate_mri": "prostate-mri", "mri": "prostate-mri",
-            "chest_xray": "chest-xray", "cxr": "chest-xray", "xray": "chest-xray"}
+_ALIASES = {
+    "chest_ct": "chest-ct",
+    "ct": "chest-ct",
+    "prostate_mri": "prostate-mri",
+    "mri": "prostate-mri",
+    "chest_xray": "chest-xray",
+    "cxr": "chest-xray",
+    "xray": "chest-xray",
+}
 
 
 def _kind(kind: str) -> str:
@@ -43,7 +50,9 @@ def _kind(kind: str) -> str:
     return k
 
 
-def ensure(root: PathLike, kind: str, n: int, seed: int = 0, layout: str | None = None, **options: Any) -> pathlib.Path:
+def ensure(
+    root: PathLike, kind: str, n: int, seed: int = 0, layout: str | None = None, **options: Any
+) -> pathlib.Path:
     """Generate ``n`` cases of ``kind`` under ``root`` unless a dataset is already there.
 
     An existing dataset is reused when its ``synth.json`` records the same kind, layout, n and
@@ -60,13 +69,19 @@ def ensure(root: PathLike, kind: str, n: int, seed: int = 0, layout: str | None 
         want = {"kind": k, "layout": layout, "n": int(n), "seed": int(seed)}
         for key, v in options.items():  # options the generator recorded must agree too
             if key in have and v is not None:
-                want[key] = list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, dict) else v)
+                want[key] = (
+                    list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, dict) else v)
+                )
         got = {key: have.get(key) for key in want}
         if got != want:
-            raise ConfigError(f"synth.ensure: {root} holds a different synthetic dataset {got}, wanted {want}")
+            raise ConfigError(
+                f"synth.ensure: {root} holds a different synthetic dataset {got}, wanted {want}"
+            )
         return root
     if root.exists() and any(root.iterdir()):
-        raise ConfigError(f"synth.ensure: {root} exists, is not empty and is not a voxlm synthetic dataset")
+        raise ConfigError(
+            f"synth.ensure: {root} exists, is not empty and is not a voxlm synthetic dataset"
+        )
     try:
         return fn(root, int(n), seed=int(seed), layout=layout, **options)
     except ConfigError:
@@ -77,7 +92,9 @@ def ensure(root: PathLike, kind: str, n: int, seed: int = 0, layout: str | None 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``voxlm synth <kind> --out DIR --n N [--seed S] [--layout L]``."""
-    p = argparse.ArgumentParser(prog="voxlm synth", description="write a synthetic dataset with ground truth")
+    p = argparse.ArgumentParser(
+        prog="voxlm synth", description="write a synthetic dataset with ground truth"
+    )
     p.add_argument("kind", choices=sorted(KINDS) + sorted(_ALIASES))
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=20)
@@ -89,4 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["KINDS", "chest_ct", "chest_xray", "ensure", "label_report", "label_reports", "main", "prostate_mri"]
+__all__ = [
+    "KINDS",
+    "chest_ct",
+    "chest_xray",
+    "ensure",
+    "label_report",
+    "label_reports",
+    "main",
+    "prostate_mri",
+]

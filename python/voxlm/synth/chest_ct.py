@@ -66,7 +66,9 @@ def real_label_table(path: str | None = None) -> tuple[np.ndarray, tuple[str, ..
     return codes, tuple(rows[0][1:])
 
 
-def sample_codes(rng: np.random.Generator, n: int, prevalence: Mapping[str, float] | None = None) -> np.ndarray:
+def sample_codes(
+    rng: np.random.Generator, n: int, prevalence: Mapping[str, float] | None = None
+) -> np.ndarray:
     """``[n, 14]`` CheXbert codes: rows of the real table drawn with replacement (so each label's
     prevalence and the co-occurrences are the real ones), "no finding" made consistent (1 iff
     nothing else is positive). ``prevalence`` overrides chosen labels with independent
@@ -75,7 +77,9 @@ def sample_codes(rng: np.random.Generator, n: int, prevalence: Mapping[str, floa
     codes = table[rng.integers(0, len(table), size=n)].copy()
     for name, p in (prevalence or {}).items():
         if name not in R.IDX:
-            raise ConfigError(f"prevalence: unknown label {name!r}; expected one of {list(CONDITIONS)}")
+            raise ConfigError(
+                f"prevalence: unknown label {name!r}; expected one of {list(CONDITIONS)}"
+            )
         codes[:, R.IDX[name]] = np.where(rng.random(n) < float(p), 1, 2)
     nf = R.IDX["no finding"]
     positive = (codes[:, :nf] == 1).any(1)
@@ -120,13 +124,20 @@ class _Grid:
 
     def ellipsoid(self, c: Sequence[float], r: Sequence[float]) -> np.ndarray:
         """Boolean [X, Y, Z] mask of an axis-aligned ellipsoid, centre and radii normalised."""
-        return (((self.u - c[0]) / r[0]) ** 2 + ((self.v - c[1]) / r[1]) ** 2 + ((self.w - c[2]) / r[2]) ** 2) < 1
+        return (
+            ((self.u - c[0]) / r[0]) ** 2
+            + ((self.v - c[1]) / r[1]) ** 2
+            + ((self.w - c[2]) / r[2]) ** 2
+        ) < 1
 
     def ellipsoid_mm(self, c: Sequence[float], r_mm: Sequence[float]) -> np.ndarray:
         return self.ellipsoid(c, [self.norm(r_mm[i], i) for i in range(3)])
 
     def voxel(self, c: Sequence[float]) -> list[int]:
-        return [int(np.clip(round((c[i] + 1) / 2 * self.shape[i] - 0.5), 0, self.shape[i] - 1)) for i in range(3)]
+        return [
+            int(np.clip(round((c[i] + 1) / 2 * self.shape[i] - 0.5), 0, self.shape[i] - 1))
+            for i in range(3)
+        ]
 
     def tube(self, p0: Sequence[float], p1: Sequence[float], radius_mm: float) -> np.ndarray:
         """Voxels within ``radius_mm`` of the segment p0-p1 (normalised coordinates)."""
@@ -136,10 +147,14 @@ class _Grid:
         x, y, z = self.u * h[0], self.v * h[1], self.w * h[2]
         t = ((x - a[0]) * d[0] + (y - a[1]) * d[1] + (z - a[2]) * d[2]) / max(float(d @ d), 1e-9)
         t = np.clip(t, 0, 1)
-        return (x - a[0] - t * d[0]) ** 2 + (y - a[1] - t * d[1]) ** 2 + (z - a[2] - t * d[2]) ** 2 < radius_mm ** 2
+        return (x - a[0] - t * d[0]) ** 2 + (y - a[1] - t * d[1]) ** 2 + (
+            z - a[2] - t * d[2]
+        ) ** 2 < radius_mm**2
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], cell: int = 6) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator, shape: tuple[int, int, int], cell: int = 6
+) -> np.ndarray:
     """A smooth random field in [-1, 1] (coarse Gaussian noise, trilinearly upsampled)."""
     coarse = [max(s // cell, 2) + 1 for s in shape]
     g = rng.standard_normal(coarse)
@@ -151,7 +166,13 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], cell: i
     return np.clip(g / 2, -1, 1)
 
 
-LOBES = (("right", "upper"), ("right", "middle"), ("right", "lower"), ("left", "upper"), ("left", "lower"))
+LOBES = (
+    ("right", "upper"),
+    ("right", "middle"),
+    ("right", "lower"),
+    ("left", "upper"),
+    ("left", "lower"),
+)
 LOBE_WEIGHTS = (0.3, 0.1, 0.25, 0.2, 0.15)
 
 
@@ -172,13 +193,21 @@ class _Anatomy:
         cavity3 = np.broadcast_to(cavity, g.shape)
         hu[cavity3] = 35
         # ribs: 10 slabs on a ring between the cavity and the muscle
-        ring = ((u / (cav_r[0] + 0.05)) ** 2 + ((v + 0.02) / (cav_r[1] + 0.05)) ** 2 < 1) & ~cavity & (v > -0.5)
+        ring = (
+            ((u / (cav_r[0] + 0.05)) ** 2 + ((v + 0.02) / (cav_r[1] + 0.05)) ** 2 < 1)
+            & ~cavity
+            & (v > -0.5)
+        )
         self.rib_levels = [0.85 - 0.17 * k for k in range(10)]
         self.ribs = np.zeros(g.shape, dtype=bool)
         for wl in self.rib_levels:
             self.ribs |= ring & (np.abs(w - wl) < 0.035)
         hu[self.ribs] = 650
-        hu[np.broadcast_to((np.abs(u) < 0.06) & (v > cav_r[1] - 0.02) & (v < cav_r[1] + 0.06), g.shape)] = 500
+        hu[
+            np.broadcast_to(
+                (np.abs(u) < 0.06) & (v > cav_r[1] - 0.02) & (v < cav_r[1] + 0.06), g.shape
+            )
+        ] = 500
         spine = (u / 0.12) ** 2 + ((v + 0.52) / 0.11) ** 2 < 1
         cortex = spine & ~((u / 0.10) ** 2 + ((v + 0.52) / 0.09) ** 2 < 1)
         hu[np.broadcast_to(spine, g.shape)] = 300
@@ -200,11 +229,16 @@ class _Anatomy:
         self.heart_c = (-0.12 + rng.uniform(-0.02, 0.02), 0.16, -0.42)
         self.heart_r = tuple(r * heart_scale for r in (0.27, 0.25, 0.30))
         self.heart = g.ellipsoid(self.heart_c, self.heart_r) & cavity3
-        medi = np.broadcast_to((np.abs(u + 0.03) < 0.17) & (v > -0.42) & (w > -0.25), g.shape) & cavity3
-        vessels = (g.tube((-0.02, 0.12, -0.3), (-0.02, 0.12, 0.55), 0.075 * g.half[0])
-                   | g.tube((-0.02, 0.12, 0.55), (-0.12, -0.36, 0.55), 0.07 * g.half[0])
-                   | g.tube((-0.12, -0.36, 0.55), (-0.12, -0.36, -1.0), 0.065 * g.half[0])
-                   | g.tube((0.12, 0.12, -0.25), (0.12, 0.12, 0.85), 0.045 * g.half[0]))
+        medi = (
+            np.broadcast_to((np.abs(u + 0.03) < 0.17) & (v > -0.42) & (w > -0.25), g.shape)
+            & cavity3
+        )
+        vessels = (
+            g.tube((-0.02, 0.12, -0.3), (-0.02, 0.12, 0.55), 0.075 * g.half[0])
+            | g.tube((-0.02, 0.12, 0.55), (-0.12, -0.36, 0.55), 0.07 * g.half[0])
+            | g.tube((-0.12, -0.36, 0.55), (-0.12, -0.36, -1.0), 0.065 * g.half[0])
+            | g.tube((0.12, 0.12, -0.25), (0.12, 0.12, 0.85), 0.045 * g.half[0])
+        )
         self.trachea = g.tube((0.0, -0.12, 0.25), (0.0, -0.12, 1.0), 0.055 * g.half[0])
         self.solid = self.heart | medi | vessels | self.trachea | np.broadcast_to(spine, g.shape)
         for side in self.lung:
@@ -227,13 +261,18 @@ class _Anatomy:
         w, v = self.g.w, self.g.v
         lung = self.lung[side]
         if side == "right":
-            sel = {"upper": w > 0.25, "middle": (w <= 0.25) & (w > -0.3) & (v > 0.0),
-                   "lower": (w <= 0.25) & ~((w > -0.3) & (v > 0.0))}[lobe]
+            sel = {
+                "upper": w > 0.25,
+                "middle": (w <= 0.25) & (w > -0.3) & (v > 0.0),
+                "lower": (w <= 0.25) & ~((w > -0.3) & (v > 0.0)),
+            }[lobe]
         else:
             sel = {"upper": w > -0.05, "lower": w <= -0.05}[lobe]
         return lung & sel
 
-    def pick_point(self, rng: np.random.Generator, mask: np.ndarray, margin_mm: float = 0.0) -> tuple[float, ...]:
+    def pick_point(
+        self, rng: np.random.Generator, mask: np.ndarray, margin_mm: float = 0.0
+    ) -> tuple[float, ...]:
         """A random point (normalised coordinates) inside ``mask``, preferring ones at least
         ``margin_mm`` from its edge (an erosion by whole voxels)."""
         m = mask
@@ -252,7 +291,9 @@ class _Anatomy:
         return tuple(-1 + (2 * i[a] + 1) / self.g.shape[a] for a in range(3))
 
 
-def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray]:
+def _plant(
+    an: _Anatomy, rng: np.random.Generator, codes: np.ndarray
+) -> tuple[list[dict[str, Any]], np.ndarray]:
     g, hu = an.g, an.hu
     mask = np.zeros(g.shape, dtype=np.uint8)
     findings: list[dict[str, Any]] = []
@@ -278,7 +319,13 @@ def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[l
         hu[shrunk] = an.lung_hu[shrunk] + 60
         an.lung[side] = shrunk
         mark(air, "pneumothorax")
-        rec("pneumothorax", air, an.pick_point(rng, air), side=side, compression_pct=int(round(100 * frac, -1)))
+        rec(
+            "pneumothorax",
+            air,
+            an.pick_point(rng, air),
+            side=side,
+            compression_pct=int(round(100 * frac, -1)),
+        )
         lungs = an.lung["right"] | an.lung["left"]
     if pos["edema"]:
         boost = (260 + 120 * np.clip(-g.v, 0, 1)).astype(np.float32)
@@ -304,7 +351,10 @@ def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[l
                 hu[rim] = -500
                 mark(rim, label)
             hu[m] = 30
-            bron = g.tube((c[0], c[1], c[2] - g.norm(r, 2)), (c[0], c[1], c[2] + g.norm(r, 2)), 1.5) & m
+            bron = (
+                g.tube((c[0], c[1], c[2] - g.norm(r, 2)), (c[0], c[1], c[2] + g.norm(r, 2)), 1.5)
+                & m
+            )
             hu[bron] = -900
             mark(m, label)
             rec(label, m, c, side=side, lobe=lb, size_mm=[2 * r, 1.6 * r])
@@ -312,10 +362,23 @@ def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[l
         side = str(rng.choice(["right", "left"]))
         lm = an.lobe_mask(side, "lower")
         c = an.pick_point(rng, lm & (g.v < -0.1), 8)
-        m = g.ellipsoid_mm(c, (float(rng.uniform(25, 40)), float(rng.uniform(7, 12)), float(rng.uniform(15, 25)))) & lungs
+        m = (
+            g.ellipsoid_mm(
+                c,
+                (float(rng.uniform(25, 40)), float(rng.uniform(7, 12)), float(rng.uniform(15, 25))),
+            )
+            & lungs
+        )
         hu[m] = 40
         mark(m, "atelectasis")
-        rec("atelectasis", m, c, side=side, lobe="lower", size_mm=[float(m.sum() ** (1 / 3) * g.spacing[0])] * 2)
+        rec(
+            "atelectasis",
+            m,
+            c,
+            side=side,
+            lobe="lower",
+            size_mm=[float(m.sum() ** (1 / 3) * g.spacing[0])] * 2,
+        )
     if pos["lung lesion"]:
         side, lb = lobe()
         seg = str(rng.choice(R.SEGMENTS[(side, lb)])) if rng.random() < 0.5 else None
@@ -332,33 +395,50 @@ def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[l
         val = {"solid": 35, "mass": 40, "part-solid": -250, "calcified": 400}[kind]
         hu[m] = val
         mark(m, "lung lesion")
-        rec("lung lesion", m, c, side=side, lobe=lb, segment=seg, kind=kind, count=count, size_mm=[d, b])
+        rec(
+            "lung lesion",
+            m,
+            c,
+            side=side,
+            lobe=lb,
+            segment=seg,
+            kind=kind,
+            count=count,
+            size_mm=[d, b],
+        )
         for _ in range(count - 1):  # smaller satellites anywhere in the lungs
             c2 = an.pick_point(rng, lungs, 4)
             d2 = float(rng.uniform(5, d))
             m2 = g.ellipsoid_mm(c2, (d2 / 2,) * 3) & lungs
             hu[m2] = val
             mark(m2, "lung lesion")
-            findings[-1].setdefault("satellites", []).append({"center_voxel": g.voxel(c2), "size_mm": [d2, d2]})
+            findings[-1].setdefault("satellites", []).append(
+                {"center_voxel": g.voxel(c2), "size_mm": [d2, d2]}
+            )
     if pos["pleural effusion"]:
         side = str(rng.choice(["right", "left", "both"], p=[0.45, 0.3, 0.25]))
         amount = str(rng.choice(["small", "moderate", "large"], p=[0.5, 0.35, 0.15]))
         a = {"small": 0.3, "moderate": 0.5, "large": 0.75}[amount]
         total = np.zeros(g.shape, dtype=bool)
-        for s in (["right", "left"] if side == "both" else [side]):
+        for s in ["right", "left"] if side == "both" else [side]:
             cu, cv, ru, rv = getattr(an, f"geom_{s}")
             depth = (g.v - cv) / rv  # -1 posterior .. 1 anterior
             m = an.lung[s] & (depth < -1 + 2 * a * np.clip((0.15 - g.w) / 0.9, 0, 1))
             hu[m] = 12
             total |= m
         mark(total, "pleural effusion")
-        rec("pleural effusion", total, an.pick_point(rng, total) if total.any() else (0.3, -0.4, -0.6),
-            side=side, amount=amount)
+        rec(
+            "pleural effusion",
+            total,
+            an.pick_point(rng, total) if total.any() else (0.3, -0.4, -0.6),
+            side=side,
+            amount=amount,
+        )
     if pos["pleural other"]:
         side = str(rng.choice(["right", "left", "both"], p=[0.4, 0.35, 0.25]))
         t_mm = float(rng.uniform(5, 10))
         total = np.zeros(g.shape, dtype=bool)
-        for s in (["right", "left"] if side == "both" else [side]):
+        for s in ["right", "left"] if side == "both" else [side]:
             cu, cv, ru, rv = getattr(an, f"geom_{s}")
             rn = getattr(an, f"rn_{s}")
             t = g.norm(t_mm, 0) / ru
@@ -366,17 +446,31 @@ def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[l
             hu[m] = 45
             total |= m
         mark(total, "pleural other")
-        rec("pleural other", total, an.pick_point(rng, total) if total.any() else (0.6, -0.2, 0.0),
-            side=side, thickness_mm=t_mm)
+        rec(
+            "pleural other",
+            total,
+            an.pick_point(rng, total) if total.any() else (0.6, -0.2, 0.0),
+            side=side,
+            thickness_mm=t_mm,
+        )
     an.draw_heart_and_vessels()
     if pos["cardiomegaly"]:
         mark(an.heart, "cardiomegaly")
-        rec("cardiomegaly", an.heart, an.heart_c, side="left",
-            size_mm=[2 * g.mm(an.heart_r[0], 0), 2 * g.mm(an.heart_r[1], 1)])
+        rec(
+            "cardiomegaly",
+            an.heart,
+            an.heart_c,
+            side="left",
+            size_mm=[2 * g.mm(an.heart_r[0], 0), 2 * g.mm(an.heart_r[1], 1)],
+        )
     if pos["enlarged cardiomediastinum"]:
-        sites = {"paratracheal": ((0.1, -0.05, 0.45), "mediastinum"), "subcarinal": ((0.0, -0.22, 0.15), "mediastinum"),
-                 "aortopulmonary": ((-0.12, 0.0, 0.32), "mediastinum"),
-                 "right hilum": ((0.22, -0.05, 0.05), "hilum"), "left hilum": ((-0.23, -0.05, 0.05), "hilum")}
+        sites = {
+            "paratracheal": ((0.1, -0.05, 0.45), "mediastinum"),
+            "subcarinal": ((0.0, -0.22, 0.15), "mediastinum"),
+            "aortopulmonary": ((-0.12, 0.0, 0.32), "mediastinum"),
+            "right hilum": ((0.22, -0.05, 0.05), "hilum"),
+            "left hilum": ((-0.23, -0.05, 0.05), "hilum"),
+        }
         names = list(sites)
         chosen = rng.choice(len(names), size=int(rng.integers(1, 4)), replace=False)
         total = np.zeros(g.shape, dtype=bool)
@@ -392,14 +486,26 @@ def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[l
         hil_sides = {names[k].split()[0] for k in chosen if sites[names[k]][1] == "hilum"}
         side = "both" if len(hil_sides) != 1 else hil_sides.pop()
         mark(total, "enlarged cardiomediastinum")
-        rec("enlarged cardiomediastinum", total, sites[names[int(sorted(chosen)[0])]][0], where=where, side=side,
-            sites=[names[k] for k in sorted(chosen)], size_mm=[largest, largest])
+        rec(
+            "enlarged cardiomediastinum",
+            total,
+            sites[names[int(sorted(chosen)[0])]][0],
+            where=where,
+            side=side,
+            sites=[names[k] for k in sorted(chosen)],
+            size_mm=[largest, largest],
+        )
     if pos["fracture"]:
         side = str(rng.choice(["right", "left"]))
         k = int(rng.integers(3, 10))
         wl = an.rib_levels[k - 1]
         lateral = (g.u > 0.5) if side == "right" else (g.u < -0.5)
-        gap = an.ribs & lateral & (np.abs(g.v - rng.uniform(-0.1, 0.2)) < 0.05) & (np.abs(g.w - wl) < 0.04)
+        gap = (
+            an.ribs
+            & lateral
+            & (np.abs(g.v - rng.uniform(-0.1, 0.2)) < 0.05)
+            & (np.abs(g.w - wl) < 0.04)
+        )
         hu[gap] = 45
         frag = np.roll(gap, 1, axis=2) & ~an.cavity
         hu[frag] = 650
@@ -408,13 +514,22 @@ def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[l
         rec("fracture", gap | frag, c, side=side, rib=k)
     if pos["support devices"]:
         if rng.random() < 0.7:
-            m = (g.tube((0.55, 0.1, 0.85), (0.12, 0.12, 0.62), 2.0) | g.tube((0.12, 0.12, 0.62), (0.12, 0.12, -0.05), 2.0))
+            m = g.tube((0.55, 0.1, 0.85), (0.12, 0.12, 0.62), 2.0) | g.tube(
+                (0.12, 0.12, 0.62), (0.12, 0.12, -0.05), 2.0
+            )
             hu[m] = 1500
             kind, c = "catheter", an.pick_point(rng, m)
         else:
-            box = ((np.abs(g.u + 0.55) < g.norm(20, 0)) & (np.abs(g.v - 0.58) < g.norm(6, 1))
-                   & (np.abs(g.w - 0.6) < g.norm(25, 2)))
-            m = box | g.tube((-0.55, 0.58, 0.6), (0.12, 0.12, 0.62), 1.5) | g.tube((0.12, 0.12, 0.62), (-0.05, 0.2, -0.4), 1.5)
+            box = (
+                (np.abs(g.u + 0.55) < g.norm(20, 0))
+                & (np.abs(g.v - 0.58) < g.norm(6, 1))
+                & (np.abs(g.w - 0.6) < g.norm(25, 2))
+            )
+            m = (
+                box
+                | g.tube((-0.55, 0.58, 0.6), (0.12, 0.12, 0.62), 1.5)
+                | g.tube((0.12, 0.12, 0.62), (-0.05, 0.2, -0.4), 1.5)
+            )
             hu[m] = 3000
             kind, c = "pacemaker", an.pick_point(rng, box & np.ones(g.shape, dtype=bool))
         mark(m, "support devices")
@@ -424,8 +539,13 @@ def _plant(an: _Anatomy, rng: np.random.Generator, codes: np.ndarray) -> tuple[l
     return findings, mask
 
 
-def generate_case(case_id: int, codes: np.ndarray, seed: int = 0, shape: tuple[int, int, int] = (64, 64, 32),
-                  wording: str = "varied") -> Case:
+def generate_case(
+    case_id: int,
+    codes: np.ndarray,
+    seed: int = 0,
+    shape: tuple[int, int, int] = (64, 64, 32),
+    wording: str = "varied",
+) -> Case:
     """One case with the given CheXbert ``codes`` ([14]); deterministic in ``(seed, case_id)``.
 
     Args:
@@ -433,7 +553,11 @@ def generate_case(case_id: int, codes: np.ndarray, seed: int = 0, shape: tuple[i
     """
     rng = np.random.default_rng([int(seed), int(case_id), 17])
     g = _Grid(tuple(int(s) for s in shape))
-    heart_scale = float(rng.uniform(1.30, 1.45)) if codes[R.IDX["cardiomegaly"]] == 1 else float(rng.uniform(0.92, 1.05))
+    heart_scale = (
+        float(rng.uniform(1.30, 1.45))
+        if codes[R.IDX["cardiomegaly"]] == 1
+        else float(rng.uniform(0.92, 1.05))
+    )
     an = _Anatomy(g, rng, heart_scale)
     findings, mask = _plant(an, rng, codes)
     hu = an.hu + rng.normal(0, 12, g.shape).astype(np.float32)
@@ -441,7 +565,9 @@ def generate_case(case_id: int, codes: np.ndarray, seed: int = 0, shape: tuple[i
     affine = np.diag([*g.spacing, 1.0])
     affine[:3, 3] = [-(FOV_MM[i] - g.spacing[i]) / 2 for i in range(3)]
     report = R.chest_ct_report(rng, codes, findings, wording=wording)
-    return Case(case_id, hu, affine, mask, np.asarray(codes, dtype=np.int64), findings, report, g.spacing)
+    return Case(
+        case_id, hu, affine, mask, np.asarray(codes, dtype=np.int64), findings, report, g.spacing
+    )
 
 
 def _splits(rng: np.random.Generator, n: int, fractions: Sequence[float]) -> list[int]:
@@ -456,15 +582,22 @@ def _splits(rng: np.random.Generator, n: int, fractions: Sequence[float]) -> lis
     out = [0] * n
     start = 0
     for s, c in enumerate(counts):
-        for j in order[start:start + c]:
+        for j in order[start : start + c]:
             out[int(j)] = s
         start += c
     return out
 
 
-def chest_ct(out: PathLike, n: int, seed: int = 0, layout: str = "ctrg-chest",
-             shape: tuple[int, int, int] = (64, 64, 32), prevalence: Mapping[str, float] | None = None,
-             wording: str = "varied", dicom_every: int = 0) -> pathlib.Path:
+def chest_ct(
+    out: PathLike,
+    n: int,
+    seed: int = 0,
+    layout: str = "ctrg-chest",
+    shape: tuple[int, int, int] = (64, 64, 32),
+    prevalence: Mapping[str, float] | None = None,
+    wording: str = "varied",
+    dicom_every: int = 0,
+) -> pathlib.Path:
     """Write ``n`` synthetic chest CTs in a public layout under ``out`` (created; must not
     exist or be empty) and return ``out``.
 
@@ -507,28 +640,62 @@ def chest_ct(out: PathLike, n: int, seed: int = 0, layout: str = "ctrg-chest",
                 sp = case.spacing
                 # DICOM LPS: rows along y (posterior->anterior flipped), columns along x
                 arr = np.ascontiguousarray(case.hu.transpose(2, 1, 0)[:, ::-1, ::-1]) + 1024
-                origin = (-case.affine[0, 3] - (case.hu.shape[0] - 1) * sp[0],
-                          -case.affine[1, 3] - (case.hu.shape[1] - 1) * sp[1], case.affine[2, 3])
-                write_dicom_series(tmp / "dicom" / str(i), arr, sp, origin, "CT", 1.0, -1024.0,
-                                   patient_id=f"SYNTH-CT-{i:04d}", uid_seed=f"{seed}")
+                origin = (
+                    -case.affine[0, 3] - (case.hu.shape[0] - 1) * sp[0],
+                    -case.affine[1, 3] - (case.hu.shape[1] - 1) * sp[1],
+                    case.affine[2, 3],
+                )
+                write_dicom_series(
+                    tmp / "dicom" / str(i),
+                    arr,
+                    sp,
+                    origin,
+                    "CT",
+                    1.0,
+                    -1024.0,
+                    patient_id=f"SYNTH-CT-{i:04d}",
+                    uid_seed=f"{seed}",
+                )
         if layout == "ctrg-chest":
             _write_ctrg(tmp, cases, split)
         else:
             _write_ct_rate(tmp, cases, split, seed)
-        (tmp / "synth.json").write_text(json.dumps({"kind": "chest-ct", "layout": layout, "n": n, "seed": seed,
-                                                    "shape": list(shape), "wording": wording,
-                                                    "prevalence": dict(prevalence or {})}, indent=1))
+        (tmp / "synth.json").write_text(
+            json.dumps(
+                {
+                    "kind": "chest-ct",
+                    "layout": layout,
+                    "n": n,
+                    "seed": seed,
+                    "shape": list(shape),
+                    "wording": wording,
+                    "prevalence": dict(prevalence or {}),
+                },
+                indent=1,
+            )
+        )
     return out
 
 
 def _write_truth(root: pathlib.Path, name: str, case: Case, split: int, layout: str) -> None:
     gt = root / "ground_truth"
     gt.mkdir(exist_ok=True)
-    (gt / f"{name}.json").write_text(json.dumps({
-        "id": name, "split_index": split, "codes": case.codes.tolist(), "labels": case.labels.tolist(),
-        "label_names": list(CONDITIONS), "findings": case.findings, "report": case.report,
-        "spacing": list(case.spacing), "mask_values": {c: i + 1 for i, c in enumerate(CONDITIONS)},
-    }, indent=1))
+    (gt / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "id": name,
+                "split_index": split,
+                "codes": case.codes.tolist(),
+                "labels": case.labels.tolist(),
+                "label_names": list(CONDITIONS),
+                "findings": case.findings,
+                "report": case.report,
+                "spacing": list(case.spacing),
+                "mask_values": {c: i + 1 for i, c in enumerate(CONDITIONS)},
+            },
+            indent=1,
+        )
+    )
     write_nifti(gt / f"{name}_mask.nii.gz", case.mask, case.affine)
 
 
@@ -542,16 +709,35 @@ def _write_ctrg(root: pathlib.Path, cases: list[Case], split: list[int]) -> None
         ann[names[s]].append({"id": c.id, "finding": c.report})
     (root / "annotation.json").write_text(json.dumps(ann, indent=1))
     _, header = real_label_table()
-    write_csv(root / "CTRG_finding_labels.csv", ["id", *header], [[c.id, *c.codes.tolist()] for c in cases])
+    write_csv(
+        root / "CTRG_finding_labels.csv",
+        ["id", *header],
+        [[c.id, *c.codes.tolist()] for c in cases],
+    )
 
 
 #: CT-RATE's 18 abnormality columns <- the CheXbert labels planted (unlisted columns are never
 #: planted and are 0).
-CT_RATE_COLUMNS = ("Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
-                   "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema",
-                   "Atelectasis", "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion",
-                   "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
-                   "Interlobular septal thickening")
+CT_RATE_COLUMNS = (
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
+    "Interlobular septal thickening",
+)
 CT_RATE_MAP: dict[str, tuple[str, ...]] = {
     "Medical material": ("support devices",),
     "Cardiomegaly": ("cardiomegaly",),
@@ -576,7 +762,9 @@ def ct_rate_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def _write_ct_rate(root: pathlib.Path, cases: list[Case], split: list[int], seed: int) -> None:
-    rows: dict[str, dict[str, list[list[Any]]]] = {s: {"rep": [], "lab": [], "meta": []} for s in ("train", "valid")}
+    rows: dict[str, dict[str, list[list[Any]]]] = {
+        s: {"rep": [], "lab": [], "meta": []} for s in ("train", "valid")
+    }
     counters = {"train": 0, "valid": 0}
     for c, s in zip(cases, split):
         sp = "train" if s == 0 else "valid"
@@ -590,25 +778,78 @@ def _write_ct_rate(root: pathlib.Path, cases: list[Case], split: list[int], seed
         gt["volume_name"] = name
         gt_file.write_text(json.dumps(gt, indent=1))
         found = [f for f in c.findings]
-        rows[sp]["rep"].append([name, "Not given.", "Non-contrast chest CT.", c.report, R.ct_rate_impression(found)])
+        rows[sp]["rep"].append(
+            [name, "Not given.", "Non-contrast chest CT.", c.report, R.ct_rate_impression(found)]
+        )
         rows[sp]["lab"].append([name, *ct_rate_labels(c.labels).tolist()])
         sx, sy, sz = c.spacing
         nx, ny, nz = c.hu.shape
-        ipp = [float(-c.affine[0, 3]), float(-c.affine[1, 3]), float(c.affine[2, 3] + (nz - 1) * sz)]
-        rows[sp]["meta"].append([name, "SYNTH", "CHEST", "voxlm-synth", "M" if c.id % 2 else "F",
-                                 f"{50 + c.id % 30:03d}Y", "HFS", str(ipp), "[1, 0, 0, 0, 1, 0]", ny, nx, nz,
-                                 f"[{sx}, {sy}]", sz, -1024, 1, "HU"])
+        ipp = [
+            float(-c.affine[0, 3]),
+            float(-c.affine[1, 3]),
+            float(c.affine[2, 3] + (nz - 1) * sz),
+        ]
+        rows[sp]["meta"].append(
+            [
+                name,
+                "SYNTH",
+                "CHEST",
+                "voxlm-synth",
+                "M" if c.id % 2 else "F",
+                f"{50 + c.id % 30:03d}Y",
+                "HFS",
+                str(ipp),
+                "[1, 0, 0, 0, 1, 0]",
+                ny,
+                nx,
+                nz,
+                f"[{sx}, {sy}]",
+                sz,
+                -1024,
+                1,
+                "HU",
+            ]
+        )
     for sp, csv_sp in (("train", "train"), ("valid", "validation")):
-        write_csv(root / "radiology_text_reports" / f"{csv_sp}_reports.csv",
-                  ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"],
-                  rows[sp]["rep"])
-        write_csv(root / "multi_abnormality_labels" / f"{sp}_predicted_labels.csv",
-                  ["VolumeName", *CT_RATE_COLUMNS], rows[sp]["lab"])
-        write_csv(root / "metadata" / f"{csv_sp}_metadata.csv",
-                  ["VolumeName", "Manufacturer", "SeriesDescription", "ManufacturerModelName", "PatientSex",
-                   "PatientAge", "PatientPosition", "ImagePositionPatient", "ImageOrientationPatient", "Rows",
-                   "Columns", "NumberofSlices", "XYSpacing", "ZSpacing", "RescaleIntercept", "RescaleSlope",
-                   "RescaleType"], rows[sp]["meta"])
+        write_csv(
+            root / "radiology_text_reports" / f"{csv_sp}_reports.csv",
+            [
+                "VolumeName",
+                "ClinicalInformation_EN",
+                "Technique_EN",
+                "Findings_EN",
+                "Impressions_EN",
+            ],
+            rows[sp]["rep"],
+        )
+        write_csv(
+            root / "multi_abnormality_labels" / f"{sp}_predicted_labels.csv",
+            ["VolumeName", *CT_RATE_COLUMNS],
+            rows[sp]["lab"],
+        )
+        write_csv(
+            root / "metadata" / f"{csv_sp}_metadata.csv",
+            [
+                "VolumeName",
+                "Manufacturer",
+                "SeriesDescription",
+                "ManufacturerModelName",
+                "PatientSex",
+                "PatientAge",
+                "PatientPosition",
+                "ImagePositionPatient",
+                "ImageOrientationPatient",
+                "Rows",
+                "Columns",
+                "NumberofSlices",
+                "XYSpacing",
+                "ZSpacing",
+                "RescaleIntercept",
+                "RescaleSlope",
+                "RescaleType",
+            ],
+            rows[sp]["meta"],
+        )
 
 
 def read_truth(root: PathLike, case_id: str | int) -> dict[str, Any]:

@@ -23,9 +23,22 @@ from .chest_ct import _splits, generate_case, sample_codes
 from .writers import PathLike, atomic_dir, write_csv, write_png
 
 #: MIMIC-CXR-JPG's CheXpert table columns (alphabetical, as in mimic-cxr-2.0.0-chexpert.csv).
-CHEXPERT_COLUMNS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
-                    "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other",
-                    "Pneumonia", "Pneumothorax", "Support Devices")
+CHEXPERT_COLUMNS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
 
 
 def project(hu_xyz: np.ndarray, spacing: Sequence[float], view: str, k: float = 0.08) -> np.ndarray:
@@ -51,7 +64,9 @@ def _nth(k: int) -> str:
 def _sentence(f: dict[str, Any]) -> str:
     lab = f["label"]
     side = f.get("side", "right")
-    zone = {"upper": "upper", "middle": "mid", "lower": "lower"}.get(f.get("lobe", "lower"), "lower")
+    zone = {"upper": "upper", "middle": "mid", "lower": "lower"}.get(
+        f.get("lobe", "lower"), "lower"
+    )
     if lab == "lung lesion":
         return f"A {int(round(f['size_mm'][0]))} mm {'mass' if f.get('kind') == 'mass' else 'nodule'} projects over the {side} {zone} lung."
     text = {
@@ -61,13 +76,23 @@ def _sentence(f: dict[str, Any]) -> str:
         "atelectasis": f"Linear atelectasis at the {side} lung base.",
         "edema": "Diffuse interstitial pulmonary edema.",
         "pneumothorax": f"A {side} pneumothorax is present.",
-        "pleural effusion": (f"Bilateral {f.get('amount', 'small')} pleural effusions." if side == "both"
-                             else f"A {f.get('amount', 'small')} {side} pleural effusion."),
-        "pleural other": "Bilateral pleural thickening." if side == "both" else f"The {side} pleura is thickened.",
+        "pleural effusion": (
+            f"Bilateral {f.get('amount', 'small')} pleural effusions."
+            if side == "both"
+            else f"A {f.get('amount', 'small')} {side} pleural effusion."
+        ),
+        "pleural other": "Bilateral pleural thickening."
+        if side == "both"
+        else f"The {side} pleura is thickened.",
         "fracture": f"Fracture of the {side} {_nth(int(f.get('rib', 6)))} rib.",
-        "support devices": ("A left chest wall pacemaker with its lead in the right ventricle." if f.get("kind") == "pacemaker"
-                            else "A central venous catheter terminates in the superior vena cava."),
-        "enlarged cardiomediastinum": "The hila are enlarged." if f.get("where") == "hilum" else "The mediastinum is widened.",
+        "support devices": (
+            "A left chest wall pacemaker with its lead in the right ventricle."
+            if f.get("kind") == "pacemaker"
+            else "A central venous catheter terminates in the superior vena cava."
+        ),
+        "enlarged cardiomediastinum": "The hila are enlarged."
+        if f.get("where") == "hilum"
+        else "The mediastinum is widened.",
         "cardiomegaly": "The heart is enlarged.",
     }
     return text[lab]
@@ -78,10 +103,20 @@ def cxr_report(findings: Sequence[dict[str, Any]], codes: Sequence[int]) -> tupl
     pos = [f for f in findings]
     have = {f["label"] for f in pos}
     parts = [_sentence(f) for f in pos]
-    if not have & {"lung lesion", "lung opacity", "consolidation", "pneumonia", "atelectasis", "edema"}:
+    if not have & {
+        "lung lesion",
+        "lung opacity",
+        "consolidation",
+        "pneumonia",
+        "atelectasis",
+        "edema",
+    }:
         parts.insert(0, "The lungs are clear.")
-    neg = [w for lbl, w in (("pleural effusion", "pleural effusion"), ("pneumothorax", "pneumothorax"))
-           if lbl not in have]
+    neg = [
+        w
+        for lbl, w in (("pleural effusion", "pleural effusion"), ("pneumothorax", "pneumothorax"))
+        if lbl not in have
+    ]
     if neg:
         parts.append("No " + " or ".join(neg) + ".")
     if not have & {"cardiomegaly", "enlarged cardiomediastinum"}:
@@ -91,19 +126,26 @@ def cxr_report(findings: Sequence[dict[str, Any]], codes: Sequence[int]) -> tupl
 
 
 def _report_text(findings: str, impression: str) -> str:
-    return ("                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n\n"
-            " INDICATION:  ___ with chest pain.\n\n COMPARISON:  None.\n\n"
-            f" FINDINGS:\n \n {findings}\n \n IMPRESSION:\n \n {impression}\n")
+    return (
+        "                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n\n"
+        " INDICATION:  ___ with chest pain.\n\n COMPARISON:  None.\n\n"
+        f" FINDINGS:\n \n {findings}\n \n IMPRESSION:\n \n {impression}\n"
+    )
 
 
 def _dicom_id(seed: int, study: int, view: str) -> str:
     h = hashlib.sha1(f"{seed}|{study}|{view}".encode()).hexdigest()
-    return "-".join(h[i:i + 8] for i in range(0, 40, 8))
+    return "-".join(h[i : i + 8] for i in range(0, 40, 8))
 
 
-def chest_xray(out: PathLike, n: int, seed: int = 0, layout: str = "mimic-cxr",
-               shape: tuple[int, int, int] = (96, 80, 80), prevalence: Mapping[str, float] | None = None
-               ) -> pathlib.Path:
+def chest_xray(
+    out: PathLike,
+    n: int,
+    seed: int = 0,
+    layout: str = "mimic-cxr",
+    shape: tuple[int, int, int] = (96, 80, 80),
+    prevalence: Mapping[str, float] | None = None,
+) -> pathlib.Path:
     """Write ``n`` PA + lateral studies in the MIMIC-CXR-JPG layout under ``out``.
 
     ``files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.png`` (PNG, not JPEG: voxlm writes PNG without
@@ -136,9 +178,22 @@ def chest_xray(out: PathLike, n: int, seed: int = 0, layout: str = "mimic-cxr",
                 did = _dicom_id(seed, study, view)
                 img = project(case.hu, case.spacing, view)
                 write_png(folder / f"s{study}" / f"{did}.png", img)
-                meta.append([did, subject, study, "CHEST (PA AND LAT)", view, img.shape[0], img.shape[1],
-                             20200101, "120000.000", "CHEST (PA AND LAT)",
-                             "postero-anterior" if view == "PA" else "lateral", "Erect"])
+                meta.append(
+                    [
+                        did,
+                        subject,
+                        study,
+                        "CHEST (PA AND LAT)",
+                        view,
+                        img.shape[0],
+                        img.shape[1],
+                        20200101,
+                        "120000.000",
+                        "CHEST (PA AND LAT)",
+                        "postero-anterior" if view == "PA" else "lateral",
+                        "Erect",
+                    ]
+                )
                 splits.append([did, study, subject, split_names[split[i]]])
                 views.append({"dicom_id": did, "view": view})
             (folder / f"s{study}.txt").write_text(_report_text(findings, impression))
@@ -149,16 +204,61 @@ def chest_xray(out: PathLike, n: int, seed: int = 0, layout: str = "mimic-cxr",
             chex.append(row)
             gt = tmp / "ground_truth"
             gt.mkdir(exist_ok=True)
-            (gt / f"{study}.json").write_text(json.dumps({
-                "subject_id": subject, "study_id": study, "split": split_names[split[i]], "views": views,
-                "codes": case.codes.tolist(), "labels": case.labels.tolist(), "label_names": list(R.CONDITIONS),
-                "findings": case.findings, "findings_text": findings, "impression": impression}, indent=1))
-        write_csv(tmp / "mimic-cxr-2.0.0-metadata.csv.gz",
-                  ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
-                   "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
-                   "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning"], meta)
-        write_csv(tmp / "mimic-cxr-2.0.0-split.csv.gz", ["dicom_id", "study_id", "subject_id", "split"], splits)
-        write_csv(tmp / "mimic-cxr-2.0.0-chexpert.csv.gz", ["subject_id", "study_id", *CHEXPERT_COLUMNS], chex)
-        (tmp / "synth.json").write_text(json.dumps({"kind": "chest-xray", "layout": layout, "n": n, "seed": seed,
-                                                    "shape": list(shape)}, indent=1))
+            (gt / f"{study}.json").write_text(
+                json.dumps(
+                    {
+                        "subject_id": subject,
+                        "study_id": study,
+                        "split": split_names[split[i]],
+                        "views": views,
+                        "codes": case.codes.tolist(),
+                        "labels": case.labels.tolist(),
+                        "label_names": list(R.CONDITIONS),
+                        "findings": case.findings,
+                        "findings_text": findings,
+                        "impression": impression,
+                    },
+                    indent=1,
+                )
+            )
+        write_csv(
+            tmp / "mimic-cxr-2.0.0-metadata.csv.gz",
+            [
+                "dicom_id",
+                "subject_id",
+                "study_id",
+                "PerformedProcedureStepDescription",
+                "ViewPosition",
+                "Rows",
+                "Columns",
+                "StudyDate",
+                "StudyTime",
+                "ProcedureCodeSequence_CodeMeaning",
+                "ViewCodeSequence_CodeMeaning",
+                "PatientOrientationCodeSequence_CodeMeaning",
+            ],
+            meta,
+        )
+        write_csv(
+            tmp / "mimic-cxr-2.0.0-split.csv.gz",
+            ["dicom_id", "study_id", "subject_id", "split"],
+            splits,
+        )
+        write_csv(
+            tmp / "mimic-cxr-2.0.0-chexpert.csv.gz",
+            ["subject_id", "study_id", *CHEXPERT_COLUMNS],
+            chex,
+        )
+        (tmp / "synth.json").write_text(
+            json.dumps(
+                {
+                    "kind": "chest-xray",
+                    "layout": layout,
+                    "n": n,
+                    "seed": seed,
+                    "shape": list(shape),
+                },
+                indent=1,
+            )
+        )
     return out

@@ -86,8 +86,9 @@ GUIDELINE_DWI_ADC = (
 SCORE_WORDS = {1: "very low", 2: "low", 3: "intermediate", 4: "high", 5: "very high"}
 
 
-def pirads_score(zone: str, size_mm: float, adc_drop: float, dwi_gain: float, t2_shape: str,
-                 epe: bool = False) -> int:
+def pirads_score(
+    zone: str, size_mm: float, adc_drop: float, dwi_gain: float, t2_shape: str, epe: bool = False
+) -> int:
     """The score of a lesion by the rules in the module docstring.
 
     Args:
@@ -124,27 +125,56 @@ def _features_for(rng: np.random.Generator, score: int) -> dict[str, Any]:
     epe = False
     if zone == "pz":
         if score == 1:
-            f = dict(adc_drop=rng.uniform(0.0, 0.08), dwi_gain=rng.uniform(0.0, 0.08), t2_shape="none",
-                     size_mm=rng.uniform(5, 12))
+            f = dict(
+                adc_drop=rng.uniform(0.0, 0.08),
+                dwi_gain=rng.uniform(0.0, 0.08),
+                t2_shape="none",
+                size_mm=rng.uniform(5, 12),
+            )
         elif score == 2:
-            f = dict(adc_drop=rng.uniform(0.12, 0.22), dwi_gain=rng.uniform(0.0, 0.2), t2_shape="wedge",
-                     size_mm=rng.uniform(6, 14))
+            f = dict(
+                adc_drop=rng.uniform(0.12, 0.22),
+                dwi_gain=rng.uniform(0.0, 0.2),
+                t2_shape="wedge",
+                size_mm=rng.uniform(6, 14),
+            )
         elif score == 3:
-            f = dict(adc_drop=rng.uniform(0.27, 0.42), dwi_gain=rng.uniform(0.3, 0.55), t2_shape="heterogeneous",
-                     size_mm=rng.uniform(6, 16))
+            f = dict(
+                adc_drop=rng.uniform(0.27, 0.42),
+                dwi_gain=rng.uniform(0.3, 0.55),
+                t2_shape="heterogeneous",
+                size_mm=rng.uniform(6, 16),
+            )
         elif score == 4:
-            f = dict(adc_drop=rng.uniform(0.5, 0.65), dwi_gain=rng.uniform(0.7, 1.2), t2_shape="lenticular",
-                     size_mm=rng.uniform(7, 13.5))
+            f = dict(
+                adc_drop=rng.uniform(0.5, 0.65),
+                dwi_gain=rng.uniform(0.7, 1.2),
+                t2_shape="lenticular",
+                size_mm=rng.uniform(7, 13.5),
+            )
         else:
             epe = bool(rng.random() < 0.3)
-            f = dict(adc_drop=rng.uniform(0.5, 0.7), dwi_gain=rng.uniform(0.8, 1.5), t2_shape="lenticular",
-                     size_mm=rng.uniform(10, 14) if epe else rng.uniform(16, 24))
+            f = dict(
+                adc_drop=rng.uniform(0.5, 0.7),
+                dwi_gain=rng.uniform(0.8, 1.5),
+                t2_shape="lenticular",
+                size_mm=rng.uniform(10, 14) if epe else rng.uniform(16, 24),
+            )
     else:
-        shape = {1: "encapsulated", 2: "circumscribed", 3: "heterogeneous", 4: "lenticular", 5: "lenticular"}[score]
+        shape = {
+            1: "encapsulated",
+            2: "circumscribed",
+            3: "heterogeneous",
+            4: "lenticular",
+            5: "lenticular",
+        }[score]
         marked = score >= 4 or (score == 3 and rng.random() < 0.5)
-        f = dict(adc_drop=rng.uniform(0.5, 0.65) if marked else rng.uniform(0.05, 0.35),
-                 dwi_gain=rng.uniform(0.7, 1.1) if marked else rng.uniform(0.0, 0.4), t2_shape=shape,
-                 size_mm=rng.uniform(16, 24) if score == 5 else rng.uniform(7, 13.5))
+        f = dict(
+            adc_drop=rng.uniform(0.5, 0.65) if marked else rng.uniform(0.05, 0.35),
+            dwi_gain=rng.uniform(0.7, 1.1) if marked else rng.uniform(0.0, 0.4),
+            t2_shape=shape,
+            size_mm=rng.uniform(16, 24) if score == 5 else rng.uniform(7, 13.5),
+        )
         if score == 2:  # keep below the DWI upgrade
             f["dwi_gain"] = min(f["dwi_gain"], 0.5)
     out = {k: float(v) if not isinstance(v, str) else v for k, v in f.items()}
@@ -152,8 +182,13 @@ def _features_for(rng: np.random.Generator, score: int) -> dict[str, Any]:
     return out
 
 
-def generate_case(case_id: int, score: int, seed: int = 0, shape: tuple[int, int, int] = (20, 96, 96),
-                  spacing_xyz: tuple[float, float, float] = (1.25, 1.25, 3.0)) -> dict[str, Any]:
+def generate_case(
+    case_id: int,
+    score: int,
+    seed: int = 0,
+    shape: tuple[int, int, int] = (20, 96, 96),
+    spacing_xyz: tuple[float, float, float] = (1.25, 1.25, 3.0),
+) -> dict[str, Any]:
     """One case: ``{"t2w", "adc", "dwi"}`` float32 ``[D, H, W]`` (ADC/DWI at half in-plane
     resolution), ``"mask"`` uint8 lesion mask on the T2W grid, and the lesion record."""
     rng = np.random.default_rng([int(seed), int(case_id), 29])
@@ -187,7 +222,11 @@ def generate_case(case_id: int, score: int, seed: int = 0, shape: tuple[int, int
     rectum_c = (pc[0], pc[1] + pr[1] + 9, pc[2])
     rwall = ell(rectum_c, (14, 9, 60))
     t2[rwall], adc[rwall], dwi[rwall] = 90, 1300, 45
-    t2[ell(rectum_c, (8, 4, 60))], adc[ell(rectum_c, (8, 4, 60))], dwi[ell(rectum_c, (8, 4, 60))] = 20, 0, 5
+    (
+        t2[ell(rectum_c, (8, 4, 60))],
+        adc[ell(rectum_c, (8, 4, 60))],
+        dwi[ell(rectum_c, (8, 4, 60))],
+    ) = 20, 0, 5
     bladder = ell((pc[0], pc[1] - 6, pc[2] + pr[2] + 14), (30, 22, 14)) & ~prostate
     t2[bladder], adc[bladder], dwi[bladder] = 600, 2800, 20
 
@@ -212,39 +251,76 @@ def generate_case(case_id: int, score: int, seed: int = 0, shape: tuple[int, int
     normal_dwi = 60.0 if feat["zone"] == "pz" else 65.0
     adc[lesion] = normal_adc * (1 - feat["adc_drop"])
     dwi[lesion] = normal_dwi * (1 + feat["dwi_gain"])
-    t2_val = {"none": None, "wedge": 230.0, "encapsulated": 210.0, "circumscribed": 170.0,
-              "heterogeneous": 150.0, "lenticular": 110.0}[feat["t2_shape"]]
+    t2_val = {
+        "none": None,
+        "wedge": 230.0,
+        "encapsulated": 210.0,
+        "circumscribed": 170.0,
+        "heterogeneous": 150.0,
+        "lenticular": 110.0,
+    }[feat["t2_shape"]]
     if t2_val is not None:
         t2[lesion] = t2_val + (35 * tex[lesion] if feat["t2_shape"] == "heterogeneous" else 0)
         if feat["t2_shape"] == "encapsulated":
             cap = ell(c, [x * 1.25 for x in r]) & ~lesion & prostate
             t2[cap] = 70
-    got = pirads_score(feat["zone"], feat["size_mm"], feat["adc_drop"], feat["dwi_gain"], feat["t2_shape"],
-                       feat["epe"])
+    got = pirads_score(
+        feat["zone"],
+        feat["size_mm"],
+        feat["adc_drop"],
+        feat["dwi_gain"],
+        feat["t2_shape"],
+        feat["epe"],
+    )
     assert got == score, (feat, got, score)
     t2 = t2 + rng.normal(0, 8, full).astype(np.float32)
     adc = adc + rng.normal(0, 40, full).astype(np.float32)
     dwi = dwi + rng.normal(0, 3, full).astype(np.float32)
+
     # ADC / DWI at half the in-plane resolution (2x2 block means)
     def half(x: np.ndarray) -> np.ndarray:
         return x[:, : h // 2 * 2, : w // 2 * 2].reshape(d, h // 2, 2, w // 2, 2).mean((2, 4))
 
     p_cs = {1: 0.05, 2: 0.05, 3: 0.2, 4: 0.55, 5: 0.85}[score]
-    isup = int(rng.choice([2, 3, 4, 5], p=[0.5, 0.25, 0.15, 0.1])) if rng.random() < p_cs else int(rng.choice([0, 1]))
-    lesion_rec = {"pirads": score, "isup": isup, "cspca": isup >= 2, **feat,
-                  "point_voxel_xyz": [int(kx), int(ky), int(kz)], "point_mm_lps": list(c),
-                  "radii_mm": list(r), "voxels": int(lesion.sum())}
-    return {"t2w": np.clip(t2, 0, None), "adc": np.clip(half(adc), 0, None), "dwi": np.clip(half(dwi), 0, None),
-            "mask": lesion.astype(np.uint8), "prostate": prostate.astype(np.uint8), "lesion": lesion_rec,
-            "spacing_xyz": spacing_xyz, "shape": shape}
+    isup = (
+        int(rng.choice([2, 3, 4, 5], p=[0.5, 0.25, 0.15, 0.1]))
+        if rng.random() < p_cs
+        else int(rng.choice([0, 1]))
+    )
+    lesion_rec = {
+        "pirads": score,
+        "isup": isup,
+        "cspca": isup >= 2,
+        **feat,
+        "point_voxel_xyz": [int(kx), int(ky), int(kz)],
+        "point_mm_lps": list(c),
+        "radii_mm": list(r),
+        "voxels": int(lesion.sum()),
+    }
+    return {
+        "t2w": np.clip(t2, 0, None),
+        "adc": np.clip(half(adc), 0, None),
+        "dwi": np.clip(half(dwi), 0, None),
+        "mask": lesion.astype(np.uint8),
+        "prostate": prostate.astype(np.uint8),
+        "lesion": lesion_rec,
+        "spacing_xyz": spacing_xyz,
+        "shape": shape,
+    }
 
 
 SCORE_P = (0.15, 0.2, 0.25, 0.25, 0.15)
 
 
-def prostate_mri(out: PathLike, n: int, seed: int = 0, layout: str = "picai",
-                 shape: tuple[int, int, int] = (20, 96, 96), score_p: Sequence[float] = SCORE_P,
-                 dicom_every: int = 0) -> pathlib.Path:
+def prostate_mri(
+    out: PathLike,
+    n: int,
+    seed: int = 0,
+    layout: str = "picai",
+    shape: tuple[int, int, int] = (20, 96, 96),
+    score_p: Sequence[float] = SCORE_P,
+    dicom_every: int = 0,
+) -> pathlib.Path:
     """Write ``n`` synthetic prostate MRI studies under ``out`` and return it.
 
     Layouts:
@@ -263,7 +339,9 @@ def prostate_mri(out: PathLike, n: int, seed: int = 0, layout: str = "picai",
     k-th case also as three MR DICOM series under ``dicom/<id>/{t2w,adc,dwi}/``.
     """
     if layout not in ("picai", "prostate-biopsy"):
-        raise ConfigError(f"prostate_mri layout: expected 'picai' or 'prostate-biopsy', got {layout!r}")
+        raise ConfigError(
+            f"prostate_mri layout: expected 'picai' or 'prostate-biopsy', got {layout!r}"
+        )
     if n < 1:
         raise ConfigError(f"prostate_mri n: expected >= 1 case, got {n}")
     out = pathlib.Path(out)
@@ -289,49 +367,132 @@ def prostate_mri(out: PathLike, n: int, seed: int = 0, layout: str = "picai",
                 cid = f"{pid}_{sid}"
                 folder = tmp / pid
                 write_mha(folder / f"{cid}_t2w.mha", np.rint(c["t2w"]).astype(np.int16), sp, origin)
-                write_mha(folder / f"{cid}_adc.mha", np.rint(c["adc"]).astype(np.int16), sp_half, origin_half)
-                write_mha(folder / f"{cid}_hbv.mha", np.rint(c["dwi"]).astype(np.int16), sp_half, origin_half)
+                write_mha(
+                    folder / f"{cid}_adc.mha",
+                    np.rint(c["adc"]).astype(np.int16),
+                    sp_half,
+                    origin_half,
+                )
+                write_mha(
+                    folder / f"{cid}_hbv.mha",
+                    np.rint(c["dwi"]).astype(np.int16),
+                    sp_half,
+                    origin_half,
+                )
                 lab = c["mask"] * np.uint8(les["isup"] if les["cspca"] else 0)
-                write_nifti(tmp / "csPCa_lesion_delineations" / "human_expert" / "resampled" / f"{cid}.nii.gz",
-                            np.ascontiguousarray(lab.transpose(2, 1, 0)), lps_to_ras_affine(sp, origin))
+                write_nifti(
+                    tmp
+                    / "csPCa_lesion_delineations"
+                    / "human_expert"
+                    / "resampled"
+                    / f"{cid}.nii.gz",
+                    np.ascontiguousarray(lab.transpose(2, 1, 0)),
+                    lps_to_ras_affine(sp, origin),
+                )
                 vol = float(c["prostate"].sum() * sp[0] * sp[1] * sp[2] / 1000)
                 psa = float(np.round(rng.uniform(2, 8) + 4 * (les["isup"] >= 2) * rng.random(), 1))
                 gs = {0: "N/A", 1: "3+3", 2: "3+4", 3: "4+3", 4: "4+4", 5: "4+5"}[les["isup"]]
-                marks.append([pid, sid, "2020-01-01", int(rng.integers(50, 80)), psa, round(psa / vol, 2),
-                              round(vol, 1), "MRBx" if les["pirads"] >= 3 else "SysBx", str(les["pirads"]), gs,
-                              str(les["isup"]), les["isup"], "YES" if les["cspca"] else "NO", "SYN"])
+                marks.append(
+                    [
+                        pid,
+                        sid,
+                        "2020-01-01",
+                        int(rng.integers(50, 80)),
+                        psa,
+                        round(psa / vol, 2),
+                        round(vol, 1),
+                        "MRBx" if les["pirads"] >= 3 else "SysBx",
+                        str(les["pirads"]),
+                        gs,
+                        str(les["isup"]),
+                        les["isup"],
+                        "YES" if les["cspca"] else "NO",
+                        "SYN",
+                    ]
+                )
             else:
                 pid = cid = f"Prostate-MRI-US-Biopsy-{i + 1:04d}"
                 _write_biopsy_crops(tmp / cid, cid, c, sp)
                 lines[("train", "val", "test")[split[i]]].append(f"{cid}-Target1 {les['pirads']}")
             if dicom_every and i % dicom_every == 0:
-                for name, arr, spc, org, desc in (("t2w", c["t2w"], sp, origin, "t2_tse_tra"),
-                                                  ("adc", c["adc"], sp_half, origin_half, "ep2d_diff_ADC"),
-                                                  ("dwi", c["dwi"], sp_half, origin_half, "ep2d_diff_b1400")):
-                    write_dicom_series(tmp / "dicom" / cid / name, arr, spc, org, "MR", patient_id=pid,
-                                       series_description=desc, series_number=("t2w", "adc", "dwi").index(name) + 1,
-                                       uid_seed=f"{seed}")
+                for name, arr, spc, org, desc in (
+                    ("t2w", c["t2w"], sp, origin, "t2_tse_tra"),
+                    ("adc", c["adc"], sp_half, origin_half, "ep2d_diff_ADC"),
+                    ("dwi", c["dwi"], sp_half, origin_half, "ep2d_diff_b1400"),
+                ):
+                    write_dicom_series(
+                        tmp / "dicom" / cid / name,
+                        arr,
+                        spc,
+                        org,
+                        "MR",
+                        patient_id=pid,
+                        series_description=desc,
+                        series_number=("t2w", "adc", "dwi").index(name) + 1,
+                        uid_seed=f"{seed}",
+                    )
             gt = tmp / "ground_truth"
             gt.mkdir(exist_ok=True)
-            (gt / f"{cid}.json").write_text(json.dumps({"id": cid, "split_index": split[i], **les,
-                                                         "t2w_shape_zyx": list(c["shape"]),
-                                                         "t2w_spacing_xyz": list(sp)}, indent=1))
+            (gt / f"{cid}.json").write_text(
+                json.dumps(
+                    {
+                        "id": cid,
+                        "split_index": split[i],
+                        **les,
+                        "t2w_shape_zyx": list(c["shape"]),
+                        "t2w_spacing_xyz": list(sp),
+                    },
+                    indent=1,
+                )
+            )
         if layout == "picai":
-            write_csv(tmp / "clinical_information" / "marksheet.csv",
-                      ["patient_id", "study_id", "mri_date", "patient_age", "psa", "psad", "prostate_volume",
-                       "histopath_type", "lesion_PIRADS", "lesion_GS", "lesion_ISUP", "case_ISUP", "case_csPCa",
-                       "center"], marks)
+            write_csv(
+                tmp / "clinical_information" / "marksheet.csv",
+                [
+                    "patient_id",
+                    "study_id",
+                    "mri_date",
+                    "patient_age",
+                    "psa",
+                    "psad",
+                    "prostate_volume",
+                    "histopath_type",
+                    "lesion_PIRADS",
+                    "lesion_GS",
+                    "lesion_ISUP",
+                    "case_ISUP",
+                    "case_csPCa",
+                    "center",
+                ],
+                marks,
+            )
         else:
             for s, ls in lines.items():
                 (tmp / f"{s}.txt").write_text("".join(x + "\n" for x in ls))
-        (tmp / "guidelines.json").write_text(json.dumps({"T2W": GUIDELINE_T2W, "DWI/ADC": GUIDELINE_DWI_ADC,
-                                                         "scores": SCORE_WORDS}, indent=1))
-        (tmp / "synth.json").write_text(json.dumps({"kind": "prostate-mri", "layout": layout, "n": n,
-                                                    "seed": seed, "shape": list(shape)}, indent=1))
+        (tmp / "guidelines.json").write_text(
+            json.dumps(
+                {"T2W": GUIDELINE_T2W, "DWI/ADC": GUIDELINE_DWI_ADC, "scores": SCORE_WORDS},
+                indent=1,
+            )
+        )
+        (tmp / "synth.json").write_text(
+            json.dumps(
+                {
+                    "kind": "prostate-mri",
+                    "layout": layout,
+                    "n": n,
+                    "seed": seed,
+                    "shape": list(shape),
+                },
+                indent=1,
+            )
+        )
     return out
 
 
-def _write_biopsy_crops(folder: pathlib.Path, case: str, c: dict[str, Any], sp: Sequence[float]) -> None:
+def _write_biopsy_crops(
+    folder: pathlib.Path, case: str, c: dict[str, Any], sp: Sequence[float]
+) -> None:
     """PICG-style crops around the lesion: the doubled bounding box of the lesion (at least
     16 mm), T2W / ADC (upsampled to the T2W grid, nearest) / DWI, as NIfTI (RAS)."""
     les = c["lesion"]
@@ -339,16 +500,26 @@ def _write_biopsy_crops(folder: pathlib.Path, case: str, c: dict[str, Any], sp: 
     kx, ky, kz = les["point_voxel_xyz"]
     half_mm = [max(2 * r, 16.0) for r in les["radii_mm"]]
     hx, hy, hz = (max(int(np.ceil(half_mm[i] / sp[i])), 2) for i in range(3))
-    sl = (slice(max(kz - hz, 0), min(kz + hz + 1, d)), slice(max(ky - hy, 0), min(ky + hy + 1, h)),
-          slice(max(kx - hx, 0), min(kx + hx + 1, w)))
+    sl = (
+        slice(max(kz - hz, 0), min(kz + hz + 1, d)),
+        slice(max(ky - hy, 0), min(ky + hy + 1, h)),
+        slice(max(kx - hx, 0), min(kx + hx + 1, w)),
+    )
 
     def up(x: np.ndarray) -> np.ndarray:
         u = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
         return np.pad(u, ((0, 0), (0, h - u.shape[1]), (0, w - u.shape[2])), mode="edge")
 
-    origin = (-(w - 1) / 2 * sp[0] + sl[2].start * sp[0], -(h - 1) / 2 * sp[1] + sl[1].start * sp[1],
-              -(d - 1) / 2 * sp[2] + sl[0].start * sp[2])
+    origin = (
+        -(w - 1) / 2 * sp[0] + sl[2].start * sp[0],
+        -(h - 1) / 2 * sp[1] + sl[1].start * sp[1],
+        -(d - 1) / 2 * sp[2] + sl[0].start * sp[2],
+    )
     aff = lps_to_ras_affine(sp, origin)
     for name, arr in (("T2W", c["t2w"]), ("ADC", up(c["adc"])), ("DWI", up(c["dwi"]))):
         crop = arr[sl].astype(np.float32)
-        write_nifti(folder / f"{case}_{name}_Target1.nii.gz", np.ascontiguousarray(crop.transpose(2, 1, 0)), aff)
+        write_nifti(
+            folder / f"{case}_{name}_Target1.nii.gz",
+            np.ascontiguousarray(crop.transpose(2, 1, 0)),
+            aff,
+        )

@@ -138,8 +138,10 @@ def write_mha(
     if np.dtype(dt.name) not in _MET_TYPES:
         from ..exceptions import DTypeError
 
-        raise DTypeError(f"write_mha: unsupported dtype {a.dtype}; expected one of "
-                         f"{sorted(str(d) for d in _MET_TYPES)}")
+        raise DTypeError(
+            f"write_mha: unsupported dtype {a.dtype}; expected one of "
+            f"{sorted(str(d) for d in _MET_TYPES)}"
+        )
     raw = np.ascontiguousarray(a, dtype=np.dtype(dt.name).newbyteorder("<")).tobytes()
     d, h, w = a.shape
     lines = [
@@ -167,8 +169,11 @@ def write_mha(
     p.write_bytes(("\n".join(lines) + "\n").encode("ascii") + raw)
 
 
-def lps_to_ras_affine(spacing_xyz: Sequence[float], origin_xyz: Sequence[float],
-                      direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1)) -> np.ndarray:
+def lps_to_ras_affine(
+    spacing_xyz: Sequence[float],
+    origin_xyz: Sequence[float],
+    direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
+) -> np.ndarray:
     """The NIfTI (RAS) affine of an ITK image with this geometry (voxel index i, j, k -> mm),
     i.e. what SimpleITK writes when it saves the image as NIfTI."""
     dmat = np.asarray(direction, dtype=np.float64).reshape(3, 3)
@@ -217,18 +222,21 @@ def _element(group: int, elem: int, vr: str, value: Any) -> bytes:
     return head + struct.pack("<H", len(data)) + data
 
 
-def write_dicom_file(path: PathLike, elements: list[tuple[int, int, str, Any]], sop_class: str,
-                     sop_instance: str) -> None:
+def write_dicom_file(
+    path: PathLike, elements: list[tuple[int, int, str, Any]], sop_class: str, sop_instance: str
+) -> None:
     """One DICOM Part 10 file: 128-byte preamble, ``DICM``, file meta group 2 (explicit VR LE),
     then ``elements`` sorted by tag."""
-    meta_body = b"".join([
-        _element(0x0002, 0x0001, "OB", b"\0\1"),
-        _element(0x0002, 0x0002, "UI", sop_class),
-        _element(0x0002, 0x0003, "UI", sop_instance),
-        _element(0x0002, 0x0010, "UI", EXPLICIT_VR_LE),
-        _element(0x0002, 0x0012, "UI", IMPLEMENTATION_UID),
-        _element(0x0002, 0x0013, "SH", "VOXLM_SYNTH"),
-    ])
+    meta_body = b"".join(
+        [
+            _element(0x0002, 0x0001, "OB", b"\0\1"),
+            _element(0x0002, 0x0002, "UI", sop_class),
+            _element(0x0002, 0x0003, "UI", sop_instance),
+            _element(0x0002, 0x0010, "UI", EXPLICIT_VR_LE),
+            _element(0x0002, 0x0012, "UI", IMPLEMENTATION_UID),
+            _element(0x0002, 0x0013, "SH", "VOXLM_SYNTH"),
+        ]
+    )
     meta = _element(0x0002, 0x0000, "UL", len(meta_body)) + meta_body
     body = b"".join(_element(*e) for e in sorted(elements, key=lambda e: (e[0], e[1])))
     p = pathlib.Path(path)
@@ -321,7 +329,12 @@ def write_dicom_series(
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -340,11 +353,17 @@ def png_bytes(image: np.ndarray) -> bytes:
 
         raise DTypeError(f"png: expected uint8 or uint16, got {a.dtype}")
     h, w = a.shape
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), np.ascontiguousarray(rows).view(np.uint8).reshape(h, -1)],
-                         axis=1)
+    raw = np.concatenate(
+        [np.zeros((h, 1), np.uint8), np.ascontiguousarray(rows).view(np.uint8).reshape(h, -1)],
+        axis=1,
+    )
     ihdr = struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def write_png(path: PathLike, image: np.ndarray) -> None:

@@ -27,10 +27,26 @@ STRATEGIES = ("no", "steps", "epoch")
 #: Fields that change the optimisation trajectory: resuming a run with any of them changed is
 #: refused (``ConfigError`` naming them).
 OPTIMIZATION_FIELDS = (
-    "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-    "lr_scheduler_type", "warmup_steps", "warmup_ratio", "seed", "data_seed", "shuffle", "bf16",
-    "fp16", "dataloader_drop_last", "skip_nonfinite_steps",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "warmup_ratio",
+    "seed",
+    "data_seed",
+    "shuffle",
+    "bf16",
+    "fp16",
+    "dataloader_drop_last",
+    "skip_nonfinite_steps",
 )
 
 
@@ -130,49 +146,122 @@ class TrainingArguments:
         def is_num(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-        need(isinstance(self.output_dir, str) and self.output_dir != "", "output_dir", "a folder path")
-        need(is_num(self.num_train_epochs) and self.num_train_epochs > 0, "num_train_epochs", "a number > 0")
-        need(is_int(self.max_steps) and (self.max_steps > 0 or self.max_steps == -1), "max_steps",
-             "-1 (use num_train_epochs) or a positive integer")
-        for n in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        need(
+            isinstance(self.output_dir, str) and self.output_dir != "",
+            "output_dir",
+            "a folder path",
+        )
+        need(
+            is_num(self.num_train_epochs) and self.num_train_epochs > 0,
+            "num_train_epochs",
+            "a number > 0",
+        )
+        need(
+            is_int(self.max_steps) and (self.max_steps > 0 or self.max_steps == -1),
+            "max_steps",
+            "-1 (use num_train_epochs) or a positive integer",
+        )
+        for n in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+        ):
             need(is_int(getattr(self, n)) and getattr(self, n) > 0, n, "a positive integer")
-        need(is_num(self.learning_rate) and self.learning_rate >= 0, "learning_rate", "a number >= 0")
+        need(
+            is_num(self.learning_rate) and self.learning_rate >= 0, "learning_rate", "a number >= 0"
+        )
         need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
         for n in ("adam_beta1", "adam_beta2"):
             need(is_num(getattr(self, n)) and 0 <= getattr(self, n) < 1, n, "a number in [0, 1)")
         need(is_num(self.adam_epsilon) and self.adam_epsilon >= 0, "adam_epsilon", "a number >= 0")
-        need(is_num(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm",
-             "a number >= 0 (0 disables clipping)")
-        need(self.lr_scheduler_type in SCHEDULERS, "lr_scheduler_type", f"one of {list(SCHEDULERS)}")
-        need(is_num(self.warmup_steps) and self.warmup_steps >= 0
-             and (self.warmup_steps < 1 or float(self.warmup_steps).is_integer()), "warmup_steps",
-             "a step count (integer >= 0) or a ratio in [0, 1)")
-        need(is_num(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1, "warmup_ratio", "a number in [0, 1]")
-        need(is_int(self.logging_steps) and self.logging_steps > 0, "logging_steps", "a positive integer")
+        need(
+            is_num(self.max_grad_norm) and self.max_grad_norm >= 0,
+            "max_grad_norm",
+            "a number >= 0 (0 disables clipping)",
+        )
+        need(
+            self.lr_scheduler_type in SCHEDULERS, "lr_scheduler_type", f"one of {list(SCHEDULERS)}"
+        )
+        need(
+            is_num(self.warmup_steps)
+            and self.warmup_steps >= 0
+            and (self.warmup_steps < 1 or float(self.warmup_steps).is_integer()),
+            "warmup_steps",
+            "a step count (integer >= 0) or a ratio in [0, 1)",
+        )
+        need(
+            is_num(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1,
+            "warmup_ratio",
+            "a number in [0, 1]",
+        )
+        need(
+            is_int(self.logging_steps) and self.logging_steps > 0,
+            "logging_steps",
+            "a positive integer",
+        )
         need(self.eval_strategy in STRATEGIES, "eval_strategy", f"one of {list(STRATEGIES)}")
-        need(self.eval_steps is None or (is_int(self.eval_steps) and self.eval_steps > 0), "eval_steps",
-             "None (= logging_steps) or a positive integer")
+        need(
+            self.eval_steps is None or (is_int(self.eval_steps) and self.eval_steps > 0),
+            "eval_steps",
+            "None (= logging_steps) or a positive integer",
+        )
         need(self.save_strategy in STRATEGIES, "save_strategy", f"one of {list(STRATEGIES)}")
         need(is_int(self.save_steps) and self.save_steps > 0, "save_steps", "a positive integer")
-        need(self.save_total_limit is None or (is_int(self.save_total_limit) and self.save_total_limit > 0),
-             "save_total_limit", "None (keep all) or a positive integer")
-        need(isinstance(self.report_to, list) and all(r in ("csv", "tensorboard") for r in self.report_to),
-             "report_to", "a list of 'csv' and 'tensorboard' (or 'none')")
-        need(self.label_names is None or (isinstance(self.label_names, list)
-                                          and all(isinstance(n, str) for n in self.label_names)),
-             "label_names", "None (= ['labels']) or a list of batch keys")
+        need(
+            self.save_total_limit is None
+            or (is_int(self.save_total_limit) and self.save_total_limit > 0),
+            "save_total_limit",
+            "None (keep all) or a positive integer",
+        )
+        need(
+            isinstance(self.report_to, list)
+            and all(r in ("csv", "tensorboard") for r in self.report_to),
+            "report_to",
+            "a list of 'csv' and 'tensorboard' (or 'none')",
+        )
+        need(
+            self.label_names is None
+            or (
+                isinstance(self.label_names, list)
+                and all(isinstance(n, str) for n in self.label_names)
+            ),
+            "label_names",
+            "None (= ['labels']) or a list of batch keys",
+        )
         need(is_int(self.seed), "seed", "an integer")
         need(self.data_seed is None or is_int(self.data_seed), "data_seed", "None or an integer")
-        need(is_int(self.dataloader_num_workers) and self.dataloader_num_workers >= 0,
-             "dataloader_num_workers", "an integer >= 0")
-        for n in ("overwrite_output_dir", "logging_first_step", "disable_tqdm", "shuffle", "dataloader_drop_last",
-                  "bf16", "fp16", "gradient_checkpointing", "use_cpu", "fsdp", "skip_nonfinite_steps", "plot"):
+        need(
+            is_int(self.dataloader_num_workers) and self.dataloader_num_workers >= 0,
+            "dataloader_num_workers",
+            "an integer >= 0",
+        )
+        for n in (
+            "overwrite_output_dir",
+            "logging_first_step",
+            "disable_tqdm",
+            "shuffle",
+            "dataloader_drop_last",
+            "bf16",
+            "fp16",
+            "gradient_checkpointing",
+            "use_cpu",
+            "fsdp",
+            "skip_nonfinite_steps",
+            "plot",
+        ):
             need(isinstance(getattr(self, n), bool), n, "true or false")
         if self.bf16 and self.fp16:
             raise ConfigError("bf16, fp16: expected at most one of them true, got both")
-        need(self.ddp_backend in (None, "gloo", "nccl"), "ddp_backend", "None (auto), 'gloo' or 'nccl'")
-        need(self.ddp_find_unused_parameters in (None, True, False), "ddp_find_unused_parameters",
-             "None, true or false")
+        need(
+            self.ddp_backend in (None, "gloo", "nccl"),
+            "ddp_backend",
+            "None (auto), 'gloo' or 'nccl'",
+        )
+        need(
+            self.ddp_find_unused_parameters in (None, True, False),
+            "ddp_find_unused_parameters",
+            "None, true or false",
+        )
 
     # -- derived values -------------------------------------------------------------------
 
@@ -199,11 +288,15 @@ class TrainingArguments:
         if d is None:
             d = {}
         if not isinstance(d, Mapping):
-            raise ConfigError(f"train: expected a mapping of TrainingArguments fields, got {type(d).__name__}")
+            raise ConfigError(
+                f"train: expected a mapping of TrainingArguments fields, got {type(d).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"train: unknown TrainingArguments fields {unknown} (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"train: unknown TrainingArguments fields {unknown} (known: {', '.join(sorted(known))})"
+            )
         return cls(**dict(d))
 
     def to_yaml(self, path: PathLike | None = None) -> str:
@@ -257,4 +350,8 @@ class TrainingArguments:
         """Names of the :data:`OPTIMIZATION_FIELDS` whose values differ from ``other``."""
         o = other.to_dict() if isinstance(other, TrainingArguments) else dict(other)
         mine = self.to_dict()
-        return [f"{k} ({o.get(k)!r} -> {mine[k]!r})" for k in OPTIMIZATION_FIELDS if k in o and o[k] != mine[k]]
+        return [
+            f"{k} ({o.get(k)!r} -> {mine[k]!r})"
+            for k in OPTIMIZATION_FIELDS
+            if k in o and o[k] != mine[k]
+        ]

@@ -74,7 +74,9 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: PathLike) -> None:
     """Write safetensors through voxlm's Rust writer (contiguous CPU copies)."""
     from .. import _core
 
-    _core.save_safetensors({k: v.detach().contiguous() for k, v in tensors.items()}, os.fspath(path))
+    _core.save_safetensors(
+        {k: v.detach().contiguous() for k, v in tensors.items()}, os.fspath(path)
+    )
 
 
 def load_tensors(path: PathLike) -> dict[str, torch.Tensor]:
@@ -117,7 +119,9 @@ def lora_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
     out = []
     for name, m in model.named_modules():
-        if getattr(m, "_voxlm_lora_configs", None) and any(isinstance(x, LoraLayer) for x in m.modules()):
+        if getattr(m, "_voxlm_lora_configs", None) and any(
+            isinstance(x, LoraLayer) for x in m.modules()
+        ):
             out.append((name or "model", m))
     return out
 
@@ -140,7 +144,9 @@ def save_adapters(model: nn.Module, folder: PathLike, write: bool = True) -> lis
     return written
 
 
-def _save_adapter_gathered(m: nn.Module, out: pathlib.Path, adapter: str, write: bool = True) -> None:
+def _save_adapter_gathered(
+    m: nn.Module, out: pathlib.Path, adapter: str, write: bool = True
+) -> None:
     """``save_adapter`` for FSDP2-sharded modules: LoRA weights gathered to full tensors first
     (PEFT's ZeRO-3 path saved empty adapters; this one never does)."""
     from ..adapters import CONFIG_NAME, LoraLayer
@@ -154,7 +160,9 @@ def _save_adapter_gathered(m: nn.Module, out: pathlib.Path, adapter: str, write:
             tensors[f"base_model.model.{name}.lora_B.weight"] = _full(layer.lora_B[adapter].weight)
     empty = [k for k, v in tensors.items() if v.numel() == 0]
     if not tensors or empty:
-        raise CheckpointError(f"{target}: refusing to save an empty adapter ({empty[:2] or 'no LoRA layers'})")
+        raise CheckpointError(
+            f"{target}: refusing to save an empty adapter ({empty[:2] or 'no LoRA layers'})"
+        )
     if not write:
         return
     target.mkdir(parents=True, exist_ok=True)
@@ -180,18 +188,24 @@ def load_trainable(model: nn.Module, folder: PathLike, strict: bool = True) -> l
             sd[wrapped] = sd.pop(k)
     unknown = sorted(set(sd) - set(params))
     if unknown:
-        raise CheckpointError(f"{f}: parameters the model does not have: {unknown[:3]}"
-                              + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""))
+        raise CheckpointError(
+            f"{f}: parameters the model does not have: {unknown[:3]}"
+            + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        )
     if strict:
         missing = sorted(n for n, p in params.items() if p.requires_grad and n not in sd)
         if missing:
-            raise CheckpointError(f"{f}: trainable parameters missing from the checkpoint: {missing[:3]}"
-                                  + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+            raise CheckpointError(
+                f"{f}: trainable parameters missing from the checkpoint: {missing[:3]}"
+                + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            )
     with torch.no_grad():
         for n, t in sd.items():
             p = params[n]
             if tuple(t.shape) != tuple(p.shape):
-                raise CheckpointError(f"{f}: {n} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
+                raise CheckpointError(
+                    f"{f}: {n} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}"
+                )
             if hasattr(p, "full_tensor"):  # FSDP2: copy this rank's shard
                 from torch.distributed.tensor import distribute_tensor
 
@@ -211,10 +225,18 @@ def rng_state() -> dict[str, Any]:
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     st: dict[str, Any] = {
-        "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64),
-                   "gauss": None if gauss is None else float(gauss)},
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(mt, dtype=torch.int64),
+            "gauss": None if gauss is None else float(gauss),
+        },
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "cpu": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -226,8 +248,15 @@ def set_rng_state(st: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` returned (after a ``weights_only=True`` load)."""
     py, npst = st["python"], st["numpy"]
     random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
-    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
-                         npst["cached_gaussian"]))
+    np.random.set_state(
+        (
+            npst["kind"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(st["cpu"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
@@ -269,12 +298,18 @@ def remove_stale_tmp(output_dir: PathLike) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def rotate(output_dir: PathLike, limit: int | None, keep: PathLike | None = None) -> list[pathlib.Path]:
+def rotate(
+    output_dir: PathLike, limit: int | None, keep: PathLike | None = None
+) -> list[pathlib.Path]:
     """Delete the oldest complete checkpoints beyond ``limit`` (never ``keep``)."""
     if limit is None:
         return []
     cks = [p for _, p in list_checkpoints(output_dir)]
-    doomed = [p for p in cks[: max(0, len(cks) - limit)] if keep is None or p.resolve() != pathlib.Path(keep).resolve()]
+    doomed = [
+        p
+        for p in cks[: max(0, len(cks) - limit)]
+        if keep is None or p.resolve() != pathlib.Path(keep).resolve()
+    ]
     for p in doomed:
         tmp = p.with_name(".tmp-del-" + p.name)
         p.rename(tmp)  # a half-deleted folder never looks like a checkpoint
@@ -282,7 +317,9 @@ def rotate(output_dir: PathLike, limit: int | None, keep: PathLike | None = None
     return doomed
 
 
-def atomic_folder(final: PathLike, write: Callable[[pathlib.Path], None], info: Any = None) -> pathlib.Path:
+def atomic_folder(
+    final: PathLike, write: Callable[[pathlib.Path], None], info: Any = None
+) -> pathlib.Path:
     """Run ``write(tmp)`` into ``.tmp-<name>`` next to ``final``, fsync it, rename it to
     ``final`` (replacing an existing folder of that name only after the new one is complete).
 
@@ -305,7 +342,11 @@ def atomic_folder(final: PathLike, write: Callable[[pathlib.Path], None], info: 
     except BaseException as e:  # noqa: BLE001 - re-raised after cleanup
         error = e
     if info is not None and info.enabled:
-        flags = D.all_reduce_sum([1.0 if error else 0.0], info, torch.device("cpu") if info.device.type == "cpu" else info.device)
+        flags = D.all_reduce_sum(
+            [1.0 if error else 0.0],
+            info,
+            torch.device("cpu") if info.device.type == "cpu" else info.device,
+        )
         failed = flags[0] > 0
     else:
         failed = error is not None

@@ -172,8 +172,9 @@ def fsdp_unsharded(wrapped: nn.Module) -> Iterator[None]:
         wrapped.reshard()  # type: ignore[operator]
 
 
-def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False,
-               find_unused_parameters: bool | None = None) -> nn.Module:
+def wrap_model(
+    model: nn.Module, info: DistInfo, fsdp: bool = False, find_unused_parameters: bool | None = None
+) -> nn.Module:
     """DDP (or FSDP2 with ``fsdp``) when the world has more than one process; else ``model``."""
     if not info.enabled:
         return model
@@ -188,4 +189,8 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False,
 def unwrap(model: nn.Module) -> nn.Module:
     if isinstance(model, LossModule):
         return model.inner
-    return getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model
+    return (
+        getattr(model, "module", model)
+        if type(model).__name__ == "DistributedDataParallel"
+        else model
+    )

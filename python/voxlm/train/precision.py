@@ -32,7 +32,9 @@ def _cast(obj: Any, dtype: torch.dtype) -> Any:
 
 
 @contextlib.contextmanager
-def rust_modules_in_own_dtype(model: nn.Module, device_type: str, enabled: bool = True) -> Iterator[None]:
+def rust_modules_in_own_dtype(
+    model: nn.Module, device_type: str, enabled: bool = True
+) -> Iterator[None]:
     """Patch the ``forward`` of every Rust-bound submodule of ``model`` for the duration."""
     if not enabled:
         yield

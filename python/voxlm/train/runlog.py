@@ -22,8 +22,14 @@ class RunLog:
     them (rows logged after that checkpoint by the killed run are dropped) and TensorBoard events
     from later steps are purged."""
 
-    def __init__(self, output_dir: str | os.PathLike[str], report_to: Sequence[str], enabled: bool = True,
-                 history: list[dict[str, Any]] | None = None, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str],
+        report_to: Sequence[str],
+        enabled: bool = True,
+        history: list[dict[str, Any]] | None = None,
+        resume_step: int | None = None,
+    ) -> None:
         self.dir = pathlib.Path(output_dir)
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = list(history or [])
@@ -96,7 +102,9 @@ class RunLog:
             self.tb = None
 
 
-def plot_loss(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> pathlib.Path | None:
+def plot_loss(
+    rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = ""
+) -> pathlib.Path | None:
     """Training loss (and eval loss) against the optimizer step, as a PNG (matplotlib, Agg);
     None when there is nothing to plot or matplotlib is not installed."""
     train = [(r["step"], r["loss"]) for r in rows if r.get("loss") not in (None, "")]

@@ -21,7 +21,13 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ..exceptions import ConfigError
 
-_FORBIDDEN_NAME_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+_FORBIDDEN_NAME_PATTERNS = [
+    r"bias",
+    r"layernorm",
+    r"rmsnorm",
+    r"(?:^|\.)norm(?:$|\.)",
+    r"_norm(?:$|\.)",
+]
 
 
 def _constant(step: int) -> float:
@@ -37,10 +43,14 @@ def _constant_with_warmup(step: int, *, num_warmup_steps: int) -> float:
 def _linear(step: int, *, num_warmup_steps: int, num_training_steps: int) -> float:
     if step < num_warmup_steps:
         return float(step) / float(max(1, num_warmup_steps))
-    return max(0.0, float(num_training_steps - step) / float(max(1, num_training_steps - num_warmup_steps)))
+    return max(
+        0.0, float(num_training_steps - step) / float(max(1, num_training_steps - num_warmup_steps))
+    )
 
 
-def _cosine(step: int, *, num_warmup_steps: int, num_training_steps: int, num_cycles: float = 0.5) -> float:
+def _cosine(
+    step: int, *, num_warmup_steps: int, num_training_steps: int, num_cycles: float = 0.5
+) -> float:
     if step < num_warmup_steps:
         return float(step) / float(max(1, num_warmup_steps))
     progress = float(step - num_warmup_steps) / float(max(1, num_training_steps - num_warmup_steps))
@@ -54,14 +64,24 @@ def lr_lambda(name: str, num_warmup_steps: int, num_training_steps: int) -> Any:
     if name == "constant_with_warmup":
         return functools.partial(_constant_with_warmup, num_warmup_steps=num_warmup_steps)
     if name == "linear":
-        return functools.partial(_linear, num_warmup_steps=num_warmup_steps, num_training_steps=num_training_steps)
+        return functools.partial(
+            _linear, num_warmup_steps=num_warmup_steps, num_training_steps=num_training_steps
+        )
     if name == "cosine":
-        return functools.partial(_cosine, num_warmup_steps=num_warmup_steps, num_training_steps=num_training_steps)
-    raise ConfigError(f"lr_scheduler_type: expected constant, constant_with_warmup, linear or cosine, got {name!r}")
+        return functools.partial(
+            _cosine, num_warmup_steps=num_warmup_steps, num_training_steps=num_training_steps
+        )
+    raise ConfigError(
+        f"lr_scheduler_type: expected constant, constant_with_warmup, linear or cosine, got {name!r}"
+    )
 
 
-def get_scheduler(name: str, optimizer: torch.optim.Optimizer, num_warmup_steps: int = 0,
-                  num_training_steps: int = 0) -> LambdaLR:
+def get_scheduler(
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    num_warmup_steps: int = 0,
+    num_training_steps: int = 0,
+) -> LambdaLR:
     """A ``LambdaLR`` equal to ``transformers.get_scheduler(name, ...)``."""
     return LambdaLR(optimizer, lr_lambda(name, num_warmup_steps, num_training_steps))
 
@@ -70,8 +90,12 @@ def _parameter_names(model: nn.Module, patterns: list[re.Pattern[str]]) -> list[
     out = []
     for name, child in model.named_children():
         sub = _parameter_names(child, patterns)
-        out += [f"{name}.{n}" for n in sub if not isinstance(child, nn.LayerNorm)
-                and not any(p.search(f"{name}.{n}".lower()) for p in patterns)]
+        out += [
+            f"{name}.{n}"
+            for n in sub
+            if not isinstance(child, nn.LayerNorm)
+            and not any(p.search(f"{name}.{n}".lower()) for p in patterns)
+        ]
     out += [k for k in model._parameters if not any(p.search(k.lower()) for p in patterns)]
     return out
 
@@ -109,9 +133,16 @@ def create_optimizer(model: nn.Module, args: Any) -> torch.optim.AdamW:
     if not groups:
         from ..exceptions import TrainingError
 
-        raise TrainingError("step 0: the model has no trainable parameters (every requires_grad is False); "
-                            "a stage's set_trainable must unfreeze something")
+        raise TrainingError(
+            "step 0: the model has no trainable parameters (every requires_grad is False); "
+            "a stage's set_trainable must unfreeze something"
+        )
     for g in groups:
         g.pop("names")
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                             eps=args.adam_epsilon, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(
+        groups,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+    )

@@ -27,10 +27,16 @@ class Stage:
     set_trainable: Callable[[nn.Module], Any] | None = None
 
 
-def run_stages(model: nn.Module, stages: list[Stage], train_dataset: Dataset, eval_dataset: Dataset | None = None,
-               data_collator: Callable[[list[Any]], Any] | None = None,
-               compute_metrics: Callable[[EvalPrediction], dict[str, Any]] | None = None,
-               output_dir: str | os.PathLike[str] | None = None, resume: bool = False) -> dict[str, TrainOutput]:
+def run_stages(
+    model: nn.Module,
+    stages: list[Stage],
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None = None,
+    data_collator: Callable[[list[Any]], Any] | None = None,
+    compute_metrics: Callable[[EvalPrediction], dict[str, Any]] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+) -> dict[str, TrainOutput]:
     """Run ``stages`` in order into ``output_dir/<stage name>/`` (default ``output_dir``: the
     first stage's ``args.output_dir``).
 
@@ -42,9 +48,15 @@ def run_stages(model: nn.Module, stages: list[Stage], train_dataset: Dataset, ev
     if not stages:
         raise ConfigError("stages: expected at least one Stage, got an empty list")
     names = [s.name for s in stages]
-    bad = [n for n in names if not n or "/" in n or n.startswith(".") or n in ("final",) or n.startswith("checkpoint-")]
+    bad = [
+        n
+        for n in names
+        if not n or "/" in n or n.startswith(".") or n in ("final",) or n.startswith("checkpoint-")
+    ]
     if bad or len(set(names)) != len(names):
-        raise ConfigError(f"stages: names must be unique folder names (not 'final' or 'checkpoint-*'), got {names}")
+        raise ConfigError(
+            f"stages: names must be unique folder names (not 'final' or 'checkpoint-*'), got {names}"
+        )
     run = pathlib.Path(output_dir if output_dir is not None else stages[0].args.output_dir)
     results: dict[str, TrainOutput] = {}
     for stage in stages:
@@ -57,12 +69,24 @@ def run_stages(model: nn.Module, stages: list[Stage], train_dataset: Dataset, ev
             try:  # every tensor this stage trains must be in its final/; the rest stays as set
                 C.load_trainable(model, final, strict=True)
             except CheckpointError as e:
-                raise CheckpointError(f"stage {stage.name!r}: resuming from its finished {final} failed: {e}") from e
+                raise CheckpointError(
+                    f"stage {stage.name!r}: resuming from its finished {final} failed: {e}"
+                ) from e
             import json
 
             st = json.loads((final / C.STATE_NAME).read_text())
-            results[stage.name] = TrainOutput(int(st["global_step"]), float("nan"), {"resumed_from": os.fspath(final)})
+            results[stage.name] = TrainOutput(
+                int(st["global_step"]), float("nan"), {"resumed_from": os.fspath(final)}
+            )
             continue
-        trainer = Trainer(model, args, train_dataset, eval_dataset, data_collator, compute_metrics, stage_name=stage.name)
+        trainer = Trainer(
+            model,
+            args,
+            train_dataset,
+            eval_dataset,
+            data_collator,
+            compute_metrics,
+            stage_name=stage.name,
+        )
         results[stage.name] = trainer.train(resume_from_checkpoint=True if resume else None)
     return results

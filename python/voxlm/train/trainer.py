@@ -83,7 +83,7 @@ class _StridedSampler(Sampler[int]):
 def _in_dataset_order(per_rank: list[list[np.ndarray]]) -> list[np.ndarray]:
     """Batches gathered from the ranks of a :class:`_StridedSampler` -> one-row chunks in dataset
     order (item ``i`` is row ``i // w`` of rank ``i % w``)."""
-    rows = [[c[j:j + 1] for c in chunks for j in range(c.shape[0])] for chunks in per_rank]
+    rows = [[c[j : j + 1] for c in chunks for j in range(c.shape[0])] for chunks in per_rank]
     w = len(rows)
     n = sum(len(r) for r in rows)
     return [rows[i % w][i // w] for i in range(n)]
@@ -101,7 +101,7 @@ class _ResumableSampler(Sampler[int]):
         self.start = start
 
     def __iter__(self) -> Iterator[int]:
-        return iter(list(self.base)[self.start:])
+        return iter(list(self.base)[self.start :])
 
     def __len__(self) -> int:
         return max(0, len(self.base) - self.start)
@@ -176,14 +176,22 @@ class Trainer:
         compute_metrics: ``EvalPrediction -> dict`` of extra eval metrics (keys get ``eval_``).
     """
 
-    def __init__(self, model: nn.Module, args: TrainingArguments | None = None, train_dataset: Dataset | None = None,
-                 eval_dataset: Dataset | None = None, data_collator: Callable[[list[Any]], Any] | None = None,
-                 compute_metrics: Callable[[EvalPrediction], dict[str, Any]] | None = None,
-                 stage_name: str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        args: TrainingArguments | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        data_collator: Callable[[list[Any]], Any] | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict[str, Any]] | None = None,
+        stage_name: str | None = None,
+    ) -> None:
         if args is None:
             args = TrainingArguments()
         if not isinstance(args, TrainingArguments):
-            raise ConfigError(f"args: expected a voxlm.train.TrainingArguments, got {type(args).__name__}")
+            raise ConfigError(
+                f"args: expected a voxlm.train.TrainingArguments, got {type(args).__name__}"
+            )
         self.model = model
         self.args = args
         self.train_dataset = train_dataset
@@ -224,30 +232,51 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool) -> tuple[DataLoader, _ResumableSampler]:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool
+    ) -> tuple[DataLoader, _ResumableSampler]:
         try:
             n = len(dataset)  # type: ignore[arg-type]
         except TypeError as e:
-            raise DataError(f"dataset: expected a map-style Dataset with len(), got {type(dataset).__name__}") from e
+            raise DataError(
+                f"dataset: expected a map-style Dataset with len(), got {type(dataset).__name__}"
+            ) from e
         if n == 0:
-            raise DataError(f"dataset: {type(dataset).__name__} is empty (0 items); expected at least one item")
+            raise DataError(
+                f"dataset: {type(dataset).__name__} is empty (0 items); expected at least one item"
+            )
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        base = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=shuffle,
-                                  seed=seed, drop_last=False)
+        base = DistributedSampler(
+            dataset,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
+        )
         sampler = _ResumableSampler(base)
         g = torch.Generator()
         g.manual_seed(seed)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers, drop_last=drop_last, generator=g,
-                            pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            drop_last=drop_last,
+            generator=g,
+            pin_memory=self.device.type == "cuda",
+        )
         return loader, sampler
 
     def _forward_loss(self, model: nn.Module, batch: Any, step: int, check: bool) -> torch.Tensor:
         """``model(**batch)`` -> loss; on the first batch (``check``), any failure becomes a
         ``TrainingError`` naming what the batch holds and what was expected."""
         if not isinstance(batch, Mapping):
-            raise DataError(f"data_collator: returned a {type(batch).__name__}; expected a dict of keyword arguments "
-                            "for model.forward")
+            raise DataError(
+                f"data_collator: returned a {type(batch).__name__}; expected a dict of keyword arguments "
+                "for model.forward"
+            )
         if not check:
             with self._autocast():
                 return _loss_of(model(**batch))
@@ -255,20 +284,32 @@ class Trainer:
             with self._autocast():
                 out = model(**batch)
         except Exception as e:  # noqa: BLE001 - named and re-raised with the cause
-            raise TrainingError(f"step {step}: the model rejected the first batch {_describe(batch)}: "
-                                f"{type(e).__name__}: {e}") from e
+            raise TrainingError(
+                f"step {step}: the model rejected the first batch {_describe(batch)}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
         loss = _loss_of(out)
         if loss is _NO_LOSS:
-            raise TrainingError(f"step {step}: model(**batch) returned a {type(out).__name__}; expected an object "
-                                "with .loss, a dict with 'loss' or a loss tensor")
+            raise TrainingError(
+                f"step {step}: model(**batch) returned a {type(out).__name__}; expected an object "
+                "with .loss, a dict with 'loss' or a loss tensor"
+            )
         if loss is None:
-            raise TrainingError(f"step {step}: the model returned loss None for the batch {_describe(batch)}; "
-                                "expected a loss (does the batch carry labels?)")
+            raise TrainingError(
+                f"step {step}: the model returned loss None for the batch {_describe(batch)}; "
+                "expected a loss (does the batch carry labels?)"
+            )
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not loss.requires_grad:
-            what = f"a tensor of shape {list(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            what = (
+                f"a tensor of shape {list(loss.shape)}"
+                if isinstance(loss, torch.Tensor)
+                else type(loss).__name__
+            )
             if isinstance(loss, torch.Tensor) and loss.dim() == 0:
                 what = "a scalar that does not require grad (no trainable parameter reaches it)"
-            raise TrainingError(f"step {step}: the model's loss is {what}; expected a scalar tensor that requires grad")
+            raise TrainingError(
+                f"step {step}: the model's loss is {what}; expected a scalar tensor that requires grad"
+            )
         return loss
 
     # -- run folder -----------------------------------------------------------------------
@@ -278,12 +319,16 @@ class Trainer:
         if self.dist.is_main:
             if out.exists() and not out.is_dir():
                 raise ConfigError(f"output_dir: {out} exists and is not a folder")
-            holds_run = out.is_dir() and (any((out / m).exists() for m in RUN_MARKERS) or bool(C.list_checkpoints(out)))
+            holds_run = out.is_dir() and (
+                any((out / m).exists() for m in RUN_MARKERS) or bool(C.list_checkpoints(out))
+            )
             if holds_run and not resuming:
                 if not self.args.overwrite_output_dir:
-                    raise ConfigError(f"output_dir: {out} holds another run (training_args.yaml / checkpoints); "
-                                      "pass resume_from_checkpoint=True (--resume) to continue it, "
-                                      "overwrite_output_dir=True to replace it, or choose another folder")
+                    raise ConfigError(
+                        f"output_dir: {out} holds another run (training_args.yaml / checkpoints); "
+                        "pass resume_from_checkpoint=True (--resume) to continue it, "
+                        "overwrite_output_dir=True to replace it, or choose another folder"
+                    )
                 for _, p in C.list_checkpoints(out):
                     shutil.rmtree(p)
                 for name in ("final", "metrics.csv", "trainer_state.json", "loss.png"):
@@ -300,19 +345,25 @@ class Trainer:
                 probe.write_text("ok")
                 probe.unlink()
             except OSError as e:
-                raise VoxlmIOError(f"output_dir: {out} is not writable ({e.strerror or e}); "
-                                   "expected a folder this process can create files in") from e
+                raise VoxlmIOError(
+                    f"output_dir: {out} is not writable ({e.strerror or e}); "
+                    "expected a folder this process can create files in"
+                ) from e
             C.remove_stale_tmp(out)
         D.barrier(self.dist)
 
-    def _resolve_resume(self, resume_from_checkpoint: bool | str | os.PathLike[str] | None) -> pathlib.Path | None:
+    def _resolve_resume(
+        self, resume_from_checkpoint: bool | str | os.PathLike[str] | None
+    ) -> pathlib.Path | None:
         if resume_from_checkpoint is None or resume_from_checkpoint is False:
             return None
         if resume_from_checkpoint is True:
             return C.latest_checkpoint(self.output_dir)  # None: nothing to resume, start fresh
         p = pathlib.Path(resume_from_checkpoint)
         if not (p / C.STATE_NAME).is_file():
-            raise CheckpointError(f"resume_from_checkpoint: {p} is not a complete checkpoint (no {C.STATE_NAME})")
+            raise CheckpointError(
+                f"resume_from_checkpoint: {p} is not a complete checkpoint (no {C.STATE_NAME})"
+            )
         return p
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -363,8 +414,10 @@ class Trainer:
         try:
             C.atomic_folder(final, write, self.dist)
         except OSError as e:
-            raise TrainingError(f"step {step}: writing checkpoint-{step} failed ({e}); "
-                                + (f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint")) from e
+            raise TrainingError(
+                f"step {step}: writing checkpoint-{step} failed ({e}); "
+                + (f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint")
+            ) from e
         if main:
             C.rotate(self.output_dir, self.args.save_total_limit, keep=final)
         D.barrier(self.dist)
@@ -392,15 +445,25 @@ class Trainer:
             raise CheckpointError(f"{path / C.STATE_NAME}: unreadable ({e})") from e
         diff = self.args.optimization_diff(state.get("args", {}))
         if diff:
-            raise ConfigError(f"resume_from_checkpoint: {path} was trained with other optimisation arguments: "
-                              f"{', '.join(diff)}; restore them or train into a new output_dir")
+            raise ConfigError(
+                f"resume_from_checkpoint: {path} was trained with other optimisation arguments: "
+                f"{', '.join(diff)}; restore them or train into a new output_dir"
+            )
         if state.get("world_size", 1) != self.dist.world_size:
-            raise ConfigError(f"resume_from_checkpoint: {path} was written by {state.get('world_size')} processes, "
-                              f"this run has {self.dist.world_size}; resume with the same WORLD_SIZE")
+            raise ConfigError(
+                f"resume_from_checkpoint: {path} was written by {state.get('world_size')} processes, "
+                f"this run has {self.dist.world_size}; resume with the same WORLD_SIZE"
+            )
         C.load_trainable(self.model, path)
         assert self.optimizer is not None
-        opt_file = path / (f"optimizer-{self.dist.rank}.pt" if self.args.fsdp and self.dist.enabled else "optimizer.pt")
-        self.optimizer.load_state_dict(torch.load(opt_file, map_location=self.device, weights_only=True))
+        opt_file = path / (
+            f"optimizer-{self.dist.rank}.pt"
+            if self.args.fsdp and self.dist.enabled
+            else "optimizer.pt"
+        )
+        self.optimizer.load_state_dict(
+            torch.load(opt_file, map_location=self.device, weights_only=True)
+        )
         self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if self.scaler is not None and (path / "scaler.pt").is_file():
             self.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
@@ -410,12 +473,16 @@ class Trainer:
         try:
             state["_rng"] = torch.load(rng, weights_only=True)
         except Exception as e:  # a pickle with other objects than tensors and plain containers
-            raise CheckpointError(f"{rng}: not a voxlm RNG state readable with weights_only=True ({e})") from e
+            raise CheckpointError(
+                f"{rng}: not a voxlm RNG state readable with weights_only=True ({e})"
+            ) from e
         return state
 
     # -- training -------------------------------------------------------------------------
 
-    def train(self, resume_from_checkpoint: bool | str | os.PathLike[str] | None = None) -> TrainOutput:
+    def train(
+        self, resume_from_checkpoint: bool | str | os.PathLike[str] | None = None
+    ) -> TrainOutput:
         """Train for ``max_steps`` (or ``num_train_epochs``); ``resume_from_checkpoint`` True
         continues from the newest complete checkpoint in ``output_dir`` (fresh start if none),
         a path from that checkpoint."""
@@ -424,15 +491,23 @@ class Trainer:
             raise DataError("train_dataset: None; expected a map-style torch Dataset")
         resume = self._resolve_resume(resume_from_checkpoint)
         self._prepare_output_dir(resuming=resume is not None or resume_from_checkpoint is True)
-        loader, sampler = self._loader(self.train_dataset, args.per_device_train_batch_size, args.shuffle,
-                                       args.dataloader_drop_last)
+        loader, sampler = self._loader(
+            self.train_dataset,
+            args.per_device_train_batch_size,
+            args.shuffle,
+            args.dataloader_drop_last,
+        )
         n_micro = len(loader)
         if n_micro == 0:
-            raise DataError(f"train_dataset: {len(self.train_dataset)} items give no batch of "  # type: ignore[arg-type]
-                            f"{args.per_device_train_batch_size} with dataloader_drop_last=True")
+            raise DataError(
+                f"train_dataset: {len(self.train_dataset)} items give no batch of "  # type: ignore[arg-type]
+                f"{args.per_device_train_batch_size} with dataloader_drop_last=True"
+            )
         ga = args.gradient_accumulation_steps
         per_epoch = max(1, math.ceil(n_micro / ga))
-        max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
+        max_steps = (
+            args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
+        )
         num_epochs = math.ceil(max_steps / per_epoch)
         self._max_steps = max_steps
 
@@ -445,9 +520,13 @@ class Trainer:
                 if callable(enable):
                     enable()
         if not any(p.requires_grad for p in model.parameters()):
-            raise TrainingError("step 0: the model has no trainable parameters (every requires_grad is False); "
-                                "expected at least one (a stage's set_trainable must unfreeze something)")
-        wrapped = D.wrap_model(model, self.dist, fsdp=args.fsdp, find_unused_parameters=args.ddp_find_unused_parameters)
+            raise TrainingError(
+                "step 0: the model has no trainable parameters (every requires_grad is False); "
+                "expected at least one (a stage's set_trainable must unfreeze something)"
+            )
+        wrapped = D.wrap_model(
+            model, self.dist, fsdp=args.fsdp, find_unused_parameters=args.ddp_find_unused_parameters
+        )
         self._wrapped = wrapped
         self.optimizer = create_optimizer(model, args)
         warmup = args.get_warmup_steps(max_steps)
@@ -468,15 +547,26 @@ class Trainer:
             self.global_step, self.epoch = 0, 0.0
         if self.dist.is_main:
             args.to_yaml(self.output_dir / "training_args.yaml")
-        self.log = RunLog(self.output_dir, args.report_to, enabled=self.dist.is_main, history=history,
-                          resume_step=self.global_step if resume is not None else None)
+        self.log = RunLog(
+            self.output_dir,
+            args.report_to,
+            enabled=self.dist.is_main,
+            history=history,
+            resume_step=self.global_step if resume is not None else None,
+        )
         if resume is not None:
             C.set_rng_state(st["_rng"])  # last: nothing above may consume the restored generators
 
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=max_steps, initial=self.global_step, desc=self.stage_name or "train", leave=True,
-                   disable=args.disable_tqdm or not self.dist.is_main, dynamic_ncols=True)
+        bar = tqdm(
+            total=max_steps,
+            initial=self.global_step,
+            desc=self.stage_name or "train",
+            leave=True,
+            disable=args.disable_tqdm or not self.dist.is_main,
+            dynamic_ncols=True,
+        )
         params = [p for p in model.parameters() if p.requires_grad]
         run_losses: list[float] = []
         window: list[float] = []
@@ -500,10 +590,14 @@ class Trainer:
                     batch = _to_device(batch, self.device)
                     sync = contextlib.nullcontext() if (closes or not is_ddp) else wrapped.no_sync()  # type: ignore[operator]
                     with sync:
-                        loss = self._forward_loss(wrapped, batch, self.global_step + 1, check=not checked)
+                        loss = self._forward_loss(
+                            wrapped, batch, self.global_step + 1, check=not checked
+                        )
                         checked = True
                         scaled = loss / gsize
-                        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                        (
+                            self.scaler.scale(scaled) if self.scaler is not None else scaled
+                        ).backward()
                     group_loss = loss.detach() if group_loss is None else group_loss + loss.detach()
                     tokens += _tokens(batch)
                     micro += 1
@@ -524,11 +618,17 @@ class Trainer:
                         window.append(gl)
                         run_losses.append(gl)
                     bar.update(1)
-                    if self.global_step % args.logging_steps == 0 or (args.logging_first_step and self.global_step == 1):
+                    if self.global_step % args.logging_steps == 0 or (
+                        args.logging_first_step and self.global_step == 1
+                    ):
                         dt = time.perf_counter() - t_window
-                        row = {"step": self.global_step, "epoch": round(self.epoch, 4),
-                               "loss": float(np.mean(window)) if window else float("nan"),
-                               "learning_rate": lr_used, "grad_norm": gn}
+                        row = {
+                            "step": self.global_step,
+                            "epoch": round(self.epoch, 4),
+                            "loss": float(np.mean(window)) if window else float("nan"),
+                            "learning_rate": lr_used,
+                            "grad_norm": gn,
+                        }
                         self.log.log(row)
                         post = {"loss": f"{row['loss']:.4g}", "lr": f"{row['learning_rate']:.3g}"}
                         n_tok = float(tokens)
@@ -536,12 +636,17 @@ class Trainer:
                             post["tok/s"] = f"{n_tok * self.dist.world_size / max(dt, 1e-9):.0f}"
                         bar.set_postfix(post, refresh=False)
                         window, tokens, t_window = [], 0, time.perf_counter()
-                    if args.eval_strategy == "steps" and self.eval_dataset is not None \
-                            and self.global_step % args.effective_eval_steps == 0:
+                    if (
+                        args.eval_strategy == "steps"
+                        and self.eval_dataset is not None
+                        and self.global_step % args.effective_eval_steps == 0
+                    ):
                         self.evaluate()
                     done = self.global_step >= max_steps
                     pos = (epoch + 1, 0) if micro == n_micro else (epoch, micro)
-                    if args.save_strategy == "steps" and (self.global_step % args.save_steps == 0 or done):
+                    if args.save_strategy == "steps" and (
+                        self.global_step % args.save_steps == 0 or done
+                    ):
                         self._save_checkpoint(*pos)
                     if done:
                         break
@@ -551,7 +656,11 @@ class Trainer:
                     if args.save_strategy == "epoch":
                         self._save_checkpoint(epoch + 1, 0)
                     continue
-                if args.eval_strategy == "epoch" and self.eval_dataset is not None and micro == n_micro:
+                if (
+                    args.eval_strategy == "epoch"
+                    and self.eval_dataset is not None
+                    and micro == n_micro
+                ):
                     self.evaluate()
                 if args.save_strategy == "epoch" and micro == n_micro:
                     self._save_checkpoint(epoch + 1, 0)
@@ -559,16 +668,23 @@ class Trainer:
             mixed.__exit__(None, None, None)
             bar.close()
         self._save_final()
-        metrics = {"train_loss": float(np.mean(run_losses)) if run_losses else float("nan"),
-                   "global_step": self.global_step, "skipped_steps": self._skipped}
+        metrics = {
+            "train_loss": float(np.mean(run_losses)) if run_losses else float("nan"),
+            "global_step": self.global_step,
+            "skipped_steps": self._skipped,
+        }
         if self.dist.is_main:
-            C.write_json({**self._state(-1, -1), "metrics": metrics}, self.output_dir / C.STATE_NAME)
+            C.write_json(
+                {**self._state(-1, -1), "metrics": metrics}, self.output_dir / C.STATE_NAME
+            )
             if args.plot:
                 plot_loss(self.log.rows, self.output_dir / "loss.png", title=self.stage_name or "")
         self.log.close()
         return TrainOutput(self.global_step, metrics["train_loss"], metrics)
 
-    def _update(self, params: list[nn.Parameter], group_loss: torch.Tensor) -> tuple[float, bool, float]:
+    def _update(
+        self, params: list[nn.Parameter], group_loss: torch.Tensor
+    ) -> tuple[float, bool, float]:
         """Clip, step, schedule, zero the gradients. Returns ``(grad_norm, bad, loss)``: the total
         gradient norm before clipping (as transformers logs it), whether the step's loss or
         gradient was not finite (then the optimizer step is skipped, on every rank), and the
@@ -581,7 +697,9 @@ class Trainer:
             vals = torch.stack([t.detach().float() for t in ts]).tolist()
             bad = not all(math.isfinite(v) for v in vals)
             if self.dist.enabled:
-                red = D.all_reduce_sum([float(bad), vals[0] if math.isfinite(vals[0]) else 0.0], self.dist, self.device)
+                red = D.all_reduce_sum(
+                    [float(bad), vals[0] if math.isfinite(vals[0]) else 0.0], self.dist, self.device
+                )
                 bad, vals[0] = red[0] > 0, red[1] / self.dist.world_size
             return vals, bad
 
@@ -624,12 +742,15 @@ class Trainer:
             f"step {self.global_step}: the loss or gradient is not finite (NaN/inf); last finite loss "
             + (f"{last[1]:.6g} at step {last[0]}" if last else "none (the first step)")
             + f"; last complete checkpoint: {ck if ck else 'none'} (untouched). "
-            "Lower learning_rate, check the data, or set skip_nonfinite_steps=True to skip such steps")
+            "Lower learning_rate, check the data, or set skip_nonfinite_steps=True to skip such steps"
+        )
 
     # -- evaluation -----------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, eval_dataset: Dataset | None = None, metric_key_prefix: str = "eval") -> dict[str, Any]:
+    def evaluate(
+        self, eval_dataset: Dataset | None = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, Any]:
         """Mean loss over ``eval_dataset`` (default: the trainer's) as ``eval_loss``, plus
         ``compute_metrics(EvalPrediction)`` with ``eval_`` prefixes; logged as an eval row."""
         ds = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -638,18 +759,32 @@ class Trainer:
         try:
             n = len(ds)  # type: ignore[arg-type]
         except TypeError as e:
-            raise DataError(f"eval_dataset: expected a map-style Dataset with len(), got {type(ds).__name__}") from e
+            raise DataError(
+                f"eval_dataset: expected a map-style Dataset with len(), got {type(ds).__name__}"
+            ) from e
         if n == 0:
-            raise DataError(f"eval_dataset: {type(ds).__name__} is empty (0 items); expected at least one item")
-        loader = DataLoader(ds, batch_size=self.args.per_device_eval_batch_size,
-                            sampler=_StridedSampler(n, self.dist.rank, self.dist.world_size),
-                            collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
-                            pin_memory=self.device.type == "cuda")
+            raise DataError(
+                f"eval_dataset: {type(ds).__name__} is empty (0 items); expected at least one item"
+            )
+        loader = DataLoader(
+            ds,
+            batch_size=self.args.per_device_eval_batch_size,
+            sampler=_StridedSampler(n, self.dist.rank, self.dist.world_size),
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         model = self.model
         was_training = model.training
         model.eval()
-        mixed = rust_modules_in_own_dtype(model, self.device.type, enabled=self.args.bf16 or self.args.fp16)
-        full = D.fsdp_unsharded(self._wrapped) if self._wrapped is not None else contextlib.nullcontext()
+        mixed = rust_modules_in_own_dtype(
+            model, self.device.type, enabled=self.args.bf16 or self.args.fp16
+        )
+        full = (
+            D.fsdp_unsharded(self._wrapped)
+            if self._wrapped is not None
+            else contextlib.nullcontext()
+        )
         try:
             mixed.__enter__()
             full.__enter__()
@@ -659,22 +794,41 @@ class Trainer:
             for i, batch in enumerate(loader):
                 batch = _to_device(batch, self.device)
                 if not isinstance(batch, Mapping):
-                    raise DataError(f"data_collator: returned a {type(batch).__name__}; expected a dict")
+                    raise DataError(
+                        f"data_collator: returned a {type(batch).__name__}; expected a dict"
+                    )
                 with self._autocast():
                     out = model(**batch)
                 loss = _loss_of(out)
-                bs = next((v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0), 1)
+                bs = next(
+                    (
+                        v.shape[0]
+                        for v in batch.values()
+                        if isinstance(v, torch.Tensor) and v.dim() > 0
+                    ),
+                    1,
+                )
                 if isinstance(loss, torch.Tensor):
                     loss_sum += float(loss.float()) * bs
                     count += bs
                 elif i == 0 and self.compute_metrics is None:
-                    raise TrainingError("evaluate: the model returned no loss for the eval batch "
-                                        f"{_describe(batch)} and there is no compute_metrics")
+                    raise TrainingError(
+                        "evaluate: the model returned no loss for the eval batch "
+                        f"{_describe(batch)} and there is no compute_metrics"
+                    )
                 if self.compute_metrics is not None:
-                    logits = getattr(out, "logits", None) if not isinstance(out, Mapping) else out.get("logits")
+                    logits = (
+                        getattr(out, "logits", None)
+                        if not isinstance(out, Mapping)
+                        else out.get("logits")
+                    )
                     if isinstance(logits, torch.Tensor):
                         preds.append(logits.float().cpu().numpy())
-                    lab = [batch[k] for k in (self.args.label_names or ["labels"]) if isinstance(batch.get(k), torch.Tensor)]
+                    lab = [
+                        batch[k]
+                        for k in (self.args.label_names or ["labels"])
+                        if isinstance(batch.get(k), torch.Tensor)
+                    ]
                     if lab:
                         labels.append(lab[0].cpu().numpy())
         finally:
@@ -694,9 +848,13 @@ class Trainer:
                 dist.all_gather_object(gathered, (preds, labels))
                 preds = _in_dataset_order([g[0] for g in gathered])
                 labels = _in_dataset_order([g[1] for g in gathered])
-            ep = EvalPrediction(_concat_padded(preds) if preds else None, _concat_padded(labels) if labels else None)
+            ep = EvalPrediction(
+                _concat_padded(preds) if preds else None, _concat_padded(labels) if labels else None
+            )
             for k, v in dict(self.compute_metrics(ep)).items():
-                metrics[k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}"] = v
+                metrics[
+                    k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}"
+                ] = v
         if self.log is not None:
             self.log.log({"step": self.global_step, "epoch": round(self.epoch, 4), **metrics})
         return metrics
