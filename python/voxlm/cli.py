@@ -81,7 +81,8 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid YAML ({e})") from e
     if not isinstance(cfg, Mapping):
         raise ConfigError(
-            f"{p}: expected a mapping with sections {list(CONFIG_SECTIONS)}, got {type(cfg).__name__}"
+            f"{p}: expected a mapping with sections {list(CONFIG_SECTIONS)}, "
+            f"got {type(cfg).__name__}"
         )
     unknown = sorted(set(cfg) - set(CONFIG_SECTIONS))
     if unknown:
@@ -203,7 +204,8 @@ def _split(model: Any, data: Mapping[str, Any], split: str) -> Any:
             one = getattr(model, "dataset", None)
             if not callable(one):
                 raise ConfigError(
-                    f"--split test: the {getattr(model, 'name', type(model).__name__)!r} recipe has no "
+                    f"--split test: the {getattr(model, 'name', type(model).__name__)!r} "
+                    "recipe has no "
                     "per-split dataset(data, split) builder; evaluate its eval split (set "
                     "data.eval_split to the test split's name) instead"
                 )
@@ -215,7 +217,8 @@ def _split(model: Any, data: Mapping[str, Any], split: str) -> Any:
     ds = eval_ds if split == "eval" else train_ds
     if ds is None:
         raise ConfigError(
-            f"--split {split}: the recipe's datasets() returned no {split} dataset for this data section"
+            f"--split {split}: the recipe's datasets() returned no {split} dataset "
+            "for this data section"
         )
     return ds
 

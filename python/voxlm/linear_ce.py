@@ -103,7 +103,8 @@ def linear_cross_entropy(
     """
     if hidden.dim() != 3 or labels.dim() != 2 or hidden.shape[:2] != labels.shape:
         raise ShapeError(
-            f"hidden/labels: expected [B, T, H] and [B, T], got {list(hidden.shape)} and {list(labels.shape)}"
+            f"hidden/labels: expected [B, T, H] and [B, T], got {list(hidden.shape)} "
+            f"and {list(labels.shape)}"
         )
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
         raise ShapeError(f"weight: expected [V, {hidden.shape[2]}], got {list(weight.shape)}")

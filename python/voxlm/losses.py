@@ -81,7 +81,8 @@ def weighted_sum(
     losses: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
     weights: Mapping[str, float] | Sequence[float],
 ) -> torch.Tensor:
-    """``sum_i w_i * L_i``, e.g. Dia-LLaMA's ``weighted_sum({"lm": l, "dp": d}, {"lm": 1, "dp": 4})``."""
+    """``sum_i w_i * L_i``, e.g. Dia-LLaMA's
+    ``weighted_sum({"lm": l, "dp": d}, {"lm": 1, "dp": 4})``."""
     if isinstance(losses, Mapping):
         if not isinstance(weights, Mapping) or set(weights) != set(losses):
             raise ConfigError(

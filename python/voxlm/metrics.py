@@ -1,7 +1,8 @@
 """Evaluation as the papers compute it.
 
 * :func:`report_scores`: pycocoevalcap's BLEU-1..4, ROUGE-L and CIDEr-D (computed in Rust, equal
-  to pycocoevalcap), plus METEOR 1.5 (Rust transcription of pycocoevalcap's jar, equal to it; no Java needed).
+  to pycocoevalcap), plus METEOR 1.5 (Rust transcription of pycocoevalcap's jar, equal to it; no
+  Java needed).
 * :func:`multilabel_scores`: clinical efficacy (per-label, macro, micro, example-based P/R/F1).
 * :func:`classification_scores`: PI-RADS scoring metrics (accuracy, MSE, MAE, macro P/R/F1,
   confusion matrix, quadratic weighted kappa).

@@ -404,7 +404,8 @@ class SpatialPad(Transform):
 
 
 class CenterSpatialCrop(Transform):
-    """Crop the centre ``roi_size`` (MONAI's centre: ``size // 2 - roi // 2``); ``-1`` keeps a dim."""
+    """Crop the centre ``roi_size`` (MONAI's centre: ``size // 2 - roi // 2``); ``-1`` keeps a
+    dim."""
 
     def __init__(self, roi_size: Sequence[int]) -> None:
         self.roi_size = list(roi_size)

@@ -89,7 +89,8 @@ class Volume:
     def __repr__(self) -> str:
         return (
             f"Volume(shape={self.shape}, dtype={self.data.dtype}, spacing="
-            f"{tuple(round(s, 4) for s in self.spacing)}, axcodes={''.join(c or '?' for c in self.axcodes)})"
+            f"{tuple(round(s, 4) for s in self.spacing)}, "
+            f"axcodes={''.join(c or '?' for c in self.axcodes)})"
         )
 
 

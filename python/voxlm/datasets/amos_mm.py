@@ -163,7 +163,8 @@ def read_amos_mm(
                 letter = str(q["answer"]).strip().rstrip(".")
                 if letter not in opts:
                     raise DataError(
-                        f"{where} ({sid}) qa[{k}]: answer {q['answer']!r} is not one of the options "
+                        f"{where} ({sid}) qa[{k}]: answer {q['answer']!r} "
+                        "is not one of the options "
                         f"{sorted(opts)}"
                     )
                 records.append(

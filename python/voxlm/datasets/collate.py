@@ -224,14 +224,16 @@ class ReportCollator:
             n = sum(1 for t in p if t == self.image_token_id)
             if n != self.num_image_tokens:
                 raise ConfigError(
-                    f"ReportCollator: the prompt of record {record.get('id', '?')!r} encodes to {n} "
+                    f"ReportCollator: the prompt of record {record.get('id', '?')!r} "
+                    f"encodes to {n} "
                     f"{self.image_token!r} tokens, expected {self.num_image_tokens}"
                 )
         room = self.max_length - len(p) - (1 if self.mode == "train" and self.add_eos else 0)
         if room < 0 or (self.mode == "generate" and len(p) > self.max_length):
             raise ConfigError(
                 f"max_length {self.max_length} is too short for the prompt of record "
-                f"{record.get('id', '?')!r} ({len(p)} tokens incl. {self.num_image_tokens} image tokens)"
+                f"{record.get('id', '?')!r} ({len(p)} tokens incl. "
+                f"{self.num_image_tokens} image tokens)"
             )
         if self.mode == "generate":
             return p, len(p)

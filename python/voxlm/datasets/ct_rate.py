@@ -3,7 +3,8 @@
 Sources: the CT-RATE dataset card / CT-CLIP README (ibrahimethemhamamci/CT-CLIP, ``scripts/data.py``
 and ``data_preprocess/``) and TorchIO's ``torchio/datasets/ct_rate.py``:
 
-* volumes ``dataset/{train,valid}/<split>_<pid>/<split>_<pid>_<scan>/<split>_<pid>_<scan>_<recon>.nii.gz``
+* volumes
+  ``dataset/{train,valid}/<split>_<pid>/<split>_<pid>_<scan>/<split>_<pid>_<scan>_<recon>.nii.gz``
   (also ``dataset/{train,valid}_fixed/`` with corrected headers; preferred when present);
 * the tables, under ``dataset/`` in the Hugging Face repository (TorchIO reads them there) or
   directly under the root:
@@ -16,9 +17,10 @@ and ``data_preprocess/``) and TorchIO's ``torchio/datasets/ct_rate.py``:
 
 The original NIfTIs lack correct spacing and scaling; CT-CLIP computes HU = slope * x + intercept
 and takes the spacing from the metadata table, so the reader puts those in ``record["meta"]``:
-``{"rescale_slope", "rescale_intercept", "spacing": (x, y, z)}``, ``"origin"`` (ImagePositionPatient)
-and ``"orientation"`` (ImageOrientationPatient, 6 cosines) when given — what CT-RATE's
-``fix_metadata.py`` / TorchIO's ``CtRate._fix_image`` write into the header — plus the raw row.
+``{"rescale_slope", "rescale_intercept", "spacing": (x, y, z)}``, ``"origin"``
+(ImagePositionPatient) and ``"orientation"`` (ImageOrientationPatient, 6 cosines) when given — what
+CT-RATE's ``fix_metadata.py`` / TorchIO's ``CtRate._fix_image`` write into the header — plus the
+raw row.
 """
 
 from __future__ import annotations

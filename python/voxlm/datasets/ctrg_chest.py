@@ -44,8 +44,10 @@ CONDITIONS = list(CHEXBERT_CONDITIONS)
 #: trailing space included; the one copy (:data:`voxlm.recipes.dia_llama.INSTRUCTION` is this).
 GUIDE = (
     "Based on the above visual information and some key abnormal information related to specific "
-    "diseases, please generate a complete medical report corresponding to this CT image. Providing a "
-    "comprehensive report which contains detailed information about the anatomical structures and any "
+    "diseases, please generate a complete medical report corresponding to this CT image. "
+    "Providing a "
+    "comprehensive report which contains detailed information about the anatomical structures "
+    "and any "
     "abnormalities is essential. "
 )
 
@@ -122,7 +124,8 @@ def read_ctrg_chest(
     for i, item in enumerate(ann[key]):
         if not isinstance(item, dict) or "id" not in item or "finding" not in item:
             raise DataError(
-                f"{fmt}: {ann_path} {key}[{i}]: expected {{'id', 'finding', ...}}, got {item!r:.200}"
+                f"{fmt}: {ann_path} {key}[{i}]: expected {{'id', 'finding', ...}}, "
+                f"got {item!r:.200}"
             )
         try:
             cid = int(item["id"])

@@ -158,6 +158,7 @@ def read_m3d_vqa(
             seen.add(r["image"])
             if not pathlib.Path(r["image"]).exists():
                 raise DataError(
-                    f"{fmt}: {cp} row {i + 2} (id {r['id']!r}): image file {r['image']} does not exist"
+                    f"{fmt}: {cp} row {i + 2} (id {r['id']!r}): "
+                    f"image file {r['image']} does not exist"
                 )
     return records

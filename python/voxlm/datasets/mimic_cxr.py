@@ -52,7 +52,7 @@ CHEXPERT = [
 ]
 VIEW_ORDER = {"PA": 0, "AP": 1, "LATERAL": 2, "LL": 3}
 
-# --- MIT-LCP/mimic-cxr txt/section_parser.py (transcription) ---------------------------------------
+# --- MIT-LCP/mimic-cxr txt/section_parser.py (transcription) ------------------------------------
 _FREQUENT_SECTIONS = {
     "preamble": "preamble",
     "impression": "impression",
@@ -208,7 +208,7 @@ def report_sections(text: str) -> dict[str, str]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 def _target(sections: dict[str, str], section: str | None) -> str:

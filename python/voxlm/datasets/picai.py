@@ -49,7 +49,8 @@ _GS_TO_ISUP = {
 
 
 def parse_scores(text: str | None) -> list[int]:
-    """``"4,4"`` -> ``[4, 4]``; ``N/A`` entries and blanks skipped (picai_prep's ``parse_scores``)."""
+    """``"4,4"`` -> ``[4, 4]``; ``N/A`` entries and blanks skipped (picai_prep's
+    ``parse_scores``)."""
     if text is None:
         return []
     out = []

@@ -1,4 +1,5 @@
-"""Dataset readers register themselves by ``data.format`` name (``ct-rate``, ``ctrg-chest``, ...)."""
+"""Dataset readers register themselves by ``data.format`` name (``ct-rate``, ``ctrg-chest``,
+...)."""
 
 from __future__ import annotations
 

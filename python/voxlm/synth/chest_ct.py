@@ -606,7 +606,8 @@ def chest_ct(
         ``{"train"|"val"|"test": [{"id": int, "finding": str}]}`` (70/10/20 %),
         ``CTRG_finding_labels.csv`` (id + 14 codes 0/1/2/3), ``CTRG-Chest-548K_volume/<id>.nii.gz``
         (int16 HU).
-        ``"ct-rate"``: ``dataset/{train,valid}/<split>_<pid>/<split>_<pid>_a/<split>_<pid>_a_1.nii.gz``
+        ``"ct-rate"``:
+        ``dataset/{train,valid}/<split>_<pid>/<split>_<pid>_a/<split>_<pid>_a_1.nii.gz``
         (80/20 %) with raw stored values ``x = HU + 1024`` (``RescaleSlope`` 1, ``RescaleIntercept``
         -1024 in ``metadata/{train,validation}_metadata.csv``, as CT-CLIP reads them),
         ``radiology_text_reports/{train,validation}_reports.csv`` and

@@ -68,11 +68,17 @@ def _sentence(f: dict[str, Any]) -> str:
         f.get("lobe", "lower"), "lower"
     )
     if lab == "lung lesion":
-        return f"A {int(round(f['size_mm'][0]))} mm {'mass' if f.get('kind') == 'mass' else 'nodule'} projects over the {side} {zone} lung."
+        return (
+            f"A {int(round(f['size_mm'][0]))} mm "
+            f"{'mass' if f.get('kind') == 'mass' else 'nodule'} "
+            f"projects over the {side} {zone} lung."
+        )
     text = {
         "lung opacity": f"Hazy ground-glass opacity in the {side} {zone} lung.",
         "consolidation": f"Focal consolidation in the {side} {zone} lung.",
-        "pneumonia": f"Patchy airspace opacity in the {side} {zone} lung, concerning for pneumonia.",
+        "pneumonia": (
+            f"Patchy airspace opacity in the {side} {zone} lung, concerning for pneumonia."
+        ),
         "atelectasis": f"Linear atelectasis at the {side} lung base.",
         "edema": "Diffuse interstitial pulmonary edema.",
         "pneumothorax": f"A {side} pneumothorax is present.",

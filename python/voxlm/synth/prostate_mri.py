@@ -58,29 +58,40 @@ from .writers import (
 
 #: voxlm's wording of the public PI-RADS v2.1 assessment criteria (guideline text for PICG).
 GUIDELINE_T2W = (
-    "Prostate lesions are scored 1 to 5 for the likelihood of clinically significant cancer. In the transition "
+    "Prostate lesions are scored 1 to 5 for the likelihood of clinically significant cancer. "
+    "In the transition "
     "zone, T2-weighted imaging is the dominant sequence.\n"
     "1: normal appearing transition zone or a round, completely encapsulated nodule.\n"
-    "2: a mostly encapsulated nodule, or a homogeneous circumscribed nodule without encapsulation, or a "
+    "2: a mostly encapsulated nodule, or a homogeneous circumscribed nodule without "
+    "encapsulation, or a "
     "homogeneous mildly hypointense area between nodules.\n"
     "3: heterogeneous signal intensity with obscured margins.\n"
-    "4: lenticular or non-circumscribed, homogeneous, moderately hypointense, less than 1.5 cm in greatest "
+    "4: lenticular or non-circumscribed, homogeneous, moderately hypointense, less than 1.5 cm "
+    "in greatest "
     "dimension.\n"
-    "5: same as 4 but 1.5 cm or more in greatest dimension, or definite extraprostatic extension or invasive "
+    "5: same as 4 but 1.5 cm or more in greatest dimension, or definite extraprostatic "
+    "extension or invasive "
     "behavior."
 )
 GUIDELINE_DWI_ADC = (
-    "Prostate lesions are scored 1 to 5 for the likelihood of clinically significant cancer. In the peripheral "
-    "zone, diffusion-weighted imaging and the ADC map are the dominant sequences. The lesion signal is compared "
-    "with normal tissue of the same zone: dark on the ADC map and bright on high b-value images is abnormal.\n"
+    "Prostate lesions are scored 1 to 5 for the likelihood of clinically significant cancer. "
+    "In the peripheral "
+    "zone, diffusion-weighted imaging and the ADC map are the dominant sequences. "
+    "The lesion signal is compared "
+    "with normal tissue of the same zone: dark on the ADC map and bright on high b-value "
+    "images is abnormal.\n"
     "1: no abnormality on ADC and high b-value images.\n"
-    "2: linear or wedge-shaped hypointensity on ADC and/or linear or wedge-shaped hyperintensity on high b-value "
+    "2: linear or wedge-shaped hypointensity on ADC and/or linear or wedge-shaped "
+    "hyperintensity on high b-value "
     "images.\n"
-    "3: focal, mild or moderate hypointensity on ADC and/or mild or moderate hyperintensity on high b-value "
+    "3: focal, mild or moderate hypointensity on ADC and/or mild or moderate hyperintensity "
+    "on high b-value "
     "images.\n"
-    "4: focal, markedly hypointense on ADC and markedly hyperintense on high b-value images, less than 1.5 cm in "
+    "4: focal, markedly hypointense on ADC and markedly hyperintense on high b-value images, "
+    "less than 1.5 cm in "
     "greatest dimension.\n"
-    "5: same as 4 but 1.5 cm or more in greatest dimension, or definite extraprostatic extension or invasive "
+    "5: same as 4 but 1.5 cm or more in greatest dimension, or definite extraprostatic "
+    "extension or invasive "
     "behavior."
 )
 SCORE_WORDS = {1: "very low", 2: "low", 3: "intermediate", 4: "high", 5: "very high"}
@@ -96,7 +107,8 @@ def pirads_score(
         size_mm: greatest dimension.
         adc_drop: relative ADC darkening vs the zone's normal tissue (0 = iso, 0.5 = half).
         dwi_gain: relative high-b brightening vs normal tissue (0 = iso, 1 = twice).
-        t2_shape: ``"encapsulated" | "circumscribed" | "heterogeneous" | "lenticular" | "wedge" | "none"``.
+        t2_shape: ``"encapsulated" | "circumscribed" | "heterogeneous" | "lenticular" | "wedge" |
+            "none"``.
         epe: extraprostatic extension.
     """
     marked = adc_drop >= 0.45 and dwi_gain >= 0.6

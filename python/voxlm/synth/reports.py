@@ -36,7 +36,8 @@ _CLAUSE = re.compile(r"[.;,:\n]")
 KEYWORDS: dict[str, re.Pattern[str]] = {
     "enlarged cardiomediastinum": re.compile(
         r"hil(?:i|a|um|us) (?:are|is) enlarged|enlarged (?:mediastinal )?lymph nodes?|"
-        r"lymph nodes? (?:are|is) enlarged|mediastinum is widened|widened mediastinum|lymphadenopathy"
+        r"lymph nodes? (?:are|is) enlarged|mediastinum is widened|widened mediastinum|"
+        r"lymphadenopathy"
     ),
     "cardiomegaly": re.compile(
         r"(?:heart|cardiac) shadow is enlarged|heart is enlarged|enlarged heart|cardiomegaly"
@@ -149,8 +150,10 @@ def finding_sentence(rng: np.random.Generator, f: dict[str, Any]) -> str:
             return _pick(
                 rng,
                 [
-                    f"multiple {kind} nodules are seen in both lungs, the larger one is located in {loc}, {size}",
-                    f"both lungs show multiple {kind} nodule shadows, the largest one is in {loc}, {size} in size",
+                    f"multiple {kind} nodules are seen in both lungs, "
+                    f"the larger one is located in {loc}, {size}",
+                    f"both lungs show multiple {kind} nodule shadows, "
+                    f"the largest one is in {loc}, {size} in size",
                 ],
             )
         return _pick(
@@ -204,15 +207,18 @@ def finding_sentence(rng: np.random.Generator, f: dict[str, Any]) -> str:
         return _pick(
             rng,
             [
-                f"{_side_word(side)} pneumothorax is seen, the lung tissue is compressed by about {f['compression_pct']}%",
-                f"a {_side_word(side)} pneumothorax is present, about {f['compression_pct']}% of the lung is compressed",
+                f"{_side_word(side)} pneumothorax is seen, "
+                f"the lung tissue is compressed by about {f['compression_pct']}%",
+                f"a {_side_word(side)} pneumothorax is present, "
+                f"about {f['compression_pct']}% of the lung is compressed",
             ],
         )
     if label == "edema":
         return _pick(
             rng,
             [
-                "both lungs show diffuse increased density with thickened interlobular septa, suggesting pulmonary edema",
+                "both lungs show diffuse increased density with thickened interlobular septa, "
+                "suggesting pulmonary edema",
                 "interstitial pulmonary edema is seen in both lungs",
             ],
         )
@@ -231,7 +237,8 @@ def finding_sentence(rng: np.random.Generator, f: dict[str, Any]) -> str:
             [
                 f"there is a {amount} amount of pleural effusion on the {side} side",
                 f"a {amount} amount of {side} pleural effusion is seen",
-                f"fluid density shadow is seen in the {side} pleural cavity, suggesting pleural effusion",
+                f"fluid density shadow is seen in the {side} pleural cavity, "
+                "suggesting pleural effusion",
             ],
         )
     if label == "pleural other":
@@ -266,7 +273,8 @@ def finding_sentence(rng: np.random.Generator, f: dict[str, Any]) -> str:
             return _pick(
                 rng,
                 [
-                    "a pacemaker is seen in the left anterior chest wall, its lead reaching the right ventricle",
+                    "a pacemaker is seen in the left anterior chest wall, "
+                    "its lead reaching the right ventricle",
                     "pacemaker shadow in the left chest wall with the lead in the heart",
                 ],
             )
@@ -283,15 +291,19 @@ def finding_sentence(rng: np.random.Generator, f: dict[str, Any]) -> str:
             return _pick(
                 rng,
                 [
-                    f"bilateral pulmonary hili are enlarged, with enlarged lymph nodes of about {size}",
-                    f"the {side} pulmonary hilum is enlarged, an enlarged lymph node of about {size} is seen",
+                    f"bilateral pulmonary hili are enlarged, "
+                    f"with enlarged lymph nodes of about {size}",
+                    f"the {side} pulmonary hilum is enlarged, "
+                    f"an enlarged lymph node of about {size} is seen",
                 ],
             )
         return _pick(
             rng,
             [
-                f"multiple enlarged lymph nodes are seen in the mediastinum, the larger one is about {size} in short diameter",
-                f"the mediastinum is widened with enlarged lymph nodes, the larger one about {size}",
+                f"multiple enlarged lymph nodes are seen in the mediastinum, "
+                f"the larger one is about {size} in short diameter",
+                f"the mediastinum is widened with enlarged lymph nodes, "
+                f"the larger one about {size}",
             ],
         )
     if label == "cardiomegaly":
@@ -382,10 +394,13 @@ def chest_ct_report(
             _pick(
                 rng,
                 [
-                    "lung window shows clear lung markings, natural walking, good lung field transparency",
-                    "the lung window shows that the bilateral lung markings are clear and natural, the lung field has good "
+                    "lung window shows clear lung markings, natural walking, "
+                    "good lung field transparency",
+                    "the lung window shows that the bilateral lung markings are clear and natural, "
+                    "the lung field has good "
                     "transparency",
-                    "bilateral lung markings are clear and natural, the lung field transparency is good",
+                    "bilateral lung markings are clear and natural, "
+                    "the lung field transparency is good",
                 ],
             )
         )

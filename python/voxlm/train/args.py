@@ -295,7 +295,8 @@ class TrainingArguments:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(
-                f"train: unknown TrainingArguments fields {unknown} (known: {', '.join(sorted(known))})"
+                f"train: unknown TrainingArguments fields {unknown} "
+                f"(known: {', '.join(sorted(known))})"
             )
         return cls(**dict(d))
 

@@ -72,7 +72,8 @@ def lr_lambda(name: str, num_warmup_steps: int, num_training_steps: int) -> Any:
             _cosine, num_warmup_steps=num_warmup_steps, num_training_steps=num_training_steps
         )
     raise ConfigError(
-        f"lr_scheduler_type: expected constant, constant_with_warmup, linear or cosine, got {name!r}"
+        "lr_scheduler_type: expected constant, constant_with_warmup, linear or cosine, "
+        f"got {name!r}"
     )
 
 

@@ -55,7 +55,8 @@ def run_stages(
     ]
     if bad or len(set(names)) != len(names):
         raise ConfigError(
-            f"stages: names must be unique folder names (not 'final' or 'checkpoint-*'), got {names}"
+            "stages: names must be unique folder names (not 'final' or 'checkpoint-*'), "
+            f"got {names}"
         )
     run = pathlib.Path(output_dir if output_dir is not None else stages[0].args.output_dir)
     results: dict[str, TrainOutput] = {}

@@ -274,7 +274,8 @@ class Trainer:
         ``TrainingError`` naming what the batch holds and what was expected."""
         if not isinstance(batch, Mapping):
             raise DataError(
-                f"data_collator: returned a {type(batch).__name__}; expected a dict of keyword arguments "
+                f"data_collator: returned a {type(batch).__name__}; "
+                "expected a dict of keyword arguments "
                 "for model.forward"
             )
         if not check:
@@ -308,7 +309,8 @@ class Trainer:
             if isinstance(loss, torch.Tensor) and loss.dim() == 0:
                 what = "a scalar that does not require grad (no trainable parameter reaches it)"
             raise TrainingError(
-                f"step {step}: the model's loss is {what}; expected a scalar tensor that requires grad"
+                f"step {step}: the model's loss is {what}; "
+                "expected a scalar tensor that requires grad"
             )
         return loss
 
@@ -451,7 +453,8 @@ class Trainer:
             )
         if state.get("world_size", 1) != self.dist.world_size:
             raise ConfigError(
-                f"resume_from_checkpoint: {path} was written by {state.get('world_size')} processes, "
+                f"resume_from_checkpoint: {path} was written by "
+                f"{state.get('world_size')} processes, "
                 f"this run has {self.dist.world_size}; resume with the same WORLD_SIZE"
             )
         C.load_trainable(self.model, path)
@@ -739,10 +742,12 @@ class Trainer:
         last = self._last_finite
         ck = C.latest_checkpoint(self.output_dir)
         return TrainingError(
-            f"step {self.global_step}: the loss or gradient is not finite (NaN/inf); last finite loss "
+            f"step {self.global_step}: the loss or gradient is not finite (NaN/inf); "
+            "last finite loss "
             + (f"{last[1]:.6g} at step {last[0]}" if last else "none (the first step)")
             + f"; last complete checkpoint: {ck if ck else 'none'} (untouched). "
-            "Lower learning_rate, check the data, or set skip_nonfinite_steps=True to skip such steps"
+            "Lower learning_rate, check the data, or set skip_nonfinite_steps=True "
+            "to skip such steps"
         )
 
     # -- evaluation -----------------------------------------------------------------------
