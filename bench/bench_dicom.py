@@ -95,11 +95,12 @@ def run() -> str:
             res[side] = json.loads(out.stdout.strip().splitlines()[-1])
     v, s, p = res["voxlm"], res["sitk"], res["pydicom"]
     lines = [
-        f"## dicom: a {N_SLICES}-slice 512x512 CT series, voxlm vs SimpleITK ImageSeriesReader vs pydicom stacking",
+        f"## dicom: a {N_SLICES}-slice 512x512 CT series, voxlm vs SimpleITK ImageSeriesReader vs "
+        "pydicom stacking",
         "",
-        f"Machine: {machine()}. {N_SLICES} files ({size_mb:.0f} MB), int16, explicit VR little endian, "
-        "shuffled names; float32 volume out (voxlm, pydicom) / SimpleITK's int16 image + array view. "
-        "Medians of 3 reads, warm page cache, each reader in its own process.",
+        f"Machine: {machine()}. {N_SLICES} files ({size_mb:.0f} MB), int16, explicit VR little "
+        "endian, shuffled names; float32 volume out (voxlm, pydicom) / SimpleITK's int16 image + "
+        "array view. Medians of 3 reads, warm page cache, each reader in its own process.",
         "",
         "| reader | s / series | slices/s | vs SimpleITK | peak MB |",
         "|---|---|---|---|---|",
@@ -110,7 +111,8 @@ def run() -> str:
         ("pydicom dcmread + sort + stack", p),
     ):
         lines.append(
-            f"| {name} | {r['s']:.2f} | {N_SLICES / r['s']:.0f} | {s['s'] / r['s']:.2f}x | {r['peak_mb']:.0f} |"
+            f"| {name} | {r['s']:.2f} | {N_SLICES / r['s']:.0f} | {s['s'] / r['s']:.2f}x "
+            f"| {r['peak_mb']:.0f} |"
         )
     lines += [
         "",

@@ -123,28 +123,33 @@ def run(repeats: int = 3) -> str:
 
     tokens = N_PROMPTS * NEW
     lines = [
-        "## generate: batched evaluation (image-embedding prompts, beam 2, left padding), voxlm vs transformers",
+        "## generate: batched evaluation (image-embedding prompts, beam 2, left padding), voxlm vs "
+        "transformers",
         "",
-        f"Machine: {machine()}; transformers {transformers.__version__}; fp32. {N_PROMPTS} prompts of "
-        f"{IMAGE} image embeddings + 16-{TEXT_MAX} text tokens, batches of {BATCH} left-padded, "
+        f"Machine: {machine()}; transformers {transformers.__version__}; fp32. {N_PROMPTS} "
+        f"prompts of {IMAGE} image embeddings + 16-{TEXT_MAX} text tokens, batches of {BATCH} "
+        "left-padded, "
         f"{BEAMS} beams, {NEW} new tokens, no EOS; medians of {repeats} full passes. Prefill: one "
         f"forward over {BATCH} x ({IMAGE} + {TEXT_MAX}) embeddings, median of 5.",
         "",
-        "| config | weights MB | eval s transformers | eval s voxlm | **ratio** | new tokens/s voxlm "
-        "| weights read GB/s voxlm | prefill s transformers | prefill s voxlm | prefill ratio | tokens identical |",
+        "| config | weights MB | eval s transformers | eval s voxlm | **ratio** "
+        "| new tokens/s voxlm | weights read GB/s voxlm | prefill s transformers "
+        "| prefill s voxlm | prefill ratio | tokens identical |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cfg, wb, same, th, tv, thp, tvp in rows:
         steps = (N_PROMPTS // BATCH) * NEW  # decode steps; each reads every weight once
         lines.append(
-            f"| {name} ({cfg['num_hidden_layers']}L, {cfg['hidden_size']}, vocab {cfg['vocab_size']}) "
+            f"| {name} ({cfg['num_hidden_layers']}L, {cfg['hidden_size']}, "
+            f"vocab {cfg['vocab_size']}) "
             f"| {wb / 1e6:.1f} | {th:.2f} | {tv:.2f} | **{th / tv:.2f}x** | {tokens / tv:,.0f} "
             f"| {wb * steps / tv / 1e9:.1f} | {thp:.3f} | {tvp:.3f} | {thp / tvp:.2f}x | {same} |"
         )
     lines += [
         "",
-        "Goals: evaluation >= 3x transformers with identical tokens; prefill at least transformers' "
-        "speed. voxlm's decode steps run its fused float32 CPU step over all beams of the batch.",
+        "Goals: evaluation >= 3x transformers with identical tokens; prefill at least "
+        "transformers' speed. voxlm's decode steps run its fused float32 CPU step over all beams "
+        "of the batch.",
         "",
     ]
     return "\n".join(lines)

@@ -100,16 +100,18 @@ def run(repeats: int = 5) -> str:
         "",
         f"Machine: {machine()}; transformers {transformers.__version__}; fp32, batch 1, greedy "
         f"{NEW} new tokens after a {PROMPT}-token prompt (decode includes the prompt's prefill, as "
-        f"`generate` does); prefill = one forward over {PREFILL} tokens. Medians of {repeats} runs. "
-        f"Measured copy bandwidth: {bw / 1e9:.1f} GB/s.",
+        f"`generate` does); prefill = one forward over {PREFILL} tokens. Medians of {repeats} "
+        f"runs. Measured copy bandwidth: {bw / 1e9:.1f} GB/s.",
         "",
         "| config | weights MB | decode tok/s transformers | decode tok/s voxlm | ratio | "
-        "prefill tok/s transformers | prefill tok/s voxlm | ratio | voxlm weights read GB/s (decode) | tokens identical |",
+        "prefill tok/s transformers | prefill tok/s voxlm | ratio | "
+        "voxlm weights read GB/s (decode) | tokens identical |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cfg, wb, rb, same, thg, tvg, thp, tvp in rows:
         lines.append(
-            f"| {name} ({cfg['num_hidden_layers']}L, {cfg['hidden_size']}, vocab {cfg['vocab_size']}) "
+            f"| {name} ({cfg['num_hidden_layers']}L, {cfg['hidden_size']}, "
+            f"vocab {cfg['vocab_size']}) "
             f"| {wb / 1e6:.1f} | {NEW / thg:.0f} | {NEW / tvg:.0f} | **{thg / tvg:.2f}x** "
             f"| {PREFILL / thp:.0f} | {PREFILL / tvp:.0f} | {thp / tvp:.2f}x "
             f"| {rb * NEW / tvg / 1e9:.1f} ({rb * NEW / tvg / bw:.0%} of copy bw) | {same} |"
@@ -120,7 +122,8 @@ def run(repeats: int = 5) -> str:
         "bandwidth-bound one. voxlm's decode steps run through its fused float32 CPU step (the "
         "default `cpu_kernels=True`: one Rust step per token, matrix-vector products split over "
         "the 2 cores, weights read in place); its prompt forward and the whole transformers side "
-        "run libtorch ops. The Llama-3-8B bf16 GPU benchmark needs a GPU; none was lent to this run.",
+        "run libtorch ops. The Llama-3-8B bf16 GPU benchmark needs a GPU; none was lent to this "
+        "run.",
         "",
     ]
     return "\n".join(lines)

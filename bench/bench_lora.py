@@ -43,7 +43,8 @@ CHILD = r"""
 import json, statistics, sys, time, torch
 
 def hwm_kb():
-    # the address space's own high-water mark (ru_maxrss would include the parent's, kept across exec)
+    # the address space's own high-water mark (ru_maxrss would include the parent's, kept across
+    # exec)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
@@ -56,7 +57,10 @@ ids = torch.randint(0, vocab, (run["B"], run["T"]))
 if side == "peft":
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
-    model = get_peft_model(LlamaForCausalLM.from_pretrained(path), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear"))
+    model = get_peft_model(
+        LlamaForCausalLM.from_pretrained(path),
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear"),
+    )
     step_loss = lambda: model(input_ids=ids, labels=ids).loss
 else:
     import voxlm
@@ -79,7 +83,12 @@ for i in range(run["WARMUP"] + run["STEPS"]):
     if i >= run["WARMUP"]:
         times.append(time.perf_counter() - t0)
 peak = hwm_kb()
-print(json.dumps({"step_s": statistics.median(times), "peak_rss_mb": peak / 1024, "growth_mb": (peak - base) / 1024, "loss": loss.item()}))
+print(json.dumps({
+    "step_s": statistics.median(times),
+    "peak_rss_mb": peak / 1024,
+    "growth_mb": (peak - base) / 1024,
+    "loss": loss.item(),
+}))
 """
 
 
@@ -110,8 +119,8 @@ def run() -> str:
     lines = [
         "## lora: LoRA training step (forward + backward + AdamW), voxlm vs transformers + peft",
         "",
-        f"Machine: {machine()}. LoRA r16/a32, dropout 0.05, all linears; fp32 CPU; each side in its "
-        "own process (peak RSS = the process's VmHWM); medians of the timed steps.",
+        f"Machine: {machine()}. LoRA r16/a32, dropout 0.05, all linears; fp32 CPU; each side in "
+        "its own process (peak RSS = the process's VmHWM); medians of the timed steps.",
         "",
         "| model | tool | step s | tokens/s | peak RSS MB | RSS growth during training MB |",
         "|---|---|---|---|---|---|",

@@ -56,8 +56,10 @@ def run(repeats_ref: int = 3, repeats_vox: int = 7) -> str:
         "",
         "| tool | median s | runs (s) | pairs/s |",
         "|---|---|---|---|",
-        f"| pycocoevalcap {coco_v} | {t_ref:.3f} | {', '.join(f'{t:.2f}' for t in all_ref)} | {N_PAIRS / t_ref:,.0f} |",
-        f"| voxlm | {t_vox:.3f} | {', '.join(f'{t:.3f}' for t in all_vox)} | {N_PAIRS / t_vox:,.0f} |",
+        f"| pycocoevalcap {coco_v} | {t_ref:.3f} | {', '.join(f'{t:.2f}' for t in all_ref)} "
+        f"| {N_PAIRS / t_ref:,.0f} |",
+        f"| voxlm | {t_vox:.3f} | {', '.join(f'{t:.3f}' for t in all_vox)} "
+        f"| {N_PAIRS / t_vox:,.0f} |",
         "",
         f"**voxlm / pycocoevalcap speed-up: {t_ref / t_vox:.1f}x** (goal: at least 20x).",
         "",
@@ -151,9 +153,9 @@ def run_meteor(
         print(lines[-1], flush=True)
     lines += [
         "",
-        "CPU s: user+system time of the process (voxlm: all its threads; pycocoevalcap: Python plus "
-        "the Java child), independent of other load on a shared machine. Goal: at least 50x; Java "
-        "no longer needed for any default metric.",
+        "CPU s: user+system time of the process (voxlm: all its threads; pycocoevalcap: Python "
+        "plus the Java child), independent of other load on a shared machine. Goal: at least 50x; "
+        "Java no longer needed for any default metric.",
         "",
     ]
     return "\n".join(lines)

@@ -5,9 +5,9 @@ Shared by the recipe engineers: each adds a function returning a markdown block 
 * ``picg_features``: PICG guideline-feature extraction (3D CLIP domain adapter -> visual queries
   -> adapted, bias-tuned LLaMA, final-norm hidden states of the guideline prompt) for T2W/ADC/DWI
   batches: voxlm's recipe (Rust CLIP/query blocks/first layers, PyTorch adapted layers) vs the
-  transcription of PICG's ``llama_adapter_prostate.py`` + ``llama.py`` in ``tests/test_recipe_picg.py``
-  (open_clip ``VisionTransformer``, timm ``Block``, Meta's LLaMA) with the same weights (loaded
-  through voxlm's LLaMA-Adapter ``.pth`` mapping): features/s.
+  transcription of PICG's ``llama_adapter_prostate.py`` + ``llama.py`` in
+  ``tests/test_recipe_picg.py`` (open_clip ``VisionTransformer``, timm ``Block``, Meta's LLaMA)
+  with the same weights (loaded through voxlm's LLaMA-Adapter ``.pth`` mapping): features/s.
 * ``llava_stage2``: one LLaVA stage-2 training step (frozen CLIP -> mm_projector -> LLaMA with
   LoRA on every linear; AdamW on the LoRA weights) — voxlm's recipe vs transformers
   ``CLIPVisionModel`` + ``LlamaForCausalLM`` + peft on the same weights; each side in its own
@@ -93,11 +93,14 @@ def picg_features(batches: int = 3, repeats: int = 3) -> str:
     n = 3 * batches
     return (
         "### PICG guideline features (T2W/ADC/DWI batches)\n\n"
-        f"CLIP width {T.CLIP_W} (2 layers, 257 tokens from 84x84x98), query blocks {T.VDIM}x{T.VDEPTH}, LLaMA "
-        f"{T.DIM} wide, {T.LAYERS} layers ({T.QLAYER} adapted), guideline prompt {L} tokens (bundled BPE); "
+        f"CLIP width {T.CLIP_W} (2 layers, 257 tokens from 84x84x98), query blocks "
+        f"{T.VDIM}x{T.VDEPTH}, LLaMA "
+        f"{T.DIM} wide, {T.LAYERS} layers ({T.QLAYER} adapted), guideline prompt {L} tokens "
+        "(bundled BPE); "
         f"{n} features per run, median of {repeats}; max |hidden difference| {err:.1e}.\n\n"
         "| implementation | features/s | speed-up |\n|---|---:|---:|\n"
-        f"| PICG transcription (open_clip + timm + Meta LLaMA, PyTorch) | {n / t_ref:.2f} | 1.00x |\n"
+        "| PICG transcription (open_clip + timm + Meta LLaMA, PyTorch) "
+        f"| {n / t_ref:.2f} | 1.00x |\n"
         f"| voxlm `picg` recipe | {n / t_ours:.2f} | {t_ref / t_ours:.2f}x |\n"
     )
 
@@ -121,9 +124,14 @@ if side == "peft":
     from peft import LoraConfig, get_peft_model
     from transformers import CLIPVisionModel, LlamaForCausalLM
     vis = CLIPVisionModel.from_pretrained(path + "/clip").eval().requires_grad_(False)
-    proj = torch.nn.Sequential(torch.nn.Linear(run["D"], run["H"]), torch.nn.GELU(), torch.nn.Linear(run["H"], run["H"]))
+    proj = torch.nn.Sequential(
+        torch.nn.Linear(run["D"], run["H"]), torch.nn.GELU(), torch.nn.Linear(run["H"], run["H"])
+    )
     proj.load_state_dict(proj_sd); proj.requires_grad_(False)
-    llm = get_peft_model(LlamaForCausalLM.from_pretrained(path + "/llm"), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear"))
+    llm = get_peft_model(
+        LlamaForCausalLM.from_pretrained(path + "/llm"),
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear"),
+    )
     def step_loss():
         with torch.no_grad():
             f = vis(px, output_hidden_states=True).hidden_states[-2][:, 1:]
@@ -138,7 +146,12 @@ else:
     from voxlm.vision import CLIPVision
     from voxlm.recipes.base import build_tokenizer
     cfg = LlavaRRGConfig(lora_r=16, lora_alpha=32, lora_dropout=0.05, sections=("findings",))
-    m = LlavaRRG(cfg, LlamaForCausalLM.from_pretrained(path + "/llm"), build_tokenizer("bundled:ctrg-bpe"), CLIPVision.from_pretrained(path + "/clip"))
+    m = LlavaRRG(
+        cfg,
+        LlamaForCausalLM.from_pretrained(path + "/llm"),
+        build_tokenizer("bundled:ctrg-bpe"),
+        CLIPVision.from_pretrained(path + "/clip"),
+    )
     m.mm_projector.load_state_dict(proj_sd)
     m.set_stage("report", "findings"); m.train()
     step_loss = lambda: m(input_ids=ids, image_mask=img, pixel_values=px, labels=labels).loss
@@ -150,7 +163,11 @@ for i in range(run["WARMUP"] + run["STEPS"]):
     loss = step_loss(); loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     if i >= run["WARMUP"]:
         times.append(time.perf_counter() - t0)
-print(json.dumps({"step_s": statistics.median(times), "peak_mb": hwm_kb() / 1024, "n_params": sum(p.numel() for p in params)}))
+print(json.dumps({
+    "step_s": statistics.median(times),
+    "peak_mb": hwm_kb() / 1024,
+    "n_params": sum(p.numel() for p in params),
+}))
 """
 
 
@@ -199,12 +216,16 @@ def llava_stage2(steps: int = 5, warmup: int = 1) -> str:
     p, v = res["peft"], res["voxlm"]
     return (
         "### LLaVA stage-2 training step (LoRA on every linear)\n\n"
-        f"CLIP {run['D']} wide x 4 layers at {run['S']} px ({run['N']} patch tokens, layer -2), mlp2x_gelu, LLaMA "
-        f"{run['H']} wide x 4 layers, batch {run['B']} x {run['T']} tokens, LoRA r16 (trainable {v['n_params']:,} vs "
-        f"{p['n_params']:,}), AdamW, fp32; median of {steps} steps after {warmup} warm-up; peak RSS per process.\n\n"
+        f"CLIP {run['D']} wide x 4 layers at {run['S']} px ({run['N']} patch tokens, layer -2), "
+        "mlp2x_gelu, LLaMA "
+        f"{run['H']} wide x 4 layers, batch {run['B']} x {run['T']} tokens, LoRA r16 "
+        f"(trainable {v['n_params']:,} vs "
+        f"{p['n_params']:,}), AdamW, fp32; median of {steps} steps after {warmup} warm-up; "
+        "peak RSS per process.\n\n"
         "| implementation | step (s) | speed-up | peak RSS (MB) |\n|---|---:|---:|---:|\n"
         f"| transformers + peft | {p['step_s']:.3f} | 1.00x | {p['peak_mb']:.0f} |\n"
-        f"| voxlm `llava_rrg` | {v['step_s']:.3f} | {p['step_s'] / v['step_s']:.2f}x | {v['peak_mb']:.0f} |\n"
+        f"| voxlm `llava_rrg` | {v['step_s']:.3f} | {p['step_s'] / v['step_s']:.2f}x "
+        f"| {v['peak_mb']:.0f} |\n"
     )
 
 
@@ -311,12 +332,16 @@ def dia_llama_generate(
     t_ref, _ = median_time(theirs, repeats)
     ntok = cases * new_tokens
     return (
-        f"### Dia-LLaMA report generation ({cases} cases, batches of {batch}, {new_tokens} new tokens, greedy)\n\n"
-        f"LLM hidden {llm['hidden_size']}, {llm['num_hidden_layers']} layers, LoRA r8 on q/v; prompt "
-        f"{ids.shape[1]} tokens (32 image tokens + 14 diagnostic sentences + instruction). Tokens identical: "
+        f"### Dia-LLaMA report generation ({cases} cases, batches of {batch}, {new_tokens} new "
+        "tokens, greedy)\n\n"
+        f"LLM hidden {llm['hidden_size']}, {llm['num_hidden_layers']} layers, LoRA r8 on q/v; "
+        "prompt "
+        f"{ids.shape[1]} tokens (32 image tokens + 14 diagnostic sentences + instruction). "
+        "Tokens identical: "
         f"{'yes' if same else 'NO'}.\n\n"
         "| | s per test set | tokens/s | speed-up |\n|---|---|---|---|\n"
-        f"| released path (transformers + peft generate) | {t_ref:.2f} | {ntok / t_ref:.0f} | 1.00x |\n"
+        f"| released path (transformers + peft generate) | {t_ref:.2f} | {ntok / t_ref:.0f} "
+        "| 1.00x |\n"
         f"| voxlm `dia_llama` | {t_ours:.2f} | {ntok / t_ours:.0f} | {t_ref / t_ours:.2f}x |\n"
     )
 

@@ -15,7 +15,8 @@ CHILD = r"""
 import json, statistics, sys, time, torch
 
 def hwm_kb():
-    # the address space's own high-water mark (ru_maxrss would include the parent's, kept across exec)
+    # the address space's own high-water mark (ru_maxrss would include the parent's, kept across
+    # exec)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
@@ -24,8 +25,8 @@ def hwm_kb():
 from monai.networks.nets import ViT
 side = sys.argv[1]
 torch.manual_seed(0)
-ref = ViT(in_channels=1, img_size=(32, 128, 128), patch_size=(4, 16, 16), hidden_size=384, mlp_dim=1536,
-          num_layers=6, num_heads=6, proj_type="conv", classification=False)
+ref = ViT(in_channels=1, img_size=(32, 128, 128), patch_size=(4, 16, 16), hidden_size=384,
+          mlp_dim=1536, num_layers=6, num_heads=6, proj_type="conv", classification=False)
 if side == "voxlm":
     from voxlm.vision import ViT3D
     model = ViT3D.from_monai(ref, img_size=(32, 128, 128))
@@ -44,7 +45,11 @@ for i in range(9):
     if i >= 2:
         times.append(time.perf_counter() - t0)
 peak = hwm_kb()
-print(json.dumps({"step_s": statistics.median(times), "peak_rss_mb": peak / 1024, "growth_mb": (peak - base) / 1024}))
+print(json.dumps({
+    "step_s": statistics.median(times),
+    "peak_rss_mb": peak / 1024,
+    "growth_mb": (peak - base) / 1024,
+}))
 """
 
 
@@ -69,11 +74,14 @@ def run() -> str:
         "",
         "| tool | step s | volumes/s | peak RSS MB | RSS growth MB |",
         "|---|---|---|---|---|",
-        f"| MONAI ViT | {m['step_s']:.3f} | {2 / m['step_s']:.2f} | {m['peak_rss_mb']:.0f} | {m['growth_mb']:.0f} |",
-        f"| voxlm ViT3D | {v['step_s']:.3f} | {2 / v['step_s']:.2f} | {v['peak_rss_mb']:.0f} | {v['growth_mb']:.0f} |",
+        f"| MONAI ViT | {m['step_s']:.3f} | {2 / m['step_s']:.2f} | {m['peak_rss_mb']:.0f} "
+        f"| {m['growth_mb']:.0f} |",
+        f"| voxlm ViT3D | {v['step_s']:.3f} | {2 / v['step_s']:.2f} | {v['peak_rss_mb']:.0f} "
+        f"| {v['growth_mb']:.0f} |",
         "",
         f"**Speed ratio voxlm / MONAI: {m['step_s'] / v['step_s']:.2f}x**; peak RSS ratio "
-        f"{v['peak_rss_mb'] / m['peak_rss_mb']:.2f} (goal: at least MONAI's speed with no more memory).",
+        f"{v['peak_rss_mb'] / m['peak_rss_mb']:.2f} (goal: at least MONAI's speed with no more "
+        "memory).",
         "",
     ]
     return "\n".join(lines)

@@ -119,12 +119,17 @@ def vit3d_llama_generate(
             )
     return (
         "### vit3d_llama report generation (recipe vs transformers + PEFT)\n\n"
-        f"{n_volumes} volumes 1x16x64x64 in batches of {batch} (ViT3D 64 wide x 2 layers with class token, "
+        f"{n_volumes} volumes 1x16x64x64 in batches of {batch} (ViT3D 64 wide x 2 layers with "
+        "class token, "
         f"{m.num_image_tokens} image tokens), LLaMA 256 wide x 4 layers (GQA 8/2), vocabulary "
-        f"{m.llm.config.vocab_size} (bundled BPE + M3D's added tokens), LoRA r16 on every linear (unmerged), "
-        f"{new_tokens} new tokens, greedy / beam search; the same image embeddings on both sides (encoding timed "
-        f"on both); median of {repeats}; 1-minute load average {os.getloadavg()[0]:.1f} at the end.\n\n"
-        "| beams | transformers + peft (tok/s) | voxlm recipe (tok/s) | speed-up | tokens identical |\n"
+        f"{m.llm.config.vocab_size} (bundled BPE + M3D's added tokens), LoRA r16 on every linear "
+        "(unmerged), "
+        f"{new_tokens} new tokens, greedy / beam search; the same image embeddings on both sides "
+        "(encoding timed "
+        f"on both); median of {repeats}; 1-minute load average {os.getloadavg()[0]:.1f} at the "
+        "end.\n\n"
+        "| beams | transformers + peft (tok/s) | voxlm recipe (tok/s) | speed-up "
+        "| tokens identical |\n"
         "|---:|---:|---:|---:|:---:|\n" + "\n".join(rows) + "\n"
     )
 

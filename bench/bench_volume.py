@@ -32,20 +32,25 @@ if side == "voxlm":
     import voxlm
     from voxlm import transforms as T
     from voxlm.data import load_batch
-    pipe = T.Compose([T.Orientation("RAS"), T.Spacing(1.5), T.ScaleIntensityRange(-160, 240, 0, 1, clip=True), T.Resize((32, 256, 256))])
+    pipe = T.Compose([T.Orientation("RAS"), T.Spacing(1.5),
+                      T.ScaleIntensityRange(-160, 240, 0, 1, clip=True), T.Resize((32, 256, 256))])
     def run():
         for p in paths:
             load_batch([p], pipe)
 elif side == "voxlm_batch":
     from voxlm import transforms as T
     from voxlm.data import load_batch
-    pipe = T.Compose([T.Orientation("RAS"), T.Spacing(1.5), T.ScaleIntensityRange(-160, 240, 0, 1, clip=True), T.Resize((32, 256, 256))])
+    pipe = T.Compose([T.Orientation("RAS"), T.Spacing(1.5),
+                      T.ScaleIntensityRange(-160, 240, 0, 1, clip=True), T.Resize((32, 256, 256))])
     def run():
         load_batch(paths, pipe, num_threads=2)
 elif side == "monai":
     from monai import transforms as mt
-    pipe = mt.Compose([mt.LoadImage(image_only=True, reader="NibabelReader"), mt.EnsureChannelFirst(), mt.Orientation("RAS"),
-                       mt.Spacing(1.5, mode="bilinear"), mt.ScaleIntensityRange(-160, 240, 0, 1, clip=True), mt.Resize((32, 256, 256), mode="trilinear")])
+    pipe = mt.Compose([mt.LoadImage(image_only=True, reader="NibabelReader"),
+                       mt.EnsureChannelFirst(), mt.Orientation("RAS"),
+                       mt.Spacing(1.5, mode="bilinear"),
+                       mt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+                       mt.Resize((32, 256, 256), mode="trilinear")])
     def run():
         for p in paths:
             pipe(p)
@@ -124,11 +129,12 @@ def run() -> str:
         res["decompress"],
     )
     lines = [
-        "## volume: CT preprocessing (load -> RAS -> 1.5 mm -> HU window -> resize 32x256x256), voxlm vs MONAI vs nibabel+scipy",
+        "## volume: CT preprocessing (load -> RAS -> 1.5 mm -> HU window -> resize 32x256x256), "
+        "voxlm vs MONAI vs nibabel+scipy",
         "",
         f"Machine: {machine()}. {n} synthetic int16 CT volumes 512x512x{DEPTHS[:n]}, gzip level 1 "
-        f"({size_mb:.0f} MB on disk), half oblique. Medians of 3 passes over all files; each tool in its "
-        "own process (peak = VmHWM).",
+        f"({size_mb:.0f} MB on disk), half oblique. Medians of 3 passes over all files; each tool "
+        "in its own process (peak = VmHWM).",
         "",
         "| pipeline | s / pass | volumes/s | vs MONAI | peak MB |",
         "|---|---|---|---|---|",
@@ -141,14 +147,17 @@ def run() -> str:
         ("nibabel + scipy.ndimage.zoom", ns),
     ]:
         lines.append(
-            f"| {name} | {r['s']:.2f} | {n / r['s']:.2f} | {m['s'] / r['s']:.2f}x | {r['peak_mb']:.0f} |"
+            f"| {name} | {r['s']:.2f} | {n / r['s']:.2f} | {m['s'] / r['s']:.2f}x "
+            f"| {r['peak_mb']:.0f} |"
         )
     lines += [
         "",
         f"**voxlm / MONAI throughput: {m['s'] / vb['s']:.1f}x with load_batch on the 2 cores, "
         f"{m['s'] / v['s']:.1f}x one file at a time** (goal: at least 5x), peak memory "
-        f"{vb['peak_mb'] / m['peak_mb']:.2f} / {v['peak_mb'] / m['peak_mb']:.2f} of MONAI's; one file at a time "
-        f"voxlm takes {v['s'] / dz['s']:.2f}x the time of just decompressing the files with zlib (goal: within 2x).",
+        f"{vb['peak_mb'] / m['peak_mb']:.2f} / {v['peak_mb'] / m['peak_mb']:.2f} of MONAI's; "
+        "one file at a time "
+        f"voxlm takes {v['s'] / dz['s']:.2f}x the time of just decompressing the files with zlib "
+        "(goal: within 2x).",
         "",
     ]
     return "\n".join(lines)
@@ -172,16 +181,19 @@ import torch
 if side == "voxlm":
     from voxlm import transforms as T
     from voxlm.data import VolumeDataset
-    ds = VolumeDataset(paths, T.Compose([T.Orientation("RAS"), T.Spacing(1.5), T.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+    ds = VolumeDataset(paths, T.Compose([T.Orientation("RAS"), T.Spacing(1.5),
+                                        T.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
                                         T.CropForeground(), T.Resize((32, 256, 256))]))
 else:
     from monai import transforms as mt
     from monai.data import Dataset
-    ds = Dataset(paths, mt.Compose([mt.LoadImage(image_only=True, reader="NibabelReader"), mt.EnsureChannelFirst(),
-                                    mt.Orientation("RAS"), mt.Spacing(1.5, mode="bilinear"),
-                                    mt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
-                                    mt.CropForeground(select_fn=lambda x: x > 0, allow_smaller=True),
-                                    mt.Resize((32, 256, 256), mode="trilinear")]))
+    ds = Dataset(paths, mt.Compose([
+        mt.LoadImage(image_only=True, reader="NibabelReader"), mt.EnsureChannelFirst(),
+        mt.Orientation("RAS"), mt.Spacing(1.5, mode="bilinear"),
+        mt.ScaleIntensityRange(-160, 240, 0, 1, clip=True),
+        mt.CropForeground(select_fn=lambda x: x > 0, allow_smaller=True),
+        mt.Resize((32, 256, 256), mode="trilinear"),
+    ]))
 def run():
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2)
     n = 0
@@ -194,7 +206,12 @@ times = []
 for _ in range(3):
     t0 = time.perf_counter(); run(); times.append(time.perf_counter() - t0)
 child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"s": statistics.median(times), "runs": times, "main_mb": hwm_kb() / 1024, "worker_mb": child_kb / 1024}))
+print(json.dumps({
+    "s": statistics.median(times),
+    "runs": times,
+    "main_mb": hwm_kb() / 1024,
+    "worker_mb": child_kb / 1024,
+}))
 """
 
 
@@ -253,17 +270,21 @@ def run_dataloader() -> str:
             )
             for name, r in (("voxlm VolumeDataset", v), ("MONAI Dataset", m)):
                 rows.append(
-                    f"| {kind}, {size_mb:.0f} MB | {name} | {r['s']:.2f} | {DL_FILES / r['s']:.2f} | "
+                    f"| {kind}, {size_mb:.0f} MB | {name} | {r['s']:.2f} "
+                    f"| {DL_FILES / r['s']:.2f} | "
                     f"{m['s'] / r['s']:.2f}x | {r['main_mb']:.0f} | {r['worker_mb']:.0f} |"
                 )
     lines = [
-        "## volume_dataloader: the M3D CT chain through DataLoader(num_workers=2), voxlm VolumeDataset vs MONAI Dataset",
+        "## volume_dataloader: the M3D CT chain through DataLoader(num_workers=2), "
+        "voxlm VolumeDataset vs MONAI Dataset",
         "",
-        f"Machine: {machine()}. {DL_FILES} synthetic int16 CT volumes {DL_SHAPE[0]}x{DL_SHAPE[1]}x{DL_SHAPE[2]} "
-        "(.nii.gz level 1; modest sizes: the machine's 2 cores are shared), half oblique; smooth (body + "
-        "noise sd 20) and incompressible (uniform noise +-400 HU). Chain: Orientation RAS -> Spacing 1.5 mm -> "
-        "window -160..240 -> CropForeground -> Resize 32x256x256; batch_size 1, num_workers 2, medians of 3 "
-        "epochs after a warm-up epoch. Peak: VmHWM of the main process and the largest worker's max RSS.",
+        f"Machine: {machine()}. {DL_FILES} synthetic int16 CT volumes "
+        f"{DL_SHAPE[0]}x{DL_SHAPE[1]}x{DL_SHAPE[2]} "
+        "(.nii.gz level 1; modest sizes: the machine's 2 cores are shared), half oblique; smooth "
+        "(body + noise sd 20) and incompressible (uniform noise +-400 HU). Chain: Orientation "
+        "RAS -> Spacing 1.5 mm -> window -160..240 -> CropForeground -> Resize 32x256x256; "
+        "batch_size 1, num_workers 2, medians of 3 epochs after a warm-up epoch. Peak: VmHWM of "
+        "the main process and the largest worker's max RSS.",
         "",
         "| data | dataset | s / epoch | volumes/s | vs MONAI | main MB | worker MB |",
         "|---|---|---|---|---|---|---|",

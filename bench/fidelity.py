@@ -334,18 +334,22 @@ EXPERIMENTS = {
     "picg": lambda s, L, w, o: picg_experiment(s, L, w),
 }
 CLAIMS = {
-    "dia_llama": "disease prototypes + disease-aware attention + diagnostic prompts raise CE F1, most on rare labels",
-    "rad3d_prefix": "an anomaly-aware prefix (label logits in the prefix) beats a plain image prefix",
+    "dia_llama": "disease prototypes + disease-aware attention + diagnostic prompts raise CE F1, "
+    "most on rare labels",
+    "rad3d_prefix": "an anomaly-aware prefix (label logits in the prefix) beats a plain image "
+    "prefix",
     "picg": "distilling guideline features into the scoring network raises accuracy and kappa",
     "vit3d_llama": "LoRA on the LLM beats a frozen LLM (report metrics, VQA accuracy)",
 }
 
 
 NOT_RUN = {
-    "vit3d_llama": "The ViT3D-LLaMA3 LoRA-vs-frozen experiment has no runner in bench/fidelity.py yet: it needs "
+    "vit3d_llama": "The ViT3D-LLaMA3 LoRA-vs-frozen experiment has no runner in bench/fidelity.py "
+    "yet: it needs "
     "a VQA split in voxlm.synth (none yet) and the recipe's M3D prompt/collator wired into the "
     "shared report runner.",
-    "rad3d_prefix": "The runner exists (`python bench/fidelity.py rad3d_prefix --seeds 3`, ~30 CPU-minutes on an "
+    "rad3d_prefix": "The runner exists (`python bench/fidelity.py rad3d_prefix --seeds 3`, "
+    "~30 CPU-minutes on an "
     "idle 2-core machine) but was not run in this session: the machine was shared by eight "
     "sessions (load average ~20 on 2 cores) and the CPU time went to the Dia-LLaMA and PICG "
     "experiments.",
@@ -367,11 +371,11 @@ def write_markdown() -> pathlib.Path:
     lines = [
         "# Fidelity experiments",
         "",
-        "Does each paper's mechanism help on voxlm's synthetic benchmark (`voxlm.synth`, ground truth "
-        "known)? Written by `bench/fidelity.py` from `bench/fidelity_results/*.json`. Each row: mean ± "
-        "half-width of the 95 % Student-t interval over seeds (each seed: new data, new initialisation); "
-        "`diff` = mechanism on − off, paired by seed. Tiny models on CPU: these test the *direction* of "
-        "each claim at toy scale, not the papers' numbers.",
+        "Does each paper's mechanism help on voxlm's synthetic benchmark (`voxlm.synth`, ground "
+        "truth known)? Written by `bench/fidelity.py` from `bench/fidelity_results/*.json`. Each "
+        "row: mean ± half-width of the 95 % Student-t interval over seeds (each seed: new data, "
+        "new initialisation); `diff` = mechanism on − off, paired by seed. Tiny models on CPU: "
+        "these test the *direction* of each claim at toy scale, not the papers' numbers.",
         "",
     ]
     for name in ("dia_llama", "rad3d_prefix", "picg", "vit3d_llama"):
@@ -389,7 +393,8 @@ def write_markdown() -> pathlib.Path:
             continue
         r = json.loads(f.read_text())
         lines.append(
-            f"Mechanism on: `{json.dumps(r['mechanism_on'])}`; off: `{json.dumps(r['mechanism_off'])}`; "
+            f"Mechanism on: `{json.dumps(r['mechanism_on'])}`; "
+            f"off: `{json.dumps(r['mechanism_off'])}`; "
             f"size `{json.dumps(r['size'])}`; seeds {r['seeds']}; wall {r['wall_s']} s."
         )
         lines.append("")
@@ -413,8 +418,10 @@ def write_markdown() -> pathlib.Path:
             lines.append("")
         if r.get("teacher_mean_pairwise_cosine"):
             lines.append(
-                "Mean pairwise cosine similarity of the teacher (guideline) vectors across training cases, "
-                f"per seed: {', '.join(f'{v:.4f}' for v in r['teacher_mean_pairwise_cosine'])} "
+                "Mean pairwise cosine similarity of the teacher (guideline) vectors across "
+                "training cases, "
+                "per seed: "
+                f"{', '.join(f'{v:.4f}' for v in r['teacher_mean_pairwise_cosine'])} "
                 "(near 1: the teacher barely varies between cases, so there is little to distil)."
             )
             lines.append("")
@@ -424,11 +431,11 @@ def write_markdown() -> pathlib.Path:
                 r["metrics"]["shuffled_images_ce_f1_macro"]["on"],
             )
             lines.append(
-                f"Sanity check (mechanism on): held-out CE F1 macro {_fmt(on)} vs the same model on shuffled "
-                f"images {_fmt(sh)}. Where these are equal the model did not learn from the image at this "
-                "size, and the on/off comparison says nothing about the mechanism; `--large` trains "
-                "longer on more cases (the demo's size, where the image does matter: see "
-                "`make demo`)."
+                f"Sanity check (mechanism on): held-out CE F1 macro {_fmt(on)} vs the same model "
+                f"on shuffled images {_fmt(sh)}. Where these are equal the model did not learn "
+                "from the image at this size, and the on/off comparison says nothing about the "
+                "mechanism; `--large` trains longer on more cases (the demo's size, where the "
+                "image does matter: see `make demo`)."
             )
             lines.append("")
         if r.get("rarest_labels"):
