@@ -3,23 +3,25 @@
 OpenAI's ``clip`` package (``clip/model.py``, ``VisionTransformer``) and open_clip
 (``open_clip/transformer.py``, ``VisionTransformer``) name the vision tower's tensors
 
-==========================================  ===========================================================
-OpenAI / open_clip (``visual.`` prefix in      voxlm / transformers ``CLIPVisionModelWithProjection``
-the full model)
-==========================================  ===========================================================
+==========================================  ========================================================
+OpenAI / open_clip (``visual.`` prefix in      voxlm / transformers
+the full model)                                ``CLIPVisionModelWithProjection``
+==========================================  ========================================================
 ``conv1.weight``                               ``vision_model.embeddings.patch_embedding.weight``
 ``class_embedding``                            ``vision_model.embeddings.class_embedding``
 ``positional_embedding``                       ``vision_model.embeddings.position_embedding.weight``
 ``ln_pre.{weight,bias}``                       ``vision_model.pre_layrnorm.{weight,bias}``
 ``transformer.resblocks.N.ln_1``               ``vision_model.encoder.layers.N.layer_norm1``
-``transformer.resblocks.N.attn.in_proj_*``     ``...layers.N.self_attn.{q,k,v}_proj`` (rows split in thirds)
+``transformer.resblocks.N.attn.in_proj_*``     ``...layers.N.self_attn.{q,k,v}_proj``
+                                               (rows split in thirds)
 ``transformer.resblocks.N.attn.out_proj``      ``...layers.N.self_attn.out_proj``
 ``transformer.resblocks.N.ln_2``               ``...layers.N.layer_norm2``
 ``transformer.resblocks.N.mlp.c_fc``           ``...layers.N.mlp.fc1``
 ``transformer.resblocks.N.mlp.c_proj``         ``...layers.N.mlp.fc2``
 ``ln_post.{weight,bias}``                      ``vision_model.post_layernorm.{weight,bias}``
-``proj`` ``[width, embed]`` (``x @ proj``)     ``visual_projection.weight`` ``[embed, width]`` (transposed)
-==========================================  ===========================================================
+``proj`` ``[width, embed]`` (``x @ proj``)     ``visual_projection.weight`` ``[embed, width]``
+                                               (transposed)
+==========================================  ========================================================
 
 The number of heads is not stored in either layout: OpenAI's ViTs use ``width // 64``
 (``clip/model.py``: ``vision_heads = vision_width // 64``), the default here. OpenAI's towers
@@ -164,7 +166,8 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     some = ", ".join(sorted(sd)[:4]) or "no tensors"
     raise CheckpointError(
         "CLIP checkpoint in neither the OpenAI/open_clip layout (missing "
-        f"{', '.join('visual.' + k for k in miss_o)}) nor the transformers layout (missing {', '.join(miss_h)}); "
+        f"{', '.join('visual.' + k for k in miss_o)}) nor the transformers layout (missing "
+        f"{', '.join(miss_h)}); "
         f"it has {len(sd)} tensors, e.g. {some}"
     )
 
@@ -187,7 +190,8 @@ def openai_to_hf(
     )
     if layers != list(range(len(layers))) or not layers:
         raise CheckpointError(
-            f"OpenAI/open_clip CLIP checkpoint: transformer.resblocks indices {layers} are not 0..N-1"
+            f"OpenAI/open_clip CLIP checkpoint: transformer.resblocks indices {layers} are not "
+            "0..N-1"
         )
     pos = v["positional_embedding"]
     grid = math.isqrt(pos.shape[0] - 1)
@@ -214,12 +218,14 @@ def openai_to_hf(
         absent = [k for k in need if k not in v]
         if absent:
             raise CheckpointError(
-                f"OpenAI/open_clip CLIP checkpoint: missing {', '.join('visual.' + k for k in absent)}"
+                "OpenAI/open_clip CLIP checkpoint: missing "
+                f"{', '.join('visual.' + k for k in absent)}"
             )
         qkv_w, qkv_b = v[f"{src}attn.in_proj_weight"], v[f"{src}attn.in_proj_bias"]
         if qkv_w.shape != (3 * width, width):
             raise CheckpointError(
-                f"visual.{src}attn.in_proj_weight: expected [{3 * width}, {width}], got {tuple(qkv_w.shape)}"
+                f"visual.{src}attn.in_proj_weight: expected [{3 * width}, {width}], got "
+                f"{tuple(qkv_w.shape)}"
             )
         for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
             out[f"{dst}self_attn.{name}.weight"] = qkv_w[j * width : (j + 1) * width]

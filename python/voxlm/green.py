@@ -63,27 +63,29 @@ def make_prompt(reference: str, candidate: str, max_len: int = MAX_WORDS) -> str
     text1 = " ".join(reference.split()[:max_len])
     text2 = " ".join(candidate.split()[:max_len])
     return (
-        "Objective: Evaluate the accuracy of a candidate radiology report in comparison to a reference "
-        "radiology report composed by expert radiologists.\n\n    Process Overview: You will be presented "
-        "with:\n\n    1. The criteria for making a judgment.\n    2. The reference radiology report.\n    "
-        "3. The candidate radiology report.\n    4. The desired format for your assessment.\n\n    1. "
-        "Criteria for Judgment:\n\n    For each candidate report, determine:\n\n    The count of clinically "
-        "significant errors.\n    The count of clinically insignificant errors.\n\n    Errors can fall into "
-        "one of these categories:\n\n    a) False report of a finding in the candidate.\n    b) Missing a "
+        "Objective: Evaluate the accuracy of a candidate radiology report in comparison to a "
+        "reference radiology report composed by expert radiologists.\n\n    Process Overview: You "
+        "will be presented with:\n\n    1. The criteria for making a judgment.\n    2. The "
+        "reference radiology report.\n    3. The candidate radiology report.\n    4. The desired "
+        "format for your assessment.\n\n    1. Criteria for Judgment:\n\n    For each candidate "
+        "report, determine:\n\n    The count of clinically significant errors.\n    The count of "
+        "clinically insignificant errors.\n\n    Errors can fall into one of these "
+        "categories:\n\n    a) False report of a finding in the candidate.\n    b) Missing a "
         "finding present in the reference.\n    c) Misidentification of a finding's anatomic "
-        "location/position.\n    d) Misassessment of the severity of a finding.\n    e) Mentioning a "
-        "comparison that isn't in the reference.\n    f) Omitting a comparison detailing a change from a "
-        "prior study.\n    Note: Concentrate on the clinical findings rather than the report's writing "
-        "style. Evaluate only the findings that appear in both reports.\n\n    2. Reference Report:\n    "
-        f"{text1}\n\n    3. Candidate Report:\n    {text2}\n\n    4. Reporting Your Assessment:\n\n    "
-        "Follow this specific format for your output, even if no errors are found:\n    ```\n    "
-        "[Explanation]:\n    <Explanation>\n\n    [Clinically Significant Errors]:\n    (a) <Error Type>: "
-        "<The number of errors>. <Error 1>; <Error 2>; ...; <Error n>\n    ....\n    (f) <Error Type>: <The "
+        "location/position.\n    d) Misassessment of the severity of a finding.\n    e) "
+        "Mentioning a comparison that isn't in the reference.\n    f) Omitting a comparison "
+        "detailing a change from a prior study.\n    Note: Concentrate on the clinical findings "
+        "rather than the report's writing style. Evaluate only the findings that appear in both "
+        f"reports.\n\n    2. Reference Report:\n    {text1}\n\n    3. Candidate Report:\n    "
+        f"{text2}\n\n    4. Reporting Your Assessment:\n\n    Follow this specific format for your "
+        "output, even if no errors are found:\n    ```\n    [Explanation]:\n    "
+        "<Explanation>\n\n    [Clinically Significant Errors]:\n    (a) <Error Type>: <The number "
+        "of errors>. <Error 1>; <Error 2>; ...; <Error n>\n    ....\n    (f) <Error Type>: <The "
         "number of errors>. <Error 1>; <Error 2>; ...; <Error n>\n\n    [Clinically Insignificant "
-        "Errors]:\n    (a) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; ...; <Error n>\n    "
-        "....\n    (f) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; ...; <Error n>\n\n    "
-        "[Matched Findings]:\n    <The number of matched findings>. <Finding 1>; <Finding 2>; ...; "
-        "<Finding n>\n    ```\n"
+        "Errors]:\n    (a) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; ...; "
+        "<Error n>\n    ....\n    (f) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; "
+        "...; <Error n>\n\n    [Matched Findings]:\n    <The number of matched findings>. "
+        "<Finding 1>; <Finding 2>; ...; <Finding n>\n    ```\n"
     )
 
 
@@ -214,7 +216,8 @@ def _load_judge(judge: Any, tokenizer: Any, dtype: Any, device: Any) -> tuple[An
         judge = LlamaForCausalLM.from_pretrained(p, dtype=dtype, device=device or "cpu")
     if not isinstance(judge, LlamaForCausalLM):
         raise VoxlmTypeError(
-            f"judge: expected a model folder or a voxlm LlamaForCausalLM, got {type(judge).__name__}"
+            "judge: expected a model folder or a voxlm LlamaForCausalLM, got "
+            f"{type(judge).__name__}"
         )
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = Tokenizer.from_pretrained(tokenizer)
@@ -243,7 +246,8 @@ def green(
     Args:
         judge: a local folder with the judge (HF ``config.json`` + safetensors + ``tokenizer.json``
             [+ ``tokenizer_config.json``], e.g. GREEN-radllama2-7b), or a voxlm
-            :class:`~voxlm.llm.LlamaForCausalLM` (then pass ``tokenizer``), or ``(model, tokenizer)``.
+            :class:`~voxlm.llm.LlamaForCausalLM` (then pass ``tokenizer``), or
+            ``(model, tokenizer)``.
         batch_size, max_length, max_words: GREEN's 8, 2048 and 300.
         dtype, device: for loading a judge folder (GREEN loads float16 on the GPU).
 

@@ -70,7 +70,10 @@ class _PatchRearrange(nn.Module):
         return x.reshape(b, h * w * f, self.p1 * self.p2 * self.pf * c)
 
     def extra_repr(self) -> str:
-        return f"'b c (h p1) (w p2) (f pf) -> b (h w f) (p1 p2 pf c)', p1={self.p1}, p2={self.p2}, pf={self.pf}"
+        return (
+            "'b c (h p1) (w p2) (f pf) -> b (h w f) (p1 p2 pf c)', "
+            f"p1={self.p1}, p2={self.p2}, pf={self.pf}"
+        )
 
 
 class PositionEmbeddingLearned3d(nn.Module):
@@ -89,7 +92,8 @@ class PositionEmbeddingLearned3d(nn.Module):
         nn.init.uniform_(self.dep_embed.weight)
 
     def indices(self, h: int, w: int, d: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """Table rows used for an ``h x w x d`` grid (RadFM's ``(arange(g) + 1) * (max // g) - 1``)."""
+        """Table rows used for an ``h x w x d`` grid (RadFM's
+        ``(arange(g) + 1) * (max // g) - 1``)."""
         out = []
         for g, m, axis in (
             (h, self.h_patch_num, "rows"),
@@ -231,7 +235,8 @@ class RadFMViT3D(nn.Module):
             )
         if frames <= 0 or frame_patch_size <= 0 or frames % frame_patch_size:
             raise ConfigError(
-                f"frames {frames} must be a positive multiple of frame_patch_size {frame_patch_size}"
+                f"frames {frames} must be a positive multiple of frame_patch_size "
+                f"{frame_patch_size}"
             )
         if dim <= 0 or dim % 3:
             raise ConfigError(
@@ -361,14 +366,17 @@ class RadFMViT3D(nn.Module):
         missing, unexpected = model.load_state_dict(sub, strict=False)
         if missing or unexpected:
             raise CheckpointError(
-                f"RadFM vit_3d state dict does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
+                f"RadFM vit_3d state dict does not fit: missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}"
             )
         return model
 
     def extra_repr(self) -> str:
         return (
-            f"image_size={self.image_size}, frames={self.frames}, patch={self.patch_size}x{self.frame_patch_size}, "
-            f"dim={self.dim}, depth={self.depth}, heads={self.heads}x{self.dim_head}, mlp_dim={self.mlp_dim}"
+            f"image_size={self.image_size}, frames={self.frames}, "
+            f"patch={self.patch_size}x{self.frame_patch_size}, "
+            f"dim={self.dim}, depth={self.depth}, heads={self.heads}x{self.dim_head}, "
+            f"mlp_dim={self.mlp_dim}"
         )
 
 

@@ -138,7 +138,8 @@ def build_llm(spec: Any, dtype: Any = None, **overrides: Any) -> Any:
         return LlamaForCausalLM(LlamaConfig(**fields), dtype=dtype)
     if not isinstance(spec, (str, os.PathLike)):
         raise ConfigError(
-            f"model.llm: expected a HF checkpoint folder or a dict of LlamaConfig fields, got {spec!r}"
+            "model.llm: expected a HF checkpoint folder or a dict of LlamaConfig fields, got "
+            f"{spec!r}"
         )
     p = pathlib.Path(spec)
     if not (p / "config.json").is_file():
@@ -160,7 +161,8 @@ def config_from_dict(cls: type, d: Mapping[str, Any], section: str = "recipe") -
     unknown = sorted(set(kw) - known)
     if unknown:
         raise ConfigError(
-            f"{section}: unknown field(s) {unknown} for {cls.__name__}; known: {', '.join(sorted(known))}"
+            f"{section}: unknown field(s) {unknown} for {cls.__name__}; known: "
+            f"{', '.join(sorted(known))}"
         )
     try:
         return cls(**kw)
@@ -224,7 +226,8 @@ def ensure_synth_data(data: Mapping[str, Any]) -> None:
     missing = [k for k in required if k not in spec]
     if missing:
         raise ConfigError(
-            f"data.synth: missing key(s) {missing} (voxlm.synth.ensure needs {required}), got {dict(spec)}"
+            f"data.synth: missing key(s) {missing} (voxlm.synth.ensure needs {required}), got "
+            f"{dict(spec)}"
         )
     known = set(named)
     gen = getattr(synth, "KINDS", {}).get(
@@ -320,7 +323,8 @@ def tokenizer_file(spec: Any) -> tuple[pathlib.Path, dict[str, Any]]:
 
 
 def read_json(f: pathlib.Path, error: type[Exception], where: str) -> Any:
-    """``json.loads`` of ``f``; ``error`` naming ``where`` and the file when it is not valid JSON."""
+    """``json.loads`` of ``f``; ``error`` naming ``where`` and the file when it is not valid
+    JSON."""
     try:
         return json.loads(f.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -138,8 +138,8 @@ class DiaLlamaConfig:
     """Dia-LLaMA's settings, defaults from the released code (module docstring).
 
     Sizes are voxlm-ordered ``(D, H, W)``: ``image_size`` (64, 256, 256) is Dia-LLaMA's 256 x 256 x
-    64; ``vision_patch_size`` (4, 32, 32) is RadFM's 32 x 32 x 4; ``vision_max_size`` (512, 512, 512)
-    the extent RadFM's position tables cover.
+    64; ``vision_patch_size`` (4, 32, 32) is RadFM's 32 x 32 x 4; ``vision_max_size`` (512, 512,
+    512) the extent RadFM's position tables cover.
     """
 
     # data / preprocessing (CTRG_dataset.py, train.py DataCollator)
@@ -225,11 +225,13 @@ class DiaLlamaConfig:
             raise ConfigError(f"recipe.vision: expected 'radfm' or 'vit3d', got {self.vision!r}")
         if self.loss_weighting not in ("released", "paper"):
             raise ConfigError(
-                f"recipe.loss_weighting: expected 'released' or 'paper', got {self.loss_weighting!r}"
+                "recipe.loss_weighting: expected 'released' or 'paper', got "
+                f"{self.loss_weighting!r}"
             )
         if self.inference_features not in ("pooled", "released"):
             raise ConfigError(
-                f"recipe.inference_features: expected 'pooled' or 'released', got {self.inference_features!r}"
+                "recipe.inference_features: expected 'pooled' or 'released', got "
+                f"{self.inference_features!r}"
             )
         if self.resize_mode not in ("nearest", "trilinear"):
             raise ConfigError(
@@ -330,7 +332,8 @@ class DiaLlamaTransform:
                 a = a[None]
         if a.dim() != 4:
             raise ShapeError(
-                f"Dia-LLaMA preprocessing: expected a volume [C, D, H, W] or [D, H, W], got {tuple(a.shape)}"
+                "Dia-LLaMA preprocessing: expected a volume [C, D, H, W] or [D, H, W], got "
+                f"{tuple(a.shape)}"
             )
         if list(a.shape[1:]) != self.size:
             kw = {} if self.mode == "nearest" else {"align_corners": False}
@@ -377,7 +380,8 @@ class DiaLlamaPrompter:
         self.pad = pad if pad is not None else (self.eos if self.eos is not None else 0)
         if self.eos is None:
             raise ConfigError(
-                "model.tokenizer: Dia-LLaMA appends EOS to every report; the tokenizer has no eos_token"
+                "model.tokenizer: Dia-LLaMA appends EOS to every report; the tokenizer has no "
+                "eos_token"
             )
 
     @property
@@ -422,7 +426,8 @@ def _labels_of(item: Mapping[str, Any], n: int, where: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(lab)).long().reshape(-1)
     if t.numel() != n:
         raise ShapeError(
-            f"{where}: record {item.get('id', '?')!r} has {t.numel()} labels, the recipe has {n} conditions"
+            f"{where}: record {item.get('id', '?')!r} has {t.numel()} labels, the recipe has {n} "
+            "conditions"
         )
     return (t == 1).long()
 
@@ -443,7 +448,8 @@ class DiaLlamaCollator:
             img = it.get("image")
             if not isinstance(img, torch.Tensor):
                 raise DataError(
-                    f"Dia-LLaMA collator: record {it.get('id', '?')!r}: 'image' is not a loaded tensor "
+                    f"Dia-LLaMA collator: record {it.get('id', '?')!r}: 'image' is not a loaded "
+                    "tensor "
                     "(use the recipe's datasets() / ReportDataset)"
                 )
             if list(img.shape) != want:
@@ -688,7 +694,8 @@ class DiaLlama(Recipe):
         d, h, w = c.image_size
         if d % pd_ or h % ph or w % pw:
             raise ShapeError(
-                f"recipe.image_size {c.image_size} is not divisible by vision_patch_size {c.vision_patch_size}"
+                f"recipe.image_size {c.image_size} is not divisible by vision_patch_size "
+                f"{c.vision_patch_size}"
             )
         return ViT3D(
             in_channels=c.in_channels,
@@ -757,7 +764,8 @@ class DiaLlama(Recipe):
             )
             if pre == "" and "to_patch_embedding.2.weight" not in sub:
                 raise CheckpointError(
-                    f"{path}: no RadFM vit_3d keys (to_patch_embedding.*, embedding_layer.vision_encoder.*)"
+                    f"{path}: no RadFM vit_3d keys (to_patch_embedding.*, "
+                    "embedding_layer.vision_encoder.*)"
                 )
         else:
             pre = "vision_encoder." if any(k.startswith("vision_encoder.") for k in sd) else ""
@@ -853,7 +861,8 @@ class DiaLlama(Recipe):
         for k, v in mapped.items():
             if tuple(v.shape) != tuple(own[k].shape):
                 raise CheckpointError(
-                    f"released checkpoint: {k} has shape {tuple(v.shape)}, the recipe {tuple(own[k].shape)}"
+                    f"released checkpoint: {k} has shape {tuple(v.shape)}, the recipe "
+                    f"{tuple(own[k].shape)}"
                 )
         self.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()}, strict=True)
         self._rebind_parts()
@@ -920,13 +929,15 @@ class DiaLlama(Recipe):
         names = records[0].get("label_names")
         if names is not None and [str(n) for n in names] != self.config.conditions:
             raise ConfigError(
-                f"recipe.conditions {self.config.conditions} differ from the dataset's labels {list(names)}; "
+                f"recipe.conditions {self.config.conditions} differ from the dataset's labels "
+                f"{list(names)}; "
                 "set recipe.conditions to the dataset's label names"
             )
         for r in records:
             if r.get("labels") is None:
                 raise DataError(
-                    f"data: record {r.get('id')!r} of {d['root']} has no labels; Dia-LLaMA needs them"
+                    f"data: record {r.get('id')!r} of {d['root']} has no labels; Dia-LLaMA needs "
+                    "them"
                 )
         return ReportDataset(records, transform=self.transform())
 
@@ -941,7 +952,8 @@ class DiaLlama(Recipe):
         want = [c.in_channels, *c.image_size]
         if images.dim() != 5 or list(images.shape[1:]) != want:
             raise ShapeError(
-                f"Dia-LLaMA: images {tuple(images.shape)}, expected [B, {', '.join(map(str, want))}] "
+                f"Dia-LLaMA: images {tuple(images.shape)}, expected [B, "
+                f"{', '.join(map(str, want))}] "
                 "(recipe.in_channels, recipe.image_size)"
             )
         images = images.to(self.projector.weight.dtype)
@@ -1023,7 +1035,8 @@ class DiaLlama(Recipe):
         per_row = img_mask.sum(1)
         if bool((per_row != image_embeds.shape[1]).any()):
             raise ShapeError(
-                f"Dia-LLaMA: every sequence needs {image_embeds.shape[1]} image tokens, got {per_row.tolist()}"
+                f"Dia-LLaMA: every sequence needs {image_embeds.shape[1]} image tokens, got "
+                f"{per_row.tolist()}"
             )
         return splice_image_tokens(text, image_embeds, img_mask)
 
@@ -1096,7 +1109,8 @@ class DiaLlama(Recipe):
                 ).long()
                 if tuple(lab.shape) != (images.shape[0], len(c.conditions)):
                     raise ShapeError(
-                        f"labels: expected [{images.shape[0]}, {len(c.conditions)}], got {tuple(lab.shape)}"
+                        f"labels: expected [{images.shape[0]}, {len(c.conditions)}], got "
+                        f"{tuple(lab.shape)}"
                     )
                 lab = (lab == 1).long()
             elif self.has_label_predictor:
@@ -1255,7 +1269,8 @@ def _load_part(module: nn.Module, sd: Mapping[str, torch.Tensor], where: str) ->
     unexpected = sorted(set(sd) - set(own))
     if missing or unexpected:
         raise CheckpointError(
-            f"{where}: weights do not fit: missing {missing[:3]}{' ...' if len(missing) > 3 else ''}, "
+            f"{where}: weights do not fit: missing "
+            f"{missing[:3]}{' ...' if len(missing) > 3 else ''}, "
             f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}"
         )
     for k, v in sd.items():
@@ -1368,7 +1383,8 @@ def evaluate_reports(
     hyp_codes = np.asarray(lab_fn(hyps))
     if ref_codes.shape != (len(refs), len(conditions)) or hyp_codes.shape != ref_codes.shape:
         raise ShapeError(
-            f"labeler: expected [{len(refs)}, {len(conditions)}] labels, got {ref_codes.shape} / {hyp_codes.shape}"
+            f"labeler: expected [{len(refs)}, {len(conditions)}] labels, got {ref_codes.shape} / "
+            f"{hyp_codes.shape}"
         )
     # the keyword labeler's scores say so in their key; clinical_efficacy is kept for them too
     # (readers of earlier eval.json files), "labeler" names which labeler produced them
@@ -1425,7 +1441,8 @@ def evaluate_reports(
 
 
 def _tokenizer_file(spec: Any) -> pathlib.Path:
-    """The ``tokenizer.json`` of a ``model.tokenizer`` spec (:func:`voxlm.recipes.base.tokenizer_file`)."""
+    """The ``tokenizer.json`` of a ``model.tokenizer`` spec
+    (:func:`voxlm.recipes.base.tokenizer_file`)."""
     return tokenizer_file(spec)[0]
 
 

@@ -53,7 +53,8 @@ class ExampleConfig:
             raise ConfigError(f"recipe.modulus: expected >= 2, got {self.modulus}")
         if not 1 <= self.prompt_len < self.seq_len:
             raise ConfigError(
-                f"recipe.prompt_len: expected 1..seq_len-1 ({self.seq_len - 1}), got {self.prompt_len}"
+                f"recipe.prompt_len: expected 1..seq_len-1 ({self.seq_len - 1}), got "
+                f"{self.prompt_len}"
             )
         if not 0 < self.lora_steps_fraction <= 1:
             raise ConfigError(
@@ -69,7 +70,8 @@ def split_pairs(modulus: int, n_eval: int, seed: int = 0) -> tuple[torch.Tensor,
     pairs = torch.stack([a.reshape(-1), d.reshape(-1)], 1)
     if not 1 <= n_eval < len(pairs):
         raise ConfigError(
-            f"data.n_eval: expected 1..{len(pairs) - 1} held-out (a, d) pairs (modulus {modulus} has "
+            f"data.n_eval: expected 1..{len(pairs) - 1} held-out (a, d) pairs (modulus {modulus} "
+            "has "
             f"{len(pairs)}), got {n_eval}"
         )
     perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
@@ -143,7 +145,8 @@ class ExampleRecipe(Recipe):
         )
         if self.llm.config.vocab_size < vocab:
             raise ConfigError(
-                f"model.llm.vocab_size: expected >= {vocab} (modulus + 3), got {self.llm.config.vocab_size}"
+                f"model.llm.vocab_size: expected >= {vocab} (modulus + 3), got "
+                f"{self.llm.config.vocab_size}"
             )
 
     # -- building -------------------------------------------------------------------------
@@ -224,7 +227,8 @@ class ExampleRecipe(Recipe):
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(
-                f"data: unknown keys {unknown} for the example recipe (known: {', '.join(sorted(known))})"
+                f"data: unknown keys {unknown} for the example recipe (known: "
+                f"{', '.join(sorted(known))})"
             )
         c = self.config
         try:
@@ -264,7 +268,8 @@ class ExampleRecipe(Recipe):
         max_new_tokens: int | None = None,
         **kw: Any,
     ) -> torch.Tensor:
-        """Greedy continuation of prompts ``[B, 1 + prompt_len]``; returns the new tokens ``[B, n]``."""
+        """Greedy continuation of prompts ``[B, 1 + prompt_len]``; returns the new tokens
+        ``[B, n]``."""
         n = (
             max_new_tokens
             if max_new_tokens is not None
@@ -281,7 +286,8 @@ class ExampleRecipe(Recipe):
         return out[:, input_ids.shape[1] :]
 
     def predict(self, dataset: Any, batch_size: int = 32) -> list[dict[str, Any]]:
-        """One row per item: ``id``, ``prompt``, ``target``, ``prediction`` (numbers, space-separated)."""
+        """One row per item: ``id``, ``prompt``, ``target``, ``prediction`` (numbers,
+        space-separated)."""
         c = self.config
         self.eval()
         rows = []
@@ -379,7 +385,8 @@ class ExampleRecipe(Recipe):
             from ..exceptions import CheckpointError
 
             raise CheckpointError(
-                f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+                f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]})"
             )
         model.eval()
         return model

@@ -146,7 +146,8 @@ def read_image(path: str) -> np.ndarray:
     if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4)):
         return a
     raise DataError(
-        f"{path}: expected a 2D image ([H, W] or [H, W, 1|3|4]), got an array of shape {list(a.shape)}"
+        f"{path}: expected a 2D image ([H, W] or [H, W, 1|3|4]), got an array of shape "
+        f"{list(a.shape)}"
     )
 
 
@@ -291,7 +292,8 @@ class LlavaRRGConfig:
             )
         if self.select_feature not in ("patch", "cls_patch"):
             raise ConfigError(
-                f"recipe.select_feature: expected 'patch' or 'cls_patch', got {self.select_feature!r}"
+                "recipe.select_feature: expected 'patch' or 'cls_patch', got "
+                f"{self.select_feature!r}"
             )
         if not 1 <= self.max_images <= 4:
             raise ConfigError(f"recipe.max_images: expected 1..4, got {self.max_images}")
@@ -408,7 +410,8 @@ class LlavaRRG(Recipe):
         )
         if abs(cfg.select_layer) > vc["num_hidden_layers"] + 1:
             raise ConfigError(
-                f"recipe.select_layer {cfg.select_layer}: the tower has {vc['num_hidden_layers']} layers"
+                f"recipe.select_layer {cfg.select_layer}: the tower has {vc['num_hidden_layers']} "
+                "layers"
             )
         self.lora_config = LoraConfig(
             r=cfg.lora_r,
@@ -529,7 +532,8 @@ class LlavaRRG(Recipe):
             ids, labels, img = ids + ans, labels + ans, img + [False] * len(ans)
         if len(ids) > self.cfg.max_length:
             raise ConfigError(
-                f"recipe.max_length: a {section} sample has {len(ids)} tokens > {self.cfg.max_length}"
+                f"recipe.max_length: a {section} sample has {len(ids)} tokens > "
+                f"{self.cfg.max_length}"
             )
         return {"input_ids": ids, "image_mask": img, "labels": labels}
 

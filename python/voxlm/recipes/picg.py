@@ -28,7 +28,8 @@ Parts, as the released code builds them (file names in that repository):
   PyTorch ops (:func:`adapted_layer`) on the LLM's own parameters; the layers before them and
   the final norm + head run through the Rust LLaMA core (``core.layer`` / ``core.head``).
 * **Bias tuning** (``get_trainable_params``): zero-init biases on wq, wo, w1, w2, w3 (q_proj,
-  o_proj, gate_proj, down_proj, up_proj), every norm trainable (:func:`voxlm.adapters.add_bias_tuning`).
+  o_proj, gate_proj, down_proj, up_proj), every norm trainable
+  (:func:`voxlm.adapters.add_bias_tuning`).
 * **Stages**: 1 = T2W vs non-T2W instruction (``create_json_pretrain.py``), patch conv + norms +
   biases train (README: "uncomment the first layer conv"); 2 = the PI-RADS criteria of the
   sequence type as instruction, the score as answer (``create_json.py``), norms + biases. Alpaca
@@ -39,10 +40,11 @@ Parts, as the released code builds them (file names in that repository):
   prostate_lesion_public_np_ins.py``): drop each sequence's last token, concatenate T2W/ADC/DWI,
   average over tokens -> ``[H]``.
 * **Distillation** (``scoring_train/main.py``, ``training.py``): any scoring network returning
-  ``(logits, feature)``; focal loss alpha [2, 2, 1, 1, 1], gamma 2 (``MultiClassFocalLossWithAlpha``)
-  + ``kd_weight * KLDivLoss(batchmean)(log_softmax(student), softmax(teacher))``; Adam lr 5e-5,
-  wd 1e-4, StepLR(20, 0.5); class-balanced ``WeightedRandomSampler``; input T2W/ADC/DWI
-  (nibabel order, transposed (2, 0, 1)) nearest-zoomed to 20x256x256 and z-scored per volume.
+  ``(logits, feature)``; focal loss alpha [2, 2, 1, 1, 1], gamma 2
+  (``MultiClassFocalLossWithAlpha``) + ``kd_weight * KLDivLoss(batchmean)(log_softmax(student),
+  softmax(teacher))``; Adam lr 5e-5, wd 1e-4, StepLR(20, 0.5); class-balanced
+  ``WeightedRandomSampler``; input T2W/ADC/DWI (nibabel order, transposed (2, 0, 1)) nearest-zoomed
+  to 20x256x256 and z-scored per volume.
 
 Paper / code differences (documented, selectable):
 
@@ -50,9 +52,9 @@ Paper / code differences (documented, selectable):
 * ``scoring_lr_schedule``: ``"step"`` steps StepLR(20, 0.5) every epoch (what ``main.py`` builds);
   the README command leaves ``--lr_scheduler`` at its default ``ExponentialLR``, under which
   ``main.py`` never calls ``scheduler.step()``: ``"constant"`` reproduces that.
-* ``feature_prompt``: ``"per_sequence"`` (voxlm's default) uses the criteria of each sequence's type;
-  ``"released"`` reproduces ``test_round2_getfeature.py`` as run: its counter is never incremented,
-  so every sequence gets the same (non-T2W-key) instruction.
+* ``feature_prompt``: ``"per_sequence"`` (voxlm's default) uses the criteria of each sequence's
+  type; ``"released"`` reproduces ``test_round2_getfeature.py`` as run: its counter is never
+  incremented, so every sequence gets the same (non-T2W-key) instruction.
 * The guideline texts are voxlm's own wording of the public PI-RADS v2.1 criteria
   (``picg_guidelines/*.txt``), replaceable through ``guidelines: {t2w: path, dwi_adc: path}``.
 * The lesion cropping of the paper (doubled STL bounding box) is not public; the readers give the
@@ -99,7 +101,8 @@ ALPACA = (
     "### Instruction:\n{instruction}\n\n### Response:"
 )
 ALPACA_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. "
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
 )
@@ -192,7 +195,8 @@ def check_data_keys(
         unknown = sorted(set(opts) - set(accepted))
         if unknown:
             raise ConfigError(
-                f"data: unknown key(s) {unknown} for {recipe} with format {fmt!r}; the recipe reads "
+                f"data: unknown key(s) {unknown} for {recipe} with format {fmt!r}; the recipe "
+                "reads "
                 f"{sorted(own)}, the reader's options are {accepted}"
             )
     return opts
@@ -269,11 +273,13 @@ class PICGConfig:
             )
         if self.feature_prompt not in ("per_sequence", "released"):
             raise ConfigError(
-                f"recipe.feature_prompt: expected 'per_sequence' or 'released', got {self.feature_prompt!r}"
+                "recipe.feature_prompt: expected 'per_sequence' or 'released', got "
+                f"{self.feature_prompt!r}"
             )
         if self.scoring_lr_schedule not in ("step", "constant"):
             raise ConfigError(
-                f"recipe.scoring_lr_schedule: expected 'step' or 'constant', got {self.scoring_lr_schedule!r}"
+                "recipe.scoring_lr_schedule: expected 'step' or 'constant', got "
+                f"{self.scoring_lr_schedule!r}"
             )
         if self.student_proj not in ("linear", "none"):
             raise ConfigError(
@@ -281,11 +287,13 @@ class PICGConfig:
             )
         if self.intensity_prescale not in ("none", "minmax255"):
             raise ConfigError(
-                f"recipe.intensity_prescale: expected 'none' or 'minmax255', got {self.intensity_prescale!r}"
+                "recipe.intensity_prescale: expected 'none' or 'minmax255', got "
+                f"{self.intensity_prescale!r}"
             )
         if len(self.focal_alpha) != 5:
             raise ConfigError(
-                f"recipe.focal_alpha: expected 5 class weights (PI-RADS 1..5), got {list(self.focal_alpha)}"
+                "recipe.focal_alpha: expected 5 class weights (PI-RADS 1..5), got "
+                f"{list(self.focal_alpha)}"
             )
 
     @classmethod
@@ -494,7 +502,8 @@ def adapted_layer(
 
 def _unpermute_meta(w: torch.Tensor, heads: int) -> torch.Tensor:
     """Meta's interleaved-RoPE rows -> transformers' half-split rows (as transformers'
-    ``convert_llama_weights_to_hf.py`` ``permute``), for a weight ``[out, in]`` or bias ``[out]``."""
+    ``convert_llama_weights_to_hf.py`` ``permute``), for a weight ``[out, in]`` or bias
+    ``[out]``."""
     out = w.shape[0]
     rest = w.shape[1:]
     return w.reshape(heads, out // heads // 2, 2, *rest).transpose(1, 2).reshape(out, *rest)
@@ -518,7 +527,8 @@ def llama_adapter_to_voxlm(
     ``llama.layers.N.attention.wq/wk/wv/wo``     ``llm.model.layers.N.self_attn.q/k/v/o_proj``
                                                  (wq, wk rows and wq's bias un-permuted)
     ``llama.layers.N.feed_forward.w1/w2/w3``     ``...mlp.gate_proj / down_proj / up_proj``
-    ``llama.layers.N.attention_norm``/``ffn_norm`` ``...input_layernorm`` / ``post_attention_layernorm``
+    ``llama.layers.N.attention_norm``/``ffn_norm`` ``...input_layernorm`` /
+                                                 ``post_attention_layernorm``
     ``llama.norm``, ``llama.tok_embeddings``,    ``llm.model.norm``, ``llm.model.embed_tokens``,
     ``llama.output``                             ``llm.lm_head``
     ==========================================  ================================================
@@ -688,7 +698,8 @@ def build_scoring_net(spec: Mapping[str, Any]) -> nn.Module:
     if name == "small_conv3d":
         return SmallConv3d(width=int(spec.get("width", 8)))
     raise ConfigError(
-        f"recipe.scoring_net.name: expected 'monai_resnet', 'torchvision_r3d_18' or 'small_conv3d', got {name!r}"
+        "recipe.scoring_net.name: expected 'monai_resnet', 'torchvision_r3d_18' or "
+        f"'small_conv3d', got {name!r}"
     )
 
 
@@ -781,8 +792,10 @@ class PICGCollator:
             full = tok.encode(prompt + answer) + ([eos] if eos is not None else [])
             if len(full) > rec.cfg.max_words:
                 raise ConfigError(
-                    f"recipe.max_words: the {rec.task} prompt of {it['sequence']} is {len(p)} tokens, "
-                    f"with its answer {len(full)} > max_words {rec.cfg.max_words}: the answer would "
+                    f"recipe.max_words: the {rec.task} prompt of {it['sequence']} is {len(p)} "
+                    "tokens, "
+                    f"with its answer {len(full)} > max_words {rec.cfg.max_words}: the answer "
+                    "would "
                     f"be cut off (raise max_words or shorten the guideline text)"
                 )
             lab = [-100] * min(len(p), len(full)) + full[len(p) :]
@@ -841,7 +854,8 @@ class PICG(Recipe):
         lc = llm.config
         if not 0 < cfg.query_layer <= lc.num_hidden_layers:
             raise ConfigError(
-                f"recipe.query_layer: expected 1..{lc.num_hidden_layers} (the LLM's layers), got {cfg.query_layer}"
+                f"recipe.query_layer: expected 1..{lc.num_hidden_layers} (the LLM's layers), got "
+                f"{cfg.query_layer}"
             )
         self.vision = PICGVision(
             clip,
@@ -1261,7 +1275,8 @@ class PICG(Recipe):
         if isinstance(scoring_net, Mapping):
             return build_scoring_net(scoring_net)
         raise ConfigError(
-            f"scoring_net: expected an nn.Module, a factory or a spec dict, got {type(scoring_net).__name__}"
+            "scoring_net: expected an nn.Module, a factory or a spec dict, got "
+            f"{type(scoring_net).__name__}"
         )
 
     def _check_net(self, net: nn.Module, x: torch.Tensor, teacher_dim: int) -> nn.Module:
@@ -1286,7 +1301,8 @@ class PICG(Recipe):
         if self.cfg.student_proj == "none":
             if feat.shape[1] != teacher_dim:
                 raise ShapeError(
-                    f"scoring_net: feature width {feat.shape[1]} does not match the teacher's width "
+                    f"scoring_net: feature width {feat.shape[1]} does not match the teacher's "
+                    "width "
                     f"{teacher_dim} (student_proj 'none'; use 'linear' to project)"
                 )
             return nn.Identity()

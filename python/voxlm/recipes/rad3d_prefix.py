@@ -191,7 +191,8 @@ class Rad3dPrefixConfig:
                 raise ConfigError(f"recipe.{name}: expected > 0, got {getattr(self, name)}")
         if self.projector_width % self.projector_heads:
             raise ConfigError(
-                f"recipe.projector_width {self.projector_width} must be divisible by projector_heads "
+                f"recipe.projector_width {self.projector_width} must be divisible by "
+                "projector_heads "
                 f"{self.projector_heads}"
             )
         if self.diagnosis_max_steps and not self.anomaly_aware:
@@ -299,8 +300,8 @@ class Rad3dPrefixOutput:
 
 class Rad3dPrefixCollator:
     """``images`` [B, C, D, H, W], ``input_ids`` / ``attention_mask`` / ``labels`` [B, T] (``BOS
-    instruction ' ' report EOS``, right padding, -100 on BOS + instruction + padding), ``cls_labels``
-    [B, L], ``ids``."""
+    instruction ' ' report EOS``, right padding, -100 on BOS + instruction + padding),
+    ``cls_labels`` [B, L], ``ids``."""
 
     def __init__(self, model: Rad3dPrefix) -> None:
         self.tokenizer, self.config = model.tokenizer, model.config
@@ -536,7 +537,8 @@ class Rad3dPrefix(Recipe):
             for r in records:
                 if r.get("labels") is None:
                     raise DataError(
-                        f"data: record {r.get('id')!r} has no labels; the diagnostic head needs them"
+                        f"data: record {r.get('id')!r} has no labels; the diagnostic head needs "
+                        "them"
                     )
         return ReportDataset(records, transform=self.transform())
 
@@ -557,7 +559,8 @@ class Rad3dPrefix(Recipe):
         want = [c.in_channels, *c.image_size]
         if images.dim() != 5 or list(images.shape[1:]) != want:
             raise ShapeError(
-                f"RAD3D-Prefix: images {tuple(images.shape)}, expected [B, {', '.join(map(str, want))}]"
+                f"RAD3D-Prefix: images {tuple(images.shape)}, expected [B, "
+                f"{', '.join(map(str, want))}]"
             )
         images = images.to(self.projector.out.weight.dtype)
         with torch.no_grad():

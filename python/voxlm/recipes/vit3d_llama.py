@@ -3,7 +3,8 @@
 Read top to bottom: :class:`Config` (paper / released-code defaults) -> parts (M3D's ViT3D,
 the spatial pooling projector, the LLaMA with ``<im_patch>`` placeholders and LoRA) ->
 :meth:`ViT3DLlama.forward` -> :meth:`ViT3DLlama.stages` -> data (:meth:`datasets`,
-:class:`M3DPrompt` for voxlm.datasets.ReportCollator) -> :meth:`generate_text` / :meth:`evaluate` -> save / load.
+:class:`M3DPrompt` for voxlm.datasets.ReportCollator) -> :meth:`generate_text` /
+:meth:`evaluate` -> save / load.
 
 Sources (BAAI-DCAI/M3D, ``LaMed/src``, read with the fetch tool):
 
@@ -22,8 +23,8 @@ Sources (BAAI-DCAI/M3D, ``LaMed/src``, read with the fetch tool):
   (transcribed: in the installed transformers 5 a sample of N(mean, 1e-9 * covariance) when that
   covariance is positive definite, else the mean).
 * ``train/train.py``: tokens ``<im_patch> <bx_start> <bx_end>`` (special) and ``[SEG]``; LoRA r16,
-  alpha 32, dropout 0.05 on every ``nn.Linear`` outside vision tower / projector / embeddings /
-  head (``find_all_linear_names``). Stage 1 (``tune_mm_mlp_adapter``): ``model.requires_grad_(False)``,
+  alpha 32, dropout 0.05 on every ``nn.Linear`` outside vision tower / projector / embeddings / head
+  (``find_all_linear_names``). Stage 1 (``tune_mm_mlp_adapter``): ``model.requires_grad_(False)``,
   the projector and the input embeddings train (``initialize_vision_tokenizer``). Stage 2
   (``lora_enable``): LoRA, and *every* parameter named ``vision_tower``, ``mm_projector``,
   ``embed_tokens``, ``lm_head`` trains — the released code fine-tunes the ViT in stage 2.
@@ -235,7 +236,8 @@ class Config:
         pooled = [g // self.proj_pooling_size for g in grid]
         if self.proj_pooling_size < 1 or min(pooled) < 1:
             raise ShapeError(
-                f"recipe.proj_pooling_size {self.proj_pooling_size}: larger than the patch grid {grid}"
+                f"recipe.proj_pooling_size {self.proj_pooling_size}: larger than the patch grid "
+                f"{grid}"
             )
         choices = {
             "vision_select_feature": ("patch", "cls_patch"),
@@ -488,7 +490,8 @@ def load_vision_weights(vision: ViT3D, path: PathLike) -> None:
             parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
         if shapes:
             parts.append(
-                f"shape mismatch (checkpoint vs recipe.img_size/patch_size/width) {'; '.join(shapes[:3])}"
+                "shape mismatch (checkpoint vs recipe.img_size/patch_size/width) "
+                f"{'; '.join(shapes[:3])}"
             )
         raise CheckpointError(
             f"{path}: M3D ViT weights do not fit the configured ViT3D: " + "; ".join(parts)
@@ -588,7 +591,8 @@ class CTPreprocess:
         out = self.compose(a)
         if out.shape[1] == 0:  # no foreground: CropForeground returned an empty box
             raise ShapeError(
-                "image: CropForeground found no voxel > 0 after intensity scaling (check data.window)"
+                "image: CropForeground found no voxel > 0 after intensity scaling (check "
+                "data.window)"
             )
         return np.ascontiguousarray(out, dtype=np.float32)
 
@@ -766,7 +770,8 @@ class ViT3DLlama(Recipe):
         )
         if not has_image and not cfg.add_image_token:
             raise ConfigError(
-                f"model.tokenizer: {tj_path} has no {cfg.image_token!r} token and recipe.add_image_token "
+                f"model.tokenizer: {tj_path} has no {cfg.image_token!r} token and "
+                "recipe.add_image_token "
                 "is false (set it true to add the token and resize the embeddings)"
             )
         if cfg.add_image_token:
@@ -786,7 +791,8 @@ class ViT3DLlama(Recipe):
         llm = build_llm(spec, dtype=dtype, **overrides)
         if llm.config.vocab_size < base_len:
             raise ConfigError(
-                f"model.llm: vocabulary {llm.config.vocab_size} is smaller than the tokenizer's {base_len}"
+                f"model.llm: vocabulary {llm.config.vocab_size} is smaller than the tokenizer's "
+                f"{base_len}"
             )
         vision = cls.build_vision(cfg)
         if model.get("vision"):
@@ -829,7 +835,8 @@ class ViT3DLlama(Recipe):
         want = (self.config.in_channels, *self.config.img_size)
         if not isinstance(images, torch.Tensor):
             raise VoxlmTypeError(
-                f"images: expected a tensor [B, {', '.join(map(str, want))}], got {type(images).__name__}"
+                f"images: expected a tensor [B, {', '.join(map(str, want))}], got "
+                f"{type(images).__name__}"
             )
         if images.dim() != 5 or tuple(images.shape[1:]) != want:
             raise ShapeError(
@@ -857,7 +864,8 @@ class ViT3DLlama(Recipe):
         counts = mask.sum(1)
         if bool((counts != self.num_image_tokens).any()):
             raise ShapeError(
-                f"input_ids: every prompt needs {self.num_image_tokens} {self.config.image_token} tokens, "
+                f"input_ids: every prompt needs {self.num_image_tokens} {self.config.image_token} "
+                "tokens, "
                 f"got {counts.tolist()}"
             )
         image = self.encode_images(images)
@@ -1006,12 +1014,12 @@ class ViT3DLlama(Recipe):
 
     def datasets(self, data: Mapping[str, Any]) -> tuple[Any, Any]:
         """``(train, eval)`` :class:`voxlm.datasets.ReportDataset` of the task's samples from
-        ``data``: ``format`` and ``root`` (a voxlm.datasets reader), ``synth`` (``voxlm.synth.ensure``:
-        generate the miniature dataset unless it is there), ``train_split`` / ``eval_split`` (train /
-        validation; null for none), ``max_train`` / ``max_eval`` (first samples), preprocessing
-        ``window`` ([lo, hi] HU or null), ``percentiles`` ([0.5, 99.5] instead of a window),
-        ``crop_foreground``, ``spatial_size`` (must equal ``recipe.img_size``); ``options``: passed
-        to the reader."""
+        ``data``: ``format`` and ``root`` (a voxlm.datasets reader), ``synth``
+        (``voxlm.synth.ensure``: generate the miniature dataset unless it is there), ``train_split``
+        / ``eval_split`` (train / validation; null for none), ``max_train`` / ``max_eval`` (first
+        samples), preprocessing ``window`` ([lo, hi] HU or null), ``percentiles`` ([0.5, 99.5]
+        instead of a window), ``crop_foreground``, ``spatial_size`` (must equal
+        ``recipe.img_size``); ``options``: passed to the reader."""
         data = dict(data)
         known = {
             "format",
@@ -1068,7 +1076,8 @@ class ViT3DLlama(Recipe):
 
         if self.tokenizer is None:
             raise ConfigError(
-                "collator: the recipe has no tokenizer (build it with from_config / from_pretrained)"
+                "collator: the recipe has no tokenizer (build it with from_config / "
+                "from_pretrained)"
             )
         return ReportCollator(
             self.tokenizer,
