@@ -31,7 +31,8 @@ def make_m3d_cap(root):
         for c in cases:
             d = root / "M3D_Cap_npy" / c
             d.mkdir(parents=True)
-            # the real volumes are float32 [1, 32, 256, 256] in [0, 1]; one at full size, others small
+            # the real volumes are float32 [1, 32, 256, 256] in [0, 1]; one at full size, others
+            # small
             shape = (1, 32, 256, 256) if k == 0 else (1, 4, 16, 16)
             vol = rng.random(shape, dtype=np.float32)
             np.save(d / "Axial_C__portal_venous_phase.npy", vol)

@@ -121,7 +121,8 @@ def test_section_parser_transcription():
     ]
     assert sections[5].strip() == "Lungs are clear.\n There is no effusion."
     assert text[idx[6] :].strip() == "No acute process."
-    # normalisation of header variants, e.g. "FINDINGS AND IMPRESSION" -> impression, "PA AND LATERAL" -> findings
+    # normalisation of header variants, e.g. "FINDINGS AND IMPRESSION" -> impression,
+    # "PA AND LATERAL" -> findings
     _, names, _ = section_text(
         " FINAL REPORT\n PA AND LATERAL VIEWS OF THE CHEST:  x\n \n"
         " FINDINGS AND IMPRESSION:  Normal.\n"

@@ -34,26 +34,30 @@ GREEN_CHAT_TEMPLATE = "{% for message in messages %}\n{% if message['from'] == '
 
 CANNED = [
     # every section, letters (a)-(f)
-    "\n[Explanation]:\nThe candidate misses the effusion.\n\n[Clinically Significant Errors]:\n(a) False report of a "
-    "finding in the candidate: 1. Nodule.\n(b) Missing a finding present in the reference: 2. Effusion; edema.\n(c) "
-    "Misidentification of a finding's anatomic location/position: 0.\n(d) Misassessment of the severity of a finding: "
-    "0.\n(e) Mentioning a comparison that isn't in the reference: 0.\n(f) Omitting a comparison detailing a change "
-    "from a prior study: 0.\n\n[Clinically Insignificant Errors]:\n(a) False report of a finding in the candidate: 0."
-    "\n(b) Missing a finding present in the reference: 1. Granuloma.\n\n[Matched Findings]:\n3. Cardiomegaly; "
-    "atelectasis; line.\n",
+    "\n[Explanation]:\nThe candidate misses the effusion.\n\n[Clinically Significant Errors]:\n(a) "
+    "False report of a finding in the candidate: 1. Nodule.\n(b) Missing a finding present in the "
+    "reference: 2. Effusion; edema.\n(c) Misidentification of a finding's anatomic "
+    "location/position: 0.\n(d) Misassessment of the severity of a finding: 0.\n(e) Mentioning a "
+    "comparison that isn't in the reference: 0.\n(f) Omitting a comparison detailing a change from "
+    "a prior study: 0.\n\n[Clinically Insignificant Errors]:\n(a) False report of a finding in the "
+    "candidate: 0.\n(b) Missing a finding present in the reference: 1. Granuloma.\n\n[Matched "
+    "Findings]:\n3. Cardiomegaly; atelectasis; line.\n",
     # a section starting with "No"
-    "[Explanation]: fine\n\n[Clinically Significant Errors]:\nNo errors.\n\n[Matched Findings]:\n2. A; B.",
+    "[Explanation]: fine\n\n[Clinically Significant Errors]:\nNo errors.\n\n[Matched "
+    "Findings]:\n2. A; B.",
     # digits (1)-(6) instead of letters
-    "[Clinically Significant Errors]:\n(1) False report: 1. x\n(3) Misidentification: 4. y\n\n[Matched Findings]:\n5. all",
+    "[Clinically Significant Errors]:\n(1) False report: 1. x\n(3) Misidentification: 4. "
+    "y\n\n[Matched Findings]:\n5. all",
     # nothing matched -> 0
-    "[Clinically Significant Errors]:\n(a) False report of a finding in the candidate: 2. x\n\n[Matched Findings]:\n0. none",
+    "[Clinically Significant Errors]:\n(a) False report of a finding in the candidate: 2. "
+    "x\n\n[Matched Findings]:\n0. none",
     # no sections at all
     "garbage with no sections",
     # matched count not leading
     "[Matched Findings]:\nThe findings match. 3. here",
     # an error count without its period is not read
-    "[Clinically Significant Errors]:\n(b) Missing a finding present in the reference: 2 effusion\n\n"
-    "[Matched Findings]:\n1. heart",
+    "[Clinically Significant Errors]:\n(b) Missing a finding present in the reference: 2 "
+    "effusion\n\n[Matched Findings]:\n1. heart",
     # section at the end of the text (\Z), no blank line after it
     "[Matched Findings]:\n4. a; b; c; d",
 ]

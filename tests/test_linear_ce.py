@@ -135,7 +135,8 @@ def test_llama_chunked_loss_vs_transformers_peft(tmp_path):
 
 
 def test_no_grad_computes_no_gradients(monkeypatch):
-    """Under no_grad (evaluation) only the loss is computed: the softmax-gradient path never runs."""
+    """Under no_grad (evaluation) only the loss is computed: the softmax-gradient path never
+    runs."""
     h = torch.randn(2, 6, 8, requires_grad=True)
     w = torch.randn(30, 8, requires_grad=True)
     y = torch.randint(0, 30, (2, 6))

@@ -95,8 +95,8 @@ _WORDS = (
     "U.S. Dr. No. No 5 3.5 1,000 2,5 ... .. . , ; : ( ) [ ] - -- – — don't it's 's 1990's "
     "“q” '' `` mm. cm 10mm x e.g. i.e. | || DOTMULTI running ran runs happy glad car automobile "
     "small little ΣΑΣ Ärzte naïve 😀 a'b 'a b' ab-cd 3-4 x.-y in addition to as well well-defined "
-    "ill-defined however right left upper lower lobe lobes segment bilateral seen noted no evidence "
-    'of consolidation pneumothorax atelectasis calcified calcification ? ! " / & % $ #'
+    "ill-defined however right left upper lower lobe lobes segment bilateral seen noted "
+    'no evidence of consolidation pneumothorax atelectasis calcified calcification ? ! " / & % $ #'
 ).split()
 
 

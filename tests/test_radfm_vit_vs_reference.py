@@ -1,12 +1,12 @@
 """voxlm.vision_radfm.RadFMViT3D vs a transcription of RadFM's released ``vit_3d``.
 
-The reference below is transcribed from chaoyi-wu/RadFM ``src/Model/RadFM/vit_3d.py`` (``PreNorm``,
-``FeedForward``, ``Attention``, ``Transformer``, ``ViT``) and ``src/Model/RadFM/position_encoding.py``
-(``PositionEmbeddingLearned3d``) — identical to zhi-xuan-chen/Dia-LLaMA ``src/Model/DiaLLaMA/
-vit_3d.py`` / ``position_encoding.py`` — with einops as the original. Its weights are saved in the
-real file format (safetensors, under RadFM's full-model prefix ``embedding_layer.vision_encoder.``)
-and loaded through voxlm's production path (``_core.load_safetensors`` ->
-``RadFMViT3D.from_state_dict``).
+The reference below is transcribed from chaoyi-wu/RadFM ``src/Model/RadFM/vit_3d.py``
+(``PreNorm``, ``FeedForward``, ``Attention``, ``Transformer``, ``ViT``) and
+``src/Model/RadFM/position_encoding.py`` (``PositionEmbeddingLearned3d``) — identical to
+zhi-xuan-chen/Dia-LLaMA ``src/Model/DiaLLaMA/vit_3d.py`` / ``position_encoding.py`` — with einops
+as the original. Its weights are saved in the real file format (safetensors, under RadFM's
+full-model prefix ``embedding_layer.vision_encoder.``) and loaded through voxlm's production path
+(``_core.load_safetensors`` -> ``RadFMViT3D.from_state_dict``).
 
 Tolerance: float32, atol 2e-5 / rtol 1e-4 on tokens and gradients: voxlm uses
 ``scaled_dot_product_attention`` where the reference multiplies and softmaxes explicitly, which

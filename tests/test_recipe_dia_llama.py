@@ -155,7 +155,8 @@ def test_collator_token_layout_and_label_mask():
 
 
 def _released_embedding(m: DiaLlama, input_ids, image_embeds):
-    """my_embedding_layer.py, end of forward: one-hot over [weight ; figure_token_weight ; vision_x]."""
+    """my_embedding_layer.py, end of forward: one-hot over [weight ; figure_token_weight ;
+    vision_x]."""
     B = input_ids.shape[0]
     weight = m.llm.get_input_embeddings().weight
     embedding_weight = torch.cat([weight, m.figure_token_weight], dim=0)
@@ -773,8 +774,9 @@ def test_whole_model_vs_released_transcription(tmp_path):
     """The released MultiLLaMAForCausalLM (transcribed; real transformers + peft LLM), saved as
     its pytorch_model.bin, loads through ``DiaLlama.load_released``; on the same batch the loss
     (L_LM + 4 L_DP), the inference-time predictions (``inference_features="released"``) and the
-    greedy generations (transformers' ``generate`` on the released embedding) agree. Tolerance: float32, 1e-5 on the loss (voxlm's Rust LLaMA / perceiver vs
-    transformers / einsum may reorder sums; observed equal to the printed digits)."""
+    greedy generations (transformers' ``generate`` on the released embedding) agree. Tolerance:
+    float32, 1e-5 on the loss (voxlm's Rust LLaMA / perceiver vs transformers / einsum may reorder
+    sums; observed equal to the printed digits)."""
     import transformers
     from peft import LoraConfig, get_peft_model
 

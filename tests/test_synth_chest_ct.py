@@ -82,12 +82,15 @@ def test_labeler_inverts_the_templates_on_every_label_and_wording():
 
 def test_labeler_on_real_style_negations():
     neg = (
-        "Thorax is symmetrical, no obvious consolidation shadow. Bilateral pulmonary hili are not large. "
-        "No obvious mass or enlarged lymph node is found in mediastinum. No pleural effusion or pleural "
-        "thickening."
+        "Thorax is symmetrical, no obvious consolidation shadow. Bilateral pulmonary hili are not "
+        "large. No obvious mass or enlarged lymph node is found in mediastinum. No pleural "
+        "effusion or pleural thickening."
     )
     assert R.label_report(neg).tolist() == [0] * 13 + [1]
-    pos = "No pleural effusion, right pleural thickening. A solid nodule is seen in the right upper lobe."
+    pos = (
+        "No pleural effusion, right pleural thickening. A solid nodule is seen in the right upper "
+        "lobe."
+    )
     got = R.label_report(pos)
     assert (
         got[R.IDX["pleural other"]] == 1

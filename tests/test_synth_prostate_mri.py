@@ -126,7 +126,8 @@ def test_picai_layout(picai):
         np.testing.assert_array_equal(
             sitk.GetArrayFromImage(hbv), np.rint(c["dwi"]).astype(np.int16)
         )
-        # same field of view: ADC's first voxel centre is half a T2W voxel in from T2W's corner... on one grid
+        # same field of view: ADC's first voxel centre is half a T2W voxel in from T2W's corner...
+        # on one grid
         np.testing.assert_allclose(
             np.asarray(adc.GetSpacing()[:2]), 2 * np.asarray(t2.GetSpacing()[:2])
         )

@@ -1,5 +1,6 @@
 """``voxlm train | evaluate | generate | synth | info`` on the built-in example recipe (``--split
-test`` through a recipe's ``dataset(data, split)``: tests/test_recipe_picg.py, test_recipe_llava_rrg.py)."""
+test`` through a recipe's ``dataset(data, split)``: tests/test_recipe_picg.py,
+test_recipe_llava_rrg.py)."""
 
 import csv
 import json
@@ -134,7 +135,8 @@ def test_cli_errors_are_named(tmp_path, capsys):
     assert main(["synth", "brain-pet", "--out", str(tmp_path / "s"), "--n", "1"]) == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'brain-pet'" in err and "chest-ct" in err
-    # a value of the wrong kind that only fails deep inside the recipe: one line naming the section, exit 2
+    # a value of the wrong kind that only fails deep inside the recipe: one line naming the section,
+    # exit 2
     bad.write_text(yaml.safe_dump({**TINY, "recipe": {**TINY["recipe"], "modulus": "8"}}))
     assert main(["train", str(bad), "--output-dir", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err

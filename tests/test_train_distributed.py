@@ -74,7 +74,9 @@ def _data(n: int = 16):
     return Tok()
 
 
-EVAL_N = 13  # uneven over 2 ranks (7 + 6 items, 3 + 2 batches of 3): repeats would show in eval_loss / eval_items
+# uneven over 2 ranks (7 + 6 items, 3 + 2 batches of 3): repeats would show in eval_loss /
+# eval_items
+EVAL_N = 13
 
 
 def _metrics(ep):

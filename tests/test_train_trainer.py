@@ -110,7 +110,8 @@ def test_run_folder_metrics_events_plot(tmp_path):
 
 
 def test_accumulation_equals_big_batch(tmp_path):
-    """batch 2 x accumulation 4 == batch 8 x 1 (same order, shuffle off): equal to float32 rounding."""
+    """batch 2 x accumulation 4 == batch 8 x 1 (same order, shuffle off): equal to float32
+    rounding."""
 
     def run(bs, ga, name):
         m = Lin()
@@ -134,7 +135,8 @@ def test_accumulation_equals_big_batch(tmp_path):
 
 
 def test_uneven_accumulation_last_step_of_epoch(tmp_path):
-    """10 micro-batches with accumulation 4 -> 3 steps per epoch (4, 4, 2 micro-batches), HF's rule."""
+    """10 micro-batches with accumulation 4 -> 3 steps per epoch (4, 4, 2 micro-batches), HF's
+    rule."""
     a = _args(
         tmp_path,
         per_device_train_batch_size=2,
@@ -268,7 +270,8 @@ def test_bad_input_named_before_training(tmp_path):
 
     with pytest.raises(
         TrainingError,
-        match=r"step 1: the model rejected the first batch \{x: float32\[4, 4\], y: float32\[4, 1\]\}",
+        match=r"step 1: the model rejected the first batch "
+        r"\{x: float32\[4, 4\], y: float32\[4, 1\]\}",
     ):
         Trainer(Strict(), _args(tmp_path, output_dir=str(tmp_path / "r3")), Reg()).train()
 
