@@ -68,12 +68,14 @@ fuzz: $(STAMP_DEPS)
 bench: build
 	$(PY) bench/run_all.py
 
-# ruff's config (pyproject.toml) includes E501: lines of at most 100 characters
+# ruff's config (pyproject.toml) includes E501 (lines of at most 100 characters) for the whole
+# tree; ruff format keeps the layout
 lint: build
 	cargo fmt --check
 	$(BUILD_ENV) cargo clippy --release --features python -- -D warnings
 	$(BUILD_ENV) cargo clippy --release --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests bench
+	$(VENV)/bin/ruff format --check python tests bench
 	$(BUILD_ENV) LD_LIBRARY_PATH=$(TORCH_LIB) $(PY) -m mypy.stubtest voxlm._core
 
 clean-build:
