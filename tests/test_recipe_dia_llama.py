@@ -231,12 +231,15 @@ def test_ablation_switches():
     assert g.prompts == [INSTRUCTION, INSTRUCTION]
 
 
-def test_generate_uses_predicted_then_given_labels():
-    m = tiny()
+@pytest.mark.parametrize("mode", ["released", "pooled"])
+def test_generate_uses_predicted_then_given_labels(mode):
+    m = tiny(inference_features=mode)
     imgs = torch.stack([it["image"] for it in items(3)])
     g = m.generate(imgs, return_dict=True)
     with torch.no_grad():
-        pred = m.prototypes.predict(m.disease_features(m.vision_tokens(imgs)))
+        tokens = m.vision_tokens(imgs)
+        feats = m.disease_features(tokens) if mode == "pooled" else m.inference_features(tokens)
+        pred = m.prototypes.predict(feats)
     assert np.array_equal(g.labels, pred.numpy())
     for row, q in zip(g.labels, g.prompts):
         assert np.array_equal(parse_diagnostic_prompt(q), row)
