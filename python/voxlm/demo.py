@@ -550,8 +550,9 @@ def _plots(out: pathlib.Path, res: dict[str, Any]) -> list[str]:
 
 def _reports(with_meteor: bool | None) -> dict[str, object]:
     from .datasets import dia_llama_results
+    from .exceptions import VoxlmError
     from .metrics import (
-        java_available,
+        meteor_jar_path,
         meteor_score,
         multilabel_scores,
         parse_diagnostic_prompt,
@@ -562,7 +563,12 @@ def _reports(with_meteor: bool | None) -> dict[str, object]:
     t0 = time.perf_counter()
     nlg = report_scores(d.references, d.predictions, meteor=False)
     ms = (time.perf_counter() - t0) * 1e3
-    if with_meteor or (with_meteor is None and java_available()):
+    if with_meteor is None:  # METEOR 1.5 in Rust needs only the jar's language data
+        try:
+            with_meteor = pathlib.Path(meteor_jar_path()).is_file()
+        except VoxlmError:
+            with_meteor = False
+    if with_meteor:
         nlg["METEOR"] = meteor_score([[r] for r in d.references], d.predictions)[0]
     prompts = np.stack([parse_diagnostic_prompt(q) for q in d.prompts])
     ce = multilabel_scores(d.labels, prompts, convention="dia_llama")
@@ -604,7 +610,7 @@ def run(
         seed=seed,
         lm_steps=lm_steps,
         steps=steps or 250,
-        meteor=False if meteor is None else meteor,
+        meteor=meteor,
         prevalence=DEMO_PREVALENCE,
         threads=1 if quick else None,
     )
