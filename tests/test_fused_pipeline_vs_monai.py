@@ -274,3 +274,31 @@ def test_unfused_chain_falls_back_to_python(tmp_path):
     np.testing.assert_allclose(
         out[0].numpy(), ref, rtol=1e-5, atol=5e-3
     )  # float32 over a 2500 HU range
+
+
+def test_cache_key_names_series_and_refuses_lambdas(tmp_path):
+    """The cache key holds the chosen DICOM series, every file of a folder, and what a lambda
+    computes (two lambdas share the name ``<lambda>``)."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    (folder / "a.dcm").write_bytes(b"x" * 10)
+    pipe = vt.Compose(CHAINS["m3d_ct"][0]())
+    one = VolumeDataset([folder], pipe, cache_dir=tmp_path / "c", series_uid="1.2.3")
+    two = VolumeDataset([folder], pipe, cache_dir=tmp_path / "c", series_uid="1.2.4")
+    assert one.cache_path(0) != two.cache_path(0)
+    before = one.cache_path(0)
+    (folder / "b.dcm").write_bytes(b"y" * 10)  # a file added inside the series folder
+    assert one.cache_path(0) != before
+
+    def keyed(fn):
+        ds = VolumeDataset(
+            [folder], vt.Compose([vt.CropForeground(select_fn=fn)]), cache_dir=tmp_path / "c"
+        )
+        return ds.cache_path(0)
+
+    def above(t):
+        return lambda x: x > t
+
+    assert keyed(lambda x: x > 0) == keyed(lambda x: x > 0)
+    assert keyed(lambda x: x > 0) != keyed(lambda x: x > 100)
+    assert keyed(above(0)) != keyed(above(100))

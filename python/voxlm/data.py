@@ -189,10 +189,29 @@ def load_batch(
 
 
 def _describe(t: Any) -> Any:
-    """A stable description of a transform for cache keys (functions by qualified name)."""
+    """A stable description of a transform for cache keys.
+
+    Named functions go by module and qualified name; a lambda or a closure (whose name cannot
+    tell two of them apart: ``<lambda>``, or one inner function over different captured values)
+    also by its bytecode, constants, defaults and captured values, so ``lambda x: x > 0`` and
+    ``lambda x: x > 100`` get different keys."""
     if isinstance(t, T.Compose):
         return [_describe(x) for x in t.transforms]
-    if isinstance(t, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+    if isinstance(t, types.FunctionType) and (
+        t.__name__ == "<lambda>" or t.__closure__ or "<locals>" in t.__qualname__
+    ):
+        code = t.__code__
+        cells = [repr(c.cell_contents) for c in (t.__closure__ or ())]
+        return [
+            f"{t.__module__}.{t.__qualname__}",
+            code.co_code.hex(),
+            repr(code.co_consts),
+            repr(t.__defaults__),
+            cells,
+        ]
+    if isinstance(t, types.MethodType):
+        return [_describe(t.__func__), _describe(t.__self__)]
+    if isinstance(t, (types.FunctionType, types.BuiltinFunctionType)):
         return f"{getattr(t, '__module__', '')}.{getattr(t, '__qualname__', repr(t))}"
     if hasattr(t, "__dict__"):
         fields = {k: _describe(v) for k, v in sorted(vars(t).items()) if k != "rng"}
@@ -253,9 +272,14 @@ class VolumeDataset(torch.utils.data.Dataset):
         p = self.paths[i]
         try:
             st = os.stat(p)
+            if os.path.isdir(p):  # a DICOM series: every file's identity, not the folder's
+                files = sorted(os.scandir(p), key=lambda e: e.name)
+                stamp: Any = [[e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in files]
+            else:
+                stamp = [st.st_size, st.st_mtime_ns]
         except OSError as e:
             raise VoxlmIOError(f"{p}: {e.strerror or e}") from None
-        ident = json.dumps([os.path.abspath(p), st.st_size, st.st_mtime_ns, self._config])
+        ident = json.dumps([os.path.abspath(p), stamp, self.series_uid, self._config])
         return os.path.join(self.cache_dir, hashlib.sha256(ident.encode()).hexdigest() + ".npy")
 
     def _load(self, i: int) -> np.ndarray:
