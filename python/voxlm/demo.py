@@ -23,10 +23,13 @@
    case keeps its own volume) shows how much the image matters.
 5. Dia-LLaMA's 362 released CTRG-Chest reports scored as the paper does (real data).
 
-What it shows (measured on this 2-core machine under load, seed 0, default sizes): the labels
-the model predicts from the image (its diagnostic prompts) have macro F1 0.33 on held-out
-cases vs 0.16 with the images shuffled; the generated reports' CE F1 macro 0.134 vs 0.117 (the
-tiny LLM renders only part of its prompt into findings sentences); BLEU-1 0.66.
+What it shows (seed 0, measured on this 2-core machine). ``voxlm demo`` (``make demo``) runs the
+quick sizes (``QUICK``: 120 cases, 100 LM + 120 Dia-LLaMA steps; the test runs the same): the
+labels the model predicts from the image (its diagnostic prompts) have macro F1 0.27 on held-out
+cases vs 0.15 with the images shuffled; the generated reports' CE F1 macro 0.087 vs 0.046
+(cardiomegaly 1.0; the tiny LLM renders only part of its prompt into findings sentences).
+``voxlm demo --full`` (240 cases, 200 + 250 steps, ~35 min under load): labels 0.33 vs 0.16,
+reports 0.134 vs 0.117, BLEU-1 0.66.
 
 Outputs (``out``): ``summary.json``, ``montage.png`` (slices with the planted finding outlined,
 generated vs reference report), ``loss.png`` (per stage), ``f1_per_label.png``, the eval folders
