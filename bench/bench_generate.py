@@ -13,27 +13,12 @@ from __future__ import annotations
 import sys
 import tempfile
 
+import bench_llm
 import torch
 from common import machine, median_time
 
-CONFIGS = {
-    "overhead-bound": dict(
-        vocab_size=4096,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-    ),
-    "bandwidth-bound": dict(
-        vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-    ),
-}
+# the same two models as bench/llm (decode at batch 1), here decoded in batches with beams
+CONFIGS = bench_llm.CONFIGS
 N_PROMPTS, BATCH, BEAMS, NEW, IMAGE, TEXT_MAX = 64, 8, 2, 128, 256, 64
 
 
