@@ -110,7 +110,13 @@ def read_amos_mm(
             raise DataError(f"{where}: expected an object with 'image', got {item!r:.200}")
         img, sid = _image(root, item["image"]), _id(item["image"])
         labels = item.get("labels") or {}
-        meta = dict(item.get("meta") or {})
+        meta = item.get("meta") or {}
+        if not isinstance(labels, dict) or not isinstance(meta, dict):
+            raise DataError(
+                f"{where} ({sid}): expected 'labels' and 'meta' objects, got "
+                f"{type(labels).__name__} and {type(meta).__name__}"
+            )
+        meta = dict(meta)
         if task == "report":
             rep = labels.get("report")
             if not isinstance(rep, dict) or not isinstance(rep.get("findings"), dict):

@@ -67,11 +67,21 @@ def read_m3d_cap(
         raise DataError(f"{fmt}: {jp} has no {s!r} list; it has {have}")
     records = []
     for i, item in enumerate(data[s]):
-        if not isinstance(item, dict) or "image" not in item or "text" not in item:
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("image"), str)
+            and isinstance(item.get("text"), str)
+        ):
             raise DataError(
                 f"{fmt}: {jp} {s}[{i}]: expected {{'image', 'text'}}, got {item!r:.200}"
             )
-        img, txt = root / item["image"], root / item["text"]
+        # paths are relative to the data root (M3D's train.py joins them to data_root); copies
+        # whose JSON sits in M3D_Cap_npy/ with paths relative to that folder are read as well
+        base = next(
+            (b for b in (root, jp.parent) if (b / item["text"]).is_file()),
+            root,
+        )
+        img, txt = base / item["image"], base / item["text"]
         rid = str(pathlib.PurePosixPath(item["image"]).with_suffix(""))
         if not txt.is_file():
             raise DataError(f"{fmt}: {jp} {s}[{i}] (id {rid!r}): text file {txt} does not exist")

@@ -77,7 +77,10 @@ def _find_manifest(root: pathlib.Path) -> pathlib.Path:
 def _rows(path: pathlib.Path) -> list[dict[str, Any]]:
     name = path.name.lower()
     if name.endswith((".jsonl", ".json", ".ndjson")):
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # a BOM as Windows editors write it
+        except UnicodeDecodeError as e:
+            raise DataError(f"manifest: {path} is not UTF-8 text: {e}") from None
         if name.endswith(".json") and text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)
