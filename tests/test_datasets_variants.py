@@ -203,3 +203,30 @@ def test_amos_mm_labels_of_the_wrong_kind(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"training": [item], "validation": []}))
     with pytest.raises(DataError, match=r"dataset\.json training\[0\] \(amos_0001\).*'labels'"):
         read_records("amos-mm", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "fmt, name, obj, key",
+    [
+        ("amos-mm", "dataset.json", {"training": None}, "training"),
+        ("m3d-cap", "M3D_Cap.json", {"train": 3}, "train"),
+        ("ctrg-chest", "annotation.json", {"train": {"id": 1}}, "train"),
+    ],
+)
+def test_split_that_is_not_a_list(tmp_path, fmt, name, obj, key):
+    (tmp_path / name).write_text(json.dumps(obj))
+    (tmp_path / "CTRG_finding_labels.csv").write_text("id,a\n1,0\n")
+    (tmp_path / "volumes").mkdir()
+    with pytest.raises(DataError, match=rf"{name} '{key}': expected a list of items, got"):
+        read_records(fmt, tmp_path)
+
+
+def test_manifest_sections_of_other_types_and_binary_split_file(tmp_path):
+    _touch(tmp_path / "a.png")
+    row = {"image": "a.png", "sections": {"findings": 3, "impression": None}}
+    (tmp_path / "manifest.json").write_text(json.dumps([row]))
+    (rec,) = read_records("manifest", tmp_path)
+    assert rec["sections"] == {"findings": "3", "impression": ""} and rec["report"] == "3"
+    (tmp_path / "train.txt").write_bytes(b"\xff\xfe\x00P-Target1 3")
+    with pytest.raises(DataError, match=r"train\.txt is not a text split file"):
+        read_records("prostate-biopsy", tmp_path)

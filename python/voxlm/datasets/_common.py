@@ -89,6 +89,16 @@ def read_json(path: pathlib.Path, format: str) -> Any:
         raise DataError(f"{format}: {path} is not valid JSON: {e}") from None
 
 
+def need_list(obj: Any, key: str, path: pathlib.Path, format: str) -> list[Any]:
+    """``obj[key]`` if it is a list (a split's items), else DataError naming the key and file."""
+    v = obj[key]
+    if not isinstance(v, list):
+        raise DataError(
+            f"{format}: {path} {key!r}: expected a list of items, got {type(v).__name__}"
+        )
+    return v
+
+
 def read_csv(path: pathlib.Path, format: str, required: Sequence[str] = ()) -> list[dict[str, str]]:
     """Rows of a CSV (``.csv`` or gzip ``.csv.gz``) as dicts; DataError if the file or one of the
     ``required`` columns is missing."""

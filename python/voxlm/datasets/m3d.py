@@ -23,7 +23,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..exceptions import DataError
-from ._common import PathLike, canonical_split, check_paths, first_existing, read_csv, read_json
+from ._common import (
+    PathLike,
+    canonical_split,
+    check_paths,
+    first_existing,
+    need_list,
+    read_csv,
+    read_json,
+)
 from .registry import register_reader
 
 VQA_COLUMNS = [
@@ -66,7 +74,7 @@ def read_m3d_cap(
         have = list(data) if isinstance(data, dict) else type(data).__name__
         raise DataError(f"{fmt}: {jp} has no {s!r} list; it has {have}")
     records = []
-    for i, item in enumerate(data[s]):
+    for i, item in enumerate(need_list(data, s, jp, fmt)):
         if not (
             isinstance(item, dict)
             and isinstance(item.get("image"), str)

@@ -179,12 +179,13 @@ def read_manifest(
             )
         sections = dict(r["sections"]) if isinstance(r.get("sections"), dict) else {}
         sections.update({k: str(r[k]) for k in SECTION_COLUMNS if k in r and r[k] is not None})
+        sections = {k: "" if v is None else str(v) for k, v in sections.items()}
         if sections:
             rec["sections"] = sections
         if not _empty(r.get("report")):
             rec["report"] = str(r["report"])
         elif sections:
-            rec["report"] = "\n\n".join(v.strip() for v in sections.values() if not _empty(v))
+            rec["report"] = "\n\n".join(str(v).strip() for v in sections.values() if not _empty(v))
         try:
             if label_columns:
                 rec["labels"] = np.asarray(
