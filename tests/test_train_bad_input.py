@@ -8,8 +8,8 @@ import json
 import pytest
 import yaml
 
-from voxlm.cli import main
-from voxlm.exceptions import CheckpointError, ConfigError
+from voxlm.cli import _one_line, main
+from voxlm.exceptions import CheckpointError, ConfigError, VolumeFormatError
 from voxlm.train import Trainer, list_checkpoints
 
 from .test_train_cli import TINY
@@ -83,3 +83,22 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     # --debug shows the traceback instead of the line
     with pytest.raises(ConfigError, match="not a run folder"):
         main(["--debug", "generate", str(tmp_path / "nothing")])
+
+
+class _CorruptFile(Reg):
+    def __getitem__(self, i):
+        if i == 5:
+            raise VolumeFormatError("/data/5.nii.gz: corrupt or truncated gzip data")
+        return super().__getitem__(i)
+
+
+def test_worker_error_prints_as_its_own_line(tmp_path):
+    """A corrupt file met in a DataLoader worker: torch re-raises the voxlm error with the worker's
+    traceback in its message; the CLI's line is the original message, naming the worker."""
+    a = _args(tmp_path, dataloader_num_workers=1)
+    with pytest.raises(VolumeFormatError) as e:
+        Trainer(Lin(), a, _CorruptFile()).train()
+    assert "Original Traceback" in str(e.value)
+    assert _one_line(e.value) == (
+        "/data/5.nii.gz: corrupt or truncated gzip data (DataLoader worker process 0)"
+    )

@@ -67,8 +67,17 @@ def _reading(section: str) -> Iterator[None]:
 
 
 def _one_line(e: BaseException) -> str:
-    """``e``'s message on one line (YAML errors quote the offending line under a caret)."""
-    return " ".join(str(e).split())
+    """``e``'s message on one line (YAML errors quote the offending line under a caret). An error
+    that a DataLoader worker raised carries the worker's traceback in its message (torch's
+    ``ExceptionWrapper``): the original error's own line is kept, with the worker named."""
+    text = str(e)
+    if "\nOriginal Traceback" in text:
+        head, _, rest = text.partition("\nOriginal Traceback")
+        last = next((ln for ln in reversed(rest.splitlines()) if ln.strip()), "")
+        name, sep, msg = last.partition(": ")
+        where = head.strip().removeprefix("Caught ").split(" in ", 1)[-1].rstrip(".")
+        text = f"{msg if sep and '.' in name else last} ({where})"
+    return " ".join(text.split())
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
