@@ -77,6 +77,10 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     data.write_text(yaml.safe_dump({"data": TINY["data"]}))
     err = run(["generate", str(tmp_path / "m"), "--data", str(data)], 1)
     assert "expected a JSON object with 'recipe'" in err
+    # a field of the wrong kind that the recipe's loader trips over (AttributeError): exit 2
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"recipe": "example", "llm": 5}))
+    err = run(["generate", str(tmp_path / "m"), "--data", str(data)], 2)
+    assert "config.json': AttributeError" in err
     (tmp_path / "m" / "config.json").write_text(json.dumps({"recipe": "example"}))
     bad.write_text("data: {format: [\n")
     assert "--data" in run(["generate", str(tmp_path / "m"), "--data", str(bad)], 1)

@@ -14,9 +14,10 @@
 ==================================================  ==============================================
 
 Errors: voxlm's own (bad config values, data, checkpoints) and the file system's (an output
-folder that cannot be written) print one line and exit 1; a ``TypeError`` / ``KeyError`` while
-the config is read into the recipe, its arguments or its data prints one line naming the config
-section and exits 2. ``voxlm --debug COMMAND ...`` shows the traceback instead.
+folder that cannot be written) print one line and exit 1; a ``TypeError`` / ``KeyError`` /
+``AttributeError`` while the config is read into the recipe, its arguments or its data prints one
+line naming the config section and exits 2. ``voxlm --debug COMMAND ...`` shows the traceback
+instead.
 
 A config has the sections ``recipe`` (``name`` + the recipe's Config fields), ``model`` (paths or
 specs of the pretrained parts), ``data`` (``format``, ``root``, settings) and ``train``
@@ -44,8 +45,9 @@ SPLITS = ("eval", "train", "test")
 
 
 class ConfigSectionError(Exception):
-    """A ``TypeError`` / ``KeyError`` raised while a config section was being read (a value of
-    the wrong kind that the code below did not check); :func:`main` prints it as one line."""
+    """A ``TypeError`` / ``KeyError`` / ``AttributeError`` raised while a config section was being
+    read (a value of the wrong kind that the code below did not check); :func:`main` prints it as
+    one line."""
 
     def __init__(self, section: str, error: BaseException) -> None:
         super().__init__(f"config section {section!r}: {type(error).__name__}: {error}")
@@ -54,15 +56,15 @@ class ConfigSectionError(Exception):
 
 @contextlib.contextmanager
 def _reading(section: str) -> Iterator[None]:
-    """Turn a ``TypeError`` / ``KeyError`` raised while reading ``section`` into a
-    :class:`ConfigSectionError` naming it (voxlm's own errors pass through)."""
+    """Turn a ``TypeError`` / ``KeyError`` / ``AttributeError`` raised while reading ``section``
+    into a :class:`ConfigSectionError` naming it (voxlm's own errors pass through)."""
     from .exceptions import VoxlmError
 
     try:
         yield
     except VoxlmError:
         raise
-    except (TypeError, KeyError) as e:
+    except (TypeError, KeyError, AttributeError) as e:
         raise ConfigSectionError(section, e) from e
 
 
