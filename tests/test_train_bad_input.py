@@ -106,3 +106,11 @@ def test_worker_error_prints_as_its_own_line(tmp_path):
     assert _one_line(e.value) == (
         "/data/5.nii.gz: corrupt or truncated gzip data (DataLoader worker process 0)"
     )
+
+
+@pytest.mark.parametrize("steps", ["-1", "0", "ten"])
+def test_demo_steps_must_be_positive(steps, capsys):
+    with pytest.raises(SystemExit) as e:  # argparse's usage error, before any work starts
+        main(["demo", "--steps", steps, "--out", "/nonexistent-never-made"])
+    assert e.value.code == 2
+    assert "expected an integer >= 1" in capsys.readouterr().err

@@ -335,6 +335,17 @@ def synth(argv: Sequence[str]) -> int:
         return e.code if isinstance(e.code, int) else 1
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--steps -1`` would otherwise mean "train by epochs")."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .exceptions import VoxlmError
 
@@ -359,7 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("info", help="print voxlm, torch and CUDA versions, threads and build profile")
     demo = sub.add_parser("demo", help="run voxlm's main job on bundled data")
     demo.add_argument(
-        "--steps", type=int, default=None, help="Dia-LLaMA finetune steps (default: the demo's)"
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="Dia-LLaMA finetune steps, >= 1 (default: the demo's)",
     )
     demo.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
     demo.add_argument("--no-meteor", action="store_true", help="skip METEOR")
