@@ -230,3 +230,13 @@ def test_manifest_sections_of_other_types_and_binary_split_file(tmp_path):
     (tmp_path / "train.txt").write_bytes(b"\xff\xfe\x00P-Target1 3")
     with pytest.raises(DataError, match=r"train\.txt is not a text split file"):
         read_records("prostate-biopsy", tmp_path)
+
+
+def test_mimic_cxr_reports_in_their_own_folder(tmp_path):
+    make_mimic(tmp_path)
+    src = tmp_path / "files/p10/p10000032/s50414267.txt"
+    dst = tmp_path / "mimic-cxr-reports" / src.relative_to(tmp_path)
+    dst.parent.mkdir(parents=True)
+    src.rename(dst)
+    recs = read_records("mimic-cxr", tmp_path, drop_empty=False)
+    assert recs[0]["meta"]["report_path"] == str(dst) and recs[0]["report"].startswith("Lungs")

@@ -295,7 +295,8 @@ def read_mimic_cxr(
         drop_empty: skip studies whose report has no text for ``section`` (or no report file).
         views: keep only these ViewPositions (e.g. ``["PA", "AP"]``); studies left without an
             image are skipped.
-        reports_root: folder holding ``files/p1X/...txt`` (default ``root``).
+        reports_root: folder holding ``files/p1X/...txt`` (default ``root/mimic-cxr-reports``
+            when it holds ``files/``, else ``root``).
         rrg24: read RRG24 records from this JSON / JSONL file instead (paths relative to ``root``).
         ext: image file extension (``".jpg"`` in MIMIC-CXR-JPG); None: the first of ``.jpg``,
             ``.png`` (converted copies, voxlm's synthetic set), ``.JPG``, ``.PNG``, ``.jpeg``
@@ -357,7 +358,15 @@ def read_mimic_cxr(
                     f"1.0 / 0.0 / -1.0 / blank, got {[r[c] for c in CHEXPERT]}"
                 ) from None
     want = None if views is None else {v.upper() for v in views}
-    rroot = pathlib.Path(reports_root) if reports_root is not None else root
+    # mimic-cxr-reports.zip (from MIMIC-CXR) unpacked beside the JPGs, or into its own folder
+    rroot = (
+        pathlib.Path(reports_root)
+        if reports_root is not None
+        else next(
+            (d for d in (root / "mimic-cxr-reports",) if (d / "files").is_dir()),
+            root,
+        )
+    )
     records = []
     for study_id, st in studies.items():
         subj = st["subject_id"]
