@@ -51,12 +51,14 @@ def config(tmp_path):
 def test_train_evaluate_generate(tmp_path, config, capsys):
     run = tmp_path / "run"
     r = subprocess.run(
-        [sys.executable, "-m", "voxlm", "train", str(config), "--output-dir", str(run)],
+        # --resume on a folder that holds no run yet: starts from step 0 and says so
+        [sys.executable, "-m", "voxlm", "train", str(config), "--output-dir", str(run), "--resume"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "holds no run yet; starting from step 0" in r.stderr
     summary = json.loads(r.stdout[r.stdout.index("{") :])
     assert (
         summary["stages"]["lm"]["global_step"] == 4

@@ -148,6 +148,12 @@ def train(
             f"output_dir: {run} holds another run (config.yaml); pass --resume to continue it, "
             "set train.overwrite_output_dir: true to replace it, or choose another --output-dir"
         )
+    if resume and not (run / "config.yaml").is_file() and _rank() == 0:
+        # resume means "continue if there is something to continue" (a run killed before its
+        # first checkpoint restarts); say so instead of starting silently
+        print(
+            f"voxlm train: --resume: {run} holds no run yet; starting from step 0", file=sys.stderr
+        )
     with _reading("recipe"):
         cls = get_recipe(cfg["recipe"]["name"])
     with _reading("recipe / model"):
