@@ -14,7 +14,9 @@ def test_demo_learns_from_the_image(tmp_path):
     assert saved["heldout_ce_f1_macro"] == s["heldout_ce_f1_macro"]
     res = saved["dia_llama_synthetic"]
     # the image matters: real images beat the same model on shuffled images
-    assert s["heldout_ce_f1_macro"] > s["shuffled_images_ce_f1_macro"] + 0.03, res
+    assert s["heldout_ce_f1_macro"] > s["shuffled_images_ce_f1_macro"] + 0.05, res
+    # the reports render the labels predicted from the image (the LM conditions on its prompt)
+    assert res["heldout_ce_f1_macro"] > 0.6 * res["heldout_prompt_label_f1_macro"], res
     assert res["heldout_ce_f1_micro"] > res["shuffled_images_ce_f1_micro"], res
     assert res["heldout_prompt_label_f1_macro"] > res["shuffled_prompt_label_f1_macro"], res
     assert res["heldout_nlg"]["BLEU-1"] > 0.2 and res["data"]["n_heldout"] >= 10
