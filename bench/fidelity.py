@@ -904,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         action="append",
         default=None,
-        help="run only this seed (repeatable; report experiments): split a run over processes, "
+        help="run only this seed (repeatable): split a run over processes, "
         "the table is built from every seed's saved runs",
     )
     a = p.parse_args(argv)
