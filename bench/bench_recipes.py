@@ -236,16 +236,14 @@ def dia_llama_generate(
     batches of ``batch``): the recipe vs the released path (the transcription of
     ``MultiLLaMAForCausalLM`` / ``MyEmbedding`` in ``tests/test_recipe_dia_llama.py``,
     transformers ``LlamaForCausalLM`` + peft LoRA, ``generate(inputs_embeds=...)``) with the
-    same weights (loaded through ``DiaLlama.load_released``); tokens compared."""
+    same weights (loaded through ``DiaLlama.load_released``; the reference is built by
+    ``released_reference`` there, as the test builds it); tokens compared."""
     import torch
-    import transformers
-    from peft import LoraConfig, get_peft_model
 
     sys.path.insert(0, str(ROOT))
     from common import median_time
 
-    import tests.test_recipe_dia_llama as T
-    from tests.test_radfm_vit_vs_reference import RefViT
+    import tests.test_recipe_dia_llama as T  # the transcription and its builder
     from voxlm.recipes.dia_llama import DiaLlama
 
     llm = dict(
@@ -260,38 +258,7 @@ def dia_llama_generate(
     m = DiaLlama.from_config(
         {**T.TINY, "max_new_tokens": new_tokens}, {"llm": llm, "tokenizer": "bundled:ctrg-bpe"}
     )
-    MyEmbedding, Multi = T._ref_modules()
-    lang = get_peft_model(
-        transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=1024, **llm)),
-        LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.1),
-    )
-    vit = RefViT(
-        image_size=64,
-        image_patch_size=8,
-        frames=16,
-        frame_patch_size=4,
-        dim=48,
-        depth=2,
-        heads=4,
-        mlp_dim=96,
-        channels=3,
-        dim_head=12,
-    )
-    emb = MyEmbedding(
-        vit,
-        m.num_vision_tokens,
-        1024,
-        llm["hidden_size"],
-        perceiver_num=32,
-        vis_dim=48,
-        proj_dim=32,
-        perceiver_kw=dict(depth=2, heads=2, dim_head=16),
-    )
-    ref = Multi(lang, emb)
-    with torch.no_grad():
-        for n, p in ref.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.02)
+    ref, emb = T.released_reference(m, llm, lora_b_std=0.02)
     m.load_released(ref.state_dict())
     m.eval()
     ref.eval()

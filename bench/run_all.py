@@ -13,6 +13,7 @@ import bench_dicom  # noqa: E402  (after the path insert)
 import bench_generate  # noqa: E402
 import bench_llm  # noqa: E402
 import bench_lora  # noqa: E402
+import bench_lora_module  # noqa: E402
 import bench_metrics  # noqa: E402
 import bench_trainer  # noqa: E402
 import bench_vision  # noqa: E402
@@ -23,6 +24,7 @@ BENCHES = [
     ("llm", bench_llm.run),
     ("generate", bench_generate.run),
     ("lora", bench_lora.run),
+    ("lora_module", bench_lora_module.run),
     ("vision", bench_vision.run),
     ("volume", bench_volume.run),
     ("trainer", bench_trainer.run),

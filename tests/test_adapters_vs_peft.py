@@ -9,8 +9,6 @@ import pytest
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
-from transformers import LlamaConfig as HFConfig
-from transformers import LlamaForCausalLM as HFLlama
 
 import voxlm
 from voxlm.adapters import (
@@ -30,23 +28,15 @@ from voxlm.adapters import (
 )
 from voxlm.llm import LlamaForCausalLM
 
+from ._fixtures import hf_tiny_llama
+
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 @pytest.fixture()
 def base(tmp_path):
     torch.manual_seed(0)
-    hf = HFLlama(
-        HFConfig(
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            initializer_range=0.2,
-        )
-    ).eval()
+    hf = hf_tiny_llama(initializer_range=0.2).eval()
     hf.save_pretrained(tmp_path / "base")
     return hf, tmp_path / "base"
 
@@ -277,31 +267,13 @@ def test_bad_adapter_inputs(base, tmp_path):
     with pytest.raises(voxlm.ConfigError, match="positive integer rank"):
         LoraConfig(r=0, target_modules=["q_proj"])
     # an adapter for a wider model
-    big = HFLlama(
-        HFConfig(
-            vocab_size=128,
-            hidden_size=96,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    )
+    big = hf_tiny_llama(hidden_size=96)
     peft_model(big).save_pretrained(tmp_path / "wide")
     with pytest.raises(voxlm.CheckpointError, match=r"lora_A.weight has shape \(4, 96\)"):
         load_adapter(LlamaForCausalLM.from_pretrained(path), tmp_path / "wide")
     with pytest.raises(voxlm.CheckpointError, match="no adapter_config.json"):
         load_adapter(vm, tmp_path)
-    deep = HFLlama(
-        HFConfig(
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    )
+    deep = hf_tiny_llama(num_hidden_layers=3)
     peft_model(deep).save_pretrained(tmp_path / "deep")
     with pytest.raises(voxlm.CheckpointError, match="unexpected base_model.model.model.layers.2"):
         load_adapter(LlamaForCausalLM.from_pretrained(path), tmp_path / "deep")

@@ -220,3 +220,15 @@ def test_report_dataset_fused_path_equals_step_by_step(tmp_path):
     stepwise = ReportDataset(rec, transform=pipe, image_loader=voxlm.load_image)[0]["image"]
     assert fused.shape == stepwise.shape == (1, 8, 16, 16)
     torch.testing.assert_close(fused, stepwise, rtol=1e-5, atol=1e-5)
+
+
+def test_none_or_nan_target_is_refused_not_trained_as_text(tok):
+    """An empty table cell read as None (JSON null) or NaN (pandas) is a DataError naming the
+    record, not the target text "None" / "nan"; generation keeps it as a missing reference."""
+    col = ReportCollator(tok, 0, 64, prompt=PROMPT)
+    for v in (None, float("nan")):
+        with pytest.raises(DataError, match=r"record 'r1' has 'report' = (None|nan)"):
+            col([{"id": "r1", "report": v}])
+    gen = ReportCollator(tok, 0, 64, prompt=PROMPT, mode="generate")
+    assert gen([{"id": "r1", "report": None}])["references"] == [None]
+    assert col([{"id": "r2", "report": ""}])["labels"][0].tolist()[-1] == tok.eos_token_id

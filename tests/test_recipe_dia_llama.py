@@ -32,14 +32,9 @@ from voxlm.recipes.dia_llama import (
     keyword_labeler,
 )
 
-LLM = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-)
+from ._fixtures import TINY_LLAMA as LLM
+from ._fixtures import tiny_recipe
+
 TINY = dict(
     name="dia_llama",
     image_size=[8, 32, 32],
@@ -63,8 +58,7 @@ TINY = dict(
 
 
 def tiny(**kw) -> DiaLlama:
-    torch.manual_seed(0)
-    return DiaLlama.from_config({**TINY, **kw}, {"llm": LLM, "tokenizer": "bundled:ctrg-bpe"})
+    return tiny_recipe(DiaLlama, TINY, **kw)
 
 
 def items(n: int = 2, seed: int = 0) -> list[dict]:
@@ -773,46 +767,47 @@ def _ref_modules():
     return MyEmbedding, MultiLLaMAForCausalLM
 
 
-def test_whole_model_vs_released_transcription(tmp_path):
-    """The released MultiLLaMAForCausalLM (transcribed; real transformers + peft LLM), saved as
-    its pytorch_model.bin, loads through ``DiaLlama.load_released``; on the same batch the loss
-    (L_LM + 4 L_DP), the inference-time predictions (``inference_features="released"``) and the
-    greedy generations (transformers' ``generate`` on the released embedding) agree. Tolerance:
-    float32, 1e-5 on the loss (voxlm's Rust LLaMA / perceiver vs transformers / einsum may reorder
-    sums; observed equal to the printed digits)."""
+#: The RadFM ``vit_3d`` transcription at the sizes of :data:`TINY` (64 x 64 x 16 voxels, 8 x 8 x 4
+#: patches, width 48, 2 layers).
+REF_VIT = dict(
+    image_size=64,
+    image_patch_size=8,
+    frames=16,
+    frame_patch_size=4,
+    dim=48,
+    depth=2,
+    heads=4,
+    mlp_dim=96,
+    channels=3,
+    dim_head=12,
+)
+
+
+def released_reference(m: DiaLlama, llm: dict = LLM, lora_b_std: float = 0.05):
+    """The released model for recipe ``m`` (built from :data:`TINY` and ``llm``):
+    ``MultiLLaMAForCausalLM(lang, MyEmbedding)`` of :func:`_ref_modules` over transformers'
+    ``LlamaForCausalLM`` (vocabulary 1024, untied) with peft's LoRA as released (r 8, alpha 32,
+    dropout 0.1, PEFT's LLaMA targets q/v) and the :data:`REF_VIT` encoder; LoRA B drawn from
+    ``N(0, lora_b_std)`` so the branch is visible. Returns ``(ref, emb)``. Shared with
+    ``bench/bench_recipes.py``."""
     import transformers
     from peft import LoraConfig, get_peft_model
 
     from .test_radfm_vit_vs_reference import RefViT
 
     MyEmbedding, MultiLLaMAForCausalLM = _ref_modules()
-    m = tiny(inference_features="released")
-    c = m.config
-    torch.manual_seed(7)
-    hf_cfg = transformers.LlamaConfig(vocab_size=1024, **LLM, tie_word_embeddings=False)
+    hf_cfg = transformers.LlamaConfig(vocab_size=1024, **llm, tie_word_embeddings=False)
     lang = get_peft_model(
         transformers.LlamaForCausalLM(hf_cfg),
         LoraConfig(
             task_type="CAUSAL_LM", inference_mode=False, r=8, lora_alpha=32, lora_dropout=0.1
         ),
     )
-    vit = RefViT(
-        image_size=64,
-        image_patch_size=8,
-        frames=16,
-        frame_patch_size=4,
-        dim=48,
-        depth=2,
-        heads=4,
-        mlp_dim=96,
-        channels=3,
-        dim_head=12,
-    )
     emb = MyEmbedding(
-        vit,
+        RefViT(**REF_VIT),
         m.num_vision_tokens,
         1024,
-        LLM["hidden_size"],
+        llm["hidden_size"],
         perceiver_num=32,
         vis_dim=48,
         proj_dim=32,
@@ -822,7 +817,21 @@ def test_whole_model_vs_released_transcription(tmp_path):
     with torch.no_grad():
         for n, p in ref.named_parameters():
             if "lora_B" in n:
-                p.normal_(0, 0.05)
+                p.normal_(0, lora_b_std)
+    return ref, emb
+
+
+def test_whole_model_vs_released_transcription(tmp_path):
+    """The released MultiLLaMAForCausalLM (transcribed; real transformers + peft LLM), saved as
+    its pytorch_model.bin, loads through ``DiaLlama.load_released``; on the same batch the loss
+    (L_LM + 4 L_DP), the inference-time predictions (``inference_features="released"``) and the
+    greedy generations (transformers' ``generate`` on the released embedding) agree. Tolerance:
+    float32, 1e-5 on the loss (voxlm's Rust LLaMA / perceiver vs transformers / einsum may reorder
+    sums; observed equal to the printed digits)."""
+    m = tiny(inference_features="released")
+    c = m.config
+    torch.manual_seed(7)
+    ref, emb = released_reference(m)
     torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
     skipped = m.load_released(tmp_path / "pytorch_model.bin")
     assert "embedding_layer.weight" in skipped and any("group_cls_head" in k for k in skipped)
@@ -878,18 +887,7 @@ def test_radfm_weights_load_into_the_recipe(tmp_path):
     from .test_radfm_vit_vs_reference import RefViT
 
     torch.manual_seed(3)
-    ref = RefViT(
-        image_size=64,
-        image_patch_size=8,
-        frames=16,
-        frame_patch_size=4,
-        dim=48,
-        depth=2,
-        heads=4,
-        mlp_dim=96,
-        channels=3,
-        dim_head=12,
-    ).eval()
+    ref = RefViT(**REF_VIT).eval()
     donor = tiny()
     sd = {f"embedding_layer.vision_encoder.{k}": v for k, v in ref.state_dict().items()}
     sd.update(

@@ -394,11 +394,15 @@ def test_config_and_data_errors_are_named(tmp_path):
         ("sections", 5),
         ("num_beams", 2.5),
         ("lora_r", None),
+        ("lora_r", 0),
+        ("max_new_tokens", -1),
     ):
         with pytest.raises(
             ConfigError, match=rf"recipe\.{field}: expected .*got {re.escape(repr(value))}"
         ):
             L.LlavaRRGConfig.from_dict({field: value})
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['lora_rank'\]"):
+        L.LlavaRRGConfig.from_dict({"name": "llava_rrg", "lora_rank": 8})
     with pytest.raises(ConfigError, match="module:function"):
         L.LlavaRRGConfig.from_dict({"scorers": ["no_colon"]})
     model = _model(tmp_path)

@@ -433,6 +433,34 @@ def test_bias_tuning_and_stage_trainables():
     assert all(float(g.abs().sum()) == 0 for g in model.gates)
 
 
+def test_adapter_pretrain_phase_and_dead_image_path_warning():
+    """LLaMA-Adapter V2's get_trainable_params('pretrain'): gates, visual query blocks and
+    adapter_query train, nothing of the LLM; with zero gates and no stage 0 the image cannot
+    reach the LLM (gate.tanh() = 0), which stages() warns about."""
+    model = _voxlm_model()
+    model.set_task("guideline", False, phase="pretrain")
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n in names if n.startswith("gates.")} == {
+        f"gates.{i}" for i in range(len(model.gates))
+    }
+    assert "adapter_query.weight" in names and any(n.startswith("queries.") for n in names)
+    assert not any(n.startswith(("llm.", "vision.")) for n in names)
+    with pytest.raises(ConfigError, match="expected 'finetune' or 'pretrain', got 'x'"):
+        model.set_task("guideline", False, phase="x")
+    from voxlm.train import TrainingArguments
+
+    args = TrainingArguments(output_dir="unused", report_to=[])
+    assert not model.image_reaches_llm()
+    with pytest.warns(UserWarning, match="image never reaches the LLM"):
+        names0 = [s.name for s in model.stages(args)]
+    assert names0 == ["stage1_modality", "stage2_guideline"]
+    model.cfg.adapter_pretrain_epochs = 1
+    assert [s.name for s in model.stages(args)][0] == "stage0_adapter_pretrain"
+    with torch.no_grad():
+        model.gates[0].fill_(0.5)
+    assert model.image_reaches_llm()
+
+
 def test_prompts_are_alpaca():
     model = _voxlm_model()
     p = model.prompt("t2w", "guideline")
@@ -591,7 +619,11 @@ def test_end_to_end_tiny(tmp_path):
     before = model.vision.clip.vision_model.embeddings.patch_embedding.weight.detach().clone()
     bias0 = model.llm.model.layers[0].self_attn.q_proj.bias.detach().clone()
     out = run_stages(model, model.stages(args), train, ev, data_collator=model.collator())
-    assert set(out) == {"stage1_modality", "stage2_guideline"}
+    assert set(out) == {"stage0_adapter_pretrain", "stage1_modality", "stage2_guideline"}
+    # stage 0 opened the zero-init gates: the image reaches the LLM, the teacher varies by case
+    assert model.image_reaches_llm()
+    f = model.guideline_features(train.records[:2])
+    assert not torch.equal(*f.values())
     after = model.vision.clip.vision_model.embeddings.patch_embedding.weight
     assert not torch.equal(before, after)  # stage 1 trains the domain adapter
     assert not torch.equal(bias0, model.llm.model.layers[0].self_attn.q_proj.bias)  # bias tuning

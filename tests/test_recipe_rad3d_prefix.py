@@ -18,14 +18,9 @@ from voxlm.llm import LlamaConfig
 from voxlm.recipes import get_recipe
 from voxlm.recipes.rad3d_prefix import LLAMA_3_2_1B, Rad3dPrefix, Rad3dPrefixConfig
 
-LLM = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-)
+from ._fixtures import TINY_LLAMA as LLM
+from ._fixtures import tiny_recipe
+
 TINY = dict(
     name="rad3d_prefix",
     image_size=[8, 32, 32],
@@ -45,8 +40,7 @@ TINY = dict(
 
 
 def tiny(**kw) -> Rad3dPrefix:
-    torch.manual_seed(0)
-    return Rad3dPrefix.from_config({**TINY, **kw}, {"llm": LLM, "tokenizer": "bundled:ctrg-bpe"})
+    return tiny_recipe(Rad3dPrefix, TINY, **kw)
 
 
 def items(n: int = 2, seed: int = 0) -> list[dict]:

@@ -366,6 +366,13 @@ def test_recipe_stages_train_the_right_parameters():
     r2.set_stage(2)
     assert not any(p.requires_grad for p in r2.vision.parameters())
     assert not r2.llm.lm_head.weight.requires_grad
+    # the LoRA-vs-frozen ablation: no LoRA, nothing of the LLM trains in stage 2
+    r3 = tiny(stage2_lora=False, stage2_train_embeddings=False)
+    r3.set_stage(2)
+    assert not r3.has_lora()
+    assert not any(p.requires_grad for p in r3.llm.parameters())
+    assert any(p.requires_grad for p in r3.projector.parameters())
+    assert all(p.requires_grad for p in r3.vision.parameters())
 
 
 def test_stages_for_the_trainer(tmp_path):

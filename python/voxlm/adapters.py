@@ -54,6 +54,10 @@ class LoraConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r <= 0:
             raise ConfigError(f"r: expected a positive integer rank, got {self.r!r}")
+        if isinstance(self.lora_alpha, bool) or not (
+            isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha)
+        ):
+            raise ConfigError(f"lora_alpha: expected a finite number, got {self.lora_alpha!r}")
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             raise ConfigError(
                 f"lora_dropout: expected a value in [0, 1), got {self.lora_dropout!r}"
@@ -105,8 +109,21 @@ class LoraConfig:
 
 
 class LoraLayer(nn.Module):
-    """PEFT's ``lora.Linear`` layout: ``base_layer``, ``lora_A[name]``, ``lora_B[name]``,
-    ``lora_dropout[name]``; forward ``base(x) + scaling * B(A(dropout(x)))`` in Rust."""
+    """voxlm's one LoRA module, in PEFT's ``lora.Linear`` layout: ``base_layer``,
+    ``lora_A[name]``, ``lora_B[name]``, ``lora_dropout[name]`` (state-dict keys
+    ``base_layer.weight``, ``lora_A.<name>.weight``, ``lora_B.<name>.weight``, as PEFT's), any
+    number of named adapters with one active; forward
+    ``base(x) + scaling * B(A(dropout(x)))`` computed by ``_core.lora_linear`` with the current
+    parameter tensors on every call (so optimizer steps, ``load_state_dict``, ``.to()``, swapped
+    or replaced parameters and a bias added by :func:`add_bias_tuning` are all seen).
+
+    :func:`add_lora` wraps a model's ``nn.Linear``s in it; :class:`voxlm.nn.LoraLinear` builds a
+    standalone one (a new ``nn.Linear`` and one adapter). Inside :class:`voxlm.llm.LlamaForCausalLM`
+    and the vision towers the same parameters are read by the Rust core instead
+    (:func:`lora_settings`).
+
+    Shapes: ``x [..., in_features] -> [..., out_features]``.
+    """
 
     def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__()
@@ -161,16 +178,22 @@ class LoraLayer(nn.Module):
         return n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.active()
-        b = self.base_layer
-        if n is None:
-            return _core.lora_linear(x, b.weight, b.bias)
+        """``x [..., in_features] -> [..., out_features]``; the active adapter's branch unless
+        disabled, merged or absent (then the base linear)."""
+        # what active() decides, with direct _modules look-ups (nn.Module.__getattr__ and
+        # ModuleDict.__getitem__ are a measurable part of a small layer's call)
+        n = self.active_adapter
+        mods = self._modules
+        base = mods["base_layer"]
+        a = None if self.disabled or n in self.merged else mods["lora_A"]._modules.get(n)
+        if a is None:
+            return _core.lora_linear(x, base.weight, base.bias)
         return _core.lora_linear(
             x,
-            b.weight,
-            b.bias,
-            self.lora_A[n].weight,
-            self.lora_B[n].weight,
+            base.weight,
+            base.bias,
+            a.weight,
+            mods["lora_B"]._modules[n].weight,
             self.scaling[n],
             self.dropout_p[n],
             self.training,

@@ -13,9 +13,11 @@
 ``voxlm info`` / ``voxlm demo``                      versions and build; the bundled demo
 ==================================================  ==============================================
 
-Errors: voxlm's own (bad config values, data, checkpoints) print one line and exit 1; a
-``TypeError`` / ``KeyError`` while the config is read into the recipe, its arguments or its data
-prints one line naming the config section and exits 2.
+Errors: voxlm's own (bad config values, data, checkpoints) and the file system's (an output
+folder that cannot be written) print one line and exit 1; a ``TypeError`` / ``KeyError`` /
+``AttributeError`` while the config is read into the recipe, its arguments or its data prints one
+line naming the config section and exits 2. ``voxlm --debug COMMAND ...`` shows the traceback
+instead.
 
 A config has the sections ``recipe`` (``name`` + the recipe's Config fields), ``model`` (paths or
 specs of the pretrained parts), ``data`` (``format``, ``root``, settings) and ``train``
@@ -43,8 +45,9 @@ SPLITS = ("eval", "train", "test")
 
 
 class ConfigSectionError(Exception):
-    """A ``TypeError`` / ``KeyError`` raised while a config section was being read (a value of
-    the wrong kind that the code below did not check); :func:`main` prints it as one line."""
+    """A ``TypeError`` / ``KeyError`` / ``AttributeError`` raised while a config section was being
+    read (a value of the wrong kind that the code below did not check); :func:`main` prints it as
+    one line."""
 
     def __init__(self, section: str, error: BaseException) -> None:
         super().__init__(f"config section {section!r}: {type(error).__name__}: {error}")
@@ -53,16 +56,30 @@ class ConfigSectionError(Exception):
 
 @contextlib.contextmanager
 def _reading(section: str) -> Iterator[None]:
-    """Turn a ``TypeError`` / ``KeyError`` raised while reading ``section`` into a
-    :class:`ConfigSectionError` naming it (voxlm's own errors pass through)."""
+    """Turn a ``TypeError`` / ``KeyError`` / ``AttributeError`` raised while reading ``section``
+    into a :class:`ConfigSectionError` naming it (voxlm's own errors pass through)."""
     from .exceptions import VoxlmError
 
     try:
         yield
     except VoxlmError:
         raise
-    except (TypeError, KeyError) as e:
+    except (TypeError, KeyError, AttributeError) as e:
         raise ConfigSectionError(section, e) from e
+
+
+def _one_line(e: BaseException) -> str:
+    """``e``'s message on one line (YAML errors quote the offending line under a caret). An error
+    that a DataLoader worker raised carries the worker's traceback in its message (torch's
+    ``ExceptionWrapper``): the original error's own line is kept, with the worker named."""
+    text = str(e)
+    if "\nOriginal Traceback" in text:
+        head, _, rest = text.partition("\nOriginal Traceback")
+        last = next((ln for ln in reversed(rest.splitlines()) if ln.strip()), "")
+        name, sep, msg = last.partition(": ")
+        where = head.strip().removeprefix("Caught ").split(" in ", 1)[-1].rstrip(".")
+        text = f"{msg if sep and '.' in name else last} ({where})"
+    return " ".join(text.split())
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -78,7 +95,9 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from e
+        raise ConfigError(f"{p}: not valid YAML ({_one_line(e)})") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a text (UTF-8) file ({e})") from e
     if not isinstance(cfg, Mapping):
         raise ConfigError(
             f"{p}: expected a mapping with sections {list(CONFIG_SECTIONS)}, "
@@ -183,9 +202,14 @@ def _load_model(path: pathlib.Path) -> Any:
 
     d = _model_dir(path)
     try:
-        name = json.loads((d / "config.json").read_text()).get("recipe")
-    except json.JSONDecodeError as e:
+        saved = json.loads((d / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{d / 'config.json'}: not valid JSON ({e})") from e
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(
+            f"{d / 'config.json'}: expected a JSON object with 'recipe', got {type(saved).__name__}"
+        )
+    name = saved.get("recipe")
     if not name:
         raise CheckpointError(f"{d}/config.json: no 'recipe' field (not saved by a voxlm recipe)")
     with _reading(f"{d / 'config.json'}"):
@@ -255,14 +279,16 @@ def generate(
     from .exceptions import ConfigError
 
     p = pathlib.Path(path)
-    model = _load_model(p)
     if data is not None:
         dp = pathlib.Path(data)
         if not dp.is_file():
             raise ConfigError(
                 f"--data: {dp} is not a file (expected a YAML config or data section)"
             )
-        d = yaml.safe_load(dp.read_text())
+        try:
+            d = yaml.safe_load(dp.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--data: {dp} is not valid YAML ({_one_line(e)})") from e
         section = d.get("data", d) if isinstance(d, Mapping) else None
         if not isinstance(section, Mapping):
             raise ConfigError(f"--data: {dp} holds no mapping (expected a data section)")
@@ -270,6 +296,7 @@ def generate(
         section = load_config(p / "config.yaml")["data"]
     else:
         raise ConfigError(f"{p}: not a run folder with config.yaml; pass --data CONFIG.yaml")
+    model = _load_model(p)  # after the data section is read: a bad --data fails at once
     ds = _split(model, section, split)
     target = pathlib.Path(out) if out else (p / "generate")
     target.mkdir(parents=True, exist_ok=True)
@@ -312,13 +339,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .exceptions import VoxlmError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "synth":  # voxlm.synth's own command line, options and all
+    debug = argv[:1] == ["--debug"]
+    rest = argv[1:] if debug else argv
+    if rest and rest[0] == "synth":  # voxlm.synth's own command line, options and all
         try:
-            return synth(argv[1:])
+            return synth(rest[1:])
         except VoxlmError as e:
-            print(f"voxlm synth: {type(e).__name__}: {e}", file=sys.stderr)
+            if debug:
+                raise
+            print(f"voxlm synth: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
             return 1
     parser = argparse.ArgumentParser(prog="voxlm", description="voxlm: LLMs on 3D medical scans")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of its one-line message",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print voxlm, torch and CUDA versions, threads and build profile")
     demo = sub.add_parser("demo", help="run voxlm's main job on bundled data")
@@ -393,9 +429,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:  # pragma: no cover - argparse refuses other commands
             return 2
     except VoxlmError as e:
-        print(f"voxlm {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"voxlm {args.command}: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
         return 1
     except ConfigSectionError as e:
-        print(f"voxlm {args.command}: {e}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"voxlm {args.command}: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system (an output folder that cannot be made or written)
+        if args.debug:
+            raise
+        print(f"voxlm {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -89,6 +89,16 @@ def read_json(path: pathlib.Path, format: str) -> Any:
         raise DataError(f"{format}: {path} is not valid JSON: {e}") from None
 
 
+def need_list(obj: Any, key: str, path: pathlib.Path, format: str) -> list[Any]:
+    """``obj[key]`` if it is a list (a split's items), else DataError naming the key and file."""
+    v = obj[key]
+    if not isinstance(v, list):
+        raise DataError(
+            f"{format}: {path} {key!r}: expected a list of items, got {type(v).__name__}"
+        )
+    return v
+
+
 def read_csv(path: pathlib.Path, format: str, required: Sequence[str] = ()) -> list[dict[str, str]]:
     """Rows of a CSV (``.csv`` or gzip ``.csv.gz``) as dicts; DataError if the file or one of the
     ``required`` columns is missing."""
@@ -100,12 +110,28 @@ def read_csv(path: pathlib.Path, format: str, required: Sequence[str] = ()) -> l
         text = raw.decode("utf-8-sig")
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DataError(f"{format}: cannot read {path}: {e}") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    cols = reader.fieldnames or []
+    try:
+        table = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise DataError(f"{format}: {path} is not a readable CSV: {e}") from None
+    # header names stripped of padding (`` Findings_EN``); blank lines skipped as DictReader does
+    cols = [c.strip() for c in table[0]] if table else []
     missing = [c for c in required if c not in cols]
     if missing:
         raise DataError(f"{format}: {path} lacks the column(s) {missing}; its columns are {cols}")
-    return list(reader)
+    rows = []
+    for i, cells in enumerate(table[1:], 2):
+        if not cells:
+            continue
+        if len(cells) > len(cols) and not any(c.strip() for c in cells[len(cols) :]):
+            cells = cells[: len(cols)]  # stray trailing commas
+        if len(cells) != len(cols):
+            raise DataError(
+                f"{format}: {path} row {i} has {len(cells)} cells, the header has {len(cols)} "
+                f"columns {cols}"
+            )
+        rows.append(dict(zip(cols, cells)))
+    return rows
 
 
 def check_paths(records: Sequence[Mapping[str, Any]], format: str, where: str = "") -> None:

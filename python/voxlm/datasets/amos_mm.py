@@ -22,7 +22,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..exceptions import ConfigError, DataError
-from ._common import PathLike, canonical_split, check_paths, first_existing, read_json
+from ._common import (
+    PathLike,
+    canonical_split,
+    check_paths,
+    first_existing,
+    need_list,
+    read_json,
+)
 from .registry import register_reader
 
 REGIONS = ("chest", "abdomen", "pelvis")
@@ -104,13 +111,19 @@ def read_amos_mm(
         have = list(data) if isinstance(data, dict) else type(data).__name__
         raise DataError(f"{fmt}: {jp} has no {key!r} list (split {s!r}); it has {have}")
     records: list[dict[str, Any]] = []
-    for i, item in enumerate(data[key]):
+    for i, item in enumerate(need_list(data, key, jp, fmt)):
         where = f"{fmt}: {jp} {key}[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("image"), str):
             raise DataError(f"{where}: expected an object with 'image', got {item!r:.200}")
         img, sid = _image(root, item["image"]), _id(item["image"])
         labels = item.get("labels") or {}
-        meta = dict(item.get("meta") or {})
+        meta = item.get("meta") or {}
+        if not isinstance(labels, dict) or not isinstance(meta, dict):
+            raise DataError(
+                f"{where} ({sid}): expected 'labels' and 'meta' objects, got "
+                f"{type(labels).__name__} and {type(meta).__name__}"
+            )
+        meta = dict(meta)
         if task == "report":
             rep = labels.get("report")
             if not isinstance(rep, dict) or not isinstance(rep.get("findings"), dict):

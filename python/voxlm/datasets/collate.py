@@ -213,6 +213,12 @@ class ReportCollator:
                     f"ReportCollator: record {record.get('id', '?')!r} has no {key!r} (target_key)"
                 )
             v = v[part]
+        if v is None or (isinstance(v, float) and v != v):
+            # an empty table cell read as None / NaN would otherwise train on the text "None"
+            raise DataError(
+                f"ReportCollator: record {record.get('id', '?')!r} has {key!r} = {v!r} "
+                "(target_key); expected text (an empty report is '')"
+            )
         return str(v)
 
     def encode(self, record: Mapping[str, Any]) -> tuple[list[int], int]:

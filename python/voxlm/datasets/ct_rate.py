@@ -144,7 +144,7 @@ def read_ct_rate(
         lab_path = _table(root, "multi_abnormality_labels", f"{lname}_predicted_labels.csv")
         for i, row in enumerate(read_csv(lab_path, fmt, required=["VolumeName", *ABNORMALITIES])):
             try:
-                lab[strip_nii(row["VolumeName"])] = np.asarray(
+                lab[strip_nii(row["VolumeName"].strip())] = np.asarray(
                     [int(float(row[c])) for c in ABNORMALITIES], dtype=np.int64
                 )
             except (TypeError, ValueError):
@@ -164,7 +164,7 @@ def read_ct_rate(
                     f"{fmt}: {meta_path} row {i + 2}: XYSpacing {row['XYSpacing']!r} is not "
                     f"'[x, y]'"
                 ) from None
-            meta[strip_nii(row["VolumeName"])] = {
+            meta[strip_nii(row["VolumeName"].strip())] = {
                 "rescale_slope": _float(row["RescaleSlope"], "RescaleSlope", i + 2, meta_path),
                 "rescale_intercept": _float(
                     row["RescaleIntercept"], "RescaleIntercept", i + 2, meta_path

@@ -31,6 +31,7 @@ from ._common import (
     check_paths,
     first_existing,
     need_file,
+    need_list,
     read_csv,
     read_json,
 )
@@ -121,7 +122,7 @@ def read_ctrg_chest(
                 f"got {vals}"
             ) from None
     records = []
-    for i, item in enumerate(ann[key]):
+    for i, item in enumerate(need_list(ann, key, ann_path, fmt)):
         if not isinstance(item, dict) or "id" not in item or "finding" not in item:
             raise DataError(
                 f"{fmt}: {ann_path} {key}[{i}]: expected {{'id', 'finding', ...}}, "

@@ -23,7 +23,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..exceptions import DataError
-from ._common import PathLike, canonical_split, check_paths, first_existing, read_csv, read_json
+from ._common import (
+    PathLike,
+    canonical_split,
+    check_paths,
+    first_existing,
+    need_list,
+    read_csv,
+    read_json,
+)
 from .registry import register_reader
 
 VQA_COLUMNS = [
@@ -66,12 +74,22 @@ def read_m3d_cap(
         have = list(data) if isinstance(data, dict) else type(data).__name__
         raise DataError(f"{fmt}: {jp} has no {s!r} list; it has {have}")
     records = []
-    for i, item in enumerate(data[s]):
-        if not isinstance(item, dict) or "image" not in item or "text" not in item:
+    for i, item in enumerate(need_list(data, s, jp, fmt)):
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("image"), str)
+            and isinstance(item.get("text"), str)
+        ):
             raise DataError(
                 f"{fmt}: {jp} {s}[{i}]: expected {{'image', 'text'}}, got {item!r:.200}"
             )
-        img, txt = root / item["image"], root / item["text"]
+        # paths are relative to the data root (M3D's train.py joins them to data_root); copies
+        # whose JSON sits in M3D_Cap_npy/ with paths relative to that folder are read as well
+        base = next(
+            (b for b in (root, jp.parent) if (b / item["text"]).is_file()),
+            root,
+        )
+        img, txt = base / item["image"], base / item["text"]
         rid = str(pathlib.PurePosixPath(item["image"]).with_suffix(""))
         if not txt.is_file():
             raise DataError(f"{fmt}: {jp} {s}[{i}] (id {rid!r}): text file {txt} does not exist")

@@ -77,7 +77,10 @@ def _find_manifest(root: pathlib.Path) -> pathlib.Path:
 def _rows(path: pathlib.Path) -> list[dict[str, Any]]:
     name = path.name.lower()
     if name.endswith((".jsonl", ".json", ".ndjson")):
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # a BOM as Windows editors write it
+        except UnicodeDecodeError as e:
+            raise DataError(f"manifest: {path} is not UTF-8 text: {e}") from None
         if name.endswith(".json") and text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)
@@ -176,12 +179,13 @@ def read_manifest(
             )
         sections = dict(r["sections"]) if isinstance(r.get("sections"), dict) else {}
         sections.update({k: str(r[k]) for k in SECTION_COLUMNS if k in r and r[k] is not None})
+        sections = {k: "" if v is None else str(v) for k, v in sections.items()}
         if sections:
             rec["sections"] = sections
         if not _empty(r.get("report")):
             rec["report"] = str(r["report"])
         elif sections:
-            rec["report"] = "\n\n".join(v.strip() for v in sections.values() if not _empty(v))
+            rec["report"] = "\n\n".join(str(v).strip() for v in sections.values() if not _empty(v))
         try:
             if label_columns:
                 rec["labels"] = np.asarray(

@@ -230,7 +230,10 @@ def _read_rrg24(
     fmt = "mimic-cxr"
     if not path.is_file():
         raise DataError(f"{fmt}: expected the RRG24 records file {path}, but it does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{fmt}: {path} is not UTF-8 text: {e}") from None
     try:
         rows = (
             json.loads(text)
@@ -294,8 +297,9 @@ def read_mimic_cxr(
             image are skipped.
         reports_root: folder holding ``files/p1X/...txt`` (default ``root``).
         rrg24: read RRG24 records from this JSON / JSONL file instead (paths relative to ``root``).
-        ext: image file extension (``".jpg"`` in MIMIC-CXR-JPG); None: ``.jpg``, or ``.png`` where
-            only a PNG of that dicom_id exists (converted copies, voxlm's synthetic set).
+        ext: image file extension (``".jpg"`` in MIMIC-CXR-JPG); None: the first of ``.jpg``,
+            ``.png`` (converted copies, voxlm's synthetic set), ``.JPG``, ``.PNG``, ``.jpeg``
+            that exists for the dicom_id (``.jpg`` when none does).
     """
     fmt = "mimic-cxr"
     root = pathlib.Path(root)
@@ -331,19 +335,27 @@ def read_mimic_cxr(
         ),
         None,
     )
-    view = {r["dicom_id"]: r["ViewPosition"].strip().upper() for r in meta_rows}
+    view = {r["dicom_id"].strip(): r["ViewPosition"].strip().upper() for r in meta_rows}
     studies: dict[str, dict[str, Any]] = {}
     for r in split_rows:
         if SPLIT_ALIASES.get(r["split"].strip().lower(), r["split"].strip().lower()) != s:
             continue
-        st = studies.setdefault(r["study_id"], {"subject_id": r["subject_id"], "dicoms": []})
-        st["dicoms"].append(r["dicom_id"])
+        st = studies.setdefault(
+            r["study_id"].strip(), {"subject_id": r["subject_id"].strip(), "dicoms": []}
+        )
+        st["dicoms"].append(r["dicom_id"].strip())
     codes: dict[str, np.ndarray] = {}
     if chex_path is not None:
-        for r in read_csv(chex_path, fmt, required=["study_id", *CHEXPERT]):
-            codes[r["study_id"]] = np.asarray(
-                [float(r[c]) if r[c].strip() else math.nan for c in CHEXPERT]
-            )
+        for i, r in enumerate(read_csv(chex_path, fmt, required=["study_id", *CHEXPERT]), 2):
+            try:
+                codes[r["study_id"].strip()] = np.asarray(
+                    [float(r[c]) if r[c].strip() else math.nan for c in CHEXPERT]
+                )
+            except ValueError:
+                raise DataError(
+                    f"{fmt}: {chex_path} row {i} (study {r['study_id']}): expected CheXpert codes "
+                    f"1.0 / 0.0 / -1.0 / blank, got {[r[c] for c in CHEXPERT]}"
+                ) from None
     want = None if views is None else {v.upper() for v in views}
     rroot = pathlib.Path(reports_root) if reports_root is not None else root
     records = []
@@ -356,7 +368,7 @@ def read_mimic_cxr(
         dicoms.sort(key=lambda d: (VIEW_ORDER.get(view.get(d, ""), len(VIEW_ORDER)), d))
         txt = rroot / folder / f"s{study_id}.txt"
         sections = (
-            report_sections(txt.read_text(encoding="utf-8", errors="replace"))
+            report_sections(txt.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n"))
             if txt.is_file()
             else {}
         )
@@ -368,12 +380,8 @@ def read_mimic_cxr(
         def image(d: str, sdir: pathlib.Path = sdir) -> str:
             if ext is not None:
                 return str(sdir / f"{d}{ext}")
-            jpg = sdir / f"{d}.jpg"
-            return (
-                str(sdir / f"{d}.png")
-                if not jpg.exists() and (sdir / f"{d}.png").exists()
-                else str(jpg)
-            )
+            cands = [sdir / f"{d}{e}" for e in (".jpg", ".png", ".JPG", ".PNG", ".jpeg")]
+            return str(next((c for c in cands if c.exists()), cands[0]))
 
         rec: dict[str, Any] = {
             "id": study_id,

@@ -8,10 +8,12 @@ psad, prostate_volume, histopath_type, lesion_GS, lesion_ISUP, case_ISUP, case_c
 ``csPCa_lesion_delineations/human_expert/{original,resampled}/<pid>_<sid>.nii.gz`` with values 0 or
 the lesion's ISUP 2..5). PI-RADS parsing follows picai_prep's ``parse_scores`` (``N/A`` skipped).
 
-``root`` holds the patient folders and ``clinical_information/marksheet.csv``; the label folders
-are found under ``root`` or ``labels_root`` (a picai_labels checkout). The public set has no
-official split: ``split="train"`` is every case unless ``splits`` gives ``{split: [subject ids
-"<pid>_<sid>"]}`` (a dict or a JSON file), e.g. one of picai_baseline's cross-validation folds.
+``root`` holds the patient folders (directly, or in the release's ``picai_public_images_fold0``
+.. ``fold4`` folders) and ``clinical_information/marksheet.csv``; the label folders are found
+under ``root`` or ``labels_root`` (a picai_labels checkout; ``root/picai_labels`` by default).
+The public set has no official split: ``split="train"`` is every case unless ``splits`` gives
+``{split: [subject ids "<pid>_<sid>"]}`` (a dict or a JSON file), e.g. one of picai_baseline's
+cross-validation folds.
 """
 
 from __future__ import annotations
@@ -159,7 +161,17 @@ def read_picai(
         )
     if mask not in ("resampled", "original"):
         raise ConfigError(f"{fmt}: mask must be 'resampled' or 'original', got {mask!r}")
-    lroots = [root] + ([pathlib.Path(labels_root)] if labels_root is not None else [])
+    # a picai_labels checkout beside the images (``root/picai_labels``) is found without the option
+    lroots = [root] + (
+        [pathlib.Path(labels_root)]
+        if labels_root is not None
+        else ([root / "picai_labels"] if (root / "picai_labels").is_dir() else [])
+    )
+    # the zenodo release unzips to ``picai_public_images_fold{0..4}/<patient_id>/``; those patient
+    # folders are read where they are (or directly under root, as picai_prep's ``images/``)
+    image_dirs = [root] + sorted(
+        (d for d in root.glob("picai_public_images_fold*") if d.is_dir()), key=lambda d: d.name
+    )
     sheet = first_existing(
         [r / "clinical_information" / "marksheet.csv" for r in reversed(lroots)],
         fmt,
@@ -175,7 +187,7 @@ def read_picai(
         if sp is not None and cid not in sp[s]:
             continue
         where = f"{fmt}: {sheet} row {i + 2} ({cid})"
-        base = root / pid
+        base = next((d / pid for d in image_dirs if (d / pid).is_dir()), root / pid)
         rec: dict[str, Any] = {
             "id": cid,
             "split": s,

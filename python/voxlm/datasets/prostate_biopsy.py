@@ -76,7 +76,11 @@ def read_prostate_biopsy(
     if ext not in (None, ".nii.gz", ".npy"):
         raise ConfigError(f"{fmt}: ext must be '.nii.gz' or '.npy', got {ext!r}")
     records = []
-    for ln, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{fmt}: {path} is not a text split file: {e}") from None
+    for ln, line in enumerate(lines, 1):
         if not line.strip():
             continue
         parts = line.split()

@@ -68,6 +68,13 @@ class Recipe(nn.Module):
         """The ``data_collator`` turning dataset items into the keyword arguments of forward."""
         raise NotImplementedError(f"{type(self).__name__}.collator")
 
+    def _rebind_parts(self) -> None:
+        """Bind every Rust-computed part again (``rebind``) after its parameters were replaced
+        (e.g. ``load_state_dict(assign=True)`` on the recipe, or weights loaded into a part)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "rebind") and callable(m.rebind):
+                m.rebind()
+
     # -- inference ------------------------------------------------------------------------
 
     def evaluate(
@@ -145,6 +152,78 @@ def build_llm(spec: Any, dtype: Any = None, **overrides: Any) -> Any:
     if not (p / "config.json").is_file():
         raise ConfigError(f"model.llm: {p} is not a HF checkpoint folder (no config.json)")
     return LlamaForCausalLM.from_pretrained(p, dtype=dtype)
+
+
+#: Fields of ``TrainingArguments`` that a recipe's Config may set (the method's training
+#: hyper-parameters); :func:`recipe_train_args` says how they combine with the ``train`` section.
+TRAIN_FIELDS = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "weight_decay",
+    "per_device_train_batch_size",
+)
+
+#: Generation fields of a recipe's Config (``generate`` / ``evaluate`` keyword overrides).
+GEN_FIELDS = (
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "num_beams",
+    "repetition_penalty",
+    "seed",
+)
+
+
+def recipe_train_args(config: Any, args: Any, fields: tuple[str, ...] = TRAIN_FIELDS) -> Any:
+    """A stage's ``TrainingArguments``: ``args`` (the config's ``train`` section) with each of
+    ``fields`` taken from the recipe ``config`` wherever ``args`` leaves it at
+    ``TrainingArguments``' default — an explicit value in ``train`` wins."""
+    from ..train import TrainingArguments
+
+    base = TrainingArguments()
+    changes = {f: getattr(config, f) for f in fields if getattr(args, f) == getattr(base, f)}
+    return args.replace(**changes) if changes else args
+
+
+def generation_settings(
+    config: Any, overrides: Mapping[str, Any], fields: tuple[str, ...] = GEN_FIELDS
+) -> dict[str, Any]:
+    """``{field: overrides.get(field, config.field)}`` for ``fields``; an override that is not one
+    of them is a ``ConfigError`` naming the known ones."""
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ConfigError(f"generate: unknown setting(s) {unknown}; known: {', '.join(fields)}")
+    return {f: overrides.get(f, getattr(config, f)) for f in fields}
+
+
+def model_parts(
+    model: Mapping[str, Any] | None,
+    dtype: Any = None,
+    default_llm: Any = None,
+    known: tuple[str, ...] = ("llm", "tokenizer", "vision"),
+) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    """``(llm, tokenizer, spec, section)`` from a config's ``model`` section: unknown keys (not in
+    ``known``) are a ``ConfigError``; ``tokenizer`` defaults to ``"bundled:ctrg-bpe"``; ``llm`` to
+    ``default_llm`` (required when that is None) and is built with ``dtype`` and the
+    tokenizer's vocabulary size where the spec leaves it out (:func:`build_llm`); ``spec`` is
+    ``{"llm": .., "tokenizer": ..}`` as given (for ``save_pretrained``), ``section`` the section
+    as a dict."""
+    section = dict(model or {})
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise ConfigError(f"model: unknown field(s) {unknown}; known: {', '.join(known)}")
+    llm_spec = section.get("llm", default_llm)
+    if llm_spec is None:
+        raise ConfigError("model.llm: required (a HF LLaMA folder or a dict of LlamaConfig fields)")
+    tok_spec = section.get("tokenizer", "bundled:ctrg-bpe")
+    tok = build_tokenizer(tok_spec)
+    llm = build_llm(llm_spec, dtype=dtype, vocab_size=tok.vocab_size)
+    return llm, tok, {"llm": llm_spec, "tokenizer": tok_spec}, section
 
 
 def config_from_dict(cls: type, d: Mapping[str, Any], section: str = "recipe") -> Any:

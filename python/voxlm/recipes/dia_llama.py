@@ -88,13 +88,14 @@ from ..metrics import CHEXBERT_CONDITIONS, diagnostic_prompt
 from .base import (
     PathLike,
     Recipe,
-    build_llm,
-    build_tokenizer,
     check_numbers,
     check_saved_recipe,
     config_from_dict,
     ensure_synth_data,
+    generation_settings,
     jsonable,
+    model_parts,
+    recipe_train_args,
     tokenizer_file,
     write_eval_outputs,
 )
@@ -103,31 +104,6 @@ from .registry import register_recipe
 #: The instruction after the diagnostic prompt, verbatim from Dia-LLaMA's ``CTRG_dataset.py``
 #: (``guide``), trailing space included (one copy: :data:`voxlm.datasets.ctrg_chest.GUIDE`).
 INSTRUCTION = GUIDE
-
-#: Fields of ``TrainingArguments`` that the recipe's Config sets (the method's training
-#: hyper-parameters); see :meth:`DiaLlama.stages` for how they combine with the ``train`` section.
-TRAIN_FIELDS = (
-    "learning_rate",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "gradient_accumulation_steps",
-    "num_train_epochs",
-    "weight_decay",
-    "per_device_train_batch_size",
-)
-
-#: Generation fields of the Config (``generate`` / ``evaluate`` keyword overrides).
-GEN_FIELDS = (
-    "max_new_tokens",
-    "do_sample",
-    "temperature",
-    "top_k",
-    "top_p",
-    "num_beams",
-    "repetition_penalty",
-    "seed",
-)
-
 
 # ---------------------------------------------------------------------------------------------
 # config
@@ -211,18 +187,7 @@ class DiaLlamaConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "vision_patch_size", "vision_max_size"):
-            v = getattr(self, name)
-            if not isinstance(v, (list, tuple)) or len(v) != 3 or any(int(x) <= 0 for x in v):
-                raise ConfigError(f"recipe.{name}: expected 3 positive sizes (D, H, W), got {v!r}")
-            setattr(self, name, [int(x) for x in v])
-        if isinstance(self.conditions, str):
-            self.conditions = list(named_conditions(self.conditions))
-        self.conditions = [str(c) for c in self.conditions]
-        if not self.conditions:
-            raise ConfigError("recipe.conditions: expected at least one label name")
-        if self.vision not in ("radfm", "vit3d"):
-            raise ConfigError(f"recipe.vision: expected 'radfm' or 'vit3d', got {self.vision!r}")
+        check_volume_fields(self)
         if self.loss_weighting not in ("released", "paper"):
             raise ConfigError(
                 "recipe.loss_weighting: expected 'released' or 'paper', got "
@@ -232,14 +197,6 @@ class DiaLlamaConfig:
             raise ConfigError(
                 "recipe.inference_features: expected 'pooled' or 'released', got "
                 f"{self.inference_features!r}"
-            )
-        if self.resize_mode not in ("nearest", "trilinear"):
-            raise ConfigError(
-                f"recipe.resize_mode: expected 'nearest' or 'trilinear', got {self.resize_mode!r}"
-            )
-        if self.dtype not in _DTYPES:
-            raise ConfigError(
-                f"recipe.dtype: expected one of {sorted(_DTYPES)}, got {self.dtype!r}"
             )
         check_generation_fields(self)
         check_numbers(self, positive_ints=("num_image_tokens",))
@@ -252,7 +209,7 @@ class DiaLlamaConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], section: str = "recipe") -> DiaLlamaConfig:
-        return _config_from_dict(cls, d, section)
+        return config_from_dict(cls, d, section)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,8 +218,30 @@ class DiaLlamaConfig:
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _config_from_dict(cls: type, d: Mapping[str, Any], section: str) -> Any:
-    return config_from_dict(cls, d, section)
+def check_volume_fields(c: Any) -> None:
+    """The volume, label and part fields :class:`DiaLlamaConfig` and RAD3D-Prefix's Config share:
+    ``image_size``, ``vision_patch_size``, ``vision_max_size`` (3 positive sizes ``(D, H, W)``,
+    made ints), ``conditions`` (a list of label names or a :func:`named_conditions` name, made a
+    list of str), ``vision`` ("radfm" | "vit3d"), ``resize_mode`` ("nearest" | "trilinear") and
+    ``dtype`` (a key of ``_DTYPES``); a ``ConfigError`` names the field and its value."""
+    for name in ("image_size", "vision_patch_size", "vision_max_size"):
+        v = getattr(c, name)
+        if not isinstance(v, (list, tuple)) or len(v) != 3 or any(int(x) <= 0 for x in v):
+            raise ConfigError(f"recipe.{name}: expected 3 positive sizes (D, H, W), got {v!r}")
+        setattr(c, name, [int(x) for x in v])
+    if isinstance(c.conditions, str):
+        c.conditions = list(named_conditions(c.conditions))
+    c.conditions = [str(x) for x in c.conditions]
+    if not c.conditions:
+        raise ConfigError("recipe.conditions: expected at least one label name")
+    if c.vision not in ("radfm", "vit3d"):
+        raise ConfigError(f"recipe.vision: expected 'radfm' or 'vit3d', got {c.vision!r}")
+    if c.resize_mode not in ("nearest", "trilinear"):
+        raise ConfigError(
+            f"recipe.resize_mode: expected 'nearest' or 'trilinear', got {c.resize_mode!r}"
+        )
+    if c.dtype not in _DTYPES:
+        raise ConfigError(f"recipe.dtype: expected one of {sorted(_DTYPES)}, got {c.dtype!r}")
 
 
 def check_generation_fields(c: Any) -> None:
@@ -718,28 +697,13 @@ class DiaLlama(Recipe):
         spec = self.model_spec.get("llm")
         return os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else None
 
-    def _rebind_parts(self) -> None:
-        for m in self.modules():
-            if m is not self and hasattr(m, "rebind") and callable(m.rebind):
-                m.rebind()
-
     @classmethod
     def from_config(cls, recipe: Mapping[str, Any], model: Mapping[str, Any]) -> DiaLlama:
         """``recipe``: ``name`` + :class:`DiaLlamaConfig` fields; ``model``: ``llm`` (HF folder or
         LlamaConfig dict), ``tokenizer`` (path or ``bundled:ctrg-bpe``), optional ``vision``
         (pretrained weights, see :meth:`load_vision_weights`)."""
         config = cls.Config.from_dict(recipe)
-        model = dict(model or {})
-        unknown = sorted(set(model) - {"llm", "tokenizer", "vision"})
-        if unknown:
-            raise ConfigError(f"model: unknown field(s) {unknown}; known: llm, tokenizer, vision")
-        if "llm" not in model:
-            raise ConfigError(
-                "model.llm: required (a HF LLaMA folder or a dict of LlamaConfig fields)"
-            )
-        tok = build_tokenizer(model.get("tokenizer", "bundled:ctrg-bpe"))
-        llm = build_llm(model["llm"], dtype=_DTYPES[config.dtype], vocab_size=tok.vocab_size)
-        spec = {"llm": model["llm"], "tokenizer": model.get("tokenizer", "bundled:ctrg-bpe")}
+        llm, tok, spec, model = model_parts(model, _DTYPES[config.dtype])
         self = cls(config, llm, tok, spec)
         if model.get("vision"):
             self.load_vision_weights(model["vision"])
@@ -887,14 +851,9 @@ class DiaLlama(Recipe):
         (:data:`TRAIN_FIELDS`: lr 5e-5, constant_with_warmup, 20 warmup steps, accumulation 8,
         batch 1, 50 epochs) from the recipe config wherever ``args`` leaves a field at
         ``TrainingArguments``' default — an explicit value in ``train`` wins."""
-        from ..train import Stage, TrainingArguments
+        from ..train import Stage
 
-        base = TrainingArguments()
-        changes = {}
-        for f in TRAIN_FIELDS:
-            if getattr(args, f) == getattr(base, f):
-                changes[f] = getattr(self.config, f)
-        stage_args = args.replace(**changes) if changes else args
+        stage_args = recipe_train_args(self.config, args)
 
         def set_trainable(model: nn.Module) -> None:
             assert isinstance(model, DiaLlama)
@@ -919,26 +878,9 @@ class DiaLlama(Recipe):
     def dataset(self, data: Mapping[str, Any], split: str) -> Any:
         """One split as a ``ReportDataset`` with the recipe's preprocessing; checks that the
         records carry the recipe's labels (DataError / ConfigError otherwise)."""
-        from ..datasets import ReportDataset, read_records
+        from ..datasets import ReportDataset
 
-        d = _check_data_section(data)
-        _ensure_synth(d)
-        records = read_records(d["format"], d["root"], split=split, **dict(d.get("options") or {}))
-        if not records:
-            raise DataError(f"data: split {split!r} of {d['root']} has no records")
-        names = records[0].get("label_names")
-        if names is not None and [str(n) for n in names] != self.config.conditions:
-            raise ConfigError(
-                f"recipe.conditions {self.config.conditions} differ from the dataset's labels "
-                f"{list(names)}; "
-                "set recipe.conditions to the dataset's label names"
-            )
-        for r in records:
-            if r.get("labels") is None:
-                raise DataError(
-                    f"data: record {r.get('id')!r} of {d['root']} has no labels; Dia-LLaMA needs "
-                    "them"
-                )
+        records = labelled_records(data, split, self.config.conditions, "Dia-LLaMA")
         return ReportDataset(records, transform=self.transform())
 
     def collator(self) -> DiaLlamaCollator:
@@ -1076,12 +1018,7 @@ class DiaLlama(Recipe):
     # -- generation -------------------------------------------------------------------------
 
     def generation_settings(self, **overrides: Any) -> dict[str, Any]:
-        unknown = sorted(set(overrides) - set(GEN_FIELDS))
-        if unknown:
-            raise ConfigError(
-                f"generate: unknown setting(s) {unknown}; known: {', '.join(GEN_FIELDS)}"
-            )
-        return {f: overrides.get(f, getattr(self.config, f)) for f in GEN_FIELDS}
+        return generation_settings(self.config, overrides)
 
     @torch.no_grad()
     def generate(
@@ -1295,6 +1232,36 @@ def _check_data_section(data: Mapping[str, Any]) -> dict[str, Any]:
         if k not in d:
             raise ConfigError(f"data.{k}: required")
     return d
+
+
+def labelled_records(
+    data: Mapping[str, Any], split: str, conditions: Sequence[str], needs: str | None
+) -> list[dict[str, Any]]:
+    """The records of ``split`` of the ``data`` section (the miniature set generated first when
+    ``data.synth`` asks for it); ``DataError`` when there are none. With ``needs`` (who needs
+    the labels, for the message), the dataset's label names must equal ``conditions``
+    (``ConfigError`` naming both) and every record must carry labels (``DataError``)."""
+    from ..datasets import read_records
+
+    d = _check_data_section(data)
+    _ensure_synth(d)
+    records = read_records(d["format"], d["root"], split=split, **dict(d.get("options") or {}))
+    if not records:
+        raise DataError(f"data: split {split!r} of {d['root']} has no records")
+    if needs is None:
+        return records
+    names = records[0].get("label_names")
+    if names is not None and [str(n) for n in names] != list(conditions):
+        raise ConfigError(
+            f"recipe.conditions {list(conditions)} differ from the dataset's labels "
+            f"{list(names)}; set recipe.conditions to the dataset's label names"
+        )
+    for r in records:
+        if r.get("labels") is None:
+            raise DataError(
+                f"data: record {r.get('id')!r} of {d['root']} has no labels; {needs} needs them"
+            )
+    return records
 
 
 def _ensure_synth(d: Mapping[str, Any]) -> None:

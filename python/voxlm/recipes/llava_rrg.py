@@ -49,7 +49,7 @@ import json
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,9 @@ from .base import (
     Recipe,
     build_llm,
     build_tokenizer,
+    check_numbers,
     check_saved_recipe,
+    config_from_dict,
     ensure_synth_data,
 )
 from .picg import check_config_types, check_data_keys
@@ -275,6 +277,7 @@ class LlavaRRGConfig:
 
     def __post_init__(self) -> None:
         check_config_types(self)
+        check_numbers(self, positive_ints=("lora_r", "max_length", "num_beams", "max_new_tokens"))
         bad_paths = [
             p
             for p in scorer_paths(self.scorers).values()
@@ -299,12 +302,8 @@ class LlavaRRGConfig:
             raise ConfigError(f"recipe.max_images: expected 1..4, got {self.max_images}")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LlavaRRGConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - {"name"})
-        if unknown:
-            raise ConfigError(f"recipe: unknown llava_rrg settings {unknown}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: Mapping[str, Any], section: str = "recipe") -> LlavaRRGConfig:
+        return config_from_dict(cls, d, section)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,22 +659,20 @@ class LlavaRRG(Recipe):
         from ..train import Stage
 
         c = self.cfg
-        s1 = args.replace(
-            learning_rate=c.stage1_lr,
-            num_train_epochs=c.stage1_epochs,
-            warmup_ratio=c.warmup_ratio,
-            lr_scheduler_type="cosine",
-            weight_decay=0.0,
-        )
-        out = [Stage("stage1_projector", s1, lambda m: m.set_stage("align"))]
-        for s in c.sections:
-            a = args.replace(
-                learning_rate=c.stage2_lr,
-                num_train_epochs=c.stage2_epochs,
+
+        def stage_args(lr: float, epochs: float) -> Any:  # LLaVA's scripts: cosine, no decay
+            return args.replace(
+                learning_rate=lr,
+                num_train_epochs=epochs,
                 warmup_ratio=c.warmup_ratio,
                 lr_scheduler_type="cosine",
                 weight_decay=0.0,
             )
+
+        s1 = stage_args(c.stage1_lr, c.stage1_epochs)
+        out = [Stage("stage1_projector", s1, lambda m: m.set_stage("align"))]
+        for s in c.sections:
+            a = stage_args(c.stage2_lr, c.stage2_epochs)
             out.append(
                 Stage(f"stage2_{s}", a, (lambda sec: lambda m: m.set_stage("report", sec))(s))
             )

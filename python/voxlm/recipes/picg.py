@@ -69,6 +69,7 @@ import json
 import math
 import os
 import pathlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -242,6 +243,10 @@ class PICGConfig:
     stage1_warmup_epochs: float = 2
     stage2_epochs: float = 60
     stage2_warmup_epochs: float = 5
+    # LLaMA-Adapter V2's "pretrain" phase for a model without BIAS-7B weights (0 = as released)
+    adapter_pretrain_epochs: float = 0
+    adapter_pretrain_warmup_epochs: float = 0
+    adapter_pretrain_blr: float | None = None  # None: blr
     # scoring network distillation (scoring_train/)
     kd_weight: float = 0.2  # opts.py default; README command: 0.4
     focal_alpha: tuple[float, ...] = (2.0, 2.0, 1.0, 1.0, 1.0)
@@ -1099,17 +1104,33 @@ class PICG(Recipe):
 
     # -- stages ---------------------------------------------------------------------------
 
-    def set_task(self, task: str, train_patch_conv: bool) -> None:
-        """``get_trainable_params('finetune')``: norms and biases of the LLaMA (+ the patch conv in
-        stage 1); everything else frozen."""
+    def set_task(self, task: str, train_patch_conv: bool, phase: str = "finetune") -> None:
+        """``get_trainable_params(phase)`` of ``llama_adapter_prostate.py``, everything else
+        frozen. ``"finetune"`` (PICG's two stages): norms and biases of the LLaMA (+ the patch conv
+        in stage 1). ``"pretrain"`` (LLaMA-Adapter V2's first phase, which produced BIAS-7B):
+        the gates, ``clip_proj``/``visual_query``/``visual_blocks``/``visual_proj`` (+ norms) and
+        ``adapter_query``."""
+        if phase not in ("finetune", "pretrain"):
+            raise ConfigError(f"set_task phase: expected 'finetune' or 'pretrain', got {phase!r}")
         self.task = task
         for p in self.parameters():
             p.requires_grad_(False)
+        if phase == "pretrain":
+            for p in [*self.gates, *self.queries.parameters(), *self.adapter_query.parameters()]:
+                p.requires_grad_(True)
+            return
         for n, p in self.llm.named_parameters():
             if "norm" in n or n.endswith(".bias"):
                 p.requires_grad_(True)
         if train_patch_conv:
             self.vision.clip.vision_model.embeddings.patch_embedding.weight.requires_grad_(True)
+
+    def image_reaches_llm(self) -> bool:
+        """False while every adapter gate is zero: ``gate.tanh() = 0`` multiplies the visual
+        prompt away, so the LLM's outputs (and the guideline features) do not depend on the
+        image. Released checkpoints (BIAS-7B) have trained gates; a random-init model needs
+        ``adapter_pretrain_epochs > 0`` (PICG's finetune phase keeps the gates frozen)."""
+        return any(bool(g.detach().abs().sum() > 0) for g in self.gates)
 
     def stages(self, args: Any) -> list[Any]:
         from ..train import Stage
@@ -1133,7 +1154,33 @@ class PICG(Recipe):
             warmup_ratio=c.stage2_warmup_epochs / max(c.stage2_epochs, 1e-9),
             **common,
         )
+        out = []
+        if c.adapter_pretrain_epochs > 0:
+            blr = c.blr if c.adapter_pretrain_blr is None else c.adapter_pretrain_blr
+            s0 = args.replace(
+                num_train_epochs=c.adapter_pretrain_epochs,
+                warmup_ratio=c.adapter_pretrain_warmup_epochs / c.adapter_pretrain_epochs,
+                **dict(common, learning_rate=blr * batch / 256),
+            )
+            # stand-in for BIAS-7B's pretraining (image-caption data in LLaMA-Adapter V2): the
+            # pretrain parameter set trained on stage 2's task, so that the gates open
+            out.append(
+                Stage(
+                    "stage0_adapter_pretrain",
+                    s0,
+                    lambda m: m.set_task("guideline", False, phase="pretrain"),
+                )
+            )
+        elif not self.image_reaches_llm():
+            warnings.warn(
+                "picg: every adapter gate is zero and PICG's stages keep the gates frozen, so the "
+                "image never reaches the LLM and the guideline features are the same for every "
+                "case; load a LLaMA-Adapter checkpoint (model.llama_adapter) or set "
+                "recipe.adapter_pretrain_epochs > 0",
+                stacklevel=2,
+            )
         return [
+            *out,
             Stage("stage1_modality", s1, lambda m: m.set_task("modality", True)),
             Stage("stage2_guideline", s2, lambda m: m.set_task("guideline", False)),
         ]

@@ -56,24 +56,29 @@ from torch import nn
 
 from ..exceptions import ConfigError, DataError, ShapeError
 from ..metrics import CHEXBERT_CONDITIONS
-from .base import PathLike, Recipe, build_llm, build_tokenizer, check_numbers
+from .base import (
+    PathLike,
+    Recipe,
+    check_numbers,
+    config_from_dict,
+    generation_settings,
+    model_parts,
+    recipe_train_args,
+)
 from .dia_llama import (
     _DTYPES,
-    GEN_FIELDS,
-    TRAIN_FIELDS,
     DiaLlamaTransform,
     Generation,
     _check_data_section,
-    _config_from_dict,
     _decode,
-    _ensure_synth,
     _labels_of,
     _load_part,
     _read_state_dict,
     check_generation_fields,
+    check_volume_fields,
     evaluate_reports,
+    labelled_records,
     load_recipe,
-    named_conditions,
     save_recipe,
 )
 from .registry import register_recipe
@@ -161,26 +166,7 @@ class Rad3dPrefixConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "vision_patch_size", "vision_max_size"):
-            v = getattr(self, name)
-            if not isinstance(v, (list, tuple)) or len(v) != 3 or any(int(x) <= 0 for x in v):
-                raise ConfigError(f"recipe.{name}: expected 3 positive sizes (D, H, W), got {v!r}")
-            setattr(self, name, [int(x) for x in v])
-        if isinstance(self.conditions, str):
-            self.conditions = list(named_conditions(self.conditions))
-        self.conditions = [str(c) for c in self.conditions]
-        if not self.conditions:
-            raise ConfigError("recipe.conditions: expected at least one label name")
-        if self.vision not in ("vit3d", "radfm"):
-            raise ConfigError(f"recipe.vision: expected 'vit3d' or 'radfm', got {self.vision!r}")
-        if self.resize_mode not in ("nearest", "trilinear"):
-            raise ConfigError(
-                f"recipe.resize_mode: expected 'nearest' or 'trilinear', got {self.resize_mode!r}"
-            )
-        if self.dtype not in _DTYPES:
-            raise ConfigError(
-                f"recipe.dtype: expected one of {sorted(_DTYPES)}, got {self.dtype!r}"
-            )
+        check_volume_fields(self)
         check_generation_fields(self)
         check_numbers(
             self,
@@ -202,7 +188,7 @@ class Rad3dPrefixConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], section: str = "recipe") -> Rad3dPrefixConfig:
-        return _config_from_dict(cls, d, section)
+        return config_from_dict(cls, d, section)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -431,25 +417,13 @@ class Rad3dPrefix(Recipe):
 
         return DiaLlama._build_vision(c)  # type: ignore[arg-type]  # same fields, same two encoders
 
-    def _rebind_parts(self) -> None:
-        for m in self.modules():
-            if m is not self and hasattr(m, "rebind") and callable(m.rebind):
-                m.rebind()
-
     @classmethod
     def from_config(cls, recipe: Mapping[str, Any], model: Mapping[str, Any]) -> Rad3dPrefix:
         """``model``: ``llm`` (HF folder or LlamaConfig dict; default :data:`LLAMA_3_2_1B`, random),
         ``tokenizer`` (default ``bundled:ctrg-bpe``), optional ``vision`` weights."""
         config = cls.Config.from_dict(recipe)
-        model = dict(model or {})
-        unknown = sorted(set(model) - {"llm", "tokenizer", "vision"})
-        if unknown:
-            raise ConfigError(f"model: unknown field(s) {unknown}; known: llm, tokenizer, vision")
-        tok_spec = model.get("tokenizer", "bundled:ctrg-bpe")
-        tok = build_tokenizer(tok_spec)
-        llm_spec = model.get("llm", LLAMA_3_2_1B)
-        llm = build_llm(llm_spec, dtype=_DTYPES[config.dtype], vocab_size=tok.vocab_size)
-        self = cls(config, llm, tok, {"llm": llm_spec, "tokenizer": tok_spec})
+        llm, tok, spec, model = model_parts(model, _DTYPES[config.dtype], LLAMA_3_2_1B)
+        self = cls(config, llm, tok, spec)
         if model.get("vision"):
             self.load_vision_weights(model["vision"])
             self.model_spec["vision"] = str(model["vision"])
@@ -491,13 +465,9 @@ class Rad3dPrefix(Recipe):
         """``"diagnosis"`` (if ``diagnosis_max_steps > 0``: the head on BCE for that many steps)
         and ``"prefix"`` (head + projector). Hyper-parameters as :meth:`DiaLlama.stages`: the
         recipe's :data:`TRAIN_FIELDS` fill what ``train`` leaves at TrainingArguments' defaults."""
-        from ..train import Stage, TrainingArguments
+        from ..train import Stage
 
-        base = TrainingArguments()
-        changes = {
-            f: getattr(self.config, f) for f in TRAIN_FIELDS if getattr(args, f) == getattr(base, f)
-        }
-        a = args.replace(**changes) if changes else args
+        a = recipe_train_args(self.config, args)
         out = []
         if self.config.diagnosis_max_steps > 0:
             out.append(
@@ -520,26 +490,11 @@ class Rad3dPrefix(Recipe):
         return self.dataset(d, d.get("train_split", "train")), (self.dataset(d, ev) if ev else None)
 
     def dataset(self, data: Mapping[str, Any], split: str) -> Any:
-        from ..datasets import ReportDataset, read_records
+        from ..datasets import ReportDataset
 
-        d = _check_data_section(data)
-        _ensure_synth(d)
-        records = read_records(d["format"], d["root"], split=split, **dict(d.get("options") or {}))
-        if not records:
-            raise DataError(f"data: split {split!r} of {d['root']} has no records")
-        if self.config.anomaly_aware:
-            names = records[0].get("label_names")
-            if names is not None and [str(n) for n in names] != self.config.conditions:
-                raise ConfigError(
-                    f"recipe.conditions {self.config.conditions} differ from the dataset's labels "
-                    f"{list(names)}; set recipe.conditions to the dataset's label names"
-                )
-            for r in records:
-                if r.get("labels") is None:
-                    raise DataError(
-                        f"data: record {r.get('id')!r} has no labels; the diagnostic head needs "
-                        "them"
-                    )
+        c = self.config
+        needs = "the diagnostic head" if c.anomaly_aware else None
+        records = labelled_records(data, split, c.conditions, needs)
         return ReportDataset(records, transform=self.transform())
 
     def collator(self) -> Rad3dPrefixCollator:
@@ -624,12 +579,7 @@ class Rad3dPrefix(Recipe):
     # -- generation -------------------------------------------------------------------------
 
     def generation_settings(self, **overrides: Any) -> dict[str, Any]:
-        unknown = sorted(set(overrides) - set(GEN_FIELDS))
-        if unknown:
-            raise ConfigError(
-                f"generate: unknown setting(s) {unknown}; known: {', '.join(GEN_FIELDS)}"
-            )
-        return {f: overrides.get(f, getattr(self.config, f)) for f in GEN_FIELDS}
+        return generation_settings(self.config, overrides)
 
     @torch.no_grad()
     def predict_labels(self, images: torch.Tensor) -> np.ndarray:

@@ -153,7 +153,9 @@ class Config:
     Stages: ``stage1_*`` / ``stage2_*`` learning rate, epochs, scheduler, warmup ratio (None:
     keep the ``train`` section's value); ``stage1_train_embeddings`` (released code: the input
     embeddings train in stage 1), ``stage2_train_embeddings`` (released code: input embeddings and
-    head train in stage 2), ``train_vision`` (stage 2; see the module docstring).
+    head train in stage 2), ``train_vision`` (stage 2; see the module docstring), ``stage2_lora``
+    (True, the paper: LoRA on the LLM in stage 2; False: the LLM stays frozen, the LoRA-vs-frozen
+    ablation of bench/fidelity.py).
     Task: ``task`` auto|report|vqa-close|vqa-open (auto: VQA when records have a question);
     ``per_region`` (AMOS-MM: one sample per non-empty chest/abdomen/pelvis section);
     ``eval_prompt`` (the report prompt at evaluation; training draws from M3D's templates).
@@ -198,6 +200,7 @@ class Config:
     stage1_train_embeddings: bool = True
     stage2_train_embeddings: bool = True
     train_vision: bool = True
+    stage2_lora: bool = True
     task: str = "auto"
     per_region: bool = True
     eval_prompt: str = "Please generate a medical report based on this image."
@@ -909,7 +912,7 @@ class ViT3DLlama(Recipe):
         if n not in (1, 2):
             raise ConfigError(f"stage: expected 1 or 2, got {n}")
         c = self.config
-        if n == 2 and not self.has_lora():
+        if n == 2 and c.stage2_lora and not self.has_lora():
             add_lora(self.llm, lora or self._lora_config())
         for p in self.parameters():
             p.requires_grad_(False)

@@ -613,19 +613,24 @@ def chest_ct(
         ``radiology_text_reports/{train,validation}_reports.csv`` and
         ``multi_abnormality_labels/{train,valid}_predicted_labels.csv`` (the 18 CT-RATE columns,
         see :data:`CT_RATE_MAP`).
+        ``"m3d"`` (M3D-Cap + M3D-VQA, 70/10/20 %): ``npy/<id>.npy`` float32 ``[1, Z, Y, X]`` in
+        [0, 1], ``text/<id>.txt``, ``M3D_Cap.json`` and ``M3D-VQA/M3D_VQA_{train,val,test}.csv``
+        with closed-ended questions from the planted findings (:mod:`voxlm.synth.vqa`).
 
-    Both also hold ``ground_truth/<id>.json`` (codes, labels, findings, report) and
+    All also hold ``ground_truth/<id>.json`` (codes, labels, findings, report) and
     ``ground_truth/<id>_mask.nii.gz`` (uint8 label index + 1). ``dicom_every=k`` additionally
     writes every k-th case as a DICOM CT series under ``dicom/<id>/`` (explicit VR LE).
     """
-    if layout not in ("ctrg-chest", "ct-rate"):
-        raise ConfigError(f"chest_ct layout: expected 'ctrg-chest' or 'ct-rate', got {layout!r}")
+    if layout not in ("ctrg-chest", "ct-rate", "m3d"):
+        raise ConfigError(
+            f"chest_ct layout: expected 'ctrg-chest', 'ct-rate' or 'm3d', got {layout!r}"
+        )
     if n < 1:
         raise ConfigError(f"chest_ct n: expected >= 1 case, got {n}")
     out = pathlib.Path(out)
     rng = np.random.default_rng([int(seed), 1])
     codes = sample_codes(rng, n, prevalence)
-    split_fracs = (0.7, 0.1, 0.2) if layout == "ctrg-chest" else (0.8, 0.2)
+    split_fracs = (0.8, 0.2) if layout == "ct-rate" else (0.7, 0.1, 0.2)
     split = _splits(rng, n, split_fracs)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"chest_ct: {out} exists and is not empty")
@@ -659,6 +664,10 @@ def chest_ct(
                 )
         if layout == "ctrg-chest":
             _write_ctrg(tmp, cases, split)
+        elif layout == "m3d":
+            from .vqa import write_m3d
+
+            write_m3d(tmp, cases, split, seed)
         else:
             _write_ct_rate(tmp, cases, split, seed)
         (tmp / "synth.json").write_text(

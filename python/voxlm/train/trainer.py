@@ -443,8 +443,13 @@ class Trainer:
     def _load_checkpoint(self, path: pathlib.Path) -> dict[str, Any]:
         try:
             state = json.loads((path / C.STATE_NAME).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path / C.STATE_NAME}: unreadable ({e})") from e
+        if not isinstance(state, dict) or not isinstance(state.get("args", {}), dict):
+            raise CheckpointError(
+                f"{path / C.STATE_NAME}: expected a JSON object with 'args' (a trainer state), "
+                f"got {type(state).__name__}"
+            )
         diff = self.args.optimization_diff(state.get("args", {}))
         if diff:
             raise ConfigError(
@@ -464,12 +469,21 @@ class Trainer:
             if self.args.fsdp and self.dist.enabled
             else "optimizer.pt"
         )
-        self.optimizer.load_state_dict(
-            torch.load(opt_file, map_location=self.device, weights_only=True)
-        )
-        self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        parts = [
+            (opt_file, self.optimizer, self.device),
+            (path / "scheduler.pt", self.lr_scheduler, None),
+        ]
         if self.scaler is not None and (path / "scaler.pt").is_file():
-            self.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+            parts.append((path / "scaler.pt", self.scaler, None))
+        for file, obj, where in parts:
+            # a truncated / overwritten file, or one of another model: named, not a torch trace
+            try:
+                obj.load_state_dict(torch.load(file, map_location=where, weights_only=True))
+            except Exception as e:
+                msg = " ".join(str(e).split())
+                raise CheckpointError(
+                    f"{file}: not a loadable {file.stem} state of this run ({msg[:200]})"
+                ) from e
         rng = path / f"rng_state_{self.dist.rank}.pth"
         if not rng.is_file():
             raise CheckpointError(f"{path}: no {rng.name} (RNG state of rank {self.dist.rank})")
