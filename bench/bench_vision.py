@@ -3,6 +3,14 @@ with the same weights, CPU. Each side in its own child process (peak RSS is its 
 
 Config: 1 x 32 x 128 x 128 volumes, patch 4 x 16 x 16 (512 tokens), width 384, 6 layers, 6 heads,
 MLP 1536, conv patch embedding; batch 2; fp32; median of 7 steps after 2 warm-up steps.
+
+``run_clip``: the CLIP vision tower in ViT-L/14-336's shape (width 1024, 16 heads, MLP 4096,
+577 tokens) trimmed in depth, voxlm ``CLIPVision`` against transformers ``CLIPVisionModel``
+(sdpa attention) with the same weights, frozen, fp32 CPU, batch 1 and 4, under ``no_grad`` and
+with grad mode on (a frozen tower inside a training step): the full forward with every hidden
+state, and LLaVA's feature (hidden state -2: transformers runs the whole tower as LLaVA's
+``clip_encoder.py`` does, voxlm's ``hidden_state(x, -2)`` stops after the layer it needs).
+Alternating in one process, medians.
 """
 
 from __future__ import annotations
@@ -87,6 +95,92 @@ def run() -> str:
     return "\n".join(lines)
 
 
+def run_clip(layers: int = 4, repeats: int = 5) -> str:
+    import os
+    import statistics
+    import time
+
+    import torch
+    import transformers
+    from common import machine
+
+    from voxlm.vision import CLIPVision
+
+    torch.manual_seed(0)
+    shape = dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+    )
+    vc = transformers.CLIPVisionConfig(**shape, attn_implementation="sdpa")
+    ref = transformers.CLIPVisionModel(vc).eval().requires_grad_(False)
+    ours = CLIPVision(**shape)
+    sd = {
+        (k if k.startswith("vision_model.") else f"vision_model.{k}"): v
+        for k, v in ref.state_dict().items()
+        if not k.endswith("position_ids")
+    }
+    ours.load_state_dict(sd)
+    ours.eval().requires_grad_(False)
+    fns = {
+        "transformers full": lambda x: ref(x, output_hidden_states=True).hidden_states[-2],
+        "voxlm full": lambda x: ours(x)[2][-2],
+        "voxlm hidden_state(-2)": lambda x: ours.hidden_state(x, -2),
+    }
+    load0 = os.getloadavg()
+    rows = []
+    for b in (1, 4):
+        x = torch.randn(b, 3, 336, 336)
+        for grad in (False, True):
+            times: dict[str, list[float]] = {k: [] for k in fns}
+            err = 0.0
+            with torch.set_grad_enabled(grad):
+                for i in range(repeats + 1):
+                    outs = {}
+                    for k, f in fns.items():
+                        t0 = time.perf_counter()
+                        outs[k] = f(x)
+                        if i:  # the first round warms up
+                            times[k].append(time.perf_counter() - t0)
+                    want = outs["transformers full"]
+                    err = max(err, *((o - want).abs().max().item() for o in outs.values()))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            t = med["transformers full"]
+            rows.append(
+                f"| {b} | {'on' if grad else 'no_grad'} | {t:.3f} | {med['voxlm full']:.3f} "
+                f"| {t / med['voxlm full']:.2f}x | {med['voxlm hidden_state(-2)']:.3f} "
+                f"| **{t / med['voxlm hidden_state(-2)']:.2f}x** | {err:.0e} |"
+            )
+    load1 = os.getloadavg()
+    return "\n".join(
+        [
+            "## clip: CLIP vision tower (ViT-L/14-336 shape), voxlm vs transformers "
+            "CLIPVisionModel",
+            "",
+            f"Machine: {machine()}; transformers {transformers.__version__}. Width 1024, 16 heads, "
+            f"MLP 4096, 336 px / patch 14 (577 tokens), {layers} layers (ViT-L has 24), frozen, "
+            f"fp32 CPU; transformers with sdpa attention. Full = the forward with every hidden "
+            f"state; layer -2 = LLaVA's feature (transformers: the full tower, as LLaVA's "
+            f"clip_encoder.py runs it; voxlm: `hidden_state(x, -2)`, which skips the last layer: "
+            f"1/{layers} of the work here, 1/24 on ViT-L). The three alternate in one process; "
+            f"medians of {repeats} after a warm-up round. Load average {load0[0]:.1f} before, "
+            f"{load1[0]:.1f} after.",
+            "",
+            "| batch | grad mode | transformers s | voxlm full s | ratio | voxlm layer -2 s "
+            "| ratio | max abs diff |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+        ]
+    )
+
+
 if __name__ == "__main__":
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    print(run())
+    if sys.argv[1:] == ["clip"]:
+        print(run_clip())
+    else:
+        print(run())

@@ -527,6 +527,9 @@ CASES: dict[str, list] = {
         lambda: CLIP._bound().forward(torch.ones(1, 3, 8, 7)),
         lambda: CLIP._bound().forward(torch.ones(1, 3, 16, 16)),
         lambda: CLIP._bound().forward(torch.ones(1, 3, 8, 8, dtype=torch.float64)),
+        lambda: CLIP._bound().hidden_state(torch.ones(1, 3, 8, 8), 2),
+        lambda: CLIP._bound().hidden_state(torch.ones(1, 3, 8, 8), -3),
+        lambda: CLIP._bound().hidden_state(S0, -1),
     ],
     "QueryBlocksCore": [
         lambda: _core.QueryBlocksCore(dict(QB.named_parameters()), 1, 0),
@@ -547,6 +550,8 @@ CASES: dict[str, list] = {
         lambda: QB._bound().forward(S0),
         lambda: QB._bound().forward(torch.ones(1, 4, 5)),
         lambda: QB._bound().forward(torch.ones(1, 4, 6, dtype=torch.float64)),
+        lambda: _core.QueryBlocksCore(dict(QB.named_parameters()), 1, 2, NAN),
+        lambda: _core.QueryBlocksCore(dict(QB.named_parameters()), 1, 2, 0.0),
     ],
     "build_info": [],  # takes no arguments: nothing degenerate to pass
     # -- Python wrappers: vision
@@ -631,6 +636,7 @@ CASES: dict[str, list] = {
         lambda: vision.AdapterQueryBlocks(6, 5, dim=8, heads=3),
         lambda: vision.AdapterQueryBlocks(6, -5, dim=8, heads=2),
         lambda: vision.AdapterQueryBlocks(6, 5, dim=8, heads=2, depth=-1),
+        lambda: vision.AdapterQueryBlocks(6, 5, dim=8, heads=2, eps=NAN),
         lambda: QB(S0),
     ],
     "vision.DiseaseAwareAttention": [

@@ -308,6 +308,38 @@ def test_clip_vision_equals_transformers(tmp_path):
         torch.testing.assert_close(u, v, **TOL)
 
 
+def test_clip_hidden_state_runs_only_the_layers_it_needs(tmp_path):
+    """``hidden_state(x, layer)`` (LLaVA's layer -2 stops before the last layer) equals
+    transformers' ``hidden_states[layer]`` (TOL: float32 summation order) and voxlm's own full
+    forward exactly (same ops; the in-place residual/quick-GELU path under no_grad included)."""
+    from voxlm.vision import CLIPVision
+
+    ref = _tiny_clip(tmp_path)
+    ours = CLIPVision.from_pretrained(tmp_path / "clip").eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        want = ref(x, output_hidden_states=True).hidden_states
+        full = ours(x)[2]
+        for layer in (-3, -2, -1, 0, 1, 2):
+            got = ours.hidden_state(x, layer)
+            torch.testing.assert_close(got, want[layer], **TOL)
+            torch.testing.assert_close(got, full[layer], atol=0, rtol=0)
+    # with gradients (a tower that trains): the out-of-place path, same gradients as transformers
+    xr = x.clone().requires_grad_(True)
+    ours.hidden_state(xr, -2).square().sum().backward()
+    xt = x.clone().requires_grad_(True)
+    ref(xt, output_hidden_states=True).hidden_states[-2].square().sum().backward()
+    torch.testing.assert_close(xr.grad, xt.grad, **TOL)
+    p = ours.vision_model.encoder.layers[0].mlp.fc1.weight
+    assert p.grad is not None and ours.vision_model.encoder.layers[1].mlp.fc1.weight.grad is None
+    with pytest.raises(voxlm.ConfigError, match=r"3 hidden states \(-3..=2\), got -4"):
+        ours.hidden_state(x, -4)
+    with pytest.raises(voxlm.ConfigError, match="got 3"):
+        ours.hidden_state(x, 3)
+    with pytest.raises(voxlm.ConfigError, match="expected an int"):
+        ours.hidden_state(x, 1.0)
+
+
 def test_inflated_clip_on_a_depth_constant_volume_equals_2d(tmp_path):
     from voxlm.vision import CLIPVision
 
@@ -355,6 +387,16 @@ def test_adapter_query_blocks_equal_llama_adapter():
     assert m.visual_query.weight.grad is not None
     with pytest.raises(voxlm.ShapeError, match="clip_dim"):
         m(torch.randn(2, 9, 23))
+    # the blocks' LayerNorm eps reaches the Rust forward (default 1e-5: timm 0.3-0.6 Block)
+    assert m.visual_blocks[0].norm1.eps == 1e-5
+    m6 = AdapterQueryBlocks(clip_dim=24, out_dim=40, dim=32, query_len=5, depth=2, heads=4, eps=0.5)
+    m6.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        got = m6(feats)
+        torch.testing.assert_close(got, query_blocks_ref(m6, feats), **TOL)
+        assert (got - m(feats)).abs().max() > 1e-3
+    with pytest.raises(voxlm.ConfigError, match="eps: expected a number in \\(0, 1\\), got 0"):
+        AdapterQueryBlocks(clip_dim=24, out_dim=40, dim=32, heads=4, eps=0)
 
 
 def test_vit3d_gradient_checkpointing():

@@ -437,6 +437,15 @@ class CLIPVision(RustBound):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         return self._bound().forward(x)
 
+    def hidden_state(self, x: torch.Tensor, layer: int = -2) -> torch.Tensor:
+        """``forward(x)[2][layer]`` (``[B, tokens, hidden]``; ``layer`` indexes the
+        ``num_hidden_layers + 1`` hidden states, negative from the end), running only the encoder
+        layers it needs: LLaVA's ``mm_vision_select_layer = -2`` skips the last layer and the
+        pooled output."""
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise ConfigError(f"layer: expected an int, got {layer!r}")
+        return self._bound().hidden_state(x, layer)
+
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike[str], dtype: torch.dtype | None = None
@@ -667,11 +676,11 @@ class _TimmMlp(nn.Module):
 
 
 class _TimmBlock(nn.Module):
-    def __init__(self, d: int, m: int) -> None:
+    def __init__(self, d: int, m: int, eps: float) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(d, eps=1e-6)
+        self.norm1 = nn.LayerNorm(d, eps=eps)
         self.attn = _TimmAttn(d)
-        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        self.norm2 = nn.LayerNorm(d, eps=eps)
         self.mlp = _TimmMlp(d, m)
 
 
@@ -680,7 +689,12 @@ class AdapterQueryBlocks(RustBound):
     concatenated with projected vision features (``clip_proj`` + LayerNorm), pass through
     ``depth`` timm-style transformer blocks, and the query positions are projected to the LLM
     width (``visual_proj`` + LayerNorm): ``[B, N, clip_dim] -> [B, query_len, out_dim]``.
-    Parameter names follow LLaMA-Adapter's ``llama_adapter.py``."""
+    Parameter names follow LLaMA-Adapter's ``llama_adapter.py``.
+
+    ``eps`` is the blocks' LayerNorm epsilon: 1e-5 by default, as the timm ``Block`` that
+    LLaMA-Adapter and PICG build (timm 0.3.2 / 0.6: ``nn.LayerNorm``); timm 1.x's ``Block`` uses
+    1e-6. ``clip_proj_norm`` and ``visual_proj_norm`` are ``nn.LayerNorm`` (1e-5) in every
+    version."""
 
     def __init__(
         self,
@@ -691,6 +705,7 @@ class AdapterQueryBlocks(RustBound):
         depth: int = 8,
         heads: int = 16,
         mlp_ratio: float = 4.0,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         for k, v in dict(
@@ -705,19 +720,23 @@ class AdapterQueryBlocks(RustBound):
             and int(dim * mlp_ratio) >= 1
         ):
             raise ConfigError(f"mlp_ratio: expected a number in (0, 64], got {mlp_ratio!r}")
-        self.depth, self.heads = depth, heads
+        if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and 0 < eps < 1):
+            raise ConfigError(f"eps: expected a number in (0, 1), got {eps!r}")
+        self.depth, self.heads, self.eps = depth, heads, float(eps)
         self.clip_proj = nn.Linear(clip_dim, dim)
         self.clip_proj_norm = nn.LayerNorm(dim)
         self.visual_query = nn.Embedding(query_len, dim)
         self.visual_blocks = nn.ModuleList(
-            [_TimmBlock(dim, int(dim * mlp_ratio)) for _ in range(depth)]
+            [_TimmBlock(dim, int(dim * mlp_ratio), self.eps) for _ in range(depth)]
         )
         self.visual_proj = nn.Linear(dim, out_dim)
         self.visual_proj_norm = nn.LayerNorm(out_dim)
         self.rebind()
 
     def _make_core(self) -> _core.QueryBlocksCore:
-        return _core.QueryBlocksCore(dict(self.named_parameters()), self.depth, self.heads)
+        return _core.QueryBlocksCore(
+            dict(self.named_parameters()), self.depth, self.heads, self.eps
+        )
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self._bound().forward(feats, self.training)

@@ -276,6 +276,23 @@ impl PyClipVision {
             hs,
         ))
     }
+
+    /// `hidden_states[layer]` of `forward` (negative from the end), running only the layers it
+    /// needs (LLaVA's layer -2 skips the last one).
+    fn hidden_state<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        layer: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let x = bridge::tensor(x, "x")?;
+        let inner = &self.inner;
+        let out = py.detach(move || -> crate::Result<_> {
+            let m = inner.lock("ClipVisionCore")?;
+            m.hidden_state(&x, layer)
+        })?;
+        bridge::to_py(py, &out)
+    }
 }
 
 /// PICG's adapter query blocks bound by reference.
@@ -286,9 +303,16 @@ pub struct PyQueryBlocks {
 
 #[pymethods]
 impl PyQueryBlocks {
+    /// `eps`: the blocks' LayerNorm epsilon (1e-5: timm 0.3-0.6 `Block`, LLaMA-Adapter / PICG).
     #[new]
-    fn new(params: &Bound<'_, PyDict>, depth: i64, heads: i64) -> PyResult<Self> {
-        let q = crate::vision::query::QueryBlocks::new(bridge::tensor_dict(params)?, depth, heads)?;
+    #[pyo3(signature = (params, depth, heads, eps=1e-5))]
+    fn new(params: &Bound<'_, PyDict>, depth: i64, heads: i64, eps: f64) -> PyResult<Self> {
+        let q = crate::vision::query::QueryBlocks::new(
+            bridge::tensor_dict(params)?,
+            depth,
+            heads,
+            eps,
+        )?;
         Ok(PyQueryBlocks {
             inner: crate::py::Core::new(q),
         })

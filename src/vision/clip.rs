@@ -135,6 +135,45 @@ impl ClipVision {
 
     /// `x [B, C, H, W]` (2D) or `[B, C, D, H, W]` (inflated 3D).
     pub fn forward(&self, x: &Tensor) -> Result<ClipOutput> {
+        let (h, hidden) = self.run(x, self.layers.len(), true)?;
+        let pooled = self.layer_norm(&h.f_select(1, 0)?, &self.post_ln)?;
+        Ok(ClipOutput {
+            last_hidden_state: h,
+            pooler_output: pooled,
+            hidden_states: hidden,
+        })
+    }
+
+    /// `hidden_states[layer]` of [`ClipVision::forward`] (`layer` indexes the `num_layers + 1`
+    /// hidden states, negative from the end as in Python: LLaVA's `mm_vision_select_layer = -2`),
+    /// running only the encoder layers that it needs and keeping no other hidden state.
+    pub fn hidden_state(&self, x: &Tensor, layer: i64) -> Result<Tensor> {
+        let n = self.layers.len() as i64 + 1;
+        if !(-n..n).contains(&layer) {
+            return Err(Error::config(format!(
+                "layer: expected an index into the {n} hidden states ({}..={}), got {layer}",
+                -n,
+                n - 1
+            )));
+        }
+        let stop = if layer < 0 { layer + n } else { layer };
+        Ok(self.run(x, stop as usize, false)?.0)
+    }
+
+    fn layer_norm(&self, t: &Tensor, p: &(Tensor, Tensor)) -> Result<Tensor> {
+        Ok(t.f_layer_norm(
+            [self.dim].as_slice(),
+            Some(&p.0),
+            Some(&p.1),
+            self.eps,
+            true,
+        )?)
+    }
+
+    /// Embeddings, `pre_layrnorm` and the first `run` encoder layers: the last hidden state and,
+    /// when `keep`, every hidden state on the way. Where no gradient is recorded (frozen tower
+    /// or no_grad), the residual adds and quick-GELU run in place on fresh outputs.
+    fn run(&self, x: &Tensor, run: usize, keep: bool) -> Result<(Tensor, Vec<Tensor>)> {
         let ps = &self.patch_size;
         let spatial = ps.len() - 2;
         let xs = check::dims(
@@ -207,16 +246,15 @@ impl ClipVision {
             .f_view([1, 1, self.dim])?
             .f_expand([b, 1, self.dim], false)?;
         let h = Tensor::f_cat(&[cls, tokens], 1)?.f_add(&self.pos.f_unsqueeze(0)?)?;
-        let d = [self.dim];
-        let lnorm = |t: &Tensor, p: &(Tensor, Tensor)| {
-            t.f_layer_norm(d.as_slice(), Some(&p.0), Some(&p.1), self.eps, true)
-        };
-        let mut h = lnorm(&h, &self.pre_ln)?;
-        let mut hidden = vec![h.shallow_clone()];
+        let mut h = self.layer_norm(&h, &self.pre_ln)?;
+        let mut hidden = Vec::new();
+        if keep {
+            hidden.push(h.shallow_clone());
+        }
         let (nh, hd) = (self.heads, self.dim / self.heads);
         let t = positions + 1;
-        for l in &self.layers {
-            let xn = lnorm(&h, &l.ln1)?;
+        for l in self.layers.iter().take(run) {
+            let xn = self.layer_norm(&h, &l.ln1)?;
             let split =
                 |y: Tensor| -> Result<Tensor> { Ok(y.f_view([b, t, nh, hd])?.f_transpose(1, 2)?) };
             let q = split(l.q.forward(&xn, false)?)?;
@@ -226,18 +264,36 @@ impl ClipVision {
                 &q, &k, &v, None, 0.0, false, None, false,
             )?;
             let a = a.f_transpose(1, 2)?.f_reshape([b, t, self.dim])?;
-            h = h.f_add(&l.o.forward(&a, false)?)?;
-            let xn = lnorm(&h, &l.ln2)?;
-            let m = l.fc1.forward(&xn, false)?;
-            let m = m.f_mul(&m.f_mul_scalar(1.702)?.f_sigmoid()?)?; // quick_gelu
-            h = h.f_add(&l.fc2.forward(&m, false)?)?;
-            hidden.push(h.shallow_clone());
+            h = residual(l.o.forward(&a, false)?, &h)?;
+            let xn = self.layer_norm(&h, &l.ln2)?;
+            let m = quick_gelu(l.fc1.forward(&xn, false)?)?;
+            h = residual(l.fc2.forward(&m, false)?, &h)?;
+            if keep {
+                hidden.push(h.shallow_clone());
+            }
         }
-        let pooled = lnorm(&h.f_select(1, 0)?, &self.post_ln)?;
-        Ok(ClipOutput {
-            last_hidden_state: h,
-            pooler_output: pooled,
-            hidden_states: hidden,
-        })
+        Ok((h, hidden))
     }
+}
+
+/// `y + h` (the residual); in place on `y`, a fresh projection output, when no gradient is
+/// recorded for it.
+fn residual(mut y: Tensor, h: &Tensor) -> Result<Tensor> {
+    if y.requires_grad() || h.requires_grad() {
+        return Ok(y.f_add(h)?);
+    }
+    let _ = y.f_add_(h)?;
+    Ok(y)
+}
+
+/// CLIP's `quick_gelu`, `m * sigmoid(1.702 m)`: one temporary instead of two when no gradient
+/// is recorded.
+fn quick_gelu(m: Tensor) -> Result<Tensor> {
+    if m.requires_grad() {
+        return Ok(m.f_mul(&m.f_mul_scalar(1.702)?.f_sigmoid()?)?);
+    }
+    let mut g = m.f_mul_scalar(1.702)?;
+    let _ = g.f_sigmoid_()?;
+    let _ = g.f_mul_(&m)?;
+    Ok(g)
 }

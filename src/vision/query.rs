@@ -26,12 +26,20 @@ pub struct QueryBlocks {
     dim: i64,
     clip_dim: i64,
     out_dim: i64,
+    eps: f64,
 }
 
 impl QueryBlocks {
-    pub fn new(w: HashMap<String, Tensor>, depth: i64, heads: i64) -> Result<Self> {
+    /// `eps`: the LayerNorm epsilon of the transformer blocks (timm 0.3-0.6's `Block`, which
+    /// LLaMA-Adapter and PICG build: `nn.LayerNorm`'s 1e-5; timm 1.x's `Block`: 1e-6).
+    pub fn new(w: HashMap<String, Tensor>, depth: i64, heads: i64, eps: f64) -> Result<Self> {
         let depth = weights::count(depth, "depth", MAX_LAYERS)?;
         weights::positive(heads, "heads")?;
+        if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+            return Err(Error::config(format!(
+                "eps: expected a number in (0, 1), got {eps}"
+            )));
+        }
         let w = Weights::new(w, "the query blocks");
         let vb = w.root();
         let (query, qs) = vb
@@ -63,6 +71,7 @@ impl QueryBlocks {
             dim,
             clip_dim,
             out_dim,
+            eps,
         })
     }
 
@@ -92,7 +101,7 @@ impl QueryBlocks {
             .f_expand([s[0], ql, self.dim], false)?;
         let mut h = Tensor::f_cat(&[q, f], 1)?;
         for b in &self.blocks {
-            h = b.forward(&h, self.heads, 1e-6, train)?;
+            h = b.forward(&h, self.heads, self.eps, train)?;
         }
         let h = self.proj.forward(&h.f_narrow(1, 0, ql)?, train)?;
         Ok(h.f_layer_norm(
