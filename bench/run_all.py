@@ -11,6 +11,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_dicom  # noqa: E402  (after the path insert)
 import bench_generate  # noqa: E402
+import bench_llava_step  # noqa: E402
 import bench_llm  # noqa: E402
 import bench_lora  # noqa: E402
 import bench_lora_module  # noqa: E402
@@ -26,6 +27,8 @@ BENCHES = [
     ("lora", bench_lora.run),
     ("lora_module", bench_lora_module.run),
     ("vision", bench_vision.run),
+    ("clip", bench_vision.run_clip),
+    ("llava_step", bench_llava_step.run),
     ("volume", bench_volume.run),
     ("trainer", bench_trainer.run),
     ("volume_dataloader", bench_volume.run_dataloader),

@@ -386,8 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--full",
         action="store_true",
-        help="the larger run (240 cases, 200 + 250 steps; tens of minutes on 2 cores) instead of "
-        "the default quick one (120 cases, 100 + 120 steps, a few minutes)",
+        help="the larger run (240 cases, 400 + 250 steps; tens of minutes on 2 cores) instead of "
+        "the default quick one (120 cases, 300 + 120 steps, a few minutes)",
     )
     tr = sub.add_parser(
         "train", help="train a recipe from a YAML config (recipe/model/data/train sections)"

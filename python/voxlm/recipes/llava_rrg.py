@@ -563,10 +563,11 @@ class LlavaRRG(Recipe):
         """``clip_encoder.py`` ``feature_select``: ``hidden_states[select_layer]`` without CLS
         (``"patch"``), under no_grad as LLaVA's frozen tower: ``[B, N, mm_hidden]``."""
         with torch.no_grad():
-            _, _, hidden = self.vision(
-                pixel_values.to(self.vision.vision_model.pre_layrnorm.weight.dtype)
+            # runs only the encoder layers up to select_layer (LLaVA's -2 skips the last one)
+            f = self.vision.hidden_state(
+                pixel_values.to(self.vision.vision_model.pre_layrnorm.weight.dtype),
+                self.cfg.select_layer,
             )
-            f = hidden[self.cfg.select_layer]
         return f[:, 1:] if self.cfg.select_feature == "patch" else f
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:
