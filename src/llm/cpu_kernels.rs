@@ -1,6 +1,7 @@
 //! Float32 CPU kernels of the decode step: matrix-vector products whose weight rows split over
 //! voxlm's thread pool (AVX2 + FMA when the CPU has them, portable loops otherwise), over one or
-//! several stacked weights with optional bias and LoRA branch, and a dot product.
+//! several stacked weights with optional bias and LoRA branch, and a dot product. Several input
+//! rows run as register blocks of 4 weight rows x 3 inputs, each weight loaded from memory once.
 
 use std::sync::OnceLock;
 

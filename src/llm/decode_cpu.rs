@@ -4,7 +4,10 @@
 //! A decode step is a chain of matrix-vector products over the whole model (memory bound) and
 //! ~50 tiny ops per layer (dispatch bound on libtorch: a few microseconds each). Here the tiny ops
 //! are plain loops and the matrix-vector products split their rows over voxlm's thread pool
-//! (MKL's sgemv for one row runs on one thread, so it reads memory at single-core speed).
+//! (MKL's sgemv for one row runs on one thread, so it reads memory at single-core speed). With
+//! several rows (a batch, its beams) the products become small matrix products that read every
+//! weight once per step, and the attention runs per (group of rows, KV head) through the cache's
+//! row table, so beams sharing a prompt read its cached keys and values once.
 //!
 //! Numerics follow the libtorch path (transformers' op order: RMSNorm in float32, rotary
 //! `x * cos + rotate_half(x) * sin`, softmax attention over the cache, SwiGLU) but sums run in a
