@@ -4,7 +4,10 @@
 //! A decode step is a chain of matrix-vector products over the whole model (memory bound) and
 //! ~50 tiny ops per layer (dispatch bound on libtorch: a few microseconds each). Here the tiny ops
 //! are plain loops and the matrix-vector products split their rows over voxlm's thread pool
-//! (MKL's sgemv for one row runs on one thread, so it reads memory at single-core speed).
+//! (MKL's sgemv for one row runs on one thread, so it reads memory at single-core speed). With
+//! several rows (a batch, its beams) the products become small matrix products that read every
+//! weight once per step, and the attention runs per (group of rows, KV head) through the cache's
+//! row table, so beams sharing a prompt read its cached keys and values once.
 //!
 //! Numerics follow the libtorch path (transformers' op order: RMSNorm in float32, rotary
 //! `x * cos + rotate_half(x) * sin`, softmax attention over the cache, SwiGLU) but sums run in a
@@ -184,10 +187,14 @@ impl CpuDecoder {
         }
         let cap = cache.capacity as usize;
         let kv_numel = b * d.kv_heads * cap * d.head_dim;
-        let fits = cache.num_layers() == self.layers.len()
-            && cache
-                .layers_mut()
-                .all(|(k, v)| usable(k, kv_numel) && usable(v, kv_numel));
+        let n_layers = cache.num_layers();
+        let parts = cache.parts_mut();
+        let fits = n_layers == self.layers.len()
+            && parts
+                .layers
+                .iter()
+                .all(|(k, v)| usable(k, kv_numel) && usable(v, kv_numel))
+            && parts.rows.is_none_or(|t| t.len() == b * cap);
         if !fits {
             return Err(Error::shape(format!(
                 "KV cache: expected {} layers of contiguous float32 CPU [{b}, {}, {cap}, {}]",
@@ -199,8 +206,9 @@ impl CpuDecoder {
         let mut logits = Tensor::f_empty([b as i64, d.vocab as i64], (Kind::Float, Device::Cpu))?;
         {
             let out = f32s_mut(&mut logits);
+            let (rows, group) = (parts.rows, parts.group);
             let mut kv: Vec<(&mut [f32], &mut [f32])> = Vec::with_capacity(self.layers.len());
-            for (k, v) in cache.layers_mut() {
+            for (k, v) in parts.layers {
                 kv.push((f32s_mut(k), f32s_mut(v)));
             }
             let job = StepJob {
@@ -210,6 +218,12 @@ impl CpuDecoder {
                 key_mask,
                 past,
                 cap,
+                rows,
+                group: if group >= 1 && b % group == 0 {
+                    group
+                } else {
+                    1
+                },
             };
             crate::parallel::install(move || job.run(&mut kv, out));
         }
@@ -225,6 +239,10 @@ struct StepJob<'a> {
     key_mask: Option<&'a [i64]>,
     past: usize,
     cap: usize,
+    /// The cache's row table `[B, cap]` (None: identity).
+    rows: Option<&'a [u32]>,
+    /// Consecutive rows attended together (they read shared cached keys once).
+    group: usize,
 }
 
 // SAFETY: the job only reads the decoder's tensors through `f32s` (plain float32 memory that no
@@ -302,50 +320,87 @@ impl StepJob<'_> {
 
     /// Softmax attention of each row's query heads over its cached keys (GQA: query head `q`
     /// reads key/value head `q / (heads / kv_heads)`), scaled by `1 / sqrt(head_dim)`.
+    ///
+    /// One task per (group of rows, key/value head): position by position it reads each row's
+    /// cached key (through the row table) and scores every query head of the group's rows that
+    /// uses it, so keys shared by the beams of a prompt, and by the query heads of a GQA group,
+    /// come from memory once. Per (row, head) the sums run in the same order as one head alone.
     fn attention(&self, qkv: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) {
         let d = self.dec.d;
         let (nh, nkv, hd) = (d.heads, d.kv_heads, d.head_dim);
         let qkv_w = (nh + 2 * nkv) * hd;
         let len = self.past + 1;
         let scale = 1.0 / (hd as f32).sqrt();
-        let group = nh / nkv;
-        let one = |idx: usize, o: &mut [f32]| {
-            let (r, qh) = (idx / nh, idx % nh);
-            let q = &qkv[r * qkv_w + qh * hd..r * qkv_w + (qh + 1) * hd];
-            let base = (r * nkv + qh / group) * self.cap * hd;
+        let heads = nh / nkv;
+        let b = self.tokens.len();
+        let share = self.group;
+        let (cap, past) = (self.cap, self.past);
+        let rows = self.rows;
+        let key_mask = self.key_mask;
+        // the task's output: [row in group][head in kv group][hd]
+        let one = |task: usize| -> Vec<f32> {
+            let (c, g) = (task / nkv, task % nkv);
+            let r0 = c * share;
+            let nq = share * heads;
+            let at = |r: usize, l: usize| {
+                let p = rows.map_or(r, |t| t[r * cap + l] as usize);
+                ((p * nkv + g) * cap + l) * hd
+            };
             let keep =
-                |l: usize| l == self.past || self.key_mask.is_none_or(|m| m[r * len + l] != 0);
-            let mut scores = vec![f32::NEG_INFINITY; len];
-            let mut max = f32::NEG_INFINITY;
-            for (l, s) in scores.iter_mut().enumerate() {
-                if keep(l) {
-                    *s = dot(q, &kc[base + l * hd..base + (l + 1) * hd]) * scale;
-                    max = max.max(*s);
-                }
-            }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            o.fill(0.0);
-            for (l, &p) in scores.iter().enumerate() {
-                if p != 0.0 {
-                    let w = p / sum;
-                    for (a, &v) in o.iter_mut().zip(&vc[base + l * hd..base + (l + 1) * hd]) {
-                        *a += w * v;
+                |r: usize, l: usize| l == past || key_mask.is_none_or(|m| m[r * len + l] != 0);
+            let q = |j: usize, h: usize| {
+                let o = (r0 + j) * qkv_w + (g * heads + h) * hd;
+                &qkv[o..o + hd]
+            };
+            let mut scores = vec![f32::NEG_INFINITY; nq * len];
+            for l in 0..len {
+                for j in 0..share {
+                    if !keep(r0 + j, l) {
+                        continue;
+                    }
+                    let k = &kc[at(r0 + j, l)..at(r0 + j, l) + hd];
+                    for h in 0..heads {
+                        scores[(j * heads + h) * len + l] = dot(q(j, h), k) * scale;
                     }
                 }
             }
+            let mut sums = vec![0f32; nq];
+            for (s, sum) in scores.chunks_exact_mut(len).zip(sums.iter_mut()) {
+                let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                for v in s.iter_mut() {
+                    *v = (*v - max).exp();
+                    *sum += *v;
+                }
+            }
+            let mut o = vec![0f32; nq * hd];
+            for l in 0..len {
+                for j in 0..share {
+                    let v = &vc[at(r0 + j, l)..at(r0 + j, l) + hd];
+                    for h in 0..heads {
+                        let qi = j * heads + h;
+                        let p = scores[qi * len + l];
+                        if p != 0.0 {
+                            let w = p / sums[qi];
+                            for (a, &x) in o[qi * hd..(qi + 1) * hd].iter_mut().zip(v) {
+                                *a += w * x;
+                            }
+                        }
+                    }
+                }
+            }
+            o
         };
-        let rows = self.tokens.len() * nh;
-        if rows * len * hd >= 1 << 15 {
-            out.par_chunks_mut(hd)
-                .enumerate()
-                .for_each(|(i, o)| one(i, o));
+        let tasks = b / share * nkv;
+        let results: Vec<Vec<f32>> = if b * nh * len * hd >= 1 << 15 {
+            (0..tasks).into_par_iter().map(one).collect()
         } else {
-            for (i, o) in out.chunks_mut(hd).enumerate().take(rows) {
-                one(i, o);
+            (0..tasks).map(one).collect()
+        };
+        for (task, res) in results.iter().enumerate() {
+            let (c, g) = (task / nkv, task % nkv);
+            for (j, piece) in res.chunks_exact(heads * hd).enumerate() {
+                let o = (c * share + j) * nh * hd + g * heads * hd;
+                out[o..o + heads * hd].copy_from_slice(piece);
             }
         }
     }
@@ -453,6 +508,92 @@ mod tests {
     #[test]
     fn step_with_lora_matches_libtorch_forward() -> Result<()> {
         check_step(true)
+    }
+
+    /// Beam search's cache on the fused step (prompt stored once per row, beams pointing at it
+    /// through the row table, reordering rewriting the table) against the libtorch step on a
+    /// cache copied per beam and gathered: the same logits over several reorders.
+    #[test]
+    fn row_table_matches_gathered_cache() -> Result<()> {
+        use crate::llm::model::{testing::tiny, ForwardOptions, Input};
+        let model = tiny(4)?;
+        let _g = tch::no_grad_guard();
+        let dec = model.cpu_decoder()?.expect("tiny is float32 on the CPU");
+        let (b, nb, t, steps) = (2i64, 2i64, 6i64, 5i64);
+        let i64s = (Kind::Int64, Device::Cpu);
+        let ids = Tensor::randint(50, [b, t], i64s);
+        let mask = Tensor::ones([b, t], i64s);
+        let _ = mask.get(0).narrow(0, 0, 3).fill_(0);
+        let pos = (mask.cumsum(-1, Kind::Int64) - 1).clamp_min(0);
+        let mut caches = Vec::new();
+        for shared in [false, true] {
+            let mut c = KvCache::new(2, b, 2, 8, t + steps, Kind::Float, Device::Cpu)?;
+            model.forward(
+                Input::Ids(&ids),
+                Some(&mut c),
+                &ForwardOptions {
+                    attention_mask: Some(&mask),
+                    position_ids: Some(&pos),
+                    last_only: true,
+                    ..Default::default()
+                },
+            )?;
+            c.expand_rows(nb, shared)?;
+            caches.push(c);
+        }
+        let (c1, c2) = caches.split_at_mut(1);
+        let (c1, c2) = (&mut c1[0], &mut c2[0]);
+        let rep = |x: &Tensor| x.repeat_interleave_self_int(nb, Some(0), None::<i64>);
+        let (mut mask, mut pos) = (rep(&mask), rep(&pos.narrow(1, t - 1, 1)));
+        let mut tok = Tensor::from_slice(&[5i64, 6, 7, 8]).view([b * nb, 1]);
+        // beams copy each other, swap, stay
+        let orders: [[i64; 4]; 5] = [
+            [0, 0, 2, 2],
+            [1, 0, 3, 3],
+            [0, 1, 2, 3],
+            [1, 1, 3, 2],
+            [0, 0, 2, 2],
+        ];
+        let v = |t: &Tensor| Vec::<i64>::try_from(t.reshape([-1])).unwrap();
+        for order in orders.iter().take(steps as usize) {
+            let src = Tensor::from_slice(order);
+            c1.reorder(&src)?;
+            c2.reorder(&src)?;
+            mask = Tensor::cat(
+                &[
+                    &mask.index_select(0, &src),
+                    &Tensor::ones([b * nb, 1], i64s),
+                ],
+                1,
+            );
+            pos = pos.index_select(0, &src) + 1;
+            let want = model
+                .forward(
+                    Input::Ids(&tok),
+                    Some(c1),
+                    &ForwardOptions {
+                        attention_mask: Some(&mask),
+                        position_ids: Some(&pos),
+                        last_only: true,
+                        ..Default::default()
+                    },
+                )?
+                .logits
+                .select(1, 0);
+            let got = dec.step(&v(&tok), &v(&pos), Some(&v(&mask)), c2)?;
+            let err = f64::try_from((&got - &want).abs().max())?;
+            let scale = f64::try_from(want.abs().max())?;
+            assert!(
+                err <= 1e-5 * scale.max(1.0),
+                "max |diff| {err} (logits up to {scale})"
+            );
+            tok = want.argmax(-1, true);
+        }
+        // the libtorch forward refuses a cache whose rows are remapped
+        assert!(model
+            .forward(Input::Ids(&tok), Some(c2), &ForwardOptions::default())
+            .is_err());
+        Ok(())
     }
 
     fn check_step(with_lora: bool) -> Result<()> {

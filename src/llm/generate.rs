@@ -399,16 +399,13 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
     let expand = |x: &Tensor| -> Result<Tensor> {
         Ok(x.f_repeat_interleave_self_tensor(&rep, 0, None::<i64>)?)
     };
-    let p = Prompt {
-        input: expand(&p.input)?,
-        is_embeds: p.is_embeds,
-        mask: expand(&p.mask)?,
-        ids: expand(&p.ids)?,
-    };
     let mcfg = &model.cfg;
+    // the prompt runs once per row (its beams would compute the same keys, values and logits);
+    // the cache is then expanded to the beams: shared through a row table for the fused CPU
+    // step (beam reordering rewrites the table, nothing is copied), else copied per beam
     let mut cache = KvCache::new(
         mcfg.num_hidden_layers,
-        b * nb,
+        b,
         mcfg.num_key_value_heads,
         mcfg.head_dim,
         t + cfg.max_new_tokens,
@@ -416,7 +413,14 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
         dev,
     )?;
     let dec = Decoder::new(model, cfg)?;
-    let mut logits = first_forward(model, &p, &mut cache, &dec.fused)?;
+    let mut logits = expand(&first_forward(model, &p, &mut cache, &dec.fused)?)?;
+    cache.expand_rows(nb, dec.cpu.is_some())?;
+    let p = Prompt {
+        input: p.input,
+        is_embeds: p.is_embeds,
+        mask: expand(&p.mask)?,
+        ids: expand(&p.ids)?,
+    };
     let mut mask = p.mask.shallow_clone();
     let mut pos = positions(&mask)?.f_narrow(1, t - 1, 1)?;
     let mut seen = p.ids.shallow_clone();
@@ -523,12 +527,18 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
         })
         .collect();
     let n = best.iter().map(Vec::len).max().unwrap_or(0);
+    // transformers' beam search pads shorter results with `pad_token_id or eos_token_id[0]`: a pad
+    // id of 0 (falsy in Python) pads with the first EOS id
+    let fill = match cfg.eos_token_ids.first() {
+        Some(&e) if cfg.pad_token_id == 0 => e,
+        _ => cfg.pad_token_id,
+    };
     let flat: Vec<i64> = best
         .iter()
         .flat_map(|s| {
             s.iter()
                 .copied()
-                .chain(std::iter::repeat_n(cfg.pad_token_id, n - s.len()))
+                .chain(std::iter::repeat_n(fill, n - s.len()))
         })
         .collect();
     Ok(Tensor::from_slice(&flat)

@@ -391,7 +391,8 @@ class LlamaForCausalLM(RustBound):
 
         Batches are left-padded (pass ``attention_mask``). Returns ``[B, T + n]`` (prompt and new
         tokens) for ``input_ids`` and ``[B, n]`` for ``inputs_embeds``, as transformers. Rows that
-        finished are padded with ``pad_token_id`` (default: the first EOS id).
+        finished are padded with ``pad_token_id`` (default: the first EOS id; beam search pads
+        with the first EOS id when ``pad_token_id`` is 0, as transformers' `pad_token_id or eos`).
 
         Args:
             top_k: used only when sampling (0 disables), as transformers' default 50.
