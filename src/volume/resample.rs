@@ -140,10 +140,12 @@ impl<F: Fn(isize) -> f32 + Sync> Job<'_, F> {
                         None => {
                             for (o2, v) in row.iter_mut().enumerate() {
                                 f[C] = o2 as f64;
-                                let taps = [0usize, 1, 2].map(|r| {
-                                    tap(self.pos(r, f), self.shape[r], self.strides[r], self.mode)
-                                });
-                                *v = self.sample(taps);
+                                let (sh, st, md) = (self.shape, self.strides, self.mode);
+                                *v = self.sample([
+                                    tap(self.pos(0, f), sh[0], st[0], md),
+                                    tap(self.pos(1, f), sh[1], st[1], md),
+                                    tap(self.pos(2, f), sh[2], st[2], md),
+                                ]);
                             }
                         }
                     }
