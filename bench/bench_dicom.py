@@ -81,6 +81,8 @@ def make_series(folder: str) -> None:
 def run() -> str:
     from common import machine
 
+    load0 = os.getloadavg()[0]
+
     with tempfile.TemporaryDirectory() as d:
         make_series(d)
         size_mb = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)) / 1e6
@@ -114,6 +116,11 @@ def run() -> str:
             f"| {name} | {r['s']:.2f} | {N_SLICES / r['s']:.0f} | {s['s'] / r['s']:.2f}x "
             f"| {r['peak_mb']:.0f} |"
         )
+    lines.append(
+        f"_Load average (1 min) {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+        "(the 2 cores are shared with other jobs: the ratios are indicative)._"
+    )
+    lines.append("")
     lines += [
         "",
         f"**voxlm / SimpleITK: {s['s'] / v['s']:.1f}x** (goal: >= 2x); voxlm / pydicom: "

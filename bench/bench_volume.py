@@ -246,6 +246,8 @@ def make_dl_data(d: str, noisy: bool) -> list[str]:
 def run_dataloader() -> str:
     from common import machine
 
+    load0 = os.getloadavg()[0]
+
     rows = []
     ratios = {}
     with tempfile.TemporaryDirectory() as d:
@@ -291,6 +293,11 @@ def run_dataloader() -> str:
         *rows,
         "",
     ]
+    lines.append(
+        f"_Load average (1 min) {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+        "(the 2 cores are shared with other jobs: the ratios are indicative)._"
+    )
+    lines.append("")
     for kind, (r, wm, tot) in ratios.items():
         lines.append(
             f"**{kind}: voxlm / MONAI throughput {r:.1f}x** (goal: >= 5x), worker peak memory "
@@ -302,5 +309,6 @@ def run_dataloader() -> str:
 
 if __name__ == "__main__":
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    print(run())
+    if "--dataloader" not in sys.argv[1:]:  # --dataloader: only the DataLoader section
+        print(run())
     print(run_dataloader())

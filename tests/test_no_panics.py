@@ -190,6 +190,30 @@ CASES: dict[str, list] = {
             np.ones(3, np.float32), np.eye(4).tolist(), [2, 2, 2], "trilinear"
         ),
     ],
+    # -- _core: volume geometry (src/volume/geometry.rs)
+    "io_orientation": [
+        lambda: _core.io_orientation([[1.0, 0.0], [0.0]]),
+        lambda: _core.io_orientation([]),
+        lambda: _core.io_orientation([[NAN, 0.0], [0.0, 1.0]]),
+    ],
+    "orientation_transform": [
+        lambda: _core.orientation_transform(np.eye(4).tolist(), [2, 2, 2], "RAX"),
+        lambda: _core.orientation_transform(np.eye(4).tolist(), [2, 2], "RAS"),
+        lambda: _core.orientation_transform(np.zeros((4, 4)).tolist(), [2, 2, 2], "RAS"),
+        lambda: _core.orientation_transform(np.eye(3).tolist(), [2, 2], "RA"),
+    ],
+    "spacing_grid": [
+        lambda: _core.spacing_grid([2, 2, 2], np.eye(4).tolist(), [0.0, 1.0, 1.0]),
+        lambda: _core.spacing_grid([2, 2, 2], np.zeros((4, 4)).tolist(), [1.0, 1.0, 1.0]),
+        lambda: _core.spacing_grid([0, 2, 2], np.eye(4).tolist(), [1.0, 1.0, 1.0]),
+        lambda: _core.spacing_grid([2, 2, 2], np.eye(4).tolist(), [1e-300, 1.0, 1.0]),
+    ],
+    "match_grid": [
+        lambda: _core.match_grid(
+            [2, 2, 2], np.zeros((4, 4)).tolist(), [2, 2, 2], np.eye(4).tolist()
+        ),
+        lambda: _core.match_grid([2, 2, 2], np.eye(3).tolist(), [2, 2, 2], np.eye(4).tolist()),
+    ],
     # -- _core: image formats (formats' functions; sizes typed unsigned there are not probed)
     "sniff_format": [lambda: _core.sniff_format("/nonexistent/x")],
     "load_image": [

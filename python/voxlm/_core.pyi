@@ -56,6 +56,10 @@ __all__ = [
     "resize",
     "load_batch",
     "affine_resample",
+    "io_orientation",
+    "orientation_transform",
+    "spacing_grid",
+    "match_grid",
     "load_image_2d",
     "clip_preprocess",
     "sniff_format",
@@ -304,7 +308,7 @@ def save_nifti(
 ) -> None: ...
 def resize(img: npt.NDArray[np.float32], size: list[int], mode: str) -> npt.NDArray[np.float32]: ...
 def load_batch(
-    paths: list[str],
+    paths: list[str | list[str]],
     ras: bool = True,
     window: tuple[float, float, float, float, bool] | None = None,
     size: list[int] | None = None,
@@ -344,3 +348,18 @@ class QueryBlocksCore:
 def affine_resample(
     img: npt.NDArray[np.float32], xform: list[list[float]], size: list[int], mode: str
 ) -> npt.NDArray[np.float32]: ...
+def io_orientation(
+    affine: list[list[float]], tol: float | None = None
+) -> list[tuple[float, float]]: ...
+def orientation_transform(
+    affine: list[list[float]], shape: list[int], axcodes: str
+) -> tuple[list[int], list[int], npt.NDArray[np.float64]]: ...
+def spacing_grid(
+    shape: list[int], affine: list[list[float]], pixdim: list[float]
+) -> tuple[npt.NDArray[np.float64], list[int], npt.NDArray[np.float64], bool]: ...
+def match_grid(
+    src_shape: list[int],
+    src_affine: list[list[float]],
+    dst_shape: list[int],
+    dst_affine: list[list[float]],
+) -> tuple[npt.NDArray[np.float64], bool]: ...

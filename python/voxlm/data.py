@@ -16,6 +16,14 @@ nearest)] [ScaleIntensityRange]`` followed by any of ``ScaleIntensityRange``,
 resampled straight from the file's bytes through a strided, reoriented view; other formats are
 decoded to float32 once. Any other chain runs the Python transforms on :func:`load_image`'s
 volume (same numbers, slower).
+
+Multi-sequence items (MRI T2W / ADC / DWI of one study): wherever a path is accepted, a list
+of paths stacks them as channels ``[C, D, H, W]``: every sequence after the first is resampled
+onto the first one's voxel grid (MONAI ``ResampleToMatch``: trilinear, border padding, nothing
+resampled when the grids agree), then the chain runs on the stacked image (Orientation and
+Spacing on every channel, intensity statistics and the foreground box over all channels, as
+MONAI's transforms on a multi-channel image). Fused in Rust when the chain fuses; otherwise
+:class:`~voxlm.transforms.StackSequences` and the Python transforms.
 """
 
 from __future__ import annotations
@@ -34,10 +42,12 @@ import torch
 
 from . import _core
 from . import transforms as T
-from .exceptions import ShapeError, VoxlmIOError
+from .exceptions import ShapeError, VoxlmIOError, VoxlmTypeError
 from .volume import Volume, load_image
 
 PathLike = str | os.PathLike[str]
+#: one file, or the sequences of one study (stacked as channels on the first one's grid)
+Item = PathLike | Sequence[PathLike]
 _DEFAULT_SELECT = T.CropForeground.__init__.__defaults__[0]  # type: ignore[index]
 
 
@@ -119,14 +129,32 @@ def rust_plan(transform: Any) -> dict[str, Any] | None:
     return plan
 
 
+def _is_path(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def _item(x: Any) -> str | list[str]:
+    """A path, or a non-empty list of paths (a dict of sequences: its values in order)."""
+    if _is_path(x):
+        return os.fspath(x)
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, (list, tuple)) and x and all(_is_path(p) for p in x):
+        return [os.fspath(p) for p in x] if len(x) > 1 else os.fspath(x[0])
+    raise VoxlmTypeError(
+        "paths: expected each item to be a path or a non-empty list of paths (sequences), "
+        f"got {x!r}"
+    )
+
+
 def _run_plan(
-    paths: Sequence[PathLike],
+    paths: Sequence[Item],
     plan: dict[str, Any],
     num_threads: int = 0,
     series_uid: str | None = None,
 ) -> np.ndarray:
     return _core.load_batch(
-        [os.fspath(p) for p in paths],
+        [_item(p) for p in paths],
         False,
         plan["window"],
         plan["size"],
@@ -153,6 +181,50 @@ def _as_array(out: Any) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def _apply_chain(arr: np.ndarray, affine: np.ndarray, transform: Any) -> np.ndarray:
+    """``transform`` on a channel-first array that keeps its affine: voxlm transforms get the
+    affine (Orientation and Spacing need it), other callables the array."""
+    out: Any = arr
+    for t in _steps_of(transform):
+        if isinstance(t, T.Compose):
+            out = _apply_chain(_as_array(out), affine, t)
+        elif isinstance(t, T.Transform) and isinstance(out, np.ndarray):
+            out, new = t.apply(out, affine)
+            affine = affine if new is None else np.asarray(new)
+        else:
+            out = t(out)
+    return _as_array(out) if not isinstance(out, np.ndarray) else np.asarray(out, np.float32)
+
+
+def _stacked_python(
+    paths: Sequence[str], transform: Any, series_uid: str | None = None
+) -> np.ndarray:
+    vols = [load_image(p, series_uid=series_uid) for p in paths]
+    for p, v in zip(paths, vols):
+        if v.data.ndim != 3:
+            raise ShapeError(f"{p}: expected a 3-d sequence, got shape {v.data.shape}")
+    st = T.StackSequences()(vols)
+    arr = np.ascontiguousarray(np.moveaxis(np.asarray(st.data), -1, 0), dtype=np.float32)
+    if transform is None:
+        return arr
+    return _apply_chain(arr, np.asarray(st.affine, dtype=np.float64), transform)
+
+
+def transform_paths(
+    paths: Sequence[PathLike], transform: Callable[[Any], Any] | None, num_threads: int = 0
+) -> np.ndarray:
+    """The sequences ``paths`` of one study stacked as channels on the first one's grid, then
+    ``transform``: float32 ``[C, D, H, W]`` (see the module docstring); fused in Rust when the
+    chain allows it."""
+    item = _item(list(paths))
+    if isinstance(item, str):
+        return transform_path(item, transform, num_threads)
+    plan = rust_plan(transform)
+    if plan is not None:
+        return _run_plan([item], plan, num_threads)[0]
+    return _stacked_python(item, transform)
+
+
 def transform_path(
     path: PathLike, transform: Callable[[Any], Any] | None, num_threads: int = 0
 ) -> np.ndarray:
@@ -166,22 +238,26 @@ def transform_path(
 
 
 def load_batch(
-    paths: Sequence[PathLike], transform: Callable[[Any], Any] | None = None, num_threads: int = 0
+    paths: Sequence[Item], transform: Callable[[Any], Any] | None = None, num_threads: int = 0
 ) -> torch.Tensor:
     """Load ``paths`` (any format) into ``[B, C, D, H, W]`` float32 (``num_threads`` files at a
-    time; 0 = all cores). Volumes must end up the same shape (add a Resize)."""
+    time; 0 = all cores). Volumes must end up the same shape (add a Resize). An item that is a
+    list of paths stacks those sequences as channels (module docstring)."""
     if len(paths) == 0:
         raise ShapeError("paths: expected at least one file")
+    items = [_item(p) for p in paths]
     plan = rust_plan(transform)
     if plan is not None:
-        return torch.from_numpy(_run_plan(paths, plan, num_threads))
+        return torch.from_numpy(_run_plan(items, plan, num_threads))
 
-    def one(p: PathLike) -> np.ndarray:
+    def one(p: str | list[str]) -> np.ndarray:
+        if isinstance(p, list):
+            return _stacked_python(p, transform)
         v = load_image(p)
         return _as_array(transform(v) if transform is not None else v)
 
     with ThreadPoolExecutor(max_workers=num_threads or os.cpu_count()) as ex:
-        arrays = list(ex.map(one, paths))
+        arrays = list(ex.map(one, items))
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ShapeError(f"volumes have different shapes {sorted(shapes)}: add a Resize")
@@ -219,8 +295,23 @@ def _describe(t: Any) -> Any:
     return repr(t)
 
 
+def _stamp(p: str) -> Any:
+    """A file's identity for cache keys: size and mtime (every file of a DICOM folder)."""
+    try:
+        st = os.stat(p)
+        if os.path.isdir(p):  # a DICOM series: every file's identity, not the folder's
+            files = sorted(os.scandir(p), key=lambda e: e.name)
+            return [[e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in files]
+        return [st.st_size, st.st_mtime_ns]
+    except OSError as e:
+        raise VoxlmIOError(f"{p}: {e.strerror or e}") from None
+
+
 class VolumeDataset(torch.utils.data.Dataset):
     """``(volume [C, D, H, W] float32 tensor[, label])`` per path, through ``transform``.
+
+    A path may be a list (or dict) of sequences of one study: they are stacked as channels on
+    the first one's grid (module docstring), in Rust when the chain fuses.
 
     Chains that fuse (:func:`rust_plan`) run in Rust, one thread per DataLoader worker.
 
@@ -233,7 +324,7 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        paths: Sequence[PathLike],
+        paths: Sequence[Item],
         transform: Callable[[Any], Any] | None = None,
         labels: Sequence[Any] | None = None,
         cache_dir: PathLike | None = None,
@@ -241,7 +332,7 @@ class VolumeDataset(torch.utils.data.Dataset):
     ) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ShapeError(f"labels: expected {len(paths)} (one per path), got {len(labels)}")
-        self.paths, self.transform, self.labels = [os.fspath(p) for p in paths], transform, labels
+        self.paths, self.transform, self.labels = [_item(p) for p in paths], transform, labels
         self.series_uid = series_uid
         steps = _steps_of(transform)
         cut = next((k for k, t in enumerate(steps) if isinstance(t, T._Random)), len(steps))
@@ -258,10 +349,12 @@ class VolumeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _compute(self, path: str) -> np.ndarray:
+    def _compute(self, path: str | list[str]) -> np.ndarray:
         threads = 1 if torch.utils.data.get_worker_info() is not None else 0
         if self._plan is not None:
             return _run_plan([path], self._plan, threads, self.series_uid)[0]
+        if isinstance(path, list):
+            return _stacked_python(path, self._head, self.series_uid)
         v = load_image(path, series_uid=self.series_uid)
         return _as_array(self._head(v) if self._head is not None else v)
 
@@ -269,17 +362,11 @@ class VolumeDataset(torch.utils.data.Dataset):
         """The cache file of item ``i`` (None without ``cache_dir``)."""
         if self.cache_dir is None:
             return None
-        p = self.paths[i]
-        try:
-            st = os.stat(p)
-            if os.path.isdir(p):  # a DICOM series: every file's identity, not the folder's
-                files = sorted(os.scandir(p), key=lambda e: e.name)
-                stamp: Any = [[e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in files]
-            else:
-                stamp = [st.st_size, st.st_mtime_ns]
-        except OSError as e:
-            raise VoxlmIOError(f"{p}: {e.strerror or e}") from None
-        ident = json.dumps([os.path.abspath(p), stamp, self.series_uid, self._config])
+        item = self.paths[i]
+        group = item if isinstance(item, list) else [item]
+        ident = json.dumps(
+            [[[os.path.abspath(p), _stamp(p)] for p in group], self.series_uid, self._config]
+        )
         return os.path.join(self.cache_dir, hashlib.sha256(ident.encode()).hexdigest() + ".npy")
 
     def _load(self, i: int) -> np.ndarray:

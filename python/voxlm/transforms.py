@@ -24,10 +24,7 @@ import torch
 
 from . import _core
 from .exceptions import ConfigError, ShapeError, VoxlmTypeError
-from .volume import Volume, io_orientation
-
-_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
-
+from .volume import Volume
 
 # ---------------------------------------------------------------------------------------------
 # plumbing: numpy / torch / Volume in, the same kind out
@@ -108,75 +105,30 @@ class Compose(Transform):
 # orientation
 
 
-def _axcodes2ornt(axcodes: str) -> np.ndarray:
-    ornt = np.full((len(axcodes), 2), np.nan)
-    for i, code in enumerate(axcodes):
-        for ax, (neg, pos) in enumerate(_LABELS):
-            if code == neg:
-                ornt[i] = (ax, -1)
-            elif code == pos:
-                ornt[i] = (ax, 1)
-        if np.isnan(ornt[i, 0]):
-            raise ConfigError(f"axcodes: unknown code {code!r} in {axcodes!r} (use L/R, P/A, I/S)")
-    if len(set(ornt[:, 0])) != len(axcodes):
-        raise ConfigError(f"axcodes: {axcodes!r} names an axis twice")
-    return ornt
-
-
-def _ornt_transform(start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    result = np.empty_like(start)
-    for end_in, (end_out, end_flip) in enumerate(end):
-        for start_in, (start_out, start_flip) in enumerate(start):
-            if end_out == start_out:
-                result[start_in] = (end_in, 1 if start_flip == end_flip else -1)
-                break
-        else:
-            raise ConfigError(f"cannot find output axis {end_out} in the image orientation")
-    return result
-
-
-def _inv_ornt_aff(ornt: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    p = ornt.shape[0]
-    shape_a = np.array(shape)[:p]
-    undo_reorder = np.eye(p + 1)[[int(v) for v in ornt[:, 0]] + [p], :]
-    undo_flip = np.diag(list(ornt[:, 1]) + [1.0])
-    center = -(shape_a - 1) / 2.0
-    undo_flip[:p, p] = (ornt[:, 1] * center) - center
-    return np.dot(undo_flip, undo_reorder)
-
-
 class Orientation(Transform):
     """Reorient to ``axcodes`` (e.g. ``"RAS"``) by flips and axis permutations (no resampling),
-    updating the affine, as MONAI's ``Orientation``."""
+    updating the affine, as MONAI's ``Orientation``. The geometry (nibabel's orientation of the
+    affine, the flips, the permutation, the new affine) is computed in Rust
+    (``src/volume/geometry.rs``), the same code the fused pipeline runs."""
 
     def __init__(self, axcodes: str = "RAS") -> None:
         self.axcodes = axcodes
-        _axcodes2ornt(axcodes)
+        if not isinstance(axcodes, str):
+            raise ConfigError(f"axcodes: expected a string such as 'RAS', got {axcodes!r}")
+        _core.orientation_transform(np.eye(4).tolist(), [1] * len(axcodes), axcodes)
 
     def apply(self, a, affine):
         sr = a.ndim - 1
-        if sr != len(self.axcodes) and sr != 3:
-            raise ShapeError(f"Orientation: axcodes {self.axcodes!r} for {sr} spatial dims")
-        src = io_orientation(affine[: sr + 1, : sr + 1] if sr < 3 else affine)[:sr]
-        dst = _axcodes2ornt(self.axcodes[:sr])
-        ornt = _ornt_transform(src, dst)
-        new_affine = affine @ _inv_ornt_aff_full(ornt, a.shape[1:], affine.shape[0] - 1)
-        flips = [i + 1 for i, f in enumerate(ornt[:, 1]) if f == -1]
-        out = np.flip(a, axis=flips) if flips else a
-        perm = [0] + [int(i) + 1 for i in np.argsort(ornt[:, 0])]
-        out = np.ascontiguousarray(out.transpose(perm))
+        if sr != len(self.axcodes):
+            raise ShapeError(
+                f"Orientation: axcodes {self.axcodes!r} for {sr} spatial dims (shape {a.shape})"
+            )
+        flips, perm, new_affine = _core.orientation_transform(
+            np.asarray(affine, dtype=np.float64).tolist(), list(a.shape[1:]), self.axcodes
+        )
+        out = np.flip(a, axis=[f + 1 for f in flips]) if flips else a
+        out = np.ascontiguousarray(out.transpose([0] + [p + 1 for p in perm]))
         return out, new_affine
-
-
-def _inv_ornt_aff_full(ornt: np.ndarray, shape: Sequence[int], n: int) -> np.ndarray:
-    m = _inv_ornt_aff(ornt, shape)
-    if m.shape[0] == n + 1:
-        return m
-    full = np.eye(n + 1)
-    p = ornt.shape[0]
-    full[:p, :p] = m[:p, :p]
-    full[:p, n] = m[:p, p]
-    return full
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,50 +177,21 @@ class Spacing(Transform):
     def apply(self, a, affine):
         if a.ndim != 4:
             raise ShapeError(f"Spacing: expected [C, D, H, W], got shape {a.shape}")
-        rzs = affine[:3, :3]
-        scale = np.sqrt((rzs * rzs).sum(0))
-        scale[scale == 0] = 1.0
-        new_affine = np.eye(4)
-        new_affine[:3, :3] = (rzs / scale) @ np.diag(self.pixdim)
-        shape, offset = _shape_offset(np.array(a.shape[1:], dtype=float), affine, new_affine)
-        new_affine[:3, 3] = offset
-        xform = np.linalg.solve(affine, new_affine)
-        if np.allclose(xform, np.eye(4), atol=1e-3) and tuple(shape) == a.shape[1:]:
-            return _f32(a), affine
-        out = _core.affine_resample(_f32(a), xform.tolist(), [int(s) for s in shape], self.mode)
-        return out, new_affine
-
-
-def _shape_offset(
-    shape: np.ndarray, in_aff: np.ndarray, out_aff: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """MONAI's ``compute_shape_offset`` (``scale_extent=False``)."""
-    corners = np.asarray(np.meshgrid(*[(0.0, d - 1.0) for d in shape], indexing="ij")).reshape(
-        (3, -1)
-    )
-    corners = np.concatenate((corners, np.ones_like(corners[:1])))
-    corners_out = np.linalg.solve(out_aff, in_aff) @ corners
-    world = in_aff @ corners
-    all_dist = corners_out[:-1].copy()
-    corners_out = corners_out[:-1] / corners_out[-1]
-    out_shape = np.round(np.ptp(corners_out, axis=1) + 1.0)
-    offset = None
-    for i in range(world.shape[1]):
-        if np.allclose(np.min(all_dist - all_dist[:, i : i + 1], 1), 0.0, rtol=1e-3):
-            offset = world[:-1, i]
-            break
-    if offset is None:
-        offset = (
-            in_aff[:-1, :-1] @ (shape / 2.0)
-            + in_aff[:-1, -1]
-            - out_aff[:-1, :-1] @ (out_shape / 2.0)
+        new_affine, shape, xform, identity = _core.spacing_grid(
+            list(a.shape[1:]), np.asarray(affine, dtype=np.float64).tolist(), self.pixdim
         )
-    return out_shape.astype(int), offset
+        if identity:  # MONAI resamples nothing when the grids agree within 1e-3
+            return _f32(a), affine
+        out = _core.affine_resample(_f32(a), xform.tolist(), list(shape), self.mode)
+        return out, new_affine
 
 
 class StackSequences(Transform):
     """Stack MRI sequences (e.g. T2W, ADC, DWI) as channels on the first one's grid: every other
-    volume is resampled through its affine onto the reference voxel grid (trilinear, border)."""
+    volume is resampled through its affine onto the reference voxel grid (trilinear, border), as
+    MONAI's ``ResampleToMatch`` (nothing is resampled when the grids agree within 1e-3). Returns
+    a Volume whose data is ``[x, y, z, C]`` (channels last, as :func:`load_image` returns
+    multi-channel files)."""
 
     def __init__(self, mode: str = "trilinear") -> None:
         self.mode = mode
@@ -277,16 +200,26 @@ class StackSequences(Transform):
         if not volumes or not all(isinstance(v, Volume) for v in volumes):
             raise VoxlmTypeError("StackSequences: expected a non-empty list of Volumes")
         ref = volumes[0]
+        if np.ndim(ref.data) != 3:
+            raise ShapeError(f"StackSequences: expected 3-d volumes, got shape {ref.data.shape}")
         shape = ref.data.shape[:3]
         chans = [_f32(np.asarray(ref.data))]
+        ref_aff = np.asarray(ref.affine, dtype=np.float64).tolist()
         for v in volumes[1:]:
-            xform = np.linalg.solve(
-                np.asarray(v.affine, dtype=np.float64), np.asarray(ref.affine, dtype=np.float64)
+            data = _f32(np.asarray(v.data))
+            if data.ndim != 3:
+                raise ShapeError(f"StackSequences: expected 3-d volumes, got shape {data.shape}")
+            xform, same = _core.match_grid(
+                list(data.shape),
+                np.asarray(v.affine, dtype=np.float64).tolist(),
+                list(shape),
+                ref_aff,
             )
+            if same:
+                chans.append(data)
+                continue
             chans.append(
-                _core.affine_resample(
-                    _f32(np.asarray(v.data))[None], xform.tolist(), list(shape), self.mode
-                )[0]
+                _core.affine_resample(data[None], xform.tolist(), list(shape), self.mode)[0]
             )
         return Volume(np.stack(chans, axis=-1), ref.affine, ref.header)
 

@@ -21,29 +21,14 @@ _LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 def io_orientation(affine: np.ndarray, tol: float | None = None) -> np.ndarray:
-    """Voxel axis -> world axis and direction (nibabel's ``io_orientation`` algorithm: the
-    nearest orthogonal matrix by SVD, then the largest component of each column)."""
+    """Voxel axis -> world axis and direction, ``[p, 2]`` with NaN rows for axes without a
+    direction (nibabel's ``io_orientation``: normalised columns, the nearest orthogonal matrix
+    by SVD, the most dominant column assigned first). Computed in Rust
+    (``src/volume/geometry.rs``), the code the fused pipeline runs."""
     affine = np.asarray(affine, dtype=np.float64)
-    q, p = affine.shape[0] - 1, affine.shape[1] - 1
-    rzs = affine[:q, :p]
-    zooms = np.sqrt(np.sum(rzs * rzs, axis=0))
-    zooms[zooms == 0] = 1
-    rs = rzs / zooms
-    u, s, vt = np.linalg.svd(rs, full_matrices=False)
-    if tol is None:
-        tol = s.max() * max(rs.shape) * np.finfo(np.float64).eps
-    keep = s > tol
-    r = np.dot(u[:, keep], vt[keep])
-    ornt = np.full((p, 2), np.nan)
-    # columns with the most dominant component are assigned first (nibabel >= 5.3)
-    in_axes = np.argsort(np.min(-(r**2), axis=0), kind="stable")
-    for in_ax in in_axes:
-        col = r[:, in_ax]
-        if not np.allclose(col, 0):
-            out_ax = int(np.argmax(np.abs(col)))
-            ornt[in_ax] = (out_ax, -1 if col[out_ax] < 0 else 1)
-            r[out_ax, :] = 0
-    return ornt
+    if affine.ndim != 2:
+        raise ShapeError(f"affine: expected a 2-d matrix, got shape {affine.shape}")
+    return np.array(_core.io_orientation(affine.tolist(), tol), dtype=np.float64).reshape(-1, 2)
 
 
 def aff2axcodes(affine: np.ndarray) -> tuple[str | None, ...]:

@@ -111,6 +111,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(volume::resize, m)?)?;
     m.add_function(wrap_pyfunction!(volume::load_batch, m)?)?;
     m.add_function(wrap_pyfunction!(volume::affine_resample, m)?)?;
+    m.add_function(wrap_pyfunction!(volume::io_orientation, m)?)?;
+    m.add_function(wrap_pyfunction!(volume::orientation_transform, m)?)?;
+    m.add_function(wrap_pyfunction!(volume::spacing_grid, m)?)?;
+    m.add_function(wrap_pyfunction!(volume::match_grid, m)?)?;
     m.add_function(wrap_pyfunction!(volume::load_image, m)?)?;
     m.add_function(wrap_pyfunction!(volume::sniff_format, m)?)?;
     image::register(m)?;

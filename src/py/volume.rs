@@ -313,15 +313,24 @@ fn parse_step(name: &str, v: &[f64]) -> Result<crate::volume::steps::Step, Error
     })
 }
 
+/// A path, or the paths of several sequences of one study (stacked as channels).
+#[derive(FromPyObject)]
+pub enum PathItem {
+    One(std::path::PathBuf),
+    Many(Vec<std::path::PathBuf>),
+}
+
 /// Load (any format), reorient, resample to a spacing, window, run array steps and resize
-/// many files in parallel: `[B, 1, D, H, W]` f32. `axcodes` overrides `ras`; `steps` are
-/// `(name, params)` pairs run after the prefix (see `volume::steps::Step`).
+/// many items in parallel: `[B, C, D, H, W]` f32. An item is a path (C = 1) or a list of paths
+/// (MRI sequences: each after the first resampled onto the first's grid, then stacked as
+/// channels). `axcodes` overrides `ras`; `steps` are `(name, params)` pairs run after the
+/// prefix (see `volume::steps::Step`).
 #[pyfunction]
 #[pyo3(signature = (paths, ras=true, window=None, size=None, mode="trilinear", num_threads=0, spacing=None, axcodes=None, spacing_mode="trilinear", steps=None, series_uid=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn load_batch<'py>(
     py: Python<'py>,
-    paths: Vec<std::path::PathBuf>,
+    paths: Vec<PathItem>,
     ras: bool,
     window: Option<(f64, f64, f64, f64, bool)>,
     size: Option<[usize; 3]>,
@@ -335,14 +344,6 @@ pub fn load_batch<'py>(
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     use crate::volume::pipeline::{self, Pipeline};
     use crate::volume::resize::Mode;
-    if let Some(s) = spacing {
-        if s.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
-            return Err(Error::config(format!(
-                "spacing: expected positive voxel sizes, got {s:?}"
-            ))
-            .into());
-        }
-    }
     let orient = match axcodes {
         Some(c) => Some(pipeline::parse_axcodes(&c)?),
         None if ras => Some(pipeline::RAS),
@@ -371,8 +372,122 @@ pub fn load_batch<'py>(
     } else {
         num_threads
     };
-    let out = crate::py::par(py, move || pipeline::load_batch(&paths, &p, n))?;
+    let items: Vec<Vec<std::path::PathBuf>> = paths
+        .into_iter()
+        .map(|it| match it {
+            PathItem::One(p) => vec![p],
+            PathItem::Many(v) => v,
+        })
+        .collect();
+    let out = crate::py::par(py, move || pipeline::load_batch_items(&items, &p, n))?;
     Ok(bridge::array_to_py(py, out))
+}
+
+fn m4(a: &[Vec<f64>], what: &str) -> Result<[[f64; 4]; 4], Error> {
+    if a.len() != 4 || a.iter().any(|r| r.len() != 4) {
+        return Err(Error::shape(format!(
+            "{what}: expected a 4x4 matrix, got rows of lengths {:?}",
+            a.iter().map(|r| r.len()).collect::<Vec<_>>()
+        )));
+    }
+    let mut x = [[0.0; 4]; 4];
+    for (i, r) in a.iter().enumerate() {
+        x[i].copy_from_slice(r);
+    }
+    Ok(x)
+}
+
+/// nibabel's `io_orientation` of an affine (`(q+1) x (p+1)`): per voxel axis `(world axis,
+/// +1 | -1)`, `(nan, nan)` for an axis without direction.
+#[pyfunction]
+#[pyo3(signature = (affine, tol=None))]
+pub fn io_orientation(affine: Vec<Vec<f64>>, tol: Option<f64>) -> PyResult<Vec<(f64, f64)>> {
+    let q = affine.len().saturating_sub(1);
+    let p = affine.first().map_or(0, |r| r.len().saturating_sub(1));
+    if q == 0 || p == 0 || affine.iter().any(|r| r.len() != p + 1) {
+        return Err(Error::shape(format!(
+            "affine: expected a (q+1) x (p+1) matrix with q, p >= 1, got rows of lengths {:?}",
+            affine.iter().map(|r| r.len()).collect::<Vec<_>>()
+        ))
+        .into());
+    }
+    let rzs: Vec<Vec<f64>> = affine[..q].iter().map(|r| r[..p].to_vec()).collect();
+    let o = crate::volume::geometry::io_orientation(&rzs, tol)?;
+    Ok(o.into_iter()
+        .map(|a| match a {
+            Some((ax, pos)) => (ax as f64, if pos { 1.0 } else { -1.0 }),
+            None => (f64::NAN, f64::NAN),
+        })
+        .collect())
+}
+
+/// `(flip_axes, perm, new_affine)` of `orientation_transform`.
+type Reoriented<'py> = (Vec<usize>, Vec<usize>, Bound<'py, numpy::PyArrayDyn<f64>>);
+
+/// MONAI `Orientation` geometry: `(flip_axes, perm, new_affine)` for an image of spatial
+/// `shape` with a 4x4 `affine`, reoriented to `axcodes` (one letter per spatial dim): flip the
+/// spatial axes `flip_axes`, then output axis i is spatial axis `perm[i]`.
+#[pyfunction]
+pub fn orientation_transform<'py>(
+    py: Python<'py>,
+    affine: Vec<Vec<f64>>,
+    shape: Vec<usize>,
+    axcodes: &str,
+) -> PyResult<Reoriented<'py>> {
+    use crate::volume::geometry;
+    let a = m4(&affine, "affine")?;
+    let target = geometry::axcodes_ornt(axcodes)?;
+    let r = geometry::reorient(&a, &shape, &target)?;
+    let flips = r
+        .ornt
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.1)
+        .map(|(j, _)| j)
+        .collect();
+    Ok((flips, r.perm, affine_array(py, r.affine)?))
+}
+
+/// MONAI `Spacing` geometry (`scale_extent=False`): `(new_affine, shape, xform, identity)` for
+/// spatial `shape`, a 4x4 `affine` and voxel size `pixdim`; `xform` maps output voxels to input
+/// voxels, `identity` says MONAI would resample nothing.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub fn spacing_grid<'py>(
+    py: Python<'py>,
+    shape: [usize; 3],
+    affine: Vec<Vec<f64>>,
+    pixdim: [f64; 3],
+) -> PyResult<(
+    Bound<'py, numpy::PyArrayDyn<f64>>,
+    [usize; 3],
+    Bound<'py, numpy::PyArrayDyn<f64>>,
+    bool,
+)> {
+    let a = m4(&affine, "affine")?;
+    let g = crate::volume::geometry::spacing_grid(shape, &a, pixdim)?;
+    Ok((
+        affine_array(py, g.affine)?,
+        g.shape,
+        affine_array(py, g.xform)?,
+        g.identity,
+    ))
+}
+
+/// MONAI `ResampleToMatch` geometry: `(xform, identity)`, `xform` = `inverse(src_affine) @
+/// dst_affine` (destination voxel -> source voxel), `identity` when nothing is resampled.
+#[pyfunction]
+pub fn match_grid<'py>(
+    py: Python<'py>,
+    src_shape: [usize; 3],
+    src_affine: Vec<Vec<f64>>,
+    dst_shape: [usize; 3],
+    dst_affine: Vec<Vec<f64>>,
+) -> PyResult<(Bound<'py, numpy::PyArrayDyn<f64>>, bool)> {
+    let s = m4(&src_affine, "src_affine")?;
+    let d = m4(&dst_affine, "dst_affine")?;
+    let (x, same) = crate::volume::geometry::match_grid(src_shape, &s, dst_shape, &d)?;
+    Ok((affine_array(py, x)?, same))
 }
 
 /// Affine resampling of a float32 `[C, D, H, W]` array: output voxel `o` samples the input at

@@ -228,13 +228,20 @@ fn read_file<T: OutFloat>(path: &Path) -> Result<FileInfo<T>> {
         let (s, b) = (slope.unwrap_or(1.0), inter.unwrap_or(0.0));
         let rescale = s != 1.0 || b != 0.0;
         let fb = &bytes[k * per_frame * bpp..(k + 1) * per_frame * bpp];
-        let mut values: Vec<T> = fb
-            .chunks_exact(bpp)
-            .map(|c| {
-                let v = raw_value(c);
-                T::from_f64(if rescale { v * s + b } else { v })
-            })
-            .collect();
+        let conv = |v: f64| T::from_f64(if rescale { v * s + b } else { v });
+        // 16 stored bits in 16 (CT, MR): the sample is the plain i16/u16 (raw_value's result),
+        // in a loop without per-voxel branches
+        let mut values: Vec<T> = match (bpp, bs, signed) {
+            (2, 16, true) => fb
+                .chunks_exact(2)
+                .map(|c| conv(i16::from_le_bytes([c[0], c[1]]) as f64))
+                .collect(),
+            (2, 16, false) => fb
+                .chunks_exact(2)
+                .map(|c| conv(u16::from_le_bytes([c[0], c[1]]) as f64))
+                .collect(),
+            _ => fb.chunks_exact(bpp).map(|c| conv(raw_value(c))).collect(),
+        };
         if planar {
             // RRR..GGG..BBB.. -> RGBRGB..
             let n = rows * cols;

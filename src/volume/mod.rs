@@ -1,6 +1,7 @@
 //! Volume preprocessing on ndarray + rayon. Free of pyo3.
 
 pub mod dicom;
+pub mod geometry;
 pub mod image2d;
 pub mod intensity;
 pub mod load;

@@ -2,58 +2,28 @@
 //! other format through `load::load_3d`) -> reorient to any axis codes (flips and permutations
 //! from the affine) -> spacing (trilinear or nearest) -> intensity window -> array steps
 //! (`steps::Step`: percentiles, normalisation, foreground crop, pads and crops, resize), written
-//! into a preallocated batch `[B, 1, D, H, W]`.
+//! into a preallocated batch `[B, C, D, H, W]`.
+//!
+//! An item is one file (C = 1) or several sequences of one study (MRI T2W / ADC / DWI): every
+//! sequence after the first is resampled onto the first one's voxel grid (MONAI
+//! `ResampleToMatch`, trilinear, border), the prefix runs on each channel, and the array steps
+//! see the stacked `[C, D, H, W]` image (as MONAI's transforms on a multi-channel image). The
+//! geometry (orientation, spacing grid, grid matching) is `geometry.rs`, shared with the Python
+//! transforms.
 
-use ndarray::{s, Array3, Array5, ArrayView3, Axis, ShapeBuilder};
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array3, Array4, Array5, Axis};
 use rayon::prelude::*;
 
+use super::geometry::{self, M4};
+pub use super::geometry::{parse_axcodes, Axcodes, RAS};
 use super::load::{self, Format, LoadOptions};
 use super::nifti;
 use super::resample::affine_resample_strided;
-use super::resize::{resize, resize_strided, Mode};
+use super::resize::{resize_strided, Mode};
 use super::steps::{self, Step};
 use crate::error::{Error, Result};
-
-/// Output axis i -> (world axis, positive direction): `RAS` is `[(0, true), (1, true), (2, true)]`.
-pub type Axcodes = [(usize, bool); 3];
-
-/// RAS+ axis codes.
-pub const RAS: Axcodes = [(0, true), (1, true), (2, true)];
-
-/// Parse axis codes such as "RAS", "LPS", "PLI" (MONAI / nibabel letters).
-pub fn parse_axcodes(codes: &str) -> Result<Axcodes> {
-    let mut out = [(0usize, true); 3];
-    let chars: Vec<char> = codes.chars().collect();
-    if chars.len() != 3 {
-        return Err(Error::config(format!(
-            "axcodes: expected 3 letters (e.g. 'RAS'), got {codes:?}"
-        )));
-    }
-    let mut seen = [false; 3];
-    for (i, c) in chars.iter().enumerate() {
-        let (ax, pos) = match c {
-            'R' => (0, true),
-            'L' => (0, false),
-            'A' => (1, true),
-            'P' => (1, false),
-            'S' => (2, true),
-            'I' => (2, false),
-            _ => {
-                return Err(Error::config(format!(
-                    "axcodes: unknown code {c:?} in {codes:?} (use L/R, P/A, I/S)"
-                )))
-            }
-        };
-        if seen[ax] {
-            return Err(Error::config(format!(
-                "axcodes: {codes:?} names an axis twice"
-            )));
-        }
-        seen[ax] = true;
-        out[i] = (ax, pos);
-    }
-    Ok(out)
-}
 
 #[derive(Clone, Debug)]
 pub struct Pipeline {
@@ -88,244 +58,124 @@ impl Default for Pipeline {
     }
 }
 
-type M4 = [[f64; 4]; 4];
-
-fn matmul(a: &M4, b: &M4) -> M4 {
-    let mut o = [[0.0; 4]; 4];
-    for i in 0..4 {
-        for j in 0..4 {
-            o[i][j] = (0..4).map(|k| a[i][k] * b[k][j]).sum();
-        }
-    }
-    o
-}
-
-/// Inverse of a 4x4 matrix by Gauss-Jordan elimination with partial pivoting.
-fn inverse(m: &M4) -> Result<M4> {
-    let mut a = *m;
-    let mut inv = [[0.0; 4]; 4];
-    for (i, row) in inv.iter_mut().enumerate() {
-        row[i] = 1.0;
-    }
-    for c in 0..4 {
-        let p = (c..4)
-            .max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs()))
-            .unwrap_or(c);
-        if a[p][c].abs() < 1e-12 {
-            return Err(Error::config("affine is not invertible"));
-        }
-        a.swap(c, p);
-        inv.swap(c, p);
-        let d = a[c][c];
-        for j in 0..4 {
-            a[c][j] /= d;
-            inv[c][j] /= d;
-        }
-        for r in 0..4 {
-            if r != c {
-                let f = a[r][c];
-                for j in 0..4 {
-                    a[r][j] -= f * a[c][j];
-                    inv[r][j] -= f * inv[c][j];
-                }
-            }
-        }
-    }
-    Ok(inv)
-}
-
-/// MONAI `Spacing` geometry (`compute_shape_offset`, `scale_extent=False`): the new affine and
-/// output shape for voxel size `pixdim`.
-pub fn spacing_geometry(
+/// A volume read through `get(base + i*strides[0] + j*strides[1] + k*strides[2])`.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
     shape: [usize; 3],
-    affine: &M4,
-    pixdim: [f64; 3],
-) -> Result<(M4, [usize; 3])> {
-    let mut new = [[0.0; 4]; 4];
-    new[3][3] = 1.0;
-    for j in 0..3 {
-        let n = (0..3)
-            .map(|i| affine[i][j] * affine[i][j])
-            .sum::<f64>()
-            .sqrt();
-        let n = if n == 0.0 { 1.0 } else { n };
-        for i in 0..3 {
-            new[i][j] = affine[i][j] / n * pixdim[j];
-        }
-    }
-    let to_out = matmul(&inverse(&new)?, affine);
-    let mut corners = Vec::with_capacity(8);
-    for a in [0.0, shape[0] as f64 - 1.0] {
-        for b in [0.0, shape[1] as f64 - 1.0] {
-            for c in [0.0, shape[2] as f64 - 1.0] {
-                corners.push([a, b, c, 1.0]);
-            }
-        }
-    }
-    let apply = |m: &M4, v: &[f64; 4]| -> [f64; 4] {
-        [0, 1, 2, 3].map(|i| (0..4).map(|k| m[i][k] * v[k]).sum())
-    };
-    let outs: Vec<[f64; 4]> = corners.iter().map(|c| apply(&to_out, c)).collect();
-    let mut out_shape = [0usize; 3];
-    for i in 0..3 {
-        let (lo, hi) = outs
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), o| {
-                (l.min(o[i] / o[3]), h.max(o[i] / o[3]))
-            });
-        out_shape[i] = ((hi - lo) + 1.0).round_ties_even().max(1.0) as usize;
-    }
-    // the corner nearest the origin in output voxel space becomes the new origin
-    let mut offset = None;
-    for (ci, o) in outs.iter().enumerate() {
-        let smallest = (0..3).all(|i| {
-            outs.iter()
-                .all(|p| p[i] - o[i] >= -1e-3 * o[i].abs().max(1e-8))
-        });
-        if smallest {
-            let w = apply(affine, &corners[ci]);
-            offset = Some([w[0], w[1], w[2]]);
-            break;
-        }
-    }
-    let offset = match offset {
-        Some(o) => o,
-        None => {
-            let mut o = [0.0; 3];
-            for (i, oi) in o.iter_mut().enumerate() {
-                *oi = (0..3)
-                    .map(|k| affine[i][k] * shape[k] as f64 / 2.0)
-                    .sum::<f64>()
-                    + affine[i][3]
-                    - (0..3)
-                        .map(|k| new[i][k] * out_shape[k] as f64 / 2.0)
-                        .sum::<f64>();
-            }
-            o
-        }
-    };
-    for i in 0..3 {
-        new[i][3] = offset[i];
-    }
-    Ok((new, out_shape))
+    strides: [isize; 3],
+    base: isize,
 }
 
-/// Voxel axis -> (world axis, direction) by the dominant component of each normalised affine
-/// column, most dominant column first (nibabel's `io_orientation` for non-degenerate affines).
-pub fn orientation(affine: &[[f64; 4]; 4]) -> [(usize, bool); 3] {
-    let mut cols = [[0.0f64; 3]; 3];
-    for (j, col) in cols.iter_mut().enumerate() {
-        let n = (0..3)
-            .map(|i| affine[i][j] * affine[i][j])
-            .sum::<f64>()
-            .sqrt();
-        let n = if n == 0.0 { 1.0 } else { n };
-        for i in 0..3 {
-            col[i] = affine[i][j] / n;
-        }
-    }
-    let dominance: Vec<f64> = cols
-        .iter()
-        .map(|c| c.iter().map(|v| v * v).fold(0.0, f64::max))
-        .collect();
-    let mut order = [0usize, 1, 2];
-    order.sort_by(|&a, &b| dominance[b].total_cmp(&dominance[a]));
-    let mut used = [false; 3];
-    let mut out = [(0usize, true); 3];
-    for &j in &order {
-        let (mut best, mut bv) = (0usize, -1.0f64);
-        for i in 0..3 {
-            if !used[i] && cols[j][i].abs() > bv {
-                bv = cols[j][i].abs();
-                best = i;
-            }
-        }
-        used[best] = true;
-        out[j] = (best, cols[j][best] >= 0.0);
-    }
-    out
-}
-
-/// For voxel axis j of `affine`: (output axis, flipped) under target axis codes `t`.
-fn axis_map(affine: &M4, t: &Axcodes) -> [(usize, bool); 3] {
-    let o = orientation(affine);
-    let mut m = [(0usize, false); 3];
-    for (j, &(world, positive)) in o.iter().enumerate() {
-        let i = t.iter().position(|&(w, _)| w == world).unwrap_or(j);
-        m[j] = (i, positive != t[i].1);
-    }
-    m
-}
-
-/// A view of `v` in the target axis order (flips and a permutation of strides; no copy).
-fn oriented_view<'a>(v: ArrayView3<'a, f32>, affine: &M4, t: &Axcodes) -> ArrayView3<'a, f32> {
-    let m = axis_map(affine, t);
-    let mut view = v;
-    for (ax, &(_, flip)) in m.iter().enumerate() {
-        if flip {
-            view.invert_axis(Axis(ax));
-        }
-    }
-    // output axis i is the voxel axis j mapped to it
-    let mut perm = [0usize; 3];
-    for (j, &(i, _)) in m.iter().enumerate() {
-        perm[i] = j;
-    }
-    view.permuted_axes(perm)
-}
-
-/// The affine of the oriented view (as MONAI's `Orientation` updates it): column i is the file
-/// axis mapped to output axis i, negated if flipped, with the origin moved to the flipped end.
-fn oriented_affine(shape: [usize; 3], affine: &M4, t: &Axcodes) -> M4 {
-    let m = axis_map(affine, t);
-    let mut out = [[0.0; 4]; 4];
-    out[3][3] = 1.0;
-    for i in 0..3 {
-        out[i][3] = affine[i][3];
-    }
-    for (ax, &(o, flip)) in m.iter().enumerate() {
-        let s = if flip { -1.0 } else { 1.0 };
-        for i in 0..3 {
-            out[i][o] = s * affine[i][ax];
-            if flip {
-                out[i][3] += affine[i][ax] * (shape[ax] as f64 - 1.0);
-            }
-        }
-    }
-    out
-}
-
-/// `(shape, strides, base)` of the oriented view of a volume laid out with `strides`.
-fn oriented_layout(
-    shape: [usize; 3],
-    strides_in: [isize; 3],
-    affine: &M4,
-    orient: Option<&Axcodes>,
-) -> ([usize; 3], [isize; 3], isize) {
-    let mut strides = strides_in;
-    let mut base = 0isize;
+/// The layout and affine of the reoriented view of `l` (flips and a permutation of strides; no
+/// copy): `geometry::reorient`, the same computation as `voxlm.transforms.Orientation`.
+fn oriented(l: Layout, affine: &M4, orient: Option<&Axcodes>) -> Result<(Layout, M4)> {
     let t = match orient {
-        None => return (shape, strides, base),
+        None => return Ok((l, *affine)),
         Some(t) => t,
     };
-    let m = axis_map(affine, t);
-    for (ax, &(_, flip)) in m.iter().enumerate() {
+    let r = geometry::reorient(affine, &l.shape, t)?;
+    let mut strides = l.strides;
+    let mut base = l.base;
+    for (ax, &(_, flip)) in r.ornt.iter().enumerate() {
         if flip {
-            base += (shape[ax] as isize - 1) * strides[ax];
+            base += (l.shape[ax] as isize - 1) * strides[ax];
             strides[ax] = -strides[ax];
         }
     }
-    let mut out_shape = [0usize; 3];
-    let mut out_strides = [0isize; 3];
-    for (ax, &(o, _)) in m.iter().enumerate() {
-        out_shape[o] = shape[ax];
-        out_strides[o] = strides[ax];
+    let mut out = Layout {
+        shape: [0; 3],
+        strides: [0; 3],
+        base,
+    };
+    for (i, &j) in r.perm.iter().enumerate() {
+        out.shape[i] = l.shape[j];
+        out.strides[i] = strides[j];
     }
-    (out_shape, out_strides, base)
+    Ok((out, r.affine))
 }
 
 fn f_strides(shape: [usize; 3]) -> [isize; 3] {
     [1isize, shape[0] as isize, (shape[0] * shape[1]) as isize]
+}
+
+/// Gather the view `l` into a C-order array, mapping each value through `f`.
+fn gather<F: Fn(isize) -> f32 + Sync>(get: F, l: Layout) -> Array3<f32> {
+    let [d, h, w] = l.shape;
+    let [sd, sh, sw] = l.strides;
+    let mut out = Array3::<f32>::zeros((d, h, w));
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(i, mut plane)| {
+            let bi = l.base + i as isize * sd;
+            for (j, mut row) in plane.axis_iter_mut(Axis(0)).enumerate() {
+                let bj = bi + j as isize * sh;
+                for (k, v) in row.iter_mut().enumerate() {
+                    *v = get(bj + k as isize * sw);
+                }
+            }
+        });
+    out
+}
+
+/// The prefix (orientation -> spacing -> window -> a final resize) on one channel read through
+/// `get` (decoded values, before the window) with layout `l` and `affine`. MONAI's order:
+/// Orientation -> Spacing (on the decoded values) -> window -> Resize.
+fn prefix<F: Fn(isize) -> f32 + Sync>(
+    get: F,
+    l: Layout,
+    affine: &M4,
+    p: &Pipeline,
+) -> Result<Array3<f32>> {
+    let window = p.window;
+    let (lo, aff_o) = oriented(l, affine, p.orient.as_ref())?;
+    if let Some(pixdim) = p.spacing {
+        let g = geometry::spacing_grid(lo.shape, &aff_o, pixdim)?;
+        if !g.identity {
+            let mut spaced = affine_resample_strided(
+                get,
+                lo.shape,
+                lo.strides,
+                lo.base,
+                &g.xform,
+                g.shape,
+                p.spacing_mode,
+            )?;
+            if window.is_some() {
+                spaced.par_mapv_inplace(|x| window_value(x, window));
+            }
+            return match p.size {
+                Some(size) => {
+                    let flat = spaced
+                        .as_slice()
+                        .ok_or_else(|| Error::shape("resample: output is not contiguous"))?;
+                    let [_, b, c] = g.shape;
+                    resize_strided(
+                        |i| flat[i as usize],
+                        g.shape,
+                        [(b * c) as isize, c as isize, 1],
+                        0,
+                        size,
+                        p.mode,
+                    )
+                }
+                None => Ok(spaced),
+            };
+        }
+    }
+    let wget = |i: isize| window_value(get(i), window);
+    match p.size {
+        Some(size) => resize_strided(wget, lo.shape, lo.strides, lo.base, size, p.mode),
+        None => Ok(gather(wget, lo)),
+    }
+}
+
+/// MONAI's ScaleIntensityRange on one value (as `volume::intensity`, computed in f64).
+fn window_value(v: f32, window: Option<(f64, f64, f64, f64, bool)>) -> f32 {
+    match window {
+        None => v,
+        Some((a0, a1, b0, b1, clip)) => super::intensity::window(v as f64, a0, a1, b0, b1, clip),
+    }
 }
 
 macro_rules! sampler {
@@ -394,68 +244,8 @@ macro_rules! with_sampler {
     }};
 }
 
-fn one(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
-    let vol = if load::sniff(path)? == Format::Nifti {
-        one_nifti(path, p)?
-    } else {
-        one_generic(path, p)?
-    };
-    steps::run(vol, &p.post).map_err(|e| match e {
-        Error::Shape(m) => Error::Shape(format!("{}: {m}", path.display())),
-        other => other,
-    })
-}
-
-/// Any non-NIfTI format: decoded to float32 once, then the same prefix through strided views.
-fn one_generic(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
-    let opts = LoadOptions {
-        series_uid: p.series_uid.clone(),
-    };
-    let (vol, affine) = load::load_3d(path, &opts)?;
-    let (d0, d1, d2) = vol.dim();
-    let dims = [d0, d1, d2];
-    let st = vol.strides();
-    let strides = [st[0], st[1], st[2]];
-    let flat = vol
-        .as_slice_memory_order()
-        .ok_or_else(|| Error::shape("volume is not contiguous"))?;
-    let window = p.window;
-    let (sh, st, base) = oriented_layout(dims, strides, &affine, p.orient.as_ref());
-    if let Some(pixdim) = p.spacing {
-        let src_aff = match &p.orient {
-            Some(t) => oriented_affine(dims, &affine, t),
-            None => affine,
-        };
-        let (new_aff, out_shape) = spacing_geometry(sh, &src_aff, pixdim)?;
-        let xform = matmul(&inverse(&src_aff)?, &new_aff);
-        let get = |i: isize| flat.get(i as usize).copied().unwrap_or(0.0);
-        let mut spaced =
-            affine_resample_strided(get, sh, st, base, &xform, out_shape, p.spacing_mode)?;
-        if window.is_some() {
-            spaced.par_mapv_inplace(|x| window_value(x, window));
-        }
-        return match p.size {
-            Some(size) => Ok(resize(spaced.insert_axis(Axis(0)).view(), size, p.mode)?
-                .index_axis_move(Axis(0), 0)),
-            None => Ok(spaced),
-        };
-    }
-    let get = |i: isize| window_value(flat.get(i as usize).copied().unwrap_or(0.0), window);
-    if let Some(size) = p.size {
-        return resize_strided(get, sh, st, base, size, p.mode);
-    }
-    let view = match &p.orient {
-        Some(t) => oriented_view(vol.view(), &affine, t),
-        None => vol.view(),
-    };
-    let mut out = view.as_standard_layout().into_owned();
-    if window.is_some() {
-        out.par_mapv_inplace(|x| window_value(x, window));
-    }
-    Ok(out)
-}
-
-fn one_nifti(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
+/// The prefix on one NIfTI file, resampled straight from its bytes (no decoded copy).
+fn prefix_nifti(path: &Path, p: &Pipeline) -> Result<Array3<f32>> {
     let (h, raw) = nifti::read_raw(path)?;
     let shape = h.shape();
     if shape.len() < 3 || shape[3..].iter().any(|&d| d != 1) {
@@ -466,99 +256,174 @@ fn one_nifti(path: &std::path::Path, p: &Pipeline) -> Result<Array3<f32>> {
     }
     let scaling = h.scaling()?;
     let (slope, inter) = scaling.unwrap_or((1.0, 0.0));
-    let window = p.window;
-    // the voxel value decode() then the window give: f32(raw * slope + inter), then windowed
+    // the voxel value decode() gives: f32(raw * slope + inter)
     let value = move |x: f64| -> f32 {
-        let v = if scaling.is_some() {
+        (if scaling.is_some() {
             x * slope + inter
         } else {
             x
-        };
-        window_value(v as f32, window)
+        }) as f32
     };
     let dims = [shape[0], shape[1], shape[2]];
-    let aff = h.best_affine();
-    if let Some(pixdim) = p.spacing {
-        // MONAI order: Orientation -> Spacing (on raw values) -> window -> Resize
-        let (sh, st, base) = oriented_layout(dims, f_strides(dims), &aff, p.orient.as_ref());
-        let src_aff = match &p.orient {
-            Some(t) => oriented_affine(dims, &aff, t),
-            None => aff,
-        };
-        let (new_aff, out_shape) = spacing_geometry(sh, &src_aff, pixdim)?;
-        let xform = matmul(&inverse(&src_aff)?, &new_aff);
-        let raw_value = move |x: f64| -> f32 {
-            (if scaling.is_some() {
-                x * slope + inter
-            } else {
-                x
-            }) as f32
-        };
-        let (bytes, le) = (raw.bytes(), h.little_endian);
-        let mode = p.spacing_mode;
-        let mut spaced = with_sampler!(h.dtype()?, bytes, le, raw_value, |get| {
-            affine_resample_strided(get, sh, st, base, &xform, out_shape, mode)
-        })?;
-        drop(raw);
-        if window.is_some() {
-            spaced.par_mapv_inplace(|x| window_value(x, window));
-        }
-        return match p.size {
-            Some(size) => Ok(resize(spaced.insert_axis(Axis(0)).view(), size, p.mode)?
-                .index_axis_move(Axis(0), 0)),
-            None => Ok(spaced),
-        };
-    }
-    if let Some(size) = p.size {
-        // resample straight from the file's bytes through the oriented view: no decoded copy
-        let (sh, st, base) = oriented_layout(dims, f_strides(dims), &aff, p.orient.as_ref());
-        let (bytes, le) = (raw.bytes(), h.little_endian);
-        return with_sampler!(h.dtype()?, bytes, le, value, |get| resize_strided(
-            get, sh, st, base, size, p.mode
-        ));
-    }
-    let n: usize = shape.iter().product();
-    let data = nifti::decode::<f32>(raw.bytes(), h.dtype()?, h.little_endian, scaling, n);
-    drop(raw);
-    let mut vol =
-        Array3::from_shape_vec(dims.f(), data).map_err(|e| Error::shape(e.to_string()))?;
-    if window.is_some() {
-        vol.par_mapv_inplace(|x| window_value(x, window));
-    }
-    let view = match &p.orient {
-        Some(t) => oriented_view(vol.view(), &aff, t),
-        None => vol.view(),
+    let l = Layout {
+        shape: dims,
+        strides: f_strides(dims),
+        base: 0,
     };
-    Ok(view.as_standard_layout().into_owned())
+    let aff = h.best_affine();
+    let (bytes, le) = (raw.bytes(), h.little_endian);
+    with_sampler!(h.dtype()?, bytes, le, value, |get| prefix(get, l, &aff, p))
 }
 
-/// MONAI's ScaleIntensityRange on one value (as `volume::intensity`, computed in f64).
-fn window_value(v: f32, window: Option<(f64, f64, f64, f64, bool)>) -> f32 {
-    match window {
-        None => v,
-        Some((a0, a1, b0, b1, clip)) => super::intensity::window(v as f64, a0, a1, b0, b1, clip),
+/// A decoded float32 volume, its layout and affine.
+fn decoded(path: &Path, p: &Pipeline) -> Result<(Array3<f32>, Layout, M4)> {
+    let opts = LoadOptions {
+        series_uid: p.series_uid.clone(),
+    };
+    let (vol, affine) = load::load_3d(path, &opts)?;
+    let (d0, d1, d2) = vol.dim();
+    let st = vol.strides();
+    let l = Layout {
+        shape: [d0, d1, d2],
+        strides: [st[0], st[1], st[2]],
+        base: 0,
+    };
+    Ok((vol, l, affine))
+}
+
+fn slice_of(vol: &Array3<f32>) -> Result<&[f32]> {
+    vol.as_slice_memory_order()
+        .ok_or_else(|| Error::shape("volume is not contiguous"))
+}
+
+/// Any non-NIfTI format: decoded to float32 once, then the prefix through strided views.
+fn prefix_generic(path: &Path, p: &Pipeline) -> Result<Array3<f32>> {
+    let (vol, l, affine) = decoded(path, p)?;
+    let flat = slice_of(&vol)?;
+    prefix(
+        |i: isize| flat.get(i as usize).copied().unwrap_or(0.0),
+        l,
+        &affine,
+        p,
+    )
+}
+
+/// Several sequences of one study as channels on the first one's grid, each through the prefix:
+/// `[C, D, H, W]`.
+fn prefix_stacked(paths: &[PathBuf], p: &Pipeline) -> Result<Array4<f32>> {
+    let (ref_vol, ref_l, ref_aff) = decoded(&paths[0], p)?;
+    let mut chans = Vec::with_capacity(paths.len());
+    {
+        let flat = slice_of(&ref_vol)?;
+        chans.push(prefix(
+            |i: isize| flat.get(i as usize).copied().unwrap_or(0.0),
+            ref_l,
+            &ref_aff,
+            p,
+        )?);
+    }
+    drop(ref_vol);
+    for path in &paths[1..] {
+        let (vol, l, aff) = decoded(path, p).map_err(|e| name_file(e, path))?;
+        let flat = slice_of(&vol)?;
+        let get = |i: isize| flat.get(i as usize).copied().unwrap_or(0.0);
+        let (xform, same) = geometry::match_grid(l.shape, &aff, ref_l.shape, &ref_aff)
+            .map_err(|e| name_file(e, path))?;
+        let chan = if same {
+            prefix(get, l, &ref_aff, p)?
+        } else {
+            // MONAI ResampleToMatch (bilinear = trilinear in 3D, border padding)
+            let m = affine_resample_strided(
+                get,
+                l.shape,
+                l.strides,
+                l.base,
+                &xform,
+                ref_l.shape,
+                Mode::Trilinear,
+            )?;
+            let mflat = m
+                .as_slice()
+                .ok_or_else(|| Error::shape("resample: output is not contiguous"))?;
+            let [_, b, c] = ref_l.shape;
+            let ml = Layout {
+                shape: ref_l.shape,
+                strides: [(b * c) as isize, c as isize, 1],
+                base: 0,
+            };
+            prefix(|i: isize| mflat[i as usize], ml, &ref_aff, p)?
+        };
+        chans.push(chan);
+    }
+    let dim = chans[0].dim();
+    let mut out = Array4::<f32>::zeros((chans.len(), dim.0, dim.1, dim.2));
+    for (mut dst, src) in out.axis_iter_mut(Axis(0)).zip(&chans) {
+        if src.dim() != dim {
+            return Err(Error::shape(format!(
+                "sequences: a channel of shape {:?} differs from the first's {dim:?}",
+                src.dim()
+            )));
+        }
+        dst.assign(src);
+    }
+    Ok(out)
+}
+
+fn name_file(e: Error, path: &Path) -> Error {
+    let name = path.display().to_string();
+    match e {
+        Error::Shape(m) if !m.starts_with(&name) => Error::Shape(format!("{name}: {m}")),
+        Error::Config(m) if !m.starts_with(&name) => Error::Config(format!("{name}: {m}")),
+        other => other,
     }
 }
 
-/// Run `p` on every file, `num_threads` files at a time; volumes must share a shape unless
-/// `p.size` resizes them. Returns `[B, 1, D, H, W]`.
-pub fn load_batch(
-    paths: &[std::path::PathBuf],
+/// One item (a file, or the sequences of one study) through the whole pipeline.
+fn one(paths: &[PathBuf], p: &Pipeline) -> Result<Array4<f32>> {
+    let first = paths
+        .first()
+        .ok_or_else(|| Error::shape("an item: expected at least one file, got none"))?;
+    let vol = if paths.len() > 1 {
+        prefix_stacked(paths, p)?
+    } else if load::sniff(first)? == Format::Nifti {
+        prefix_nifti(first, p)
+            .map_err(|e| name_file(e, first))?
+            .insert_axis(Axis(0))
+    } else {
+        prefix_generic(first, p)
+            .map_err(|e| name_file(e, first))?
+            .insert_axis(Axis(0))
+    };
+    steps::run(vol, &p.post).map_err(|e| name_file(e, first))
+}
+
+/// Run `p` on every item (one file, or several sequences stacked as channels), `num_threads`
+/// items at a time; items must end up the same shape unless `p.size` resizes them. Returns
+/// `[B, C, D, H, W]`.
+pub fn load_batch_items(
+    items: &[Vec<PathBuf>],
     p: &Pipeline,
     num_threads: usize,
 ) -> Result<Array5<f32>> {
-    if paths.is_empty() {
+    if items.is_empty() {
         return Err(Error::shape("paths: expected at least one file"));
     }
     if let Some((a0, a1, b0, b1, _)) = p.window {
         super::intensity::check_window(a0, a1, b0, b1)?;
     }
+    if let Some(s) = p.spacing {
+        if s.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(Error::config(format!(
+                "spacing: expected positive voxel sizes, got {s:?}"
+            )));
+        }
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(num_threads.max(1))
         .build()
         .map_err(|e| Error::config(format!("num_threads: {e}")))?;
-    let vols: Vec<Result<Array3<f32>>> =
-        pool.install(|| paths.par_iter().map(|path| one(path, p)).collect());
+    let vols: Vec<Result<Array4<f32>>> =
+        pool.install(|| items.par_iter().map(|it| one(it, p)).collect());
     let mut out_vols = Vec::with_capacity(vols.len());
     for v in vols {
         out_vols.push(v?);
@@ -566,17 +431,355 @@ pub fn load_batch(
     let shape = out_vols[0].dim();
     if let Some((i, v)) = out_vols.iter().enumerate().find(|(_, v)| v.dim() != shape) {
         return Err(Error::shape(format!(
-            "{}: shape {:?} differs from the first volume's {:?} (resize to a common size)",
-            paths[i].display(),
+            "{}: shape {:?} differs from the first item's {:?} (resize to a common size; \
+             give every item the same sequences)",
+            items[i]
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             v.dim(),
             shape
         )));
     }
-    let mut batch = Array5::<f32>::zeros((out_vols.len(), 1, shape.0, shape.1, shape.2));
+    if out_vols.len() == 1 {
+        if let Some(v) = out_vols.pop() {
+            return Ok(v.insert_axis(Axis(0)));
+        }
+    }
+    let mut batch = Array5::<f32>::zeros((out_vols.len(), shape.0, shape.1, shape.2, shape.3));
     batch
         .axis_iter_mut(Axis(0))
         .into_par_iter()
         .zip(out_vols.par_iter())
-        .for_each(|(mut dst, src)| dst.slice_mut(s![0, .., .., ..]).assign(src));
+        .for_each(|(mut dst, src)| dst.assign(src));
     Ok(batch)
+}
+
+/// [`load_batch_items`] with one file per item: `[B, 1, D, H, W]`.
+pub fn load_batch(paths: &[PathBuf], p: &Pipeline, num_threads: usize) -> Result<Array5<f32>> {
+    let items: Vec<Vec<PathBuf>> = paths.iter().map(|p| vec![p.clone()]).collect();
+    load_batch_items(&items, p, num_threads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::resample::affine_resample;
+    use crate::volume::resize::resize;
+    use ndarray::ShapeBuilder;
+
+    /// A fresh folder under the system temp dir, removed on drop.
+    struct Tmp(PathBuf);
+    impl Tmp {
+        fn new(tag: &str) -> Tmp {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let d = std::env::temp_dir().join(format!(
+                "voxlm-pipeline-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).map_err(|e| e.to_string()).ok();
+            Tmp(d)
+        }
+    }
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn diag(d: [f64; 3], t: [f64; 3]) -> M4 {
+        let mut a = geometry::IDENTITY;
+        for i in 0..3 {
+            a[i][i] = d[i];
+            a[i][3] = t[i];
+        }
+        a
+    }
+
+    /// A deterministic [x, y, z] volume with distinct values.
+    fn volume(shape: [usize; 3]) -> Array3<f32> {
+        Array3::from_shape_fn((shape[0], shape[1], shape[2]), |(i, j, k)| {
+            (i * 100 + j * 10 + k) as f32 + 0.25 * ((i + 2 * j + 3 * k) % 5) as f32
+        })
+    }
+
+    fn write(dir: &Path, name: &str, v: &Array3<f32>, aff: &M4) -> Result<PathBuf> {
+        let path = dir.join(name);
+        let (a, b, c) = v.dim();
+        // Fortran order: x fastest
+        let f = v.t().as_standard_layout().into_owned();
+        let bytes: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let zooms: Vec<f64> = (0..3)
+            .map(|j| (0..3).map(|i| aff[i][j] * aff[i][j]).sum::<f64>().sqrt())
+            .collect();
+        nifti::write_nifti1(&path, &[a, b, c], &bytes, nifti::DType::F32, aff, &zooms, 1)?;
+        Ok(path)
+    }
+
+    fn close(a: &Array3<f32>, b: &Array3<f32>, tol: f32) -> bool {
+        a.dim() == b.dim() && a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() <= tol)
+    }
+
+    fn first(b: &Array5<f32>, c: usize) -> Array3<f32> {
+        b.slice(ndarray::s![0, c, .., .., ..]).to_owned()
+    }
+
+    #[test]
+    fn plain_load_keeps_the_file_axes_and_values() -> Result<()> {
+        let t = Tmp::new("plain");
+        let v = volume([4, 5, 6]);
+        let path = write(&t.0, "a.nii.gz", &v, &diag([1.0, 1.0, 1.0], [0.0; 3]))?;
+        let b = load_batch(&[path], &Pipeline::default(), 1)?;
+        assert_eq!(b.dim(), (1, 1, 4, 5, 6));
+        assert_eq!(first(&b, 0), v);
+        Ok(())
+    }
+
+    #[test]
+    fn orientation_flips_and_permutes_as_the_affine_says() -> Result<()> {
+        let t = Tmp::new("orient");
+        let v = volume([4, 5, 6]);
+        // LPS: x and y point to -R and -A; RAS flips them
+        let path = write(
+            &t.0,
+            "lps.nii",
+            &v,
+            &diag([-1.0, -1.0, 2.0], [5.0, 6.0, 7.0]),
+        )?;
+        let p = Pipeline {
+            orient: Some(RAS),
+            ..Pipeline::default()
+        };
+        let out = first(&load_batch(&[path.clone()], &p, 2)?, 0);
+        let mut want = v.clone();
+        want.invert_axis(Axis(0));
+        want.invert_axis(Axis(1));
+        assert_eq!(out, want);
+        // "SPL": output axis 0 = z, 1 = -y (keeps the file's P), 2 = -x (L)
+        let p = Pipeline {
+            orient: Some(parse_axcodes("SPL")?),
+            ..Pipeline::default()
+        };
+        let out = first(&load_batch(&[path], &p, 1)?, 0);
+        assert_eq!(out, v.view().permuted_axes([2, 1, 0]));
+        Ok(())
+    }
+
+    #[test]
+    fn window_and_resize_equal_the_array_functions() -> Result<()> {
+        let t = Tmp::new("resize");
+        let v = volume([6, 7, 5]);
+        let path = write(&t.0, "a.nii", &v, &diag([1.0, 1.0, 1.0], [0.0; 3]))?;
+        let window = Some((0.0, 400.0, 0.0, 1.0, true));
+        let p = Pipeline {
+            window,
+            size: Some([3, 9, 4]),
+            ..Pipeline::default()
+        };
+        let out = first(&load_batch(&[path], &p, 1)?, 0);
+        let w = v.mapv(|x| window_value(x, window));
+        let want = resize(w.insert_axis(Axis(0)).view(), [3, 9, 4], Mode::Trilinear)?
+            .index_axis_move(Axis(0), 0);
+        // the fused path windows each tap before interpolating; the same products in f32
+        assert!(close(&out, &want, 1e-6));
+        Ok(())
+    }
+
+    #[test]
+    fn spacing_equals_the_affine_resample_of_its_grid() -> Result<()> {
+        let t = Tmp::new("spacing");
+        let v = volume([8, 6, 5]);
+        let aff = diag([0.8, 1.0, 2.0], [1.0, -2.0, 3.0]);
+        let path = write(&t.0, "a.nii.gz", &v, &aff)?;
+        for mode in [Mode::Trilinear, Mode::Nearest] {
+            let p = Pipeline {
+                spacing: Some([1.5, 1.5, 1.5]),
+                spacing_mode: mode,
+                ..Pipeline::default()
+            };
+            let out = first(&load_batch(&[path.clone()], &p, 1)?, 0);
+            let g = geometry::spacing_grid([8, 6, 5], &aff, [1.5, 1.5, 1.5])?;
+            let want = affine_resample(v.view().insert_axis(Axis(0)), &g.xform, g.shape, mode)?
+                .index_axis_move(Axis(0), 0);
+            assert_eq!(out.dim(), (g.shape[0], g.shape[1], g.shape[2]));
+            assert!(close(&out, &want, 0.0));
+        }
+        // the file's own spacing: MONAI resamples nothing, neither does the pipeline
+        let p = Pipeline {
+            spacing: Some([0.8, 1.0, 2.0]),
+            ..Pipeline::default()
+        };
+        assert_eq!(first(&load_batch(&[path], &p, 1)?, 0), v);
+        Ok(())
+    }
+
+    #[test]
+    fn nifti_from_bytes_equals_the_decoded_path() -> Result<()> {
+        let t = Tmp::new("bytes");
+        let v = volume([7, 5, 6]);
+        let aff = diag([-0.9, 1.1, 1.7], [3.0, 1.0, -2.0]);
+        let path = write(&t.0, "a.nii.gz", &v, &aff)?;
+        let chains = [
+            Pipeline {
+                orient: Some(RAS),
+                spacing: Some([1.3, 1.0, 1.2]),
+                window: Some((10.0, 500.0, 0.0, 1.0, true)),
+                size: Some([4, 4, 4]),
+                ..Pipeline::default()
+            },
+            Pipeline {
+                orient: Some(parse_axcodes("LPI")?),
+                size: Some([5, 3, 8]),
+                mode: Mode::Nearest,
+                ..Pipeline::default()
+            },
+            Pipeline {
+                orient: Some(parse_axcodes("ASR")?),
+                ..Pipeline::default()
+            },
+        ];
+        for p in &chains {
+            let a = prefix_nifti(&path, p)?;
+            let b = prefix_generic(&path, p)?;
+            assert!(close(&a, &b, 0.0), "{p:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn sequences_are_resampled_onto_the_first_grid_and_stacked() -> Result<()> {
+        let t = Tmp::new("stack");
+        let t2 = volume([8, 8, 4]);
+        let t2_aff = diag([0.5, 0.5, 3.0], [10.0, 20.0, 30.0]);
+        // a coarser, shifted ADC grid over the same region
+        let adc = volume([4, 4, 4]).mapv(|x| 2.0 * x);
+        let adc_aff = diag([1.0, 1.0, 3.0], [10.25, 20.125, 30.0]);
+        let a = write(&t.0, "t2.nii.gz", &t2, &t2_aff)?;
+        let b = write(&t.0, "adc.nii.gz", &adc, &adc_aff)?;
+        let same = write(&t.0, "same.nii", &t2.mapv(|x| -x), &t2_aff)?;
+        let out = load_batch_items(
+            &[vec![a.clone(), b.clone(), same.clone()]],
+            &Pipeline::default(),
+            2,
+        )?;
+        assert_eq!(out.dim(), (1, 3, 8, 8, 4));
+        assert_eq!(first(&out, 0), t2);
+        let (xform, identity) = geometry::match_grid([4, 4, 4], &adc_aff, [8, 8, 4], &t2_aff)?;
+        assert!(!identity);
+        let want = affine_resample(
+            adc.view().insert_axis(Axis(0)),
+            &xform,
+            [8, 8, 4],
+            Mode::Trilinear,
+        )?
+        .index_axis_move(Axis(0), 0);
+        assert!(close(&first(&out, 1), &want, 0.0));
+        assert_eq!(first(&out, 2), t2.mapv(|x| -x));
+        // the chain then sees the stacked channels: each channel the same geometry, the
+        // normalisation over both channels together
+        let p = Pipeline {
+            orient: Some(parse_axcodes("LPS")?),
+            post: vec![Step::Normalize(false)],
+            ..Pipeline::default()
+        };
+        let two = load_batch_items(&[vec![a.clone(), b.clone()]], &p, 1)?;
+        let mut raw = Array4::<f32>::zeros((2, 8, 8, 4));
+        raw.slice_mut(ndarray::s![0, .., .., ..]).assign(&t2);
+        raw.slice_mut(ndarray::s![1, .., .., ..]).assign(&want);
+        raw.invert_axis(Axis(1));
+        raw.invert_axis(Axis(2));
+        let want2 = steps::run(
+            raw.as_standard_layout().into_owned(),
+            &[Step::Normalize(false)],
+        )?;
+        assert!(two
+            .index_axis(Axis(0), 0)
+            .iter()
+            .zip(want2.iter())
+            .all(|(x, y)| (x - y).abs() <= 1e-6));
+        // items of a batch need the same number of channels
+        let r = load_batch_items(&[vec![a.clone(), b], vec![a]], &Pipeline::default(), 1);
+        assert!(matches!(r, Err(Error::Shape(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_inputs_are_named_errors() -> Result<()> {
+        let t = Tmp::new("bad");
+        let p = Pipeline::default();
+        assert!(matches!(load_batch(&[], &p, 1), Err(Error::Shape(_))));
+        assert!(matches!(
+            load_batch_items(&[vec![]], &p, 1),
+            Err(Error::Shape(_))
+        ));
+        let missing = t.0.join("missing.nii");
+        assert!(matches!(
+            load_batch(&[missing], &p, 1),
+            Err(Error::Io { .. })
+        ));
+        let a = write(&t.0, "a.nii", &volume([4, 4, 4]), &geometry::IDENTITY)?;
+        let b = write(&t.0, "b.nii", &volume([4, 5, 4]), &geometry::IDENTITY)?;
+        match load_batch(&[a.clone(), b], &p, 1) {
+            Err(Error::Shape(m)) => assert!(m.contains("b.nii"), "{m}"),
+            other => panic!("expected a shape error, got {other:?}"),
+        }
+        let nan = Pipeline {
+            window: Some((f64::NAN, 1.0, 0.0, 1.0, false)),
+            ..Pipeline::default()
+        };
+        assert!(matches!(
+            load_batch(&[a.clone()], &nan, 1),
+            Err(Error::Config(_))
+        ));
+        let neg = Pipeline {
+            spacing: Some([1.0, -1.0, 1.0]),
+            ..Pipeline::default()
+        };
+        assert!(matches!(
+            load_batch(&[a.clone()], &neg, 1),
+            Err(Error::Config(_))
+        ));
+        // a 4D file
+        let path4 = t.0.join("four.nii");
+        let bytes: Vec<u8> = (0..2 * 2 * 2 * 3)
+            .flat_map(|i| (i as f32).to_le_bytes())
+            .collect();
+        nifti::write_nifti1(
+            &path4,
+            &[2, 2, 2, 3],
+            &bytes,
+            nifti::DType::F32,
+            &geometry::IDENTITY,
+            &[1.0; 4],
+            0,
+        )?;
+        match load_batch(&[path4], &p, 1) {
+            Err(Error::VolumeFormat(m)) => assert!(m.contains("four.nii"), "{m}"),
+            other => panic!("expected a format error, got {other:?}"),
+        }
+        // a file that is not an image
+        let junk = t.0.join("junk.bin");
+        std::fs::write(&junk, b"hello world").map_err(|e| Error::io("junk", e))?;
+        assert!(matches!(
+            load_batch(&[junk], &p, 1),
+            Err(Error::VolumeFormat(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn fortran_layout_helper() {
+        let v = volume([3, 4, 5]);
+        let f = Array3::from_shape_vec(
+            (3, 4, 5).f(),
+            v.t().as_standard_layout().iter().copied().collect(),
+        )
+        .map(|a| a == v)
+        .unwrap_or(false);
+        assert!(f);
+        assert_eq!(f_strides([3, 4, 5]), [1, 3, 12]);
+    }
 }

@@ -1,9 +1,11 @@
 //! Array steps of the fused pipeline (after load -> orientation -> spacing): MONAI's
 //! ScaleIntensityRange(+Percentiles), NormalizeIntensity, CropForeground, SpatialPad,
-//! CenterSpatialCrop, ResizeWithPadOrCrop and Resize on one channel `[D, H, W]`, with the
-//! semantics of `voxlm.transforms` (each tested there against MONAI).
+//! CenterSpatialCrop, ResizeWithPadOrCrop and Resize on a channel-first image `[C, D, H, W]`,
+//! with the semantics of `voxlm.transforms` (each tested there against MONAI): intensity
+//! statistics over all channels together (MONAI's default, `channel_wise=False`), the
+//! foreground box over all channels, crops, pads and resizes applied to every channel.
 
-use ndarray::{s, Array3, Axis};
+use ndarray::{s, Array4};
 use rayon::prelude::*;
 
 use super::intensity::window;
@@ -57,13 +59,13 @@ pub fn percentile(values: &mut [f32], q: f64) -> f64 {
     }
 }
 
-fn fill_window(v: &mut Array3<f32>, a0: f64, a1: f64, b0: f64, b1: f64, clip: bool) {
+fn fill_window(v: &mut Array4<f32>, a0: f64, a1: f64, b0: f64, b1: f64, clip: bool) {
     v.par_mapv_inplace(|x| window(x as f64, a0, a1, b0, b1, clip));
 }
 
-fn pad(v: Array3<f32>, size: [i64; 3], symmetric: bool, value: f32) -> Array3<f32> {
+fn pad(v: Array4<f32>, size: [i64; 3], symmetric: bool, value: f32) -> Array4<f32> {
     let sh = v.dim();
-    let cur = [sh.0, sh.1, sh.2];
+    let cur = [sh.1, sh.2, sh.3];
     let mut before = [0usize; 3];
     let mut out = [0usize; 3];
     for i in 0..3 {
@@ -79,8 +81,9 @@ fn pad(v: Array3<f32>, size: [i64; 3], symmetric: bool, value: f32) -> Array3<f3
     if out == cur {
         return v;
     }
-    let mut o = Array3::<f32>::from_elem((out[0], out[1], out[2]), value);
+    let mut o = Array4::<f32>::from_elem((sh.0, out[0], out[1], out[2]), value);
     o.slice_mut(s![
+        ..,
         before[0]..before[0] + cur[0],
         before[1]..before[1] + cur[1],
         before[2]..before[2] + cur[2]
@@ -89,9 +92,9 @@ fn pad(v: Array3<f32>, size: [i64; 3], symmetric: bool, value: f32) -> Array3<f3
     o
 }
 
-fn center_crop(v: Array3<f32>, roi: [i64; 3]) -> Array3<f32> {
+fn center_crop(v: Array4<f32>, roi: [i64; 3]) -> Array4<f32> {
     let sh = v.dim();
-    let cur = [sh.0, sh.1, sh.2];
+    let cur = [sh.1, sh.2, sh.3];
     let mut st = [0usize; 3];
     let mut r = [0usize; 3];
     for i in 0..3 {
@@ -106,6 +109,7 @@ fn center_crop(v: Array3<f32>, roi: [i64; 3]) -> Array3<f32> {
         return v;
     }
     v.slice(s![
+        ..,
         st[0]..st[0] + r[0],
         st[1]..st[1] + r[1],
         st[2]..st[2] + r[2]
@@ -113,16 +117,15 @@ fn center_crop(v: Array3<f32>, roi: [i64; 3]) -> Array3<f32> {
     .to_owned()
 }
 
-fn crop_foreground(v: Array3<f32>, margin: [usize; 3]) -> Array3<f32> {
-    let (d, h, w) = v.dim();
+fn crop_foreground(v: Array4<f32>, margin: [usize; 3]) -> Array4<f32> {
+    let (c, d, h, w) = v.dim();
     let dims = [d, h, w];
     let mut lo = [usize::MAX; 3];
     let mut hi = [0usize; 3];
-    let planes: Vec<(usize, [usize; 4])> = v
-        .axis_iter(Axis(0))
+    let planes: Vec<(usize, [usize; 4])> = (0..c * d)
         .into_par_iter()
-        .enumerate()
-        .filter_map(|(i, plane)| {
+        .filter_map(|ci| {
+            let (i, plane) = (ci % d, v.slice(s![ci / d, ci % d, .., ..]));
             let mut b = [usize::MAX, 0, usize::MAX, 0];
             let mut any = false;
             for ((j, k), &x) in plane.indexed_iter() {
@@ -138,7 +141,7 @@ fn crop_foreground(v: Array3<f32>, margin: [usize; 3]) -> Array3<f32> {
         })
         .collect();
     if planes.is_empty() {
-        return Array3::zeros((0, 0, 0));
+        return Array4::zeros((c, 0, 0, 0));
     }
     for (i, b) in &planes {
         lo[0] = lo[0].min(*i);
@@ -154,11 +157,11 @@ fn crop_foreground(v: Array3<f32>, margin: [usize; 3]) -> Array3<f32> {
         st[i] = lo[i].saturating_sub(margin[i]);
         en[i] = (hi[i] + 1 + margin[i]).min(dims[i]);
     }
-    v.slice(s![st[0]..en[0], st[1]..en[1], st[2]..en[2]])
+    v.slice(s![.., st[0]..en[0], st[1]..en[1], st[2]..en[2]])
         .to_owned()
 }
 
-fn normalize(v: &mut Array3<f32>, nonzero: bool) {
+fn normalize(v: &mut Array4<f32>, nonzero: bool) {
     let sel = |x: f32| !nonzero || x != 0.0;
     let (n, sum) = v
         .iter()
@@ -186,7 +189,7 @@ fn normalize(v: &mut Array3<f32>, nonzero: bool) {
 }
 
 /// Run `steps` on `v` in order.
-pub fn run(mut v: Array3<f32>, steps: &[Step]) -> Result<Array3<f32>> {
+pub fn run(mut v: Array4<f32>, steps: &[Step]) -> Result<Array4<f32>> {
     for st in steps {
         v = match *st {
             Step::Window(a0, a1, b0, b1, clip) => {
@@ -220,7 +223,7 @@ pub fn run(mut v: Array3<f32>, steps: &[Step]) -> Result<Array3<f32>> {
                         "Resize: the volume is empty (CropForeground found no voxel > 0)",
                     ));
                 }
-                resize(v.insert_axis(Axis(0)).view(), size, mode)?.index_axis_move(Axis(0), 0)
+                resize(v.view(), size, mode)?
             }
         };
     }
@@ -240,14 +243,58 @@ mod tests {
 
     #[test]
     fn crop_and_pad() {
-        let mut a = Array3::<f32>::zeros((6, 7, 8));
-        a[[2, 3, 4]] = 1.0;
-        a[[3, 5, 4]] = 2.0;
+        let mut a = Array4::<f32>::zeros((1, 6, 7, 8));
+        a[[0, 2, 3, 4]] = 1.0;
+        a[[0, 3, 5, 4]] = 2.0;
         let c = crop_foreground(a.clone(), [1, 0, 0]);
-        assert_eq!(c.dim(), (4, 3, 1));
+        assert_eq!(c.dim(), (1, 4, 3, 1));
         let p = pad(c, [6, -1, 3], true, -1.0);
-        assert_eq!(p.dim(), (6, 3, 3));
-        assert_eq!(p[[0, 0, 0]], -1.0);
-        assert_eq!(center_crop(p, [2, 2, -1]).dim(), (2, 2, 3));
+        assert_eq!(p.dim(), (1, 6, 3, 3));
+        assert_eq!(p[[0, 0, 0, 0]], -1.0);
+        assert_eq!(center_crop(p, [2, 2, -1]).dim(), (1, 2, 2, 3));
+    }
+
+    #[test]
+    fn channels_share_the_box_and_the_statistics() -> Result<()> {
+        // the foreground of channel 1 widens the box of both channels
+        let mut a = Array4::<f32>::zeros((2, 5, 5, 5));
+        a[[0, 2, 2, 2]] = 4.0;
+        a[[1, 1, 2, 3]] = 2.0;
+        let c = run(a.clone(), &[Step::CropForeground([0, 0, 0])])?;
+        assert_eq!(c.dim(), (2, 2, 1, 2));
+        assert_eq!(c[[0, 1, 0, 0]], 4.0);
+        assert_eq!(c[[1, 0, 0, 1]], 2.0);
+        // NormalizeIntensity over both channels: mean 6/250, population std
+        let n = run(a.clone(), &[Step::Normalize(false)])?;
+        let vals: Vec<f64> = a.iter().map(|&x| x as f64).collect();
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        let std = (vals.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / vals.len() as f64).sqrt();
+        assert!((n[[0, 2, 2, 2]] as f64 - (4.0 - mean) / std).abs() < 1e-5);
+        assert!((n[[1, 0, 0, 0]] as f64 + mean / std).abs() < 1e-5);
+        // percentiles over all voxels of both channels: the 100th is channel 0's 4.0
+        let w = run(a, &[Step::Percentiles(0.0, 100.0, 0.0, 1.0, false)])?;
+        assert_eq!(w[[0, 2, 2, 2]], 1.0);
+        assert_eq!(w[[1, 1, 2, 3]], 0.5);
+        Ok(())
+    }
+
+    #[test]
+    fn resize_after_an_empty_crop_is_an_error() {
+        let a = Array4::<f32>::zeros((1, 3, 3, 3));
+        let r = run(
+            a,
+            &[
+                Step::CropForeground([0, 0, 0]),
+                Step::Resize([2, 2, 2], Mode::Trilinear),
+            ],
+        );
+        assert!(matches!(r, Err(Error::Shape(_))));
+        assert!(matches!(
+            run(
+                Array4::zeros((1, 2, 2, 2)),
+                &[Step::Percentiles(60.0, 10.0, 0.0, 1.0, false)]
+            ),
+            Err(Error::Config(_))
+        ));
     }
 }

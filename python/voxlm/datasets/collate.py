@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..data import _as_array as _volume_array
-from ..data import rust_plan, transform_path
+from ..data import rust_plan, transform_path, transform_paths
 from ..exceptions import ConfigError, DataError, ShapeError
 from ..volume import Volume, load_image
 from ._common import PathLike, check_record
@@ -48,6 +48,10 @@ class ReportDataset(torch.utils.data.Dataset):
         transform: applied to each loaded image (a voxlm/MONAI-style callable on a Volume or a
             channel-first array).
         image_loader: ``path -> Volume | array | tensor`` (default: :func:`voxlm.load_image`).
+        stack_sequences: for records with ``sequences``: stack them as the channels of
+            ``"image"`` (``[C, D, H, W]``, every sequence resampled onto the first one's grid,
+            then ``transform``; :func:`voxlm.data.transform_paths`, fused in Rust when the
+            chain allows) instead of a dict of separately transformed tensors.
 
     Raises :class:`DataError` at construction for a record whose file does not exist (naming
     the row and the path), so that no ``DataLoader`` worker fails later.
@@ -59,7 +63,9 @@ class ReportDataset(torch.utils.data.Dataset):
         transform: Callable[[Any], Any] | None = None,
         image_loader: Callable[[PathLike], Any] | None = None,
         check_files: bool = True,
+        stack_sequences: bool = False,
     ) -> None:
+        self.stack_sequences = stack_sequences
         self.records = [dict(r) for r in records]
         for i, r in enumerate(self.records):
             if not isinstance(r, dict):
@@ -97,7 +103,12 @@ class ReportDataset(torch.utils.data.Dataset):
             item["images"] = [self.load(p) for p in r["images"]]
         if r.get("sequences"):
             item["sequence_paths"] = {k: os.fspath(p) for k, p in r["sequences"].items()}
-            item["sequences"] = {k: self.load(p) for k, p in r["sequences"].items()}
+            if self.stack_sequences:
+                paths = list(item["sequence_paths"].values())
+                item.pop("sequences")
+                item["image"] = torch.from_numpy(transform_paths(paths, self.transform))
+            else:
+                item["sequences"] = {k: self.load(p) for k, p in r["sequences"].items()}
         if isinstance(r.get("labels"), np.ndarray):
             item["labels"] = torch.from_numpy(np.asarray(r["labels"], dtype=np.int64))
         return item
