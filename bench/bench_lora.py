@@ -99,8 +99,9 @@ print(json.dumps({
 """
 
 
-def _measure(cfg: dict, run: dict, rounds: int = 1) -> dict:
-    """Each side in ``rounds`` fresh processes, alternating; the median of each number."""
+def _measure(cfg: dict, run: dict, rounds: int = 1, first: int = 0) -> dict:
+    """Each side in ``rounds`` fresh processes, alternating (peft first in even rounds, voxlm
+    first in odd ones, counting from ``first``); the median of each number."""
     import statistics
 
     import torch
@@ -110,8 +111,8 @@ def _measure(cfg: dict, run: dict, rounds: int = 1) -> dict:
     per: dict[str, list[dict]] = {"peft": [], "voxlm": []}
     with tempfile.TemporaryDirectory() as d:
         LlamaForCausalLM(LlamaConfig(**cfg)).save_pretrained(d)
-        for _ in range(rounds):
-            for side in ("peft", "voxlm"):
+        for i in range(first, first + rounds):
+            for side in ("peft", "voxlm") if i % 2 == 0 else ("voxlm", "peft"):
                 out = subprocess.run(
                     [sys.executable, "-c", CHILD, side, d, json.dumps(run)],
                     capture_output=True,
