@@ -7,7 +7,11 @@ on every linear (the ViT3D-LLaMA3 recipe); AdamW; batch 4 x 128 tokens; fp32; me
 after 2 warm-up steps. (2) LLaMA-3.2-1B-shaped at LLaMA-3's vocabulary (128,256; width 2048,
 32/8 heads, MLP 8192, tied embeddings) trimmed to 2 layers, batch 4 x 512 tokens, where the LM
 head and cross-entropy dominate memory: voxlm computes the loss in chunks without the logits
-(``loss_chunk_size="auto"``); median of 3 steps after 1 warm-up.
+(``loss_chunk_size="auto"``); 2 steps per process (1 warm-up), ``ROUNDS`` fresh processes per
+side alternating peft / voxlm, medians over the rounds.
+
+Per process: ``load_mb`` is the high-water mark right after ``from_pretrained`` (the loader's own
+peak), ``peak_rss_mb`` the high-water mark at the end, ``growth_mb`` their difference.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ BIG = dict(
     rope_theta=500000.0,
     max_position_embeddings=2048,
 )
-BIG_RUN = dict(B=4, T=512, STEPS=3, WARMUP=1, chunk="auto")
+BIG_RUN = dict(B=4, T=512, STEPS=1, WARMUP=1, chunk="auto")
+ROUNDS = 3
 
 CHILD = r"""
 import json, statistics, sys, time, torch
@@ -70,6 +75,7 @@ else:
     add_lora(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear"))
     model.loss_chunk_size = run.get("chunk")
     step_loss = lambda: model(ids, labels=ids).loss
+load_kb = hwm_kb()
 model.train()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 base = hwm_kb()
@@ -87,71 +93,98 @@ print(json.dumps({
     "step_s": statistics.median(times),
     "peak_rss_mb": peak / 1024,
     "growth_mb": (peak - base) / 1024,
+    "load_mb": load_kb / 1024,
     "loss": loss.item(),
 }))
 """
 
 
-def _measure(cfg: dict, run: dict) -> dict:
+def _measure(cfg: dict, run: dict, rounds: int = 1, first: int = 0) -> dict:
+    """Each side in ``rounds`` fresh processes, alternating (peft first in even rounds, voxlm
+    first in odd ones, counting from ``first``); the median of each number."""
+    import statistics
+
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    res = {}
+    per: dict[str, list[dict]] = {"peft": [], "voxlm": []}
     with tempfile.TemporaryDirectory() as d:
         LlamaForCausalLM(LlamaConfig(**cfg)).save_pretrained(d)
-        for side in ("peft", "voxlm"):
-            out = subprocess.run(
-                [sys.executable, "-c", CHILD, side, d, json.dumps(run)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            res[side] = json.loads(out.stdout.strip().splitlines()[-1])
+        for i in range(first, first + rounds):
+            for side in ("peft", "voxlm") if i % 2 == 0 else ("voxlm", "peft"):
+                out = subprocess.run(
+                    [sys.executable, "-c", CHILD, side, d, json.dumps(run)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                per[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    res = {}
+    for side, rs in per.items():
+        res[side] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        # ratios per round (the two sides of a round ran back to back)
+    res["step_ratios"] = [p["step_s"] / v["step_s"] for p, v in zip(per["peft"], per["voxlm"])]
+    res["peak_ratios"] = [
+        v["peak_rss_mb"] / p["peak_rss_mb"] for p, v in zip(per["peft"], per["voxlm"])
+    ]
     return res
 
 
-def run() -> str:
+def run(big_only: bool = False, rounds: int = ROUNDS) -> str:
+    import os
+
     from common import machine
 
-    small = _measure(CFG, dict(B=B, T=T, STEPS=STEPS, WARMUP=WARMUP, chunk=None))
-    big = _measure(BIG, BIG_RUN)
+    load0 = os.getloadavg()[0]
+    small = None if big_only else _measure(CFG, dict(B=B, T=T, STEPS=STEPS, WARMUP=WARMUP))
+    big = _measure(BIG, BIG_RUN, rounds)
+    load1 = os.getloadavg()[0]
     lines = [
         "## lora: LoRA training step (forward + backward + AdamW), voxlm vs transformers + peft",
         "",
         f"Machine: {machine()}. LoRA r16/a32, dropout 0.05, all linears; fp32 CPU; each side in "
-        "its own process (peak RSS = the process's VmHWM); medians of the timed steps.",
+        "its own process (peak RSS = the process's VmHWM; load MB = VmHWM right after "
+        f"from_pretrained); the large model: {rounds} fresh processes per side alternating "
+        f"peft / voxlm, medians over them. Load average {load0:.1f} at the start, {load1:.1f} at "
+        "the end.",
         "",
-        "| model | tool | step s | tokens/s | peak RSS MB | RSS growth during training MB |",
-        "|---|---|---|---|---|---|",
+        "| model | tool | step s | tokens/s | load MB | peak RSS MB | RSS growth in training MB |",
+        "|---|---|---|---|---|---|---|",
     ]
-    rows = [
-        (f"LLaMA 4x256, vocab 4096, batch {B}x{T}", small, B * T),
+    rows = [] if small is None else [(f"LLaMA 4x256, vocab 4096, batch {B}x{T}", small, B * T)]
+    rows.append(
         (
             f"LLaMA-3.2-1B-shaped, 2 layers, vocab 128,256, batch {BIG_RUN['B']}x{BIG_RUN['T']}",
             big,
             BIG_RUN["B"] * BIG_RUN["T"],
-        ),
-    ]
+        )
+    )
     for name, res, tok in rows:
         for side, label in (("peft", "transformers + peft"), ("voxlm", "voxlm")):
             r = res[side]
             lines.append(
                 f"| {name} | {label} | {r['step_s']:.3f} | {tok / r['step_s']:,.0f} | "
-                f"{r['peak_rss_mb']:.0f} | {r['growth_mb']:.0f} |"
+                f"{r['load_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['growth_mb']:.0f} |"
             )
     lines.append("")
-    p, v = small["peft"], small["voxlm"]
-    lines.append(
-        f"**Small model: speed voxlm / peft {p['step_s'] / v['step_s']:.2f}x**, peak RSS ratio "
-        f"{v['peak_rss_mb'] / p['peak_rss_mb']:.2f} (goal: at least peft's speed, no more memory)."
-    )
+    if small is not None:
+        p, v = small["peft"], small["voxlm"]
+        lines.append(
+            f"**Small model: speed voxlm / peft {p['step_s'] / v['step_s']:.2f}x**, peak RSS "
+            f"ratio {v['peak_rss_mb'] / p['peak_rss_mb']:.2f} (goal: at least peft's speed, no "
+            "more memory)."
+        )
+        lines.append("")
     p, v = big["peft"], big["voxlm"]
-    lines.append("")
+    fmt = ", ".join
     lines.append(
         f"**Vocab 128,256 (chunked LM loss, no full logits): peak RSS voxlm / peft "
-        f"{v['peak_rss_mb'] / p['peak_rss_mb']:.2f}** (goal <= 0.5), speed voxlm / peft "
-        f"{p['step_s'] / v['step_s']:.2f}x (goal >= 1); loss {v['loss']:.4f} vs "
+        f"{v['peak_rss_mb'] / p['peak_rss_mb']:.2f}** (goal <= 0.5; per round "
+        f"{fmt(f'{x:.2f}' for x in big['peak_ratios'])}), growth during training "
+        f"{v['growth_mb'] / p['growth_mb']:.2f}, speed voxlm / peft "
+        f"{p['step_s'] / v['step_s']:.2f}x (goal >= 1; per round "
+        f"{fmt(f'{x:.2f}' for x in big['step_ratios'])}); loss {v['loss']:.4f} vs "
         f"{p['loss']:.4f}. Gradients of every LoRA parameter equal peft's "
         "(tests/test_linear_ce.py, 1e-4 relative in float32)."
     )
@@ -161,4 +194,6 @@ def run() -> str:
 
 if __name__ == "__main__":
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    print(run())
+    big_only = "--big-only" in sys.argv
+    rounds = next((int(a.split("=")[1]) for a in sys.argv if a.startswith("--rounds=")), ROUNDS)
+    print(run(big_only, rounds))

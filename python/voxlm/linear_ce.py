@@ -53,13 +53,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, n, chunk_size):
             h = hidden[s : s + chunk_size]
             y = target[s : s + chunk_size]
-            logits = (h @ weight.t()).to(acc)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            # one [chunk, V] buffer per chunk: the logits become exp(logits - max) and then the
+            # gradient in place (torch.logsumexp and torch.softmax would each allocate another)
+            g = (h @ weight.t()).to(acc)
+            picked = g.gather(1, y[:, None]).squeeze(1)
+            m = g.amax(dim=-1, keepdim=True)
+            g.sub_(m).exp_()
+            s_exp = g.sum(dim=-1, keepdim=True)
+            lse = (m + s_exp.log()).squeeze(1)
+            total += (lse - picked).sum()
             if not need_h and grad_w is None:
                 continue
-            # d(sum of losses)/d logits, scaled to the mean below
-            g = torch.softmax(logits, dim=-1)
+            # d(sum of losses)/d logits = softmax - onehot, scaled to the mean
+            g.div_(s_exp)
             g[torch.arange(g.shape[0], device=g.device), y] -= 1.0
             g /= n
             if need_h:
@@ -93,7 +99,8 @@ def linear_cross_entropy(
         hidden: ``[B, T, H]`` final (normed) hidden states.
         weight: ``[V, H]`` the LM head's weight (its gradient is computed when it requires one).
         labels: ``[B, T]`` int64; ``ignore_index`` marks positions that do not count.
-        chunk_size: tokens per chunk (peak extra memory ~ ``chunk_size * V * 4`` bytes x 2);
+        chunk_size: tokens per chunk (peak extra memory ~ ``chunk_size * V * 4`` bytes, one
+            float32 buffer reused in place for the logits, their exponentials and the gradient);
             ``"auto"``: :func:`auto_chunk_size`.
         shift: causal-LM shift (``hidden[:, :-1]`` predicts ``labels[:, 1:]``), as
             :func:`voxlm.losses.lm_loss`.

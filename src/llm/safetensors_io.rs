@@ -123,6 +123,12 @@ pub fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
 
 /// Read every tensor of `files`, converting floating tensors to `kind` (None keeps the stored
 /// dtype) on `device`.
+///
+/// Each file is memory-mapped only to validate its header (which touches the header's pages,
+/// not the data); each tensor's bytes are then read with `pread` straight into the tensor's own
+/// freshly allocated buffer. So the process never holds a page of the file and a copy of it at
+/// once: the peak while loading is the loaded tensors (plus one tensor when converting dtype),
+/// not twice the checkpoint, and nothing of the file stays mapped afterwards.
 pub fn load(
     files: &[PathBuf],
     kind: Option<Kind>,
@@ -134,7 +140,14 @@ pub fn load(
         // SAFETY: the map is read-only and dropped before this function returns; a file changed
         // underneath by another process is the documented hazard of memory-mapping.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(f.display(), e))?;
-        for (name, t) in parse(&mmap, &f.display().to_string(), kind, device)? {
+        let what = f.display().to_string();
+        let base = mmap.as_ptr() as usize;
+        let read = |bytes: &[u8], t: &Tensor| -> Result<()> {
+            // the view lies inside the map (validated by the header parse): its file offset
+            let offset = (bytes.as_ptr() as usize - base) as u64;
+            read_into(&file, offset, bytes.len(), t, &what)
+        };
+        for (name, t) in parse_with(&mmap, &what, kind, device, read)? {
             if out.contains_key(&name) {
                 return Err(Error::checkpoint(format!(
                     "tensor {name} appears in more than one shard"
@@ -146,6 +159,41 @@ pub fn load(
     Ok(out)
 }
 
+/// The bytes of the fresh contiguous CPU tensor `t`, which must be exactly `len` bytes.
+fn bytes_mut<'t>(t: &'t Tensor, len: usize, what: &str) -> Result<&'t mut [u8]> {
+    let have = t.numel() * t.f_kind()?.elt_size_in_bytes();
+    if have != len || !t.is_contiguous() || t.device() != Device::Cpu {
+        return Err(Error::checkpoint(format!(
+            "{what}: internal: buffer of {have} bytes for a tensor of {len} bytes"
+        )));
+    }
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    // SAFETY: `t` was just allocated by `f_empty` (in `parse_with`) as a contiguous CPU tensor
+    // of exactly `len` bytes (checked above); it is not shared with anyone until returned.
+    Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, len) })
+}
+
+/// Fill the fresh tensor `t` with `len` bytes of `file` from `offset`.
+fn read_into(file: &std::fs::File, offset: u64, len: usize, t: &Tensor, what: &str) -> Result<()> {
+    let buf = bytes_mut(t, len, what)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(buf, offset)
+            .map_err(|e| Error::io(what, e))
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = file;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| Error::io(what, e))?;
+        f.read_exact(buf).map_err(|e| Error::io(what, e))
+    }
+}
+
 /// The tensors of one safetensors buffer (`what` names it in errors). The buffer is validated
 /// before anything is copied: header length within the buffer, a JSON header, offsets that tile
 /// the data region exactly (no overlap, no gap, nothing past the end), and every tensor's byte
@@ -155,6 +203,20 @@ pub fn parse(
     what: &str,
     kind: Option<Kind>,
     device: Device,
+) -> Result<Vec<(String, Tensor)>> {
+    parse_with(bytes, what, kind, device, |data, t| {
+        bytes_mut(t, data.len(), what)?.copy_from_slice(data);
+        Ok(())
+    })
+}
+
+/// [`parse`] with the data of each tensor filled by `fill(view bytes, fresh empty CPU tensor)`.
+fn parse_with(
+    bytes: &[u8],
+    what: &str,
+    kind: Option<Kind>,
+    device: Device,
+    fill: impl Fn(&[u8], &Tensor) -> Result<()>,
 ) -> Result<Vec<(String, Tensor)>> {
     if bytes.len() < 8 {
         return Err(Error::checkpoint(format!(
@@ -181,7 +243,8 @@ pub fn parse(
                     view.shape()
                 ))
             })?;
-        let t = Tensor::f_from_data_size(view.data(), &shape, k)?;
+        let t = Tensor::f_empty(&shape, (k, Device::Cpu))?;
+        fill(view.data(), &t)?;
         let t = match kind {
             Some(target)
                 if matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)

@@ -165,8 +165,17 @@ class LlamaForCausalLM(RustBound):
         cls, path: PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
     ) -> LlamaForCausalLM:
         """Load a HF checkpoint: ``config.json`` and ``model.safetensors`` or shards listed in
-        ``model.safetensors.index.json``, memory-mapped by the Rust loader and converted to
-        ``dtype`` (default: as stored) on ``device``."""
+        ``model.safetensors.index.json``, read by the Rust loader and converted to ``dtype``
+        (default: as stored) on ``device``.
+
+        Memory: each tensor is read from the file straight into its own buffer (the header is
+        validated through a memory map that never touches the data), so loading peaks at the
+        weights themselves, not at the file plus a copy, and nothing of the file stays mapped.
+        With ``tie_word_embeddings`` the checkpoint's embedding is one tensor shared by
+        ``model.embed_tokens`` and ``lm_head`` (as transformers ties them); a stored
+        ``lm_head.weight`` is dropped. Unlike transformers, whose parameters stay backed by the
+        file mapping and enter RSS as they are first touched, the weights here are resident
+        after loading (tests/test_lora_memory.py)."""
         config = LlamaConfig.from_pretrained(path)
         dev = str(torch.device(device))
         if dev == "cuda":
