@@ -358,34 +358,260 @@ fn resolve(
     }
 }
 
+/// A path of [`resolve_fast`]: `Hdr`'s search state, with the path's matches kept as a chain of
+/// its choices (`node`, into an arena) and its used words as bitsets (in the beam's pool).
+#[derive(Clone, Copy, Debug)]
+struct Fp {
+    /// `matches1 + matches2` (the comparator only reads the sum)
+    score: i32,
+    chunks: i32,
+    idx: u32,
+    /// `lastMatchEnd`, -1 when none
+    last_end: i32,
+    distance: i32,
+    /// the chain node of the path's last choice; `NONE` for none
+    node: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cand {
+    /// `PARTIAL_COMPARE_TOTAL` then list order, as one number (smaller sorts first)
+    key: u128,
+    p: Fp,
+    parent: u32,
+    new_match: u32,
+}
+
+/// The sort key of `compare`: more matches, fewer chunks, less distance, then list order.
+fn fast_key(p: &Fp, ord: usize) -> u128 {
+    ((((i32::MAX - p.score) as u32) as u128) << 96)
+        | (((p.chunks as u32) as u128) << 64)
+        | ((((p.distance as u32) ^ 0x8000_0000) as u128) << 32)
+        | ord as u128
+}
+
+fn bit(b: &[u64], i: usize) -> bool {
+    b[i >> 6] >> (i & 63) & 1 == 1
+}
+
+/// [`resolve`] with the same paths in the same order, for stages without zero-length matches:
+/// then a path's `idx` never falls behind `current`, so the only entry of its `matches` array
+/// that the search reads (`matches[idx]` with `idx == current`) is the definite one from
+/// `init` (a path's own choices lie before `current`). Paths therefore need no `matches` array
+/// (their choices are a chain, read once for the best path); used words are bitsets, match
+/// gains and distances are precomputed (`(int) (m + len * w)` is `m + (int) (len * w)` for the
+/// whole, non-negative `m`), and the comparator is one integer.
+fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool]) -> Vec<u32> {
+    let n2 = s.by_start.len();
+    let n1 = init_used1.len();
+    let (w1, w2) = (n1.div_ceil(64), n2.div_ceil(64));
+    let w = w1 + w2;
+    let gain: Vec<i32> = s
+        .all
+        .iter()
+        .map(|m| {
+            let wt = SEARCH_WEIGHTS[m.module];
+            (m.match_length as f64 * wt) as i32 + (m.length as f64 * wt) as i32
+        })
+        .collect();
+    let dist: Vec<i32> = s
+        .all
+        .iter()
+        .map(|m| (m.start as i32 - m.match_start as i32).abs())
+        .collect();
+    let mut bits = vec![0u64; w];
+    for (i, _) in init_used1.iter().enumerate().filter(|(_, &u)| u) {
+        bits[i >> 6] |= 1 << (i & 63);
+    }
+    for (i, _) in init_used2.iter().enumerate().filter(|(_, &u)| u) {
+        bits[w1 + (i >> 6)] |= 1 << (i & 63);
+    }
+    let mut new_bits: Vec<u64> = Vec::new();
+    let mut nodes: Vec<(u32, u32)> = Vec::new();
+    let mut kept = vec![Fp {
+        score: 0,
+        chunks: 0,
+        idx: 0,
+        last_end: -1,
+        distance: 0,
+        node: NONE,
+    }];
+    let mut cands: Vec<Cand> = Vec::new();
+    for current in 0..=n2 {
+        cands.clear();
+        let push = |cands: &mut Vec<Cand>, p: Fp, parent: usize, new_match: u32| {
+            let key = fast_key(&p, cands.len());
+            cands.push(Cand {
+                key,
+                p,
+                parent: parent as u32,
+                new_match,
+            });
+        };
+        let mut first_dropped: Option<(Fp, usize)> = None;
+        for (k, h0) in kept.iter().enumerate() {
+            let mut path = *h0;
+            if current == n2 {
+                if path.last_end != -1 {
+                    path.chunks += 1;
+                }
+                push(&mut cands, path, k, NONE);
+                continue;
+            }
+            let (u1, u2) = bits[k * w..(k + 1) * w].split_at(w1);
+            if bit(u2, current) {
+                let idx = path.idx as usize;
+                if current < idx {
+                    push(&mut cands, path, k, NONE);
+                } else if init.get(idx).is_some_and(|&m| m != NONE) {
+                    let mi = init[idx] as usize;
+                    let m = s.all[mi];
+                    path.score += gain[mi];
+                    if path.last_end != -1 && m.match_start as i32 != path.last_end {
+                        path.chunks += 1;
+                    }
+                    path.idx = (m.start + m.length) as u32;
+                    path.last_end = (m.match_start + m.match_length) as i32;
+                    path.distance = path.distance.wrapping_add(dist[mi]);
+                    push(&mut cands, path, k, NONE);
+                } else if k == 0 {
+                    first_dropped = Some((path, k));
+                }
+                continue;
+            }
+            for &mi in &s.by_start[current] {
+                let m = s.all[mi as usize];
+                let used = (m.start..m.start + m.length).any(|i| bit(u2, i))
+                    || (m.match_start..m.match_start + m.match_length).any(|i| bit(u1, i));
+                if used {
+                    continue;
+                }
+                let mut np = path;
+                np.score += gain[mi as usize];
+                if np.last_end != -1 && m.match_start as i32 != np.last_end {
+                    np.chunks += 1;
+                }
+                np.idx = (m.start + m.length) as u32;
+                np.last_end = (m.match_start + m.match_length) as i32;
+                // the jar adds this distance to the path it branched from
+                path.distance = path.distance.wrapping_add(dist[mi as usize]);
+                push(&mut cands, np, k, mi);
+            }
+            if path.last_end != -1 {
+                path.chunks += 1;
+                path.last_end = -1;
+            }
+            path.idx += 1;
+            push(&mut cands, path, k, NONE);
+        }
+        if cands.is_empty() {
+            if let Some((p, k)) = first_dropped {
+                push(&mut cands, p, k, NONE);
+            }
+        }
+        if current == n2 {
+            break;
+        }
+        if cands.len() > BEAM_SIZE {
+            cands.select_nth_unstable_by_key(BEAM_SIZE - 1, |c| c.key);
+            cands.truncate(BEAM_SIZE);
+        }
+        cands.sort_unstable_by_key(|c| c.key);
+        new_bits.clear();
+        let mut next = Vec::with_capacity(cands.len());
+        for c in &cands {
+            let p = c.parent as usize;
+            let at = new_bits.len();
+            new_bits.extend_from_slice(&bits[p * w..(p + 1) * w]);
+            let mut fp = c.p;
+            if c.new_match != NONE {
+                let m = s.all[c.new_match as usize];
+                for i in m.match_start..m.match_start + m.match_length {
+                    new_bits[at + (i >> 6)] |= 1 << (i & 63);
+                }
+                for i in m.start..m.start + m.length {
+                    new_bits[at + w1 + (i >> 6)] |= 1 << (i & 63);
+                }
+                nodes.push((fp.node, c.new_match));
+                fp.node = (nodes.len() - 1) as u32;
+            }
+            next.push(fp);
+        }
+        std::mem::swap(&mut bits, &mut new_bits);
+        kept = next;
+    }
+    let Some(best) = cands.iter().min_by_key(|c| c.key) else {
+        return vec![NONE; n2];
+    };
+    let mut out = init.to_vec();
+    let mut node = kept[best.parent as usize].node;
+    while node != NONE {
+        let (parent, mi) = nodes[node as usize];
+        out[s.all[mi as usize].start] = mi;
+        node = parent;
+    }
+    out
+}
+
+/// The data of one word that the matchers use (it depends only on the word: computed once per
+/// distinct word of a corpus).
+#[derive(Clone, Debug)]
+pub struct WordInfo {
+    hash: i32,
+    stem_hash: i32,
+    syn: Box<[u32]>,
+    para: i64,
+    function: bool,
+}
+
+impl WordInfo {
+    pub fn new(w: &str, res: &Resources) -> WordInfo {
+        WordInfo {
+            hash: java_hash(w),
+            stem_hash: java_hash(&stem(w)),
+            syn: synsets(res, w).into_boxed_slice(),
+            para: res.paraphrases.translate(w),
+            function: res.function_words.contains(&w.to_lowercase()),
+        }
+    }
+}
+
 /// Per-word data of one side that does not depend on the other side.
-pub struct Side {
-    pub words: Vec<String>,
+pub struct Side<'a> {
     hashes: Vec<i32>,
     stem_hashes: Vec<i32>,
-    syn: Vec<Vec<u32>>,
+    syn: Vec<&'a [u32]>,
     para: Vec<i64>,
     function: Vec<bool>,
 }
 
-impl Side {
-    pub fn new(words: Vec<String>, res: &Resources) -> Side {
-        let hashes = words.iter().map(|w| java_hash(w)).collect();
-        let stem_hashes = words.iter().map(|w| java_hash(&stem(w))).collect();
-        let syn = words.iter().map(|w| synsets(res, w)).collect();
-        let para = words.iter().map(|w| res.paraphrases.translate(w)).collect();
-        let function = words
-            .iter()
-            .map(|w| res.function_words.contains(&w.to_lowercase()))
-            .collect();
-        Side {
-            words,
-            hashes,
-            stem_hashes,
-            syn,
-            para,
-            function,
+impl<'a> Side<'a> {
+    /// The side of the words whose data is `infos`, in order.
+    pub fn from_infos(infos: impl Iterator<Item = &'a WordInfo>) -> Side<'a> {
+        let mut s = Side {
+            hashes: Vec::new(),
+            stem_hashes: Vec::new(),
+            syn: Vec::new(),
+            para: Vec::new(),
+            function: Vec::new(),
+        };
+        for w in infos {
+            s.hashes.push(w.hash);
+            s.stem_hashes.push(w.stem_hash);
+            s.syn.push(&w.syn);
+            s.para.push(w.para);
+            s.function.push(w.function);
         }
+        s
+    }
+
+    /// Number of words.
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
     }
 }
 
@@ -414,22 +640,23 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
             .enumerate()
             .all(|(k, &w)| i + k < line.len() && line[i + k] == w as i64)
     };
-    let starts = |pos: &'_ rustc_hash::FxHashMap<i64, Vec<usize>>,
-                  all: &'_ [usize],
-                  words: &[u32]|
-     -> Vec<usize> {
+    fn starts<'p>(
+        pos: &'p rustc_hash::FxHashMap<i64, Vec<usize>>,
+        all: &'p [usize],
+        words: &[u32],
+    ) -> &'p [usize] {
         match words.first() {
-            None => all.to_vec(),
-            Some(&w) => pos.get(&(w as i64)).cloned().unwrap_or_default(),
+            None => all,
+            Some(&w) => pos.get(&(w as i64)).map_or(&[][..], |v| &v[..]),
         }
-    };
+    }
     let mut pars = Vec::new();
     // paraphrases in line1 of line2
     for j in 0..line2.len() {
         pt.reference_paths(line2, j, &mut pars);
         for &(len, p) in &pars {
             let words = pt.paraphrase(p);
-            for i in starts(&pos1, &all1, words) {
+            for &i in starts(&pos1, &all1, words) {
                 if hit(line1, i, words) {
                     st.add(Match {
                         start: j,
@@ -447,7 +674,7 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
         pt.reference_paths(line1, i, &mut pars);
         for &(len, p) in &pars {
             let words = pt.paraphrase(p);
-            for j in starts(&pos2, &all2, words) {
+            for &j in starts(&pos2, &all2, words) {
                 if hit(line2, j, words) {
                     st.add(Match {
                         start: j,
@@ -464,7 +691,7 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
 
 /// Align test (`a`, line1) with reference (`b`, line2).
 pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
-    let (n1, n2) = (a.words.len(), b.words.len());
+    let (n1, n2) = (a.len(), b.len());
     let mut st = Stage {
         all: Vec::new(),
         by_start: vec![Vec::new(); n2],
@@ -501,13 +728,13 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
                 // the jar's order (j outer, i inner)
                 let mut by_set: rustc_hash::FxHashMap<u32, Vec<usize>> = Default::default();
                 for (j, sets) in b.syn.iter().enumerate() {
-                    for &x in sets {
+                    for &x in sets.iter() {
                         by_set.entry(x).or_default().push(j);
                     }
                 }
                 let mut hit = vec![false; n1 * n2];
                 for (i, sets) in a.syn.iter().enumerate() {
-                    for x in sets {
+                    for x in sets.iter() {
                         for &j in by_set.get(x).map_or(&[][..], |v| &v[..]) {
                             hit[j * n1 + i] = true;
                         }
@@ -545,7 +772,12 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
             }
         }
     }
-    let best = resolve(&st, init_m, used1, used2);
+    let zero_length = st.all.iter().any(|m| m.length == 0 || m.match_length == 0);
+    let best = if zero_length {
+        resolve(&st, init_m, used1, used2)
+    } else {
+        resolve_fast(&st, &init_m, &used1, &used2)
+    };
     let mut al = Alignment {
         len1: n1,
         len2: n2,
