@@ -8,6 +8,16 @@
 use super::resources::Resources;
 use super::stem::stem;
 
+pub static PROF: [std::sync::atomic::AtomicU64; 8] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 8];
+pub fn prof_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("VOXLM_METEOR_PROF").is_some())
+}
+pub fn prof_add(i: usize, v: u64) {
+    PROF[i].fetch_add(v, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// `Constants.DEFAULT_BEAM_SIZE`.
 pub const BEAM_SIZE: usize = 40;
 /// Modules for English: exact, stem, synonym, paraphrase.
@@ -50,18 +60,55 @@ pub struct Alignment {
 }
 
 struct Stage {
-    /// all matches; `by_start[j]` lists indices of matches starting at line2 index j, in order
+    /// all matches in the jar's order; `by_start(j)` lists the indices of those starting at
+    /// line2 index j, in order (built by [`Stage::index`] once all are added)
     all: Vec<Match>,
-    by_start: Vec<Vec<u32>>,
+    start_off: Vec<u32>,
+    start_idx: Vec<u32>,
     cov1: Vec<u32>,
     cov2: Vec<u32>,
 }
 
 impl Stage {
+    fn new(n1: usize, n2: usize) -> Stage {
+        Stage {
+            all: Vec::new(),
+            start_off: vec![0; n2 + 1],
+            start_idx: Vec::new(),
+            cov1: vec![0; n1],
+            cov2: vec![0; n2],
+        }
+    }
+
+    fn n2(&self) -> usize {
+        self.cov2.len()
+    }
+
+    fn by_start(&self, j: usize) -> &[u32] {
+        &self.start_idx[self.start_off[j] as usize..self.start_off[j + 1] as usize]
+    }
+
+    /// Counting sort of the matches by start (stable: insertion order within a start).
+    fn index(&mut self) {
+        let n2 = self.n2();
+        let off = &mut self.start_off;
+        off.iter_mut().for_each(|x| *x = 0);
+        for m in &self.all {
+            off[m.start + 1] += 1;
+        }
+        for j in 0..n2 {
+            off[j + 1] += off[j];
+        }
+        let mut fill = off.clone();
+        self.start_idx = vec![0; self.all.len()];
+        for (i, m) in self.all.iter().enumerate() {
+            self.start_idx[fill[m.start] as usize] = i as u32;
+            fill[m.start] += 1;
+        }
+    }
+
     fn add(&mut self, m: Match) {
-        let idx = self.all.len() as u32;
         self.all.push(m);
-        self.by_start[m.start].push(idx);
         for k in 0..m.match_length {
             self.cov1[m.match_start + k] += 1;
         }
@@ -237,7 +284,7 @@ fn resolve(
     init_used1: Vec<bool>,
     init_used2: Vec<bool>,
 ) -> Vec<u32> {
-    let n2 = s.by_start.len();
+    let n2 = s.n2();
     let n1 = init_used1.len();
     let mut pool = Pool::new(n1, n2);
     pool.matches = init_matches;
@@ -312,7 +359,7 @@ fn resolve(
                 }
                 continue;
             }
-            for &mi in &s.by_start[current] {
+            for &mi in s.by_start(current) {
                 let m = s.all[mi as usize];
                 let used = (0..m.length).any(|i| pu2[m.start + i])
                     || (0..m.match_length).any(|i| pu1[m.match_start + i]);
@@ -375,8 +422,6 @@ struct Fp {
 
 #[derive(Clone, Copy, Debug)]
 struct Cand {
-    /// `PARTIAL_COMPARE_TOTAL` then list order, as one number (smaller sorts first)
-    key: u128,
     p: Fp,
     parent: u32,
     new_match: u32,
@@ -402,7 +447,7 @@ fn bit(b: &[u64], i: usize) -> bool {
 /// gains and distances are precomputed (`(int) (m + len * w)` is `m + (int) (len * w)` for the
 /// whole, non-negative `m`), and the comparator is one integer.
 fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool]) -> Vec<u32> {
-    let n2 = s.by_start.len();
+    let n2 = s.n2();
     let n1 = init_used1.len();
     let (w1, w2) = (n1.div_ceil(64), n2.div_ceil(64));
     let w = w1 + w2;
@@ -437,32 +482,75 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
         node: NONE,
     }];
     let mut cands: Vec<Cand> = Vec::new();
+    // the candidates' `PARTIAL_COMPARE_TOTAL`-then-list-order keys (smaller sorts first; the
+    // low 32 bits are the index in `cands`): the beam's BEAM_SIZE best so far, worst on top.
+    // A candidate that sorts after the worst of BEAM_SIZE kept ones is never kept: it is not
+    // stored (indices stay in list order, so the order among stored ones is the jar's).
+    let mut heap: std::collections::BinaryHeap<u128> = Default::default();
+    let mut keys: Vec<u128> = Vec::new();
+    let mut best: Option<(u128, Cand)> = None;
     for current in 0..=n2 {
         cands.clear();
-        let push = |cands: &mut Vec<Cand>, p: Fp, parent: usize, new_match: u32| {
-            let key = fast_key(&p, cands.len());
-            cands.push(Cand {
-                key,
-                p,
-                parent: parent as u32,
-                new_match,
-            });
+        heap.clear();
+        let last = current == n2;
+        macro_rules! push {
+            ($p:expr, $parent:expr, $new_match:expr) => {{
+                let c = Cand {
+                    p: $p,
+                    parent: $parent as u32,
+                    new_match: $new_match,
+                };
+                let key = fast_key(&c.p, cands.len());
+                if last {
+                    // the final list: only its first after sorting is read
+                    if best.is_none_or(|(b, _)| key < b) {
+                        best = Some((key, c));
+                    }
+                    cands.push(c);
+                } else if heap.len() < BEAM_SIZE {
+                    heap.push(key);
+                    cands.push(c);
+                } else if let Some(mut top) = heap.peek_mut() {
+                    if key < *top {
+                        *top = key;
+                        cands.push(c);
+                    }
+                }
+            }};
+        }
+        // no candidate of this step gains more than this over its path
+        let max_gain = if last {
+            0
+        } else {
+            s.by_start(current)
+                .iter()
+                .map(|&mi| gain[mi as usize])
+                .max()
+                .unwrap_or(0)
         };
         let mut first_dropped: Option<(Fp, usize)> = None;
         for (k, h0) in kept.iter().enumerate() {
             let mut path = *h0;
-            if current == n2 {
+            if last {
                 if path.last_end != -1 {
                     path.chunks += 1;
                 }
-                push(&mut cands, path, k, NONE);
+                push!(path, k, NONE);
                 continue;
+            }
+            // paths come best first: once a path's best candidate cannot beat the worst kept
+            // one (fewer matches), neither can any later path's
+            if heap.len() == BEAM_SIZE {
+                let worst = heap.peek().map_or(0, |&t| i32::MAX - (t >> 96) as i32);
+                if path.score + max_gain < worst {
+                    break;
+                }
             }
             let (u1, u2) = bits[k * w..(k + 1) * w].split_at(w1);
             if bit(u2, current) {
                 let idx = path.idx as usize;
                 if current < idx {
-                    push(&mut cands, path, k, NONE);
+                    push!(path, k, NONE);
                 } else if init.get(idx).is_some_and(|&m| m != NONE) {
                     let mi = init[idx] as usize;
                     let m = s.all[mi];
@@ -473,13 +561,13 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
                     path.idx = (m.start + m.length) as u32;
                     path.last_end = (m.match_start + m.match_length) as i32;
                     path.distance = path.distance.wrapping_add(dist[mi]);
-                    push(&mut cands, path, k, NONE);
+                    push!(path, k, NONE);
                 } else if k == 0 {
                     first_dropped = Some((path, k));
                 }
                 continue;
             }
-            for &mi in &s.by_start[current] {
+            for &mi in s.by_start(current) {
                 let m = s.all[mi as usize];
                 let used = (m.start..m.start + m.length).any(|i| bit(u2, i))
                     || (m.match_start..m.match_start + m.match_length).any(|i| bit(u1, i));
@@ -495,31 +583,33 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
                 np.last_end = (m.match_start + m.match_length) as i32;
                 // the jar adds this distance to the path it branched from
                 path.distance = path.distance.wrapping_add(dist[mi as usize]);
-                push(&mut cands, np, k, mi);
+                push!(np, k, mi);
             }
             if path.last_end != -1 {
                 path.chunks += 1;
                 path.last_end = -1;
             }
             path.idx += 1;
-            push(&mut cands, path, k, NONE);
+            push!(path, k, NONE);
         }
         if cands.is_empty() {
             if let Some((p, k)) = first_dropped {
-                push(&mut cands, p, k, NONE);
+                push!(p, k, NONE);
             }
         }
-        if current == n2 {
+        if last {
             break;
         }
-        if cands.len() > BEAM_SIZE {
-            cands.select_nth_unstable_by_key(BEAM_SIZE - 1, |c| c.key);
-            cands.truncate(BEAM_SIZE);
+        keys.clear();
+        keys.extend(heap.drain());
+        keys.sort_unstable();
+        if prof_on() {
+            prof_add(5, keys.len() as u64);
         }
-        cands.sort_unstable_by_key(|c| c.key);
         new_bits.clear();
-        let mut next = Vec::with_capacity(cands.len());
-        for c in &cands {
+        let mut next = Vec::with_capacity(keys.len());
+        for &key in &keys {
+            let c = &cands[key as u32 as usize];
             let p = c.parent as usize;
             let at = new_bits.len();
             new_bits.extend_from_slice(&bits[p * w..(p + 1) * w]);
@@ -540,7 +630,7 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
         std::mem::swap(&mut bits, &mut new_bits);
         kept = next;
     }
-    let Some(best) = cands.iter().min_by_key(|c| c.key) else {
+    let Some((_, best)) = best else {
         return vec![NONE; n2];
     };
     let mut out = init.to_vec();
@@ -615,15 +705,25 @@ impl<'a> Side<'a> {
     }
 }
 
-/// Positions of each known word id, ascending.
-fn positions(line: &[i64]) -> rustc_hash::FxHashMap<i64, Vec<usize>> {
-    let mut m: rustc_hash::FxHashMap<i64, Vec<usize>> = Default::default();
-    for (i, &w) in line.iter().enumerate() {
-        if w >= 0 {
-            m.entry(w).or_default().push(i);
-        }
+/// (value, position) sorted: the positions of each value, ascending.
+struct Positions<T>(Vec<(T, u32)>);
+
+impl<T: Ord + Copy> Positions<T> {
+    fn new(h: &[T]) -> Positions<T> {
+        let mut v: Vec<(T, u32)> = h.iter().enumerate().map(|(i, &x)| (x, i as u32)).collect();
+        v.sort_unstable();
+        Positions(v)
     }
-    m
+
+    fn range(&self, x: T) -> &[(T, u32)] {
+        let lo = self.0.partition_point(|e| e.0 < x);
+        let n = self.0[lo..].partition_point(|e| e.0 == x);
+        &self.0[lo..lo + n]
+    }
+
+    fn get(&self, x: T) -> impl Iterator<Item = usize> + '_ {
+        self.range(x).iter().map(|e| e.1 as usize)
+    }
 }
 
 /// `ParaphraseMatcher.match`. Scanning only the positions holding a phrase's first word gives
@@ -631,32 +731,30 @@ fn positions(line: &[i64]) -> rustc_hash::FxHashMap<i64, Vec<usize>> {
 fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &Resources) {
     let pt = &res.paraphrases;
     let (line1, line2) = (&a.para, &b.para);
-    let (pos1, pos2) = (positions(line1), positions(line2));
-    let all1: Vec<usize> = (0..line1.len()).collect();
-    let all2: Vec<usize> = (0..line2.len()).collect();
+    let (pos1, pos2) = (Positions::new(line1), Positions::new(line2));
     let hit = |line: &[i64], i: usize, words: &[u32]| -> bool {
         words
             .iter()
             .enumerate()
             .all(|(k, &w)| i + k < line.len() && line[i + k] == w as i64)
     };
-    fn starts<'p>(
-        pos: &'p rustc_hash::FxHashMap<i64, Vec<usize>>,
-        all: &'p [usize],
-        words: &[u32],
-    ) -> &'p [usize] {
+    // the positions holding the phrase's first word (all positions for an empty phrase)
+    fn for_starts(pos: &Positions<i64>, n: usize, words: &[u32], mut f: impl FnMut(usize)) {
         match words.first() {
-            None => all,
-            Some(&w) => pos.get(&(w as i64)).map_or(&[][..], |v| &v[..]),
+            None => (0..n).for_each(f),
+            Some(&w) => pos.range(w as i64).iter().for_each(|e| f(e.1 as usize)),
         }
     }
     let mut pars = Vec::new();
     // paraphrases in line1 of line2
     for j in 0..line2.len() {
         pt.reference_paths(line2, j, &mut pars);
+        if prof_on() {
+            prof_add(6, pars.len() as u64);
+        }
         for &(len, p) in &pars {
             let words = pt.paraphrase(p);
-            for &i in starts(&pos1, &all1, words) {
+            for_starts(&pos1, line1.len(), words, |i| {
                 if hit(line1, i, words) {
                     st.add(Match {
                         start: j,
@@ -666,15 +764,18 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
                         module,
                     });
                 }
-            }
+            });
         }
     }
     // paraphrases in line2 of line1
     for i in 0..line1.len() {
         pt.reference_paths(line1, i, &mut pars);
+        if prof_on() {
+            prof_add(6, pars.len() as u64);
+        }
         for &(len, p) in &pars {
             let words = pt.paraphrase(p);
-            for &j in starts(&pos2, &all2, words) {
+            for_starts(&pos2, line2.len(), words, |j| {
                 if hit(line2, j, words) {
                     st.add(Match {
                         start: j,
@@ -684,7 +785,7 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
                         module,
                     });
                 }
-            }
+            });
         }
     }
 }
@@ -692,12 +793,8 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
 /// Align test (`a`, line1) with reference (`b`, line2).
 pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
     let (n1, n2) = (a.len(), b.len());
-    let mut st = Stage {
-        all: Vec::new(),
-        by_start: vec![Vec::new(); n2],
-        cov1: vec![0; n1],
-        cov2: vec![0; n2],
-    };
+    let mut st = Stage::new(n1, n2);
+    let t0 = prof_on().then(std::time::Instant::now);
     let mods_used = if n1 == n2 && a.hashes == b.hashes {
         1
     } else {
@@ -705,39 +802,56 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
     };
     for module in 0..mods_used {
         match module {
+            // line1's positions of each hash, ascending: the matches in the jar's order
+            // (j outer, i inner)
             0 => {
+                let pos = Positions::new(&a.hashes);
                 for j in 0..n2 {
-                    for i in 0..n1 {
-                        if a.hashes[i] == b.hashes[j] {
-                            st.add(one(j, i, module));
-                        }
+                    for i in pos.get(b.hashes[j]) {
+                        st.add(one(j, i, module));
                     }
                 }
             }
             1 => {
+                let pos = Positions::new(&a.stem_hashes);
                 for j in 0..n2 {
-                    for i in 0..n1 {
-                        if a.stem_hashes[i] == b.stem_hashes[j] && a.hashes[i] != b.hashes[j] {
+                    for i in pos.get(b.stem_hashes[j]) {
+                        if a.hashes[i] != b.hashes[j] {
                             st.add(one(j, i, module));
                         }
                     }
                 }
             }
             2 => {
-                // pairs sharing a synset, found through an index of line2's synsets; added in
-                // the jar's order (j outer, i inner)
-                let mut by_set: rustc_hash::FxHashMap<u32, Vec<usize>> = Default::default();
-                for (j, sets) in b.syn.iter().enumerate() {
-                    for &x in sets.iter() {
-                        by_set.entry(x).or_default().push(j);
-                    }
-                }
+                // pairs sharing a synset: a merge of both sides' (synset, position) lists;
+                // added in the jar's order (j outer, i inner)
+                let list = |syn: &[&[u32]]| {
+                    let mut v: Vec<(u32, u32)> = syn
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(p, sets)| sets.iter().map(move |&x| (x, p as u32)))
+                        .collect();
+                    v.sort_unstable();
+                    v
+                };
+                let (la, lb) = (list(&a.syn), list(&b.syn));
                 let mut hit = vec![false; n1 * n2];
-                for (i, sets) in a.syn.iter().enumerate() {
-                    for x in sets.iter() {
-                        for &j in by_set.get(x).map_or(&[][..], |v| &v[..]) {
-                            hit[j * n1 + i] = true;
+                let (mut x, mut y) = (0, 0);
+                while x < la.len() && y < lb.len() {
+                    let (sa, sb) = (la[x].0, lb[y].0);
+                    if sa < sb {
+                        x += 1;
+                    } else if sb < sa {
+                        y += 1;
+                    } else {
+                        let xe = x + la[x..].partition_point(|e| e.0 == sa);
+                        let ye = y + lb[y..].partition_point(|e| e.0 == sb);
+                        for &(_, i) in &la[x..xe] {
+                            for &(_, j) in &lb[y..ye] {
+                                hit[j as usize * n1 + i as usize] = true;
+                            }
                         }
+                        (x, y) = (xe, ye);
                     }
                 }
                 for j in 0..n2 {
@@ -748,16 +862,23 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
                     }
                 }
             }
-            _ => paraphrase_matches(&mut st, module, a, b, res),
+            _ => {
+                let t1 = prof_on().then(std::time::Instant::now);
+                paraphrase_matches(&mut st, module, a, b, res);
+                if let (Some(t0), Some(t1)) = (t0, t1) {
+                    prof_add(0, (t1 - t0).as_nanos() as u64);
+                    prof_add(1, t1.elapsed().as_nanos() as u64);
+                }
+            }
         }
     }
+    st.index();
     // one-to-one, non-overlapping matches are definite
     let mut init_m = vec![NONE; n2];
     let mut used1 = vec![false; n1];
     let mut used2 = vec![false; n2];
     for i in 0..n2 {
-        if st.by_start[i].len() == 1 {
-            let mi = st.by_start[i][0];
+        if let &[mi] = st.by_start(i) {
             let m = st.all[mi as usize];
             let overlap = (0..m.length).any(|j| st.cov2[i + j] != 1)
                 || (0..m.match_length).any(|j| st.cov1[m.match_start + j] != 1);
@@ -772,12 +893,17 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
             }
         }
     }
+    let t2 = prof_on().then(std::time::Instant::now);
     let zero_length = st.all.iter().any(|m| m.length == 0 || m.match_length == 0);
     let best = if zero_length {
         resolve(&st, init_m, used1, used2)
     } else {
         resolve_fast(&st, &init_m, &used1, &used2)
     };
+    if let Some(t2) = t2 {
+        prof_add(2, t2.elapsed().as_nanos() as u64);
+        prof_add(7, st.all.len() as u64);
+    }
     let mut al = Alignment {
         len1: n1,
         len2: n2,
