@@ -8,16 +8,6 @@
 use super::resources::Resources;
 use super::stem::stem;
 
-pub static PROF: [std::sync::atomic::AtomicU64; 8] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 8];
-pub fn prof_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("VOXLM_METEOR_PROF").is_some())
-}
-pub fn prof_add(i: usize, v: u64) {
-    PROF[i].fetch_add(v, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// `Constants.DEFAULT_BEAM_SIZE`.
 pub const BEAM_SIZE: usize = 40;
 /// Modules for English: exact, stem, synonym, paraphrase.
@@ -420,6 +410,18 @@ struct Fp {
     node: u32,
 }
 
+/// A match as [`resolve_fast`] reads it.
+#[derive(Clone, Copy, Debug)]
+struct Cm {
+    mi: u32,
+    start: u32,
+    len: u32,
+    ms: u32,
+    mlen: u32,
+    gain: i32,
+    dist: i32,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Cand {
     p: Fp,
@@ -463,6 +465,22 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
         .all
         .iter()
         .map(|m| (m.start as i32 - m.match_start as i32).abs())
+        .collect();
+    // the matches in `by_start` order, with what the search reads
+    let cm: Vec<Cm> = (0..n2)
+        .flat_map(|j| s.by_start(j).iter())
+        .map(|&mi| {
+            let m = s.all[mi as usize];
+            Cm {
+                mi,
+                start: m.start as u32,
+                len: m.length as u32,
+                ms: m.match_start as u32,
+                mlen: m.match_length as u32,
+                gain: gain[mi as usize],
+                dist: dist[mi as usize],
+            }
+        })
         .collect();
     let mut bits = vec![0u64; w];
     for (i, _) in init_used1.iter().enumerate().filter(|(_, &u)| u) {
@@ -567,23 +585,42 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
                 }
                 continue;
             }
-            for &mi in s.by_start(current) {
-                let m = s.all[mi as usize];
-                let used = (m.start..m.start + m.length).any(|i| bit(u2, i))
-                    || (m.match_start..m.match_start + m.match_length).any(|i| bit(u1, i));
+            let worst = |heap: &std::collections::BinaryHeap<u128>| {
+                if heap.len() == BEAM_SIZE {
+                    heap.peek()
+                        .map_or(i32::MIN, |&t| i32::MAX - (t >> 96) as i32)
+                } else {
+                    i32::MIN
+                }
+            };
+            let (lo, hi) = (
+                s.start_off[current] as usize,
+                s.start_off[current + 1] as usize,
+            );
+            for c in &cm[lo..hi] {
+                // a one-word match starts at `current`, which this path has not used
+                let used = if c.len == 1 && c.mlen == 1 {
+                    bit(u1, c.ms as usize)
+                } else {
+                    (c.start..c.start + c.len).any(|i| bit(u2, i as usize))
+                        || (c.ms..c.ms + c.mlen).any(|i| bit(u1, i as usize))
+                };
                 if used {
                     continue;
                 }
                 let mut np = path;
-                np.score += gain[mi as usize];
-                if np.last_end != -1 && m.match_start as i32 != np.last_end {
+                // the jar adds this distance to the path it branched from
+                path.distance = path.distance.wrapping_add(c.dist);
+                np.score += c.gain;
+                if np.score < worst(&heap) {
+                    continue; // fewer matches than the worst of a full beam: never kept
+                }
+                if np.last_end != -1 && c.ms as i32 != np.last_end {
                     np.chunks += 1;
                 }
-                np.idx = (m.start + m.length) as u32;
-                np.last_end = (m.match_start + m.match_length) as i32;
-                // the jar adds this distance to the path it branched from
-                path.distance = path.distance.wrapping_add(dist[mi as usize]);
-                push!(np, k, mi);
+                np.idx = c.start + c.len;
+                np.last_end = (c.ms + c.mlen) as i32;
+                push!(np, k, c.mi);
             }
             if path.last_end != -1 {
                 path.chunks += 1;
@@ -603,9 +640,6 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
         keys.clear();
         keys.extend(heap.drain());
         keys.sort_unstable();
-        if prof_on() {
-            prof_add(5, keys.len() as u64);
-        }
         new_bits.clear();
         let mut next = Vec::with_capacity(keys.len());
         for &key in &keys {
@@ -749,10 +783,10 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
     // paraphrases in line1 of line2
     for j in 0..line2.len() {
         pt.reference_paths(line2, j, &mut pars);
-        if prof_on() {
-            prof_add(6, pars.len() as u64);
-        }
-        for &(len, p) in &pars {
+        for &(len, p, first) in &pars {
+            if first != u32::MAX && pos1.range(first as i64).is_empty() {
+                continue; // its first word is not in line1
+            }
             let words = pt.paraphrase(p);
             for_starts(&pos1, line1.len(), words, |i| {
                 if hit(line1, i, words) {
@@ -770,10 +804,10 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
     // paraphrases in line2 of line1
     for i in 0..line1.len() {
         pt.reference_paths(line1, i, &mut pars);
-        if prof_on() {
-            prof_add(6, pars.len() as u64);
-        }
-        for &(len, p) in &pars {
+        for &(len, p, first) in &pars {
+            if first != u32::MAX && pos2.range(first as i64).is_empty() {
+                continue; // its first word is not in line2
+            }
             let words = pt.paraphrase(p);
             for_starts(&pos2, line2.len(), words, |j| {
                 if hit(line2, j, words) {
@@ -794,7 +828,6 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
 pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
     let (n1, n2) = (a.len(), b.len());
     let mut st = Stage::new(n1, n2);
-    let t0 = prof_on().then(std::time::Instant::now);
     let mods_used = if n1 == n2 && a.hashes == b.hashes {
         1
     } else {
@@ -862,14 +895,7 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
                     }
                 }
             }
-            _ => {
-                let t1 = prof_on().then(std::time::Instant::now);
-                paraphrase_matches(&mut st, module, a, b, res);
-                if let (Some(t0), Some(t1)) = (t0, t1) {
-                    prof_add(0, (t1 - t0).as_nanos() as u64);
-                    prof_add(1, t1.elapsed().as_nanos() as u64);
-                }
-            }
+            _ => paraphrase_matches(&mut st, module, a, b, res),
         }
     }
     st.index();
@@ -893,17 +919,12 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
             }
         }
     }
-    let t2 = prof_on().then(std::time::Instant::now);
     let zero_length = st.all.iter().any(|m| m.length == 0 || m.match_length == 0);
     let best = if zero_length {
         resolve(&st, init_m, used1, used2)
     } else {
         resolve_fast(&st, &init_m, &used1, &used2)
     };
-    if let Some(t2) = t2 {
-        prof_add(2, t2.elapsed().as_nanos() as u64);
-        prof_add(7, st.all.len() as u64);
-    }
     let mut al = Alignment {
         len1: n1,
         len2: n2,

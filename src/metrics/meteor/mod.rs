@@ -221,7 +221,6 @@ pub fn sentence_stats(refs: &[String], hyp: &str, res: &Resources) -> Stats {
 /// [`sentence_stats`] of every sample, in parallel over samples. The word data (hash, stem,
 /// synsets, paraphrase id, function word) is computed once per distinct word of the corpus.
 pub fn corpus_stats(refs: &[Vec<String>], hyps: &[String], res: &Resources) -> Vec<Stats> {
-    let tp = std::time::Instant::now();
     // per sample: the normalised test line, then the normalised references
     let lines: Vec<Vec<String>> = refs
         .par_iter()
@@ -250,9 +249,6 @@ pub fn corpus_stats(refs: &[Vec<String>], hyps: &[String], res: &Resources) -> V
     let words: Vec<&str> = words.into_iter().collect();
     let infos: Vec<WordInfo> = words.par_iter().map(|w| WordInfo::new(w, res)).collect();
     let index: FxHashMap<&str, usize> = words.iter().enumerate().map(|(i, &w)| (w, i)).collect();
-    if align::prof_on() {
-        align::prof_add(3, tp.elapsed().as_nanos() as u64);
-    }
     let side = |l: &str| Side::from_infos(resources::java_tokens(l).map(|t| &infos[index[t]]));
     lines
         .par_iter()
@@ -275,13 +271,6 @@ pub fn corpus_stats(refs: &[Vec<String>], hyps: &[String], res: &Resources) -> V
 pub fn meteor(refs: &[Vec<String>], hyps: &[String], res: &Resources) -> Result<(f64, Vec<f64>)> {
     super::check_corpus(refs, hyps)?;
     let stats = corpus_stats(refs, hyps, res);
-    if align::prof_on() {
-        let v: Vec<u64> = align::PROF
-            .iter()
-            .map(|x| x.swap(0, std::sync::atomic::Ordering::Relaxed))
-            .collect();
-        eprintln!("PROF match {:.3}s para {:.3}s resolve {:.3}s prep(wall) {:.3}s cands {} emits {} matches {}", v[0] as f64*1e-9, v[1] as f64*1e-9, v[2] as f64*1e-9, v[3] as f64*1e-9, v[5], v[6], v[7]);
-    }
     let per: Vec<f64> = stats.iter().map(Stats::score).collect();
     let mut agg = Stats::default();
     for s in &stats {
