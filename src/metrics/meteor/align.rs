@@ -824,6 +824,32 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
     }
 }
 
+/// One-to-one, non-overlapping matches are definite: the start path's `matches`,
+/// `line1UsedWords`, `line2UsedWords`.
+fn definite(st: &Stage) -> (Vec<u32>, Vec<bool>, Vec<bool>) {
+    let (n1, n2) = (st.cov1.len(), st.n2());
+    let mut init_m = vec![NONE; n2];
+    let mut used1 = vec![false; n1];
+    let mut used2 = vec![false; n2];
+    for i in 0..n2 {
+        if let &[mi] = st.by_start(i) {
+            let m = st.all[mi as usize];
+            let overlap = (0..m.length).any(|j| st.cov2[i + j] != 1)
+                || (0..m.match_length).any(|j| st.cov1[m.match_start + j] != 1);
+            if !overlap {
+                init_m[i] = mi;
+                for j in 0..m.length {
+                    used2[i + j] = true;
+                }
+                for j in 0..m.match_length {
+                    used1[m.match_start + j] = true;
+                }
+            }
+        }
+    }
+    (init_m, used1, used2)
+}
+
 /// Align test (`a`, line1) with reference (`b`, line2).
 pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
     let (n1, n2) = (a.len(), b.len());
@@ -899,26 +925,7 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
         }
     }
     st.index();
-    // one-to-one, non-overlapping matches are definite
-    let mut init_m = vec![NONE; n2];
-    let mut used1 = vec![false; n1];
-    let mut used2 = vec![false; n2];
-    for i in 0..n2 {
-        if let &[mi] = st.by_start(i) {
-            let m = st.all[mi as usize];
-            let overlap = (0..m.length).any(|j| st.cov2[i + j] != 1)
-                || (0..m.match_length).any(|j| st.cov1[m.match_start + j] != 1);
-            if !overlap {
-                init_m[i] = mi;
-                for j in 0..m.length {
-                    used2[i + j] = true;
-                }
-                for j in 0..m.match_length {
-                    used1[m.match_start + j] = true;
-                }
-            }
-        }
-    }
+    let (init_m, used1, used2) = definite(&st);
     let zero_length = st.all.iter().any(|m| m.length == 0 || m.match_length == 0);
     let best = if zero_length {
         resolve(&st, init_m, used1, used2)
@@ -981,4 +988,58 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
     }
     al.num_chunks = chunks;
     al
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `resolve_fast` against `resolve` (the transcription of the jar's search) on random
+    /// stages: one-word matches of all four modules and multi-word (paraphrase) matches, dense
+    /// enough that the beam of 40 overflows.
+    #[test]
+    fn fast_search_equals_transcribed_search() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((seed >> 33) as usize) % n.max(1)
+        };
+        for case in 0..400 {
+            let (n1, n2) = (1 + rnd(40), 1 + rnd(40));
+            let mut st = Stage::new(n1, n2);
+            let density = 1 + case % 6;
+            for module in 0..MODULES {
+                for j in 0..n2 {
+                    for i in 0..n1 {
+                        if rnd(40) < density {
+                            let (len, mlen) = if module == 3 {
+                                (1 + rnd(3).min(n2 - j - 1), 1 + rnd(3).min(n1 - i - 1))
+                            } else {
+                                (1, 1)
+                            };
+                            st.add(Match {
+                                start: j,
+                                length: len,
+                                match_start: i,
+                                match_length: mlen,
+                                module,
+                            });
+                        }
+                    }
+                }
+            }
+            st.index();
+            let (init, u1, u2) = definite(&st);
+            let fast = resolve_fast(&st, &init, &u1, &u2);
+            let slow = resolve(&st, init, u1, u2);
+            assert_eq!(
+                fast,
+                slow,
+                "case {case}: n1 {n1} n2 {n2}, {} matches",
+                st.all.len()
+            );
+        }
+    }
 }
