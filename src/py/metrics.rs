@@ -182,12 +182,8 @@ pub fn meteor_stats(
     let out = crate::py::par(py, move || -> crate::error::Result<Vec<String>> {
         let res = meteor_resources(jar, paraphrase)?;
         metrics::check_corpus(&references, &hypotheses)?;
-        use rayon::prelude::*;
-        Ok(references
-            .par_iter()
-            .zip(hypotheses.par_iter())
-            .map(|(r, h)| metrics::meteor::sentence_stats(r, h, &res).to_jar_string())
-            .collect())
+        let stats = metrics::meteor::corpus_stats(&references, &hypotheses, &res);
+        Ok(stats.iter().map(|s| s.to_jar_string()).collect())
     })?;
     Ok(out)
 }

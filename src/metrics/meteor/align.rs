@@ -50,18 +50,55 @@ pub struct Alignment {
 }
 
 struct Stage {
-    /// all matches; `by_start[j]` lists indices of matches starting at line2 index j, in order
+    /// all matches in the jar's order; `by_start(j)` lists the indices of those starting at
+    /// line2 index j, in order (built by [`Stage::index`] once all are added)
     all: Vec<Match>,
-    by_start: Vec<Vec<u32>>,
+    start_off: Vec<u32>,
+    start_idx: Vec<u32>,
     cov1: Vec<u32>,
     cov2: Vec<u32>,
 }
 
 impl Stage {
+    fn new(n1: usize, n2: usize) -> Stage {
+        Stage {
+            all: Vec::new(),
+            start_off: vec![0; n2 + 1],
+            start_idx: Vec::new(),
+            cov1: vec![0; n1],
+            cov2: vec![0; n2],
+        }
+    }
+
+    fn n2(&self) -> usize {
+        self.cov2.len()
+    }
+
+    fn by_start(&self, j: usize) -> &[u32] {
+        &self.start_idx[self.start_off[j] as usize..self.start_off[j + 1] as usize]
+    }
+
+    /// Counting sort of the matches by start (stable: insertion order within a start).
+    fn index(&mut self) {
+        let n2 = self.n2();
+        let off = &mut self.start_off;
+        off.iter_mut().for_each(|x| *x = 0);
+        for m in &self.all {
+            off[m.start + 1] += 1;
+        }
+        for j in 0..n2 {
+            off[j + 1] += off[j];
+        }
+        let mut fill = off.clone();
+        self.start_idx = vec![0; self.all.len()];
+        for (i, m) in self.all.iter().enumerate() {
+            self.start_idx[fill[m.start] as usize] = i as u32;
+            fill[m.start] += 1;
+        }
+    }
+
     fn add(&mut self, m: Match) {
-        let idx = self.all.len() as u32;
         self.all.push(m);
-        self.by_start[m.start].push(idx);
         for k in 0..m.match_length {
             self.cov1[m.match_start + k] += 1;
         }
@@ -237,7 +274,7 @@ fn resolve(
     init_used1: Vec<bool>,
     init_used2: Vec<bool>,
 ) -> Vec<u32> {
-    let n2 = s.by_start.len();
+    let n2 = s.n2();
     let n1 = init_used1.len();
     let mut pool = Pool::new(n1, n2);
     pool.matches = init_matches;
@@ -312,7 +349,7 @@ fn resolve(
                 }
                 continue;
             }
-            for &mi in &s.by_start[current] {
+            for &mi in s.by_start(current) {
                 let m = s.all[mi as usize];
                 let used = (0..m.length).any(|i| pu2[m.start + i])
                     || (0..m.match_length).any(|i| pu1[m.match_start + i]);
@@ -358,46 +395,369 @@ fn resolve(
     }
 }
 
+/// A path of [`resolve_fast`]: `Hdr`'s search state, with the path's matches kept as a chain of
+/// its choices (`node`, into an arena) and its used words as bitsets (in the beam's pool).
+#[derive(Clone, Copy, Debug)]
+struct Fp {
+    /// `matches1 + matches2` (the comparator only reads the sum)
+    score: i32,
+    chunks: i32,
+    idx: u32,
+    /// `lastMatchEnd`, -1 when none
+    last_end: i32,
+    distance: i32,
+    /// the chain node of the path's last choice; `NONE` for none
+    node: u32,
+}
+
+/// A match as [`resolve_fast`] reads it.
+#[derive(Clone, Copy, Debug)]
+struct Cm {
+    mi: u32,
+    start: u32,
+    len: u32,
+    ms: u32,
+    mlen: u32,
+    gain: i32,
+    dist: i32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cand {
+    p: Fp,
+    parent: u32,
+    new_match: u32,
+}
+
+/// The sort key of `compare`: more matches, fewer chunks, less distance, then list order.
+fn fast_key(p: &Fp, ord: usize) -> u128 {
+    ((((i32::MAX - p.score) as u32) as u128) << 96)
+        | (((p.chunks as u32) as u128) << 64)
+        | ((((p.distance as u32) ^ 0x8000_0000) as u128) << 32)
+        | ord as u128
+}
+
+fn bit(b: &[u64], i: usize) -> bool {
+    b[i >> 6] >> (i & 63) & 1 == 1
+}
+
+/// [`resolve`] with the same paths in the same order, for stages without zero-length matches:
+/// then a path's `idx` never falls behind `current`, so the only entry of its `matches` array
+/// that the search reads (`matches[idx]` with `idx == current`) is the definite one from
+/// `init` (a path's own choices lie before `current`). Paths therefore need no `matches` array
+/// (their choices are a chain, read once for the best path); used words are bitsets, match
+/// gains and distances are precomputed (`(int) (m + len * w)` is `m + (int) (len * w)` for the
+/// whole, non-negative `m`), and the comparator is one integer.
+fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool]) -> Vec<u32> {
+    let n2 = s.n2();
+    let n1 = init_used1.len();
+    let (w1, w2) = (n1.div_ceil(64), n2.div_ceil(64));
+    let w = w1 + w2;
+    let gain: Vec<i32> = s
+        .all
+        .iter()
+        .map(|m| {
+            let wt = SEARCH_WEIGHTS[m.module];
+            (m.match_length as f64 * wt) as i32 + (m.length as f64 * wt) as i32
+        })
+        .collect();
+    let dist: Vec<i32> = s
+        .all
+        .iter()
+        .map(|m| (m.start as i32 - m.match_start as i32).abs())
+        .collect();
+    // the matches in `by_start` order, with what the search reads
+    let cm: Vec<Cm> = (0..n2)
+        .flat_map(|j| s.by_start(j).iter())
+        .map(|&mi| {
+            let m = s.all[mi as usize];
+            Cm {
+                mi,
+                start: m.start as u32,
+                len: m.length as u32,
+                ms: m.match_start as u32,
+                mlen: m.match_length as u32,
+                gain: gain[mi as usize],
+                dist: dist[mi as usize],
+            }
+        })
+        .collect();
+    let mut bits = vec![0u64; w];
+    for (i, _) in init_used1.iter().enumerate().filter(|(_, &u)| u) {
+        bits[i >> 6] |= 1 << (i & 63);
+    }
+    for (i, _) in init_used2.iter().enumerate().filter(|(_, &u)| u) {
+        bits[w1 + (i >> 6)] |= 1 << (i & 63);
+    }
+    let mut new_bits: Vec<u64> = Vec::new();
+    let mut nodes: Vec<(u32, u32)> = Vec::new();
+    let mut kept = vec![Fp {
+        score: 0,
+        chunks: 0,
+        idx: 0,
+        last_end: -1,
+        distance: 0,
+        node: NONE,
+    }];
+    let mut cands: Vec<Cand> = Vec::new();
+    // the candidates' `PARTIAL_COMPARE_TOTAL`-then-list-order keys (smaller sorts first; the
+    // low 32 bits are the index in `cands`): the beam's BEAM_SIZE best so far, worst on top.
+    // A candidate that sorts after the worst of BEAM_SIZE kept ones is never kept: it is not
+    // stored (indices stay in list order, so the order among stored ones is the jar's).
+    let mut heap: std::collections::BinaryHeap<u128> = Default::default();
+    let mut keys: Vec<u128> = Vec::new();
+    let mut best: Option<(u128, Cand)> = None;
+    for current in 0..=n2 {
+        cands.clear();
+        heap.clear();
+        let last = current == n2;
+        macro_rules! push {
+            ($p:expr, $parent:expr, $new_match:expr) => {{
+                let c = Cand {
+                    p: $p,
+                    parent: $parent as u32,
+                    new_match: $new_match,
+                };
+                let key = fast_key(&c.p, cands.len());
+                if last {
+                    // the final list: only its first after sorting is read
+                    if best.is_none_or(|(b, _)| key < b) {
+                        best = Some((key, c));
+                    }
+                    cands.push(c);
+                } else if heap.len() < BEAM_SIZE {
+                    heap.push(key);
+                    cands.push(c);
+                } else if let Some(mut top) = heap.peek_mut() {
+                    if key < *top {
+                        *top = key;
+                        cands.push(c);
+                    }
+                }
+            }};
+        }
+        // no candidate of this step gains more than this over its path
+        let max_gain = if last {
+            0
+        } else {
+            s.by_start(current)
+                .iter()
+                .map(|&mi| gain[mi as usize])
+                .max()
+                .unwrap_or(0)
+        };
+        let mut first_dropped: Option<(Fp, usize)> = None;
+        for (k, h0) in kept.iter().enumerate() {
+            let mut path = *h0;
+            if last {
+                if path.last_end != -1 {
+                    path.chunks += 1;
+                }
+                push!(path, k, NONE);
+                continue;
+            }
+            // paths come best first: once a path's best candidate cannot beat the worst kept
+            // one (fewer matches), neither can any later path's
+            if heap.len() == BEAM_SIZE {
+                let worst = heap.peek().map_or(0, |&t| i32::MAX - (t >> 96) as i32);
+                if path.score + max_gain < worst {
+                    break;
+                }
+            }
+            let (u1, u2) = bits[k * w..(k + 1) * w].split_at(w1);
+            if bit(u2, current) {
+                let idx = path.idx as usize;
+                if current < idx {
+                    push!(path, k, NONE);
+                } else if init.get(idx).is_some_and(|&m| m != NONE) {
+                    let mi = init[idx] as usize;
+                    let m = s.all[mi];
+                    path.score += gain[mi];
+                    if path.last_end != -1 && m.match_start as i32 != path.last_end {
+                        path.chunks += 1;
+                    }
+                    path.idx = (m.start + m.length) as u32;
+                    path.last_end = (m.match_start + m.match_length) as i32;
+                    path.distance = path.distance.wrapping_add(dist[mi]);
+                    push!(path, k, NONE);
+                } else if k == 0 {
+                    first_dropped = Some((path, k));
+                }
+                continue;
+            }
+            let worst = |heap: &std::collections::BinaryHeap<u128>| {
+                if heap.len() == BEAM_SIZE {
+                    heap.peek()
+                        .map_or(i32::MIN, |&t| i32::MAX - (t >> 96) as i32)
+                } else {
+                    i32::MIN
+                }
+            };
+            let (lo, hi) = (
+                s.start_off[current] as usize,
+                s.start_off[current + 1] as usize,
+            );
+            for c in &cm[lo..hi] {
+                // a one-word match starts at `current`, which this path has not used
+                let used = if c.len == 1 && c.mlen == 1 {
+                    bit(u1, c.ms as usize)
+                } else {
+                    (c.start..c.start + c.len).any(|i| bit(u2, i as usize))
+                        || (c.ms..c.ms + c.mlen).any(|i| bit(u1, i as usize))
+                };
+                if used {
+                    continue;
+                }
+                let mut np = path;
+                // the jar adds this distance to the path it branched from
+                path.distance = path.distance.wrapping_add(c.dist);
+                np.score += c.gain;
+                if np.score < worst(&heap) {
+                    continue; // fewer matches than the worst of a full beam: never kept
+                }
+                if np.last_end != -1 && c.ms as i32 != np.last_end {
+                    np.chunks += 1;
+                }
+                np.idx = c.start + c.len;
+                np.last_end = (c.ms + c.mlen) as i32;
+                push!(np, k, c.mi);
+            }
+            if path.last_end != -1 {
+                path.chunks += 1;
+                path.last_end = -1;
+            }
+            path.idx += 1;
+            push!(path, k, NONE);
+        }
+        if cands.is_empty() {
+            if let Some((p, k)) = first_dropped {
+                push!(p, k, NONE);
+            }
+        }
+        if last {
+            break;
+        }
+        keys.clear();
+        keys.extend(heap.drain());
+        keys.sort_unstable();
+        new_bits.clear();
+        let mut next = Vec::with_capacity(keys.len());
+        for &key in &keys {
+            let c = &cands[key as u32 as usize];
+            let p = c.parent as usize;
+            let at = new_bits.len();
+            new_bits.extend_from_slice(&bits[p * w..(p + 1) * w]);
+            let mut fp = c.p;
+            if c.new_match != NONE {
+                let m = s.all[c.new_match as usize];
+                for i in m.match_start..m.match_start + m.match_length {
+                    new_bits[at + (i >> 6)] |= 1 << (i & 63);
+                }
+                for i in m.start..m.start + m.length {
+                    new_bits[at + w1 + (i >> 6)] |= 1 << (i & 63);
+                }
+                nodes.push((fp.node, c.new_match));
+                fp.node = (nodes.len() - 1) as u32;
+            }
+            next.push(fp);
+        }
+        std::mem::swap(&mut bits, &mut new_bits);
+        kept = next;
+    }
+    let Some((_, best)) = best else {
+        return vec![NONE; n2];
+    };
+    let mut out = init.to_vec();
+    let mut node = kept[best.parent as usize].node;
+    while node != NONE {
+        let (parent, mi) = nodes[node as usize];
+        out[s.all[mi as usize].start] = mi;
+        node = parent;
+    }
+    out
+}
+
+/// The data of one word that the matchers use (it depends only on the word: computed once per
+/// distinct word of a corpus).
+#[derive(Clone, Debug)]
+pub struct WordInfo {
+    hash: i32,
+    stem_hash: i32,
+    syn: Box<[u32]>,
+    para: i64,
+    function: bool,
+}
+
+impl WordInfo {
+    pub fn new(w: &str, res: &Resources) -> WordInfo {
+        WordInfo {
+            hash: java_hash(w),
+            stem_hash: java_hash(&stem(w)),
+            syn: synsets(res, w).into_boxed_slice(),
+            para: res.paraphrases.translate(w),
+            function: res.function_words.contains(&w.to_lowercase()),
+        }
+    }
+}
+
 /// Per-word data of one side that does not depend on the other side.
-pub struct Side {
-    pub words: Vec<String>,
+pub struct Side<'a> {
     hashes: Vec<i32>,
     stem_hashes: Vec<i32>,
-    syn: Vec<Vec<u32>>,
+    syn: Vec<&'a [u32]>,
     para: Vec<i64>,
     function: Vec<bool>,
 }
 
-impl Side {
-    pub fn new(words: Vec<String>, res: &Resources) -> Side {
-        let hashes = words.iter().map(|w| java_hash(w)).collect();
-        let stem_hashes = words.iter().map(|w| java_hash(&stem(w))).collect();
-        let syn = words.iter().map(|w| synsets(res, w)).collect();
-        let para = words.iter().map(|w| res.paraphrases.translate(w)).collect();
-        let function = words
-            .iter()
-            .map(|w| res.function_words.contains(&w.to_lowercase()))
-            .collect();
-        Side {
-            words,
-            hashes,
-            stem_hashes,
-            syn,
-            para,
-            function,
+impl<'a> Side<'a> {
+    /// The side of the words whose data is `infos`, in order.
+    pub fn from_infos(infos: impl Iterator<Item = &'a WordInfo>) -> Side<'a> {
+        let mut s = Side {
+            hashes: Vec::new(),
+            stem_hashes: Vec::new(),
+            syn: Vec::new(),
+            para: Vec::new(),
+            function: Vec::new(),
+        };
+        for w in infos {
+            s.hashes.push(w.hash);
+            s.stem_hashes.push(w.stem_hash);
+            s.syn.push(&w.syn);
+            s.para.push(w.para);
+            s.function.push(w.function);
         }
+        s
+    }
+
+    /// Number of words.
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
     }
 }
 
-/// Positions of each known word id, ascending.
-fn positions(line: &[i64]) -> rustc_hash::FxHashMap<i64, Vec<usize>> {
-    let mut m: rustc_hash::FxHashMap<i64, Vec<usize>> = Default::default();
-    for (i, &w) in line.iter().enumerate() {
-        if w >= 0 {
-            m.entry(w).or_default().push(i);
-        }
+/// (value, position) sorted: the positions of each value, ascending.
+struct Positions<T>(Vec<(T, u32)>);
+
+impl<T: Ord + Copy> Positions<T> {
+    fn new(h: &[T]) -> Positions<T> {
+        let mut v: Vec<(T, u32)> = h.iter().enumerate().map(|(i, &x)| (x, i as u32)).collect();
+        v.sort_unstable();
+        Positions(v)
     }
-    m
+
+    fn range(&self, x: T) -> &[(T, u32)] {
+        let lo = self.0.partition_point(|e| e.0 < x);
+        let n = self.0[lo..].partition_point(|e| e.0 == x);
+        &self.0[lo..lo + n]
+    }
+
+    fn get(&self, x: T) -> impl Iterator<Item = usize> + '_ {
+        self.range(x).iter().map(|e| e.1 as usize)
+    }
 }
 
 /// `ParaphraseMatcher.match`. Scanning only the positions holding a phrase's first word gives
@@ -405,31 +765,30 @@ fn positions(line: &[i64]) -> rustc_hash::FxHashMap<i64, Vec<usize>> {
 fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &Resources) {
     let pt = &res.paraphrases;
     let (line1, line2) = (&a.para, &b.para);
-    let (pos1, pos2) = (positions(line1), positions(line2));
-    let all1: Vec<usize> = (0..line1.len()).collect();
-    let all2: Vec<usize> = (0..line2.len()).collect();
+    let (pos1, pos2) = (Positions::new(line1), Positions::new(line2));
     let hit = |line: &[i64], i: usize, words: &[u32]| -> bool {
         words
             .iter()
             .enumerate()
             .all(|(k, &w)| i + k < line.len() && line[i + k] == w as i64)
     };
-    let starts = |pos: &'_ rustc_hash::FxHashMap<i64, Vec<usize>>,
-                  all: &'_ [usize],
-                  words: &[u32]|
-     -> Vec<usize> {
+    // the positions holding the phrase's first word (all positions for an empty phrase)
+    fn for_starts(pos: &Positions<i64>, n: usize, words: &[u32], mut f: impl FnMut(usize)) {
         match words.first() {
-            None => all.to_vec(),
-            Some(&w) => pos.get(&(w as i64)).cloned().unwrap_or_default(),
+            None => (0..n).for_each(f),
+            Some(&w) => pos.range(w as i64).iter().for_each(|e| f(e.1 as usize)),
         }
-    };
+    }
     let mut pars = Vec::new();
     // paraphrases in line1 of line2
     for j in 0..line2.len() {
         pt.reference_paths(line2, j, &mut pars);
-        for &(len, p) in &pars {
+        for &(len, p, first) in &pars {
+            if first != u32::MAX && pos1.range(first as i64).is_empty() {
+                continue; // its first word is not in line1
+            }
             let words = pt.paraphrase(p);
-            for i in starts(&pos1, &all1, words) {
+            for_starts(&pos1, line1.len(), words, |i| {
                 if hit(line1, i, words) {
                     st.add(Match {
                         start: j,
@@ -439,15 +798,18 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
                         module,
                     });
                 }
-            }
+            });
         }
     }
     // paraphrases in line2 of line1
     for i in 0..line1.len() {
         pt.reference_paths(line1, i, &mut pars);
-        for &(len, p) in &pars {
+        for &(len, p, first) in &pars {
+            if first != u32::MAX && pos2.range(first as i64).is_empty() {
+                continue; // its first word is not in line2
+            }
             let words = pt.paraphrase(p);
-            for j in starts(&pos2, &all2, words) {
+            for_starts(&pos2, line2.len(), words, |j| {
                 if hit(line2, j, words) {
                     st.add(Match {
                         start: j,
@@ -457,80 +819,20 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
                         module,
                     });
                 }
-            }
+            });
         }
     }
 }
 
-/// Align test (`a`, line1) with reference (`b`, line2).
-pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
-    let (n1, n2) = (a.words.len(), b.words.len());
-    let mut st = Stage {
-        all: Vec::new(),
-        by_start: vec![Vec::new(); n2],
-        cov1: vec![0; n1],
-        cov2: vec![0; n2],
-    };
-    let mods_used = if n1 == n2 && a.hashes == b.hashes {
-        1
-    } else {
-        MODULES
-    };
-    for module in 0..mods_used {
-        match module {
-            0 => {
-                for j in 0..n2 {
-                    for i in 0..n1 {
-                        if a.hashes[i] == b.hashes[j] {
-                            st.add(one(j, i, module));
-                        }
-                    }
-                }
-            }
-            1 => {
-                for j in 0..n2 {
-                    for i in 0..n1 {
-                        if a.stem_hashes[i] == b.stem_hashes[j] && a.hashes[i] != b.hashes[j] {
-                            st.add(one(j, i, module));
-                        }
-                    }
-                }
-            }
-            2 => {
-                // pairs sharing a synset, found through an index of line2's synsets; added in
-                // the jar's order (j outer, i inner)
-                let mut by_set: rustc_hash::FxHashMap<u32, Vec<usize>> = Default::default();
-                for (j, sets) in b.syn.iter().enumerate() {
-                    for &x in sets {
-                        by_set.entry(x).or_default().push(j);
-                    }
-                }
-                let mut hit = vec![false; n1 * n2];
-                for (i, sets) in a.syn.iter().enumerate() {
-                    for x in sets {
-                        for &j in by_set.get(x).map_or(&[][..], |v| &v[..]) {
-                            hit[j * n1 + i] = true;
-                        }
-                    }
-                }
-                for j in 0..n2 {
-                    for i in 0..n1 {
-                        if hit[j * n1 + i] && a.hashes[i] != b.hashes[j] {
-                            st.add(one(j, i, module));
-                        }
-                    }
-                }
-            }
-            _ => paraphrase_matches(&mut st, module, a, b, res),
-        }
-    }
-    // one-to-one, non-overlapping matches are definite
+/// One-to-one, non-overlapping matches are definite: the start path's `matches`,
+/// `line1UsedWords`, `line2UsedWords`.
+fn definite(st: &Stage) -> (Vec<u32>, Vec<bool>, Vec<bool>) {
+    let (n1, n2) = (st.cov1.len(), st.n2());
     let mut init_m = vec![NONE; n2];
     let mut used1 = vec![false; n1];
     let mut used2 = vec![false; n2];
     for i in 0..n2 {
-        if st.by_start[i].len() == 1 {
-            let mi = st.by_start[i][0];
+        if let &[mi] = st.by_start(i) {
             let m = st.all[mi as usize];
             let overlap = (0..m.length).any(|j| st.cov2[i + j] != 1)
                 || (0..m.match_length).any(|j| st.cov1[m.match_start + j] != 1);
@@ -545,7 +847,91 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
             }
         }
     }
-    let best = resolve(&st, init_m, used1, used2);
+    (init_m, used1, used2)
+}
+
+/// Align test (`a`, line1) with reference (`b`, line2).
+pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
+    let (n1, n2) = (a.len(), b.len());
+    let mut st = Stage::new(n1, n2);
+    let mods_used = if n1 == n2 && a.hashes == b.hashes {
+        1
+    } else {
+        MODULES
+    };
+    for module in 0..mods_used {
+        match module {
+            // line1's positions of each hash, ascending: the matches in the jar's order
+            // (j outer, i inner)
+            0 => {
+                let pos = Positions::new(&a.hashes);
+                for j in 0..n2 {
+                    for i in pos.get(b.hashes[j]) {
+                        st.add(one(j, i, module));
+                    }
+                }
+            }
+            1 => {
+                let pos = Positions::new(&a.stem_hashes);
+                for j in 0..n2 {
+                    for i in pos.get(b.stem_hashes[j]) {
+                        if a.hashes[i] != b.hashes[j] {
+                            st.add(one(j, i, module));
+                        }
+                    }
+                }
+            }
+            2 => {
+                // pairs sharing a synset: a merge of both sides' (synset, position) lists;
+                // added in the jar's order (j outer, i inner)
+                let list = |syn: &[&[u32]]| {
+                    let mut v: Vec<(u32, u32)> = syn
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(p, sets)| sets.iter().map(move |&x| (x, p as u32)))
+                        .collect();
+                    v.sort_unstable();
+                    v
+                };
+                let (la, lb) = (list(&a.syn), list(&b.syn));
+                let mut hit = vec![false; n1 * n2];
+                let (mut x, mut y) = (0, 0);
+                while x < la.len() && y < lb.len() {
+                    let (sa, sb) = (la[x].0, lb[y].0);
+                    if sa < sb {
+                        x += 1;
+                    } else if sb < sa {
+                        y += 1;
+                    } else {
+                        let xe = x + la[x..].partition_point(|e| e.0 == sa);
+                        let ye = y + lb[y..].partition_point(|e| e.0 == sb);
+                        for &(_, i) in &la[x..xe] {
+                            for &(_, j) in &lb[y..ye] {
+                                hit[j as usize * n1 + i as usize] = true;
+                            }
+                        }
+                        (x, y) = (xe, ye);
+                    }
+                }
+                for j in 0..n2 {
+                    for i in 0..n1 {
+                        if hit[j * n1 + i] && a.hashes[i] != b.hashes[j] {
+                            st.add(one(j, i, module));
+                        }
+                    }
+                }
+            }
+            _ => paraphrase_matches(&mut st, module, a, b, res),
+        }
+    }
+    st.index();
+    let (init_m, used1, used2) = definite(&st);
+    let zero_length = st.all.iter().any(|m| m.length == 0 || m.match_length == 0);
+    let best = if zero_length {
+        resolve(&st, init_m, used1, used2)
+    } else {
+        resolve_fast(&st, &init_m, &used1, &used2)
+    };
     let mut al = Alignment {
         len1: n1,
         len2: n2,
@@ -602,4 +988,58 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
     }
     al.num_chunks = chunks;
     al
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `resolve_fast` against `resolve` (the transcription of the jar's search) on random
+    /// stages: one-word matches of all four modules and multi-word (paraphrase) matches, dense
+    /// enough that the beam of 40 overflows.
+    #[test]
+    fn fast_search_equals_transcribed_search() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((seed >> 33) as usize) % n.max(1)
+        };
+        for case in 0..400 {
+            let (n1, n2) = (1 + rnd(40), 1 + rnd(40));
+            let mut st = Stage::new(n1, n2);
+            let density = 1 + case % 6;
+            for module in 0..MODULES {
+                for j in 0..n2 {
+                    for i in 0..n1 {
+                        if rnd(40) < density {
+                            let (len, mlen) = if module == 3 {
+                                (1 + rnd(3).min(n2 - j - 1), 1 + rnd(3).min(n1 - i - 1))
+                            } else {
+                                (1, 1)
+                            };
+                            st.add(Match {
+                                start: j,
+                                length: len,
+                                match_start: i,
+                                match_length: mlen,
+                                module,
+                            });
+                        }
+                    }
+                }
+            }
+            st.index();
+            let (init, u1, u2) = definite(&st);
+            let fast = resolve_fast(&st, &init, &u1, &u2);
+            let slow = resolve(&st, init, u1, u2);
+            assert_eq!(
+                fast,
+                slow,
+                "case {case}: n1 {n1} n2 {n2}, {} matches",
+                st.all.len()
+            );
+        }
+    }
 }

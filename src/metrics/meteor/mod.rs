@@ -24,8 +24,9 @@ pub mod stem;
 use rayon::prelude::*;
 
 use crate::error::Result;
-use align::{Side, MODULES};
+use align::{Side, WordInfo, MODULES};
 pub use resources::Resources;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// `Constants.PARAM_RANK[LANG_EN]`: alpha, beta, gamma, delta.
 pub const PARAMS: [f64; 4] = [0.85, 0.20, 0.60, 0.75];
@@ -201,35 +202,75 @@ pub fn score_line_parts(refs: &[String], hyp: &str) -> (Vec<String>, String) {
     (r, t)
 }
 
-fn prepare(text: &str, res: &Resources) -> Side {
-    let norm = normalize::normalize_line(text, &res.nbp).to_lowercase();
-    let words = resources::java_tokens(&norm).map(str::to_string).collect();
-    Side::new(words, res)
+/// The jar's lower-cased, normalised line (`-norm`).
+fn normalised(text: &str, res: &Resources) -> String {
+    normalize::normalize_line(text, &res.nbp).to_lowercase()
 }
 
 /// `MeteorScorer.getMeteorStats(test, references)`: stats of the best reference.
 pub fn sentence_stats(refs: &[String], hyp: &str, res: &Resources) -> Stats {
-    let (refs, test) = score_line_parts(refs, hyp);
-    let t = prepare(&test, res);
-    let mut best: Option<(f64, Stats)> = None;
-    for r in &refs {
-        let s = Stats::from_alignment(&align::align(&t, &prepare(r, res), res));
-        let sc = s.score();
-        if best.as_ref().is_none_or(|(b, _)| sc > *b) {
-            best = Some((sc, s));
-        }
-    }
-    best.map(|b| b.1).unwrap_or_default()
+    corpus_stats(
+        std::slice::from_ref(&refs.to_vec()),
+        &[hyp.to_string()],
+        res,
+    )
+    .pop()
+    .unwrap_or_default()
+}
+
+/// [`sentence_stats`] of every sample, in parallel over samples. The word data (hash, stem,
+/// synsets, paraphrase id, function word) is computed once per distinct word of the corpus.
+pub fn corpus_stats(refs: &[Vec<String>], hyps: &[String], res: &Resources) -> Vec<Stats> {
+    // per sample: the normalised test line, then the normalised references
+    let lines: Vec<Vec<String>> = refs
+        .par_iter()
+        .zip(hyps.par_iter())
+        .map(|(r, h)| {
+            let (r, t) = score_line_parts(r, h);
+            std::iter::once(&t)
+                .chain(r.iter())
+                .map(|x| normalised(x, res))
+                .collect()
+        })
+        .collect();
+    let words: FxHashSet<&str> = lines
+        .par_iter()
+        .fold(FxHashSet::default, |mut set, ls| {
+            for l in ls {
+                set.extend(resources::java_tokens(l));
+            }
+            set
+        })
+        .reduce(FxHashSet::default, |a, b| {
+            let (mut big, small) = if a.len() < b.len() { (b, a) } else { (a, b) };
+            big.extend(small);
+            big
+        });
+    let words: Vec<&str> = words.into_iter().collect();
+    let infos: Vec<WordInfo> = words.par_iter().map(|w| WordInfo::new(w, res)).collect();
+    let index: FxHashMap<&str, usize> = words.iter().enumerate().map(|(i, &w)| (w, i)).collect();
+    let side = |l: &str| Side::from_infos(resources::java_tokens(l).map(|t| &infos[index[t]]));
+    lines
+        .par_iter()
+        .map(|ls| {
+            let t = side(&ls[0]);
+            let mut best: Option<(f64, Stats)> = None;
+            for r in &ls[1..] {
+                let s = Stats::from_alignment(&align::align(&t, &side(r), res));
+                let sc = s.score();
+                if best.as_ref().is_none_or(|(b, _)| sc > *b) {
+                    best = Some((sc, s));
+                }
+            }
+            best.map(|b| b.1).unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Corpus METEOR and per-sample scores, as pycocoevalcap's `Meteor.compute_score` returns them.
 pub fn meteor(refs: &[Vec<String>], hyps: &[String], res: &Resources) -> Result<(f64, Vec<f64>)> {
     super::check_corpus(refs, hyps)?;
-    let stats: Vec<Stats> = refs
-        .par_iter()
-        .zip(hyps.par_iter())
-        .map(|(r, h)| sentence_stats(r, h, res))
-        .collect();
+    let stats = corpus_stats(refs, hyps, res);
     let per: Vec<f64> = stats.iter().map(Stats::score).collect();
     let mut agg = Stats::default();
     for s in &stats {

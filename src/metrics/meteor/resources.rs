@@ -31,6 +31,8 @@ pub struct Paraphrases {
     /// CSR: emits of state s are `emit_vals[emit_off[s]..emit_off[s + 1]]`.
     emit_off: Vec<u32>,
     emit_vals: Vec<u32>,
+    /// beside `emit_vals`: the first word of each emitted paraphrase (`u32::MAX`: empty)
+    emit_first: Vec<u32>,
     /// CSR: words of paraphrase p are `para_words[para_off[p]..para_off[p + 1]]`.
     para_off: Vec<u32>,
     para_words: Vec<u32>,
@@ -42,9 +44,10 @@ impl Paraphrases {
         self.vocab.get(w.as_bytes()).map_or(-1, |&i| i as i64)
     }
 
-    /// `getReferencePaths`: (phrase length, paraphrase index) for the phrases starting at
-    /// `start`, shortest first, each length's emits in file order.
-    pub fn reference_paths(&self, words: &[i64], start: usize, out: &mut Vec<(usize, u32)>) {
+    /// `getReferencePaths`: (phrase length, paraphrase index, the paraphrase's first word or
+    /// `u32::MAX`) for the phrases starting at `start`, shortest first, each length's emits in
+    /// file order.
+    pub fn reference_paths(&self, words: &[i64], start: usize, out: &mut Vec<(usize, u32, u32)>) {
         out.clear();
         let mut state: u32 = 0;
         for (i, &w) in words.iter().enumerate().skip(start) {
@@ -59,8 +62,8 @@ impl Paraphrases {
                 self.emit_off[state as usize] as usize,
                 self.emit_off[state as usize + 1] as usize,
             );
-            for &p in &self.emit_vals[a..b] {
-                out.push((i + 1 - start, p));
+            for (&p, &f) in self.emit_vals[a..b].iter().zip(&self.emit_first[a..b]) {
+                out.push((i + 1 - start, p, f));
             }
         }
     }
@@ -443,8 +446,14 @@ fn parse_paraphrases(buf: &[u8]) -> Result<Paraphrases> {
     }
     let mut fill = emit_off.clone();
     let mut emit_vals = vec![0u32; emit_state.len()];
+    let mut emit_first = vec![0u32; emit_state.len()];
     for (p, &s) in emit_state.iter().enumerate() {
         emit_vals[fill[s as usize] as usize] = p as u32;
+        emit_first[fill[s as usize] as usize] = if para_off[p] < para_off[p + 1] {
+            para_words[para_off[p] as usize]
+        } else {
+            u32::MAX
+        };
         fill[s as usize] += 1;
     }
     Ok(Paraphrases {
@@ -452,6 +461,7 @@ fn parse_paraphrases(buf: &[u8]) -> Result<Paraphrases> {
         trie,
         emit_off,
         emit_vals,
+        emit_first,
         para_off,
         para_words,
     })
