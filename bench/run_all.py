@@ -15,6 +15,7 @@ import bench_llava_step  # noqa: E402
 import bench_llm  # noqa: E402
 import bench_lora  # noqa: E402
 import bench_lora_module  # noqa: E402
+import bench_meteor  # noqa: E402
 import bench_metrics  # noqa: E402
 import bench_trainer  # noqa: E402
 import bench_vision  # noqa: E402
@@ -22,6 +23,7 @@ import bench_volume  # noqa: E402
 
 BENCHES = [
     ("metrics", bench_metrics.run),
+    ("meteor", bench_meteor.run),
     ("llm", bench_llm.run),
     ("generate", bench_generate.run),
     ("lora", bench_lora.run),
