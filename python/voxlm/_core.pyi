@@ -295,6 +295,7 @@ class ClipVisionCore:
         cls, params: dict[str, torch.Tensor], num_layers: int, num_heads: int, eps: float
     ) -> ClipVisionCore: ...
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]: ...
+    def hidden_state(self, x: torch.Tensor, layer: int) -> torch.Tensor: ...
 
 def load_nifti(
     path: str | PathLike[str], dtype: str = "float32"
@@ -341,7 +342,7 @@ def clip_preprocess(
 @final
 class QueryBlocksCore:
     def __new__(
-        cls, params: dict[str, torch.Tensor], depth: int, heads: int
+        cls, params: dict[str, torch.Tensor], depth: int, heads: int, eps: float = 1e-05
     ) -> QueryBlocksCore: ...
     def forward(self, feats: torch.Tensor, training: bool = False) -> torch.Tensor: ...
 

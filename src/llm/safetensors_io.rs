@@ -142,7 +142,7 @@ pub fn load(
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(f.display(), e))?;
         let what = f.display().to_string();
         let base = mmap.as_ptr() as usize;
-        let read = |bytes: &[u8], t: &Tensor| -> Result<()> {
+        let read = |bytes: &[u8], t: &mut Tensor| -> Result<()> {
             // the view lies inside the map (validated by the header parse): its file offset
             let offset = (bytes.as_ptr() as usize - base) as u64;
             read_into(&file, offset, bytes.len(), t, &what)
@@ -160,7 +160,7 @@ pub fn load(
 }
 
 /// The bytes of the fresh contiguous CPU tensor `t`, which must be exactly `len` bytes.
-fn bytes_mut<'t>(t: &'t Tensor, len: usize, what: &str) -> Result<&'t mut [u8]> {
+fn bytes_mut<'t>(t: &'t mut Tensor, len: usize, what: &str) -> Result<&'t mut [u8]> {
     let have = t.numel() * t.f_kind()?.elt_size_in_bytes();
     if have != len || !t.is_contiguous() || t.device() != Device::Cpu {
         return Err(Error::checkpoint(format!(
@@ -176,7 +176,13 @@ fn bytes_mut<'t>(t: &'t Tensor, len: usize, what: &str) -> Result<&'t mut [u8]> 
 }
 
 /// Fill the fresh tensor `t` with `len` bytes of `file` from `offset`.
-fn read_into(file: &std::fs::File, offset: u64, len: usize, t: &Tensor, what: &str) -> Result<()> {
+fn read_into(
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+    t: &mut Tensor,
+    what: &str,
+) -> Result<()> {
     let buf = bytes_mut(t, len, what)?;
     #[cfg(unix)]
     {
@@ -210,13 +216,14 @@ pub fn parse(
     })
 }
 
-/// [`parse`] with the data of each tensor filled by `fill(view bytes, fresh empty CPU tensor)`.
+/// [`parse`] with the data of each tensor filled by `fill(view bytes, fresh empty CPU tensor)`
+/// (taken `&mut`: `fill` writes through the tensor's storage).
 fn parse_with(
     bytes: &[u8],
     what: &str,
     kind: Option<Kind>,
     device: Device,
-    fill: impl Fn(&[u8], &Tensor) -> Result<()>,
+    fill: impl Fn(&[u8], &mut Tensor) -> Result<()>,
 ) -> Result<Vec<(String, Tensor)>> {
     if bytes.len() < 8 {
         return Err(Error::checkpoint(format!(
@@ -243,8 +250,8 @@ fn parse_with(
                     view.shape()
                 ))
             })?;
-        let t = Tensor::f_empty(&shape, (k, Device::Cpu))?;
-        fill(view.data(), &t)?;
+        let mut t = Tensor::f_empty(&shape, (k, Device::Cpu))?;
+        fill(view.data(), &mut t)?;
         let t = match kind {
             Some(target)
                 if matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)

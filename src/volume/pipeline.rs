@@ -553,7 +553,7 @@ mod tests {
             orient: Some(RAS),
             ..Pipeline::default()
         };
-        let out = first(&load_batch(&[path.clone()], &p, 2)?, 0);
+        let out = first(&load_batch(std::slice::from_ref(&path), &p, 2)?, 0);
         let mut want = v.clone();
         want.invert_axis(Axis(0));
         want.invert_axis(Axis(1));
@@ -600,7 +600,7 @@ mod tests {
                 spacing_mode: mode,
                 ..Pipeline::default()
             };
-            let out = first(&load_batch(&[path.clone()], &p, 1)?, 0);
+            let out = first(&load_batch(std::slice::from_ref(&path), &p, 1)?, 0);
             let g = geometry::spacing_grid([8, 6, 5], &aff, [1.5, 1.5, 1.5])?;
             let want = affine_resample(v.view().insert_axis(Axis(0)), &g.xform, g.shape, mode)?
                 .index_axis_move(Axis(0), 0);
@@ -731,7 +731,7 @@ mod tests {
             ..Pipeline::default()
         };
         assert!(matches!(
-            load_batch(&[a.clone()], &nan, 1),
+            load_batch(std::slice::from_ref(&a), &nan, 1),
             Err(Error::Config(_))
         ));
         let neg = Pipeline {
@@ -739,7 +739,7 @@ mod tests {
             ..Pipeline::default()
         };
         assert!(matches!(
-            load_batch(&[a.clone()], &neg, 1),
+            load_batch(std::slice::from_ref(&a), &neg, 1),
             Err(Error::Config(_))
         ));
         // a 4D file
