@@ -201,6 +201,21 @@ def generation_settings(
     return {f: overrides.get(f, getattr(config, f)) for f in fields}
 
 
+def generate_kwargs(g: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`GEN_FIELDS` of :func:`generation_settings`'s result typed as
+    ``LlamaForCausalLM.generate`` takes them."""
+    return {
+        "max_new_tokens": int(g["max_new_tokens"]),
+        "do_sample": bool(g["do_sample"]),
+        "temperature": float(g["temperature"]),
+        "top_k": int(g["top_k"]),
+        "top_p": float(g["top_p"]),
+        "num_beams": int(g["num_beams"]),
+        "repetition_penalty": float(g["repetition_penalty"]),
+        "seed": g["seed"],
+    }
+
+
 def model_parts(
     model: Mapping[str, Any] | None,
     dtype: Any = None,

@@ -92,6 +92,7 @@ from .base import (
     check_saved_recipe,
     config_from_dict,
     ensure_synth_data,
+    generate_kwargs,
     generation_settings,
     jsonable,
     model_parts,
@@ -1067,16 +1068,9 @@ class DiaLlama(Recipe):
             new = self.llm.generate(
                 inputs_embeds=emb,
                 attention_mask=mask,
-                max_new_tokens=int(g["max_new_tokens"]),
-                do_sample=bool(g["do_sample"]),
-                temperature=float(g["temperature"]),
-                top_k=int(g["top_k"]),
-                top_p=float(g["top_p"]),
-                num_beams=int(g["num_beams"]),
-                repetition_penalty=float(g["repetition_penalty"]),
                 eos_token_id=self.prompter.eos,
                 pad_token_id=self.prompter.pad,
-                seed=g["seed"],
+                **generate_kwargs(g),
             )
             reports = [_decode(self.tokenizer, row, self.prompter.eos) for row in new.cpu()]
         finally:

@@ -61,6 +61,7 @@ from .base import (
     Recipe,
     check_numbers,
     config_from_dict,
+    generate_kwargs,
     generation_settings,
     model_parts,
     recipe_train_args,
@@ -612,16 +613,9 @@ class Rad3dPrefix(Recipe):
             new = self.llm.generate(
                 inputs_embeds=emb,
                 attention_mask=mask,
-                max_new_tokens=int(g["max_new_tokens"]),
-                do_sample=bool(g["do_sample"]),
-                temperature=float(g["temperature"]),
-                top_k=int(g["top_k"]),
-                top_p=float(g["top_p"]),
-                num_beams=int(g["num_beams"]),
-                repetition_penalty=float(g["repetition_penalty"]),
                 eos_token_id=self.eos_id,
                 pad_token_id=self.pad_id,
-                seed=g["seed"],
+                **generate_kwargs(g),
             )
             reports = [_decode(self.tokenizer, row, self.eos_id) for row in new.cpu()]
             if logits is None:
