@@ -168,36 +168,12 @@ def run(steps: int = 7, warmup: int = 2) -> str:
 
     import torch
     import transformers
-    from common import machine
+    from common import machine, write_llava_parts
 
     cfg = dict(B=2, T=256, S=168, N=144, D=256, H=512, V=1024, STEPS=steps, WARMUP=warmup)
     with tempfile.TemporaryDirectory() as d:
         torch.manual_seed(0)
-        vc = transformers.CLIPVisionConfig(
-            hidden_size=cfg["D"],
-            intermediate_size=4 * cfg["D"],
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            image_size=cfg["S"],
-            patch_size=14,
-        )
-        transformers.CLIPVisionModel(vc).save_pretrained(f"{d}/clip")
-        lc = transformers.LlamaConfig(
-            vocab_size=cfg["V"],
-            hidden_size=cfg["H"],
-            intermediate_size=1376,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=8,
-            max_position_embeddings=1024,
-        )
-        transformers.LlamaForCausalLM(lc).save_pretrained(f"{d}/llm")
-        proj = torch.nn.Sequential(
-            torch.nn.Linear(cfg["D"], cfg["H"]),
-            torch.nn.GELU(),
-            torch.nn.Linear(cfg["H"], cfg["H"]),
-        )
-        torch.save(proj.state_dict(), f"{d}/proj.pt")
+        write_llava_parts(d, cfg["S"], cfg["D"], cfg["H"], cfg["V"])
         from voxlm.recipes.llava_rrg import LlavaRRG
 
         # the recipe's own image_features, and, until llava_rrg.py takes it, the same recipe with

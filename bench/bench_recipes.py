@@ -173,36 +173,12 @@ print(json.dumps({
 
 def llava_stage2(steps: int = 5, warmup: int = 1) -> str:
     import torch
-    import transformers
+    from common import write_llava_parts
 
     run = dict(B=2, T=192, S=112, N=64, D=256, H=512, STEPS=steps, WARMUP=warmup)
     with tempfile.TemporaryDirectory() as d:
         torch.manual_seed(0)
-        vc = transformers.CLIPVisionConfig(
-            hidden_size=run["D"],
-            intermediate_size=4 * run["D"],
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            image_size=run["S"],
-            patch_size=14,
-        )
-        transformers.CLIPVisionModel(vc).save_pretrained(f"{d}/clip")
-        lc = transformers.LlamaConfig(
-            vocab_size=1024,
-            hidden_size=run["H"],
-            intermediate_size=1376,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=8,
-            max_position_embeddings=1024,
-        )
-        transformers.LlamaForCausalLM(lc).save_pretrained(f"{d}/llm")
-        proj = torch.nn.Sequential(
-            torch.nn.Linear(run["D"], run["H"]),
-            torch.nn.GELU(),
-            torch.nn.Linear(run["H"], run["H"]),
-        )
-        torch.save(proj.state_dict(), f"{d}/proj.pt")
+        write_llava_parts(d, run["S"], run["D"], run["H"], 1024)
         res = {}
         for side in ("peft", "voxlm"):
             out = subprocess.run(
