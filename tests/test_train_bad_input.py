@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import pytest
+import torch
 import yaml
 
 from voxlm.cli import _one_line, main
@@ -33,6 +34,8 @@ CORRUPTIONS = [
 
 
 def test_resume_from_corrupt_checkpoint_is_named_and_keeps_the_others(tmp_path):
+    """An explicit corrupt checkpoint path is a named error and nothing on disk changes; so is
+    resume_from_checkpoint=True when every checkpoint is corrupt."""
     a = _args(tmp_path, max_steps=4, save_steps=2)
     Trainer(Lin(), a, Reg()).train()
     run = tmp_path / "run"
@@ -42,13 +45,44 @@ def test_resume_from_corrupt_checkpoint_is_named_and_keeps_the_others(tmp_path):
         (run / "checkpoint-4" / name).write_bytes(content)
         before = _digest(run)
         with pytest.raises(CheckpointError) as e:
-            Trainer(Lin(), a, Reg()).train(resume_from_checkpoint=True)
+            Trainer(Lin(), a, Reg()).train(resume_from_checkpoint=run / "checkpoint-4")
         msg = str(e.value)
         assert fragment in msg and "checkpoint-4" in msg and "\n" not in msg, msg
         assert _digest(run) == before  # nothing written, nothing rotated away
         (run / "checkpoint-4" / name).write_bytes(good)
-    # the repaired checkpoint resumes (nothing left to do: already at max_steps)
-    assert Trainer(Lin(), a, Reg()).train(resume_from_checkpoint=True).global_step == 4
+    # every checkpoint corrupt: resume=True names them all and changes nothing
+    for step in (2, 4):
+        (run / f"checkpoint-{step}" / "optimizer.pt").write_bytes(b"garbage")
+    before = _digest(run)
+    with pytest.raises(CheckpointError, match="no checkpoint .* could be loaded") as e:
+        Trainer(Lin(), a, Reg()).train(resume_from_checkpoint=True)
+    assert "checkpoint-2" in str(e.value) and "checkpoint-4" in str(e.value)
+    assert _digest(run) == before
+
+
+@pytest.mark.parametrize(("name", "content", "fragment"), CORRUPTIONS)
+def test_resume_true_falls_back_to_the_newest_loadable_checkpoint(
+    tmp_path, name, content, fragment
+):
+    """resume_from_checkpoint=True with a corrupt newest checkpoint: a warning naming the failure,
+    training continues from the previous complete checkpoint to the same end state as an
+    uninterrupted run, and the corrupt folder is kept byte for byte as corrupt-checkpoint-N."""
+    a = _args(tmp_path, max_steps=4, save_steps=2)
+    ref = Trainer(Lin(), a.replace(output_dir=str(tmp_path / "ref")), Reg())
+    ref.train()
+    Trainer(Lin(), a, Reg()).train()
+    run = tmp_path / "run"
+    (run / "checkpoint-4" / name).write_bytes(content)
+    bad = _digest(run / "checkpoint-4")
+    model = Lin()
+    with pytest.warns(UserWarning, match="resuming from checkpoint-2") as w:
+        out = Trainer(model, a, Reg()).train(resume_from_checkpoint=True)
+    assert any(fragment in str(x.message) for x in w), [str(x.message) for x in w]
+    assert out.global_step == 4
+    assert _digest(run / "corrupt-checkpoint-4") == bad  # kept, not a checkpoint any more
+    assert [s for s, _ in list_checkpoints(run)] == [2, 4]  # checkpoint-4 written anew
+    for p, q in zip(model.parameters(), ref.model.parameters(), strict=True):
+        assert torch.equal(p, q)
 
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):

@@ -495,6 +495,43 @@ class Trainer:
             ) from e
         return state
 
+    def _load_resumable(
+        self, newest: pathlib.Path, auto: bool
+    ) -> tuple[dict[str, Any], pathlib.Path]:
+        """Load ``newest``; with ``auto`` (``resume_from_checkpoint=True``) in a single process,
+        a checkpoint whose files cannot be read is renamed ``corrupt-checkpoint-N`` (kept, never
+        deleted, and no longer taken for a checkpoint) and the next older complete one is tried,
+        with a warning naming what failed. An explicit path, or several processes (every rank
+        must agree on the step), raise the ``CheckpointError`` instead."""
+        if not auto or self.dist.enabled:
+            return self._load_checkpoint(newest), newest
+        older = [p for _, p in reversed(C.list_checkpoints(self.output_dir)) if p != newest]
+        failures: list[str] = []
+        for path in [newest, *older]:
+            try:
+                st = self._load_checkpoint(path)
+            except CheckpointError as e:
+                failures.append(str(e))
+                continue
+            if failures:
+                import warnings
+
+                for bad in [newest, *older]:
+                    if bad == path:
+                        break
+                    bad.rename(bad.with_name("corrupt-" + bad.name))
+                warnings.warn(
+                    f"resume_from_checkpoint=True: resuming from {path.name}; the newer "
+                    f"checkpoint(s) could not be loaded and were renamed corrupt-<name> (kept): "
+                    + "; ".join(failures),
+                    stacklevel=3,
+                )
+            return st, path
+        raise CheckpointError(
+            f"resume_from_checkpoint=True: no checkpoint in {self.output_dir} could be loaded "
+            f"(nothing renamed or removed): " + "; ".join(failures)
+        )
+
     # -- training -------------------------------------------------------------------------
 
     def train(
@@ -552,7 +589,7 @@ class Trainer:
 
         start_epoch, start_micro, history = 0, 0, None
         if resume is not None:
-            st = self._load_checkpoint(resume)
+            st, resume = self._load_resumable(resume, auto=resume_from_checkpoint is True)
             self.global_step, self.epoch = int(st["global_step"]), float(st["epoch"])
             start_epoch, start_micro = int(st["data_epoch"]), int(st["data_micro_batch"])
             history = st.get("log_history", [])
