@@ -552,6 +552,10 @@ def test_config_errors():
         P.PICGConfig.from_dict({"name": "picg", "blrr": 1})
     with pytest.raises(ConfigError, match="scoring_lr_schedule"):
         P.PICGConfig(scoring_lr_schedule="cosine")
+    with pytest.raises(
+        ConfigError, match="adapter_pretrain_params: expected 'llama_adapter' or 'gates', got 'x'"
+    ):
+        P.PICGConfig(adapter_pretrain_params="x")
     for field, value in (
         ("volume_size", 7),
         ("volume_size", [84, 84]),
@@ -724,3 +728,49 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert set(grads[0]) == set(grads[1]) and "llm.model.layers.0.self_attn.q_proj.bias" in grads[0]
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5)
+
+
+def _spread(x: torch.Tensor) -> float:
+    """Between-case std / mean |value| of ``x [N, ...]`` (0 for a constant)."""
+    x = x.reshape(x.shape[0], -1).double()
+    return float(x.std(0).mean() / x.abs().mean())
+
+
+def test_teacher_varies_between_cases_at_the_tiny_config(tmp_path):
+    """The guideline features are the network's output for each case's images: after stage 0
+    (PICG's finetune stages keep the gates frozen, ``llama_adapter_prostate.py``
+    ``get_trainable_params``) different images give teacher vectors that differ far beyond float
+    noise, and the same case gives the same vector whatever else is in the batch. Stage 0 with
+    ``adapter_pretrain_params: gates`` trains the gates and ``adapter_query`` only, so the visual
+    queries keep their between-case spread (the full LLaMA-Adapter V2 pretrain set collapsed
+    them to one vector at the fidelity size: 0.15 -> 4e-4)."""
+    from voxlm.recipes import get_recipe
+    from voxlm.train import TrainingArguments, run_stages
+
+    cfg = _tiny_cfg(tmp_path)
+    assert cfg["recipe"]["adapter_pretrain_params"] == "gates"
+    model = get_recipe("picg").from_config(cfg["recipe"], cfg["model"])
+    train, _ = model.datasets(cfg["data"])
+    recs = train.records[:4]
+    vols = torch.stack([train[3 * i + 2]["volume"] for i in range(len(recs))])  # t2w items
+    assert [train[3 * i + 2]["sequence"] for i in range(len(recs))] == ["t2w"] * len(recs)
+    with torch.no_grad():
+        vq0 = model.visual_query(vols)
+    assert _spread(vq0) > 0.05
+    # no stage 0 yet: the gates are zero, every case gives the same teacher
+    f0 = torch.stack(list(model.guideline_features(recs).values()))
+    assert _spread(f0) == 0.0
+    stage0 = model.stages(TrainingArguments.from_dict(cfg["train"]).replace(max_steps=3))[0]
+    assert stage0.name == "stage0_adapter_pretrain"
+    q_before = {n: p.detach().clone() for n, p in model.queries.named_parameters()}
+    run_stages(model, [stage0], train, data_collator=model.collator())
+    assert all(torch.equal(p, q_before[n]) for n, p in model.queries.named_parameters())
+    assert model.image_reaches_llm()
+    with torch.no_grad():
+        torch.testing.assert_close(model.visual_query(vols), vq0, atol=0, rtol=0)
+    f = torch.stack(list(model.guideline_features(recs).values()))
+    spread = _spread(f)
+    # float noise: the same case alone vs in a batch of three
+    alone = model.guideline_features(recs[:1], batch_size=1)[str(recs[0]["id"])]
+    noise = float((alone - f[0]).abs().max() / f[0].abs().mean())
+    assert noise < 1e-5 and spread > 100 * max(noise, 1e-7), (spread, noise)

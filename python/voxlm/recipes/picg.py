@@ -247,6 +247,12 @@ class PICGConfig:
     adapter_pretrain_epochs: float = 0
     adapter_pretrain_warmup_epochs: float = 0
     adapter_pretrain_blr: float | None = None  # None: blr
+    # what stage 0 trains: "llama_adapter" = get_trainable_params('pretrain') (gates, clip_proj,
+    # visual_query, visual_blocks, visual_proj (+ norms), adapter_query); "gates" = the gates and
+    # adapter_query only: the visual query blocks keep their init / loaded weights, as PICG's own
+    # stages keep them frozen (at tiny sizes the full set collapses the visual queries to one
+    # vector for every case, see stages())
+    adapter_pretrain_params: str = "llama_adapter"
     # scoring network distillation (scoring_train/)
     kd_weight: float = 0.2  # opts.py default; README command: 0.4
     focal_alpha: tuple[float, ...] = (2.0, 2.0, 1.0, 1.0, 1.0)
@@ -289,6 +295,11 @@ class PICGConfig:
         if self.student_proj not in ("linear", "none"):
             raise ConfigError(
                 f"recipe.student_proj: expected 'linear' or 'none', got {self.student_proj!r}"
+            )
+        if self.adapter_pretrain_params not in ("llama_adapter", "gates"):
+            raise ConfigError(
+                "recipe.adapter_pretrain_params: expected 'llama_adapter' or 'gates', got "
+                f"{self.adapter_pretrain_params!r}"
             )
         if self.intensity_prescale not in ("none", "minmax255"):
             raise ConfigError(
@@ -1109,14 +1120,19 @@ class PICG(Recipe):
         frozen. ``"finetune"`` (PICG's two stages): norms and biases of the LLaMA (+ the patch conv
         in stage 1). ``"pretrain"`` (LLaMA-Adapter V2's first phase, which produced BIAS-7B):
         the gates, ``clip_proj``/``visual_query``/``visual_blocks``/``visual_proj`` (+ norms) and
-        ``adapter_query``."""
+        ``adapter_query`` (``llama_adapter_prostate.py`` ``get_trainable_params``,
+        ``train_param_name``); with ``cfg.adapter_pretrain_params == "gates"`` only the gates
+        and ``adapter_query``."""
         if phase not in ("finetune", "pretrain"):
             raise ConfigError(f"set_task phase: expected 'finetune' or 'pretrain', got {phase!r}")
         self.task = task
         for p in self.parameters():
             p.requires_grad_(False)
         if phase == "pretrain":
-            for p in [*self.gates, *self.queries.parameters(), *self.adapter_query.parameters()]:
+            blocks = (
+                [] if self.cfg.adapter_pretrain_params == "gates" else self.queries.parameters()
+            )
+            for p in [*self.gates, *blocks, *self.adapter_query.parameters()]:
                 p.requires_grad_(True)
             return
         for n, p in self.llm.named_parameters():
@@ -1163,7 +1179,11 @@ class PICG(Recipe):
                 **dict(common, learning_rate=blr * batch / 256),
             )
             # stand-in for BIAS-7B's pretraining (image-caption data in LLaMA-Adapter V2): the
-            # pretrain parameter set trained on stage 2's task, so that the gates open
+            # pretrain parameter set trained on stage 2's task, so that the gates open. At tiny
+            # sizes and large lr the full set ("llama_adapter") opens the gates but drives the
+            # visual queries to one vector for every case (between-case std / mean |value| of
+            # the queries 0.15 -> 4e-4 on 60 synthetic cases), so the teacher stays constant;
+            # "gates" keeps the query blocks as initialised / loaded (0.15 -> 0.15)
             out.append(
                 Stage(
                     "stage0_adapter_pretrain",
