@@ -55,3 +55,28 @@ def test_teacher_diagnostics(fid, tmp_path):
     assert sg["mean_pairwise_cosine"] < 0.5 and sg["between_case_std_over_mean_abs"] > 0.5
     # the control teacher encodes the rule features: the score is linearly readable from it
     assert sg["probe_accuracy"] > sg["majority_accuracy"] + 0.2
+
+
+def test_report_cache_is_shared_by_arms_and_experiments(fid, tmp_path):
+    """The data and the text-only base LLM depend on the seed and the size, never on the arm or
+    the experiment: Dia-LLaMA on/off and RAD3D-Prefix on/off of a seed get the same folders;
+    another seed, warm-up length, case count or prevalence gets other folders."""
+    size = {**fid.REPORT_SIZES[False], "prevalence": dict(fid.REPORT_PREVALENCE)}
+    arms = [
+        ("dia_llama", {}),
+        ("dia_llama", {"use_prototypes": False, "use_diagnostic_prompts": False}),
+        ("rad3d_prefix", {"anomaly_aware": True}),
+        ("rad3d_prefix", {"anomaly_aware": False}),
+    ]
+    dirs = {fid.report_cache_dirs(r, o, 0, size, tmp_path)[:2] for r, o in arms}
+    assert len(dirs) == 1
+    data0, llm0 = dirs.pop()
+    assert data0.parent == tmp_path and llm0.parent == tmp_path
+    for seed, change in ((1, {}), (0, {"lm_steps": 301}), (0, {"n": 121})):
+        d, m, key = fid.report_cache_dirs("dia_llama", {}, seed, {**size, **change}, tmp_path)
+        assert m != llm0
+        assert (d != data0) == (seed != 0 or "n" in change)
+        assert key["llm"]["lm_steps"] == size["lm_steps"] + ("lm_steps" in change)
+    other = {**size, "prevalence": {"cardiomegaly": 0.5}}
+    d, m, _ = fid.report_cache_dirs("rad3d_prefix", {}, 0, other, tmp_path)
+    assert d != data0 and m != llm0

@@ -278,6 +278,7 @@ def train_and_evaluate(
     recipe_name: str = "dia_llama",
     data_dir: str | pathlib.Path | None = None,
     llm_dir: str | pathlib.Path | None = None,
+    lm_prompt: str | None = None,
 ) -> dict[str, Any]:
     """Steps 1-4 of the module docstring; returns the figures (also the eval folders under ``out``).
 
@@ -285,7 +286,9 @@ def train_and_evaluate(
     CTRG-Chest table); ``threads`` sets torch's intra-op threads (default: 1 when the machine's
     load average exceeds its cores, where more threads only oversubscribe). ``data_dir`` /
     ``llm_dir``: where the data and the text-pretrained base LLM live (default under ``out``);
-    both are reused when already there (same settings), so experiments can share them."""
+    both are reused when already there (same settings), so experiments can share them.
+    ``lm_prompt``: the base LLM's warm-up format, ``"diagnostic"`` or ``"instruction"`` (default:
+    diagnostic for Dia-LLaMA with diagnostic prompts on, else instruction)."""
     import os
 
     if threads is None and hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1):
@@ -316,11 +319,16 @@ def train_and_evaluate(
     gen_s = time.perf_counter() - t0
     tok = build_tokenizer("bundled:ctrg-bpe")
     cfg = dict(TINY[recipe_name], **(recipe or {}))
-    lm_prompt = (
-        "diagnostic"
-        if recipe_name == "dia_llama" and cfg.get("use_diagnostic_prompts", True)
-        else "instruction"
-    )
+    if lm_prompt is None:
+        lm_prompt = (
+            "diagnostic"
+            if recipe_name == "dia_llama" and cfg.get("use_diagnostic_prompts", True)
+            else "instruction"
+        )
+    if lm_prompt not in ("diagnostic", "instruction"):
+        from .exceptions import ConfigError
+
+        raise ConfigError(f"lm_prompt: expected 'diagnostic' or 'instruction', got {lm_prompt!r}")
     train_recs = read_records("ctrg-chest", data, split="train")
     if llm_dir is None:
         llm_path, lm_s = _pretrain_llm(out, tok, train_recs, lm_steps, seed, prompt=lm_prompt)
