@@ -542,6 +542,10 @@ def test_focal_loss_vs_main_py():
     from voxlm.losses import focal_loss, kl_distill
 
     torch.testing.assert_close(focal_loss(logits, y, alpha, 2.0), want, atol=1e-6, rtol=1e-6)
+    # scoring_train/training.py train_epoch (kd_loss "KL", lines 48-58): KLDivLoss(batchmean) of
+    # log_softmax(dl_output, 1) against softmax(inp, 1), T = 1, times --loss_weight; dl_output is
+    # models/resnet.py's fc_f (Linear(pooled, 4096), line 164) of the pooled feature, inp the
+    # teacher of prostate_lesion_public_np_ins.py (lines 97-109): voxlm's student_proj + teacher
     s, t = torch.randn(6, 32), torch.randn(6, 32)
     want_kl = nn.KLDivLoss(reduction="batchmean")(F.log_softmax(s, dim=1), F.softmax(t, dim=1))
     torch.testing.assert_close(kl_distill(s, t), want_kl, atol=1e-6, rtol=1e-6)

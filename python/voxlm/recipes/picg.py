@@ -55,6 +55,12 @@ Paper / code differences (documented, selectable):
 * ``feature_prompt``: ``"per_sequence"`` (voxlm's default) uses the criteria of each sequence's
   type; ``"released"`` reproduces ``test_round2_getfeature.py`` as run: its counter is never
   incremented, so every sequence gets the same (non-T2W-key) instruction.
+* Without BIAS-7B weights (random LLaMA/CLIP), ``adapter_pretrain_epochs > 0`` runs LLaMA-Adapter
+  V2's pretrain phase as stage 0 on stage 2's task so that the zero-init gates open (PICG's own
+  stages keep them frozen and the image would never reach the LLM). ``adapter_pretrain_params``:
+  ``"llama_adapter"`` trains its full pretrain set; ``"gates"`` (the tiny config's) only the gates
+  and ``adapter_query``, the visual query blocks staying as initialised, as PICG keeps them
+  frozen: at tiny sizes the full set collapsed the visual queries to one vector per case.
 * The guideline texts are voxlm's own wording of the public PI-RADS v2.1 criteria
   (``picg_guidelines/*.txt``), replaceable through ``guidelines: {t2w: path, dwi_adc: path}``.
 * The lesion cropping of the paper (doubled STL bounding box) is not public; the readers give the
