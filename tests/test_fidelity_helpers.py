@@ -61,7 +61,12 @@ def test_report_cache_is_shared_by_arms_and_experiments(fid, tmp_path):
     """The data and the text-only base LLM depend on the seed and the size, never on the arm or
     the experiment: Dia-LLaMA on/off and RAD3D-Prefix on/off of a seed get the same folders;
     another seed, warm-up length, case count or prevalence gets other folders."""
-    size = {**fid.REPORT_SIZES[False], "prevalence": dict(fid.REPORT_PREVALENCE)}
+    size = {**fid.REPORT_SIZES["dia_llama"][False], "prevalence": dict(fid.REPORT_PREVALENCE)}
+    # the experiments share data and base LLM: their sizes differ only in the recipe's steps
+    rad = fid.REPORT_SIZES["rad3d_prefix"][False]
+    assert {k: v for k, v in rad.items() if k != "steps"} == {
+        k: v for k, v in size.items() if k not in ("steps", "prevalence")
+    }
     arms = [
         ("dia_llama", {}),
         ("dia_llama", {"use_prototypes": False, "use_diagnostic_prompts": False}),
