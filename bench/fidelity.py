@@ -1112,10 +1112,15 @@ NOTES = {
     "all-zero images. The question text alone does not explain the failure either: the "
     "question-only prior scores 0.50-0.56 and the model 0.31-0.44 (its answer *text* is right "
     "in 40-49 % of the questions; the letter is often wrong, e.g. `B. Yes` when A is Yes). "
-    "Not done: a change that keeps the image tokens' contrast (a pretrained ViT as M3D-CLIP gives "
-    "M3D, a lower projector learning rate than 3e-3, or more steps) was not tried for lack of "
-    "CPU time, so the LoRA-vs-frozen VQA comparison was not rerun; the table above is the "
-    "previous run's (its VQA rows say nothing about LoRA).",
+    "Two changes tried once (seed 0, LoRA arm, an ad hoc script calling `_vit3d_arm` with an "
+    "edited copy of the config; not in this script's results): both stages at learning rate "
+    "3e-4 instead of 3e-3 gave VQA accuracy 0.325 on real and 0.325 on shuffled images; stage 2 "
+    "three times longer (12 epochs) gave 0.444 and 0.444. A likely cause, not verified: the base "
+    "LLM was text-pretrained without image positions, so the cheapest fit is to make the 8 "
+    "image tokens one harmless constant. Not done: a pretrained ViT (as M3D-CLIP gives M3D), a "
+    "base LLM warmed up with placeholder image positions, or a larger input; the LoRA-vs-frozen "
+    "VQA comparison was not rerun, and the table above is the previous run's (its VQA rows say "
+    "nothing about LoRA).",
 }
 
 
