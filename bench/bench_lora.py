@@ -10,6 +10,12 @@ head and cross-entropy dominate memory: voxlm computes the loss in chunks withou
 (``loss_chunk_size="auto"``); 2 steps per process (1 warm-up), ``ROUNDS`` fresh processes per
 side alternating peft / voxlm, medians over the rounds.
 
+voxlm's training forward fixes glibc's malloc thresholds (``voxlm.allocator``; opt out with
+``VOXLM_MALLOC_TRIM=0``); the children run with the parent's environment minus any MALLOC_* /
+VOXLM_MALLOC_TRIM, i.e. each library with its own defaults, as a user runs it.
+``--allocator-rows`` adds two informational sides per round: peft with the same thresholds set
+through glibc's environment variables, and voxlm with ``VOXLM_MALLOC_TRIM=0``.
+
 Per process: ``load_mb`` is the high-water mark right after ``from_pretrained`` (the loader's own
 peak), ``peak_rss_mb`` the high-water mark at the end, ``growth_mb`` their difference.
 """
@@ -56,6 +62,7 @@ def hwm_kb():
     return 0
 
 side, path, run = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+side = side.split(":")[0]  # "peft:glibc-env" / "voxlm:no-malloc-settings": same code, other env
 torch.manual_seed(0)
 vocab = json.load(open(path + "/config.json"))["vocab_size"]
 ids = torch.randint(0, vocab, (run["B"], run["T"]))
@@ -99,27 +106,49 @@ print(json.dumps({
 """
 
 
-def _measure(cfg: dict, run: dict, rounds: int = 1, first: int = 0) -> dict:
+#: glibc's own environment spelling of the thresholds voxlm.allocator sets for training
+GLIBC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(32 << 20)}
+
+#: extra sides of ``--allocator-rows`` (informational: what the malloc settings alone do)
+EXTRA_SIDES = {
+    "peft:glibc-env": GLIBC_ENV,  # peft with the same thresholds, set through glibc's env
+    "voxlm:no-malloc-settings": {"VOXLM_MALLOC_TRIM": "0"},  # voxlm without them
+}
+
+
+def _measure(
+    cfg: dict, run: dict, rounds: int = 1, first: int = 0, extra: tuple[str, ...] = ()
+) -> dict:
     """Each side in ``rounds`` fresh processes, alternating (peft first in even rounds, voxlm
-    first in odd ones, counting from ``first``); the median of each number."""
+    first in odd ones, counting from ``first``; ``extra`` sides after them); the median of each
+    number. The children inherit this process's environment minus glibc's MALLOC_* and
+    VOXLM_MALLOC_TRIM (so each side runs as a user would, with its own defaults)."""
+    import os
     import statistics
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    per: dict[str, list[dict]] = {"peft": [], "voxlm": []}
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MALLOC_") and k != "VOXLM_MALLOC_TRIM"
+    }
+    per: dict[str, list[dict]] = {"peft": [], "voxlm": [], **{e: [] for e in extra}}
     with tempfile.TemporaryDirectory() as d:
         LlamaForCausalLM(LlamaConfig(**cfg)).save_pretrained(d)
         for i in range(first, first + rounds):
-            for side in ("peft", "voxlm") if i % 2 == 0 else ("voxlm", "peft"):
+            for side in (("peft", "voxlm") if i % 2 == 0 else ("voxlm", "peft")) + extra:
                 out = subprocess.run(
                     [sys.executable, "-c", CHILD, side, d, json.dumps(run)],
                     capture_output=True,
                     text=True,
                     check=True,
+                    env={**base_env, **EXTRA_SIDES.get(side, {})},
                 )
                 per[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"# round {i} {side}: {per[side][-1]}", file=sys.stderr, flush=True)
     res = {}
     for side, rs in per.items():
         res[side] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
@@ -131,14 +160,14 @@ def _measure(cfg: dict, run: dict, rounds: int = 1, first: int = 0) -> dict:
     return res
 
 
-def run(big_only: bool = False, rounds: int = ROUNDS) -> str:
+def run(big_only: bool = False, rounds: int = ROUNDS, allocator_rows: bool = False) -> str:
     import os
 
     from common import machine
 
     load0 = os.getloadavg()[0]
     small = None if big_only else _measure(CFG, dict(B=B, T=T, STEPS=STEPS, WARMUP=WARMUP))
-    big = _measure(BIG, BIG_RUN, rounds)
+    big = _measure(BIG, BIG_RUN, rounds, extra=tuple(EXTRA_SIDES) if allocator_rows else ())
     load1 = os.getloadavg()[0]
     lines = [
         "## lora: LoRA training step (forward + backward + AdamW), voxlm vs transformers + peft",
@@ -160,8 +189,19 @@ def run(big_only: bool = False, rounds: int = ROUNDS) -> str:
             BIG_RUN["B"] * BIG_RUN["T"],
         )
     )
+    labels = (
+        ("peft", "transformers + peft"),
+        ("voxlm", "voxlm"),
+        (
+            "peft:glibc-env",
+            "transformers + peft, glibc env " + " ".join(f"{k}={v}" for k, v in GLIBC_ENV.items()),
+        ),
+        ("voxlm:no-malloc-settings", "voxlm, VOXLM_MALLOC_TRIM=0"),
+    )
     for name, res, tok in rows:
-        for side, label in (("peft", "transformers + peft"), ("voxlm", "voxlm")):
+        for side, label in labels:
+            if side not in res:
+                continue
             r = res[side]
             lines.append(
                 f"| {name} | {label} | {r['step_s']:.3f} | {tok / r['step_s']:,.0f} | "
@@ -196,4 +236,4 @@ if __name__ == "__main__":
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
     big_only = "--big-only" in sys.argv
     rounds = next((int(a.split("=")[1]) for a in sys.argv if a.startswith("--rounds=")), ROUNDS)
-    print(run(big_only, rounds))
+    print(run(big_only, rounds, allocator_rows="--allocator-rows" in sys.argv))

@@ -148,3 +148,55 @@ def test_no_grad_computes_no_gradients(monkeypatch):
         loss = linear_cross_entropy(h, w, y, chunk_size=4)
     assert not calls and not loss.requires_grad
     torch.testing.assert_close(loss, ref.detach())
+
+
+def _peft_pair(tmp_path, cfg):
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    m = _tiny()
+    m.save_pretrained(tmp_path)
+    ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32)
+    ref = peft.get_peft_model(ref, peft.LoraConfig(**cfg))
+    m = LlamaForCausalLM.from_pretrained(tmp_path)
+    add_lora(m, LoraConfig(**cfg))
+    for n, p in m.named_parameters():
+        p.requires_grad_(".lora_" in n)
+    with torch.no_grad():  # same non-zero LoRA weights on both sides
+        ref_sd = dict(ref.named_parameters())
+        for n, p in m.named_parameters():
+            if ".lora_" in n:
+                p.normal_(0, 0.1)
+                ref_sd["base_model.model." + n].copy_(p)
+    return m, ref, ref_sd
+
+
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_llama_lora_dropout_vs_peft_same_masks(tmp_path, chunk):
+    """LoRA dropout 0.3 on every linear in training mode: voxlm draws each mask as libtorch's
+    CPU dropout does (same random stream, same order q, k, v, o, gate, up, down) but saves only
+    the bool mask; with the same seed the masks equal PEFT's (nn.Dropout), so loss and every
+    LoRA gradient equal PEFT's (1e-4 relative: float32, different summation order in the
+    chunked loss). The check is not vacuous: another seed gives a different loss."""
+    cfg = dict(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.3)
+    m, ref, ref_sd = _peft_pair(tmp_path, cfg)
+    m.train()
+    ref.train()
+    ids = torch.randint(0, 300, (2, 9))
+    labels = ids.clone()
+    labels[:, :2] = -100
+    torch.manual_seed(123)
+    out = m(input_ids=ids, labels=labels, loss_chunk_size=chunk)
+    out.loss.backward()
+    torch.manual_seed(123)
+    r = ref(input_ids=ids, labels=labels)
+    r.loss.backward()
+    torch.testing.assert_close(out.loss, r.loss, rtol=1e-5, atol=1e-6)
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(
+                p.grad, ref_sd["base_model.model." + n].grad, rtol=1e-4, atol=1e-6, msg=n
+            )
+    torch.manual_seed(124)
+    with torch.no_grad():
+        other = m(input_ids=ids, labels=labels, loss_chunk_size=chunk).loss
+    assert abs(other.item() - r.loss.item()) > 1e-5

@@ -26,6 +26,27 @@ from .exceptions import ConfigError, ShapeError
 AUTO_CHUNK_ELEMENTS = 1 << 25
 
 
+#: vocabularies at least this large get the chunked loss from recipes by default (LLaMA-3's
+#: 128,256, Qwen's 151,936; LLaMA-2's 32,000 and the tiny test vocabularies keep full logits)
+LARGE_VOCAB = 65536
+
+
+def recipe_chunk_size(setting: int | str | None, vocab_size: int) -> int | str | None:
+    """What a recipe's LLM uses as ``loss_chunk_size`` for the config value ``setting``:
+    ``"auto"`` chunks (with :func:`auto_chunk_size` tokens per chunk) when ``vocab_size`` is at
+    least :data:`LARGE_VOCAB` and keeps the full logits (None) otherwise; None or ``"none"``:
+    full logits; a positive int: that many tokens per chunk. Anything else is a ConfigError."""
+    if setting is None or setting == "none":
+        return None
+    if setting == "auto":
+        return "auto" if vocab_size >= LARGE_VOCAB else None
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting <= 0:
+        raise ConfigError(
+            f"loss_chunk_size: expected a positive int, 'auto' or None, got {setting!r}"
+        )
+    return setting
+
+
 def auto_chunk_size(vocab_size: int) -> int:
     """Tokens per chunk so that one chunk's float32 logits stay near 128 MB (256 tokens at
     LLaMA-3's 128,256 vocabulary), a multiple of 16 between 16 and 4096."""

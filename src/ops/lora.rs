@@ -131,7 +131,7 @@ impl LoraLinear {
             None => Ok(y),
             Some(l) => {
                 let xd = if l.dropout > 0.0 && train {
-                    x.f_dropout(l.dropout, true)?
+                    dropout_saving_mask(x, l.dropout)?
                 } else {
                     x.shallow_clone()
                 };
@@ -142,6 +142,28 @@ impl LoraLinear {
             }
         }
     }
+}
+
+/// Inverted dropout `x * mask / (1 - p)` as libtorch's CPU `dropout` computes it (the same
+/// `bernoulli_(1 - p)` draw on a tensor like `x`, so the same random stream and mask, and the
+/// same float `1 / (1 - p)` factor), but what autograd saves for the backward of `x` is the
+/// mask as a bool tensor (1 byte per element) instead of the float noise tensor (4 or 8 bytes):
+/// `mul(x, bool mask)` saves its bool operand, `mul_scalar` saves nothing. `p` in `(0, 1)`;
+/// `p == 1` gives zeros, as `dropout`.
+fn dropout_saving_mask(x: &Tensor, p: f64) -> Result<Tensor> {
+    if p >= 1.0 {
+        return Ok(x.f_mul_scalar(0.0)?);
+    }
+    let mask = {
+        let _g = tch::no_grad_guard();
+        x.f_empty_like()?.f_bernoulli_float_(1.0 - p)?.f_ne(0.0)?
+    };
+    // libtorch: noise.div_(1 - p) in the tensor's dtype, then x * noise
+    let scale = match x.f_kind()? {
+        tch::Kind::Double => 1.0 / (1.0 - p),
+        _ => f64::from(1.0f32 / ((1.0 - p) as f32)),
+    };
+    Ok(x.f_mul(&mask)?.f_mul_scalar(scale)?)
 }
 
 #[cfg(test)]
@@ -168,6 +190,20 @@ mod tests {
         let expected = x.matmul(&w.tr()) + &b + x.matmul(&l.a.tr()).matmul(&l.b.tr()) * 0.5;
         let diff = f64::try_from((y - expected).abs().max())?;
         assert!(diff < 1e-12, "{diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn mask_dropout_equals_libtorch_dropout_with_the_same_seed() -> Result<()> {
+        for kind in [Kind::Float, Kind::Double] {
+            let x = t(&[3, 5, 64], kind);
+            tch::manual_seed(7);
+            let expected = x.dropout(0.3, true);
+            tch::manual_seed(7);
+            let got = dropout_saving_mask(&x, 0.3)?;
+            let diff = f64::try_from((got - expected).abs().max())?;
+            assert_eq!(diff, 0.0, "{kind:?}");
+        }
         Ok(())
     }
 

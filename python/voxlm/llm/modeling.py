@@ -322,8 +322,20 @@ class LlamaForCausalLM(RustBound):
             (:func:`voxlm.linear_ce.linear_cross_entropy`; gradients equal the unchunked loss);
             ``logits`` is then None. ``"auto"`` sizes chunks to ~128 MB of logits. Default:
             ``self.loss_chunk_size`` (None: full logits, as transformers).
+
+        The first training-mode call with gradients fixes glibc's malloc thresholds for the
+        process (:mod:`voxlm.allocator`; ``VOXLM_MALLOC_TRIM=0`` opts out).
         """
+        if self.training and torch.is_grad_enabled():
+            # process-wide glibc thresholds against RSS creep between steps (opt out:
+            # VOXLM_MALLOC_TRIM=0; see voxlm.allocator)
+            from ..allocator import configure_for_training
+
+            configure_for_training()
         chunk = loss_chunk_size if loss_chunk_size is not None else self.loss_chunk_size
+        if loss_chunk_size is None and not isinstance(self.lm_head, nn.Linear):
+            # the model's default (e.g. a recipe's "auto"): full logits for an adapted head
+            chunk = None
         if labels is not None and chunk is not None:
             from ..linear_ce import linear_cross_entropy
 

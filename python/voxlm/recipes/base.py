@@ -131,10 +131,26 @@ def build_tokenizer(spec: Any, image_token: str | None = None) -> Any:
     return Tokenizer.from_pretrained(p)
 
 
-def build_llm(spec: Any, dtype: Any = None, **overrides: Any) -> Any:
+def build_llm(
+    spec: Any, dtype: Any = None, loss_chunk_size: int | str | None = "auto", **overrides: Any
+) -> Any:
     """A :class:`voxlm.llm.LlamaForCausalLM` from a HF folder path, or from a dict of
     ``LlamaConfig`` fields (random initialisation; ``overrides`` such as ``vocab_size`` fill
-    fields the dict leaves out)."""
+    fields the dict leaves out).
+
+    ``loss_chunk_size`` becomes the model's ``loss_chunk_size`` through
+    :func:`voxlm.linear_ce.recipe_chunk_size`: ``"auto"`` (default) computes the LM loss in
+    chunks without the ``[B, T, V]`` logits when the vocabulary has at least 65,536 tokens
+    (the forward's ``logits`` is then None when ``labels`` are given; gradients equal the
+    full-logits loss's), None keeps the full logits, an int sets the tokens per chunk."""
+    from ..linear_ce import recipe_chunk_size
+
+    llm = _build_llm(spec, dtype, **overrides)
+    llm.loss_chunk_size = recipe_chunk_size(loss_chunk_size, llm.config.vocab_size)
+    return llm
+
+
+def _build_llm(spec: Any, dtype: Any = None, **overrides: Any) -> Any:
     from ..llm import LlamaConfig, LlamaForCausalLM
 
     if isinstance(spec, Mapping):
@@ -227,8 +243,10 @@ def model_parts(
     ``default_llm`` (required when that is None) and is built with ``dtype`` and the
     tokenizer's vocabulary size where the spec leaves it out (:func:`build_llm`); ``spec`` is
     ``{"llm": .., "tokenizer": ..}`` as given (for ``save_pretrained``), ``section`` the section
-    as a dict."""
+    as a dict. ``loss_chunk_size`` is always a known key (default ``"auto"``; see
+    :func:`build_llm`)."""
     section = dict(model or {})
+    known = (*known, "loss_chunk_size")
     unknown = sorted(set(section) - set(known))
     if unknown:
         raise ConfigError(f"model: unknown field(s) {unknown}; known: {', '.join(known)}")
@@ -237,7 +255,12 @@ def model_parts(
         raise ConfigError("model.llm: required (a HF LLaMA folder or a dict of LlamaConfig fields)")
     tok_spec = section.get("tokenizer", "bundled:ctrg-bpe")
     tok = build_tokenizer(tok_spec)
-    llm = build_llm(llm_spec, dtype=dtype, vocab_size=tok.vocab_size)
+    llm = build_llm(
+        llm_spec,
+        dtype=dtype,
+        loss_chunk_size=section.get("loss_chunk_size", "auto"),
+        vocab_size=tok.vocab_size,
+    )
     return llm, tok, {"llm": llm_spec, "tokenizer": tok_spec}, section
 
 
