@@ -105,9 +105,86 @@ fn nested(o: &InMemDicomObject, seq: Tag, inner: Tag) -> Option<&InMemDicomObjec
     outer.element_opt(inner).ok().flatten()?.items()?.first()
 }
 
-fn read_file<T: OutFloat>(path: &Path) -> Result<FileInfo<T>> {
+/// How one file's samples are stored (from the decoded pixel data).
+#[derive(Clone, Copy)]
+struct Samples {
+    bpp: usize,
+    bits_stored: u32,
+    signed: bool,
+    planar: bool,
+}
+
+/// A frame's pixel bytes as output values `raw * s + b` (rows x cols x samples, interleaved),
+/// written into `dst` (of the frame's length).
+fn frame_values_into<T: OutFloat>(
+    fb: &[u8],
+    sm: Samples,
+    samples: usize,
+    (s, b): (f64, f64),
+    dst: &mut [T],
+) {
+    let Samples {
+        bpp,
+        bits_stored: bs,
+        signed,
+        planar,
+    } = sm;
+    // dicom-pixeldata hands samples over in little-endian order, big-endian syntax included
+    let mask: u64 = if bs >= 64 { u64::MAX } else { (1u64 << bs) - 1 };
+    let raw_value = move |c: &[u8]| -> f64 {
+        let u: u64 = match bpp {
+            1 => c[0] as u64,
+            2 => u16::from_le_bytes([c[0], c[1]]) as u64,
+            _ => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64,
+        };
+        let u = u & mask;
+        if signed && bs > 0 && (u >> (bs - 1)) & 1 == 1 {
+            u as f64 - (1u64 << bs) as f64
+        } else {
+            u as f64
+        }
+    };
+    let rescale = s != 1.0 || b != 0.0;
+    let conv = |v: f64| T::from_f64(if rescale { v * s + b } else { v });
+    if planar {
+        // RRR..GGG..BBB.. -> RGBRGB..
+        let n = dst.len() / samples;
+        for (i, c) in fb.chunks_exact(bpp).take(dst.len()).enumerate() {
+            let (ch, p) = (i / n, i % n);
+            dst[p * samples + ch] = conv(raw_value(c));
+        }
+        return;
+    }
+    // 16 stored bits in 16 (CT, MR): the sample is the plain i16/u16 (raw_value's result),
+    // in a loop without per-voxel branches
+    let pairs = dst.iter_mut().zip(fb.chunks_exact(bpp));
+    match (bpp, bs, signed) {
+        (2, 16, true) => {
+            pairs.for_each(|(d, c)| *d = conv(i16::from_le_bytes([c[0], c[1]]) as f64))
+        }
+        (2, 16, false) => {
+            pairs.for_each(|(d, c)| *d = conv(u16::from_le_bytes([c[0], c[1]]) as f64))
+        }
+        _ => pairs.for_each(|(d, c)| *d = conv(raw_value(c))),
+    }
+}
+
+/// One file: its attributes, and with `pixels` its decoded, rescaled frames (else only the
+/// header up to PixelData is parsed and the frames hold no values: a series is sorted and
+/// checked from the headers first, then every slice decoded into its place in the volume).
+/// `into`: decode a single-frame file of that many values straight into it (its frame then
+/// holds no values; an error if the file holds another number).
+fn read_file<T: OutFloat>(
+    path: &Path,
+    pixels: bool,
+    mut into: Option<&mut [T]>,
+) -> Result<FileInfo<T>> {
     let bad = |m: String| Error::volume(format!("{}: {m}", path.display()));
-    let obj = OpenFileOptions::new()
+    let mut open = OpenFileOptions::new();
+    if !pixels {
+        open = open.read_until(tags::PIXEL_DATA);
+    }
+    let obj = open
         .open_file(path)
         .map_err(|e| bad(format!("not a readable DICOM file ({e})")))?;
     let ts = obj
@@ -127,61 +204,94 @@ fn read_file<T: OutFloat>(path: &Path) -> Result<FileInfo<T>> {
         )));
     }
     let o: &InMemDicomObject = &obj;
-    if o.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
-        return Err(bad("DICOM file has no PixelData (not an image)".into()));
-    }
-    let px = obj
-        .decode_pixel_data()
-        .map_err(|e| bad(format!("cannot decode DICOM pixel data ({e})")))?;
-    let (rows, cols) = (px.rows() as usize, px.columns() as usize);
-    let samples = px.samples_per_pixel() as usize;
-    let nframes = px.number_of_frames().max(1) as usize;
-    let (ba, bs) = (px.bits_allocated() as u32, px.bits_stored() as u32);
-    let signed = matches!(px.pixel_representation(), PixelRepresentation::Signed);
-    let planar =
-        matches!(px.planar_configuration(), PlanarConfiguration::PixelFirst) && samples > 1;
-    if ![8, 16, 32].contains(&ba) || bs == 0 || bs > ba {
-        return Err(bad(format!(
-            "unsupported DICOM pixel layout: BitsAllocated {ba}, BitsStored {bs} (expected 8, 16 or 32 bits)"
-        )));
-    }
-    if rows == 0 || cols == 0 || samples == 0 || samples > 4 {
-        return Err(bad(format!(
-            "DICOM image of {rows} rows x {cols} columns x {samples} samples"
-        )));
-    }
-    if ba == 32 && ts == "1.2.840.10008.1.2.2" {
-        return Err(bad(
-            "unsupported DICOM pixel layout: 32-bit samples in Explicit VR Big Endian".into(),
-        ));
-    }
+    let int = |t: Tag| -> Option<usize> {
+        o.element_opt(t)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_int::<i64>().ok())
+            .and_then(|v| usize::try_from(v).ok())
+    };
+    let px = if pixels {
+        if o.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+            return Err(bad("DICOM file has no PixelData (not an image)".into()));
+        }
+        Some(
+            obj.decode_pixel_data()
+                .map_err(|e| bad(format!("cannot decode DICOM pixel data ({e})")))?,
+        )
+    } else {
+        None
+    };
+    let (rows, cols, samples, nframes) = match &px {
+        Some(px) => (
+            px.rows() as usize,
+            px.columns() as usize,
+            px.samples_per_pixel() as usize,
+            px.number_of_frames().max(1) as usize,
+        ),
+        None => (
+            int(tags::ROWS).unwrap_or(0),
+            int(tags::COLUMNS).unwrap_or(0),
+            int(tags::SAMPLES_PER_PIXEL).unwrap_or(1),
+            int(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1),
+        ),
+    };
+    let (ba, bs, signed) = match &px {
+        Some(px) => (
+            px.bits_allocated() as u32,
+            px.bits_stored() as u32,
+            matches!(px.pixel_representation(), PixelRepresentation::Signed),
+        ),
+        None => (
+            int(tags::BITS_ALLOCATED).unwrap_or(0) as u32,
+            int(tags::BITS_STORED).unwrap_or(0) as u32,
+            int(tags::PIXEL_REPRESENTATION) == Some(1),
+        ),
+    };
+    let planar = px
+        .as_ref()
+        .is_some_and(|px| matches!(px.planar_configuration(), PlanarConfiguration::PixelFirst))
+        && samples > 1;
     let per_frame = rows * cols * samples;
     let bpp = (ba / 8) as usize;
-    let bytes = px.data();
-    let need = per_frame
-        .checked_mul(nframes)
-        .and_then(|n| n.checked_mul(bpp))
-        .ok_or_else(|| bad("DICOM image size overflows".into()))?;
-    if bytes.len() < need {
-        return Err(bad(format!(
-            "truncated DICOM pixel data: {} bytes, expected {need} ({nframes} frames of {rows}x{cols}x{samples}, {ba} bits)",
-            bytes.len()
-        )));
-    }
-    // dicom-pixeldata hands samples over in little-endian order, big-endian syntax included
-    let mask: u64 = if bs >= 64 { u64::MAX } else { (1u64 << bs) - 1 };
-    let raw_value = move |c: &[u8]| -> f64 {
-        let u: u64 = match bpp {
-            1 => c[0] as u64,
-            2 => u16::from_le_bytes([c[0], c[1]]) as u64,
-            _ => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64,
-        };
-        let u = u & mask;
-        if signed && bs > 0 && (u >> (bs - 1)) & 1 == 1 {
-            u as f64 - (1u64 << bs) as f64
-        } else {
-            u as f64
+    let sm = Samples {
+        bpp,
+        bits_stored: bs,
+        signed,
+        planar,
+    };
+    let bytes: &[u8] = match &px {
+        Some(px) => {
+            if ![8, 16, 32].contains(&ba) || bs == 0 || bs > ba {
+                return Err(bad(format!(
+                    "unsupported DICOM pixel layout: BitsAllocated {ba}, BitsStored {bs} (expected 8, 16 or 32 bits)"
+                )));
+            }
+            if rows == 0 || cols == 0 || samples == 0 || samples > 4 {
+                return Err(bad(format!(
+                    "DICOM image of {rows} rows x {cols} columns x {samples} samples"
+                )));
+            }
+            if ba == 32 && ts == "1.2.840.10008.1.2.2" {
+                return Err(bad(
+                    "unsupported DICOM pixel layout: 32-bit samples in Explicit VR Big Endian"
+                        .into(),
+                ));
+            }
+            let bytes = px.data();
+            let need = per_frame
+                .checked_mul(nframes)
+                .and_then(|n| n.checked_mul(bpp))
+                .ok_or_else(|| bad("DICOM image size overflows".into()))?;
+            if bytes.len() < need {
+                return Err(bad(format!(
+                    "truncated DICOM pixel data: {} bytes, expected {need} ({nframes} frames of {rows}x{cols}x{samples}, {ba} bits)",
+                    bytes.len()
+                )));
+            }
+            bytes
         }
+        None => &[],
     };
     // geometry and rescale: classic attributes, else enhanced functional groups
     let shared = |inner: Tag| nested(o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, inner);
@@ -225,34 +335,26 @@ fn read_file<T: OutFloat>(path: &Path) -> Result<FileInfo<T>> {
         let pvt = fi(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE);
         let slope = slope0.or_else(|| pvt.and_then(|i| f_opt(i, tags::RESCALE_SLOPE)));
         let inter = inter0.or_else(|| pvt.and_then(|i| f_opt(i, tags::RESCALE_INTERCEPT)));
-        let (s, b) = (slope.unwrap_or(1.0), inter.unwrap_or(0.0));
-        let rescale = s != 1.0 || b != 0.0;
-        let fb = &bytes[k * per_frame * bpp..(k + 1) * per_frame * bpp];
-        let conv = |v: f64| T::from_f64(if rescale { v * s + b } else { v });
-        // 16 stored bits in 16 (CT, MR): the sample is the plain i16/u16 (raw_value's result),
-        // in a loop without per-voxel branches
-        let mut values: Vec<T> = match (bpp, bs, signed) {
-            (2, 16, true) => fb
-                .chunks_exact(2)
-                .map(|c| conv(i16::from_le_bytes([c[0], c[1]]) as f64))
-                .collect(),
-            (2, 16, false) => fb
-                .chunks_exact(2)
-                .map(|c| conv(u16::from_le_bytes([c[0], c[1]]) as f64))
-                .collect(),
-            _ => fb.chunks_exact(bpp).map(|c| conv(raw_value(c))).collect(),
-        };
-        if planar {
-            // RRR..GGG..BBB.. -> RGBRGB..
-            let n = rows * cols;
-            let mut inter_v = vec![T::from_f64(0.0); values.len()];
-            for p in 0..n {
-                for c in 0..samples {
-                    inter_v[p * samples + c] = values[c * n + p];
-                }
+        let rescale = (slope.unwrap_or(1.0), inter.unwrap_or(0.0));
+        let fb = px
+            .as_ref()
+            .and(bytes.get(k * per_frame * bpp..(k + 1) * per_frame * bpp));
+        let values = if let (Some(fb), Some(dst)) = (fb, into.as_deref_mut()) {
+            if nframes != 1 || dst.len() != per_frame {
+                return Err(bad(format!(
+                    "the slice changed while reading: {nframes} frames of {per_frame} values, expected one of {}",
+                    dst.len()
+                )));
             }
-            values = inter_v;
-        }
+            frame_values_into::<T>(fb, sm, samples, rescale, dst);
+            Vec::new()
+        } else if let Some(fb) = fb {
+            let mut v = vec![T::from_f64(0.0); per_frame];
+            frame_values_into::<T>(fb, sm, samples, rescale, &mut v);
+            v
+        } else {
+            Vec::new()
+        };
         frames.push(Frame {
             pos,
             orient,
@@ -373,7 +475,10 @@ pub fn load<T: OutFloat>(path: &Path, series_uid: Option<&str>) -> Result<Loaded
     } else {
         vec![path.to_path_buf()]
     };
-    let infos: Vec<Result<FileInfo<T>>> = files.par_iter().map(|p| read_file::<T>(p)).collect();
+    let infos: Vec<Result<FileInfo<T>>> = files
+        .par_iter()
+        .map(|p| read_file::<T>(p, files.len() == 1, None))
+        .collect();
     let mut all = Vec::with_capacity(infos.len());
     for i in infos {
         all.push(i?);
@@ -423,10 +528,15 @@ pub fn load<T: OutFloat>(path: &Path, series_uid: Option<&str>) -> Result<Loaded
         None => uids[0].0.clone(),
     };
     let series: Vec<FileInfo<T>> = all.into_iter().filter(|f| f.series == chosen).collect();
-    assemble(path, series)
+    // a folder's headers were read without pixels: each slice is decoded into its place
+    let reread = files.len() > 1;
+    assemble(path, series, reread)
 }
 
-fn assemble<T: OutFloat>(path: &Path, series: Vec<FileInfo<T>>) -> Result<Loaded<T>> {
+/// The volume of one series. `reread`: the files' headers only were read; every slice is then
+/// read again and decoded straight into its place in the volume (peak memory: the volume and
+/// one file per thread), else the frames hold their values.
+fn assemble<T: OutFloat>(path: &Path, series: Vec<FileInfo<T>>, reread: bool) -> Result<Loaded<T>> {
     let bad = |m: String| Error::volume(format!("{}: {m}", path.display()));
     let first = series
         .first()
@@ -457,6 +567,7 @@ fn assemble<T: OutFloat>(path: &Path, series: Vec<FileInfo<T>>) -> Result<Loaded
         .iter()
         .map(|f| f.path.display().to_string())
         .collect();
+    let paths: Vec<PathBuf> = series.iter().map(|f| f.path.clone()).collect();
     // (frame, file name, instance)
     let mut frames: Vec<(Frame<T>, usize)> = Vec::new();
     for (fi, f) in series.into_iter().enumerate() {
@@ -538,16 +649,36 @@ fn assemble<T: OutFloat>(path: &Path, series: Vec<FileInfo<T>>) -> Result<Loaded
     if samples == 1 {
         data.par_chunks_mut(plane)
             .zip(frames.par_iter())
-            .for_each(|(dst, (f, _))| {
-                for (d, &v) in dst.iter_mut().zip(f.values.iter()) {
-                    *d = v;
+            .try_for_each(|(dst, (f, fi))| -> Result<()> {
+                if reread {
+                    read_file::<T>(&paths[*fi], true, Some(dst))?;
+                } else {
+                    for (d, &v) in dst.iter_mut().zip(f.values.iter()) {
+                        *d = v;
+                    }
                 }
-            });
+                Ok(())
+            })?;
     } else {
-        for (k, (f, _)) in frames.iter().enumerate() {
+        for (k, (f, fi)) in frames.iter().enumerate() {
+            let again;
+            let values = if reread {
+                again = read_file::<T>(&paths[*fi], true, None)?;
+                match again.frames.first() {
+                    Some(fr) if fr.values.len() == plane * samples => &fr.values,
+                    _ => {
+                        return Err(bad(format!(
+                            "{}: the slice changed while reading",
+                            names[*fi]
+                        )))
+                    }
+                }
+            } else {
+                &f.values
+            };
             for p in 0..plane {
                 for s in 0..samples {
-                    data[s * slab + k * plane + p] = f.values[p * samples + s];
+                    data[s * slab + k * plane + p] = values[p * samples + s];
                 }
             }
         }

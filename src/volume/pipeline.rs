@@ -20,8 +20,8 @@ use super::geometry::{self, M4};
 pub use super::geometry::{parse_axcodes, Axcodes, RAS};
 use super::load::{self, Format, LoadOptions};
 use super::nifti;
-use super::resample::affine_resample_strided;
-use super::resize::{resize_strided, Mode};
+use super::resample::{affine_resample_strided, is_diagonal, resample_diagonal_trilinear};
+use super::resize::{resize_slice, resize_strided, Mode};
 use super::steps::{self, Step};
 use crate::error::{Error, Result};
 
@@ -118,11 +118,72 @@ fn gather<F: Fn(isize) -> f32 + Sync>(get: F, l: Layout) -> Array3<f32> {
     out
 }
 
+/// A channel's voxels as a typed buffer (besides the `get` sampler), for the row kernel of the
+/// axis-aligned trilinear spacing resample: values are `f32(x * slope + inter)` (f64), as
+/// `get` gives them.
+#[derive(Clone, Copy)]
+enum Typed<'a> {
+    None,
+    I16(&'a [i16], Option<(f64, f64)>),
+    F32(&'a [f32], Option<(f64, f64)>),
+}
+
+#[inline(always)]
+fn scaled(x: f64, scaling: Option<(f64, f64)>) -> f32 {
+    match scaling {
+        Some((s, b)) => (x * s + b) as f32,
+        None => x as f32,
+    }
+}
+
+/// The spacing resample of one channel (then the window): the row kernel on a typed buffer
+/// when the grid is axis-aligned and trilinear (bit-identical to the per-tap path), else
+/// `affine_resample_strided` through `get`.
+fn spacing_resample<F: Fn(isize) -> f32 + Sync>(
+    get: F,
+    typed: Typed<'_>,
+    lo: Layout,
+    g: &geometry::SpacingGrid,
+    p: &Pipeline,
+) -> Result<Array3<f32>> {
+    let window = p.window;
+    let post = move |x: f32| window_value(x, window);
+    if p.spacing_mode == Mode::Trilinear && is_diagonal(&g.xform, g.shape) {
+        let (sh, st, b) = (lo.shape, lo.strides, lo.base);
+        match typed {
+            Typed::I16(d, sc) => {
+                let conv = move |x: i16| scaled(x as f64, sc);
+                return resample_diagonal_trilinear(d, conv, sh, st, b, &g.xform, g.shape, post);
+            }
+            Typed::F32(d, sc) => {
+                let conv = move |x: f32| scaled(x as f64, sc);
+                return resample_diagonal_trilinear(d, conv, sh, st, b, &g.xform, g.shape, post);
+            }
+            Typed::None => {}
+        }
+    }
+    let mut spaced = affine_resample_strided(
+        get,
+        lo.shape,
+        lo.strides,
+        lo.base,
+        &g.xform,
+        g.shape,
+        p.spacing_mode,
+    )?;
+    if window.is_some() {
+        spaced.par_mapv_inplace(post);
+    }
+    Ok(spaced)
+}
+
 /// The prefix (orientation -> spacing -> window -> a final resize) on one channel read through
-/// `get` (decoded values, before the window) with layout `l` and `affine`. MONAI's order:
+/// `get` (decoded values, before the window) with layout `l` and `affine` (`typed`: the same
+/// voxels as a typed buffer, or `Typed::None`). MONAI's order:
 /// Orientation -> Spacing (on the decoded values) -> window -> Resize.
 fn prefix<F: Fn(isize) -> f32 + Sync>(
     get: F,
+    typed: Typed<'_>,
     l: Layout,
     affine: &M4,
     p: &Pipeline,
@@ -132,26 +193,15 @@ fn prefix<F: Fn(isize) -> f32 + Sync>(
     if let Some(pixdim) = p.spacing {
         let g = geometry::spacing_grid(lo.shape, &aff_o, pixdim)?;
         if !g.identity {
-            let mut spaced = affine_resample_strided(
-                get,
-                lo.shape,
-                lo.strides,
-                lo.base,
-                &g.xform,
-                g.shape,
-                p.spacing_mode,
-            )?;
-            if window.is_some() {
-                spaced.par_mapv_inplace(|x| window_value(x, window));
-            }
+            let spaced = spacing_resample(get, typed, lo, &g, p)?;
             return match p.size {
                 Some(size) => {
                     let flat = spaced
                         .as_slice()
                         .ok_or_else(|| Error::shape("resample: output is not contiguous"))?;
                     let [_, b, c] = g.shape;
-                    resize_strided(
-                        |i| flat[i as usize],
+                    resize_slice(
+                        flat,
                         g.shape,
                         [(b * c) as isize, c as isize, 1],
                         0,
@@ -272,7 +322,34 @@ fn prefix_nifti(path: &Path, p: &Pipeline) -> Result<Array3<f32>> {
     };
     let aff = h.best_affine();
     let (bytes, le) = (raw.bytes(), h.little_endian);
-    with_sampler!(h.dtype()?, bytes, le, value, |get| prefix(get, l, &aff, p))
+    let dtype = h.dtype()?;
+    let native = le == cfg!(target_endian = "little");
+    let typed = match dtype {
+        nifti::DType::I16 if native => {
+            typed_i16(bytes).map_or(Typed::None, |d| Typed::I16(d, scaling))
+        }
+        nifti::DType::F32 if native => {
+            typed_f32(bytes).map_or(Typed::None, |d| Typed::F32(d, scaling))
+        }
+        _ => Typed::None,
+    };
+    with_sampler!(dtype, bytes, le, value, |get| prefix(
+        get, typed, l, &aff, p
+    ))
+}
+
+/// `bytes` as native-endian i16 values when they are aligned and a whole number of values.
+fn typed_i16(bytes: &[u8]) -> Option<&[i16]> {
+    // SAFETY: every bit pattern is a valid i16; `align_to` only yields aligned, in-bounds values
+    let (head, mid, tail) = unsafe { bytes.align_to::<i16>() };
+    (head.is_empty() && tail.is_empty()).then_some(mid)
+}
+
+/// `bytes` as native-endian f32 values when they are aligned and a whole number of values.
+fn typed_f32(bytes: &[u8]) -> Option<&[f32]> {
+    // SAFETY: every bit pattern is a valid f32; `align_to` only yields aligned, in-bounds values
+    let (head, mid, tail) = unsafe { bytes.align_to::<f32>() };
+    (head.is_empty() && tail.is_empty()).then_some(mid)
 }
 
 /// A decoded float32 volume, its layout and affine.
@@ -302,6 +379,7 @@ fn prefix_generic(path: &Path, p: &Pipeline) -> Result<Array3<f32>> {
     let flat = slice_of(&vol)?;
     prefix(
         |i: isize| flat.get(i as usize).copied().unwrap_or(0.0),
+        Typed::F32(flat, None),
         l,
         &affine,
         p,
@@ -317,6 +395,7 @@ fn prefix_stacked(paths: &[PathBuf], p: &Pipeline) -> Result<Array4<f32>> {
         let flat = slice_of(&ref_vol)?;
         chans.push(prefix(
             |i: isize| flat.get(i as usize).copied().unwrap_or(0.0),
+            Typed::F32(flat, None),
             ref_l,
             &ref_aff,
             p,
@@ -330,7 +409,7 @@ fn prefix_stacked(paths: &[PathBuf], p: &Pipeline) -> Result<Array4<f32>> {
         let (xform, same) = geometry::match_grid(l.shape, &aff, ref_l.shape, &ref_aff)
             .map_err(|e| name_file(e, path))?;
         let chan = if same {
-            prefix(get, l, &ref_aff, p)?
+            prefix(get, Typed::F32(flat, None), l, &ref_aff, p)?
         } else {
             // MONAI ResampleToMatch (bilinear = trilinear in 3D, border padding)
             let m = affine_resample_strided(
@@ -351,7 +430,13 @@ fn prefix_stacked(paths: &[PathBuf], p: &Pipeline) -> Result<Array4<f32>> {
                 strides: [(b * c) as isize, c as isize, 1],
                 base: 0,
             };
-            prefix(|i: isize| mflat[i as usize], ml, &ref_aff, p)?
+            prefix(
+                |i: isize| mflat[i as usize],
+                Typed::F32(mflat, None),
+                ml,
+                &ref_aff,
+                p,
+            )?
         };
         chans.push(chan);
     }

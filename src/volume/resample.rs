@@ -185,18 +185,8 @@ pub fn affine_resample_strided<F: Fn(isize) -> f32 + Sync>(
             shape[r],
         )
     };
-    // outermost loop first: the output axis whose step moves furthest through the input
-    let cost = |a: usize| -> f64 {
-        (0..3)
-            .map(|r| m[r][a].abs() * strides[r].unsigned_abs() as f64)
-            .sum()
-    };
-    let mut order = [0usize, 1, 2];
-    order.sort_by(|&a, &b| cost(b).total_cmp(&cost(a)));
-    // axis-aligned: every off-diagonal term moves a sample by at most 1e-12 voxel (a rotation
-    // shared by the input and output grids cancels to ~1e-17, not to exact zeros)
-    let diagonal =
-        (0..3).all(|r| (0..3).all(|c| r == c || m[r][c].abs() * (out[c] as f64 - 1.0) <= 1e-12));
+    let order = loop_order(&m, strides);
+    let diagonal = is_diagonal(&m, out);
     let tables: Option<[Vec<Tap>; 3]> = diagonal.then(|| {
         [0usize, 1, 2].map(|r| {
             (0..out[r])
@@ -229,17 +219,184 @@ pub fn affine_resample_strided<F: Fn(isize) -> f32 + Sync>(
         [2, 0, 1] => job.run::<2, 0, 1>(&mut buf),
         _ => job.run::<2, 1, 0>(&mut buf),
     }
-    let arr = ndarray::Array3::from_shape_vec((out[order[0]], n1, n2), buf)
+    reorder(buf, out, order)
+}
+
+/// Whether `xform` is axis-aligned for an output of shape `out`: every off-diagonal term moves
+/// a sample by at most 1e-12 voxel (a rotation shared by the input and output grids, as MONAI
+/// `Spacing` keeps an oblique scan's directions, cancels to ~1e-17, not to exact zeros).
+pub fn is_diagonal(xform: &[[f64; 4]; 4], out: [usize; 3]) -> bool {
+    (0..3).all(|r| (0..3).all(|c| r == c || xform[r][c].abs() * (out[c] as f64 - 1.0) <= 1e-12))
+}
+
+/// The loop order of [`affine_resample_strided`]: outermost first, the output axis whose step
+/// moves furthest through the input's memory.
+fn loop_order(m: &[[f64; 4]; 4], strides: [isize; 3]) -> [usize; 3] {
+    let cost = |a: usize| -> f64 {
+        (0..3)
+            .map(|r| m[r][a].abs() * strides[r].unsigned_abs() as f64)
+            .sum()
+    };
+    let mut order = [0usize, 1, 2];
+    order.sort_by(|&a, &b| cost(b).total_cmp(&cost(a)));
+    order
+}
+
+/// Array axis p of `buf` (shape `out[order[p]]`) holds output axis `order[p]`: the C-order
+/// `[out[0], out[1], out[2]]` array.
+fn reorder(buf: Vec<f32>, out: [usize; 3], order: [usize; 3]) -> Result<ndarray::Array3<f32>> {
+    let arr = ndarray::Array3::from_shape_vec((out[order[0]], out[order[1]], out[order[2]]), buf)
         .map_err(|e| Error::shape(e.to_string()))?;
     if order == [0, 1, 2] {
         return Ok(arr);
     }
-    // array axis p holds output axis order[p]: put the output axes back in order
     let mut back = [0usize; 3];
     for (p, &a) in order.iter().enumerate() {
         back[a] = p;
     }
     Ok(arr.permuted_axes(back).as_standard_layout().into_owned())
+}
+
+/// The inputs of the row kernel of [`resample_diagonal_trilinear`].
+struct Rows<'a, T, V, P> {
+    data: &'a [T],
+    conv: &'a V,
+    post: &'a P,
+    tabs: &'a [Vec<Tap>; 3],
+    /// per output index along the innermost axis: the two neighbours' indices in a row slice
+    /// and the upper one's weight
+    inner: &'a [(usize, usize, f32)],
+    /// offset of a row slice's first element relative to the row's base offset
+    shift: isize,
+    len: usize,
+    base: isize,
+    out: [usize; 3],
+}
+
+impl<T: Copy + Sync, V: Fn(T) -> f32 + Sync, P: Fn(f32) -> f32 + Sync> Rows<'_, T, V, P> {
+    /// Fill `buf` laid out as output axes `(A, B, C)`, C innermost: the four input rows along C
+    /// that a row of outputs reads are sliced once per row (one bounds check per row, not per
+    /// tap), then every output takes [`Job::sample`]'s trilinear formula over them.
+    fn run<const A: usize, const B: usize, const C: usize>(&self, buf: &mut [f32]) {
+        let (n1, n2) = (self.out[B], self.out[C]);
+        let lerp = |u: f32, v: f32, t: f32| u * (1.0 - t) + v * t;
+        buf.par_chunks_mut(n1 * n2)
+            .enumerate()
+            .for_each(|(o0, plane)| {
+                let ta = self.tabs[A][o0];
+                for (o1, row) in plane.chunks_mut(n2).enumerate() {
+                    let tb = self.tabs[B][o1];
+                    let slice = |off: isize| -> &[T] {
+                        let s = (self.base + off + self.shift) as usize;
+                        &self.data[s..s + self.len]
+                    };
+                    let r = [
+                        [slice(ta.lo + tb.lo), slice(ta.lo + tb.hi)],
+                        [slice(ta.hi + tb.lo), slice(ta.hi + tb.hi)],
+                    ];
+                    let mut w = [0f32; 3];
+                    w[A] = ta.t;
+                    w[B] = tb.t;
+                    for (v, &(l, h, tc)) in row.iter_mut().zip(self.inner) {
+                        w[C] = tc;
+                        // input value at (lo | hi) along axes 0, 1, 2
+                        let x = |i: [usize; 3]| -> f32 {
+                            let k = if i[C] == 0 { l } else { h };
+                            (self.conv)(r[i[A]][i[B]][k])
+                        };
+                        let c00 = lerp(x([0, 0, 0]), x([0, 0, 1]), w[2]);
+                        let c01 = lerp(x([0, 1, 0]), x([0, 1, 1]), w[2]);
+                        let c10 = lerp(x([1, 0, 0]), x([1, 0, 1]), w[2]);
+                        let c11 = lerp(x([1, 1, 0]), x([1, 1, 1]), w[2]);
+                        *v = (self.post)(lerp(lerp(c00, c01, w[1]), lerp(c10, c11, w[1]), w[0]));
+                    }
+                }
+            });
+    }
+}
+
+/// [`affine_resample_strided`] (trilinear) for an axis-aligned `xform` ([`is_diagonal`]) on a
+/// typed buffer `data[base + i*strides[0] + j*strides[1] + k*strides[2]]` decoded by `conv`,
+/// each output value then mapped through `post` (the intensity window, fused into the pass).
+/// Returns exactly `post` of what [`affine_resample_strided`] returns (the same taps, the same
+/// float32 operations in the same order); an error when the layout reaches outside `data` or
+/// `xform` is not axis-aligned.
+#[allow(clippy::too_many_arguments)]
+pub fn resample_diagonal_trilinear<T, V, P>(
+    data: &[T],
+    conv: V,
+    shape: [usize; 3],
+    strides: [isize; 3],
+    base: isize,
+    xform: &[[f64; 4]; 4],
+    out: [usize; 3],
+    post: P,
+) -> Result<ndarray::Array3<f32>>
+where
+    T: Copy + Sync,
+    V: Fn(T) -> f32 + Sync,
+    P: Fn(f32) -> f32 + Sync,
+{
+    if out.contains(&0) || shape.contains(&0) {
+        return Err(Error::shape(format!(
+            "resample: sizes must be positive, got input {shape:?} -> {out:?}"
+        )));
+    }
+    if xform.iter().flatten().any(|v| !v.is_finite()) || !is_diagonal(xform, out) {
+        return Err(Error::config(
+            "resample: expected a finite axis-aligned transform",
+        ));
+    }
+    // every offset the layout can reach lies inside `data`
+    let span = |f: fn(isize) -> isize| -> isize {
+        (0..3)
+            .map(|r| f((shape[r] as isize - 1) * strides[r]))
+            .sum::<isize>()
+    };
+    let (lo, hi) = (base + span(|v| v.min(0)), base + span(|v| v.max(0)));
+    if lo < 0 || hi >= data.len() as isize {
+        return Err(Error::shape(format!(
+            "resample: a layout over offsets {lo}..={hi} does not fit {} values",
+            data.len()
+        )));
+    }
+    let m = *xform;
+    let order = loop_order(&m, strides);
+    let tabs: [Vec<Tap>; 3] = [0usize, 1, 2].map(|r| {
+        (0..out[r])
+            .map(|o| {
+                let p = clampf(m[r][r] * o as f64 + m[r][3], shape[r]);
+                tap(p, shape[r], strides[r], Mode::Trilinear)
+            })
+            .collect()
+    });
+    let c = order[2];
+    let shift = ((shape[c] as isize - 1) * strides[c]).min(0);
+    let inner: Vec<(usize, usize, f32)> = tabs[c]
+        .iter()
+        .map(|t| ((t.lo - shift) as usize, (t.hi - shift) as usize, t.t))
+        .collect();
+    let rows = Rows {
+        data,
+        conv: &conv,
+        post: &post,
+        tabs: &tabs,
+        inner: &inner,
+        shift,
+        len: (shape[c] - 1) * strides[c].unsigned_abs() + 1,
+        base,
+        out,
+    };
+    let mut buf = vec![0f32; out[0] * out[1] * out[2]];
+    match order {
+        [0, 1, 2] => rows.run::<0, 1, 2>(&mut buf),
+        [0, 2, 1] => rows.run::<0, 2, 1>(&mut buf),
+        [1, 0, 2] => rows.run::<1, 0, 2>(&mut buf),
+        [1, 2, 0] => rows.run::<1, 2, 0>(&mut buf),
+        [2, 0, 1] => rows.run::<2, 0, 1>(&mut buf),
+        _ => rows.run::<2, 1, 0>(&mut buf),
+    }
+    reorder(buf, out, order)
 }
 
 /// The per-voxel formula [`affine_resample_strided`] implements (kept for the unit tests).
@@ -376,6 +533,81 @@ mod tests {
             got,
             reference_resample(&x, &xforms[1], [5, 5, 5], Mode::Trilinear)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn the_row_kernel_equals_the_per_tap_path_bit_for_bit() -> Result<()> {
+        // i16 values in a flipped, permuted layout (a NIfTI x-fastest file reoriented), zooms
+        // in and out, samples past the border (clamped), a near-diagonal transform
+        let (nx, ny, nz) = (9usize, 7usize, 8usize);
+        let raw: Vec<i16> = (0..nx * ny * nz)
+            .map(|i| ((i * 7919) % 2001) as i16 - 1000)
+            .collect();
+        let m = [
+            [0.6, 0.0, 1e-17, -0.5],
+            [0.0, 1.3, 0.0, 0.25],
+            [-2e-17, 0.0, 0.7, 1.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        let layouts: [([usize; 3], [isize; 3], isize); 3] = [
+            ([nx, ny, nz], [1, nx as isize, (nx * ny) as isize], 0),
+            (
+                [nx, ny, nz],
+                [-1, -(nx as isize), (nx * ny) as isize],
+                (nx - 1 + (ny - 1) * nx) as isize,
+            ),
+            // axes permuted (z, x, y) and z flipped
+            (
+                [nz, nx, ny],
+                [-((nx * ny) as isize), 1, nx as isize],
+                ((nz - 1) * nx * ny) as isize,
+            ),
+        ];
+        let conv = |x: i16| (x as f64 * 0.5 - 3.0) as f32;
+        let post = |x: f32| (x / 100.0).clamp(-1.0, 1.0);
+        for (shape, strides, base) in layouts {
+            for out in [[6, 8, 10], [12, 3, 5]] {
+                let fast =
+                    resample_diagonal_trilinear(&raw, conv, shape, strides, base, &m, out, post)?;
+                let slow = affine_resample_strided(
+                    |i| conv(raw[i as usize]),
+                    shape,
+                    strides,
+                    base,
+                    &m,
+                    out,
+                    Mode::Trilinear,
+                )?
+                .mapv(post);
+                assert_eq!(fast, slow, "{shape:?} {strides:?} {out:?}");
+            }
+        }
+        // a layout reaching outside the buffer, a rotation: errors, not panics
+        let too_far = resample_diagonal_trilinear(
+            &raw,
+            conv,
+            [nx + 1, ny, nz],
+            [1, 9, 63],
+            0,
+            &m,
+            [2, 2, 2],
+            post,
+        );
+        assert!(matches!(too_far, Err(Error::Shape(_))));
+        let mut rot = m;
+        rot[0][1] = 0.3;
+        let r = resample_diagonal_trilinear(
+            &raw,
+            conv,
+            [nx, ny, nz],
+            [1, 9, 63],
+            0,
+            &rot,
+            [2, 2, 2],
+            post,
+        );
+        assert!(matches!(r, Err(Error::Config(_))));
         Ok(())
     }
 

@@ -50,6 +50,16 @@ fn nearest_taps(n_in: usize, n_out: usize) -> Vec<usize> {
 /// Resize `x [C, D, H, W]` (any strides) to `[C, size[0], size[1], size[2]]`.
 pub fn resize(x: ArrayView4<'_, f32>, size: [usize; 3], mode: Mode) -> Result<Array4<f32>> {
     let (c, d, h, w) = x.dim();
+    if c == 1 {
+        // one channel: the resized volume itself, without a copy into a new batch array
+        let ic = x.index_axis(Axis(0), 0);
+        let std = ic.as_standard_layout();
+        let data = std
+            .as_slice()
+            .ok_or_else(|| Error::shape("resize: input is not contiguous"))?;
+        let strides = [(h * w) as isize, w as isize, 1];
+        return Ok(resize_slice(data, [d, h, w], strides, 0, size, mode)?.insert_axis(Axis(0)));
+    }
     let mut out = Array4::<f32>::zeros((c, size[0], size[1], size[2]));
     for (mut oc, ic) in out.axis_iter_mut(Axis(0)).zip(x.axis_iter(Axis(0))) {
         let std = ic.as_standard_layout();
@@ -66,6 +76,62 @@ pub fn resize(x: ArrayView4<'_, f32>, size: [usize; 3], mode: Mode) -> Result<Ar
             mode,
         )?);
     }
+    Ok(out)
+}
+
+/// [`resize_strided`] on a float32 buffer `data[base + i*strides[0] + j*strides[1] + k]`
+/// (rows contiguous, e.g. a crop box of a C-order volume): trilinear slices the four input rows
+/// an output row reads once per row; the same float32 operations as [`resize_strided`], so
+/// the same values. Other layouts and nearest go through [`resize_strided`].
+pub fn resize_slice(
+    data: &[f32],
+    shape: [usize; 3],
+    strides: [isize; 3],
+    base: isize,
+    size: [usize; 3],
+    mode: Mode,
+) -> Result<ndarray::Array3<f32>> {
+    let [d, h, w] = shape;
+    let get = |i: isize| data.get(i as usize).copied().unwrap_or(0.0);
+    let [sd, sh, sw] = strides;
+    let fits = base >= 0
+        && sd >= 0
+        && sh >= 0
+        && sw == 1
+        && !size.contains(&0)
+        && d > 0
+        && h > 0
+        && w > 0
+        && base + (d as isize - 1) * sd + (h as isize - 1) * sh + w as isize <= data.len() as isize;
+    if mode != Mode::Trilinear || !fits {
+        return resize_strided(get, shape, strides, base, size, mode);
+    }
+    let [od, oh, ow] = size;
+    let (td, th, tw) = (linear_taps(d, od), linear_taps(h, oh), linear_taps(w, ow));
+    let mut out = ndarray::Array3::<f32>::zeros((od, oh, ow));
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(z, mut plane)| {
+            let (z0, z1, wz0, wz1) = td[z];
+            let (b0, b1) = (base + z0 as isize * sd, base + z1 as isize * sd);
+            let row = |o: isize| -> &[f32] { &data[o as usize..o as usize + w] };
+            for (y, mut orow) in plane.axis_iter_mut(Axis(0)).enumerate() {
+                let (y0, y1, wy0, wy1) = th[y];
+                let r00 = row(b0 + y0 as isize * sh);
+                let r01 = row(b0 + y1 as isize * sh);
+                let r10 = row(b1 + y0 as isize * sh);
+                let r11 = row(b1 + y1 as isize * sh);
+                for (v, &(x0, x1, wx0, wx1)) in orow.iter_mut().zip(tw.iter()) {
+                    *v = wz0
+                        * (wy0 * (wx0 * r00[x0] + wx1 * r00[x1])
+                            + wy1 * (wx0 * r01[x0] + wx1 * r01[x1]))
+                        + wz1
+                            * (wy0 * (wx0 * r10[x0] + wx1 * r10[x1])
+                                + wy1 * (wx0 * r11[x0] + wx1 * r11[x1]));
+                }
+            }
+        });
     Ok(out)
 }
 
@@ -136,4 +202,30 @@ pub fn resize_strided<F: Fn(isize) -> f32 + Sync>(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_row_kernel_equals_the_strided_resize() -> Result<()> {
+        // a crop box [1..6, 2..7, 3..11] of a 7 x 9 x 12 C-order volume
+        let data: Vec<f32> = (0..7 * 9 * 12)
+            .map(|i| ((i * 37) % 101) as f32 * 0.5 - 20.0)
+            .collect();
+        let (strides, base) = ([108isize, 12, 1], 108 + 2 * 12 + 3);
+        for size in [[3, 8, 5], [10, 2, 17]] {
+            for mode in [Mode::Trilinear, Mode::Nearest] {
+                let fast = resize_slice(&data, [5, 5, 8], strides, base, size, mode)?;
+                let slow =
+                    resize_strided(|i| data[i as usize], [5, 5, 8], strides, base, size, mode)?;
+                assert_eq!(fast, slow, "{size:?} {mode:?}");
+            }
+        }
+        // a box reaching past the buffer: the checked path, no panic
+        let r = resize_slice(&data, [7, 9, 13], strides, 0, [2, 2, 2], Mode::Trilinear)?;
+        assert_eq!(r.dim(), (2, 2, 2));
+        Ok(())
+    }
 }

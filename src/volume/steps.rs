@@ -9,7 +9,7 @@ use ndarray::{s, Array4};
 use rayon::prelude::*;
 
 use super::intensity::window;
-use super::resize::{resize, Mode};
+use super::resize::{resize, resize_slice, Mode};
 use crate::error::{Error, Result};
 
 /// One array step.
@@ -117,7 +117,9 @@ fn center_crop(v: Array4<f32>, roi: [i64; 3]) -> Array4<f32> {
     .to_owned()
 }
 
-fn crop_foreground(v: Array4<f32>, margin: [usize; 3]) -> Array4<f32> {
+/// MONAI CropForeground's box (`select_fn = x > 0` over all channels, `margin`, clipped to the
+/// image): start and end (exclusive) per spatial axis; None when no voxel is foreground.
+fn foreground_box(v: &Array4<f32>, margin: [usize; 3]) -> Option<([usize; 3], [usize; 3])> {
     let (c, d, h, w) = v.dim();
     let dims = [d, h, w];
     let mut lo = [usize::MAX; 3];
@@ -128,20 +130,23 @@ fn crop_foreground(v: Array4<f32>, margin: [usize; 3]) -> Array4<f32> {
             let (i, plane) = (ci % d, v.slice(s![ci / d, ci % d, .., ..]));
             let mut b = [usize::MAX, 0, usize::MAX, 0];
             let mut any = false;
-            for ((j, k), &x) in plane.indexed_iter() {
-                if x > 0.0 {
+            for (j, row) in plane.outer_iter().enumerate() {
+                // first and last foreground voxel of the row
+                let first = row.iter().position(|&x| x > 0.0);
+                if let Some(k0) = first {
+                    let k1 = row.len() - 1 - row.iter().rev().position(|&x| x > 0.0).unwrap_or(0);
                     any = true;
                     b[0] = b[0].min(j);
                     b[1] = b[1].max(j);
-                    b[2] = b[2].min(k);
-                    b[3] = b[3].max(k);
+                    b[2] = b[2].min(k0);
+                    b[3] = b[3].max(k1);
                 }
             }
             any.then_some((i, b))
         })
         .collect();
     if planes.is_empty() {
-        return Array4::zeros((c, 0, 0, 0));
+        return None;
     }
     for (i, b) in &planes {
         lo[0] = lo[0].min(*i);
@@ -157,8 +162,53 @@ fn crop_foreground(v: Array4<f32>, margin: [usize; 3]) -> Array4<f32> {
         st[i] = lo[i].saturating_sub(margin[i]);
         en[i] = (hi[i] + 1 + margin[i]).min(dims[i]);
     }
-    v.slice(s![.., st[0]..en[0], st[1]..en[1], st[2]..en[2]])
-        .to_owned()
+    Some((st, en))
+}
+
+fn crop_foreground(v: Array4<f32>, margin: [usize; 3]) -> Array4<f32> {
+    let c = v.dim().0;
+    match foreground_box(&v, margin) {
+        None => Array4::zeros((c, 0, 0, 0)),
+        Some((st, en)) => v
+            .slice(s![.., st[0]..en[0], st[1]..en[1], st[2]..en[2]])
+            .to_owned(),
+    }
+}
+
+/// CropForeground then Resize without the cropped copy: every channel is resized from its box
+/// read in place (the same values as cropping first).
+fn crop_then_resize(
+    v: &Array4<f32>,
+    margin: [usize; 3],
+    size: [usize; 3],
+    mode: Mode,
+) -> Result<Array4<f32>> {
+    let (st, en) = foreground_box(v, margin).ok_or_else(|| {
+        Error::shape("Resize: the volume is empty (CropForeground found no voxel > 0)")
+    })?;
+    let std = v.as_standard_layout();
+    let flat = std
+        .as_slice()
+        .ok_or_else(|| Error::shape("crop: input is not contiguous"))?;
+    let (c, d, h, w) = v.dim();
+    let shape = [en[0] - st[0], en[1] - st[1], en[2] - st[2]];
+    let mut out = Array4::<f32>::zeros((c, size[0], size[1], size[2]));
+    for (ch, mut oc) in out.axis_iter_mut(ndarray::Axis(0)).enumerate() {
+        let base = (ch * d * h * w + st[0] * h * w + st[1] * w + st[2]) as isize;
+        let r = resize_slice(
+            flat,
+            shape,
+            [(h * w) as isize, w as isize, 1],
+            base,
+            size,
+            mode,
+        )?;
+        if c == 1 {
+            return Ok(r.insert_axis(ndarray::Axis(0)));
+        }
+        oc.assign(&r);
+    }
+    Ok(out)
 }
 
 fn normalize(v: &mut Array4<f32>, nonzero: bool) {
@@ -190,7 +240,15 @@ fn normalize(v: &mut Array4<f32>, nonzero: bool) {
 
 /// Run `steps` on `v` in order.
 pub fn run(mut v: Array4<f32>, steps: &[Step]) -> Result<Array4<f32>> {
-    for st in steps {
+    let mut k = 0;
+    while k < steps.len() {
+        let st = &steps[k];
+        k += 1;
+        if let (Step::CropForeground(m), Some(Step::Resize(size, mode))) = (st, steps.get(k)) {
+            v = crop_then_resize(&v, *m, *size, *mode)?;
+            k += 1;
+            continue;
+        }
         v = match *st {
             Step::Window(a0, a1, b0, b1, clip) => {
                 fill_window(&mut v, a0, a1, b0, b1, clip);
