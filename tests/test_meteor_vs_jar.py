@@ -80,6 +80,10 @@ def check_equal(refs, hyps, ref_out):
     assert per_got.dtype == np.float64 and per_got.shape == (len(hyps),)
     np.testing.assert_allclose(per_got, per, rtol=1e-12, atol=0)
     assert score == pytest.approx(corpus, rel=1e-12, abs=0)
+    # report_scores computes METEOR in the same Rust call as BLEU/ROUGE/CIDEr: the same values
+    s = report_scores(refs, hyps, per_sample=True)
+    assert s["METEOR"] == score
+    np.testing.assert_array_equal(s["per_sample"]["METEOR"], per_got)
 
 
 @needs_java

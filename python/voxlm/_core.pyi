@@ -152,7 +152,10 @@ def prototype_loss(
     temp: torch.Tensor,
 ) -> torch.Tensor: ...
 def report_scores(
-    references: list[list[str]], hypotheses: list[str]
+    references: list[list[str]],
+    hypotheses: list[str],
+    jar: str | PathLike[str] | None = None,
+    paraphrase: str | PathLike[str] | None = None,
 ) -> tuple[dict[str, float], dict[str, npt.NDArray[np.float64]]]: ...
 def classification_scores(
     y_true: npt.NDArray[np.int64], y_pred: npt.NDArray[np.int64], labels: list[int]

@@ -222,15 +222,27 @@ def report_scores(
         refs, hyps = _ptb_tokenize(refs, hyps)
     elif tokenize != "whitespace":
         raise ConfigError(f"tokenize: expected 'whitespace' or 'ptb', got {tokenize!r}")
-    corpus, per = _core.report_scores(refs, hyps)
-    out: dict[str, Any] = dict(corpus)
     want_meteor = meteor if meteor is not None else _meteor_available(meteor_backend)
-    if want_meteor:
+    corpus = per = None
+    if want_meteor and meteor_backend == "rust":
+        # one Rust call: BLEU/ROUGE/CIDEr and METEOR computed at the same time
         try:
-            out["METEOR"], per["METEOR"] = meteor_score(refs, hyps, backend=meteor_backend)
+            jar = meteor_jar_path()
+            corpus, per = _core.report_scores(refs, hyps, jar, None)
         except ConfigError:
             if meteor:
                 raise
+    if corpus is None or per is None:
+        corpus, per = _core.report_scores(refs, hyps)
+        if want_meteor and meteor_backend != "rust":
+            try:
+                per = dict(per)
+                corpus = dict(corpus)
+                corpus["METEOR"], per["METEOR"] = meteor_score(refs, hyps, backend=meteor_backend)
+            except ConfigError:
+                if meteor:
+                    raise
+    out: dict[str, Any] = dict(corpus)
     if per_sample:
         out["per_sample"] = dict(per)
     return out

@@ -82,8 +82,9 @@ pub fn cider_d(hyps: &[Counted], refs: &[Vec<&Counted>]) -> (f64, Vec<f64>) {
             let mut score = [0.0f64; 4];
             for r in rs {
                 let vr = counts2vec(r, &df, ref_len);
-                let rmap: FxHashMap<u128, f64> =
-                    vr.entries.iter().map(|&(k, _, v)| (k, v)).collect();
+                let mut rmap: FxHashMap<u128, f64> =
+                    FxHashMap::with_capacity_and_hasher(vr.entries.len(), Default::default());
+                rmap.extend(vr.entries.iter().map(|&(k, _, v)| (k, v)));
                 let s = sim(&vh, &vr, &rmap);
                 for n in 0..4 {
                     score[n] += s[n];

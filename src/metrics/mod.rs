@@ -101,24 +101,19 @@ pub fn report_scores(refs: &[Vec<String>], hyps: &[String]) -> Result<ReportScor
             .collect()
     };
     // BLEU and CIDEr-D: whitespace tokens, n-gram counts computed once for both
-    let hw = text::count_all(&text::tokenize_all(
-        &hyp_s,
-        text::whitespace_tokens,
-        &mut vocab,
-    ));
-    let rw_flat = text::count_all(&text::tokenize_all(
-        &ref_s,
-        text::whitespace_tokens,
-        &mut vocab,
-    ));
+    let hw_ids = text::tokenize_all(&hyp_s, text::whitespace_tokens, &mut vocab);
+    let rw_ids = text::tokenize_all(&ref_s, text::whitespace_tokens, &mut vocab);
+    // ROUGE-L: single-space tokens; where they equal the whitespace tokens (one space between
+    // words, no other white space), those ids are reused instead of tokenising again
+    let hs = text::space_ids(&hyp_s, &hw_ids, &mut vocab);
+    let rs = group(text::space_ids(&ref_s, &rw_ids, &mut vocab));
+    let hw = text::count_all(&hw_ids);
+    let rw_flat = text::count_all(&rw_ids);
     let mut it = rw_flat.iter();
     let rw: Vec<Vec<&text::Counted>> = refs
         .iter()
         .map(|r| it.by_ref().take(r.len()).collect())
         .collect();
-    // ROUGE-L: single-space tokens
-    let hs = text::tokenize_all(&hyp_s, text::space_tokens, &mut vocab);
-    let rs = group(text::tokenize_all(&ref_s, text::space_tokens, &mut vocab));
     let ((bleu, bleu_per), ((rouge, rouge_per), (cider, cider_per))) = rayon::join(
         || bleu::bleu(&hw, &rw),
         || rayon::join(|| rouge::rouge_l(&hs, &rs), || cider::cider_d(&hw, &rw)),
@@ -131,4 +126,19 @@ pub fn report_scores(refs: &[Vec<String>], hyps: &[String]) -> Result<ReportScor
         cider_d: cider,
         cider_d_per_sample: cider_per,
     })
+}
+
+/// [`report_scores`] and METEOR 1.5 ([`meteor::meteor`]) of the same corpus, computed at the
+/// same time (the report metrics' serial parts overlap with METEOR's parallel ones).
+pub fn report_scores_and_meteor(
+    refs: &[Vec<String>],
+    hyps: &[String],
+    res: &meteor::Resources,
+) -> Result<(ReportScores, (f64, Vec<f64>))> {
+    check_corpus(refs, hyps)?;
+    let (a, b) = rayon::join(
+        || report_scores(refs, hyps),
+        || meteor::meteor(refs, hyps, res),
+    );
+    Ok((a?, b?))
 }

@@ -44,6 +44,38 @@ pub fn tokenize_all<'a>(
     toks.iter().map(|t| vocab.ids(t)).collect()
 }
 
+/// Whether `s.split(" ")` equals `s.split()` in Python: non-empty, words separated by single
+/// spaces, no leading or trailing space and no other white space.
+pub fn space_split_is_whitespace_split(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(' ')
+        && !s.ends_with(' ')
+        && !s.contains("  ")
+        && !s
+            .chars()
+            .any(|c| c != ' ' && (c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)))
+}
+
+/// The `split(" ")` token ids of `texts`: where they equal the whitespace tokens `ws` of the
+/// same text ([`space_split_is_whitespace_split`]), those ids are reused.
+pub fn space_ids<'a>(
+    texts: &[&'a str],
+    ws: &[Vec<u32>],
+    vocab: &mut Interner<'a>,
+) -> Vec<Vec<u32>> {
+    let toks: Vec<Option<Vec<&'a str>>> = texts
+        .par_iter()
+        .map(|t| (!space_split_is_whitespace_split(t)).then(|| space_tokens(t)))
+        .collect();
+    toks.into_iter()
+        .zip(ws)
+        .map(|(t, w)| match t {
+            Some(t) => vocab.ids(&t),
+            None => w.clone(),
+        })
+        .collect()
+}
+
 pub fn whitespace_tokens(s: &str) -> Vec<&str> {
     split_whitespace_py(s).collect()
 }
@@ -71,8 +103,10 @@ pub fn ngram_order(key: u128) -> usize {
 /// Counts of all n-grams of order 1..=n, in first-occurrence order per order (as a Python dict
 /// filled k = 1..n, i = 0..): the order only affects floating-point summation order.
 pub fn ngram_counts(ids: &[u32], n: usize) -> Vec<(u128, u32)> {
-    let mut index: FxHashMap<u128, usize> = FxHashMap::default();
-    let mut out: Vec<(u128, u32)> = Vec::new();
+    let cap = ids.len().saturating_mul(n);
+    let mut index: FxHashMap<u128, usize> =
+        FxHashMap::with_capacity_and_hasher(cap, Default::default());
+    let mut out: Vec<(u128, u32)> = Vec::with_capacity(cap);
     for k in 1..=n {
         if ids.len() < k {
             break;
@@ -124,6 +158,17 @@ mod tests {
         );
         assert_eq!(space_tokens("a  b"), vec!["a", "", "b"]);
         assert_eq!(space_tokens(""), vec![""]);
+    }
+
+    #[test]
+    fn space_split_shortcut() {
+        for s in [
+            "a b c", "a  b", " a", "a ", "", "a\tb", "a\u{a0}b", "a\u{1f}b", "x", "a b\n",
+        ] {
+            let same = whitespace_tokens(s) == space_tokens(s);
+            assert!(!space_split_is_whitespace_split(s) || same, "{s:?}");
+        }
+        assert!(space_split_is_whitespace_split("a b c"));
     }
 
     #[test]

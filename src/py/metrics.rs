@@ -8,14 +8,28 @@ use crate::bridge;
 use crate::error::Error;
 use crate::metrics::{self, classification, multilabel};
 
-/// pycocoevalcap's BLEU-1..4, ROUGE-L and CIDEr-D: `(corpus dict, per-sample dict of arrays)`.
+/// pycocoevalcap's BLEU-1..4, ROUGE-L and CIDEr-D: `(corpus dict, per-sample dict of arrays)`;
+/// with `jar`, also METEOR 1.5 (as [`meteor_score`]), computed at the same time.
 #[pyfunction]
+#[pyo3(signature = (references, hypotheses, jar=None, paraphrase=None))]
 pub fn report_scores<'py>(
     py: Python<'py>,
     references: Vec<Vec<String>>,
     hypotheses: Vec<String>,
+    jar: Option<std::path::PathBuf>,
+    paraphrase: Option<std::path::PathBuf>,
 ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
-    let s = crate::py::par(py, move || metrics::report_scores(&references, &hypotheses))?;
+    let (s, met) = crate::py::par(py, move || -> crate::error::Result<_> {
+        match jar {
+            None => Ok((metrics::report_scores(&references, &hypotheses)?, None)),
+            Some(jar) => {
+                metrics::check_corpus(&references, &hypotheses)?;
+                let res = meteor_resources(jar, paraphrase)?;
+                let (s, m) = metrics::report_scores_and_meteor(&references, &hypotheses, &res)?;
+                Ok((s, Some(m)))
+            }
+        }
+    })?;
     let corpus = PyDict::new(py);
     let per = PyDict::new(py);
     for k in 0..4 {
@@ -34,6 +48,10 @@ pub fn report_scores<'py>(
         "CIDEr",
         bridge::array_to_py(py, ndarray::Array1::from(s.cider_d_per_sample)),
     )?;
+    if let Some((score, per_sample)) = met {
+        corpus.set_item("METEOR", score)?;
+        per.set_item("METEOR", f64_array(py, per_sample))?;
+    }
     Ok((corpus, per))
 }
 

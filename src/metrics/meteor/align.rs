@@ -685,16 +685,20 @@ pub struct WordInfo {
     stem_hash: i32,
     syn: Box<[u32]>,
     para: i64,
+    /// the paraphrase trie state that this word leads to from the root (`NONE`: none)
+    para_root: u32,
     function: bool,
 }
 
 impl WordInfo {
     pub fn new(w: &str, res: &Resources) -> WordInfo {
+        let para = res.paraphrases.translate(w);
         WordInfo {
             hash: java_hash(w),
             stem_hash: java_hash(&stem(w)),
             syn: synsets(res, w).into_boxed_slice(),
-            para: res.paraphrases.translate(w),
+            para,
+            para_root: res.paraphrases.root_child(para),
             function: res.function_words.contains(&w.to_lowercase()),
         }
     }
@@ -706,6 +710,7 @@ pub struct Side<'a> {
     stem_hashes: Vec<i32>,
     syn: Vec<&'a [u32]>,
     para: Vec<i64>,
+    para_root: Vec<u32>,
     function: Vec<bool>,
 }
 
@@ -717,6 +722,7 @@ impl<'a> Side<'a> {
             stem_hashes: Vec::new(),
             syn: Vec::new(),
             para: Vec::new(),
+            para_root: Vec::new(),
             function: Vec::new(),
         };
         for w in infos {
@@ -724,6 +730,7 @@ impl<'a> Side<'a> {
             s.stem_hashes.push(w.stem_hash);
             s.syn.push(&w.syn);
             s.para.push(w.para);
+            s.para_root.push(w.para_root);
             s.function.push(w.function);
         }
         s
@@ -760,6 +767,30 @@ impl<T: Ord + Copy> Positions<T> {
     }
 }
 
+/// A 4096-bit set of a line's paraphrase word ids: `maybe(w)` is false only for words not in
+/// the line (a prefilter before the exact lookup).
+struct WordFilter([u64; 64]);
+
+impl WordFilter {
+    fn slot(w: u32) -> usize {
+        (w.wrapping_mul(0x9e37_79b9) >> 20) as usize
+    }
+
+    fn new(line: &[i64]) -> WordFilter {
+        let mut f = [0u64; 64];
+        for &w in line.iter().filter(|&&w| w >= 0) {
+            let k = Self::slot(w as u32);
+            f[k >> 6] |= 1 << (k & 63);
+        }
+        WordFilter(f)
+    }
+
+    fn maybe(&self, w: u32) -> bool {
+        let k = Self::slot(w);
+        self.0[k >> 6] >> (k & 63) & 1 == 1
+    }
+}
+
 /// `ParaphraseMatcher.match`. Scanning only the positions holding a phrase's first word gives
 /// the jar's matches in the jar's order (positions ascending).
 fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &Resources) {
@@ -779,14 +810,13 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
             Some(&w) => pos.range(w as i64).iter().for_each(|e| f(e.1 as usize)),
         }
     }
+    let (filter1, filter2) = (WordFilter::new(line1), WordFilter::new(line2));
     let mut pars = Vec::new();
-    // paraphrases in line1 of line2
+    // paraphrases in line1 of line2 (those whose first word is not in line1 are left out)
     for j in 0..line2.len() {
-        pt.reference_paths(line2, j, &mut pars);
-        for &(len, p, first) in &pars {
-            if first != u32::MAX && pos1.range(first as i64).is_empty() {
-                continue; // its first word is not in line1
-            }
+        let keep = |f: u32| filter1.maybe(f) && !pos1.range(f as i64).is_empty();
+        pt.reference_paths_from(line2, j, b.para_root[j], keep, &mut pars);
+        for &(len, p, _) in &pars {
             let words = pt.paraphrase(p);
             for_starts(&pos1, line1.len(), words, |i| {
                 if hit(line1, i, words) {
@@ -803,11 +833,9 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
     }
     // paraphrases in line2 of line1
     for i in 0..line1.len() {
-        pt.reference_paths(line1, i, &mut pars);
-        for &(len, p, first) in &pars {
-            if first != u32::MAX && pos2.range(first as i64).is_empty() {
-                continue; // its first word is not in line2
-            }
+        let keep = |f: u32| filter2.maybe(f) && !pos2.range(f as i64).is_empty();
+        pt.reference_paths_from(line1, i, a.para_root[i], keep, &mut pars);
+        for &(len, p, _) in &pars {
             let words = pt.paraphrase(p);
             for_starts(&pos2, line2.len(), words, |j| {
                 if hit(line2, j, words) {
@@ -884,40 +912,45 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
             2 => {
                 // pairs sharing a synset: a merge of both sides' (synset, position) lists;
                 // added in the jar's order (j outer, i inner)
+                // (synset << 32 | position), sorted
                 let list = |syn: &[&[u32]]| {
-                    let mut v: Vec<(u32, u32)> = syn
+                    let mut v: Vec<u64> = syn
                         .iter()
                         .enumerate()
-                        .flat_map(|(p, sets)| sets.iter().map(move |&x| (x, p as u32)))
+                        .flat_map(|(p, sets)| {
+                            sets.iter().map(move |&x| ((x as u64) << 32) | p as u64)
+                        })
                         .collect();
                     v.sort_unstable();
                     v
                 };
                 let (la, lb) = (list(&a.syn), list(&b.syn));
-                let mut hit = vec![false; n1 * n2];
+                // the pairs (j << 32 | i), sorted and deduplicated: j outer, i inner
+                let mut hits: Vec<u64> = Vec::new();
                 let (mut x, mut y) = (0, 0);
                 while x < la.len() && y < lb.len() {
-                    let (sa, sb) = (la[x].0, lb[y].0);
+                    let (sa, sb) = (la[x] >> 32, lb[y] >> 32);
                     if sa < sb {
                         x += 1;
                     } else if sb < sa {
                         y += 1;
                     } else {
-                        let xe = x + la[x..].partition_point(|e| e.0 == sa);
-                        let ye = y + lb[y..].partition_point(|e| e.0 == sb);
-                        for &(_, i) in &la[x..xe] {
-                            for &(_, j) in &lb[y..ye] {
-                                hit[j as usize * n1 + i as usize] = true;
+                        let xe = x + la[x..].partition_point(|&e| e >> 32 == sa);
+                        let ye = y + lb[y..].partition_point(|&e| e >> 32 == sb);
+                        for &ea in &la[x..xe] {
+                            for &eb in &lb[y..ye] {
+                                hits.push((eb << 32) | (ea & 0xffff_ffff));
                             }
                         }
                         (x, y) = (xe, ye);
                     }
                 }
-                for j in 0..n2 {
-                    for i in 0..n1 {
-                        if hit[j * n1 + i] && a.hashes[i] != b.hashes[j] {
-                            st.add(one(j, i, module));
-                        }
+                hits.sort_unstable();
+                hits.dedup();
+                for &h in &hits {
+                    let (j, i) = ((h >> 32) as usize, (h & 0xffff_ffff) as usize);
+                    if a.hashes[i] != b.hashes[j] {
+                        st.add(one(j, i, module));
                     }
                 }
             }

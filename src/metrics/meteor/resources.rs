@@ -44,26 +44,56 @@ impl Paraphrases {
         self.vocab.get(w.as_bytes()).map_or(-1, |&i| i as i64)
     }
 
+    /// The trie state reached from the root by word id `w` (`u32::MAX`: none). It depends on
+    /// the word only: computed once per distinct word of a corpus.
+    pub fn root_child(&self, w: i64) -> u32 {
+        if w < 0 {
+            return u32::MAX;
+        }
+        self.trie.get(&(w as u64)).copied().unwrap_or(u32::MAX)
+    }
+
     /// `getReferencePaths`: (phrase length, paraphrase index, the paraphrase's first word or
     /// `u32::MAX`) for the phrases starting at `start`, shortest first, each length's emits in
     /// file order.
     pub fn reference_paths(&self, words: &[i64], start: usize, out: &mut Vec<(usize, u32, u32)>) {
+        let first = words.get(start).map_or(u32::MAX, |&w| self.root_child(w));
+        self.reference_paths_from(words, start, first, |_| true, out);
+    }
+
+    /// [`Paraphrases::reference_paths`] given the state `first` that `words[start]` leads to
+    /// from the root ([`Paraphrases::root_child`]), keeping only the emits whose first word
+    /// passes `keep` (empty paraphrases, first word `u32::MAX`, are always kept).
+    pub fn reference_paths_from(
+        &self,
+        words: &[i64],
+        start: usize,
+        first: u32,
+        keep: impl Fn(u32) -> bool,
+        out: &mut Vec<(usize, u32, u32)>,
+    ) {
         out.clear();
-        let mut state: u32 = 0;
+        let mut state = first;
         for (i, &w) in words.iter().enumerate().skip(start) {
-            if w < 0 {
+            if i > start {
+                if w < 0 {
+                    break;
+                }
+                match self.trie.get(&(((state as u64) << 32) | w as u64)) {
+                    None => break,
+                    Some(&s) => state = s,
+                }
+            } else if state == u32::MAX {
                 break;
-            }
-            match self.trie.get(&(((state as u64) << 32) | w as u64)) {
-                None => break,
-                Some(&s) => state = s,
             }
             let (a, b) = (
                 self.emit_off[state as usize] as usize,
                 self.emit_off[state as usize + 1] as usize,
             );
             for (&p, &f) in self.emit_vals[a..b].iter().zip(&self.emit_first[a..b]) {
-                out.push((i + 1 - start, p, f));
+                if f == u32::MAX || keep(f) {
+                    out.push((i + 1 - start, p, f));
+                }
             }
         }
     }
