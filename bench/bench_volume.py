@@ -166,7 +166,10 @@ def run() -> str:
 # ---------------------------------------------------------------------------------------------
 # the M3D CT chain through DataLoader workers: VolumeDataset (fused Rust path) vs MONAI Dataset
 
-DL_FILES = 4
+# files per epoch (--files=N): with 4, forking the 2 workers and their start-up (~0.23 CPU s per
+# epoch for a dataset returning zeros) was a third of voxlm's epoch, a cost a real dataset of
+# hundreds of volumes pays once per epoch; 12 keeps MONAI's side at well under a minute
+DL_FILES = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--files=")), 12)
 DL_SHAPE = (384, 384, 96)  # modest: 2 shared cores
 
 DL_CHILD = r"""
