@@ -165,10 +165,13 @@ def run(repeats: int = 3, n_prompts: int = N_PROMPTS, new: int = NEW) -> str:
         "once per beam), then every decode step through its fused float32 CPU step over all "
         "beams of the batch: the beams share the cached prompt through a row table (reordering "
         "beams rewrites the table; transformers gathers the whole cache every step), attention "
-        "reads each shared key once for all beams and heads that use it, and the projections "
-        "run as register-blocked 4 weight rows x 3 rows products, reading every weight once per "
-        "step. GB/s = weight bytes x decode steps / eval time (at 16 rows a step is compute "
-        "bound, not bandwidth bound, so this is far below batch-1 decode's).",
+        "reads shared keys from cache for the second beam, scores and weighted value sums run "
+        "as AVX2 + FMA loops, and the projections run as register-blocked 4 weight rows x 3 "
+        "rows products that prefetch the next weight rows (reading every weight once per step); "
+        "libtorch's own threads are set to one during the decode loop so its OpenMP workers do "
+        "not spin on the step's cores. GB/s = weight bytes x decode steps / eval time (at 16 "
+        "rows a step is compute bound, not bandwidth bound, so this is far below batch-1 "
+        "decode's).",
         "",
     ]
     return "\n".join(lines)

@@ -194,10 +194,19 @@ mod x86 {
         w: *const f32,
         x: *const f32,
         n: usize,
+        pf: *const f32,
     ) -> [[f32; C]; R] {
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         let mut i = 0;
         while i + 8 <= n {
+            if !pf.is_null() {
+                // the next block's R * n weights, 8 R floats (R / 2 cache lines) per iteration
+                // (a prefetch never faults; wrapping_add keeps the address computation defined)
+                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(i * R) as *const i8);
+                if R > 2 {
+                    _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(i * R + 16) as *const i8);
+                }
+            }
             let mut xv = [_mm256_setzero_ps(); C];
             for c in 0..C {
                 xv[c] = _mm256_loadu_ps(x.add(c * n + i));
@@ -234,24 +243,138 @@ mod x86 {
         y: &mut [f32],
     ) {
         let w = w.add(o * n);
+        // while the first inputs run, prefetch the next weight rows (short row streams, one
+        // block after another, are too short for the hardware prefetcher to follow)
+        let next = w.wrapping_add(R * n);
         let mut r = 0;
         while r + 3 <= b {
-            let v = block::<R, 3>(w, x.add(r * n), n);
+            let pf = if r == 0 { next } else { std::ptr::null() };
+            let v = block::<R, 3>(w, x.add(r * n), n, pf);
             for (k, vk) in v.iter().enumerate() {
                 y[(o + k) * b + r..(o + k) * b + r + 3].copy_from_slice(vk);
             }
             r += 3;
         }
         if b - r == 2 {
-            let v = block::<R, 2>(w, x.add(r * n), n);
+            let pf = if r == 0 { next } else { std::ptr::null() };
+            let v = block::<R, 2>(w, x.add(r * n), n, pf);
             for (k, vk) in v.iter().enumerate() {
                 y[(o + k) * b + r..(o + k) * b + r + 2].copy_from_slice(vk);
             }
         } else if b - r == 1 {
-            let v = block::<R, 1>(w, x.add(r * n), n);
+            let pf = if r == 0 { next } else { std::ptr::null() };
+            let v = block::<R, 1>(w, x.add(r * n), n, pf);
             for (k, vk) in v.iter().enumerate() {
                 y[(o + k) * b + r] = vk[0];
             }
+        }
+    }
+
+    /// AVX2 + FMA [`super::scores_generic`] (`q.len()` a multiple of 8).
+    pub fn scores(q: &[f32], keys: &[f32], offs: &[usize], scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        assert!(
+            hd % 8 == 0
+                && out.len() >= offs.len()
+                && offs
+                    .iter()
+                    .all(|&o| o == super::MASKED
+                        || o.checked_add(hd).is_some_and(|e| e <= keys.len()))
+        ); // ok: the step builds the offsets within the cache
+           // SAFETY: AVX2 + FMA checked by `attn_kernels`; every key read lies within `keys` (above).
+        unsafe { scores_avx2(q.as_ptr(), keys.as_ptr(), offs, hd, scale, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_avx2(
+        q: *const f32,
+        keys: *const f32,
+        offs: &[usize],
+        hd: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        for (o, &off) in out.iter_mut().zip(offs) {
+            if off == super::MASKED {
+                *o = f32::NEG_INFINITY;
+                continue;
+            }
+            let k = keys.add(off);
+            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut i = 0;
+            while i + 16 <= hd {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(k.add(i)), a0);
+                a1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(q.add(i + 8)),
+                    _mm256_loadu_ps(k.add(i + 8)),
+                    a1,
+                );
+                i += 16;
+            }
+            if i < hd {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(k.add(i)), a0);
+            }
+            *o = hsum(_mm256_add_ps(a0, a1)) * scale;
+        }
+    }
+
+    /// AVX2 + FMA [`super::pv_generic`] (`out.len()` a multiple of 8).
+    pub fn pv(p: &[f32], sum: f32, values: &[f32], offs: &[usize], out: &mut [f32]) {
+        let hd = out.len();
+        assert!(
+            hd % 8 == 0
+                && p.len() >= offs.len()
+                && offs
+                    .iter()
+                    .all(|&o| o == super::MASKED
+                        || o.checked_add(hd).is_some_and(|e| e <= values.len()))
+        ); // ok: the step builds the offsets within the cache
+        let mut c = 0;
+        // SAFETY: AVX2 + FMA checked by `attn_kernels`; reads within `values` (above), writes
+        // within `out` (c + 8 * N <= hd).
+        unsafe {
+            while c + 64 <= hd {
+                pv_cols::<8>(p, sum, values.as_ptr(), offs, c, out.as_mut_ptr());
+                c += 64;
+            }
+            if c + 32 <= hd {
+                pv_cols::<4>(p, sum, values.as_ptr(), offs, c, out.as_mut_ptr());
+                c += 32;
+            }
+            if c + 16 <= hd {
+                pv_cols::<2>(p, sum, values.as_ptr(), offs, c, out.as_mut_ptr());
+                c += 16;
+            }
+            if c < hd {
+                pv_cols::<1>(p, sum, values.as_ptr(), offs, c, out.as_mut_ptr());
+            }
+        }
+    }
+
+    /// Columns `c .. c + 8 N` of the weighted sum, accumulated in registers over the positions.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pv_cols<const N: usize>(
+        p: &[f32],
+        sum: f32,
+        values: *const f32,
+        offs: &[usize],
+        c: usize,
+        out: *mut f32,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (&pl, &off) in p.iter().zip(offs) {
+            if off == super::MASKED || pl == 0.0 {
+                continue;
+            }
+            let w = _mm256_set1_ps(pl / sum);
+            let v = values.add(off + c);
+            for n in 0..N {
+                acc[n] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8 * n)), acc[n]);
+            }
+        }
+        for n in 0..N {
+            _mm256_storeu_ps(out.add(c + 8 * n), acc[n]);
         }
     }
 
@@ -285,6 +408,67 @@ mod x86 {
         while o < rows {
             y[o] = dot_rows::<1>(w.add(o * n), x, n)[0];
             o += 1;
+        }
+    }
+}
+
+/// A masked key position in the offsets handed to [`AttnKernels`].
+pub(super) const MASKED: usize = usize::MAX;
+
+/// One query's attention over its keys: `scores(q, keys, offs, scale, out)` writes
+/// `out[l] = dot(q, keys[offs[l]..][..hd]) * scale` (`-inf` where `offs[l]` is [`MASKED`]);
+/// `pv(p, sum, values, offs, out)` writes `out[..hd] = sum_l (p[l] / sum) * values[offs[l]..][..hd]`
+/// over the positions in order, skipping masked ones and `p[l] == 0`.
+#[derive(Clone, Copy)]
+pub(super) struct AttnKernels {
+    pub scores: ScoresFn,
+    pub pv: PvFn,
+}
+
+/// `(q [hd], keys, offsets [len], scale, out [len])`
+type ScoresFn = fn(&[f32], &[f32], &[usize], f32, &mut [f32]);
+/// `(p [len], sum, values, offsets [len], out [hd])`
+type PvFn = fn(&[f32], f32, &[f32], &[usize], &mut [f32]);
+
+/// The attention kernels for this CPU and head size (AVX2 + FMA when `hd` is a multiple of 8).
+pub(super) fn attn_kernels(hd: usize) -> AttnKernels {
+    #[cfg(target_arch = "x86_64")]
+    if hd % 8 == 0
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        return AttnKernels {
+            scores: x86::scores,
+            pv: x86::pv,
+        };
+    }
+    AttnKernels {
+        scores: scores_generic,
+        pv: pv_generic,
+    }
+}
+
+pub(super) fn scores_generic(q: &[f32], keys: &[f32], offs: &[usize], scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    for (o, &off) in out.iter_mut().zip(offs) {
+        *o = if off == MASKED {
+            f32::NEG_INFINITY
+        } else {
+            dot(q, &keys[off..off + hd]) * scale
+        };
+    }
+}
+
+pub(super) fn pv_generic(p: &[f32], sum: f32, values: &[f32], offs: &[usize], out: &mut [f32]) {
+    let hd = out.len();
+    out.fill(0.0);
+    for (&pl, &off) in p.iter().zip(offs) {
+        if off == MASKED || pl == 0.0 {
+            continue;
+        }
+        let w = pl / sum;
+        for (a, &x) in out.iter_mut().zip(&values[off..off + hd]) {
+            *a += w * x;
         }
     }
 }
@@ -360,6 +544,71 @@ mod tests {
             rows_kernel()(&w, &x, b, &mut y2);
             for (a, c) in y1.iter().zip(&y2) {
                 assert!((a - c).abs() <= 1e-4 * (1.0 + a.abs()), "{rows}x{n}, b={b}");
+            }
+        }
+    }
+
+    /// The AVX2 attention kernels against the portable loops (and an f64 sum), with masked
+    /// positions, zero weights and every column-chunk size of the weighted sum.
+    #[test]
+    fn attention_kernels_agree() {
+        for hd in [8usize, 16, 24, 56, 64, 72, 128, 200] {
+            let len = 37;
+            let keys: Vec<f32> = (0..(len + 3) * hd)
+                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let q: Vec<f32> = (0..hd)
+                .map(|i| ((i * 11) % 29) as f32 / 14.0 - 1.0)
+                .collect();
+            // positions in a scrambled order, a few masked
+            let offs: Vec<usize> = (0..len)
+                .map(|l| {
+                    if l % 7 == 3 {
+                        MASKED
+                    } else {
+                        ((l * 5) % (len + 3)) * hd
+                    }
+                })
+                .collect();
+            let (fast, slow) = (
+                attn_kernels(hd),
+                AttnKernels {
+                    scores: scores_generic,
+                    pv: pv_generic,
+                },
+            );
+            let (mut s1, mut s2) = (vec![0f32; len], vec![0f32; len]);
+            (fast.scores)(&q, &keys, &offs, 0.125, &mut s1);
+            (slow.scores)(&q, &keys, &offs, 0.125, &mut s2);
+            for (l, (a, b)) in s1.iter().zip(&s2).enumerate() {
+                if offs[l] == MASKED {
+                    assert!(a.is_infinite() && b.is_infinite() && *a < 0.0);
+                } else {
+                    let o = offs[l];
+                    let want: f64 = q
+                        .iter()
+                        .zip(&keys[o..o + hd])
+                        .map(|(&x, &y)| x as f64 * y as f64)
+                        .sum::<f64>()
+                        * 0.125;
+                    assert!(
+                        (*a as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "hd {hd}"
+                    );
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "hd {hd}");
+                }
+            }
+            let p: Vec<f32> = (0..len)
+                .map(|l| if l % 5 == 1 { 0.0 } else { l as f32 * 0.1 })
+                .collect();
+            let (mut o1, mut o2) = (vec![7f32; hd], vec![7f32; hd]);
+            (fast.pv)(&p, 3.0, &keys, &offs, &mut o1);
+            (slow.pv)(&p, 3.0, &keys, &offs, &mut o2);
+            for (a, b) in o1.iter().zip(&o2) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "hd {hd}: {a} vs {b}"
+                );
             }
         }
     }

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::cache::KvCache;
-use super::cpu_kernels::{add_in_place, dot, gemv_cat, Part};
+use super::cpu_kernels::{add_in_place, attn_kernels, dot, gemv_cat, Part, MASKED};
 use super::model::Llama;
 use crate::error::{Error, Result};
 use crate::ops::LoraLinear;
@@ -324,7 +324,9 @@ impl StepJob<'_> {
     /// One task per (group of rows, key/value head): position by position it reads each row's
     /// cached key (through the row table) and scores every query head of the group's rows that
     /// uses it, so keys shared by the beams of a prompt, and by the query heads of a GQA group,
-    /// come from memory once. Per (row, head) the sums run in the same order as one head alone.
+    /// come from memory once (from cache for the second reader). Per (row, head): the scores
+    /// (AVX2 + FMA dot products when available), a softmax, and the weighted sum of the values
+    /// accumulated in registers over the positions in order.
     fn attention(&self, qkv: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) {
         let d = self.dec.d;
         let (nh, nkv, hd) = (d.heads, d.kv_heads, d.head_dim);
@@ -337,6 +339,7 @@ impl StepJob<'_> {
         let (cap, past) = (self.cap, self.past);
         let rows = self.rows;
         let key_mask = self.key_mask;
+        let kern = attn_kernels(hd);
         // the task's output: [row in group][head in kv group][hd]
         let one = |task: usize| -> Vec<f32> {
             let (c, g) = (task / nkv, task % nkv);
@@ -352,40 +355,30 @@ impl StepJob<'_> {
                 let o = (r0 + j) * qkv_w + (g * heads + h) * hd;
                 &qkv[o..o + hd]
             };
-            let mut scores = vec![f32::NEG_INFINITY; nq * len];
-            for l in 0..len {
-                for j in 0..share {
-                    if !keep(r0 + j, l) {
-                        continue;
+            // each row's key/value offset at every position (MASKED: a padding key)
+            let mut offs = Vec::with_capacity(share * len);
+            for j in 0..share {
+                offs.extend((0..len).map(|l| {
+                    if keep(r0 + j, l) {
+                        at(r0 + j, l)
+                    } else {
+                        MASKED
                     }
-                    let k = &kc[at(r0 + j, l)..at(r0 + j, l) + hd];
-                    for h in 0..heads {
-                        scores[(j * heads + h) * len + l] = dot(q(j, h), k) * scale;
-                    }
-                }
+                }));
             }
-            let mut sums = vec![0f32; nq];
-            for (s, sum) in scores.chunks_exact_mut(len).zip(sums.iter_mut()) {
-                let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                for v in s.iter_mut() {
-                    *v = (*v - max).exp();
-                    *sum += *v;
-                }
-            }
+            let mut p = vec![0f32; len];
             let mut o = vec![0f32; nq * hd];
-            for l in 0..len {
-                for j in 0..share {
-                    let v = &vc[at(r0 + j, l)..at(r0 + j, l) + hd];
-                    for h in 0..heads {
-                        let qi = j * heads + h;
-                        let p = scores[qi * len + l];
-                        if p != 0.0 {
-                            let w = p / sums[qi];
-                            for (a, &x) in o[qi * hd..(qi + 1) * hd].iter_mut().zip(v) {
-                                *a += w * x;
-                            }
-                        }
+            for (j, offs) in offs.chunks_exact(len).enumerate() {
+                for h in 0..heads {
+                    (kern.scores)(q(j, h), kc, offs, scale, &mut p);
+                    let max = p.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    let mut sum = 0f32;
+                    for v in p.iter_mut() {
+                        *v = (*v - max).exp();
+                        sum += *v;
                     }
+                    let qi = j * heads + h;
+                    (kern.pv)(&p, sum, vc, offs, &mut o[qi * hd..(qi + 1) * hd]);
                 }
             }
             o

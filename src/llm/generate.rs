@@ -251,6 +251,29 @@ impl Decoder {
     }
 }
 
+/// libtorch's intra-op thread count set to one while the fused CPU steps run, restored on drop.
+/// Between those steps only small bookkeeping ops (log-softmax, top-k, index_select) run in
+/// libtorch; each parallel one leaves libtorch's OpenMP workers spin-waiting for milliseconds
+/// on the same cores that the step's own threads need (one spinning worker next to two step
+/// threads on two cores). With one libtorch thread these ops run inline and nothing spins.
+struct SerialTorch(i32);
+
+impl SerialTorch {
+    fn when(active: bool) -> Option<Self> {
+        active.then(|| {
+            let n = tch::get_num_threads();
+            tch::set_num_threads(1);
+            SerialTorch(n)
+        })
+    }
+}
+
+impl Drop for SerialTorch {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0.max(1));
+    }
+}
+
 /// A tensor's values as int64 on the host, flattened.
 fn i64s(t: &Tensor) -> Result<Vec<i64>> {
     Ok(Vec::<i64>::try_from(
@@ -334,6 +357,7 @@ pub fn generate(
     let eos = Tensor::from_slice(&cfg.eos_token_ids).f_to_device(dev)?;
     let dec = Decoder::new(model, cfg)?;
     let mut logits = first_forward(model, &p, &mut cache, &dec.fused)?;
+    let _serial = SerialTorch::when(dec.cpu.is_some());
     // without padding the decode steps need no mask at all
     let padded = !bool::try_from(p.mask.f_ne(0)?.f_all()?)?;
     let mut mask = p.mask.shallow_clone();
@@ -415,6 +439,7 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
     let dec = Decoder::new(model, cfg)?;
     let mut logits = expand(&first_forward(model, &p, &mut cache, &dec.fused)?)?;
     cache.expand_rows(nb, dec.cpu.is_some())?;
+    let _serial = SerialTorch::when(dec.cpu.is_some());
     let p = Prompt {
         input: p.input,
         is_embeds: p.is_embeds,
