@@ -101,24 +101,10 @@ def test_llama_chunked_loss_equals_full_loss_with_lora(tie):
 
 
 def test_llama_chunked_loss_vs_transformers_peft(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    peft = pytest.importorskip("peft")
-    m = _tiny()
-    m.save_pretrained(tmp_path)
-    ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32)
     cfg = dict(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0
     )
-    ref = peft.get_peft_model(ref, peft.LoraConfig(**cfg))
-    add_lora(m, LoraConfig(**cfg))
-    for n, p in m.named_parameters():
-        p.requires_grad_(".lora_" in n)
-    with torch.no_grad():  # same non-zero LoRA weights on both sides
-        ref_sd = dict(ref.named_parameters())
-        for n, p in m.named_parameters():
-            if ".lora_" in n:
-                p.normal_(0, 0.1)
-                ref_sd["base_model.model." + n].copy_(p)
+    m, ref, ref_sd = _peft_pair(tmp_path, cfg)
     ids = torch.randint(0, 300, (2, 9))
     labels = ids.clone()
     labels[:, :2] = -100
