@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pathlib
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -83,9 +84,9 @@ def first_existing(candidates: Iterable[pathlib.Path], format: str, what: str) -
 def read_json(path: pathlib.Path, format: str) -> Any:
     need_file(path, format)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a BOM as Windows editors write it
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise DataError(f"{format}: {path} is not valid JSON: {e}") from None
 
 
@@ -99,32 +100,56 @@ def need_list(obj: Any, key: str, path: pathlib.Path, format: str) -> list[Any]:
     return v
 
 
+def header_names(cells: Sequence[str]) -> list[str]:
+    """A CSV header's column names as pandas reads them: stripped of padding (`` Findings_EN``),
+    an empty name (the index column ``DataFrame.to_csv`` writes) as ``Unnamed: <j>``, and a
+    repeated name ``X`` as ``X.1``, ``X.2``, ... so that no column hides another."""
+    cols: list[str] = []
+    seen: set[str] = set()
+    for j, c in enumerate(cells):
+        name = c.strip() or f"Unnamed: {j}"
+        base, k = name, 0
+        while name in seen:
+            k += 1
+            name = f"{base}.{k}"
+        seen.add(name)
+        cols.append(name)
+    return cols
+
+
 def read_csv(path: pathlib.Path, format: str, required: Sequence[str] = ()) -> list[dict[str, str]]:
-    """Rows of a CSV (``.csv`` or gzip ``.csv.gz``) as dicts; DataError if the file or one of the
-    ``required`` columns is missing."""
+    """Rows of a CSV (``.csv`` or gzip ``.csv.gz``, UTF-8 with or without a BOM, ``\n`` or
+    ``\r\n`` line ends — also inside quoted cells, which come back with ``\n``) as dicts keyed by
+    :func:`header_names`; DataError if the file or one of the ``required`` columns is missing, or a
+    row has more cells than the header."""
     need_file(path, format)
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
         text = raw.decode("utf-8-sig")
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise DataError(f"{format}: cannot read {path}: {e}") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise DataError(f"{format}: cannot read {path} as UTF-8 CSV text: {e}") from None
+    text = text.replace("\r\n", "\n")
     try:
         table = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as e:
         raise DataError(f"{format}: {path} is not a readable CSV: {e}") from None
-    # header names stripped of padding (`` Findings_EN``); blank lines skipped as DictReader does
-    cols = [c.strip() for c in table[0]] if table else []
+    # blank lines skipped as DictReader does
+    while table and not any(c.strip() for c in table[0]):
+        table = table[1:]
+    cols = header_names(table[0]) if table else []
     missing = [c for c in required if c not in cols]
     if missing:
         raise DataError(f"{format}: {path} lacks the column(s) {missing}; its columns are {cols}")
     rows = []
     for i, cells in enumerate(table[1:], 2):
-        if not cells:
+        if not cells or not any(c.strip() for c in cells):
             continue
         if len(cells) > len(cols) and not any(c.strip() for c in cells[len(cols) :]):
             cells = cells[: len(cols)]  # stray trailing commas
+        if len(cells) < len(cols) and all(c.startswith("Unnamed: ") for c in cols[len(cells) :]):
+            cells = cells + [""] * (len(cols) - len(cells))  # a header's stray trailing commas
         if len(cells) != len(cols):
             raise DataError(
                 f"{format}: {path} row {i} has {len(cells)} cells, the header has {len(cols)} "

@@ -30,6 +30,7 @@ from ._common import (
     need_list,
     read_json,
 )
+from .m3d import answer_letter
 from .registry import register_reader
 
 REGIONS = ("chest", "abdomen", "pelvis")
@@ -55,6 +56,17 @@ def _text(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return " ".join(str(x).strip() for x in v if str(x).strip())
     return str(v).strip()
+
+
+def _answer_letter(answer: Any, opts: dict[str, Any]) -> str | None:
+    """The option letter an answer names: ``"A"``, ``"a"``, ``"A."``, ``"(A)"``, ``"A. text"``,
+    or the text of one option (case and padding ignored); None when it names none."""
+    letter = answer_letter(answer, "".join(c for c in opts if len(c) == 1))
+    if letter is not None:
+        return letter
+    t = " ".join(str(answer).split()).lower()
+    hits = [c for c, v in opts.items() if " ".join(str(v).split()).lower() == t]
+    return hits[0] if len(hits) == 1 else None
 
 
 @register_reader("amos-mm")
@@ -169,12 +181,16 @@ def read_amos_mm(
                 )
             for k, q in enumerate(qa):
                 opts = q.get("options") if isinstance(q, dict) else None
+                if isinstance(opts, list) and 1 <= len(opts) <= 26:  # options as a list: A, B, ..
+                    opts = {chr(ord("A") + j): v for j, v in enumerate(opts)}
                 if not isinstance(opts, dict) or "question" not in q or "answer" not in q:
                     raise DataError(
                         f"{where} ({sid}) qa[{k}]: expected {{question, options A..D, answer}}"
                     )
-                letter = str(q["answer"]).strip().rstrip(".")
-                if letter not in opts:
+                if isinstance(opts, dict):
+                    opts = {str(c).strip().upper(): v for c, v in opts.items()}
+                letter = _answer_letter(q["answer"], opts)
+                if letter is None:
                     raise DataError(
                         f"{where} ({sid}) qa[{k}]: answer {q['answer']!r} "
                         "is not one of the options "

@@ -114,6 +114,21 @@ class ReportDataset(torch.utils.data.Dataset):
         return item
 
 
+def _token_id(tokenizer: Any, token: str) -> int | None:
+    """The id of ``token``: voxlm's / tokenizers' ``token_to_id``, or transformers'
+    ``convert_tokens_to_ids`` (None where that answers the unknown token for another token)."""
+    if hasattr(tokenizer, "token_to_id"):
+        return tokenizer.token_to_id(token)
+    if hasattr(tokenizer, "convert_tokens_to_ids"):
+        i = tokenizer.convert_tokens_to_ids(token)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        unk_tok = getattr(tokenizer, "unk_token", None)
+        return None if i is None or (i == unk and token != unk_tok) else int(i)
+    raise ConfigError(
+        f"tokenizer: {type(tokenizer).__name__} has neither token_to_id nor convert_tokens_to_ids"
+    )
+
+
 def _stack(tensors: Sequence[torch.Tensor], what: str, ids: Sequence[Any]) -> torch.Tensor:
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) != 1:
@@ -189,7 +204,7 @@ class ReportCollator:
         self.add_bos, self.add_eos = add_bos, add_eos
         self.image_token_id: int | None = None
         if self.num_image_tokens:
-            self.image_token_id = tokenizer.token_to_id(image_token)
+            self.image_token_id = _token_id(tokenizer, image_token)
             if self.image_token_id is None:
                 raise ConfigError(
                     f"image_token: {image_token!r} is not a token of the tokenizer; add it "
@@ -254,7 +269,15 @@ class ReportCollator:
             )
         if self.mode == "generate":
             return p, len(p)
-        t = list(self.tokenizer.encode(self.target_text(record), add_special_tokens=False))[:room]
+        t = list(self.tokenizer.encode(self.target_text(record), add_special_tokens=False))
+        if self.image_token_id is not None and self.image_token_id in t:
+            # the model puts image features at every placeholder: one in the target would shift
+            # or break that (the text holds the placeholder token literally)
+            raise DataError(
+                f"ReportCollator: the target of record {record.get('id', '?')!r} contains the "
+                f"image placeholder token {self.image_token!r}; remove it from the text"
+            )
+        t = t[:room]
         if self.add_eos:
             t.append(int(self.eos_id))  # type: ignore[arg-type]
         return p + t, len(p)
@@ -265,6 +288,21 @@ class ReportCollator:
             raise DataError("ReportCollator: empty batch")
         ids = [it.get("id", str(i)) for i, it in enumerate(items)]
         batch: dict[str, Any] = {"ids": ids}
+        for key in ("image", "images", "sequences"):
+            have = [it.get(key) is not None for it in items]
+            if any(have) and not all(have):
+                raise DataError(
+                    f"ReportCollator: some items of one batch have {key!r} and others not "
+                    f"(without: {[str(i) for i, h in zip(ids, have) if not h]}; ids "
+                    f"{[str(i) for i in ids]}); images would be lost for part of the batch"
+                )
+            if key == "image" and all(have):
+                bad = [str(i) for i, it in zip(ids, items) if not isinstance(it[key], torch.Tensor)]
+                if bad:
+                    raise DataError(
+                        f"ReportCollator: 'image' of item(s) {bad} is not a tensor (a path: "
+                        "load the records through ReportDataset first)"
+                    )
         if all(isinstance(it.get("image"), torch.Tensor) for it in items):
             batch["images"] = _stack([it["image"] for it in items], "images", ids)
         elif all(isinstance(it.get("images"), list) for it in items):

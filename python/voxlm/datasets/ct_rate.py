@@ -134,9 +134,15 @@ def read_ct_rate(
     root = pathlib.Path(root)
     s = canonical_split(split, list(_NAMES), fmt)
     vname, rname, lname = _NAMES[s]
+    # ``root`` is the Hugging Face repository (volumes under ``dataset/``) or its ``dataset/``
     if fixed is None:
-        fixed = (root / "dataset" / f"{vname}_fixed").is_dir()
-    vdir = need_dir(root / "dataset" / (f"{vname}_fixed" if fixed else vname), fmt, "the volumes")
+        fixed = any((b / f"{vname}_fixed").is_dir() for b in (root / "dataset", root))
+    folder = f"{vname}_fixed" if fixed else vname
+    vdir = next(
+        (b / folder for b in (root / "dataset", root) if (b / folder).is_dir()),
+        root / "dataset" / folder,
+    )
+    need_dir(vdir, fmt, f"the volumes; also looked for {root / folder}")
     rep_path = _table(root, "radiology_text_reports", f"{rname}_reports.csv")
     reports = read_csv(rep_path, fmt, required=REPORT_COLUMNS)
     lab: dict[str, np.ndarray] = {}

@@ -66,6 +66,66 @@ def diagnostic_prompt(labels: Any, names: Any = None, guide: str = GUIDE) -> str
     return label_sentences(states, names) + guide
 
 
+def _id_text(v: Any) -> str:
+    """An annotation/label-table id as text: ``12``, ``"12"``, ``" 12 "`` and ``12.0`` -> ``"12"``
+    (leading zeros, as in ``"0012"``, are kept: they name the volume file)."""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    t = str(v).strip()
+    if t.endswith(".0") and t[:-2].isdigit():
+        t = t[:-2]
+    return t
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def read_label_table(path: pathlib.Path) -> tuple[dict[int, np.ndarray], list[str]]:
+    """``({id: codes int64 [14]}, condition names)`` of ``CTRG_finding_labels.csv``.
+
+    The label columns are every column but the id (``id``, any case) and unnamed index columns
+    (``Unnamed: 0``, the one ``DataFrame.to_csv`` adds); when their names are Dia-LLaMA's 14
+    conditions (``enlarged_cardiomediastinum`` or ``Enlarged Cardiomediastinum``), they are put in
+    :data:`CONDITIONS` order, the order Dia-LLaMA reads (``row[1:]``) and its prompt names them.
+    An empty cell is code 0 (blank: not mentioned), as CheXbert writes it; codes written as
+    floats (``2.0``) are read as integers; any other value is a DataError naming the row."""
+    fmt = "ctrg-chest"
+    rows = read_csv(path, fmt)
+    if not rows:
+        return {}, list(CONDITIONS)
+    header = list(rows[0])
+    id_col = next((c for c in header if c.strip().lower() == "id"), None)
+    if id_col is None:
+        raise DataError(f"{fmt}: {path} lacks the column 'id'; its columns are {header}")
+    cols = [c for c in header if c != id_col and not c.startswith("Unnamed: ")]
+    by_norm = {_norm(c): c for c in cols}
+    if len(cols) == len(CONDITIONS) and set(by_norm) == {_norm(c) for c in CONDITIONS}:
+        cols, names = [by_norm[_norm(c)] for c in CONDITIONS], list(CONDITIONS)
+    else:
+        names = list(cols)
+    codes: dict[int, np.ndarray] = {}
+    for i, row in enumerate(rows, 2):
+        vals = [row[c].strip() for c in cols]
+        try:
+            rid = int(_id_text(row[id_col]))
+            c = np.asarray([int(float(v)) if v else 0 for v in vals], dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(
+                f"{fmt}: {path} row {i} (id {row[id_col]!r}): expected an integer id and codes "
+                f"0 / 1 / 2 / 3, got {vals}"
+            ) from None
+        if ((c < 0) | (c > 3)).any():
+            raise DataError(
+                f"{fmt}: {path} row {i} (id {rid}): CheXbert codes are 0 blank / 1 positive / "
+                f"2 negative / 3 uncertain, got {vals}"
+            )
+        codes[rid] = c
+    return codes, names
+
+
 _SPLIT_KEYS = {"train": "train", "validation": "val", "test": "test"}
 VOLUME_DIRS = ("CTRG-Chest-548K_volume", "volumes")
 
@@ -110,17 +170,7 @@ def read_ctrg_chest(
     if not isinstance(ann, dict) or key not in ann:
         have = list(ann) if isinstance(ann, dict) else type(ann).__name__
         raise DataError(f"{fmt}: {ann_path} has no {key!r} list (split {s!r}); it has {have}")
-    rows = read_csv(lab_path, fmt, required=["id"])
-    codes: dict[int, np.ndarray] = {}
-    for i, row in enumerate(rows):
-        vals = list(row.values())
-        try:
-            codes[int(row["id"])] = np.asarray([int(float(v)) for v in vals[1:]], dtype=np.int64)
-        except (TypeError, ValueError):
-            raise DataError(
-                f"{fmt}: {lab_path} row {i + 2} (id {row.get('id')!r}): expected integer codes, "
-                f"got {vals}"
-            ) from None
+    codes, names = read_label_table(lab_path)
     records = []
     for i, item in enumerate(need_list(ann, key, ann_path, fmt)):
         if not isinstance(item, dict) or "id" not in item or "finding" not in item:
@@ -128,8 +178,9 @@ def read_ctrg_chest(
                 f"{fmt}: {ann_path} {key}[{i}]: expected {{'id', 'finding', ...}}, "
                 f"got {item!r:.200}"
             )
+        sid = _id_text(item["id"])
         try:
-            cid = int(item["id"])
+            cid = int(sid)
         except (TypeError, ValueError):
             raise DataError(
                 f"{fmt}: {ann_path} {key}[{i}]: id {item['id']!r} is not an integer"
@@ -139,17 +190,20 @@ def read_ctrg_chest(
                 f"{fmt}: {ann_path} {key}[{i}] (id {cid}): no row with this id in {lab_path}"
             )
         c = codes[cid]
+        if not isinstance(item["finding"], str):
+            raise DataError(
+                f"{fmt}: {ann_path} {key}[{i}] (id {sid}): 'finding' must be the report text, got "
+                f"{type(item['finding']).__name__} {item['finding']!r:.80}"
+            )
         records.append(
             {
-                "id": str(item["id"]),
+                "id": sid,
                 "split": s,
-                "image": str(vdir / f"{item['id']}.nii.gz"),
-                "report": str(item["finding"]),
+                "image": str(vdir / f"{sid}.nii.gz"),
+                "report": item["finding"],
                 "labels": (c == 1).astype(np.int64),
                 "label_codes": c.copy(),
-                "label_names": list(CONDITIONS[: len(c)])
-                if len(c) == len(CONDITIONS)
-                else list(rows[0])[1:],
+                "label_names": list(names),
             }
         )
     if check_files:

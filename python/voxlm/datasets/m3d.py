@@ -87,24 +87,48 @@ def read_m3d_cap(
         # whose JSON sits in M3D_Cap_npy/ with paths relative to that folder are read as well
         base = next(
             (b for b in (root, jp.parent) if (b / item["text"]).is_file()),
-            root,
+            next((b for b in (root, jp.parent) if (b / item["image"]).exists()), root),
         )
         img, txt = base / item["image"], base / item["text"]
         rid = str(pathlib.PurePosixPath(item["image"]).with_suffix(""))
-        if not txt.is_file():
+        if not item["text"].strip().lower().endswith(".txt"):
+            # a copy whose JSON holds the caption itself rather than the path of its text.txt
+            report, meta = item["text"].strip(), {}
+        elif not txt.is_file():
             raise DataError(f"{fmt}: {jp} {s}[{i}] (id {rid!r}): text file {txt} does not exist")
+        else:
+            try:
+                report = txt.read_text(encoding="utf-8-sig", errors="replace").strip()
+            except OSError as e:
+                raise DataError(
+                    f"{fmt}: {jp} {s}[{i}] (id {rid!r}): cannot read {txt}: {e}"
+                ) from None
+            meta = {"text_path": str(txt)}
         records.append(
             {
                 "id": rid,
                 "split": s,
                 "image": str(img),
-                "report": txt.read_text(encoding="utf-8", errors="replace").strip(),
-                "meta": {"text_path": str(txt)},
+                "report": report.replace("\r\n", "\n"),
+                "meta": meta,
             }
         )
     if check_files:
         check_paths(records, fmt, f"{jp} {s}")
     return records
+
+
+def answer_letter(v: Any, letters: str = "ABCD") -> str | None:
+    """The choice letter of an answer cell: ``"A"``, ``" a "``, ``"A."``, ``"(A)"``, ``"A. liver"``
+    -> ``"A"``; None when it names none of ``letters``."""
+    t = str(v if v is not None else "").strip()
+    t = t[1:].lstrip() if t.startswith("(") else t
+    if not t or t[0].upper() not in letters:
+        return None
+    rest = t[1:]
+    if rest and not (rest[0] in ".):" or rest[0].isspace()):
+        return None  # a word that starts with the letter ("Axial"), not a choice
+    return t[0].upper()
 
 
 def vqa_question(record: Mapping[str, Any], close_ended: bool = True) -> str:
@@ -146,19 +170,30 @@ def read_m3d_vqa(
         else first_existing([root / name, root / "M3D-VQA" / name], fmt, name)
     )
     rows = read_csv(cp, fmt, required=VQA_COLUMNS)
+    # Image Path is relative to the data root (M3D's VQADataset joins it to data_root); a root that
+    # is the M3D-VQA folder itself (the CSVs' folder) or its parent is found from the first row
+    bases = list(dict.fromkeys([root, cp.parent, cp.parent.parent]))
+    base = next((b for b in bases if rows and (b / rows[0]["Image Path"].strip()).exists()), root)
     records: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
         code = row["Question Type"].strip()
         try:
             qt = QUESTION_TYPES.get(int(float(code)), code)
-        except ValueError:
+        except (ValueError, OverflowError):
             qt = code
-        letter = row["Answer Choice"].strip()
+        letter = answer_letter(row["Answer Choice"])
+        if letter is None:
+            raise DataError(
+                f"{fmt}: {cp} row {i + 2}: Answer Choice {row['Answer Choice']!r} is not one of "
+                "A, B, C, D"
+            )
+        if not row["Image Path"].strip():
+            raise DataError(f"{fmt}: {cp} row {i + 2}: the Image Path cell is empty")
         records.append(
             {
                 "id": f"{s}-{i}",
                 "split": s,
-                "image": str(root / row["Image Path"]),
+                "image": str(base / row["Image Path"].strip()),
                 "question": row["Question"],
                 "choices": {k: row[f"Choice {k}"] for k in "ABCD"},
                 "answer": letter,

@@ -197,18 +197,49 @@ def section_text(text: str) -> tuple[list[str], list[str], list[int]]:
     return sections, names, idxs
 
 
+# --- end of the transcription --------------------------------------------------------------------
+
+_P_LOOSE = re.compile(r"(?:^|\n)[ \t]*([A-Za-z][A-Za-z ()/,-]{0,40}?)[ \t]*:", re.DOTALL)
+_KNOWN_SECTIONS = set(_FREQUENT_SECTIONS.values()) | set(_MAIN_SECTIONS)
+
+
+def loose_sections(text: str) -> tuple[list[str], list[str]]:
+    """``(sections, names)`` of a report whose headers the reference pattern misses — a header at
+    the very start, without the leading space MIMIC-CXR's files have, or in mixed case
+    (``Findings:``, ``IMPRESSION :``): every line that starts with a name
+    :func:`normalize_section_names` knows, then a colon, starts a section."""
+    hits = [
+        (m.start(1), m.end(), name)
+        for m in _P_LOOSE.finditer(text)
+        for name in normalize_section_names([m.group(1)])
+        if name in _KNOWN_SECTIONS
+    ]
+    if not hits:
+        return [text], ["full report"]
+    sections, names = [text[: hits[0][0]]], ["preamble"]
+    for k, (_, body, name) in enumerate(hits):
+        end = hits[k + 1][0] if k + 1 < len(hits) else len(text)
+        sections.append(text[body:end])
+        names.append(name)
+    return sections, names
+
+
 def report_sections(text: str) -> dict[str, str]:
     """``{"findings", "impression"}`` of a report: the last section of each name, stripped (as
-    ``create_section_files.py`` picks them with ``list_rindex``); "" when absent."""
+    ``create_section_files.py`` picks them with ``list_rindex``); "" when absent.
+
+    The reference parser (:func:`section_text`) first; when it finds neither a findings nor an
+    impression section, :func:`loose_sections` (headers at line starts in any case)."""
     sections, names, _ = section_text(text)
+    if "findings" not in names and "impression" not in names:
+        loose, loose_names = loose_sections(text)
+        if "findings" in loose_names or "impression" in loose_names:
+            sections, names = loose, loose_names
     out = {}
     for key in ("findings", "impression"):
         idx = max((i for i, n in enumerate(names) if n == key), default=-1)
         out[key] = sections[idx].strip() if idx >= 0 else ""
     return out
-
-
-# ------------------------------------------------------------------------------------------------
 
 
 def _target(sections: dict[str, str], section: str | None) -> str:
@@ -245,8 +276,15 @@ def _read_rrg24(
     records = []
     for i, r in enumerate(rows):
         where = f"{fmt}: {path} record {i}"
-        imgs = r.get("images", r.get("images_path")) if isinstance(r, dict) else None
-        if not isinstance(imgs, list) or not all(isinstance(p, str) for p in imgs):
+        # the Hugging Face release has both: "images" (decoded images) and "images_path"
+        cands = [r.get(k) for k in ("images", "images_path")] if isinstance(r, dict) else []
+        imgs = next(
+            (c for c in cands if isinstance(c, list) and all(isinstance(p, str) for p in c)),
+            next((c for c in cands if c is not None), None),
+        )
+        if isinstance(imgs, str):
+            imgs = [imgs]
+        if not isinstance(imgs, list) or not imgs or not all(isinstance(p, str) for p in imgs):
             raise DataError(f"{where}: expected 'images': [paths], got {imgs!r:.200}")
         rs = r.get("split")
         if rs is not None and SPLIT_ALIASES.get(str(rs).lower(), str(rs).lower()) != split:
@@ -270,6 +308,13 @@ def _read_rrg24(
             check_record(rec, where)
         records.append(rec)
     return records
+
+
+def _idn(v: str) -> str:
+    """A subject / study id as the file names spell it: padding and a ``.0`` that a table re-saved
+    by pandas adds (``50414267.0``) removed."""
+    t = str(v).strip()
+    return t[:-2] if t.endswith(".0") and t[:-2].isdigit() else t
 
 
 @register_reader("mimic-cxr")
@@ -337,19 +382,25 @@ def read_mimic_cxr(
         None,
     )
     view = {r["dicom_id"].strip(): r["ViewPosition"].strip().upper() for r in meta_rows}
+    bad = next((r for r in split_rows if not (_idn(r["study_id"]) and _idn(r["subject_id"]))), None)
+    if bad is not None:
+        raise DataError(
+            f"{fmt}: {table('mimic-cxr-2.0.0-split')}: a row has an empty study_id / subject_id: "
+            f"{bad}"
+        )
     studies: dict[str, dict[str, Any]] = {}
     for r in split_rows:
         if SPLIT_ALIASES.get(r["split"].strip().lower(), r["split"].strip().lower()) != s:
             continue
         st = studies.setdefault(
-            r["study_id"].strip(), {"subject_id": r["subject_id"].strip(), "dicoms": []}
+            _idn(r["study_id"]), {"subject_id": _idn(r["subject_id"]), "dicoms": []}
         )
         st["dicoms"].append(r["dicom_id"].strip())
     codes: dict[str, np.ndarray] = {}
     if chex_path is not None:
         for i, r in enumerate(read_csv(chex_path, fmt, required=["study_id", *CHEXPERT]), 2):
             try:
-                codes[r["study_id"].strip()] = np.asarray(
+                codes[_idn(r["study_id"])] = np.asarray(
                     [float(r[c]) if r[c].strip() else math.nan for c in CHEXPERT]
                 )
             except ValueError:

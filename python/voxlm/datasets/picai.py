@@ -52,14 +52,19 @@ _GS_TO_ISUP = {
 
 def parse_scores(text: str | None) -> list[int]:
     """``"4,4"`` -> ``[4, 4]``; ``N/A`` entries and blanks skipped (picai_prep's
-    ``parse_scores``)."""
+    ``parse_scores``); integral floats as a table re-saved by pandas writes them (``"4.0"``)
+    are read as integers. ValueError for anything else (``"4.5"``, ``"high"``)."""
     if text is None:
         return []
     out = []
-    for part in str(text).replace(".", ",").split(","):
+    for part in str(text).replace(";", ",").split(","):
         part = part.strip()
-        if part and part.upper() != "N/A" and part.lower() != "nan":
-            out.append(int(part))
+        if not part or part.upper() in ("N/A", "NA") or part.lower() == "nan":
+            continue
+        v = float(part)
+        if not v.is_integer():
+            raise ValueError(f"score {part!r} is not an integer")
+        out.append(int(v))
     return out
 
 
@@ -109,21 +114,46 @@ def lesion_centroids(mask: np.ndarray) -> list[list[float]]:
 
 
 def _num(v: str | None) -> float | None:
+    """A marksheet number; None for a blank, ``N/A``, ``nan`` or non-numeric cell."""
     try:
-        return float(v) if v not in (None, "") else None
+        x = float(v) if v is not None and v.strip() else None
     except ValueError:
         return None
+    return x if x is not None and np.isfinite(x) else None
 
 
 def _splits(splits: Mapping[str, Sequence[str]] | PathLike | None) -> dict[str, set[str]] | None:
+    """``{split: {subject ids}}`` from a dict or JSON file of ``{split: [ids]}`` or of
+    picai_baseline's exported ``{split: {"subject_list": [ids], ...}}``."""
     if splits is None:
         return None
+    where = "splits"
     if not isinstance(splits, Mapping):
         p = pathlib.Path(splits)
+        where = str(p)
         if not p.is_file():
             raise DataError(f"picai: expected the splits file {p}, but it does not exist")
-        splits = json.loads(p.read_text())
-    return {SPLIT_ALIASES.get(k.lower(), k.lower()): {str(x) for x in v} for k, v in splits.items()}  # type: ignore[union-attr]
+        try:
+            splits = json.loads(p.read_text(encoding="utf-8-sig"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"picai: the splits file {p} is not valid JSON: {e}") from None
+    if not isinstance(splits, Mapping):
+        raise DataError(
+            f"picai: {where}: expected {{split: [subject ids '<pid>_<sid>']}}, got "
+            f"{type(splits).__name__}"
+        )
+    out: dict[str, set[str]] = {}
+    for k, v in splits.items():
+        if isinstance(v, Mapping) and "subject_list" in v:
+            v = v["subject_list"]
+        if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, set)):
+            raise DataError(
+                f"picai: {where} {k!r}: expected a list of subject ids '<pid>_<sid>', got "
+                f"{type(v).__name__}"
+            )
+        name = str(k).strip().lower()
+        out[SPLIT_ALIASES.get(name, name)] = {str(x).strip() for x in v}
+    return out
 
 
 @register_reader("picai")
@@ -203,18 +233,23 @@ def read_picai(
             rec["pirads"] = max(les)
         rec["lesion_pirads"] = les
         isup = _num(row.get("case_ISUP"))
-        lesion_isup = (
-            parse_scores(row.get("lesion_ISUP"))
-            if row.get("lesion_ISUP")
-            else _gs_isup(row.get("lesion_GS"))
-        )
+        try:
+            lesion_isup = (
+                parse_scores(row.get("lesion_ISUP"))
+                if (row.get("lesion_ISUP") or "").strip()
+                else _gs_isup(row.get("lesion_GS"))
+            )
+        except ValueError:
+            raise DataError(
+                f"{where}: lesion_ISUP {row.get('lesion_ISUP')!r} is not a list of ISUP grades"
+            ) from None
         if isup is None and lesion_isup:
             isup = float(max(lesion_isup))
         if isup is not None:
             rec["isup"] = int(isup)
         cs = (row.get("case_csPCa") or "").strip().upper()
-        if cs in ("YES", "NO"):
-            rec["case_csPCa"] = int(cs == "YES")
+        if cs in ("YES", "NO", "1", "0", "1.0", "0.0", "TRUE", "FALSE"):
+            rec["case_csPCa"] = int(cs in ("YES", "1", "1.0", "TRUE"))
         elif "isup" in rec:
             rec["case_csPCa"] = int(rec["isup"] >= 2)
         if "case_csPCa" in rec:
