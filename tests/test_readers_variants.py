@@ -41,7 +41,7 @@ from voxlm.datasets.ct_rate import ABNORMALITIES, REPORT_COLUMNS
 from voxlm.datasets.ctrg_chest import CONDITIONS
 from voxlm.datasets.m3d import VQA_COLUMNS, answer_letter
 from voxlm.datasets.mimic_cxr import CHEXPERT, report_sections
-from voxlm.exceptions import DataError
+from voxlm.exceptions import ConfigError, DataError
 from voxlm.llm import Tokenizer
 
 TOK = pathlib.Path(D.__file__).parent / "ctrg_bpe_tokenizer.json"
@@ -495,3 +495,48 @@ def test_collator_with_a_transformers_tokenizer_equals_voxlm_tokenizer(tok):
         assert torch.equal(a[k], b[k]), k
     with pytest.raises(Exception, match=r"image_token: '<nope>' is not a token"):
         ReportCollator(hf, 4, 64, image_token="<nope>")
+
+
+# -- partial downloads, manifests in other shapes ---------------------------------------------
+
+
+def test_missing_skip_reads_a_partial_download(tmp_path):
+    names = ["train_1_a_1.nii.gz", "train_1_a_2.nii.gz", "train_2_b_1.nii.gz"]
+    make_ct_rate(tmp_path / "dataset", names)
+    (tmp_path / "dataset/train/train_1/train_1_a/train_1_a_2.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"train_1_a_2\.nii\.gz does not exist"):
+        read_records("ct-rate", tmp_path)
+    recs = read_records("ct-rate", tmp_path, missing="skip")
+    assert [r["id"] for r in recs] == ["train_1_a_1", "train_2_b_1"]
+    assert recs[1]["labels"].tolist() == [int(k == 2) for k in range(18)]
+    for v in ("train_1/train_1_a/train_1_a_1.nii.gz", "train_2/train_2_b/train_2_b_1.nii.gz"):
+        (tmp_path / "dataset/train" / v).unlink()
+    with pytest.raises(DataError, match=r"none of the 3 records of split 'train'"):
+        read_records("ct-rate", tmp_path, missing="skip")
+    with pytest.raises(ConfigError, match=r"data.missing: expected 'error' or 'skip'"):
+        read_records("ct-rate", tmp_path, missing="ignore")
+
+
+def test_manifest_json_of_split_lists_and_tsv(tmp_path):
+    _touch(tmp_path / "vol" / "a.nii.gz")
+    _touch(tmp_path / "vol" / "b.nii.gz")
+    data = {
+        "train": [{"id": 1, "image": "vol/a.nii.gz", "report": "r1", "labels": [0, 1]}],
+        "val": [{"id": 2, "image": "vol/b.nii.gz", "findings": "f2", "impression": "i2"}],
+    }
+    _write(tmp_path / "m.json", json.dumps(data))
+    (tr,) = read_records("manifest", tmp_path / "m.json")
+    (va,) = read_records("manifest", tmp_path / "m.json", split="validation")
+    assert (tr["id"], tr["image"], tr["labels"].tolist()) == (
+        "1",
+        str(tmp_path / "vol/a.nii.gz"),
+        [0, 1],
+    )
+    assert va["report"] == "f2\n\ni2" and va["split"] == "validation"
+    _write(tmp_path / "m.tsv", "id\timage\treport\n7\tvol/b.nii.gz\tone, two\n")
+    (t,) = read_records("manifest", tmp_path / "m.tsv")
+    assert (t["id"], t["report"], t["image"]) == ("7", "one, two", str(tmp_path / "vol/b.nii.gz"))
+    data["val"][0]["image"] = "vol/gone.nii.gz"
+    _write(tmp_path / "m.json", json.dumps(data))
+    with pytest.raises(DataError, match=r"m\.json item 1 \(id '2'\): image file .*gone"):
+        read_records("manifest", tmp_path / "m.json", split="val")

@@ -117,7 +117,9 @@ def header_names(cells: Sequence[str]) -> list[str]:
     return cols
 
 
-def read_csv(path: pathlib.Path, format: str, required: Sequence[str] = ()) -> list[dict[str, str]]:
+def read_csv(
+    path: pathlib.Path, format: str, required: Sequence[str] = (), delimiter: str = ","
+) -> list[dict[str, str]]:
     """Rows of a CSV (``.csv`` or gzip ``.csv.gz``, UTF-8 with or without a BOM, ``\n`` or
     ``\r\n`` line ends — also inside quoted cells, which come back with ``\n``) as dicts keyed by
     :func:`header_names`; DataError if the file or one of the ``required`` columns is missing, or a
@@ -132,7 +134,7 @@ def read_csv(path: pathlib.Path, format: str, required: Sequence[str] = ()) -> l
         raise DataError(f"{format}: cannot read {path} as UTF-8 CSV text: {e}") from None
     text = text.replace("\r\n", "\n")
     try:
-        table = list(csv.reader(io.StringIO(text, newline="")))
+        table = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
     except csv.Error as e:
         raise DataError(f"{format}: {path} is not a readable CSV: {e}") from None
     # blank lines skipped as DictReader does

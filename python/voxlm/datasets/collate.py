@@ -66,10 +66,19 @@ class ReportDataset(torch.utils.data.Dataset):
         stack_sequences: bool = False,
     ) -> None:
         self.stack_sequences = stack_sequences
-        self.records = [dict(r) for r in records]
+        if isinstance(records, (str, bytes, Mapping)):
+            raise DataError(
+                "ReportDataset: records must be a list of record dicts, got "
+                f"{type(records).__name__}"
+            )
+        self.records = []
+        for i, r in enumerate(records):
+            if not isinstance(r, Mapping):
+                raise DataError(
+                    f"ReportDataset: records[{i}]: expected a record dict, got {type(r).__name__}"
+                )
+            self.records.append(dict(r))
         for i, r in enumerate(self.records):
-            if not isinstance(r, dict):
-                raise DataError(f"records[{i}]: expected a dict, got {type(r).__name__}")
             if check_files:
                 check_record(r, f"ReportDataset: records[{i}]")
         self.transform = transform
@@ -153,8 +162,13 @@ class ReportCollator:
         tokenizer: a :class:`voxlm.llm.Tokenizer` (``encode``, ``bos/eos/pad_token_id``,
             ``token_to_id``).
         num_image_tokens: placeholders per image (M3D 256, Dia-LLaMA 32; 0 = none).
-        max_length: the longest sequence; the target is cut first (its EOS kept); a prompt that
-            does not fit raises ConfigError.
+        max_length: the longest sequence; the target is cut first (its EOS kept), so the BOS,
+            the image placeholders and the prompt always stay whole; a prompt that does not fit
+            raises ConfigError. (The references cut the joint sequence from the end instead: M3D's
+            ``CapDataset``/``VQADataset`` tokenize with ``truncation=True`` and write EOS only
+            when there is room; LLaVA's ``train.py`` cuts ``input_ids``/``labels`` at
+            ``model_max_length``. With a prompt that fits, both keep the prompt too; they differ
+            from this only in the EOS of a cut target.)
         prompt: text, or ``record -> text`` (e.g. Dia-LLaMA's label sentences, a VQA question).
         image_token: the placeholder token (one id in the tokenizer).
         padding_side: ``"right"`` (training) or ``"left"``; generation always pads left.

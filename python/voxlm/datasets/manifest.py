@@ -64,7 +64,13 @@ def _find_manifest(root: pathlib.Path) -> pathlib.Path:
     if root.is_file():
         return root
     if root.is_dir():
-        for name in ("manifest.csv", "manifest.jsonl", "manifest.csv.gz", "manifest.json"):
+        for name in (
+            "manifest.csv",
+            "manifest.jsonl",
+            "manifest.csv.gz",
+            "manifest.json",
+            "manifest.tsv",
+        ):
             if (root / name).is_file():
                 return root / name
         raise DataError(
@@ -81,11 +87,20 @@ def _rows(path: pathlib.Path) -> list[dict[str, Any]]:
             text = path.read_text(encoding="utf-8-sig")  # a BOM as Windows editors write it
         except UnicodeDecodeError as e:
             raise DataError(f"manifest: {path} is not UTF-8 text: {e}") from None
-        if name.endswith(".json") and text.lstrip().startswith("["):
+        if name.endswith(".json") and text.lstrip()[:1] in ("[", "{"):
             try:
                 rows = json.loads(text)
             except json.JSONDecodeError as e:
                 raise DataError(f"manifest: {path} is not valid JSON: {e}") from None
+            if isinstance(rows, dict) and rows and all(isinstance(v, list) for v in rows.values()):
+                # {"train": [...], "validation": [...]} as M3D / AMOS-MM / CTRG write their lists
+                rows = [
+                    {**r, "split": r.get("split", k)} if isinstance(r, dict) else r
+                    for k, v in rows.items()
+                    for r in v
+                ]
+            elif isinstance(rows, dict):
+                rows = [rows]
         else:
             rows = []
             for ln, line in enumerate(text.splitlines(), 1):
@@ -101,7 +116,7 @@ def _rows(path: pathlib.Path) -> list[dict[str, Any]]:
                     f"manifest: {path} row {i}: expected a JSON object, got {type(r).__name__}"
                 )
         return rows
-    return read_csv(path, "manifest")
+    return read_csv(path, "manifest", delimiter="\t" if ".tsv" in name else ",")
 
 
 def _split_list(v: Any) -> list[str]:
@@ -117,6 +132,7 @@ def _split_list(v: Any) -> list[str]:
 
 
 def _resolve(base: pathlib.Path, p: str) -> str:
+    p = os.path.expanduser(p.strip())
     return p if os.path.isabs(p) else str(base / p)
 
 
@@ -154,7 +170,16 @@ def read_manifest(
             )
     records = []
     for i, r in enumerate(rows):
-        where = f"manifest: {path} row {i + (2 if path.suffix != '.jsonl' else 1)}"
+        kind = path.name.lower()
+        where = (
+            f"manifest: {path} row {i + 1}"
+            if kind.endswith((".jsonl", ".ndjson"))
+            else (
+                f"manifest: {path} item {i}"
+                if kind.endswith(".json")
+                else f"manifest: {path} row {i + 2}"
+            )
+        )
         rsplit = SPLIT_ALIASES.get(
             str(r.get("split", "")).strip().lower(), str(r.get("split", "")).strip().lower()
         )

@@ -36,12 +36,26 @@ def get_reader(name: str) -> Callable[..., list[dict[str, Any]]]:
 
 
 def read_records(
-    format: str, root: str | os.PathLike[str], split: str = "train", **options: Any
+    format: str,
+    root: str | os.PathLike[str],
+    split: str = "train",
+    missing: str = "error",
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """The records of ``split`` of the dataset at ``root`` in layout ``format``.
 
     ``options`` are checked against the reader's signature first: an option the reader does not
-    take is a ``ConfigError`` listing the ones it accepts (readers with ``**kwargs`` take any)."""
+    take is a ``ConfigError`` listing the ones it accepts (readers with ``**kwargs`` take any).
+
+    ``missing``: ``"error"`` (default): a row whose image file does not exist is a DataError
+    naming the row and the path; ``"skip"``: such rows are left out (a partial download, e.g. a
+    few CT-RATE volumes beside the full report tables), and a split left with no record is a
+    DataError."""
+    from ..exceptions import DataError
+    from ._common import record_paths
+
+    if missing not in ("error", "skip"):
+        raise ConfigError(f"data.missing: expected 'error' or 'skip', got {missing!r}")
     reader = get_reader(format)
     accepted = reader_options(reader)
     if accepted is not None:
@@ -49,9 +63,20 @@ def read_records(
         if unknown:
             raise ConfigError(
                 f"data: option(s) {unknown} are not read by the {format!r} reader; it accepts: "
-                + (", ".join(accepted) if accepted else "no options")
+                + ", ".join(["missing", *accepted])
             )
-    return reader(root, split=split, **options)
+    if missing == "error":
+        return reader(root, split=split, **options)
+    if accepted is not None and "check_files" not in accepted:
+        raise ConfigError(f"data.missing: the {format!r} reader cannot skip missing files")
+    records = reader(root, split=split, **{**options, "check_files": False})
+    kept = [r for r in records if all(os.path.exists(p) for _, p in record_paths(r))]
+    if records and not kept:
+        raise DataError(
+            f"{format}: none of the {len(records)} records of split {split!r} under {root} has "
+            f"its image file(s) (the first expects {[str(p) for _, p in record_paths(records[0])]})"
+        )
+    return kept
 
 
 def reader_options(reader: Callable[..., Any]) -> list[str] | None:
