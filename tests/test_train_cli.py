@@ -137,13 +137,13 @@ def test_cli_errors_are_named(tmp_path, capsys):
     assert main(["synth", "brain-pet", "--out", str(tmp_path / "s"), "--n", "1"]) == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'brain-pet'" in err and "chest-ct" in err
-    # a value of the wrong kind that only fails deep inside the recipe: one line naming the section,
-    # exit 2
+    # a value of the wrong kind: the recipe's Config fields are checked against their types
+    # (recipes.base.check_field_types), one line naming the field, exit 1
     bad.write_text(yaml.safe_dump({**TINY, "recipe": {**TINY["recipe"], "modulus": "8"}}))
-    assert main(["train", str(bad), "--output-dir", str(tmp_path / "r2")]) == 2
+    assert main(["train", str(bad), "--output-dir", str(tmp_path / "r2")]) == 1
     err = capsys.readouterr().err
     assert (
-        "config section 'recipe / model': TypeError" in err
+        "ConfigError: recipe.modulus: expected an integer, got '8'" in err
         and "Traceback" not in err
         and err.count("\n") == 1
     )

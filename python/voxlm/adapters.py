@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from . import _core
-from .exceptions import CheckpointError, ConfigError, ShapeError
+from ._bind import check_budget
+from .exceptions import CheckpointError, ConfigError, ShapeError, VoxlmTypeError
 
 PathLike = str | os.PathLike[str]
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -52,8 +53,23 @@ class LoraConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or self.r <= 0:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ConfigError(f"r: expected a positive integer rank, got {self.r!r}")
+        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)):
+            raise ConfigError(
+                f"lora_dropout: expected a number in [0, 1), got {self.lora_dropout!r}"
+            )
+        if not isinstance(self.use_rslora, bool):
+            raise ConfigError(f"use_rslora: expected true or false, got {self.use_rslora!r}")
+        tm = self.target_modules
+        if tm is not None and not (
+            isinstance(tm, str)
+            or (isinstance(tm, (list, tuple, set)) and all(isinstance(t, str) for t in tm))
+        ):
+            raise ConfigError(
+                "target_modules: expected module-name suffixes (a list of strings), a regex or "
+                f"'all-linear', got {tm!r}"
+            )
         if isinstance(self.lora_alpha, bool) or not (
             isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha)
         ):
@@ -127,6 +143,10 @@ class LoraLayer(nn.Module):
 
     def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise VoxlmTypeError(
+                f"base_layer: expected an nn.Linear, got {type(base_layer).__name__}"
+            )
         self.base_layer = base_layer
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
@@ -146,6 +166,14 @@ class LoraLayer(nn.Module):
         return self.base_layer.out_features
 
     def add(self, name: str, config: LoraConfig) -> None:
+        if not isinstance(name, str) or not name or "." in name:
+            raise ConfigError(f"adapter_name: expected a non-empty name without '.', got {name!r}")
+        if not isinstance(config, LoraConfig):
+            raise VoxlmTypeError(f"config: expected a LoraConfig, got {type(config).__name__}")
+        check_budget(
+            f"LoRA adapter {name!r} (r={config.r})",
+            config.r * (self.in_features + self.out_features),
+        )
         w = self.base_layer.weight
         kw = {"device": w.device, "dtype": w.dtype}
         a = nn.Linear(self.in_features, config.r, bias=False, **kw)

@@ -361,10 +361,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest and rest[0] == "synth":  # voxlm.synth's own command line, options and all
         try:
             return synth(rest[1:])
-        except VoxlmError as e:
+        except (VoxlmError, OSError) as e:  # OSError: an output folder that cannot be written
             if debug:
                 raise
             print(f"voxlm synth: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+            return 1
+        except MemoryError as e:  # e.g. --n far beyond what this machine can hold
+            if debug:
+                raise
+            print(
+                f"voxlm synth: MemoryError: the requested dataset does not fit in memory ({e})",
+                file=sys.stderr,
+            )
             return 1
     parser = argparse.ArgumentParser(prog="voxlm", description="voxlm: LLMs on 3D medical scans")
     parser.add_argument(

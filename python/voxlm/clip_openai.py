@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .exceptions import CheckpointError
+from .exceptions import CheckpointError, VoxlmTypeError
 from .vision import CLIPVision
 
 PathLike = str | os.PathLike[str]
@@ -287,6 +287,11 @@ def load_openai_clip_vision(
     full model's ``visual.*`` keys, or a bare vision ``state_dict``) or in transformers' layout
     (``vision_model.*`` [+ ``visual_projection.weight``]; use ``CLIPVision.from_pretrained`` for a
     HF folder with ``config.json``). ``dtype`` converts (OpenAI ships float16); None keeps it."""
+    if not isinstance(source, (str, os.PathLike, Mapping)):
+        raise VoxlmTypeError(
+            "source: expected a checkpoint path or a state dict (name -> tensor), got "
+            f"{type(source).__name__}"
+        )
     sd = _read(source) if isinstance(source, (str, os.PathLike)) else dict(source)
     layout = detect_layout(sd)
     if layout == "openai":

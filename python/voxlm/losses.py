@@ -14,7 +14,15 @@ import torch
 from torch import nn
 
 from . import _core
-from .exceptions import ConfigError, ShapeError, VoxlmTypeError
+from ._bind import (
+    check_budget,
+    check_device,
+    check_float_dtype,
+    check_int,
+    check_number,
+    check_tensor,
+)
+from .exceptions import ConfigError, DTypeError, ShapeError, VoxlmTypeError
 
 #: PICG's focal-loss class weights for PI-RADS 1..5.
 PICG_FOCAL_ALPHA = (2.0, 2.0, 1.0, 1.0, 1.0)
@@ -36,9 +44,23 @@ def focal_loss(
         gamma: focusing exponent (>= 0; 0 gives weighted cross-entropy).
         reduction: ``"mean"`` (over N), ``"sum"`` or ``"none"`` (``[N]``).
     """
+    check_tensor(logits, "logits", floating=True)
+    check_tensor(target, "target")
+    gamma = check_number(gamma, "gamma", 0.0)
     if alpha is not None and not isinstance(alpha, torch.Tensor):
-        alpha = torch.as_tensor(alpha, dtype=logits.dtype, device=logits.device)
-    return _core.focal_loss(logits, target, alpha, float(gamma), reduction)
+        if type(alpha).__module__ == "numpy" and hasattr(alpha, "tolist"):
+            alpha = alpha.tolist()
+        if isinstance(alpha, (str, bytes)) or not isinstance(alpha, Sequence):
+            raise VoxlmTypeError(
+                f"alpha: expected a tensor or a sequence of C class weights, got {alpha!r}"
+            )
+        for i, a in enumerate(alpha):
+            check_number(a, f"alpha[{i}]", 0.0)
+        alpha = torch.tensor([float(a) for a in alpha], dtype=logits.dtype, device=logits.device)
+    if isinstance(alpha, torch.Tensor) and alpha.is_floating_point() and alpha.numel():
+        if not bool(torch.isfinite(alpha).all()):
+            raise ConfigError("alpha: expected finite class weights, got NaN or inf")
+    return _core.focal_loss(logits, target, alpha, gamma, reduction)
 
 
 def kl_distill(
@@ -59,9 +81,22 @@ def kl_distill(
         projection: maps ``D_s`` to ``D_t`` (e.g. an ``nn.Linear`` trained with the student and
             dropped at inference); None when the sizes already agree.
     """
+    temperature = check_number(temperature, "temperature", 0.0, low_open=True)
     if projection is not None:
+        if not callable(projection):
+            raise VoxlmTypeError(
+                f"projection: expected a module/callable mapping D_s to D_t, got "
+                f"{type(projection).__name__}"
+            )
+        check_tensor(student, "student", floating=True)
+        in_f = getattr(projection, "in_features", None)
+        if isinstance(in_f, int) and (student.dim() < 1 or student.shape[-1] != in_f):
+            raise ShapeError(
+                f"student: the projection expects [..., {in_f}] features, got shape "
+                f"{tuple(student.shape)}"
+            )
         student = projection(student)
-    return _core.kl_distill(student, teacher, float(temperature))
+    return _core.kl_distill(student, teacher, temperature)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -74,7 +109,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
 
     Returns the mean over counted tokens (NaN if none count, as torch).
     """
-    return _core.lm_loss(logits, labels, int(ignore_index))
+    return _core.lm_loss(logits, labels, check_int(ignore_index, "ignore_index", None))
 
 
 def weighted_sum(
@@ -89,11 +124,13 @@ def weighted_sum(
                 f"weights: expected one weight per loss {sorted(losses)}, got "
                 f"{sorted(weights) if isinstance(weights, Mapping) else type(weights).__name__}"
             )
-        pairs = [(losses[k], float(weights[k])) for k in losses]
+        pairs = [(losses[k], check_number(weights[k], f"weights[{k!r}]")) for k in losses]
     else:
         if isinstance(weights, Mapping) or len(weights) != len(losses):
             raise ShapeError(f"weights: expected {len(losses)} weights, got {weights!r}")
-        pairs = list(zip(losses, (float(w) for w in weights)))
+        pairs = [
+            (x, check_number(w, f"weights[{i}]")) for i, (x, w) in enumerate(zip(losses, weights))
+        ]
     if not pairs:
         raise ShapeError("losses: expected at least one loss, got none")
     total = None
@@ -127,14 +164,14 @@ class PrototypeBank(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if num_labels <= 0 or dim <= 0:
-            raise ConfigError(
-                f"num_labels and dim: expected positive sizes, got {num_labels}, {dim}"
-            )
-        if not temperature_init > 0:
-            raise ConfigError(f"temperature_init: expected > 0, got {temperature_init}")
+        check_int(num_labels, "num_labels")
+        check_int(dim, "dim")
+        if proj_dim is not None:
+            check_int(proj_dim, "proj_dim")
+        temperature_init = check_number(temperature_init, "temperature_init", 0.0, low_open=True)
         p = proj_dim or dim
-        kw = {"device": device, "dtype": dtype}
+        check_budget("PrototypeBank", dim * p + 2 * num_labels * p)
+        kw = {"device": check_device(device), "dtype": check_float_dtype(dtype)}
         self.num_labels, self.dim, self.proj_dim = num_labels, dim, p
         self.proj = nn.Linear(dim, p, **kw)
         self.pos_sample_memory = nn.Parameter(torch.randn(num_labels, 1, p, **kw))
@@ -158,6 +195,16 @@ class PrototypeBank(nn.Module):
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """InfoNCE with the prototype matching the label as target, mean over ``B * L``."""
+        check_tensor(labels, "labels")
+        if labels.is_complex():
+            raise DTypeError(f"labels: expected an integer or bool 0/1 tensor, got {labels.dtype}")
+        if labels.is_floating_point() and labels.numel() and labels.device.type != "meta":
+            bad = ~((labels == 0) | (labels == 1))
+            if bool(bad.any()):
+                raise ConfigError(
+                    "labels: expected 0 (negative) or 1 (positive), got "
+                    f"{labels[bad].flatten()[:4].tolist()}"
+                )
         return _core.prototype_loss(features, labels, *self._args())
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._bind import check_budget, check_device, check_float_dtype
 from .adapters import LoraConfig, LoraLayer
 from .exceptions import ConfigError
 
@@ -53,6 +54,9 @@ class LoraLinear(LoraLayer):
         for k, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"{k}: expected a positive integer, got {v!r}")
+        device = check_device(device)
+        dtype = check_float_dtype(dtype)
+        check_budget("LoraLinear", in_features * out_features, dtype)
         config = LoraConfig(
             r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, use_rslora=use_rslora
         )

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import _core
-from ._bind import RustBound
+from ._bind import RustBound, check_budget, check_int, check_tensor
 from .exceptions import CheckpointError, ConfigError, ShapeError, VoxlmTypeError
 from .llm import splice_image_tokens
 
@@ -55,6 +55,14 @@ def inflate_patch_embedding(weight2d: torch.Tensor, depth: int, mode: str = "mea
     ``mode``: ``"mean"`` (I3D: repeat and divide by ``depth``), ``"replicate"`` (repeat without
     dividing, as PICG's code does: a depth-constant volume gives ``depth`` times the 2D response)
     or ``"center"`` (the 2D kernel on the central slice only). Differentiable."""
+    check_tensor(weight2d, "weight2d", floating=True)
+    check_int(depth, "depth")
+    check_budget("inflate_patch_embedding", weight2d.numel() * depth)
+    if weight2d.numel() == 0:
+        raise ShapeError(
+            f"weight2d: expected a non-empty [D, C, kh, kw] kernel, got shape "
+            f"{tuple(weight2d.shape)}"
+        )
     return _core.inflate_patch_embedding(weight2d, int(depth), mode)
 
 
@@ -63,15 +71,26 @@ def interpolate_pos_embedding(
 ) -> torch.Tensor:
     """2D grid position embeddings ``[1, (1+) gh*gw, D]`` onto a 3D grid ``[1, (1+) gd*h*w, D]``
     (trilinear, align_corners=False; the class-token embedding is kept as is)."""
-    return _core.interpolate_pos_embedding(pos, tuple(grid2d), tuple(grid3d), bool(has_cls))
+    check_tensor(pos, "pos", floating=True)
+    if pos.dim() != 3:
+        raise ShapeError(
+            f"pos: expected a 3-d tensor [1, positions, dim], got shape {tuple(pos.shape)}"
+        )
+    for name, g, n in (("grid2d", grid2d, 2), ("grid3d", grid3d, 3)):
+        if isinstance(g, (str, bytes)) or not isinstance(g, Sequence) or len(g) != n:
+            raise ConfigError(f"{name}: expected {n} positive sizes, got {g!r}")
+        for x in g:
+            check_int(x, name)
+    g3 = tuple(int(x) for x in grid3d)
+    check_budget("interpolate_pos_embedding", g3[0] * g3[1] * g3[2] * int(pos.shape[-1]))
+    return _core.interpolate_pos_embedding(pos, tuple(int(x) for x in grid2d), g3, bool(has_cls))
 
 
 def reuse_pos_embedding(pos: torch.Tensor, n_tokens: int, has_cls: bool = True) -> torch.Tensor:
     """PICG's reuse of CLIP's position embeddings: the first ``n_tokens`` patch positions
     (e.g. 252 tokens of a 6x6x7 grid padded to 256 so CLIP's 257 = 1 + 16x16 are reused)."""
-    if not isinstance(pos, torch.Tensor):
-        raise VoxlmTypeError(f"pos: expected a torch.Tensor, got {type(pos).__name__}")
-    _int(n_tokens, "n_tokens", 0)
+    check_tensor(pos, "pos", floating=True)
+    _int(n_tokens, "n_tokens", 1)
     start = 1 if has_cls else 0
     if pos.dim() != 3:
         raise ShapeError(
@@ -171,6 +190,13 @@ class ViT3D(RustBound):
         self.num_layers, self.num_heads, self.proj_type = num_layers, num_heads, proj_type
         self.grid = tuple(i // p for i, p in zip(self.img_size, self.patch_size))
         n = self.grid[0] * self.grid[1] * self.grid[2]
+        pv = self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
+        check_budget(
+            "ViT3D",
+            n * hidden_size
+            + pv * in_channels * hidden_size
+            + num_layers * (4 * hidden_size * hidden_size + 2 * hidden_size * mlp_dim),
+        )
         self.patch_embedding = _PatchEmbedding(
             in_channels, hidden_size, self.patch_size, n, proj_type == "perceptron"
         )
@@ -262,8 +288,13 @@ class ViT3D(RustBound):
                 conv = getattr(pe, "patch_embeddings", None)
                 patch_size = tuple(conv.kernel_size) if isinstance(conv, nn.Conv3d) else None
             img_size = img_size or getattr(vit, "img_size", None)
-        else:
+        elif isinstance(vit, Mapping):
             sd = dict(vit)
+        else:
+            raise VoxlmTypeError(
+                f"from_monai: expected a MONAI ViT module or its state dict, got "
+                f"{type(vit).__name__}"
+            )
         # MONAI's classification head is not part of ViT3D; its blocks carry an unused
         # norm_cross_attn (and cross_attn only with with_cross_attention, which ViT3D lacks)
         sd = {
@@ -274,6 +305,18 @@ class ViT3D(RustBound):
         if any(".cross_attn." in k for k in sd):
             raise ConfigError("from_monai: ViTs with cross-attention blocks are not supported")
         perceptron = "patch_embedding.patch_embeddings.1.weight" in sd
+        need = ["patch_embedding.position_embeddings", "blocks.0.mlp.linear1.weight"]
+        if not perceptron:
+            need.append("patch_embedding.patch_embeddings.weight")
+        missing = [k for k in need if k not in sd]
+        if missing:
+            raise CheckpointError(
+                f"from_monai: expected a MONAI ViT state dict, missing {missing} "
+                f"(got {len(sd)} keys, e.g. {sorted(sd)[:3]})"
+            )
+        bad = [k for k in need if not isinstance(sd[k], torch.Tensor) or sd[k].dim() < 2]
+        if bad:
+            raise CheckpointError(f"from_monai: {bad}: expected tensors of rank >= 2")
         d = sd["patch_embedding.position_embeddings"].shape[-1]
         layers = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
         mlp_dim = sd["blocks.0.mlp.linear1.weight"].shape[0]
@@ -415,6 +458,17 @@ class CLIPVision(RustBound):
             layer_norm_eps=layer_norm_eps,
         )
         positions = (image_size // patch[-1]) ** 2 + 1
+        check_budget(
+            "CLIPVision",
+            positions * hidden_size
+            + num_channels
+            * hidden_size
+            * patch[0]
+            * patch[-1]
+            * (patch[1] if len(patch) == 3 else 1)
+            + num_hidden_layers
+            * (4 * hidden_size * hidden_size + 2 * hidden_size * intermediate_size),
+        )
         self.vision_model = _ClipTower(
             num_channels,
             hidden_size,
@@ -544,6 +598,11 @@ class PerceiverResampler(RustBound):
         ).items():
             _int(v, k)
         _int(depth, "depth", 0)
+        inner_attn = dim_head * heads
+        check_budget(
+            "PerceiverResampler",
+            num_latents * dim + depth * (4 * dim * inner_attn + 2 * dim * int(dim * ff_mult)),
+        )
         self.dim, self.depth, self.dim_head, self.heads = dim, depth, dim_head, heads
         self.latents = nn.Parameter(torch.randn(num_latents, dim))
         inner = int(dim * ff_mult)
@@ -597,6 +656,7 @@ class MLPProjector(nn.Module):
         _int(in_dim, "in_dim")
         _int(out_dim, "out_dim")
         _int(depth, "depth")
+        check_budget("MLPProjector", in_dim * out_dim + (depth - 1) * out_dim * out_dim)
         self.projector = _mlp_layers(in_dim, out_dim, depth, gelu=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -645,6 +705,7 @@ class SpatialPoolingProjector(nn.Module):
             pooling_size,
             layer_type,
         )
+        check_budget("SpatialPoolingProjector", in_dim * out_dim + layer_num * out_dim * out_dim)
         self.projector = _mlp_layers(in_dim, out_dim, layer_num, gelu=layer_type == "mlp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -653,6 +714,11 @@ class SpatialPoolingProjector(nn.Module):
             x = _core.spatial_pool(x, list(self.grid), self.pooling_size)
         else:
             k = self.pooling_size**3
+            check_tensor(x, "x", floating=True)
+            if x.dim() != 3 or x.shape[1] < k or x.shape[-1] != self.in_dim:
+                raise ShapeError(
+                    f"x: expected [B, N >= {k}, {self.in_dim}] tokens, got shape {tuple(x.shape)}"
+                )
             x = torch.nn.functional.avg_pool1d(x.transpose(1, 2), k, k).transpose(1, 2)
         ls = _linears(self.projector)
         if self.layer_type == "mlp":
@@ -723,6 +789,13 @@ class AdapterQueryBlocks(RustBound):
         if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and 0 < eps < 1):
             raise ConfigError(f"eps: expected a number in (0, 1), got {eps!r}")
         self.depth, self.heads, self.eps = depth, heads, float(eps)
+        check_budget(
+            "AdapterQueryBlocks",
+            clip_dim * dim
+            + query_len * dim
+            + dim * out_dim
+            + depth * (4 * dim * dim + 2 * dim * int(dim * mlp_ratio)),
+        )
         self.clip_proj = nn.Linear(clip_dim, dim)
         self.clip_proj_norm = nn.LayerNorm(dim)
         self.visual_query = nn.Embedding(query_len, dim)
@@ -751,6 +824,7 @@ class DiseaseAwareAttention(nn.Module):
         super().__init__()
         _int(num_labels, "num_labels")
         _int(num_tokens, "num_tokens")
+        check_budget("DiseaseAwareAttention", num_labels * num_tokens)
         self.prototype = nn.Parameter(torch.randn(num_labels, num_tokens))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -42,15 +42,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .exceptions import CheckpointError, ConfigError, ShapeError
+from ._bind import check_budget, check_int, check_number, check_tensor
+from .exceptions import CheckpointError, ConfigError, DeviceError, DTypeError, ShapeError
 
 #: Key prefix of the vision encoder inside RadFM's / Dia-LLaMA's full model state dicts.
 RADFM_PREFIX = "embedding_layer.vision_encoder."
 
 
 def _pair(v: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 2 or any(int(x) <= 0 for x in t):
+    if isinstance(v, int) and not isinstance(v, bool):
+        t: tuple = (v, v)
+    elif isinstance(v, (list, tuple)):
+        t = tuple(v)
+    else:
+        raise ConfigError(f"{name}: expected a positive size or two of them, got {v!r}")
+    if len(t) != 2 or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in t):
         raise ConfigError(f"{name}: expected a positive size or two of them, got {v!r}")
     return int(t[0]), int(t[1])
 
@@ -233,7 +239,25 @@ class RadFMViT3D(nn.Module):
             raise ConfigError(
                 f"image_size {(ih, iw)} must be divisible by image_patch_size {(ph, pw)}"
             )
-        if frames <= 0 or frame_patch_size <= 0 or frames % frame_patch_size:
+        for k, v in dict(
+            frames=frames,
+            frame_patch_size=frame_patch_size,
+            dim=dim,
+            heads=heads,
+            mlp_dim=mlp_dim,
+            channels=channels,
+            dim_head=dim_head,
+        ).items():
+            check_int(v, k)
+        check_int(depth, "depth")
+        dropout = check_number(dropout, "dropout", 0.0, 1.0, high_open=True)
+        emb_dropout = check_number(emb_dropout, "emb_dropout", 0.0, 1.0, high_open=True)
+        check_budget(
+            "RadFMViT3D",
+            channels * ph * pw * frame_patch_size * dim
+            + depth * (4 * dim * heads * dim_head + 2 * dim * mlp_dim),
+        )
+        if frames % frame_patch_size:
             raise ConfigError(
                 f"frames {frames} must be a positive multiple of frame_patch_size "
                 f"{frame_patch_size}"
@@ -306,7 +330,18 @@ class RadFMViT3D(nn.Module):
     # -- forward --------------------------------------------------------------------------
 
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if video.dim() != 5 or video.shape[1] != self.channels:
+        check_tensor(video, "video", floating=True)
+        w = self.to_patch_embedding[2].weight
+        if video.dtype != w.dtype and not torch.is_autocast_enabled(video.device.type):
+            raise DTypeError(
+                f"video: expected {w.dtype} (the encoder's parameters), got {video.dtype}"
+            )
+        if video.device != w.device:
+            raise DeviceError(
+                f"video: expected a tensor on {w.device} (the encoder's parameters), got "
+                f"{video.device}"
+            )
+        if video.dim() != 5 or video.shape[1] != self.channels or 0 in video.shape:
             raise ShapeError(
                 f"RadFM ViT: expected [B, {self.channels}, H, W, D], got shape {tuple(video.shape)}"
             )

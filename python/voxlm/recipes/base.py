@@ -24,6 +24,7 @@ these specs.
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import os
 import pathlib
@@ -32,7 +33,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..exceptions import CheckpointError, ConfigError
+from ..exceptions import CheckpointError, ConfigError, VoxlmError
 
 PathLike = str | os.PathLike[str]
 
@@ -45,6 +46,12 @@ class Recipe(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for m in ("from_config", "from_pretrained"):
+            if isinstance(cls.__dict__.get(m), classmethod):
+                setattr(cls, m, classmethod(_named_allocation_failure(cls.__dict__[m].__func__)))
 
     # -- building -------------------------------------------------------------------------
 
@@ -92,6 +99,41 @@ class Recipe(nn.Module):
     @classmethod
     def from_pretrained(cls, path: PathLike) -> Recipe:
         raise NotImplementedError(f"{cls.__name__}.from_pretrained")
+
+
+_ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "Cannot allocate memory")
+
+
+def _named_allocation_failure(fn: Any) -> Any:
+    """``fn`` (a recipe's ``from_config`` / ``from_pretrained``) with torch's allocator failure
+    (a RuntimeError carrying a C++ ``enforce fail`` line, or ``torch.OutOfMemoryError``) raised
+    as a ConfigError: sizes in a config that no machine memory holds are a config error."""
+    import functools
+
+    import torch
+
+    @functools.wraps(fn)
+    def wrapper(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(cls, *args, **kwargs)
+        except (torch.OutOfMemoryError, MemoryError) as e:
+            raise ConfigError(
+                f"{cls.__name__}.{fn.__name__}: the configured sizes do not fit in memory "
+                f"({type(e).__name__}); expected smaller sizes"
+            ) from e
+        except RuntimeError as e:
+            if isinstance(e, VoxlmError) or not any(m in str(e) for m in _ALLOCATION_FAILURES):
+                raise
+            import re
+
+            m = re.search(r"allocate (\d+) bytes", str(e))
+            need = f" (torch tried to allocate {int(m.group(1)) / 2**30:.1f} GiB)" if m else ""
+            raise ConfigError(
+                f"{cls.__name__}.{fn.__name__}: the configured sizes do not fit in memory{need}; "
+                "expected smaller sizes"
+            ) from None
+
+    return wrapper
 
 
 def check_saved_recipe(path: PathLike, expected: str) -> dict[str, Any]:
@@ -281,10 +323,118 @@ def config_from_dict(cls: type, d: Mapping[str, Any], section: str = "recipe") -
             f"{section}: unknown field(s) {unknown} for {cls.__name__}; known: "
             f"{', '.join(sorted(known))}"
         )
+    check_field_types(cls, kw, section)
     try:
         return cls(**kw)
     except TypeError as e:
         raise ConfigError(f"{section}: {e}") from e
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _value_error(tp: Any, v: Any) -> str | None:
+    """None when ``v`` fits the annotation ``tp`` as a YAML/JSON config gives it (an int where a
+    float is expected, a list for a tuple); otherwise what was expected."""
+    import math
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any or tp is object:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        errors = [_value_error(a, v) for a in args]
+        if any(e is None for e in errors):
+            return None
+        return " or ".join(e for e in errors if e)
+    if origin is typing.Literal:
+        return None if v in args else f"one of {list(args)}"
+    if tp is type(None):
+        return None if v is None else "null"
+    if tp is bool:
+        return None if isinstance(v, bool) else "true or false"
+    if tp is int:
+        return None if isinstance(v, int) and not isinstance(v, bool) else "an integer"
+    if tp is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            hint = " (YAML reads 1e-3 as a string: write 1.0e-3)" if isinstance(v, str) else ""
+            return "a number" + hint
+        return None if math.isfinite(v) else "a finite number"
+    if tp is str:
+        return None if isinstance(v, str) else "a string"
+    if origin in (list, tuple, collections.abc.Sequence) or tp in (list, tuple):
+        if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)):
+            return f"a list ({_type_name(tp)})"
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(v) != len(args):
+                return f"a list of {len(args)} items ({_type_name(tp)})"
+            items = list(zip(args, v))
+        else:
+            items = [(args[0], x) for x in v] if args else []
+        for a, x in items:
+            e = _value_error(a, x)
+            if e is not None:
+                return f"{_type_name(tp)} whose items are {e}"
+        return None
+    if origin in (dict, collections.abc.Mapping) or tp is dict:
+        if not isinstance(v, Mapping):
+            return f"a mapping ({_type_name(tp)})"
+        if len(args) == 2:
+            for k, x in v.items():
+                e = _value_error(args[0], k) or _value_error(args[1], x)
+                if e is not None:
+                    return f"{_type_name(tp)} whose entries are {e}"
+        return None
+    return None  # an annotation this check does not know: left to the class
+
+
+def check_field_types(cls: type, kw: Mapping[str, Any], section: str = "recipe") -> None:
+    """``ConfigError`` naming ``section.field``, the expected type and the given value for each
+    value in ``kw`` that does not fit the dataclass ``cls``'s annotation (as a YAML/JSON config
+    writes it: an int is a float, a list is a tuple; ``bool`` is not a number). Runs before the
+    dataclass's own range checks, which then compare values of the right kind."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation: nothing to check by type
+        return
+    for k, v in kw.items():
+        tp = hints.get(k)
+        if tp is None:
+            continue
+        e = _value_error(tp, v)
+        if e is not None:
+            raise ConfigError(f"{section}.{k}: expected {e}, got {v!r}")
+
+
+def check_kwargs(fn: Any, d: Mapping[str, Any], where: str, also: Any = None) -> dict[str, Any]:
+    """``dict(d)`` when every key is a keyword of ``fn`` (a class or function; ``also``: a second
+    one whose keywords ``fn`` forwards through ``**kwargs``), else a ConfigError naming
+    ``where``, the unknown keys and the known ones."""
+    import inspect
+
+    known: set[str] = set()
+    for f in (fn, also):
+        if f is None:
+            continue
+        params = inspect.signature(f).parameters.values()
+        known |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    known.discard("self")
+    unknown = sorted(str(k) for k in d if k not in known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {', '.join(sorted(known))}")
+    return dict(d)
+
+
+def check_path_spec(spec: Any, where: str, expected: str) -> None:
+    """ConfigError unless ``spec`` is a path (str / os.PathLike) or a mapping."""
+    if isinstance(spec, Mapping) or (isinstance(spec, (str, os.PathLike)) and str(spec)):
+        return
+    raise ConfigError(f"{where}: expected {expected}, got {spec!r}")
 
 
 def check_numbers(

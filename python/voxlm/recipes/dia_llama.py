@@ -243,6 +243,10 @@ def check_volume_fields(c: Any) -> None:
         )
     if c.dtype not in _DTYPES:
         raise ConfigError(f"recipe.dtype: expected one of {sorted(_DTYPES)}, got {c.dtype!r}")
+    for name in ("vision_dropout", "vision_emb_dropout"):
+        v = getattr(c, name, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            raise ConfigError(f"recipe.{name}: expected a probability in [0, 1), got {v!r}")
 
 
 def check_generation_fields(c: Any) -> None:

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..exceptions import ConfigError
-from .base import Recipe, build_llm, check_saved_recipe
+from ..exceptions import CheckpointError, ConfigError
+from .base import Recipe, build_llm, check_field_types, check_saved_recipe
 from .registry import register_recipe
 
 PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
@@ -159,6 +159,12 @@ class ExampleRecipe(Recipe):
         if unknown:
             raise ConfigError(
                 f"recipe: unknown example fields {unknown} (known: {', '.join(sorted(known))})"
+            )
+        check_field_types(ExampleConfig, fields)
+        unknown_model = sorted(set(dict(model)) - {"llm"})
+        if unknown_model:
+            raise ConfigError(
+                f"model: unknown field(s) {unknown_model} for the example recipe; known: llm"
             )
         spec = dict(model).get(
             "llm",
@@ -375,15 +381,20 @@ class ExampleRecipe(Recipe):
                 "vocab_size",
             )
         }
-        model = cls(ExampleConfig(**cfg["config"]), llm)
+        if not isinstance(cfg.get("config"), dict) or not isinstance(cfg.get("llm"), dict):
+            raise CheckpointError(f"{path}/config.json: expected 'config' and 'llm' objects")
+        check_field_types(ExampleConfig, cfg["config"], f"{path}/config.json: config")
+        try:
+            example_config = ExampleConfig(**cfg["config"])
+        except TypeError as e:
+            raise CheckpointError(f"{path}/config.json: config: {e}") from e
+        model = cls(example_config, llm)
         if cfg.get("lora"):
             model._lora_trainable(model)
         sd = load_tensors(pathlib.Path(path) / "model.safetensors")
         missing, unexpected = model.load_state_dict(sd, strict=False)
         missing = [k for k in missing if not k.endswith("inv_freq")]
         if missing or unexpected:
-            from ..exceptions import CheckpointError
-
             raise CheckpointError(
                 f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected "
                 f"{unexpected[:3]})"

@@ -63,7 +63,9 @@ from .base import (
     Recipe,
     build_llm,
     build_tokenizer,
+    check_kwargs,
     check_numbers,
+    check_path_spec,
     check_saved_recipe,
     config_from_dict,
     ensure_synth_data,
@@ -443,8 +445,12 @@ class LlavaRRG(Recipe):
             )
         llm = build_llm(model["llm"], vocab_size=tokenizer.vocab_size)
         vis = model.get("vision")
+        if vis is not None:
+            check_path_spec(
+                vis, "model.vision", "a CLIP checkpoint path or a dict of CLIP vision config fields"
+            )
         if isinstance(vis, Mapping):
-            vision = CLIPVision(**dict(vis))
+            vision = CLIPVision(**check_kwargs(CLIPVision, vis, "model.vision"))
         elif vis is None:
             raise ConfigError(
                 "model.vision: expected a HF CLIP folder (e.g. clip-vit-large-patch14-336), an "

@@ -88,11 +88,15 @@ from torch import nn
 from .. import _core
 from ..clip_openai import CLIPVisionWithProjection, load_openai_clip_vision
 from ..exceptions import CheckpointError, ConfigError, DataError, ShapeError
+from ..vision import CLIPVision
 from .base import (
     PathLike,
     Recipe,
     build_llm,
     build_tokenizer,
+    check_field_types,
+    check_kwargs,
+    check_path_spec,
     check_saved_recipe,
     ensure_synth_data,
 )
@@ -324,7 +328,9 @@ class PICGConfig:
         unknown = sorted(set(d) - known - {"name"})
         if unknown:
             raise ConfigError(f"recipe: unknown PICG settings {unknown}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        check_field_types(cls, kw)
+        return cls(**kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -921,8 +927,16 @@ class PICG(Recipe):
             )
         llm = build_llm(llm_spec, vocab_size=tokenizer.vocab_size)
         vis_spec = model.get("vision")
+        if vis_spec is not None:
+            check_path_spec(
+                vis_spec,
+                "model.vision",
+                "an OpenAI/open_clip CLIP checkpoint path or a dict of CLIP vision config fields",
+            )
         if isinstance(vis_spec, Mapping):
-            clip = CLIPVisionWithProjection(**dict(vis_spec))
+            clip = CLIPVisionWithProjection(
+                **check_kwargs(CLIPVisionWithProjection, vis_spec, "model.vision", CLIPVision)
+            )
         elif vis_spec is None:
             raise ConfigError(
                 "model.vision: expected an OpenAI/open_clip CLIP checkpoint path or a dict of CLIP "

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._bind import check_budget
 from ..exceptions import ConfigError, DataError, ShapeError
 from ..metrics import CHEXBERT_CONDITIONS
 from .base import (
@@ -176,6 +177,20 @@ class Rad3dPrefixConfig:
         for name in ("image_tokens", "prefix_length", "projector_width", "projector_heads"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"recipe.{name}: expected > 0, got {getattr(self, name)}")
+        check_numbers(self, ints=("projector_depth",))
+        p = self.projector_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ConfigError(
+                f"recipe.projector_dropout: expected a probability in [0, 1), got {p!r}"
+            )
+        if self.projector_depth < 0:
+            raise ConfigError(
+                f"recipe.projector_depth: expected an integer >= 0, got {self.projector_depth}"
+            )
+        check_budget(
+            "recipe.projector_depth x projector_width",
+            self.projector_depth * 12 * self.projector_width**2,
+        )
         if self.projector_width % self.projector_heads:
             raise ConfigError(
                 f"recipe.projector_width {self.projector_width} must be divisible by "

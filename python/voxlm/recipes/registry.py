@@ -27,6 +27,11 @@ def get_recipe(name: str) -> Any:
     from . import _load_all
 
     _load_all()
+    if not isinstance(name, str):
+        raise ConfigError(
+            "recipe.name: expected the name of a registered recipe "
+            f"({', '.join(sorted(_RECIPES))}), got {name!r}"
+        )
     if name not in _RECIPES:
         raise ConfigError(
             f"recipe.name: unknown recipe {name!r}; known: {', '.join(sorted(_RECIPES))}"

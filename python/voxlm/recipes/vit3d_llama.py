@@ -236,6 +236,10 @@ class Config:
                 f"{self.patch_size} (not divisible: {', '.join(bad)})"
             )
         grid = [i // p for i, p in zip(self.img_size, self.patch_size)]
+        if self.proj_pooling_size < 1:
+            raise ConfigError(
+                f"recipe.proj_pooling_size: expected an integer >= 1, got {self.proj_pooling_size}"
+            )
         pooled = [g // self.proj_pooling_size for g in grid]
         if self.proj_pooling_size < 1 or min(pooled) < 1:
             raise ShapeError(

@@ -133,6 +133,8 @@ class TrainingArguments:
                 raise ConfigError(f"{f.name}: expected a number, got {v!r}") from e
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]
+        if not isinstance(self.output_dir, (str, os.PathLike)):
+            raise ConfigError(f"output_dir: expected a folder path, got {self.output_dir!r}")
         self.output_dir = os.fspath(self.output_dir)
 
     def _validate(self) -> None:
@@ -228,12 +230,18 @@ class TrainingArguments:
             "label_names",
             "None (= ['labels']) or a list of batch keys",
         )
-        need(is_int(self.seed), "seed", "an integer")
-        need(self.data_seed is None or is_int(self.data_seed), "data_seed", "None or an integer")
+        seeds = "an integer in [-2**63, 2**63)"
+        need(is_int(self.seed) and -(2**63) <= self.seed < 2**63, "seed", seeds)
         need(
-            is_int(self.dataloader_num_workers) and self.dataloader_num_workers >= 0,
+            self.data_seed is None
+            or (is_int(self.data_seed) and -(2**63) <= self.data_seed < 2**63),
+            "data_seed",
+            f"None or {seeds}",
+        )
+        need(
+            is_int(self.dataloader_num_workers) and 0 <= self.dataloader_num_workers <= 1024,
             "dataloader_num_workers",
-            "an integer >= 0",
+            "an integer in [0, 1024] (worker processes)",
         )
         for n in (
             "overwrite_output_dir",
