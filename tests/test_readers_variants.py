@@ -475,10 +475,13 @@ def test_collator_tokenizer_without_pad_token_and_left_padding(tok):
 
 def test_collator_refuses_mixed_batches_and_placeholders_in_the_target(tok):
     col = ReportCollator(tok, 2, 64)
-    with pytest.raises(DataError, match=r"some items of one batch have 'image'.*\['1'\]"):
+    with pytest.raises(DataError, match=r"some items of one batch have loaded 'image'.*\['1'\]"):
         col([_item(0, "a"), {"id": "1", "report": "b"}])
-    with pytest.raises(DataError, match=r"'image' of item\(s\) \['0'\] is not a tensor"):
-        col([{"id": "0", "image": "/data/x.nii.gz", "report": "a"}])
+    with pytest.raises(DataError, match=r"have loaded 'image' tensors.*without: \['1'\]"):
+        col([_item(0, "a"), {"id": "1", "image": "/data/x.nii.gz", "report": "b"}])
+    # records with paths only are tokenized (no images in the batch), as recipes' checks use them
+    b = col([{"id": "0", "image": "/data/x.nii.gz", "report": "a"}])
+    assert "images" not in b and b["input_ids"].shape[0] == 1
     with pytest.raises(DataError, match=r"target of record '0' contains the image placeholder"):
         col([_item(0, "text <im_patch> more")])
 
@@ -540,3 +543,77 @@ def test_manifest_json_of_split_lists_and_tsv(tmp_path):
     _write(tmp_path / "m.json", json.dumps(data))
     with pytest.raises(DataError, match=r"m\.json item 1 \(id '2'\): image file .*gone"):
         read_records("manifest", tmp_path / "m.json", split="val")
+
+
+def test_ctrg_zip_nested_volume_folder_and_plain_nii(tmp_path):
+    ann = {"train": [{"id": 1, "finding": "a"}, {"id": 2, "finding": "b"}]}
+    make_ctrg(tmp_path, ann, ["id", *CONDITIONS], [[str(k), *["0"] * 14] for k in (1, 2)])
+    top = tmp_path / "CTRG-Chest-548K_volume"
+    nested = top / "CTRG-Chest-548K_volume"
+    nested.mkdir()
+    (top / "1.nii.gz").rename(nested / "1.nii.gz")
+    (top / "2.nii.gz").rename(nested / "2.nii")
+    a, b = read_records("ctrg-chest", tmp_path)
+    assert (a["image"], b["image"]) == (str(nested / "1.nii.gz"), str(nested / "2.nii"))
+
+
+def test_option_given_as_one_string(tmp_path):
+    subj, study = "10000032", "50414267"
+    d = tmp_path / "files" / "p10" / f"p{subj}"
+    for dicom in ("pa", "lat"):
+        _touch(d / f"s{study}" / f"{dicom}.jpg")
+    _write(d / f"s{study}.txt", " FINDINGS: Clear.\n")
+    split = [[x, study, subj, "train"] for x in ("pa", "lat")]
+    _write(
+        tmp_path / "mimic-cxr-2.0.0-split.csv",
+        _csv(["dicom_id", "study_id", "subject_id", "split"], split),
+    )
+    meta = [["pa", subj, study, "PA"], ["lat", subj, study, "LATERAL"]]
+    _write(
+        tmp_path / "mimic-cxr-2.0.0-metadata.csv",
+        _csv(["dicom_id", "subject_id", "study_id", "ViewPosition"], meta),
+    )
+    (rec,) = read_records("mimic-cxr", tmp_path, views="PA")  # not the views "P" and "A"
+    assert rec["meta"]["views"] == ["PA"]
+    _touch(tmp_path / "a.nii.gz")
+    _write(tmp_path / "m.csv", "image,finding_x\na.nii.gz,1\n")
+    (m,) = read_records("manifest", tmp_path / "m.csv", label_columns="finding_x")
+    assert (m["labels"].tolist(), m["label_names"]) == ([1], ["finding_x"])
+
+
+@pytest.mark.parametrize(
+    "xy, z, ok",
+    [
+        ("['0.75', '0.75']", "1.5", True),
+        ("(0.75 0.75)", "1.5", True),
+        ("0.75\\0.75", "1.5", True),
+        ("[0.75]", "1.5", False),
+        ("[nan, 0.75]", "1.5", False),
+        ("[0.75, 0.75]", "0", False),
+        ("[0.75, 0.75]", "", False),
+    ],
+)
+def test_ct_rate_spacing_spellings(tmp_path, xy, z, ok):
+    make_ct_rate(tmp_path / "dataset", ["train_1_a_1.nii.gz"])
+    meta_cols = ["VolumeName", "RescaleIntercept", "RescaleSlope", "XYSpacing", "ZSpacing"]
+    _write(
+        tmp_path / "dataset/metadata/train_metadata.csv",
+        _csv(meta_cols, [["train_1_a_1.nii.gz", "-1024", "1", xy, z]]),
+    )
+    if ok:
+        (rec,) = read_records("ct-rate", tmp_path)
+        assert rec["meta"]["spacing"] == (0.75, 0.75, 1.5)
+    else:
+        with pytest.raises(DataError, match=r"train_metadata\.csv row 2: (XY|Z)Spacing"):
+            read_records("ct-rate", tmp_path)
+
+
+def test_ct_rate_label_that_is_not_0_or_1(tmp_path):
+    make_ct_rate(tmp_path / "dataset", ["train_1_a_1.nii.gz"])
+    lab = [["train_1_a_1.nii.gz", "2", *["0"] * 17]]
+    _write(
+        tmp_path / "dataset/multi_abnormality_labels/train_predicted_labels.csv",
+        _csv(["VolumeName", *ABNORMALITIES], lab),
+    )
+    with pytest.raises(DataError, match=r"predicted_labels\.csv row 2 .*expected 0/1 labels"):
+        read_records("ct-rate", tmp_path)

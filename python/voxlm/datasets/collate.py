@@ -302,21 +302,23 @@ class ReportCollator:
             raise DataError("ReportCollator: empty batch")
         ids = [it.get("id", str(i)) for i, it in enumerate(items)]
         batch: dict[str, Any] = {"ids": ids}
-        for key in ("image", "images", "sequences"):
-            have = [it.get(key) is not None for it in items]
+        # loaded images (tensors) in some items and not in others would be dropped for all or
+        # stacked for part of the batch; records with paths only (tokenization alone) pass
+        loaded = {
+            "image": lambda v: isinstance(v, torch.Tensor),
+            "images": lambda v: isinstance(v, list) and bool(v) and isinstance(v[0], torch.Tensor),
+            "sequences": lambda v: (
+                isinstance(v, Mapping) and any(isinstance(x, torch.Tensor) for x in v.values())
+            ),
+        }
+        for key, is_loaded in loaded.items():
+            have = [is_loaded(it.get(key)) for it in items]
             if any(have) and not all(have):
                 raise DataError(
-                    f"ReportCollator: some items of one batch have {key!r} and others not "
-                    f"(without: {[str(i) for i, h in zip(ids, have) if not h]}; ids "
-                    f"{[str(i) for i in ids]}); images would be lost for part of the batch"
+                    f"ReportCollator: some items of one batch have loaded {key!r} tensors and "
+                    f"others not (without: {[str(i) for i, h in zip(ids, have) if not h]}; ids "
+                    f"{[str(i) for i in ids]}); load every record through ReportDataset"
                 )
-            if key == "image" and all(have):
-                bad = [str(i) for i, it in zip(ids, items) if not isinstance(it[key], torch.Tensor)]
-                if bad:
-                    raise DataError(
-                        f"ReportCollator: 'image' of item(s) {bad} is not a tensor (a path: "
-                        "load the records through ReportDataset first)"
-                    )
         if all(isinstance(it.get("image"), torch.Tensor) for it in items):
             batch["images"] = _stack([it["image"] for it in items], "images", ids)
         elif all(isinstance(it.get("images"), list) for it in items):

@@ -25,8 +25,8 @@ raw row.
 
 from __future__ import annotations
 
-import ast
 import pathlib
+import re
 from typing import Any
 
 import numpy as np
@@ -94,18 +94,38 @@ def _table(root: pathlib.Path, folder: str, name: str) -> pathlib.Path:
     )
 
 
-def _literal(v: str | None) -> Any:
-    try:
-        return [float(x) for x in ast.literal_eval(v.strip())] if v and v.strip() else None
-    except (ValueError, SyntaxError, TypeError):
+def _numbers(v: str | None) -> list[float] | None:
+    """``"[0.75, 0.75]"``, ``"['0.75', '0.75']"``, ``"(0.75 0.75)"``, ``"0.75\\0.75"`` (DICOM's
+    multi-value separator) -> ``[0.75, 0.75]``; None for a blank cell or anything else."""
+    if v is None or not v.strip():
         return None
+    t = v.strip().strip("[]()").replace("'", " ").replace('"', " ")
+    try:
+        found = [float(x) for x in re.split(r"[,\s\\]+", t) if x]
+    except ValueError:
+        return None
+    return found if found and all(np.isfinite(found)) else None
+
+
+def _literal(v: str | None) -> Any:
+    return _numbers(v)
 
 
 def _float(v: str, what: str, row: int, path: pathlib.Path) -> float:
     try:
-        return float(v)
+        x = float(v)
     except (TypeError, ValueError):
-        raise DataError(f"ct-rate: {path} row {row}: {what} {v!r} is not a number") from None
+        x = float("nan")
+    if not np.isfinite(x):
+        raise DataError(f"ct-rate: {path} row {row}: {what} {v!r} is not a number")
+    return x
+
+
+def _positive(v: str, what: str, row: int, path: pathlib.Path) -> float:
+    x = _float(v, what, row, path)
+    if not (np.isfinite(x) and x > 0):
+        raise DataError(f"ct-rate: {path} row {row}: {what} {v!r} is not a positive spacing (mm)")
+    return x
 
 
 @register_reader("ct-rate")
@@ -149,33 +169,36 @@ def read_ct_rate(
     if labels:
         lab_path = _table(root, "multi_abnormality_labels", f"{lname}_predicted_labels.csv")
         for i, row in enumerate(read_csv(lab_path, fmt, required=["VolumeName", *ABNORMALITIES])):
+            vals = [row[c].strip() for c in ABNORMALITIES]
             try:
-                lab[strip_nii(row["VolumeName"].strip())] = np.asarray(
-                    [int(float(row[c])) for c in ABNORMALITIES], dtype=np.int64
-                )
+                v = np.asarray([float(x) for x in vals])
             except (TypeError, ValueError):
+                v = np.full(1, np.nan)
+            if not np.isin(v, (0.0, 1.0)).all():
                 raise DataError(
-                    f"{fmt}: {lab_path} row {i + 2} ({row['VolumeName']}): expected 0/1 labels"
-                ) from None
+                    f"{fmt}: {lab_path} row {i + 2} ({row['VolumeName']}): expected 0/1 labels "
+                    f"(0, 1, 0.0, 1.0) in the {len(ABNORMALITIES)} abnormality columns, got {vals}"
+                )
+            lab[strip_nii(row["VolumeName"].strip())] = v.astype(np.int64)
     meta: dict[str, dict[str, Any]] = {}
     if metadata:
         meta_path = _table(root, "metadata", f"{rname}_metadata.csv")
         need = ["VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"]
         for i, row in enumerate(read_csv(meta_path, fmt, required=need)):
-            try:
-                xy = ast.literal_eval(row["XYSpacing"].strip())
-                x, y = float(xy[0]), float(xy[1])
-            except (ValueError, SyntaxError, TypeError, IndexError):
+            xy = _numbers(row["XYSpacing"])
+            if xy is not None and len(xy) == 2 and min(xy) > 0:
+                x, y = xy
+            else:
                 raise DataError(
                     f"{fmt}: {meta_path} row {i + 2}: XYSpacing {row['XYSpacing']!r} is not "
-                    f"'[x, y]'"
+                    f"'[x, y]' with x, y > 0"
                 ) from None
             meta[strip_nii(row["VolumeName"].strip())] = {
                 "rescale_slope": _float(row["RescaleSlope"], "RescaleSlope", i + 2, meta_path),
                 "rescale_intercept": _float(
                     row["RescaleIntercept"], "RescaleIntercept", i + 2, meta_path
                 ),
-                "spacing": (x, y, _float(row["ZSpacing"], "ZSpacing", i + 2, meta_path)),
+                "spacing": (x, y, _positive(row["ZSpacing"], "ZSpacing", i + 2, meta_path)),
                 "origin": _literal(row.get("ImagePositionPatient")),
                 "orientation": _literal(row.get("ImageOrientationPatient")),
                 "row": dict(row),

@@ -79,6 +79,13 @@ def _id_text(v: Any) -> str:
     return t
 
 
+def _volume(vdir: pathlib.Path, sid: str) -> str:
+    """``<vdir>/<id>.nii.gz`` (Dia-LLaMA's name), or ``<id>.nii`` when only that exists."""
+    gz = vdir / f"{sid}.nii.gz"
+    plain = vdir / f"{sid}.nii"
+    return str(plain if not gz.exists() and plain.exists() else gz)
+
+
 def _norm(name: str) -> str:
     return " ".join(name.replace("_", " ").lower().split())
 
@@ -165,6 +172,9 @@ def read_ctrg_chest(
         if volume_dir is not None
         else first_existing([root / d for d in VOLUME_DIRS], fmt, "the volume folder")
     )
+    # the download's zip unpacks to CTRG-Chest-548K_volume/CTRG-Chest-548K_volume/<id>.nii.gz
+    while (vdir / vdir.name).is_dir():
+        vdir = vdir / vdir.name
     ann = read_json(ann_path, fmt)
     key = _SPLIT_KEYS[s]
     if not isinstance(ann, dict) or key not in ann:
@@ -199,7 +209,7 @@ def read_ctrg_chest(
             {
                 "id": sid,
                 "split": s,
-                "image": str(vdir / f"{sid}.nii.gz"),
+                "image": _volume(vdir, sid),
                 "report": item["finding"],
                 "labels": (c == 1).astype(np.int64),
                 "label_codes": c.copy(),

@@ -149,6 +149,8 @@ def read_manifest(
     check_files: bool = True,
 ) -> list[dict[str, Any]]:
     """Records of ``split`` from a CSV / JSONL manifest (see the module docstring for columns)."""
+    if isinstance(label_columns, str):  # one column name, not its letters
+        label_columns = _split_list(label_columns.replace(",", ";"))
     path = _find_manifest(pathlib.Path(root))
     base = path.parent
     rows = _rows(path)

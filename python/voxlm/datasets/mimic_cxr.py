@@ -408,7 +408,9 @@ def read_mimic_cxr(
                     f"{fmt}: {chex_path} row {i} (study {r['study_id']}): expected CheXpert codes "
                     f"1.0 / 0.0 / -1.0 / blank, got {[r[c] for c in CHEXPERT]}"
                 ) from None
-    want = None if views is None else {v.upper() for v in views}
+    if isinstance(views, str):  # views="PA" is one view, not the letters P and A
+        views = [v for v in views.replace(";", ",").split(",") if v.strip()]
+    want = None if views is None else {str(v).strip().upper() for v in views}
     # mimic-cxr-reports.zip (from MIMIC-CXR) unpacked beside the JPGs, or into its own folder
     rroot = (
         pathlib.Path(reports_root)
