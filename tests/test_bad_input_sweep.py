@@ -455,3 +455,196 @@ def test_saved_example_with_wrong_config_types_is_named(tmp_path):
     saved["config"] = [1]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     raises(CheckpointError, lambda: get_recipe("example").from_pretrained(tmp_path), "'config'")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2D images: the Rust resampler aborts the whole process when an allocation fails
+
+
+def test_huge_resize_is_refused_instead_of_aborting_the_process():
+    """``resize_bicubic(img, 10**6, 10**6)`` (and a CLIP ``size`` of 10**6) reached the Rust
+    resampler, whose failed 3 TB allocation aborted Python (``memory allocation of ... failed``,
+    SIGABRT). Run in a child process so a regression shows as a failure, not a dead test run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from voxlm import image\n"
+        "from voxlm.exceptions import ConfigError\n"
+        "img = np.zeros((6, 8, 3), np.uint8)\n"
+        "for f in (lambda: image.resize_bicubic(img, 10**6, 10**6),\n"
+        "          lambda: image.clip_preprocess(img, 10**6, None)):\n"
+        "    try:\n"
+        "        f()\n"
+        "    except ConfigError as e:\n"
+        "        assert 'GiB' in str(e), e\n"
+        "    else:\n"
+        "        raise SystemExit('no error')\n"
+        "print('refused')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "refused" in r.stdout, (r.returncode, r.stderr[-600:])
+
+
+def test_image_arguments_are_checked():
+    from voxlm import image
+
+    img = np.random.default_rng(0).integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    raises(ConfigError, lambda: image.resize_bicubic(img, -1, 4), "height", "-1")
+    raises(ConfigError, lambda: image.resize_bicubic(img, 2.5, 4), "height", "2.5")
+    raises(ConfigError, lambda: image.resize_bicubic(img, "4", 4), "height", "'4'")
+    # a float image was cast to uint8 silently (values in [0, 1] became 0)
+    raises(VoxlmTypeError, lambda: image.resize_bicubic(img / 255.0, 4, 4), "uint8", "float64")
+    raises(ShapeError, lambda: image.resize_bicubic(img[:0], 4, 4), "non-empty")
+    raises(ConfigError, lambda: image.expand2square(img, "abc"), "background", "'abc'")
+    raises(ConfigError, lambda: image.expand2square(img, (300, 0, 0)), "[0, 255]", "300")
+    raises(ShapeError, lambda: image.expand2square(np.ones((0, 4, 3), np.uint8)), "non-empty")
+    raises(VoxlmTypeError, lambda: image.clip_preprocess(None), "images", "NoneType")
+    raises(ConfigError, lambda: image.clip_preprocess(img, 0), "size", ">= 1")
+    raises(ConfigError, lambda: image.clip_preprocess(img, std=(0, 0, 0)), "std", "got 0")
+    raises(ShapeError, lambda: image.clip_preprocess(img, mean=(0.5,)), "mean", "(0.5,)")
+    raises(VoxlmTypeError, lambda: image.load_image_2d(5), "path", "int")
+    raises(VoxlmTypeError, lambda: image.to_rgb(None), "img", "NoneType")
+    assert image.clip_preprocess(img, 8, 8).shape == (1, 3, 8, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP checkpoints
+
+
+def test_clip_checkpoints_and_configs_are_named(tmp_path):
+    from voxlm import clip_openai as co
+
+    req = {f"visual.{k}": torch.ones(3) for k in co.OPENAI_REQUIRED}
+    raises(CheckpointError, lambda: co.load_openai_clip_vision(req), "rank or shape")
+    hf = {k: torch.ones(3) for k in co.HF_REQUIRED}
+    raises(CheckpointError, lambda: co.load_openai_clip_vision(hf), "transformers layout")
+    raises(VoxlmTypeError, lambda: co.load_openai_clip_vision(5), "source", "int")
+    raises(VoxlmTypeError, lambda: co.detect_layout("abc"), "state dict", "str")
+    raises(VoxlmTypeError, lambda: co.hf_to_openai({"a": torch.ones(2)}), "CLIPVision", "dict")
+    raises(ConfigError, lambda: co.CLIPVisionWithProjection(bogus=1), "bogus")
+    raises(ConfigError, lambda: co.CLIPVisionWithProjection(projection_dim="a"), "projection_dim")
+    # a HF folder whose weights do not fit its config.json: torch's load_state_dict error was a
+    # RuntimeError listing every key
+    tower = vision.CLIPVision(
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=8,
+        patch_size=4,
+    )
+    from voxlm import _core
+
+    sd = {k: v.detach() for k, v in tower.state_dict().items()}
+    _core.save_safetensors(sd, str(tmp_path / "model.safetensors"))
+    cfg = dict(tower.config, hidden_act="quick_gelu")
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 12}))
+    raises(CheckpointError, lambda: vision.CLIPVision.from_pretrained(tmp_path), "shape")
+    (tmp_path / "config.json").write_text("{nope")
+    raises(CheckpointError, lambda: vision.CLIPVision.from_pretrained(tmp_path), "not valid JSON")
+    (tmp_path / "config.json").write_text("[1, 2]")
+    raises(CheckpointError, lambda: vision.CLIPVision.from_pretrained(tmp_path), "list")
+    raises(VoxlmTypeError, lambda: vision.CLIPVision.from_pretrained(5), "path", "int")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert vision.CLIPVision.from_pretrained(tmp_path).config["hidden_size"] == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# GREEN helpers, adapters, the trainer's parts
+
+
+def test_green_helpers_check_their_text():
+    from voxlm import green
+
+    raises(VoxlmTypeError, lambda: green.make_prompt(None, "b"), "reference", "NoneType")
+    raises(ConfigError, lambda: green.make_prompt("a", "b", 0), "max_len")
+    raises(VoxlmTypeError, lambda: green.clean_responses(None), "response")
+    raises(VoxlmTypeError, lambda: green.parse_error_counts(5, green.CATEGORIES[0]), "text")
+    raises(VoxlmTypeError, lambda: green.green_score_of(None), "text")
+    # a bare string was scored as one response per character
+    raises(VoxlmTypeError, lambda: green.scores_from_responses("abc"), "a list of str", "str")
+    raises(VoxlmTypeError, lambda: green.scores_from_responses([None]), "responses[0]")
+    raises(VoxlmTypeError, lambda: green.chat_prompt(None, "</s>"), "prompt")
+    raises(VoxlmTypeError, lambda: green.generate_judgements(None, None, ["x"]), "model")
+    raises(ConfigError, lambda: green.green(["a"], ["b"], judge=None, batch_size="8"), "batch")
+
+
+def _tiny_lm():
+    from voxlm import llm
+
+    cfg = llm.LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
+    return llm.LlamaForCausalLM(cfg)
+
+
+def test_adapter_functions_check_their_arguments(tmp_path):
+    from voxlm import adapters
+
+    cfg = adapters.LoraConfig(r=2, target_modules=["q_proj"])
+    raises(VoxlmTypeError, lambda: adapters.add_lora("abc", cfg), "nn.Module", "str")
+    raises(VoxlmTypeError, lambda: adapters.add_lora(_tiny_lm(), {"r": 2}), "LoraConfig", "dict")
+    bad_re = adapters.LoraConfig(target_modules="(")
+    raises(ConfigError, lambda: adapters.add_lora(_tiny_lm(), bad_re), "not a valid regex")
+    raises(ConfigError, lambda: adapters.mark_trainable(_tiny_lm(), ["("]), "'('")
+    raises(ConfigError, lambda: adapters.mark_trainable(_tiny_lm(), None), "patterns")
+    # a bare string is one pattern (it was iterated as single-character regexes)
+    m = _tiny_lm()
+    n = adapters.mark_trainable(m, "q_proj")
+    assert n == 1 and all(("q_proj" in k) == p.requires_grad for k, p in m.named_parameters())
+    raises(VoxlmTypeError, lambda: adapters.add_bias_tuning("x"), "nn.Module")
+    raises(VoxlmTypeError, lambda: adapters.trainable_parameters("x"), "nn.Module")
+    raises(VoxlmTypeError, lambda: adapters.lora_settings("x"), "nn.Module")
+    raises(ConfigError, lambda: adapters.add_adaption_prompt(_tiny_lm(), "2", 1), "adapter_len")
+    raises(ConfigError, lambda: adapters.add_adaption_prompt(_tiny_lm(), 10**12, 1), "GiB")
+    raises(ConfigError, lambda: adapters.PrefixEncoder("a", 4, 8), "in_dim", "'a'")
+    raises(ConfigError, lambda: adapters.PrefixEncoder(4, 8, dropout=2), "dropout")
+    raises(ConfigError, lambda: adapters.PrefixEncoder(HUGE, HUGE, HUGE), "parameters")
+    raises(VoxlmTypeError, lambda: adapters.load_adapter(_tiny_lm(), 5), "path", "int")
+    raises(VoxlmTypeError, lambda: adapters.save_adapter(_tiny_lm(), 5), "path", "int")
+
+
+def test_trainer_parts_check_their_arguments(tmp_path):
+    from voxlm.train import (
+        Stage,
+        Trainer,
+        get_scheduler,
+        list_checkpoints,
+        param_groups,
+        run_stages,
+    )
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[], plot=False)
+    ds = [{"input_ids": torch.tensor([1, 2, 3]), "labels": torch.tensor([1, 2, 3])}] * 2
+    raises(VoxlmTypeError, lambda: Trainer("abc", args, ds), "model", "str")
+    raises(VoxlmTypeError, lambda: Trainer(_tiny_lm(), args, 5), "train_dataset", "int")
+    raises(VoxlmTypeError, lambda: Trainer(_tiny_lm(), args, ds, data_collator=5), "callable")
+    raises(VoxlmTypeError, lambda: Trainer(_tiny_lm(), args, ds, compute_metrics=5), "callable")
+    t = Trainer(_tiny_lm(), args, ds)
+    raises(ConfigError, lambda: t.train(resume_from_checkpoint=5), "resume_from_checkpoint", "5")
+    raises(ConfigError, lambda: Stage("a", None), "TrainingArguments", "NoneType")
+    raises(ConfigError, lambda: Stage(5, args), "Stage.name", "5")
+    raises(ConfigError, lambda: Stage("a", args, set_trainable=3), "set_trainable")
+    raises(ConfigError, lambda: run_stages(_tiny_lm(), ["a"], ds), "Stage objects", "str")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    raises(VoxlmTypeError, lambda: get_scheduler("linear", "opt", 1, 10), "Optimizer", "str")
+    raises(ConfigError, lambda: get_scheduler("linear", opt, -1, 10), "num_warmup_steps", "-1")
+    raises(VoxlmTypeError, lambda: param_groups("abc", 0.1), "nn.Module", "str")
+    raises(VoxlmTypeError, lambda: list_checkpoints(5), "output_dir", "int")
+
+
+def test_compute_metrics_must_return_a_mapping(tmp_path):
+    from voxlm.train import Trainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[], plot=False)
+    ds = [{"input_ids": torch.tensor([1, 2, 3]), "labels": torch.tensor([1, 2, 3])}] * 2
+    t = Trainer(_tiny_lm(), args, ds, ds, compute_metrics=lambda p: 5)
+    raises(VoxlmTypeError, t.evaluate, "compute_metrics", "dict", "int")

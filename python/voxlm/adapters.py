@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from . import _core
-from ._bind import check_budget
+from ._bind import check_budget, check_number, check_tensor
+from ._bind import check_int as _check_int
 from .exceptions import CheckpointError, ConfigError, ShapeError, VoxlmTypeError
 
 PathLike = str | os.PathLike[str]
@@ -229,7 +230,31 @@ class LoraLayer(nn.Module):
 
 
 def _lora_layers(model: nn.Module) -> list[tuple[str, LoraLayer]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    return [(n, m) for n, m in _module(model).named_modules() if isinstance(m, LoraLayer)]
+
+
+def _module(model: Any, name: str = "model") -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise VoxlmTypeError(f"{name}: expected a torch nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _regexes(patterns: Any, name: str) -> list[re.Pattern[str]]:
+    """Compiled regexes from a list of strings (a bare string is one pattern, not its
+    characters); a ConfigError names an invalid one."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if patterns is None or isinstance(patterns, bytes) or not isinstance(patterns, Iterable):
+        raise ConfigError(f"{name}: expected a list of regexes, got {patterns!r}")
+    out = []
+    for p in patterns:
+        if not isinstance(p, str):
+            raise ConfigError(f"{name}: expected regexes (str), got {p!r}")
+        try:
+            out.append(re.compile(p))
+        except re.error as e:
+            raise ConfigError(f"{name}: {p!r} is not a valid regex ({e})") from e
+    return out
 
 
 def _rebind(model: nn.Module) -> None:
@@ -247,7 +272,10 @@ def _matches(
         out = getattr(model, "lm_head", None)
         return module is not out and not name.endswith("lm_head")
     if isinstance(target, str):
-        return re.fullmatch(target, name) is not None
+        try:
+            return re.fullmatch(target, name) is not None
+        except re.error as e:
+            raise ConfigError(f"target_modules: {target!r} is not a valid regex ({e})") from e
     assert target is not None
     return name in target or any(name.endswith(f".{t}") for t in target)
 
@@ -258,6 +286,11 @@ def add_lora(model: nn.Module, config: LoraConfig, adapter_name: str = "default"
 
     Adding a second name to an already adapted model adds a second adapter to the same layers
     and makes it active (``set_adapter`` switches back)."""
+    _module(model)
+    if not isinstance(config, LoraConfig):
+        raise VoxlmTypeError(
+            f"config: expected a voxlm.adapters.LoraConfig, got {type(config).__name__}"
+        )
     if config.target_modules is None:
         raise ConfigError(
             "target_modules: expected module names, a regex or 'all-linear', got None"
@@ -356,6 +389,8 @@ def save_adapter(model: nn.Module, path: PathLike, adapter_name: str = "default"
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` as PEFT does
     (keys ``base_model.model.{module}.lora_A.weight``); a non-default adapter goes to
     ``path/adapter_name`` like PEFT's ``save_pretrained``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise VoxlmTypeError(f"path: expected an output folder, got {type(path).__name__}")
     configs = getattr(model, "_voxlm_lora_configs", {})
     if adapter_name not in configs:
         raise ConfigError(f"adapter_name: no adapter {adapter_name!r} (have {sorted(configs)})")
@@ -376,6 +411,9 @@ def save_adapter(model: nn.Module, path: PathLike, adapter_name: str = "default"
 def load_adapter(model: nn.Module, path: PathLike, adapter_name: str = "default") -> list[str]:
     """Read a PEFT LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``) into
     ``model`` as ``adapter_name`` and make it active."""
+    _module(model)
+    if not isinstance(path, (str, os.PathLike)):
+        raise VoxlmTypeError(f"path: expected an adapter folder, got {type(path).__name__}")
     p = pathlib.Path(path)
     if not (p / CONFIG_NAME).is_file():
         raise CheckpointError(f"{p}: no {CONFIG_NAME}")
@@ -459,6 +497,12 @@ def add_bias_tuning(
     """PICG's bias tuning: give every ``nn.Linear`` whose name ends with one of ``modules`` a
     zero-initialised trainable bias (an existing bias becomes trainable), make RMSNorm weights
     trainable when ``norms``, freeze everything else. Returns the number of trainable parameters."""
+    _module(model)
+    if isinstance(modules, str):
+        modules = [modules]
+    if isinstance(modules, bytes) or not isinstance(modules, Iterable):
+        raise ConfigError(f"modules: expected a list of module-name suffixes, got {modules!r}")
+    modules = list(modules)
     count = 0
     for p in model.parameters():
         p.requires_grad_(False)
@@ -486,7 +530,8 @@ def add_bias_tuning(
 def mark_trainable(model: nn.Module, patterns: Iterable[str], freeze_others: bool = True) -> int:
     """Make parameters whose name matches any regex in ``patterns`` (``re.search``) trainable;
     freeze the rest unless ``freeze_others`` is False. Returns how many tensors matched."""
-    pats = [re.compile(p) for p in patterns]
+    _module(model)
+    pats = _regexes(patterns, "patterns")
     n = 0
     for name, p in model.named_parameters():
         hit = any(r.search(name) for r in pats)
@@ -502,6 +547,7 @@ def mark_trainable(model: nn.Module, patterns: Iterable[str], freeze_others: boo
 
 def trainable_parameters(model: nn.Module, verbose: bool = False) -> tuple[int, int, float]:
     """``(trainable, total, percent)`` as PEFT's ``print_trainable_parameters`` reports them."""
+    _module(model)
     seen: set[int] = set()
     trainable = total = 0
     for p in model.parameters():
@@ -529,6 +575,9 @@ def add_adaption_prompt(model: nn.Module, adapter_len: int, adapter_layers: int)
     (normal init) and a zero-initialised ``adaption_gate``; queries attend to the prompt's keys and
     values with their own softmax scaled by the gate (so training starts from the base model).
     Everything else is frozen. Returns the number of trainable parameters."""
+    _module(model)
+    adapter_len = _check_int(adapter_len, "adapter_len")
+    adapter_layers = _check_int(adapter_layers, "adapter_layers")
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
         raise ConfigError("add_adaption_prompt: expected a LlamaForCausalLM (model.model.layers)")
@@ -540,6 +589,7 @@ def add_adaption_prompt(model: nn.Module, adapter_len: int, adapter_layers: int)
         p.requires_grad_(False)
     hidden = model.config.hidden_size  # type: ignore[union-attr]
     ref = next(model.parameters())
+    check_budget("add_adaption_prompt", adapter_len * hidden * adapter_layers, ref.dtype)
     for layer in list(layers)[-adapter_layers:]:
         attn = layer.self_attn
         attn.adaption_prompt = nn.Parameter(
@@ -574,8 +624,16 @@ class PrefixEncoder(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if min(in_dim, hidden_size, num_prefix, width, heads) <= 0 or depth < 0:
-            raise ConfigError("PrefixEncoder: sizes must be positive")
+        for k, v in dict(
+            in_dim=in_dim, hidden_size=hidden_size, num_prefix=num_prefix, width=width, heads=heads
+        ).items():
+            _check_int(v, f"PrefixEncoder {k}")
+        _check_int(depth, "PrefixEncoder depth", 0)
+        dropout = check_number(dropout, "PrefixEncoder dropout", 0.0, 1.0, high_open=True)
+        check_budget(
+            "PrefixEncoder",
+            in_dim * num_prefix * width + depth * 12 * width * width + width * hidden_size,
+        )
         if width % heads:
             raise ConfigError(f"PrefixEncoder: width {width} must be divisible by heads {heads}")
         self.in_dim, self.num_prefix, self.width = in_dim, num_prefix, width
@@ -592,6 +650,7 @@ class PrefixEncoder(nn.Module):
         self.out = nn.Linear(width, hidden_size)
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        check_tensor(cond, "cond", floating=True)
         if cond.dim() != 2 or cond.shape[1] != self.in_dim:
             raise ShapeError(f"cond: expected [B, {self.in_dim}], got shape {tuple(cond.shape)}")
         x = self.lift(cond).view(cond.shape[0], self.num_prefix, self.width) + self.pos
@@ -606,6 +665,8 @@ def prepend_prefix(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``[prefix ; inputs_embeds]`` with the attention mask extended by ones and labels by
     ``-100`` (prefix positions are never predicted). Returns ``(embeds, mask, labels)``."""
+    check_tensor(prefix, "prefix", floating=True)
+    check_tensor(inputs_embeds, "inputs_embeds", floating=True)
     if (
         prefix.dim() != 3
         or inputs_embeds.dim() != 3

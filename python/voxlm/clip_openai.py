@@ -37,17 +37,19 @@ each layout needs that are missing.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pathlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from .exceptions import CheckpointError, VoxlmTypeError
+from ._bind import check_int
+from .exceptions import CheckpointError, ConfigError, VoxlmError, VoxlmTypeError
 from .vision import CLIPVision
 
 PathLike = str | os.PathLike[str]
@@ -87,6 +89,17 @@ class CLIPVisionWithProjection(CLIPVision):
     :meth:`project_tokens` applies ``post_layernorm`` and the projection to every token (PICG)."""
 
     def __init__(self, projection_dim: int | None = None, **config: Any) -> None:
+        import inspect
+
+        known = set(inspect.signature(CLIPVision.__init__).parameters) - {"self"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ConfigError(
+                f"CLIPVisionWithProjection: unknown config field(s) {unknown}; known: "
+                f"projection_dim, {', '.join(sorted(known))}"
+            )
+        if projection_dim is not None:
+            check_int(projection_dim, "projection_dim")
         super().__init__(**config)
         d = self.config["hidden_size"]
         self.config["projection_dim"] = projection_dim
@@ -153,6 +166,8 @@ def _read(path: PathLike) -> dict[str, torch.Tensor]:
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     """``"openai"`` (OpenAI/open_clip names, with or without ``visual.``) or ``"hf"``
     (transformers); a ``CheckpointError`` names the missing keys of both otherwise."""
+    if not isinstance(sd, Mapping):
+        raise VoxlmTypeError(f"sd: expected a state dict (name -> tensor), got {type(sd).__name__}")
     visual = {
         k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")
     } or dict(sd)
@@ -172,11 +187,34 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     )
 
 
+@contextlib.contextmanager
+def _malformed(what: str) -> Iterator[None]:
+    """A state dict whose tensors have the right names but not the ranks/shapes the layout
+    implies (indexing ``shape[1]`` of a 1-d tensor, ...): a CheckpointError naming it."""
+    try:
+        yield
+    except (IndexError, AttributeError, TypeError, ValueError, ZeroDivisionError) as e:
+        if isinstance(e, VoxlmError):
+            raise
+        raise CheckpointError(
+            f"{what}: tensors of unexpected rank or shape ({type(e).__name__}: {e})"
+        ) from e
+
+
 def openai_to_hf(
     sd: Mapping[str, torch.Tensor], num_heads: int | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Rename an OpenAI/open_clip vision state dict (``visual.*`` or bare) to transformers'
     names. Returns ``(state_dict, config)`` with the config inferred from the shapes."""
+    with _malformed("OpenAI/open_clip CLIP checkpoint"):
+        return _openai_to_hf(sd, num_heads)
+
+
+def _openai_to_hf(
+    sd: Mapping[str, torch.Tensor], num_heads: int | None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not isinstance(sd, Mapping):
+        raise VoxlmTypeError(f"sd: expected a state dict (name -> tensor), got {type(sd).__name__}")
     v = {k.removeprefix("visual."): t for k, t in sd.items() if k.startswith("visual.")} or dict(sd)
     missing = [k for k in OPENAI_REQUIRED if k not in v]
     if missing:
@@ -255,6 +293,10 @@ def hf_to_openai(
     model: CLIPVisionWithProjection, prefix: str = "visual."
 ) -> dict[str, torch.Tensor]:
     """The inverse mapping (a ``state_dict`` open_clip's ``VisionTransformer`` loads)."""
+    if not isinstance(model, CLIPVision):
+        raise VoxlmTypeError(
+            f"model: expected a CLIPVision / CLIPVisionWithProjection, got {type(model).__name__}"
+        )
     sd = model.state_dict()
     out = {
         "conv1.weight": sd["vision_model.embeddings.patch_embedding.weight"],
@@ -278,6 +320,37 @@ def hf_to_openai(
     return {f"{prefix}{k}": v for k, v in out.items()}
 
 
+def _hf_config(
+    sd: Mapping[str, torch.Tensor], num_heads: int | None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    hf = {
+        k if k.startswith(("vision_model.", "visual_projection.")) else f"vision_model.{k}": t
+        for k, t in sd.items()
+        if not k.startswith("text_model.") and not k.endswith("position_ids")
+    }
+    hf = {k: t for k, t in hf.items() if k.startswith(("vision_model.", "visual_projection."))}
+    conv = hf["vision_model.embeddings.patch_embedding.weight"]
+    pos = hf["vision_model.embeddings.position_embedding.weight"]
+    layers = {
+        int(m.group(1)) for k in hf if (m := re.match(r"vision_model\.encoder\.layers\.(\d+)\.", k))
+    }
+    fc1 = hf.get("vision_model.encoder.layers.0.mlp.fc1.weight")
+    width = conv.shape[0]
+    proj = hf.get("visual_projection.weight")
+    config = dict(
+        hidden_size=width,
+        intermediate_size=None if fc1 is None else fc1.shape[0],
+        num_hidden_layers=len(layers),
+        num_attention_heads=num_heads or max(1, width // 64),
+        image_size=math.isqrt(pos.shape[0] - 1) * conv.shape[-1],
+        patch_size=conv.shape[-1],
+        num_channels=conv.shape[1],
+        layer_norm_eps=1e-5,
+        projection_dim=None if proj is None else proj.shape[0],
+    )
+    return hf, config
+
+
 def load_openai_clip_vision(
     source: PathLike | Mapping[str, torch.Tensor],
     num_heads: int | None = None,
@@ -297,33 +370,8 @@ def load_openai_clip_vision(
     if layout == "openai":
         hf, config = openai_to_hf(sd, num_heads)
     else:
-        hf = {
-            k if k.startswith(("vision_model.", "visual_projection.")) else f"vision_model.{k}": t
-            for k, t in sd.items()
-            if not k.startswith("text_model.") and not k.endswith("position_ids")
-        }
-        hf = {k: t for k, t in hf.items() if k.startswith(("vision_model.", "visual_projection."))}
-        conv = hf["vision_model.embeddings.patch_embedding.weight"]
-        pos = hf["vision_model.embeddings.position_embedding.weight"]
-        layers = {
-            int(m.group(1))
-            for k in hf
-            if (m := re.match(r"vision_model\.encoder\.layers\.(\d+)\.", k))
-        }
-        fc1 = hf.get("vision_model.encoder.layers.0.mlp.fc1.weight")
-        width = conv.shape[0]
-        proj = hf.get("visual_projection.weight")
-        config = dict(
-            hidden_size=width,
-            intermediate_size=None if fc1 is None else fc1.shape[0],
-            num_hidden_layers=len(layers),
-            num_attention_heads=num_heads or max(1, width // 64),
-            image_size=math.isqrt(pos.shape[0] - 1) * conv.shape[-1],
-            patch_size=conv.shape[-1],
-            num_channels=conv.shape[1],
-            layer_norm_eps=1e-5,
-            projection_dim=None if proj is None else proj.shape[0],
-        )
+        with _malformed("CLIP checkpoint (transformers layout)"):
+            hf, config = _hf_config(sd, num_heads)
     if config["intermediate_size"] is None:
         raise CheckpointError("CLIP checkpoint: no encoder layers")
     model = CLIPVisionWithProjection(**config)

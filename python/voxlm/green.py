@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ._bind import check_int
 from .exceptions import ConfigError, ShapeError, VoxlmTypeError
 
 PathLike = str | os.PathLike[str]
@@ -57,9 +58,24 @@ MAX_LENGTH = 2048  # GREEN.max_length (tokenizer truncation and generate's max_l
 MAX_WORDS = 300  # make_prompt's max_len
 
 
+def _text(v: Any, name: str) -> str:
+    if not isinstance(v, str):
+        raise VoxlmTypeError(f"{name}: expected str, got {type(v).__name__}")
+    return v
+
+
+def _texts(vs: Any, name: str) -> list[str]:
+    if isinstance(vs, (str, bytes)) or not isinstance(vs, Sequence):
+        raise VoxlmTypeError(f"{name}: expected a list of str, got {type(vs).__name__}")
+    return [_text(v, f"{name}[{i}]") for i, v in enumerate(vs)]
+
+
 def make_prompt(reference: str, candidate: str, max_len: int = MAX_WORDS) -> str:
     """GREEN's evaluation prompt (``green_score/utils.py: make_prompt``), each report cut to its
     first ``max_len`` whitespace-separated words."""
+    _text(reference, "reference")
+    _text(candidate, "candidate")
+    check_int(max_len, "max_len")
     text1 = " ".join(reference.split()[:max_len])
     text2 = " ".join(candidate.split()[:max_len])
     return (
@@ -93,6 +109,8 @@ def chat_prompt(prompt: str, eos_token: str) -> str:
     """GREEN's chat template (``green_score/green.py: GREEN.__init__``) rendered for the
     conversation ``[{"from": "human", "value": prompt}, {"from": "gpt", "value": ""}]`` with
     ``add_generation_prompt=True`` (Jinja with transformers' ``trim_blocks``/``lstrip_blocks``)."""
+    _text(prompt, "prompt")
+    _text(eos_token, "eos_token")
     return f"<|user|>\n{prompt}{eos_token}\n<|assistant|>\n{eos_token}\n<|assistant|>\n"
 
 
@@ -115,6 +133,7 @@ def clean_up_tokenization(text: str) -> str:
 def clean_responses(response: str) -> str:
     """``green_score/utils.py: clean_responses``, including its quirk: the condition
     ``("[Explanation]:\\n    <Explanation>\\n" or ...) in response`` tests only the first string."""
+    _text(response, "response")
     if "[Explanation]:" in response:
         if "<|assistant|>" in response:
             response = response.split("<|assistant|>")[-1]
@@ -134,6 +153,7 @@ def parse_error_counts(
     answer. The section is ``[category]:`` up to the next blank line; a section starting with "No"
     counts 0; Matched Findings reads the leading ``N.``; the error sections read ``(x) ...: N.``
     per sub-category, letters (a)-(f) or, when there are none, digits (1)-(6)."""
+    _text(text, "text")
     if category not in CATEGORIES:
         raise ConfigError(f"category: expected one of {list(CATEGORIES)}, got {category!r}")
     m = re.search(rf"\[{category}\]:\s*(.*?)(?:\n\s*\n|\Z)", text, re.DOTALL)
@@ -179,6 +199,7 @@ def green_score_of(response: str) -> float:
 def scores_from_responses(responses: Sequence[str]) -> dict[str, Any]:
     """GREEN's per-sample scores and counts from cleaned judge answers (``process_results``,
     ``compute_error_count``, ``compute_accuracy``; mean and std as ``np.mean``/``np.std``)."""
+    responses = _texts(responses, "responses")
     scores = [green_score_of(r) for r in responses]
     sig = [parse_error_counts(r, CATEGORIES[0])[1] for r in responses]
     insig = [parse_error_counts(r, CATEGORIES[1])[1] for r in responses]
@@ -257,7 +278,10 @@ def green(
         "accuracy_per_category": {sub-category: share of samples with 0 significant errors},
         "completions": [cleaned judge answers]}``.
     """
-    refs, hyps = list(refs), list(hyps)
+    refs, hyps = _texts(refs, "refs"), _texts(hyps, "hyps")
+    check_int(batch_size, "batch_size")
+    check_int(max_length, "max_length", 2)
+    check_int(max_words, "max_words")
     if len(refs) != len(hyps):
         raise ShapeError(f"hyps: expected {len(refs)} reports (one per reference), got {len(hyps)}")
     if not refs:
@@ -296,6 +320,18 @@ def generate_judgements(
     ``clean_responses``."""
     import torch
 
+    prompts = _texts(prompts, "prompts")
+    check_int(batch_size, "batch_size")
+    check_int(max_length, "max_length", 2)
+    for name, obj, attrs in (
+        ("model", model, ("generate",)),
+        ("tok", tok, ("eos_token_id", "bos_token_id")),
+    ):
+        if obj is None or not all(hasattr(obj, a) for a in attrs):
+            raise VoxlmTypeError(
+                f"{name}: expected an object with {', '.join(attrs)} (a voxlm LlamaForCausalLM / "
+                f"Tokenizer), got {type(obj).__name__}"
+            )
     eos, pad = tok.eos_token_id, tok.eos_token_id
     bos = tok.bos_token_id
     dev = next(model.parameters()).device

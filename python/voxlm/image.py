@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from . import _core
-from .exceptions import ShapeError, VoxlmTypeError
+from ._bind import check_budget, check_int, check_number
+from .exceptions import ConfigError, ShapeError, VoxlmTypeError
 
 PathLike = str | os.PathLike[str]
 
@@ -37,12 +38,38 @@ LLAVA_BACKGROUND: tuple[int, int, int] = (122, 116, 104)
 def load_image_2d(path: PathLike) -> np.ndarray:
     """Decode a PNG or JPEG file (by content) to ``[H, W]`` / ``[H, W, C]`` uint8 (uint16 for
     16-bit grey PNG). Raises :class:`~voxlm.VolumeFormatError` naming the file when corrupt."""
-    return _core.load_image_2d(os.fspath(path))
+    return _core.load_image_2d(os.fspath(_path(path)))
+
+
+def _path(path: Any) -> PathLike:
+    if not isinstance(path, (str, os.PathLike)):
+        raise VoxlmTypeError(f"path: expected an image file path, got {type(path).__name__}")
+    return path
+
+
+def _out_size(height: Any, width: Any, channels: int, what: str) -> tuple[int, int]:
+    """Checked output sizes: positive integers whose image (and the resampler's float rows)
+    fits in memory — the Rust resampler aborts the process when an allocation fails."""
+    h = check_int(height, f"{what} height")
+    w = check_int(width, f"{what} width")
+    check_budget(f"{what} to {h} x {w}", h * w * max(channels, 1) * 2)
+    return h, w
+
+
+def _background(background: Any) -> list[int]:
+    if isinstance(background, (str, bytes)) or not isinstance(background, Sequence):
+        raise ConfigError(f"background: expected 3 values in [0, 255] (RGB), got {background!r}")
+    vals = [check_int(v, "background", 0) for v in background]
+    if len(vals) != 3 or max(vals) > 255:
+        raise ConfigError(f"background: expected 3 values in [0, 255] (RGB), got {background!r}")
+    return vals
 
 
 def to_rgb(img: np.ndarray) -> np.ndarray:
     """Pillow's ``convert("RGB")`` on an array: grey replicated, alpha dropped, 16-bit grey
     clipped to 255 (Pillow's ``I;16 -> L``). Returns ``[H, W, 3]`` uint8."""
+    if img is None or isinstance(img, (str, bytes)):
+        raise VoxlmTypeError(f"img: expected an image array, got {type(img).__name__}")
     a = np.asarray(img)
     if a.dtype == np.uint16:
         a = np.minimum(a, 255).astype(np.uint8)
@@ -50,8 +77,8 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
         raise VoxlmTypeError(f"img: expected a uint8 or uint16 image, got dtype {a.dtype}")
     if a.ndim == 2:
         a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
-        raise ShapeError(f"img: expected [H, W] or [H, W, 1-4], got shape {a.shape}")
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or 0 in a.shape:
+        raise ShapeError(f"img: expected a non-empty [H, W] or [H, W, 1-4], got shape {a.shape}")
     if a.shape[2] in (1, 2):
         return np.ascontiguousarray(np.repeat(a[:, :, :1], 3, axis=2))
     return np.ascontiguousarray(a[:, :, :3])
@@ -69,15 +96,27 @@ def resize_bicubic(img: np.ndarray, height: int, width: int) -> np.ndarray:
     """Pillow's ``Image.resize((width, height), BICUBIC)`` on uint8 ``[H, W(, C)]`` (a port of
     Pillow 12's ``Resample.c``; within 2 levels of Pillow 13, see the module docstring).
     Returns ``[height, width, C]``."""
-    return _core.resize_bicubic(np.ascontiguousarray(img, dtype=np.uint8), int(height), int(width))
+    if not isinstance(img, np.ndarray):
+        raise VoxlmTypeError(f"img: expected a uint8 numpy array, got {type(img).__name__}")
+    if img.dtype != np.uint8:
+        raise VoxlmTypeError(f"img: expected a uint8 image, got dtype {img.dtype}")
+    if img.ndim not in (2, 3) or 0 in img.shape:
+        raise ShapeError(f"img: expected a non-empty [H, W] or [H, W, C], got shape {img.shape}")
+    c = img.shape[2] if img.ndim == 3 else 1
+    h, w = _out_size(height, width, c, "resize_bicubic")
+    check_budget(
+        f"resize_bicubic to {h} x {w}", max(h, img.shape[0]) * max(w, img.shape[1]) * c * 4
+    )
+    return _core.resize_bicubic(np.ascontiguousarray(img), h, w)
 
 
 def expand2square(img: Any, background: Sequence[int] = LLAVA_BACKGROUND) -> np.ndarray:
     """LLaVA's ``expand2square``: paste the image centred (offset ``(long - short) // 2``) on
     a square canvas of ``background``. Accepts a path, PIL image or array; returns
     ``[S, S, 3]`` uint8."""
+    bg = _background(background)
     rgb = _as_rgb(img)
-    return _core.expand2square(rgb, [int(v) for v in background])
+    return _core.expand2square(rgb, bg)
 
 
 def clip_preprocess(
@@ -96,33 +135,50 @@ def clip_preprocess(
     :func:`expand2square` with ``background``. ``size`` / ``crop_size`` None skip that step.
     Returns float32 ``[N, 3, crop_h, crop_w]``."""
     single = isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "convert")
+    if not single and (
+        images is None
+        or isinstance(images, (bytes, torch.Tensor))
+        or not hasattr(images, "__iter__")
+    ):
+        raise VoxlmTypeError(
+            "images: expected an image (path, PIL image or uint8 array) or a list of them, got "
+            f"{type(images).__name__}"
+        )
     items = [images] if single else list(images)
     if not items:
         raise ShapeError("images: expected at least one image")
-    crop = (
-        None
-        if crop_size is None
-        else (
-            (int(crop_size), int(crop_size))
-            if isinstance(crop_size, int)
-            else tuple(int(c) for c in crop_size)
-        )
-    )
-    if len(mean) != 3 or len(std) != 3:
-        raise ShapeError("mean, std: expected 3 values each (RGB)")
+    if size is not None:
+        size = check_int(size, "size")
+    if crop_size is None:
+        crop = None
+    elif isinstance(crop_size, (list, tuple)) and len(crop_size) == 2:
+        crop = tuple(check_int(c, "crop_size") for c in crop_size)
+    else:
+        c = check_int(crop_size, "crop_size")
+        crop = (c, c)
+    for name, v in (("mean", mean), ("std", std)):
+        if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or len(v) != 3:
+            raise ShapeError(f"{name}: expected 3 values (RGB), got {v!r}")
+    mean = [check_number(m, "mean") for m in mean]
+    std = [check_number(s, "std", 0.0, low_open=True) for s in std]
+    rescale_factor = check_number(rescale_factor, "rescale_factor")
+    bg = _background(background)
     out = []
     for it in items:
         rgb = _as_rgb(it)
         if pad_to_square:
-            rgb = _core.expand2square(rgb, [int(v) for v in background])
+            rgb = _core.expand2square(rgb, bg)
+        if size is not None:
+            short, long = sorted(rgb.shape[:2])
+            _out_size(size, max(size, size * long // short), 3, "clip_preprocess resize")
         out.append(
             _core.clip_preprocess(
                 rgb,
-                None if size is None else int(size),
+                size,
                 crop,
-                float(rescale_factor),
-                [float(m) for m in mean],
-                [float(s) for s in std],
+                rescale_factor,
+                mean,
+                std,
             )
         )
     shapes = {a.shape for a in out}

@@ -25,6 +25,27 @@ from .llm import splice_image_tokens
 Triple = tuple[int, int, int]
 
 
+def load_checked(model: nn.Module, sd: Mapping[str, torch.Tensor], where: object) -> None:
+    """``model.load_state_dict(sd, strict=True)`` with a CheckpointError naming ``where``, the
+    missing / unexpected keys and the first shape mismatch (torch's own error is a RuntimeError
+    listing every key)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(sd[k].shape)}, model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and isinstance(sd[k], torch.Tensor) and sd[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{where}: the weights do not fit the config (missing {missing[:3]}"
+            f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+            f"{'...' if len(unexpected) > 3 else ''}, shape mismatches {shapes[:2]})"
+        )
+    model.load_state_dict(sd, strict=True)
+
+
 def _int(v: object, name: str, minimum: int = 1) -> int:
     """A size argument: an integer >= ``minimum`` (checked before any parameter is allocated)."""
     if isinstance(v, bool) or not isinstance(v, int):
@@ -347,7 +368,7 @@ class ViT3D(RustBound):
             classification="cls_token" in sd,
             qkv_bias="blocks.0.attn.qkv.bias" in sd,
         )
-        model.load_state_dict(sd, strict=True)
+        load_checked(model, sd, "from_monai")
         return model
 
 
@@ -509,11 +530,22 @@ class CLIPVision(RustBound):
         import json
         import pathlib
 
+        if not isinstance(path, (str, os.PathLike)):
+            raise VoxlmTypeError(f"path: expected a checkpoint folder, got {type(path).__name__}")
         p = pathlib.Path(path)
         if not (p / "config.json").is_file():
             raise CheckpointError(f"{p}: no config.json")
-        cfg = json.loads((p / "config.json").read_text())
-        cfg = cfg.get("vision_config", cfg)
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{p / 'config.json'}: not valid JSON ({e})") from e
+        if isinstance(cfg, dict):
+            cfg = cfg.get("vision_config", cfg)
+        if not isinstance(cfg, dict):
+            raise CheckpointError(
+                f"{p / 'config.json'}: expected a JSON object of CLIP vision config fields, got "
+                f"{type(cfg).__name__}"
+            )
         if cfg.get("hidden_act", "quick_gelu") != "quick_gelu":
             raise ConfigError(
                 f"{p}: hidden_act {cfg['hidden_act']!r} is not supported (CLIP uses quick_gelu)"
@@ -539,7 +571,7 @@ class CLIPVision(RustBound):
             for k, v in sd.items()
             if k.startswith("vision_model.") and not k.endswith("position_ids")
         }
-        model.load_state_dict(sd, strict=True)
+        load_checked(model, sd, p)
         return model
 
     def inflate(self, depth: int, mode: str = "replicate") -> CLIPVision:

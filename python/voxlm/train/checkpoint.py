@@ -275,6 +275,10 @@ def set_seed(seed: int) -> None:
 
 def list_checkpoints(output_dir: PathLike) -> list[tuple[int, pathlib.Path]]:
     """Complete checkpoints ``(step, path)`` in ``output_dir``, oldest first."""
+    if not isinstance(output_dir, (str, os.PathLike)):
+        from ..exceptions import VoxlmTypeError
+
+        raise VoxlmTypeError(f"output_dir: expected a folder path, got {type(output_dir).__name__}")
     d = pathlib.Path(output_dir)
     if not d.is_dir():
         return []

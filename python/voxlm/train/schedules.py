@@ -84,6 +84,18 @@ def get_scheduler(
     num_training_steps: int = 0,
 ) -> LambdaLR:
     """A ``LambdaLR`` equal to ``transformers.get_scheduler(name, ...)``."""
+    from ..exceptions import ConfigError, VoxlmTypeError
+
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise VoxlmTypeError(
+            f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    for k, v in (
+        ("num_warmup_steps", num_warmup_steps),
+        ("num_training_steps", num_training_steps),
+    ):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"{k}: expected an integer >= 0, got {v!r}")
     return LambdaLR(optimizer, lr_lambda(name, num_warmup_steps, num_training_steps))
 
 
@@ -103,6 +115,10 @@ def _parameter_names(model: nn.Module, patterns: list[re.Pattern[str]]) -> list[
 
 def decay_parameter_names(model: nn.Module) -> list[str]:
     """Names of the parameters that get weight decay (``Trainer.get_decay_parameter_names``)."""
+    if not isinstance(model, nn.Module):
+        from ..exceptions import VoxlmTypeError
+
+        raise VoxlmTypeError(f"model: expected a torch nn.Module, got {type(model).__name__}")
     return _parameter_names(model, [re.compile(p) for p in _FORBIDDEN_NAME_PATTERNS])
 
 

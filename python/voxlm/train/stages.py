@@ -26,6 +26,20 @@ class Stage:
     args: TrainingArguments
     set_trainable: Callable[[nn.Module], Any] | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"Stage.name: expected a non-empty folder name, got {self.name!r}")
+        if not isinstance(self.args, TrainingArguments):
+            raise ConfigError(
+                f"Stage {self.name!r}: args: expected a TrainingArguments, got "
+                f"{type(self.args).__name__}"
+            )
+        if self.set_trainable is not None and not callable(self.set_trainable):
+            raise ConfigError(
+                f"Stage {self.name!r}: set_trainable: expected a callable(model) or None, got "
+                f"{type(self.set_trainable).__name__}"
+            )
+
 
 def run_stages(
     model: nn.Module,
@@ -47,11 +61,19 @@ def run_stages(
     newest complete checkpoint (or starts); later stages follow."""
     if not stages:
         raise ConfigError("stages: expected at least one Stage, got an empty list")
+    not_stages = [type(s).__name__ for s in stages if not isinstance(s, Stage)]
+    if not_stages:
+        raise ConfigError(f"stages: expected voxlm.train.Stage objects, got {not_stages}")
     names = [s.name for s in stages]
     bad = [
         n
         for n in names
-        if not n or "/" in n or n.startswith(".") or n in ("final",) or n.startswith("checkpoint-")
+        if not n
+        or "/" in n
+        or "\\" in n
+        or n.startswith(".")
+        or n in ("final",)
+        or n.startswith("checkpoint-")
     ]
     if bad or len(set(names)) != len(names):
         raise ConfigError(

@@ -34,7 +34,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from ..exceptions import CheckpointError, ConfigError, DataError, TrainingError, VoxlmIOError
+from ..exceptions import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    TrainingError,
+    VoxlmIOError,
+    VoxlmTypeError,
+)
 from . import checkpoint as C
 from . import distributed as D
 from .args import TrainingArguments
@@ -192,6 +199,17 @@ class Trainer:
             raise ConfigError(
                 f"args: expected a voxlm.train.TrainingArguments, got {type(args).__name__}"
             )
+        if not isinstance(model, nn.Module):
+            raise VoxlmTypeError(f"model: expected a torch nn.Module, got {type(model).__name__}")
+        for name, ds in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            if ds is not None and not (hasattr(ds, "__getitem__") or hasattr(ds, "__iter__")):
+                raise VoxlmTypeError(
+                    f"{name}: expected a dataset (len + indexing, or iterable), got "
+                    f"{type(ds).__name__}"
+                )
+        for name, fn in (("data_collator", data_collator), ("compute_metrics", compute_metrics)):
+            if fn is not None and not callable(fn):
+                raise VoxlmTypeError(f"{name}: expected a callable, got {type(fn).__name__}")
         self.model = model
         self.args = args
         self.train_dataset = train_dataset
@@ -361,6 +379,11 @@ class Trainer:
             return None
         if resume_from_checkpoint is True:
             return C.latest_checkpoint(self.output_dir)  # None: nothing to resume, start fresh
+        if not isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            raise ConfigError(
+                "resume_from_checkpoint: expected None, True or a checkpoint folder, got "
+                f"{resume_from_checkpoint!r}"
+            )
         p = pathlib.Path(resume_from_checkpoint)
         if not (p / C.STATE_NAME).is_file():
             raise CheckpointError(
@@ -907,7 +930,13 @@ class Trainer:
             ep = EvalPrediction(
                 _concat_padded(preds) if preds else None, _concat_padded(labels) if labels else None
             )
-            for k, v in dict(self.compute_metrics(ep)).items():
+            got = self.compute_metrics(ep)
+            if not isinstance(got, Mapping):
+                raise VoxlmTypeError(
+                    f"compute_metrics: expected a dict of metric name -> value, got "
+                    f"{type(got).__name__}"
+                )
+            for k, v in dict(got).items():
                 metrics[
                     k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}"
                 ] = v
