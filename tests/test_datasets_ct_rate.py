@@ -174,12 +174,15 @@ def test_ct_rate_bad_input(tmp_path):
     with pytest.raises(DataError, match="row 2 .*train_2_a_1.nii.gz"):
         read_records("ct-rate", tmp_path)
     (tmp_path / "dataset/metadata/validation_metadata.csv").unlink()
+    # asked for (metadata=True): the table must exist; by default a copy without it reads
     with pytest.raises(DataError, match="validation_metadata.csv"):
-        read_records("ct-rate", tmp_path, split="validation")
-    assert len(read_records("ct-rate", tmp_path, split="validation", metadata=False)) == 2
+        read_records("ct-rate", tmp_path, split="validation", metadata=True)
+    recs = read_records("ct-rate", tmp_path, split="validation")
+    assert len(recs) == 2 and "meta" not in recs[0] and "labels" in recs[0]
     (tmp_path / "dataset/multi_abnormality_labels/valid_predicted_labels.csv").unlink()
     with pytest.raises(DataError, match="valid_predicted_labels.csv"):
-        read_records("ct-rate", tmp_path, split="validation", metadata=False)
+        read_records("ct-rate", tmp_path, split="validation", labels=True)
+    assert "labels" not in read_records("ct-rate", tmp_path, split="validation")[0]
 
 
 def test_ct_rate_bad_metadata_value(tmp_path):

@@ -617,3 +617,15 @@ def test_ct_rate_label_that_is_not_0_or_1(tmp_path):
     )
     with pytest.raises(DataError, match=r"predicted_labels\.csv row 2 .*expected 0/1 labels"):
         read_records("ct-rate", tmp_path)
+
+
+def test_amos_json_of_another_name_is_found_by_its_content(tmp_path):
+    _touch(tmp_path / "imagesVa" / "amos_0002.nii.gz")
+    find = {"chest": "Clear.", "abdomen": "", "pelvis": "Normal bladder."}
+    item = {"image": "./imagesVa/amos_0002.nii.gz", "labels": {"report": {"findings": find}}}
+    _write(tmp_path / "notes.json", json.dumps({"comment": "not a split list"}))
+    _write(tmp_path / "amos_mm_reports.json", json.dumps({"training": [], "validation": [item]}))
+    (rec,) = read_records("amos-mm", tmp_path, split="validation")
+    assert rec["report"] == "Clear.\nNormal bladder." and rec["id"] == "amos_0002"
+    with pytest.raises(DataError, match=r"the vqa JSON at one of: .*vqa_train_val\.json"):
+        read_records("amos-mm", tmp_path, task="vqa")

@@ -17,6 +17,7 @@ Sources: the challenge's release layout as read by bowang-lab/AMOS-MM-Solution
 
 from __future__ import annotations
 
+import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +57,29 @@ def _text(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return " ".join(str(x).strip() for x in v if str(x).strip())
     return str(v).strip()
+
+
+def _find_json(root: pathlib.Path, task: str) -> pathlib.Path | None:
+    """A JSON file of another name in ``root`` (e.g. a copy's ``report_train_val.json``) that holds
+    ``{"training" | "validation": [items]}`` whose first item has ``labels.report`` (task
+    ``report``) or ``labels.qa`` (``vqa``); None when there is none."""
+    want = "report" if task == "report" else "qa"
+    for p in sorted(root.glob("*.json")) if root.is_dir() else []:
+        try:
+            if p.stat().st_size > 512 << 20:
+                continue
+            data = json.loads(p.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        for key in _KEYS.values():
+            items = data.get(key)
+            if isinstance(items, list) and items and isinstance(items[0], dict):
+                labels = items[0].get("labels")
+                if isinstance(labels, dict) and want in labels:
+                    return p
+    return None
 
 
 def _answer_letter(answer: Any, opts: dict[str, Any]) -> str | None:
@@ -115,7 +139,9 @@ def read_amos_mm(
     jp = (
         pathlib.Path(json_path)
         if json_path is not None
-        else first_existing([root / n for n in names], fmt, f"the {task} JSON")
+        else next((root / n for n in names if (root / n).is_file()), None)
+        or _find_json(root, task)
+        or first_existing([root / n for n in names], fmt, f"the {task} JSON")
     )
     data = read_json(jp, fmt)
     key = _KEYS[s]

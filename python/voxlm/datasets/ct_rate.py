@@ -107,6 +107,10 @@ def _numbers(v: str | None) -> list[float] | None:
     return found if found and all(np.isfinite(found)) else None
 
 
+def _has_table(root: pathlib.Path, folder: str, name: str) -> bool:
+    return any((b / folder / name).is_file() for b in (root / "dataset", root))
+
+
 def _literal(v: str | None) -> Any:
     return _numbers(v)
 
@@ -133,8 +137,8 @@ def read_ct_rate(
     root: PathLike,
     split: str = "train",
     fixed: bool | None = None,
-    labels: bool = True,
-    metadata: bool = True,
+    labels: bool | None = None,
+    metadata: bool | None = None,
     check_files: bool = True,
 ) -> list[dict[str, Any]]:
     """Records of the ``train`` or ``validation`` split of CT-RATE at ``root``.
@@ -143,7 +147,9 @@ def read_ct_rate(
         root: the dataset folder (holding ``dataset/``, ``radiology_text_reports/``, ...).
         split: ``train`` | ``validation`` (``valid``).
         fixed: read volumes from ``dataset/<split>_fixed`` (None: when that folder exists).
-        labels / metadata: also read the label table / metadata table (they must then exist).
+        labels / metadata: also read the label table / metadata table: True (it must exist),
+            False, or None (default): when the file exists (many copies lack ``metadata/``;
+            records then have no ``labels`` / ``meta``).
 
     Returns records ``{"id" (VolumeName without .nii.gz), "split", "image", "report"
     (Findings_EN), "sections" {"clinical_information", "technique", "findings", "impression"},
@@ -166,6 +172,10 @@ def read_ct_rate(
     rep_path = _table(root, "radiology_text_reports", f"{rname}_reports.csv")
     reports = read_csv(rep_path, fmt, required=REPORT_COLUMNS)
     lab: dict[str, np.ndarray] = {}
+    if labels is None:
+        labels = _has_table(root, "multi_abnormality_labels", f"{lname}_predicted_labels.csv")
+    if metadata is None:
+        metadata = _has_table(root, "metadata", f"{rname}_metadata.csv")
     if labels:
         lab_path = _table(root, "multi_abnormality_labels", f"{lname}_predicted_labels.csv")
         for i, row in enumerate(read_csv(lab_path, fmt, required=["VolumeName", *ABNORMALITIES])):

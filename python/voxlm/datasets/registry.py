@@ -63,11 +63,11 @@ def read_records(
         if unknown:
             raise ConfigError(
                 f"data: option(s) {unknown} are not read by the {format!r} reader; it accepts: "
-                + ", ".join(["missing", *accepted])
+                + (", ".join(accepted) if accepted else "no options")
             )
     if missing == "error":
         return reader(root, split=split, **options)
-    if accepted is not None and "check_files" not in accepted:
+    if accepted is not None and "missing" not in accepted:
         raise ConfigError(f"data.missing: the {format!r} reader cannot skip missing files")
     records = reader(root, split=split, **{**options, "check_files": False})
     kept = [r for r in records if all(os.path.exists(p) for _, p in record_paths(r))]
@@ -91,4 +91,6 @@ def reader_options(reader: Callable[..., Any]) -> list[str] | None:
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return None
     names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return [n for n in names[1:] if n != "split"]  # the first parameter is the root
+    names = [n for n in names[1:] if n != "split"]  # the first parameter is the root
+    # read_records' own option, for every reader that can leave its file checks to it
+    return [*names, "missing"] if "check_files" in names else names
