@@ -629,3 +629,19 @@ def test_amos_json_of_another_name_is_found_by_its_content(tmp_path):
     assert rec["report"] == "Clear.\nNormal bladder." and rec["id"] == "amos_0002"
     with pytest.raises(DataError, match=r"the vqa JSON at one of: .*vqa_train_val\.json"):
         read_records("amos-mm", tmp_path, task="vqa")
+
+
+def test_collator_with_a_raw_tokenizers_tokenizer(tok):
+    tokenizers = pytest.importorskip("tokenizers")
+    raw = tokenizers.Tokenizer.from_file(str(TOK))  # encode() gives an Encoding; no BOS/EOS
+    items = [_item(0, "no acute findings"), _item(1, "ok")]
+    kw = {"prompt": "Report: ", "add_bos": False, "add_eos": False}
+    a = ReportCollator(raw, 4, 64, **kw)(items)
+    b = ReportCollator(tok, 4, 64, **kw)(items)
+    assert torch.equal(a["labels"], b["labels"]) and torch.equal(
+        a["attention_mask"], b["attention_mask"]
+    )
+    with pytest.raises(ConfigError, match="add_eos: the tokenizer has no eos_token"):
+        ReportCollator(raw, 4, 64)
+    with pytest.raises(ConfigError, match=r"tokenizer: expected an object with encode"):
+        ReportCollator(object(), 0, 64, add_eos=False)

@@ -224,11 +224,16 @@ class ReportCollator:
                     f"image_token: {image_token!r} is not a token of the tokenizer; add it "
                     "as a special token"
                 )
-        self.bos_id = tokenizer.bos_token_id if add_bos else None
-        self.eos_id = tokenizer.eos_token_id
+        if not hasattr(tokenizer, "encode"):
+            raise ConfigError(
+                f"tokenizer: expected an object with encode(text, add_special_tokens=False), got "
+                f"{type(tokenizer).__name__}"
+            )
+        self.bos_id = getattr(tokenizer, "bos_token_id", None) if add_bos else None
+        self.eos_id = getattr(tokenizer, "eos_token_id", None)
         if add_eos and self.eos_id is None:
             raise ConfigError("add_eos: the tokenizer has no eos_token")
-        pad = tokenizer.pad_token_id
+        pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
 
     # -- text -----------------------------------------------------------------------------------
@@ -263,7 +268,7 @@ class ReportCollator:
 
     def encode(self, record: Mapping[str, Any]) -> tuple[list[int], int]:
         """``(token ids, prompt length incl. BOS)`` of one record, before padding."""
-        p = list(self.tokenizer.encode(self.prompt_text(record), add_special_tokens=False))
+        p = self._ids(self.prompt_text(record))
         if self.bos_id is not None:
             p = [self.bos_id, *p]
         if self.image_token_id is not None:
@@ -283,7 +288,7 @@ class ReportCollator:
             )
         if self.mode == "generate":
             return p, len(p)
-        t = list(self.tokenizer.encode(self.target_text(record), add_special_tokens=False))
+        t = self._ids(self.target_text(record))
         if self.image_token_id is not None and self.image_token_id in t:
             # the model puts image features at every placeholder: one in the target would shift
             # or break that (the text holds the placeholder token literally)
@@ -295,6 +300,12 @@ class ReportCollator:
         if self.add_eos:
             t.append(int(self.eos_id))  # type: ignore[arg-type]
         return p + t, len(p)
+
+    def _ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens (a list, or a ``tokenizers`` Encoding's
+        ``ids``)."""
+        out = self.tokenizer.encode(text, add_special_tokens=False)
+        return [int(t) for t in (out.ids if hasattr(out, "ids") else out)]
 
     # -- batch ----------------------------------------------------------------------------------
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
