@@ -645,3 +645,34 @@ def test_collator_with_a_raw_tokenizers_tokenizer(tok):
         ReportCollator(raw, 4, 64)
     with pytest.raises(ConfigError, match=r"tokenizer: expected an object with encode"):
         ReportCollator(object(), 0, 64, add_eos=False)
+
+
+def test_picai_marksheet_resaved_with_float_ids(tmp_path):
+    make_picai(tmp_path, MARKSHEET)
+    sheet = MARKSHEET.replace("\n10001,1000001,", "\n10001.0,1000001.0,")
+    _write(tmp_path / "clinical_information" / "marksheet.csv", sheet)
+    recs = read_records("picai", tmp_path)
+    assert recs[1]["id"] == "10001_1000001"
+    assert recs[1]["sequences"]["t2w"] == str(tmp_path / "10001" / "10001_1000001_t2w.mha")
+
+
+def test_prostate_biopsy_split_lines_as_picg_writes_them(tmp_path):
+    # the first lines of med-air/PICG2scoring scoring_train/data/public_train.txt, the last one
+    # without its newline (the reference's line[:-1] would cut the score's digit), a tab, "3.0"
+    lines = "Prostate-MRI-US-Biopsy-0001-Target1 3\nProstate-MRI-US-Biopsy-0003-Target2\t4.0\n"
+    lines += "Prostate-MRI-US-Biopsy-0005-Target1 5"
+    _write(tmp_path / "public_train.txt", lines)
+    for case, t in [("0001", 1), ("0003", 2), ("0005", 1)]:
+        c = f"Prostate-MRI-US-Biopsy-{case}"
+        for seq in ("T2W", "ADC", "DWI"):
+            _touch(tmp_path / c / f"{c}_{seq}_Target{t}.nii.gz")
+    recs = read_records("prostate-biopsy", tmp_path)
+    assert [(r["id"][-12:], r["pirads"]) for r in recs] == [
+        ("0001-Target1", 3),
+        ("0003-Target2", 4),
+        ("0005-Target1", 5),
+    ]
+    assert recs[1]["sequences"]["dwi"].endswith("Prostate-MRI-US-Biopsy-0003_DWI_Target2.nii.gz")
+    _write(tmp_path / "public_train.txt", lines.replace("4.0", "4.5"))
+    with pytest.raises(DataError, match=r"public_train\.txt line 2: PI-RADS '4\.5'"):
+        read_records("prostate-biopsy", tmp_path)

@@ -113,6 +113,13 @@ def lesion_centroids(mask: np.ndarray) -> list[list[float]]:
     return [c for _, c in comps]
 
 
+def _idn(v: str | None) -> str:
+    """A patient / study id as the file names spell it (``10000.0`` from a re-saved table ->
+    ``10000``)."""
+    t = str(v if v is not None else "").strip()
+    return t[:-2] if t.endswith(".0") and t[:-2].isdigit() else t
+
+
 def _num(v: str | None) -> float | None:
     """A marksheet number; None for a blank, ``N/A``, ``nan`` or non-numeric cell."""
     try:
@@ -212,7 +219,9 @@ def read_picai(
     mask_dirs = [r / d for d in order for r in lroots if (r / d).is_dir()]
     records = []
     for i, row in enumerate(rows):
-        pid, sid = row["patient_id"].strip(), row["study_id"].strip()
+        pid, sid = _idn(row["patient_id"]), _idn(row["study_id"])
+        if not pid or not sid:
+            raise DataError(f"{fmt}: {sheet} row {i + 2}: empty patient_id / study_id")
         cid = f"{pid}_{sid}"
         if sp is not None and cid not in sp[s]:
             continue

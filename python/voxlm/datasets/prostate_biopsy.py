@@ -90,8 +90,11 @@ def read_prostate_biopsy(
         name, score = parts
         case, target = name.split("-Target", 1)
         try:
-            pirads = int(score)
-        except ValueError:
+            f = float(score)
+            if not f.is_integer():
+                raise ValueError(score)
+            pirads = int(f)
+        except (ValueError, OverflowError):
             raise DataError(f"{where}: PI-RADS {score!r} is not an integer") from None
         if not 1 <= pirads <= 5:
             raise DataError(f"{where} ({name}): PI-RADS {pirads} is outside 1..5")
