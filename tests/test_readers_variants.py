@@ -676,3 +676,13 @@ def test_prostate_biopsy_split_lines_as_picg_writes_them(tmp_path):
     _write(tmp_path / "public_train.txt", lines.replace("4.0", "4.5"))
     with pytest.raises(DataError, match=r"public_train\.txt line 2: PI-RADS '4\.5'"):
         read_records("prostate-biopsy", tmp_path)
+
+
+def test_collator_study_without_images_and_views_of_other_sizes(tok):
+    col = ReportCollator(tok, 0, 32)
+    assert "images" not in col([{"id": "a", "images": [], "report": "x"}])
+    two = [torch.zeros(1, 2, 2), torch.ones(1, 2, 2)]
+    assert col([{"id": "a", "images": two, "report": "x"}])["images"].shape == (1, 2, 1, 2, 2)
+    odd = [torch.zeros(1, 2, 2), torch.ones(1, 3, 2)]  # views of other sizes: kept as a list
+    b = col([{"id": "a", "images": odd, "report": "x"}])
+    assert isinstance(b["images"], list) and b["images"][0][1].shape == (1, 3, 2)

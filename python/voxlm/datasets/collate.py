@@ -332,7 +332,7 @@ class ReportCollator:
                 )
         if all(isinstance(it.get("image"), torch.Tensor) for it in items):
             batch["images"] = _stack([it["image"] for it in items], "images", ids)
-        elif all(isinstance(it.get("images"), list) for it in items):
+        elif all(loaded["images"](it.get("images")) for it in items):
             views = [
                 torch.stack(it["images"])
                 if len({tuple(v.shape) for v in it["images"]}) == 1
