@@ -686,3 +686,20 @@ def test_collator_study_without_images_and_views_of_other_sizes(tok):
     odd = [torch.zeros(1, 2, 2), torch.ones(1, 3, 2)]  # views of other sizes: kept as a list
     b = col([{"id": "a", "images": odd, "report": "x"}])
     assert isinstance(b["images"], list) and b["images"][0][1].shape == (1, 3, 2)
+
+
+def test_m3d_paths_with_or_without_the_leading_folder(tmp_path):
+    _touch(tmp_path / "M3D_Cap_npy/ct_quizze/012247/Axial.npy")
+    _write(tmp_path / "M3D_Cap_npy/ct_quizze/012247/text.txt", "Report.")
+    row = ["ct_quizze/012247/Axial.npy", "rep", "3", "Organ?", "a", "b", "c", "d", "a", "A"]
+    _write(tmp_path / "M3D-VQA" / "M3D_VQA_val.csv", _csv(VQA_COLUMNS, [row]))
+    (v,) = read_records("m3d-vqa", tmp_path, split="val")
+    assert v["image"] == str(tmp_path / "M3D_Cap_npy/ct_quizze/012247/Axial.npy")
+    for prefix in ("", "M3D_Cap_npy/"):
+        item = {
+            "image": f"{prefix}ct_quizze/012247/Axial.npy",
+            "text": f"{prefix}ct_quizze/012247/text.txt",
+        }
+        _write(tmp_path / "M3D_Cap.json", json.dumps({"test": [item]}))
+        (c,) = read_records("m3d-cap", tmp_path, split="test")
+        assert c["image"] == v["image"] and c["report"] == "Report."

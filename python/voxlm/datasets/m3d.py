@@ -85,9 +85,10 @@ def read_m3d_cap(
             )
         # paths are relative to the data root (M3D's train.py joins them to data_root); copies
         # whose JSON sits in M3D_Cap_npy/ with paths relative to that folder are read as well
+        bases = (root, jp.parent, root / "M3D_Cap_npy")
         base = next(
-            (b for b in (root, jp.parent) if (b / item["text"]).is_file()),
-            next((b for b in (root, jp.parent) if (b / item["image"]).exists()), root),
+            (b for b in bases if (b / item["text"]).is_file()),
+            next((b for b in bases if (b / item["image"]).exists()), root),
         )
         img, txt = base / item["image"], base / item["text"]
         rid = str(pathlib.PurePosixPath(item["image"]).with_suffix(""))
@@ -172,7 +173,18 @@ def read_m3d_vqa(
     rows = read_csv(cp, fmt, required=VQA_COLUMNS)
     # Image Path is relative to the data root (M3D's VQADataset joins it to data_root); a root that
     # is the M3D-VQA folder itself (the CSVs' folder) or its parent is found from the first row
-    bases = list(dict.fromkeys([root, cp.parent, cp.parent.parent]))
+    # (or, for paths without the leading folder, the M3D_Cap_npy folder beside it)
+    bases = list(
+        dict.fromkeys(
+            [
+                root,
+                cp.parent,
+                cp.parent.parent,
+                root / "M3D_Cap_npy",
+                cp.parent.parent / "M3D_Cap_npy",
+            ]
+        )
+    )
     base = next((b for b in bases if rows and (b / rows[0]["Image Path"].strip()).exists()), root)
     records: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
