@@ -96,7 +96,8 @@ def read_label_table(path: pathlib.Path) -> tuple[dict[int, np.ndarray], list[st
     The label columns are every column but the id (``id``, any case) and unnamed index columns
     (``Unnamed: 0``, the one ``DataFrame.to_csv`` adds); when their names are Dia-LLaMA's 14
     conditions (``enlarged_cardiomediastinum`` or ``Enlarged Cardiomediastinum``), they are put in
-    :data:`CONDITIONS` order, the order Dia-LLaMA reads (``row[1:]``) and its prompt names them.
+    :data:`CONDITIONS` order, the order Dia-LLaMA reads (``row[1:]``) and its prompt names them;
+    14 columns of other names are taken by position, as Dia-LLaMA does.
     An empty cell is code 0 (blank: not mentioned), as CheXbert writes it; codes written as
     floats (``2.0``) are read as integers; any other value is a DataError naming the row."""
     fmt = "ctrg-chest"
@@ -111,6 +112,8 @@ def read_label_table(path: pathlib.Path) -> tuple[dict[int, np.ndarray], list[st
     by_norm = {_norm(c): c for c in cols}
     if len(cols) == len(CONDITIONS) and set(by_norm) == {_norm(c) for c in CONDITIONS}:
         cols, names = [by_norm[_norm(c)] for c in CONDITIONS], list(CONDITIONS)
+    elif len(cols) == len(CONDITIONS):
+        names = list(CONDITIONS)  # 14 columns of other names: by position, as Dia-LLaMA reads them
     else:
         names = list(cols)
     codes: dict[int, np.ndarray] = {}
@@ -173,7 +176,9 @@ def read_ctrg_chest(
         else first_existing([root / d for d in VOLUME_DIRS], fmt, "the volume folder")
     )
     # the download's zip unpacks to CTRG-Chest-548K_volume/CTRG-Chest-548K_volume/<id>.nii.gz
-    while (vdir / vdir.name).is_dir():
+    for _ in range(3):
+        if not (vdir / vdir.name).is_dir():
+            break
         vdir = vdir / vdir.name
     ann = read_json(ann_path, fmt)
     key = _SPLIT_KEYS[s]
