@@ -703,3 +703,11 @@ def test_m3d_paths_with_or_without_the_leading_folder(tmp_path):
         _write(tmp_path / "M3D_Cap.json", json.dumps({"test": [item]}))
         (c,) = read_records("m3d-cap", tmp_path, split="test")
         assert c["image"] == v["image"] and c["report"] == "Report."
+
+
+@pytest.mark.parametrize("fmt", ["ct-rate", "ctrg-chest", "picai", "mimic-cxr", "manifest"])
+def test_root_and_split_of_the_wrong_kind(fmt):
+    with pytest.raises(ConfigError, match=r"data.root: expected the dataset folder .*got 5"):
+        read_records(fmt, 5)
+    with pytest.raises(ConfigError, match=r"data.split: expected a split name .*got 3"):
+        read_records(fmt, "/nonexistent", split=3)

@@ -54,6 +54,12 @@ def read_records(
     from ..exceptions import DataError
     from ._common import record_paths
 
+    if not isinstance(root, (str, os.PathLike)) or not str(os.fspath(root)).strip():
+        raise ConfigError(f"data.root: expected the dataset folder (a path), got {root!r}")
+    if not isinstance(split, str):
+        raise ConfigError(
+            f"data.split: expected a split name (train / validation / test), got {split!r}"
+        )
     if missing not in ("error", "skip"):
         raise ConfigError(f"data.missing: expected 'error' or 'skip', got {missing!r}")
     reader = get_reader(format)
