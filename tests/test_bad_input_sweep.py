@@ -25,6 +25,7 @@ from voxlm._bind import check_budget, check_device
 from voxlm.exceptions import (
     CheckpointError,
     ConfigError,
+    DataError,
     DeviceError,
     DTypeError,
     ShapeError,
@@ -333,7 +334,6 @@ def _tiny(name: str) -> dict:
         ("lm_learning_rate", "3e-3", ("recipe.lm_learning_rate", "1.0e-3")),
         ("lora_alpha", math.nan, ("recipe.lora_alpha", "finite")),
         ("lora_r", True, ("recipe.lora_r", "True")),
-        ("lora_target_modules", "q_proj", ("recipe.lora_target_modules", "a list")),
         ("lora_target_modules", [1], ("recipe.lora_target_modules", "[1]")),
     ],
 )
@@ -365,6 +365,23 @@ def test_dia_llama_config_types_and_ranges(field, value):
         f"recipe.{field}",
         repr(value),
     )
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"temperature": 0.0}, "temperature"),
+        ({"repetition_penalty": -1.0}, "repetition_penalty"),
+        ({"top_p": 2.0, "do_sample": True}, "top_p"),
+    ],
+)
+def test_generation_settings_generate_refuses_are_refused_before_training(changes, field):
+    """LlamaForCausalLM.generate refuses these; the Config accepted them, so a run trained to
+    the end and failed at its evaluation."""
+    from voxlm.recipes.dia_llama import DiaLlamaConfig
+
+    r = _tiny("dia_llama")["recipe"]
+    raises(ConfigError, lambda: DiaLlamaConfig.from_dict({**r, **changes}), f"recipe.{field}")
 
 
 def test_recipe_sizes_that_do_not_fit_in_memory_are_config_errors():
@@ -648,3 +665,43 @@ def test_compute_metrics_must_return_a_mapping(tmp_path):
     ds = [{"input_ids": torch.tensor([1, 2, 3]), "labels": torch.tensor([1, 2, 3])}] * 2
     t = Trainer(_tiny_lm(), args, ds, ds, compute_metrics=lambda p: 5)
     raises(VoxlmTypeError, t.evaluate, "compute_metrics", "dict", "int")
+
+
+# ---------------------------------------------------------------------------------------------
+# recipe entry points (generate / evaluate / datasets / stages / forward / from_pretrained /
+# the collator): checks shared through Recipe.__init_subclass__
+
+
+@pytest.fixture(scope="module")
+def dia():
+    cfg = _tiny("dia_llama")
+    return get_recipe("dia_llama").from_config(cfg["recipe"], cfg["model"]).eval()
+
+
+def test_recipe_entry_points_check_their_arguments(dia, tmp_path):
+    images = torch.randn(1, 3, *dia.config.image_size)
+    name = "DiaLlama"
+    for bad, exc, words in [
+        (images.numpy(), VoxlmTypeError, ("images", "torch.from_numpy")),
+        (None, VoxlmTypeError, ("images", "NoneType")),
+        (images.to(torch.complex64), DTypeError, ("complex64",)),
+        (images.to("meta"), DeviceError, ("meta",)),
+        (images[:0], ShapeError, ("non-empty",)),
+    ]:
+        raises(exc, lambda b=bad: dia.generate(b, max_new_tokens=2), f"{name}.generate", *words)
+    raises(VoxlmTypeError, lambda: dia.evaluate(None), "dataset", "NoneType")
+    raises(VoxlmTypeError, lambda: dia.evaluate([1, 2]), "dataset[0]", "int")
+    raises(VoxlmTypeError, lambda: dia.evaluate([], output_dir=5), "output_dir")
+    raises(ConfigError, lambda: dia.evaluate([], batch_size=0), "batch_size", "0")
+    raises(ConfigError, lambda: dia.datasets([1]), "data", "[1]")
+    raises(ConfigError, lambda: dia.datasets({"format": "ctrg-chest", "root": 5}), "data.root")
+    raises(ConfigError, lambda: dia.stages({"output_dir": "x"}), "TrainingArguments", "dict")
+    raises(VoxlmTypeError, lambda: dia.save_pretrained(5), "path", "int")
+    raises(CheckpointError, lambda: get_recipe("dia_llama").from_pretrained(5), "path", "5")
+    ids = torch.tensor([[1, 2, 3]])
+    raises(DataError, lambda: dia(input_ids=ids), "lacks ['images']", "input_ids")
+    collate = dia.collator()
+    raises(DataError, lambda: collate([]), "empty batch")
+    raises(DataError, lambda: collate([1, 2]), "item 0", "int")
+    # the checks do not get in the way of a valid call
+    assert isinstance(dia.generate(images, max_new_tokens=2)[0], str)

@@ -28,12 +28,13 @@ import collections.abc
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
-from ..exceptions import CheckpointError, ConfigError, VoxlmError
+from ..exceptions import CheckpointError, ConfigError, ShapeError, VoxlmError
 
 PathLike = str | os.PathLike[str]
 
@@ -52,6 +53,20 @@ class Recipe(nn.Module):
         for m in ("from_config", "from_pretrained"):
             if isinstance(cls.__dict__.get(m), classmethod):
                 setattr(cls, m, classmethod(_named_allocation_failure(cls.__dict__[m].__func__)))
+        # argument checks every recipe's entry points share (each names expected and given)
+        for m, check in (
+            ("generate", _check_generate_args),
+            ("evaluate", _check_evaluate_args),
+            ("datasets", _check_datasets_args),
+            ("stages", _check_stages_args),
+            ("save_pretrained", _check_path_arg),
+        ):
+            fn = cls.__dict__.get(m)
+            if callable(fn) and not getattr(fn, "_voxlm_checked", False):
+                setattr(cls, m, _checked(fn, check))
+        fwd = cls.__dict__.get("forward")
+        if callable(fwd) and not getattr(fwd, "_voxlm_checked", False):
+            cls.forward = _batch_checked(fwd)
 
     # -- building -------------------------------------------------------------------------
 
@@ -101,6 +116,150 @@ class Recipe(nn.Module):
         raise NotImplementedError(f"{cls.__name__}.from_pretrained")
 
 
+def _checked(fn: Any, check: Any) -> Any:
+    """``fn`` (a recipe method) with ``check(self, *args, **kwargs)`` run first."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        check(self, fn.__name__, *args, **kwargs)
+        return fn(self, *args, **kwargs)
+
+    wrapper._voxlm_checked = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _batch_checked(fn: Any) -> Any:
+    """``forward`` with a DataError naming the missing batch keys (the trainer calls
+    ``model(**batch)``: a collator that leaves out a key gave a bare TypeError)."""
+    import functools
+    import inspect
+
+    from ..exceptions import DataError
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            sig.bind(self, *args, **kwargs)
+        except TypeError as e:
+            required = [
+                n
+                for n, p in list(sig.parameters.items())[1 + len(args) :]
+                if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+            missing = [n for n in required if n not in kwargs]
+            raise DataError(
+                f"{type(self).__name__}.forward: the batch lacks {missing or '?'} ({e}); got keys "
+                f"{sorted(kwargs)}"
+            ) from None
+        return fn(self, *args, **kwargs)
+
+    wrapper._voxlm_checked = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _first(args: tuple, kwargs: Mapping[str, Any], *names: str) -> tuple[bool, Any, str]:
+    if args:
+        return True, args[0], names[0]
+    for n in names:
+        if n in kwargs:
+            return True, kwargs[n], n
+    return False, None, names[0]
+
+
+def _check_generate_args(self: Any, method: str, *args: Any, **kwargs: Any) -> None:
+    """The image batch of ``generate`` (``images`` / ``pixel_values`` / ``volume``) is a tensor
+    with real values on a device voxlm computes on; token ids (the example recipe) are integers."""
+    from ..exceptions import DeviceError, DTypeError, VoxlmTypeError
+
+    names = ("images", "pixel_values", "volume", "input_ids")
+    given, x, name = _first(args, kwargs, *names)
+    if not given:
+        return
+    import inspect
+
+    params = list(inspect.signature(getattr(type(self), method)).parameters)[1:2]
+    name = params[0] if params else name
+    if name not in names:
+        return
+    where = f"{type(self).__name__}.{method}: {name}"
+    if not isinstance(x, torch.Tensor):
+        hint = " (convert with torch.from_numpy)" if type(x).__module__ == "numpy" else ""
+        raise VoxlmTypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}{hint}")
+    if x.is_complex():
+        raise DTypeError(f"{where}: expected real values, got {x.dtype}")
+    if name == "input_ids" and (x.is_floating_point() or x.dtype == torch.bool):
+        raise DTypeError(f"{where}: expected integer token ids, got {x.dtype}")
+    if x.device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"{where}: expected a tensor on cpu or cuda, got one on {x.device}")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ShapeError(f"{where}: expected a non-empty batch, got shape {tuple(x.shape)}")
+
+
+def _check_path_arg(self: Any, method: str, *args: Any, **kwargs: Any) -> None:
+    from ..exceptions import VoxlmTypeError
+
+    given, p, name = _first(args, kwargs, "path", "output_dir")
+    if given and p is not None and not isinstance(p, (str, os.PathLike)):
+        raise VoxlmTypeError(
+            f"{type(self).__name__}.{method}: {name}: expected a folder path, got "
+            f"{type(p).__name__}"
+        )
+
+
+def _check_evaluate_args(self: Any, method: str, *args: Any, **kwargs: Any) -> None:
+    from ..exceptions import VoxlmTypeError
+
+    given, ds, _ = _first(args, kwargs, "dataset")
+    where = f"{type(self).__name__}.{method}"
+    if given and (
+        ds is None
+        or isinstance(ds, (str, bytes, Mapping))
+        or not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__"))
+    ):
+        raise VoxlmTypeError(
+            f"{where}: dataset: expected a dataset of records (len + indexing, e.g. a "
+            f"ReportDataset or a list of dicts), got {type(ds).__name__}"
+        )
+    if isinstance(ds, (list, tuple)):
+        bad = [i for i, r in enumerate(ds[:1000]) if not isinstance(r, Mapping)]
+        if bad:
+            raise VoxlmTypeError(
+                f"{where}: dataset[{bad[0]}]: expected a record (dict), got "
+                f"{type(ds[bad[0]]).__name__}"
+            )
+    out = args[1] if len(args) > 1 else kwargs.get("output_dir")
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise VoxlmTypeError(f"{where}: output_dir: expected a folder path, got {out!r}")
+    bs = kwargs.get("batch_size")
+    if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
+        raise ConfigError(f"{where}: batch_size: expected an integer >= 1, got {bs!r}")
+
+
+def _check_datasets_args(self: Any, method: str, *args: Any, **kwargs: Any) -> None:
+    given, data, _ = _first(args, kwargs, "data")
+    if not given:
+        return
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"data: expected a mapping (the config's data section), got {data!r}")
+    root = data.get("root")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ConfigError(f"data.root: expected a folder path, got {root!r}")
+
+
+def _check_stages_args(self: Any, method: str, *args: Any, **kwargs: Any) -> None:
+    from ..train import TrainingArguments
+
+    given, a, _ = _first(args, kwargs, "args")
+    if given and not isinstance(a, TrainingArguments):
+        raise ConfigError(
+            f"{type(self).__name__}.stages: args: expected a voxlm.train.TrainingArguments (e.g. "
+            f"TrainingArguments.from_dict(config['train'])), got {type(a).__name__}"
+        )
+
+
 _ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "Cannot allocate memory")
 
 
@@ -114,6 +273,13 @@ def _named_allocation_failure(fn: Any) -> Any:
 
     @functools.wraps(fn)
     def wrapper(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn.__name__ == "from_pretrained":
+            given, p, _ = _first(args, kwargs, "path")
+            if given and not isinstance(p, (str, os.PathLike)):
+                raise CheckpointError(
+                    f"{cls.__name__}.from_pretrained: path: expected a saved recipe folder, got "
+                    f"{p!r}"
+                )
         try:
             return fn(cls, *args, **kwargs)
         except (torch.OutOfMemoryError, MemoryError) as e:
@@ -141,6 +307,8 @@ def check_saved_recipe(path: PathLike, expected: str) -> dict[str, Any]:
     written by recipe ``expected`` (a ``CheckpointError`` names both otherwise)."""
     import json
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"path: expected a saved recipe folder, got {path!r}")
     f = pathlib.Path(path) / "config.json"
     if not f.is_file():
         raise CheckpointError(f"{path}: no config.json (not a saved voxlm recipe)")
@@ -366,6 +534,8 @@ def _value_error(tp: Any, v: Any) -> str | None:
     if tp is str:
         return None if isinstance(v, str) else "a string"
     if origin in (list, tuple, collections.abc.Sequence) or tp in (list, tuple):
+        if isinstance(v, str) and origin is list and args == (str,):
+            return None  # a name the Config expands itself (conditions: ct-rate), or one regex
         if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)):
             return f"a list ({_type_name(tp)})"
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -435,6 +605,20 @@ def check_path_spec(spec: Any, where: str, expected: str) -> None:
     if isinstance(spec, Mapping) or (isinstance(spec, (str, os.PathLike)) and str(spec)):
         return
     raise ConfigError(f"{where}: expected {expected}, got {spec!r}")
+
+
+def check_batch_items(items: Any, where: str) -> None:
+    """DataError unless ``items`` (what a DataLoader hands a collator) is a non-empty list of
+    records (dicts)."""
+    from ..exceptions import DataError
+
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
+        raise DataError(f"{where}: expected a list of records (dicts), got {type(items).__name__}")
+    if not items:
+        raise DataError(f"{where}: expected at least one record, got an empty batch")
+    for i, it in enumerate(items):
+        if not isinstance(it, Mapping):
+            raise DataError(f"{where}: item {i}: expected a record (dict), got {type(it).__name__}")
 
 
 def check_numbers(

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import re
@@ -88,6 +89,7 @@ from ..metrics import CHEXBERT_CONDITIONS, diagnostic_prompt
 from .base import (
     PathLike,
     Recipe,
+    check_batch_items,
     check_numbers,
     check_saved_recipe,
     config_from_dict,
@@ -264,6 +266,13 @@ def check_generation_fields(c: Any) -> None:
         raise ConfigError(f"recipe.top_k: expected an integer >= 0, got {c.top_k!r}")
     if not isinstance(c.do_sample, bool):
         raise ConfigError(f"recipe.do_sample: expected true or false, got {c.do_sample!r}")
+    # the ranges generate refuses, checked before training rather than at the evaluation after it
+    for name in ("temperature", "repetition_penalty"):
+        v = getattr(c, name)
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"recipe.{name}: expected a finite number > 0, got {v!r}")
+    if c.do_sample and not (math.isfinite(c.top_p) and 0 < c.top_p <= 1):
+        raise ConfigError(f"recipe.top_p: expected a value in (0, 1] for sampling, got {c.top_p!r}")
 
 
 def named_conditions(name: str) -> tuple[str, ...]:
@@ -444,6 +453,7 @@ class DiaLlamaCollator:
         return torch.stack([it["image"].to(torch.float32) for it in items])
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        check_batch_items(items, "Dia-LLaMA collator")
         p = self.prompter
         n_lab = len(p.conditions)
         cls = torch.stack([_labels_of(it, n_lab, "Dia-LLaMA collator") for it in items])
