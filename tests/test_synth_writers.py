@@ -160,3 +160,23 @@ def test_gzip_csv_is_deterministic(tmp_path):
     write_csv(tmp_path / "a.csv.gz", ["x", "y"], [[1, "a,b"], [2, ""]])
     assert (tmp_path / "a.csv.gz").read_bytes() == first
     assert gzip.decompress(first).decode() == 'x,y\n1,"a,b"\n2,\n'
+
+
+@pytest.mark.parametrize("gen", ["chest_ct", "chest_xray", "prostate_mri"])
+def test_generators_refuse_sizes_before_writing(tmp_path, gen):
+    """A case count or grid that cannot be written is a ConfigError naming it, before anything is
+    allocated or written (was a numpy MemoryError after minutes for n = 10**12)."""
+    from voxlm import synth
+    from voxlm.exceptions import ConfigError
+
+    fn = getattr(synth, gen)
+    out = tmp_path / "d"
+    with pytest.raises(ConfigError, match=r"need about .* GB on disk"):
+        fn(out, 10**12)
+    for bad in (0, 2.5, True, "3"):
+        with pytest.raises(ConfigError, match=r"n: expected an integer >= 1"):
+            fn(out, bad)
+    for shape in ((4, 64, 64), (64, 64), "abc", (8.5, 8, 8)):
+        with pytest.raises(ConfigError, match=r"shape: expected three integers >= 8"):
+            fn(out, 2, shape=shape)
+    assert not out.exists()

@@ -47,7 +47,7 @@ import numpy as np
 
 from ..exceptions import ConfigError
 from . import reports as R
-from .writers import PathLike, atomic_dir, write_csv, write_nifti
+from .writers import PathLike, atomic_dir, check_size, write_csv, write_nifti
 
 CONDITIONS = R.CONDITIONS
 FOV_MM = (360.0, 300.0, 300.0)  # x (left-right), y (posterior-anterior), z (inferior-superior)
@@ -625,8 +625,7 @@ def chest_ct(
         raise ConfigError(
             f"chest_ct layout: expected 'ctrg-chest', 'ct-rate' or 'm3d', got {layout!r}"
         )
-    if n < 1:
-        raise ConfigError(f"chest_ct n: expected >= 1 case, got {n}")
+    n, shape = check_size("chest_ct", n, shape, out, bytes_per_voxel=0.5, volumes=1)
     out = pathlib.Path(out)
     rng = np.random.default_rng([int(seed), 1])
     codes = sample_codes(rng, n, prevalence)

@@ -20,7 +20,7 @@ import numpy as np
 from ..exceptions import ConfigError
 from . import reports as R
 from .chest_ct import _splits, generate_case, sample_codes
-from .writers import PathLike, atomic_dir, write_csv, write_png
+from .writers import PathLike, atomic_dir, check_size, write_csv, write_png
 
 #: MIMIC-CXR-JPG's CheXpert table columns (alphabetical, as in mimic-cxr-2.0.0-chexpert.csv).
 CHEXPERT_COLUMNS = (
@@ -162,8 +162,7 @@ def chest_xray(
     """
     if layout != "mimic-cxr":
         raise ConfigError(f"chest_xray layout: expected 'mimic-cxr', got {layout!r}")
-    if n < 1:
-        raise ConfigError(f"chest_xray n: expected >= 1 study, got {n}")
+    n, shape = check_size("chest_xray", n, shape, out, bytes_per_voxel=0.5, volumes=1)
     out = pathlib.Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"chest_xray: {out} exists and is not empty")

@@ -49,6 +49,7 @@ from .chest_ct import _smooth_noise, _splits
 from .writers import (
     PathLike,
     atomic_dir,
+    check_size,
     lps_to_ras_affine,
     write_csv,
     write_dicom_series,
@@ -354,8 +355,7 @@ def prostate_mri(
         raise ConfigError(
             f"prostate_mri layout: expected 'picai' or 'prostate-biopsy', got {layout!r}"
         )
-    if n < 1:
-        raise ConfigError(f"prostate_mri n: expected >= 1 case, got {n}")
+    n, shape = check_size("prostate_mri", n, shape, out, bytes_per_voxel=0.5, volumes=3)
     out = pathlib.Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"prostate_mri: {out} exists and is not empty")

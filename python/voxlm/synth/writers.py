@@ -36,6 +36,37 @@ PathLike = str | os.PathLike[str]
 # folders and tables
 
 
+def check_size(
+    what: str, n: Any, shape: Any, out: PathLike, bytes_per_voxel: float, volumes: int = 1
+) -> tuple[int, tuple[int, int, int]]:
+    """``(n, shape)`` checked: ``n`` an integer >= 1, ``shape`` three integers >= 8, and the
+    dataset's estimated size on disk (``n * volumes * prod(shape) * bytes_per_voxel``, about what
+    the compressed files take) within the free space of ``out``'s file system; otherwise a
+    ``ConfigError`` naming what was given (not a MemoryError or a full disk half-way)."""
+    from ..exceptions import ConfigError
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"{what} n: expected an integer >= 1, got {n!r}")
+    try:
+        dims = tuple(int(d) for d in shape)
+        ok = len(dims) == 3 and all(d >= 8 and d == s for d, s in zip(dims, shape))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or isinstance(shape, (str, bytes)):
+        raise ConfigError(f"{what} shape: expected three integers >= 8, got {shape!r}")
+    need = float(n) * volumes * float(np.prod(dims, dtype=np.float64)) * bytes_per_voxel
+    probe = pathlib.Path(out).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise ConfigError(
+            f"{what}: {n} cases of shape {dims} need about {need / 1e9:.3g} GB on disk, "
+            f"{probe} has {free / 1e9:.3g} GB free"
+        )
+    return int(n), dims  # type: ignore[return-value]
+
+
 @contextlib.contextmanager
 def atomic_dir(final: PathLike) -> Iterator[pathlib.Path]:
     """Yield a fresh temporary folder next to ``final``; on success rename it to ``final``.
