@@ -331,7 +331,7 @@ def _tiny(name: str) -> dict:
         ("modulus", "abc", ("recipe.modulus", "an integer", "'abc'")),
         ("modulus", None, ("recipe.modulus", "None")),
         ("seq_len", [1, 2], ("recipe.seq_len",)),
-        ("lm_learning_rate", "3e-3", ("recipe.lm_learning_rate", "1.0e-3")),
+        ("lm_learning_rate", "fast", ("recipe.lm_learning_rate", "a number", "'fast'")),
         ("lora_alpha", math.nan, ("recipe.lora_alpha", "finite")),
         ("lora_r", True, ("recipe.lora_r", "True")),
         ("lora_target_modules", [1], ("recipe.lora_target_modules", "[1]")),
@@ -341,6 +341,27 @@ def test_example_recipe_config_types(field, value, words):
     cfg = _tiny("example")
     recipe = {**cfg["recipe"], field: value}
     raises(ConfigError, lambda: get_recipe("example").from_config(recipe, cfg["model"]), *words)
+
+
+def test_recipe_config_reads_yaml_exponent_strings_as_floats():
+    """PyYAML reads ``3e-3`` (no dot) as the string "3e-3"; a float field takes it as 0.003, as
+    TrainingArguments.from_dict does, in every recipe's Config."""
+    from voxlm.recipes.base import config_from_dict
+    from voxlm.recipes.dia_llama import DiaLlamaConfig
+
+    cfg = _tiny("example")
+    fields = {k: v for k, v in cfg["recipe"].items() if k != "lm_learning_rate"}
+    recipe = yaml.safe_load(yaml.safe_dump(fields) + "lm_learning_rate: 3e-3\n")
+    assert recipe["lm_learning_rate"] == "3e-3"  # what PyYAML gives
+    model = get_recipe("example").from_config(recipe, cfg["model"])
+    assert model.config.lm_learning_rate == 0.003
+    c = config_from_dict(DiaLlamaConfig, {"name": "dia_llama", "dp_weight": " 4e0 "})
+    assert c.dp_weight == 4.0 and isinstance(c.dp_weight, float)
+    raises(
+        ConfigError,
+        lambda: config_from_dict(DiaLlamaConfig, {"dp_weight": "inf"}),
+        "recipe.dp_weight",
+    )
 
 
 @pytest.mark.parametrize(

@@ -491,7 +491,7 @@ def config_from_dict(cls: type, d: Mapping[str, Any], section: str = "recipe") -
             f"{section}: unknown field(s) {unknown} for {cls.__name__}; known: "
             f"{', '.join(sorted(known))}"
         )
-    check_field_types(cls, kw, section)
+    kw = check_field_types(cls, kw, section)
     try:
         return cls(**kw)
     except TypeError as e:
@@ -561,24 +561,46 @@ def _value_error(tp: Any, v: Any) -> str | None:
     return None  # an annotation this check does not know: left to the class
 
 
-def check_field_types(cls: type, kw: Mapping[str, Any], section: str = "recipe") -> None:
-    """``ConfigError`` naming ``section.field``, the expected type and the given value for each
-    value in ``kw`` that does not fit the dataclass ``cls``'s annotation (as a YAML/JSON config
-    writes it: an int is a float, a list is a tuple; ``bool`` is not a number). Runs before the
-    dataclass's own range checks, which then compare values of the right kind."""
+def _yaml_float(tp: Any, v: Any) -> Any:
+    """``float(v)`` when ``v`` is a string such as ``"1e-4"`` (PyYAML reads exponent numbers
+    without a dot as strings) and the annotation ``tp`` takes a float; else ``v`` unchanged.
+    ``TrainingArguments.from_dict`` converts such strings the same way."""
+    import math
+    import types
     import typing
 
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+    if not isinstance(v, str) or not (tp is float or float in args):
+        return v
+    try:
+        f = float(v.strip())
+    except ValueError:
+        return v
+    return f if math.isfinite(f) else v
+
+
+def check_field_types(cls: type, kw: Mapping[str, Any], section: str = "recipe") -> dict[str, Any]:
+    """``dict(kw)`` checked against the dataclass ``cls``'s annotations, as a YAML/JSON config
+    writes values (an int is a float, a list is a tuple, ``"1e-4"`` is a float; ``bool`` is not a
+    number): a ``ConfigError`` naming ``section.field``, the expected type and the given value
+    for each value that does not fit. Runs before the dataclass's own range checks, which then
+    compare values of the right kind."""
+    import typing
+
+    out = dict(kw)
     try:
         hints = typing.get_type_hints(cls)
     except Exception:  # noqa: BLE001 - an unresolvable annotation: nothing to check by type
-        return
+        return out
     for k, v in kw.items():
         tp = hints.get(k)
         if tp is None:
             continue
+        v = out[k] = _yaml_float(tp, v)
         e = _value_error(tp, v)
         if e is not None:
             raise ConfigError(f"{section}.{k}: expected {e}, got {v!r}")
+    return out
 
 
 def check_kwargs(fn: Any, d: Mapping[str, Any], where: str, also: Any = None) -> dict[str, Any]:

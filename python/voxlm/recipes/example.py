@@ -160,7 +160,7 @@ class ExampleRecipe(Recipe):
             raise ConfigError(
                 f"recipe: unknown example fields {unknown} (known: {', '.join(sorted(known))})"
             )
-        check_field_types(ExampleConfig, fields)
+        fields = check_field_types(ExampleConfig, fields)
         unknown_model = sorted(set(dict(model)) - {"llm"})
         if unknown_model:
             raise ConfigError(

@@ -329,7 +329,7 @@ class PICGConfig:
         if unknown:
             raise ConfigError(f"recipe: unknown PICG settings {unknown}")
         kw = {k: v for k, v in d.items() if k in known}
-        check_field_types(cls, kw)
+        kw = check_field_types(cls, kw)
         return cls(**kw)
 
 
