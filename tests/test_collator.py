@@ -234,19 +234,6 @@ def test_none_or_nan_target_is_refused_not_trained_as_text(tok):
     assert col([{"id": "r2", "report": ""}])["labels"][0].tolist()[-1] == tok.eos_token_id
 
 
-def test_batch_with_labels_on_some_records_only_is_refused(tok):
-    """A batch whose records have labels except some would silently lose ``cls_labels`` for the
-    whole batch (the diagnosis loss would then skip it): a DataError naming the records."""
-    items = _items(3)
-    items[1] = {k: v for k, v in items[1].items() if k != "labels"}
-    col = ReportCollator(tok, num_image_tokens=4, max_length=64, prompt=PROMPT)
-    with pytest.raises(DataError, match=r"records \['1'\] have no 'labels'"):
-        col(items)
-    both = col([items[0], items[2]])
-    assert both["cls_labels"].shape[0] == 2
-    assert "cls_labels" not in col([items[1]])
-
-
 @pytest.mark.parametrize("bad", [5, None, 2.5])
 def test_report_dataset_refuses_non_sequences(bad):
     with pytest.raises(DataError, match="ReportDataset: records must be a list of record dicts"):

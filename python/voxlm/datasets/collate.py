@@ -378,13 +378,6 @@ class ReportCollator:
             batch["references"] = [
                 self.target_text(it) if self._has_target(it) else None for it in items
             ]
-        for key in ("labels", "pirads"):
-            lacking = [ids[i] for i, it in enumerate(items) if it.get(key) is None]
-            if lacking and len(lacking) < len(items):
-                raise DataError(
-                    f"ReportCollator: records {lacking} have no {key!r} while the rest of the "
-                    f"batch has them: expected every record of a batch with or without {key!r}"
-                )
         if all(it.get("labels") is not None for it in items):
             batch["cls_labels"] = _stack(
                 [torch.as_tensor(np.asarray(it["labels"]), dtype=torch.long) for it in items],
