@@ -379,7 +379,8 @@ pub fn load_batch<'py>(
             PathItem::Many(v) => v,
         })
         .collect();
-    let out = crate::py::par(py, move || pipeline::load_batch_items(&items, &p, n))?;
+    // load_batch_items runs in its own cached pool of `n` threads (no nesting in the default one)
+    let out = py.detach(move || pipeline::load_batch_items(&items, &p, n))?;
     Ok(bridge::array_to_py(py, out))
 }
 

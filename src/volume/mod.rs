@@ -11,4 +11,5 @@ pub mod npy;
 pub mod pipeline;
 pub mod resample;
 pub mod resize;
+pub mod scratch;
 pub mod steps;

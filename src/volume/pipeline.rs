@@ -333,9 +333,11 @@ fn prefix_nifti(path: &Path, p: &Pipeline) -> Result<Array3<f32>> {
         }
         _ => Typed::None,
     };
-    with_sampler!(dtype, bytes, le, value, |get| prefix(
+    let out = with_sampler!(dtype, bytes, le, value, |get| prefix(
         get, typed, l, &aff, p
-    ))
+    ));
+    super::scratch::give(raw.into_buf());
+    out
 }
 
 /// `bytes` as native-endian i16 values when they are aligned and a whole number of values.
@@ -482,6 +484,49 @@ fn one(paths: &[PathBuf], p: &Pipeline) -> Result<Array4<f32>> {
     steps::run(vol, &p.post).map_err(|e| name_file(e, first))
 }
 
+/// Pools of this process by thread count, kept between calls: a DataLoader worker calls once
+/// per item, and a pool built per call started (and ended) a thread each time, losing that
+/// thread's kept buffers (`scratch`). Rebuilt after a fork (the parent's pools' threads do not
+/// exist in the child; those are leaked, never joined).
+#[allow(clippy::type_complexity)]
+static POOLS: std::sync::Mutex<Vec<(u32, usize, std::sync::Arc<rayon::ThreadPool>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Most pools kept per process (the oldest is dropped beyond it).
+const MAX_POOLS: usize = 4;
+
+fn pool_of(n: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
+    let pid = std::process::id();
+    let mut pools = match POOLS.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if pools.iter().any(|e| e.0 != pid) {
+        for e in std::mem::take(&mut *pools) {
+            if e.0 == pid {
+                pools.push(e);
+            } else {
+                std::mem::forget(e); // its threads belong to the parent process
+            }
+        }
+    }
+    if let Some(e) = pools.iter().find(|e| e.1 == n) {
+        return Ok(e.2.clone());
+    }
+    let pool = std::sync::Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("voxlm-vol-{i}"))
+            .build()
+            .map_err(|e| Error::config(format!("num_threads: {e}")))?,
+    );
+    if pools.len() >= MAX_POOLS {
+        pools.remove(0);
+    }
+    pools.push((pid, n, pool.clone()));
+    Ok(pool)
+}
+
 /// Run `p` on every item (one file, or several sequences stacked as channels), `num_threads`
 /// items at a time; items must end up the same shape unless `p.size` resizes them. Returns
 /// `[B, C, D, H, W]`.
@@ -503,12 +548,13 @@ pub fn load_batch_items(
             )));
         }
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(num_threads.max(1))
-        .build()
-        .map_err(|e| Error::config(format!("num_threads: {e}")))?;
-    let vols: Vec<Result<Array4<f32>>> =
-        pool.install(|| items.par_iter().map(|it| one(it, p)).collect());
+    let pool = pool_of(num_threads.max(1))?;
+    let vols: Vec<Result<Array4<f32>>> = pool.install(|| {
+        items
+            .par_iter()
+            .map(|it| super::scratch::scope(|| one(it, p)))
+            .collect()
+    });
     let mut out_vols = Vec::with_capacity(vols.len());
     for v in vols {
         out_vols.push(v?);

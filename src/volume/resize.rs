@@ -106,6 +106,29 @@ pub fn resize_slice(
     if mode != Mode::Trilinear || !fits {
         return resize_strided(get, shape, strides, base, size, mode);
     }
+    let row = |o: isize| -> &[f32] { &data[o as usize..o as usize + w] };
+    Ok(trilinear(
+        shape,
+        [sd, sh],
+        base,
+        size,
+        row,
+        |r: &[f32], x| r[x],
+    ))
+}
+
+/// The trilinear resize's one loop, for both layouts: `row(offset)` is the input row that starts
+/// at `offset` (a slice, or the offset itself) and `at(row, x)` its voxel `x`; each output voxel
+/// is the same float32 expression of its eight taps.
+fn trilinear<R: Copy, Row: Fn(isize) -> R + Sync, At: Fn(R, usize) -> f32 + Sync>(
+    shape: [usize; 3],
+    [sd, sh]: [isize; 2],
+    base: isize,
+    size: [usize; 3],
+    row: Row,
+    at: At,
+) -> ndarray::Array3<f32> {
+    let [d, h, w] = shape;
     let [od, oh, ow] = size;
     let (td, th, tw) = (linear_taps(d, od), linear_taps(h, oh), linear_taps(w, ow));
     let mut out = ndarray::Array3::<f32>::zeros((od, oh, ow));
@@ -115,7 +138,6 @@ pub fn resize_slice(
         .for_each(|(z, mut plane)| {
             let (z0, z1, wz0, wz1) = td[z];
             let (b0, b1) = (base + z0 as isize * sd, base + z1 as isize * sd);
-            let row = |o: isize| -> &[f32] { &data[o as usize..o as usize + w] };
             for (y, mut orow) in plane.axis_iter_mut(Axis(0)).enumerate() {
                 let (y0, y1, wy0, wy1) = th[y];
                 let r00 = row(b0 + y0 as isize * sh);
@@ -124,15 +146,15 @@ pub fn resize_slice(
                 let r11 = row(b1 + y1 as isize * sh);
                 for (v, &(x0, x1, wx0, wx1)) in orow.iter_mut().zip(tw.iter()) {
                     *v = wz0
-                        * (wy0 * (wx0 * r00[x0] + wx1 * r00[x1])
-                            + wy1 * (wx0 * r01[x0] + wx1 * r01[x1]))
+                        * (wy0 * (wx0 * at(r00, x0) + wx1 * at(r00, x1))
+                            + wy1 * (wx0 * at(r01, x0) + wx1 * at(r01, x1)))
                         + wz1
-                            * (wy0 * (wx0 * r10[x0] + wx1 * r10[x1])
-                                + wy1 * (wx0 * r11[x0] + wx1 * r11[x1]));
+                            * (wy0 * (wx0 * at(r10, x0) + wx1 * at(r10, x1))
+                                + wy1 * (wx0 * at(r11, x0) + wx1 * at(r11, x1)));
                 }
             }
         });
-    Ok(out)
+    out
 }
 
 /// Resize a 3D volume read through `get(offset)` at `base + i*strides[0] + j*strides[1] +
@@ -154,14 +176,14 @@ pub fn resize_strided<F: Fn(isize) -> f32 + Sync>(
     }
     let [od, oh, ow] = size;
     let [sd, sh, sw] = strides;
-    let mut out = ndarray::Array3::<f32>::zeros((od, oh, ow));
-    match mode {
+    Ok(match mode {
         Mode::Nearest => {
             let (td, th, tw) = (
                 nearest_taps(d, od),
                 nearest_taps(h, oh),
                 nearest_taps(w, ow),
             );
+            let mut out = ndarray::Array3::<f32>::zeros((od, oh, ow));
             out.axis_iter_mut(Axis(0))
                 .into_par_iter()
                 .enumerate()
@@ -174,34 +196,13 @@ pub fn resize_strided<F: Fn(isize) -> f32 + Sync>(
                         }
                     }
                 });
+            out
         }
         Mode::Trilinear => {
-            let (td, th, tw) = (linear_taps(d, od), linear_taps(h, oh), linear_taps(w, ow));
-            out.axis_iter_mut(Axis(0))
-                .into_par_iter()
-                .enumerate()
-                .for_each(|(z, mut plane)| {
-                    let (z0, z1, wz0, wz1) = td[z];
-                    let (b0, b1) = (base + z0 as isize * sd, base + z1 as isize * sd);
-                    for (y, mut row) in plane.axis_iter_mut(Axis(0)).enumerate() {
-                        let (y0, y1, wy0, wy1) = th[y];
-                        let (r00, r01) = (b0 + y0 as isize * sh, b0 + y1 as isize * sh);
-                        let (r10, r11) = (b1 + y0 as isize * sh, b1 + y1 as isize * sh);
-                        for (x, v) in row.iter_mut().enumerate() {
-                            let (x0, x1, wx0, wx1) = tw[x];
-                            let (o0, o1) = (x0 as isize * sw, x1 as isize * sw);
-                            *v = wz0
-                                * (wy0 * (wx0 * get(r00 + o0) + wx1 * get(r00 + o1))
-                                    + wy1 * (wx0 * get(r01 + o0) + wx1 * get(r01 + o1)))
-                                + wz1
-                                    * (wy0 * (wx0 * get(r10 + o0) + wx1 * get(r10 + o1))
-                                        + wy1 * (wx0 * get(r11 + o0) + wx1 * get(r11 + o1)));
-                        }
-                    }
-                });
+            let at = |r: isize, x: usize| get(r + x as isize * sw);
+            trilinear(shape, [sd, sh], base, size, |o| o, at)
         }
-    }
-    Ok(out)
+    })
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub(super) fn maybe_gunzip(raw: Vec<u8>, cap: Option<usize>, path: &Path) -> Res
         0
     };
     if let Some(out) = cap.and_then(|c| gunzip_whole(&raw, c, hint)) {
+        crate::volume::scratch::give(raw);
         return Ok(out);
     }
     let mut out = Vec::with_capacity(cap.map_or(hint, |c| c.min(hint.max(1 << 16))));
@@ -54,11 +55,18 @@ pub(super) fn gunzip_whole(raw: &[u8], cap: usize, isize_hint: usize) -> Option<
     } else {
         cap
     };
-    let mut out = vec![0u8; len];
-    let n = libdeflater::Decompressor::new()
-        .gzip_decompress(raw, &mut out)
-        .ok()?;
+    // a kept buffer inside the pipeline's scratch scope (stale bytes: libdeflate overwrites the
+    // first `n`, the rest is cut off)
+    let mut out = crate::volume::scratch::take_len(len);
+    let n = match libdeflater::Decompressor::new().gzip_decompress(raw, &mut out) {
+        Ok(n) => n,
+        Err(_) => {
+            crate::volume::scratch::give(out);
+            return None;
+        }
+    };
     if n < cap {
+        crate::volume::scratch::give(out);
         return None;
     }
     out.truncate(n);

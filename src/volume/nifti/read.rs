@@ -8,8 +8,17 @@ use super::gzip::{is_gzip, maybe_gunzip};
 use super::header::{parse_header, DType, Header};
 use crate::error::{Error, Result};
 
+/// The file's bytes, into a kept buffer when the pipeline's `scratch::scope` has one.
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path.display(), e))
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path.display(), e))?;
+    let size = f.metadata().map_or(0, |m| m.len() as usize);
+    let mut buf = crate::volume::scratch::take(size);
+    buf.clear();
+    buf.try_reserve_exact(size)
+        .map_err(|e| Error::io(path.display(), std::io::Error::other(e)))?;
+    f.read_to_end(&mut buf)
+        .map_err(|e| Error::io(path.display(), e))?;
+    Ok(buf)
 }
 
 /// Float types the decoded data can be delivered in.
@@ -99,6 +108,11 @@ pub struct RawData {
 impl RawData {
     pub fn bytes(&self) -> &[u8] {
         &self.buf[self.off..self.off + self.len]
+    }
+
+    /// The whole buffer (to hand back to `scratch::give`).
+    pub fn into_buf(self) -> Vec<u8> {
+        self.buf
     }
 }
 
