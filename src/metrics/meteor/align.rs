@@ -437,6 +437,19 @@ fn fast_key(p: &Fp, ord: usize) -> u128 {
         | ord as u128
 }
 
+/// Sort a short, nearly sorted list (linear when sorted).
+fn insertion_sort(v: &mut [u128]) {
+    for i in 1..v.len() {
+        let x = v[i];
+        let mut j = i;
+        while j > 0 && v[j - 1] > x {
+            v[j] = v[j - 1];
+            j -= 1;
+        }
+        v[j] = x;
+    }
+}
+
 fn bit(b: &[u64], i: usize) -> bool {
     b[i >> 6] >> (i & 63) & 1 == 1
 }
@@ -510,7 +523,14 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
     for current in 0..=n2 {
         cands.clear();
         heap.clear();
+        keys.clear();
         let last = current == n2;
+        // the step's candidates, at most (1 + matches starting here) per path: when that many
+        // fit in the beam, all are kept and no heap is needed; their keys are then gathered
+        // in list order, which is close to sorted (paths come best first)
+        let all_fit = !last
+            && kept.len() * (1 + (s.start_off[current + 1] - s.start_off[current]) as usize)
+                <= BEAM_SIZE;
         macro_rules! push {
             ($p:expr, $parent:expr, $new_match:expr) => {{
                 let c = Cand {
@@ -524,6 +544,9 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
                     if best.is_none_or(|(b, _)| key < b) {
                         best = Some((key, c));
                     }
+                    cands.push(c);
+                } else if all_fit {
+                    keys.push(key);
                     cands.push(c);
                 } else if heap.len() < BEAM_SIZE {
                     heap.push(key);
@@ -597,30 +620,39 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
                 s.start_off[current] as usize,
                 s.start_off[current + 1] as usize,
             );
-            for c in &cm[lo..hi] {
-                // a one-word match starts at `current`, which this path has not used
-                let used = if c.len == 1 && c.mlen == 1 {
-                    bit(u1, c.ms as usize)
-                } else {
-                    (c.start..c.start + c.len).any(|i| bit(u2, i as usize))
-                        || (c.ms..c.ms + c.mlen).any(|i| bit(u1, i as usize))
-                };
-                if used {
-                    continue;
+            // candidates in blocks of 64: which of them this path has used, as a mask computed
+            // without branching on the (unpredictable) answer, then the unused ones in order
+            for b0 in (lo..hi).step_by(64) {
+                let block = &cm[b0..hi.min(b0 + 64)];
+                let mut used = 0u64;
+                for (b, c) in block.iter().enumerate() {
+                    // a one-word match starts at `current`, which this path has not used
+                    let u = if c.len == 1 && c.mlen == 1 {
+                        bit(u1, c.ms as usize)
+                    } else {
+                        (c.start..c.start + c.len).any(|i| bit(u2, i as usize))
+                            || (c.ms..c.ms + c.mlen).any(|i| bit(u1, i as usize))
+                    };
+                    used |= (u as u64) << b;
                 }
-                let mut np = path;
-                // the jar adds this distance to the path it branched from
-                path.distance = path.distance.wrapping_add(c.dist);
-                np.score += c.gain;
-                if np.score < worst(&heap) {
-                    continue; // fewer matches than the worst of a full beam: never kept
+                let mut free = !used & (u64::MAX >> (64 - block.len()));
+                while free != 0 {
+                    let c = &block[free.trailing_zeros() as usize];
+                    free &= free - 1;
+                    let mut np = path;
+                    // the jar adds this distance to the path it branched from
+                    path.distance = path.distance.wrapping_add(c.dist);
+                    np.score += c.gain;
+                    if np.score < worst(&heap) {
+                        continue; // fewer matches than the worst of a full beam: never kept
+                    }
+                    if np.last_end != -1 && c.ms as i32 != np.last_end {
+                        np.chunks += 1;
+                    }
+                    np.idx = c.start + c.len;
+                    np.last_end = (c.ms + c.mlen) as i32;
+                    push!(np, k, c.mi);
                 }
-                if np.last_end != -1 && c.ms as i32 != np.last_end {
-                    np.chunks += 1;
-                }
-                np.idx = c.start + c.len;
-                np.last_end = (c.ms + c.mlen) as i32;
-                push!(np, k, c.mi);
             }
             if path.last_end != -1 {
                 path.chunks += 1;
@@ -637,9 +669,12 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
         if last {
             break;
         }
-        keys.clear();
-        keys.extend(heap.drain());
-        keys.sort_unstable();
+        if all_fit {
+            insertion_sort(&mut keys);
+        } else {
+            keys.extend(heap.drain());
+            keys.sort_unstable();
+        }
         new_bits.clear();
         let mut next = Vec::with_capacity(keys.len());
         for &key in &keys {
@@ -811,11 +846,24 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
         }
     }
     let (filter1, filter2) = (WordFilter::new(line1), WordFilter::new(line2));
+    // each position's second trie state, for a whole line in one loop (independent lookups in
+    // the large table overlap), then hints for the emits of both states
+    let second = |line: &[i64], root: &[u32]| -> Vec<u32> {
+        let s: Vec<u32> = (0..line.len())
+            .map(|j| line.get(j + 1).map_or(NONE, |&w| pt.child(root[j], w)))
+            .collect();
+        for (&r, &t) in root.iter().zip(&s) {
+            pt.prefetch_emits(r);
+            pt.prefetch_emits(t);
+        }
+        s
+    };
+    let (second1, second2) = (second(line1, &a.para_root), second(line2, &b.para_root));
     let mut pars = Vec::new();
     // paraphrases in line1 of line2 (those whose first word is not in line1 are left out)
     for j in 0..line2.len() {
         let keep = |f: u32| filter1.maybe(f) && !pos1.range(f as i64).is_empty();
-        pt.reference_paths_from(line2, j, b.para_root[j], keep, &mut pars);
+        pt.reference_paths_from(line2, j, b.para_root[j], second2[j], keep, &mut pars);
         for &(len, p, _) in &pars {
             let words = pt.paraphrase(p);
             for_starts(&pos1, line1.len(), words, |i| {
@@ -834,7 +882,7 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
     // paraphrases in line2 of line1
     for i in 0..line1.len() {
         let keep = |f: u32| filter2.maybe(f) && !pos2.range(f as i64).is_empty();
-        pt.reference_paths_from(line1, i, a.para_root[i], keep, &mut pars);
+        pt.reference_paths_from(line1, i, a.para_root[i], second1[i], keep, &mut pars);
         for &(len, p, _) in &pars {
             let words = pt.paraphrase(p);
             for_starts(&pos2, line2.len(), words, |j| {
@@ -1029,7 +1077,7 @@ mod tests {
 
     /// `resolve_fast` against `resolve` (the transcription of the jar's search) on random
     /// stages: one-word matches of all four modules and multi-word (paraphrase) matches, dense
-    /// enough that the beam of 40 overflows.
+    /// enough that the beam of 40 overflows, and sparse steps where every candidate fits.
     #[test]
     fn fast_search_equals_transcribed_search() {
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -1042,7 +1090,9 @@ mod tests {
         for case in 0..400 {
             let (n1, n2) = (1 + rnd(40), 1 + rnd(40));
             let mut st = Stage::new(n1, n2);
-            let density = 1 + case % 6;
+            // every 40th case: all pairs in all modules (up to 160 matches per start, more than
+            // one 64-candidate block of `resolve_fast`)
+            let density = if case % 40 == 0 { 40 } else { 1 + case % 6 };
             for module in 0..MODULES {
                 for j in 0..n2 {
                     for i in 0..n1 {

@@ -53,29 +53,75 @@ impl Paraphrases {
         self.trie.get(&(w as u64)).copied().unwrap_or(u32::MAX)
     }
 
+    /// The trie state reached from `state` by word id `w` (`u32::MAX`: none; also when `state`
+    /// is none or `w` is unknown, -1).
+    pub fn child(&self, state: u32, w: i64) -> u32 {
+        if state == u32::MAX || w < 0 {
+            return u32::MAX;
+        }
+        self.trie
+            .get(&(((state as u64) << 32) | w as u64))
+            .copied()
+            .unwrap_or(u32::MAX)
+    }
+
+    /// A cache hint: start fetching the emits of `state` (a no-op for none). The emit arrays
+    /// are large (the 15.8M-line table), so reading them is a cache miss; hinting the states
+    /// of a whole line first lets those misses overlap.
+    pub fn prefetch_emits(&self, state: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(&a) = self.emit_off.get(state as usize) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let (v, f) = (
+                self.emit_vals.as_ptr().wrapping_add(a as usize),
+                self.emit_first.as_ptr().wrapping_add(a as usize),
+            );
+            // SAFETY: a prefetch reads nothing and never faults (SSE is in x86_64's baseline);
+            // wrapping_add keeps the address computation defined
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(v.cast());
+                _mm_prefetch::<_MM_HINT_T0>(f.cast());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = state;
+    }
+
     /// `getReferencePaths`: (phrase length, paraphrase index, the paraphrase's first word or
     /// `u32::MAX`) for the phrases starting at `start`, shortest first, each length's emits in
     /// file order.
     pub fn reference_paths(&self, words: &[i64], start: usize, out: &mut Vec<(usize, u32, u32)>) {
         let first = words.get(start).map_or(u32::MAX, |&w| self.root_child(w));
-        self.reference_paths_from(words, start, first, |_| true, out);
+        let second = words
+            .get(start + 1)
+            .map_or(u32::MAX, |&w| self.child(first, w));
+        self.reference_paths_from(words, start, first, second, |_| true, out);
     }
 
-    /// [`Paraphrases::reference_paths`] given the state `first` that `words[start]` leads to
-    /// from the root ([`Paraphrases::root_child`]), keeping only the emits whose first word
-    /// passes `keep` (empty paraphrases, first word `u32::MAX`, are always kept).
+    /// [`Paraphrases::reference_paths`] given the states `first` that `words[start]` leads to
+    /// from the root ([`Paraphrases::root_child`]) and `second` that `words[start + 1]` leads
+    /// to from `first` ([`Paraphrases::child`]; computed for a whole line at once, so that the
+    /// table lookups overlap), keeping only the emits whose first word passes `keep` (empty
+    /// paraphrases, first word `u32::MAX`, are always kept).
     pub fn reference_paths_from(
         &self,
         words: &[i64],
         start: usize,
         first: u32,
+        second: u32,
         keep: impl Fn(u32) -> bool,
         out: &mut Vec<(usize, u32, u32)>,
     ) {
         out.clear();
         let mut state = first;
         for (i, &w) in words.iter().enumerate().skip(start) {
-            if i > start {
+            if i == start + 1 {
+                // `second` is `child(first, w)`: none when `w` is unknown or not in the trie
+                if second == u32::MAX {
+                    break;
+                }
+                state = second;
+            } else if i > start {
                 if w < 0 {
                     break;
                 }
