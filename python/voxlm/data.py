@@ -243,6 +243,8 @@ def load_batch(
     """Load ``paths`` (any format) into ``[B, C, D, H, W]`` float32 (``num_threads`` files at a
     time; 0 = all cores). Volumes must end up the same shape (add a Resize). An item that is a
     list of paths stacks those sequences as channels (module docstring)."""
+    if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Sequence):
+        raise VoxlmTypeError(f"load_batch paths: expected a list of paths, got {paths!r}")
     if len(paths) == 0:
         raise ShapeError("paths: expected at least one file")
     items = [_item(p) for p in paths]
@@ -330,6 +332,11 @@ class VolumeDataset(torch.utils.data.Dataset):
         cache_dir: PathLike | None = None,
         series_uid: str | None = None,
     ) -> None:
+        if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Sequence):
+            raise VoxlmTypeError(
+                f"VolumeDataset paths: expected a list of paths (or of sequence lists), got "
+                f"{paths!r}"
+            )
         if labels is not None and len(labels) != len(paths):
             raise ShapeError(f"labels: expected {len(paths)} (one per path), got {len(labels)}")
         self.paths, self.transform, self.labels = [_item(p) for p in paths], transform, labels

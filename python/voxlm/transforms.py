@@ -73,6 +73,38 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return a if a.dtype == np.float32 else a.astype(np.float32)
 
 
+def _sizes(v: Any, name: str, keep: bool = False) -> list[int]:
+    """``v`` as a list of integer sizes >= 1 (``-1``: keep the dim, where ``keep``), else a
+    ConfigError naming ``name``, what was expected and what was given."""
+    want = "integers >= 1" + (" or -1 (keep the dim)" if keep else "")
+    if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray, torch.Tensor)):
+        raise ConfigError(f"{name}: expected a list of {want}, got {v!r}")
+    out = []
+    for x in list(v):
+        ok = isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+        if not ok and isinstance(x, (float, np.floating, torch.Tensor)):
+            ok = float(x).is_integer()
+        if not ok or not (int(x) >= 1 or (keep and int(x) == -1)):
+            raise ConfigError(f"{name}: expected a list of {want}, got {v!r}")
+        out.append(int(x))
+    return out
+
+
+def _check_alloc(what: str, shape: Sequence[int], itemsize: int) -> None:
+    """ShapeError before allocating an array of ``shape`` that this machine's memory cannot hold
+    (numpy would raise MemoryError, or the process be killed later)."""
+    from ._bind import _memory_bytes
+
+    need = float(np.prod([float(d) for d in shape])) * itemsize
+    mem = _memory_bytes()
+    if mem is not None and need > mem:
+        raise ShapeError(
+            f"{what}: an output of shape {tuple(int(d) for d in shape)} needs "
+            f"{need / 2**30:.1f} GiB, more than this machine's {mem / 2**30:.1f} GiB of memory; "
+            "expected a smaller size"
+        )
+
+
 class Transform:
     """Base class: ``__call__`` accepts numpy, torch or :class:`Volume`."""
 
@@ -89,6 +121,13 @@ class Compose(Transform):
     """Apply transforms in order."""
 
     def __init__(self, transforms: Sequence[Callable[[Any], Any]]) -> None:
+        if isinstance(transforms, (str, bytes)) or not isinstance(transforms, Sequence):
+            raise ConfigError(f"Compose: expected a list of transforms, got {transforms!r}")
+        bad = [i for i, t in enumerate(transforms) if not callable(t)]
+        if bad:
+            raise ConfigError(
+                f"Compose: transforms[{bad[0]}] is not callable: {transforms[bad[0]]!r}"
+            )
         self.transforms = list(transforms)
 
     def __call__(self, x: Any) -> Any:
@@ -142,11 +181,12 @@ class Resize(Transform):
     affine is scaled so voxel centres keep their world positions."""
 
     def __init__(self, spatial_size: Sequence[int], mode: str = "trilinear") -> None:
-        if len(spatial_size) != 3 or any(int(s) <= 0 for s in spatial_size):
+        size = _sizes(spatial_size, "Resize spatial_size")
+        if len(size) != 3:
             raise ConfigError(f"spatial_size: expected 3 positive sizes, got {spatial_size!r}")
         if mode not in ("trilinear", "nearest"):
             raise ConfigError(f"mode: expected 'trilinear' or 'nearest', got {mode!r}")
-        self.spatial_size, self.mode = [int(s) for s in spatial_size], mode
+        self.spatial_size, self.mode = size, mode
 
     def apply(self, a, affine):
         if a.ndim != 4:
@@ -319,7 +359,8 @@ class SpatialPad(Transform):
     ) -> None:
         if method not in ("symmetric", "end"):
             raise ConfigError(f"method: expected 'symmetric' or 'end', got {method!r}")
-        self.spatial_size, self.method, self.value = list(spatial_size), method, value
+        size = _sizes(spatial_size, "SpatialPad spatial_size", keep=True)
+        self.spatial_size, self.method, self.value = size, method, value
 
     def apply(self, a, affine):
         shape = a.shape[1:]
@@ -332,6 +373,7 @@ class SpatialPad(Transform):
             extra = max(int(want) - cur, 0) if want != -1 else 0
             before = extra // 2 if self.method == "symmetric" else 0
             pads.append((before, extra - before))
+        _check_alloc("SpatialPad", [d + p0 + p1 for d, (p0, p1) in zip(a.shape, pads)], a.itemsize)
         out = np.pad(a, pads, mode="constant", constant_values=self.value)
         return out, _translate(affine, [-p[0] for p in pads[1:]])
 
@@ -341,7 +383,7 @@ class CenterSpatialCrop(Transform):
     dim."""
 
     def __init__(self, roi_size: Sequence[int]) -> None:
-        self.roi_size = list(roi_size)
+        self.roi_size = _sizes(roi_size, "CenterSpatialCrop roi_size", keep=True)
 
     def apply(self, a, affine):
         shape = a.shape[1:]
@@ -423,6 +465,9 @@ class CropAroundPoint(Transform):
         start = np.round(p).astype(int) - size // 2
         end = start + size
         pads = [(0, 0)] + [(max(-s, 0), max(e - d, 0)) for s, e, d in zip(start, end, a.shape[1:])]
+        _check_alloc(
+            "CropAroundPoint", [d + p0 + p1 for d, (p0, p1) in zip(a.shape, pads)], a.itemsize
+        )
         padded = np.pad(a, pads, mode="constant", constant_values=self.value)
         shift = [pp[0] for pp in pads[1:]]
         return _crop(padded, _translate(affine, [-s for s in shift]), start + shift, end + shift)

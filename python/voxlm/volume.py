@@ -14,7 +14,25 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .exceptions import DTypeError, ShapeError
+from .exceptions import DTypeError, ShapeError, VoxlmTypeError
+
+
+def _fspath(path: Any, name: str = "path") -> str:
+    """``os.fspath(path)`` for a str or os.PathLike, else a VoxlmTypeError naming it."""
+    if isinstance(path, (str, os.PathLike)):
+        p = os.fspath(path)
+        if isinstance(p, str):
+            return p
+    raise VoxlmTypeError(f"{name}: expected a file path (str or os.PathLike), got {path!r}")
+
+
+def _dtype_name(dtype: Any) -> str:
+    """numpy's name of ``dtype`` (``np.float32``, ``"float64"``, ...), else a DTypeError."""
+    try:
+        return np.dtype(dtype).name
+    except (TypeError, ValueError):
+        raise DTypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+
 
 PathLike = str | os.PathLike[str]
 _LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -84,8 +102,8 @@ def load_volume(path: PathLike, dtype: Any = np.float32) -> Volume:
 
     Raises :class:`~voxlm.VolumeFormatError` for corrupt, truncated or unsupported files (an
     ``OSError``) and :class:`~voxlm.VoxlmIOError` for unreadable paths."""
-    name = np.dtype(dtype).name
-    data, affine, header = _core.load_nifti(os.fspath(path), name)
+    name = _dtype_name(dtype)
+    data, affine, header = _core.load_nifti(_fspath(path), name)
     return Volume(data, affine, header)
 
 
@@ -105,7 +123,7 @@ def save_volume(
     if aff.shape != (4, 4):
         raise ShapeError(f"affine: expected shape (4, 4), got {aff.shape}")
     zooms = [float(v) for v in np.sqrt((aff[:3, :3] ** 2).sum(0))] + [1.0] * (max(data.ndim - 3, 0))
-    _core.save_nifti(os.fspath(path), data, aff.tolist(), zooms[: data.ndim], int(compress_level))
+    _core.save_nifti(_fspath(path), data, aff.tolist(), zooms[: data.ndim], int(compress_level))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +137,7 @@ def sniff_format(path: PathLike) -> str:
 
     Raises :class:`~voxlm.VoxlmIOError` for a missing path and
     :class:`~voxlm.VolumeFormatError` for content it does not recognise."""
-    return _core.sniff_format(os.fspath(path))
+    return _core.sniff_format(_fspath(path))
 
 
 def load_image(path: PathLike, dtype: Any = np.float32, series_uid: str | None = None) -> Volume:
@@ -148,8 +166,8 @@ def load_image(path: PathLike, dtype: Any = np.float32, series_uid: str | None =
 
     Raises :class:`~voxlm.VolumeFormatError` naming the file and the problem for corrupt or
     unsupported content, :class:`~voxlm.VoxlmIOError` for unreadable paths."""
-    p = os.fspath(path)
-    name = np.dtype(dtype).name
+    p = _fspath(path)
+    name = _dtype_name(dtype)
     if name not in ("float32", "float64"):
         raise DTypeError(f"dtype: expected float32 or float64, got {name}")
     if _core.sniff_format(p) == "nifti":

@@ -412,6 +412,7 @@ pub fn spacing_grid(shape: [usize; 3], affine: &M4, pixdim: [f64; 3]) -> Result<
         }
         out_shape[i] = extent.max(1.0) as usize;
     }
+    super::check_alloc(&format!("Spacing to pixdim {pixdim:?}"), &out_shape)?;
     // the corner nearest the origin in output voxel space becomes the new origin (MONAI:
     // np.allclose(min over corners of (dist - dist_i), 0) with atol 1e-8)
     let offset = outs

@@ -27,6 +27,7 @@ pub fn affine_resample(
             "resample: the transform has non-finite entries",
         ));
     }
+    super::check_alloc("resample", &[c, out[0], out[1], out[2]])?;
     let mut y = Array4::<f32>::zeros((c, out[0], out[1], out[2]));
     for (mut oc, ic) in y.axis_iter_mut(Axis(0)).zip(x.axis_iter(Axis(0))) {
         let std = ic.as_standard_layout();
@@ -178,6 +179,7 @@ pub fn affine_resample_strided<F: Fn(isize) -> f32 + Sync>(
             "resample: sizes must be positive, got input {shape:?} -> {out:?}"
         )));
     }
+    super::check_alloc("resample", &out)?;
     let m = *xform;
     let pos = |r: usize, f: [f64; 3]| -> f64 {
         clampf(
@@ -342,6 +344,7 @@ where
             "resample: sizes must be positive, got input {shape:?} -> {out:?}"
         )));
     }
+    super::check_alloc("resample", &out)?;
     if xform.iter().flatten().any(|v| !v.is_finite()) || !is_diagonal(xform, out) {
         return Err(Error::config(
             "resample: expected a finite axis-aligned transform",

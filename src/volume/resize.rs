@@ -50,6 +50,7 @@ fn nearest_taps(n_in: usize, n_out: usize) -> Vec<usize> {
 /// Resize `x [C, D, H, W]` (any strides) to `[C, size[0], size[1], size[2]]`.
 pub fn resize(x: ArrayView4<'_, f32>, size: [usize; 3], mode: Mode) -> Result<Array4<f32>> {
     let (c, d, h, w) = x.dim();
+    super::check_alloc("resize", &[c, size[0], size[1], size[2]])?;
     if c == 1 {
         // one channel: the resized volume itself, without a copy into a new batch array
         let ic = x.index_axis(Axis(0), 0);
@@ -92,6 +93,7 @@ pub fn resize_slice(
     mode: Mode,
 ) -> Result<ndarray::Array3<f32>> {
     let [d, h, w] = shape;
+    super::check_alloc("resize", &size)?;
     let get = |i: isize| data.get(i as usize).copied().unwrap_or(0.0);
     let [sd, sh, sw] = strides;
     let fits = base >= 0
@@ -174,6 +176,7 @@ pub fn resize_strided<F: Fn(isize) -> f32 + Sync>(
             "resize: sizes must be positive, got input {shape:?} -> {size:?}"
         )));
     }
+    super::check_alloc("resize", &size)?;
     let [od, oh, ow] = size;
     let [sd, sh, sw] = strides;
     Ok(match mode {

@@ -63,7 +63,7 @@ fn fill_window(v: &mut Array4<f32>, a0: f64, a1: f64, b0: f64, b1: f64, clip: bo
     v.par_mapv_inplace(|x| window(x as f64, a0, a1, b0, b1, clip));
 }
 
-fn pad(v: Array4<f32>, size: [i64; 3], symmetric: bool, value: f32) -> Array4<f32> {
+fn pad(v: Array4<f32>, size: [i64; 3], symmetric: bool, value: f32) -> Result<Array4<f32>> {
     let sh = v.dim();
     let cur = [sh.1, sh.2, sh.3];
     let mut before = [0usize; 3];
@@ -79,8 +79,9 @@ fn pad(v: Array4<f32>, size: [i64; 3], symmetric: bool, value: f32) -> Array4<f3
         out[i] = cur[i] + extra;
     }
     if out == cur {
-        return v;
+        return Ok(v);
     }
+    super::check_alloc("SpatialPad", &[sh.0, out[0], out[1], out[2]])?;
     let mut o = Array4::<f32>::from_elem((sh.0, out[0], out[1], out[2]), value);
     o.slice_mut(s![
         ..,
@@ -89,7 +90,7 @@ fn pad(v: Array4<f32>, size: [i64; 3], symmetric: bool, value: f32) -> Array4<f3
         before[2]..before[2] + cur[2]
     ])
     .assign(&v);
-    o
+    Ok(o)
 }
 
 fn center_crop(v: Array4<f32>, roi: [i64; 3]) -> Array4<f32> {
@@ -272,9 +273,9 @@ pub fn run(mut v: Array4<f32>, steps: &[Step]) -> Result<Array4<f32>> {
                 v
             }
             Step::CropForeground(m) => crop_foreground(v, m),
-            Step::Pad(size, sym, value) => pad(v, size, sym, value),
+            Step::Pad(size, sym, value) => pad(v, size, sym, value)?,
             Step::CenterCrop(roi) => center_crop(v, roi),
-            Step::PadOrCrop(size, value) => center_crop(pad(v, size, true, value), size),
+            Step::PadOrCrop(size, value) => center_crop(pad(v, size, true, value)?, size),
             Step::Resize(size, mode) => {
                 if v.is_empty() {
                     return Err(Error::shape(
@@ -300,16 +301,24 @@ mod tests {
     }
 
     #[test]
-    fn crop_and_pad() {
+    fn crop_and_pad() -> Result<()> {
         let mut a = Array4::<f32>::zeros((1, 6, 7, 8));
         a[[0, 2, 3, 4]] = 1.0;
         a[[0, 3, 5, 4]] = 2.0;
         let c = crop_foreground(a.clone(), [1, 0, 0]);
         assert_eq!(c.dim(), (1, 4, 3, 1));
-        let p = pad(c, [6, -1, 3], true, -1.0);
+        let p = pad(c, [6, -1, 3], true, -1.0)?;
         assert_eq!(p.dim(), (1, 6, 3, 3));
         assert_eq!(p[[0, 0, 0, 0]], -1.0);
         assert_eq!(center_crop(p, [2, 2, -1]).dim(), (1, 2, 2, 3));
+        let huge = pad(
+            Array4::<f32>::zeros((1, 2, 2, 2)),
+            [1 << 20, 1 << 20, 1 << 20],
+            true,
+            0.0,
+        );
+        assert!(huge.is_err_and(|e| e.to_string().contains("SpatialPad")));
+        Ok(())
     }
 
     #[test]
