@@ -84,6 +84,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # tokens per chunk on a 2-core AVX2 machine, bench/RESULTS.md "lora"); the logits
             # become exp(logits - max) and then the gradient in place (torch.logsumexp and
             # torch.softmax would each allocate another)
+            g = None  # the previous chunk's buffer goes before the next one is allocated
             g = (weight @ h.t()).to(acc)
             picked = g.gather(0, y[None, :]).squeeze(0)
             m = g.amax(dim=0, keepdim=True)
