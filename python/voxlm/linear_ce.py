@@ -9,7 +9,7 @@ its share of the loss and, at once, the gradients with respect to the hidden sta
 head weight, when it trains): ``d loss / d logits = (softmax - onehot) / n``. The forward keeps
 only ``[tokens, hidden]`` gradients; the backward scales them by the incoming gradient.
 
-Numerics: logits are computed as ``hidden @ weight.T`` in the weight's dtype and then in float32
+Numerics: logits are computed as ``weight @ hidden.T`` in the weight's dtype and then in float32
 (as transformers' ``LlamaForCausalLM`` upcasts logits for the loss), so in float32 the loss and
 gradients equal the unchunked loss up to summation order (tested to 1e-6 relative).
 """
@@ -22,8 +22,10 @@ import torch
 
 from .exceptions import ConfigError, ShapeError
 
-#: logits elements per chunk when the chunk size is "auto" (128 MB of float32 logits)
-AUTO_CHUNK_ELEMENTS = 1 << 25
+#: logits elements per chunk when the chunk size is "auto" (256 MB of float32 logits): 512 tokens
+#: at LLaMA-3's vocabulary, where the two GEMMs per chunk took ~8 % less CPU time than at 256
+#: tokens (bench/RESULTS.md "lora"), for 131 MB more peak memory
+AUTO_CHUNK_ELEMENTS = 1 << 26
 
 
 #: vocabularies at least this large get the chunked loss from recipes by default (LLaMA-3's
@@ -48,7 +50,7 @@ def recipe_chunk_size(setting: int | str | None, vocab_size: int) -> int | str |
 
 
 def auto_chunk_size(vocab_size: int) -> int:
-    """Tokens per chunk so that one chunk's float32 logits stay near 128 MB (256 tokens at
+    """Tokens per chunk so that one chunk's float32 logits stay near 256 MB (512 tokens at
     LLaMA-3's 128,256 vocabulary), a multiple of 16 between 16 and 4096."""
     return max(16, min(4096, AUTO_CHUNK_ELEMENTS // max(1, vocab_size)) // 16 * 16)
 
@@ -71,28 +73,36 @@ class _LinearCrossEntropy(torch.autograd.Function):
         acc = torch.promote_types(weight.dtype, torch.float32)  # float32, or float64 for float64
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if weight_grad else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
+        wt = weight.t()
         for s in range(0, n, chunk_size):
             h = hidden[s : s + chunk_size]
             y = target[s : s + chunk_size]
-            # one [chunk, V] buffer per chunk: the logits become exp(logits - max) and then the
-            # gradient in place (torch.logsumexp and torch.softmax would each allocate another)
-            g = (h @ weight.t()).to(acc)
-            picked = g.gather(1, y[:, None]).squeeze(1)
-            m = g.amax(dim=-1, keepdim=True)
+            c = y.shape[0]
+            # one [V, chunk] buffer per chunk, vocabulary-major: ``weight @ h.T`` lets the GEMM
+            # stream the [V, H] weight as its tall, untransposed operand (with the gradient's
+            # ``weight.T @ g``, ~17 % less CPU time than ``h @ weight.T`` and ``g @ weight`` at 256
+            # tokens per chunk on a 2-core AVX2 machine, bench/RESULTS.md "lora"); the logits
+            # become exp(logits - max) and then the gradient in place (torch.logsumexp and
+            # torch.softmax would each allocate another)
+            g = None  # the previous chunk's buffer goes before the next one is allocated
+            g = (weight @ h.t()).to(acc)
+            picked = g.gather(0, y[None, :]).squeeze(0)
+            m = g.amax(dim=0, keepdim=True)
             g.sub_(m).exp_()
-            s_exp = g.sum(dim=-1, keepdim=True)
-            lse = (m + s_exp.log()).squeeze(1)
+            s_exp = g.sum(dim=0, keepdim=True)
+            lse = (m + s_exp.log()).squeeze(0)
             total += (lse - picked).sum()
             if not need_h and grad_w is None:
                 continue
             # d(sum of losses)/d logits = softmax - onehot, scaled to the mean
             g.div_(s_exp)
-            g[torch.arange(g.shape[0], device=g.device), y] -= 1.0
+            g[y, torch.arange(c, device=g.device)] -= 1.0
             g /= n
             if need_h:
-                grad_h[s : s + chunk_size] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
+                # [H, chunk] = weight.T @ g, written transposed into the chunk's rows
+                grad_h[s : s + chunk_size].copy_((wt @ g.to(weight.dtype)).t())
             if grad_w is not None:
-                grad_w += g.t() @ h.to(acc)
+                grad_w += g @ h.to(acc)
         ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
         ctx.weight_grad = grad_w is not None
         ctx.weight_dtype = weight.dtype
