@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,8 +70,20 @@ def _as_lists(references: _Corpus, hypotheses: _Corpus) -> tuple[list[list[str]]
                 h = h[0]
             hyps_in.append(h)
     else:
+        for name, x in (("references", references), ("hypotheses", hypotheses)):
+            if isinstance(x, (str, bytes)) or not isinstance(x, Iterable):
+                raise VoxlmTypeError(
+                    f"{name}: expected a list of texts (one per sample) or a dict keyed by id, "
+                    f"got {type(x).__name__}"
+                )
         refs_in, hyps_in = list(references), list(hypotheses)
-    refs = [[r] if isinstance(r, str) else list(r) for r in refs_in]
+    refs = []
+    for i, r in enumerate(refs_in):
+        if not isinstance(r, (str, list, tuple)):
+            raise VoxlmTypeError(
+                f"references[{i}]: expected a str or a list of str, got {type(r).__name__}"
+            )
+        refs.append([r] if isinstance(r, str) else list(r))
     for i, h in enumerate(hyps_in):
         if not isinstance(h, str):
             raise VoxlmTypeError(f"hypotheses[{i}]: expected str, got {type(h).__name__}")
@@ -344,6 +356,13 @@ def parse_choice(text: str, options: Mapping[str, str] | str = "ABCD") -> str | 
     ``"answer is B"`` / ``"answer: B"``; and, when ``options`` maps letters to option texts, the one
     option text the answer contains (case-insensitive).
     """
+    if not isinstance(text, str):
+        raise VoxlmTypeError(f"parse_choice text: expected str, got {type(text).__name__}")
+    if not isinstance(options, (str, Mapping)):
+        raise VoxlmTypeError(
+            f"parse_choice options: expected letters such as 'ABCD' or a dict of option texts, "
+            f"got {type(options).__name__}"
+        )
     letters = "".join(options) if isinstance(options, Mapping) else options
     s = text.strip()
     m = re.match(r"^\(?([A-Za-z])(?:[\.\):,]|\s|$)", s)
@@ -367,6 +386,9 @@ def vqa_accuracy(
 ) -> float:
     """Multiple-choice accuracy: the fraction of generated answers whose parsed letter equals
     the answer letter (unparseable answers count as wrong)."""
+    for name, xs in (("predictions", predictions), ("answers", answers)):
+        if isinstance(xs, (str, bytes)) or not isinstance(xs, Sequence):
+            raise VoxlmTypeError(f"{name}: expected a list of str, got {type(xs).__name__}")
     if len(predictions) != len(answers):
         raise ShapeError(
             f"answers: expected {len(predictions)} (one per prediction), got {len(answers)}"
@@ -376,6 +398,10 @@ def vqa_accuracy(
     opts = options if options is not None else ["ABCD"] * len(predictions)
     if len(opts) != len(predictions):
         raise ShapeError(f"options: expected {len(predictions)} entries, got {len(opts)}")
+    for name, xs in (("predictions", predictions), ("answers", answers)):
+        for i, x in enumerate(xs):
+            if not isinstance(x, str):
+                raise VoxlmTypeError(f"{name}[{i}]: expected str, got {type(x).__name__}")
     hits = sum(
         parse_choice(p, o) == a.strip().upper() for p, a, o in zip(predictions, answers, opts)
     )
