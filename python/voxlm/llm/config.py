@@ -101,6 +101,10 @@ class LlamaConfig:
     @classmethod
     def from_pretrained(cls, path: PathLike) -> LlamaConfig:
         """Read ``config.json`` from a checkpoint directory (or the file itself)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise CheckpointError(
+                f"path: expected a checkpoint folder or config.json path, got {path!r}"
+            )
         p = pathlib.Path(path)
         f = p / "config.json" if p.is_dir() else p
         if not f.is_file():

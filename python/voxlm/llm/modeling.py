@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .. import _core
-from .._bind import RustBound
-from ..exceptions import CheckpointError, ConfigError
+from .._bind import RustBound, check_device, check_float_dtype, check_int
+from ..exceptions import CheckpointError, ConfigError, DTypeError, ShapeError
 from .config import LlamaConfig, PathLike
 
 
@@ -95,6 +95,22 @@ class CausalLMOutput:
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+def _check_mask(mask: Any) -> None:
+    """An attention mask is a bool, integer or float tensor of 0s and 1s (1 = attend)."""
+    if not isinstance(mask, torch.Tensor):
+        return  # the Rust bridge names non-tensors
+    if mask.is_complex():
+        raise DTypeError(
+            f"attention_mask: expected a bool, integer or float tensor, got {mask.dtype}"
+        )
+    if mask.dtype != torch.bool and not mask.is_meta and mask.numel():
+        if bool(((mask != 0) & (mask != 1)).any()):
+            bad = mask[(mask != 0) & (mask != 1)].flatten()[:3].tolist()
+            raise ShapeError(
+                f"attention_mask: expected 0 (padding) or 1 (token) entries, got values {bad}"
+            )
+
+
 class LlamaForCausalLM(RustBound):
     """A LLaMA decoder whose forward and generation run in Rust.
 
@@ -107,6 +123,15 @@ class LlamaForCausalLM(RustBound):
         self, config: LlamaConfig, device: Any = None, dtype: torch.dtype | None = None
     ) -> None:
         super().__init__()
+        if isinstance(config, dict):
+            config = LlamaConfig.from_dict(config)
+        if not isinstance(config, LlamaConfig):
+            raise ConfigError(
+                f"config: expected a LlamaConfig (or a dict of its fields), got "
+                f"{type(config).__name__}"
+            )
+        check_device(device)
+        check_float_dtype(dtype)
         self.config = config
         kw = {"device": device, "dtype": dtype}
         self.model = LlamaModel(config, **kw)
@@ -326,6 +351,8 @@ class LlamaForCausalLM(RustBound):
         The first training-mode call with gradients fixes glibc's malloc thresholds for the
         process (:mod:`voxlm.allocator`; ``VOXLM_MALLOC_TRIM=0`` opts out).
         """
+        if attention_mask is not None:
+            _check_mask(attention_mask)
         if self.training and torch.is_grad_enabled():
             # process-wide glibc thresholds against RSS creep between steps (opt out:
             # VOXLM_MALLOC_TRIM=0; see voxlm.allocator)
@@ -427,10 +454,29 @@ class LlamaForCausalLM(RustBound):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ConfigError("generate: pass exactly one of input_ids and inputs_embeds")
+        if attention_mask is not None:
+            _check_mask(attention_mask)
+        vocab = self.config.vocab_size
         if eos_token_id is None:
             eos = self.config.eos_token_ids
         else:
-            eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+            one = isinstance(eos_token_id, int) or not isinstance(eos_token_id, Sequence)
+            eos = [eos_token_id] if one else list(eos_token_id)
+            for e in eos:
+                if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < vocab:
+                    raise ConfigError(
+                        f"eos_token_id: expected token ids in [0, {vocab}), got {eos_token_id!r}"
+                    )
+        if pad_token_id is not None:
+            check_int(pad_token_id, "pad_token_id", minimum=0)
+        if seed is not None and not (
+            isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**64
+        ):
+            raise ConfigError(f"seed: expected an integer in [0, 2**64), got {seed!r}")
+        check_int(max_new_tokens, "max_new_tokens", minimum=0)
+        check_int(num_beams, "num_beams", minimum=1)
+        if do_sample:
+            check_int(top_k, "top_k", minimum=0)
         pad = (
             pad_token_id
             if pad_token_id is not None
