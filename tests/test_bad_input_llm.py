@@ -77,3 +77,18 @@ def test_valid_masks_and_ids_unchanged(model):
     d = {k: getattr(CFG, k) for k in ("vocab_size", "hidden_size", "intermediate_size")}
     d |= {"num_hidden_layers": 1, "num_attention_heads": 2}
     assert llm.LlamaForCausalLM(d).config.hidden_size == 16
+
+
+def test_linear_cross_entropy_names_non_tensors():
+    import numpy as np
+
+    from voxlm.exceptions import VoxlmTypeError
+    from voxlm.linear_ce import linear_cross_entropy
+
+    w, lab = torch.randn(5, 4), torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(VoxlmTypeError, match="hidden: expected a torch.Tensor, got ndarray"):
+        linear_cross_entropy(np.ones((2, 3, 4)), w, lab)
+    with pytest.raises(DTypeError, match="weight: expected a floating-point tensor"):
+        linear_cross_entropy(torch.ones(2, 3, 4), w.long(), lab)
+    with pytest.raises(VoxlmTypeError, match="labels"):
+        linear_cross_entropy(torch.ones(2, 3, 4), w, [[0, 0, 0], [0, 0, 0]])

@@ -139,6 +139,11 @@ def linear_cross_entropy(
     Returns the mean over counted tokens, a 0-d float32 tensor (float64 for float64 inputs; NaN
     if none count, as torch).
     """
+    from ._bind import check_tensor
+
+    check_tensor(hidden, "hidden", floating=True)
+    check_tensor(weight, "weight", floating=True)
+    check_tensor(labels, "labels")
     if hidden.dim() != 3 or labels.dim() != 2 or hidden.shape[:2] != labels.shape:
         raise ShapeError(
             f"hidden/labels: expected [B, T, H] and [B, T], got {list(hidden.shape)} "
