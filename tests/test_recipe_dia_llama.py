@@ -344,6 +344,18 @@ def test_evaluate_writes_files(tmp_path):
     assert r2["labeler"] == "lab" and "clinical_efficacy_keyword" not in r2
 
 
+def test_evaluate_refuses_records_without_reports_before_generating():
+    """A record without its reference report was scored against "" (silently wrong scores)."""
+    m = tiny()
+    recs = items(2)
+    del recs[1]["report"]
+    calls = []
+    m.generate = lambda *a, **k: calls.append(1)  # must not be reached
+    with pytest.raises(DataError, match=r"has no reference 'report'"):
+        m.evaluate(recs, batch_size=2, meteor=False)
+    assert calls == []
+
+
 def test_keyword_labeler():
     reports = [
         "The heart is enlarged. No pleural effusion is seen.",

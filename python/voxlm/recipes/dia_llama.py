@@ -1328,6 +1328,13 @@ def evaluate_reports(
     def flush() -> None:
         if not batch:
             return
+        for it in batch:  # before generating: evaluation needs the reference report of each
+            if not isinstance(it.get("report"), str):
+                raise DataError(
+                    f"evaluate: record {it.get('id', len(ids))!r} has no reference 'report' "
+                    f"(got {type(it.get('report')).__name__}); expected records with reports, "
+                    "or use generate for records without them"
+                )
         images = collate.images(batch)
         out = model.generate(images, return_dict=True, **generate_kwargs)
         hyps.extend(out.reports)
@@ -1335,7 +1342,7 @@ def evaluate_reports(
         pred_lab.extend(np.asarray(out.labels).tolist())
         for it in batch:
             ids.append(str(it.get("id", len(ids))))
-            refs.append(str(it.get("report", "")))
+            refs.append(it["report"])
             lab = it.get("labels")
             gt_lab.append(
                 None
