@@ -565,7 +565,7 @@ def test_config_errors():
         ("volume_size", [84, 84]),
         ("seeds", 3),
         ("focal_alpha", None),
-        ("blr", "1e-3"),
+        ("blr", "fast"),  # a numeric string such as "1e-3" (PyYAML) is read as a float
         ("guidelines", {"t2w": 1}),
         ("class_balanced", 1),
     ):
