@@ -29,7 +29,8 @@ V = np.zeros((1, 8, 8, 8), np.float32)
         (lambda: T.CenterSpatialCrop((0, 4, 4)), ConfigError, ("CenterSpatialCrop roi_size",)),
         (lambda: T.ResizeWithPadOrCrop((4, 4.5, 4)), ConfigError, ("spatial_size", "4.5")),
         (lambda: T.Compose([5]), ConfigError, ("transforms[0] is not callable",)),
-        (lambda: T.Compose(T.Resize((4, 4, 4))), ConfigError, ("expected a list of transforms",)),
+        (lambda: T.Compose(5), ConfigError, ("expected a list of transforms",)),
+        (lambda: T.Compose("abc"), ConfigError, ("expected a list of transforms",)),
     ],
 )
 def test_transform_arguments(make, exc, words):
@@ -42,6 +43,8 @@ def test_valid_sizes_still_work():
     assert T.Resize((4.0, 4, 4))(V).shape == (1, 4, 4, 4)  # an integral float is a size
     assert T.SpatialPad((-1, 10, 8))(V).shape == (1, 8, 10, 8)
     assert T.CenterSpatialCrop((-1, 4, 4))(V).shape == (1, 8, 4, 4)
+    assert T.Compose(T.Resize((4, 4, 4)))(V).shape == (1, 4, 4, 4)  # one transform, as MONAI
+    assert T.Compose(t for t in [T.Resize((4, 4, 4))])(V).shape == (1, 4, 4, 4)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ seeded :class:`RandFlip`, :class:`RandRotate90`, :class:`RandScaleShiftIntensity
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,8 +121,11 @@ class Compose(Transform):
     """Apply transforms in order."""
 
     def __init__(self, transforms: Sequence[Callable[[Any], Any]]) -> None:
-        if isinstance(transforms, (str, bytes)) or not isinstance(transforms, Sequence):
+        if callable(transforms):  # one transform, as MONAI's Compose takes it
+            transforms = [transforms]
+        if isinstance(transforms, (str, bytes)) or not isinstance(transforms, Iterable):
             raise ConfigError(f"Compose: expected a list of transforms, got {transforms!r}")
+        transforms = list(transforms)
         bad = [i for i, t in enumerate(transforms) if not callable(t)]
         if bad:
             raise ConfigError(
