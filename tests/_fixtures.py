@@ -50,3 +50,16 @@ def hf_tiny_llama(**overrides: Any) -> Any:
     import transformers
 
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**TINY_HF_LLAMA, **overrides}))
+
+
+#: ``voxlm.llm.LlamaConfig`` fields of the smallest LLaMA the bad-input tests build (16 wide,
+#: 1 layer, 2 query / 1 key-value heads, vocabulary 32)
+TINY_LM = dict(
+    vocab_size=32,
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=32,
+)

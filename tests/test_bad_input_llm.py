@@ -10,14 +10,9 @@ import torch
 from voxlm import llm
 from voxlm.exceptions import CheckpointError, ConfigError, DTypeError, ShapeError, VoxlmError
 
-CFG = llm.LlamaConfig(
-    vocab_size=32,
-    hidden_size=16,
-    intermediate_size=24,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    max_position_embeddings=32,
-)
+from ._fixtures import TINY_LM
+
+CFG = llm.LlamaConfig(**TINY_LM)
 
 
 @pytest.fixture(scope="module")

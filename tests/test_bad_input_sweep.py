@@ -612,16 +612,9 @@ def test_green_helpers_check_their_text():
 def _tiny_lm():
     from voxlm import llm
 
-    cfg = llm.LlamaConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-    )
-    return llm.LlamaForCausalLM(cfg)
+    from ._fixtures import TINY_LM
+
+    return llm.LlamaForCausalLM(llm.LlamaConfig(**TINY_LM))
 
 
 def test_adapter_functions_check_their_arguments(tmp_path):
