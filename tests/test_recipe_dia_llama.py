@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import voxlm
 from voxlm.datasets import dia_llama_results
-from voxlm.exceptions import CheckpointError, ConfigError, DataError, ShapeError
+from voxlm.exceptions import CheckpointError, ConfigError, DataError, DTypeError, ShapeError
 from voxlm.metrics import CHEXBERT_CONDITIONS, parse_diagnostic_prompt
 from voxlm.recipes import get_recipe
 from voxlm.recipes.dia_llama import (
@@ -246,6 +246,15 @@ def test_generate_uses_predicted_then_given_labels(mode):
     # batched generation equals one-by-one generation (left padding is exact)
     singles = [m.generate(imgs[i : i + 1], labels=given[i : i + 1])[0] for i in range(3)]
     assert m.generate(imgs, labels=given) == singles
+    # the same labels as bools, a nested list or whole floats; bad labels are named
+    assert m.generate(imgs, labels=given.astype(bool)) == singles
+    assert m.generate(imgs, labels=given.tolist()) == singles
+    assert m.generate(imgs, labels=torch.tensor(given, dtype=torch.float32)) == singles
+    for bad in ("x", [["a"] * 14] * 3, given * 0.5, given.astype(complex), object()):
+        with pytest.raises(DTypeError, match="labels"):
+            m.generate(imgs, labels=bad)
+    with pytest.raises(ShapeError, match="labels"):
+        m.generate(imgs, labels=given[:, :3])
 
 
 def test_training_steps_reduce_the_loss():

@@ -84,7 +84,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..datasets.ctrg_chest import GUIDE
-from ..exceptions import CheckpointError, ConfigError, DataError, ShapeError
+from ..exceptions import CheckpointError, ConfigError, DataError, DTypeError, ShapeError
 from ..metrics import CHEXBERT_CONDITIONS, diagnostic_prompt
 from .base import (
     PathLike,
@@ -1056,9 +1056,7 @@ class DiaLlama(Recipe):
             tokens = self.vision_tokens(images.to(dev))
             c = self.config
             if labels is not None:
-                lab = torch.as_tensor(
-                    np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels
-                ).long()
+                lab = _label_codes(labels)
                 if tuple(lab.shape) != (images.shape[0], len(c.conditions)):
                     raise ShapeError(
                         f"labels: expected [{images.shape[0]}, {len(c.conditions)}], got "
@@ -1540,6 +1538,37 @@ def load_recipe(cls: Any, path: PathLike) -> Any:
     model.set_trainable()
     model.eval()
     return model
+
+
+def _label_codes(labels: Any) -> torch.Tensor:
+    """``generate``'s ``labels`` as int64 codes (0/1, or CTRG's 0-3 where only 1 is positive):
+    a tensor, array or nested list of bools or whole numbers; anything else is a DTypeError."""
+    try:
+        arr = labels.detach().cpu() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        lab = torch.as_tensor(arr)
+    except (TypeError, ValueError, RuntimeError):
+        raise DTypeError(
+            f"labels: expected a [B, L] tensor or array of 0/1 label codes, got "
+            f"{type(labels).__name__}"
+        ) from None
+    if lab.is_complex() or not (lab.dtype == torch.bool or lab.dtype in _REAL_DTYPES):
+        raise DTypeError(f"labels: expected integer or bool label codes, got {lab.dtype}")
+    if lab.dtype.is_floating_point and not bool(torch.all(lab == lab.round())):
+        raise DTypeError(f"labels: expected whole-number label codes, got {lab.flatten()[:8]}")
+    return lab.long()
+
+
+_REAL_DTYPES = (
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+)
 
 
 register_recipe("dia_llama")(DiaLlama)
