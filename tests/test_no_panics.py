@@ -26,6 +26,8 @@ from voxlm import _core, adapters, llm, losses, metrics, ops, transforms, vision
 from voxlm import nn as vnn
 from voxlm.exceptions import VoxlmError
 
+from ._fixtures import TINY_LM
+
 TRACE_MARKERS = ("frame #", "Exception raised from", "panicked at")
 
 F = torch.float32
@@ -75,15 +77,7 @@ CLIP = vision.CLIPVision(
 )
 PERC = vision.PerceiverResampler(dim=8, depth=1, dim_head=4, heads=2, num_latents=3, ff_mult=2)
 QB = vision.AdapterQueryBlocks(clip_dim=6, out_dim=5, dim=8, query_len=2, depth=1, heads=2)
-LCFG = llm.LlamaConfig(
-    vocab_size=32,
-    hidden_size=16,
-    intermediate_size=24,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=32,
-)
+LCFG = llm.LlamaConfig(**TINY_LM)
 LM = llm.LlamaForCausalLM(LCFG)
 LORA = vnn.LoraLinear(4, 3, r=2)
 IDS = torch.tensor([[1, 2, 3]])

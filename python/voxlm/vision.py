@@ -46,15 +46,6 @@ def load_checked(model: nn.Module, sd: Mapping[str, torch.Tensor], where: object
     model.load_state_dict(sd, strict=True)
 
 
-def _int(v: object, name: str, minimum: int = 1) -> int:
-    """A size argument: an integer >= ``minimum`` (checked before any parameter is allocated)."""
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{name}: expected an integer, got {v!r}")
-    if v < minimum:
-        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v}")
-    return v
-
-
 def _divides(dim: int, heads: int, dim_name: str, heads_name: str) -> None:
     if dim % heads:
         raise ConfigError(f"{dim_name} {dim} must be divisible by {heads_name} {heads}")
@@ -111,7 +102,7 @@ def reuse_pos_embedding(pos: torch.Tensor, n_tokens: int, has_cls: bool = True) 
     """PICG's reuse of CLIP's position embeddings: the first ``n_tokens`` patch positions
     (e.g. 252 tokens of a 6x6x7 grid padded to 256 so CLIP's 257 = 1 + 16x16 are reused)."""
     check_tensor(pos, "pos", floating=True)
-    _int(n_tokens, "n_tokens", 1)
+    check_int(n_tokens, "n_tokens", 1)
     start = 1 if has_cls else 0
     if pos.dim() != 3:
         raise ShapeError(
@@ -190,8 +181,8 @@ class ViT3D(RustBound):
         for k, v in dict(
             in_channels=in_channels, hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads
         ).items():
-            _int(v, k)
-        _int(num_layers, "num_layers", 0)
+            check_int(v, k)
+        check_int(num_layers, "num_layers", 0)
         self.img_size, self.patch_size = (
             _triple(img_size, "img_size"),
             _triple(patch_size, "patch_size"),
@@ -452,8 +443,8 @@ class CLIPVision(RustBound):
             image_size=image_size,
             num_channels=num_channels,
         ).items():
-            _int(v, k)
-        _int(num_hidden_layers, "num_hidden_layers", 0)
+            check_int(v, k)
+        check_int(num_hidden_layers, "num_hidden_layers", 0)
         _divides(hidden_size, num_attention_heads, "hidden_size", "num_attention_heads")
         if not (isinstance(layer_norm_eps, (int, float)) and 0 < layer_norm_eps < 1):
             raise ConfigError(
@@ -628,8 +619,8 @@ class PerceiverResampler(RustBound):
         for k, v in dict(
             dim=dim, dim_head=dim_head, heads=heads, num_latents=num_latents, ff_mult=ff_mult
         ).items():
-            _int(v, k)
-        _int(depth, "depth", 0)
+            check_int(v, k)
+        check_int(depth, "depth", 0)
         inner_attn = dim_head * heads
         check_budget(
             "PerceiverResampler",
@@ -685,9 +676,9 @@ class MLPProjector(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, depth: int = 2) -> None:
         super().__init__()
-        _int(in_dim, "in_dim")
-        _int(out_dim, "out_dim")
-        _int(depth, "depth")
+        check_int(in_dim, "in_dim")
+        check_int(out_dim, "out_dim")
+        check_int(depth, "depth")
         check_budget("MLPProjector", in_dim * out_dim + (depth - 1) * out_dim * out_dim)
         self.projector = _mlp_layers(in_dim, out_dim, depth, gelu=True)
 
@@ -715,10 +706,10 @@ class SpatialPoolingProjector(nn.Module):
         pooling_size: int = 2,
     ) -> None:
         super().__init__()
-        _int(in_dim, "in_dim")
-        _int(out_dim, "out_dim")
-        _int(layer_num, "layer_num")
-        _int(pooling_size, "pooling_size")
+        check_int(in_dim, "in_dim")
+        check_int(out_dim, "out_dim")
+        check_int(layer_num, "layer_num")
+        check_int(pooling_size, "pooling_size")
         if layer_type not in ("mlp", "linear"):
             raise ConfigError(f"layer_type: expected 'mlp' or 'linear', got {layer_type!r}")
         if pooling_type not in ("spatial", "sequence"):
@@ -809,8 +800,8 @@ class AdapterQueryBlocks(RustBound):
         for k, v in dict(
             clip_dim=clip_dim, out_dim=out_dim, dim=dim, query_len=query_len, heads=heads
         ).items():
-            _int(v, k)
-        _int(depth, "depth", 0)
+            check_int(v, k)
+        check_int(depth, "depth", 0)
         _divides(dim, heads, "dim", "heads")
         if not (
             isinstance(mlp_ratio, (int, float))
@@ -854,8 +845,8 @@ class DiseaseAwareAttention(nn.Module):
 
     def __init__(self, num_labels: int, num_tokens: int) -> None:
         super().__init__()
-        _int(num_labels, "num_labels")
-        _int(num_tokens, "num_tokens")
+        check_int(num_labels, "num_labels")
+        check_int(num_tokens, "num_tokens")
         check_budget("DiseaseAwareAttention", num_labels * num_tokens)
         self.prototype = nn.Parameter(torch.randn(num_labels, num_tokens))
 
