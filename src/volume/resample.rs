@@ -455,22 +455,36 @@ where
 /// larger magnitude (three nested lerps of at most ~3 ulp each: < 1e-6; 1e-5 leaves a margin).
 const BOUND_SLACK: f64 = 1e-5;
 
-/// Min and max of `conv` over `row` (`conv` monotone: only the row's extremes are converted).
-fn row_range<T: Copy + PartialOrd, V: Fn(T) -> f32>(row: &[T], conv: &V) -> (f32, f32) {
-    let Some(&first) = row.first() else {
+/// Element types whose rows [`resample_crop_resize_trilinear`] bounds by their extremes.
+pub trait Extremes: Copy {
+    /// The smallest and largest value of a non-empty `row`, ignoring NaN (None: no value).
+    fn extremes(row: &[Self]) -> Option<(Self, Self)>;
+}
+
+impl Extremes for i16 {
+    fn extremes(row: &[i16]) -> Option<(i16, i16)> {
+        // plain min / max folds: vectorised
+        Some((row.iter().copied().min()?, row.iter().copied().max()?))
+    }
+}
+
+impl Extremes for f32 {
+    fn extremes(row: &[f32]) -> Option<(f32, f32)> {
+        // NaN never turns into foreground: an output with a NaN tap is NaN; f32::min / max
+        // skip NaN
+        let mn = row.iter().copied().fold(f32::INFINITY, f32::min);
+        let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        (mn <= mx).then_some((mn, mx))
+    }
+}
+
+/// Min and max of `conv` over `row` (`conv` monotone: only the row's extremes are converted);
+/// NaN when unknown (no non-NaN value).
+fn row_range<T: Extremes, V: Fn(T) -> f32>(row: &[T], conv: &V) -> (f32, f32) {
+    let Some((mn, mx)) = T::extremes(row) else {
         return (f32::NAN, f32::NAN);
     };
-    let (mut mn, mut mx) = (first, first);
-    for &x in row {
-        if x < mn {
-            mn = x;
-        }
-        if x > mx {
-            mx = x;
-        }
-    }
     let (a, b) = (conv(mn), conv(mx));
-    // NaN in a float row: NaN extremes (never foreground) leave the bound unknown (kept)
     if a <= b {
         (a, b)
     } else if b < a {
@@ -533,7 +547,7 @@ struct Sparse<'a, T, V, P, M> {
 
 impl<T, V, P, M> Sparse<'_, T, V, P, M>
 where
-    T: Copy + Sync + PartialOrd,
+    T: Copy + Sync + Extremes,
     V: Fn(T) -> f32 + Sync,
     P: Fn(f32) -> f32 + Sync,
     M: Fn(f64, f64) -> bool + Sync,
@@ -580,9 +594,12 @@ where
         (self.post)(voxel::<A, B, C, T, V>(self.conv, r, w, l, h))
     }
 
-    /// Pass 1: the foreground box (`post(value) > 0`), scanning each output row from both
-    /// ends up to its first / last foreground voxel; a row whose four input rows' values keep
-    /// every output out of the foreground (`maybe_fg` false on their bound) is not computed.
+    /// Pass 1: the foreground box (`post(value) > 0`). A row whose four input rows' values
+    /// keep every output out of the foreground (`maybe_fg` false on their bound) is not
+    /// computed; any other row is scanned from both ends up to its first / last foreground
+    /// voxel, and once its plane holds foreground and the row lies inside the box found so
+    /// far along B, only the parts outside the box along C are scanned (nothing inside them
+    /// can widen the box).
     fn find<const A: usize, const B: usize, const C: usize>(&self) -> Found {
         let [sa, sb] = [self.shape[A], self.shape[B]];
         let ranges: Vec<(f32, f32)> = (0..sa * sb)
@@ -593,44 +610,55 @@ where
             })
             .collect();
         let nc = self.out[C];
+        let maybe = |ia: [usize; 2], ib: [usize; 2]| -> bool {
+            let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+            for a in ia {
+                for b in ib {
+                    let (l, h) = ranges[a * sb + b];
+                    if l.is_nan() || h.is_nan() {
+                        return true;
+                    }
+                    lo = lo.min(l);
+                    hi = hi.max(h);
+                }
+            }
+            let d = BOUND_SLACK * (lo.abs().max(hi.abs()) as f64) + 1e-30;
+            (self.maybe_fg)(lo as f64 - d, hi as f64 + d)
+        };
         (0..self.out[A])
             .into_par_iter()
-            .map(|oa| {
-                let ta = self.s.tabs[A][oa];
-                let ia = [self.index(A, ta.lo), self.index(A, ta.hi)];
-                let mut f = Found::NONE;
-                for ob in 0..self.out[B] {
-                    let tb = self.s.tabs[B][ob];
-                    let ib = [self.index(B, tb.lo), self.index(B, tb.hi)];
-                    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-                    let mut nan = false;
-                    for a in ia {
-                        for b in ib {
-                            let (l, h) = ranges[a * sb + b];
-                            nan |= l.is_nan() || h.is_nan();
-                            lo = lo.min(l);
-                            hi = hi.max(h);
-                        }
-                    }
-                    if !nan {
-                        let d = BOUND_SLACK * (lo.abs().max(hi.abs()) as f64) + 1e-30;
-                        if !(self.maybe_fg)(lo as f64 - d, hi as f64 + d) {
+            .fold(
+                || Found::NONE,
+                |mut f, oa| {
+                    let ta = self.s.tabs[A][oa];
+                    let ia = [self.index(A, ta.lo), self.index(A, ta.hi)];
+                    let mut plane_fg = false;
+                    for ob in 0..self.out[B] {
+                        let tb = self.s.tabs[B][ob];
+                        if !maybe(ia, [self.index(B, tb.lo), self.index(B, tb.hi)]) {
                             continue;
                         }
+                        let (r, w) = self.rows::<A, B>(oa, ob);
+                        let fg = |k: &usize| self.value::<A, B, C>(&r, w, *k) > 0.0;
+                        if plane_fg && f.lo[1] <= ob && ob <= f.hi[1] {
+                            if let Some(k) = (0..f.lo[2]).find(fg) {
+                                f = f.add([oa, ob, k]);
+                            }
+                            if let Some(k) = (f.hi[2] + 1..nc).rev().find(fg) {
+                                f = f.add([oa, ob, k]);
+                            }
+                            continue;
+                        }
+                        let Some(first) = (0..nc).find(fg) else {
+                            continue;
+                        };
+                        let last = (first..nc).rev().find(fg).unwrap_or(first);
+                        f = f.add([oa, ob, first]).add([oa, ob, last]);
+                        plane_fg = true;
                     }
-                    let (r, w) = self.rows::<A, B>(oa, ob);
-                    let Some(first) = (0..nc).find(|&k| self.value::<A, B, C>(&r, w, k) > 0.0)
-                    else {
-                        continue;
-                    };
-                    let last = (first..nc)
-                        .rev()
-                        .find(|&k| self.value::<A, B, C>(&r, w, k) > 0.0)
-                        .unwrap_or(first);
-                    f = f.add([oa, ob, first]).add([oa, ob, last]);
-                }
-                f
-            })
+                    f
+                },
+            )
             .reduce(|| Found::NONE, Found::join)
     }
 
@@ -713,7 +741,7 @@ pub fn resample_crop_resize_trilinear<T, V, P, M>(
     size: [usize; 3],
 ) -> Result<Option<ndarray::Array3<f32>>>
 where
-    T: Copy + Sync + PartialOrd,
+    T: Copy + Sync + Extremes,
     V: Fn(T) -> f32 + Sync,
     P: Fn(f32) -> f32 + Sync,
     M: Fn(f64, f64) -> bool + Sync,
