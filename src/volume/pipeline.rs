@@ -20,7 +20,10 @@ use super::geometry::{self, M4};
 pub use super::geometry::{parse_axcodes, Axcodes, RAS};
 use super::load::{self, Format, LoadOptions};
 use super::nifti;
-use super::resample::{affine_resample_strided, is_diagonal, resample_diagonal_trilinear};
+use super::resample::{
+    affine_resample_strided, is_diagonal, resample_crop_resize_trilinear,
+    resample_diagonal_trilinear,
+};
 use super::resize::{resize_slice, resize_strided, Mode};
 use super::steps::{self, Step};
 use crate::error::{Error, Result};
@@ -177,22 +180,89 @@ fn spacing_resample<F: Fn(isize) -> f32 + Sync>(
     Ok(spaced)
 }
 
+/// The leading `CropForeground(margin)` + trilinear `Resize(size)` of `p.post`, when the
+/// spacing resample can compute only what they read ([`resample_crop_resize_trilinear`]).
+fn crop_resize_head(p: &Pipeline) -> Option<([usize; 3], [usize; 3])> {
+    match p.post.as_slice() {
+        [Step::CropForeground(m), Step::Resize(size, Mode::Trilinear), ..]
+            if p.size.is_none() && p.spacing_mode == Mode::Trilinear =>
+        {
+            Some((*m, *size))
+        }
+        _ => None,
+    }
+}
+
+/// [`spacing_resample`] -> CropForeground -> Resize ([`crop_resize_head`]) on a typed buffer,
+/// resampling only the voxels the crop box search and the resize read; None when the grid is
+/// not axis-aligned or there is no typed buffer (the caller takes the general path).
+fn spacing_crop_resize(
+    typed: Typed<'_>,
+    lo: Layout,
+    g: &geometry::SpacingGrid,
+    p: &Pipeline,
+    (margin, size): ([usize; 3], [usize; 3]),
+) -> Option<Result<Array3<f32>>> {
+    if !is_diagonal(&g.xform, g.shape) {
+        return None;
+    }
+    let window = p.window;
+    let post = move |x: f32| window_value(x, window);
+    // the window is monotone in its input (f64 operations, then a clamp and one rounding)
+    let maybe_fg = move |a: f64, b: f64| {
+        let f = |v: f64| match window {
+            None => v as f32,
+            Some((a0, a1, b0, b1, clip)) => super::intensity::window(v, a0, a1, b0, b1, clip),
+        };
+        !(f(a) <= 0.0 && f(b) <= 0.0)
+    };
+    let (sh, st, b) = (lo.shape, lo.strides, lo.base);
+    let r = match typed {
+        Typed::I16(d, sc) => {
+            let conv = move |x: i16| scaled(x as f64, sc);
+            resample_crop_resize_trilinear(
+                d, conv, sh, st, b, &g.xform, g.shape, post, maybe_fg, margin, size,
+            )
+        }
+        Typed::F32(d, sc) => {
+            let conv = move |x: f32| scaled(x as f64, sc);
+            resample_crop_resize_trilinear(
+                d, conv, sh, st, b, &g.xform, g.shape, post, maybe_fg, margin, size,
+            )
+        }
+        Typed::None => return None,
+    };
+    Some(r.and_then(|v| {
+        v.ok_or_else(|| {
+            Error::shape("Resize: the volume is empty (CropForeground found no voxel > 0)")
+        })
+    }))
+}
+
 /// The prefix (orientation -> spacing -> window -> a final resize) on one channel read through
 /// `get` (decoded values, before the window) with layout `l` and `affine` (`typed`: the same
 /// voxels as a typed buffer, or `Typed::None`). MONAI's order:
-/// Orientation -> Spacing (on the decoded values) -> window -> Resize.
+/// Orientation -> Spacing (on the decoded values) -> window -> Resize. With `fuse_post` (one
+/// channel), a leading CropForeground + Resize of `p.post` may be fused into the spacing
+/// resample: returns the volume and how many steps of `p.post` it already applied.
 fn prefix<F: Fn(isize) -> f32 + Sync>(
     get: F,
     typed: Typed<'_>,
     l: Layout,
     affine: &M4,
     p: &Pipeline,
-) -> Result<Array3<f32>> {
+    fuse_post: bool,
+) -> Result<(Array3<f32>, usize)> {
     let window = p.window;
     let (lo, aff_o) = oriented(l, affine, p.orient.as_ref())?;
     if let Some(pixdim) = p.spacing {
         let g = geometry::spacing_grid(lo.shape, &aff_o, pixdim)?;
         if !g.identity {
+            if let Some(head) = crop_resize_head(p).filter(|_| fuse_post) {
+                if let Some(r) = spacing_crop_resize(typed, lo, &g, p, head) {
+                    return Ok((r?, 2));
+                }
+            }
             let spaced = spacing_resample(get, typed, lo, &g, p)?;
             return match p.size {
                 Some(size) => {
@@ -200,23 +270,29 @@ fn prefix<F: Fn(isize) -> f32 + Sync>(
                         .as_slice()
                         .ok_or_else(|| Error::shape("resample: output is not contiguous"))?;
                     let [_, b, c] = g.shape;
-                    resize_slice(
-                        flat,
-                        g.shape,
-                        [(b * c) as isize, c as isize, 1],
+                    Ok((
+                        resize_slice(
+                            flat,
+                            g.shape,
+                            [(b * c) as isize, c as isize, 1],
+                            0,
+                            size,
+                            p.mode,
+                        )?,
                         0,
-                        size,
-                        p.mode,
-                    )
+                    ))
                 }
-                None => Ok(spaced),
+                None => Ok((spaced, 0)),
             };
         }
     }
     let wget = |i: isize| window_value(get(i), window);
     match p.size {
-        Some(size) => resize_strided(wget, lo.shape, lo.strides, lo.base, size, p.mode),
-        None => Ok(gather(wget, lo)),
+        Some(size) => Ok((
+            resize_strided(wget, lo.shape, lo.strides, lo.base, size, p.mode)?,
+            0,
+        )),
+        None => Ok((gather(wget, lo), 0)),
     }
 }
 
@@ -294,8 +370,9 @@ macro_rules! with_sampler {
     }};
 }
 
-/// The prefix on one NIfTI file, resampled straight from its bytes (no decoded copy).
-fn prefix_nifti(path: &Path, p: &Pipeline) -> Result<Array3<f32>> {
+/// The prefix on one NIfTI file, resampled straight from its bytes (no decoded copy); with the
+/// number of `p.post` steps it applied (`prefix`'s `fuse_post`).
+fn prefix_nifti(path: &Path, p: &Pipeline) -> Result<(Array3<f32>, usize)> {
     let (h, raw) = nifti::read_raw(path)?;
     let shape = h.shape();
     if shape.len() < 3 || shape[3..].iter().any(|&d| d != 1) {
@@ -334,7 +411,7 @@ fn prefix_nifti(path: &Path, p: &Pipeline) -> Result<Array3<f32>> {
         _ => Typed::None,
     };
     let out = with_sampler!(dtype, bytes, le, value, |get| prefix(
-        get, typed, l, &aff, p
+        get, typed, l, &aff, p, true
     ));
     super::scratch::give(raw.into_buf());
     out
@@ -375,8 +452,9 @@ fn slice_of(vol: &Array3<f32>) -> Result<&[f32]> {
         .ok_or_else(|| Error::shape("volume is not contiguous"))
 }
 
-/// Any non-NIfTI format: decoded to float32 once, then the prefix through strided views.
-fn prefix_generic(path: &Path, p: &Pipeline) -> Result<Array3<f32>> {
+/// Any non-NIfTI format: decoded to float32 once, then the prefix through strided views; with
+/// the number of `p.post` steps it applied.
+fn prefix_generic(path: &Path, p: &Pipeline) -> Result<(Array3<f32>, usize)> {
     let (vol, l, affine) = decoded(path, p)?;
     let flat = slice_of(&vol)?;
     prefix(
@@ -385,6 +463,7 @@ fn prefix_generic(path: &Path, p: &Pipeline) -> Result<Array3<f32>> {
         l,
         &affine,
         p,
+        true,
     )
 }
 
@@ -395,13 +474,17 @@ fn prefix_stacked(paths: &[PathBuf], p: &Pipeline) -> Result<Array4<f32>> {
     let mut chans = Vec::with_capacity(paths.len());
     {
         let flat = slice_of(&ref_vol)?;
-        chans.push(prefix(
-            |i: isize| flat.get(i as usize).copied().unwrap_or(0.0),
-            Typed::F32(flat, None),
-            ref_l,
-            &ref_aff,
-            p,
-        )?);
+        chans.push(
+            prefix(
+                |i: isize| flat.get(i as usize).copied().unwrap_or(0.0),
+                Typed::F32(flat, None),
+                ref_l,
+                &ref_aff,
+                p,
+                false,
+            )?
+            .0,
+        );
     }
     drop(ref_vol);
     for path in &paths[1..] {
@@ -411,7 +494,7 @@ fn prefix_stacked(paths: &[PathBuf], p: &Pipeline) -> Result<Array4<f32>> {
         let (xform, same) = geometry::match_grid(l.shape, &aff, ref_l.shape, &ref_aff)
             .map_err(|e| name_file(e, path))?;
         let chan = if same {
-            prefix(get, Typed::F32(flat, None), l, &ref_aff, p)?
+            prefix(get, Typed::F32(flat, None), l, &ref_aff, p, false)?.0
         } else {
             // MONAI ResampleToMatch (bilinear = trilinear in 3D, border padding)
             let m = affine_resample_strided(
@@ -438,7 +521,9 @@ fn prefix_stacked(paths: &[PathBuf], p: &Pipeline) -> Result<Array4<f32>> {
                 ml,
                 &ref_aff,
                 p,
+                false,
             )?
+            .0
         };
         chans.push(chan);
     }
@@ -470,18 +555,19 @@ fn one(paths: &[PathBuf], p: &Pipeline) -> Result<Array4<f32>> {
     let first = paths
         .first()
         .ok_or_else(|| Error::shape("an item: expected at least one file, got none"))?;
-    let vol = if paths.len() > 1 {
-        prefix_stacked(paths, p)?
-    } else if load::sniff(first)? == Format::Nifti {
-        prefix_nifti(first, p)
-            .map_err(|e| name_file(e, first))?
-            .insert_axis(Axis(0))
+    let (vol, done) = if paths.len() > 1 {
+        (prefix_stacked(paths, p)?, 0)
     } else {
-        prefix_generic(first, p)
-            .map_err(|e| name_file(e, first))?
-            .insert_axis(Axis(0))
+        let (v, done) = if load::sniff(first)? == Format::Nifti {
+            prefix_nifti(first, p)
+        } else {
+            prefix_generic(first, p)
+        }
+        .map_err(|e| name_file(e, first))?;
+        (v.insert_axis(Axis(0)), done)
     };
-    steps::run(vol, &p.post).map_err(|e| name_file(e, first))
+    let rest = p.post.get(done..).unwrap_or(&[]);
+    steps::run(vol, rest).map_err(|e| name_file(e, first))
 }
 
 /// Pools of this process by thread count, kept between calls: a DataLoader worker calls once
@@ -773,10 +859,101 @@ mod tests {
             },
         ];
         for p in &chains {
-            let a = prefix_nifti(&path, p)?;
-            let b = prefix_generic(&path, p)?;
+            let a = prefix_nifti(&path, p)?.0;
+            let b = prefix_generic(&path, p)?.0;
             assert!(close(&a, &b, 0.0), "{p:?}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn crop_resize_fused_into_spacing_is_bit_identical() -> Result<()> {
+        let t = Tmp::new("cropfuse");
+        // air (-1000) around two separated bodies (an empty band between them inside the box),
+        // values varied so every interpolation matters
+        let (x, y, z) = (23usize, 19usize, 11usize);
+        let v = Array3::from_shape_fn((x, y, z), |(i, j, k)| {
+            let a = (i as f32 - 9.0).powi(2) / 30.0 + (j as f32 - 5.0).powi(2) / 12.0 < 1.0;
+            let b = (i as f32 - 12.0).powi(2) / 40.0 + (j as f32 - 14.0).powi(2) / 6.0 < 1.0;
+            let n = ((i * 7 + j * 13 + k * 5) % 17) as f32 * 9.0;
+            if (a || b) && k > 1 {
+                40.0 + n
+            } else {
+                -1000.0 + n
+            }
+        });
+        let axis = diag([-0.7, -0.7, 1.25], [3.0, 1.0, -2.0]);
+        let mut oblique = axis;
+        let (c, s) = (0.2f64.cos(), 0.2f64.sin());
+        for col in 0..3 {
+            let (a0, a1) = (axis[0][col], axis[1][col]);
+            oblique[0][col] = c * a0 - s * a1;
+            oblique[1][col] = s * a0 + c * a1;
+        }
+        let mut cases = 0;
+        for (name, aff) in [("axis.nii.gz", axis), ("oblique.nii", oblique)] {
+            let path = write(&t.0, name, &v, &aff)?;
+            for (orient, window, margin, size) in [
+                (
+                    Some(RAS),
+                    Some((-160.0, 240.0, 0.0, 1.0, true)),
+                    [0, 0, 0],
+                    [4, 16, 16],
+                ),
+                (
+                    Some(RAS),
+                    Some((-160.0, 240.0, 0.0, 1.0, true)),
+                    [1, 0, 2],
+                    [9, 5, 30],
+                ),
+                (
+                    Some(parse_axcodes("SPL")?),
+                    Some((-500.0, 500.0, -1.0, 1.0, false)),
+                    [0; 3],
+                    [6, 7, 3],
+                ),
+                (None, None, [0, 3, 0], [5, 5, 5]),
+            ] {
+                let post = vec![
+                    Step::CropForeground(margin),
+                    Step::Resize(size, Mode::Trilinear),
+                    Step::Normalize(false),
+                ];
+                let fused = Pipeline {
+                    orient,
+                    spacing: Some([1.5, 1.1, 1.5]),
+                    window,
+                    post: post.clone(),
+                    ..Pipeline::default()
+                };
+                let plain = Pipeline {
+                    post: vec![],
+                    ..fused.clone()
+                };
+                let a = load_batch(std::slice::from_ref(&path), &fused, 1)?;
+                let full = load_batch(std::slice::from_ref(&path), &plain, 2)?;
+                let want = steps::run(full.index_axis_move(Axis(0), 0), &post)?;
+                assert_eq!(a.index_axis(Axis(0), 0), want, "{name} {orient:?} {size:?}");
+                // the fused path ran (two steps consumed)
+                assert_eq!(prefix_nifti(&path, &fused)?.1, 2);
+                cases += 1;
+            }
+            // all air: the error of the unfused chain
+            let none = Pipeline {
+                spacing: Some([1.5, 1.5, 1.5]),
+                window: Some((2000.0, 3000.0, 0.0, 1.0, true)),
+                post: vec![
+                    Step::CropForeground([0; 3]),
+                    Step::Resize([2, 2, 2], Mode::Trilinear),
+                ],
+                ..Pipeline::default()
+            };
+            assert!(matches!(
+                load_batch(&[path], &none, 1),
+                Err(Error::Shape(_))
+            ));
+        }
+        assert_eq!(cases, 8);
         Ok(())
     }
 

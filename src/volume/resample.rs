@@ -259,6 +259,31 @@ fn reorder(buf: Vec<f32>, out: [usize; 3], order: [usize; 3]) -> Result<ndarray:
     Ok(arr.permuted_axes(back).as_standard_layout().into_owned())
 }
 
+/// One output voxel of the axis-aligned trilinear resample: `r[a][b]` are the input rows along
+/// loop axis C at the lower (0) / upper (1) neighbour along loop axes A and B, `l` / `h` the
+/// two neighbours' indices in those rows, `w[axis]` the upper neighbour's weight per output
+/// axis. [`Job::sample`]'s formula (lerp along axis 2, then 1, then 0) on decoded values.
+#[inline(always)]
+fn voxel<const A: usize, const B: usize, const C: usize, T: Copy, V: Fn(T) -> f32>(
+    conv: &V,
+    r: &[[&[T]; 2]; 2],
+    w: [f32; 3],
+    l: usize,
+    h: usize,
+) -> f32 {
+    let lerp = |u: f32, v: f32, t: f32| u * (1.0 - t) + v * t;
+    // input value at (lo | hi) along axes 0, 1, 2
+    let x = |i: [usize; 3]| -> f32 {
+        let k = if i[C] == 0 { l } else { h };
+        conv(r[i[A]][i[B]][k])
+    };
+    let c00 = lerp(x([0, 0, 0]), x([0, 0, 1]), w[2]);
+    let c01 = lerp(x([0, 1, 0]), x([0, 1, 1]), w[2]);
+    let c10 = lerp(x([1, 0, 0]), x([1, 0, 1]), w[2]);
+    let c11 = lerp(x([1, 1, 0]), x([1, 1, 1]), w[2]);
+    lerp(lerp(c00, c01, w[1]), lerp(c10, c11, w[1]), w[0])
+}
+
 /// The inputs of the row kernel of [`resample_diagonal_trilinear`].
 struct Rows<'a, T, V, P> {
     data: &'a [T],
@@ -281,7 +306,6 @@ impl<T: Copy + Sync, V: Fn(T) -> f32 + Sync, P: Fn(f32) -> f32 + Sync> Rows<'_, 
     /// tap), then every output takes [`Job::sample`]'s trilinear formula over them.
     fn run<const A: usize, const B: usize, const C: usize>(&self, buf: &mut [f32]) {
         let (n1, n2) = (self.out[B], self.out[C]);
-        let lerp = |u: f32, v: f32, t: f32| u * (1.0 - t) + v * t;
         buf.par_chunks_mut(n1 * n2)
             .enumerate()
             .for_each(|(o0, plane)| {
@@ -301,20 +325,77 @@ impl<T: Copy + Sync, V: Fn(T) -> f32 + Sync, P: Fn(f32) -> f32 + Sync> Rows<'_, 
                     w[B] = tb.t;
                     for (v, &(l, h, tc)) in row.iter_mut().zip(self.inner) {
                         w[C] = tc;
-                        // input value at (lo | hi) along axes 0, 1, 2
-                        let x = |i: [usize; 3]| -> f32 {
-                            let k = if i[C] == 0 { l } else { h };
-                            (self.conv)(r[i[A]][i[B]][k])
-                        };
-                        let c00 = lerp(x([0, 0, 0]), x([0, 0, 1]), w[2]);
-                        let c01 = lerp(x([0, 1, 0]), x([0, 1, 1]), w[2]);
-                        let c10 = lerp(x([1, 0, 0]), x([1, 0, 1]), w[2]);
-                        let c11 = lerp(x([1, 1, 0]), x([1, 1, 1]), w[2]);
-                        *v = (self.post)(lerp(lerp(c00, c01, w[1]), lerp(c10, c11, w[1]), w[0]));
+                        *v = (self.post)(voxel::<A, B, C, T, V>(self.conv, &r, w, l, h));
                     }
                 }
             });
     }
+}
+
+/// The tables of the axis-aligned trilinear row kernel (after checking the inputs).
+struct Setup {
+    order: [usize; 3],
+    tabs: [Vec<Tap>; 3],
+    shift: isize,
+    inner: Vec<(usize, usize, f32)>,
+    len: usize,
+}
+
+fn setup(
+    data_len: usize,
+    shape: [usize; 3],
+    strides: [isize; 3],
+    base: isize,
+    xform: &[[f64; 4]; 4],
+    out: [usize; 3],
+) -> Result<Setup> {
+    if out.contains(&0) || shape.contains(&0) {
+        return Err(Error::shape(format!(
+            "resample: sizes must be positive, got input {shape:?} -> {out:?}"
+        )));
+    }
+    super::check_alloc("resample", &out)?;
+    if xform.iter().flatten().any(|v| !v.is_finite()) || !is_diagonal(xform, out) {
+        return Err(Error::config(
+            "resample: expected a finite axis-aligned transform",
+        ));
+    }
+    // every offset the layout can reach lies inside `data`
+    let span = |f: fn(isize) -> isize| -> isize {
+        (0..3)
+            .map(|r| f((shape[r] as isize - 1) * strides[r]))
+            .sum::<isize>()
+    };
+    let (lo, hi) = (base + span(|v| v.min(0)), base + span(|v| v.max(0)));
+    if lo < 0 || hi >= data_len as isize {
+        return Err(Error::shape(format!(
+            "resample: a layout over offsets {lo}..={hi} does not fit {} values",
+            data_len
+        )));
+    }
+    let m = *xform;
+    let order = loop_order(&m, strides);
+    let tabs: [Vec<Tap>; 3] = [0usize, 1, 2].map(|r| {
+        (0..out[r])
+            .map(|o| {
+                let p = clampf(m[r][r] * o as f64 + m[r][3], shape[r]);
+                tap(p, shape[r], strides[r], Mode::Trilinear)
+            })
+            .collect()
+    });
+    let c = order[2];
+    let shift = ((shape[c] as isize - 1) * strides[c]).min(0);
+    let inner: Vec<(usize, usize, f32)> = tabs[c]
+        .iter()
+        .map(|t| ((t.lo - shift) as usize, (t.hi - shift) as usize, t.t))
+        .collect();
+    Ok(Setup {
+        order,
+        tabs,
+        shift,
+        inner,
+        len: (shape[c] - 1) * strides[c].unsigned_abs() + 1,
+    })
 }
 
 /// [`affine_resample_strided`] (trilinear) for an axis-aligned `xform` ([`is_diagonal`]) on a
@@ -339,46 +420,13 @@ where
     V: Fn(T) -> f32 + Sync,
     P: Fn(f32) -> f32 + Sync,
 {
-    if out.contains(&0) || shape.contains(&0) {
-        return Err(Error::shape(format!(
-            "resample: sizes must be positive, got input {shape:?} -> {out:?}"
-        )));
-    }
-    super::check_alloc("resample", &out)?;
-    if xform.iter().flatten().any(|v| !v.is_finite()) || !is_diagonal(xform, out) {
-        return Err(Error::config(
-            "resample: expected a finite axis-aligned transform",
-        ));
-    }
-    // every offset the layout can reach lies inside `data`
-    let span = |f: fn(isize) -> isize| -> isize {
-        (0..3)
-            .map(|r| f((shape[r] as isize - 1) * strides[r]))
-            .sum::<isize>()
-    };
-    let (lo, hi) = (base + span(|v| v.min(0)), base + span(|v| v.max(0)));
-    if lo < 0 || hi >= data.len() as isize {
-        return Err(Error::shape(format!(
-            "resample: a layout over offsets {lo}..={hi} does not fit {} values",
-            data.len()
-        )));
-    }
-    let m = *xform;
-    let order = loop_order(&m, strides);
-    let tabs: [Vec<Tap>; 3] = [0usize, 1, 2].map(|r| {
-        (0..out[r])
-            .map(|o| {
-                let p = clampf(m[r][r] * o as f64 + m[r][3], shape[r]);
-                tap(p, shape[r], strides[r], Mode::Trilinear)
-            })
-            .collect()
-    });
-    let c = order[2];
-    let shift = ((shape[c] as isize - 1) * strides[c]).min(0);
-    let inner: Vec<(usize, usize, f32)> = tabs[c]
-        .iter()
-        .map(|t| ((t.lo - shift) as usize, (t.hi - shift) as usize, t.t))
-        .collect();
+    let Setup {
+        order,
+        tabs,
+        shift,
+        inner,
+        len,
+    } = setup(data.len(), shape, strides, base, xform, out)?;
     let rows = Rows {
         data,
         conv: &conv,
@@ -386,7 +434,7 @@ where
         tabs: &tabs,
         inner: &inner,
         shift,
-        len: (shape[c] - 1) * strides[c].unsigned_abs() + 1,
+        len,
         base,
         out,
     };
@@ -400,6 +448,329 @@ where
         _ => rows.run::<2, 1, 0>(&mut buf),
     }
     reorder(buf, out, order)
+}
+
+/// A source row's values can only bound its outputs up to float32 rounding: every trilinear
+/// output of values in `[lo, hi]` lies in `[lo - d, hi + d]` with `d` this fraction of the
+/// larger magnitude (three nested lerps of at most ~3 ulp each: < 1e-6; 1e-5 leaves a margin).
+const BOUND_SLACK: f64 = 1e-5;
+
+/// Element types whose rows [`resample_crop_resize_trilinear`] bounds by their extremes.
+pub trait Extremes: Copy {
+    /// The smallest and largest value of a non-empty `row`, ignoring NaN (None: no value).
+    fn extremes(row: &[Self]) -> Option<(Self, Self)>;
+}
+
+impl Extremes for i16 {
+    fn extremes(row: &[i16]) -> Option<(i16, i16)> {
+        // plain min / max folds: vectorised
+        Some((row.iter().copied().min()?, row.iter().copied().max()?))
+    }
+}
+
+impl Extremes for f32 {
+    fn extremes(row: &[f32]) -> Option<(f32, f32)> {
+        // NaN never turns into foreground: an output with a NaN tap is NaN; f32::min / max
+        // skip NaN
+        let mn = row.iter().copied().fold(f32::INFINITY, f32::min);
+        let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        (mn <= mx).then_some((mn, mx))
+    }
+}
+
+/// Min and max of `conv` over `row` (`conv` monotone: only the row's extremes are converted);
+/// NaN when unknown (no non-NaN value).
+fn row_range<T: Extremes, V: Fn(T) -> f32>(row: &[T], conv: &V) -> (f32, f32) {
+    let Some((mn, mx)) = T::extremes(row) else {
+        return (f32::NAN, f32::NAN);
+    };
+    let (a, b) = (conv(mn), conv(mx));
+    if a <= b {
+        (a, b)
+    } else if b < a {
+        (b, a)
+    } else {
+        (f32::NAN, f32::NAN)
+    }
+}
+
+/// The foreground box of loop-order axes (A, B, C): inclusive first and last index per axis.
+#[derive(Clone, Copy)]
+struct Found {
+    lo: [usize; 3],
+    hi: [usize; 3],
+    any: bool,
+}
+
+impl Found {
+    const NONE: Found = Found {
+        lo: [usize::MAX; 3],
+        hi: [0; 3],
+        any: false,
+    };
+    fn add(mut self, at: [usize; 3]) -> Found {
+        for (r, &i) in at.iter().enumerate() {
+            self.lo[r] = self.lo[r].min(i);
+            self.hi[r] = self.hi[r].max(i);
+        }
+        self.any = true;
+        self
+    }
+    fn join(self, o: Found) -> Found {
+        if !o.any {
+            return self;
+        }
+        if !self.any {
+            return o;
+        }
+        let mut f = self;
+        for r in 0..3 {
+            f.lo[r] = f.lo[r].min(o.lo[r]);
+            f.hi[r] = f.hi[r].max(o.hi[r]);
+        }
+        f
+    }
+}
+
+/// The inputs of [`resample_crop_resize_trilinear`]'s passes.
+struct Sparse<'a, T, V, P, M> {
+    data: &'a [T],
+    conv: &'a V,
+    post: &'a P,
+    maybe_fg: &'a M,
+    s: &'a Setup,
+    strides: [isize; 3],
+    shape: [usize; 3],
+    base: isize,
+    out: [usize; 3],
+}
+
+impl<T, V, P, M> Sparse<'_, T, V, P, M>
+where
+    T: Copy + Sync + Extremes,
+    V: Fn(T) -> f32 + Sync,
+    P: Fn(f32) -> f32 + Sync,
+    M: Fn(f64, f64) -> bool + Sync,
+{
+    fn slice(&self, off: isize) -> &[T] {
+        let st = (self.base + off + self.s.shift) as usize;
+        &self.data[st..st + self.s.len]
+    }
+
+    /// The input index of a tap offset along input axis `r`.
+    fn index(&self, r: usize, off: isize) -> usize {
+        match self.strides[r] {
+            0 => 0,
+            st => (off / st) as usize,
+        }
+    }
+
+    /// The four input rows (along loop axis C) output row `(oa, ob)` reads, and its weights.
+    fn rows<const A: usize, const B: usize>(
+        &self,
+        oa: usize,
+        ob: usize,
+    ) -> ([[&[T]; 2]; 2], [f32; 3]) {
+        let (ta, tb) = (self.s.tabs[A][oa], self.s.tabs[B][ob]);
+        let r = [
+            [self.slice(ta.lo + tb.lo), self.slice(ta.lo + tb.hi)],
+            [self.slice(ta.hi + tb.lo), self.slice(ta.hi + tb.hi)],
+        ];
+        let mut w = [0f32; 3];
+        w[A] = ta.t;
+        w[B] = tb.t;
+        (r, w)
+    }
+
+    #[inline(always)]
+    fn value<const A: usize, const B: usize, const C: usize>(
+        &self,
+        r: &[[&[T]; 2]; 2],
+        mut w: [f32; 3],
+        k: usize,
+    ) -> f32 {
+        let (l, h, tc) = self.s.inner[k];
+        w[C] = tc;
+        (self.post)(voxel::<A, B, C, T, V>(self.conv, r, w, l, h))
+    }
+
+    /// Pass 1: the foreground box (`post(value) > 0`). A row whose four input rows' values
+    /// keep every output out of the foreground (`maybe_fg` false on their bound) is not
+    /// computed; any other row is scanned from both ends up to its first / last foreground
+    /// voxel, and once its plane holds foreground and the row lies inside the box found so
+    /// far along B, only the parts outside the box along C are scanned (nothing inside them
+    /// can widen the box).
+    fn find<const A: usize, const B: usize, const C: usize>(&self) -> Found {
+        let [sa, sb] = [self.shape[A], self.shape[B]];
+        let ranges: Vec<(f32, f32)> = (0..sa * sb)
+            .into_par_iter()
+            .map(|i| {
+                let off = (i / sb) as isize * self.strides[A] + (i % sb) as isize * self.strides[B];
+                row_range(self.slice(off), self.conv)
+            })
+            .collect();
+        let nc = self.out[C];
+        let maybe = |ia: [usize; 2], ib: [usize; 2]| -> bool {
+            let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+            for a in ia {
+                for b in ib {
+                    let (l, h) = ranges[a * sb + b];
+                    if l.is_nan() || h.is_nan() {
+                        return true;
+                    }
+                    lo = lo.min(l);
+                    hi = hi.max(h);
+                }
+            }
+            let d = BOUND_SLACK * (lo.abs().max(hi.abs()) as f64) + 1e-30;
+            (self.maybe_fg)(lo as f64 - d, hi as f64 + d)
+        };
+        (0..self.out[A])
+            .into_par_iter()
+            .fold(
+                || Found::NONE,
+                |mut f, oa| {
+                    let ta = self.s.tabs[A][oa];
+                    let ia = [self.index(A, ta.lo), self.index(A, ta.hi)];
+                    let mut plane_fg = false;
+                    for ob in 0..self.out[B] {
+                        let tb = self.s.tabs[B][ob];
+                        if !maybe(ia, [self.index(B, tb.lo), self.index(B, tb.hi)]) {
+                            continue;
+                        }
+                        let (r, w) = self.rows::<A, B>(oa, ob);
+                        let fg = |k: &usize| self.value::<A, B, C>(&r, w, *k) > 0.0;
+                        if plane_fg && f.lo[1] <= ob && ob <= f.hi[1] {
+                            if let Some(k) = (0..f.lo[2]).find(fg) {
+                                f = f.add([oa, ob, k]);
+                            }
+                            if let Some(k) = (f.hi[2] + 1..nc).rev().find(fg) {
+                                f = f.add([oa, ob, k]);
+                            }
+                            continue;
+                        }
+                        let Some(first) = (0..nc).find(fg) else {
+                            continue;
+                        };
+                        let last = (first..nc).rev().find(fg).unwrap_or(first);
+                        f = f.add([oa, ob, first]).add([oa, ob, last]);
+                        plane_fg = true;
+                    }
+                    f
+                },
+            )
+            .reduce(|| Found::NONE, Found::join)
+    }
+
+    /// Pass 2: the outputs at `reads` (per loop axis A, B, C), in that loop order.
+    fn fill<const A: usize, const B: usize, const C: usize>(
+        &self,
+        reads: [&[usize]; 3],
+    ) -> Vec<f32> {
+        let [ra, rb, rc] = reads;
+        let mut buf = vec![0f32; ra.len() * rb.len() * rc.len()];
+        if buf.is_empty() {
+            return buf;
+        }
+        buf.par_chunks_mut(rb.len() * rc.len())
+            .zip(ra.par_iter())
+            .for_each(|(plane, &oa)| {
+                for (row, &ob) in plane.chunks_mut(rc.len()).zip(rb) {
+                    let (r, w) = self.rows::<A, B>(oa, ob);
+                    for (v, &k) in row.iter_mut().zip(rc) {
+                        *v = self.value::<A, B, C>(&r, w, k);
+                    }
+                }
+            });
+        buf
+    }
+
+    fn run<const A: usize, const B: usize, const C: usize>(
+        &self,
+        margin: [usize; 3],
+        size: [usize; 3],
+    ) -> Result<Option<ndarray::Array3<f32>>> {
+        let f = self.find::<A, B, C>();
+        if !f.any {
+            return Ok(None);
+        }
+        // CropForeground's box (margin, clipped) per output axis, then what Resize reads of it
+        let order = [A, B, C];
+        let mut st = [0usize; 3];
+        let mut len = [0usize; 3];
+        let mut reads: [Vec<usize>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for (p, &ax) in order.iter().enumerate() {
+            st[ax] = f.lo[p].saturating_sub(margin[ax]);
+            let en = (f.hi[p] + 1 + margin[ax]).min(self.out[ax]);
+            len[ax] = en - st[ax];
+            reads[ax] = super::resize::linear_reads(len[ax], size[ax]);
+        }
+        let abs: [Vec<usize>; 3] =
+            [0, 1, 2].map(|ax| reads[ax].iter().map(|&i| i + st[ax]).collect());
+        let buf = self.fill::<A, B, C>([&abs[A], &abs[B], &abs[C]]);
+        let n = [reads[0].len(), reads[1].len(), reads[2].len()];
+        let compact = reorder(buf, n, order)?;
+        let flat = compact
+            .as_slice()
+            .ok_or_else(|| Error::shape("resample: output is not contiguous"))?;
+        super::resize::resize_reads_trilinear(flat, len, &reads, size).map(Some)
+    }
+}
+
+/// Axis-aligned trilinear resample (as [`resample_diagonal_trilinear`], each value through
+/// `post`) -> MONAI `CropForeground(select_fn = x > 0, margin)` -> trilinear `Resize(size)`,
+/// computing only what the result depends on: the foreground box is found by scanning each
+/// output row from both ends (rows that `maybe_fg` rules out from their input rows' value
+/// range, `maybe_fg(lo, hi)` = "some value in [lo, hi] may map through `post` above 0", are
+/// skipped), then only the voxels the resize reads inside the box are resampled. Each computed
+/// voxel is the same float32 expression as in [`resample_diagonal_trilinear`] and the resize's
+/// taps are those of `resize_slice` on the box, so the result is bit-identical to resampling
+/// everything, cropping, then resizing. `Ok(None)`: no voxel is foreground.
+#[allow(clippy::too_many_arguments)]
+pub fn resample_crop_resize_trilinear<T, V, P, M>(
+    data: &[T],
+    conv: V,
+    shape: [usize; 3],
+    strides: [isize; 3],
+    base: isize,
+    xform: &[[f64; 4]; 4],
+    out: [usize; 3],
+    post: P,
+    maybe_fg: M,
+    margin: [usize; 3],
+    size: [usize; 3],
+) -> Result<Option<ndarray::Array3<f32>>>
+where
+    T: Copy + Sync + Extremes,
+    V: Fn(T) -> f32 + Sync,
+    P: Fn(f32) -> f32 + Sync,
+    M: Fn(f64, f64) -> bool + Sync,
+{
+    if size.contains(&0) {
+        return Err(Error::shape(format!(
+            "resize: sizes must be positive, got {size:?}"
+        )));
+    }
+    let s = setup(data.len(), shape, strides, base, xform, out)?;
+    let sp = Sparse {
+        data,
+        conv: &conv,
+        post: &post,
+        maybe_fg: &maybe_fg,
+        s: &s,
+        strides,
+        shape,
+        base,
+        out,
+    };
+    match s.order {
+        [0, 1, 2] => sp.run::<0, 1, 2>(margin, size),
+        [0, 2, 1] => sp.run::<0, 2, 1>(margin, size),
+        [1, 0, 2] => sp.run::<1, 0, 2>(margin, size),
+        [1, 2, 0] => sp.run::<1, 2, 0>(margin, size),
+        [2, 0, 1] => sp.run::<2, 0, 1>(margin, size),
+        _ => sp.run::<2, 1, 0>(margin, size),
+    }
 }
 
 /// The per-voxel formula [`affine_resample_strided`] implements (kept for the unit tests).

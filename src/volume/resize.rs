@@ -27,7 +27,7 @@ impl Mode {
 }
 
 /// Per output index: (i0, i1, w0, w1) for linear interpolation along one axis.
-fn linear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32, f32)> {
+pub(crate) fn linear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32, f32)> {
     let scale = n_in as f32 / n_out as f32;
     (0..n_out)
         .map(|o| {
@@ -119,6 +119,66 @@ pub fn resize_slice(
     ))
 }
 
+/// The input indices a trilinear resize of `n_in` voxels to `n_out` reads along one axis
+/// (sorted, distinct): what [`resize_slice`] reads of that axis, no more.
+pub(crate) fn linear_reads(n_in: usize, n_out: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = linear_taps(n_in, n_out)
+        .iter()
+        .flat_map(|&(i0, i1, _, _)| [i0, i1])
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The trilinear [`resize_slice`] of a `box_shape` volume to `size`, given only the voxels it
+/// reads: `data` is C-order `[reads[0].len(), reads[1].len(), reads[2].len()]` holding the
+/// input at the indices `reads[r]` (from [`linear_reads`]) along each axis. The same taps and
+/// the same float32 expression per output voxel as [`resize_slice`] on the whole box, so the
+/// same values.
+pub(crate) fn resize_reads_trilinear(
+    data: &[f32],
+    box_shape: [usize; 3],
+    reads: &[Vec<usize>; 3],
+    size: [usize; 3],
+) -> Result<ndarray::Array3<f32>> {
+    super::check_alloc("resize", &size)?;
+    if size.contains(&0) || box_shape.contains(&0) {
+        return Err(Error::shape(format!(
+            "resize: sizes must be positive, got input {box_shape:?} -> {size:?}"
+        )));
+    }
+    let n = [reads[0].len(), reads[1].len(), reads[2].len()];
+    if data.len() != n[0] * n[1] * n[2] {
+        return Err(Error::shape(format!(
+            "resize: expected {} read voxels, got {}",
+            n[0] * n[1] * n[2],
+            data.len()
+        )));
+    }
+    let mut taps: [Vec<(usize, usize, f32, f32)>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for r in 0..3 {
+        let pos = |i: usize| -> Result<usize> {
+            reads[r]
+                .binary_search(&i)
+                .map_err(|_| Error::shape(format!("resize: index {i} of axis {r} not read")))
+        };
+        taps[r] = linear_taps(box_shape[r], size[r])
+            .into_iter()
+            .map(|(i0, i1, w0, w1)| Ok((pos(i0)?, pos(i1)?, w0, w1)))
+            .collect::<Result<_>>()?;
+    }
+    let w = n[2];
+    let row = |o: isize| -> &[f32] { &data[o as usize..o as usize + w] };
+    Ok(trilinear_taps(
+        &taps,
+        [(n[1] * n[2]) as isize, n[2] as isize],
+        0,
+        row,
+        |r: &[f32], x| r[x],
+    ))
+}
+
 /// The trilinear resize's one loop, for both layouts: `row(offset)` is the input row that starts
 /// at `offset` (a slice, or the offset itself) and `at(row, x)` its voxel `x`; each output voxel
 /// is the same float32 expression of its eight taps.
@@ -132,7 +192,21 @@ fn trilinear<R: Copy, Row: Fn(isize) -> R + Sync, At: Fn(R, usize) -> f32 + Sync
 ) -> ndarray::Array3<f32> {
     let [d, h, w] = shape;
     let [od, oh, ow] = size;
-    let (td, th, tw) = (linear_taps(d, od), linear_taps(h, oh), linear_taps(w, ow));
+    let taps = [linear_taps(d, od), linear_taps(h, oh), linear_taps(w, ow)];
+    trilinear_taps(&taps, [sd, sh], base, row, at)
+}
+
+/// [`trilinear`]'s loop over given per-axis taps (`taps[r][o] = (i0, i1, w0, w1)`, the input
+/// indices along axis r and their weights): the output has `taps[r].len()` voxels along axis r.
+fn trilinear_taps<R: Copy, Row: Fn(isize) -> R + Sync, At: Fn(R, usize) -> f32 + Sync>(
+    taps: &[Vec<(usize, usize, f32, f32)>; 3],
+    [sd, sh]: [isize; 2],
+    base: isize,
+    row: Row,
+    at: At,
+) -> ndarray::Array3<f32> {
+    let [td, th, tw] = taps;
+    let (od, oh, ow) = (td.len(), th.len(), tw.len());
     let mut out = ndarray::Array3::<f32>::zeros((od, oh, ow));
     out.axis_iter_mut(Axis(0))
         .into_par_iter()
