@@ -408,6 +408,45 @@ pub fn generate(
     Ok(Tensor::f_stack(&out, 1)?)
 }
 
+/// Beam search's candidate selection on the host, as transformers' `topk` over
+/// `log_softmax(logits) + beam_score` per batch row: for every row of `nb` beams (`logp` is
+/// `[rows * nb, V]`, `scores` `[rows * nb]`), the `keep` best `logp[beam, token] + score[beam]`
+/// (added in float32, as the tensor op) over its `nb * V` candidates, best first, into
+/// `top_s` / `top_i` (`[rows, keep]`, index `beam * V + token`). NaN ranks above every number
+/// (as `torch.topk`); exactly equal scores keep the lower index first (`torch.topk` leaves their
+/// order unspecified). `keep <= nb * V` (checked by the caller).
+fn top_candidates(
+    logp: &[f32],
+    scores: &[f64],
+    nb: usize,
+    keep: usize,
+    top_s: &mut Vec<f32>,
+    top_i: &mut Vec<i64>,
+) {
+    let v = logp.len() / scores.len().max(1);
+    let above = |a: f32, b: f32| a > b || (a.is_nan() && !b.is_nan());
+    top_s.clear();
+    top_i.clear();
+    let mut best: Vec<(f32, i64)> = Vec::with_capacity(keep + 1);
+    for (lp_row, sc_row) in logp.chunks_exact(nb * v).zip(scores.chunks_exact(nb)) {
+        best.clear();
+        for (k, (lp, &sc)) in lp_row.chunks_exact(v).zip(sc_row).enumerate() {
+            let sc = sc as f32;
+            for (t, &l) in lp.iter().enumerate() {
+                let c = l + sc;
+                if best.len() == keep && !above(c, best[keep - 1].0) {
+                    continue;
+                }
+                let at = best.partition_point(|e| !above(c, e.0));
+                best.insert(at, (c, (k * v + t) as i64));
+                best.truncate(keep);
+            }
+        }
+        top_s.extend(best.iter().map(|e| e.0));
+        top_i.extend(best.iter().map(|e| e.1));
+    }
+}
+
 struct Finished {
     score: f64,
     tokens: Vec<i64>,
@@ -448,7 +487,19 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
     };
     let mut mask = p.mask.shallow_clone();
     let mut pos = positions(&mask)?.f_narrow(1, t - 1, 1)?;
+    let penalize = cfg.repetition_penalty != 1.0;
     let mut seen = p.ids.shallow_clone();
+    // the fused CPU step's bookkeeping stays on the host: key mask [B*nb, cached] and positions
+    // [B*nb] as plain vectors (no libtorch op per step); None: the prompt has no padding
+    let fused = dec.cpu.is_some();
+    let mut mask_v: Option<Vec<i64>> = if fused && !bool::try_from(mask.f_ne(0)?.f_all()?)? {
+        Some(i64s(&mask)?)
+    } else {
+        None
+    };
+    let mut pos_v = if fused { i64s(&pos)? } else { Vec::new() };
+    let mut logp_v: Vec<f32> = Vec::new();
+    let (mut top_s, mut top_i): (Vec<f32>, Vec<i64>) = (Vec::new(), Vec::new());
     // running beams: scores [B*nb] (only beam 0 alive at first), generated tokens per beam
     let mut beam_scores: Vec<f64> = (0..b * nb)
         .map(|i| if i % nb == 0 { 0.0 } else { -1e9 })
@@ -457,18 +508,41 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
     let mut finished: Vec<Vec<Finished>> = (0..b).map(|_| Vec::new()).collect();
     let mut done = vec![false; b as usize];
     let keep = (2i64).max(1 + cfg.eos_token_ids.len() as i64) * nb;
+    if keep > nb * v {
+        return Err(Error::config(format!(
+            "beam search keeps {keep} candidates per row ({nb} beams, {} EOS ids) but the \
+             vocabulary gives only {} (num_beams x vocab_size)",
+            cfg.eos_token_ids.len(),
+            nb * v
+        )));
+    }
     for step in 0..cfg.max_new_tokens {
         let logp = logits.f_log_softmax(-1, Kind::Float)?;
         let logp = repetition_penalty(&logp, &seen, cfg.repetition_penalty)?;
-        let bs = Tensor::from_slice(&beam_scores)
-            .f_to_kind(Kind::Float)?
-            .f_to_device(dev)?
-            .f_view([-1, 1])?;
-        let acc = logp.f_add(&bs)?.f_view([b, nb * v])?;
-        let (top_s, top_i) = acc.f_topk(keep, 1, true, true)?;
-        let top_s: Vec<f32> =
-            Vec::<f32>::try_from(top_s.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
-        let top_i = i64s(&top_i)?;
+        if fused {
+            // one host pass: add each beam's score and keep the best candidates per row (the
+            // libtorch step keeps `torch.topk`, whose order of exact ties transformers shares)
+            let n = logp.numel();
+            logp_v.resize(n, 0.0);
+            logp.f_contiguous()?.f_copy_data(&mut logp_v, n)?;
+            top_candidates(
+                &logp_v,
+                &beam_scores,
+                nb as usize,
+                keep as usize,
+                &mut top_s,
+                &mut top_i,
+            );
+        } else {
+            let bs = Tensor::from_slice(&beam_scores)
+                .f_to_kind(Kind::Float)?
+                .f_to_device(dev)?
+                .f_view([-1, 1])?;
+            let acc = logp.f_add(&bs)?.f_view([b, nb * v])?;
+            let (s, i) = acc.f_topk(keep, 1, true, true)?;
+            top_s = Vec::<f32>::try_from(s.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
+            top_i = i64s(&i)?;
+        }
         let last = step + 1 == cfg.max_new_tokens;
         let gen_len = (step + 1) as f64;
         let mut new_src = Vec::with_capacity((b * nb) as usize);
@@ -529,10 +603,26 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
             })
             .collect();
         beam_scores = new_scores;
+        cache.reorder_rows(&new_src)?;
         let src = Tensor::from_slice(&new_src).f_to_device(dev)?;
         let tok = Tensor::from_slice(&new_tok).f_to_device(dev)?;
-        cache.reorder(&src)?;
-        seen = Tensor::f_cat(&[&seen.f_index_select(0, &src)?, &tok.f_view([-1, 1])?], 1)?;
+        if penalize {
+            seen = Tensor::f_cat(&[&seen.f_index_select(0, &src)?, &tok.f_view([-1, 1])?], 1)?;
+        }
+        if let Some(cpu) = &dec.cpu {
+            pos_v = new_src.iter().map(|&s| pos_v[s as usize] + 1).collect();
+            if let Some(m) = &mask_v {
+                let w = m.len() / new_src.len();
+                let mut next = Vec::with_capacity(new_src.len() * (w + 1));
+                for &s in &new_src {
+                    next.extend_from_slice(&m[s as usize * w..(s as usize + 1) * w]);
+                    next.push(1);
+                }
+                mask_v = Some(next);
+            }
+            logits = cpu.step(&new_tok, &pos_v, mask_v.as_deref(), &mut cache)?;
+            continue;
+        }
         mask = Tensor::f_cat(
             &[
                 &mask.f_index_select(0, &src)?,
@@ -688,6 +778,62 @@ mod tests {
         };
         let _g = tch::no_grad_guard();
         assert!(score(&beams)? >= score(&greedy)? - 1e-5);
+        Ok(())
+    }
+
+    /// The host candidate selection against the tensor ops it replaces (log-softmax + beam
+    /// score + `topk` over beams x vocabulary per row), with a dead beam (-1e9) as at step 0.
+    #[test]
+    fn top_candidates_match_topk() -> Result<()> {
+        tch::manual_seed(7);
+        let (b, nb, v, keep) = (3i64, 2i64, 50i64, 4i64);
+        let logits = Tensor::randn([b * nb, v], (Kind::Float, Device::Cpu)) * 3.0;
+        let logp = logits.log_softmax(-1, Kind::Float);
+        let scores: Vec<f64> = vec![0.0, -1e9, -1.25, -3.5, -2.0, -2.0];
+        let bs = Tensor::from_slice(&scores)
+            .to_kind(Kind::Float)
+            .view([-1, 1]);
+        let (want_s, want_i) = (&logp + &bs).view([b, nb * v]).topk(keep, 1, true, true);
+        let lp = Vec::<f32>::try_from(logp.reshape([-1]))?;
+        let (mut s, mut i) = (Vec::new(), Vec::new());
+        top_candidates(&lp, &scores, nb as usize, keep as usize, &mut s, &mut i);
+        assert_eq!(s, Vec::<f32>::try_from(want_s.reshape([-1]))?);
+        assert_eq!(i, Vec::<i64>::try_from(want_i.reshape([-1]))?);
+        // exact ties: the lower index first
+        let tied = vec![0f32; 8];
+        top_candidates(&tied, &[0.0, 0.0], 2, 3, &mut s, &mut i);
+        assert_eq!(i, [0, 1, 2]);
+        Ok(())
+    }
+
+    /// Beam search on the fused CPU step (host bookkeeping, row-table cache) against the libtorch
+    /// step (tensor bookkeeping, cache gathered per beam): the same tokens on a left-padded batch
+    /// with an EOS id, 2 and 3 beams.
+    #[test]
+    fn fused_beam_search_matches_libtorch_beam_search() -> Result<()> {
+        let model = tiny(5)?;
+        let ids = Tensor::from_slice(&[0i64, 0, 3, 7, 1, 9, 4, 4, 2, 8, 6, 5]).view([3, 4]);
+        let mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1]).view([3, 4]);
+        for (nb, eos) in [(2, vec![]), (3, vec![11i64]), (2, vec![11, 13])] {
+            let c = GenerationConfig {
+                num_beams: nb,
+                eos_token_ids: eos,
+                length_penalty: 0.7,
+                ..cfg(12)
+            };
+            let lib = generate(&model, Input::Ids(&ids), Some(&mask), &c, None)?;
+            let fused = generate(
+                &model,
+                Input::Ids(&ids),
+                Some(&mask),
+                &GenerationConfig {
+                    cpu_kernels: true,
+                    ..c.clone()
+                },
+                None,
+            )?;
+            assert!(fused.equal(&lib), "{nb} beams: {fused:?} vs {lib:?}");
+        }
         Ok(())
     }
 
