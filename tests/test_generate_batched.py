@@ -115,3 +115,43 @@ def test_batched_beams_with_eos_token_identical(tmp_path, cpu_kernels):
     assert (ref == eos).any()  # the EOS did end some beam
     assert got.shape == ref.shape
     assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("cpu_kernels", [True, False])
+def test_exactly_tied_candidates_kept_in_transformers_order(tmp_path, cpu_kernels):
+    """Four tokens with the same LM-head row (pointing along the prompts' last hidden states, so
+    they lead): their log-probabilities are equal in float32 at every step, so beam search's
+    candidates tie exactly and only the order in which ``torch.topk`` returns tied values decides
+    which become the beams, in which order, and which hypothesis is returned (transformers'
+    candidate top-k over beams x vocabulary: libtorch's CPU heap order, not the lower index
+    first; then its top-k of the running beams and of the finished slots). voxlm transcribes
+    the first (host selection on the fused step) and runs the others through libtorch's top-k;
+    tokens must equal transformers'."""
+    hf, _ = _models(tmp_path, "gqa")
+    tied = [7, 9, 12, 15]
+    e, m = _prompts(hf)
+    with torch.no_grad():
+        last = hf.model(inputs_embeds=e, attention_mask=m).last_hidden_state[:, -1]
+        d = last.mean(0) / last.mean(0).norm()
+        hf.lm_head.weight[tied] = 8.0 * d * hf.lm_head.weight.norm(dim=1).mean()
+        logits = hf(inputs_embeds=e, attention_mask=m).logits[:, -1]
+    hf.save_pretrained(tmp_path / "tied")
+    vm = LlamaForCausalLM.from_pretrained(tmp_path / "tied").eval()
+    # the premise: exactly tied and on top, and torch.topk returns them not lower index first
+    assert (logits[:, tied] == logits[:, tied[:1]]).all()
+    assert all(set(r) == set(tied) for r in logits.topk(4).indices.tolist())
+    step0 = torch.log_softmax(logits[0], -1)
+    assert torch.cat([step0, torch.full_like(step0, -1e9)]).topk(4).indices.tolist() != tied
+    new = 12
+    ref = _hf(hf, e, m, new, 2)
+    got = vm.generate(
+        inputs_embeds=e,
+        attention_mask=m,
+        max_new_tokens=new,
+        num_beams=2,
+        eos_token_id=[],
+        pad_token_id=0,
+        cpu_kernels=cpu_kernels,
+    )
+    assert torch.isin(ref, torch.tensor(tied)).float().mean() > 0.5  # mostly tied choices
+    assert torch.equal(got, ref)

@@ -158,20 +158,20 @@ impl KvCache {
     }
 
     /// Reorder the batch (beam search): row `i` becomes old row `index[i]`. With a row table
-    /// only the table changes; else the keys and values are gathered.
+    /// only the table changes; else only the rows whose source differs are copied, and only
+    /// their cached positions (beams that keep their own history are not touched).
     pub fn reorder(&mut self, index: &Tensor) -> Result<()> {
-        let Some(rows) = &self.rows else {
-            for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-                *t = t.f_index_select(0, index)?;
-            }
-            return Ok(());
-        };
         let src = Vec::<i64>::try_from(
             index
                 .f_to_kind(Kind::Int64)?
                 .f_to_device(Device::Cpu)?
                 .f_reshape([-1])?,
         )?;
+        self.reorder_rows(&src)
+    }
+
+    /// [`KvCache::reorder`] with the indices on the host.
+    pub fn reorder_rows(&mut self, src: &[i64]) -> Result<()> {
         let (b, cap, len) = (
             self.batch() as usize,
             self.capacity as usize,
@@ -182,12 +182,37 @@ impl KvCache {
                 "KV cache reorder: expected {b} row indices in [0, {b}), got {src:?}"
             )));
         }
-        let mut new = rows.clone();
+        let Some(rows) = &mut self.rows else {
+            let (dst, from): (Vec<i64>, Vec<i64>) = src
+                .iter()
+                .enumerate()
+                .filter(|&(i, &s)| s != i as i64)
+                .map(|(i, &s)| (i as i64, s))
+                .unzip();
+            if dst.is_empty() || len == 0 {
+                return Ok(());
+            }
+            let dev = self.k.first().map_or(Device::Cpu, Tensor::device);
+            let (dst, from) = (
+                Tensor::from_slice(&dst).f_to_device(dev)?,
+                Tensor::from_slice(&from).f_to_device(dev)?,
+            );
+            for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+                // gather the moved rows first (a source may itself be overwritten), then copy
+                let mut live = t.f_narrow(2, 0, len as i64)?;
+                let moved = live.f_index_select(0, &from)?;
+                let _ = live.f_index_copy_(0, &dst, &moved)?;
+            }
+            return Ok(());
+        };
+        if src.iter().enumerate().all(|(i, &s)| s as usize == i) {
+            return Ok(());
+        }
+        let old = rows[..b * cap].to_vec();
         for (i, &s) in src.iter().enumerate() {
             let s = s as usize;
-            new[i * cap..i * cap + len].copy_from_slice(&rows[s * cap..s * cap + len]);
+            rows[i * cap..i * cap + len].copy_from_slice(&old[s * cap..s * cap + len]);
         }
-        self.rows = Some(new);
         Ok(())
     }
 }

@@ -271,18 +271,13 @@ mod x86 {
     }
 
     /// AVX2 + FMA [`super::scores_generic`] (`q.len()` a multiple of 8).
-    pub fn scores(q: &[f32], keys: &[f32], offs: &[usize], scale: f32, out: &mut [f32]) {
+    pub fn scores(q: &[f32], keys: &[f32], offs: super::Offsets<'_>, scale: f32, out: &mut [f32]) {
         let hd = q.len();
-        assert!(
-            hd % 8 == 0
-                && out.len() >= offs.len()
-                && offs
-                    .iter()
-                    .all(|&o| o == super::MASKED
-                        || o.checked_add(hd).is_some_and(|e| e <= keys.len()))
-        ); // ok: the step builds the offsets within the cache
-           // SAFETY: AVX2 + FMA checked by `attn_kernels`; every key read lies within `keys` (above).
-        unsafe { scores_avx2(q.as_ptr(), keys.as_ptr(), offs, hd, scale, out) }
+        assert!(hd % 8 == 0 && out.len() >= offs.len() && offs.fits(hd, keys.len()));
+        // ok: the step builds the offsets within the cache
+        // SAFETY: AVX2 + FMA checked by `attn_kernels`; every key read lies within `keys` (the
+        // offsets were checked against `keys.len()` when built, `fits` above).
+        unsafe { scores_avx2(q.as_ptr(), keys.as_ptr(), offs.offs, hd, scale, out) }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -319,16 +314,11 @@ mod x86 {
     }
 
     /// AVX2 + FMA [`super::pv_generic`] (`out.len()` a multiple of 8).
-    pub fn pv(p: &[f32], sum: f32, values: &[f32], offs: &[usize], out: &mut [f32]) {
+    pub fn pv(p: &[f32], sum: f32, values: &[f32], offs: super::Offsets<'_>, out: &mut [f32]) {
         let hd = out.len();
-        assert!(
-            hd % 8 == 0
-                && p.len() >= offs.len()
-                && offs
-                    .iter()
-                    .all(|&o| o == super::MASKED
-                        || o.checked_add(hd).is_some_and(|e| e <= values.len()))
-        ); // ok: the step builds the offsets within the cache
+        assert!(hd % 8 == 0 && p.len() >= offs.len() && offs.fits(hd, values.len()));
+        // ok: the step builds the offsets within the cache
+        let offs = offs.offs;
         let mut c = 0;
         // SAFETY: AVX2 + FMA checked by `attn_kernels`; reads within `values` (above), writes
         // within `out` (c + 8 * N <= hd).
@@ -426,9 +416,45 @@ pub(super) struct AttnKernels {
 }
 
 /// `(q [hd], keys, offsets [len], scale, out [len])`
-type ScoresFn = fn(&[f32], &[f32], &[usize], f32, &mut [f32]);
+type ScoresFn = fn(&[f32], &[f32], Offsets<'_>, f32, &mut [f32]);
 /// `(p [len], sum, values, offsets [len], out [hd])`
-type PvFn = fn(&[f32], f32, &[f32], &[usize], &mut [f32]);
+type PvFn = fn(&[f32], f32, &[f32], Offsets<'_>, &mut [f32]);
+
+/// Key/value offsets for [`AttnKernels`], each [`MASKED`] or the start of a `hd`-long vector
+/// inside a cache of `limit` floats, checked once when built (a step builds them once and every
+/// layer's and head's kernel calls reuse them; the kernels only compare `hd` and `limit`).
+#[derive(Clone, Copy)]
+pub(super) struct Offsets<'a> {
+    offs: &'a [usize],
+    hd: usize,
+    limit: usize,
+}
+
+impl<'a> Offsets<'a> {
+    /// None when an offset's vector would end past `limit`.
+    pub fn new(offs: &'a [usize], hd: usize, limit: usize) -> Option<Self> {
+        offs.iter()
+            .all(|&o| o == MASKED || o.checked_add(hd).is_some_and(|e| e <= limit))
+            .then_some(Offsets { offs, hd, limit })
+    }
+
+    /// The offsets `start .. start + n` (panics past the end, as slicing does).
+    pub fn sub(self, start: usize, n: usize) -> Self {
+        Offsets {
+            offs: &self.offs[start..start + n],
+            ..self
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.offs.len()
+    }
+
+    /// Built for vectors of `hd` inside at most `len` floats.
+    fn fits(&self, hd: usize, len: usize) -> bool {
+        self.hd == hd && self.limit <= len
+    }
+}
 
 /// The attention kernels for this CPU and head size (AVX2 + FMA when `hd` is a multiple of 8).
 pub(super) fn attn_kernels(hd: usize) -> AttnKernels {
@@ -448,9 +474,15 @@ pub(super) fn attn_kernels(hd: usize) -> AttnKernels {
     }
 }
 
-pub(super) fn scores_generic(q: &[f32], keys: &[f32], offs: &[usize], scale: f32, out: &mut [f32]) {
+pub(super) fn scores_generic(
+    q: &[f32],
+    keys: &[f32],
+    offs: Offsets<'_>,
+    scale: f32,
+    out: &mut [f32],
+) {
     let hd = q.len();
-    for (o, &off) in out.iter_mut().zip(offs) {
+    for (o, &off) in out.iter_mut().zip(offs.offs) {
         *o = if off == MASKED {
             f32::NEG_INFINITY
         } else {
@@ -459,10 +491,10 @@ pub(super) fn scores_generic(q: &[f32], keys: &[f32], offs: &[usize], scale: f32
     }
 }
 
-pub(super) fn pv_generic(p: &[f32], sum: f32, values: &[f32], offs: &[usize], out: &mut [f32]) {
+pub(super) fn pv_generic(p: &[f32], sum: f32, values: &[f32], offs: Offsets<'_>, out: &mut [f32]) {
     let hd = out.len();
     out.fill(0.0);
-    for (&pl, &off) in p.iter().zip(offs) {
+    for (&pl, &off) in p.iter().zip(offs.offs) {
         if off == MASKED || pl == 0.0 {
             continue;
         }
@@ -577,9 +609,12 @@ mod tests {
                     pv: pv_generic,
                 },
             );
+            let checked = Offsets::new(&offs, hd, keys.len()).expect("offsets within the keys");
+            // an offset running past the keys is refused
+            assert!(Offsets::new(&[(len + 3) * hd - hd + 1], hd, keys.len()).is_none());
             let (mut s1, mut s2) = (vec![0f32; len], vec![0f32; len]);
-            (fast.scores)(&q, &keys, &offs, 0.125, &mut s1);
-            (slow.scores)(&q, &keys, &offs, 0.125, &mut s2);
+            (fast.scores)(&q, &keys, checked, 0.125, &mut s1);
+            (slow.scores)(&q, &keys, checked, 0.125, &mut s2);
             for (l, (a, b)) in s1.iter().zip(&s2).enumerate() {
                 if offs[l] == MASKED {
                     assert!(a.is_infinite() && b.is_infinite() && *a < 0.0);
@@ -602,8 +637,8 @@ mod tests {
                 .map(|l| if l % 5 == 1 { 0.0 } else { l as f32 * 0.1 })
                 .collect();
             let (mut o1, mut o2) = (vec![7f32; hd], vec![7f32; hd]);
-            (fast.pv)(&p, 3.0, &keys, &offs, &mut o1);
-            (slow.pv)(&p, 3.0, &keys, &offs, &mut o2);
+            (fast.pv)(&p, 3.0, &keys, checked, &mut o1);
+            (slow.pv)(&p, 3.0, &keys, checked, &mut o2);
             for (a, b) in o1.iter().zip(&o2) {
                 assert!(
                     (a - b).abs() <= 1e-5 * (1.0 + b.abs()),

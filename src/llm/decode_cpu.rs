@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::cache::KvCache;
-use super::cpu_kernels::{add_in_place, attn_kernels, dot, gemv_cat, Part, MASKED};
+use super::cpu_kernels::{add_in_place, attn_kernels, dot, gemv_cat, Offsets, Part, MASKED};
 use super::model::Llama;
 use crate::error::{Error, Result};
 use crate::ops::LoraLinear;
@@ -225,7 +225,15 @@ impl CpuDecoder {
                     1
                 },
             };
-            crate::parallel::install(move || job.run(&mut kv, out));
+            // every row's key/value offsets for every KV head, built and checked once for all
+            // layers and heads
+            let offs = job.offsets();
+            let Some(offs) = Offsets::new(&offs, d.head_dim, kv_numel) else {
+                return Err(Error::shape(format!(
+                    "KV cache: its row table points outside the {b} rows of {cap} positions"
+                )));
+            };
+            crate::parallel::install(move || job.run(&mut kv, out, offs));
         }
         cache.advance(1);
         Ok(logits)
@@ -251,7 +259,7 @@ unsafe impl Sync for StepJob<'_> {}
 unsafe impl Send for StepJob<'_> {}
 
 impl StepJob<'_> {
-    fn run(&self, kv: &mut [(&mut [f32], &mut [f32])], logits: &mut [f32]) {
+    fn run(&self, kv: &mut [(&mut [f32], &mut [f32])], logits: &mut [f32], offs: Offsets<'_>) {
         let dec = self.dec;
         let d = dec.d;
         let (b, h, hd) = (self.tokens.len(), d.hidden, d.head_dim);
@@ -299,7 +307,7 @@ impl StepJob<'_> {
                     vc[at..at + hd].copy_from_slice(&v_new[g * hd..(g + 1) * hd]);
                 }
             }
-            self.attention(&qkv, kc, vc, &mut attn);
+            self.attention(&qkv, kc, vc, offs, &mut attn);
             gemv_cat(&[parts(&layer.o)], &attn, b, &mut tmp_h);
             add_in_place(&mut x, &tmp_h);
             rms_norm(&x, f32s(&layer.post_norm), d.eps, h, &mut xn);
@@ -318,6 +326,28 @@ impl StepJob<'_> {
         gemv_cat(&[parts(&dec.lm_head)], &xn, b, logits);
     }
 
+    /// Each row's key/value offset at every cached position for every KV head, `[kv_heads, B,
+    /// past + 1]` ([`MASKED`]: a padding key), through the row table.
+    fn offsets(&self) -> Vec<usize> {
+        let d = self.dec.d;
+        let (nkv, hd) = (d.kv_heads, d.head_dim);
+        let (b, len, cap, past) = (self.tokens.len(), self.past + 1, self.cap, self.past);
+        let mut offs = Vec::with_capacity(nkv * b * len);
+        for g in 0..nkv {
+            for r in 0..b {
+                offs.extend((0..len).map(|l| {
+                    if l == past || self.key_mask.is_none_or(|m| m[r * len + l] != 0) {
+                        let p = self.rows.map_or(r, |t| t[r * cap + l] as usize);
+                        ((p * nkv + g) * cap + l) * hd
+                    } else {
+                        MASKED
+                    }
+                }));
+            }
+        }
+        offs
+    }
+
     /// Softmax attention of each row's query heads over its cached keys (GQA: query head `q`
     /// reads key/value head `q / (heads / kv_heads)`), scaled by `1 / sqrt(head_dim)`.
     ///
@@ -327,7 +357,7 @@ impl StepJob<'_> {
     /// come from memory once (from cache for the second reader). Per (row, head): the scores
     /// (AVX2 + FMA dot products when available), a softmax, and the weighted sum of the values
     /// accumulated in registers over the positions in order.
-    fn attention(&self, qkv: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) {
+    fn attention(&self, qkv: &[f32], kc: &[f32], vc: &[f32], offs: Offsets<'_>, out: &mut [f32]) {
         let d = self.dec.d;
         let (nh, nkv, hd) = (d.heads, d.kv_heads, d.head_dim);
         let qkv_w = (nh + 2 * nkv) * hd;
@@ -336,39 +366,20 @@ impl StepJob<'_> {
         let heads = nh / nkv;
         let b = self.tokens.len();
         let share = self.group;
-        let (cap, past) = (self.cap, self.past);
-        let rows = self.rows;
-        let key_mask = self.key_mask;
         let kern = attn_kernels(hd);
         // the task's output: [row in group][head in kv group][hd]
         let one = |task: usize| -> Vec<f32> {
             let (c, g) = (task / nkv, task % nkv);
             let r0 = c * share;
             let nq = share * heads;
-            let at = |r: usize, l: usize| {
-                let p = rows.map_or(r, |t| t[r * cap + l] as usize);
-                ((p * nkv + g) * cap + l) * hd
-            };
-            let keep =
-                |r: usize, l: usize| l == past || key_mask.is_none_or(|m| m[r * len + l] != 0);
             let q = |j: usize, h: usize| {
                 let o = (r0 + j) * qkv_w + (g * heads + h) * hd;
                 &qkv[o..o + hd]
             };
-            // each row's key/value offset at every position (MASKED: a padding key)
-            let mut offs = Vec::with_capacity(share * len);
-            for j in 0..share {
-                offs.extend((0..len).map(|l| {
-                    if keep(r0 + j, l) {
-                        at(r0 + j, l)
-                    } else {
-                        MASKED
-                    }
-                }));
-            }
             let mut p = vec![0f32; len];
             let mut o = vec![0f32; nq * hd];
-            for (j, offs) in offs.chunks_exact(len).enumerate() {
+            for j in 0..share {
+                let offs = offs.sub((g * b + r0 + j) * len, len);
                 for h in 0..heads {
                     (kern.scores)(q(j, h), kc, offs, scale, &mut p);
                     let max = p.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -547,33 +558,10 @@ mod tests {
             [1, 1, 3, 2],
             [0, 0, 2, 2],
         ];
-        let v = |t: &Tensor| Vec::<i64>::try_from(t.reshape([-1])).unwrap();
         for order in orders.iter().take(steps as usize) {
             let src = Tensor::from_slice(order);
-            c1.reorder(&src)?;
-            c2.reorder(&src)?;
-            mask = Tensor::cat(
-                &[
-                    &mask.index_select(0, &src),
-                    &Tensor::ones([b * nb, 1], i64s),
-                ],
-                1,
-            );
-            pos = pos.index_select(0, &src) + 1;
-            let want = model
-                .forward(
-                    Input::Ids(&tok),
-                    Some(c1),
-                    &ForwardOptions {
-                        attention_mask: Some(&mask),
-                        position_ids: Some(&pos),
-                        last_only: true,
-                        ..Default::default()
-                    },
-                )?
-                .logits
-                .select(1, 0);
-            let got = dec.step(&v(&tok), &v(&pos), Some(&v(&mask)), c2)?;
+            let (want, got) =
+                reordered_step(&model, &dec, c1, c2, &src, &tok, &mut mask, &mut pos)?;
             let err = f64::try_from((&got - &want).abs().max())?;
             let scale = f64::try_from(want.abs().max())?;
             assert!(
@@ -587,6 +575,52 @@ mod tests {
             .forward(Input::Ids(&tok), Some(c2), &ForwardOptions::default())
             .is_err());
         Ok(())
+    }
+
+    /// One beam step of both sides of `row_table_matches_gathered_cache` and
+    /// `beam_trajectory_matches_libtorch_past_320_positions`: reorder the gathered cache `lib` (libtorch
+    /// step) and the row-table cache `cpu` (fused step) by `src`, carry the key mask and positions
+    /// of the reordered rows one position on, then feed `tok` `[rows, 1]` to the libtorch forward
+    /// and to the fused step: `(libtorch logits, fused logits)`, `[rows, V]`.
+    #[allow(clippy::too_many_arguments)]
+    fn reordered_step(
+        model: &Llama,
+        dec: &CpuDecoder,
+        lib: &mut KvCache,
+        cpu: &mut KvCache,
+        src: &Tensor,
+        tok: &Tensor,
+        mask: &mut Tensor,
+        pos: &mut Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        use crate::llm::model::{ForwardOptions, Input};
+        lib.reorder(src)?;
+        cpu.reorder(src)?;
+        let rows = src.size()[0];
+        *mask = Tensor::cat(
+            &[
+                &mask.index_select(0, src),
+                &Tensor::ones([rows, 1], (Kind::Int64, Device::Cpu)),
+            ],
+            1,
+        );
+        *pos = pos.index_select(0, src) + 1;
+        let want = model
+            .forward(
+                Input::Ids(tok),
+                Some(lib),
+                &ForwardOptions {
+                    attention_mask: Some(mask),
+                    position_ids: Some(pos),
+                    last_only: true,
+                    ..Default::default()
+                },
+            )?
+            .logits
+            .select(1, 0);
+        let v = |t: &Tensor| Vec::<i64>::try_from(t.reshape([-1]));
+        let got = dec.step(&v(tok)?, &v(pos)?, Some(&v(mask)?), cpu)?;
+        Ok((want, got))
     }
 
     /// Beam search (2 beams, 2 prompts, one left-padded) along a fixed trajectory (the libtorch
@@ -668,7 +702,6 @@ mod tests {
         let mut s_lib = Tensor::from_slice(&[0f32, -1e9, 0.0, -1e9]);
         let mut s_cpu = s_lib.copy();
         let (mut bound, mut compared) = (0f64, 0);
-        let v64 = |t: &Tensor| Vec::<i64>::try_from(t.reshape([-1])).unwrap();
         let max_abs = |t: &Tensor| f64::try_from(t.abs().max()).unwrap();
         for step in 0..steps {
             let err = max_abs(&(&got - &want));
@@ -709,30 +742,7 @@ mod tests {
             let tok = kept.remainder(v).view([-1, 1]);
             s_lib = a_lib.gather(1, &kept, false).view([-1]);
             s_cpu = a_cpu.gather(1, &kept, false).view([-1]);
-            c1.reorder(&src)?;
-            c2.reorder(&src)?;
-            mask = Tensor::cat(
-                &[
-                    &mask.index_select(0, &src),
-                    &Tensor::ones([b * nb, 1], i64s),
-                ],
-                1,
-            );
-            pos = pos.index_select(0, &src) + 1;
-            want = model
-                .forward(
-                    Input::Ids(&tok),
-                    Some(c1),
-                    &ForwardOptions {
-                        attention_mask: Some(&mask),
-                        position_ids: Some(&pos),
-                        last_only: true,
-                        ..Default::default()
-                    },
-                )?
-                .logits
-                .select(1, 0);
-            got = dec.step(&v64(&tok), &v64(&pos), Some(&v64(&mask)), c2)?;
+            (want, got) = reordered_step(&model, &dec, c1, c2, &src, &tok, &mut mask, &mut pos)?;
         }
         let err = max_abs(&(&got - &want));
         assert!(

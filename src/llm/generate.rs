@@ -408,9 +408,123 @@ pub fn generate(
     Ok(Tensor::f_stack(&out, 1)?)
 }
 
-struct Finished {
-    score: f64,
+/// A beam-search candidate: (accumulated score, index `beam * V + token`).
+type Cand = (f32, i64);
+
+/// `x` ranks before `y` in `torch.topk(largest=True)` on CPU: ATen's comparator (NaN above every
+/// number, then greater first; exact ties compare false both ways).
+fn before(x: f32, y: f32) -> bool {
+    (x.is_nan() && !y.is_nan()) || x > y
+}
+
+/// libstdc++'s `std::__adjust_heap` (bits/stl_heap.h, with its `std::__push_heap` tail) on
+/// `heap[..len]` under [`before`] as the heap's "less": sift the hole at `hole` down to a leaf,
+/// then push `value` up from there. The heap's top is the candidate that ranks last.
+fn adjust_heap(heap: &mut [Cand], hole: usize, len: usize, value: Cand) {
+    // signed as the C++ `_Distance`, so that `(x - 1) / 2` truncates as there
+    let (top, len) = (hole as isize, len as isize);
+    let (mut hole, mut second) = (top, top);
+    let at = |i: isize| i as usize;
+    while second < (len - 1) / 2 {
+        second = 2 * (second + 1);
+        if before(heap[at(second)].0, heap[at(second - 1)].0) {
+            second -= 1;
+        }
+        heap[at(hole)] = heap[at(second)];
+        hole = second;
+    }
+    if len & 1 == 0 && second == (len - 2) / 2 {
+        second = 2 * (second + 1);
+        heap[at(hole)] = heap[at(second - 1)];
+        hole = second - 1;
+    }
+    let mut parent = (hole - 1) / 2;
+    while hole > top && before(heap[at(parent)].0, value.0) {
+        heap[at(hole)] = heap[at(parent)];
+        hole = parent;
+        parent = (hole - 1) / 2;
+    }
+    heap[at(hole)] = value;
+}
+
+/// Beam search's candidate selection on the host, exactly as transformers' `torch.topk` over
+/// `log_softmax(logits) + beam_score` per batch row picks it on CPU, ties included: for every row
+/// of `nb` beams (`logp` is `[rows * nb, V]`, `scores` `[rows * nb]`), the `keep` best
+/// `logp[beam, token] + score[beam]` (added in float32, as the tensor op) over its `nb * V`
+/// candidates, best first, into `top_s` / `top_i` (`[rows, keep]`, index `beam * V + token`).
+///
+/// ATen's CPU top-k (`topk_impl_loop`, aten/src/ATen/native/TopKImpl.h) copies a row into a
+/// queue of (value, index) and, when `k * 64 <= n`, calls `std::partial_sort` with its
+/// comparator ([`before`]); libstdc++'s `partial_sort` (bits/stl_algo.h `__partial_sort`) is
+/// `__heap_select` (make a heap of the first `k`, then each later candidate that ranks strictly
+/// before the heap's top replaces it through `__pop_heap`) and `__sort_heap`. Neither is stable,
+/// so the order of exactly equal scores is the heap's, not the lower index first; this is a
+/// transcription of those steps. Only for `keep * 64 <= nb * V` (else ATen runs
+/// `std::nth_element` + `std::sort`; the caller then runs `topk` itself), `keep >= 1`.
+fn top_candidates(
+    logp: &[f32],
+    scores: &[f64],
+    nb: usize,
+    keep: usize,
+    top_s: &mut Vec<f32>,
+    top_i: &mut Vec<i64>,
+) {
+    let v = logp.len() / scores.len().max(1);
+    top_s.clear();
+    top_i.clear();
+    let mut heap: Vec<Cand> = Vec::with_capacity(keep);
+    for (lp_row, sc_row) in logp.chunks_exact(nb * v).zip(scores.chunks_exact(nb)) {
+        // __make_heap over the first `keep` candidates
+        heap.clear();
+        heap.extend((0..keep).map(|j| (lp_row[j] + sc_row[j / v] as f32, j as i64)));
+        if keep >= 2 {
+            let mut parent = (keep - 2) / 2;
+            loop {
+                let value = heap[parent];
+                adjust_heap(&mut heap, parent, keep, value);
+                if parent == 0 {
+                    break;
+                }
+                parent -= 1;
+            }
+        }
+        // __heap_select over the rest, in index order
+        for (k, (lp, &sc)) in lp_row.chunks_exact(v).zip(sc_row).enumerate() {
+            let sc = sc as f32;
+            let first = (keep.saturating_sub(k * v)).min(v);
+            for (t, &l) in lp.iter().enumerate().skip(first) {
+                let c = l + sc;
+                if before(c, heap[0].0) {
+                    adjust_heap(&mut heap, 0, keep, (c, (k * v + t) as i64));
+                }
+            }
+        }
+        // __sort_heap: pop the top (the last-ranked) to the back, one by one
+        for last in (1..keep).rev() {
+            let value = heap[last];
+            heap[last] = heap[0];
+            adjust_heap(&mut heap, 0, last, value);
+        }
+        top_s.extend(heap.iter().map(|e| e.0));
+        top_i.extend(heap.iter().map(|e| e.1));
+    }
+}
+
+/// `torch.topk(x.view(rows, n), k)` indices on CPU, `[rows, k]` flattened: the small selections
+/// of transformers' beam search run through libtorch's own top-k, so that exactly tied scores
+/// come out in its order (`k * 64 > n` here: `std::nth_element` + `std::sort`).
+fn small_topk(x: &[f32], rows: usize, k: i64) -> Result<Vec<i64>> {
+    let t = Tensor::from_slice(x).f_view([rows as i64, -1])?;
+    i64s(&t.f_topk(k, 1, true, true)?.1)
+}
+
+/// One of the `num_beams` finished-hypothesis slots of a batch row (transformers' `sequences`,
+/// `beam_scores`, `is_sent_finished`), float32 scores as there.
+#[derive(Clone)]
+struct Slot {
+    score: f32,
     tokens: Vec<i64>,
+    finished: bool,
 }
 
 fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tensor> {
@@ -448,75 +562,147 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
     };
     let mut mask = p.mask.shallow_clone();
     let mut pos = positions(&mask)?.f_narrow(1, t - 1, 1)?;
+    let penalize = cfg.repetition_penalty != 1.0;
     let mut seen = p.ids.shallow_clone();
+    // the fused CPU step's bookkeeping stays on the host: key mask [B*nb, cached] and positions
+    // [B*nb] as plain vectors (no libtorch op per step); None: the prompt has no padding
+    let fused = dec.cpu.is_some();
+    let mut mask_v: Option<Vec<i64>> = if fused && !bool::try_from(mask.f_ne(0)?.f_all()?)? {
+        Some(i64s(&mask)?)
+    } else {
+        None
+    };
+    let mut pos_v = if fused { i64s(&pos)? } else { Vec::new() };
+    let mut logp_v: Vec<f32> = Vec::new();
+    let (mut top_s, mut top_i): (Vec<f32>, Vec<i64>) = (Vec::new(), Vec::new());
     // running beams: scores [B*nb] (only beam 0 alive at first), generated tokens per beam
     let mut beam_scores: Vec<f64> = (0..b * nb)
         .map(|i| if i % nb == 0 { 0.0 } else { -1e9 })
         .collect();
     let mut seqs: Vec<Vec<i64>> = vec![Vec::new(); (b * nb) as usize];
-    let mut finished: Vec<Vec<Finished>> = (0..b).map(|_| Vec::new()).collect();
-    let mut done = vec![false; b as usize];
+    // transformers' finished slots per row (score -1e9 until filled) and its early-stop flag
+    let mut slots: Vec<Slot> = vec![
+        Slot {
+            score: -1e9,
+            tokens: Vec::new(),
+            finished: false,
+        };
+        (b * nb) as usize
+    ];
+    let mut improvable = vec![true; b as usize];
     let keep = (2i64).max(1 + cfg.eos_token_ids.len() as i64) * nb;
+    if keep > nb * v {
+        return Err(Error::config(format!(
+            "beam search keeps {keep} candidates per row ({nb} beams, {} EOS ids) but the \
+             vocabulary gives only {} (num_beams x vocab_size)",
+            cfg.eos_token_ids.len(),
+            nb * v
+        )));
+    }
+    // ATen's CPU top-k runs `std::partial_sort` (transcribed by `top_candidates`) only here
+    let host_topk = fused && keep * 64 <= nb * v;
     for step in 0..cfg.max_new_tokens {
         let logp = logits.f_log_softmax(-1, Kind::Float)?;
         let logp = repetition_penalty(&logp, &seen, cfg.repetition_penalty)?;
-        let bs = Tensor::from_slice(&beam_scores)
-            .f_to_kind(Kind::Float)?
-            .f_to_device(dev)?
-            .f_view([-1, 1])?;
-        let acc = logp.f_add(&bs)?.f_view([b, nb * v])?;
-        let (top_s, top_i) = acc.f_topk(keep, 1, true, true)?;
-        let top_s: Vec<f32> =
-            Vec::<f32>::try_from(top_s.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
-        let top_i = i64s(&top_i)?;
+        if host_topk {
+            // one host pass: add each beam's score and keep the best candidates per row, in
+            // `torch.topk`'s order (ties included), which transformers' beam search uses
+            let n = logp.numel();
+            logp_v.resize(n, 0.0);
+            logp.f_contiguous()?.f_copy_data(&mut logp_v, n)?;
+            top_candidates(
+                &logp_v,
+                &beam_scores,
+                nb as usize,
+                keep as usize,
+                &mut top_s,
+                &mut top_i,
+            );
+        } else {
+            let bs = Tensor::from_slice(&beam_scores)
+                .f_to_kind(Kind::Float)?
+                .f_to_device(dev)?
+                .f_view([-1, 1])?;
+            let acc = logp.f_add(&bs)?.f_view([b, nb * v])?;
+            let (s, i) = acc.f_topk(keep, 1, true, true)?;
+            top_s = Vec::<f32>::try_from(s.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
+            top_i = i64s(&i)?;
+        }
         let last = step + 1 == cfg.max_new_tokens;
-        let gen_len = (step + 1) as f64;
-        let mut new_src = Vec::with_capacity((b * nb) as usize);
-        let mut new_tok = Vec::with_capacity((b * nb) as usize);
-        let mut new_scores = Vec::with_capacity((b * nb) as usize);
-        for bi in 0..b as usize {
-            let mut taken = 0;
-            for j in 0..keep as usize {
-                let k = bi * keep as usize + j;
-                let (score, idx) = (top_s[k] as f64, top_i[k]);
-                let (src, tok) = (bi as i64 * nb + idx / v, idx % v);
-                let hits = last || cfg.eos_token_ids.contains(&tok);
-                if hits {
-                    if (j as i64) < nb && !done[bi] {
-                        let mut tokens = seqs[src as usize].clone();
-                        tokens.push(tok);
-                        let f = &mut finished[bi];
-                        f.push(Finished {
-                            score: score / gen_len.powf(cfg.length_penalty),
-                            tokens,
-                        });
-                        f.sort_by(|a, b| b.score.total_cmp(&a.score));
-                        f.truncate(nb as usize);
-                    }
-                } else if taken < nb {
-                    new_src.push(src);
-                    new_tok.push(tok);
-                    new_scores.push(score);
-                    taken += 1;
+        // transformers' `_beam_search` step, in its float32 arithmetic and with its `topk`
+        // calls (tie order included): `_get_running_beams_for_next_iteration` keeps the best
+        // `num_beams` of the candidates that did not stop (stopped ones get -1e9), then
+        // `_update_finished_beams` merges the stopped ones among the first `num_beams` into the
+        // finished slots
+        let (nbu, keepu, bu) = (nb as usize, keep as usize, b as usize);
+        let hits: Vec<bool> = top_i
+            .iter()
+            .map(|&idx| last || cfg.eos_token_ids.contains(&(idx % v)))
+            .collect();
+        let running: Vec<f32> = top_s
+            .iter()
+            .zip(&hits)
+            .map(|(&s, &h)| if h { s + -1e9f32 } else { s })
+            .collect();
+        let next = small_topk(&running, bu, nb)?;
+        let denom = ((step + 1) as f64).powf(cfg.length_penalty) as f32;
+        let mut merged: Vec<f32> = Vec::with_capacity(bu * (nbu + keepu));
+        for bi in 0..bu {
+            merged.extend(slots[bi * nbu..(bi + 1) * nbu].iter().map(|sl| sl.score));
+            for j in 0..keepu {
+                let k = bi * keepu + j;
+                let mut sc = top_s[k] / denom;
+                if !improvable[bi] {
+                    sc += -1e9f32;
                 }
-            }
-            while taken < nb {
-                // every candidate finished: keep dead beams so shapes stay fixed
-                new_src.push(bi as i64 * nb);
-                new_tok.push(cfg.pad_token_id);
-                new_scores.push(-1e9);
-                taken += 1;
-            }
-            // stop this row when no running beam can beat the worst finished one
-            let f = &finished[bi];
-            if f.len() as i64 >= nb {
-                let best_running = new_scores[bi * nb as usize] / gen_len.powf(cfg.length_penalty);
-                if best_running <= f[f.len() - 1].score {
-                    done[bi] = true;
+                if !(hits[k] && j < nbu) {
+                    sc += -1e9f32;
                 }
+                merged.push(sc);
             }
         }
-        if last || done.iter().all(|&d| d) {
+        let pick = small_topk(&merged, bu, nb)?;
+        let mut new_slots = Vec::with_capacity(bu * nbu);
+        for bi in 0..bu {
+            for &m in &pick[bi * nbu..(bi + 1) * nbu] {
+                let m = m as usize;
+                new_slots.push(if m < nbu {
+                    slots[bi * nbu + m].clone()
+                } else {
+                    let k = bi * keepu + (m - nbu);
+                    let (src, tok) = (bi * nbu + (top_i[k] / v) as usize, top_i[k] % v);
+                    let mut tokens = seqs[src].clone();
+                    tokens.push(tok);
+                    Slot {
+                        score: merged[bi * (nbu + keepu) + m],
+                        tokens,
+                        finished: hits[k] && m - nbu < nbu,
+                    }
+                });
+            }
+        }
+        slots = new_slots;
+        let mut new_src = Vec::with_capacity(bu * nbu);
+        let mut new_tok = Vec::with_capacity(bu * nbu);
+        let mut new_scores = Vec::with_capacity(bu * nbu);
+        for bi in 0..bu {
+            for &j in &next[bi * nbu..(bi + 1) * nbu] {
+                let k = bi * keepu + j as usize;
+                new_src.push(bi as i64 * nb + top_i[k] / v);
+                new_tok.push(top_i[k] % v);
+                new_scores.push(running[k] as f64);
+            }
+            // `_check_early_stop_heuristic` (early_stopping=False): can the best running beam,
+            // at the current length, still beat the worst finished slot?
+            let row = &slots[bi * nbu..(bi + 1) * nbu];
+            let best = running[bi * keepu + next[bi * nbu] as usize] / denom;
+            let worst = row.iter().map(|sl| sl.score).fold(f32::INFINITY, f32::min);
+            improvable[bi] &= row
+                .iter()
+                .any(|sl| best > if sl.finished { worst } else { -1e9 });
+        }
+        // `_beam_search_has_unfinished_sequences`
+        if last || hits.iter().all(|&h| h) || !improvable.iter().any(|&i| i) {
             break;
         }
         seqs = new_src
@@ -529,10 +715,26 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
             })
             .collect();
         beam_scores = new_scores;
+        cache.reorder_rows(&new_src)?;
         let src = Tensor::from_slice(&new_src).f_to_device(dev)?;
         let tok = Tensor::from_slice(&new_tok).f_to_device(dev)?;
-        cache.reorder(&src)?;
-        seen = Tensor::f_cat(&[&seen.f_index_select(0, &src)?, &tok.f_view([-1, 1])?], 1)?;
+        if penalize {
+            seen = Tensor::f_cat(&[&seen.f_index_select(0, &src)?, &tok.f_view([-1, 1])?], 1)?;
+        }
+        if let Some(cpu) = &dec.cpu {
+            pos_v = new_src.iter().map(|&s| pos_v[s as usize] + 1).collect();
+            if let Some(m) = &mask_v {
+                let w = m.len() / new_src.len();
+                let mut next = Vec::with_capacity(new_src.len() * (w + 1));
+                for &s in &new_src {
+                    next.extend_from_slice(&m[s as usize * w..(s as usize + 1) * w]);
+                    next.push(1);
+                }
+                mask_v = Some(next);
+            }
+            logits = cpu.step(&new_tok, &pos_v, mask_v.as_deref(), &mut cache)?;
+            continue;
+        }
         mask = Tensor::f_cat(
             &[
                 &mask.f_index_select(0, &src)?,
@@ -543,13 +745,10 @@ fn beam_search(model: &Llama, p: Prompt, cfg: &GenerationConfig) -> Result<Tenso
         pos = pos.f_index_select(0, &src)?.f_add_scalar(1)?;
         logits = step_forward(model, &tok, Some(&mask), &pos, &mut cache, &dec)?;
     }
-    let best: Vec<Vec<i64>> = finished
-        .iter()
-        .enumerate()
-        .map(|(bi, f)| match f.first() {
-            Some(h) => h.tokens.clone(),
-            None => seqs[bi * nb as usize].clone(),
-        })
+    // transformers returns its first finished slot (filled at the latest on the last step)
+    let best: Vec<Vec<i64>> = slots
+        .chunks(nb as usize)
+        .map(|row| row[0].tokens.clone())
         .collect();
     let n = best.iter().map(Vec::len).max().unwrap_or(0);
     // transformers' beam search pads shorter results with `pad_token_id or eos_token_id[0]`: a pad
@@ -688,6 +887,117 @@ mod tests {
         };
         let _g = tch::no_grad_guard();
         assert!(score(&beams)? >= score(&greedy)? - 1e-5);
+        Ok(())
+    }
+
+    /// The host candidate selection against the tensor ops it replaces (log-softmax + beam
+    /// score + `topk` over beams x vocabulary per row), with a dead beam (-1e9) as at step 0.
+    #[test]
+    fn top_candidates_match_topk() -> Result<()> {
+        tch::manual_seed(7);
+        let (b, nb, v, keep) = (3i64, 2i64, 150i64, 4i64);
+        let logits = Tensor::randn([b * nb, v], (Kind::Float, Device::Cpu)) * 3.0;
+        let logp = logits.log_softmax(-1, Kind::Float);
+        let scores: Vec<f64> = vec![0.0, -1e9, -1.25, -3.5, -2.0, -2.0];
+        let bs = Tensor::from_slice(&scores)
+            .to_kind(Kind::Float)
+            .view([-1, 1]);
+        let (want_s, want_i) = (&logp + &bs).view([b, nb * v]).topk(keep, 1, true, true);
+        let lp = Vec::<f32>::try_from(logp.reshape([-1]))?;
+        let (mut s, mut i) = (Vec::new(), Vec::new());
+        top_candidates(&lp, &scores, nb as usize, keep as usize, &mut s, &mut i);
+        assert_eq!(s, Vec::<f32>::try_from(want_s.reshape([-1]))?);
+        assert_eq!(i, Vec::<i64>::try_from(want_i.reshape([-1]))?);
+        // four exactly tied candidates: `torch.topk(torch.zeros(256), 4)` gives [1, 3, 0, 2]
+        // (the order its heap leaves them in), not the lower index first
+        top_candidates(&[0f32; 256], &[0.0, 0.0], 2, 4, &mut s, &mut i);
+        assert_eq!(i, [1, 3, 0, 2]);
+        Ok(())
+    }
+
+    /// Exact ties everywhere (scores that are small integers, beams of equal score), at several
+    /// sizes and `keep`s on the `std::partial_sort` side of ATen's top-k (`keep * 64 <= nb * V`),
+    /// NaNs included: the same values and indices, in the same order, as libtorch's `topk`.
+    #[test]
+    fn top_candidates_break_ties_as_topk() -> Result<()> {
+        tch::manual_seed(3);
+        let mut lower_first_differs = 0;
+        for (nb, v, keep) in [
+            (2i64, 128i64, 4i64),
+            (2, 300, 4),
+            (3, 1000, 6),
+            (2, 4096, 6),
+            (1, 64, 1),
+        ] {
+            for trial in 0..20 {
+                let b = 3i64;
+                let levels = [2, 4, 30][trial % 3];
+                let lp = Tensor::randint(levels, [b * nb, v], (Kind::Float, Device::Cpu)) - 1.0;
+                if trial == 5 {
+                    let _ = lp.get(1).get(7).fill_(f64::NAN);
+                    let _ = lp.get(1).get(v - 2).fill_(f64::NAN);
+                }
+                let scores: Vec<f64> = (0..b * nb).map(|r| -((r % 2) as f64)).collect();
+                let bs = Tensor::from_slice(&scores)
+                    .to_kind(Kind::Float)
+                    .view([-1, 1]);
+                let (want_s, want_i) = (&lp + &bs).view([b, nb * v]).topk(keep, 1, true, true);
+                let want_s = Vec::<f32>::try_from(want_s.reshape([-1]))?;
+                let want_i = Vec::<i64>::try_from(want_i.reshape([-1]))?;
+                let lpv = Vec::<f32>::try_from(lp.reshape([-1]))?;
+                let (mut s, mut i) = (Vec::new(), Vec::new());
+                top_candidates(&lpv, &scores, nb as usize, keep as usize, &mut s, &mut i);
+                let same_s = s
+                    .iter()
+                    .zip(&want_s)
+                    .all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+                assert!(
+                    same_s && s.len() == want_s.len(),
+                    "{nb}x{v} keep {keep}: {s:?} vs {want_s:?}"
+                );
+                assert_eq!(i, want_i, "{nb}x{v} keep {keep} trial {trial}");
+                // the tie order is the heap's: somewhere not the lower index first
+                lower_first_differs += i
+                    .chunks(keep as usize)
+                    .zip(s.chunks(keep as usize))
+                    .filter(|(ci, cs)| {
+                        (1..ci.len()).any(|j| cs[j] == cs[j - 1] && ci[j] < ci[j - 1])
+                    })
+                    .count();
+            }
+        }
+        assert!(lower_first_differs > 0);
+        Ok(())
+    }
+
+    /// Beam search on the fused CPU step (host bookkeeping, row-table cache) against the libtorch
+    /// step (tensor bookkeeping, cache gathered per beam): the same tokens on a left-padded batch
+    /// with an EOS id, 2 and 3 beams.
+    #[test]
+    fn fused_beam_search_matches_libtorch_beam_search() -> Result<()> {
+        let model = tiny(5)?;
+        let ids = Tensor::from_slice(&[0i64, 0, 3, 7, 1, 9, 4, 4, 2, 8, 6, 5]).view([3, 4]);
+        let mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1]).view([3, 4]);
+        for (nb, eos) in [(2, vec![]), (3, vec![11i64]), (2, vec![11, 13])] {
+            let c = GenerationConfig {
+                num_beams: nb,
+                eos_token_ids: eos,
+                length_penalty: 0.7,
+                ..cfg(12)
+            };
+            let lib = generate(&model, Input::Ids(&ids), Some(&mask), &c, None)?;
+            let fused = generate(
+                &model,
+                Input::Ids(&ids),
+                Some(&mask),
+                &GenerationConfig {
+                    cpu_kernels: true,
+                    ..c.clone()
+                },
+                None,
+            )?;
+            assert!(fused.equal(&lib), "{nb} beams: {fused:?} vs {lib:?}");
+        }
         Ok(())
     }
 
