@@ -461,6 +461,8 @@ fn bit(b: &[u64], i: usize) -> bool {
 /// (their choices are a chain, read once for the best path); used words are bitsets, match
 /// gains and distances are precomputed (`(int) (m + len * w)` is `m + (int) (len * w)` for the
 /// whole, non-negative `m`), and the comparator is one integer.
+#[inline(never)] // its own symbol in profiles
+#[allow(unused_assignments)] // `push!` of the dropped path after a step's last one
 fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool]) -> Vec<u32> {
     let n2 = s.n2();
     let n1 = init_used1.len();
@@ -514,16 +516,21 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
     }];
     let mut cands: Vec<Cand> = Vec::new();
     // the candidates' `PARTIAL_COMPARE_TOTAL`-then-list-order keys (smaller sorts first; the
-    // low 32 bits are the index in `cands`): the beam's BEAM_SIZE best so far, worst on top.
-    // A candidate that sorts after the worst of BEAM_SIZE kept ones is never kept: it is not
-    // stored (indices stay in list order, so the order among stored ones is the jar's).
-    let mut heap: std::collections::BinaryHeap<u128> = Default::default();
+    // low 32 bits are the index in `cands`): the beam's BEAM_SIZE best so far, kept sorted
+    // (ascending, the worst last), so that the step's survivors need no sort. A candidate that
+    // sorts after the worst of BEAM_SIZE kept ones is never kept: it is not stored (indices
+    // stay in list order, so the order among stored ones is the jar's).
+    let mut beam: Vec<u128> = Vec::with_capacity(BEAM_SIZE + 1);
     let mut keys: Vec<u128> = Vec::new();
     let mut best: Option<(u128, Cand)> = None;
     for current in 0..=n2 {
         cands.clear();
-        heap.clear();
+        beam.clear();
         keys.clear();
+        // the key of the worst of a full beam and its score (matches); u128::MAX and i32::MIN
+        // while the beam is not full
+        let mut worst_key = u128::MAX;
+        let mut worst_score = i32::MIN;
         let last = current == n2;
         // the step's candidates, at most (1 + matches starting here) per path: when that many
         // fit in the beam, all are kept and no heap is needed; their keys are then gathered
@@ -548,14 +555,19 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
                 } else if all_fit {
                     keys.push(key);
                     cands.push(c);
-                } else if heap.len() < BEAM_SIZE {
-                    heap.push(key);
-                    cands.push(c);
-                } else if let Some(mut top) = heap.peek_mut() {
-                    if key < *top {
-                        *top = key;
-                        cands.push(c);
+                } else if beam.len() < BEAM_SIZE || beam.last().is_some_and(|&t| key < t) {
+                    // insert in order (new keys mostly sort near the end: scan from there)
+                    let mut at = beam.len();
+                    while at > 0 && beam[at - 1] > key {
+                        at -= 1;
                     }
+                    beam.insert(at, key);
+                    beam.truncate(BEAM_SIZE);
+                    if beam.len() == BEAM_SIZE {
+                        worst_key = beam.last().copied().unwrap_or(u128::MAX);
+                        worst_score = i32::MAX - (worst_key >> 96) as i32;
+                    }
+                    cands.push(c);
                 }
             }};
         }
@@ -569,6 +581,16 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
                 .max()
                 .unwrap_or(0)
         };
+        // no path's distance wraps around in this step (each of its matches adds at most once)
+        let no_wrap = last || {
+            let step: i64 = s
+                .by_start(current)
+                .iter()
+                .map(|&mi| dist[mi as usize] as i64)
+                .sum();
+            let most = kept.iter().map(|p| p.distance as i64).max().unwrap_or(0);
+            most + step <= i32::MAX as i64
+        };
         let mut first_dropped: Option<(Fp, usize)> = None;
         for (k, h0) in kept.iter().enumerate() {
             let mut path = *h0;
@@ -580,12 +602,23 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
                 continue;
             }
             // paths come best first: once a path's best candidate cannot beat the worst kept
-            // one (fewer matches), neither can any later path's
-            if heap.len() == BEAM_SIZE {
-                let worst = heap.peek().map_or(0, |&t| i32::MAX - (t >> 96) as i32);
-                if path.score + max_gain < worst {
-                    break;
+            // one, neither can any later path's. A candidate of this path has at most
+            // `max_gain` more matches, at least its chunks and its distance, and a later list
+            // position than the worst; a later path sorts after this one.
+            // (The distance bound needs this step's additions not to wrap: `no_wrap`; else
+            // only the matches are compared.)
+            let bound = Fp {
+                score: path.score.saturating_add(max_gain),
+                ..path
+            };
+            if worst_key != u128::MAX
+                && if no_wrap {
+                    fast_key(&bound, 0) >> 32 >= worst_key >> 32
+                } else {
+                    bound.score < worst_score
                 }
+            {
+                break;
             }
             let (u1, u2) = bits[k * w..(k + 1) * w].split_at(w1);
             if bit(u2, current) {
@@ -608,14 +641,6 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
                 }
                 continue;
             }
-            let worst = |heap: &std::collections::BinaryHeap<u128>| {
-                if heap.len() == BEAM_SIZE {
-                    heap.peek()
-                        .map_or(i32::MIN, |&t| i32::MAX - (t >> 96) as i32)
-                } else {
-                    i32::MIN
-                }
-            };
             let (lo, hi) = (
                 s.start_off[current] as usize,
                 s.start_off[current + 1] as usize,
@@ -643,7 +668,7 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
                     // the jar adds this distance to the path it branched from
                     path.distance = path.distance.wrapping_add(c.dist);
                     np.score += c.gain;
-                    if np.score < worst(&heap) {
+                    if np.score < worst_score {
                         continue; // fewer matches than the worst of a full beam: never kept
                     }
                     if np.last_end != -1 && c.ms as i32 != np.last_end {
@@ -672,8 +697,7 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
         if all_fit {
             insertion_sort(&mut keys);
         } else {
-            keys.extend(heap.drain());
-            keys.sort_unstable();
+            std::mem::swap(&mut keys, &mut beam);
         }
         new_bits.clear();
         let mut next = Vec::with_capacity(keys.len());
@@ -828,6 +852,7 @@ impl WordFilter {
 
 /// `ParaphraseMatcher.match`. Scanning only the positions holding a phrase's first word gives
 /// the jar's matches in the jar's order (positions ascending).
+#[inline(never)]
 fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &Resources) {
     let pt = &res.paraphrases;
     let (line1, line2) = (&a.para, &b.para);
@@ -900,6 +925,53 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
     }
 }
 
+/// `SynonymMatcher.match`: pairs of words sharing a synset, in the jar's order (j outer, i
+/// inner), identical words left to the exact matcher.
+#[inline(never)]
+fn synonym_matches(st: &mut Stage, module: usize, a: &Side, b: &Side) {
+    // pairs sharing a synset: a merge of both sides' (synset, position) lists;
+    // added in the jar's order (j outer, i inner)
+    // (synset << 32 | position), sorted
+    let list = |syn: &[&[u32]]| {
+        let mut v: Vec<u64> = syn
+            .iter()
+            .enumerate()
+            .flat_map(|(p, sets)| sets.iter().map(move |&x| ((x as u64) << 32) | p as u64))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let (la, lb) = (list(&a.syn), list(&b.syn));
+    // the pairs (j << 32 | i), sorted and deduplicated: j outer, i inner
+    let mut hits: Vec<u64> = Vec::new();
+    let (mut x, mut y) = (0, 0);
+    while x < la.len() && y < lb.len() {
+        let (sa, sb) = (la[x] >> 32, lb[y] >> 32);
+        if sa < sb {
+            x += 1;
+        } else if sb < sa {
+            y += 1;
+        } else {
+            let xe = x + la[x..].partition_point(|&e| e >> 32 == sa);
+            let ye = y + lb[y..].partition_point(|&e| e >> 32 == sb);
+            for &ea in &la[x..xe] {
+                for &eb in &lb[y..ye] {
+                    hits.push((eb << 32) | (ea & 0xffff_ffff));
+                }
+            }
+            (x, y) = (xe, ye);
+        }
+    }
+    hits.sort_unstable();
+    hits.dedup();
+    for &h in &hits {
+        let (j, i) = ((h >> 32) as usize, (h & 0xffff_ffff) as usize);
+        if a.hashes[i] != b.hashes[j] {
+            st.add(one(j, i, module));
+        }
+    }
+}
+
 /// One-to-one, non-overlapping matches are definite: the start path's `matches`,
 /// `line1UsedWords`, `line2UsedWords`.
 fn definite(st: &Stage) -> (Vec<u32>, Vec<bool>, Vec<bool>) {
@@ -957,51 +1029,7 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
                     }
                 }
             }
-            2 => {
-                // pairs sharing a synset: a merge of both sides' (synset, position) lists;
-                // added in the jar's order (j outer, i inner)
-                // (synset << 32 | position), sorted
-                let list = |syn: &[&[u32]]| {
-                    let mut v: Vec<u64> = syn
-                        .iter()
-                        .enumerate()
-                        .flat_map(|(p, sets)| {
-                            sets.iter().map(move |&x| ((x as u64) << 32) | p as u64)
-                        })
-                        .collect();
-                    v.sort_unstable();
-                    v
-                };
-                let (la, lb) = (list(&a.syn), list(&b.syn));
-                // the pairs (j << 32 | i), sorted and deduplicated: j outer, i inner
-                let mut hits: Vec<u64> = Vec::new();
-                let (mut x, mut y) = (0, 0);
-                while x < la.len() && y < lb.len() {
-                    let (sa, sb) = (la[x] >> 32, lb[y] >> 32);
-                    if sa < sb {
-                        x += 1;
-                    } else if sb < sa {
-                        y += 1;
-                    } else {
-                        let xe = x + la[x..].partition_point(|&e| e >> 32 == sa);
-                        let ye = y + lb[y..].partition_point(|&e| e >> 32 == sb);
-                        for &ea in &la[x..xe] {
-                            for &eb in &lb[y..ye] {
-                                hits.push((eb << 32) | (ea & 0xffff_ffff));
-                            }
-                        }
-                        (x, y) = (xe, ye);
-                    }
-                }
-                hits.sort_unstable();
-                hits.dedup();
-                for &h in &hits {
-                    let (j, i) = ((h >> 32) as usize, (h & 0xffff_ffff) as usize);
-                    if a.hashes[i] != b.hashes[j] {
-                        st.add(one(j, i, module));
-                    }
-                }
-            }
+            2 => synonym_matches(&mut st, module, a, b),
             _ => paraphrase_matches(&mut st, module, a, b, res),
         }
     }
@@ -1087,13 +1115,22 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             ((seed >> 33) as usize) % n.max(1)
         };
-        for case in 0..400 {
+        for case in 0..600 {
             let (n1, n2) = (1 + rnd(40), 1 + rnd(40));
             let mut st = Stage::new(n1, n2);
             // every 40th case: all pairs in all modules (up to 160 matches per start, more than
-            // one 64-candidate block of `resolve_fast`)
-            let density = if case % 40 == 0 { 40 } else { 1 + case % 6 };
-            for module in 0..MODULES {
+            // one 64-candidate block of `resolve_fast`); cases 400..: no exact matches and
+            // dense (one-word matches then gain nothing: full beams of paths with equal
+            // matches, ordered by chunks and distance)
+            let density = if case % 40 == 0 {
+                40
+            } else if case >= 400 {
+                4 + case % 12
+            } else {
+                1 + case % 6
+            };
+            let first_module = usize::from(case >= 400);
+            for module in first_module..MODULES {
                 for j in 0..n2 {
                     for i in 0..n1 {
                         if rnd(40) < density {

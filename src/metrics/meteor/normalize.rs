@@ -108,24 +108,29 @@ pub fn normalize_line(line: &str, nbp: &FxHashMap<String, Nbp>) -> String {
         }
     }
     let mut s = t;
+    // Each pass below rewrites only at occurrences of its pattern's literal character(s): a
+    // pass is skipped when the line has none (its output would equal its input).
+    let has = |s: &[char], c: char| s.contains(&c);
     // r_multi_dot: \.([\.]+) -> " DOTMULTI$1"
-    let mut t = Vec::with_capacity(s.len() + 16);
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == '.' && i + 1 < s.len() && s[i + 1] == '.' {
-            let mut j = i + 1;
-            while j < s.len() && s[j] == '.' {
-                j += 1;
+    if s.windows(2).any(|w| w == ['.', '.']) {
+        let mut t = Vec::with_capacity(s.len() + 16);
+        let mut i = 0;
+        while i < s.len() {
+            if s[i] == '.' && i + 1 < s.len() && s[i + 1] == '.' {
+                let mut j = i + 1;
+                while j < s.len() && s[j] == '.' {
+                    j += 1;
+                }
+                t.extend(" DOTMULTI".chars());
+                t.extend(&s[i + 1..j]);
+                i = j;
+            } else {
+                t.push(s[i]);
+                i += 1;
             }
-            t.extend(" DOTMULTI".chars());
-            t.extend(&s[i + 1..j]);
-            i = j;
-        } else {
-            t.push(s[i]);
-            i += 1;
         }
+        s = t;
     }
-    s = t;
     // while contains "DOTMULTI.": DOTMULTI\.([^\.]) -> "DOTDOTMULTI $1"; "DOTMULTI." -> "DOTDOTMULTI"
     let dm: Vec<char> = "DOTMULTI.".chars().collect();
     while contains(&s, "DOTMULTI.") {
@@ -144,63 +149,73 @@ pub fn normalize_line(line: &str, nbp: &FxHashMap<String, Nbp>) -> String {
         s = replace_lit(&t, "DOTMULTI.", "DOTDOTMULTI");
     }
     // commas except within numbers
-    let nd = |c: char| !is_digit(c);
-    s = replace3(&s, nd, ',', nd, |a, b, o| spaced(a, " , ", b, o));
-    s = replace3(&s, is_digit, ',', nd, |a, b, o| spaced(a, " , ", b, o));
-    s = replace3(&s, nd, ',', is_digit, |a, b, o| spaced(a, " , ", b, o));
+    if has(&s, ',') {
+        let nd = |c: char| !is_digit(c);
+        s = replace3(&s, nd, ',', nd, |a, b, o| spaced(a, " , ", b, o));
+        s = replace3(&s, is_digit, ',', nd, |a, b, o| spaced(a, " , ", b, o));
+        s = replace3(&s, nd, ',', is_digit, |a, b, o| spaced(a, " , ", b, o));
+    }
     // quotes: ([`‘’]) -> "'"; ([“”]|'') -> " \" "
     for c in s.iter_mut() {
         if matches!(*c, '`' | '‘' | '’') {
             *c = '\'';
         }
     }
-    let mut t = Vec::with_capacity(s.len() + 8);
-    let mut i = 0;
-    while i < s.len() {
-        if matches!(s[i], '“' | '”') {
-            t.extend(" \" ".chars());
-            i += 1;
-        } else if s[i] == '\'' && i + 1 < s.len() && s[i + 1] == '\'' {
-            t.extend(" \" ".chars());
-            i += 2;
-        } else {
-            t.push(s[i]);
-            i += 1;
+    if s.iter().any(|&c| matches!(c, '“' | '”' | '\'')) {
+        let mut t = Vec::with_capacity(s.len() + 8);
+        let mut i = 0;
+        while i < s.len() {
+            if matches!(s[i], '“' | '”') {
+                t.extend(" \" ".chars());
+                i += 1;
+            } else if s[i] == '\'' && i + 1 < s.len() && s[i + 1] == '\'' {
+                t.extend(" \" ".chars());
+                i += 2;
+            } else {
+                t.push(s[i]);
+                i += 1;
+            }
         }
+        s = t;
     }
-    s = t;
     // dashes
-    s = replace_lit(&s, "–", "-");
-    s = replace_lit(&s, "--", "-");
-    // r_rm_dash: ([alnum\.])[\-]([alnum]) -> "$1 $2"
-    s = replace3(
-        &s,
-        |c| is_alnum(c) || c == '.',
-        '-',
-        is_alnum,
-        |a, b, o| spaced(a, " ", b, o),
-    );
+    if has(&s, '–') {
+        s = replace_lit(&s, "–", "-");
+    }
+    if has(&s, '-') {
+        s = replace_lit(&s, "--", "-");
+        // r_rm_dash: ([alnum\.])[\-]([alnum]) -> "$1 $2"
+        s = replace3(
+            &s,
+            |c| is_alnum(c) || c == '.',
+            '-',
+            is_alnum,
+            |a, b, o| spaced(a, " ", b, o),
+        );
+    }
     // English contractions
-    let na = |c: char| !is_alpha(c);
-    s = replace3(&s, na, '\'', na, |a, b, o| spaced(a, " ' ", b, o));
-    s = replace3(
-        &s,
-        |c| !is_alpha(c) && !is_digit(c),
-        '\'',
-        is_alpha,
-        |a, b, o| spaced(a, " ' ", b, o),
-    );
-    s = replace3(&s, is_alpha, '\'', na, |a, b, o| spaced(a, " ' ", b, o));
-    s = replace3(&s, is_alpha, '\'', is_alpha, |a, b, o| {
-        spaced(a, " '", b, o)
-    });
-    s = replace3(
-        &s,
-        is_digit,
-        '\'',
-        |c| c == 's',
-        |a, b, o| spaced(a, " '", b, o),
-    );
+    if has(&s, '\'') {
+        let na = |c: char| !is_alpha(c);
+        s = replace3(&s, na, '\'', na, |a, b, o| spaced(a, " ' ", b, o));
+        s = replace3(
+            &s,
+            |c| !is_alpha(c) && !is_digit(c),
+            '\'',
+            is_alpha,
+            |a, b, o| spaced(a, " ' ", b, o),
+        );
+        s = replace3(&s, is_alpha, '\'', na, |a, b, o| spaced(a, " ' ", b, o));
+        s = replace3(&s, is_alpha, '\'', is_alpha, |a, b, o| {
+            spaced(a, " '", b, o)
+        });
+        s = replace3(
+            &s,
+            is_digit,
+            '\'',
+            |c| c == 's',
+            |a, b, o| spaced(a, " '", b, o),
+        );
+    }
     // split words (dots attached), rebuild breaking dots unless nonbreaking
     let line: String = s.iter().collect();
     let words: Vec<&str> = java_tokens(&line).collect();
@@ -231,7 +246,9 @@ pub fn normalize_line(line: &str, nbp: &FxHashMap<String, Nbp>) -> String {
     while out.contains("DOTDOTMULTI") {
         out = out.replace("DOTDOTMULTI", "DOTMULTI.");
     }
-    out = out.replace("DOTMULTI", ".");
+    if out.contains("DOTMULTI") {
+        out = out.replace("DOTMULTI", ".");
+    }
     // r_white -> " ", then String.trim (chars <= U+0020)
     let mut t = String::with_capacity(out.len());
     let mut in_white = false;
