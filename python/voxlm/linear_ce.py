@@ -22,10 +22,11 @@ import torch
 
 from .exceptions import ConfigError, ShapeError
 
-#: logits elements per chunk when the chunk size is "auto" (256 MB of float32 logits): 512 tokens
-#: at LLaMA-3's vocabulary, where the two GEMMs per chunk took ~8 % less CPU time than at 256
-#: tokens (bench/RESULTS.md "lora"), for 131 MB more peak memory
-AUTO_CHUNK_ELEMENTS = 1 << 26
+#: logits elements per chunk when the chunk size is "auto" (512 MB of float32 logits): 1024 tokens
+#: at LLaMA-3's vocabulary, where the chunks' two GEMMs took 21.1 s against 24.3 s at 512 tokens
+#: and 21.5 s for transformers' two full-logits GEMMs (2,044 tokens, 2 cores, bench/RESULTS.md
+#: "lora"), for 262 MB more peak memory
+AUTO_CHUNK_ELEMENTS = 1 << 27
 
 
 #: vocabularies at least this large get the chunked loss from recipes by default (LLaMA-3's
@@ -50,7 +51,7 @@ def recipe_chunk_size(setting: int | str | None, vocab_size: int) -> int | str |
 
 
 def auto_chunk_size(vocab_size: int) -> int:
-    """Tokens per chunk so that one chunk's float32 logits stay near 256 MB (512 tokens at
+    """Tokens per chunk so that one chunk's float32 logits stay near 512 MB (1024 tokens at
     LLaMA-3's 128,256 vocabulary), a multiple of 16 between 16 and 4096."""
     return max(16, min(4096, AUTO_CHUNK_ELEMENTS // max(1, vocab_size)) // 16 * 16)
 
@@ -73,19 +74,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
         acc = torch.promote_types(weight.dtype, torch.float32)  # float32, or float64 for float64
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if weight_grad else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
-        wt = weight.t()
         for s in range(0, n, chunk_size):
             h = hidden[s : s + chunk_size]
             y = target[s : s + chunk_size]
             c = y.shape[0]
             # one [V, chunk] buffer per chunk, vocabulary-major: ``weight @ h.T`` lets the GEMM
-            # stream the [V, H] weight as its tall, untransposed operand (with the gradient's
-            # ``weight.T @ g``, ~17 % less CPU time than ``h @ weight.T`` and ``g @ weight`` at 256
-            # tokens per chunk on a 2-core AVX2 machine, bench/RESULTS.md "lora"); the logits
+            # stream the [V, H] weight as its tall, untransposed operand, and the gradient's
+            # ``g.T @ weight`` writes [chunk, H] rows in place (at 1024 tokens per chunk on a
+            # 2-core AVX2 machine: 11.2 s + 9.9 s, against 11.6 s + 9.8 s token-major and
+            # 11.2 s + 11.6 s with ``weight.T @ g``, bench/RESULTS.md "lora"); the logits
             # become exp(logits - max) and then the gradient in place (torch.logsumexp and
             # torch.softmax would each allocate another)
             g = None  # the previous chunk's buffer goes before the next one is allocated
+            pad = -c % 16
+            if pad:
+                # a product with a column count that is not a multiple of 16 runs ~30 % slower
+                # (MKL sgemm, [128256, 2048] x [2048, 1004]: 83 against 112 GFLOP/s at 1024 on a
+                # 2-core AVX2 machine): zero rows make it up and their columns are never read
+                h = torch.cat([h, h.new_zeros(pad, h.shape[1])])
             g = (weight @ h.t()).to(acc)
+            if pad:
+                g = g[:, :c]
             picked = g.gather(0, y[None, :]).squeeze(0)
             m = g.amax(dim=0, keepdim=True)
             g.sub_(m).exp_()
@@ -99,10 +108,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g[y, torch.arange(c, device=g.device)] -= 1.0
             g /= n
             if need_h:
-                # [H, chunk] = weight.T @ g, written transposed into the chunk's rows
-                grad_h[s : s + chunk_size].copy_((wt @ g.to(weight.dtype)).t())
+                # [chunk, H] = g.T @ weight, written straight into the chunk's rows
+                torch.mm(g.to(weight.dtype).t(), weight, out=grad_h[s : s + chunk_size])
             if grad_w is not None:
-                grad_w += g @ h.to(acc)
+                grad_w += g @ h[:c].to(acc)
         ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
         ctx.weight_grad = grad_w is not None
         ctx.weight_dtype = weight.dtype

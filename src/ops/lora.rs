@@ -125,34 +125,54 @@ pub fn lora_linear(
 }
 
 impl LoraLinear {
+    /// The base product, then the branch added into it in place: `y += (dropout(x) A^T) *
+    /// scaling @ B^T` as one `addmm_` on the 2-D base output. The dropout's `1 / (1 - p)` and
+    /// `scaling` multiply the `[tokens, r]` product instead of the `[tokens, in]` input and the
+    /// `[tokens, out]` branch, so the forward allocates no full-width temporaries beyond the
+    /// masked input autograd keeps, and the backward none for the scalings (PEFT's order of the
+    /// same products: equal up to float rounding). Safe for autograd: neither `mm` nor `addmm`
+    /// saves its output.
     fn compute(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.f_linear(&self.weight, self.bias.as_ref())?;
-        match &self.lora {
-            None => Ok(y),
-            Some(l) => {
-                let xd = if l.dropout > 0.0 && train {
-                    dropout_saving_mask(x, l.dropout)?
-                } else {
-                    x.shallow_clone()
-                };
-                let low = xd
-                    .f_linear::<Tensor>(&l.a, None)?
-                    .f_linear::<Tensor>(&l.b, None)?;
-                Ok(y.f_add(&low.f_mul_scalar(l.scaling)?)?)
-            }
+        let Some(l) = &self.lora else {
+            return Ok(x.f_linear(&self.weight, self.bias.as_ref())?);
+        };
+        let mut shape = x.size();
+        let last = shape.len() - 1;
+        let x2 = x.f_reshape([-1, shape[last]])?;
+        let y = x2.f_linear(&self.weight, self.bias.as_ref())?;
+        let (xd, factor) = if l.dropout > 0.0 && train {
+            dropout_mask(&x2, l.dropout)?
+        } else {
+            (x2, 1.0)
+        };
+        let mut low = xd
+            .f_linear::<Tensor>(&l.a, None)?
+            .f_mul_scalar(l.scaling * factor)?;
+        let mut b = l.b.shallow_clone();
+        // under autocast the two products may come out in another dtype than B
+        let kind = y.f_kind()?;
+        if low.f_kind()? != kind {
+            low = low.f_to_kind(kind)?;
         }
+        if b.f_kind()? != kind {
+            b = b.f_to_kind(kind)?;
+        }
+        let mut y = y;
+        y.f_addmm_(&low, &b.f_tr()?)?;
+        shape[last] = self.weight.size()[0];
+        Ok(y.f_view(shape.as_slice())?)
     }
 }
 
-/// Inverted dropout `x * mask / (1 - p)` as libtorch's CPU `dropout` computes it (the same
-/// `bernoulli_(1 - p)` draw on a tensor like `x`, so the same random stream and mask, and the
-/// same float `1 / (1 - p)` factor), but what autograd saves for the backward of `x` is the
-/// mask as a bool tensor (1 byte per element) instead of the float noise tensor (4 or 8 bytes):
-/// `mul(x, bool mask)` saves its bool operand, `mul_scalar` saves nothing. `p` in `(0, 1)`;
-/// `p == 1` gives zeros, as `dropout`.
-fn dropout_saving_mask(x: &Tensor, p: f64) -> Result<Tensor> {
+/// Inverted dropout split in two: `(x * mask, 1 / (1 - p))`, whose product is libtorch's CPU
+/// `dropout(x, p)` (the same `bernoulli_(1 - p)` draw on a tensor like `x`, so the same random
+/// stream and mask, and the same float `1 / (1 - p)` factor); the caller applies the factor to
+/// a smaller product. What autograd saves for the backward of `x` is the mask as a bool tensor
+/// (1 byte per element) instead of the float noise tensor (4 or 8 bytes): `mul(x, bool mask)`
+/// saves its bool operand. `p` in `(0, 1)`; `p == 1` gives zeros, as `dropout`.
+fn dropout_mask(x: &Tensor, p: f64) -> Result<(Tensor, f64)> {
     if p >= 1.0 {
-        return Ok(x.f_mul_scalar(0.0)?);
+        return Ok((x.f_mul_scalar(0.0)?, 1.0));
     }
     let mask = {
         let _g = tch::no_grad_guard();
@@ -163,7 +183,7 @@ fn dropout_saving_mask(x: &Tensor, p: f64) -> Result<Tensor> {
         tch::Kind::Double => 1.0 / (1.0 - p),
         _ => f64::from(1.0f32 / ((1.0 - p) as f32)),
     };
-    Ok(x.f_mul(&mask)?.f_mul_scalar(scale)?)
+    Ok((x.f_mul(&mask)?, scale))
 }
 
 #[cfg(test)]
@@ -200,7 +220,8 @@ mod tests {
             tch::manual_seed(7);
             let expected = x.dropout(0.3, true);
             tch::manual_seed(7);
-            let got = dropout_saving_mask(&x, 0.3)?;
+            let (masked, scale) = dropout_mask(&x, 0.3)?;
+            let got = masked.f_mul_scalar(scale)?;
             let diff = f64::try_from((got - expected).abs().max())?;
             assert_eq!(diff, 0.0, "{kind:?}");
         }
