@@ -103,10 +103,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += (lse - picked).sum()
             if not need_h and grad_w is None:
                 continue
-            # d(sum of losses)/d logits = softmax - onehot, scaled to the mean
-            g.div_(s_exp)
-            g[y, torch.arange(c, device=g.device)] -= 1.0
-            g /= n
+            # d(mean loss)/d logits = (softmax - onehot) / n, as softmax / n - onehot / n (one
+            # pass over the buffer fewer)
+            g.div_(s_exp * n)
+            g[y, torch.arange(c, device=g.device)] -= 1.0 / n
             if need_h:
                 # [chunk, H] = g.T @ weight, written straight into the chunk's rows
                 torch.mm(g.to(weight.dtype).t(), weight, out=grad_h[s : s + chunk_size])

@@ -168,13 +168,13 @@ impl LoraLinear {
 /// `dropout(x, p)` (the same `bernoulli_(1 - p)` draw on a tensor like `x`, so the same random
 /// stream and mask, and the same float `1 / (1 - p)` factor); the caller applies the factor to
 /// a smaller product. What autograd saves for the backward of `x` is the mask as a bool tensor
-/// (1 byte per element) instead of the float noise tensor (4 or 8 bytes): `mul(x, bool mask)`
-/// saves its bool operand. `p` in `(0, 1)`; `p == 1` gives zeros, as `dropout`.
+/// (1 byte per element) instead of the float noise tensor (4 or 8 bytes): `where` saves only
+/// its bool condition. `p` in `(0, 1)`; `p == 1` gives zeros, as `dropout`.
 fn dropout_mask(x: &Tensor, p: f64) -> Result<(Tensor, f64)> {
     if p >= 1.0 {
         return Ok((x.f_mul_scalar(0.0)?, 1.0));
     }
-    let mask = {
+    let kept = {
         let _g = tch::no_grad_guard();
         x.f_empty_like()?.f_bernoulli_float_(1.0 - p)?.f_ne(0.0)?
     };
@@ -183,7 +183,11 @@ fn dropout_mask(x: &Tensor, p: f64) -> Result<(Tensor, f64)> {
         tch::Kind::Double => 1.0 / (1.0 - p),
         _ => f64::from(1.0f32 / ((1.0 - p) as f32)),
     };
-    Ok((x.f_mul(&mask)?, scale))
+    // `where` reads the bool mask as it is, in one pass (`x * mask` first copies the mask to a
+    // float tensor, in the forward and again in the backward; `masked_fill` clones `x` and then
+    // fills); zeros come out as +0 where `x * 0` gives -0 for negative x, equal under `==` and
+    // in every sum they enter
+    Ok((x.f_where_scalarother(&kept, 0.0)?, scale))
 }
 
 #[cfg(test)]
