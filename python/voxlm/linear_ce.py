@@ -22,11 +22,12 @@ import torch
 
 from .exceptions import ConfigError, ShapeError
 
-#: logits elements per chunk when the chunk size is "auto" (512 MB of float32 logits): 1024 tokens
-#: at LLaMA-3's vocabulary, where the chunks' two GEMMs took 21.1 s against 24.3 s at 512 tokens
-#: and 21.5 s for transformers' two full-logits GEMMs (2,044 tokens, 2 cores, bench/RESULTS.md
-#: "lora"), for 262 MB more peak memory
-AUTO_CHUNK_ELEMENTS = 1 << 27
+#: logits elements per chunk when the chunk size is "auto" (256 MB of float32 logits): 512 tokens
+#: at LLaMA-3's vocabulary. With every chunk padded to a multiple of 16 columns (below) the two
+#: GEMMs cost 9.39 s per 1000 tokens at 512 tokens per chunk, 9.65 s at 768 and 9.13 s at 1040
+#: (2 cores, AVX2, MKL, bench/RESULTS.md "lora"): 3 % more time than 1040-token chunks for
+#: 267 MB less peak memory
+AUTO_CHUNK_ELEMENTS = 1 << 26
 
 
 #: vocabularies at least this large get the chunked loss from recipes by default (LLaMA-3's
@@ -51,7 +52,7 @@ def recipe_chunk_size(setting: int | str | None, vocab_size: int) -> int | str |
 
 
 def auto_chunk_size(vocab_size: int) -> int:
-    """Tokens per chunk so that one chunk's float32 logits stay near 512 MB (1024 tokens at
+    """Tokens per chunk so that one chunk's float32 logits stay near 256 MB (512 tokens at
     LLaMA-3's 128,256 vocabulary), a multiple of 16 between 16 and 4096."""
     return max(16, min(4096, AUTO_CHUNK_ELEMENTS // max(1, vocab_size)) // 16 * 16)
 
@@ -80,10 +81,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             c = y.shape[0]
             # one [V, chunk] buffer per chunk, vocabulary-major: ``weight @ h.T`` lets the GEMM
             # stream the [V, H] weight as its tall, untransposed operand, and the gradient's
-            # ``g.T @ weight`` writes [chunk, H] rows in place (at 1024 tokens per chunk on a
-            # 2-core AVX2 machine: 11.2 s + 9.9 s, against 11.6 s + 9.8 s token-major and
-            # 11.2 s + 11.6 s with ``weight.T @ g``, bench/RESULTS.md "lora"); the logits
-            # become exp(logits - max) and then the gradient in place (torch.logsumexp and
+            # ``g.T @ weight`` writes [chunk, H] rows in place (at 1040 tokens per chunk on a
+            # 2-core AVX2 machine: 4.6 s + 5.3 s, against 5.8 s + 4.7 s token-major, and
+            # ``weight.T @ g`` was slower still, bench/RESULTS.md "lora"); the logits become
+            # exp(logits - max) and then the gradient in place (torch.logsumexp and
             # torch.softmax would each allocate another)
             g = None  # the previous chunk's buffer goes before the next one is allocated
             pad = -c % 16

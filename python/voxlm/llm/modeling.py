@@ -345,7 +345,7 @@ class LlamaForCausalLM(RustBound):
         loss_chunk_size: with ``labels``, compute the loss from the final hidden states in
             chunks of this many tokens without materialising the ``[B, T, V]`` logits
             (:func:`voxlm.linear_ce.linear_cross_entropy`; gradients equal the unchunked loss);
-            ``logits`` is then None. ``"auto"`` sizes chunks to ~512 MB of logits. Default:
+            ``logits`` is then None. ``"auto"`` sizes chunks to ~256 MB of logits. Default:
             ``self.loss_chunk_size`` (None: full logits, as transformers).
 
         The first training-mode call with gradients fixes glibc's malloc thresholds for the
