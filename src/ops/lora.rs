@@ -137,7 +137,11 @@ impl LoraLinear {
             return Ok(x.f_linear(&self.weight, self.bias.as_ref())?);
         };
         let mut shape = x.size();
-        let last = shape.len() - 1;
+        let Some(last) = shape.len().checked_sub(1) else {
+            return Err(Error::shape(
+                "x: expected shape [..., in_features], got a 0-d tensor",
+            ));
+        };
         let x2 = x.f_reshape([-1, shape[last]])?;
         let y = x2.f_linear(&self.weight, self.bias.as_ref())?;
         let (xd, factor) = if l.dropout > 0.0 && train {
