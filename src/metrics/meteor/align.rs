@@ -705,11 +705,9 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
         if all_fit {
             insertion_sort(&mut keys);
         } else {
-            if beam.len() > BEAM_SIZE {
-                beam.select_nth_unstable(BEAM_SIZE - 1);
-                beam.truncate(BEAM_SIZE);
-            }
+            // (keys are distinct: the sorted list's first BEAM_SIZE are the best, in order)
             beam.sort_unstable();
+            beam.truncate(BEAM_SIZE);
             std::mem::swap(&mut keys, &mut beam);
         }
         new_bits.clear();
