@@ -10,6 +10,9 @@ use super::stem::stem;
 
 /// `Constants.DEFAULT_BEAM_SIZE`.
 pub const BEAM_SIZE: usize = 40;
+/// [`resolve_fast`] stores up to this many candidate keys of a step before it selects the
+/// `BEAM_SIZE` best of them.
+const BEAM_CAP: usize = 2 * BEAM_SIZE;
 /// Modules for English: exact, stem, synonym, paraphrase.
 pub const MODULES: usize = 4;
 /// `MeteorScorer.loadConfiguration`'s `setWeights` given to the aligner (1.0, 0.5, 0.5, 0.5).
@@ -506,6 +509,7 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
     }
     let mut new_bits: Vec<u64> = Vec::new();
     let mut nodes: Vec<(u32, u32)> = Vec::new();
+    let mut next: Vec<Fp> = Vec::with_capacity(BEAM_SIZE);
     let mut kept = vec![Fp {
         score: 0,
         chunks: 0,
@@ -516,11 +520,12 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
     }];
     let mut cands: Vec<Cand> = Vec::new();
     // the candidates' `PARTIAL_COMPARE_TOTAL`-then-list-order keys (smaller sorts first; the
-    // low 32 bits are the index in `cands`): the beam's BEAM_SIZE best so far, kept sorted
-    // (ascending, the worst last), so that the step's survivors need no sort. A candidate that
-    // sorts after the worst of BEAM_SIZE kept ones is never kept: it is not stored (indices
-    // stay in list order, so the order among stored ones is the jar's).
-    let mut beam: Vec<u128> = Vec::with_capacity(BEAM_SIZE + 1);
+    // low 32 bits are the index in `cands`; keys are distinct, so the BEAM_SIZE best and their
+    // order are unique): stored unordered, cut to the BEAM_SIZE best whenever BEAM_CAP are
+    // stored and at the step's end, then sorted. A candidate that sorts after the worst of
+    // BEAM_SIZE stored ones is never kept: it is not stored (indices stay in list order, so
+    // the order among stored ones is the jar's).
+    let mut beam: Vec<u128> = Vec::with_capacity(BEAM_CAP);
     let mut keys: Vec<u128> = Vec::new();
     let mut best: Option<(u128, Cand)> = None;
     for current in 0..=n2 {
@@ -555,19 +560,22 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
                 } else if all_fit {
                     keys.push(key);
                     cands.push(c);
-                } else if beam.len() < BEAM_SIZE || beam.last().is_some_and(|&t| key < t) {
-                    // insert in order (new keys mostly sort near the end: scan from there)
-                    let mut at = beam.len();
-                    while at > 0 && beam[at - 1] > key {
-                        at -= 1;
-                    }
-                    beam.insert(at, key);
-                    beam.truncate(BEAM_SIZE);
-                    if beam.len() == BEAM_SIZE {
-                        worst_key = beam.last().copied().unwrap_or(u128::MAX);
+                } else if key < worst_key {
+                    // unordered; the BEAM_SIZE best are selected when BEAM_CAP are stored
+                    // (and at the step's end), so `worst_key` is the BEAM_SIZE-th best key
+                    // of the step's candidates up to the last selection: at least as large
+                    // as the beam's final worst, so what it rejects is never kept
+                    beam.push(key);
+                    cands.push(c);
+                    if beam.len() == BEAM_SIZE && worst_key == u128::MAX {
+                        worst_key = beam.iter().copied().max().unwrap_or(u128::MAX);
+                        worst_score = i32::MAX - (worst_key >> 96) as i32;
+                    } else if beam.len() == BEAM_CAP {
+                        beam.select_nth_unstable(BEAM_SIZE - 1);
+                        beam.truncate(BEAM_SIZE);
+                        worst_key = beam[BEAM_SIZE - 1];
                         worst_score = i32::MAX - (worst_key >> 96) as i32;
                     }
-                    cands.push(c);
                 }
             }};
         }
@@ -697,10 +705,13 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
         if all_fit {
             insertion_sort(&mut keys);
         } else {
+            // (keys are distinct: the sorted list's first BEAM_SIZE are the best, in order)
+            beam.sort_unstable();
+            beam.truncate(BEAM_SIZE);
             std::mem::swap(&mut keys, &mut beam);
         }
         new_bits.clear();
-        let mut next = Vec::with_capacity(keys.len());
+        next.clear();
         for &key in &keys {
             let c = &cands[key as u32 as usize];
             let p = c.parent as usize;
@@ -721,7 +732,7 @@ fn resolve_fast(s: &Stage, init: &[u32], init_used1: &[bool], init_used2: &[bool
             next.push(fp);
         }
         std::mem::swap(&mut bits, &mut new_bits);
-        kept = next;
+        std::mem::swap(&mut kept, &mut next);
     }
     let Some((_, best)) = best else {
         return vec![NONE; n2];
@@ -929,45 +940,40 @@ fn paraphrase_matches(st: &mut Stage, module: usize, a: &Side, b: &Side, res: &R
 /// inner), identical words left to the exact matcher.
 #[inline(never)]
 fn synonym_matches(st: &mut Stage, module: usize, a: &Side, b: &Side) {
-    // pairs sharing a synset: a merge of both sides' (synset, position) lists;
-    // added in the jar's order (j outer, i inner)
-    // (synset << 32 | position), sorted
-    let list = |syn: &[&[u32]]| {
-        let mut v: Vec<u64> = syn
-            .iter()
-            .enumerate()
-            .flat_map(|(p, sets)| sets.iter().map(move |&x| ((x as u64) << 32) | p as u64))
-            .collect();
-        v.sort_unstable();
-        v
-    };
-    let (la, lb) = (list(&a.syn), list(&b.syn));
-    // the pairs (j << 32 | i), sorted and deduplicated: j outer, i inner
-    let mut hits: Vec<u64> = Vec::new();
-    let (mut x, mut y) = (0, 0);
-    while x < la.len() && y < lb.len() {
-        let (sa, sb) = (la[x] >> 32, lb[y] >> 32);
-        if sa < sb {
-            x += 1;
-        } else if sb < sa {
-            y += 1;
-        } else {
-            let xe = x + la[x..].partition_point(|&e| e >> 32 == sa);
-            let ye = y + lb[y..].partition_point(|&e| e >> 32 == sb);
-            for &ea in &la[x..xe] {
-                for &eb in &lb[y..ye] {
-                    hits.push((eb << 32) | (ea & 0xffff_ffff));
+    // line1's (synset << 32 | position), sorted: the positions holding each synset
+    let mut la: Vec<u64> = a
+        .syn
+        .iter()
+        .enumerate()
+        .flat_map(|(p, sets)| sets.iter().map(move |&x| ((x as u64) << 32) | p as u64))
+        .collect();
+    la.sort_unstable();
+    // per line2 word j (ascending), the line1 positions sharing one of its synsets as a bitset,
+    // read ascending: the pairs in the jar's order (j outer, i inner), each once
+    let mut mark = vec![0u64; a.len().div_ceil(64)];
+    for (j, sets) in b.syn.iter().enumerate() {
+        let mut any = false;
+        for &x in sets.iter() {
+            let x = x as u64;
+            let lo = la.partition_point(|&e| e >> 32 < x);
+            for &e in la[lo..].iter().take_while(|&&e| e >> 32 == x) {
+                let i = (e & 0xffff_ffff) as usize;
+                mark[i >> 6] |= 1 << (i & 63);
+                any = true;
+            }
+        }
+        if !any {
+            continue;
+        }
+        for (wi, word) in mark.iter_mut().enumerate() {
+            let mut m = std::mem::take(word);
+            while m != 0 {
+                let i = wi * 64 + m.trailing_zeros() as usize;
+                m &= m - 1;
+                if a.hashes[i] != b.hashes[j] {
+                    st.add(one(j, i, module));
                 }
             }
-            (x, y) = (xe, ye);
-        }
-    }
-    hits.sort_unstable();
-    hits.dedup();
-    for &h in &hits {
-        let (j, i) = ((h >> 32) as usize, (h & 0xffff_ffff) as usize);
-        if a.hashes[i] != b.hashes[j] {
-            st.add(one(j, i, module));
         }
     }
 }
@@ -1102,6 +1108,80 @@ pub fn align(a: &Side, b: &Side, res: &Resources) -> Alignment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The synonym matcher's earlier form (a merge of both sides' sorted (synset, position)
+    /// lists into sorted, deduplicated (j, i) pairs), the reference for `synonym_matches`.
+    fn synonym_matches_merge(st: &mut Stage, module: usize, a: &Side, b: &Side) {
+        let list = |syn: &[&[u32]]| {
+            let mut v: Vec<u64> = syn
+                .iter()
+                .enumerate()
+                .flat_map(|(p, sets)| sets.iter().map(move |&x| ((x as u64) << 32) | p as u64))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let (la, lb) = (list(&a.syn), list(&b.syn));
+        let mut hits: Vec<u64> = Vec::new();
+        for &ea in &la {
+            for &eb in &lb {
+                if ea >> 32 == eb >> 32 {
+                    hits.push((eb << 32) | (ea & 0xffff_ffff));
+                }
+            }
+        }
+        hits.sort_unstable();
+        hits.dedup();
+        for &h in &hits {
+            let (j, i) = ((h >> 32) as usize, (h & 0xffff_ffff) as usize);
+            if a.hashes[i] != b.hashes[j] {
+                st.add(one(j, i, module));
+            }
+        }
+    }
+
+    #[test]
+    fn synonym_matches_equal_merge() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((seed >> 33) as usize) % n.max(1)
+        };
+        for case in 0..300 {
+            let (n1, n2) = (rnd(150), rnd(150));
+            let range = 1 + rnd(if case % 3 == 0 { 20 } else { 400 });
+            let mut sets = |n: usize| -> Vec<Vec<u32>> {
+                (0..n)
+                    .map(|_| {
+                        let mut v: Vec<u32> = (0..rnd(8)).map(|_| rnd(range) as u32).collect();
+                        v.sort_unstable();
+                        v.dedup();
+                        v
+                    })
+                    .collect()
+            };
+            let (s1, s2) = (sets(n1), sets(n2));
+            fn side(sets: &[Vec<u32>], hashes: Vec<i32>) -> Side<'_> {
+                Side {
+                    hashes,
+                    stem_hashes: Vec::new(),
+                    syn: sets.iter().map(|v| v.as_slice()).collect(),
+                    para: Vec::new(),
+                    para_root: Vec::new(),
+                    function: Vec::new(),
+                }
+            }
+            let h1: Vec<i32> = (0..n1).map(|_| rnd(30) as i32).collect();
+            let h2: Vec<i32> = (0..n2).map(|_| rnd(30) as i32).collect();
+            let (a, b) = (side(&s1, h1), side(&s2, h2));
+            let (mut x, mut y) = (Stage::new(n1, n2), Stage::new(n1, n2));
+            synonym_matches(&mut x, 2, &a, &b);
+            synonym_matches_merge(&mut y, 2, &a, &b);
+            assert_eq!(x.all, y.all, "case {case}");
+        }
+    }
 
     /// `resolve_fast` against `resolve` (the transcription of the jar's search) on random
     /// stages: one-word matches of all four modules and multi-word (paraphrase) matches, dense

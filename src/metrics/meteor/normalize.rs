@@ -58,7 +58,8 @@ fn replace_lit(s: &[char], from: &str, to: &str) -> Vec<char> {
 
 fn contains(s: &[char], pat: &str) -> bool {
     let p: Vec<char> = pat.chars().collect();
-    s.windows(p.len()).any(|w| w == &p[..])
+    // compare whole windows only where the first character matches
+    s.windows(p.len()).any(|w| w[0] == p[0] && w == &p[..])
 }
 
 /// `Pattern.compile("([A])[x]([B])").matcher(s).replaceAll(rep(a, b))` for one-char classes.
