@@ -186,3 +186,26 @@ def test_llama_lora_dropout_vs_peft_same_masks(tmp_path, chunk):
     with torch.no_grad():
         other = m(input_ids=ids, labels=labels, loss_chunk_size=chunk).loss
     assert abs(other.item() - r.loss.item()) > 1e-5
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_bf16_and_autocast_chunks(autocast):
+    """bfloat16 hidden states and weight, or float32 ones under CPU bf16 autocast (the
+    gradient's rows are then copied in, not written with out=): the loss is the float32 loss of
+    the same bfloat16-rounded products up to bf16 rounding, and the gradient has the hidden
+    states' dtype and shape."""
+    torch.manual_seed(0)
+    w = torch.randn(50, 8)
+    dtype = torch.float32 if autocast else torch.bfloat16
+    h = torch.randn(2, 5, 8, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, 50, (2, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = linear_cross_entropy(h, w.to(dtype), y, chunk_size=3)
+    loss.backward()
+    hb, wb = h.detach().bfloat16().float(), w.bfloat16().float()
+    ref = torch.nn.functional.cross_entropy(
+        (hb[:, :-1] @ wb.t()).reshape(-1, 50), y[:, 1:].reshape(-1)
+    )
+    assert abs(loss.item() - ref.item()) < 2e-2
+    assert h.grad.dtype == dtype and h.grad.shape == h.shape
+    assert torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0

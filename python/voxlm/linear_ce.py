@@ -109,8 +109,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g.div_(s_exp * n)
             g[y, torch.arange(c, device=g.device)] -= 1.0 / n
             if need_h:
-                # [chunk, H] = g.T @ weight, written straight into the chunk's rows
-                torch.mm(g.to(weight.dtype).t(), weight, out=grad_h[s : s + chunk_size])
+                # [chunk, H] = g.T @ weight, written straight into the chunk's rows (out= has no
+                # dtype casting and no autocast: otherwise the product is copied in)
+                gt, rows = g.to(weight.dtype).t(), grad_h[s : s + chunk_size]
+                if rows.dtype == weight.dtype and not torch.is_autocast_enabled(rows.device.type):
+                    torch.mm(gt, weight, out=rows)
+                else:
+                    rows.copy_(gt @ weight)
             if grad_w is not None:
                 grad_w += g @ h[:c].to(acc)
         ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
