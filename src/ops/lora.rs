@@ -162,7 +162,7 @@ impl LoraLinear {
             b = b.f_to_kind(kind)?;
         }
         let mut y = y;
-        y.f_addmm_(&low, &b.f_tr()?)?;
+        let y = y.f_addmm_(&low, &b.f_tr()?)?;
         shape[last] = self.weight.size()[0];
         Ok(y.f_view(shape.as_slice())?)
     }
