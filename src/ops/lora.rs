@@ -143,7 +143,7 @@ impl LoraLinear {
             ));
         };
         let x2 = x.f_reshape([-1, shape[last]])?;
-        let y = x2.f_linear(&self.weight, self.bias.as_ref())?;
+        let mut y = x2.f_linear(&self.weight, self.bias.as_ref())?;
         let (xd, factor) = if l.dropout > 0.0 && train {
             dropout_mask(&x2, l.dropout)?
         } else {
@@ -161,7 +161,6 @@ impl LoraLinear {
         if b.f_kind()? != kind {
             b = b.f_to_kind(kind)?;
         }
-        let mut y = y;
         let y = y.f_addmm_(&low, &b.f_tr()?)?;
         shape[last] = self.weight.size()[0];
         Ok(y.f_view(shape.as_slice())?)

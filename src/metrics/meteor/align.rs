@@ -1140,15 +1140,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn synonym_matches_equal_merge() {
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut rnd = |n: usize| {
+    /// A seeded linear congruential generator: `rnd(n)` in `0..n` (0 for n = 0).
+    fn lcg(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
             seed = seed
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
             ((seed >> 33) as usize) % n.max(1)
-        };
+        }
+    }
+
+    #[test]
+    fn synonym_matches_equal_merge() {
+        let mut rnd = lcg(0x2545_f491_4f6c_dd1d);
         for case in 0..300 {
             let (n1, n2) = (rnd(150), rnd(150));
             let range = 1 + rnd(if case % 3 == 0 { 20 } else { 400 });
@@ -1188,13 +1192,7 @@ mod tests {
     /// enough that the beam of 40 overflows, and sparse steps where every candidate fits.
     #[test]
     fn fast_search_equals_transcribed_search() {
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut rnd = |n: usize| {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((seed >> 33) as usize) % n.max(1)
-        };
+        let mut rnd = lcg(0x9e37_79b9_7f4a_7c15);
         for case in 0..600 {
             let (n1, n2) = (1 + rnd(40), 1 + rnd(40));
             let mut st = Stage::new(n1, n2);
