@@ -18,6 +18,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::cache::KvCache;
 use super::cpu_kernels::{add_in_place, attn_kernels, dot, gemv_cat, Offsets, Part, MASKED};
+use super::expf::{exp_shifted, silu_mul};
 use super::model::Llama;
 use crate::error::{Error, Result};
 use crate::ops::LoraLinear;
@@ -315,9 +316,7 @@ impl StepJob<'_> {
             let i = d.intermediate;
             for r in 0..b {
                 let (g, u) = gu[r * 2 * i..(r + 1) * 2 * i].split_at(i);
-                for ((a, &g), &u) in act[r * i..(r + 1) * i].iter_mut().zip(g).zip(u) {
-                    *a = g / (1.0 + (-g).exp()) * u;
-                }
+                silu_mul(g, u, &mut act[r * i..(r + 1) * i]);
             }
             gemv_cat(&[parts(&layer.down)], &act, b, &mut tmp_h);
             add_in_place(&mut x, &tmp_h);
@@ -376,20 +375,27 @@ impl StepJob<'_> {
                 let o = (r0 + j) * qkv_w + (g * heads + h) * hd;
                 &qkv[o..o + hd]
             };
-            let mut p = vec![0f32; len];
+            // every query's scores, then their softmax weights (exp vectorised, each sum over
+            // the positions in order, the queries' sums interleaved), then the weighted values
+            let mut p = vec![0f32; nq * len];
+            for j in 0..share {
+                let offs = offs.sub((g * b + r0 + j) * len, len);
+                for h in 0..heads {
+                    let qi = j * heads + h;
+                    let pq = &mut p[qi * len..(qi + 1) * len];
+                    (kern.scores)(q(j, h), kc, offs, scale, pq);
+                    let max = pq.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    exp_shifted(pq, max);
+                }
+            }
+            let sums = ordered_sums(&p, len);
             let mut o = vec![0f32; nq * hd];
             for j in 0..share {
                 let offs = offs.sub((g * b + r0 + j) * len, len);
                 for h in 0..heads {
-                    (kern.scores)(q(j, h), kc, offs, scale, &mut p);
-                    let max = p.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    let mut sum = 0f32;
-                    for v in p.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v;
-                    }
                     let qi = j * heads + h;
-                    (kern.pv)(&p, sum, vc, offs, &mut o[qi * hd..(qi + 1) * hd]);
+                    let pq = &p[qi * len..(qi + 1) * len];
+                    (kern.pv)(pq, sums[qi], vc, offs, &mut o[qi * hd..(qi + 1) * hd]);
                 }
             }
             o
@@ -408,6 +414,29 @@ impl StepJob<'_> {
             }
         }
     }
+}
+
+/// The sum of each `len`-long row of `p`, each added up position by position in order (as a
+/// sequential loop does: the same float32 value), eight rows at a time so that their additions
+/// overlap instead of waiting on each other.
+fn ordered_sums(p: &[f32], len: usize) -> Vec<f32> {
+    let rows = if len == 0 { 0 } else { p.len() / len };
+    let mut sums = vec![0f32; rows];
+    let mut r0 = 0;
+    while r0 + 8 <= rows {
+        let mut s = [0f32; 8];
+        for l in 0..len {
+            for (k, acc) in s.iter_mut().enumerate() {
+                *acc += p[(r0 + k) * len + l];
+            }
+        }
+        sums[r0..r0 + 8].copy_from_slice(&s);
+        r0 += 8;
+    }
+    for (r, sum) in sums.iter_mut().enumerate().skip(r0) {
+        *sum = p[r * len..(r + 1) * len].iter().fold(0f32, |a, &v| a + v);
+    }
+    sums
 }
 
 fn parts(l: &Linear) -> Part<'_> {

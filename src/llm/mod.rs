@@ -6,6 +6,7 @@ pub mod cache;
 pub mod config;
 mod cpu_kernels;
 pub mod decode_cpu;
+mod expf;
 pub mod generate;
 pub mod model;
 pub mod rope;
