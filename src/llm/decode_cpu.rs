@@ -420,7 +420,7 @@ impl StepJob<'_> {
 /// sequential loop does: the same float32 value), eight rows at a time so that their additions
 /// overlap instead of waiting on each other.
 fn ordered_sums(p: &[f32], len: usize) -> Vec<f32> {
-    let rows = if len == 0 { 0 } else { p.len() / len };
+    let rows = p.len().checked_div(len).unwrap_or(0);
     let mut sums = vec![0f32; rows];
     let mut r0 = 0;
     while r0 + 8 <= rows {
@@ -541,6 +541,33 @@ mod tests {
     #[test]
     fn step_with_lora_matches_libtorch_forward() -> Result<()> {
         check_step(true)
+    }
+
+    /// Interleaved row sums equal each row's sequential sum bit for bit (8-row blocks and the
+    /// rest), values of mixed magnitude so that the order of additions shows.
+    #[test]
+    fn ordered_sums_equal_sequential_sums() {
+        for (rows, len) in [
+            (0usize, 5usize),
+            (3, 0),
+            (1, 7),
+            (8, 33),
+            (13, 384),
+            (16, 1),
+        ] {
+            let p: Vec<f32> = (0..rows * len)
+                .map(|i| ((i * 7919 % 61) as f32 * 0.37).exp2() * 1e-3)
+                .collect();
+            let got = ordered_sums(&p, len);
+            assert_eq!(got.len(), if len == 0 { 0 } else { rows });
+            for (r, g) in got.iter().enumerate() {
+                let mut want = 0f32;
+                for &v in &p[r * len..(r + 1) * len] {
+                    want += v;
+                }
+                assert_eq!(g.to_bits(), want.to_bits(), "{rows} x {len}, row {r}");
+            }
+        }
     }
 
     /// Beam search's cache on the fused step (prompt stored once per row, beams pointing at it
