@@ -31,21 +31,41 @@ impl<'a> Part<'a> {
     }
 }
 
+thread_local! {
+    /// `gemv_cat`'s `[out, B]` products, reused from call to call on each thread.
+    static YT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `y [B, out] = x [B, in] @ cat(w_0, w_1, ..)^T + cat(bias_0, ..)` plus each part's LoRA
 /// branch: the stacked rows of the parts (weights `[out_i, in]`) split over the pool when large.
 pub(super) fn gemv_cat(parts: &[Part<'_>], x: &[f32], b: usize, y: &mut [f32]) {
     if b == 1 {
         gemv_rows(parts, x, 1, y);
     } else {
-        // several inputs: compute [out, B] by weight row, then transpose into [B, out]
-        let mut yt = vec![0f32; y.len()];
-        gemv_rows(parts, x, b, &mut yt);
-        let out = y.len() / b;
-        for (o, yr) in yt.chunks_exact(b).enumerate() {
-            for (r, &v) in yr.iter().enumerate() {
-                y[r * out + o] = v;
+        // several inputs: compute [out, B] by weight row, then transpose into [B, out]; the
+        // [out, B] buffer is kept per thread (the LM head's is megabytes: allocated and freed at
+        // every step, glibc returned it to the kernel and the next step faulted it in again,
+        // ~500 page faults per step at vocab 32,000 and 16 rows). Every element is written by
+        // `gemv_rows` before it is read.
+        // (A thread waiting inside a parallel product may run another caller's step, whose
+        // products then find the buffer taken and use their own.)
+        let mut run = |yt: &mut Vec<f32>| {
+            if yt.len() < y.len() {
+                yt.resize(y.len(), 0.0);
             }
-        }
+            let yt = &mut yt[..y.len()];
+            gemv_rows(parts, x, b, yt);
+            let out = y.len() / b;
+            for (o, yr) in yt.chunks_exact(b).enumerate() {
+                for (r, &v) in yr.iter().enumerate() {
+                    y[r * out + o] = v;
+                }
+            }
+        };
+        YT.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut yt) => run(&mut yt),
+            Err(_) => run(&mut Vec::new()),
+        });
     }
     let (inp, total) = (x.len() / b, y.len() / b);
     let mut off = 0;
