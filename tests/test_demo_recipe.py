@@ -39,3 +39,26 @@ def test_derangement_moves_every_case():
     for n in (2, 3, 10, 37):
         p = derangement(n, seed=n)
         assert sorted(p) == list(range(n)) and all(p[i] != i for i in range(n))
+
+
+def test_the_demo_leaves_torch_threads_as_it_found_them():
+    # train_and_evaluate may set torch's thread count (threads=, or 1 on a loaded machine); the
+    # caller's setting comes back afterwards, also when it raises
+    import pytest
+    import torch
+
+    from voxlm.demo import _restores_torch_threads, train_and_evaluate
+
+    assert hasattr(train_and_evaluate, "__wrapped__")
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+
+    @_restores_torch_threads
+    def sets_then_fails():
+        torch.set_num_threads(want)
+        assert torch.get_num_threads() == want
+        raise ValueError("stop")
+
+    with pytest.raises(ValueError, match="stop"):
+        sets_then_fails()
+    assert torch.get_num_threads() == before

@@ -95,9 +95,13 @@ def test_llama_chunked_loss_equals_full_loss_with_lora(tie):
     assert out.logits is None
     out.loss.backward()
     torch.testing.assert_close(out.loss, full.loss, rtol=1e-6, atol=1e-6)
+    # float32, the same sums in another order (chunks; libtorch's thread count changes the
+    # order too): each element within 1e-5 relative, or 1e-6 of its gradient's largest element
+    # (an embedding row sums terms up to that size; one thread measured 1.5e-7 at max 0.68)
     for n, p in m.named_parameters():
         if p.requires_grad:
-            torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-7, msg=n)
+            scale = float(grads[n].abs().max())
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-6 * scale, msg=n)
 
 
 def test_llama_chunked_loss_vs_transformers_peft(tmp_path):

@@ -44,6 +44,7 @@ with ``eval.json`` / ``predictions.csv``, the data and the trained model.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import pathlib
 import textwrap
@@ -262,6 +263,21 @@ def _round(d: Any, k: int = 4) -> Any:
     return d
 
 
+def _restores_torch_threads(fn: Any) -> Any:
+    """torch's intra-op thread count as it was before ``fn`` (which may set it), afterwards."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
+
+
+@_restores_torch_threads
 def train_and_evaluate(
     out: str | pathlib.Path,
     n: int = 160,
