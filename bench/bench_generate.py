@@ -167,17 +167,17 @@ def run(repeats: int = 3, n_prompts: int = N_PROMPTS, new: int = NEW) -> str:
     lines += [
         "",
         "Goals: evaluation >= 3x transformers with identical tokens; prefill at least "
-        "transformers' speed. voxlm runs each prompt's forward once per row (transformers runs it "
-        "once per beam), then every decode step through its fused float32 CPU step over all "
+        "transformers' speed. voxlm runs each prompt's forward once per row (transformers runs it"
+        " once per beam), then every decode step through its fused float32 CPU step over all "
         "beams of the batch: the beams share the cached prompt through a row table (reordering "
         "beams rewrites the table; transformers gathers the whole cache every step), attention "
-        "reads shared keys from cache for the second beam, scores and weighted value sums run "
-        "as AVX2 + FMA loops, the softmax and SiLU exponentials run eight lanes at a time (the "
-        "C library's expf, bit for bit), and the projections run as register-blocked 4 weight rows x 3 "
-        "rows products that prefetch the next weight rows (reading every weight once per step); "
-        "libtorch's own threads are set to one during the decode loop so its OpenMP workers do "
-        "not spin on the step's cores. GB/s = weight bytes x decode steps / eval time (at 16 "
-        "rows a step is compute bound, not bandwidth bound, so this is far below batch-1 "
+        "reads shared keys from cache for the second beam, scores and weighted value sums run as "
+        "AVX2 + FMA loops, the softmax and SiLU exponentials run eight lanes at a time (the C "
+        "library's expf, bit for bit), and the projections run as register-blocked 4 weight rows "
+        "x 3 rows products that prefetch the next weight rows (reading every weight once per "
+        "step); libtorch's own threads are set to one during the decode loop so its OpenMP "
+        "workers do not spin on the step's cores. GB/s = weight bytes x decode steps / eval time "
+        "(at 16 rows a step is compute bound, not bandwidth bound, so this is far below batch-1 "
         "decode's).",
         "",
     ]
