@@ -5,7 +5,10 @@ the references; the same with the held-out images shuffled must score clearly lo
 
 import json
 
-from voxlm.demo import derangement, run
+import pytest
+import torch
+
+from voxlm.demo import _restores_torch_threads, derangement, run, train_and_evaluate
 
 
 def test_demo_learns_from_the_image(tmp_path):
@@ -44,11 +47,6 @@ def test_derangement_moves_every_case():
 def test_the_demo_leaves_torch_threads_as_it_found_them():
     # train_and_evaluate may set torch's thread count (threads=, or 1 on a loaded machine); the
     # caller's setting comes back afterwards, also when it raises
-    import pytest
-    import torch
-
-    from voxlm.demo import _restores_torch_threads, train_and_evaluate
-
     assert hasattr(train_and_evaluate, "__wrapped__")
     before = torch.get_num_threads()
     want = 1 if before > 1 else 2

@@ -125,6 +125,19 @@ fn gemv_rows(parts: &[Part<'_>], x: &[f32], b: usize, yt: &mut [f32]) {
     }
 }
 
+/// Whether this CPU has AVX2 and FMA (the x86 kernels here and in `expf` need both; std caches
+/// the detection).
+pub(super) fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// `y[o * B + r] = dot(w[o], x[r])` for the rows of `w` (`x` is `[B, in]`).
 type RowsKernel = fn(&[f32], &[f32], usize, &mut [f32]);
 
@@ -132,8 +145,7 @@ pub(super) fn rows_kernel() -> RowsKernel {
     static K: OnceLock<RowsKernel> = OnceLock::new();
     *K.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if avx2_fma() {
             return x86::rows;
         }
         rows_generic
@@ -479,10 +491,7 @@ impl<'a> Offsets<'a> {
 /// The attention kernels for this CPU and head size (AVX2 + FMA when `hd` is a multiple of 8).
 pub(super) fn attn_kernels(hd: usize) -> AttnKernels {
     #[cfg(target_arch = "x86_64")]
-    if hd % 8 == 0
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
+    if hd % 8 == 0 && avx2_fma() {
         return AttnKernels {
             scores: x86::scores,
             pv: x86::pv,

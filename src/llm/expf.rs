@@ -20,29 +20,14 @@
 //! `f32::exp` over a dense sweep of float32 inputs (and, once, all 2^32 of them: identical); where
 //! the C library were another, the test would say so, and the step would agree to within an ulp.
 
-use std::sync::OnceLock;
-
-/// Whether the eight-lane path can run (AVX2 + FMA, the CPUs on which glibc runs `__expf_fma`).
-fn vector() -> bool {
-    static V: OnceLock<bool> = OnceLock::new();
-    *V.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
-}
+// the eight-lane path runs on AVX2 + FMA CPUs: those on which glibc runs `__expf_fma`
+use super::cpu_kernels::avx2_fma;
 
 /// `p[i] = exp(p[i] - shift)`, each value equal to `(p[i] - shift).exp()`.
 pub(super) fn exp_shifted(p: &mut [f32], shift: f32) {
     #[cfg(target_arch = "x86_64")]
-    if vector() {
-        // SAFETY: AVX2 + FMA reported by the CPU (`vector`).
+    if avx2_fma() {
+        // SAFETY: AVX2 + FMA reported by the CPU (`avx2_fma`).
         unsafe { x86::exp_shifted(p, shift) };
         return;
     }
@@ -56,8 +41,8 @@ pub(super) fn exp_shifted(p: &mut [f32], shift: f32) {
 pub(super) fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     assert!(g.len() == out.len() && u.len() == out.len()); // ok: the step slices them alike
     #[cfg(target_arch = "x86_64")]
-    if vector() {
-        // SAFETY: AVX2 + FMA reported by the CPU (`vector`); equal lengths asserted above.
+    if avx2_fma() {
+        // SAFETY: AVX2 + FMA reported by the CPU (`avx2_fma`); equal lengths asserted above.
         unsafe { x86::silu_mul(g, u, out) };
         return;
     }

@@ -46,7 +46,7 @@ pub fn scope<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Buffers from this size on are new allocations offered to the kernel's transparent huge pages.
-pub const HUGE_FROM: usize = 4 << 20;
+const HUGE_FROM: usize = 4 << 20;
 
 /// A kept buffer for `want` bytes: the smallest with at least that capacity; else, for `want`
 /// from [`HUGE_FROM`] on, a new empty buffer of that capacity (see [`fresh`]; a kept one too
@@ -74,7 +74,7 @@ pub fn take(want: usize) -> Vec<u8> {
 /// `madvise` mode). Filling a 30 MB buffer then takes ~15 page faults instead of ~7,500, which
 /// a DataLoader worker pays for its first files (each worker is a fresh process); the kernel
 /// zeroes the same bytes either way. A hint only: refused or elsewhere, nothing changes.
-pub fn fresh(cap: usize) -> Vec<u8> {
+fn fresh(cap: usize) -> Vec<u8> {
     let mut v: Vec<u8> = Vec::new();
     if v.try_reserve_exact(cap).is_err() {
         return v;
