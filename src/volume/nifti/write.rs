@@ -62,18 +62,49 @@ pub fn write_nifti1(
         }
     }
     h[344..348].copy_from_slice(b"n+1\0");
+    let gz = path.to_string_lossy().to_lowercase().ends_with(".gz");
+    let bytes = if gz {
+        gzip_member(&h, data_f, level).map_err(|e| Error::io(path.display(), e))?
+    } else {
+        Vec::new()
+    };
     let file = std::fs::File::create(path).map_err(|e| Error::io(path.display(), e))?;
     let mut w = std::io::BufWriter::new(file);
-    let gz = path.to_string_lossy().to_lowercase().ends_with(".gz");
     let res = if gz {
-        let mut enc = flate2::write::GzEncoder::new(w, flate2::Compression::new(level));
-        std::io::Write::write_all(&mut enc, &h)
-            .and_then(|_| std::io::Write::write_all(&mut enc, data_f))
-            .and_then(|_| enc.finish().map(|_| ()))
+        std::io::Write::write_all(&mut w, &bytes).and_then(|_| std::io::Write::flush(&mut w))
     } else {
         std::io::Write::write_all(&mut w, &h)
             .and_then(|_| std::io::Write::write_all(&mut w, data_f))
             .and_then(|_| std::io::Write::flush(&mut w))
     };
     res.map_err(|e| Error::io(path.display(), e))
+}
+
+/// One gzip member of `head` + `data` through libdeflate at `level` (0..=12; zlib's levels
+/// 0..=9 mean the same effort). At level 1 on CT volumes libdeflate's dynamic Huffman blocks
+/// come out 0.54 (smooth) and 0.77 (noisy) of the raw size, where zlib-rs's level 1 (zlib-ng's
+/// "quick" strategy: fixed Huffman codes) gave 0.78 and 1.06, more than the raw data, and
+/// libdeflate is also ~1.3x faster. Compressed before the file is created, so a failure leaves
+/// no partial file.
+fn gzip_member(head: &[u8], data: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
+    let lvl = libdeflater::CompressionLvl::new(level.min(12) as i32)
+        .map_err(|e| std::io::Error::other(format!("compression level {level}: {e:?}")))?;
+    let n = head.len() + data.len();
+    let mut input = Vec::new();
+    input
+        .try_reserve_exact(n)
+        .map_err(|e| std::io::Error::other(format!("{n} bytes to compress: {e}")))?;
+    input.extend_from_slice(head);
+    input.extend_from_slice(data);
+    let mut c = libdeflater::Compressor::new(lvl);
+    let bound = c.gzip_compress_bound(n);
+    let mut out = Vec::new();
+    out.try_reserve_exact(bound)
+        .map_err(|e| std::io::Error::other(format!("{bound} bytes of gzip output: {e}")))?;
+    out.resize(bound, 0);
+    let m = c
+        .gzip_compress(&input, &mut out)
+        .map_err(|e| std::io::Error::other(format!("gzip: {e:?}")))?;
+    out.truncate(m);
+    Ok(out)
 }
