@@ -25,7 +25,7 @@ fn write_valid() -> Vec<u8> {
         [0.0, 0.0, 2.0, 1.0],
         [0.0, 0.0, 0.0, 1.0],
     ];
-    nifti::write_nifti1(&p, &[4, 4, 4], &data, DType::I16, &aff, &[0.8, 0.8, 2.0], 1)
+    nifti::write_nifti1(&p, &[4, 4, 4], data, DType::I16, &aff, &[0.8, 0.8, 2.0], 1)
         .expect("write"); // ok: test setup
     std::fs::read(&p).expect("read") // ok: test setup
 }

@@ -198,7 +198,7 @@ pub fn save_nifti(
         nifti::write_nifti1(
             &path,
             &shape,
-            &bytes,
+            bytes,
             code,
             &aff,
             &zooms,

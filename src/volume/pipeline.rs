@@ -732,7 +732,7 @@ mod tests {
         let zooms: Vec<f64> = (0..3)
             .map(|j| (0..3).map(|i| aff[i][j] * aff[i][j]).sum::<f64>().sqrt())
             .collect();
-        nifti::write_nifti1(&path, &[a, b, c], &bytes, nifti::DType::F32, aff, &zooms, 1)?;
+        nifti::write_nifti1(&path, &[a, b, c], bytes, nifti::DType::F32, aff, &zooms, 1)?;
         Ok(path)
     }
 
@@ -1058,7 +1058,7 @@ mod tests {
         nifti::write_nifti1(
             &path4,
             &[2, 2, 2, 3],
-            &bytes,
+            bytes,
             nifti::DType::F32,
             &geometry::IDENTITY,
             &[1.0; 4],

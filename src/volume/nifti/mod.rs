@@ -40,16 +40,7 @@ mod tests {
         std::fs::create_dir_all(&dir).ok();
         let p = dir.join(name);
         let data: Vec<u8> = (0..24i16).flat_map(|v| v.to_le_bytes()).collect();
-        write_nifti1(
-            &p,
-            &[2, 3, 4],
-            &data,
-            DType::I16,
-            &AFF,
-            &[0.75, 0.5, 2.0],
-            1,
-        )
-        .ok();
+        write_nifti1(&p, &[2, 3, 4], data, DType::I16, &AFF, &[0.75, 0.5, 2.0], 1).ok();
         p
     }
 
