@@ -156,7 +156,7 @@ def test_gzip_levels_read_back_and_compress_like_nibabel(tmp_path, level):
     aff = np.diag([0.7, 0.7, 1.25, 1.0])
     ours = tmp_path / "ours.nii.gz"
     save_volume(Volume(np.ascontiguousarray(data), aff), ours, compress_level=level)
-    raw = gzip.decompress(ours.read_bytes())  # one member: decompress stops at its trailer
+    raw = gzip.decompress(ours.read_bytes())  # the file's whole decompressed content
     np.testing.assert_array_equal(np.asanyarray(nib.load(ours).dataobj), data)
     img = nib.Nifti1Image(data, aff)
     theirs = tmp_path / "theirs.nii"

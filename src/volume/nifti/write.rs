@@ -5,9 +5,10 @@ use std::path::Path;
 use super::header::DType;
 use crate::error::{Error, Result};
 
-/// Write a NIfTI-1 single file (`.nii`, or gzip when the name ends in `.gz`) from float32 data in
-/// Fortran order with `affine` as sform (code 2, aligned) and qform code 0. `data_f` is taken by
-/// value: the gzip path puts the header in front of it in place rather than copying the voxels.
+/// Write a NIfTI-1 single file (`.nii`, or gzip when the name ends in `.gz`) from `dt`'s
+/// little-endian voxel bytes in Fortran order, with `affine` as sform (code 2, aligned) and qform
+/// code 0. `data_f` is taken by value: the gzip path puts the header in front of it in place
+/// rather than copying the voxels.
 pub fn write_nifti1(
     path: &Path,
     shape: &[usize],
