@@ -6,6 +6,8 @@ and affines within 1e-12 (nibabel builds the qform in 80-bit long double, voxlm 
 import glob
 import gzip
 import os
+import struct
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -157,6 +159,9 @@ def test_gzip_levels_read_back_and_compress_like_nibabel(tmp_path, level):
     ours = tmp_path / "ours.nii.gz"
     save_volume(Volume(np.ascontiguousarray(data), aff), ours, compress_level=level)
     raw = gzip.decompress(ours.read_bytes())  # the file's whole decompressed content
+    member = zlib.decompressobj(wbits=31)  # one gzip member, and nothing after it
+    assert member.decompress(ours.read_bytes()) == raw
+    assert member.eof and member.unused_data == b""
     np.testing.assert_array_equal(np.asanyarray(nib.load(ours).dataobj), data)
     img = nib.Nifti1Image(data, aff)
     theirs = tmp_path / "theirs.nii"
@@ -165,6 +170,28 @@ def test_gzip_levels_read_back_and_compress_like_nibabel(tmp_path, level):
     if level >= 1:
         ref = gzip.compress(theirs.read_bytes(), compresslevel=level)
         assert ours.stat().st_size <= 1.05 * len(ref), (ours.stat().st_size, len(ref))
+
+
+@pytest.mark.parametrize("name", ["u.nii", "u.nii.gz"])
+def test_unit_scaling_leaves_values_as_stored(tmp_path, name):
+    """scl_slope 1 and scl_inter 0 are nibabel's no-scaling short-cut (`apply_read_scaling`):
+    float values come back as stored, -0.0 included (`x * 1 + 0` would give +0.0)."""
+    data = np.array([-0.0, 0.0, -1.5, np.inf, -np.inf, np.nan, 3.0, -0.0], np.float32)
+    img = nib.Nifti1Image(data.reshape(2, 2, 2), np.eye(4))
+    plain = tmp_path / "plain.nii"
+    img.to_filename(plain)
+    raw = bytearray(plain.read_bytes())
+    struct.pack_into("<ff", raw, 112, 1.0, 0.0)  # scl_slope, scl_inter
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(bytes(raw)) if name.endswith(".gz") else bytes(raw))
+    ref = nib.load(path)
+    assert (ref.dataobj.slope, ref.dataobj.inter) == (1.0, 0.0)  # nibabel keeps them here
+    for dtype in (np.float32, np.float64):
+        want = ref.get_fdata(dtype=dtype)
+        got = load_volume(path, dtype).data
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    assert np.signbit(load_volume(path).data.reshape(-1, order="F")[[0, 7]]).all()
 
 
 @pytest.mark.parametrize("bad", [-1, 10, 1.5, "1", True])

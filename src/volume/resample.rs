@@ -284,6 +284,76 @@ fn voxel<const A: usize, const B: usize, const C: usize, T: Copy, V: Fn(T) -> f3
     lerp(lerp(c00, c01, w[1]), lerp(c10, c11, w[1]), w[0])
 }
 
+/// [`voxel`] then `post` for the outputs `ks` of one row (`inner[k]`: the two neighbours'
+/// indices in the row slices and the upper one's weight along loop axis C), into `out` (one
+/// value per `k`). When loop axis C is input axis 0, whose lerp is [`voxel`]'s last, and its
+/// stride is +-1 (`unit`: neighbouring indices of a row slice are neighbouring voxels), the
+/// lerps along axes 2 and 1 are shared between outputs: `g[j]` holds them at row index `j`,
+/// computed once per index over the span the outputs read by a straight loop over the four
+/// contiguous rows (which the compiler vectorises), and each output is
+/// `lerp(g[l], g[h], w[0])`. These are [`voxel`]'s float32 operations in its order, so the
+/// values are the same; any other layout computes each output on its own.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn row_values<const A: usize, const B: usize, const C: usize, T, V, P, K>(
+    conv: &V,
+    post: &P,
+    r: &[[&[T]; 2]; 2],
+    w: [f32; 3],
+    inner: &[(usize, usize, f32)],
+    unit: bool,
+    ks: K,
+    out: &mut [f32],
+    g: &mut Vec<f32>,
+) where
+    T: Copy,
+    V: Fn(T) -> f32,
+    P: Fn(f32) -> f32,
+    K: Iterator<Item = usize> + Clone,
+{
+    let lerp = |u: f32, v: f32, t: f32| u * (1.0 - t) + v * t;
+    if C != 0 || !unit {
+        for (o, k) in out.iter_mut().zip(ks) {
+            let (l, h, t) = inner[k];
+            let mut w = w;
+            w[C] = t;
+            *o = post(voxel::<A, B, C, T, V>(conv, r, w, l, h));
+        }
+        return;
+    }
+    let (mut j0, mut j1) = (usize::MAX, 0);
+    for k in ks.clone() {
+        let (l, h, _) = inner[k];
+        j0 = j0.min(l.min(h));
+        j1 = j1.max(l.max(h));
+    }
+    if j0 > j1 {
+        return; // no outputs
+    }
+    g.clear();
+    g.resize(j1 + 1 - j0, 0.0);
+    // the input row at axis-1 index i1 and axis-2 index i2 (lo 0 / hi 1), over the span
+    let row = |i1: usize, i2: usize| -> &[T] {
+        let i = [0, i1, i2];
+        &r[i[A]][i[B]][j0..=j1]
+    };
+    let (x00, x01, x10, x11) = (row(0, 0), row(0, 1), row(1, 0), row(1, 1));
+    for ((((gj, &a), &b), &c), &d) in g.iter_mut().zip(x00).zip(x01).zip(x10).zip(x11) {
+        *gj = lerp(
+            lerp(conv(a), conv(b), w[2]),
+            lerp(conv(c), conv(d), w[2]),
+            w[1],
+        );
+    }
+    for (o, k) in out.iter_mut().zip(ks) {
+        let (l, h, t) = inner[k];
+        *o = lerp(g[l - j0], g[h - j0], t);
+    }
+    for o in out.iter_mut() {
+        *o = post(*o);
+    }
+}
+
 /// The inputs of the row kernel of [`resample_diagonal_trilinear`].
 struct Rows<'a, T, V, P> {
     data: &'a [T],
@@ -296,6 +366,7 @@ struct Rows<'a, T, V, P> {
     /// offset of a row slice's first element relative to the row's base offset
     shift: isize,
     len: usize,
+    unit: bool,
     base: isize,
     out: [usize; 3],
 }
@@ -308,7 +379,7 @@ impl<T: Copy + Sync, V: Fn(T) -> f32 + Sync, P: Fn(f32) -> f32 + Sync> Rows<'_, 
         let (n1, n2) = (self.out[B], self.out[C]);
         buf.par_chunks_mut(n1 * n2)
             .enumerate()
-            .for_each(|(o0, plane)| {
+            .for_each_init(Vec::new, |g, (o0, plane)| {
                 let ta = self.tabs[A][o0];
                 for (o1, row) in plane.chunks_mut(n2).enumerate() {
                     let tb = self.tabs[B][o1];
@@ -323,10 +394,17 @@ impl<T: Copy + Sync, V: Fn(T) -> f32 + Sync, P: Fn(f32) -> f32 + Sync> Rows<'_, 
                     let mut w = [0f32; 3];
                     w[A] = ta.t;
                     w[B] = tb.t;
-                    for (v, &(l, h, tc)) in row.iter_mut().zip(self.inner) {
-                        w[C] = tc;
-                        *v = (self.post)(voxel::<A, B, C, T, V>(self.conv, &r, w, l, h));
-                    }
+                    row_values::<A, B, C, T, V, P, _>(
+                        self.conv,
+                        self.post,
+                        &r,
+                        w,
+                        self.inner,
+                        self.unit,
+                        0..n2,
+                        row,
+                        g,
+                    );
                 }
             });
     }
@@ -339,6 +417,8 @@ struct Setup {
     shift: isize,
     inner: Vec<(usize, usize, f32)>,
     len: usize,
+    /// loop axis C's input stride is +-1 (or it has one voxel): see [`row_values`]
+    unit: bool,
 }
 
 fn setup(
@@ -395,6 +475,7 @@ fn setup(
         shift,
         inner,
         len: (shape[c] - 1) * strides[c].unsigned_abs() + 1,
+        unit: strides[c].unsigned_abs() == 1 || shape[c] == 1,
     })
 }
 
@@ -426,6 +507,7 @@ where
         shift,
         inner,
         len,
+        unit,
     } = setup(data.len(), shape, strides, base, xform, out)?;
     let rows = Rows {
         data,
@@ -435,6 +517,7 @@ where
         inner: &inner,
         shift,
         len,
+        unit,
         base,
         out,
     };
@@ -455,6 +538,9 @@ where
 /// larger magnitude (three nested lerps of at most ~3 ulp each: < 1e-6; 1e-5 leaves a margin).
 const BOUND_SLACK: f64 = 1e-5;
 
+/// How many outputs of a row the foreground search computes at a time from either end.
+const SCAN: usize = 32;
+
 /// Element types whose rows [`resample_crop_resize_trilinear`] bounds by their extremes.
 pub trait Extremes: Copy {
     /// The smallest and largest value of a non-empty `row`, ignoring NaN (None: no value).
@@ -463,18 +549,83 @@ pub trait Extremes: Copy {
 
 impl Extremes for i16 {
     fn extremes(row: &[i16]) -> Option<(i16, i16)> {
-        // plain min / max folds: vectorised
-        Some((row.iter().copied().min()?, row.iter().copied().max()?))
+        if row.is_empty() {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            // one pass, 16 values at a time (SSE2 is part of x86-64)
+            use std::arch::x86_64::*;
+            let mut chunks = row.chunks_exact(16);
+            // SAFETY: SSE2 is always present on x86-64; every load reads 8 values inside a
+            // 16-value chunk (unaligned loads), the stores fill local arrays of 8
+            let (mut lo, mut hi) = unsafe {
+                let (mut mn0, mut mx0) = (_mm_set1_epi16(i16::MAX), _mm_set1_epi16(i16::MIN));
+                let (mut mn1, mut mx1) = (mn0, mx0);
+                for c in &mut chunks {
+                    let a = _mm_loadu_si128(c.as_ptr().cast());
+                    let b = _mm_loadu_si128(c.as_ptr().add(8).cast());
+                    mn0 = _mm_min_epi16(mn0, a);
+                    mx0 = _mm_max_epi16(mx0, a);
+                    mn1 = _mm_min_epi16(mn1, b);
+                    mx1 = _mm_max_epi16(mx1, b);
+                }
+                let (mut l, mut h) = ([0i16; 8], [0i16; 8]);
+                _mm_storeu_si128(l.as_mut_ptr().cast(), _mm_min_epi16(mn0, mn1));
+                _mm_storeu_si128(h.as_mut_ptr().cast(), _mm_max_epi16(mx0, mx1));
+                (l.into_iter().min()?, h.into_iter().max()?)
+            };
+            for &v in chunks.remainder() {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+            Some((lo, hi))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Some((row.iter().copied().min()?, row.iter().copied().max()?))
+        }
     }
 }
 
 impl Extremes for f32 {
     fn extremes(row: &[f32]) -> Option<(f32, f32)> {
-        // NaN never turns into foreground: an output with a NaN tap is NaN; f32::min / max
-        // skip NaN
-        let mn = row.iter().copied().fold(f32::INFINITY, f32::min);
-        let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        (mn <= mx).then_some((mn, mx))
+        // NaN never turns into foreground: an output with a NaN tap is NaN, so NaN is skipped
+        // (a comparison with NaN is false: the running extreme stays)
+        let lt = |a: f32, b: f32| if a < b { a } else { b };
+        let gt = |a: f32, b: f32| if a > b { a } else { b };
+        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+        #[cfg(target_arch = "x86_64")]
+        let row = {
+            use std::arch::x86_64::*;
+            let mut chunks = row.chunks_exact(8);
+            // SAFETY: SSE2 is always present on x86-64; every load reads 4 values inside an
+            // 8-value chunk. minps(v, m) is `v < m ? v : m` and keeps m when v is NaN (maxps
+            // alike), the same as `lt` / `gt`
+            unsafe {
+                let (mut mn0, mut mx0) = (_mm_set1_ps(lo), _mm_set1_ps(hi));
+                let (mut mn1, mut mx1) = (mn0, mx0);
+                for c in &mut chunks {
+                    let a = _mm_loadu_ps(c.as_ptr());
+                    let b = _mm_loadu_ps(c.as_ptr().add(4));
+                    mn0 = _mm_min_ps(a, mn0);
+                    mx0 = _mm_max_ps(a, mx0);
+                    mn1 = _mm_min_ps(b, mn1);
+                    mx1 = _mm_max_ps(b, mx1);
+                }
+                let (mut l, mut h) = ([0f32; 4], [0f32; 4]);
+                _mm_storeu_ps(l.as_mut_ptr(), _mm_min_ps(mn0, mn1));
+                _mm_storeu_ps(h.as_mut_ptr(), _mm_max_ps(mx0, mx1));
+                lo = l.into_iter().fold(lo, |m, v| lt(v, m));
+                hi = h.into_iter().fold(hi, |m, v| gt(v, m));
+            }
+            chunks.remainder()
+        };
+        for &v in row {
+            lo = lt(v, lo);
+            hi = gt(v, hi);
+        }
+        (lo <= hi).then_some((lo, hi))
     }
 }
 
@@ -582,16 +733,66 @@ where
         (r, w)
     }
 
+    /// The outputs `ks` of row `(r, w)` through `post`, into `out` ([`row_values`]).
     #[inline(always)]
-    fn value<const A: usize, const B: usize, const C: usize>(
+    fn values<const A: usize, const B: usize, const C: usize, K>(
         &self,
         r: &[[&[T]; 2]; 2],
-        mut w: [f32; 3],
-        k: usize,
-    ) -> f32 {
-        let (l, h, tc) = self.s.inner[k];
-        w[C] = tc;
-        (self.post)(voxel::<A, B, C, T, V>(self.conv, r, w, l, h))
+        w: [f32; 3],
+        ks: K,
+        out: &mut [f32],
+        g: &mut Vec<f32>,
+    ) where
+        K: Iterator<Item = usize> + Clone,
+    {
+        row_values::<A, B, C, T, V, P, K>(
+            self.conv,
+            self.post,
+            r,
+            w,
+            &self.s.inner,
+            self.s.unit,
+            ks,
+            out,
+            g,
+        );
+    }
+
+    /// The first (`rev` false) or last output `k` in `ks` of row `(r, w)` whose value is
+    /// foreground (> 0), computed a block of [`SCAN`] outputs at a time from that end.
+    fn scan<const A: usize, const B: usize, const C: usize>(
+        &self,
+        r: &[[&[T]; 2]; 2],
+        w: [f32; 3],
+        ks: std::ops::Range<usize>,
+        rev: bool,
+        g: &mut Vec<f32>,
+    ) -> Option<usize> {
+        let mut buf = [0f32; SCAN];
+        let (mut s, mut e) = (ks.start, ks.end);
+        while s < e {
+            let (a, b) = if rev {
+                (e.saturating_sub(SCAN).max(s), e)
+            } else {
+                (s, (s + SCAN).min(e))
+            };
+            let out = &mut buf[..b - a];
+            self.values::<A, B, C, _>(r, w, a..b, out, g);
+            let hit = if rev {
+                out.iter().rposition(|&v| v > 0.0)
+            } else {
+                out.iter().position(|&v| v > 0.0)
+            };
+            if let Some(i) = hit {
+                return Some(a + i);
+            }
+            if rev {
+                e = a;
+            } else {
+                s = b;
+            }
+        }
+        None
     }
 
     /// Pass 1: the foreground box (`post(value) > 0`). A row whose four input rows' values
@@ -628,8 +829,8 @@ where
         (0..self.out[A])
             .into_par_iter()
             .fold(
-                || Found::NONE,
-                |mut f, oa| {
+                || (Found::NONE, Vec::new()),
+                |(mut f, mut g), oa| {
                     let ta = self.s.tabs[A][oa];
                     let ia = [self.index(A, ta.lo), self.index(A, ta.hi)];
                     let mut plane_fg = false;
@@ -639,26 +840,27 @@ where
                             continue;
                         }
                         let (r, w) = self.rows::<A, B>(oa, ob);
-                        let fg = |k: &usize| self.value::<A, B, C>(&r, w, *k) > 0.0;
+                        let mut fg = |ks, rev| self.scan::<A, B, C>(&r, w, ks, rev, &mut g);
                         if plane_fg && f.lo[1] <= ob && ob <= f.hi[1] {
-                            if let Some(k) = (0..f.lo[2]).find(fg) {
+                            if let Some(k) = fg(0..f.lo[2], false) {
                                 f = f.add([oa, ob, k]);
                             }
-                            if let Some(k) = (f.hi[2] + 1..nc).rev().find(fg) {
+                            if let Some(k) = fg(f.hi[2] + 1..nc, true) {
                                 f = f.add([oa, ob, k]);
                             }
                             continue;
                         }
-                        let Some(first) = (0..nc).find(fg) else {
+                        let Some(first) = fg(0..nc, false) else {
                             continue;
                         };
-                        let last = (first..nc).rev().find(fg).unwrap_or(first);
+                        let last = fg(first..nc, true).unwrap_or(first);
                         f = f.add([oa, ob, first]).add([oa, ob, last]);
                         plane_fg = true;
                     }
-                    f
+                    (f, g)
                 },
             )
+            .map(|(f, _)| f)
             .reduce(|| Found::NONE, Found::join)
     }
 
@@ -674,12 +876,10 @@ where
         }
         buf.par_chunks_mut(rb.len() * rc.len())
             .zip(ra.par_iter())
-            .for_each(|(plane, &oa)| {
+            .for_each_init(Vec::new, |g, (plane, &oa)| {
                 for (row, &ob) in plane.chunks_mut(rc.len()).zip(rb) {
                     let (r, w) = self.rows::<A, B>(oa, ob);
-                    for (v, &k) in row.iter_mut().zip(rc) {
-                        *v = self.value::<A, B, C>(&r, w, k);
-                    }
+                    self.values::<A, B, C, _>(&r, w, rc.iter().copied(), row, g);
                 }
             });
         buf
@@ -924,8 +1124,10 @@ mod tests {
             [-2e-17, 0.0, 0.7, 1.0],
             [0.0, 0.0, 0.0, 1.0],
         ];
-        let layouts: [([usize; 3], [isize; 3], isize); 3] = [
+        let layouts: [([usize; 3], [isize; 3], isize); 4] = [
             ([nx, ny, nz], [1, nx as isize, (nx * ny) as isize], 0),
+            // x contiguous, y slowest: loop order (y, z, x)
+            ([nx, ny, nz], [1, (nx * nz) as isize, nx as isize], 0),
             (
                 [nx, ny, nz],
                 [-1, -(nx as isize), (nx * ny) as isize],

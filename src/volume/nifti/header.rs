@@ -365,7 +365,8 @@ impl Header {
         Ok(n)
     }
 
-    /// `(slope, inter)` as nibabel applies them: None when the slope is 0 or not finite.
+    /// `(slope, inter)` as nibabel applies them: None when the slope is 0 or not finite, or when
+    /// they are 1 and 0.
     pub fn scaling(&self) -> Result<Option<(f64, f64)>> {
         if self.scl_slope == 0.0 || !self.scl_slope.is_finite() {
             return Ok(None);
@@ -375,6 +376,11 @@ impl Header {
                 "valid scl_slope but invalid scl_inter {}",
                 self.scl_inter
             )));
+        }
+        // nibabel's `apply_read_scaling` short-cut: slope 1 and intercept 0 leave the values as
+        // stored (a float -0.0 stays -0.0; `x * 1 + 0` would turn it into +0.0)
+        if self.scl_slope == 1.0 && self.scl_inter == 0.0 {
+            return Ok(None);
         }
         Ok(Some((self.scl_slope, self.scl_inter)))
     }
