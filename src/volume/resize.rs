@@ -215,7 +215,7 @@ fn trilinear_taps<R: Copy, Row: Fn(isize) -> R + Sync, At: Fn(R, usize) -> f32 +
             *v = wx0 * at(r, x0) + wx1 * at(r, x1);
         }
     };
-    if ow > 0 {
+    if oh * ow > 0 {
         out.par_chunks_mut(oh * ow).enumerate().for_each_init(
             || XRows::new(ow),
             |xr, (z, plane)| {
