@@ -124,6 +124,43 @@ def test_chains_equal_monai(tmp_path, name):
         np.testing.assert_array_equal(pipe(str(p)), fused)  # Compose on a path == fused path
 
 
+@pytest.mark.parametrize("kind", ["float32_nan", "int16_scaled", "float32_unit_scaled"])
+def test_stored_types_and_scaling_equal_monai(tmp_path, kind):
+    """The fused spacing -> crop -> resize on float32 files (NaN voxels in the air and in the
+    body: a NaN output is never foreground) and on scaled int16 files, rows of 61 voxels (the
+    vector row passes and their remainders), RAS from LPS (negative strides)."""
+    rng = np.random.default_rng(5)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in (9, 40, 61)], indexing="ij")
+    body = np.where(xx**2 + (yy * 1.3) ** 2 < 0.6, 40.0, -1000.0) + rng.normal(0, 30, xx.shape)
+    data = np.ascontiguousarray(body.transpose(2, 1, 0))  # (x, y, z)
+    aff = np.diag([-0.7, -0.8, 2.5, 1.0])
+    if kind == "int16_scaled":
+        img = nib.Nifti1Image(np.round((data + 1024) * 2).astype(np.int16), aff)
+        img.header.set_slope_inter(0.5, -1024.0)
+    else:
+        vol = data.astype(np.float32)
+        if kind == "float32_nan":
+            vol[3, 5, 2] = vol[60, 39, 8] = np.nan  # in the air
+            vol[26:36, 16:24, 3:6] = np.nan  # a block in the body: the resize reads some
+        img = nib.Nifti1Image(vol, aff)
+        if kind == "float32_unit_scaled":
+            img.header.set_slope_inter(1.0, 0.0)
+    path = tmp_path / f"{kind}.nii.gz"
+    img.to_filename(path)
+    ours_fn, ref_fn = CHAINS["m3d_ct"]
+    pipe = vt.Compose(ours_fn())
+    ref = mt.Compose(monai_load() + ref_fn())(str(path)).numpy()
+    fused = transform_path(path, pipe)
+    assert fused.shape == ref.shape, (fused.shape, ref.shape)
+    np.testing.assert_allclose(fused, ref, rtol=0, atol=1e-4)  # NaN where MONAI has NaN
+    if kind == "float32_nan":
+        assert np.isnan(fused).any()
+    py = pipe.transforms[0](load_image(path))
+    for t in pipe.transforms[1:]:
+        py = t(py)
+    np.testing.assert_allclose(fused[0], py.data, rtol=0, atol=1e-5)
+
+
 def test_other_formats_through_the_fused_path(tmp_path):
     rng = np.random.default_rng(3)
     arr = rng.integers(-1000, 1500, (12, 20, 18)).astype(np.int16)  # sitk order (z, y, x)
