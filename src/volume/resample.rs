@@ -856,12 +856,19 @@ where
         let slabs: Vec<OnceLock<Vec<(f32, f32)>>> = (0..sa).map(|_| OnceLock::new()).collect();
         let slab = |a: usize| -> &[(f32, f32)] {
             slabs[a].get_or_init(|| {
-                (0..sb)
-                    .map(|b| {
-                        let off = a as isize * self.strides[A] + b as isize * self.strides[B];
-                        row_range(self.slice(off), self.conv)
-                    })
-                    .collect()
+                let range = |b: usize| {
+                    let off = a as isize * self.strides[A] + b as isize * self.strides[B];
+                    row_range(self.slice(off), self.conv)
+                };
+                // rows in ascending address order (a flipped axis B has a negative stride):
+                // the hardware prefetchers follow ascending streams best
+                if self.strides[B] < 0 {
+                    let mut v: Vec<(f32, f32)> = (0..sb).rev().map(range).collect();
+                    v.reverse();
+                    v
+                } else {
+                    (0..sb).map(range).collect()
+                }
             })
         };
         let nc = self.out[C];
@@ -931,9 +938,16 @@ where
         buf.par_chunks_mut(rb.len() * rc.len())
             .zip(ra.par_iter())
             .for_each_init(Vec::new, |g, (plane, &oa)| {
-                for (row, &ob) in plane.chunks_mut(rc.len()).zip(rb) {
+                let mut row = |(row, &ob): (&mut [f32], &usize)| {
                     let (r, w) = self.rows::<A, B>(oa, ob);
                     self.values::<A, B, C, _>(&r, w, rc.iter().copied(), row, g);
+                };
+                // input rows in ascending address order, as in `find`
+                let rows = plane.chunks_mut(rc.len()).zip(rb);
+                if self.strides[B] < 0 {
+                    rows.rev().for_each(&mut row);
+                } else {
+                    rows.for_each(&mut row);
                 }
             });
         buf
